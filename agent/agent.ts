@@ -1,0 +1,254 @@
+import { X509Certificate } from 'node:crypto';
+import type http from 'node:http';
+import net from 'node:net';
+import { Gauge } from 'prom-client';
+import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
+import { AmbitError } from '../core/errors.js';
+import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
+import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
+import { createLogger, type Logger } from '../core/log.js';
+import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
+import { originalDestination as addonOriginalDestination } from '../core/sockopt.js';
+import type { AgentConfig } from './config.js';
+import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
+import type { ProxyInputs } from './inputs.js';
+import { handleOutbound, type Address } from './outbound.js';
+import { RedirectRules } from './redirect-rules.js';
+import { AgentTelemetry } from './telemetry.js';
+
+export interface AgentDependencies {
+  log?: Logger;
+  /** In-process tests inject the original destination instead of reading SO_ORIGINAL_DST. */
+  originalDestination?: (socket: net.Socket) => Address;
+}
+
+function listen(server: net.Server | http.Server, port: number, host: string, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(new AmbitError('LISTEN_FAILED', `cannot listen on ${host}:${port} (${what}): ${err.message}; is another agent running on this node?`, { cause: err }));
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+function closeServer(server: net.Server | http.Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
+
+/**
+ * The node agent: capture listeners (15001 outbound, 15006 plaintext inbound), the HBONE server (15008), metrics
+ * (15020) and readiness (15021), the redirect rules, and the certificates of the node's enrolled workloads. It
+ * reports ready only once every listener is bound and the rules match the store.
+ */
+export class Agent {
+  readonly config: AgentConfig;
+  readonly registry: Registry;
+  readonly store: WorkloadStore;
+  readonly nodeIp: string;
+  readonly #log: Logger;
+  readonly #source: LocalSource;
+  readonly #certs: CertStore;
+  readonly #hboneClient: HboneClient;
+  readonly #hboneServer: HboneServer;
+  readonly #servers: Array<net.Server | http.Server> = [];
+  readonly #sockets = new Set<net.Socket>();
+  readonly #rules: RedirectRules | undefined;
+  readonly #sniTable = new Map<string, string>();
+  #reconciling: Promise<void> = Promise.resolve();
+  #ready = false;
+  #closed = false;
+
+  private constructor(parts: {
+    config: AgentConfig;
+    log: Logger;
+    registry: Registry;
+    store: WorkloadStore;
+    source: LocalSource;
+    nodeIp: string;
+    certs: CertStore;
+    hboneClient: HboneClient;
+    hboneServer: HboneServer;
+    rules: RedirectRules | undefined;
+  }) {
+    this.config = parts.config;
+    this.#log = parts.log;
+    this.registry = parts.registry;
+    this.store = parts.store;
+    this.#source = parts.source;
+    this.nodeIp = parts.nodeIp;
+    this.#certs = parts.certs;
+    this.#hboneClient = parts.hboneClient;
+    this.#hboneServer = parts.hboneServer;
+    this.#rules = parts.rules;
+  }
+
+  /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
+  static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
+    const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
+    const registry = createRegistry();
+    const telemetry = new AgentTelemetry(registry, log.child({ component: 'access' }));
+    const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
+    const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }) });
+    await source.start();
+    const nodeIp = config.nodeIp ?? store.nodeIp(config.nodeName);
+    if (!nodeIp) {
+      source.close();
+      throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
+    }
+    let ca: CertificateAuthority;
+    try {
+      ca = await CertificateAuthority.load(config.caDir, { trustDomain: config.trustDomain });
+    } catch (err) {
+      source.close();
+      throw err;
+    }
+    const trustBundle = ca.rootPem;
+    const certs = new CertStore({ issuer: localIssuer(ca), log });
+    const contexts = new SecureContextCache(() => trustBundle);
+    const hboneClient = new HboneClient({
+      contextFor: async (identity) => contexts.get(await certs.get(identity)),
+      sniFor: sniForIdentity,
+      log: log.child({ component: 'hbone-client' }),
+    });
+
+    // eslint-disable-next-line prefer-const -- the server's callbacks need the agent, which needs the server
+    let agent: Agent;
+    const hboneServer = new HboneServer({
+      host: config.listenHost,
+      port: config.ports.hbone,
+      trustBundle: () => trustBundle,
+      resolveSni: async (servername) => {
+        const identity = agent.#sniTable.get(servername);
+        if (!identity) return undefined;
+        return { identity, context: contexts.get(await certs.get(identity)) };
+      },
+      onConnect: (stream, request) => handleHboneConnect(inputs, stream, request),
+      onRefused: (reason, detail) => telemetry.refused('hbone', reason, { hbone: detail.remoteAddress }, detail.message),
+      log: log.child({ component: 'hbone-server' }),
+    });
+    const rules = config.manageRules
+      ? new RedirectRules({
+          nodeIp,
+          outboundPort: config.ports.outbound,
+          inboundPort: config.ports.inboundPlaintext,
+          backend: config.iptablesBackend,
+          log: log.child({ component: 'redirect-rules' }),
+        })
+      : undefined;
+    agent = new Agent({ config, log, registry, store, source, nodeIp, certs, hboneClient, hboneServer, rules });
+    const inputs: ProxyInputs = {
+      config,
+      store,
+      nodeIp,
+      hbone: hboneClient,
+      telemetry,
+      log,
+      originalDestination:
+        deps.originalDestination ??
+        ((socket) => {
+          const { address, port } = addonOriginalDestination(socket);
+          return { host: address, port };
+        }),
+    };
+    agent.#registerCertMetrics(ca);
+    try {
+      await agent.#bind(inputs);
+      if (rules) await rules.install();
+      store.on('change', () => agent.#scheduleReconcile());
+      agent.#scheduleReconcile();
+      await agent.#reconciling;
+    } catch (err) {
+      await agent.close();
+      throw err;
+    }
+    agent.#ready = true;
+    log.info({ node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged' }, 'agent ready');
+    return agent;
+  }
+
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** Stops accepting, closes open connections, removes the redirect rules (the node returns to plain networking). */
+  async close(options: { removeRules?: boolean } = {}): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#ready = false;
+    this.#source.close();
+    await this.#reconciling.catch(() => undefined);
+    const closing = this.#servers.map(closeServer);
+    for (const socket of this.#sockets) socket.destroy();
+    closing.push(this.#hboneServer.close());
+    this.#hboneClient.close();
+    this.#certs.close();
+    await Promise.all(closing);
+    if (this.#rules && (options.removeRules ?? true)) await this.#rules.remove();
+    this.#log.info('agent stopped');
+  }
+
+  async #bind(inputs: ProxyInputs): Promise<void> {
+    const { config } = this;
+    const track = (socket: net.Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    };
+    const outbound = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      track(socket);
+      handleOutbound(inputs, socket);
+    });
+    const plaintext = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+      track(socket);
+      handlePlaintextInbound(inputs, socket);
+    });
+    const metrics = createStatusServer({ registry: this.registry, ready: () => this.#ready });
+    const readiness = createStatusServer({ ready: () => this.#ready });
+    for (const [server, port, what] of [
+      [outbound, config.ports.outbound, 'outbound capture'],
+      [plaintext, config.ports.inboundPlaintext, 'inbound plaintext capture'],
+      [metrics, config.ports.metrics, 'metrics'],
+      [readiness, config.ports.readiness, 'readiness'],
+    ] as const) {
+      await listen(server, port, config.listenHost, what);
+      this.#servers.push(server);
+    }
+    await this.#hboneServer.listen();
+  }
+
+  /** Store changes arrive in bursts; reconciles run one at a time, each against the latest store. */
+  #scheduleReconcile(): void {
+    this.#reconciling = this.#reconciling
+      .then(() => this.#reconcile())
+      .catch((err: unknown) => this.#log.error({ err }, 'reconciling redirect rules and certificates failed; will retry on the next change'));
+  }
+
+  async #reconcile(): Promise<void> {
+    if (this.#closed) return;
+    const local = this.store.localWorkloads().filter((w) => w.enrolled);
+    const identities = new Set(local.map((w) => w.identity));
+    this.#sniTable.clear();
+    for (const identity of identities) this.#sniTable.set(sniForIdentity(identity), identity);
+    for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
+    // Certificates first, so the first connection of a new pod does not wait for a key and a signature.
+    await Promise.all([...identities].map((identity) => this.#certs.get(identity)));
+    if (this.#rules) await this.#rules.syncPods(this.store.localEnrolledIps(4));
+  }
+
+  #registerCertMetrics(ca: CertificateAuthority): void {
+    const certs = this.#certs;
+    const rootExpiry = new Date(new X509Certificate(ca.rootPem).validTo).getTime() / 1000;
+    new Gauge({
+      name: 'ambit_cert_expiration_timestamp_seconds',
+      help: 'When each certificate this agent holds expires (Unix seconds)',
+      labelNames: ['identity', 'kind'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.set({ identity: `spiffe://${ca.trustDomain}`, kind: 'root' }, rootExpiry);
+        for (const { spiffeId, notAfter } of certs.expirations()) this.set({ identity: spiffeId, kind: 'workload' }, notAfter.getTime() / 1000);
+      },
+    });
+  }
+}

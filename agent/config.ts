@@ -1,0 +1,163 @@
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { AmbitError } from '../core/errors.js';
+
+/** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
+export const DEFAULT_PORTS = Object.freeze({
+  outbound: 15001,
+  inboundPlaintext: 15006,
+  hbone: 15008,
+  metrics: 15020,
+  readiness: 15021,
+});
+
+export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
+
+export interface AgentConfig {
+  /** This node's name: pods with `spec.nodeName` equal to it are this agent's to capture. */
+  readonly nodeName: string;
+  /** Local mode: the folder of Kubernetes YAML (Namespaces, Pods, Services, Nodes) that describes the cluster. */
+  readonly configDir: string;
+  /** Local mode: the folder holding the mesh CA (`ca.crt`, `ca.key`) that signs this node's workload certificates. */
+  readonly caDir: string;
+  readonly trustDomain: string;
+  /** The address captured traffic is DNATed to and HBONE listens on; default: the Node object's first address. */
+  readonly nodeIp: string | undefined;
+  /** Where the listeners bind; the capture listeners must be reachable at the node IP. */
+  readonly listenHost: string;
+  readonly ports: Readonly<AgentPorts>;
+  /** Install and reconcile the iptables/ipset redirect rules (off only for in-process tests). */
+  readonly manageRules: boolean;
+  readonly iptablesBackend: 'auto' | 'nft' | 'legacy';
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  /** The cluster name carried in HBONE baggage. */
+  readonly clusterName: string;
+}
+
+export const AGENT_USAGE = `Usage: ambit agent [options]
+
+Runs the node agent: captures the TCP traffic of enrolled pods on this node and carries it over HBONE (mTLS).
+
+Options (each also as an environment variable):
+  --node NAME            this node's name                      AMBIT_NODE_NAME (required)
+  --config DIR           local-mode folder of Kubernetes YAML  AMBIT_CONFIG_DIR (required)
+  --ca-dir DIR           local-mode mesh CA folder             AMBIT_CA_DIR (required)
+  --node-ip IP           node address for DNAT and HBONE       AMBIT_NODE_IP (default: from the Node object)
+  --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
+  --listen-host IP       bind address of the listeners         AMBIT_LISTEN_HOST (default 0.0.0.0)
+  --port-offset N        add N to every port (tests)           AMBIT_PORT_OFFSET (default 0)
+  --iptables-backend B   auto | nft | legacy                   AMBIT_IPTABLES_BACKEND (default auto)
+  --no-rules             do not install redirect rules         AMBIT_NO_RULES=1
+  --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
+  --cluster-name NAME    cluster name for telemetry            AMBIT_CLUSTER_NAME (default Kubernetes)
+  --cleanup              remove Ambit's rules and ipsets (after a crash) and exit
+  -h, --help             show this help
+
+Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
+`;
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+const BACKENDS = ['auto', 'nft', 'legacy'] as const;
+
+export interface AgentCommand {
+  help: boolean;
+  cleanup: boolean;
+  config: AgentConfig | undefined;
+}
+
+function usageError(message: string): AmbitError {
+  return new AmbitError('USAGE', `${message} (see ambit agent --help)`);
+}
+
+/**
+ * One validated, frozen configuration from flags and environment (flags win). Unknown flags and bad values are
+ * errors, never ignored: a typo must not silently run the agent with a default.
+ */
+export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCommand {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        node: { type: 'string' },
+        config: { type: 'string' },
+        'ca-dir': { type: 'string' },
+        'node-ip': { type: 'string' },
+        'trust-domain': { type: 'string' },
+        'listen-host': { type: 'string' },
+        'port-offset': { type: 'string' },
+        'iptables-backend': { type: 'string' },
+        'no-rules': { type: 'boolean' },
+        'log-level': { type: 'string' },
+        'cluster-name': { type: 'string' },
+        cleanup: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    throw usageError(err instanceof Error ? err.message : String(err));
+  }
+  if (values.help) return { help: true, cleanup: false, config: undefined };
+
+  const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as AgentConfig['logLevel'];
+  if (!LOG_LEVELS.includes(logLevel)) throw usageError(`--log-level ${logLevel} is not one of ${LOG_LEVELS.join(', ')}`);
+  const iptablesBackend = (values['iptables-backend'] ?? env.AMBIT_IPTABLES_BACKEND ?? 'auto') as AgentConfig['iptablesBackend'];
+  if (!BACKENDS.includes(iptablesBackend)) throw usageError(`--iptables-backend ${iptablesBackend} is not one of ${BACKENDS.join(', ')}`);
+  const nodeIp = values['node-ip'] ?? env.AMBIT_NODE_IP;
+  if (nodeIp !== undefined && net.isIP(nodeIp) === 0) throw usageError(`--node-ip ${nodeIp} is not an IP address`);
+  const manageRules = !(values['no-rules'] ?? env.AMBIT_NO_RULES === '1');
+
+  if (values.cleanup) {
+    const config = Object.freeze({ ...partialDefaults(), nodeIp, iptablesBackend, logLevel, manageRules });
+    return { help: false, cleanup: true, config: config as AgentConfig };
+  }
+
+  const nodeName = values.node ?? env.AMBIT_NODE_NAME;
+  const configDir = values.config ?? env.AMBIT_CONFIG_DIR;
+  const caDir = values['ca-dir'] ?? env.AMBIT_CA_DIR;
+  if (!nodeName) throw usageError('--node (or AMBIT_NODE_NAME) is required');
+  if (!configDir) throw usageError('--config (or AMBIT_CONFIG_DIR) is required');
+  if (!caDir) throw usageError('--ca-dir (or AMBIT_CA_DIR) is required');
+  const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';
+  if (net.isIP(listenHost) === 0) throw usageError(`--listen-host ${listenHost} is not an IP address`);
+  const offsetText = values['port-offset'] ?? env.AMBIT_PORT_OFFSET ?? '0';
+  const offset = Number(offsetText);
+  if (!Number.isInteger(offset) || offset < 0 || offset > 50000) throw usageError(`--port-offset ${offsetText} is not a whole number from 0 to 50000`);
+  const ports = Object.freeze(
+    Object.fromEntries(Object.entries(DEFAULT_PORTS).map(([name, port]) => [name, port + offset])) as AgentPorts,
+  );
+  const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
+  if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
+
+  return {
+    help: false,
+    cleanup: false,
+    config: Object.freeze({
+      nodeName,
+      configDir,
+      caDir,
+      trustDomain,
+      nodeIp,
+      listenHost,
+      ports,
+      manageRules,
+      iptablesBackend,
+      logLevel,
+      clusterName: values['cluster-name'] ?? env.AMBIT_CLUSTER_NAME ?? 'Kubernetes',
+    }),
+  };
+}
+
+function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'logLevel' | 'manageRules'> {
+  return {
+    nodeName: '',
+    configDir: '',
+    caDir: '',
+    trustDomain: 'cluster.local',
+    listenHost: '0.0.0.0',
+    ports: DEFAULT_PORTS,
+    clusterName: 'Kubernetes',
+  };
+}

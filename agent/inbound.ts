@@ -1,0 +1,142 @@
+import type http2 from 'node:http2';
+import type net from 'node:net';
+import type { Workload, WorkloadStore } from '../core/discovery/index.js';
+import { errnoCode } from '../core/errors.js';
+import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
+import type { ProxyInputs } from './inputs.js';
+import type { Address } from './outbound.js';
+import { abortStream, connectTcp, splice } from './proxy.js';
+import type { ConnectionRecord, Peer } from './telemetry.js';
+
+export type InboundRefusal = 'unknown_destination' | 'not_local' | 'not_enrolled' | 'identity_mismatch';
+
+export type InboundRequest =
+  | { kind: 'deliver'; destination: Workload; target: Address }
+  | { kind: 'refuse'; status: number; reason: InboundRefusal; message: string };
+
+/**
+ * Pure: may a connection to `target` be delivered on this node? The target must be an enrolled pod of this node,
+ * and when the connection came over HBONE, that pod must have the identity the TLS session was opened for, so a
+ * client that holds a certificate for one workload cannot reach another behind the same node listener.
+ */
+export function buildInboundRequest(store: WorkloadStore, nodeName: string, target: Address, sessionIdentity?: string): InboundRequest {
+  const destination = store.workloadByIp(target.host);
+  if (!destination) {
+    return { kind: 'refuse', status: 404, reason: 'unknown_destination', message: `${target.host} is not a known pod` };
+  }
+  if (destination.node !== nodeName) {
+    return { kind: 'refuse', status: 404, reason: 'not_local', message: `pod ${destination.namespace}/${destination.name} is not on node ${nodeName}` };
+  }
+  if (!destination.enrolled) {
+    return { kind: 'refuse', status: 403, reason: 'not_enrolled', message: `pod ${destination.namespace}/${destination.name} is not in the mesh` };
+  }
+  if (sessionIdentity !== undefined && destination.identity !== sessionIdentity) {
+    return {
+      kind: 'refuse',
+      status: 403,
+      reason: 'identity_mismatch',
+      message: `pod ${destination.namespace}/${destination.name} has identity ${destination.identity}, the TLS session was for ${sessionIdentity}`,
+    };
+  }
+  return { kind: 'deliver', destination, target };
+}
+
+export function peerOfWorkload(workload: Workload | undefined, ip: string, port: number): Peer {
+  if (!workload) return { ip, port };
+  return { ip, port, workload: workload.workloadName, namespace: workload.namespace, identity: workload.identity, app: workload.labels.app };
+}
+
+/** Why a connect to a pod failed, as the status and reason the HBONE client gets. */
+function upstreamFailure(err: unknown): { status: number; reason: string } {
+  const code = errnoCode(err);
+  if (code === 'ECONNREFUSED') return { status: 503, reason: 'upstream_refused' };
+  if (code === 'ETIMEDOUT') return { status: 504, reason: 'upstream_timeout' };
+  return { status: 502, reason: 'upstream_unreachable' };
+}
+
+/** An HBONE CONNECT that the server accepted at the protocol level: check it, connect to the pod, splice. */
+export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp2Stream, request: HboneInboundRequest): void {
+  const { telemetry } = inputs;
+  const client = request.forwardedFor;
+  const sourceWorkload = client ? inputs.store.workloadByIp(client.host) : undefined;
+  const source: Peer = {
+    ...peerOfWorkload(sourceWorkload, client?.host ?? request.remoteAddress, client?.port ?? 0),
+    identity: request.peerIdentity,
+  };
+  const decision = buildInboundRequest(inputs.store, inputs.config.nodeName, request.target, request.localIdentity);
+  if (decision.kind === 'refuse') {
+    telemetry.refused('hbone', decision.reason, { path: 'hbone', source, destination: { ip: request.target.host, port: request.target.port }, hbone: request.remoteAddress }, decision.message);
+    refuseStream(stream, decision.status, decision.reason);
+    return;
+  }
+  const record: ConnectionRecord = {
+    reporter: 'destination',
+    path: 'hbone',
+    source,
+    destination: peerOfWorkload(decision.destination, decision.target.host, decision.target.port),
+    hbone: request.remoteAddress,
+    security: 'mutual_tls',
+    startedAt: Date.now(),
+  };
+  connectTcp(decision.target).then(
+    (upstream) => {
+      if (stream.destroyed || stream.closed) {
+        upstream.destroy();
+        return;
+      }
+      stream.respond({ ':status': 200 });
+      deliver(inputs, record, stream, upstream);
+    },
+    (err: unknown) => {
+      const failure = upstreamFailure(err);
+      telemetry.refused('hbone', failure.reason, record, err instanceof Error ? err.message : String(err));
+      refuseStream(stream, failure.status, failure.reason);
+    },
+  );
+}
+
+/** A plaintext connection captured on its way into an enrolled pod (port 15006): PERMISSIVE for now, counted. */
+export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket): void {
+  const { telemetry } = inputs;
+  socket.on('error', () => undefined);
+  const source: Peer = { ...peerOfWorkload(inputs.store.workloadByIp(socket.remoteAddress ?? ''), socket.remoteAddress ?? '', socket.remotePort ?? 0) };
+  source.identity = undefined;
+  let target: Address;
+  try {
+    target = inputs.originalDestination(socket);
+  } catch (err) {
+    telemetry.refused('inbound', 'no_original_destination', { path: 'plaintext', source }, err instanceof Error ? err.message : String(err));
+    abortStream(socket);
+    return;
+  }
+  const decision = buildInboundRequest(inputs.store, inputs.config.nodeName, target);
+  if (decision.kind === 'refuse') {
+    telemetry.refused('inbound', decision.reason, { path: 'plaintext', source, destination: { ip: target.host, port: target.port } }, decision.message);
+    abortStream(socket);
+    return;
+  }
+  const record: ConnectionRecord = {
+    reporter: 'destination',
+    path: 'plaintext',
+    source,
+    destination: peerOfWorkload(decision.destination, target.host, target.port),
+    security: 'none',
+    startedAt: Date.now(),
+  };
+  connectTcp(decision.target).then(
+    (upstream) => deliver(inputs, record, socket, upstream),
+    (err: unknown) => {
+      telemetry.refused('inbound', upstreamFailure(err).reason, record, err instanceof Error ? err.message : String(err));
+      abortStream(socket);
+    },
+  );
+}
+
+/** Splices a downstream (HBONE stream or captured socket) to the pod and reports the connection when it ends. */
+export function deliver(inputs: ProxyInputs, record: ConnectionRecord, downstream: http2.ServerHttp2Stream | net.Socket, upstream: net.Socket): void {
+  inputs.telemetry.opened(record);
+  splice(downstream, upstream).then((error) => {
+    inputs.telemetry.closed(record, { received: upstream.bytesWritten, sent: upstream.bytesRead, error: error?.message });
+  });
+}
+

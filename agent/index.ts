@@ -1,0 +1,39 @@
+import { createLogger } from '../core/log.js';
+import { Agent } from './agent.js';
+import { AGENT_USAGE, loadAgentConfig } from './config.js';
+import { removeRedirectRules } from './redirect-rules.js';
+
+export { Agent, type AgentDependencies } from './agent.js';
+export { AGENT_USAGE, DEFAULT_PORTS, loadAgentConfig, type AgentConfig, type AgentPorts } from './config.js';
+export { buildOutboundRequest, type OutboundContext, type OutboundRequest } from './outbound.js';
+export { buildInboundRequest, type InboundRequest } from './inbound.js';
+export { RedirectRules, removeRedirectRules } from './redirect-rules.js';
+
+/** `ambit agent`: runs until SIGTERM or SIGINT, then shuts down cleanly (rules removed); returns the exit code. */
+export async function runAgentCommand(argv: string[]): Promise<number> {
+  const command = loadAgentConfig(process.env, argv);
+  if (command.help || !command.config) {
+    process.stdout.write(AGENT_USAGE);
+    return 0;
+  }
+  const config = command.config;
+  const log = createLogger({ level: config.logLevel, name: 'ambit-agent' });
+  if (command.cleanup) {
+    await removeRedirectRules({ backend: config.iptablesBackend, log });
+    log.info('removed Ambit redirect rules and ipsets');
+    return 0;
+  }
+  const agent = await Agent.start(config, { log });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: NodeJS.Signals) => {
+      log.info({ signal }, 'shutting down');
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  await agent.close();
+  return 0;
+}

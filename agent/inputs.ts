@@ -1,0 +1,19 @@
+import type net from 'node:net';
+import type { WorkloadStore } from '../core/discovery/index.js';
+import type { HboneClient } from '../core/hbone/index.js';
+import type { Logger } from '../core/log.js';
+import type { AgentConfig } from './config.js';
+import type { Address } from './outbound.js';
+import type { AgentTelemetry } from './telemetry.js';
+
+/** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
+export interface ProxyInputs {
+  config: AgentConfig;
+  store: WorkloadStore;
+  nodeIp: string;
+  hbone: HboneClient;
+  telemetry: AgentTelemetry;
+  log: Logger;
+  /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */
+  originalDestination: (socket: net.Socket) => Address;
+}

@@ -1,0 +1,238 @@
+import type net from 'node:net';
+import type { Service, Workload, WorkloadStore } from '../core/discovery/index.js';
+import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
+import { buildInboundRequest, peerOfWorkload } from './inbound.js';
+import type { ProxyInputs } from './inputs.js';
+import { abortStream, connectTcp, splice } from './proxy.js';
+import type { ConnectionRecord } from './telemetry.js';
+
+/** What the outbound decision needs to know besides the store. */
+export interface OutboundContext {
+  store: WorkloadStore;
+  nodeName: string;
+  nodeIp: string;
+  /** The agent's own ports on the node IP: a captured connection to one of them would loop. */
+  agentPorts: readonly number[];
+  hbonePort: number;
+  /** Picks one of several equally good endpoints; injectable so tests are deterministic. */
+  pick?: <T>(candidates: readonly T[]) => T;
+}
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+/**
+ * The decision for one captured outbound connection, made before any byte moves:
+ * - `hbone`: tunnel to the destination node's agent (`via`), authority `target`, expecting `destination.identity`;
+ * - `local`: the destination is an enrolled pod on this node: connect to it directly (no network hop);
+ * - `passthrough`: the destination is outside the mesh: plain TCP to `target`;
+ * - `refuse`: no safe way to carry it; the client gets a reset.
+ */
+export type OutboundRequest =
+  | { kind: 'hbone'; source: Workload; destination: Workload; service: Service | undefined; target: Address; via: Address; authority: string }
+  | { kind: 'local'; source: Workload; destination: Workload; service: Service | undefined; target: Address }
+  | { kind: 'passthrough'; source: Workload; destination: Workload | undefined; service: Service | undefined; target: Address }
+  | { kind: 'refuse'; source: Workload | undefined; target: Address; reason: OutboundRefusal; message: string };
+
+export type OutboundRefusal = 'unknown_source' | 'loop' | 'no_service_port' | 'no_healthy_endpoint' | 'unknown_destination_node';
+
+function pickRandom<T>(candidates: readonly T[]): T {
+  return candidates[Math.floor(Math.random() * candidates.length)] as T;
+}
+
+/** Pure: decides where a captured connection from `sourceIp` to `original` goes. */
+export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, original: Address): OutboundRequest {
+  const { store } = ctx;
+  const source = store.workloadByIp(sourceIp);
+  if (!source || source.node !== ctx.nodeName || !source.enrolled) {
+    return {
+      kind: 'refuse',
+      source,
+      target: original,
+      reason: 'unknown_source',
+      message: `${sourceIp} is not an enrolled pod on node ${ctx.nodeName}; its rules may be stale`,
+    };
+  }
+  if (original.host === ctx.nodeIp && ctx.agentPorts.includes(original.port)) {
+    return { kind: 'refuse', source, target: original, reason: 'loop', message: `${formatAuthority(original.host, original.port)} is the agent itself` };
+  }
+
+  let destination: Workload | undefined;
+  let service: Service | undefined;
+  let target = original;
+  service = store.serviceByVip(original.host);
+  if (service) {
+    const servicePort = service.ports.find((p) => p.port === original.port && p.protocol === 'TCP');
+    if (!servicePort) {
+      return {
+        kind: 'refuse',
+        source,
+        target: original,
+        reason: 'no_service_port',
+        message: `service ${service.namespace}/${service.name} has no TCP port ${original.port}`,
+      };
+    }
+    const chosen = chooseEndpoint(ctx, service, original.port);
+    if (!chosen) {
+      return {
+        kind: 'refuse',
+        source,
+        target: original,
+        reason: 'no_healthy_endpoint',
+        message: `service ${service.namespace}/${service.name} has no ready endpoint for port ${original.port}`,
+      };
+    }
+    destination = chosen.workload;
+    target = { host: chosen.ip, port: chosen.port };
+  } else {
+    destination = store.workloadByIp(original.host);
+  }
+
+  if (!destination || !destination.enrolled) {
+    return { kind: 'passthrough', source, destination, service, target };
+  }
+  if (destination.node === ctx.nodeName) {
+    return { kind: 'local', source, destination, service, target };
+  }
+  const nodeIp = destination.node ? store.nodeIp(destination.node) : undefined;
+  if (!nodeIp) {
+    return {
+      kind: 'refuse',
+      source,
+      target,
+      reason: 'unknown_destination_node',
+      message: `pod ${destination.namespace}/${destination.name} runs on node ${destination.node ?? '(none)'} whose address is unknown`,
+    };
+  }
+  return {
+    kind: 'hbone',
+    source,
+    destination,
+    service,
+    target,
+    via: { host: nodeIp, port: ctx.hbonePort },
+    authority: formatAuthority(target.host, target.port),
+  };
+}
+
+/** Locality first: an endpoint on this node, else any ready endpoint. */
+function chooseEndpoint(ctx: OutboundContext, service: Service, servicePort: number): { workload: Workload; ip: string; port: number } | undefined {
+  const pick = ctx.pick ?? pickRandom;
+  const family = service.vips[0]?.includes(':') ? ':' : '.';
+  const candidates: Array<{ workload: Workload; ip: string; port: number }> = [];
+  for (const workload of ctx.store.endpoints(service)) {
+    const port = ctx.store.resolveTargetPort(service, servicePort, workload);
+    const ip = workload.ips.find((a) => a.includes(family));
+    if (port !== undefined && ip !== undefined) candidates.push({ workload, ip, port });
+  }
+  if (candidates.length === 0) return undefined;
+  const local = candidates.filter((c) => c.workload.node === ctx.nodeName);
+  return pick(local.length > 0 ? local : candidates);
+}
+
+/** A connection captured on 15001: decide, then carry it (HBONE, same-node, passthrough) or reset it. */
+export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
+  const { telemetry, config } = inputs;
+  socket.on('error', () => undefined);
+  const sourceIp = socket.remoteAddress ?? '';
+  const sourcePort = socket.remotePort ?? 0;
+  let original: Address;
+  try {
+    original = inputs.originalDestination(socket);
+  } catch (err) {
+    telemetry.refused('outbound', 'no_original_destination', { source: { ip: sourceIp, port: sourcePort } }, err instanceof Error ? err.message : String(err));
+    abortStream(socket);
+    return;
+  }
+  const request = buildOutboundRequest(
+    { store: inputs.store, nodeName: config.nodeName, nodeIp: inputs.nodeIp, agentPorts: Object.values(config.ports), hbonePort: config.ports.hbone },
+    sourceIp,
+    original,
+  );
+  const source = peerOfWorkload(request.source, sourceIp, sourcePort);
+  if (request.kind === 'refuse') {
+    telemetry.refused('outbound', request.reason, { source, destination: { ip: request.target.host, port: request.target.port } }, request.message);
+    abortStream(socket);
+    return;
+  }
+  const destination = peerOfWorkload(request.destination, request.target.host, request.target.port);
+  const service = request.service?.hostname;
+  const startedAt = Date.now();
+
+  if (request.kind === 'passthrough') {
+    const record: ConnectionRecord = { reporter: 'source', path: 'passthrough', source, destination, service, security: 'none', startedAt };
+    connectTcp(request.target).then(
+      (upstream) => {
+        telemetry.opened(record);
+        splice(socket, upstream).then((error) => telemetry.closed(record, { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message }));
+      },
+      (err: unknown) => {
+        telemetry.refused('outbound', 'upstream_unreachable', record, err instanceof Error ? err.message : String(err));
+        abortStream(socket);
+      },
+    );
+    return;
+  }
+
+  if (request.kind === 'local') {
+    // Same node: no network hop, but the same checks and the same metrics as if the bytes had crossed over HBONE.
+    const sourceRecord: ConnectionRecord = { reporter: 'source', path: 'local', source, destination, service, security: 'mutual_tls', startedAt };
+    const decision = buildInboundRequest(inputs.store, config.nodeName, request.target, request.destination.identity);
+    if (decision.kind === 'refuse') {
+      telemetry.refused('outbound', decision.reason, sourceRecord, decision.message);
+      abortStream(socket);
+      return;
+    }
+    connectTcp(request.target).then(
+      (upstream) => {
+        const destinationRecord: ConnectionRecord = { ...sourceRecord, reporter: 'destination' };
+        telemetry.opened(sourceRecord);
+        telemetry.opened(destinationRecord);
+        splice(socket, upstream).then((error) => {
+          const outcome = { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message };
+          telemetry.closed(sourceRecord, outcome);
+          telemetry.closed(destinationRecord, outcome);
+        });
+      },
+      (err: unknown) => {
+        telemetry.refused('outbound', 'upstream_unreachable', sourceRecord, err instanceof Error ? err.message : String(err));
+        abortStream(socket);
+      },
+    );
+    return;
+  }
+
+  const hbone = `${request.via.host}:${request.via.port}`;
+  const record: ConnectionRecord = { reporter: 'source', path: 'hbone', source, destination, service, hbone, security: 'mutual_tls', startedAt };
+  inputs.hbone
+    .connect({
+      sourceIdentity: request.source.identity,
+      destinationIdentity: request.destination.identity,
+      via: request.via,
+      authority: request.authority,
+      headers: {
+        forwarded: forwardedFor(sourceIp, sourcePort),
+        baggage: buildBaggage({
+          cluster: config.clusterName,
+          namespace: request.source.namespace,
+          workloadName: request.source.workloadName,
+          service: request.source.labels.app,
+          version: request.source.labels.version,
+        }),
+        traceparent: newTraceparent(),
+      },
+    })
+    .then(
+      (stream) => {
+        telemetry.opened(record);
+        splice(socket, stream).then((error) => telemetry.closed(record, { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message }));
+      },
+      (err: unknown) => {
+        const reason = err instanceof HboneError ? err.reason : 'hbone_failed';
+        telemetry.refused('outbound', reason, record, err instanceof Error ? err.message : String(err));
+        abortStream(socket);
+      },
+    );
+}

@@ -1,0 +1,75 @@
+import http2 from 'node:http2';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+
+/** Node does not export the Http2Stream class; its streams are the duplexes with an `rstCode`. */
+function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Stream, 'rstCode' | 'close'> {
+  return 'rstCode' in stream && typeof (stream as { close?: unknown }).close === 'function';
+}
+
+/** Tears a stream down so its peer sees an abort (TCP RST, or RST_STREAM CANCEL), not a clean end. */
+export function abortStream(stream: Duplex): void {
+  if (stream.destroyed) return;
+  if (stream instanceof net.Socket) {
+    stream.resetAndDestroy();
+  } else if (isHttp2Stream(stream)) {
+    stream.close(http2.constants.NGHTTP2_CANCEL);
+  } else {
+    stream.destroy();
+  }
+}
+
+function abortedAbnormally(stream: Duplex): boolean {
+  return isHttp2Stream(stream) && stream.rstCode !== undefined && stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+}
+
+/**
+ * Moves bytes both ways until both directions are done. `pipe` gives backpressure (a slow reader pauses the
+ * writer, nothing is buffered without bound) and half-close (one side's end becomes the other side's FIN or
+ * END_STREAM while the other direction keeps flowing). An error or abort on either side aborts the other, so a reset
+ * travels end to end. Resolves with the first error, if any, once both sides are closed.
+ */
+export function splice(a: Duplex, b: Duplex): Promise<Error | undefined> {
+  return new Promise((resolve) => {
+    let firstError: Error | undefined;
+    let open = 2;
+    const onClose = (self: Duplex, other: Duplex) => () => {
+      if (abortedAbnormally(self) && !firstError) firstError = new Error('stream reset by peer');
+      if (firstError) abortStream(other);
+      if (--open === 0) resolve(firstError);
+    };
+    const onError = (other: Duplex) => (err: Error) => {
+      firstError ??= err;
+      abortStream(other);
+    };
+    a.on('error', onError(b));
+    b.on('error', onError(a));
+    a.once('close', onClose(a, b));
+    b.once('close', onClose(b, a));
+    a.pipe(b);
+    b.pipe(a);
+  });
+}
+
+/** How long a connect to a pod may take before the client is told it failed (a pod that vanished drops SYNs). */
+export const UPSTREAM_CONNECT_TIMEOUT_MS = 5_000;
+
+/** A TCP connection from the agent, resolved once established; `allowHalfOpen` so a FIN does not end both ways. */
+export function connectTcp(target: { host: string; port: number }, timeoutMs = UPSTREAM_CONNECT_TIMEOUT_MS): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => {
+      const err = Object.assign(new Error(`connect to ${target.host}:${target.port} timed out after ${timeoutMs} ms`), { code: 'ETIMEDOUT' });
+      socket.destroy(err);
+    }, timeoutMs);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}

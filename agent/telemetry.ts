@@ -1,0 +1,154 @@
+import { Counter, Gauge, type Registry } from 'prom-client';
+import type { Logger } from '../core/log.js';
+
+/** Istio's TCP metric labels, so Kiali, Grafana dashboards and Flagger read Ambit's metrics unchanged. */
+const TCP_LABELS = [
+  'reporter',
+  'source_workload',
+  'source_workload_namespace',
+  'source_principal',
+  'source_app',
+  'destination_workload',
+  'destination_workload_namespace',
+  'destination_principal',
+  'destination_service',
+  'request_protocol',
+  'response_flags',
+  'connection_security_policy',
+] as const;
+
+export type TcpLabels = Record<(typeof TCP_LABELS)[number], string>;
+
+/** One side of a connection as telemetry sees it. */
+export interface Peer {
+  ip: string;
+  port: number;
+  workload?: string;
+  namespace?: string;
+  identity?: string;
+  app?: string;
+}
+
+export type ConnectionPath = 'hbone' | 'local' | 'passthrough' | 'plaintext';
+
+/** Everything an access-log line and the metrics need about one proxied connection. */
+export interface ConnectionRecord {
+  reporter: 'source' | 'destination';
+  path: ConnectionPath;
+  source: Peer;
+  destination: Peer;
+  service?: string;
+  /** The HBONE peer (the other node's 15008) when there is one. */
+  hbone?: string;
+  security: 'mutual_tls' | 'none';
+  startedAt: number;
+}
+
+export interface ConnectionOutcome {
+  /** Bytes from the client toward the server. */
+  received: number;
+  /** Bytes from the server back to the client. */
+  sent: number;
+  /** Set when the connection was refused or failed: a stable reason. */
+  reason?: string;
+  error?: string;
+}
+
+const UNKNOWN = 'unknown';
+
+export class AgentTelemetry {
+  readonly #log: Logger;
+  readonly #opened: Counter<(typeof TCP_LABELS)[number]>;
+  readonly #closed: Counter<(typeof TCP_LABELS)[number]>;
+  readonly #sentBytes: Counter<(typeof TCP_LABELS)[number]>;
+  readonly #receivedBytes: Counter<(typeof TCP_LABELS)[number]>;
+  readonly #refused: Counter<'direction' | 'reason'>;
+  readonly #active: Gauge<'direction'>;
+
+  constructor(registry: Registry, accessLog: Logger) {
+    this.#log = accessLog;
+    const labelNames = [...TCP_LABELS];
+    this.#opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames, registers: [registry] });
+    this.#closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers: [registry] });
+    this.#sentBytes = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent toward the client (response direction)', labelNames, registers: [registry] });
+    this.#receivedBytes = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the client (request direction)', labelNames, registers: [registry] });
+    this.#refused = new Counter({
+      name: 'ambit_connections_refused_total',
+      help: 'Connections and HBONE streams the agent refused, by direction and reason',
+      labelNames: ['direction', 'reason'],
+      registers: [registry],
+    });
+    this.#active = new Gauge({ name: 'ambit_connections_active', help: 'Proxied connections open now', labelNames: ['direction'], registers: [registry] });
+  }
+
+  /** A connection was set up (the upstream answered): count it open. */
+  opened(record: ConnectionRecord): void {
+    this.#opened.inc(labelsOf(record));
+    this.#active.inc({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' });
+  }
+
+  /** An opened connection ended: bytes, closed count, and its access-log line. */
+  closed(record: ConnectionRecord, outcome: ConnectionOutcome): void {
+    const labels = labelsOf(record);
+    this.#closed.inc(labels);
+    if (outcome.sent > 0) this.#sentBytes.inc(labels, outcome.sent);
+    if (outcome.received > 0) this.#receivedBytes.inc(labels, outcome.received);
+    this.#active.dec({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' });
+    this.#access(record, outcome);
+  }
+
+  /** A connection or stream refused before it opened: counted by reason and logged once with that reason. */
+  refused(direction: 'outbound' | 'inbound' | 'hbone', reason: string, record: Partial<ConnectionRecord>, message: string): void {
+    this.#refused.inc({ direction, reason });
+    this.#log.warn(
+      {
+        direction,
+        path: record.path,
+        src: record.source,
+        dst: record.destination,
+        hbone: record.hbone,
+        outcome: 'refused',
+        reason,
+        detail: message,
+      },
+      'connection refused',
+    );
+  }
+
+  #access(record: ConnectionRecord, outcome: ConnectionOutcome): void {
+    this.#log.info(
+      {
+        direction: record.reporter === 'source' ? 'outbound' : 'inbound',
+        path: record.path,
+        src: record.source,
+        dst: record.destination,
+        service: record.service,
+        hbone: record.hbone,
+        security: record.security,
+        bytes_received: outcome.received,
+        bytes_sent: outcome.sent,
+        duration_ms: Date.now() - record.startedAt,
+        outcome: outcome.error ? 'error' : 'ok',
+        error: outcome.error,
+      },
+      'access',
+    );
+  }
+}
+
+function labelsOf(record: ConnectionRecord): TcpLabels {
+  return {
+    reporter: record.reporter,
+    source_workload: record.source.workload ?? UNKNOWN,
+    source_workload_namespace: record.source.namespace ?? UNKNOWN,
+    source_principal: record.source.identity ?? UNKNOWN,
+    source_app: record.source.app ?? UNKNOWN,
+    destination_workload: record.destination.workload ?? UNKNOWN,
+    destination_workload_namespace: record.destination.namespace ?? UNKNOWN,
+    destination_principal: record.destination.identity ?? UNKNOWN,
+    destination_service: record.service ?? UNKNOWN,
+    request_protocol: 'tcp',
+    response_flags: '-',
+    connection_security_policy: record.security,
+  };
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env node
+import { AmbitError } from '../core/errors.js';
+
+/** Exit codes scripts can rely on. */
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+const USAGE = `Usage: ambit <command> [options]
+
+Commands:
+  agent     run the node agent (capture, HBONE mTLS tunnel, redirect rules); ambit agent --help
+  demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
+  version   print the version
+
+Run 'ambit <command> --help' for a command's options.
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return command === undefined ? EXIT_USAGE : EXIT_OK;
+    case 'version':
+    case '--version':
+      process.stdout.write(`ambit ${await packageVersion()}\n`);
+      return EXIT_OK;
+    case 'agent': {
+      const { runAgentCommand } = await import('../agent/index.js');
+      return runAgentCommand(rest);
+    }
+    case 'demo': {
+      const { runDemo } = await import('./demo.js');
+      return runDemo(rest);
+    }
+    default:
+      process.stderr.write(`ambit: unknown command '${command}'\n\n${USAGE}`);
+      return EXIT_USAGE;
+  }
+}
+
+async function packageVersion(): Promise<string> {
+  const { readFile } = await import('node:fs/promises');
+  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof AmbitError && err.code === 'USAGE') {
+      process.stderr.write(`ambit: ${err.message}\n`);
+      process.exitCode = EXIT_USAGE;
+      return;
+    }
+    process.stderr.write(`ambit: ${err instanceof AmbitError ? `${err.message} [${err.code}]` : err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exitCode = EXIT_FAILURE;
+  },
+);

@@ -1,0 +1,354 @@
+import { EventEmitter } from 'node:events';
+import { isIP } from 'node:net';
+import { silentLogger, type Logger } from '../log.js';
+import { canonicalIp } from './convert.js';
+import { isWorkloadEnrolled } from './enrollment.js';
+import type {
+  ConvertedObject,
+  DiscoveryChange,
+  DiscoveryKind,
+  DiscoverySnapshot,
+  NamespaceInfo,
+  NodeInfo,
+  PodInfo,
+  Service,
+  StoreChange,
+  Workload,
+} from './types.js';
+
+export interface WorkloadStoreOptions {
+  /** The SPIFFE trust domain sources put in identities; default cluster.local. */
+  trustDomain?: string;
+  /** The node this process runs on: `local*` readers answer for it, and are empty without it. */
+  nodeName?: string;
+  log?: Logger;
+}
+
+/** A JSON-able dump of the store, for the admin config dump. */
+export interface StoreDump {
+  version: number;
+  trustDomain: string;
+  nodeName: string | null;
+  namespaces: NamespaceInfo[];
+  nodes: NodeInfo[];
+  services: Array<Service & { endpoints: string[] }>;
+  workloads: Workload[];
+}
+
+interface Entry {
+  readonly object: ConvertedObject['object'];
+  readonly source: string;
+  /** Equal fingerprints mean an upsert changes nothing: resyncs and touched files do not wake the data path. */
+  readonly fingerprint: string;
+  /** Reused while neither the pod nor its enrollment changes, so a workload keeps its identity across versions. */
+  workload?: Workload;
+}
+
+/** The derived indexes; rebuilt together after each batch and swapped in at once, so readers never see half. */
+interface Indexes {
+  readonly workloads: readonly Workload[];
+  readonly byIp: ReadonlyMap<string, Workload>;
+  readonly byIdentity: ReadonlyMap<string, readonly Workload[]>;
+  readonly local: readonly Workload[];
+  readonly localByIdentity: ReadonlyMap<string, readonly Workload[]>;
+  readonly localEnrolledIps: { readonly 4: readonly string[]; readonly 6: readonly string[] };
+  readonly services: readonly Service[];
+  readonly serviceByVip: ReadonlyMap<string, Service>;
+  readonly endpoints: ReadonlyMap<string, readonly Workload[]>;
+}
+
+const NONE: readonly Workload[] = Object.freeze([]);
+const DEFAULT_SOURCE = 'default';
+const DEFAULT_TRUST_DOMAIN = 'cluster.local';
+
+/**
+ * What the mesh knows about the cluster: workloads (pods), services, namespaces and nodes, behind typed indexes.
+ * Sources write it in batches of converted objects (`replaceAll`, `applyBatch`); the data path only reads it, and
+ * every reader is a map lookup or returns a precomputed frozen list. Emits `'change'` (StoreChange) once per batch
+ * that changed something.
+ */
+export class WorkloadStore extends EventEmitter {
+  readonly trustDomain: string;
+  readonly nodeName: string | undefined;
+  private readonly log: Logger;
+  private readonly entries: Record<DiscoveryKind, Map<string, Entry>> = {
+    Namespace: new Map(),
+    Pod: new Map(),
+    Service: new Map(),
+    Node: new Map(),
+  };
+  private indexes: Indexes = buildEmptyIndexes();
+  private currentVersion = 0;
+
+  constructor(options: WorkloadStoreOptions = {}) {
+    super();
+    this.trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
+    this.nodeName = options.nodeName;
+    this.log = options.log ?? silentLogger();
+  }
+
+  /** Counts applied batches that changed something; 0 until a source has delivered anything. */
+  get version(): number {
+    return this.currentVersion;
+  }
+
+  /**
+   * Makes the objects `source` owns exactly those of the snapshot: objects it wrote before and no longer lists
+   * are removed; objects written by other sources are left alone. When two sources write the same object the
+   * last write wins and ownership moves with it.
+   */
+  replaceAll(snapshot: DiscoverySnapshot, source: string = DEFAULT_SOURCE): void {
+    const upserts: ConvertedObject[] = [
+      ...snapshot.namespaces.map((object) => ({ kind: 'Namespace' as const, object })),
+      ...snapshot.nodes.map((object) => ({ kind: 'Node' as const, object })),
+      ...snapshot.services.map((object) => ({ kind: 'Service' as const, object })),
+      ...snapshot.pods.map((object) => ({ kind: 'Pod' as const, object })),
+    ];
+    const listed = new Set(upserts.map((u) => `${u.kind}:${keyOf(u)}`));
+    const changes: DiscoveryChange[] = [];
+    for (const [kind, entries] of Object.entries(this.entries) as Array<[DiscoveryKind, Map<string, Entry>]>) {
+      for (const [key, entry] of entries) {
+        if (entry.source === source && !listed.has(`${kind}:${key}`)) changes.push({ op: 'delete', kind, ...splitKey(key) });
+      }
+    }
+    for (const upsert of upserts) changes.push({ op: 'upsert', ...upsert });
+    this.applyBatch(changes, source);
+  }
+
+  /** Applies upserts and deletes, in order, as one batch: one index rebuild, one version, one `'change'`. */
+  applyBatch(changes: readonly DiscoveryChange[], source: string = DEFAULT_SOURCE): void {
+    let changed = false;
+    for (const change of changes) {
+      const entries = this.entries[change.kind];
+      if (change.op === 'delete') {
+        changed = entries.delete(change.namespace === undefined ? change.name : `${change.namespace}/${change.name}`) || changed;
+        continue;
+      }
+      const key = keyOf(change);
+      const fingerprint = JSON.stringify(change.object);
+      const previous = entries.get(key);
+      if (previous !== undefined && previous.fingerprint === fingerprint && previous.source === source) continue;
+      entries.set(key, { object: change.object, source, fingerprint });
+      changed = true;
+    }
+    if (!changed) return;
+    this.indexes = this.buildIndexes();
+    this.currentVersion += 1;
+    this.log.debug(
+      { version: this.currentVersion, source, workloads: this.indexes.workloads.length, services: this.indexes.services.length },
+      'discovery store updated',
+    );
+    const event: StoreChange = { version: this.currentVersion, source };
+    this.emit('change', event);
+  }
+
+  /** The workload that owns a pod IP (host-network pods are not indexed: their IP is the node's). */
+  workloadByIp(ip: string): Workload | undefined {
+    const found = this.indexes.byIp.get(ip);
+    if (found !== undefined || !ip.includes(':')) return found;
+    const canonical = canonicalIp(ip);
+    return canonical === undefined ? undefined : this.indexes.byIp.get(canonical);
+  }
+
+  workloadsByIdentity(spiffeId: string): readonly Workload[] {
+    return this.indexes.byIdentity.get(spiffeId) ?? NONE;
+  }
+
+  /** Workloads scheduled on this store's node, enrolled or not. */
+  localWorkloads(): readonly Workload[] {
+    return this.indexes.local;
+  }
+
+  /** Local workloads running as `spiffeId`: the ones whose certificate the HBONE server may present for it. */
+  localWorkloadByIdentity(spiffeId: string): readonly Workload[] {
+    return this.indexes.localByIdentity.get(spiffeId) ?? NONE;
+  }
+
+  /** The pod IPs whose traffic this node captures (the ipset), sorted. */
+  localEnrolledIps(family: 4 | 6): readonly string[] {
+    return this.indexes.localEnrolledIps[family];
+  }
+
+  serviceByVip(ip: string): Service | undefined {
+    const found = this.indexes.serviceByVip.get(ip);
+    if (found !== undefined || !ip.includes(':')) return found;
+    const canonical = canonicalIp(ip);
+    return canonical === undefined ? undefined : this.indexes.serviceByVip.get(canonical);
+  }
+
+  service(namespace: string, name: string): Service | undefined {
+    return this.entries.Service.get(`${namespace}/${name}`)?.object as Service | undefined;
+  }
+
+  /** Ready workloads with an IP in the service's namespace whose labels match its selector. */
+  endpoints(service: Service): readonly Workload[] {
+    return this.indexes.endpoints.get(`${service.namespace}/${service.name}`) ?? NONE;
+  }
+
+  /**
+   * The port to dial on `workload` for `servicePort` of `service`: the numeric targetPort, or the workload's
+   * container port of that name. Undefined when the service has no such port or the workload no such named port.
+   */
+  resolveTargetPort(service: Service, servicePort: number, workload: Workload): number | undefined {
+    // The mesh carries TCP: when a port number is served over TCP and UDP, the TCP mapping is the one that counts.
+    const mapping =
+      service.ports.find((p) => p.port === servicePort && p.protocol === 'TCP') ?? service.ports.find((p) => p.port === servicePort);
+    if (mapping === undefined) return undefined;
+    if (typeof mapping.targetPort === 'number') return mapping.targetPort;
+    return workload.containerPorts.find((p) => p.name === mapping.targetPort && p.protocol === mapping.protocol)?.port;
+  }
+
+  node(name: string): NodeInfo | undefined {
+    return this.entries.Node.get(name)?.object as NodeInfo | undefined;
+  }
+
+  /** The address other agents reach a node's HBONE listener on: its first InternalIP, else its first ExternalIP. */
+  nodeIp(name: string): string | undefined {
+    return this.node(name)?.addresses[0];
+  }
+
+  namespace(name: string): NamespaceInfo | undefined {
+    return this.entries.Namespace.get(name)?.object as NamespaceInfo | undefined;
+  }
+
+  /** Every workload: pods that are not terminated, in every namespace. */
+  workloads(): readonly Workload[] {
+    return this.indexes.workloads;
+  }
+
+  services(): readonly Service[] {
+    return this.indexes.services;
+  }
+
+  snapshot(): StoreDump {
+    const { workloads, services } = this.indexes;
+    return {
+      version: this.currentVersion,
+      trustDomain: this.trustDomain,
+      nodeName: this.nodeName ?? null,
+      namespaces: [...this.entries.Namespace.values()].map((e) => e.object as NamespaceInfo),
+      nodes: [...this.entries.Node.values()].map((e) => e.object as NodeInfo),
+      services: services.map((s) => ({ ...s, endpoints: this.endpoints(s).map((w) => `${w.namespace}/${w.name}`) })),
+      workloads: [...workloads],
+    };
+  }
+
+  private buildIndexes(): Indexes {
+    const workloads: Workload[] = [];
+    const byIp = new Map<string, Workload>();
+    const byIdentity = new Map<string, Workload[]>();
+    const local: Workload[] = [];
+    const localByIdentity = new Map<string, Workload[]>();
+    const localIps = { 4: [] as string[], 6: [] as string[] };
+    const byNamespace = new Map<string, Workload[]>();
+
+    for (const entry of this.entries.Pod.values()) {
+      const pod = entry.object as PodInfo;
+      if (pod.terminated) continue;
+      const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod);
+      if (entry.workload?.enrolled !== enrolled) entry.workload = toWorkload(pod, enrolled);
+      const workload = entry.workload;
+      workloads.push(workload);
+      append(byIdentity, workload.identity, workload);
+      append(byNamespace, workload.namespace, workload);
+      if (!workload.hostNetwork) {
+        for (const ip of workload.ips) {
+          const holder = byIp.get(ip);
+          // Two live pods cannot share an IP for long (one is a stale record): prefer the ready one, else the first.
+          if (holder !== undefined && (holder.ready || !workload.ready)) {
+            this.log.warn({ ip, kept: `${holder.namespace}/${holder.name}`, ignored: `${workload.namespace}/${workload.name}` }, 'two pods claim one IP');
+            continue;
+          }
+          byIp.set(ip, workload);
+        }
+      }
+      if (this.nodeName !== undefined && workload.node === this.nodeName) {
+        local.push(workload);
+        append(localByIdentity, workload.identity, workload);
+        if (workload.enrolled) {
+          for (const ip of workload.ips) localIps[isIP(ip) === 6 ? 6 : 4].push(ip);
+        }
+      }
+    }
+
+    const services: Service[] = [];
+    const serviceByVip = new Map<string, Service>();
+    const endpoints = new Map<string, readonly Workload[]>();
+    for (const entry of this.entries.Service.values()) {
+      const service = entry.object as Service;
+      services.push(service);
+      for (const vip of service.vips) {
+        const holder = serviceByVip.get(vip);
+        if (holder !== undefined) {
+          this.log.warn({ vip, kept: `${holder.namespace}/${holder.name}`, ignored: `${service.namespace}/${service.name}` }, 'two services claim one cluster IP');
+          continue;
+        }
+        serviceByVip.set(vip, service);
+      }
+      const selector = service.selector;
+      if (selector === undefined) continue;
+      const selected = (byNamespace.get(service.namespace) ?? []).filter(
+        (w) => w.ready && w.ips.length > 0 && Object.entries(selector).every(([key, value]) => w.labels[key] === value),
+      );
+      endpoints.set(`${service.namespace}/${service.name}`, Object.freeze(selected));
+    }
+
+    return {
+      workloads: Object.freeze(workloads),
+      byIp,
+      byIdentity: freezeLists(byIdentity),
+      local: Object.freeze(local),
+      localByIdentity: freezeLists(localByIdentity),
+      localEnrolledIps: { 4: Object.freeze(localIps[4].sort()), 6: Object.freeze(localIps[6].sort()) },
+      services: Object.freeze(services),
+      serviceByVip,
+      endpoints,
+    };
+  }
+}
+
+function buildEmptyIndexes(): Indexes {
+  return {
+    workloads: NONE,
+    byIp: new Map(),
+    byIdentity: new Map(),
+    local: NONE,
+    localByIdentity: new Map(),
+    localEnrolledIps: { 4: Object.freeze([]), 6: Object.freeze([]) },
+    services: Object.freeze([]),
+    serviceByVip: new Map(),
+    endpoints: new Map(),
+  };
+}
+
+function toWorkload(pod: PodInfo, enrolled: boolean): Workload {
+  const { terminated: _terminated, ...fields } = pod;
+  return Object.freeze({ ...fields, enrolled });
+}
+
+function keyOf(converted: ConvertedObject): string {
+  switch (converted.kind) {
+    case 'Namespace':
+    case 'Node':
+      return converted.object.name;
+    case 'Pod':
+    case 'Service':
+      return `${converted.object.namespace}/${converted.object.name}`;
+  }
+}
+
+function splitKey(key: string): { namespace?: string; name: string } {
+  const slash = key.indexOf('/');
+  return slash === -1 ? { name: key } : { namespace: key.slice(0, slash), name: key.slice(slash + 1) };
+}
+
+function append<K, V>(map: Map<K, V[]>, key: K, value: V): void {
+  const list = map.get(key);
+  if (list === undefined) map.set(key, [value]);
+  else list.push(value);
+}
+
+function freezeLists<K, V>(map: Map<K, V[]>): ReadonlyMap<K, readonly V[]> {
+  for (const list of map.values()) Object.freeze(list);
+  return map;
+}

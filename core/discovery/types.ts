@@ -1,0 +1,107 @@
+/** Namespace label value `enabled` enrolls the namespace; pod label value `disabled` opts the pod out. */
+export const ENROLL_LABEL = 'ambit.dev/mode';
+/** Istio's ambient label, honoured both ways so a namespace can move between Istio and Ambit without relabelling. */
+export const ISTIO_DATAPLANE_LABEL = 'istio.io/dataplane-mode';
+
+export type Labels = Readonly<Record<string, string>>;
+
+export interface ContainerPort {
+  readonly name?: string;
+  readonly port: number;
+  readonly protocol: string;
+}
+
+/** A pod as the data path sees it. Objects handed out by the store are frozen. */
+export interface Workload {
+  /** metadata.uid, or `${namespace}/${name}` when the object has none (hand-written local files). */
+  readonly uid: string;
+  readonly name: string;
+  readonly namespace: string;
+  /** The name metrics use for `*_workload` labels: canonical-name labels, else the owning controller, else the pod. */
+  readonly workloadName: string;
+  readonly serviceAccount: string;
+  /** spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount> */
+  readonly identity: string;
+  readonly node: string | undefined;
+  /** Canonical text form (IPv6 compressed, lower case), so lookups by socket address match. */
+  readonly ips: readonly string[];
+  readonly labels: Labels;
+  readonly hostNetwork: boolean;
+  /** Running (or phase unknown), not being deleted, and no Ready=False condition. */
+  readonly ready: boolean;
+  /** Captured by the mesh: its namespace enrolls it, the pod does not opt out, and it has its own network namespace. */
+  readonly enrolled: boolean;
+  readonly containerPorts: readonly ContainerPort[];
+}
+
+/**
+ * A converted pod before the store joins it with its namespace. Terminal pods (Succeeded, Failed) are kept so a
+ * watch source can upsert whatever it sees, but they never become workloads: their IPs are free for reuse.
+ */
+export interface PodInfo extends Omit<Workload, 'enrolled'> {
+  readonly terminated: boolean;
+}
+
+export interface ServicePort {
+  readonly name?: string;
+  readonly port: number;
+  /** A port number, or the name of a container port on each endpoint. */
+  readonly targetPort: number | string;
+  readonly protocol: string;
+}
+
+export interface Service {
+  readonly namespace: string;
+  readonly name: string;
+  /** name.namespace.svc.cluster.local */
+  readonly hostname: string;
+  /** ClusterIPs, without `None`; empty for headless and ExternalName services. */
+  readonly vips: readonly string[];
+  readonly ports: readonly ServicePort[];
+  /** Undefined when the service selects no pods (no selector, or an empty one, as Kubernetes treats it). */
+  readonly selector: Labels | undefined;
+  readonly labels: Labels;
+}
+
+export interface NodeInfo {
+  readonly name: string;
+  /** IP addresses only: InternalIP first, then ExternalIP. */
+  readonly addresses: readonly string[];
+  readonly labels: Labels;
+}
+
+export interface NamespaceInfo {
+  readonly name: string;
+  readonly labels: Labels;
+}
+
+export type DiscoveryKind = 'Namespace' | 'Pod' | 'Service' | 'Node';
+
+/** One object ready for the store. */
+export type ConvertedObject =
+  | { readonly kind: 'Namespace'; readonly object: NamespaceInfo }
+  | { readonly kind: 'Pod'; readonly object: PodInfo }
+  | { readonly kind: 'Service'; readonly object: Service }
+  | { readonly kind: 'Node'; readonly object: NodeInfo };
+
+/** What `convertObject` makes of a Kubernetes object: something for the store, or a kind discovery does not use. */
+export type Converted = ConvertedObject | { readonly kind: 'skip'; readonly reason: string };
+
+/** Everything one source knows, handed to the store in one batch. */
+export interface DiscoverySnapshot {
+  readonly namespaces: readonly NamespaceInfo[];
+  readonly pods: readonly PodInfo[];
+  readonly services: readonly Service[];
+  readonly nodes: readonly NodeInfo[];
+}
+
+/** One change of an incremental batch; cluster-scoped kinds (Namespace, Node) leave `namespace` out. */
+export type DiscoveryChange =
+  | ({ readonly op: 'upsert' } & ConvertedObject)
+  | { readonly op: 'delete'; readonly kind: DiscoveryKind; readonly namespace?: string; readonly name: string };
+
+/** The argument of the store's `'change'` event. */
+export interface StoreChange {
+  readonly version: number;
+  readonly source: string;
+}

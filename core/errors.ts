@@ -1,0 +1,24 @@
+/**
+ * One error type for the whole mesh: a stable `code` that scripts and tests match on, a message that names the
+ * object and suggests the fix, and the original failure kept as `cause`.
+ */
+export class AmbitError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AmbitError';
+    this.code = code;
+  }
+}
+
+/** True when `err` is an AmbitError with the given code. */
+export function isAmbitError(err: unknown, code?: string): err is AmbitError {
+  return err instanceof AmbitError && (code === undefined || err.code === code);
+}
+
+/** Node's system errors carry a string code (ECONNREFUSED, EADDRINUSE, ...). */
+export function errnoCode(err: unknown): string | undefined {
+  if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') return err.code;
+  return undefined;
+}

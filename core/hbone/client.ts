@@ -1,0 +1,242 @@
+import http2 from 'node:http2';
+import tls from 'node:tls';
+import { AmbitError, errnoCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { HBONE_ALPN, spiffeIdFromSan } from './tls.js';
+import { REASON_HEADER, type HboneHeaders } from './protocol.js';
+
+/** DESIGN.md, "HBONE on the wire": the pool's limits and the flow-control windows. */
+export const HBONE_MAX_STREAMS_PER_CONNECTION = 100;
+export const HBONE_IDLE_TIMEOUT_MS = 5 * 60_000;
+/** Without both raised windows a single stream tops out far below the link: the defaults are 64 KiB. */
+export const HBONE_STREAM_WINDOW = 4 * 1024 * 1024;
+export const HBONE_CONNECTION_WINDOW = 16 * 1024 * 1024;
+export const HBONE_CONNECT_TIMEOUT_MS = 10_000;
+
+export interface HboneClientOptions {
+  /** The TLS context (client certificate, trust bundle) of a source identity. */
+  contextFor: (sourceIdentity: string) => Promise<tls.SecureContext>;
+  /** The SNI that names a destination identity to a node listener serving many workloads. */
+  sniFor: (destinationIdentity: string) => string;
+  log?: Logger;
+  maxStreamsPerConnection?: number;
+  idleTimeoutMs?: number;
+  connectTimeoutMs?: number;
+}
+
+export interface HboneConnectRequest {
+  sourceIdentity: string;
+  destinationIdentity: string;
+  /** The HBONE listener: the destination node's (or waypoint's) address and port 15008. */
+  via: { host: string; port: number };
+  /** `podIP:port` (or `VIP:port` toward a waypoint). */
+  authority: string;
+  headers?: HboneHeaders;
+}
+
+/** A refusal by the peer (`status` and its reason header) or a failure to reach it (`status` 0). */
+export class HboneError extends AmbitError {
+  readonly status: number;
+  readonly reason: string;
+
+  constructor(code: string, message: string, status: number, reason: string, cause?: unknown) {
+    super(code, message, { cause });
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+/** Small request/response exchanges must not wait for Nagle's algorithm at either hop. */
+function connectTls(options: tls.ConnectionOptions): tls.TLSSocket {
+  return tls.connect(options).setNoDelay(true);
+}
+
+interface PooledSession {
+  /** Unset while the source identity's TLS context is being prepared. */
+  session: http2.ClientHttp2Session | undefined;
+  key: string;
+  streams: number;
+  ready: Promise<void>;
+  idleTimer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * HBONE client: HTTP/2 CONNECT over mutual TLS, pooled per (source identity, destination identity, destination
+ * address), up to 100 streams a connection, idle connections closed after 5 minutes.
+ */
+export class HboneClient {
+  readonly #options: HboneClientOptions;
+  readonly #log: Logger;
+  readonly #pools = new Map<string, PooledSession[]>();
+  readonly #maxStreams: number;
+  readonly #idleTimeoutMs: number;
+  readonly #connectTimeoutMs: number;
+  #closed = false;
+
+  constructor(options: HboneClientOptions) {
+    this.#options = options;
+    this.#log = options.log ?? silentLogger();
+    this.#maxStreams = options.maxStreamsPerConnection ?? HBONE_MAX_STREAMS_PER_CONNECTION;
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? HBONE_CONNECT_TIMEOUT_MS;
+  }
+
+  /** Opens a CONNECT stream; resolves once the peer answered 200, so the caller can start moving bytes. */
+  async connect(request: HboneConnectRequest): Promise<http2.ClientHttp2Stream> {
+    if (this.#closed) throw new HboneError('HBONE_CLIENT_CLOSED', 'the HBONE client is closed', 0, 'client_closed');
+    const pooled = await this.#acquire(request);
+    const session = pooled.session as http2.ClientHttp2Session;
+    pooled.streams++;
+    if (pooled.idleTimer) {
+      clearTimeout(pooled.idleTimer);
+      pooled.idleTimer = undefined;
+    }
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request(
+        { ':method': 'CONNECT', ':authority': request.authority, ...request.headers },
+        { endStream: false },
+      );
+    } catch (err) {
+      this.#release(pooled);
+      throw new HboneError('HBONE_CONNECT_FAILED', `opening a stream to ${request.via.host}:${request.via.port} failed: ${String(err)}`, 0, 'stream_failed', err);
+    }
+    stream.once('close', () => this.#release(pooled));
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => {
+        reject(new HboneError('HBONE_STREAM_FAILED', `HBONE stream to ${request.authority} via ${request.via.host}:${request.via.port} failed: ${err.message}`, 0, 'stream_failed', err));
+      };
+      stream.once('error', onError);
+      stream.once('response', (headers) => {
+        stream.off('error', onError);
+        const status = Number(headers[':status']);
+        if (status === 200) {
+          resolve(stream);
+          return;
+        }
+        const reason = String(headers[REASON_HEADER] ?? 'unspecified');
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new HboneError('HBONE_REFUSED', `${request.via.host}:${request.via.port} refused CONNECT ${request.authority}: ${status} ${reason}`, status, reason));
+      });
+    });
+  }
+
+  /** Number of open HTTP/2 connections, for tests and the config dump. */
+  connectionCount(): number {
+    let count = 0;
+    for (const list of this.#pools.values()) count += list.length;
+    return count;
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const list of this.#pools.values()) {
+      for (const pooled of list) {
+        if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+        pooled.session?.destroy();
+      }
+    }
+    this.#pools.clear();
+  }
+
+  async #acquire(request: HboneConnectRequest): Promise<PooledSession> {
+    const key = `${request.sourceIdentity}|${request.destinationIdentity}|${request.via.host}:${request.via.port}`;
+    let list = this.#pools.get(key);
+    if (!list) {
+      list = [];
+      this.#pools.set(key, list);
+    }
+    // A session still handshaking counts as available: concurrent first requests share one handshake.
+    let pooled = list.find((p) => p.streams < this.#maxStreams && !(p.session?.closed || p.session?.destroyed));
+    if (!pooled) {
+      pooled = this.#open(key, request);
+      list.push(pooled);
+    }
+    await pooled.ready;
+    return pooled;
+  }
+
+  #open(key: string, request: HboneConnectRequest): PooledSession {
+    const { host, port } = request.via;
+    const expected = request.destinationIdentity;
+    const contextPromise = this.#options.contextFor(request.sourceIdentity);
+    const pooled: PooledSession = { session: undefined, key, streams: 0, ready: Promise.resolve(), idleTimer: undefined };
+    pooled.ready = contextPromise.then(
+      (secureContext) =>
+        new Promise<void>((resolve, reject) => {
+          const session = http2.connect(`https://${host}:${port}`, {
+            settings: { initialWindowSize: HBONE_STREAM_WINDOW, enablePush: false },
+            // The windows let one connection buffer up to 16 MiB; nghttp2's default 10 MB cap would refuse new
+            // streams (ENHANCE_YOUR_CALM) on a busy connection, so the windows are what bound memory.
+            maxSessionMemory: 64,
+            createConnection: () =>
+              connectTls({
+                host,
+                port,
+                secureContext,
+                servername: this.#options.sniFor(expected),
+                ALPNProtocols: [HBONE_ALPN],
+                minVersion: 'TLSv1.3',
+                rejectUnauthorized: true,
+                // The server proves a workload identity (URI SAN), not a host name.
+                checkServerIdentity: (_host, cert) => {
+                  const actual = spiffeIdFromSan(cert.subjectaltname);
+                  if (actual === expected) return undefined;
+                  return new AmbitError('HBONE_PEER_IDENTITY', `${host}:${port} presented identity ${actual ?? '(none)'}, expected ${expected}`);
+                },
+              }),
+          });
+          pooled.session = session;
+          const timer = setTimeout(() => {
+            session.destroy(new AmbitError('HBONE_CONNECT_TIMEOUT', `connecting to ${host}:${port} timed out after ${this.#connectTimeoutMs} ms; maybe a NetworkPolicy or firewall blocks HBONE port ${port}`));
+          }, this.#connectTimeoutMs);
+          session.once('connect', () => {
+            clearTimeout(timer);
+            session.setLocalWindowSize(HBONE_CONNECTION_WINDOW);
+            resolve();
+          });
+          session.once('error', (err) => {
+            clearTimeout(timer);
+            reject(err);
+          });
+          session.on('error', (err) => this.#log.debug({ err, peer: `${host}:${port}` }, 'HBONE connection error'));
+          session.once('close', () => {
+            clearTimeout(timer);
+            this.#remove(pooled);
+          });
+          session.once('goaway', () => this.#remove(pooled));
+        }),
+    );
+    pooled.ready = pooled.ready.catch((err: unknown) => {
+      this.#remove(pooled);
+      const code = err instanceof AmbitError ? err.code : (errnoCode(err) ?? 'ERROR');
+      const hint =
+        code === 'ECONNREFUSED'
+          ? `nothing listens on ${host}:${port}; is the Ambit agent running on that node?`
+          : code === 'HBONE_PEER_IDENTITY' || code === 'HBONE_CONNECT_TIMEOUT'
+            ? ''
+            : 'check that both agents trust the same mesh CA';
+      throw new HboneError('HBONE_CONNECT_FAILED', `HBONE connection to ${host}:${port} failed (${code}): ${err instanceof Error ? err.message : String(err)}${hint ? `; ${hint}` : ''}`, 0, 'connect_failed', err);
+    });
+    return pooled;
+  }
+
+  #release(pooled: PooledSession): void {
+    pooled.streams--;
+    if (pooled.streams > 0 || pooled.session?.destroyed) return;
+    pooled.idleTimer = setTimeout(() => {
+      this.#remove(pooled);
+      pooled.session?.close();
+    }, this.#idleTimeoutMs);
+    pooled.idleTimer.unref();
+  }
+
+  #remove(pooled: PooledSession): void {
+    const list = this.#pools.get(pooled.key);
+    if (!list) return;
+    const index = list.indexOf(pooled);
+    if (index >= 0) list.splice(index, 1);
+    if (list.length === 0) this.#pools.delete(pooled.key);
+  }
+}

@@ -1,0 +1,27 @@
+export {
+  HboneClient,
+  HboneError,
+  HBONE_CONNECTION_WINDOW,
+  HBONE_IDLE_TIMEOUT_MS,
+  HBONE_MAX_STREAMS_PER_CONNECTION,
+  HBONE_STREAM_WINDOW,
+  type HboneClientOptions,
+  type HboneConnectRequest,
+} from './client.js';
+export { HboneServer, refuseStream, type HboneInboundRequest, type HboneRefusal, type HboneServerOptions } from './server.js';
+export {
+  buildBaggage,
+  formatAuthority,
+  forwardedFor,
+  newTraceparent,
+  parseAuthority,
+  parseForwardedFor,
+  REASON_HEADER,
+  type Authority,
+  type BaggageFields,
+  type HboneHeaders,
+} from './protocol.js';
+export { hboneContextOptions, peerSpiffeId, SecureContextCache, spiffeIdFromSan, type WorkloadCredentials } from './tls.js';
+
+/** The HBONE port of agents and waypoints. */
+export const HBONE_PORT = 15008;

@@ -1,0 +1,64 @@
+import tls from 'node:tls';
+import type { TLSSocket } from 'node:tls';
+
+/** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
+export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
+export const HBONE_ALPN = 'h2';
+
+/** What a TLS context for one workload identity is built from. */
+export interface WorkloadCredentials {
+  keyPem: string;
+  certChainPem: string;
+}
+
+/** Options shared by both ends of an HBONE connection: TLS 1.3 only, the mesh's trust bundle, no resumption. */
+export function hboneContextOptions(credentials: WorkloadCredentials, trustBundlePem: string): tls.SecureContextOptions {
+  return {
+    key: credentials.keyPem,
+    cert: credentials.certChainPem,
+    ca: trustBundlePem,
+    minVersion: 'TLSv1.3',
+    maxVersion: 'TLSv1.3',
+    ciphers: HBONE_CIPHERSUITES,
+    // No session tickets: every connection proves the current certificate, and there is no ticket key to leak.
+    sessionTimeout: 0,
+  };
+}
+
+/**
+ * One SecureContext per certificate, reused for every connection: building one costs about a millisecond of CPU,
+ * which the per-connection path cannot afford. A rotated certificate is a new object, so it gets a new context.
+ */
+export class SecureContextCache {
+  readonly #contexts = new WeakMap<WorkloadCredentials, tls.SecureContext>();
+  readonly #trustBundle: () => string;
+
+  constructor(trustBundle: () => string) {
+    this.#trustBundle = trustBundle;
+  }
+
+  get(credentials: WorkloadCredentials): tls.SecureContext {
+    let context = this.#contexts.get(credentials);
+    if (!context) {
+      context = tls.createSecureContext(hboneContextOptions(credentials, this.#trustBundle()));
+      this.#contexts.set(credentials, context);
+    }
+    return context;
+  }
+}
+
+/** The SPIFFE ID in a certificate's URI SAN (Node's `subjectaltname` text form), or undefined. */
+export function spiffeIdFromSan(subjectAltName: string | undefined): string | undefined {
+  if (!subjectAltName) return undefined;
+  for (const entry of subjectAltName.split(', ')) {
+    if (entry.startsWith('URI:spiffe://')) return entry.slice(4);
+  }
+  return undefined;
+}
+
+/** The SPIFFE ID the peer of a verified TLS socket proved, or undefined. */
+export function peerSpiffeId(socket: TLSSocket): string | undefined {
+  const cert = socket.getPeerCertificate();
+  if (!cert || !('subjectaltname' in cert)) return undefined;
+  return spiffeIdFromSan(cert.subjectaltname);
+}

@@ -1,0 +1,303 @@
+import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
+import { chmod, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import forge from 'node-forge';
+import { AmbitError, errnoCode } from '../errors.js';
+import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
+import { forgeSigner, generateRsaKey } from './rsa-key.js';
+import { parseSpiffeId, validateTrustDomain } from './spiffe.js';
+
+/** Workload certificates live a day and are renewed at half life (DESIGN.md, "Identity"). */
+export const DEFAULT_CERT_TTL_MS = 24 * 60 * 60 * 1000;
+/** Ten years: a self-made root is for demos and tests; production roots come from a Secret. */
+export const DEFAULT_CA_VALIDITY_DAYS = 3650;
+/** Certificates start a minute in the past so that a peer whose clock is a little behind accepts them at once. */
+export const CLOCK_SKEW_ALLOWANCE_MS = 60_000;
+
+export const CA_CERT_FILE = 'ca.crt';
+export const CA_KEY_FILE = 'ca.key';
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+const DEFAULT_CA_COMMON_NAME = 'Ambit Root CA';
+
+export interface CertificateAuthorityOptions {
+  trustDomain: string;
+  commonName?: string;
+  validityDays?: number;
+}
+
+export interface SignOptions {
+  /** The identity to certify. The caller has already decided that the requester may have it. */
+  spiffeId: string;
+  /** Lifetime counted from now (default 24 h); `notAfter` wins when both are given. */
+  ttlMs?: number;
+  /** Default: now minus CLOCK_SKEW_ALLOWANCE_MS. */
+  notBefore?: Date;
+  notAfter?: Date;
+}
+
+/**
+ * The mesh's root of trust: holds the root key and signs workload CSRs. It never sees a workload's private key,
+ * only CSRs, and it checks nothing about who asks: authorization (TokenReview, node check) is the caller's job.
+ */
+export class CertificateAuthority {
+  readonly #trustDomain: string;
+  readonly #rootPem: string;
+  readonly #keyPem: string;
+  readonly #root: forge.pki.Certificate;
+  readonly #signer: forge.pki.rsa.PrivateKey;
+  readonly #rootKeyIdentifier: string;
+
+  private constructor(trustDomain: string, rootPem: string, keyPem: string, key: KeyObject) {
+    this.#trustDomain = trustDomain;
+    this.#rootPem = rootPem;
+    this.#keyPem = keyPem;
+    this.#root = forge.pki.certificateFromPem(rootPem);
+    this.#signer = forgeSigner(key);
+    this.#rootKeyIdentifier = rootKeyIdentifier(this.#root);
+  }
+
+  /** A new self-signed root with a fresh RSA key. */
+  static async create(options: CertificateAuthorityOptions): Promise<CertificateAuthority> {
+    validateTrustDomain(options.trustDomain);
+    const validityDays = options.validityDays ?? DEFAULT_CA_VALIDITY_DAYS;
+    if (!(validityDays > 0)) {
+      throw new AmbitError('BAD_VALIDITY', `CA validityDays must be a positive number of days, got ${validityDays}`);
+    }
+    const key = await generateRsaKey();
+    const root = forge.pki.createCertificate();
+    root.publicKey = forge.pki.publicKeyFromPem(key.publicKeyPem);
+    root.serialNumber = randomSerialHex();
+    const notBefore = Date.now() - CLOCK_SKEW_ALLOWANCE_MS;
+    root.validity.notBefore = new Date(notBefore);
+    root.validity.notAfter = new Date(notBefore + validityDays * DAY_MS);
+    const subject = [
+      { shortName: 'O', value: options.trustDomain },
+      { shortName: 'CN', value: options.commonName ?? DEFAULT_CA_COMMON_NAME },
+    ];
+    root.setSubject(subject);
+    root.setIssuer(subject);
+    root.setExtensions([
+      { name: 'basicConstraints', cA: true, critical: true },
+      { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+      { name: 'subjectKeyIdentifier' },
+      // The trust domain's own SPIFFE ID, so that load() can recover the trust domain from the certificate.
+      { name: 'subjectAltName', altNames: [{ type: URI_NAME_TYPE, value: `spiffe://${options.trustDomain}` }] },
+    ]);
+    root.sign(forgeSigner(key.privateKey), forge.md.sha256.create());
+    return new CertificateAuthority(options.trustDomain, toUnixPem(forge.pki.certificateToPem(root)), key.keyPem, key.privateKey);
+  }
+
+  /**
+   * Reads `ca.crt` and `ca.key` from `dir`. The trust domain comes from `options.trustDomain` or else from the
+   * root's `spiffe://<trust-domain>` URI SAN (which create() writes); a root brought from elsewhere without one
+   * needs the option.
+   */
+  static async load(dir: string, options: { trustDomain?: string } = {}): Promise<CertificateAuthority> {
+    const certPath = path.join(dir, CA_CERT_FILE);
+    const keyPath = path.join(dir, CA_KEY_FILE);
+    const rootPem = await readCaFile(certPath);
+    const keyPem = await readCaFile(keyPath);
+
+    let root: X509Certificate;
+    try {
+      root = new X509Certificate(rootPem);
+    } catch (err) {
+      throw new AmbitError('CA_INVALID', `${certPath} is not a PEM certificate; replace it with the CA's root certificate`, { cause: err });
+    }
+    if (!root.ca) {
+      throw new AmbitError('CA_INVALID', `${certPath} is not a CA certificate (basicConstraints CA is not true); use a root or intermediate CA`);
+    }
+    let key: KeyObject;
+    try {
+      key = createPrivateKey(keyPem);
+    } catch (err) {
+      throw new AmbitError('CA_INVALID', `${keyPath} is not a PEM private key; replace it with the key of ${certPath}`, { cause: err });
+    }
+    if (key.asymmetricKeyType !== 'rsa') {
+      throw new AmbitError('CA_INVALID', `${keyPath} is an ${key.asymmetricKeyType ?? 'unknown'} key; Ambit signs with node-forge, which needs an RSA CA key`);
+    }
+    if (!root.checkPrivateKey(key)) {
+      throw new AmbitError('CA_INVALID', `${keyPath} is not the private key of ${certPath}; the pair is mismatched`);
+    }
+    const trustDomain = options.trustDomain ?? trustDomainFromRoot(root);
+    if (trustDomain === undefined) {
+      throw new AmbitError('CA_INVALID', `${certPath} names no trust domain (no spiffe://<trust-domain> URI SAN); pass the trust domain explicitly`);
+    }
+    validateTrustDomain(trustDomain);
+    return new CertificateAuthority(trustDomain, toUnixPem(rootPem), keyPem, key);
+  }
+
+  /** Writes `ca.crt` (0644) and `ca.key` (0600) into `dir`, each replaced atomically. */
+  async save(dir: string): Promise<void> {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await writeFileAtomic(path.join(dir, CA_KEY_FILE), this.#keyPem, 0o600);
+    await writeFileAtomic(path.join(dir, CA_CERT_FILE), this.#rootPem, 0o644);
+  }
+
+  /** The root certificate in PEM: the trust bundle peers verify against. */
+  get rootPem(): string {
+    return this.#rootPem;
+  }
+
+  get trustDomain(): string {
+    return this.#trustDomain;
+  }
+
+  /** When the root expires: `ambit check` warns 30 days ahead. */
+  get notAfter(): Date {
+    return this.#root.validity.notAfter;
+  }
+
+  /**
+   * Verifies `csrPem` and issues a leaf for `options.spiffeId`: its only identity is that URI SAN, valid for
+   * server and client authentication. Returns the leaf in PEM, without the root.
+   */
+  async sign(csrPem: string, options: SignOptions): Promise<string> {
+    const { trustDomain } = parseSpiffeId(options.spiffeId);
+    if (trustDomain !== this.#trustDomain) {
+      throw new AmbitError(
+        'TRUST_DOMAIN_MISMATCH',
+        `cannot sign ${options.spiffeId}: its trust domain "${trustDomain}" is not this CA's "${this.#trustDomain}"; check the mesh's trustDomain setting`,
+      );
+    }
+    const csr = parseCsr(csrPem, options.spiffeId);
+    const { notBefore, notAfter } = this.#validity(options);
+
+    const leaf = forge.pki.createCertificate();
+    leaf.publicKey = csr.publicKey as forge.pki.rsa.PublicKey;
+    leaf.serialNumber = randomSerialHex();
+    leaf.validity.notBefore = notBefore;
+    leaf.validity.notAfter = notAfter;
+    // An empty subject, as in Istio's and SPIFFE's certificates: the identity is the URI SAN alone, so the SAN is
+    // critical (RFC 5280 section 4.2.1.6; Go and OpenSSL reject an empty subject with a non-critical SAN).
+    leaf.setSubject([]);
+    leaf.setIssuer(this.#root.subject.attributes);
+    leaf.setExtensions([
+      { name: 'basicConstraints', cA: false, critical: true },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
+      { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
+      { name: 'subjectAltName', critical: true, altNames: [{ type: URI_NAME_TYPE, value: options.spiffeId }] },
+      { name: 'authorityKeyIdentifier', keyIdentifier: this.#rootKeyIdentifier },
+    ]);
+    leaf.sign(this.#signer, forge.md.sha256.create());
+    return toUnixPem(forge.pki.certificateToPem(leaf));
+  }
+
+  /** A key and a leaf for `spiffeId` in one step, for tests and tools; workloads make their own keys. */
+  async issueKeyAndCert(spiffeId: string, options: Omit<SignOptions, 'spiffeId'> = {}): Promise<{ keyPem: string; certPem: string }> {
+    const { keyPem, csrPem } = await generateKeyAndCsr(spiffeId);
+    const certPem = await this.sign(csrPem, { ...options, spiffeId });
+    return { keyPem, certPem };
+  }
+
+  #validity(options: SignOptions): { notBefore: Date; notAfter: Date } {
+    const now = Date.now();
+    const ttlMs = options.ttlMs ?? DEFAULT_CERT_TTL_MS;
+    if (!(ttlMs > 0) || !Number.isFinite(ttlMs)) {
+      throw new AmbitError('BAD_VALIDITY', `cannot sign ${options.spiffeId}: ttlMs must be a positive number of milliseconds, got ${ttlMs}`);
+    }
+    const notBefore = options.notBefore ?? new Date(now - CLOCK_SKEW_ALLOWANCE_MS);
+    const requestedNotAfter = options.notAfter ?? new Date(now + ttlMs);
+    // A leaf cannot outlive its root: peers would reject it from that moment anyway.
+    const rootNotAfter = this.#root.validity.notAfter;
+    const notAfter = requestedNotAfter > rootNotAfter ? rootNotAfter : requestedNotAfter;
+    if (!(notAfter.getTime() > notBefore.getTime())) {
+      throw new AmbitError(
+        'BAD_VALIDITY',
+        `cannot sign ${options.spiffeId}: notAfter ${notAfter.toISOString()} is not after notBefore ${notBefore.toISOString()}`,
+      );
+    }
+    return { notBefore, notAfter };
+  }
+}
+
+function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSigningRequest {
+  let csr: forge.pki.CertificateSigningRequest;
+  try {
+    csr = forge.pki.certificationRequestFromPem(csrPem);
+  } catch (err) {
+    throw new AmbitError('BAD_CSR', `CSR for ${spiffeId} cannot be parsed (PEM PKCS#10 with an RSA key expected)`, { cause: err });
+  }
+  // forge throws instead of returning false when the signature does not even decrypt under the CSR's key.
+  let signatureValid = false;
+  let verifyError: unknown;
+  try {
+    signatureValid = csr.verify();
+  } catch (err) {
+    verifyError = err;
+  }
+  if (!signatureValid) {
+    throw new AmbitError('BAD_CSR', `CSR for ${spiffeId} has a bad signature: it was altered or not signed by its own key`, { cause: verifyError });
+  }
+  const requested = requestedUris(csr);
+  if (requested.some((uri) => uri !== spiffeId)) {
+    throw new AmbitError('BAD_CSR', `CSR asks for ${requested.join(', ')} but the caller may only have ${spiffeId}; the requester is misconfigured`);
+  }
+  return csr;
+}
+
+function requestedUris(csr: forge.pki.CertificateSigningRequest): string[] {
+  const request = csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: ForgeExtension[] } | null;
+  const san = request?.extensions?.find((extension) => extension.name === 'subjectAltName');
+  return (san?.altNames ?? []).filter((name) => name.type === URI_NAME_TYPE).map((name) => name.value);
+}
+
+interface ForgeExtension {
+  name?: string;
+  altNames?: Array<{ type: number; value: string }>;
+}
+
+function rootKeyIdentifier(root: forge.pki.Certificate): string {
+  // A root made elsewhere may compute its key identifier differently from forge: reuse the one it declares.
+  const declared = root.getExtension('subjectKeyIdentifier') as { subjectKeyIdentifier?: string } | undefined;
+  if (declared?.subjectKeyIdentifier !== undefined) return forge.util.hexToBytes(declared.subjectKeyIdentifier);
+  return root.generateSubjectKeyIdentifier().getBytes();
+}
+
+function trustDomainFromRoot(root: X509Certificate): string | undefined {
+  const uris = (root.subjectAltName ?? '').split(', ').filter((name) => name.startsWith('URI:spiffe://'));
+  const first = uris[0];
+  return first === undefined ? undefined : first.slice('URI:spiffe://'.length).replace(/\/$/, '');
+}
+
+/** 128 random bits as a positive, minimally encoded DER INTEGER, as forge expects it in hex. */
+function randomSerialHex(): string {
+  const bytes = randomBytes(16);
+  // A leading zero byte would be a non-minimal encoding, which Go rejects.
+  if (bytes[0] === 0) bytes[0] = 1;
+  const hex = bytes.toString('hex');
+  // A set top bit would make the INTEGER negative; a zero byte in front keeps it positive.
+  return (bytes[0] ?? 0) >= 0x80 ? `00${hex}` : hex;
+}
+
+async function readCaFile(file: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') {
+      throw new AmbitError('CA_NOT_FOUND', `${file} does not exist; mount the CA Secret (ca.crt, ca.key) in that folder or save a new CA there`, { cause: err });
+    }
+    throw new AmbitError('CA_INVALID', `${file} cannot be read: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Write to a temporary file beside `file`, then rename over it: readers see the old or the new file, never half. */
+async function writeFileAtomic(file: string, contents: string, mode: number): Promise<void> {
+  const temporary = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  try {
+    const handle = await open(temporary, 'wx', mode);
+    try {
+      await handle.writeFile(contents);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    // open()'s mode is filtered by the umask; the mode of a key file must not depend on it.
+    await chmod(temporary, mode);
+    await rename(temporary, file);
+  } catch (err) {
+    await rm(temporary, { force: true });
+    throw err;
+  }
+}

@@ -1,0 +1,239 @@
+import { EventEmitter } from 'node:events';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { AmbitError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { CertificateAuthority } from './ca.js';
+import { generateKeyAndCsr } from './csr.js';
+
+/** Whoever turns a CSR into a certificate: the CA in this process, or the controller over the network. */
+export interface CertIssuer {
+  /** `certChainPem` is the leaf followed by any intermediates, never the root. */
+  sign(csrPem: string, spiffeId: string): Promise<{ certChainPem: string }>;
+}
+
+/** A CertIssuer backed by a CA in the same process: the controller itself, local mode and tests. */
+export function localIssuer(ca: CertificateAuthority, ttlMs?: number): CertIssuer {
+  return {
+    async sign(csrPem, spiffeId) {
+      return { certChainPem: await ca.sign(csrPem, { spiffeId, ttlMs }) };
+    },
+  };
+}
+
+export interface WorkloadCertificate {
+  spiffeId: string;
+  keyPem: string;
+  certChainPem: string;
+  notBefore: Date;
+  notAfter: Date;
+  /** The leaf's serial number, upper-case hex as Node prints it. */
+  serial: string;
+}
+
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+}
+
+/** Failed renewals are retried from half a second up to two and a half minutes apart (DESIGN.md). */
+export const DEFAULT_RENEWAL_BACKOFF: Readonly<BackoffOptions> = Object.freeze({ initialMs: 500, maxMs: 150_000 });
+
+export interface CertStoreOptions {
+  issuer: CertIssuer;
+  log?: Logger;
+  /** Milliseconds since the epoch; injectable so tests can age certificates without waiting. */
+  now?: () => number;
+  backoff?: BackoffOptions;
+}
+
+export type CertStoreEvents = {
+  /** A new certificate is in use for the identity: the first one, and each renewal. */
+  rotated: [spiffeId: string, cert: WorkloadCertificate];
+  /** A renewal failed; the previous certificate stays in use until it expires, and the next try is in `retryInMs`. */
+  'renewal-failed': [spiffeId: string, err: Error, retryInMs: number];
+};
+
+// setTimeout fires at once when given more than 2^31-1 ms (about 24.8 days); a long-lived certificate is then
+// renewed early, which is harmless, instead of in a tight loop.
+const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
+
+interface IdentityEntry {
+  cert?: WorkloadCertificate;
+  inflight?: Promise<WorkloadCertificate>;
+  timer?: NodeJS.Timeout;
+  failures: number;
+}
+
+/**
+ * The certificates of the identities this process acts for. Each is issued on first use from a key made here,
+ * renewed at half its remaining life, and on failure retried with exponential backoff while the old certificate
+ * keeps serving until it expires.
+ */
+export class CertStore extends EventEmitter<CertStoreEvents> {
+  readonly #issuer: CertIssuer;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #backoff: BackoffOptions;
+  readonly #entries = new Map<string, IdentityEntry>();
+  #closed = false;
+
+  constructor(options: CertStoreOptions) {
+    super();
+    this.#issuer = options.issuer;
+    this.#log = (options.log ?? silentLogger()).child({ component: 'cert-store' });
+    this.#now = options.now ?? Date.now;
+    this.#backoff = options.backoff ?? DEFAULT_RENEWAL_BACKOFF;
+    if (!(this.#backoff.initialMs > 0) || !(this.#backoff.maxMs >= this.#backoff.initialMs)) {
+      throw new AmbitError(
+        'BAD_BACKOFF',
+        `cert store backoff needs 0 < initialMs <= maxMs, got initialMs=${this.#backoff.initialMs} maxMs=${this.#backoff.maxMs}`,
+      );
+    }
+  }
+
+  /** The identity's valid certificate, issuing one if there is none; concurrent callers share one request. */
+  async get(spiffeId: string): Promise<WorkloadCertificate> {
+    if (this.#closed) {
+      throw new AmbitError('CERT_STORE_CLOSED', `cannot get a certificate for ${spiffeId}: the cert store is closed`);
+    }
+    let entry = this.#entries.get(spiffeId);
+    if (entry === undefined) {
+      entry = { failures: 0 };
+      this.#entries.set(spiffeId, entry);
+    }
+    const valid = this.#valid(entry);
+    if (valid !== undefined) return valid;
+    return entry.inflight ?? this.#issue(spiffeId, entry);
+  }
+
+  /** The identity's certificate if one is held and not expired; never waits, for the TLS hot path. */
+  current(spiffeId: string): WorkloadCertificate | undefined {
+    const entry = this.#entries.get(spiffeId);
+    return entry === undefined ? undefined : this.#valid(entry);
+  }
+
+  /** Stops renewing the identity and drops its key. */
+  forget(spiffeId: string): void {
+    const entry = this.#entries.get(spiffeId);
+    if (entry === undefined) return;
+    clearTimeout(entry.timer);
+    this.#entries.delete(spiffeId);
+    this.#log.info({ spiffeId }, 'identity forgotten');
+  }
+
+  /** Identities held or being issued. */
+  identities(): string[] {
+    return [...this.#entries.keys()];
+  }
+
+  /** Expiry of each held certificate, for `ambit_cert_expiration_timestamp_seconds`; includes expired ones. */
+  expirations(): Array<{ spiffeId: string; notAfter: Date }> {
+    const expirations: Array<{ spiffeId: string; notAfter: Date }> = [];
+    for (const [spiffeId, entry] of this.#entries) {
+      if (entry.cert !== undefined) expirations.push({ spiffeId, notAfter: entry.cert.notAfter });
+    }
+    return expirations;
+  }
+
+  /** Cancels every renewal and drops every key; requests still in flight complete but are not kept. */
+  close(): void {
+    this.#closed = true;
+    for (const entry of this.#entries.values()) clearTimeout(entry.timer);
+    this.#entries.clear();
+  }
+
+  #valid(entry: IdentityEntry): WorkloadCertificate | undefined {
+    const cert = entry.cert;
+    return cert !== undefined && cert.notAfter.getTime() > this.#now() ? cert : undefined;
+  }
+
+  #issue(spiffeId: string, entry: IdentityEntry): Promise<WorkloadCertificate> {
+    const inflight = this.#requestCertificate(spiffeId).then(
+      (cert) => {
+        entry.inflight = undefined;
+        if (this.#entries.get(spiffeId) === entry) this.#install(spiffeId, entry, cert);
+        return cert;
+      },
+      (err: unknown) => {
+        entry.inflight = undefined;
+        const error = err instanceof Error ? err : new Error(String(err));
+        if (this.#entries.get(spiffeId) === entry) {
+          if (entry.cert === undefined) this.#entries.delete(spiffeId);
+          else this.#scheduleRetry(spiffeId, entry, error);
+        }
+        throw error;
+      },
+    );
+    entry.inflight = inflight;
+    return inflight;
+  }
+
+  async #requestCertificate(spiffeId: string): Promise<WorkloadCertificate> {
+    const { keyPem, csrPem } = await generateKeyAndCsr(spiffeId);
+    const { certChainPem } = await this.#issuer.sign(csrPem, spiffeId);
+    return this.#checkIssued(spiffeId, keyPem, certChainPem);
+  }
+
+  /** A certificate from a remote issuer is checked before use: a wrong one would only fail later, in handshakes. */
+  #checkIssued(spiffeId: string, keyPem: string, certChainPem: string): WorkloadCertificate {
+    let leaf: X509Certificate;
+    try {
+      leaf = new X509Certificate(certChainPem);
+    } catch (err) {
+      throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned no parsable certificate for ${spiffeId}`, { cause: err });
+    }
+    if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) {
+      throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned a certificate for ${spiffeId} that does not match the CSR's key`);
+    }
+    if (!(leaf.subjectAltName ?? '').split(', ').includes(`URI:${spiffeId}`)) {
+      throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned a certificate without the URI SAN ${spiffeId} (it has: ${leaf.subjectAltName ?? 'none'})`);
+    }
+    const notAfter = new Date(leaf.validTo);
+    if (notAfter.getTime() <= this.#now()) {
+      throw new AmbitError(
+        'BAD_ISSUED_CERT',
+        `the issuer returned a certificate for ${spiffeId} that expired at ${notAfter.toISOString()}; check the issuer's clock and TTL`,
+      );
+    }
+    return { spiffeId, keyPem, certChainPem, notBefore: new Date(leaf.validFrom), notAfter, serial: leaf.serialNumber };
+  }
+
+  #install(spiffeId: string, entry: IdentityEntry, cert: WorkloadCertificate): void {
+    entry.cert = cert;
+    entry.failures = 0;
+    // Half of the life that remains on arrival rather than of notBefore..notAfter: notBefore is backdated for clock
+    // skew, and the issuer's clock may differ from ours.
+    const renewInMs = Math.min((cert.notAfter.getTime() - this.#now()) / 2, MAX_TIMER_DELAY_MS);
+    this.#schedule(spiffeId, entry, renewInMs);
+    this.#log.info({ spiffeId, serial: cert.serial, notAfter: cert.notAfter.toISOString(), renewInMs: Math.round(renewInMs) }, 'certificate rotated');
+    this.emit('rotated', spiffeId, cert);
+  }
+
+  #scheduleRetry(spiffeId: string, entry: IdentityEntry, err: Error): void {
+    entry.failures += 1;
+    const ceiling = Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** (entry.failures - 1));
+    // Half fixed, half random: nodes that failed together spread out, and each delay is at least the previous one.
+    const retryInMs = ceiling / 2 + (Math.random() * ceiling) / 2;
+    this.#schedule(spiffeId, entry, retryInMs);
+    this.#log.warn(
+      { spiffeId, err, failures: entry.failures, retryInMs: Math.round(retryInMs), notAfter: entry.cert?.notAfter.toISOString() },
+      'certificate renewal failed; the current certificate stays in use until it expires',
+    );
+    this.emit('renewal-failed', spiffeId, err, retryInMs);
+  }
+
+  #schedule(spiffeId: string, entry: IdentityEntry, delayMs: number): void {
+    clearTimeout(entry.timer);
+    entry.timer = setTimeout(() => this.#renew(spiffeId, entry), delayMs);
+    // Renewal alone must not keep a process alive.
+    entry.timer.unref();
+  }
+
+  #renew(spiffeId: string, entry: IdentityEntry): void {
+    entry.timer = undefined;
+    // A get() for an expired certificate may already be asking; its outcome schedules what comes next.
+    if (entry.inflight !== undefined) return;
+    // #issue records the failure and schedules the retry; there is no caller to hand the rejection to.
+    this.#issue(spiffeId, entry).catch(() => undefined);
+  }
+}

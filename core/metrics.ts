@@ -1,0 +1,43 @@
+import http from 'node:http';
+import { Registry, collectDefaultMetrics } from 'prom-client';
+
+export { Registry };
+
+/** One registry per process; each module registers its own metrics on it. */
+export function createRegistry(options: { defaultMetrics?: boolean } = {}): Registry {
+  const registry = new Registry();
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+  return registry;
+}
+
+/**
+ * Serves `/metrics` (Prometheus text format) and `/healthz/ready` on one or two plain HTTP listeners. Readiness is
+ * a callback so the component decides: an agent is ready only once its listeners are bound and its rules applied.
+ */
+export function createStatusServer(options: { registry?: Registry; ready?: () => boolean }): http.Server {
+  return http.createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path === '/metrics' && options.registry) {
+      const registry = options.registry;
+      registry
+        .metrics()
+        .then((text) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(text);
+        })
+        .catch((err: unknown) => {
+          res.writeHead(500, { 'content-type': 'text/plain' });
+          res.end(`metrics collection failed: ${String(err)}\n`);
+        });
+      return;
+    }
+    if (path === '/healthz/ready' && options.ready) {
+      const ready = options.ready();
+      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' });
+      res.end(ready ? 'ready\n' : 'not ready\n');
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found\n');
+  });
+}

@@ -1,0 +1,224 @@
+/*
+ * The few socket options Node cannot reach: the pre-DNAT destination of a captured connection
+ * (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST), IP_TRANSPARENT and SO_MARK. Every function takes a file
+ * descriptor; core/sockopt.ts gets it from a net.Socket.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <node_api.h>
+
+/* The netfilter headers define these, but including them next to <netinet/in.h> clashes on older libcs. */
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80 /* <linux/netfilter_ipv4.h> */
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80 /* <linux/netfilter_ipv6/ip6_tables.h> */
+#endif
+
+#define NAPI_CALL(env, call)                                                                                 \
+  do {                                                                                                        \
+    if ((call) != napi_ok) {                                                                                  \
+      throw_pending_napi_error(env, #call);                                                                   \
+      return NULL;                                                                                            \
+    }                                                                                                         \
+  } while (0)
+
+static void throw_pending_napi_error(napi_env env, const char *call) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) return;
+  const napi_extended_error_info *info = NULL;
+  napi_get_last_error_info(env, &info);
+  char message[256];
+  snprintf(message, sizeof message, "ambit_sockopt: %s failed: %s", call,
+           info != NULL && info->error_message != NULL ? info->error_message : "unknown N-API error");
+  napi_throw_error(env, NULL, message);
+}
+
+/* Node names system errors by their errno symbol; these are the ones getsockopt/setsockopt can return here. */
+static const char *errno_name(int err) {
+  switch (err) {
+    case EACCES: return "EACCES";
+    case EBADF: return "EBADF";
+    case EFAULT: return "EFAULT";
+    case EINVAL: return "EINVAL";
+    case ENOBUFS: return "ENOBUFS";
+    case ENOENT: return "ENOENT";
+    case ENOMEM: return "ENOMEM";
+    case ENOPROTOOPT: return "ENOPROTOOPT";
+    case ENOTCONN: return "ENOTCONN";
+    case ENOTSOCK: return "ENOTSOCK";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EPERM: return "EPERM";
+    default: return "EUNKNOWN";
+  }
+}
+
+/* Shaped like Node's own system errors: code, errno (negative, as libuv reports it) and syscall. */
+static void throw_errno(napi_env env, int err, const char *syscall, const char *option) {
+  const char *code = errno_name(err);
+  char text[256];
+  snprintf(text, sizeof text, "%s(%s) failed: %s (%s)", syscall, option, strerror(err), code);
+  napi_value message, code_value, error, errno_value, syscall_value;
+  if (napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+      napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_value) != napi_ok ||
+      napi_create_error(env, code_value, message, &error) != napi_ok ||
+      napi_create_int32(env, -err, &errno_value) != napi_ok ||
+      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_value) != napi_ok ||
+      napi_set_named_property(env, error, "errno", errno_value) != napi_ok ||
+      napi_set_named_property(env, error, "syscall", syscall_value) != napi_ok) {
+    napi_throw_error(env, code, text);
+    return;
+  }
+  napi_throw(env, error);
+}
+
+/* Reads `value` as an integer in [min, max]; throws a TypeError naming `name` otherwise. */
+static bool get_integer(napi_env env, napi_value value, const char *fn, const char *name, double min, double max,
+                        double *out) {
+  napi_valuetype type;
+  double number = 0;
+  if (napi_typeof(env, value, &type) == napi_ok && type == napi_number &&
+      napi_get_value_double(env, value, &number) == napi_ok && number >= min && number <= max &&
+      number == (double)(long long)number) {
+    *out = number;
+    return true;
+  }
+  char message[160];
+  snprintf(message, sizeof message, "%s: %s must be an integer from %.0f to %.0f", fn, name, min, max);
+  napi_throw_type_error(env, NULL, message);
+  return false;
+}
+
+static bool get_fd(napi_env env, napi_value value, const char *fn, int *fd) {
+  double number;
+  if (!get_integer(env, value, fn, "fd", 0, INT_MAX, &number)) return false;
+  *fd = (int)number;
+  return true;
+}
+
+static bool get_family(napi_env env, napi_value value, const char *fn, int *family) {
+  napi_valuetype type;
+  double number = 0;
+  if (napi_typeof(env, value, &type) == napi_ok && type == napi_number &&
+      napi_get_value_double(env, value, &number) == napi_ok && (number == 4 || number == 6)) {
+    *family = (int)number;
+    return true;
+  }
+  char message[96];
+  snprintf(message, sizeof message, "%s: family must be 4 or 6", fn);
+  napi_throw_type_error(env, NULL, message);
+  return false;
+}
+
+static bool get_args(napi_env env, napi_callback_info info, const char *fn, size_t expected, napi_value *args) {
+  size_t count = expected;
+  if (napi_get_cb_info(env, info, &count, args, NULL, NULL) != napi_ok) {
+    throw_pending_napi_error(env, "napi_get_cb_info");
+    return false;
+  }
+  if (count < expected) {
+    char message[96];
+    snprintf(message, sizeof message, "%s: expected %zu arguments, got %zu", fn, expected, count);
+    napi_throw_type_error(env, NULL, message);
+    return false;
+  }
+  return true;
+}
+
+/* originalDst(fd, family) -> { address, port }: where the client meant to go before nat rewrote it. */
+static napi_value original_dst(napi_env env, napi_callback_info info) {
+  napi_value args[2];
+  int fd, family;
+  if (!get_args(env, info, "originalDst", 2, args) || !get_fd(env, args[0], "originalDst", &fd) ||
+      !get_family(env, args[1], "originalDst", &family)) {
+    return NULL;
+  }
+
+  char address[INET6_ADDRSTRLEN];
+  uint16_t port;
+  if (family == 4) {
+    struct sockaddr_in destination;
+    socklen_t length = sizeof destination;
+    memset(&destination, 0, sizeof destination);
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &destination, &length) != 0) {
+      throw_errno(env, errno, "getsockopt", "SO_ORIGINAL_DST");
+      return NULL;
+    }
+    inet_ntop(AF_INET, &destination.sin_addr, address, sizeof address);
+    port = ntohs(destination.sin_port);
+  } else {
+    struct sockaddr_in6 destination;
+    socklen_t length = sizeof destination;
+    memset(&destination, 0, sizeof destination);
+    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &destination, &length) != 0) {
+      throw_errno(env, errno, "getsockopt", "IP6T_SO_ORIGINAL_DST");
+      return NULL;
+    }
+    inet_ntop(AF_INET6, &destination.sin6_addr, address, sizeof address);
+    port = ntohs(destination.sin6_port);
+  }
+
+  napi_value result, address_value, port_value;
+  NAPI_CALL(env, napi_create_object(env, &result));
+  NAPI_CALL(env, napi_create_string_utf8(env, address, NAPI_AUTO_LENGTH, &address_value));
+  NAPI_CALL(env, napi_create_uint32(env, port, &port_value));
+  NAPI_CALL(env, napi_set_named_property(env, result, "address", address_value));
+  NAPI_CALL(env, napi_set_named_property(env, result, "port", port_value));
+  return result;
+}
+
+/* setTransparent(fd, family, on): lets the socket bind to, and send from, an address that is not local. */
+static napi_value set_transparent(napi_env env, napi_callback_info info) {
+  napi_value args[3];
+  int fd, family;
+  if (!get_args(env, info, "setTransparent", 3, args) || !get_fd(env, args[0], "setTransparent", &fd) ||
+      !get_family(env, args[1], "setTransparent", &family)) {
+    return NULL;
+  }
+  bool on;
+  if (napi_get_value_bool(env, args[2], &on) != napi_ok) {
+    napi_throw_type_error(env, NULL, "setTransparent: on must be a boolean");
+    return NULL;
+  }
+  int value = on ? 1 : 0;
+  int status = family == 4 ? setsockopt(fd, SOL_IP, IP_TRANSPARENT, &value, sizeof value)
+                           : setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &value, sizeof value);
+  if (status != 0) {
+    throw_errno(env, errno, "setsockopt", family == 4 ? "IP_TRANSPARENT" : "IPV6_TRANSPARENT");
+  }
+  return NULL;
+}
+
+/* setMark(fd, mark): the fwmark that policy routing and iptables `-m mark` see on this socket's packets. */
+static napi_value set_mark(napi_env env, napi_callback_info info) {
+  napi_value args[2];
+  int fd;
+  double mark_number;
+  if (!get_args(env, info, "setMark", 2, args) || !get_fd(env, args[0], "setMark", &fd) ||
+      !get_integer(env, args[1], "setMark", "mark", 0, UINT32_MAX, &mark_number)) {
+    return NULL;
+  }
+  uint32_t mark = (uint32_t)mark_number;
+  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    throw_errno(env, errno, "setsockopt", "SO_MARK");
+  }
+  return NULL;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor functions[] = {
+      {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setTransparent", NULL, set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  NAPI_CALL(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions));
+  return exports;
+}

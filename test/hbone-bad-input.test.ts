@@ -1,0 +1,196 @@
+/**
+ * Bad input at the HBONE listener (15008). Each case is refused with a log line naming the reason and a metric,
+ * and the agent keeps serving well-behaved clients afterwards.
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import t, { type Test } from 'tap';
+import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
+import { metricValue } from './mesh/cluster.js';
+import { NODE_IPS, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
+
+const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
+const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';
+
+let mesh: LoopbackMesh;
+let good: { keyPem: string; certPem: string };
+t.before(async () => {
+  mesh = await startLoopbackMesh();
+  good = await mesh.ca.issueKeyAndCert(CLIENT);
+});
+t.teardown(async () => {
+  await mesh?.close();
+});
+
+function refusals(reason: string): Promise<number> {
+  return mesh.agents.node2.registry.metrics().then((m) => metricValue(m, 'ambit_connections_refused_total', { direction: 'hbone', reason }));
+}
+
+/**
+ * A raw TLS connection to node2's 15008; resolves with how it ended and how many bytes the server sent after the
+ * handshake (an accepted client would get the server's HTTP/2 SETTINGS at once; a refused one gets nothing).
+ */
+function tlsAttempt(options: tls.ConnectionOptions): Promise<{ error?: string; received: number }> {
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host: NODE_IPS.node2,
+      port: mesh.ports.hbone,
+      servername: sniForIdentity(SERVER),
+      ALPNProtocols: ['h2'],
+      ca: mesh.ca.rootPem,
+      checkServerIdentity: () => undefined,
+      ...options,
+    });
+    let error: string | undefined;
+    let received = 0;
+    socket.on('data', (chunk: Buffer) => (received += chunk.length));
+    socket.on('error', (err) => (error = err.message));
+    // TLS 1.3 reports a refused client certificate after the client's handshake finished: read to see the alert.
+    socket.on('secureConnect', () => socket.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+    socket.on('close', () => resolve({ error, received }));
+    socket.setTimeout(3000, () => socket.destroy(new Error('timeout')));
+  });
+}
+
+/** An mTLS HTTP/2 session to node2 with the given client certificate, SNI for `sniIdentity`. */
+function session(sniIdentity = SERVER, creds = good): Promise<http2.ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const s = http2.connect(`https://${NODE_IPS.node2}:${mesh.ports.hbone}`, {
+      createConnection: () =>
+        tls.connect({
+          host: NODE_IPS.node2,
+          port: mesh.ports.hbone,
+          servername: sniForIdentity(sniIdentity),
+          ALPNProtocols: ['h2'],
+          key: creds.keyPem,
+          cert: creds.certPem,
+          ca: mesh.ca.rootPem,
+          checkServerIdentity: () => undefined,
+        }),
+    });
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+function request(s: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders): Promise<{ status: number; reason: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const stream = s.request(headers, { endStream: false });
+    stream.once('response', (h) => {
+      resolve({ status: Number(h[':status']), reason: h['ambit-reason'] as string | undefined });
+      stream.close();
+    });
+    stream.once('error', reject);
+  });
+}
+
+async function stillServing(t: Test): Promise<void> {
+  const s = await session();
+  const res = await request(s, { ':method': 'CONNECT', ':authority': `${pod('c').ip}:${mesh.appPort}` });
+  t.equal(res.status, 200, 'a well-behaved client is still served');
+  s.close();
+}
+
+t.test('the probe itself: a good client certificate gets the server\'s HTTP/2 preface', async (t) => {
+  const result = await tlsAttempt({ key: good.keyPem, cert: good.certPem });
+  t.ok(result.received > 0, 'an accepted client receives SETTINGS');
+});
+
+t.test('plain bytes instead of TLS', async (t) => {
+  const before = await refusals('tls_handshake_failed');
+  await new Promise<void>((resolve) => {
+    const socket = net.connect(mesh.ports.hbone, NODE_IPS.node2, () => socket.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve());
+  });
+  t.equal(await refusals('tls_handshake_failed'), before + 1);
+  await mesh.logs.node2.waitFor((r) => r.msg === 'connection refused' && r.reason === 'tls_handshake_failed');
+  await stillServing(t);
+});
+
+t.test('TLS without a client certificate', async (t) => {
+  const before = await refusals('tls_handshake_failed');
+  const result = await tlsAttempt({});
+  t.equal(result.received, 0, `the server sent nothing and closed (${result.error ?? 'no error event'})`);
+  t.equal(await refusals('tls_handshake_failed'), before + 1);
+  await stillServing(t);
+});
+
+t.test('a client certificate from another CA', async (t) => {
+  const other = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  const creds = await other.issueKeyAndCert(CLIENT);
+  const before = await refusals('tls_handshake_failed');
+  const result = await tlsAttempt({ key: creds.keyPem, cert: creds.certPem });
+  t.equal(result.received, 0, `the server sent nothing and closed (${result.error ?? 'no error event'})`);
+  t.equal(await refusals('tls_handshake_failed'), before + 1);
+  await mesh.logs.node2.waitFor((r) => r.reason === 'tls_handshake_failed' && /certificate/i.test(String(r.detail)));
+  await stillServing(t);
+});
+
+t.test('an expired client certificate', async (t) => {
+  const creds = await mesh.ca.issueKeyAndCert(CLIENT, { notBefore: new Date(Date.now() - 3 * 86_400_000), notAfter: new Date(Date.now() - 86_400_000) });
+  const before = await refusals('tls_handshake_failed');
+  const result = await tlsAttempt({ key: creds.keyPem, cert: creds.certPem });
+  t.equal(result.received, 0, `the server sent nothing and closed (${result.error ?? 'no error event'})`);
+  t.equal(await refusals('tls_handshake_failed'), before + 1);
+  await mesh.logs.node2.waitFor((r) => r.msg === 'connection refused' && r.reason === 'tls_handshake_failed');
+  await stillServing(t);
+});
+
+t.test('SNI that names no local identity', async (t) => {
+  const before = await refusals('tls_handshake_failed');
+  const result = await tlsAttempt({ key: good.keyPem, cert: good.certPem, servername: sniForIdentity('spiffe://cluster.local/ns/demo/sa/nobody') });
+  t.equal(result.received, 0, `the server sent nothing and closed (${result.error ?? 'no error event'})`);
+  t.equal(await refusals('tls_handshake_failed'), before + 1);
+});
+
+t.test('a method other than CONNECT', async (t) => {
+  const s = await session();
+  const res = await request(s, { ':method': 'GET', ':path': '/', ':authority': `${pod('c').ip}:${mesh.appPort}` });
+  t.same(res, { status: 405, reason: 'method_not_allowed' });
+  t.equal(await refusals('method_not_allowed'), 1);
+  s.close();
+  await stillServing(t);
+});
+
+t.test('a malformed authority', async (t) => {
+  const s = await session();
+  for (const authority of ['not-an-address', `${pod('c').ip}:0`, `${pod('c').ip}:99999`, 'svc.demo:80']) {
+    const res = await request(s, { ':method': 'CONNECT', ':authority': authority });
+    t.same(res, { status: 400, reason: 'bad_authority' }, authority);
+  }
+  t.equal(await refusals('bad_authority'), 4);
+  s.close();
+  await stillServing(t);
+});
+
+t.test('an authority that is not a local pod', async (t) => {
+  const s = await session();
+  t.same(await request(s, { ':method': 'CONNECT', ':authority': `${pod('a').ip}:${mesh.appPort}` }), { status: 404, reason: 'not_local' });
+  t.same(await request(s, { ':method': 'CONNECT', ':authority': `10.99.99.99:${mesh.appPort}` }), { status: 404, reason: 'unknown_destination' });
+  t.same(await request(s, { ':method': 'CONNECT', ':authority': `${pod('x').ip}:${mesh.appPort}` }), { status: 403, reason: 'not_enrolled' });
+  await mesh.logs.node2.waitFor((r) => r.msg === 'connection refused' && r.reason === 'not_local');
+  s.close();
+  await stillServing(t);
+});
+
+t.test('an authority whose workload has another identity than the TLS session', async (t) => {
+  const s = await session(SERVER);
+  const res = await request(s, { ':method': 'CONNECT', ':authority': `${pod('d').ip}:${mesh.appPort}` });
+  t.same(res, { status: 403, reason: 'identity_mismatch' });
+  t.equal(await refusals('identity_mismatch'), 1);
+  await mesh.logs.node2.waitFor((r) => r.reason === 'identity_mismatch');
+  s.close();
+  await stillServing(t);
+});
+
+t.test('a CONNECT to a closed port gets a clean error, not a hang', async (t) => {
+  const s = await session();
+  const started = Date.now();
+  const res = await request(s, { ':method': 'CONNECT', ':authority': `${pod('c').ip}:${mesh.closedPort}` });
+  t.same(res, { status: 503, reason: 'upstream_refused' });
+  t.ok(Date.now() - started < 2000);
+  s.close();
+  await stillServing(t);
+});

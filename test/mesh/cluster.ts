@@ -1,0 +1,274 @@
+/**
+ * A meshed cluster on a network-namespace testbed: the Kubernetes objects as YAML in a local-mode folder, a mesh
+ * CA, one agent process per node (started in the node's namespace, as a DaemonSet pod with hostNetwork would run),
+ * and the test application in every pod. Used by the end-to-end tests, `npm run demo` and `npm run bench`.
+ */
+import { writeFile, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { CertificateAuthority } from '../../core/identity/index.js';
+import type { Testbed, TestbedNode, TestbedPod } from '../testbed/index.js';
+
+const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CLI_PATH = path.join(DIST, 'cli', 'main.js');
+export const WORKLOAD_SERVER_PATH = path.join(DIST, 'test', 'mesh', 'workload-server.js');
+
+export const HTTP_PORT = 8080;
+export const ECHO_PORT = 9000;
+
+export interface PodSpec {
+  namespace: string;
+  serviceAccount?: string;
+  app?: string;
+  labels?: Record<string, string>;
+}
+
+export interface ServiceSpec {
+  namespace: string;
+  name: string;
+  clusterIP: string;
+  selector: Record<string, string>;
+  ports: Array<{ name?: string; port: number; targetPort: number | string }>;
+}
+
+export interface MeshClusterOptions {
+  /** Testbed pod name → what Kubernetes would know about it. Pods not named here get namespace `plain`. */
+  pods: Record<string, PodSpec>;
+  /** Namespaces and their labels; `ambit.dev/mode: enabled` enrolls one. */
+  namespaces: Record<string, Record<string, string>>;
+  services?: ServiceSpec[];
+  trustDomain?: string;
+  /** Start the test application in every pod (default true). */
+  workloads?: boolean;
+  logLevel?: string;
+}
+
+interface AgentProcess {
+  node: TestbedNode;
+  child: ChildProcess;
+  lines: string[];
+}
+
+const READY_TIMEOUT_MS = 30_000;
+
+/** Waits until `lines` (a process's stdout so far) has a line matching `test`, or the process exits, or time runs out. */
+function waitForLine(child: ChildProcess, lines: string[], test: (line: string) => boolean, what: string, timeoutMs: number, stderr: () => string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const found = lines.find(test);
+    if (found) return resolve(found);
+    const timer = setTimeout(() => finish(new Error(`${what}: not ready after ${timeoutMs} ms; output:\n${lines.slice(-20).join('\n')}\n${stderr()}`)), timeoutMs);
+    const onLine = (line: string) => {
+      if (test(line)) finish(undefined, line);
+    };
+    const onExit = (code: number | null) => finish(new Error(`${what} exited (code ${code}) before it was ready; output:\n${lines.slice(-20).join('\n')}\n${stderr()}`));
+    const finish = (err?: Error, line?: string) => {
+      clearTimeout(timer);
+      child.off('line', onLine);
+      child.off('exit', onExit);
+      if (err) reject(err);
+      else resolve(line as string);
+    };
+    child.on('line', onLine);
+    child.once('exit', onExit);
+  });
+}
+
+/** Collects a child's stdout as lines (and re-emits each as a 'line' event on the child). */
+function collectLines(child: ChildProcess): { lines: string[]; stderr: () => string } {
+  const lines: string[] = [];
+  let partial = '';
+  let errText = '';
+  child.stdout?.setEncoding('utf8');
+  child.stdout?.on('data', (chunk: string) => {
+    partial += chunk;
+    let index: number;
+    while ((index = partial.indexOf('\n')) >= 0) {
+      const line = partial.slice(0, index);
+      partial = partial.slice(index + 1);
+      lines.push(line);
+      child.emit('line', line);
+    }
+  });
+  child.stderr?.setEncoding('utf8');
+  child.stderr?.on('data', (chunk: string) => {
+    errText = (errText + chunk).slice(-8000);
+  });
+  return { lines, stderr: () => errText };
+}
+
+export class MeshCluster {
+  readonly tb: Testbed;
+  readonly configDir: string;
+  readonly caDir: string;
+  readonly options: MeshClusterOptions;
+  readonly #agents = new Map<string, AgentProcess>();
+
+  private constructor(tb: Testbed, options: MeshClusterOptions) {
+    this.tb = tb;
+    this.options = options;
+    this.configDir = path.join(tb.tmpDir, 'cluster');
+    this.caDir = path.join(tb.tmpDir, 'ca');
+  }
+
+  /** Writes the cluster's objects and the CA, starts the test application in every pod and an agent on every node. */
+  static async start(tb: Testbed, options: MeshClusterOptions): Promise<MeshCluster> {
+    const cluster = new MeshCluster(tb, options);
+    await mkdir(cluster.configDir, { recursive: true });
+    await cluster.writeObjects();
+    const ca = await CertificateAuthority.create({ trustDomain: options.trustDomain ?? 'cluster.local' });
+    await ca.save(cluster.caDir);
+    if (options.workloads ?? true) await Promise.all(tb.pods.map((pod) => cluster.startWorkload(pod)));
+    await Promise.all(tb.nodes.map((node) => cluster.startAgent(node)));
+    return cluster;
+  }
+
+  spec(pod: TestbedPod): PodSpec {
+    return this.options.pods[pod.name] ?? { namespace: 'plain' };
+  }
+
+  /** The objects a cluster would hold: Namespaces, Nodes (with their addresses), Pods (with IPs), Services. */
+  async writeObjects(): Promise<void> {
+    const docs: string[] = [];
+    for (const [name, labels] of Object.entries(this.options.namespaces)) {
+      docs.push(JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } }));
+    }
+    for (const node of this.tb.nodes) {
+      docs.push(
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Node',
+          metadata: { name: node.name },
+          status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] },
+        }),
+      );
+    }
+    for (const pod of this.tb.pods) {
+      const spec = this.spec(pod);
+      docs.push(
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Pod',
+          metadata: { name: pod.name, namespace: spec.namespace, uid: pod.containerId, labels: { app: spec.app ?? pod.name, ...spec.labels } },
+          spec: {
+            nodeName: pod.node.name,
+            serviceAccountName: spec.serviceAccount ?? 'default',
+            containers: [{ name: 'app', ports: [{ name: 'http', containerPort: HTTP_PORT }, { name: 'echo', containerPort: ECHO_PORT }] }],
+          },
+          status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }], conditions: [{ type: 'Ready', status: 'True' }] },
+        }),
+      );
+    }
+    for (const svc of this.options.services ?? []) {
+      docs.push(
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Service',
+          metadata: { name: svc.name, namespace: svc.namespace },
+          spec: { clusterIP: svc.clusterIP, selector: svc.selector, ports: svc.ports.map((p) => ({ ...p, protocol: 'TCP' })) },
+        }),
+      );
+    }
+    // JSON is YAML: one document per line keeps the file readable and needs no serializer.
+    const file = path.join(this.configDir, 'cluster.yaml');
+    const tmp = `${file}.tmp`;
+    await writeFile(tmp, docs.map((d) => `---\n${d}\n`).join(''));
+    const { rename } = await import('node:fs/promises');
+    await rename(tmp, file);
+  }
+
+  async startWorkload(pod: TestbedPod): Promise<void> {
+    const child = this.tb.spawn(pod.netns, process.execPath, [WORKLOAD_SERVER_PATH, '--name', pod.name, '--http', String(HTTP_PORT), '--echo', String(ECHO_PORT)], {
+      buffer: false,
+    }) as unknown as ChildProcess;
+    const { lines, stderr } = collectLines(child);
+    await waitForLine(child, lines, (l) => l === 'listening', `workload in ${pod.name}`, 10_000, stderr);
+  }
+
+  async startAgent(node: TestbedNode, extraArgs: string[] = []): Promise<void> {
+    const child = this.tb.spawn(node.netns, process.execPath, [
+      CLI_PATH,
+      'agent',
+      '--node',
+      node.name,
+      '--config',
+      this.configDir,
+      '--ca-dir',
+      this.caDir,
+      '--log-level',
+      this.options.logLevel ?? 'info',
+      ...extraArgs,
+    ], { buffer: false }) as unknown as ChildProcess;
+    const { lines, stderr } = collectLines(child);
+    const agent = { node, child, lines };
+    this.#agents.set(node.name, agent);
+    await waitForLine(child, lines, (l) => l.includes('"msg":"agent ready"'), `agent on ${node.name}`, READY_TIMEOUT_MS, stderr);
+  }
+
+  agentPid(node: TestbedNode): number {
+    const pid = this.#agents.get(node.name)?.child.pid;
+    if (pid === undefined) throw new Error(`no agent on ${node.name}`);
+    return pid;
+  }
+
+  /** Stops a node's agent with SIGTERM and waits for it to exit (a clean shutdown removes its rules). */
+  async stopAgent(node: TestbedNode): Promise<number | null> {
+    const agent = this.#agents.get(node.name);
+    if (!agent) return null;
+    this.#agents.delete(node.name);
+    if (agent.child.exitCode !== null) return agent.child.exitCode;
+    const exited = new Promise<number | null>((resolve) => agent.child.once('exit', (code) => resolve(code)));
+    agent.child.kill('SIGTERM');
+    return exited;
+  }
+
+  /** The agent's JSON log lines so far, parsed. */
+  logs(node: TestbedNode): Array<Record<string, unknown>> {
+    const agent = this.#agents.get(node.name);
+    if (!agent) return [];
+    const out: Array<Record<string, unknown>> = [];
+    for (const line of agent.lines) {
+      if (!line.startsWith('{')) continue;
+      try {
+        out.push(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        // A line cut by a crash is not a log record.
+      }
+    }
+    return out;
+  }
+
+  /** Waits until the agent's log has a record matching `test`. */
+  async waitForLog(node: TestbedNode, test: (record: Record<string, unknown>) => boolean, timeoutMs = 5000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.logs(node).find(test);
+      if (found) return found;
+      if (Date.now() > deadline) throw new Error(`no matching log record on ${node.name} within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** The agent's Prometheus text, fetched from inside the node's namespace. */
+  async metrics(node: TestbedNode): Promise<string> {
+    const result = await this.tb.exec(node.netns, 'curl', ['-sS', '--max-time', '5', `http://127.0.0.1:15020/metrics`]);
+    return String(result.stdout);
+  }
+
+  /** curl from a pod; resolves with stdout, or rejects with curl's error. */
+  async curl(from: TestbedPod, url: string, extra: string[] = []): Promise<string> {
+    const result = await this.tb.exec(from.netns, 'curl', ['-sS', '--max-time', '5', ...extra, url]);
+    return String(result.stdout);
+  }
+}
+
+/** Sums the samples of a Prometheus metric whose labels include every given label. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name + '{') && !line.startsWith(name + ' ')) continue;
+    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue;
+    total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}

@@ -1,0 +1,205 @@
+/**
+ * Two agents in this process on loopback addresses, no root needed: node1 at 127.0.0.11, node2 at 127.0.0.12, pods
+ * as listeners on other 127.x addresses. The original destination of a captured connection is injected (the test
+ * registers it by the client's source address and port before it connects), which is what iptables' DNAT and
+ * SO_ORIGINAL_DST do on a real node.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { Agent, loadAgentConfig } from '../../agent/index.js';
+import { CertificateAuthority } from '../../core/identity/index.js';
+import { createLogger } from '../../core/log.js';
+
+export interface LoopbackPod {
+  name: string;
+  namespace: string;
+  serviceAccount: string;
+  node: 'node1' | 'node2';
+  ip: string;
+}
+
+export const NODE_IPS = { node1: '127.0.0.11', node2: '127.0.0.12' } as const;
+export const SERVICE_VIP = '127.0.9.10';
+export const SERVICE_PORT = 80;
+
+/** a: client (node1); l: same-node server (node1); c, d: servers on node2 with different identities; x: not enrolled. */
+export const PODS: readonly LoopbackPod[] = [
+  { name: 'a', namespace: 'demo', serviceAccount: 'client', node: 'node1', ip: '127.0.1.1' },
+  { name: 'l', namespace: 'demo', serviceAccount: 'server', node: 'node1', ip: '127.0.1.2' },
+  { name: 'c', namespace: 'demo', serviceAccount: 'server', node: 'node2', ip: '127.0.2.1' },
+  { name: 'd', namespace: 'demo', serviceAccount: 'other', node: 'node2', ip: '127.0.2.2' },
+  { name: 'x', namespace: 'plain', serviceAccount: 'default', node: 'node2', ip: '127.0.3.1' },
+];
+
+export function pod(name: string): LoopbackPod {
+  const found = PODS.find((p) => p.name === name);
+  if (!found) throw new Error(`no loopback pod ${name}`);
+  return found;
+}
+
+function clusterYaml(appPort: number): string {
+  const docs: unknown[] = [
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'ambit.dev/mode': 'enabled' } } },
+    { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'plain' } },
+    ...Object.entries(NODE_IPS).map(([name, address]) => ({
+      apiVersion: 'v1',
+      kind: 'Node',
+      metadata: { name },
+      status: { addresses: [{ type: 'InternalIP', address }] },
+    })),
+    ...PODS.map((p) => ({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: p.name, namespace: p.namespace, labels: { app: p.name } },
+      spec: { nodeName: p.node, serviceAccountName: p.serviceAccount, containers: [{ name: 'app', ports: [{ name: 'app', containerPort: appPort }] }] },
+      status: { phase: 'Running', podIP: p.ip },
+    })),
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'svc-c', namespace: 'demo' },
+      spec: { clusterIP: SERVICE_VIP, selector: { app: 'c' }, ports: [{ port: SERVICE_PORT, targetPort: 'app', protocol: 'TCP' }] },
+    },
+  ];
+  return docs.map((d) => `---\n${JSON.stringify(d)}\n`).join('');
+}
+
+/** A pino destination that keeps every record, parsed, for assertions on access logs and refusal reasons. */
+export class LogCapture extends Writable {
+  readonly records: Array<Record<string, unknown>> = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
+    for (const line of chunk.toString('utf8').split('\n')) if (line) this.records.push(JSON.parse(line) as Record<string, unknown>);
+    done();
+  }
+  find(test: (r: Record<string, unknown>) => boolean): Record<string, unknown> | undefined {
+    return this.records.find(test);
+  }
+  async waitFor(test: (r: Record<string, unknown>) => boolean, timeoutMs = 3000): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.find(test);
+      if (found) return found;
+      if (Date.now() > deadline) throw new Error('expected log record did not appear');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+export interface LoopbackMesh {
+  agents: { node1: Agent; node2: Agent };
+  logs: { node1: LogCapture; node2: LogCapture };
+  ca: CertificateAuthority;
+  dir: string;
+  /** The port every pod's echo application listens on. */
+  appPort: number;
+  /** The port nothing listens on, on every pod address. */
+  closedPort: number;
+  ports: Agent['config']['ports'];
+  /** Opens a connection from pod `from` as if it had been captured on its way to `to`. */
+  connect(from: string, to: { host: string; port: number }): Promise<net.Socket>;
+  /** A connection to node2's plaintext inbound listener from `fromIp`, captured on its way to `to`. */
+  connectPlaintext(fromIp: string, to: { host: string; port: number }): Promise<net.Socket>;
+  close(): Promise<void>;
+}
+
+/** Sends `payload`, half-closes, and resolves with everything the peer sent back until it ended. */
+export function exchange(socket: net.Socket, payload: Buffer | string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.once('end', () => resolve(Buffer.concat(chunks)));
+    socket.once('error', reject);
+    socket.end(payload);
+  });
+}
+
+async function listenEcho(host: string, port: number): Promise<net.Server> {
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => s.destroy());
+    s.pipe(s);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}
+
+let nextClientPort = 20000 + Math.floor(Math.random() * 20000);
+
+export async function startLoopbackMesh(): Promise<LoopbackMesh> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'ambit-loopback-'));
+  const probe = await listenEcho('127.0.0.1', 0);
+  const appPort = (probe.address() as net.AddressInfo).port;
+  await new Promise((r) => probe.close(r));
+  const closedPort = appPort === 65000 ? 65001 : 65000;
+  const servers = await Promise.all(PODS.map((p) => listenEcho(p.ip, appPort)));
+  await writeFile(path.join(dir, 'cluster.yaml'), clusterYaml(appPort));
+  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  await ca.save(path.join(dir, 'ca'));
+
+  const destinations = new Map<string, { host: string; port: number }>();
+  const originalDestination = (socket: net.Socket) => {
+    const key = `${socket.remoteAddress}:${socket.remotePort}`;
+    const found = destinations.get(key);
+    if (!found) throw new Error(`no injected original destination for ${key}`);
+    return found;
+  };
+  // Ports 15001.. moved by a random offset, so a leftover listener elsewhere on the machine cannot interfere.
+  const offset = 20000 + Math.floor(Math.random() * 200) * 10;
+  const logs = { node1: new LogCapture(), node2: new LogCapture() };
+  const start = (node: 'node1' | 'node2') => {
+    const { config } = loadAgentConfig({}, [
+      '--node', node, '--config', dir, '--ca-dir', path.join(dir, 'ca'), '--listen-host', NODE_IPS[node], '--port-offset', String(offset), '--no-rules',
+    ]);
+    return Agent.start(config!, { log: createLogger({ level: 'debug', destination: logs[node] }), originalDestination });
+  };
+  const node1 = await start('node1');
+  const node2 = await start('node2');
+
+  const connectFrom = (localAddress: string, agentHost: string, agentPort: number, to: { host: string; port: number }) =>
+    new Promise<net.Socket>((resolve, reject) => {
+      const localPort = nextClientPort++;
+      if (nextClientPort > 60000) nextClientPort = 20000;
+      destinations.set(`${localAddress}:${localPort}`, to);
+      const socket = net.connect({ host: agentHost, port: agentPort, localAddress, localPort, allowHalfOpen: true });
+      socket.once('connect', () => resolve(socket));
+      socket.once('error', reject);
+    });
+
+  return {
+    agents: { node1, node2 },
+    logs,
+    ca,
+    dir,
+    appPort,
+    closedPort,
+    ports: node1.config.ports,
+    connect: (from, to) => {
+      const p = pod(from);
+      return connectFrom(p.ip, NODE_IPS[p.node], node1.config.ports.outbound, to);
+    },
+    connectPlaintext: (fromIp, to) => connectFrom(fromIp, NODE_IPS.node2, node2.config.ports.inboundPlaintext, to),
+    async close() {
+      await Promise.all([node1.close(), node2.close()]);
+      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Opens a connection and exchanges `payload`; resolves with the error code if the agent reset it (on a fast
+ * loopback the reset can arrive before the client has even seen its connect complete), or 'OK'.
+ */
+export async function exchangeOrErrorCode(open: () => Promise<net.Socket>, payload: string): Promise<string> {
+  try {
+    await exchange(await open(), payload);
+    return 'OK';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err);
+  }
+}

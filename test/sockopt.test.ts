@@ -1,0 +1,165 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { AmbitError, errnoCode } from '../core/errors.js';
+import { SOCKOPT_ADDON_PATH, originalDestination, setMark, setTransparent } from '../core/sockopt.js';
+
+/** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
+async function loopbackPair(t: Test): Promise<{ client: net.Socket; accepted: net.Socket }> {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepting = once(server, 'connection');
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const [accepted] = (await accepting) as [net.Socket];
+  await once(client, 'connect');
+  t.teardown(() => {
+    client.destroy();
+    accepted.destroy();
+    server.close();
+  });
+  return { client, accepted };
+}
+
+t.test('a connection that was not DNATed has no original destination', async (t) => {
+  const { accepted } = await loopbackPair(t);
+  // With conntrack active in this namespace (someone's nat rules), the kernel answers with the real destination.
+  let result: unknown;
+  try {
+    result = originalDestination(accepted);
+  } catch (err) {
+    t.ok(err instanceof AmbitError, 'an AmbitError');
+    t.equal((err as AmbitError).code, 'ORIGINAL_DST_UNAVAILABLE');
+    const expected = existsSync('/sys/module/nf_conntrack') ? 'ENOENT' : 'ENOPROTOOPT';
+    t.equal(errnoCode((err as AmbitError).cause), expected, `the kernel said ${expected}`);
+    t.match((err as Error).message, /127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+/, 'the message names the connection');
+    return;
+  }
+  t.same(result, { address: '127.0.0.1', port: accepted.localPort, family: 4 }, 'conntrack reports the real destination');
+});
+
+t.test('a socket without a file descriptor is refused', async (t) => {
+  t.throws(() => originalDestination(new net.Socket()), { code: 'NO_FD' });
+  t.throws(() => setMark(new net.Socket(), 1), { code: 'NO_FD' });
+});
+
+t.test('bad arguments are TypeErrors', async (t) => {
+  const addon = createRequire(import.meta.url)(SOCKOPT_ADDON_PATH) as Record<string, (...args: unknown[]) => unknown>;
+  const originalDst = addon.originalDst!;
+  t.throws(() => originalDst(-1, 4), new TypeError('originalDst: fd must be an integer from 0 to 2147483647'));
+  t.throws(() => originalDst('3', 4), TypeError);
+  t.throws(() => originalDst(1.5, 4), TypeError);
+  t.throws(() => originalDst(3, 5), new TypeError('originalDst: family must be 4 or 6'));
+  t.throws(() => originalDst(3), new TypeError('originalDst: expected 2 arguments, got 1'));
+  t.throws(() => addon.setTransparent!(3, 4, 1), new TypeError('setTransparent: on must be a boolean'));
+  t.throws(() => addon.setMark!(3, 2 ** 32), new TypeError('setMark: mark must be an integer from 0 to 4294967295'));
+  t.throws(() => originalDst(2 ** 30, 4), { code: 'EBADF', syscall: 'getsockopt', errno: -9 }, 'a closed fd is EBADF');
+
+  const { client } = await loopbackPair(t);
+  t.throws(() => setMark(client, -1), TypeError, 'the wrappers pass TypeErrors through');
+  t.throws(() => setTransparent(client, 'yes' as unknown as boolean), TypeError);
+});
+
+function hasCommand(command: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const notRoot = process.getuid?.() !== 0 ? 'needs root for network namespaces and iptables' : false;
+const missingTools = ['ip', 'iptables', 'ip6tables'].filter((command) => !hasCommand(command));
+const skipNamespace = notRoot || (missingTools.length > 0 ? `missing ${missingTools.join(', ')}` : false);
+
+// Runs inside the namespace: every connection goes to a DNATed address and the accepting side reports what
+// originalDestination says. The parent cannot enter a namespace, so this is a separate process.
+const CHILD_SCRIPT = `
+import net from 'node:net';
+import { once } from 'node:events';
+
+const { originalDestination, setMark, setTransparent } = await import(process.argv[2]);
+
+async function connectThrough(listen, connect, onConnected = () => {}) {
+  const server = net.createServer();
+  server.listen({ host: listen.host, port: listen.port, ipv6Only: false });
+  await once(server, 'listening');
+  const accepting = once(server, 'connection');
+  const client = net.connect(connect.port, connect.host);
+  await once(client, 'connect');
+  const [accepted] = await accepting;
+  let result;
+  try {
+    result = originalDestination(accepted);
+  } catch (err) {
+    result = { error: err.code, cause: err.cause?.code };
+  }
+  onConnected(client, accepted);
+  const received = once(accepted, 'data');
+  client.write('x');
+  await received;
+  client.destroy();
+  accepted.destroy();
+  server.close();
+  return result;
+}
+
+const report = {
+  ipv4: await connectThrough({ host: '127.0.0.1', port: 15001 }, { host: '127.0.0.1', port: 7777 }, (client, accepted) => {
+    setMark(client, 42);
+    setTransparent(accepted, true);
+  }),
+  ipv6: await connectThrough({ host: '::1', port: 15001 }, { host: '::1', port: 7777 }),
+  dualStack: await connectThrough({ host: '::', port: 15002 }, { host: '127.0.0.1', port: 7778 }),
+  notCaptured: await connectThrough({ host: '127.0.0.1', port: 15003 }, { host: '127.0.0.1', port: 15003 }),
+};
+process.stdout.write(JSON.stringify(report));
+`;
+
+t.test('reads the original destination of DNATed connections in a network namespace', { skip: skipNamespace }, async (t) => {
+  const namespace = `ambit-sockopt-${randomBytes(4).toString('hex')}`;
+  const inNamespace = (command: string, ...args: string[]): string =>
+    execFileSync('ip', ['netns', 'exec', namespace, command, ...args], { encoding: 'utf8' });
+
+  execFileSync('ip', ['netns', 'add', namespace]);
+  t.teardown(() => execFileSync('ip', ['netns', 'delete', namespace]));
+  const scratch = mkdtempSync(path.join(os.tmpdir(), 'ambit-sockopt-'));
+  t.teardown(() => rmSync(scratch, { recursive: true, force: true }));
+
+  inNamespace('ip', 'link', 'set', 'lo', 'up');
+  const dnat = (iptables: string, from: string, to: string, port: number): void => {
+    inNamespace(iptables, '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', from, '--dport', String(port), '-j', 'DNAT', '--to-destination', to);
+  };
+  dnat('iptables', '127.0.0.1', '127.0.0.1:15001', 7777);
+  dnat('ip6tables', '::1', '[::1]:15001', 7777);
+  dnat('iptables', '127.0.0.1', '127.0.0.1:15002', 7778);
+  // Counters that prove the options reached the kernel: the client's data leaves with mark 42 (mangle runs before
+  // nat, so it still sees port 7777), and arrives at a socket that xt_socket finds transparent.
+  inNamespace('iptables', '-t', 'mangle', '-A', 'OUTPUT', '-p', 'tcp', '--dport', '7777', '-m', 'mark', '--mark', '42', '-j', 'ACCEPT');
+  inNamespace('iptables', '-t', 'mangle', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '15001', '-m', 'socket', '--transparent', '-j', 'ACCEPT');
+
+  const childScript = path.join(scratch, 'report-original-destination.mjs');
+  writeFileSync(childScript, CHILD_SCRIPT);
+  const sockoptModule = new URL('../core/sockopt.js', import.meta.url).href;
+  const report = JSON.parse(inNamespace(process.execPath, childScript, sockoptModule)) as Record<string, unknown>;
+
+  t.same(report.ipv4, { address: '127.0.0.1', port: 7777, family: 4 }, 'IPv4 DNAT');
+  t.same(report.ipv6, { address: '::1', port: 7777, family: 6 }, 'IPv6 DNAT');
+  t.same(report.dualStack, { address: '127.0.0.1', port: 7778, family: 4 }, 'IPv4 client of a dual-stack listener');
+  // conntrack is active in the namespace now, so an untouched connection reports its own destination
+  t.same(report.notCaptured, { address: '127.0.0.1', port: 15003, family: 4 }, 'a connection nat did not rewrite');
+
+  const packets = (table: string, chain: string): number => {
+    const rule = inNamespace('iptables', '-t', table, '-L', chain, '-n', '-v', '-x').split('\n')[2] ?? '';
+    return Number(rule.trim().split(/\s+/)[0]);
+  };
+  t.ok(packets('mangle', 'OUTPUT') > 0, 'packets carried the SO_MARK');
+  t.ok(packets('mangle', 'PREROUTING') > 0, 'packets found an IP_TRANSPARENT socket');
+});
