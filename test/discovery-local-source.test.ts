@@ -291,8 +291,15 @@ t.test('a process exits once its source is closed, and not before', async (t) =>
     const started = new Promise<void>((resolve) => child.stdout.on('data', (data: Buffer) => data.toString().includes('started') && resolve()));
     return { child, exited, started };
   };
-  const within = <T>(promise: Promise<T>, ms: number) =>
-    Promise.race([promise.then((value) => ({ value })), new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), ms))]);
+  const within = async <T>(promise: Promise<T>, ms: number): Promise<{ value: T } | 'timeout'> => {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), ms)));
+    try {
+      return await Promise.race([promise.then((value) => ({ value })), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
 
   const open = run(false);
   await open.started;

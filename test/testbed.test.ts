@@ -3,15 +3,26 @@ import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import t from 'tap';
-import { parsePcap, removeStaleTestbeds, startCapture, Testbed, testbedUnavailableReason, type TestbedPod } from './testbed/index.js';
+import {
+  parsePcap,
+  removeStaleTestbeds,
+  startCapture,
+  Testbed,
+  testbedUnavailableReason,
+  type TestbedNode,
+  type TestbedPod,
+} from './testbed/index.js';
+import { ownerFile } from './testbed/owner.js';
 
 const unavailable = testbedUnavailableReason();
 const needsTestbed = { skip: unavailable ?? false };
 const TESTBED_INDEX_URL = new URL('./testbed/index.js', import.meta.url).href;
 const SERVER_PORT = 8080;
 /** Answers every request with the client address it saw, so a test can tell whether anything NATed the traffic. */
-const ECHO_CLIENT_SERVER = `require('http').createServer((req, res) => res.end('client ' + req.socket.remoteAddress.replace('::ffff:', '')))
-  .listen(${SERVER_PORT}, () => console.log('listening'))`;
+const ECHO_CLIENT_SERVER = `
+  require('http')
+    .createServer((req, res) => res.end('client ' + req.socket.remoteAddress.replace('::ffff:', '')))
+    .listen(${SERVER_PORT}, () => console.log('listening'))`;
 
 async function namespacesListed(prefix: string): Promise<string[]> {
   const { stdout } = await execa('ip', ['netns', 'list']);
@@ -40,7 +51,7 @@ async function untilStopped(pid: number, timeoutMs = 3000): Promise<boolean> {
 function untilLine(stream: Readable | null, pattern: RegExp, timeoutMs = 10_000): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = '';
-    const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} within ${timeoutMs} ms; got: ${text}`)), timeoutMs);
+    const timer = setTimeout(() => reject(new Error(`no line matching ${pattern} in ${timeoutMs} ms; got: ${text}`)), timeoutMs);
     stream?.on('data', function onData(chunk: Buffer) {
       text += chunk.toString();
       const line = text.split('\n').find((candidate) => pattern.test(candidate));
@@ -58,11 +69,12 @@ async function curl(testbed: Testbed, from: TestbedPod, to: TestbedPod): Promise
 }
 
 t.test('options are validated before anything is made', async (t) => {
-  await t.rejects(Testbed.create({ nodes: 0, podsPerNode: 1 }), { code: 'TESTBED_INVALID_OPTIONS', message: /nodes must be an integer from 1/ });
-  await t.rejects(Testbed.create({ nodes: 1, podsPerNode: 254 }), { code: 'TESTBED_INVALID_OPTIONS', message: /podsPerNode/ });
-  await t.rejects(Testbed.create({ nodes: 2, podsPerNode: 1, cni: ['bridge'] }), { code: 'TESTBED_INVALID_OPTIONS', message: /1 plugins for 2 nodes/ });
+  const invalid = (message: RegExp) => ({ code: 'TESTBED_INVALID_OPTIONS', message });
+  await t.rejects(Testbed.create({ nodes: 0, podsPerNode: 1 }), invalid(/nodes must be an integer from 1/));
+  await t.rejects(Testbed.create({ nodes: 1, podsPerNode: 254 }), invalid(/podsPerNode/));
+  await t.rejects(Testbed.create({ nodes: 2, podsPerNode: 1, cni: ['bridge'] }), invalid(/1 plugins for 2 nodes/));
   const flannel = 'flannel' as unknown as 'bridge';
-  await t.rejects(Testbed.create({ nodes: 1, podsPerNode: 1, cni: flannel }), { code: 'TESTBED_INVALID_OPTIONS', message: /'flannel' is not supported/ });
+  await t.rejects(Testbed.create({ nodes: 1, podsPerNode: 1, cni: flannel }), invalid(/'flannel' is not supported/));
 });
 
 t.test('parsePcap refuses what is not a pcap file', async (t) => {
@@ -70,7 +82,7 @@ t.test('parsePcap refuses what is not a pcap file', async (t) => {
   t.throws(() => parsePcap(Buffer.alloc(24)), { code: 'TESTBED_BAD_PCAP', message: /magic/ });
 });
 
-t.test('2 nodes × 2 pods: bridge and ptp pods reach each other, captures see the wire, destroy leaves nothing', needsTestbed, async (t) => {
+t.test('2 nodes × 2 pods: pods reach each other, captures see the wire, destroy leaves nothing', needsTestbed, async (t) => {
   const createStarted = performance.now();
   const testbed = await Testbed.create({ nodes: 2, podsPerNode: 2, cni: ['bridge', 'ptp'] });
   const createMs = Math.round(performance.now() - createStarted);
@@ -91,24 +103,31 @@ t.test('2 nodes × 2 pods: bridge and ptp pods reach each other, captures see th
     t.match(pod.ip, new RegExp(`^10\\.244\\.${pod.node.index}\\.\\d+$`), `${pod.name} is in ${pod.node.podCidr}`);
     const { stdout } = await testbed.exec(pod.netns, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'eth0']);
     t.match(stdout, `inet ${pod.ip}/24`, `${pod.name}'s eth0 carries the address CNI returned`);
-    t.ok(existsSync(`${testbed.tmpDir}/ipam/${pod.node.name}/ambit-testbed/${pod.ip}`), `${pod.name}'s lease is in the testbed's IPAM dir`);
+    const lease = `${testbed.tmpDir}/ipam/${pod.node.name}/ambit-testbed/${pod.ip}`;
+    t.ok(existsSync(lease), `${pod.name}'s lease is in the testbed's IPAM dir`);
   }
   t.notOk(existsSync('/var/lib/cni/networks/ambit-testbed'), 'nothing leased in the host IPAM dir');
   t.throws(() => testbed.pod('pod-9-9'), { code: 'TESTBED_UNKNOWN_POD' });
 
-  const [node1, node2] = testbed.nodes;
+  const [node1, node2] = testbed.nodes as [TestbedNode, TestbedNode];
   const sysctl = async (netns: string, key: string) => (await testbed.exec(netns, 'cat', [`/proc/sys/${key}`])).stdout.trim();
-  t.equal(await sysctl(node1!.netns, 'net/bridge/bridge-nf-call-iptables'), '1', 'bridged traffic crosses iptables on the bridge node');
-  t.equal(await sysctl(node1!.netns, 'net/ipv4/ip_forward'), '1');
-  t.equal(await sysctl(node2!.netns, 'net/ipv4/ip_forward'), '1');
-  t.equal((await testbed.exec(node1!.netns, 'ip', ['link', 'show', 'cni0'], { reject: false })).exitCode, 0, 'node1 has the cni0 bridge');
-  t.not((await testbed.exec(node2!.netns, 'ip', ['link', 'show', 'cni0'], { reject: false })).exitCode, 0, 'node2 (ptp) has none');
+  const bridgeNf = await sysctl(node1.netns, 'net/bridge/bridge-nf-call-iptables');
+  t.equal(bridgeNf, '1', 'bridged traffic crosses iptables on the bridge node');
+  t.equal(await sysctl(node1.netns, 'net/ipv4/ip_forward'), '1');
+  t.equal(await sysctl(node2.netns, 'net/ipv4/ip_forward'), '1');
+  const hasCni0 = async (node: TestbedNode) =>
+    (await testbed.exec(node.netns, 'ip', ['link', 'show', 'cni0'], { reject: false })).exitCode === 0;
+  t.ok(await hasCni0(node1), 'node1 has the cni0 bridge');
+  t.notOk(await hasCni0(node2), 'node2 (ptp) has none');
 
-  const [pod11, pod12, pod21, pod22] = ['pod-1-1', 'pod-1-2', 'pod-2-1', 'pod-2-2'].map((name) => testbed.pod(name)) as [TestbedPod, TestbedPod, TestbedPod, TestbedPod];
-  const servers = [testbed.spawn(pod11.netns, 'node', ['-e', ECHO_CLIENT_SERVER]), testbed.spawn(pod21.netns, 'node', ['-e', ECHO_CLIENT_SERVER])];
+  const pod11 = testbed.pod('pod-1-1');
+  const pod12 = testbed.pod('pod-1-2');
+  const pod21 = testbed.pod('pod-2-1');
+  const pod22 = testbed.pod('pod-2-2');
+  const servers = [pod11, pod21].map((pod) => testbed.spawn(pod.netns, 'node', ['-e', ECHO_CLIENT_SERVER]));
   await Promise.all(servers.map((server) => untilLine(server.stdout, /listening/)));
 
-  const capture = await startCapture(node1!.netns, 'eth0', `tcp port ${SERVER_PORT}`);
+  const capture = await startCapture(node1.netns, 'eth0', `tcp port ${SERVER_PORT}`);
   t.equal(await curl(testbed, pod12, pod21), `client ${pod12.ip}`, 'cross-node bridge → ptp, client address kept');
   t.equal(await curl(testbed, pod22, pod11), `client ${pod22.ip}`, 'cross-node ptp → bridge');
   t.equal(await curl(testbed, pod12, pod11), `client ${pod12.ip}`, 'same node over the bridge');
@@ -117,7 +136,8 @@ t.test('2 nodes × 2 pods: bridge and ptp pods reach each other, captures see th
   t.equal(tcpShell.exitCode, 0, 'plain TCP connect works too');
 
   const packets = parsePcap(await capture.stop());
-  const syn = packets.find((p) => p.src === pod12.ip && p.dst === pod21.ip && p.dstPort === SERVER_PORT && p.tcpFlags === 0x02);
+  const SYN = 0x02;
+  const syn = packets.find((p) => p.src === pod12.ip && p.dst === pod21.ip && p.dstPort === SERVER_PORT && p.tcpFlags === SYN);
   t.ok(syn, 'node1 eth0 saw the SYN of the cross-node connection');
   t.ok(packets.some((p) => p.src === pod12.ip && p.payload.includes('GET / HTTP/1.1')), 'and its request in plaintext');
   t.ok(packets.some((p) => p.src === pod21.ip && p.payload.includes(`client ${pod12.ip}`)), 'and the answer');
@@ -125,9 +145,10 @@ t.test('2 nodes × 2 pods: bridge and ptp pods reach each other, captures see th
   t.notOk(packets.some((p) => p.src === pod12.ip && p.dst === pod11.ip), 'same-node traffic never reaches the uplink');
   t.notOk(packets.some((p) => p.src === pod22.ip && p.dst === pod21.ip), 'nor does node2-local traffic');
 
-  await t.rejects(startCapture(node1!.netns, 'eth0', 'not a ( filter'), { code: 'TESTBED_CAPTURE_FAILED' }, 'a bad filter fails fast');
+  const badFilter = startCapture(node1.netns, 'eth0', 'not a ( filter');
+  await t.rejects(badFilter, { code: 'TESTBED_CAPTURE_FAILED' }, 'a bad filter fails fast');
 
-  const extra = await testbed.addPod(node2!);
+  const extra = await testbed.addPod(node2);
   t.equal(extra.name, 'pod-2-3');
   t.match(extra.ip, /^10\.244\.2\.\d+$/);
   t.equal(await curl(testbed, extra, pod11), `client ${extra.ip}`, 'an added pod is reachable at once');
@@ -137,14 +158,14 @@ t.test('2 nodes × 2 pods: bridge and ptp pods reach each other, captures see th
   t.same(await namespacesListed(extra.netns), [], "removePod deletes the pod's namespace");
   t.notOk(existsSync(`${testbed.tmpDir}/ipam/node2/ambit-testbed/${extra.ip}`), 'CNI DEL released the lease');
 
-  const serverPids = servers.map((server) => server.pid!);
+  const serverPids = servers.flatMap((server) => server.pid ?? []);
   const destroyStarted = performance.now();
   await testbed.destroy();
   const destroyMs = Math.round(performance.now() - destroyStarted);
   t.comment(`destroy(2 nodes × 2 pods, 2 processes): ${destroyMs} ms`);
   t.same(await namespacesListed(testbed.prefix), [], 'no namespace with the prefix is left');
   t.notOk(existsSync(testbed.tmpDir), 'the temp dir is gone');
-  t.notOk(existsSync(`/run/ambit-testbed/${testbed.prefix.slice(6, 12)}.json`), 'the owner record is gone');
+  t.notOk(existsSync(ownerFile(testbed.prefix.slice('ambit-'.length, -1))), 'the owner record is gone');
   for (const pid of serverPids) t.notOk(isRunning(pid), `server ${pid} was stopped`);
   await testbed.destroy();
   t.pass('destroy is idempotent');
@@ -165,8 +186,8 @@ t.test('a create that fails half-way tears down what it made', needsTestbed, asy
   );
   const [, prefix, tmpDir] = /creating testbed (ambit-[0-9a-f]{6}-) .* in (\S+)$/.exec(logs[0] ?? '') ?? [];
   t.ok(prefix, `the log names the testbed: ${logs[0]}`);
-  t.same(await namespacesListed(prefix!), [], 'no namespace left');
-  t.notOk(existsSync(tmpDir!), 'no temp dir left');
+  t.same(await namespacesListed(prefix ?? 'ambit-'), [], 'no namespace left');
+  t.notOk(tmpDir !== undefined && existsSync(tmpDir), 'no temp dir left');
 });
 
 /** Runs a process that builds a testbed with a sleeping process in a pod, and reports what it made. */
@@ -178,8 +199,8 @@ async function startCreator(afterCreate: string) {
     console.log(JSON.stringify({ prefix: testbed.prefix, tmpDir: testbed.tmpDir, sleeperPid: sleeper.pid }));
     ${afterCreate}`;
   const creator = execa('node', ['--input-type=module', '-e', script], { reject: false });
-  const made = JSON.parse(await untilLine(creator.stdout, /prefix/, 20_000)) as { prefix: string; tmpDir: string; sleeperPid: number };
-  return { creator, ...made };
+  const made = await untilLine(creator.stdout, /prefix/, 20_000);
+  return { creator, ...(JSON.parse(made) as { prefix: string; tmpDir: string; sleeperPid: number }) };
 }
 
 t.test('an interrupted creator leaves nothing behind', needsTestbed, async (t) => {

@@ -8,6 +8,7 @@ import type {
   DiscoveryChange,
   DiscoveryKind,
   DiscoverySnapshot,
+  Labels,
   NamespaceInfo,
   NodeInfo,
   PodInfo,
@@ -24,15 +25,15 @@ export interface WorkloadStoreOptions {
   log?: Logger;
 }
 
-/** A JSON-able dump of the store, for the admin config dump. */
+/** The store for the admin config dump: absent values are null, so the JSON shows every field. */
 export interface StoreDump {
   version: number;
   trustDomain: string;
   nodeName: string | null;
   namespaces: NamespaceInfo[];
   nodes: NodeInfo[];
-  services: Array<Service & { endpoints: string[] }>;
-  workloads: Workload[];
+  services: Array<Omit<Service, 'selector'> & { selector: Labels | null; endpoints: string[] }>;
+  workloads: Array<Omit<Workload, 'node'> & { node: string | null }>;
 }
 
 interface Entry {
@@ -228,8 +229,8 @@ export class WorkloadStore extends EventEmitter {
       nodeName: this.nodeName ?? null,
       namespaces: [...this.entries.Namespace.values()].map((e) => e.object as NamespaceInfo),
       nodes: [...this.entries.Node.values()].map((e) => e.object as NodeInfo),
-      services: services.map((s) => ({ ...s, endpoints: this.endpoints(s).map((w) => `${w.namespace}/${w.name}`) })),
-      workloads: [...workloads],
+      services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.endpoints(s).map((w) => `${w.namespace}/${w.name}`) })),
+      workloads: workloads.map((w) => ({ ...w, node: w.node ?? null })),
     };
   }
 

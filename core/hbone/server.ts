@@ -98,7 +98,9 @@ export class HboneServer {
       },
     });
     this.#server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
-      this.#refused('tls_handshake_failed', socket.remoteAddress, err.message);
+      // A refused client certificate surfaces as a bare "socket hang up"; the verification error says why.
+      const why = socket.authorizationError ? `client certificate refused: ${String(socket.authorizationError)}` : err.message;
+      this.#refused('tls_handshake_failed', socket.remoteAddress, why);
     });
     this.#server.on('unknownProtocol', (socket: TLSSocket) => {
       this.#refused('not_h2', socket.remoteAddress, `ALPN ${String(socket.alpnProtocol)} is not h2`);

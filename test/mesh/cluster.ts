@@ -102,6 +102,7 @@ export class MeshCluster {
   readonly configDir: string;
   readonly caDir: string;
   readonly options: MeshClusterOptions;
+  readonly cliPath = CLI_PATH;
   readonly #agents = new Map<string, AgentProcess>();
 
   private constructor(tb: Testbed, options: MeshClusterOptions) {
