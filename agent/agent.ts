@@ -134,7 +134,7 @@ export class Agent {
           outboundPort: config.ports.outbound,
           inboundPort: config.ports.inboundPlaintext,
           backend: config.iptablesBackend,
-          log: log.child({ component: 'redirect-rules' }),
+          log,
         })
       : undefined;
     agent = new Agent({ config, log, registry, store, source, nodeIp, certs, hboneClient, hboneServer, rules });

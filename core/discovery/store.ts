@@ -122,7 +122,9 @@ export class WorkloadStore extends EventEmitter {
     for (const change of changes) {
       const entries = this.entries[change.kind];
       if (change.op === 'delete') {
-        changed = entries.delete(change.namespace === undefined ? change.name : `${change.namespace}/${change.name}`) || changed;
+        const namespaced = change.kind === 'Pod' || change.kind === 'Service';
+        // The same default a manifest without metadata.namespace gets, so a delete finds what the upsert stored.
+        changed = entries.delete(namespaced ? `${change.namespace ?? 'default'}/${change.name}` : change.name) || changed;
         continue;
       }
       const key = keyOf(change);

@@ -95,7 +95,7 @@ export interface DiscoverySnapshot {
   readonly nodes: readonly NodeInfo[];
 }
 
-/** One change of an incremental batch; cluster-scoped kinds (Namespace, Node) leave `namespace` out. */
+/** One change of an incremental batch; a delete of a Pod or Service without `namespace` means `default`. */
 export type DiscoveryChange =
   | ({ readonly op: 'upsert' } & ConvertedObject)
   | { readonly op: 'delete'; readonly kind: DiscoveryKind; readonly namespace?: string; readonly name: string };

@@ -435,9 +435,11 @@ export class Testbed implements SyncTeardown {
     }
   }
 
-  /** Called by the exit handlers only: no CNI DEL, since deleting the namespaces takes their interfaces along. */
+  /**
+   * Called by the exit handlers only, so also while destroy() is half-way (the process will not live to finish it).
+   * No CNI DEL: deleting the namespaces takes their interfaces along.
+   */
   teardownSync(): void {
-    if (this.closed) return;
     this.closed = true;
     for (const child of this.processes.keys()) if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
     const namespaces = namespacesWithPrefix(this.prefix);

@@ -1,0 +1,308 @@
+/**
+ * `npm run bench` (root): pod A on node1 → pod C on node2, side by side in one run on the same testbed:
+ *   direct    plain TCP between two pods outside the mesh;
+ *   ambit-l4  two enrolled pods, captured by the agents and carried over HBONE (mTLS HTTP/2 CONNECT);
+ *   stunnel4  the reference mTLS tunnel: a client stunnel on node1, a server stunnel on node2, TLS 1.3.
+ * Figures: bulk throughput (iperf3), request/response latency at a fixed rate, new connections per second, the
+ * proxies' CPU-seconds per GB and per 1000 requests, and their RSS with 1000 proxied connections open. Writes
+ * bench/results/latest.json and latest.md (ratios to direct and to stunnel4).
+ */
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ChildProcess } from 'node:child_process';
+import { MeshCluster, ECHO_PORT } from '../test/mesh/cluster.js';
+import { Testbed, testbedUnavailableReason, type TestbedPod } from '../test/testbed/index.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const LOADGEN = path.join(HERE, 'loadgen.js');
+const RESULTS_DIR = path.resolve(HERE, '..', '..', 'bench', 'results');
+const IPERF_PORT = 5201;
+const STUNNEL_PORTS = { iperfClient: 20000, iperfServer: 20001, echoClient: 20002, echoServer: 20003 };
+
+const SECONDS = Number(process.env.AMBIT_BENCH_SECONDS ?? 5);
+const REPEATS = Number(process.env.AMBIT_BENCH_REPEATS ?? 3);
+const HOLD_CONNECTIONS = 1000;
+const LATENCY = { connections: 16, rate: 1000, size: 1024 };
+
+interface Scenario {
+  throughput_gbps: number | null;
+  latency_p50_us: number | null;
+  latency_p99_us: number | null;
+  conn_per_s: number | null;
+  cpu_s_per_gb: number | null;
+  cpu_s_per_1000_req: number | null;
+  rss_mb: number | null;
+}
+
+const say = (text: string) => process.stderr.write(`${text}\n`);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+const CLOCK_TICKS = 100;
+
+/** User+system CPU seconds of a set of processes (all threads), from /proc. */
+async function cpuSeconds(pids: number[]): Promise<number> {
+  let ticks = 0;
+  for (const pid of pids) {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ticks += Number(fields[11]) + Number(fields[12]);
+  }
+  return ticks / CLOCK_TICKS;
+}
+
+async function rssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  return kb / 1024;
+}
+
+interface Target {
+  name: string;
+  client: TestbedPod;
+  iperf: { host: string; port: number };
+  echo: { host: string; port: number };
+  /** The processes whose CPU and memory are the proxy's cost (none for direct). */
+  pids: number[];
+}
+
+async function measure(tb: Testbed, target: Target): Promise<Scenario> {
+  const { client } = target;
+  const cpu = () => cpuSeconds(target.pids);
+
+  // Bulk throughput: iperf3 for SECONDS, REPEATS times; CPU per GB over all of them.
+  const gbps: number[] = [];
+  let bytes = 0;
+  const cpuBefore = await cpu();
+  for (let i = 0; i < REPEATS; i++) {
+    const { stdout } = await tb.exec(client.netns, 'iperf3', ['-c', target.iperf.host, '-p', String(target.iperf.port), '-t', String(SECONDS), '-J']);
+    const result = JSON.parse(String(stdout)) as { end: { sum_received: { bits_per_second: number; bytes: number } } };
+    gbps.push(result.end.sum_received.bits_per_second / 1e9);
+    bytes += result.end.sum_received.bytes;
+  }
+  const cpuPerGb = target.pids.length ? ((await cpu()) - cpuBefore) / (bytes / 1e9) : null;
+  say(`  ${target.name}: throughput ${gbps.map((g) => g.toFixed(2)).join(', ')} Gbit/s`);
+
+  // Latency at a fixed rate, 1 KiB request and response on persistent connections.
+  const cpuBeforeLatency = await cpu();
+  const latencyRun = await loadgen(tb, client, ['--mode', 'latency', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', String(LATENCY.connections), '--rate', String(LATENCY.rate), '--size', String(LATENCY.size), '--seconds', String(SECONDS)]);
+  const requests = Number(latencyRun.requests);
+  const cpuPer1000 = target.pids.length ? (((await cpu()) - cpuBeforeLatency) / requests) * 1000 : null;
+  say(`  ${target.name}: latency p50 ${Number(latencyRun.p50_us).toFixed(0)} µs, p99 ${Number(latencyRun.p99_us).toFixed(0)} µs over ${requests} requests (${String(latencyRun.errors)} errors)`);
+
+  // New connections per second: open, exchange one byte, close, 16 at a time.
+  const rates: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    const run = await loadgen(tb, client, ['--mode', 'connect', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', '16', '--seconds', String(Math.min(SECONDS, 3))]);
+    rates.push(Number(run.conn_per_s));
+    // Closed connections linger in TIME_WAIT; give the next round the same start.
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  say(`  ${target.name}: new connections ${rates.map((r) => r.toFixed(0)).join(', ')} /s`);
+
+  // Memory with 1000 proxied connections open.
+  let rss: number | null = null;
+  if (target.pids.length) {
+    const holder = tb.spawn(client.netns, process.execPath, [LOADGEN, '--mode', 'hold', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', String(HOLD_CONNECTIONS)], { buffer: false, stdin: 'pipe' }) as unknown as ChildProcess;
+    await new Promise<void>((resolve, reject) => {
+      holder.stdout?.once('data', () => resolve());
+      holder.once('exit', (code) => reject(new Error(`hold exited ${code}`)));
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    rss = Math.max(...(await Promise.all(target.pids.map(rssMb))));
+    holder.stdin?.end();
+    await new Promise((r) => holder.once('exit', r));
+    say(`  ${target.name}: RSS with ${HOLD_CONNECTIONS} connections open: ${rss.toFixed(1)} MB (largest proxy process)`);
+  }
+  return {
+    throughput_gbps: median(gbps),
+    latency_p50_us: Number(latencyRun.p50_us),
+    latency_p99_us: Number(latencyRun.p99_us),
+    conn_per_s: median(rates),
+    cpu_s_per_gb: cpuPerGb,
+    cpu_s_per_1000_req: cpuPer1000,
+    rss_mb: rss,
+  };
+}
+
+async function loadgen(tb: Testbed, pod: TestbedPod, args: string[]): Promise<Record<string, unknown>> {
+  const { stdout } = await tb.exec(pod.netns, process.execPath, [LOADGEN, ...args]);
+  return JSON.parse(String(stdout).trim().split('\n').pop() as string) as Record<string, unknown>;
+}
+
+function stunnelConfig(role: 'client' | 'server', dir: string, routes: Array<{ name: string; accept: string; connect: string }>): string {
+  const lines = [
+    'foreground = yes',
+    'pid =',
+    // Warnings only: stunnel logs every connection at notice level, which would be measured as its cost.
+    'debug = 4',
+    `cert = ${dir}/${role}.crt`,
+    `key = ${dir}/${role}.key`,
+    `CAfile = ${dir}/ca.crt`,
+    'verifyChain = yes',
+    'sslVersionMin = TLSv1.3',
+    'ciphersuites = TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256',
+    'socket = l:TCP_NODELAY=1',
+    'socket = r:TCP_NODELAY=1',
+  ];
+  for (const route of routes) lines.push(`[${route.name}]`, `client = ${role === 'client' ? 'yes' : 'no'}`, `accept = ${route.accept}`, `connect = ${route.connect}`);
+  return `${lines.join('\n')}\n`;
+}
+
+/**
+ * Starts a tracked process and waits for its ready line. Resolves with its PID: the spawned object is also a
+ * promise of the process's end (execa), so an async function must not return it or the caller waits for the exit.
+ */
+async function startProcess(tb: Testbed, netns: string, file: string, args: string[], readyText: RegExp | undefined, what: string): Promise<number> {
+  const child = tb.spawn(netns, file, args, { buffer: false, all: true }) as unknown as ChildProcess & { all?: NodeJS.ReadableStream };
+  if (readyText) {
+    await new Promise<void>((resolve, reject) => {
+      let text = '';
+      const timer = setTimeout(() => reject(new Error(`${what} did not start: ${text}`)), 10_000);
+      child.all?.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+        if (readyText.test(text)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once('exit', (code) => reject(new Error(`${what} exited ${code}: ${text}`)));
+    });
+  } else {
+    child.all?.resume();
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  return child.pid as number;
+}
+
+async function waitForListener(tb: Testbed, netns: string, port: number): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    const { stdout } = await tb.exec(netns, 'ss', ['-Htln', `sport = :${port}`]);
+    if (String(stdout).trim()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing listens on port ${port} in ${netns}`);
+}
+
+function ratio(a: number | null, b: number | null): string {
+  if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '—';
+  return `${(a / b).toFixed(2)}×`;
+}
+
+function table(s: Record<string, Scenario>): string {
+  const rows: Array<[string, keyof Scenario, number]> = [
+    ['throughput (Gbit/s)', 'throughput_gbps', 2],
+    ['latency p50 (µs)', 'latency_p50_us', 0],
+    ['latency p99 (µs)', 'latency_p99_us', 0],
+    ['new connections/s', 'conn_per_s', 0],
+    ['proxy CPU-s per GB', 'cpu_s_per_gb', 2],
+    ['proxy CPU-s per 1000 req', 'cpu_s_per_1000_req', 3],
+    ['proxy RSS, 1000 conns (MB)', 'rss_mb', 1],
+  ];
+  const fmt = (v: number | null, digits: number) => (v === null ? '—' : v.toFixed(digits));
+  const out = ['| metric | direct | ambit-l4 | stunnel4 | ambit / direct | ambit / stunnel4 |', '|---|---|---|---|---|---|'];
+  for (const [label, key, digits] of rows) {
+    const d = s.direct?.[key] ?? null;
+    const a = s['ambit-l4']?.[key] ?? null;
+    const st = s.stunnel4?.[key] ?? null;
+    out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${ratio(a, d)} | ${ratio(a, st)} |`);
+  }
+  const p50 = (x?: Scenario) => x?.latency_p50_us ?? NaN;
+  out.push('', `Added p50 latency over direct: ambit-l4 ${(p50(s['ambit-l4']) - p50(s.direct)).toFixed(0)} µs, stunnel4 ${(p50(s.stunnel4) - p50(s.direct)).toFixed(0)} µs.`);
+  return out.join('\n');
+}
+
+async function main(): Promise<number> {
+  const unavailable = testbedUnavailableReason();
+  if (unavailable) {
+    say(`npm run bench cannot run: ${unavailable}`);
+    return 1;
+  }
+  say(`Building the testbed (2 nodes; ${SECONDS} s per run, ${REPEATS} repeats for throughput and connection rate)`);
+  const tb = await Testbed.create({ nodes: 2, podsPerNode: 0 });
+  try {
+    const a = await tb.addPod('node1', 'a');
+    const c = await tb.addPod('node2', 'c');
+    const p1 = await tb.addPod('node1', 'p1');
+    const p2 = await tb.addPod('node2', 'p2');
+    const [node1, node2] = [tb.node('node1'), tb.node('node2')];
+    const cluster = await MeshCluster.start(tb, {
+      namespaces: { bench: { 'ambit.dev/mode': 'enabled' }, plain: {} },
+      pods: { a: { namespace: 'bench', serviceAccount: 'client' }, c: { namespace: 'bench', serviceAccount: 'server' }, p1: { namespace: 'plain' }, p2: { namespace: 'plain' } },
+      // Access logs per connection are part of the product's cost, so they stay on at the default level.
+      logLevel: 'info',
+    });
+    say('Agents ready; starting iperf3 servers and stunnel4');
+    for (const pod of [c, p2]) await startProcess(tb, pod.netns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'], /Server listening/, `iperf3 in ${pod.name}`);
+
+    // stunnel4 between the nodes, with certificates from the same CA.
+    const { CertificateAuthority } = await import('../core/identity/index.js');
+    const ca = await CertificateAuthority.load(cluster.caDir);
+    const dir = path.join(tb.tmpDir, 'stunnel');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'ca.crt'), ca.rootPem);
+    for (const role of ['client', 'server'] as const) {
+      const creds = await ca.issueKeyAndCert(`spiffe://cluster.local/ns/bench/sa/stunnel-${role}`);
+      await writeFile(path.join(dir, `${role}.crt`), creds.certPem);
+      await writeFile(path.join(dir, `${role}.key`), creds.keyPem, { mode: 0o600 });
+    }
+    await writeFile(path.join(dir, 'client.conf'), stunnelConfig('client', dir, [
+      { name: 'iperf', accept: `${node1.ip}:${STUNNEL_PORTS.iperfClient}`, connect: `${node2.ip}:${STUNNEL_PORTS.iperfServer}` },
+      { name: 'echo', accept: `${node1.ip}:${STUNNEL_PORTS.echoClient}`, connect: `${node2.ip}:${STUNNEL_PORTS.echoServer}` },
+    ]));
+    await writeFile(path.join(dir, 'server.conf'), stunnelConfig('server', dir, [
+      { name: 'iperf', accept: `${node2.ip}:${STUNNEL_PORTS.iperfServer}`, connect: `${p2.ip}:${IPERF_PORT}` },
+      { name: 'echo', accept: `${node2.ip}:${STUNNEL_PORTS.echoServer}`, connect: `${p2.ip}:${ECHO_PORT}` },
+    ]));
+    const stunnelClient = await startProcess(tb, node1.netns, 'stunnel4', [path.join(dir, 'client.conf')], undefined, 'stunnel client');
+    const stunnelServer = await startProcess(tb, node2.netns, 'stunnel4', [path.join(dir, 'server.conf')], undefined, 'stunnel server');
+    await waitForListener(tb, node1.netns, STUNNEL_PORTS.echoClient);
+    await waitForListener(tb, node2.netns, STUNNEL_PORTS.echoServer);
+
+    const scenarios: Record<string, Scenario> = {};
+    say('direct (no mesh): p1 (node1) -> p2 (node2)');
+    scenarios.direct = await measure(tb, { name: 'direct', client: p1, iperf: { host: p2.ip, port: IPERF_PORT }, echo: { host: p2.ip, port: ECHO_PORT }, pids: [] });
+    say('ambit-l4: a (node1) -> c (node2) through both agents');
+    scenarios['ambit-l4'] = await measure(tb, {
+      name: 'ambit-l4',
+      client: a,
+      iperf: { host: c.ip, port: IPERF_PORT },
+      echo: { host: c.ip, port: ECHO_PORT },
+      pids: [cluster.agentPid(node1), cluster.agentPid(node2)],
+    });
+    say('stunnel4: p1 (node1) -> stunnel (node1) -> stunnel (node2) -> p2 (node2)');
+    scenarios.stunnel4 = await measure(tb, {
+      name: 'stunnel4',
+      client: p1,
+      iperf: { host: node1.ip, port: STUNNEL_PORTS.iperfClient },
+      echo: { host: node1.ip, port: STUNNEL_PORTS.echoClient },
+      pids: [stunnelClient, stunnelServer],
+    });
+
+    const result = {
+      date: new Date().toISOString(),
+      machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
+      settings: { seconds: SECONDS, repeats: REPEATS, latency: LATENCY, hold_connections: HOLD_CONNECTIONS },
+      scenarios,
+    };
+    const markdown = table(scenarios);
+    await mkdir(RESULTS_DIR, { recursive: true });
+    await writeFile(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
+    await writeFile(path.join(RESULTS_DIR, 'latest.md'), `${markdown}\n`);
+    process.stdout.write(`${markdown}\n`);
+    await cluster.stopAgent(node1);
+    await cluster.stopAgent(node2);
+  } finally {
+    await tb.destroy();
+  }
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exitCode = 1;
+  },
+);
