@@ -8,13 +8,19 @@ import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/inde
 import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
-import { originalDestination as addonOriginalDestination } from '../core/sockopt.js';
+import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
 import type { AgentConfig } from './config.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
+
+/**
+ * How often the agent hands freed memory back to the kernel. A bulk transfer can leave tens of MB of freed I/O
+ * buffers resident; a node agent's memory should follow its open connections, not its busiest moment.
+ */
+export const MEMORY_RELEASE_INTERVAL_MS = 5_000;
 
 export interface AgentDependencies {
   log?: Logger;
@@ -57,6 +63,7 @@ export class Agent {
   readonly #rules: RedirectRules | undefined;
   readonly #sniTable = new Map<string, string>();
   #reconciling: Promise<void> = Promise.resolve();
+  #memoryTimer: NodeJS.Timeout | undefined;
   #ready = false;
   #closed = false;
 
@@ -163,6 +170,7 @@ export class Agent {
       await agent.close();
       throw err;
     }
+    agent.#startMemoryRelease();
     agent.#ready = true;
     log.info({ node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged' }, 'agent ready');
     return agent;
@@ -177,6 +185,7 @@ export class Agent {
     if (this.#closed) return;
     this.#closed = true;
     this.#ready = false;
+    clearInterval(this.#memoryTimer);
     this.#source.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
@@ -187,6 +196,19 @@ export class Agent {
     await Promise.all(closing);
     if (this.#rules && (options.removeRules ?? true)) await this.#rules.remove();
     this.#log.info('agent stopped');
+  }
+
+  #startMemoryRelease(): void {
+    this.#memoryTimer = setInterval(() => {
+      try {
+        releaseFreeMemory();
+      } catch (err) {
+        // Without the addon (never on a real node: capture needs it too) memory is simply not released early.
+        clearInterval(this.#memoryTimer);
+        this.#log.warn({ err }, 'cannot release free memory to the kernel');
+      }
+    }, MEMORY_RELEASE_INTERVAL_MS);
+    this.#memoryTimer.unref();
   }
 
   async #bind(inputs: ProxyInputs): Promise<void> {

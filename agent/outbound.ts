@@ -60,9 +60,8 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
   }
 
   let destination: Workload | undefined;
-  let service: Service | undefined;
   let target = original;
-  service = store.serviceByVip(original.host);
+  const service = store.serviceByVip(original.host);
   if (service) {
     const servicePort = service.ports.find((p) => p.port === original.port && p.protocol === 'TCP');
     if (!servicePort) {

@@ -56,6 +56,21 @@ export interface ConnectionOutcome {
 
 const UNKNOWN = 'unknown';
 
+interface Series {
+  opened: { inc(value?: number): void };
+  closed: { inc(value?: number): void };
+  sent: { inc(value?: number): void };
+  received: { inc(value?: number): void };
+  active: { inc(value?: number): void; dec(value?: number): void };
+}
+
+/** Everything labelsOf reads, joined: equal keys give equal label sets. */
+function seriesKey(r: ConnectionRecord): string {
+  const s = r.source;
+  const d = r.destination;
+  return `${r.reporter}|${r.security}|${r.service ?? ''}|${s.workload ?? ''}|${s.namespace ?? ''}|${s.identity ?? ''}|${s.app ?? ''}|${d.workload ?? ''}|${d.namespace ?? ''}|${d.identity ?? ''}`;
+}
+
 export class AgentTelemetry {
   readonly #log: Logger;
   readonly #opened: Counter<(typeof TCP_LABELS)[number]>;
@@ -64,6 +79,7 @@ export class AgentTelemetry {
   readonly #receivedBytes: Counter<(typeof TCP_LABELS)[number]>;
   readonly #refused: Counter<'direction' | 'reason'>;
   readonly #active: Gauge<'direction'>;
+  readonly #seriesCache = new Map<string, Series>();
 
   constructor(registry: Registry, accessLog: Logger) {
     this.#log = accessLog;
@@ -83,18 +99,41 @@ export class AgentTelemetry {
 
   /** A connection was set up (the upstream answered): count it open. */
   opened(record: ConnectionRecord): void {
-    this.#opened.inc(labelsOf(record));
-    this.#active.inc({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' });
+    const series = this.#series(record);
+    series.opened.inc();
+    series.active.inc();
   }
 
   /** An opened connection ended: bytes, closed count, and its access-log line. */
   closed(record: ConnectionRecord, outcome: ConnectionOutcome): void {
-    const labels = labelsOf(record);
-    this.#closed.inc(labels);
-    if (outcome.sent > 0) this.#sentBytes.inc(labels, outcome.sent);
-    if (outcome.received > 0) this.#receivedBytes.inc(labels, outcome.received);
-    this.#active.dec({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' });
+    const series = this.#series(record);
+    series.closed.inc();
+    if (outcome.sent > 0) series.sent.inc(outcome.sent);
+    if (outcome.received > 0) series.received.inc(outcome.received);
+    series.active.dec();
     this.#access(record, outcome);
+  }
+
+  /**
+   * The labelled series of a connection's metrics, looked up by one string key: prom-client hashes a full label
+   * set on every update, which is a measurable share of a short connection's cost. Series are few (one per pair
+   * of workloads), so the cache stays small.
+   */
+  #series(record: ConnectionRecord): Series {
+    const key = seriesKey(record);
+    let series = this.#seriesCache.get(key);
+    if (!series) {
+      const labels = labelsOf(record);
+      series = {
+        opened: this.#opened.labels(labels),
+        closed: this.#closed.labels(labels),
+        sent: this.#sentBytes.labels(labels),
+        received: this.#receivedBytes.labels(labels),
+        active: this.#active.labels({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' }),
+      };
+      this.#seriesCache.set(key, series);
+    }
+    return series;
   }
 
   /** A connection or stream refused before it opened: counted by reason and logged once with that reason. */

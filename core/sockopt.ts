@@ -9,6 +9,7 @@ interface SockoptAddon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setTransparent(fd: number, family: 4 | 6, on: boolean): void;
   setMark(fd: number, mark: number): void;
+  releaseFreeMemory(): boolean;
 }
 
 /** Where node-gyp puts the addon; this file runs as dist/core/sockopt.js. */
@@ -120,4 +121,12 @@ export function setMark(socket: net.Socket, mark: number): void {
   } catch (err) {
     throw sockoptFailure(err, `SO_MARK ${mark}`);
   }
+}
+
+/**
+ * Returns the C allocator's free pages to the kernel (glibc `malloc_trim`). A proxy frees many I/O buffers after a
+ * burst of traffic; without this they stay resident for the life of the process. Returns whether any was released.
+ */
+export function releaseFreeMemory(): boolean {
+  return loadAddon().releaseFreeMemory();
 }

@@ -238,7 +238,7 @@ export class LocalSource extends EventEmitter {
       return previous;
     }
     try {
-      const objects = await parseManifests(text, file);
+      const objects = parseManifests(text, file);
       this.lastGoodObjects.set(file, objects);
       return objects;
     } catch (err) {

@@ -30,6 +30,8 @@ export function parseAuthority(authority: string | undefined): Authority | undef
     const colon = authority.lastIndexOf(':');
     if (colon < 0) return undefined;
     host = authority.slice(0, colon);
+    // An IPv6 address must be bracketed: `fd00::1:80` could be an address or an address and a port.
+    if (host.includes(':')) return undefined;
     portText = authority.slice(colon + 1);
   }
   if (!/^[0-9]{1,5}$/.test(portText)) return undefined;
@@ -73,8 +75,18 @@ export function buildBaggage(fields: BaggageFields): string {
   return parts.join(',');
 }
 
+/** Random bytes are drawn in blocks: one call into the CSPRNG per connection is a measurable per-connection cost. */
+const ENTROPY_BLOCK = 24 * 256;
+let entropy = Buffer.alloc(0);
+let entropyOffset = 0;
+
 /** A fresh W3C trace context for a connection that arrived without one (random trace and span IDs, sampled). */
 export function newTraceparent(): string {
-  const bytes = randomBytes(24).toString('hex');
-  return `00-${bytes.slice(0, 32)}-${bytes.slice(32, 48)}-01`;
+  if (entropyOffset + 24 > entropy.length) {
+    entropy = randomBytes(ENTROPY_BLOCK);
+    entropyOffset = 0;
+  }
+  const hex = entropy.toString('hex', entropyOffset, entropyOffset + 24);
+  entropyOffset += 24;
+  return `00-${hex.slice(0, 32)}-${hex.slice(32, 48)}-01`;
 }

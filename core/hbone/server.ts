@@ -65,6 +65,7 @@ export class HboneServer {
   readonly #server: http2.Http2SecureServer;
   readonly #identityBySni = new Map<string, string>();
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
 
   constructor(options: HboneServerOptions) {
     this.#options = options;
@@ -152,7 +153,7 @@ export class HboneServer {
       refuseStream(stream, 400, 'bad_authority');
       return;
     }
-    const peerIdentity = socket ? peerSpiffeId(socket) : undefined;
+    const peerIdentity = socket ? this.#peerIdentity(stream.session as http2.ServerHttp2Session, socket) : undefined;
     const servername = socket?.servername;
     const localIdentity = servername ? this.#identityBySni.get(servername) : undefined;
     if (!peerIdentity || !localIdentity) {
@@ -169,6 +170,14 @@ export class HboneServer {
       headers,
       remoteAddress,
     });
+  }
+
+  /** The peer's SPIFFE ID, parsed once per connection: reading the certificate per stream is a measurable cost. */
+  #peerIdentity(session: http2.ServerHttp2Session, socket: TLSSocket): string | undefined {
+    if (this.#peerIdentities.has(session)) return this.#peerIdentities.get(session);
+    const identity = peerSpiffeId(socket);
+    this.#peerIdentities.set(session, identity);
+    return identity;
   }
 
   #refused(reason: HboneRefusal, remoteAddress: string | undefined, message: string): void {

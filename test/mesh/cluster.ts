@@ -7,6 +7,7 @@ import { writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from '../../agent/config.js';
 import { CertificateAuthority } from '../../core/identity/index.js';
 import type { Testbed, TestbedNode, TestbedPod } from '../testbed/index.js';
 
@@ -42,6 +43,8 @@ export interface MeshClusterOptions {
   /** Start the test application in every pod (default true). */
   workloads?: boolean;
   logLevel?: string;
+  /** Extra `node` flags for the agent processes (e.g. `--cpu-prof` when profiling). */
+  agentNodeArgs?: string[];
 }
 
 interface AgentProcess {
@@ -188,6 +191,8 @@ export class MeshCluster {
 
   async startAgent(node: TestbedNode, extraArgs: string[] = []): Promise<void> {
     const child = this.tb.spawn(node.netns, process.execPath, [
+      ...AGENT_NODE_FLAGS,
+      ...(this.options.agentNodeArgs ?? []),
       CLI_PATH,
       'agent',
       '--node',
@@ -199,7 +204,7 @@ export class MeshCluster {
       '--log-level',
       this.options.logLevel ?? 'info',
       ...extraArgs,
-    ], { buffer: false }) as unknown as ChildProcess;
+    ], { buffer: false, env: { ...AGENT_ENV } }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
     const agent = { node, child, lines };
     this.#agents.set(node.name, agent);
