@@ -99,8 +99,8 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
 export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket): void {
   const { telemetry } = inputs;
   socket.on('error', () => undefined);
-  const source: Peer = { ...peerOfWorkload(inputs.store.workloadByIp(socket.remoteAddress ?? ''), socket.remoteAddress ?? '', socket.remotePort ?? 0) };
-  source.identity = undefined;
+  // Plaintext proves no identity, whatever pod the address belongs to.
+  const source: Peer = { ...peerOfWorkload(inputs.store.workloadByIp(socket.remoteAddress ?? ''), socket.remoteAddress ?? '', socket.remotePort ?? 0), identity: undefined };
   let target: Address;
   try {
     target = inputs.originalDestination(socket);

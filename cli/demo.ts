@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { metricValue, MeshCluster, HTTP_PORT } from '../test/mesh/cluster.js';
-import { startCapture, Testbed, testbedUnavailableReason } from '../test/testbed/index.js';
+import { removeStaleTestbeds, startCapture, Testbed, testbedUnavailableReason } from '../test/testbed/index.js';
 
 const TOOLS: Array<[string, string]> = [
   ['ip', 'iproute2'],
@@ -49,6 +49,8 @@ export async function runDemo(argv: string[]): Promise<number> {
     return 1;
   }
 
+  // A demo or bench killed with SIGKILL cannot clean up; its namespaces are removed by the next run.
+  await removeStaleTestbeds();
   const started = Date.now();
   heading('Building a two-node cluster: network namespaces, bridge CNI, host-local IPAM');
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 2 });
