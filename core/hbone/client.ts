@@ -85,13 +85,16 @@ export class HboneClient {
   /** Opens a CONNECT stream; resolves once the peer answered 200, so the caller can start moving bytes. */
   async connect(request: HboneConnectRequest): Promise<http2.ClientHttp2Stream> {
     if (this.#closed) throw new HboneError('HBONE_CLIENT_CLOSED', 'the HBONE client is closed', 0, 'client_closed');
-    const pooled = await this.#acquire(request);
-    const session = pooled.session as http2.ClientHttp2Session;
-    pooled.streams++;
-    if (pooled.idleTimer) {
-      clearTimeout(pooled.idleTimer);
-      pooled.idleTimer = undefined;
+    // The stream's slot is taken before the connection is ready, so a burst of first requests never puts more than
+    // the limit on one connection (the excess would wait inside nghttp2 for a free slot instead of a new connection).
+    const pooled = this.#reserve(request);
+    try {
+      await pooled.ready;
+    } catch (err) {
+      pooled.streams--;
+      throw err;
     }
+    const session = pooled.session as http2.ClientHttp2Session;
     let stream: http2.ClientHttp2Stream;
     try {
       stream = session.request(
@@ -140,7 +143,7 @@ export class HboneClient {
     this.#pools.clear();
   }
 
-  async #acquire(request: HboneConnectRequest): Promise<PooledSession> {
+  #reserve(request: HboneConnectRequest): PooledSession {
     const key = `${request.sourceIdentity}|${request.destinationIdentity}|${request.via.host}:${request.via.port}`;
     let list = this.#pools.get(key);
     if (!list) {
@@ -153,7 +156,11 @@ export class HboneClient {
       pooled = this.#open(key, request);
       list.push(pooled);
     }
-    await pooled.ready;
+    pooled.streams++;
+    if (pooled.idleTimer) {
+      clearTimeout(pooled.idleTimer);
+      pooled.idleTimer = undefined;
+    }
     return pooled;
   }
 

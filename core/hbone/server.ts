@@ -65,6 +65,8 @@ export class HboneServer {
   readonly #server: http2.Http2SecureServer;
   readonly #identityBySni = new Map<string, string>();
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Every accepted connection, also those still in (or stuck in) the TLS handshake: close() ends them all. */
+  readonly #connections = new Set<net.Socket>();
   readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
 
   constructor(options: HboneServerOptions) {
@@ -107,6 +109,10 @@ export class HboneServer {
       this.#refused('not_h2', socket.remoteAddress, `ALPN ${String(socket.alpnProtocol)} is not h2`);
       socket.destroy();
     });
+    this.#server.on('connection', (socket: net.Socket) => {
+      this.#connections.add(socket);
+      socket.once('close', () => this.#connections.delete(socket));
+    });
     this.#server.on('session', (session) => this.#onSession(session));
     this.#server.on('stream', (stream, headers) => this.#onStream(stream, headers));
   }
@@ -128,6 +134,7 @@ export class HboneServer {
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const session of this.#sessions) session.destroy();
+    for (const socket of this.#connections) socket.destroy();
     await closed;
   }
 

@@ -1,0 +1,74 @@
+/** The HBONE client's pool against a real HBONE server on loopback: sharing, the stream limit, idle close, identity. */
+import type http2 from 'node:http2';
+import t from 'tap';
+import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
+import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
+
+const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
+const SERVER = 'spiffe://cluster.local/ns/b/sa/server';
+const OTHER = 'spiffe://cluster.local/ns/b/sa/other';
+
+t.test('pooling', async (t) => {
+  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  const creds = new Map<string, { keyPem: string; certChainPem: string }>();
+  for (const id of [CLIENT, SERVER, OTHER]) {
+    const { keyPem, certPem } = await ca.issueKeyAndCert(id);
+    creds.set(id, { keyPem, certChainPem: certPem });
+  }
+  const contexts = new SecureContextCache(() => ca.rootPem);
+  const served: string[] = [];
+  const server = new HboneServer({
+    host: '127.0.0.1',
+    port: 0,
+    trustBundle: () => ca.rootPem,
+    // The server answers for SERVER and, to test the client's check, presents SERVER's certificate for OTHER too.
+    resolveSni: async (sni) => {
+      const identity = [SERVER, OTHER].find((id) => sniForIdentity(id) === sni);
+      return identity ? { identity, context: contexts.get(creds.get(SERVER)!) } : undefined;
+    },
+    onConnect: (stream: http2.ServerHttp2Stream, request) => {
+      served.push(request.peerIdentity);
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    },
+  });
+  await server.listen();
+  const port = server.address().port;
+  const client = new HboneClient({
+    contextFor: async (id) => contexts.get(creds.get(id)!),
+    sniFor: sniForIdentity,
+    maxStreamsPerConnection: 100,
+    idleTimeoutMs: 200,
+  });
+  t.teardown(async () => {
+    client.close();
+    await server.close();
+  });
+  const request = { sourceIdentity: CLIENT, destinationIdentity: SERVER, via: { host: '127.0.0.1', port }, authority: '127.0.0.1:9' };
+
+  const streams = await Promise.all(Array.from({ length: 150 }, () => client.connect(request)));
+  t.equal(client.connectionCount(), 2, '150 concurrent streams use two connections of at most 100 streams');
+  t.equal(served.length, 150);
+  t.ok(served.every((id) => id === CLIENT), 'the server saw the client identity on every stream');
+
+  const echoed = await new Promise<string>((resolve) => {
+    const s = streams[0]!;
+    let text = '';
+    s.setEncoding('utf8');
+    s.on('data', (c: string) => (text += c));
+    s.on('end', () => resolve(text));
+    s.end('ping');
+  });
+  t.equal(echoed, 'ping', 'bytes flow both ways and half-close travels as END_STREAM');
+
+  for (const s of streams) s.destroy();
+  await new Promise((r) => setTimeout(r, 50));
+  const again = await client.connect(request);
+  t.equal(client.connectionCount(), 2, 'a new stream reuses a pooled connection');
+  again.destroy();
+  await new Promise((r) => setTimeout(r, 600));
+  t.equal(client.connectionCount(), 0, 'idle connections are closed after the idle timeout');
+
+  await t.rejects(client.connect({ ...request, destinationIdentity: OTHER }), { code: 'HBONE_CONNECT_FAILED', message: /presented identity .*sa\/server, expected .*sa\/other/ }, 'the client checks the server identity');
+  await t.rejects(client.connect({ ...request, via: { host: '127.0.0.1', port: 1 } }), { code: 'HBONE_CONNECT_FAILED', message: /is the Ambit agent running/ }, 'a refused connection says what to check');
+});
