@@ -64,6 +64,7 @@ export class Agent {
   readonly #sniTable = new Map<string, string>();
   #reconciling: Promise<void> = Promise.resolve();
   #memoryTimer: NodeJS.Timeout | undefined;
+  #resyncTimer: NodeJS.Timeout | undefined;
   #ready = false;
   #closed = false;
 
@@ -171,6 +172,7 @@ export class Agent {
       throw err;
     }
     agent.#startMemoryRelease();
+    agent.#startRulesResync();
     agent.#ready = true;
     log.info({ node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged' }, 'agent ready');
     return agent;
@@ -186,6 +188,7 @@ export class Agent {
     this.#closed = true;
     this.#ready = false;
     clearInterval(this.#memoryTimer);
+    clearInterval(this.#resyncTimer);
     this.#source.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
@@ -198,6 +201,25 @@ export class Agent {
     this.#log.info('agent stopped');
   }
 
+  /**
+   * Another program (a CNI, kube-proxy, an operator) may flush or reorder the node's nat table or the ipset. The
+   * rules are checked on an interval and repaired, through the same queue as store-driven reconciles.
+   */
+  #startRulesResync(): void {
+    const rules = this.#rules;
+    if (!rules || this.config.rulesResyncSeconds === 0) return;
+    this.#resyncTimer = setInterval(() => {
+      this.#reconciling = this.#reconciling
+        .then(async () => {
+          if (this.#closed) return;
+          await rules.install();
+          await rules.syncPods(this.store.localEnrolledIps(4), { force: true });
+        })
+        .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
+    }, this.config.rulesResyncSeconds * 1000);
+    this.#resyncTimer.unref();
+  }
+
   #startMemoryRelease(): void {
     this.#memoryTimer = setInterval(() => {
       try {
@@ -205,6 +227,7 @@ export class Agent {
       } catch (err) {
         // Without the addon (never on a real node: capture needs it too) memory is simply not released early.
         clearInterval(this.#memoryTimer);
+    clearInterval(this.#resyncTimer);
         this.#log.warn({ err }, 'cannot release free memory to the kernel');
       }
     }, MEMORY_RELEASE_INTERVAL_MS);

@@ -41,6 +41,8 @@ export interface AgentConfig {
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   /** The cluster name carried in HBONE baggage. */
   readonly clusterName: string;
+  /** How often the rules are checked and repaired if something else changed them (0: only on store changes). */
+  readonly rulesResyncSeconds: number;
 }
 
 export const AGENT_USAGE = `Usage: ambit agent [options]
@@ -59,6 +61,7 @@ Options (each also as an environment variable):
   --no-rules             do not install redirect rules         AMBIT_NO_RULES=1
   --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
   --cluster-name NAME    cluster name for telemetry            AMBIT_CLUSTER_NAME (default Kubernetes)
+  --rules-resync-interval S  repair drifted rules every S s    AMBIT_RULES_RESYNC_INTERVAL (default 30; 0 = off)
   --cleanup              remove Ambit's rules and ipsets (after a crash) and exit
   -h, --help             show this help
 
@@ -101,6 +104,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'no-rules': { type: 'boolean' },
         'log-level': { type: 'string' },
         'cluster-name': { type: 'string' },
+        'rules-resync-interval': { type: 'string' },
         cleanup: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -137,6 +141,11 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   const ports = Object.freeze(
     Object.fromEntries(Object.entries(DEFAULT_PORTS).map(([name, port]) => [name, port + offset])) as AgentPorts,
   );
+  const resyncText = values['rules-resync-interval'] ?? env.AMBIT_RULES_RESYNC_INTERVAL ?? '30';
+  const rulesResyncSeconds = Number(resyncText);
+  if (!Number.isInteger(rulesResyncSeconds) || rulesResyncSeconds < 0 || rulesResyncSeconds > 86400) {
+    throw usageError(`--rules-resync-interval ${resyncText} is not a whole number of seconds from 0 to 86400`);
+  }
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
 
@@ -155,6 +164,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       iptablesBackend,
       logLevel,
       clusterName: values['cluster-name'] ?? env.AMBIT_CLUSTER_NAME ?? 'Kubernetes',
+      rulesResyncSeconds,
     }),
   };
 }
@@ -168,5 +178,6 @@ function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'lo
     listenHost: '0.0.0.0',
     ports: DEFAULT_PORTS,
     clusterName: 'Kubernetes',
+    rulesResyncSeconds: 0,
   };
 }

@@ -302,10 +302,11 @@ export class RedirectRules {
 
   /**
    * Makes the ipset hold exactly `ipv4s` (the node's enrolled pods), in one atomic swap. Returns false, without
-   * running anything, when the set already holds them. An address that is not IPv4, or is the node IP, is left
+   * running anything, when the set already holds them as last applied (`force` applies it anyway, to repair a set
+   * someone else changed). An address that is not IPv4, or is the node IP, is left
    * out with a warning rather than failing the sync: one bad pod must not stop the capture of all the others.
    */
-  syncPods(ipv4s: readonly string[]): Promise<boolean> {
+  syncPods(ipv4s: readonly string[], options: { force?: boolean } = {}): Promise<boolean> {
     return this.#serialize(async () => {
       const family = this.#family;
       const invalid = ipv4s.filter((address) => !family.isAddress(address));
@@ -318,7 +319,7 @@ export class RedirectRules {
       }
       const pods = [...new Set(ipv4s)].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort();
       const previous = this.#appliedPods;
-      if (previous !== undefined && sameLines(previous, pods)) return false;
+      if (!options.force && previous !== undefined && sameLines(previous, pods)) return false;
       await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: buildIpsetSync(pods, family) }, IPSET_HINT);
       this.#appliedPods = pods;
       const counts = previous === undefined ? {} : diffCounts(previous, pods);

@@ -12,6 +12,8 @@ t.test('flags, environment and defaults', async (t) => {
   t.match(fromEnv, { nodeName: 'e1', configDir: '/e', caDir: '/eca', nodeIp: '10.0.0.1', manageRules: false });
   t.equal(loadAgentConfig({ AMBIT_NODE_NAME: 'env' }, required).config?.nodeName, 'n1', 'a flag wins over the environment');
   t.equal(loadAgentConfig({}, [...required, '--port-offset', '100']).config?.ports.hbone, 15108);
+  t.equal(config?.rulesResyncSeconds, 30);
+  t.equal(loadAgentConfig({ AMBIT_RULES_RESYNC_INTERVAL: '0' }, required).config?.rulesResyncSeconds, 0);
 });
 
 t.test('bad input is a usage error that names the flag', async (t) => {
@@ -25,6 +27,7 @@ t.test('bad input is a usage error that names the flag', async (t) => {
     [[...required, '--port-offset', '-5'], /--port-offset/],
     [[...required, '--trust-domain', 'Bad_Domain'], /--trust-domain/],
     [[...required, 'positional'], /positional/],
+    [[...required, '--rules-resync-interval', '1.5'], /--rules-resync-interval/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });

@@ -43,6 +43,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       plain2: { namespace: 'plain', app: 'plain2' },
     },
     services: [{ namespace: 'demo', name: 'server', clusterIP: VIP, selector: { app: 'server' }, ports: [{ port: 80, targetPort: 'http' }] }],
+    agentArgs: ['--rules-resync-interval', '1'],
   });
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
 
@@ -112,6 +113,24 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     t.same(offPort.map((p) => `${p.src}:${p.srcPort}>${p.dst}:${p.dstPort}`), [], 'every TCP packet between the nodes is HBONE');
     const records = packets.filter((p) => p.payload.length > 0);
     t.ok(records.length > 0 && records.every((p) => [0x14, 0x15, 0x16, 0x17].includes(p.payload[0] as number)), 'payloads are TLS records');
+  });
+
+  t.test('rules flushed by someone else are repaired by the agent', async (t) => {
+    await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-F', 'AMBIT-PREROUTING']);
+    await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v4']);
+    const deadline = Date.now() + 5000;
+    let nat = '';
+    let ipset = '';
+    while (Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+      nat = String((await tb.exec(node1.netns, 'iptables-save', ['-t', 'nat'])).stdout);
+      ipset = String((await tb.exec(node1.netns, 'ipset', ['list', 'ambit-pods-v4'])).stdout);
+      if (nat.includes(`${node1.ip}:15001`) && ipset.includes(client.ip)) break;
+    }
+    t.match(nat, `-j DNAT --to-destination ${node1.ip}:15001`, 'the chain is back');
+    t.match(ipset, client.ip, 'the set is back');
+    t.equal(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip: string }).ip === server.ip);
   });
 
   t.test('a clean shutdown removes every rule; a crash leaves them (fail closed) until --cleanup', async (t) => {

@@ -43,6 +43,8 @@ export interface MeshClusterOptions {
   /** Start the test application in every pod (default true). */
   workloads?: boolean;
   logLevel?: string;
+  /** Extra `ambit agent` flags for every agent. */
+  agentArgs?: string[];
   /** Extra `node` flags for the agent processes (e.g. `--cpu-prof` when profiling). */
   agentNodeArgs?: string[];
 }
@@ -203,6 +205,7 @@ export class MeshCluster {
       this.caDir,
       '--log-level',
       this.options.logLevel ?? 'info',
+      ...(this.options.agentArgs ?? []),
       ...extraArgs,
     ], { buffer: false, env: { ...AGENT_ENV } }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
