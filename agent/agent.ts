@@ -102,14 +102,14 @@ export class Agent {
     await source.start();
     const nodeIp = config.nodeIp ?? store.nodeIp(config.nodeName);
     if (!nodeIp) {
-      source.close();
+      await source.close();
       throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
     }
     let ca: CertificateAuthority;
     try {
       ca = await CertificateAuthority.load(config.caDir, { trustDomain: config.trustDomain });
     } catch (err) {
-      source.close();
+      await source.close();
       throw err;
     }
     const trustBundle = ca.rootPem;
@@ -164,8 +164,10 @@ export class Agent {
     try {
       await agent.#bind(inputs);
       if (rules) await rules.install();
+      // The first reconcile must succeed: an agent that reports ready without its pods' rules would let their
+      // traffic leave in plaintext. Changes that arrive meanwhile queue behind it.
       store.on('change', () => agent.#scheduleReconcile());
-      agent.#scheduleReconcile();
+      agent.#reconciling = agent.#reconcile();
       await agent.#reconciling;
     } catch (err) {
       await agent.close();
@@ -189,7 +191,7 @@ export class Agent {
     this.#ready = false;
     clearInterval(this.#memoryTimer);
     clearInterval(this.#resyncTimer);
-    this.#source.close();
+    await this.#source.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
     for (const socket of this.#sockets) socket.destroy();
