@@ -12,12 +12,16 @@ export const DEFAULT_PORTS = Object.freeze({
 });
 
 /**
- * How the agent process is meant to be run; the DaemonSet, the demo, the tests and the bench all run it so. A young
- * generation of 1 MB semi-spaces (V8's default grows to 16 MB each) and two malloc arenas (glibc's default is eight
- * per core) keep the resident memory near the live data: an agent's allocations are many small, short-lived
- * objects per connection, which a small young generation collects cheaply.
+ * How the agent process is meant to be run; the DaemonSet, the demo, the tests and the bench all run it so.
+ * - A young generation of 1 MB semi-spaces (V8's default grows to 16 MB each) and two malloc arenas (glibc's
+ *   default is eight per core) keep the resident memory near the live data: an agent's allocations are many small,
+ *   short-lived objects per connection, which a small young generation collects cheaply.
+ * - Garbage collection on the agent's own thread: V8's concurrent GC threads compete with the node's workloads for
+ *   its cores, and on the 2-core bench machine they cost more than they save (agent CPU per GB 8-9 s with them,
+ *   5-6 s without; throughput up by a third).
+ * - `gc` exposed so the agent can collect before it returns free memory to the kernel (agent.ts).
  */
-export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1']);
+export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--single-threaded-gc', '--expose-gc']);
 export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({ MALLOC_ARENA_MAX: '2' });
 
 export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
