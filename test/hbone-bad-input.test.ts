@@ -171,6 +171,9 @@ t.test('an authority that is not a local pod', async (t) => {
   t.same(await request(s, { ':method': 'CONNECT', ':authority': `10.99.99.99:${mesh.appPort}` }), { status: 404, reason: 'unknown_destination' });
   t.same(await request(s, { ':method': 'CONNECT', ':authority': `${pod('x').ip}:${mesh.appPort}` }), { status: 403, reason: 'not_enrolled' });
   await mesh.logs.node2.waitFor((r) => r.msg === 'connection refused' && r.reason === 'not_local');
+  t.equal(await refusals('not_local'), 1);
+  t.equal(await refusals('unknown_destination'), 1);
+  t.equal(await refusals('not_enrolled'), 1);
   s.close();
   await stillServing(t);
 });
@@ -191,6 +194,8 @@ t.test('a CONNECT to a closed port gets a clean error, not a hang', async (t) =>
   const res = await request(s, { ':method': 'CONNECT', ':authority': `${pod('c').ip}:${mesh.closedPort}` });
   t.same(res, { status: 503, reason: 'upstream_refused' });
   t.ok(Date.now() - started < 2000);
+  t.equal(await refusals('upstream_refused'), 1);
+  await mesh.logs.node2.waitFor((r) => r.msg === 'connection refused' && r.reason === 'upstream_refused');
   s.close();
   await stillServing(t);
 });
