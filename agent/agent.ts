@@ -152,6 +152,7 @@ export class Agent {
       nodeIp,
       hbone: hboneClient,
       telemetry,
+      outbound: { store, nodeName: config.nodeName, nodeIp, agentPorts: Object.values(config.ports), hbonePort: config.ports.hbone },
       log,
       originalDestination:
         deps.originalDestination ??

@@ -1,5 +1,6 @@
 import type http2 from 'node:http2';
 import type net from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Workload, WorkloadStore } from '../core/discovery/index.js';
 import { errnoCode } from '../core/errors.js';
 import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
@@ -85,7 +86,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
         return;
       }
       stream.respond({ ':status': 200 });
-      deliver(inputs, record, stream, upstream);
+      carry(inputs, [record], stream, upstream, upstream, false);
     },
     (err: unknown) => {
       const failure = upstreamFailure(err);
@@ -123,20 +124,38 @@ export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket):
     security: 'none',
     startedAt: Date.now(),
   };
-  connectTcp(decision.target).then(
-    (upstream) => deliver(inputs, record, socket, upstream),
+  connectAndCarry(inputs, 'inbound', [record], socket, decision.target);
+}
+
+/**
+ * Reports the connection opened (once per record: a same-node connection is reported by both sides), splices the
+ * two streams, and reports it closed with its bytes. The bytes are read off `counted`, the TCP socket the agent
+ * holds: the client's when `countedIsClient`, else the pod's.
+ */
+export function carry(
+  inputs: ProxyInputs,
+  records: readonly ConnectionRecord[],
+  downstream: Duplex,
+  upstream: Duplex,
+  counted: net.Socket,
+  countedIsClient: boolean,
+): void {
+  for (const record of records) inputs.telemetry.opened(record);
+  splice(downstream, upstream).then((error) => {
+    const outcome = countedIsClient
+      ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
+      : { received: counted.bytesWritten, sent: counted.bytesRead, error: error?.message };
+    for (const record of records) inputs.telemetry.closed(record, outcome);
+  });
+}
+
+/** Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason. */
+export function connectAndCarry(inputs: ProxyInputs, direction: 'outbound' | 'inbound', records: readonly ConnectionRecord[], socket: net.Socket, target: Address): void {
+  connectTcp(target).then(
+    (upstream) => carry(inputs, records, socket, upstream, socket, true),
     (err: unknown) => {
-      telemetry.refused('inbound', upstreamFailure(err).reason, record, err instanceof Error ? err.message : String(err));
+      inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
       abortStream(socket);
     },
   );
 }
-
-/** Splices a downstream (HBONE stream or captured socket) to the pod and reports the connection when it ends. */
-export function deliver(inputs: ProxyInputs, record: ConnectionRecord, downstream: http2.ServerHttp2Stream | net.Socket, upstream: net.Socket): void {
-  inputs.telemetry.opened(record);
-  splice(downstream, upstream).then((error) => {
-    inputs.telemetry.closed(record, { received: upstream.bytesWritten, sent: upstream.bytesRead, error: error?.message });
-  });
-}
-

@@ -3,7 +3,7 @@ import type { WorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
 import type { AgentConfig } from './config.js';
-import type { Address } from './outbound.js';
+import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
 
 /** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
@@ -13,6 +13,8 @@ export interface ProxyInputs {
   nodeIp: string;
   hbone: HboneClient;
   telemetry: AgentTelemetry;
+  /** What the outbound decision reads, built once rather than per connection. */
+  outbound: OutboundContext;
   log: Logger;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */
   originalDestination: (socket: net.Socket) => Address;

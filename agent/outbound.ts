@@ -1,9 +1,9 @@
 import type net from 'node:net';
 import type { Service, Workload, WorkloadStore } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
-import { buildInboundRequest, peerOfWorkload } from './inbound.js';
+import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
-import { abortStream, connectTcp, splice } from './proxy.js';
+import { abortStream } from './proxy.js';
 import type { ConnectionRecord } from './telemetry.js';
 
 /** What the outbound decision needs to know besides the store. */
@@ -145,11 +145,7 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
     abortStream(socket);
     return;
   }
-  const request = buildOutboundRequest(
-    { store: inputs.store, nodeName: config.nodeName, nodeIp: inputs.nodeIp, agentPorts: Object.values(config.ports), hbonePort: config.ports.hbone },
-    sourceIp,
-    original,
-  );
+  const request = buildOutboundRequest(inputs.outbound, sourceIp, original);
   const source = peerOfWorkload(request.source, sourceIp, sourcePort);
   if (request.kind === 'refuse') {
     telemetry.refused('outbound', request.reason, { source, destination: { ip: request.target.host, port: request.target.port } }, request.message);
@@ -162,16 +158,7 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
 
   if (request.kind === 'passthrough') {
     const record: ConnectionRecord = { reporter: 'source', path: 'passthrough', source, destination, service, security: 'none', startedAt };
-    connectTcp(request.target).then(
-      (upstream) => {
-        telemetry.opened(record);
-        splice(socket, upstream).then((error) => telemetry.closed(record, { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message }));
-      },
-      (err: unknown) => {
-        telemetry.refused('outbound', 'upstream_unreachable', record, err instanceof Error ? err.message : String(err));
-        abortStream(socket);
-      },
-    );
+    connectAndCarry(inputs, 'outbound', [record], socket, request.target);
     return;
   }
 
@@ -184,22 +171,7 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       abortStream(socket);
       return;
     }
-    connectTcp(request.target).then(
-      (upstream) => {
-        const destinationRecord: ConnectionRecord = { ...sourceRecord, reporter: 'destination' };
-        telemetry.opened(sourceRecord);
-        telemetry.opened(destinationRecord);
-        splice(socket, upstream).then((error) => {
-          const outcome = { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message };
-          telemetry.closed(sourceRecord, outcome);
-          telemetry.closed(destinationRecord, outcome);
-        });
-      },
-      (err: unknown) => {
-        telemetry.refused('outbound', 'upstream_unreachable', sourceRecord, err instanceof Error ? err.message : String(err));
-        abortStream(socket);
-      },
-    );
+    connectAndCarry(inputs, 'outbound', [sourceRecord, { ...sourceRecord, reporter: 'destination' }], socket, request.target);
     return;
   }
 
@@ -224,10 +196,7 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       },
     })
     .then(
-      (stream) => {
-        telemetry.opened(record);
-        splice(socket, stream).then((error) => telemetry.closed(record, { received: socket.bytesRead, sent: socket.bytesWritten, error: error?.message }));
-      },
+      (stream) => carry(inputs, [record], socket, stream, socket, true),
       (err: unknown) => {
         const reason = err instanceof HboneError ? err.reason : 'hbone_failed';
         telemetry.refused('outbound', reason, record, err instanceof Error ? err.message : String(err));

@@ -46,7 +46,7 @@ t.test('a large transfer keeps every byte in order both ways (backpressure, half
   t.equal(createHash('sha256').update(reply).digest('hex'), createHash('sha256').update(payload).digest('hex'));
 });
 
-t.test('many concurrent connections share pooled HBONE connections', async (t) => {
+t.test('150 concurrent connections are all carried whole (pooling itself: hbone-pool.test)', async (t) => {
   const c = pod('c');
   const replies = await Promise.all(
     Array.from({ length: 150 }, async (_, i) => exchange(await mesh.connect('a', { host: c.ip, port: mesh.appPort }), `msg-${i}`)),

@@ -3,7 +3,7 @@
  * CA, one agent process per node (started in the node's namespace, as a DaemonSet pod with hostNetwork would run),
  * and the test application in every pod. Used by the end-to-end tests, `npm run demo` and `npm run bench`.
  */
-import { writeFile, mkdir } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -179,7 +179,6 @@ export class MeshCluster {
     const file = path.join(this.configDir, 'cluster.yaml');
     const tmp = `${file}.tmp`;
     await writeFile(tmp, docs.map((d) => `---\n${d}\n`).join(''));
-    const { rename } = await import('node:fs/promises');
     await rename(tmp, file);
   }
 
