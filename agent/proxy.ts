@@ -57,8 +57,12 @@ export function splice(a: Duplex, b: Duplex): Promise<Error | undefined> {
  */
 export const PUMP_BUFFER_LIMIT = 256 * 1024;
 
-/** A chunk this large is a full HTTP/2 DATA frame: more are probably on their way in the same read. */
-const COALESCE_MIN_CHUNK = 16 * 1024;
+/**
+ * A chunk this large is bulk data: more are probably on their way in the same read. HTTP/2 DATA frames (16 KiB)
+ * straddle TLS records (16 KiB of plaintext each), so over HBONE a frame usually arrives as two chunks of uneven
+ * size; the bound sits well below a frame so that either piece starts the coalescing.
+ */
+const COALESCE_MIN_CHUNK = 4 * 1024;
 
 /**
  * One direction of a splice, like `pipe` but with a larger buffer bound, and with the full frames that arrive in one

@@ -1,0 +1,93 @@
+/** The agent's splice on real loopback sockets: bulk chunks coalesced into one writev, half-close, abort. */
+import net from 'node:net';
+import { PassThrough } from 'node:stream';
+import t from 'tap';
+import { splice } from '../agent/proxy.js';
+
+/** A connected pair of loopback sockets, both half-open capable; closed at teardown. */
+async function socketPair(): Promise<[net.Socket, net.Socket]> {
+  const server = net.createServer({ allowHalfOpen: true });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const client = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  await new Promise((resolve) => client.once('connect', resolve));
+  const peer = await accepted;
+  server.close();
+  t.teardown(() => {
+    client.destroy();
+    peer.destroy();
+  });
+  return [client, peer];
+}
+
+function collect(stream: net.Socket): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  stream.on('data', (c: Buffer) => chunks.push(c));
+  return new Promise((resolve) => stream.once('end', () => resolve(Buffer.concat(chunks))));
+}
+
+t.test('the pieces of HTTP/2 frames that arrive in one turn go to the socket in one writev', async (t) => {
+  const [out, peer] = await socketPair();
+  // Count how the socket's writes reach libuv: one `_writev` with many chunks is one syscall.
+  const batches: number[] = [];
+  const writev = out._writev!.bind(out);
+  out._writev = (chunks, cb) => {
+    batches.push(chunks.length);
+    writev(chunks, cb);
+  };
+  const write = out._write.bind(out);
+  out._write = (chunk, encoding, cb) => {
+    batches.push(1);
+    write(chunk, encoding, cb);
+  };
+  const src = new PassThrough({ allowHalfOpen: true });
+  const done = splice(src, out);
+  const received = collect(peer);
+  // A 16 KiB DATA frame straddles two TLS records: HTTP/2 hands it over as two uneven pieces, neither 16 KiB.
+  const pieces = [16375, 9, 16375, 9, 16375, 9, 16375, 9].map((n, i) => Buffer.alloc(n, i));
+  for (const piece of pieces) src.write(piece);
+  await new Promise((resolve) => setImmediate(resolve));
+  src.end();
+  peer.end();
+  const got = await received;
+  t.equal(got.length, pieces.reduce((s, p) => s + p.length, 0), 'every byte arrives');
+  t.ok(got.equals(Buffer.concat(pieces)), 'in order');
+  t.equal(await done, undefined, 'no error');
+  t.ok(batches.length <= 2, `the pieces were written in at most two syscalls (${batches.join(', ')} chunks per write)`);
+});
+
+t.test('a small chunk is written at once, not held for coalescing', async (t) => {
+  const [out, peer] = await socketPair();
+  const src = new PassThrough({ allowHalfOpen: true });
+  void splice(src, out);
+  src.write(Buffer.from('GET / HTTP/1.1\r\n\r\n'));
+  t.equal(out.writableLength, 0, 'nothing waits in the socket buffer after the write');
+  const first = await new Promise<Buffer>((resolve) => peer.once('data', resolve));
+  t.equal(first.toString(), 'GET / HTTP/1.1\r\n\r\n');
+  src.destroy();
+});
+
+t.test('half-close: one side ends, the other direction keeps flowing', async (t) => {
+  const [a1, a2] = await socketPair();
+  const [b1, b2] = await socketPair();
+  const done = splice(a2, b1);
+  const atB = collect(b2);
+  a1.end('request');
+  t.equal((await atB).toString(), 'request', 'the end reached the far side as a FIN');
+  const atA = collect(a1);
+  b2.end('response after the client half-closed');
+  t.equal((await atA).toString(), 'response after the client half-closed');
+  t.equal(await done, undefined);
+});
+
+t.test('an abort on one side resets the other', async (t) => {
+  const [a1, a2] = await socketPair();
+  const [b1, b2] = await socketPair();
+  const done = splice(a2, b1);
+  const reset = new Promise<string | undefined>((resolve) => b2.once('error', (err: NodeJS.ErrnoException) => resolve(err.code)));
+  b2.on('close', () => undefined);
+  a1.resetAndDestroy();
+  t.equal(await reset, 'ECONNRESET', 'the far side sees a reset, not a clean end');
+  t.type(await done, Error, 'the splice reports the error');
+});
