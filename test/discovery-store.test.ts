@@ -283,3 +283,41 @@ t.test('two live pods claiming one IP: the ready one wins', async (t) => {
   );
   t.equal(store.workloadByIp('10.0.0.7')?.name, 'fresh');
 });
+
+t.test('a CNI-reported pod network gives a pod without status IPs its addresses until the status has them', async (t) => {
+  const store = new WorkloadStore({ nodeName: 'node-1' });
+  store.replaceAll(snapshot({ namespaces: [enrolledNamespace], pods: [pod({ name: 'web', node: 'node-1' })] }));
+  t.same(store.localEnrolledIps(4), [], 'no IP yet: nothing to capture');
+  const versions: number[] = [];
+  store.on('change', (change: StoreChange) => versions.push(change.version));
+
+  store.applyPodNetworks([{ op: 'upsert', network: { namespace: 'team-a', name: 'web', containerId: 'c1', ips: ['10.0.0.7'] } }]);
+  t.same(store.localEnrolledIps(4), ['10.0.0.7'], 'the CNI IP is captured at once');
+  t.equal(store.workloadByIp('10.0.0.7')?.name, 'web');
+  t.equal(versions.length, 1, 'one change');
+  store.applyPodNetworks([{ op: 'upsert', network: { namespace: 'team-a', name: 'web', containerId: 'c1', ips: ['10.0.0.7'] } }]);
+  t.equal(versions.length, 1, 'the same report again changes nothing');
+
+  store.applyPodNetworks([{ op: 'delete', namespace: 'team-a', name: 'web', containerId: 'old-sandbox' }]);
+  t.same(store.localEnrolledIps(4), ['10.0.0.7'], 'a DEL of another sandbox leaves the entry');
+  t.equal(versions.length, 1);
+
+  store.replaceAll(snapshot({ namespaces: [enrolledNamespace], pods: [pod({ name: 'web', node: 'node-1', ips: ['10.0.0.8'] })] }));
+  t.same(store.localEnrolledIps(4), ['10.0.0.7'], "the runtime's report of the current sandbox wins over a status that lags");
+
+  store.applyPodNetworks([{ op: 'delete', namespace: 'team-a', name: 'web', containerId: 'c1' }]);
+  t.equal(store.podNetwork('team-a', 'web'), undefined, 'its own sandbox removes it');
+  t.same(store.localEnrolledIps(4), ['10.0.0.8'], "after DEL the status's IPs count again");
+});
+
+t.test('a pod network without a pod object, or for a pod out of the mesh, captures nothing', async (t) => {
+  const store = new WorkloadStore({ nodeName: 'node-1' });
+  store.replaceAll(snapshot({ namespaces: [enrolledNamespace, namespace('plain')], pods: [pod({ name: 'db', namespace: 'plain', node: 'node-1' })] }));
+  store.applyPodNetworks([
+    { op: 'upsert', network: { namespace: 'team-a', name: 'unknown', containerId: 'c1', ips: ['10.0.0.9'] } },
+    { op: 'upsert', network: { namespace: 'plain', name: 'db', containerId: 'c2', ips: ['10.0.0.10'] } },
+  ]);
+  t.same(store.localEnrolledIps(4), []);
+  t.equal(store.workloadByIp('10.0.0.10')?.enrolled, false, 'known by IP, not enrolled');
+  t.equal(store.podNetworks().length, 2);
+});

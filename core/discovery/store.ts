@@ -12,6 +12,8 @@ import type {
   NamespaceInfo,
   NodeInfo,
   PodInfo,
+  PodNetwork,
+  PodNetworkChange,
   Service,
   StoreChange,
   Workload,
@@ -41,8 +43,10 @@ interface Entry {
   readonly source: string;
   /** Equal fingerprints mean an upsert changes nothing: resyncs and touched files do not wake the data path. */
   readonly fingerprint: string;
-  /** Reused while neither the pod nor its enrollment changes, so a workload keeps its identity across versions. */
+  /** Reused while neither the pod, its network nor its enrollment changes, so a workload keeps its identity. */
   workload?: Workload;
+  /** The pod network the cached workload was built with. */
+  network?: PodNetwork | undefined;
 }
 
 /** The derived indexes; rebuilt together after each batch and swapped in at once, so readers never see half. */
@@ -78,6 +82,7 @@ export class WorkloadStore extends EventEmitter {
     Service: new Map(),
     Node: new Map(),
   };
+  private readonly networks = new Map<string, PodNetwork>();
   private indexes: Indexes = buildEmptyIndexes();
   private currentVersion = 0;
 
@@ -134,7 +139,49 @@ export class WorkloadStore extends EventEmitter {
       entries.set(key, { object: change.object, source, fingerprint });
       changed = true;
     }
-    if (!changed) return;
+    if (changed) this.commit(source);
+  }
+
+  /**
+   * Records or forgets pod networks reported by the CNI plugin, as one batch. A pod with a recorded network takes
+   * its IPs (and, when unscheduled in the object, this node) from it, so its rules exist before its status
+   * catches up; after DEL, the object's own IPs count again.
+   */
+  applyPodNetworks(changes: readonly PodNetworkChange[], source: string = 'cni'): void {
+    let changed = false;
+    for (const change of changes) {
+      if (change.op === 'delete') {
+        const key = `${change.namespace}/${change.name}`;
+        const current = this.networks.get(key);
+        if (current === undefined || (change.containerId !== undefined && current.containerId !== change.containerId)) continue;
+        this.networks.delete(key);
+        changed = true;
+        continue;
+      }
+      const network = Object.freeze({ ...change.network, ips: Object.freeze([...change.network.ips]) });
+      const key = `${network.namespace}/${network.name}`;
+      if (JSON.stringify(this.networks.get(key)) === JSON.stringify(network)) continue;
+      this.networks.set(key, network);
+      changed = true;
+    }
+    if (changed) this.commit(source);
+  }
+
+  /** The CNI-reported network of a pod, if any. */
+  podNetwork(namespace: string, name: string): PodNetwork | undefined {
+    return this.networks.get(`${namespace}/${name}`);
+  }
+
+  podNetworks(): readonly PodNetwork[] {
+    return [...this.networks.values()];
+  }
+
+  /** A pod object as its source gave it (terminated ones included), joined with nothing. */
+  pod(namespace: string, name: string): PodInfo | undefined {
+    return this.entries.Pod.get(`${namespace}/${name}`)?.object as PodInfo | undefined;
+  }
+
+  private commit(source: string): void {
     this.indexes = this.buildIndexes();
     this.currentVersion += 1;
     this.log.debug(
@@ -245,11 +292,17 @@ export class WorkloadStore extends EventEmitter {
     const localIps = { 4: [] as string[], 6: [] as string[] };
     const byNamespace = new Map<string, Workload[]>();
 
-    for (const entry of this.entries.Pod.values()) {
+    for (const [key, entry] of this.entries.Pod) {
       const pod = entry.object as PodInfo;
       if (pod.terminated) continue;
       const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod);
-      if (entry.workload?.enrolled !== enrolled) entry.workload = toWorkload(pod, enrolled);
+      // While the runtime's report of the pod's current sandbox stands (until its DEL), its IPs win: the status may
+      // be behind (not yet written, or still the previous sandbox's), and the kubelet updates it only after ADD.
+      const network = pod.hostNetwork ? undefined : this.networks.get(key);
+      if (entry.workload === undefined || entry.workload.enrolled !== enrolled || entry.network !== network) {
+        entry.workload = toWorkload(network ? { ...pod, ips: network.ips, node: pod.node ?? this.nodeName } : pod, enrolled);
+        entry.network = network;
+      }
       const workload = entry.workload;
       workloads.push(workload);
       append(byIdentity, workload.identity, workload);

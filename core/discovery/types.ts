@@ -100,6 +100,25 @@ export type DiscoveryChange =
   | ({ readonly op: 'upsert' } & ConvertedObject)
   | { readonly op: 'delete'; readonly kind: DiscoveryKind; readonly namespace?: string; readonly name: string };
 
+/**
+ * A pod's network as the container runtime reported it through the CNI plugin, before (or instead of) the pod's
+ * status carrying its IPs. It gives an enrolled pod its rules from its first packet; the pod object still decides
+ * everything else (labels, identity, readiness).
+ */
+export interface PodNetwork {
+  readonly namespace: string;
+  readonly name: string;
+  /** The sandbox the runtime made the network for: a DEL of an older sandbox does not remove a newer one's. */
+  readonly containerId: string;
+  /** Canonical text form. */
+  readonly ips: readonly string[];
+}
+
+export type PodNetworkChange =
+  | { readonly op: 'upsert'; readonly network: PodNetwork }
+  /** Removes the entry; with `containerId`, only when it is that sandbox's. */
+  | { readonly op: 'delete'; readonly namespace: string; readonly name: string; readonly containerId?: string };
+
 /** The argument of the store's `'change'` event. */
 export interface StoreChange {
   readonly version: number;
