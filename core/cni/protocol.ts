@@ -1,0 +1,186 @@
+/**
+ * The agent's CNI socket protocol, shared by the `ambit-cni` plugin, the installer and the agent.
+ *
+ * One connection carries one exchange: the client writes one JSON object followed by `\n`, the agent answers with
+ * one JSON object followed by `\n` and closes. Every message carries `version`; an agent that does not speak the
+ * client's version answers `unsupported-version` naming the versions it does speak. Messages are small (pod names
+ * and a few IPs): anything longer than CNI_MESSAGE_LIMIT is refused without being parsed.
+ *
+ * This file imports only Node built-ins: the plugin is bundled into a single executable from it.
+ */
+import { isIP } from 'node:net';
+
+export const CNI_PROTOCOL_VERSION = 1;
+/** Where the agent listens, and the plugin and installer connect, unless configured otherwise. */
+export const DEFAULT_AGENT_RUN_DIR = '/var/run/ambit';
+export const CNI_SOCKET_NAME = 'cni.sock';
+export const DEFAULT_CNI_SOCKET = `${DEFAULT_AGENT_RUN_DIR}/${CNI_SOCKET_NAME}`;
+/**
+ * The agent's last word on which namespaces are enrolled, written (write-then-rename) whenever it changes. The
+ * plugin reads it only when the agent cannot be reached, to tell an enrolled pod (fail: it must not start
+ * unprotected) from one outside the mesh (pass: it must never be failed by Ambit). It lives on persistent storage,
+ * not beside the socket in /var/run: after a node reboot the runtime starts pods before the agent is back, and the
+ * file is what keeps an enrolled pod from starting uncaptured then.
+ */
+export const ENROLLMENT_FILE_NAME = 'enrollment.json';
+export const DEFAULT_AGENT_STATE_DIR = '/var/lib/ambit';
+export const DEFAULT_ENROLLMENT_FILE = `${DEFAULT_AGENT_STATE_DIR}/${ENROLLMENT_FILE_NAME}`;
+/** The enrollment file lists namespaces: thousands fit. */
+export const ENROLLMENT_FILE_LIMIT = 4 * 1024 * 1024;
+/** The longest request or response line, newline included. */
+export const CNI_MESSAGE_LIMIT = 16 * 1024;
+
+/** A pod as the container runtime describes it to the plugin. */
+export interface CniPod {
+  readonly namespace: string;
+  readonly name: string;
+  /** K8S_POD_INFRA_CONTAINER_ID, else CNI_CONTAINERID: DEL and CHECK must match the ADD that made the entry. */
+  readonly containerId: string;
+  /** CNI_NETNS (a path); informational. */
+  readonly netns?: string;
+  /** The pod's IPs from the primary plugin's result, canonical text form; may be empty for DEL. */
+  readonly ips: readonly string[];
+}
+
+export type CniRequest =
+  | { readonly version: number; readonly op: 'add' | 'check' | 'del'; readonly pod: CniPod }
+  /** Is the agent up and has it reconciled once? */
+  | { readonly version: number; readonly op: 'status' }
+  /** `ambit cni uninstall`: remove every rule and ipset Ambit installed on this node. */
+  | { readonly version: number; readonly op: 'uninstall' };
+
+export type CniErrorCode =
+  /** The request is not valid JSON or not a request of this protocol. */
+  | 'bad-request'
+  /** The client speaks a version this agent does not. */
+  | 'unsupported-version'
+  /** The pod is enrolled but the agent could not decide or install its rules (the plugin fails ADD). */
+  | 'not-ready'
+  /** CHECK: the pod is enrolled but its rules are not in place. */
+  | 'rules-missing'
+  | 'internal';
+
+export type CniResponse =
+  | {
+      readonly version: number;
+      readonly ok: true;
+      /** add/check/del: whether the pod is in the mesh (its rules are in place when true). */
+      readonly enrolled?: boolean;
+      /** Why, in words an operator reads in the runtime's event: "namespace demo has ambit.dev/mode=enabled". */
+      readonly reason?: string;
+    }
+  | {
+      readonly version: number;
+      readonly ok: false;
+      readonly error: { readonly code: CniErrorCode; readonly message: string; readonly supportedVersions?: readonly number[] };
+    };
+
+/** The enrollment file: which namespaces the agent last saw enrolled. */
+export interface EnrollmentSnapshot {
+  readonly version: number;
+  /** When the agent wrote it (ISO 8601). */
+  readonly written: string;
+  readonly enrolledNamespaces: readonly string[];
+}
+
+/** A message that does not follow the protocol; `code` is what the agent answers with. */
+export class CniProtocolError extends Error {
+  readonly code: CniErrorCode;
+  readonly supportedVersions?: readonly number[];
+
+  constructor(code: CniErrorCode, message: string, supportedVersions?: readonly number[]) {
+    super(message);
+    this.name = 'CniProtocolError';
+    this.code = code;
+    if (supportedVersions) this.supportedVersions = supportedVersions;
+  }
+}
+
+const OPS = new Set(['add', 'check', 'del', 'status', 'uninstall']);
+/** DNS-1123 label (namespace) and subdomain (pod name), as Kubernetes validates them. */
+const NAMESPACE_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const POD_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
+
+/** Parses one request line (without its newline); throws CniProtocolError naming what is wrong. */
+export function parseCniRequest(line: string): CniRequest {
+  const value = parseJsonObject(line, 'request');
+  const version = value.version;
+  if (typeof version !== 'number' || !Number.isInteger(version)) throw new CniProtocolError('bad-request', 'request has no integer "version"');
+  if (version !== CNI_PROTOCOL_VERSION) {
+    throw new CniProtocolError('unsupported-version', `protocol version ${version} is not supported; this agent speaks ${CNI_PROTOCOL_VERSION}`, [CNI_PROTOCOL_VERSION]);
+  }
+  const op = value.op;
+  if (typeof op !== 'string' || !OPS.has(op)) throw new CniProtocolError('bad-request', `"op" must be one of ${[...OPS].join(', ')}`);
+  if (op === 'status' || op === 'uninstall') return { version, op };
+  return { version, op: op as 'add' | 'check' | 'del', pod: parsePod(value.pod, op !== 'del') };
+}
+
+/** Parses one response line; throws CniProtocolError when the agent's answer is not a response of this protocol. */
+export function parseCniResponse(line: string): CniResponse {
+  const value = parseJsonObject(line, 'response');
+  if (typeof value.version !== 'number') throw new CniProtocolError('bad-request', 'response has no "version"');
+  if (value.ok === true) {
+    if (value.enrolled !== undefined && typeof value.enrolled !== 'boolean') throw new CniProtocolError('bad-request', 'response "enrolled" is not a boolean');
+    if (value.reason !== undefined && typeof value.reason !== 'string') throw new CniProtocolError('bad-request', 'response "reason" is not a string');
+    return value as unknown as CniResponse;
+  }
+  if (value.ok === false) {
+    const error = value.error as Record<string, unknown> | undefined;
+    if (typeof error !== 'object' || error === null || typeof error.code !== 'string' || typeof error.message !== 'string') {
+      throw new CniProtocolError('bad-request', 'error response has no "error" with "code" and "message"');
+    }
+    return value as unknown as CniResponse;
+  }
+  throw new CniProtocolError('bad-request', 'response has no boolean "ok"');
+}
+
+/** One message as it goes on the wire. */
+export function encodeCniMessage(message: CniRequest | CniResponse): string {
+  return `${JSON.stringify(message)}\n`;
+}
+
+/** Parses the enrollment file; throws CniProtocolError when it is not one. */
+export function parseEnrollmentSnapshot(text: string): EnrollmentSnapshot {
+  const value = parseJsonObject(text, 'enrollment file', ENROLLMENT_FILE_LIMIT);
+  const names = value.enrolledNamespaces;
+  if (!Array.isArray(names) || !names.every((n) => typeof n === 'string')) {
+    throw new CniProtocolError('bad-request', 'enrollment file has no "enrolledNamespaces" list of strings');
+  }
+  return { version: typeof value.version === 'number' ? value.version : 0, written: String(value.written ?? ''), enrolledNamespaces: names as string[] };
+}
+
+function parseJsonObject(text: string, what: string, limit = CNI_MESSAGE_LIMIT): Record<string, unknown> {
+  if (text.length > limit) throw new CniProtocolError('bad-request', `${what} is longer than ${limit} bytes`);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new CniProtocolError('bad-request', `${what} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new CniProtocolError('bad-request', `${what} is not a JSON object`);
+  return value as Record<string, unknown>;
+}
+
+function parsePod(value: unknown, needsIps: boolean): CniPod {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new CniProtocolError('bad-request', 'request has no "pod" object');
+  const pod = value as Record<string, unknown>;
+  const field = (name: string, re: RegExp): string => {
+    const v = pod[name];
+    if (typeof v !== 'string' || !re.test(v)) throw new CniProtocolError('bad-request', `pod "${name}" is missing or not valid: ${JSON.stringify(v)?.slice(0, 80)}`);
+    return v;
+  };
+  const namespace = field('namespace', NAMESPACE_RE);
+  const name = field('name', POD_NAME_RE);
+  const containerId = field('containerId', CONTAINER_ID_RE);
+  const ipsValue = pod.ips ?? [];
+  if (!Array.isArray(ipsValue) || ipsValue.length > 16) throw new CniProtocolError('bad-request', 'pod "ips" must be a list of at most 16 addresses');
+  const ips = ipsValue.map((ip) => {
+    if (typeof ip !== 'string' || isIP(ip) === 0) throw new CniProtocolError('bad-request', `pod IP ${JSON.stringify(ip)?.slice(0, 80)} is not an IP address`);
+    return ip;
+  });
+  if (needsIps && ips.length === 0) throw new CniProtocolError('bad-request', 'pod has no IPs');
+  const netns = pod.netns;
+  if (netns !== undefined && (typeof netns !== 'string' || netns.length > 4096)) throw new CniProtocolError('bad-request', 'pod "netns" is not a path');
+  return netns === undefined ? { namespace, name, containerId, ips } : { namespace, name, containerId, netns, ips };
+}
