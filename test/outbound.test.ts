@@ -2,18 +2,7 @@
 import t from 'tap';
 import { buildOutboundRequest, type OutboundContext } from '../agent/outbound.js';
 import { buildInboundRequest } from '../agent/inbound.js';
-import { convertObject, WorkloadStore, type DiscoveryChange } from '../core/discovery/index.js';
-
-function storeWith(objects: unknown[]): WorkloadStore {
-  const store = new WorkloadStore({ nodeName: 'node1' });
-  const changes: DiscoveryChange[] = [];
-  for (const obj of objects) {
-    const converted = convertObject(obj, 'cluster.local');
-    if (converted.kind !== 'skip') changes.push({ op: 'upsert', kind: converted.kind, object: converted.object } as DiscoveryChange);
-  }
-  store.applyBatch(changes);
-  return store;
-}
+import { storeWith } from './mesh/store.js';
 
 const ns = (name: string, labels: Record<string, string> = {}) => ({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } });
 const node = (name: string, ip?: string) => ({ apiVersion: 'v1', kind: 'Node', metadata: { name }, status: { addresses: ip ? [{ type: 'InternalIP', address: ip }] : [] } });

@@ -1,3 +1,6 @@
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { AmbitError } from '../../core/errors.js';
 import { NETNS_DIR } from './netns.js';
@@ -34,37 +37,112 @@ export function buildCniConfig(
   return { cniVersion: CNI_VERSION, name: 'ambit-testbed', type: cni, ...plugin, ipam, ...overrides };
 }
 
+/** A network configuration list as a node's CNI folder holds it (`*.conflist`). */
+export interface CniConflist {
+  cniVersion: string;
+  name: string;
+  plugins: Array<Record<string, unknown>>;
+  [key: string]: unknown;
+}
+
+/** The conflist a node's runtime reads: the primary plugin alone, until an installer chains more after it. */
+export function buildCniConflist(cni: TestbedCni, podCidr: string, ipamDataDir: string, overrides: Record<string, unknown> = {}): CniConflist {
+  const { cniVersion, name, ...plugin } = buildCniConfig(cni, podCidr, ipamDataDir, overrides);
+  return { cniVersion: String(cniVersion), name: String(name), plugins: [plugin] };
+}
+
+/**
+ * The configuration a runtime uses, read as libcni does: the first file of the folder in lexical order ending in
+ * .conflist, .conf or .json; a single-plugin .conf becomes a list of one.
+ */
+export async function readCniConfDir(confDir: string): Promise<CniConflist> {
+  const names = (await readdir(confDir)).filter((n) => /\.(conflist|conf|json)$/.test(n)).sort();
+  const first = names[0];
+  if (first === undefined) throw new AmbitError('TESTBED_CNI_FAILED', `no CNI network configuration in ${confDir}`);
+  const value = JSON.parse(await readFile(join(confDir, first), 'utf8')) as Record<string, unknown>;
+  if (Array.isArray(value['plugins'])) return value as CniConflist;
+  const { cniVersion, name, ...plugin } = value;
+  return { cniVersion: String(cniVersion), name: String(name), plugins: [plugin] };
+}
+
 export interface CniInvocation {
   command: 'ADD' | 'DEL';
-  config: Record<string, unknown>;
+  /** A single plugin's configuration, or a list run in order (ADD) or in reverse (DEL) with `prevResult` chained. */
+  config: Record<string, unknown> | CniConflist;
   /** The namespace that plays the host: the plugin runs inside it. */
   nodeNetns: string;
   podNetns: string;
   containerId: string;
+  /** CNI_ARGS as the runtime sends it (`IgnoreUnknown=1;K8S_POD_NAMESPACE=…`); unset when absent. */
+  cniArgs?: string;
+  /** Folders searched for plugin executables, before Debian's; CNI_PATH lists them all. */
+  pluginDirs?: readonly string[];
+  /** DEL: the cached result of the ADD, handed to each plugin as `prevResult` as a runtime does. */
+  prevResult?: unknown;
+}
+
+/** A plugin's error object (CNI spec: code, msg, details) when it printed one; on TESTBED_CNI_FAILED errors. */
+export interface CniErrorObject {
+  code: number;
+  msg: string;
+  details?: string;
 }
 
 /**
- * Runs a plugin as a container runtime does (CNI spec 1.0): parameters in the environment, the network
- * configuration on stdin, the result or an error object on stdout.
+ * Runs a plugin, or a conflist's plugins, as a container runtime does (CNI spec 1.0): parameters in the environment,
+ * the network configuration on stdin (name, cniVersion and the previous plugin's result merged in for chained
+ * plugins), the result or an error object on stdout. Resolves with the last plugin's result.
  */
 export async function invokeCni(invocation: CniInvocation): Promise<string> {
-  const type = String(invocation.config['type']);
-  const result = await execa('ip', ['netns', 'exec', invocation.nodeNetns, `${CNI_PLUGIN_DIR}/${type}`], {
-    input: JSON.stringify(invocation.config),
+  if (!Array.isArray((invocation.config as CniConflist).plugins)) return invokePlugin(invocation, invocation.config, invocation.prevResult);
+  const list = invocation.config as CniConflist;
+  const { plugins, ...common } = list;
+  const configs = plugins.map((plugin) => ({ ...plugin, cniVersion: common.cniVersion, name: common.name }));
+  if (invocation.command === 'DEL') {
+    // Every plugin gets its DEL, even when one fails: the spec wants DEL to release all it can.
+    let firstError: unknown;
+    for (const config of configs.reverse()) {
+      await invokePlugin(invocation, config, invocation.prevResult).catch((err: unknown) => {
+        firstError ??= err;
+      });
+    }
+    if (firstError !== undefined) throw firstError;
+    return '';
+  }
+  let prevResult: unknown;
+  let output = '';
+  for (const config of configs) {
+    output = await invokePlugin(invocation, config, prevResult);
+    prevResult = JSON.parse(output) as unknown;
+  }
+  return output;
+}
+
+async function invokePlugin(invocation: CniInvocation, config: Record<string, unknown>, prevResult: unknown): Promise<string> {
+  const type = String(config['type']);
+  const dirs = [...(invocation.pluginDirs ?? []), CNI_PLUGIN_DIR];
+  const executable = dirs.map((dir) => join(dir, type)).find((file) => existsSync(file)) ?? join(CNI_PLUGIN_DIR, type);
+  const input = prevResult === undefined ? config : { ...config, prevResult };
+  const result = await execa('ip', ['netns', 'exec', invocation.nodeNetns, executable], {
+    input: JSON.stringify(input),
     env: {
       CNI_COMMAND: invocation.command,
       CNI_CONTAINERID: invocation.containerId,
       CNI_NETNS: `${NETNS_DIR}/${invocation.podNetns}`,
       CNI_IFNAME: POD_IFNAME,
-      CNI_PATH: CNI_PLUGIN_DIR,
+      CNI_PATH: dirs.join(':'),
+      ...(invocation.cniArgs === undefined ? {} : { CNI_ARGS: invocation.cniArgs }),
     },
     reject: false,
   });
   if (result.exitCode !== 0) {
     const what = `CNI ${type} ${invocation.command} for ${invocation.podNetns} (run in ${invocation.nodeNetns})`;
-    throw new AmbitError('TESTBED_CNI_FAILED', `${what} failed: ${describeCniFailure(result.stdout, result.stderr)}`, {
-      cause: result,
-    });
+    const error = parseJsonObject(result.stdout);
+    const cniError = error !== undefined && typeof error['code'] === 'number' ? (error as unknown as CniErrorObject) : undefined;
+    throw Object.assign(
+      new AmbitError('TESTBED_CNI_FAILED', `${what} failed: ${describeCniFailure(result.stdout, result.stderr)}`, { cause: result }),
+      { cniError, plugin: type },
+    );
   }
   return result.stdout;
 }

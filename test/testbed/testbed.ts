@@ -1,17 +1,18 @@
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { execa, type Options, type ResultPromise } from 'execa';
 import { AmbitError, errnoCode } from '../../core/errors.js';
 import {
-  buildCniConfig,
+  buildCniConflist,
   CNI_PLUGIN_DIR,
   invokeCni,
   parsePodIp,
+  readCniConfDir,
   TESTBED_CNIS,
   type CniInvocation,
   type TestbedCni,
@@ -49,6 +50,19 @@ export interface TestbedNode {
   podCidr: string;
   uplink: 'eth0';
   cni: TestbedCni;
+  /**
+   * The node's CNI configuration folder (the runtime's /etc/cni/net.d): a conflist with the primary plugin, read at
+   * every ADD as a runtime does, so an installer can chain a plugin after it.
+   */
+  cniConfDir: string;
+  /** The node's own plugin folder (the runtime's /opt/cni/bin), searched before Debian's. */
+  cniBinDir: string;
+}
+
+/** What the runtime tells CNI plugins about a Kubernetes pod (containerd's CNI_ARGS). */
+export interface TestbedPodOptions {
+  /** Kubernetes namespace and name: sent as K8S_POD_NAMESPACE / K8S_POD_NAME with IgnoreUnknown=1. */
+  k8s?: { namespace: string; name?: string };
 }
 
 export interface TestbedPod {
@@ -58,6 +72,10 @@ export interface TestbedPod {
   netns: string;
   ip: string;
   containerId: string;
+  /** CNI_ARGS of its ADD, repeated for its DEL. */
+  cniArgs?: string;
+  /** The ADD's result, which the runtime caches and hands to DEL as prevResult. */
+  cniResult?: unknown;
 }
 
 /** No options given: execa's defaults, so results type stdout and stderr as strings. */
@@ -227,7 +245,18 @@ export class Testbed implements SyncTeardown {
       ...cnis.map((cni, position): TestbedNode => {
         const index = position + 1;
         const netns = `${this.prefix}n${index}`;
-        return { index, name: `node${index}`, netns, ip: nodeIp(index), podCidr: podCidr(index), uplink: NODE_UPLINK, cni };
+        const cniDir = join(this.tmpDir, 'cni', `node${index}`);
+        return {
+          index,
+          name: `node${index}`,
+          netns,
+          ip: nodeIp(index),
+          podCidr: podCidr(index),
+          uplink: NODE_UPLINK,
+          cni,
+          cniConfDir: join(cniDir, 'net.d'),
+          cniBinDir: join(cniDir, 'bin'),
+        };
       }),
     );
     // Batched: starting a process costs tens of milliseconds here, an `ip` command inside a batch almost nothing.
@@ -252,6 +281,10 @@ export class Testbed implements SyncTeardown {
    * iptables (Kubernetes requires it, and the agent's capture rules rely on it); the setting is per namespace.
    */
   private async setUpNode(node: TestbedNode): Promise<void> {
+    await mkdir(node.cniConfDir, { recursive: true });
+    await mkdir(node.cniBinDir, { recursive: true });
+    const conflist = buildCniConflist(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.cniConfigOverrides);
+    await writeFile(join(node.cniConfDir, `10-${node.cni}.conflist`), JSON.stringify(conflist, null, 2));
     const others = this.nodes.filter((other) => other !== node);
     const routes = others.map((other) => `route add ${other.podCidr} via ${other.ip}`);
     const sysctls = ['net.ipv4.ip_forward=1', ...(node.cni === 'bridge' ? ['net.bridge.bridge-nf-call-iptables=1'] : [])];
@@ -326,17 +359,21 @@ export class Testbed implements SyncTeardown {
     return child;
   }
 
-  /** Adds a pod to `node` through its CNI plugin; named `pod-<node>-<n>` unless `name` is given. */
-  addPod(node: TestbedNode | string, name?: string): Promise<TestbedPod> {
+  /**
+   * Adds a pod to `node` through the plugins of the node's conflist (as a runtime would: in order, each given the
+   * previous result); named `pod-<node>-<n>` unless `name` is given. A plugin's failure rejects with
+   * TESTBED_CNI_FAILED carrying its `cniError`, after DEL has released what the ADD took.
+   */
+  addPod(node: TestbedNode | string, name?: string, options: TestbedPodOptions = {}): Promise<TestbedPod> {
     const target = typeof node === 'string' ? this.node(node) : node;
     const queued = (this.nodeQueues.get(target.index) ?? Promise.resolve())
       .catch(() => undefined)
-      .then(() => this.attachPod(target, name));
+      .then(() => this.attachPod(target, name, options));
     this.nodeQueues.set(target.index, queued);
     return queued;
   }
 
-  private async attachPod(node: TestbedNode, name: string | undefined): Promise<TestbedPod> {
+  private async attachPod(node: TestbedNode, name: string | undefined, options: TestbedPodOptions): Promise<TestbedPod> {
     this.assertOpen('add a pod');
     const ordinal = (this.podCounters.get(node.index) ?? 0) + 1;
     const podName = name ?? `pod-${node.index}-${ordinal}`;
@@ -347,11 +384,17 @@ export class Testbed implements SyncTeardown {
     this.podCounters.set(node.index, ordinal);
     this.podNames.add(podName);
     const netns = `${this.prefix}n${node.index}p${ordinal}`;
-    const invocation = this.cniInvocation(node, netns);
+    const cniArgs =
+      options.k8s === undefined
+        ? undefined
+        : `IgnoreUnknown=1;K8S_POD_NAMESPACE=${options.k8s.namespace};K8S_POD_NAME=${options.k8s.name ?? podName};` +
+          `K8S_POD_INFRA_CONTAINER_ID=${netns};K8S_POD_UID=${randomBytes(8).toString('hex')}`;
+    const invocation = { ...(await this.cniInvocation(node, netns)), cniArgs };
     try {
       await ipBatch([`netns add ${netns}`, `netns exec ${netns} ip link set lo up`]);
-      const ip = parsePodIp(await invokeCni({ ...invocation, command: 'ADD' }));
-      const pod: TestbedPod = { name: podName, node, netns, ip, containerId: invocation.containerId };
+      const result = await invokeCni({ ...invocation, command: 'ADD' });
+      const ip = parsePodIp(result);
+      const pod: TestbedPod = { name: podName, node, netns, ip, containerId: invocation.containerId, cniArgs, cniResult: JSON.parse(result) as unknown };
       this.pods.push(pod);
       this.log(`${podName} on ${node.name}: ${ip} (${node.cni}, netns ${netns})`);
       return pod;
@@ -372,7 +415,7 @@ export class Testbed implements SyncTeardown {
     const target = typeof pod === 'string' ? this.pod(pod) : pod;
     const inPod = [...this.processes].filter(([, netns]) => netns === target.netns);
     await Promise.all(inPod.map(([child]) => stopProcess(child)));
-    await invokeCni({ ...this.cniInvocation(target.node, target.netns), command: 'DEL' });
+    await invokeCni({ ...(await this.podCniInvocation(target)), command: 'DEL' });
     const failure = await deleteNamespaces([target.netns]);
     if (failure !== '') {
       throw new AmbitError('TESTBED_TEARDOWN_FAILED', `cannot delete ${target.name}'s namespace ${target.netns}: ${failure}`);
@@ -382,10 +425,14 @@ export class Testbed implements SyncTeardown {
     this.log(`removed ${target.name} (${target.ip})`);
   }
 
-  private cniInvocation(node: TestbedNode, podNetns: string): Omit<CniInvocation, 'command'> {
-    // One IPAM data dir per node, so each node's host-local leases its own CIDR as on a real cluster.
-    const config = buildCniConfig(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.cniConfigOverrides);
-    return { config, nodeNetns: node.netns, podNetns, containerId: podNetns };
+  /** The node's conflist as it is now (one IPAM data dir per node, so each node leases its own CIDR). */
+  private async cniInvocation(node: TestbedNode, podNetns: string): Promise<Omit<CniInvocation, 'command'>> {
+    const config = await readCniConfDir(node.cniConfDir);
+    return { config, nodeNetns: node.netns, podNetns, containerId: podNetns, pluginDirs: [node.cniBinDir] };
+  }
+
+  private async podCniInvocation(pod: TestbedPod): Promise<Omit<CniInvocation, 'command'>> {
+    return { ...(await this.cniInvocation(pod.node, pod.netns)), cniArgs: pod.cniArgs, prevResult: pod.cniResult };
   }
 
   private assertOpen(action: string): void {
@@ -411,10 +458,12 @@ export class Testbed implements SyncTeardown {
       killPids(await namespacePids(namespacesWithPrefix(this.prefix)));
     });
     await Promise.all(
-      this.pods.map((pod) => {
-        const invocation: CniInvocation = { ...this.cniInvocation(pod.node, pod.netns), command: 'DEL' };
-        return this.attempt(`release ${pod.name} through CNI DEL`, () => invokeCni(invocation));
-      }),
+      this.pods.map((pod) =>
+        this.attempt(`release ${pod.name} through CNI DEL`, async () => {
+          const invocation: CniInvocation = { ...(await this.podCniInvocation(pod)), command: 'DEL' };
+          return invokeCni(invocation);
+        }),
+      ),
     );
     await this.attempt('delete namespaces', async () => {
       const failure = await deleteNamespaces(namespacesWithPrefix(this.prefix));
