@@ -6,7 +6,7 @@ import { errnoCode } from '../core/errors.js';
 import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
 import type { ProxyInputs } from './inputs.js';
 import type { Address } from './outbound.js';
-import { abortStream, connectTcp, splice } from './proxy.js';
+import { abortStream, splice, UpstreamConnector } from './proxy.js';
 import type { ConnectionRecord, Peer } from './telemetry.js';
 
 export type InboundRefusal = 'unknown_destination' | 'not_local' | 'not_enrolled' | 'identity_mismatch';
@@ -55,6 +55,35 @@ function upstreamFailure(err: unknown): { status: number; reason: string } {
   return { status: 502, reason: 'upstream_unreachable' };
 }
 
+const connectors = new WeakMap<ProxyInputs, UpstreamConnector>();
+
+/**
+ * The agent's connector to its pods, one per agent (per ProxyInputs), so a fallback to the node address is decided
+ * once. Transparent only when the agent manages the rules that route the pods' replies back to it.
+ */
+function upstreamConnector(inputs: ProxyInputs): UpstreamConnector {
+  let connector = connectors.get(inputs);
+  if (connector === undefined) {
+    connector = new UpstreamConnector({
+      transparent: inputs.config.manageRules,
+      nodeIp: inputs.nodeIp,
+      log: inputs.log.child({ component: 'upstream' }),
+    });
+    connectors.set(inputs, connector);
+  }
+  return connector;
+}
+
+/**
+ * The client an HBONE stream speaks for, as the `forwarded` header names it, but only when the TLS peer is that
+ * client's own identity: any mesh workload can write the header, and a pod must not be shown an address (and pass
+ * a NetworkPolicy) on the word of a workload that does not own it.
+ */
+export function verifiedHboneClient(sourceWorkload: Workload | undefined, request: HboneInboundRequest): string | undefined {
+  if (request.forwardedFor === undefined || sourceWorkload === undefined) return undefined;
+  return sourceWorkload.identity === request.peerIdentity ? request.forwardedFor.host : undefined;
+}
+
 /** An HBONE CONNECT that the server accepted at the protocol level: check it, connect to the pod, splice. */
 export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp2Stream, request: HboneInboundRequest): void {
   const { telemetry } = inputs;
@@ -79,7 +108,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     security: 'mutual_tls',
     startedAt: Date.now(),
   };
-  connectTcp(decision.target).then(
+  upstreamConnector(inputs).connect(decision.target, verifiedHboneClient(sourceWorkload, request)).then(
     (upstream) => {
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
@@ -149,9 +178,14 @@ export function carry(
   });
 }
 
-/** Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason. */
+/**
+ * Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason.
+ * When this agent delivers the connection as its destination (same-node, plaintext inbound: a record reported by
+ * the destination), the pod sees the captured client's address; a passthrough leaves from the node's.
+ */
 export function connectAndCarry(inputs: ProxyInputs, direction: 'outbound' | 'inbound', records: readonly ConnectionRecord[], socket: net.Socket, target: Address): void {
-  connectTcp(target).then(
+  const delivered = records.some((record) => record.reporter === 'destination');
+  upstreamConnector(inputs).connect(target, delivered ? socket.remoteAddress : undefined).then(
     (upstream) => carry(inputs, records, socket, upstream, socket, true),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));

@@ -1,6 +1,9 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { isAmbitError, errnoCode } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+import { transparentSocket } from '../core/sockopt.js';
 
 /** Node does not export the Http2Stream class; its streams are the duplexes with an `rstCode`. */
 function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Stream, 'rstCode' | 'close'> {
@@ -97,10 +100,26 @@ function pump(src: Duplex, dst: Duplex): void {
 /** How long a connect to a pod may take before the client is told it failed (a pod that vanished drops SYNs). */
 export const UPSTREAM_CONNECT_TIMEOUT_MS = 5_000;
 
-/** A TCP connection from the agent, resolved once established; `allowHalfOpen` so a FIN does not end both ways. */
-export function connectTcp(target: { host: string; port: number }, timeoutMs = UPSTREAM_CONNECT_TIMEOUT_MS): Promise<net.Socket> {
+/**
+ * A TCP connection from the agent, resolved once established; `allowHalfOpen` so a FIN does not end both ways.
+ * `socket`, when given, is an unconnected socket to connect (a transparent one); otherwise a new one is made.
+ */
+export function connectTcp(
+  target: { host: string; port: number },
+  options: { timeoutMs?: number; socket?: net.Socket } = {},
+): Promise<net.Socket> {
+  const timeoutMs = options.timeoutMs ?? UPSTREAM_CONNECT_TIMEOUT_MS;
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    let socket: net.Socket;
+    try {
+      socket = options.socket
+        ? options.socket.connect({ host: target.host, port: target.port, noDelay: true })
+        : net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    } catch (err) {
+      options.socket?.destroy();
+      reject(err);
+      return;
+    }
     const timer = setTimeout(() => {
       const err = Object.assign(new Error(`connect to ${target.host}:${target.port} timed out after ${timeoutMs} ms`), { code: 'ETIMEDOUT' });
       socket.destroy(err);
@@ -115,4 +134,85 @@ export function connectTcp(target: { host: string; port: number }, timeoutMs = U
       reject(err);
     });
   });
+}
+
+const IPV4_MAPPED_PREFIX = '::ffff:';
+
+/**
+ * Pure: the address the agent's connection to a local pod should come from, so the pod (and NetworkPolicies) see
+ * the real client; undefined means the node's own address. Only for an IPv4 client and target (the reply routing
+ * is IPv4), never the node's own address, loopback or unspecified, and never the target itself: a pod reaching
+ * itself (through a Service) would get a packet from its own address, which its kernel drops as martian.
+ */
+export function transparentSourceFor(nodeIp: string, target: { host: string }, client: string | undefined): string | undefined {
+  if (client === undefined) return undefined;
+  const address = client.toLowerCase().startsWith(IPV4_MAPPED_PREFIX) ? client.slice(IPV4_MAPPED_PREFIX.length) : client;
+  if (!net.isIPv4(address) || !net.isIPv4(target.host)) return undefined;
+  if (address === nodeIp || address === target.host || address === '0.0.0.0' || address.startsWith('127.')) return undefined;
+  return address;
+}
+
+/** Why a transparent socket could never be had in this process: no privilege, or no addon. Anything else is per connection. */
+function transparencyUnavailable(err: unknown): boolean {
+  if (isAmbitError(err, 'ADDON_MISSING') || isAmbitError(err, 'ADDON_LOAD_FAILED')) return true;
+  const cause = err instanceof Error ? err.cause : undefined;
+  return isAmbitError(err, 'SOCKOPT_FAILED') && ['EPERM', 'EACCES'].includes(errnoCode(cause) ?? '');
+}
+
+export interface UpstreamConnectorOptions {
+  /** Connect from the client's address (needs the agent's reply routing in place, i.e. managed rules). */
+  transparent: boolean;
+  nodeIp: string;
+  log: Logger;
+  /** How a transparent socket is made; tests replace it. */
+  openTransparent?: (address: string) => net.Socket;
+  timeoutMs?: number;
+}
+
+/**
+ * The agent's connections to its local pods, from the client's address when the decision above allows it. If the
+ * process may not make transparent sockets (no CAP_NET_ADMIN, as in tests that run without root, or no addon), it
+ * says so once, as a warning, and connects from the node's address from then on: the pods stay reachable, they just
+ * see the node as their client.
+ */
+export class UpstreamConnector {
+  readonly #nodeIp: string;
+  readonly #log: Logger;
+  readonly #openTransparent: (address: string) => net.Socket;
+  readonly #timeoutMs: number | undefined;
+  #transparent: boolean;
+
+  constructor(options: UpstreamConnectorOptions) {
+    this.#transparent = options.transparent;
+    this.#nodeIp = options.nodeIp;
+    this.#log = options.log;
+    this.#openTransparent = options.openTransparent ?? ((address) => transparentSocket(address, { allowHalfOpen: true }));
+    this.#timeoutMs = options.timeoutMs;
+  }
+
+  /** Whether connections still come from their client's address. */
+  get transparent(): boolean {
+    return this.#transparent;
+  }
+
+  /** Connects to `target`, from `client`'s address when allowed and possible. */
+  connect(target: { host: string; port: number }, client: string | undefined): Promise<net.Socket> {
+    const source = this.#transparent ? transparentSourceFor(this.#nodeIp, target, client) : undefined;
+    if (source === undefined) return connectTcp(target, { timeoutMs: this.#timeoutMs });
+    let socket: net.Socket;
+    try {
+      socket = this.#openTransparent(source);
+    } catch (err) {
+      if (!transparencyUnavailable(err)) return Promise.reject(err);
+      this.#transparent = false;
+      this.#log.warn(
+        { err, nodeIp: this.#nodeIp },
+        'cannot connect to pods from their clients\' addresses (no transparent sockets in this process); ' +
+          'connecting from the node address instead, so pods and NetworkPolicies see the node as the client. ' +
+          'Run the agent with CAP_NET_ADMIN to fix this',
+      );
+      return connectTcp(target, { timeoutMs: this.#timeoutMs });
+    }
+    return connectTcp(target, { timeoutMs: this.#timeoutMs, socket });
+  }
 }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { ExecaError } from 'execa';
 import { AmbitError } from '../core/errors.js';
@@ -10,6 +11,45 @@ export const DEFAULT_OUTBOUND_PORT = 15001;
 export const DEFAULT_INBOUND_PORT = 15006;
 /** Ambit's own nat chain; everything Ambit adds to the nat table lives in it, so removal is one flush. */
 export const AMBIT_PREROUTING_CHAIN = 'AMBIT-PREROUTING';
+
+/*
+ * Transparent source. The destination agent connects to a pod from the client's address (an IP_TRANSPARENT socket
+ * bound to it), so the pod's replies are addressed to an IP that is not the node's. Three pieces bring them back:
+ * - mangle AMBIT_MANGLE_CHAIN marks TCP from an enrolled pod that belongs to a transparent socket (`-m socket
+ *   --transparent`; only enrolled pods are ever connected to this way, so only their packets pay for the lookup);
+ * - `ip rule fwmark TRANSPARENT_MARK lookup TRANSPARENT_ROUTE_TABLE`, whose only route is `local default dev lo`,
+ *   delivers marked packets to the local stack, where the socket takes them;
+ * - on a bridge CNI, a pod answers a same-node client (same subnet) at layer 2, straight to the client's MAC, and
+ *   br_netfilter re-routes a bridged frame only when DNAT changed its destination. The nft `bridge` table
+ *   AMBIT_BRIDGE_TABLE, hooked after br_netfilter has run iptables (so the mark is set), readdresses such marked
+ *   frames to AMBIT_BRIDGE_MAC, a local fdb entry Ambit adds to every bridge: the bridge hands them to its own
+ *   interface, where routing (with the mark) delivers them locally. `meta broute` would need no fdb entry, but it
+ *   runs before br_netfilter (so before the mark) and needs nft_meta_bridge, which not every kernel has.
+ * No sysctl is changed: rp_filter passes even in strict mode (the pod's address is routed through the interface
+ * its reply came in on, the bridge included), and route_localnet and accept_local do not apply (no loopback or
+ * local source addresses are involved).
+ */
+/**
+ * One fwmark bit, set and matched under its own mask so other bits survive. Clear of kube-proxy (0x4000, 0x8000),
+ * Calico (0xffff0000 by default), Cilium (magic marks under 0x1f00, identities in the upper 16 bits), Istio ambient
+ * and istio-cni (0x040, 0x100-0x220, 0x111, 0x539), AWS VPC CNI (0x80), Weave and kube-router (0x10000-0x40000).
+ */
+export const TRANSPARENT_MARK = 0x2000;
+/** The route table of marked replies: clear of Calico (1-250), Istio (100-103), Cilium (200-202, 2004, 2005), Tailscale (52). */
+export const TRANSPARENT_ROUTE_TABLE = 15006;
+/**
+ * Before main (32766) and before the rules that send traffic to a pod elsewhere: Calico's WireGuard rule (99),
+ * AWS VPC CNI's `to <pod> lookup main` (512). Cilium's own fwmark rules (9, 10) match other marks.
+ */
+export const TRANSPARENT_RULE_PRIORITY = 90;
+/** Ambit's mangle chain, jumped to first from mangle PREROUTING (a CNI's `ESTABLISHED -j ACCEPT` must not hide replies). */
+export const AMBIT_MANGLE_CHAIN = 'AMBIT-MANGLE-PREROUTING';
+/** Ambit's nft table of family `bridge` (same-node replies on a bridge CNI). */
+export const AMBIT_BRIDGE_TABLE = 'ambit';
+/** Locally administered unicast, spelling "ambit": the fdb entry every bridge gets, and where redirected frames go. */
+export const AMBIT_BRIDGE_MAC = '02:61:6d:62:69:74';
+/** After br_netfilter (priority 0), which runs iptables for bridged frames and so sets the mark. */
+export const AMBIT_BRIDGE_CHAIN_PRIORITY = 100;
 
 export type IptablesBackend = 'nft' | 'legacy';
 export type IptablesBackendChoice = IptablesBackend | 'auto';
@@ -80,18 +120,38 @@ export function buildChainRules(options: NatRulesOptions): string[] {
  * kube-proxy inserts its own jump at the top, so a jump that slid down is moved back, and duplicates go.
  */
 export function buildNatRules(options: NatRulesOptions): string {
-  const table = readNatTable(options.currentNatTable ?? '');
-  const wanted = buildChainRules(options);
-  const keptJump = table.firstPreroutingRule === JUMP_RULE ? JUMP_RULE : undefined;
-  const strayJumps = table.jumps.slice(keptJump === undefined ? 0 : 1);
-  const chainIsCurrent = table.chainExists && sameLines(table.chainRules, wanted);
+  return buildTableBatch('nat', AMBIT_PREROUTING_CHAIN, buildChainRules(options), options.currentNatTable ?? '');
+}
+
+/** The mark rule of Ambit's mangle chain, exactly as iptables-save prints it back. */
+export function buildMangleChainRules(family: AddressFamily = IPV4): string[] {
+  const mark = hex(TRANSPARENT_MARK);
+  return [
+    `-A ${AMBIT_MANGLE_CHAIN} -p tcp -m set --match-set ${family.setName} src -m socket --transparent --nowildcard -j MARK --set-xmark ${mark}/${mark}`,
+  ];
+}
+
+/**
+ * The batch that brings the mangle table to Ambit's mark rule, or '' when it has it; `currentTables` is an
+ * iptables-save dump holding the mangle table (or all tables). Its jump is kept first in PREROUTING like the nat one.
+ */
+export function buildMangleRules(options: { family?: AddressFamily; currentTables?: string } = {}): string {
+  return buildTableBatch('mangle', AMBIT_MANGLE_CHAIN, buildMangleChainRules(options.family), options.currentTables ?? '');
+}
+
+function buildTableBatch(table: 'nat' | 'mangle', chain: string, wanted: string[], saveOutput: string): string {
+  const state = readChain(saveOutput, table, chain);
+  const jump = jumpRule(chain);
+  const keptJump = state.firstPreroutingRule === jump ? jump : undefined;
+  const strayJumps = state.jumps.slice(keptJump === undefined ? 0 : 1);
+  const chainIsCurrent = state.chainExists && sameLines(state.chainRules, wanted);
   if (chainIsCurrent && keptJump !== undefined && strayJumps.length === 0) return '';
   return [
-    '*nat',
-    `:${AMBIT_PREROUTING_CHAIN} - [0:0]`,
+    `*${table}`,
+    `:${chain} - [0:0]`,
     ...wanted,
     ...strayJumps.map(toDeletion),
-    ...(keptJump === undefined ? [`-I PREROUTING 1 -j ${AMBIT_PREROUTING_CHAIN}`] : []),
+    ...(keptJump === undefined ? [`-I PREROUTING 1 -j ${chain}`] : []),
     'COMMIT',
     '',
   ].join('\n');
@@ -102,17 +162,202 @@ export function buildNatRules(options: NatRulesOptions): string {
  * is an iptables-save dump of all tables or of the nat table alone.
  */
 export function buildNatRemoval(saveOutput: string): string {
-  const table = readNatTable(saveOutput);
-  if (!table.chainExists && table.jumps.length === 0) return '';
-  const chain = AMBIT_PREROUTING_CHAIN;
+  return buildChainRemoval(saveOutput, 'nat', AMBIT_PREROUTING_CHAIN);
+}
+
+/** As buildNatRemoval, for the mangle chain of transparent replies. */
+export function buildMangleRemoval(saveOutput: string): string {
+  return buildChainRemoval(saveOutput, 'mangle', AMBIT_MANGLE_CHAIN);
+}
+
+function buildChainRemoval(saveOutput: string, table: 'nat' | 'mangle', chain: string): string {
+  const state = readChain(saveOutput, table, chain);
+  if (!state.chainExists && state.jumps.length === 0) return '';
   return [
-    '*nat',
-    ...table.jumps.map(toDeletion),
+    `*${table}`,
+    ...state.jumps.map(toDeletion),
     // a chain must be empty before it can be deleted
-    ...(table.chainExists ? [`-F ${chain}`, `-X ${chain}`] : []),
+    ...(state.chainExists ? [`-F ${chain}`, `-X ${chain}`] : []),
     'COMMIT',
     '',
   ].join('\n');
+}
+
+/** One `ip rule` as `ip -j rule show` prints it. */
+export interface IpRuleEntry {
+  priority?: number;
+  fwmark?: string;
+  fwmask?: string;
+  table?: string;
+}
+
+/** One route as `ip -j route show table N` prints it. */
+export interface IpRouteEntry {
+  type?: string;
+  dst?: string;
+  dev?: string;
+}
+
+/** What the policy routing of transparent replies looks like now: this node's IPv4 rules and Ambit's table. */
+export interface TransparentRoutingState {
+  rules: readonly IpRuleEntry[];
+  routes: readonly IpRouteEntry[];
+}
+
+const TRANSPARENT_RULE_SELECTOR = `priority ${TRANSPARENT_RULE_PRIORITY} fwmark ${hex(TRANSPARENT_MARK)}/${hex(TRANSPARENT_MARK)} lookup ${TRANSPARENT_ROUTE_TABLE}`;
+
+function isTransparentRule(rule: IpRuleEntry): boolean {
+  const mark = hex(TRANSPARENT_MARK);
+  return rule.priority === TRANSPARENT_RULE_PRIORITY && rule.fwmark === mark && rule.fwmask === mark && rule.table === String(TRANSPARENT_ROUTE_TABLE);
+}
+
+function isTransparentRoute(route: IpRouteEntry): boolean {
+  return route.type === 'local' && route.dst === 'default' && route.dev === 'lo';
+}
+
+/**
+ * The `ip -batch` lines that leave exactly one fwmark rule pointing at Ambit's table and exactly the local default
+ * route in it, or [] when that is the state already. Every rule that looks up Ambit's table is Ambit's.
+ */
+export function buildTransparentRouting(current: TransparentRoutingState): string[] {
+  const table = String(TRANSPARENT_ROUTE_TABLE);
+  const ours = current.rules.filter((rule) => rule.table === table);
+  const kept = ours.findIndex(isTransparentRule);
+  const lines = ours.filter((_, index) => index !== kept).map(ruleDeletion);
+  if (kept === -1) lines.push(`rule add ${TRANSPARENT_RULE_SELECTOR}`);
+  if (!(current.routes.length === 1 && current.routes.some(isTransparentRoute))) {
+    if (current.routes.length > 0) lines.push(`route flush table ${table}`);
+    lines.push(`route add local 0.0.0.0/0 dev lo table ${table}`);
+  }
+  return lines;
+}
+
+/** The `ip -batch` lines that remove every rule looking up Ambit's table and empty the table; [] when none is left. */
+export function buildTransparentRoutingRemoval(current: TransparentRoutingState): string[] {
+  const table = String(TRANSPARENT_ROUTE_TABLE);
+  return [
+    ...current.rules.filter((rule) => rule.table === table).map(ruleDeletion),
+    ...(current.routes.length > 0 ? [`route flush table ${table}`] : []),
+  ];
+}
+
+function ruleDeletion(rule: IpRuleEntry): string {
+  const mark = rule.fwmark === undefined ? '' : ` fwmark ${rule.fwmark}${rule.fwmask === undefined ? '' : `/${rule.fwmask}`}`;
+  return `rule del priority ${rule.priority ?? 0}${mark} lookup ${rule.table ?? ''}`;
+}
+
+/** One entry of `bridge -j fdb show`: on the bridge itself, `ifname` and `master` are both the bridge. */
+export interface FdbEntry {
+  mac?: string;
+  ifname?: string;
+  master?: string;
+}
+
+/** The `bridge -batch` lines that give every bridge Ambit's local fdb entry; [] when all have it. */
+export function buildBridgeFdbSync(bridges: readonly string[], fdb: readonly FdbEntry[]): string[] {
+  const have = new Set(bridgesWithAmbitMac(fdb));
+  return bridges.filter((bridge) => !have.has(bridge)).map((bridge) => `fdb replace ${AMBIT_BRIDGE_MAC} dev ${bridge} self local`);
+}
+
+/** The `bridge -batch` lines that remove Ambit's fdb entry from every bridge that has it. */
+export function buildBridgeFdbRemoval(fdb: readonly FdbEntry[]): string[] {
+  return bridgesWithAmbitMac(fdb).map((bridge) => `fdb del ${AMBIT_BRIDGE_MAC} dev ${bridge} self`);
+}
+
+function bridgesWithAmbitMac(fdb: readonly FdbEntry[]): string[] {
+  const bridges = fdb
+    .filter((entry) => entry.mac?.toLowerCase() === AMBIT_BRIDGE_MAC && entry.ifname !== undefined && entry.ifname === entry.master)
+    .map((entry) => entry.ifname as string);
+  return [...new Set(bridges)];
+}
+
+const BRIDGE_RULE = `meta mark & ${hex(TRANSPARENT_MARK)} == ${hex(TRANSPARENT_MARK)} meta pkttype other ether daddr set ${AMBIT_BRIDGE_MAC} meta pkttype set host`;
+/** nft prints rules back in its own words; a digest of the rule as written, in its comment, tells a changed rule apart. */
+const BRIDGE_RULE_TAG = `ambit:${createHash('sha256').update(BRIDGE_RULE).digest('hex').slice(0, 12)}`;
+
+/**
+ * The one rule of Ambit's bridge chain: a marked frame (a reply to a transparent socket) that the bridge would
+ * switch to another port (`pkttype other`) goes to the bridge's own interface instead.
+ */
+export function buildBridgeRule(): string {
+  return `${BRIDGE_RULE} comment "${BRIDGE_RULE_TAG}"`;
+}
+
+/**
+ * The `nft -f` batch that (re)creates Ambit's bridge table in one transaction, or '' when `currentRuleset`
+ * (`nft -j list ruleset bridge`) shows it in place: the chain at its hook and priority with exactly Ambit's rule.
+ */
+export function buildBridgeTable(currentRuleset: string): string {
+  if (bridgeTableIsCurrent(currentRuleset)) return '';
+  const table = `bridge ${AMBIT_BRIDGE_TABLE}`;
+  return [
+    // declaring then deleting makes the delete safe when the table is absent; the whole file is one transaction
+    `add table ${table}`,
+    `delete table ${table}`,
+    `add table ${table}`,
+    `add chain ${table} prerouting { type filter hook prerouting priority ${AMBIT_BRIDGE_CHAIN_PRIORITY}; policy accept; }`,
+    `add rule ${table} prerouting ${buildBridgeRule()}`,
+    '',
+  ].join('\n');
+}
+
+/** The `nft -f` batch that deletes Ambit's bridge table, or '' when `currentRuleset` has none. */
+export function buildBridgeTableRemoval(currentRuleset: string): string {
+  return readNftTable(currentRuleset).exists ? `delete table bridge ${AMBIT_BRIDGE_TABLE}\n` : '';
+}
+
+interface NftTableState {
+  exists: boolean;
+  chains: Array<{ name?: string; type?: string; hook?: string; prio?: number }>;
+  rules: Array<{ chain?: string; comment?: string }>;
+}
+
+function readNftTable(rulesetJson: string): NftTableState {
+  let objects: unknown[] = [];
+  try {
+    const parsed = JSON.parse(rulesetJson === '' ? '{}' : rulesetJson) as { nftables?: unknown[] };
+    objects = Array.isArray(parsed.nftables) ? parsed.nftables : [];
+  } catch {
+    objects = [];
+  }
+  const state: NftTableState = { exists: false, chains: [], rules: [] };
+  for (const object of objects) {
+    const entry = object as { table?: { family?: string; name?: string }; chain?: NftObject; rule?: NftObject };
+    if (entry.table?.family === 'bridge' && entry.table.name === AMBIT_BRIDGE_TABLE) state.exists = true;
+    if (entry.chain && isOurs(entry.chain)) state.chains.push(entry.chain);
+    if (entry.rule && isOurs(entry.rule)) state.rules.push(entry.rule);
+  }
+  return state;
+}
+
+interface NftObject {
+  family?: string;
+  table?: string;
+  name?: string;
+  chain?: string;
+  type?: string;
+  hook?: string;
+  prio?: number;
+  comment?: string;
+}
+
+function isOurs(object: NftObject): boolean {
+  return object.family === 'bridge' && object.table === AMBIT_BRIDGE_TABLE;
+}
+
+function bridgeTableIsCurrent(rulesetJson: string): boolean {
+  const state = readNftTable(rulesetJson);
+  return (
+    state.exists &&
+    state.chains.length === 1 &&
+    state.chains[0]?.name === 'prerouting' &&
+    state.chains[0].type === 'filter' &&
+    state.chains[0].hook === 'prerouting' &&
+    state.chains[0].prio === AMBIT_BRIDGE_CHAIN_PRIORITY &&
+    state.rules.length === 1 &&
+    state.rules[0]?.chain === 'prerouting' &&
+    state.rules[0].comment === BRIDGE_RULE_TAG
+  );
 }
 
 /**
@@ -156,8 +401,9 @@ export function detectIptablesBackend(options: { netns?: string; log?: Logger } 
 }
 
 /**
- * Removes the jump, the chain and the ipsets, whichever of them exist, so it also cleans up after a crash.
- * Used by `ambit agent --cleanup` and by RedirectRules.remove().
+ * Removes everything Ambit installs, whichever pieces exist, so it also cleans up after a crash: the nat and mangle
+ * chains with their jumps (in every backend that has them), the fwmark rule and route table, the bridge fdb entries
+ * and nft table, and the ipsets. Used by `ambit agent --cleanup` and by RedirectRules.remove().
  */
 export function removeRedirectRules(options: RemoveRedirectRulesOptions = {}): Promise<void> {
   return removeRules(componentLogger(options.log), options.backend ?? 'auto', options.netns);
@@ -191,42 +437,61 @@ async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: st
 
   // the whole dump rather than `-t nat`: asking legacy iptables for a table creates it, and an empty legacy nat
   // table on an nft node makes every iptables-nft command warn about it
-  const natTables = await Promise.allSettled(
+  const dumps = await Promise.allSettled(
     backends.map((backend) => applyCommand([saveCommand(family, backend)], commandOptions, NET_ADMIN_HINT)),
   );
-  if (natTables.every((table) => table.status === 'rejected')) {
-    throw natTables[0]?.reason ?? missingIptables(family);
+  if (dumps.every((dump) => dump.status === 'rejected')) {
+    throw dumps[0]?.reason ?? missingIptables(family);
   }
   const removedFrom: IptablesBackend[] = [];
   for (const [index, backend] of backends.entries()) {
-    const table = natTables[index];
-    if (table?.status !== 'fulfilled') {
-      log.warn({ backend, err: table?.reason }, 'cannot read this iptables backend; leaving it alone');
+    const dump = dumps[index];
+    if (dump?.status !== 'fulfilled') {
+      log.warn({ backend, err: dump?.reason }, 'cannot read this iptables backend; leaving it alone');
       continue;
     }
-    const removal = buildNatRemoval(table.value.stdout);
+    const removal = buildMangleRemoval(dump.value.stdout) + buildNatRemoval(dump.value.stdout);
     if (removal === '') continue;
     await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...commandOptions, input: removal }, NET_ADMIN_HINT);
     removedFrom.push(backend);
   }
 
+  const routing = buildTransparentRoutingRemoval(await readTransparentRouting(commandOptions));
+  if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
+  const bridgeChanges = await removeBridgeRedirect(commandOptions);
+
+  // last: the mangle rule used the set, and a set in use cannot be destroyed
   const existingSets = await listSets(commandOptions);
   const doomedSets = [family.setName, temporarySetName(family)].filter((set) => existingSets.has(set));
   if (doomedSets.length > 0) {
     const batch = doomedSets.map((set) => `destroy ${set}`).join('\n') + '\n';
     await applyCommand(['ipset', 'restore'], { ...commandOptions, input: batch }, IPSET_DESTROY_HINT);
   }
-  if (removedFrom.length > 0 || doomedSets.length > 0) {
-    log.info({ backends: removedFrom, chains: removedFrom.length, ipsets: doomedSets.length }, 'redirect rules removed');
+  if (removedFrom.length > 0 || doomedSets.length > 0 || routing.length > 0 || bridgeChanges > 0) {
+    log.info(
+      { backends: removedFrom, chains: removedFrom.length, ipsets: doomedSets.length, routing: routing.length, bridge: bridgeChanges },
+      'redirect rules removed',
+    );
   } else {
     log.debug('no redirect rules to remove');
   }
 }
 
+/** Removes the fdb entries and the nft table; returns how many pieces went. Without nft, there is no table to remove. */
+async function removeBridgeRedirect(options: CommandOptions): Promise<number> {
+  const fdbRemoval = buildBridgeFdbRemoval(await readFdb(options));
+  if (fdbRemoval.length > 0) await applyCommand(['bridge', '-batch', '-'], { ...options, input: batchText(fdbRemoval) }, NET_ADMIN_HINT);
+  if (!(await isOnPath('nft'))) return fdbRemoval.length;
+  const tableRemoval = buildBridgeTableRemoval(await readBridgeRuleset(options));
+  if (tableRemoval !== '') await applyCommand(['nft', '-f', '-'], { ...options, input: tableRemoval }, NFT_HINT);
+  return fdbRemoval.length + (tableRemoval === '' ? 0 : 1);
+}
+
 /**
- * Ambit's traffic capture in the node's network namespace: the `ambit-pods-v4` ipset of enrolled local pods and
- * the nat chain that DNATs their TCP to the agent. Operations are serialized, so a pod sync racing a reinstall
- * cannot interleave their batches.
+ * Ambit's traffic capture in the node's network namespace: the `ambit-pods-v4` ipset of enrolled local pods, the
+ * nat chain that DNATs their TCP to the agent, and the mark, route and bridge redirect that bring the pods' replies
+ * back to the agent's transparent connections. Operations are serialized, so a pod sync racing a reinstall cannot
+ * interleave their batches.
  */
 export class RedirectRules {
   readonly #nodeIp: string;
@@ -257,46 +522,63 @@ export class RedirectRules {
     return this.#backend;
   }
 
-  /** Creates the ipset, the chain and the jump; running it again repairs whatever drifted and changes nothing else. */
+  /**
+   * Creates the ipset, the nat and mangle chains with their jumps, the fwmark rule and its route table, and the
+   * bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
+   */
   install(): Promise<void> {
     return this.#serialize(async () => {
       const family = this.#family;
       const backend = await this.#resolveBackend();
+      if (!(await isOnPath('nft'))) throw missingNft();
       const setCreated = !(await listSets(this.#commandOptions)).has(family.setName);
       if (setCreated) {
         await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: createSetLine(family.setName, family) + '\n' }, IPSET_HINT);
       }
+      let batch: string;
       try {
-        const natTable = await applyCommand([saveCommand(family, backend), '-t', 'nat'], this.#commandOptions, NET_ADMIN_HINT);
+        const tables = await applyCommand([saveCommand(family, backend)], this.#commandOptions, NET_ADMIN_HINT);
         const natOptions: NatRulesOptions = {
           nodeIp: this.#nodeIp,
           outboundPort: this.#outboundPort,
           inboundPort: this.#inboundPort,
           family,
-          currentNatTable: natTable.stdout,
+          currentNatTable: tables.stdout,
         };
-        const batch = buildNatRules(natOptions);
-        if (batch === '') {
-          this.#log.debug({ backend }, 'redirect rules already in place');
-          return;
+        batch = buildNatRules(natOptions) + buildMangleRules({ family, currentTables: tables.stdout });
+        if (batch !== '') {
+          await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
         }
-        await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
-        const batchLines = batch.split('\n');
-        this.#log.info(
-          {
-            backend,
-            chain: AMBIT_PREROUTING_CHAIN,
-            rules: buildChainRules(natOptions).length,
-            jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
-            jumpsDeleted: batchLines.filter((line) => line.startsWith('-D ')).length,
-            setCreated,
-          },
-          'redirect rules installed',
-        );
       } catch (err) {
         if (setCreated) await this.#destroyCreatedSet();
         throw err;
       }
+      // After the mark rule: until the route exists a marked reply is routed as if unmarked, which is harmless.
+      const ipState = await readIpState(this.#commandOptions);
+      const routing = buildTransparentRouting(ipState);
+      if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...this.#commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
+      const fdbAdded = await this.#syncBridgeFdb(ipState.bridges);
+      const bridgeTable = buildBridgeTable(await readBridgeRuleset(this.#commandOptions));
+      if (bridgeTable !== '') await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input: bridgeTable }, NFT_HINT);
+
+      if (batch === '' && routing.length === 0 && fdbAdded === 0 && bridgeTable === '') {
+        this.#log.debug({ backend }, 'redirect rules already in place');
+        return;
+      }
+      const batchLines = batch.split('\n');
+      this.#log.info(
+        {
+          backend,
+          chains: [AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN].filter((chain) => batchLines.includes(`:${chain} - [0:0]`)),
+          jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
+          jumpsDeleted: batchLines.filter((line) => line.startsWith('-D ')).length,
+          setCreated,
+          routing,
+          bridgesGivenFdbEntry: fdbAdded,
+          bridgeTableWritten: bridgeTable !== '',
+        },
+        'redirect rules installed',
+      );
     });
   }
 
@@ -324,11 +606,13 @@ export class RedirectRules {
       this.#appliedPods = pods;
       const counts = previous === undefined ? {} : diffCounts(previous, pods);
       this.#log.info({ set: family.setName, pods: pods.length, ...counts }, 'enrolled pod set updated');
+      // A pod's CNI ADD may have created the bridge it hangs off; it needs the fdb entry before its first reply.
+      await this.#syncBridgeFdb((await readIpState(this.#commandOptions)).bridges);
       return true;
     });
   }
 
-  /** Removes the jump, the chain and the ipsets; absent pieces are fine. */
+  /** Removes everything install() made (see removeRedirectRules); absent pieces are fine. */
   remove(): Promise<void> {
     return this.#serialize(async () => {
       this.#appliedPods = undefined;
@@ -347,6 +631,16 @@ export class RedirectRules {
     return this.#backend;
   }
 
+  /** Gives every bridge Ambit's fdb entry; returns how many were missing it. */
+  async #syncBridgeFdb(bridges: readonly string[]): Promise<number> {
+    if (bridges.length === 0) return 0;
+    const lines = buildBridgeFdbSync(bridges, await readFdb(this.#commandOptions));
+    if (lines.length === 0) return 0;
+    await applyCommand(['bridge', '-batch', '-'], { ...this.#commandOptions, input: batchText(lines) }, NET_ADMIN_HINT);
+    this.#log.info({ bridges: lines.length, mac: AMBIT_BRIDGE_MAC }, 'bridge fdb entry added for same-node transparent replies');
+    return lines.length;
+  }
+
   /** Undo of a first install whose nat batch failed: the set would otherwise outlive the rules that use it. */
   async #destroyCreatedSet(): Promise<void> {
     const set = this.#family.setName;
@@ -358,13 +652,13 @@ export class RedirectRules {
   }
 }
 
-const JUMP_RULE = `-A PREROUTING -j ${AMBIT_PREROUTING_CHAIN}`;
 const NET_ADMIN_HINT = 'is the agent running as root with NET_ADMIN?';
-const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the nat and xt_set modules?';
+const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the nat, xt_set and xt_socket modules?';
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
+const NFT_HINT = 'is the agent running with NET_ADMIN, and does the kernel have nf_tables with the bridge family (CONFIG_NF_TABLES_BRIDGE)?';
 
-interface NatTable {
+interface ChainState {
   chainExists: boolean;
   /** The rules of Ambit's chain, in order. */
   chainRules: string[];
@@ -373,11 +667,14 @@ interface NatTable {
   firstPreroutingRule: string | undefined;
 }
 
-/** Reads the nat section of an iptables-save dump; a dump without one is a nat table without Ambit. */
-function readNatTable(saveOutput: string): NatTable {
-  const chain = AMBIT_PREROUTING_CHAIN;
+function jumpRule(chain: string): string {
+  return `-A PREROUTING -j ${chain}`;
+}
+
+/** Reads one table's section of an iptables-save dump; a dump without it is a table without Ambit. */
+function readChain(saveOutput: string, table: 'nat' | 'mangle', chain: string): ChainState {
   const allLines = saveOutput.split('\n').map((line) => line.trim());
-  const start = allLines.indexOf('*nat');
+  const start = allLines.indexOf(`*${table}`);
   const end = start === -1 ? -1 : allLines.indexOf('COMMIT', start);
   const lines = start === -1 ? [] : allLines.slice(start + 1, end === -1 ? undefined : end);
   const rules = lines.filter((line) => line.startsWith('-A '));
@@ -445,6 +742,53 @@ function missingIptables(family: AddressFamily): AmbitError {
   );
 }
 
+function missingNft(): AmbitError {
+  return new AmbitError(
+    'NFT_MISSING',
+    `nft is not on PATH (${process.env.PATH ?? ''}): the agent needs it for the bridge table that returns same-node replies ` +
+      "to its transparent connections; install the Debian package 'nftables' (apt-get install nftables) in the agent's image",
+  );
+}
+
+function hex(value: number): string {
+  return `0x${value.toString(16)}`;
+}
+
+function batchText(lines: readonly string[]): string {
+  return lines.join('\n') + '\n';
+}
+
+/** The policy routing of transparent replies and the node's bridges, in one `ip -batch` read. */
+async function readIpState(options: CommandOptions): Promise<TransparentRoutingState & { bridges: string[] }> {
+  const input = batchText(['rule show', `route show table ${TRANSPARENT_ROUTE_TABLE}`, 'link show type bridge']);
+  const output = await applyCommand(['ip', '-4', '-j', '-batch', '-'], { ...options, input }, NET_ADMIN_HINT);
+  // one JSON array per command, each on its own line
+  const [rules, routes, links] = output.stdout
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as unknown[]);
+  return {
+    rules: (rules ?? []) as IpRuleEntry[],
+    routes: (routes ?? []) as IpRouteEntry[],
+    bridges: ((links ?? []) as Array<{ ifname?: string }>).map((link) => link.ifname).filter((name): name is string => name !== undefined),
+  };
+}
+
+async function readTransparentRouting(options: CommandOptions): Promise<TransparentRoutingState> {
+  const { rules, routes } = await readIpState(options);
+  return { rules, routes };
+}
+
+async function readFdb(options: CommandOptions): Promise<FdbEntry[]> {
+  const output = await applyCommand(['bridge', '-j', 'fdb', 'show'], options, NET_ADMIN_HINT);
+  const text = output.stdout.trim();
+  return text === '' ? [] : (JSON.parse(text) as FdbEntry[]);
+}
+
+async function readBridgeRuleset(options: CommandOptions): Promise<string> {
+  return (await applyCommand(['nft', '-j', 'list', 'ruleset', 'bridge'], options, NFT_HINT)).stdout;
+}
+
 async function listSets(options: CommandOptions): Promise<Set<string>> {
   const output = await applyCommand(['ipset', 'list', '-n'], options, IPSET_HINT);
   return new Set(output.stdout.split('\n').map((line) => line.trim()).filter((line) => line !== ''));
@@ -464,10 +808,13 @@ async function applyCommand(argv: string[], options: CommandOptions, hint: strin
   }
 }
 
-/** iptables-restore says "line 4", ipset "Error in line 4": the batch text of that line makes the error readable. */
+/**
+ * iptables-restore says "line 4", ipset "Error in line 4", ip and bridge "Command failed -:4", nft "/dev/stdin:4:":
+ * the batch text of that line makes the error readable.
+ */
 function failedBatchLine(stderr: string, input: string | undefined): string | undefined {
   if (input === undefined) return undefined;
-  const match = /line:? (\d+)/i.exec(stderr);
+  const match = /(?:line:? |-:|stdin:)(\d+)/i.exec(stderr);
   if (match?.[1] === undefined) return undefined;
   return input.split('\n')[Number(match[1]) - 1];
 }

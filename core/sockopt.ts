@@ -1,6 +1,6 @@
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import type net from 'node:net';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { AmbitError, errnoCode } from './errors.js';
 
@@ -9,6 +9,7 @@ interface SockoptAddon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setTransparent(fd: number, family: 4 | 6, on: boolean): void;
   setMark(fd: number, mark: number): void;
+  transparentSocket(address: string, mark: number): number;
   releaseFreeMemory(): boolean;
 }
 
@@ -120,6 +121,35 @@ export function setMark(socket: net.Socket, mark: number): void {
     sockopt.setMark(fd, mark);
   } catch (err) {
     throw sockoptFailure(err, `SO_MARK ${mark}`);
+  }
+}
+
+/**
+ * A TCP socket bound to `address` with IP_TRANSPARENT (IPV6_TRANSPARENT), not yet connected: `connect()` it and the
+ * peer sees `address`, which need not be one of this host's, as the client. The port is picked at connect. `mark`
+ * (SO_MARK) is left unset when omitted. The option has to be set before bind(), and Node creates a socket's file
+ * descriptor only inside connect(), so the addon makes the descriptor and Node adopts it.
+ *
+ * Needs CAP_NET_ADMIN (or CAP_NET_RAW): without it this throws SOCKOPT_FAILED whose cause has code EPERM. The replies
+ * reach the socket only if the host routes them to itself (the agent's fwmark rule and local route).
+ */
+export function transparentSocket(address: string, options: { mark?: number; allowHalfOpen?: boolean } = {}): net.Socket {
+  const sockopt = loadAddon();
+  let fd: number;
+  try {
+    fd = sockopt.transparentSocket(address, options.mark ?? 0);
+  } catch (err) {
+    if (err instanceof TypeError) throw err;
+    const hint = ['EPERM', 'EACCES'].includes(errnoCode(err) ?? '') ? ': the process needs CAP_NET_ADMIN' : '';
+    throw new AmbitError('SOCKOPT_FAILED', `cannot open a TCP socket bound transparently to ${address}: ${(err as Error).message}${hint}`, {
+      cause: err,
+    });
+  }
+  try {
+    return new net.Socket({ fd, allowHalfOpen: options.allowHalfOpen ?? false, readable: true, writable: true });
+  } catch (err) {
+    closeSync(fd);
+    throw err;
   }
 }
 

@@ -1,7 +1,8 @@
 /*
  * The few socket options Node cannot reach: the pre-DNAT destination of a captured connection
- * (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST), IP_TRANSPARENT and SO_MARK. Every function takes a file
- * descriptor; core/sockopt.ts gets it from a net.Socket.
+ * (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST), IP_TRANSPARENT and SO_MARK. Most functions take a file
+ * descriptor that core/sockopt.ts gets from a net.Socket; transparentSocket makes one, because IP_TRANSPARENT
+ * must be set before bind() and Node creates a socket's descriptor only inside connect().
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <node_api.h>
 
@@ -21,6 +23,9 @@
 #endif
 #ifndef IP6T_SO_ORIGINAL_DST
 #define IP6T_SO_ORIGINAL_DST 80 /* <linux/netfilter_ipv6/ip6_tables.h> */
+#endif
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24 /* <linux/in.h>, Linux 4.2 */
 #endif
 
 #define NAPI_CALL(env, call)                                                                                 \
@@ -43,13 +48,18 @@ static void throw_pending_napi_error(napi_env env, const char *call) {
   napi_throw_error(env, NULL, message);
 }
 
-/* Node names system errors by their errno symbol; these are the ones getsockopt/setsockopt can return here. */
+/* Node names system errors by their errno symbol; these are the ones socket/setsockopt/getsockopt/bind return here. */
 static const char *errno_name(int err) {
   switch (err) {
     case EACCES: return "EACCES";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EAFNOSUPPORT: return "EAFNOSUPPORT";
     case EBADF: return "EBADF";
     case EFAULT: return "EFAULT";
     case EINVAL: return "EINVAL";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
     case ENOBUFS: return "ENOBUFS";
     case ENOENT: return "ENOENT";
     case ENOMEM: return "ENOMEM";
@@ -58,6 +68,7 @@ static const char *errno_name(int err) {
     case ENOTSOCK: return "ENOTSOCK";
     case EOPNOTSUPP: return "EOPNOTSUPP";
     case EPERM: return "EPERM";
+    case EPROTONOSUPPORT: return "EPROTONOSUPPORT";
     default: return "EUNKNOWN";
   }
 }
@@ -215,6 +226,94 @@ static napi_value set_mark(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * transparentSocket(address, mark) -> fd: a non-blocking, close-on-exec TCP socket with IP_TRANSPARENT (or
+ * IPV6_TRANSPARENT), bound to (address, any port), ready for connect(). The address need not be local: that is the
+ * point, the agent connects to a pod from its client's address. `mark` (0: none) sets SO_MARK. The port is picked
+ * at connect() (IP_BIND_ADDRESS_NO_PORT), so one client address can have as many connections as distinct
+ * destinations allow, not one per ephemeral port. Every failure closes the socket before it throws.
+ */
+static napi_value transparent_socket(napi_env env, napi_callback_info info) {
+  napi_value args[2];
+  double mark_number;
+  if (!get_args(env, info, "transparentSocket", 2, args) ||
+      !get_integer(env, args[1], "transparentSocket", "mark", 0, UINT32_MAX, &mark_number)) {
+    return NULL;
+  }
+  char address[INET6_ADDRSTRLEN + 1];
+  size_t length = 0;
+  napi_valuetype type;
+  if (napi_typeof(env, args[0], &type) != napi_ok || type != napi_string ||
+      napi_get_value_string_utf8(env, args[0], address, sizeof address, &length) != napi_ok ||
+      length >= sizeof address - 1) {
+    napi_throw_type_error(env, NULL, "transparentSocket: address must be an IPv4 or IPv6 address string");
+    return NULL;
+  }
+  struct sockaddr_storage bound;
+  socklen_t bound_length;
+  memset(&bound, 0, sizeof bound);
+  struct sockaddr_in *v4 = (struct sockaddr_in *)&bound;
+  struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&bound;
+  if (inet_pton(AF_INET, address, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    bound_length = sizeof *v4;
+  } else if (inet_pton(AF_INET6, address, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    bound_length = sizeof *v6;
+  } else {
+    char message[96 + INET6_ADDRSTRLEN];
+    snprintf(message, sizeof message, "transparentSocket: address \"%s\" is not an IPv4 or IPv6 address", address);
+    napi_throw_type_error(env, NULL, message);
+    return NULL;
+  }
+
+  int family = bound.ss_family;
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) {
+    throw_errno(env, errno, "socket", family == AF_INET ? "AF_INET" : "AF_INET6");
+    return NULL;
+  }
+  int on = 1;
+  uint32_t mark = (uint32_t)mark_number;
+  const char *syscall = "setsockopt";
+  const char *option;
+  int status;
+  if (family == AF_INET) {
+    option = "IP_TRANSPARENT";
+    status = setsockopt(fd, SOL_IP, IP_TRANSPARENT, &on, sizeof on);
+  } else {
+    option = "IPV6_TRANSPARENT";
+    status = setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof on);
+  }
+  if (status == 0 && mark != 0) {
+    option = "SO_MARK";
+    status = setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+  }
+  if (status == 0) {
+    option = "IP_BIND_ADDRESS_NO_PORT";
+    status = setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof on);
+  }
+  if (status == 0) {
+    syscall = "bind";
+    option = address;
+    status = bind(fd, (struct sockaddr *)&bound, bound_length);
+  }
+  if (status != 0) {
+    int err = errno;
+    close(fd);
+    throw_errno(env, err, syscall, option);
+    return NULL;
+  }
+
+  napi_value result;
+  if (napi_create_int32(env, fd, &result) != napi_ok) {
+    close(fd);
+    throw_pending_napi_error(env, "napi_create_int32");
+    return NULL;
+  }
+  return result;
+}
+
+/*
  * releaseFreeMemory(): hands the allocator's free pages back to the kernel (glibc malloc_trim). Buffers freed after
  * a burst of traffic otherwise stay resident, scattered between live allocations, for the life of the process.
  * Returns whether any memory was released.
@@ -231,6 +330,7 @@ NAPI_MODULE_INIT() {
       {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setTransparent", NULL, set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"transparentSocket", NULL, transparent_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"releaseFreeMemory", NULL, release_free_memory, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions));

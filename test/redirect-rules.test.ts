@@ -1,15 +1,27 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { execa, type ResultPromise } from 'execa';
 import { isAmbitError } from '../core/errors.js';
 import {
+  AMBIT_BRIDGE_MAC,
   RedirectRules,
+  TRANSPARENT_ROUTE_TABLE,
+  buildBridgeFdbRemoval,
+  buildBridgeFdbSync,
+  buildBridgeRule,
+  buildBridgeTable,
+  buildBridgeTableRemoval,
   buildIpsetSync,
+  buildMangleRemoval,
+  buildMangleRules,
   buildNatRemoval,
   buildNatRules,
+  buildTransparentRouting,
+  buildTransparentRoutingRemoval,
   chooseIptablesBackend,
   countRules,
   detectIptablesBackend,
@@ -21,6 +33,11 @@ const NODE_IP = '10.99.0.1';
 const JUMP = '-A PREROUTING -j AMBIT-PREROUTING';
 const OUTBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -j DNAT --to-destination ${NODE_IP}:15001`;
 const INBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 dst -j DNAT --to-destination ${NODE_IP}:15006`;
+const MANGLE_JUMP = '-A PREROUTING -j AMBIT-MANGLE-PREROUTING';
+const MARK_RULE =
+  '-A AMBIT-MANGLE-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000';
+const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
+const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
 const rootSkip = process.getuid?.() === 0 ? false : 'needs root: creates network namespaces, iptables rules and ipsets';
 
 /** A nat table as iptables-save prints it, with the given rules. */
@@ -91,6 +108,86 @@ t.test('buildNatRemoval', async (t) => {
   t.equal(buildNatRemoval(natDump(['AMBIT-PREROUTING'], [])), '*nat\n-F AMBIT-PREROUTING\n-X AMBIT-PREROUTING\nCOMMIT\n', 'an empty leftover chain');
   const fullDump = `*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j AMBIT-PREROUTING\nCOMMIT\n${natDump(['AMBIT-PREROUTING'], [JUMP])}`;
   t.equal(buildNatRemoval(fullDump), '*nat\n-D PREROUTING -j AMBIT-PREROUTING\n-F AMBIT-PREROUTING\n-X AMBIT-PREROUTING\nCOMMIT\n', 'only the nat section of a full dump counts');
+});
+
+/** A mangle table as iptables-save prints it, with the given rules. */
+function mangleDump(chains: string[], rules: string[]): string {
+  return natDump(chains, rules).replace('*nat', '*mangle');
+}
+
+t.test('buildMangleRules and buildMangleRemoval', async (t) => {
+  t.equal(
+    buildMangleRules(),
+    ['*mangle', ':AMBIT-MANGLE-PREROUTING - [0:0]', MARK_RULE, '-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING', 'COMMIT', ''].join('\n'),
+    'a table without Ambit gets the chain, the mark rule and the jump at the top',
+  );
+  const installed = mangleDump(['AMBIT-MANGLE-PREROUTING'], [MANGLE_JUMP, MARK_RULE]);
+  t.equal(buildMangleRules({ currentTables: installed }), '', 'nothing to do when it is in place');
+  t.equal(buildMangleRules({ currentTables: natDump([], []) + installed }), '', 'the mangle section of a full dump is the one read');
+  const slidDown = mangleDump(['AMBIT-MANGLE-PREROUTING', 'cali-PREROUTING'], ['-A PREROUTING -j cali-PREROUTING', MANGLE_JUMP, MARK_RULE]);
+  t.match(buildMangleRules({ currentTables: slidDown }), /^-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING$/m, 'a CNI above it: moved back to the top');
+  const flushed = mangleDump(['AMBIT-MANGLE-PREROUTING'], [MANGLE_JUMP]);
+  t.match(buildMangleRules({ currentTables: flushed }), new RegExp(`^${MARK_RULE}$`, 'm'), 'a flushed chain gets its rule back');
+  t.equal(buildMangleRemoval(natDump(['AMBIT-PREROUTING'], [JUMP])), '', 'the nat chain is not the mangle chain');
+  t.equal(
+    buildMangleRemoval(installed),
+    '*mangle\n-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-F AMBIT-MANGLE-PREROUTING\n-X AMBIT-MANGLE-PREROUTING\nCOMMIT\n',
+  );
+});
+
+t.test('buildTransparentRouting and its removal', async (t) => {
+  const main = { priority: 32766, src: 'all', table: 'main' };
+  t.same(
+    buildTransparentRouting({ rules: [main], routes: [] }),
+    ['rule add priority 90 fwmark 0x2000/0x2000 lookup 15006', 'route add local 0.0.0.0/0 dev lo table 15006'],
+    'a node without them gets the rule and the route',
+  );
+  t.same(buildTransparentRouting({ rules: [main, FWMARK_RULE], routes: [LOCAL_ROUTE] }), [], 'nothing to do when both are in place');
+  t.same(
+    buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }, FWMARK_RULE, FWMARK_RULE], routes: [LOCAL_ROUTE] }),
+    ['rule del priority 100 fwmark 0x2000/0x2000 lookup 15006', 'rule del priority 90 fwmark 0x2000/0x2000 lookup 15006'],
+    'rules into our table that are stale or duplicated go',
+  );
+  t.same(
+    buildTransparentRouting({ rules: [FWMARK_RULE], routes: [LOCAL_ROUTE, { type: 'unicast', dst: '10.1.0.0/16', dev: 'eth0' }] }),
+    ['route flush table 15006', 'route add local 0.0.0.0/0 dev lo table 15006'],
+    'a table holding anything else is rewritten',
+  );
+  t.same(buildTransparentRoutingRemoval({ rules: [main], routes: [] }), [], 'nothing to remove');
+  t.same(
+    buildTransparentRoutingRemoval({ rules: [main, FWMARK_RULE], routes: [LOCAL_ROUTE] }),
+    ['rule del priority 90 fwmark 0x2000/0x2000 lookup 15006', 'route flush table 15006'],
+  );
+});
+
+t.test('bridge fdb entries and the bridge table', async (t) => {
+  const ours = (bridge: string) => ({ mac: AMBIT_BRIDGE_MAC, ifname: bridge, master: bridge, state: 'permanent' });
+  const portEntry = { mac: AMBIT_BRIDGE_MAC, ifname: 'veth1', master: 'cni0' };
+  t.same(buildBridgeFdbSync(['cni0', 'docker0'], [ours('docker0'), portEntry]), [`fdb replace ${AMBIT_BRIDGE_MAC} dev cni0 self local`], 'only the bridge without it');
+  t.same(buildBridgeFdbSync([], []), []);
+  t.same(buildBridgeFdbRemoval([ours('cni0'), portEntry, ours('cni0')]), [`fdb del ${AMBIT_BRIDGE_MAC} dev cni0 self`], 'the entry on the bridge itself, once');
+
+  const table = buildBridgeTable('');
+  t.match(table, /^add table bridge ambit\ndelete table bridge ambit\nadd table bridge ambit\n/, 'replaced in one transaction');
+  t.match(table, /add chain bridge ambit prerouting \{ type filter hook prerouting priority 100; policy accept; \}/);
+  t.match(buildBridgeRule(), /^meta mark & 0x2000 == 0x2000 meta pkttype other ether daddr set 02:61:6d:62:69:74 meta pkttype set host comment "ambit:[0-9a-f]{12}"$/);
+  const tag = /comment "([^"]+)"/.exec(buildBridgeRule())?.[1];
+  const ruleset = (comment: string | undefined, prio = 100) =>
+    JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6' } },
+        { table: { family: 'bridge', name: 'nat', handle: 1 } },
+        { table: { family: 'bridge', name: 'ambit', handle: 2 } },
+        { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy: 'accept' } },
+        ...(comment === undefined ? [] : [{ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 3, comment, expr: [] } }]),
+      ],
+    });
+  t.equal(buildBridgeTable(ruleset(tag)), '', 'in place: nothing to do');
+  t.equal(buildBridgeTable(ruleset(undefined)), table, 'a flushed chain: rewritten');
+  t.equal(buildBridgeTable(ruleset('ambit:000000000000')), table, 'an older rule: rewritten');
+  t.equal(buildBridgeTable(ruleset(tag, 0)), table, 'a chain at another priority: rewritten');
+  t.equal(buildBridgeTableRemoval(ruleset(tag)), 'delete table bridge ambit\n');
+  t.equal(buildBridgeTableRemoval(JSON.stringify({ nftables: [{ table: { family: 'bridge', name: 'nat' } }] })), '', 'someone else\'s table stays');
 });
 
 t.test('buildIpsetSync', async (t) => {
@@ -182,6 +279,47 @@ async function setMembers(netns: string): Promise<string[]> {
   return members.split('\n').filter((line) => line !== '').sort();
 }
 
+async function mangleTable(netns: string, backend: IptablesBackend): Promise<string> {
+  return (await inNetns(netns, [`iptables-${backend}-save`, '-t', 'mangle'])).stdout;
+}
+
+async function ipRules(netns: string): Promise<Array<Record<string, unknown>>> {
+  return JSON.parse((await inNetns(netns, ['ip', '-j', 'rule', 'show'])).stdout) as Array<Record<string, unknown>>;
+}
+
+async function tableRoutes(netns: string): Promise<Array<Record<string, unknown>>> {
+  const result = await execa('ip', ['-n', netns, '-j', 'route', 'show', 'table', String(TRANSPARENT_ROUTE_TABLE)], { reject: false });
+  // a table that never held a route does not exist: the same as an empty one
+  return result.exitCode === 0 && result.stdout.trim() !== '' ? (JSON.parse(result.stdout) as Array<Record<string, unknown>>) : [];
+}
+
+async function bridgeTables(netns: string): Promise<string> {
+  return (await inNetns(netns, ['nft', 'list', 'tables', 'bridge'])).stdout;
+}
+
+async function ambitFdbEntries(netns: string): Promise<string[]> {
+  const entries = JSON.parse((await inNetns(netns, ['bridge', '-j', 'fdb', 'show'])).stdout) as Array<{ mac: string; ifname: string; master?: string }>;
+  // only the test's bridges: on a kernel without the dummy driver the node's own interface is a bridge too
+  return entries.filter((entry) => entry.mac === AMBIT_BRIDGE_MAC && entry.ifname.startsWith('ambit-br')).map((entry) => `${entry.ifname}/${entry.master ?? ''}`);
+}
+
+/** Everything but the ipset, the nat chain: what routes replies to transparent connections. */
+async function assertTransparentRouting(t: Test, node: string, backend: IptablesBackend, present: boolean): Promise<void> {
+  const mangle = ruleLines(await mangleTable(node, backend)).filter((rule) => rule.includes('AMBIT'));
+  const fwmarkRules = (await ipRules(node)).filter((rule) => rule.table === String(TRANSPARENT_ROUTE_TABLE));
+  if (present) {
+    t.same(mangle, [MANGLE_JUMP, MARK_RULE], 'the mangle jump and mark rule');
+    t.same(fwmarkRules, [FWMARK_RULE], 'one fwmark rule');
+    t.same(await tableRoutes(node), [LOCAL_ROUTE], 'the local route');
+    t.match(await bridgeTables(node), 'table bridge ambit', 'the bridge table');
+  } else {
+    t.same(mangle, [], 'no mangle rules');
+    t.same(fwmarkRules, [], 'no fwmark rule');
+    t.same(await tableRoutes(node), [], 'no route');
+    t.notMatch(await bridgeTables(node), 'ambit', 'no bridge table');
+  }
+}
+
 for (const backend of ['legacy', 'nft'] as const) {
   t.test(`install, sync and remove with the ${backend} backend`, { skip: rootSkip }, async (t) => {
     const node = await createNodeNetns(t);
@@ -195,11 +333,14 @@ for (const backend of ['legacy', 'nft'] as const) {
     t.same(rulesNow.filter((rule) => rule.startsWith('-A AMBIT-PREROUTING ')), [OUTBOUND_RULE, INBOUND_RULE], 'both rules, in order');
     t.notMatch(await natTable(node, other), /AMBIT/, `nothing in the ${other} backend`);
     t.ok((await setNames(node)).includes('ambit-pods-v4'), 'the ipset exists');
+    await assertTransparentRouting(t, node, backend, true);
+    t.notMatch(await mangleTable(node, other), /AMBIT/, `no mangle rules in the ${other} backend`);
 
     await rules.install();
     rulesNow = ruleLines(await natTable(node, backend));
     t.equal(rulesNow.filter((rule) => rule === JUMP).length, 1, 'still one jump after a second install');
     t.equal(rulesNow.filter((rule) => rule.startsWith('-A AMBIT-PREROUTING ')).length, 2, 'still two rules');
+    await assertTransparentRouting(t, node, backend, true);
 
     t.equal(await rules.syncPods(['10.99.1.2', '10.99.1.3']), true, 'first sync changes the set');
     t.same(await setMembers(node), ['10.99.1.2', '10.99.1.3']);
@@ -217,10 +358,92 @@ for (const backend of ['legacy', 'nft'] as const) {
     await rules.remove();
     t.notMatch(await natTable(node, backend), /AMBIT/, 'no chain, no jump');
     t.same(await setNames(node), [], 'no ipset');
+    await assertTransparentRouting(t, node, backend, false);
     await t.resolves(rules.remove(), 'removing again is fine');
     await t.resolves(removeRedirectRules({ netns: node }), 'so is the standalone cleanup');
+
+    await rules.install();
+    await removeRedirectRules({ netns: node });
+    t.notMatch(await natTable(node, backend), /AMBIT/, 'the standalone cleanup removes an install too');
+    await assertTransparentRouting(t, node, backend, false);
+    t.same(await setNames(node), []);
   });
 }
+
+t.test('install repairs the routing of transparent replies after an outside flush', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
+  await rules.install();
+  await inNetns(node, ['iptables-nft', '-t', 'mangle', '-F', 'AMBIT-MANGLE-PREROUTING']);
+  await inNetns(node, ['ip', 'rule', 'del', 'priority', '90']);
+  await inNetns(node, ['ip', 'route', 'flush', 'table', String(TRANSPARENT_ROUTE_TABLE)]);
+  await inNetns(node, ['nft', 'delete', 'table', 'bridge', 'ambit']);
+  t.same(ruleLines(await mangleTable(node, 'nft')), [MANGLE_JUMP], 'flushed: only the jump is left');
+  await rules.install();
+  await assertTransparentRouting(t, node, 'nft', true);
+
+  // a CNI that puts its own mangle jump first (Calico accepts established traffic there) and a stray rule into our table
+  await inNetns(node, ['iptables-nft-restore', '--noflush'], { input: '*mangle\n:cali-PREROUTING - [0:0]\n-I PREROUTING 1 -j cali-PREROUTING\nCOMMIT\n' });
+  await inNetns(node, ['ip', 'rule', 'add', 'priority', '95', 'lookup', String(TRANSPARENT_ROUTE_TABLE)]);
+  await rules.install();
+  const prerouting = ruleLines(await mangleTable(node, 'nft')).filter((rule) => rule.startsWith('-A PREROUTING '));
+  t.same(prerouting, [MANGLE_JUMP, '-A PREROUTING -j cali-PREROUTING'], 'ours first again, the CNI kept');
+  await assertTransparentRouting(t, node, 'nft', true);
+  await rules.remove();
+  t.same(ruleLines(await mangleTable(node, 'nft')), ['-A PREROUTING -j cali-PREROUTING'], 'removal leaves foreign rules alone');
+});
+
+t.test('install refuses without nft, naming the package', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const fakeBin = await mkdtemp(path.join(tmpdir(), 'ambit-rr-bin-'));
+  const savedPath = process.env.PATH;
+  t.teardown(async () => {
+    process.env.PATH = savedPath;
+    await rm(fakeBin, { recursive: true, force: true });
+  });
+  // every tool the rules use, except nft
+  for (const tool of ['ip', 'ipset', 'bridge', 'iptables-nft-save', 'iptables-nft-restore']) {
+    const found = await execa('sh', ['-c', `command -v ${tool}`]);
+    await symlink(found.stdout.trim(), path.join(fakeBin, tool));
+  }
+  process.env.PATH = fakeBin;
+  const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
+  await t.rejects(rules.install(), { code: 'NFT_MISSING', message: /apt-get install nftables/ });
+  process.env.PATH = savedPath;
+  t.same(await setNames(node), [], 'nothing was installed');
+});
+
+/** A bridge in `node` with a gateway address, as the bridge CNI makes it; bridged IPv4 crosses iptables. */
+async function addBridge(node: string, name: string, gateway: string): Promise<void> {
+  await inNetns(node, ['ip', 'link', 'add', name, 'type', 'bridge']);
+  await inNetns(node, ['ip', 'addr', 'add', `${gateway}/24`, 'dev', name]);
+  await inNetns(node, ['ip', 'link', 'set', name, 'up']);
+}
+
+async function attachToBridge(node: string, pod: string, bridge: string, hostSide: string, address: string, gateway: string): Promise<void> {
+  await inNetns(node, ['ip', 'link', 'add', hostSide, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod]);
+  await inNetns(node, ['ip', 'link', 'set', hostSide, 'master', bridge, 'up']);
+  await inNetns(pod, ['ip', 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
+  await inNetns(pod, ['ip', 'link', 'set', 'eth0', 'up']);
+  await inNetns(pod, ['ip', 'route', 'add', 'default', 'via', gateway]);
+}
+
+t.test('every bridge gets the fdb entry, also one created after install; removal takes them all', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  await addBridge(node, 'ambit-br0', '10.99.5.1');
+  const rules = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await rules.install();
+  t.same(await ambitFdbEntries(node), ['ambit-br0/ambit-br0']);
+  await addBridge(node, 'ambit-br1', '10.99.6.1');
+  t.equal(await rules.syncPods(['10.99.6.2']), true);
+  t.same((await ambitFdbEntries(node)).sort(), ['ambit-br0/ambit-br0', 'ambit-br1/ambit-br1'], 'a pod change checks the bridges');
+  await inNetns(node, ['bridge', 'fdb', 'del', AMBIT_BRIDGE_MAC, 'dev', 'ambit-br0', 'self']);
+  await rules.install();
+  t.same((await ambitFdbEntries(node)).sort(), ['ambit-br0/ambit-br0', 'ambit-br1/ambit-br1'], 'install repairs a removed one');
+  await rules.remove();
+  t.same(await ambitFdbEntries(node), [], 'all gone');
+});
+
 
 t.test('install repairs drift and keeps foreign rules', { skip: rootSkip }, async (t) => {
   const node = await createNodeNetns(t);
@@ -288,6 +511,7 @@ t.test('a failed first install leaves nothing behind', { skip: rootSkip }, async
   process.env.PATH = savedPath;
   t.same(await setNames(node), [], 'the ipset created for the failed install is gone');
   t.notMatch(await natTable(node, 'nft'), /AMBIT/);
+  await assertTransparentRouting(t, node, 'nft', false);
 });
 
 /** Starts `node -e` in a namespace; resolves once the script printed its first line. */
@@ -363,4 +587,58 @@ t.test('DNAT delivers pod traffic to the agent ports', { skip: rootSkip }, async
   await inbound.process;
   const inboundAccepted = JSON.parse(inbound.output().split('\n')[1] ?? '{}') as { remote?: string; local?: string };
   t.same(inboundAccepted, { remote: '10.99.3.2', local: `${NODE_IP}:15006` }, 'the inbound listener accepted the peer');
+});
+
+/**
+ * Connects from `netns` to address:port over a transparent socket bound to `source`; prints what the peer answered
+ * (the address it saw) or the error. The node side of an agent's delivery, without the agent.
+ */
+function transparentConnectFrom(netns: string, source: string, address: string, port: number) {
+  const sockopt = new URL('../core/sockopt.js', import.meta.url).href;
+  const script = `const { transparentSocket } = await import(${JSON.stringify(sockopt)});
+const socket = transparentSocket(${JSON.stringify(source)}, { allowHalfOpen: true });
+socket.setTimeout(1500, () => { console.log('timeout'); socket.destroy(); });
+let answer = '';
+socket.on('data', (chunk) => (answer += chunk));
+socket.on('end', () => { console.log(answer); socket.destroy(); });
+socket.on('error', (err) => console.log(err.code));
+socket.connect({ host: ${JSON.stringify(address)}, port: ${port} });`;
+  return execa('ip', ['netns', 'exec', netns, process.execPath, '--input-type=module', '-e', script], { reject: false, timeout: 10_000 });
+}
+
+/** Prints "listening", then answers every connection with the address it came from. */
+function addressEchoScript(port: number): string {
+  return `const server = require('node:net').createServer((socket) => socket.end(socket.remoteAddress));
+server.listen(${port}, '0.0.0.0', () => console.log('listening'));`;
+}
+
+t.test('the rules bring replies to transparent connections back to the node', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const pod = await createNetns(t, 'pod');
+  await connectVeth(node, pod, 'ambit-pod0', '10.99.1.1', '10.99.1.2');
+  await startInNetns(t, pod, addressEchoScript(8080));
+  const rules = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await rules.install();
+  await rules.syncPods(['10.99.1.2']);
+  t.equal((await transparentConnectFrom(node, '10.99.3.7', '10.99.1.2', 8080)).stdout.trim(), '10.99.3.7', 'the pod saw the client address');
+  await rules.remove();
+  t.equal((await transparentConnectFrom(node, '10.99.3.7', '10.99.1.2', 8080)).stdout.trim(), 'timeout', 'without the rules the replies never come back');
+});
+
+const bridgeNetfilterSkip = rootSkip || (existsSync('/proc/sys/net/bridge') ? false : 'needs the br_netfilter kernel module: run `modprobe br_netfilter`');
+
+t.test('on a bridge, a reply switched towards a same-subnet client reaches the node instead', { skip: bridgeNetfilterSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  await addBridge(node, 'ambit-br0', '10.99.5.1');
+  const [client, server] = [await createNetns(t, 'client'), await createNetns(t, 'server')];
+  await attachToBridge(node, client, 'ambit-br0', 'ambit-c0', '10.99.5.2', '10.99.5.1');
+  await attachToBridge(node, server, 'ambit-br0', 'ambit-s0', '10.99.5.3', '10.99.5.1');
+  await inNetns(node, ['sysctl', '-q', '-w', 'net.bridge.bridge-nf-call-iptables=1']);
+  await startInNetns(t, server, addressEchoScript(8080));
+  const rules = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await rules.install();
+  await rules.syncPods(['10.99.5.3']);
+  t.equal((await transparentConnectFrom(node, '10.99.5.2', '10.99.5.3', 8080)).stdout.trim(), '10.99.5.2', 'the server saw its neighbour');
+  await inNetns(node, ['nft', 'delete', 'table', 'bridge', 'ambit']);
+  t.equal((await transparentConnectFrom(node, '10.99.5.2', '10.99.5.3', 8080)).stdout.trim(), 'timeout', 'without the bridge table the client gets the reply (and resets it)');
 });

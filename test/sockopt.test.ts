@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { AmbitError, errnoCode } from '../core/errors.js';
-import { SOCKOPT_ADDON_PATH, originalDestination, setMark, setTransparent } from '../core/sockopt.js';
+import { SOCKOPT_ADDON_PATH, originalDestination, setMark, setTransparent, transparentSocket } from '../core/sockopt.js';
 
 /** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
 async function loopbackPair(t: Test): Promise<{ client: net.Socket; accepted: net.Socket }> {
@@ -64,6 +64,15 @@ t.test('bad arguments are TypeErrors', async (t) => {
   const { client } = await loopbackPair(t);
   t.throws(() => setMark(client, -1), TypeError, 'the wrappers pass TypeErrors through');
   t.throws(() => setTransparent(client, 'yes' as unknown as boolean), TypeError);
+
+  const open = addon.transparentSocket!;
+  t.throws(() => open('10.0.0.1'), new TypeError('transparentSocket: expected 2 arguments, got 1'));
+  t.throws(() => open(17, 0), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'));
+  t.throws(() => open('x'.repeat(100), 0), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'), 'too long to be one');
+  t.throws(() => open('10.0.0.300', 0), new TypeError('transparentSocket: address "10.0.0.300" is not an IPv4 or IPv6 address'));
+  t.throws(() => open('fe80::1%eth0', 0), TypeError, 'a scope is not an address');
+  t.throws(() => open('10.0.0.1', -1), new TypeError('transparentSocket: mark must be an integer from 0 to 4294967295'));
+  t.throws(() => transparentSocket('localhost'), TypeError, 'the wrapper passes TypeErrors through');
 });
 
 function hasCommand(command: string): boolean {
@@ -123,17 +132,149 @@ const report = {
 process.stdout.write(JSON.stringify(report));
 `;
 
-t.test('reads the original destination of DNATed connections in a network namespace', { skip: skipNamespace }, async (t) => {
-  const namespace = `ambit-sockopt-${randomBytes(4).toString('hex')}`;
-  const inNamespace = (command: string, ...args: string[]): string =>
-    execFileSync('ip', ['netns', 'exec', namespace, command, ...args], { encoding: 'utf8' });
+/** A fresh network namespace with lo up, deleted when the test ends; `run` executes a command inside it. */
+function namespaceFor(t: Test, role: string): { name: string; run: (command: string, ...args: string[]) => string } {
+  const name = `ambit-sockopt-${role}-${randomBytes(4).toString('hex')}`;
+  execFileSync('ip', ['netns', 'add', name]);
+  t.teardown(() => execFileSync('ip', ['netns', 'delete', name]));
+  const run = (command: string, ...args: string[]): string => execFileSync('ip', ['netns', 'exec', name, command, ...args], { encoding: 'utf8' });
+  run('ip', 'link', 'set', 'lo', 'up');
+  return { name, run };
+}
 
-  execFileSync('ip', ['netns', 'add', namespace]);
-  t.teardown(() => execFileSync('ip', ['netns', 'delete', namespace]));
+function writeScratchScript(t: Test, name: string, text: string): string {
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'ambit-sockopt-'));
   t.teardown(() => rmSync(scratch, { recursive: true, force: true }));
+  const file = path.join(scratch, name);
+  writeFileSync(file, text);
+  return file;
+}
 
-  inNamespace('ip', 'link', 'set', 'lo', 'up');
+// Runs inside a namespace as root: what a plain bind and a transparent one do with an address the host lacks, that
+// the descriptor Node adopts keeps its bound address through connect, and that failures leave no descriptor behind.
+const TRANSPARENT_SCRIPT = `
+import net from 'node:net';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
+
+const { transparentSocket } = await import(process.argv[2]);
+const openFds = () => readdirSync('/proc/self/fd').length;
+const report = {};
+
+const server = net.createServer((socket) => socket.end(socket.remoteAddress));
+server.listen(0, '127.0.0.1');
+await once(server, 'listening');
+const { port } = server.address();
+
+const plain = net.connect({ host: '127.0.0.1', port, localAddress: '203.0.113.7' });
+report.plainBind = await new Promise((resolve) => {
+  plain.once('connect', () => resolve('connected'));
+  plain.once('error', (err) => resolve(err.code));
+});
+
+const v4 = transparentSocket('203.0.113.7');
+report.v4Bound = v4.address();
+v4.destroy();
+const v6 = transparentSocket('2001:db8::7');
+report.v6Bound = v6.address();
+v6.destroy();
+
+// 127.0.0.5 is local, so the listener's reply comes back without any routing: this shows the bound address survives
+// Node adopting the descriptor and connecting it
+const adopted = transparentSocket('127.0.0.5', { allowHalfOpen: true });
+adopted.connect({ host: '127.0.0.1', port });
+const chunks = [];
+adopted.on('data', (chunk) => chunks.push(chunk));
+await once(adopted, 'end');
+report.adoptedLocal = adopted.address();
+report.serverSaw = Buffer.concat(chunks).toString();
+adopted.destroy();
+
+const before = openFds();
+try {
+  transparentSocket('fe80::1');
+  report.bindFailure = 'no error';
+} catch (err) {
+  report.bindFailure = { code: err.code, cause: err.cause?.code, syscall: err.cause?.syscall, message: err.message };
+}
+report.fdsLeaked = openFds() - before;
+server.close();
+process.stdout.write(JSON.stringify(report));
+`;
+
+t.test('transparentSocket binds to an address the host lacks, keeps it through connect, and leaks nothing', { skip: skipNamespace }, async (t) => {
+  const ns = namespaceFor(t, 'tp');
+  const script = writeScratchScript(t, 'transparent.mjs', TRANSPARENT_SCRIPT);
+  const report = JSON.parse(ns.run(process.execPath, script, new URL('../core/sockopt.js', import.meta.url).href)) as Record<string, unknown>;
+  t.equal(report.plainBind, 'EADDRNOTAVAIL', 'without IP_TRANSPARENT a non-local bind fails');
+  t.same(report.v4Bound, { address: '203.0.113.7', family: 'IPv4', port: 0 }, 'with it the bind succeeds; the port waits for connect');
+  t.same(report.v6Bound, { address: '2001:db8::7', family: 'IPv6', port: 0 }, 'IPv6 too');
+  t.equal(report.serverSaw, '127.0.0.5', 'the peer sees the bound address');
+  t.match(report.adoptedLocal, { address: '127.0.0.5', family: 'IPv4' });
+  t.match(
+    report.bindFailure,
+    { code: 'SOCKOPT_FAILED', cause: 'EINVAL', syscall: 'bind', message: /bound transparently to fe80::1: bind\(fe80::1\) failed/ },
+    'a failed bind (a link-local address without an interface) names the call',
+  );
+  t.equal(report.fdsLeaked, 0, 'and closes the descriptor it made');
+});
+
+// Runs without CAP_NET_ADMIN and CAP_NET_RAW: the addon refuses, leaks nothing, and the agent's connector falls back
+// to a plain connect, saying so once.
+const UNPRIVILEGED_SCRIPT = `
+import net from 'node:net';
+import { once } from 'node:events';
+import { readdirSync } from 'node:fs';
+
+const { transparentSocket } = await import(process.argv[2]);
+const { UpstreamConnector } = await import(process.argv[3]);
+const openFds = () => readdirSync('/proc/self/fd').length;
+const report = {};
+
+const before = openFds();
+try {
+  transparentSocket('203.0.113.7');
+  report.refusal = 'no error';
+} catch (err) {
+  report.refusal = { code: err.code, cause: err.cause?.code, message: err.message };
+}
+report.fdsLeaked = openFds() - before;
+
+const server = net.createServer((socket) => socket.end(socket.remoteAddress));
+server.listen(0, '127.0.0.1');
+await once(server, 'listening');
+const warnings = [];
+const log = { warn: (fields, message) => warnings.push(message), child: () => log };
+const connector = new UpstreamConnector({ transparent: true, nodeIp: '10.250.0.1', log });
+report.seen = [];
+for (let i = 0; i < 2; i++) {
+  const socket = await connector.connect({ host: '127.0.0.1', port: server.address().port }, '10.244.1.2');
+  const chunks = [];
+  socket.on('data', (chunk) => chunks.push(chunk));
+  await once(socket, 'end');
+  report.seen.push(Buffer.concat(chunks).toString());
+  socket.destroy();
+}
+report.warnings = warnings.length;
+report.transparent = connector.transparent;
+server.close();
+process.stdout.write(JSON.stringify(report));
+`;
+
+t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, and the connector falls back once, out loud', { skip: skipNamespace || (hasCommand('setpriv') ? false : 'needs setpriv (util-linux)') }, async (t) => {
+  const ns = namespaceFor(t, 'np');
+  const script = writeScratchScript(t, 'unprivileged.mjs', UNPRIVILEGED_SCRIPT);
+  const modules = [new URL('../core/sockopt.js', import.meta.url).href, new URL('../agent/proxy.js', import.meta.url).href];
+  const report = JSON.parse(ns.run('setpriv', '--bounding-set=-net_admin,-net_raw', process.execPath, script, ...modules)) as Record<string, unknown>;
+  t.match(report.refusal, { code: 'SOCKOPT_FAILED', cause: 'EPERM', message: /IP_TRANSPARENT.*needs CAP_NET_ADMIN/ }, 'refused, with the capability to add');
+  t.equal(report.fdsLeaked, 0, 'the descriptor is closed');
+  t.same(report.seen, ['127.0.0.1', '127.0.0.1'], 'both connections still reach the pod, from the host address');
+  t.equal(report.warnings, 1, 'one warning, not one per connection');
+  t.equal(report.transparent, false, 'the connector stops trying');
+});
+
+t.test('reads the original destination of DNATed connections in a network namespace', { skip: skipNamespace }, async (t) => {
+  const { run: inNamespace } = namespaceFor(t, 'dnat');
   const dnat = (iptables: string, from: string, to: string, port: number): void => {
     inNamespace(iptables, '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-d', from, '--dport', String(port), '-j', 'DNAT', '--to-destination', to);
   };
@@ -145,8 +286,7 @@ t.test('reads the original destination of DNATed connections in a network namesp
   inNamespace('iptables', '-t', 'mangle', '-A', 'OUTPUT', '-p', 'tcp', '--dport', '7777', '-m', 'mark', '--mark', '42', '-j', 'ACCEPT');
   inNamespace('iptables', '-t', 'mangle', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '15001', '-m', 'socket', '--transparent', '-j', 'ACCEPT');
 
-  const childScript = path.join(scratch, 'report-original-destination.mjs');
-  writeFileSync(childScript, CHILD_SCRIPT);
+  const childScript = writeScratchScript(t, 'report-original-destination.mjs', CHILD_SCRIPT);
   const sockoptModule = new URL('../core/sockopt.js', import.meta.url).href;
   const report = JSON.parse(inNamespace(process.execPath, childScript, sockoptModule)) as Record<string, unknown>;
 
