@@ -1,7 +1,9 @@
 import { X509Certificate } from 'node:crypto';
 import type http from 'node:http';
 import net from 'node:net';
+import { join } from 'node:path';
 import { Gauge } from 'prom-client';
+import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
@@ -9,11 +11,15 @@ import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '..
 import { createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
+import { CniHandler } from './cni-handler.js';
+import { CniServer } from './cni-server.js';
+import { ConnectionRegistry } from './connections.js';
 import type { AgentConfig } from './config.js';
+import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
-import { RedirectRules } from './redirect-rules.js';
+import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
 /**
@@ -62,6 +68,13 @@ export class Agent {
   readonly #sockets = new Set<net.Socket>();
   readonly #rules: RedirectRules | undefined;
   readonly #sniTable = new Map<string, string>();
+  readonly #cniHandler: CniHandler | undefined;
+  readonly #connections = new ConnectionRegistry();
+  /** The local enrolled IPs as of the last reconcile: the ones that drop out lose their carried connections. */
+  #enrolledIps = new Set<string>();
+  #cniServer: CniServer | undefined;
+  /** Set by `ambit cni uninstall`: the rules are gone and must not come back. */
+  #uninstalled = false;
   #reconciling: Promise<void> = Promise.resolve();
   #memoryTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
@@ -90,6 +103,27 @@ export class Agent {
     this.#hboneClient = parts.hboneClient;
     this.#hboneServer = parts.hboneServer;
     this.#rules = parts.rules;
+    const { runDir, stateDir } = parts.config;
+    this.#cniHandler =
+      runDir === undefined || stateDir === undefined
+        ? undefined
+        : new CniHandler({
+            store: parts.store,
+            nodeName: parts.config.nodeName,
+            runDir,
+            stateDir,
+            reconcileNow: () => this.#reconcileNow(),
+            ruleInPlace: async (ip) => {
+              const result = await runCommand(['ipset', 'test', IPV4.setName, ip]).then(
+                () => true,
+                () => false,
+              );
+              return result && !this.#uninstalled;
+            },
+            uninstall: () => this.#uninstall(),
+            ready: () => this.#ready,
+            log: parts.log.child({ component: 'cni' }),
+          });
   }
 
   /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
@@ -154,6 +188,7 @@ export class Agent {
       telemetry,
       outbound: { store, nodeName: config.nodeName, nodeIp, agentPorts: Object.values(config.ports), hbonePort: config.ports.hbone },
       log,
+      connections: agent.#connections,
       originalDestination:
         deps.originalDestination ??
         ((socket) => {
@@ -165,11 +200,22 @@ export class Agent {
     try {
       await agent.#bind(inputs);
       if (rules) await rules.install();
+      // Pods the CNI reported before a restart, whose status may not carry their IPs yet, stay captured.
+      const restored = await agent.#cniHandler?.restore();
+      if (restored) log.info({ pods: restored }, 'restored CNI-reported pod networks');
       // The first reconcile must succeed: an agent that reports ready without its pods' rules would let their
       // traffic leave in plaintext. Changes that arrive meanwhile queue behind it.
       store.on('change', () => agent.#scheduleReconcile());
       agent.#reconciling = agent.#reconcile();
       await agent.#reconciling;
+      // Only now can ADD be answered truthfully: until here the plugin finds no socket and fails enrolled pods.
+      if (config.runDir !== undefined && agent.#cniHandler) {
+        agent.#cniServer = await CniServer.listen({
+          path: join(config.runDir, CNI_SOCKET_NAME),
+          handle: (request) => agent.#cniHandler!.handle(request),
+          log: log.child({ component: 'cni' }),
+        });
+      }
     } catch (err) {
       await agent.close();
       throw err;
@@ -177,7 +223,10 @@ export class Agent {
     agent.#startMemoryRelease();
     agent.#startRulesResync();
     agent.#ready = true;
-    log.info({ node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged' }, 'agent ready');
+    log.info(
+      { node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged', cniSocket: agent.#cniServer?.path ?? null },
+      'agent ready',
+    );
     return agent;
   }
 
@@ -185,13 +234,17 @@ export class Agent {
     return this.#ready;
   }
 
-  /** Stops accepting, closes open connections, removes the redirect rules (the node returns to plain networking). */
+  /**
+   * Stops accepting and closes open connections. The redirect rules stay unless `removeRules` (default: the
+   * config's removeRulesOnExit): while the agent is away, captured connections are refused, never sent in plaintext.
+   */
   async close(options: { removeRules?: boolean } = {}): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#ready = false;
     clearInterval(this.#memoryTimer);
     clearInterval(this.#resyncTimer);
+    await this.#cniServer?.close();
     await this.#source.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
@@ -200,8 +253,9 @@ export class Agent {
     this.#hboneClient.close();
     this.#certs.close();
     await Promise.all(closing);
-    if (this.#rules && (options.removeRules ?? true)) await this.#rules.remove();
-    this.#log.info('agent stopped');
+    const removeRules = options.removeRules ?? this.config.removeRulesOnExit;
+    if (this.#rules && removeRules && !this.#uninstalled) await this.#rules.remove();
+    this.#log.info({ rulesRemoved: Boolean(this.#rules && removeRules) }, 'agent stopped');
   }
 
   /**
@@ -214,7 +268,7 @@ export class Agent {
     this.#resyncTimer = setInterval(() => {
       this.#reconciling = this.#reconciling
         .then(async () => {
-          if (this.#closed) return;
+          if (this.#closed || this.#uninstalled) return;
           await rules.install();
           await rules.syncPods(this.store.localEnrolledIps(4), { force: true });
         })
@@ -274,9 +328,24 @@ export class Agent {
 
   /** Store changes arrive in bursts; reconciles run one at a time, each against the latest store. */
   #scheduleReconcile(): void {
-    this.#reconciling = this.#reconciling
-      .then(() => this.#reconcile())
-      .catch((err: unknown) => this.#log.error({ err }, 'reconciling redirect rules and certificates failed; will retry on the next change'));
+    void this.#reconcileNow().catch(() => undefined);
+  }
+
+  /** Queues a reconcile and resolves (or rejects) with its outcome: CNI ADD answers only after its rules exist. */
+  #reconcileNow(): Promise<void> {
+    const run = this.#reconciling.then(() => this.#reconcile());
+    this.#reconciling = run.catch((err: unknown) =>
+      this.#log.error({ err }, 'reconciling redirect rules and certificates failed; will retry on the next change'),
+    );
+    return run;
+  }
+
+  /** `ambit cni uninstall`: every rule and ipset goes, and stays gone (the DaemonSet is being removed next). */
+  async #uninstall(): Promise<void> {
+    this.#uninstalled = true;
+    clearInterval(this.#resyncTimer);
+    await this.#reconciling.catch(() => undefined);
+    if (this.#rules) await this.#rules.remove();
   }
 
   async #reconcile(): Promise<void> {
@@ -286,9 +355,21 @@ export class Agent {
     this.#sniTable.clear();
     for (const identity of identities) this.#sniTable.set(sniForIdentity(identity), identity);
     for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
-    // Certificates first, so the first connection of a new pod does not wait for a key and a signature.
-    await Promise.all([...identities].map((identity) => this.#certs.get(identity)));
-    if (this.#rules) await this.#rules.syncPods(this.store.localEnrolledIps(4));
+    // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
+    // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
+    const enrolled = new Set([...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)]);
+    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods(this.store.localEnrolledIps(4));
+    if (!this.#uninstalled) await this.#cniHandler?.writeEnrollmentSnapshot();
+    // Pods that left the mesh (relabelled, opted out, deleted): the mesh stops carrying their connections.
+    const left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
+    this.#enrolledIps = enrolled;
+    const closed = left.length > 0 ? this.#connections.closeFor(left) : 0;
+    if (closed > 0) this.#log.info({ pods: left, connections: closed }, 'closed the connections of pods that left the mesh');
+    const issuing = Promise.all([...identities].map((identity) => this.#certs.get(identity)));
+    // At start-up the agent is ready only with every certificate; later, issuing a key must not hold up the next
+    // relabel or CNI ADD queued behind this reconcile.
+    if (!this.#ready) await issuing;
+    else issuing.catch((err: unknown) => this.#log.warn({ err }, 'issuing a workload certificate failed; the next connection retries'));
   }
 
   #registerCertMetrics(ca: CertificateAuthority): void {

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
+import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
 import { AmbitError } from '../core/errors.js';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
@@ -47,6 +48,21 @@ export interface AgentConfig {
   readonly clusterName: string;
   /** How often the rules are checked and repaired if something else changed them (0: only on store changes). */
   readonly rulesResyncSeconds: number;
+  /**
+   * The folder of the CNI socket (`cni.sock`), the enrollment file the plugin reads when the agent is down, and the
+   * record of CNI-reported pod networks; undefined: no CNI socket (the store alone decides, as in-process tests do).
+   */
+  readonly runDir: string | undefined;
+  /**
+   * Persistent folder (survives reboots) of the enrollment file the plugin reads when the agent is down; undefined
+   * without a CNI socket.
+   */
+  readonly stateDir: string | undefined;
+  /**
+   * Remove the rules on a clean shutdown. Off by default: the rules stay while the agent restarts, so captured
+   * traffic is refused, never sent in plaintext; `ambit cni uninstall` or `ambit agent --cleanup` removes them.
+   */
+  readonly removeRulesOnExit: boolean;
 }
 
 export const AGENT_USAGE = `Usage: ambit agent [options]
@@ -66,7 +82,12 @@ Options (each also as an environment variable):
   --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
   --cluster-name NAME    cluster name for telemetry            AMBIT_CLUSTER_NAME (default Kubernetes)
   --rules-resync-interval S  repair drifted rules every S s    AMBIT_RULES_RESYNC_INTERVAL (default 30; 0 = off)
-  --cleanup              remove Ambit's rules and ipsets (after a crash) and exit
+  --run-dir DIR          CNI socket and state folder           AMBIT_RUN_DIR (default ${DEFAULT_AGENT_RUN_DIR})
+  --state-dir DIR        persistent enrollment file folder     AMBIT_STATE_DIR (default ${DEFAULT_AGENT_STATE_DIR})
+  --no-cni               no CNI socket (implied by --no-rules) AMBIT_NO_CNI=1
+  --remove-rules-on-exit remove the rules on a clean shutdown  AMBIT_REMOVE_RULES_ON_EXIT=1
+                         (default: they stay, so traffic is refused while the agent restarts)
+  --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
   -h, --help             show this help
 
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
@@ -109,6 +130,10 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'log-level': { type: 'string' },
         'cluster-name': { type: 'string' },
         'rules-resync-interval': { type: 'string' },
+        'run-dir': { type: 'string' },
+        'state-dir': { type: 'string' },
+        'no-cni': { type: 'boolean' },
+        'remove-rules-on-exit': { type: 'boolean' },
         cleanup: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -150,6 +175,13 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   if (!Number.isInteger(rulesResyncSeconds) || rulesResyncSeconds < 0 || rulesResyncSeconds > 86400) {
     throw usageError(`--rules-resync-interval ${resyncText} is not a whole number of seconds from 0 to 86400`);
   }
+  const runDirValue = values['run-dir'] ?? env.AMBIT_RUN_DIR ?? DEFAULT_AGENT_RUN_DIR;
+  if (!runDirValue.startsWith('/')) throw usageError(`--run-dir ${runDirValue} is not an absolute path`);
+  const stateDirValue = values['state-dir'] ?? env.AMBIT_STATE_DIR ?? DEFAULT_AGENT_STATE_DIR;
+  if (!stateDirValue.startsWith('/')) throw usageError(`--state-dir ${stateDirValue} is not an absolute path`);
+  // The CNI socket promises rules before it answers: without rules to manage there is nothing to promise.
+  const cni = manageRules && !(values['no-cni'] ?? env.AMBIT_NO_CNI === '1');
+  const removeRulesOnExit = values['remove-rules-on-exit'] ?? env.AMBIT_REMOVE_RULES_ON_EXIT === '1';
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
 
@@ -169,6 +201,9 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       logLevel,
       clusterName: values['cluster-name'] ?? env.AMBIT_CLUSTER_NAME ?? 'Kubernetes',
       rulesResyncSeconds,
+      runDir: cni ? runDirValue : undefined,
+      stateDir: cni ? stateDirValue : undefined,
+      removeRulesOnExit,
     }),
   };
 }
@@ -183,5 +218,8 @@ function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'lo
     ports: DEFAULT_PORTS,
     clusterName: 'Kubernetes',
     rulesResyncSeconds: 0,
+    runDir: undefined,
+    stateDir: undefined,
+    removeRulesOnExit: false,
   };
 }

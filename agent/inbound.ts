@@ -170,7 +170,12 @@ export function carry(
   countedIsClient: boolean,
 ): void {
   for (const record of records) inputs.telemetry.opened(record);
+  const untrack = inputs.connections.track(
+    records.flatMap((r) => [r.source.ip, r.destination.ip]),
+    [downstream, upstream],
+  );
   splice(downstream, upstream).then((error) => {
+    untrack();
     const outcome = countedIsClient
       ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
       : { received: counted.bytesWritten, sent: counted.bytesRead, error: error?.message };

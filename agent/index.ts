@@ -9,7 +9,10 @@ export { buildOutboundRequest, type OutboundContext, type OutboundRequest } from
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
 export { RedirectRules, removeRedirectRules } from './redirect-rules.js';
 
-/** `ambit agent`: runs until SIGTERM or SIGINT, then shuts down cleanly (rules removed); returns the exit code. */
+/**
+ * `ambit agent`: runs until SIGTERM or SIGINT, then shuts down cleanly (rules kept unless --remove-rules-on-exit,
+ * so traffic stays captured and refused while the agent restarts); returns the exit code.
+ */
 export async function runAgentCommand(argv: string[]): Promise<number> {
   const command = loadAgentConfig(process.env, argv);
   if (command.help || !command.config) {

@@ -3,6 +3,7 @@ import type { WorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
 import type { AgentConfig } from './config.js';
+import type { ConnectionRegistry } from './connections.js';
 import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
 
@@ -16,6 +17,8 @@ export interface ProxyInputs {
   /** What the outbound decision reads, built once rather than per connection. */
   outbound: OutboundContext;
   log: Logger;
+  /** Every carried connection by its end IPs: a pod leaving the mesh loses its connections. */
+  connections: ConnectionRegistry;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */
   originalDestination: (socket: net.Socket) => Address;
 }

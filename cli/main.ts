@@ -10,6 +10,7 @@ const USAGE = `Usage: ambit <command> [options]
 
 Commands:
   agent     run the node agent (capture, HBONE mTLS tunnel, redirect rules); ambit agent --help
+  cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -33,6 +34,10 @@ async function main(argv: string[]): Promise<number> {
     case 'agent': {
       const { runAgentCommand } = await import('../agent/index.js');
       return runAgentCommand(rest);
+    }
+    case 'cni': {
+      const { runCniCommand } = await import('./cni.js');
+      return runCniCommand(rest);
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js');

@@ -19,6 +19,8 @@ t.test('help and version exit 0', async (t) => {
   t.match(await ambit(['agent', '--help']), { code: 0, stdout: /--cleanup/ });
   t.match(await ambit(['demo', '--help']), { code: 0, stdout: /Needs root/ });
   t.match(await ambit(['version']), { code: 0, stdout: /^ambit \d+\.\d+\.\d+/ });
+  t.match(await ambit(['cni', '--help']), { code: 0, stdout: /ambit cni install/ });
+  t.match(await ambit(['cni', 'install', '--help']), { code: 0, stdout: /--cni-conf-dir/ });
 });
 
 t.test('usage errors exit 2 and say what is wrong', async (t) => {
@@ -26,6 +28,29 @@ t.test('usage errors exit 2 and say what is wrong', async (t) => {
   t.match(await ambit(['frobnicate']), { code: 2, stderr: /unknown command 'frobnicate'/ });
   t.match(await ambit(['agent']), { code: 2, stderr: /--node .* is required/ });
   t.match(await ambit(['agent', '--node', 'n', '--config', '/c', '--ca-dir', '/x', '--log-level', 'loud']), { code: 2, stderr: /--log-level loud/ });
+  t.match(await ambit(['agent', '--node', 'n', '--config', '/c', '--ca-dir', '/x', '--run-dir', 'relative']), { code: 2, stderr: /--run-dir relative is not an absolute path/ });
+  t.match(await ambit(['cni']), { code: 2, stdout: /Usage: ambit cni/ });
+  t.match(await ambit(['cni', 'reinstall']), { code: 2, stderr: /unknown cni command 'reinstall'/ });
+  t.match(await ambit(['cni', 'install', '--cni-conf-dir', 'etc']), { code: 2, stderr: /--cni-conf-dir etc is not an absolute path/ });
+  t.match(await ambit(['cni', 'install', '--agent-timeout-ms', '5']), { code: 2, stderr: /--agent-timeout-ms 5/ });
+  t.match(await ambit(['cni', 'uninstall', '--watch']), { code: 2, stderr: /--watch applies to install only/ });
+  t.match(await ambit(['cni', 'install', '--bogus']), { code: 2, stderr: /bogus/ });
+});
+
+t.test('cni install on a folder with no CNI configuration fails (1) and says what to do', async (t) => {
+  const { mkdtemp, rm, writeFile, chmod } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-cli-cni-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const plugin = path.join(dir, 'plugin');
+  await writeFile(plugin, '#!/bin/sh\n');
+  await chmod(plugin, 0o755);
+  const r = await ambit(['cni', 'install', '--cni-conf-dir', dir, '--cni-bin-dir', dir, '--plugin', plugin]);
+  t.equal(r.code, 1);
+  t.match(r.stderr, /no CNI configuration in .* install the cluster's network plugin first/);
+  const missing = await ambit(['cni', 'install', '--cni-conf-dir', dir, '--cni-bin-dir', dir, '--plugin', path.join(dir, 'nope')]);
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /is not an executable file/);
 });
 
 t.test('a runtime failure exits 1 with the reason', async (t) => {

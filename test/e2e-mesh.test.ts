@@ -5,8 +5,15 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t from 'tap';
+import {
+  AMBIT_BRIDGE_MAC,
+  AMBIT_BRIDGE_TABLE,
+  AMBIT_MANGLE_CHAIN,
+  TRANSPARENT_ROUTE_TABLE,
+  TRANSPARENT_RULE_PRIORITY,
+} from '../agent/redirect-rules.js';
 import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
-import { parsePcap, startCapture, Testbed, testbedUnavailableReason } from './testbed/index.js';
+import { parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
@@ -25,6 +32,26 @@ s.on('end', () => { const back = Buffer.concat(chunks); console.log(JSON.stringi
 s.on('error', (e) => { console.log(JSON.stringify({ error: e.code || e.message })); process.exit(0); });
 `;
 
+/** A Node HTTP client in a pod: GETs the URL and prints the body (the workload's `{ pod, client }`) or the error. */
+const NODE_HTTP_CLIENT = `
+const http = require('node:http');
+http.get(process.argv[1], (res) => { let body = ''; res.on('data', (c) => (body += c)); res.on('end', () => console.log(body.trim())); })
+  .on('error', (e) => console.log(JSON.stringify({ error: e.code || e.message })));
+`;
+
+/** Everything Ambit installs in a node's namespace, as the tools print it, for presence and absence checks. */
+async function nodeRules(tb: Testbed, node: TestbedNode): Promise<{ nat: string; mangle: string; rules: string; routes: string; bridgeTables: string; fdb: string }> {
+  const out = async (file: string, args: string[]) => String((await tb.exec(node.netns, file, args)).stdout);
+  return {
+    nat: await out('iptables-save', ['-t', 'nat']),
+    mangle: await out('iptables-save', ['-t', 'mangle']),
+    rules: await out('ip', ['rule', 'show']),
+    routes: await out('ip', ['route', 'show', 'table', String(TRANSPARENT_ROUTE_TABLE)]),
+    bridgeTables: await out('nft', ['list', 'tables', 'bridge']),
+    fdb: await out('bridge', ['fdb', 'show']),
+  };
+}
+
 t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'] });
   t.teardown(() => tb.destroy());
@@ -32,6 +59,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
   const neighbour = await tb.addPod('node1', 'neighbour');
   const plain1 = await tb.addPod('node1', 'plain1');
   const server = await tb.addPod('node2', 'server');
+  const peer2 = await tb.addPod('node2', 'peer2');
   const plain2 = await tb.addPod('node2', 'plain2');
   const cluster = await MeshCluster.start(tb, {
     namespaces: { demo: { 'ambit.dev/mode': 'enabled' }, plain: {} },
@@ -40,12 +68,21 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       neighbour: { namespace: 'demo', serviceAccount: 'server', app: 'neighbour' },
       plain1: { namespace: 'plain', app: 'plain1' },
       server: { namespace: 'demo', serviceAccount: 'server', app: 'server' },
+      peer2: { namespace: 'demo', serviceAccount: 'client', app: 'peer2' },
       plain2: { namespace: 'plain', app: 'plain2' },
     },
     services: [{ namespace: 'demo', name: 'server', clusterIP: VIP, selector: { app: 'server' }, ports: [{ port: 80, targetPort: 'http' }] }],
     agentArgs: ['--rules-resync-interval', '1'],
   });
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
+
+  /** The client address the workload in `to` saw for a request from `from`, through curl or a Node client. */
+  const clientSeen = async (from: TestbedPod, to: TestbedPod, via: 'curl' | 'node'): Promise<{ pod: string; client: string }> => {
+    const url = `http://${to.ip}:${HTTP_PORT}/`;
+    const text = via === 'curl' ? await cluster.curl(from, url) : String((await tb.exec(from.netns, process.execPath, ['-e', NODE_HTTP_CLIENT, url])).stdout);
+    const { pod, client } = JSON.parse(text) as { pod: string; client: string };
+    return { pod, client };
+  };
 
   t.test('the agent installed its rules: enrolled local pods in the ipset, DNAT to 15001 and 15006', async (t) => {
     const ipset = String((await tb.exec(node1.netns, 'ipset', ['list', 'ambit-pods-v4'])).stdout);
@@ -55,6 +92,47 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     const nat = String((await tb.exec(node1.netns, 'iptables-save', ['-t', 'nat'])).stdout);
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15001`);
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15006`);
+  });
+
+  t.test('and the routing of replies to transparent connections: mark, fwmark rule, local route, bridge redirect', async (t) => {
+    for (const node of [node1, node2]) {
+      const rules = await nodeRules(tb, node);
+      t.match(rules.mangle, `-A PREROUTING -j ${AMBIT_MANGLE_CHAIN}`, `${node.name}: the mangle jump`);
+      t.match(rules.mangle, `-A ${AMBIT_MANGLE_CHAIN} -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000`);
+      t.match(rules.rules, `${TRANSPARENT_RULE_PRIORITY}:\tfrom all fwmark 0x2000/0x2000 lookup ${TRANSPARENT_ROUTE_TABLE}`, `${node.name}: the fwmark rule`);
+      t.match(rules.routes, 'local default dev lo', `${node.name}: the local route`);
+      t.match(rules.bridgeTables, `table bridge ${AMBIT_BRIDGE_TABLE}`, `${node.name}: the bridge table`);
+    }
+    t.match((await nodeRules(tb, node1)).fdb, `${AMBIT_BRIDGE_MAC} dev cni0 master cni0 permanent`, 'the bridge node: cni0 has the fdb entry');
+    t.notMatch((await nodeRules(tb, node2)).fdb, AMBIT_BRIDGE_MAC, 'the ptp node has no bridge to give one');
+  });
+
+  t.test('the server sees the client pod, not the node: cross-node, both directions, curl and Node', async (t) => {
+    for (const via of ['curl', 'node'] as const) {
+      t.same(await clientSeen(client, server, via), { pod: 'server', client: client.ip }, `bridge node to ptp node (${via})`);
+      t.same(await clientSeen(server, neighbour, via), { pod: 'neighbour', client: server.ip }, `ptp node to bridge node (${via})`);
+    }
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.src as { ip: string }).ip === server.ip && r.direction === 'inbound');
+  });
+
+  t.test('the server sees the client pod on the same node: over the bridge, and over ptp', async (t) => {
+    for (const via of ['curl', 'node'] as const) {
+      t.same(await clientSeen(client, neighbour, via), { pod: 'neighbour', client: client.ip }, `bridge: the reply is switched to the agent, not to the client (${via})`);
+      t.same(await clientSeen(neighbour, client, via), { pod: 'client', client: neighbour.ip }, `bridge, the other way (${via})`);
+      t.same(await clientSeen(peer2, server, via), { pod: 'server', client: peer2.ip }, `ptp (${via})`);
+    }
+  });
+
+  t.test('plaintext inbound shows the real client too: from another node, and from the same bridge', async (t) => {
+    for (const via of ['curl', 'node'] as const) {
+      t.same(await clientSeen(plain1, server, via), { pod: 'server', client: plain1.ip }, `cross-node (${via})`);
+      t.same(await clientSeen(plain1, neighbour, via), { pod: 'neighbour', client: plain1.ip }, `same bridge (${via})`);
+    }
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'plaintext' && (r.src as { ip: string }).ip === plain1.ip);
+  });
+
+  t.test('passthrough to a pod outside the mesh still leaves from the node', async (t) => {
+    t.same(await clientSeen(client, plain2, 'curl'), { pod: 'plain2', client: node1.ip });
   });
 
   t.test('cross-node pod to pod, curl', async (t) => {
@@ -117,37 +195,67 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
 
   t.test('rules flushed by someone else are repaired by the agent', async (t) => {
     await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-F', 'AMBIT-PREROUTING']);
+    await tb.exec(node1.netns, 'iptables', ['-t', 'mangle', '-F', AMBIT_MANGLE_CHAIN]);
     await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v4']);
+    await tb.exec(node1.netns, 'ip', ['rule', 'del', 'priority', String(TRANSPARENT_RULE_PRIORITY)]);
+    await tb.exec(node1.netns, 'ip', ['route', 'flush', 'table', String(TRANSPARENT_ROUTE_TABLE)]);
+    await tb.exec(node1.netns, 'nft', ['delete', 'table', 'bridge', AMBIT_BRIDGE_TABLE]);
+    await tb.exec(node1.netns, 'bridge', ['fdb', 'del', AMBIT_BRIDGE_MAC, 'dev', 'cni0', 'self']);
     const deadline = Date.now() + 5000;
     let nat = '';
     let ipset = '';
+    let rules = await nodeRules(tb, node1);
     while (Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 250));
       nat = String((await tb.exec(node1.netns, 'iptables-save', ['-t', 'nat'])).stdout);
       ipset = String((await tb.exec(node1.netns, 'ipset', ['list', 'ambit-pods-v4'])).stdout);
-      if (nat.includes(`${node1.ip}:15001`) && ipset.includes(client.ip)) break;
+      rules = await nodeRules(tb, node1);
+      const transparentBack =
+        rules.mangle.includes('--transparent') && rules.rules.includes(`lookup ${TRANSPARENT_ROUTE_TABLE}`) && rules.routes.includes('local default') &&
+        rules.bridgeTables.includes(AMBIT_BRIDGE_TABLE) && rules.fdb.includes(AMBIT_BRIDGE_MAC);
+      if (nat.includes(`${node1.ip}:15001`) && ipset.includes(client.ip) && transparentBack) break;
     }
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15001`, 'the chain is back');
     t.match(ipset, client.ip, 'the set is back');
+    t.match(rules.mangle, '-m socket --transparent', 'the mark rule is back');
+    t.match(rules.rules, `lookup ${TRANSPARENT_ROUTE_TABLE}`, 'the fwmark rule is back');
+    t.match(rules.routes, 'local default dev lo', 'the local route is back');
+    t.match(rules.bridgeTables, AMBIT_BRIDGE_TABLE, 'the bridge table is back');
+    t.match(rules.fdb, AMBIT_BRIDGE_MAC, 'the fdb entry is back');
     t.equal(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server');
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip: string }).ip === server.ip);
+    t.same(await clientSeen(client, neighbour, 'curl'), { pod: 'neighbour', client: client.ip }, 'same-node transparency works again');
   });
 
-  t.test('a clean shutdown removes every rule; a crash leaves them (fail closed) until --cleanup', async (t) => {
-    t.equal(await cluster.stopAgent(node1), 0, 'SIGTERM: exit code 0');
-    const nat1 = String((await tb.exec(node1.netns, 'iptables-save', ['-t', 'nat'])).stdout);
-    t.notMatch(nat1, 'AMBIT', 'no Ambit chain left on node1');
-    await t.rejects(tb.exec(node1.netns, 'ipset', ['list', 'ambit-pods-v4']), 'no ipset left on node1');
+  t.test('a shutdown or a crash leaves the rules (fail closed) until --cleanup removes every piece', async (t) => {
+    const assertAllGone = async (node: TestbedNode) => {
+      const rules = await nodeRules(tb, node);
+      t.notMatch(rules.nat, 'AMBIT', `${node.name}: no nat chain`);
+      t.notMatch(rules.mangle, 'AMBIT', `${node.name}: no mangle chain`);
+      t.notMatch(rules.rules, `lookup ${TRANSPARENT_ROUTE_TABLE}`, `${node.name}: no fwmark rule`);
+      t.equal(rules.routes.trim(), '', `${node.name}: an empty route table`);
+      t.notMatch(rules.bridgeTables, AMBIT_BRIDGE_TABLE, `${node.name}: no bridge table`);
+      t.notMatch(rules.fdb, AMBIT_BRIDGE_MAC, `${node.name}: no fdb entry`);
+      await t.rejects(tb.exec(node.netns, 'ipset', ['list', 'ambit-pods-v4']), `${node.name}: no ipset`);
+    };
 
+    t.equal(await cluster.stopAgent(node1), 0, 'SIGTERM: exit code 0');
     process.kill(cluster.agentPid(node2), 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
-    const nat2 = String((await tb.exec(node2.netns, 'iptables-save', ['-t', 'nat'])).stdout);
-    t.match(nat2, 'AMBIT-PREROUTING', 'the rules stay while the agent is down');
+    for (const node of [node1, node2]) {
+      const rules = await nodeRules(tb, node);
+      t.match(rules.nat, 'AMBIT-PREROUTING', `${node.name}: the rules stay while the agent is down`);
+      t.match(rules.mangle, AMBIT_MANGLE_CHAIN);
+    }
     await t.rejects(cluster.curl(plain2, `http://${server.ip}:${HTTP_PORT}/`), 'a captured connection is refused, never sent in plaintext');
-    await run('ip', ['netns', 'exec', node2.netns, process.execPath, cluster.cliPath, 'agent', '--cleanup']);
-    const after = String((await tb.exec(node2.netns, 'iptables-save', ['-t', 'nat'])).stdout);
-    t.notMatch(after, 'AMBIT', '--cleanup removed the chain');
-    const body = JSON.parse(await cluster.curl(plain2, `http://${server.ip}:${HTTP_PORT}/`));
-    t.equal(body.pod, 'server', 'plain networking is back');
+
+    for (const node of [node1, node2]) {
+      await run('ip', ['netns', 'exec', node.netns, process.execPath, cluster.cliPath, 'agent', '--cleanup']);
+      await assertAllGone(node);
+    }
+    await run('ip', ['netns', 'exec', node1.netns, process.execPath, cluster.cliPath, 'agent', '--cleanup']);
+    t.pass('--cleanup again finds nothing to do and succeeds');
+    t.same(await clientSeen(plain2, server, 'curl'), { pod: 'server', client: plain2.ip }, 'plain networking is back');
+    t.same(await clientSeen(client, neighbour, 'curl'), { pod: 'neighbour', client: client.ip }, 'same-bridge traffic is plainly switched again');
   });
 });

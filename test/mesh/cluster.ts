@@ -109,6 +109,8 @@ export class MeshCluster {
   readonly options: MeshClusterOptions;
   readonly cliPath = CLI_PATH;
   readonly #agents = new Map<string, AgentProcess>();
+  /** Pods the cluster knows before (or without) a testbed pod: a CNI test declares them, then the runtime adds them. */
+  readonly #declared = new Map<string, { node: TestbedNode; spec: PodSpec; ip?: string }>();
 
   private constructor(tb: Testbed, options: MeshClusterOptions) {
     this.tb = tb;
@@ -149,19 +151,27 @@ export class MeshCluster {
         }),
       );
     }
-    for (const pod of this.tb.pods) {
-      const spec = this.spec(pod);
+    const pods = [
+      ...this.tb.pods.filter((pod) => !this.#declared.has(pod.name)).map((pod) => ({ name: pod.name, node: pod.node, spec: this.spec(pod), ip: pod.ip as string | undefined })),
+      ...[...this.#declared].map(([name, declared]) => ({ name, ...declared })),
+    ];
+    for (const pod of pods) {
+      const { spec } = pod;
       docs.push(
         JSON.stringify({
           apiVersion: 'v1',
           kind: 'Pod',
-          metadata: { name: pod.name, namespace: spec.namespace, uid: pod.containerId, labels: { app: spec.app ?? pod.name, ...spec.labels } },
+          metadata: { name: pod.name, namespace: spec.namespace, uid: `uid-${pod.name}`, labels: { app: spec.app ?? pod.name, ...spec.labels } },
           spec: {
             nodeName: pod.node.name,
             serviceAccountName: spec.serviceAccount ?? 'default',
             containers: [{ name: 'app', ports: [{ name: 'http', containerPort: HTTP_PORT }, { name: 'echo', containerPort: ECHO_PORT }] }],
           },
-          status: { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }], conditions: [{ type: 'Ready', status: 'True' }] },
+          // A pod the runtime has not networked yet is Pending without IPs, as the API shows it.
+          status:
+            pod.ip === undefined
+              ? { phase: 'Pending' }
+              : { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }], conditions: [{ type: 'Ready', status: 'True' }] },
         }),
       );
     }
@@ -180,6 +190,55 @@ export class MeshCluster {
     const tmp = `${file}.tmp`;
     await writeFile(tmp, docs.map((d) => `---\n${d}\n`).join(''));
     await rename(tmp, file);
+  }
+
+  /**
+   * Adds a pod object the way the API server has it before the kubelet runs it: scheduled to `node`, no IP yet.
+   * Its testbed pod, added later under the same name, keeps this spec; `setPodIp` plays the kubelet's status update.
+   */
+  async declarePod(name: string, node: TestbedNode, spec: PodSpec): Promise<void> {
+    this.#declared.set(name, { node, spec });
+    this.options.pods[name] = spec;
+    await this.writeObjects();
+  }
+
+  /** The pod object is deleted from the API (after its testbed pod is gone). */
+  async forgetPod(name: string): Promise<void> {
+    this.#declared.delete(name);
+    delete this.options.pods[name];
+    await this.writeObjects();
+  }
+
+  async setPodIp(name: string, ip: string | undefined): Promise<void> {
+    const declared = this.#declared.get(name);
+    if (!declared) throw new Error(`pod ${name} was not declared`);
+    if (ip === undefined) delete declared.ip;
+    else declared.ip = ip;
+    await this.writeObjects();
+  }
+
+  /** Changes labels as `kubectl label` would: the pod's (declared pods and testbed pods) or a namespace's. */
+  async setPodLabels(name: string, labels: Record<string, string>): Promise<void> {
+    const spec = this.options.pods[name] ?? { namespace: 'plain' };
+    this.options.pods[name] = { ...spec, labels };
+    const declared = this.#declared.get(name);
+    if (declared) declared.spec = this.options.pods[name];
+    await this.writeObjects();
+  }
+
+  async setNamespaceLabels(name: string, labels: Record<string, string>): Promise<void> {
+    this.options.namespaces[name] = labels;
+    await this.writeObjects();
+  }
+
+  /** The agent's CNI socket folder on `node` (its --run-dir). */
+  runDir(node: TestbedNode): string {
+    return path.join(this.tb.tmpDir, 'run', node.name);
+  }
+
+  /** The agent's persistent state folder on `node` (its --state-dir: the enrollment file). */
+  stateDir(node: TestbedNode): string {
+    return path.join(this.tb.tmpDir, 'state', node.name);
   }
 
   async startWorkload(pod: TestbedPod): Promise<void> {
@@ -204,6 +263,10 @@ export class MeshCluster {
       this.caDir,
       '--log-level',
       this.options.logLevel ?? 'info',
+      '--run-dir',
+      this.runDir(node),
+      '--state-dir',
+      this.stateDir(node),
       ...(this.options.agentArgs ?? []),
       ...extraArgs,
     ], { buffer: false, env: { ...AGENT_ENV } }) as unknown as ChildProcess;
@@ -219,14 +282,17 @@ export class MeshCluster {
     return pid;
   }
 
-  /** Stops a node's agent with SIGTERM and waits for it to exit (a clean shutdown removes its rules). */
-  async stopAgent(node: TestbedNode): Promise<number | null> {
+  /**
+   * Stops a node's agent (SIGTERM: a clean shutdown, which keeps its rules unless --remove-rules-on-exit; SIGKILL:
+   * a crash) and waits for it to exit; resolves with its exit code (null when killed by the signal).
+   */
+  async stopAgent(node: TestbedNode, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number | null> {
     const agent = this.#agents.get(node.name);
     if (!agent) return null;
     this.#agents.delete(node.name);
     if (agent.child.exitCode !== null) return agent.child.exitCode;
     const exited = new Promise<number | null>((resolve) => agent.child.once('exit', (code) => resolve(code)));
-    agent.child.kill('SIGTERM');
+    agent.child.kill(signal);
     return exited;
   }
 

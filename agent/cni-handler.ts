@@ -1,0 +1,268 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import {
+  CNI_PROTOCOL_VERSION,
+  CniProtocolError,
+  ENROLLMENT_FILE_NAME,
+  type CniPod,
+  type CniRequest,
+  type CniResponse,
+  type EnrollmentSnapshot,
+} from '../core/cni/index.js';
+import {
+  canonicalIp,
+  ENROLL_LABEL,
+  isNamespaceEnrolled,
+  ISTIO_DATAPLANE_LABEL,
+  type NamespaceInfo,
+  type PodInfo,
+  type PodNetwork,
+  type WorkloadStore,
+} from '../core/discovery/index.js';
+import { errnoCode } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+
+/** The agent's record of the pod networks the CNI reported, so a restart keeps capturing pods whose status lags. */
+export const POD_NETWORKS_FILE_NAME = 'cni-pods.json';
+/**
+ * How long ADD waits for the pod object of an enrolled namespace to reach the agent's store (the runtime asks as soon
+ * as the kubelet has the pod; the agent's watch may be a moment behind). Then ADD fails and the runtime retries.
+ */
+export const CNI_POD_WAIT_MS = 2_000;
+
+export type EnrollmentDecision =
+  | { readonly kind: 'enrolled'; readonly reason: string }
+  | { readonly kind: 'not-enrolled'; readonly reason: string }
+  /** The namespace enrolls its pods but this pod's object (labels, node) is not known yet. */
+  | { readonly kind: 'pod-unknown'; readonly reason: string };
+
+/**
+ * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
+ * same rule as the store's `isWorkloadEnrolled`, with the reason spelled out and "not known yet" kept apart.
+ */
+export function decideEnrollment(namespaceName: string, namespace: NamespaceInfo | undefined, pod: PodInfo | undefined, podName: string): EnrollmentDecision {
+  if (!isNamespaceEnrolled(namespace)) {
+    const reason = namespace === undefined ? `namespace ${namespaceName} is not known to the agent` : `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled`;
+    return { kind: 'not-enrolled', reason };
+  }
+  const label = namespace!.labels[ENROLL_LABEL] === 'enabled' ? `${ENROLL_LABEL}=enabled` : `${ISTIO_DATAPLANE_LABEL}=ambient`;
+  if (pod === undefined) return { kind: 'pod-unknown', reason: `namespace ${namespaceName} has ${label} but the agent has not seen pod ${namespaceName}/${podName} yet` };
+  if (pod.hostNetwork) return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} uses the host network` };
+  if (pod.labels[ENROLL_LABEL] === 'disabled') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ENROLL_LABEL}=disabled` };
+  if (pod.labels[ISTIO_DATAPLANE_LABEL] === 'none') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ISTIO_DATAPLANE_LABEL}=none` };
+  return { kind: 'enrolled', reason: `namespace ${namespaceName} has ${label}` };
+}
+
+export interface CniHandlerOptions {
+  store: WorkloadStore;
+  nodeName: string;
+  /** Where the pod-network record lives (the CNI socket's folder, in /var/run: a reboot must forget it). */
+  runDir: string;
+  /** Where the enrollment file lives (persistent: after a reboot it is the plugin's only guide until the agent is up). */
+  stateDir: string;
+  /** Runs a reconcile after everything queued so far and resolves when the rules match the store. */
+  reconcileNow: () => Promise<void>;
+  /** Whether the kernel's enrolled-pod set holds `ip` (CHECK asks the kernel, not the agent's memory). */
+  ruleInPlace: (ip: string) => Promise<boolean>;
+  /** Removes every rule and ipset (`ambit cni uninstall`). */
+  uninstall: () => Promise<void>;
+  ready: () => boolean;
+  log: Logger;
+  podWaitMs?: number;
+}
+
+/**
+ * The agent's answers on the CNI socket. ADD of an enrolled pod records its network in the store, waits for the
+ * reconcile that puts its IP in the enrolled-pod set, and only then answers: when the runtime starts the pod's
+ * containers, its traffic is already captured.
+ */
+export class CniHandler {
+  readonly #options: CniHandlerOptions;
+  #lastSnapshot = '';
+  #writes: Promise<void> = Promise.resolve();
+
+  constructor(options: CniHandlerOptions) {
+    this.#options = options;
+  }
+
+  /** Loads the pod networks recorded before a restart; those whose pod is gone from the store are dropped. */
+  async restore(): Promise<number> {
+    const { store, runDir, log } = this.#options;
+    let networks: PodNetwork[];
+    try {
+      const parsed = JSON.parse(await readFile(join(runDir, POD_NETWORKS_FILE_NAME), 'utf8')) as { pods?: unknown };
+      networks = Array.isArray(parsed.pods) ? (parsed.pods as PodNetwork[]).filter(isPodNetwork) : [];
+    } catch (err) {
+      if (errnoCode(err) !== 'ENOENT') log.warn({ err }, `ignoring an unreadable ${POD_NETWORKS_FILE_NAME}`);
+      return 0;
+    }
+    const kept = networks.filter((n) => store.pod(n.namespace, n.name) !== undefined);
+    if (kept.length > 0) store.applyPodNetworks(kept.map((network) => ({ op: 'upsert' as const, network })));
+    if (kept.length !== networks.length) {
+      log.info({ dropped: networks.length - kept.length }, 'dropped pod networks of pods deleted while the agent was down');
+      await this.#persistNetworks();
+    }
+    return kept.length;
+  }
+
+  async handle(request: CniRequest): Promise<CniResponse> {
+    switch (request.op) {
+      case 'status':
+        return this.#ok({ reason: this.#options.ready() ? 'agent ready' : 'agent starting' });
+      case 'uninstall':
+        await this.#options.uninstall();
+        await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
+        await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
+        this.#lastSnapshot = '';
+        this.#options.log.info('uninstall requested over the CNI socket: every rule and ipset removed');
+        return this.#ok({ reason: 'rules removed' });
+      case 'add':
+        return this.#add(request.pod);
+      case 'del':
+        return this.#del(request.pod);
+      case 'check':
+        return this.#check(request.pod);
+    }
+  }
+
+  /**
+   * Writes the enrollment file when the set of enrolled namespaces changed: the plugin's only guide when the agent
+   * is down. Called after each reconcile.
+   */
+  async writeEnrollmentSnapshot(): Promise<void> {
+    const { store, stateDir } = this.#options;
+    const enrolledNamespaces = store
+      .snapshot()
+      .namespaces.filter((ns) => isNamespaceEnrolled(ns))
+      .map((ns) => ns.name)
+      .sort();
+    const key = enrolledNamespaces.join(',');
+    if (key === this.#lastSnapshot) return;
+    this.#lastSnapshot = key;
+    const snapshot: EnrollmentSnapshot = { version: CNI_PROTOCOL_VERSION, written: new Date().toISOString(), enrolledNamespaces };
+    await this.#write(join(stateDir, ENROLLMENT_FILE_NAME), JSON.stringify(snapshot, null, 2), 0o644);
+  }
+
+  async #add(pod: CniPod): Promise<CniResponse> {
+    const { store, log } = this.#options;
+    const ips = canonicalIps(pod);
+    let decision = this.#decide(pod);
+    if (decision.kind === 'pod-unknown') decision = await this.#waitForPod(pod);
+    if (decision.kind === 'pod-unknown') throw new CniProtocolError('not-ready', `${decision.reason}; try again`);
+    if (decision.kind === 'not-enrolled') {
+      log.info({ pod: `${pod.namespace}/${pod.name}`, reason: decision.reason }, 'CNI ADD: pod is not in the mesh');
+      return this.#ok({ enrolled: false, reason: decision.reason });
+    }
+    const podInfo = store.pod(pod.namespace, pod.name)!;
+    if (podInfo.node !== undefined && podInfo.node !== this.#options.nodeName) {
+      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} is scheduled on ${podInfo.node}, not on this agent's node ${this.#options.nodeName}`);
+    }
+    const v6 = ips.filter((ip) => ip.includes(':'));
+    if (v6.length > 0) {
+      // Fail closed: the agent captures IPv4 only, and an enrolled pod must not talk IPv6 outside the mesh.
+      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} has IPv6 addresses (${v6.join(', ')}); Ambit captures IPv4 only, so it cannot be enrolled`);
+    }
+    store.applyPodNetworks([{ op: 'upsert', network: { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips } }]);
+    await this.#persistNetworks();
+    await this.#options.reconcileNow();
+    const captured = new Set(store.localEnrolledIps(4));
+    const missing = ips.filter((ip) => !captured.has(ip));
+    if (missing.length > 0) {
+      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name}: ${missing.join(', ')} not in the enrolled pod set after reconcile (another pod holds the IP?)`);
+    }
+    log.info({ pod: `${pod.namespace}/${pod.name}`, ips, containerId: pod.containerId, reason: decision.reason }, 'CNI ADD: pod enrolled, rules in place');
+    return this.#ok({ enrolled: true, reason: decision.reason });
+  }
+
+  async #del(pod: CniPod): Promise<CniResponse> {
+    const { store, log } = this.#options;
+    const known = store.podNetwork(pod.namespace, pod.name);
+    store.applyPodNetworks([{ op: 'delete', namespace: pod.namespace, name: pod.name, containerId: pod.containerId }]);
+    if (known !== undefined && known.containerId === pod.containerId) {
+      await this.#persistNetworks();
+      await this.#options.reconcileNow();
+      log.info({ pod: `${pod.namespace}/${pod.name}`, containerId: pod.containerId }, 'CNI DEL: pod network forgotten');
+    }
+    return this.#ok({ reason: known ? 'pod network removed' : 'pod network not known (nothing to do)' });
+  }
+
+  async #check(pod: CniPod): Promise<CniResponse> {
+    const decision = this.#decide(pod);
+    if (decision.kind === 'pod-unknown') throw new CniProtocolError('not-ready', decision.reason);
+    if (decision.kind === 'not-enrolled') return this.#ok({ enrolled: false, reason: decision.reason });
+    const missing: string[] = [];
+    for (const ip of canonicalIps(pod)) if (!(await this.#options.ruleInPlace(ip))) missing.push(ip);
+    if (missing.length > 0) throw new CniProtocolError('rules-missing', `pod ${pod.namespace}/${pod.name} is enrolled but ${missing.join(', ')} is not in the enrolled pod set`);
+    return this.#ok({ enrolled: true, reason: decision.reason });
+  }
+
+  #decide(pod: CniPod): EnrollmentDecision {
+    const { store } = this.#options;
+    return decideEnrollment(pod.namespace, store.namespace(pod.namespace), store.pod(pod.namespace, pod.name), pod.name);
+  }
+
+  #waitForPod(pod: CniPod): Promise<EnrollmentDecision> {
+    const { store } = this.#options;
+    return new Promise((resolve) => {
+      const finish = () => {
+        clearTimeout(timer);
+        store.off('change', onChange);
+        resolve(this.#decide(pod));
+      };
+      const onChange = () => {
+        if (this.#decide(pod).kind !== 'pod-unknown') finish();
+      };
+      const timer = setTimeout(finish, this.#options.podWaitMs ?? CNI_POD_WAIT_MS);
+      store.on('change', onChange);
+    });
+  }
+
+  #persistNetworks(): Promise<void> {
+    const pods = this.#options.store.podNetworks();
+    return this.#write(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), JSON.stringify({ version: CNI_PROTOCOL_VERSION, pods }), 0o600);
+  }
+
+  /** Write-then-rename, one at a time, so a reader (or a crash) never sees half a file. */
+  #write(path: string, text: string, mode: number): Promise<void> {
+    const write = async () => {
+      await mkdir(dirname(path), { recursive: true, mode: 0o700 });
+      const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+      try {
+        await writeFile(tmp, text, { mode });
+        await rename(tmp, path);
+      } catch (err) {
+        await rm(tmp, { force: true });
+        throw err;
+      }
+    };
+    const result = this.#writes.then(write);
+    this.#writes = result.catch(() => undefined);
+    return result;
+  }
+
+  #ok(fields: { enrolled?: boolean; reason?: string }): CniResponse {
+    return { version: CNI_PROTOCOL_VERSION, ok: true, ...fields };
+  }
+}
+
+function canonicalIps(pod: CniPod): string[] {
+  return pod.ips.map((ip) => {
+    const canonical = canonicalIp(ip);
+    if (canonical === undefined) throw new CniProtocolError('bad-request', `pod IP ${ip} is not an IP address`);
+    return canonical;
+  });
+}
+
+function isPodNetwork(value: unknown): value is PodNetwork {
+  const v = value as Partial<PodNetwork> | null;
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof v.namespace === 'string' &&
+    typeof v.name === 'string' &&
+    typeof v.containerId === 'string' &&
+    Array.isArray(v.ips) &&
+    v.ips.every((ip) => typeof ip === 'string' && canonicalIp(ip) === ip)
+  );
+}

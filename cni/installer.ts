@@ -1,0 +1,266 @@
+/**
+ * The installer: puts the `ambit-cni` executable in the node's CNI bin folder and chains it after the primary
+ * plugin in the node's CNI configuration, and takes both away again. Every write is write-then-rename in the same
+ * folder, so the container runtime, which reads the configuration for each pod, never sees half a file.
+ */
+import { randomBytes } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { chmod, copyFile, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { AmbitError, errnoCode } from '../core/errors.js';
+import type { Logger } from '../core/log.js';
+
+/** The plugin's `type` in the conflist, and its file name in the bin folder. */
+export const AMBIT_PLUGIN_TYPE = 'ambit-cni';
+export const DEFAULT_CNI_CONF_DIR = '/etc/cni/net.d';
+export const DEFAULT_CNI_BIN_DIR = '/opt/cni/bin';
+/** How often `--watch` re-checks even without a file event (events can be missed on some filesystems). */
+export const WATCH_RECHECK_MS = 5_000;
+
+export interface PluginEntryOptions {
+  agentSocket: string;
+  /** The agent's persistent enrollment file; the plugin's default when absent. */
+  enrollmentFile?: string;
+  agentTimeoutMs?: number;
+}
+
+export interface InstallerOptions extends PluginEntryOptions {
+  confDir: string;
+  binDir: string;
+  /** The executable to install (the single-executable build). */
+  pluginBinary: string;
+  log: Logger;
+}
+
+export type ConfigChange = 'added' | 'updated' | 'unchanged' | 'converted' | 'removed' | 'absent';
+
+export interface InstallResult {
+  /** The configuration file the runtime reads, after the change. */
+  file: string;
+  change: ConfigChange;
+}
+
+/** The plugin's entry in the conflist. */
+export function pluginEntry(options: PluginEntryOptions): Record<string, unknown> {
+  return {
+    type: AMBIT_PLUGIN_TYPE,
+    agentSocket: options.agentSocket,
+    ...(options.enrollmentFile === undefined ? {} : { enrollmentFile: options.enrollmentFile }),
+    ...(options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs }),
+  };
+}
+
+/** The file a runtime uses, as libcni picks it: the first in lexical order ending in .conflist, .conf or .json. */
+export async function findPrimaryConfig(confDir: string): Promise<string | undefined> {
+  let names: string[];
+  try {
+    names = await readdir(confDir);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return undefined;
+    throw err;
+  }
+  const first = names.filter((n) => /\.(conflist|conf|json)$/.test(n)).sort()[0];
+  return first === undefined ? undefined : join(confDir, first);
+}
+
+/**
+ * The configuration with the plugin chained last: a conflist gets the entry appended (or moved to the end, or
+ * updated); a single-plugin .conf becomes a list. Undefined when nothing needs to change. Throws on a file that is
+ * not a CNI configuration, naming what is wrong: the installer never rewrites what it does not understand.
+ */
+export function withPlugin(text: string, file: string, entry: Record<string, unknown>): { text: string; conflist: boolean } | undefined {
+  const config = parseConfig(text, file);
+  if (!Array.isArray(config.plugins)) {
+    // A .conf holds one plugin; chaining needs a list. Same name and version, the plugin's own keys kept.
+    const { cniVersion, name, ...plugin } = config;
+    return { text: format({ cniVersion, name, plugins: [plugin, entry] }), conflist: true };
+  }
+  const plugins = config.plugins as unknown[];
+  const others = plugins.filter((p) => !isAmbit(p));
+  const last = plugins[plugins.length - 1];
+  if (others.length === plugins.length - 1 && isAmbit(last) && JSON.stringify(last) === JSON.stringify(entry)) return undefined;
+  return { text: format({ ...config, plugins: [...others, entry] }), conflist: false };
+}
+
+/** The configuration without the plugin; undefined when it has none. */
+export function withoutPlugin(text: string, file: string): string | undefined {
+  const config = parseConfig(text, file);
+  if (!Array.isArray(config.plugins)) return undefined;
+  const plugins = config.plugins as unknown[];
+  const others = plugins.filter((p) => !isAmbit(p));
+  if (others.length === plugins.length) return undefined;
+  return format({ ...config, plugins: others });
+}
+
+/** Copies the executable into the bin folder (0755, atomically), unless an identical one is already there. */
+export async function installBinary(source: string, binDir: string): Promise<boolean> {
+  const target = join(binDir, AMBIT_PLUGIN_TYPE);
+  const [from, to] = await Promise.all([stat(source), stat(target).catch(() => undefined)]);
+  if (to !== undefined && to.size === from.size && (await sameContent(source, target))) return false;
+  const tmp = join(binDir, `.${AMBIT_PLUGIN_TYPE}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await copyFile(source, tmp);
+    await chmod(tmp, 0o755);
+    await rename(tmp, target);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw new AmbitError('CNI_INSTALL_FAILED', `cannot install ${source} as ${target}: ${(err as Error).message}`, { cause: err });
+  }
+  return true;
+}
+
+/** Installs the executable, then chains it in the configuration: the plugin exists before the runtime can call it. */
+export async function installCni(options: InstallerOptions): Promise<InstallResult> {
+  const binaryChanged = await installBinary(options.pluginBinary, options.binDir);
+  const result = await ensureConfigured(options);
+  options.log.info({ file: result.file, change: result.change, binary: join(options.binDir, AMBIT_PLUGIN_TYPE), binaryChanged }, 'ambit-cni installed');
+  return result;
+}
+
+/** Chains the plugin in the primary configuration if it is not (or not exactly, or not last) there. */
+export async function ensureConfigured(options: InstallerOptions): Promise<InstallResult> {
+  const file = await findPrimaryConfig(options.confDir);
+  if (file === undefined) {
+    throw new AmbitError(
+      'CNI_INSTALL_FAILED',
+      `no CNI configuration in ${options.confDir} to chain ambit-cni into: install the cluster's network plugin first, or pass --cni-conf-dir`,
+    );
+  }
+  const text = await readFile(file, 'utf8');
+  const updated = withPlugin(text, file, pluginEntry(options));
+  if (updated === undefined) return { file, change: 'unchanged' };
+  if (updated.conflist) {
+    // The list replaces the .conf under a name that sorts the same, so it stays the runtime's first choice.
+    const target = file.replace(/\.(conf|json)$/, '.conflist');
+    await writeAtomically(target, updated.text, file);
+    if (target !== file) await rm(file, { force: true });
+    return { file: target, change: 'converted' };
+  }
+  const hadEntry = (parseConfig(text, file).plugins as unknown[]).some(isAmbit);
+  await writeAtomically(file, updated.text, file);
+  return { file, change: hadEntry ? 'updated' : 'added' };
+}
+
+/** Unchains the plugin from every configuration in the folder and removes the executable. */
+export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | 'binDir' | 'log'>): Promise<ConfigChange> {
+  let change: ConfigChange = 'absent';
+  let names: string[] = [];
+  try {
+    names = (await readdir(options.confDir)).filter((n) => /\.(conflist|conf|json)$/.test(n));
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') throw err;
+  }
+  for (const name of names) {
+    const file = join(options.confDir, name);
+    const text = await readFile(file, 'utf8');
+    let updated: string | undefined;
+    try {
+      updated = withoutPlugin(text, file);
+    } catch (err) {
+      options.log.warn({ file, err: (err as Error).message }, 'left alone: not a CNI configuration');
+      continue;
+    }
+    if (updated === undefined) continue;
+    await writeAtomically(file, updated, file);
+    change = 'removed';
+    options.log.info({ file }, 'ambit-cni removed from the CNI configuration');
+  }
+  await rm(join(options.binDir, AMBIT_PLUGIN_TYPE), { force: true });
+  return change;
+}
+
+/**
+ * Keeps the plugin chained: the primary network plugin may rewrite its configuration at any time (upgrades,
+ * restarts), dropping the entry. Re-checks on every change in the folder and every WATCH_RECHECK_MS. Stops when
+ * `signal` aborts; resolves then.
+ */
+export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void): Promise<void> {
+  return new Promise((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    let running: Promise<void> = Promise.resolve();
+    const check = () => {
+      running = running
+        .then(async () => {
+          if (signal.aborted) return;
+          const result = await ensureConfigured(options);
+          if (result.change !== 'unchanged') {
+            options.log.warn({ file: result.file, change: result.change }, 'the CNI configuration lost ambit-cni; chained it again');
+            onChange?.(result);
+          }
+        })
+        .catch((err: unknown) => options.log.error({ err }, 'cannot re-check the CNI configuration; will retry'));
+    };
+    const schedule = () => {
+      clearTimeout(timer);
+      // Editors and installers write in bursts; settle for a moment, then look once.
+      timer = setTimeout(check, 50);
+    };
+    let watcher: FSWatcher | undefined;
+    try {
+      watcher = watch(options.confDir, schedule);
+      watcher.on('error', (err) => options.log.warn({ err }, 'watching the CNI configuration folder failed; re-checking on the interval only'));
+    } catch (err) {
+      options.log.warn({ err }, 'cannot watch the CNI configuration folder; re-checking on the interval only');
+    }
+    const interval = setInterval(check, WATCH_RECHECK_MS);
+    check();
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        clearInterval(interval);
+        watcher?.close();
+        void running.then(() => resolve());
+      },
+      { once: true },
+    );
+  });
+}
+
+function isAmbit(plugin: unknown): boolean {
+  return typeof plugin === 'object' && plugin !== null && (plugin as { type?: unknown }).type === AMBIT_PLUGIN_TYPE;
+}
+
+function parseConfig(text: string, file: string): Record<string, unknown> & { plugins?: unknown } {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new AmbitError('CNI_CONFIG_INVALID', `${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new AmbitError('CNI_CONFIG_INVALID', `${file} is not a JSON object`);
+  const config = value as Record<string, unknown>;
+  if (typeof config.cniVersion !== 'string') throw new AmbitError('CNI_CONFIG_INVALID', `${file} has no cniVersion`);
+  if (config.plugins !== undefined && !Array.isArray(config.plugins)) throw new AmbitError('CNI_CONFIG_INVALID', `${file}: plugins is not a list`);
+  if (config.plugins === undefined && typeof config.type !== 'string') throw new AmbitError('CNI_CONFIG_INVALID', `${file} has neither plugins nor a type`);
+  return config;
+}
+
+function format(config: Record<string, unknown>): string {
+  return `${JSON.stringify(config, null, 2)}\n`;
+}
+
+/** Write-then-rename beside the target (same filesystem), keeping the original file's mode; fsynced before rename. */
+async function writeAtomically(target: string, text: string, modeFrom: string): Promise<void> {
+  const mode = (await stat(modeFrom).catch(() => undefined))?.mode ?? 0o644;
+  // A name the runtime ignores (no .conf/.conflist/.json ending) while it is being written.
+  const tmp = join(target, '..', `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const handle = await open(tmp, 'w', mode & 0o777);
+    try {
+      await handle.writeFile(text);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(tmp, target);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw new AmbitError('CNI_INSTALL_FAILED', `cannot write ${target}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+async function sameContent(a: string, b: string): Promise<boolean> {
+  const [x, y] = await Promise.all([readFile(a), readFile(b)]);
+  return x.equals(y);
+}

@@ -1,0 +1,221 @@
+/** The agent's end of the CNI socket: protocol handling, bad input, and the enrollment decisions behind ADD/DEL/CHECK. */
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { CniHandler, decideEnrollment } from '../agent/cni-handler.js';
+import { CniServer } from '../agent/cni-server.js';
+import { CNI_PROTOCOL_VERSION, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
+import { convertObject, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type PodInfo } from '../core/discovery/index.js';
+import { silentLogger } from '../core/log.js';
+import { storeWith } from './mesh/store.js';
+
+async function tempDir(t: Test): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ambit-cni-agent-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Sends raw bytes, returns everything the agent answers before it closes. */
+function exchange(path: string, payload: string | undefined, options: { end?: boolean } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(path);
+    let data = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (data += chunk));
+    socket.once('error', reject);
+    socket.once('close', () => resolve(data));
+    socket.once('connect', () => {
+      if (payload !== undefined) socket.write(payload);
+      if (options.end) socket.end();
+    });
+  });
+}
+
+async function request(path: string, body: unknown): Promise<CniResponse> {
+  return parseCniResponse((await exchange(path, `${JSON.stringify(body)}\n`)).trim());
+}
+
+t.test('the socket: private, one exchange per connection, bad input refused, a stalled client blocks nobody', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'run', 'cni.sock');
+  const seen: CniRequest[] = [];
+  const server = await CniServer.listen({
+    path,
+    log: silentLogger(),
+    requestTimeoutMs: 300,
+    handle: async (req) => {
+      seen.push(req);
+      return { version: CNI_PROTOCOL_VERSION, ok: true, enrolled: false, reason: 'test' };
+    },
+  });
+  t.teardown(() => server.close());
+  t.equal((await stat(path)).mode & 0o777, 0o600, 'socket mode 0600');
+  t.equal((await stat(join(dir, 'run'))).mode & 0o777, 0o700, 'its folder is 0700');
+
+  const stalled = net.connect(path);
+  t.teardown(() => stalled.destroy());
+  await new Promise((r) => stalled.once('connect', r));
+  stalled.write('{"version":1,"op":"add"');
+
+  const ok = await request(path, { version: 1, op: 'status' });
+  t.same(ok, { version: 1, ok: true, enrolled: false, reason: 'test' }, 'served while another client stalls');
+
+  const cases: Array<[string, string, string, RegExp]> = [
+    ['not JSON', 'hello\n', 'bad-request', /not valid JSON/],
+    ['not an object', '[1,2]\n', 'bad-request', /not a JSON object/],
+    ['no version', '{"op":"status"}\n', 'bad-request', /version/],
+    ['unknown version', '{"version":7,"op":"status"}\n', 'unsupported-version', /version 7 is not supported/],
+    ['unknown op', '{"version":1,"op":"reboot"}\n', 'bad-request', /"op" must be one of/],
+    ['add without pod', '{"version":1,"op":"add"}\n', 'bad-request', /no "pod"/],
+    ['bad namespace', '{"version":1,"op":"add","pod":{"namespace":"Bad_NS","name":"p","containerId":"c","ips":["10.0.0.1"]}}\n', 'bad-request', /namespace/],
+    ['bad IP', '{"version":1,"op":"add","pod":{"namespace":"a","name":"p","containerId":"c","ips":["10.0.0.999"]}}\n', 'bad-request', /not an IP/],
+    ['add without IPs', '{"version":1,"op":"add","pod":{"namespace":"a","name":"p","containerId":"c","ips":[]}}\n', 'bad-request', /no IPs/],
+    ['too long', `${'x'.repeat(20_000)}\n`, 'bad-request', /longer than/],
+  ];
+  for (const [what, payload, code, message] of cases) {
+    const response = parseCniResponse((await exchange(path, payload)).trim());
+    t.equal(response.ok, false, `${what}: refused`);
+    if (!response.ok) {
+      t.equal(response.error.code, code, `${what}: ${code}`);
+      t.match(response.error.message, message, `${what}: says why`);
+      if (code === 'unsupported-version') t.same(response.error.supportedVersions, [1], 'names the versions it speaks');
+    }
+  }
+  const cut = parseCniResponse((await exchange(path, '{"version":1,"op":"status"}', { end: true })).trim());
+  t.equal(cut.ok, false, 'a request without its newline, then EOF, is refused');
+
+  const dropped = await new Promise<number>((resolve) => {
+    const started = Date.now();
+    stalled.once('close', () => resolve(Date.now() - started));
+  });
+  t.ok(dropped < 1000, 'the stalled client is dropped after the request timeout');
+  t.equal(seen.length, 1, 'only the one valid request reached the handler');
+
+  const second = CniServer.listen({ path, log: silentLogger(), handle: async () => ok });
+  await t.rejects(second, /another agent is listening/, 'a second agent on the same socket is refused');
+});
+
+t.test('a stale socket file left by a crash is replaced; a file that is not a socket is not', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'cni.sock');
+  // A crashed agent leaves its socket file with nobody listening: make one with a process that exits at once.
+  const { execFileSync } = await import('node:child_process');
+  execFileSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(path)}, () => process.exit(0))`]);
+  t.ok((await stat(path)).isSocket(), 'the stale socket file is there');
+  const second = await CniServer.listen({ path, log: silentLogger(), handle: async () => ({ version: 1, ok: true }) });
+  t.teardown(() => second.close());
+  t.same(await request(path, { version: 1, op: 'status' }), { version: 1, ok: true });
+  const { writeFile } = await import('node:fs/promises');
+  const notSocket = join(dir, 'file.sock');
+  await writeFile(notSocket, 'x');
+  await t.rejects(CniServer.listen({ path: notSocket, log: silentLogger(), handle: async () => ({ version: 1, ok: true }) }), /not a socket/);
+});
+
+const ns = (name: string, labels: Record<string, string> = {}) => ({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } });
+const podObject = (name: string, namespace: string, extra: { labels?: Record<string, string>; hostNetwork?: boolean; node?: string; ip?: string } = {}) => ({
+  apiVersion: 'v1',
+  kind: 'Pod',
+  metadata: { name, namespace, labels: extra.labels ?? {} },
+  spec: { nodeName: extra.node ?? 'node1', hostNetwork: extra.hostNetwork, containers: [{ name: 'app' }] },
+  status: extra.ip ? { phase: 'Running', podIP: extra.ip } : { phase: 'Pending' },
+});
+
+t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
+  const podInfo = (labels: Record<string, string> = {}, hostNetwork = false): PodInfo => {
+    const c = convertObject(podObject('p', 'a', { labels, hostNetwork }), 'cluster.local');
+    if (c.kind !== 'Pod') throw new Error('pod');
+    return c.object;
+  };
+  const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
+  const istio = { name: 'a', labels: { [ISTIO_DATAPLANE_LABEL]: 'ambient' } };
+  const plain = { name: 'a', labels: {} };
+  const cases: Array<[string, Parameters<typeof decideEnrollment>[1], PodInfo | undefined, string, RegExp]> = [
+    ['namespace enrolled', enrolled, podInfo(), 'enrolled', /namespace a has ambit.dev\/mode=enabled/],
+    ['istio label', istio, podInfo(), 'enrolled', /istio.io\/dataplane-mode=ambient/],
+    ['namespace not labelled', plain, podInfo(), 'not-enrolled', /not labelled/],
+    ['namespace unknown', undefined, podInfo(), 'not-enrolled', /not known/],
+    ['pod opts out', enrolled, podInfo({ [ENROLL_LABEL]: 'disabled' }), 'not-enrolled', /opts out with ambit.dev\/mode=disabled/],
+    ['pod opts out the istio way', enrolled, podInfo({ [ISTIO_DATAPLANE_LABEL]: 'none' }), 'not-enrolled', /istio.io\/dataplane-mode=none/],
+    ['host network', enrolled, podInfo({}, true), 'not-enrolled', /host network/],
+    ['pod not seen yet', enrolled, undefined, 'pod-unknown', /has not seen pod a\/p/],
+    ['pod not seen, namespace plain', plain, undefined, 'not-enrolled', /not labelled/],
+  ];
+  for (const [what, namespace, pod, kind, reason] of cases) {
+    const decision = decideEnrollment('a', namespace, pod, 'p');
+    t.equal(decision.kind, kind, what);
+    t.match(decision.reason, reason, `${what}: reason`);
+  }
+});
+
+t.test('ADD records the network and answers after the reconcile; DEL and CHECK; restart restores; uninstall', async (t) => {
+  const dir = await tempDir(t);
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('plain'), podObject('web', 'mesh'), podObject('db', 'plain'), podObject('other', 'mesh', { node: 'node2' })]);
+  const applied: string[][] = [];
+  let uninstalled = 0;
+  const handler = new CniHandler({
+    store,
+    nodeName: 'node1',
+    runDir: dir,
+    stateDir: dir,
+    reconcileNow: async () => {
+      applied.push([...store.localEnrolledIps(4)]);
+      await handler.writeEnrollmentSnapshot();
+    },
+    ruleInPlace: async (ip) => applied.at(-1)?.includes(ip) ?? false,
+    uninstall: async () => {
+      uninstalled++;
+    },
+    ready: () => true,
+    log: silentLogger(),
+    podWaitMs: 200,
+  });
+  const pod = (name: string, namespace: string, ips: string[], containerId = 'c1') => ({ namespace, name, containerId, ips });
+  const add = await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
+  t.same(add, { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  t.same(applied.at(-1), ['10.244.1.5'], 'the reconcile that ran before the answer had the pod');
+  const persisted = JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] };
+  t.equal(persisted.pods.length, 1, 'the network is recorded for a restart');
+  t.equal((await stat(join(dir, 'cni-pods.json'))).mode & 0o777, 0o600);
+  const snapshot = JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { enrolledNamespaces: string[] };
+  t.same(snapshot.enrolledNamespaces, ['mesh'], 'the enrollment file names the enrolled namespaces');
+
+  const reconciles = applied.length;
+  t.same(await handler.handle({ version: 1, op: 'add', pod: pod('db', 'plain', ['10.244.1.6']) }), {
+    version: 1,
+    ok: true,
+    enrolled: false,
+    reason: 'namespace plain is not labelled ambit.dev/mode=enabled',
+  });
+  t.equal(applied.length, reconciles, 'a pod outside the mesh costs no reconcile');
+
+  const started = Date.now();
+  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'mesh', ['10.244.1.7']) }), { code: 'not-ready', message: /has not seen pod mesh\/late yet/ });
+  t.ok(Date.now() - started >= 180, 'waited for the pod object before giving up');
+  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('other', 'mesh', ['10.244.1.8']) }), { code: 'not-ready', message: /scheduled on node2/ });
+  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['fd00::5']) }), { code: 'not-ready', message: /IPv4 only/ });
+
+  t.same(await handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  applied.push([]);
+  await t.rejects(handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { code: 'rules-missing' }, 'CHECK asks the kernel state, not memory');
+
+  // A restart: a new store (the pod still Pending, so only the record knows its IP) and a new handler.
+  const store2 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')]);
+  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  t.equal(await handler2.restore(), 1);
+  t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
+  const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
+  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
+
+  t.same(await handler.handle({ version: 1, op: 'del', pod: pod('web', 'mesh', [], 'another-sandbox') }), { version: 1, ok: true, reason: 'pod network removed' });
+  t.same(store.localEnrolledIps(4), ['10.244.1.5'], "a DEL for another sandbox keeps this one's network");
+  await handler.handle({ version: 1, op: 'del', pod: pod('web', 'mesh', []) });
+  t.same(store.localEnrolledIps(4), [], 'DEL releases it');
+  t.same(await handler.handle({ version: 1, op: 'del', pod: pod('never', 'mesh', []) }), { version: 1, ok: true, reason: 'pod network not known (nothing to do)' }, 'DEL of an unknown pod succeeds');
+
+  t.same(await handler.handle({ version: 1, op: 'uninstall' }), { version: 1, ok: true, reason: 'rules removed' });
+  t.equal(uninstalled, 1);
+  await t.rejects(stat(join(dir, 'enrollment.json')), { code: 'ENOENT' }, 'uninstall leaves no state behind');
+});

@@ -1,0 +1,241 @@
+/**
+ * Enrollment through the chained CNI plugin, end to end on network namespaces (root): the testbed runs each node's
+ * conflist as a container runtime does (primary plugin, then ambit-cni with prevResult and containerd's CNI_ARGS),
+ * on a bridge node (br_netfilter on) and a ptp node; `ambit cni install` chains the single-executable plugin in;
+ * agents are processes with real iptables/ipset rules.
+ */
+import { readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import t from 'tap';
+import { buildCniSea } from '../cni/index.js';
+import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
+import { parsePcap, readCniConfDir, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+
+const unavailable = testbedUnavailableReason();
+const MESH = { 'ambit.dev/mode': 'enabled' };
+
+/**
+ * A client that keeps sending: one HTTP request with the marker every 50 ms on a fresh connection; prints one JSON
+ * line per attempt (`ok` or the error code).
+ */
+const SENDER = `
+const net = require('node:net');
+const [host, port, marker] = process.argv.slice(1);
+let n = 0;
+function once() {
+  const id = n++;
+  const s = net.connect({ host, port: Number(port) });
+  let body = '';
+  const done = (result) => { s.destroy(); console.log(JSON.stringify({ id, t: Date.now(), result })); };
+  s.setTimeout(2000, () => done('timeout'));
+  s.on('connect', () => s.write('POST / HTTP/1.1\\r\\nhost: x\\r\\nconnection: close\\r\\ncontent-length: ' + marker.length + '\\r\\nx-marker: ' + marker + '\\r\\n\\r\\n' + marker));
+  s.on('data', (c) => (body += c));
+  s.on('end', () => done(body.startsWith('HTTP/1.1 200') ? 'ok' : 'bad'));
+  s.on('error', (e) => done(e.code || e.message));
+}
+setInterval(once, 50);
+`;
+
+/** Holds one echo connection open; prints `open` once echoed, then how it ended: `end` (clean FIN) or the error. */
+const HOLDER = `
+const net = require('node:net');
+const [host, port] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port), allowHalfOpen: true }, () => s.write('hello'));
+s.once('data', () => console.log('open'));
+s.on('end', () => { console.log('end'); s.end(); });
+s.on('error', (e) => console.log('error ' + (e.code || e.message)));
+`;
+
+async function inIpset(tb: Testbed, node: TestbedNode, ip: string): Promise<boolean> {
+  const result = await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false });
+  return result.exitCode === 0;
+}
+
+/** Polls until `predicate` holds; resolves with the time it took, or rejects after `timeoutMs`. */
+async function within(timeoutMs: number, what: string, predicate: () => Promise<boolean>): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if (await predicate()) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async (t) => {
+  const plugin = (await buildCniSea()).outFile;
+  const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'] });
+  t.teardown(() => tb.destroy());
+  const [node1, node2] = [tb.node('node1'), tb.node('node2')];
+  const cluster = await MeshCluster.start(tb, { namespaces: { mesh: { ...MESH }, plain: {} }, pods: {} });
+  const socket = (node: TestbedNode) => join(cluster.runDir(node), 'cni.sock');
+  const cni = (node: TestbedNode, command: 'install' | 'uninstall', extra: string[] = []) =>
+    tb.exec(node.netns, process.execPath, [
+      CLI_PATH, 'cni', command, '--cni-conf-dir', node.cniConfDir, '--cni-bin-dir', node.cniBinDir, '--agent-socket', socket(node),
+      ...(command === 'install' ? ['--enrollment-file', join(cluster.stateDir(node), 'enrollment.json')] : []), ...extra,
+    ]);
+
+  /** What the kubelet does: the pod object exists, the runtime networks it, the status gets its IP, the app starts. */
+  const startPod = async (name: string, node: TestbedNode, namespace: string, labels: Record<string, string> = {}): Promise<TestbedPod> => {
+    await cluster.declarePod(name, node, { namespace, serviceAccount: name, labels });
+    const pod = await tb.addPod(node, name, { k8s: { namespace } });
+    await cluster.setPodIp(name, pod.ip);
+    await cluster.startWorkload(pod);
+    return pod;
+  };
+
+  t.test('install chains ambit-cni last in each node\'s conflist and copies the executable', async (t) => {
+    for (const node of [node1, node2]) {
+      const { stdout } = await cni(node, 'install', ['--plugin', plugin]);
+      t.match(String(stdout), /chained in .*\.conflist \(added\)/);
+      const conflist = await readCniConfDir(node.cniConfDir);
+      t.same(conflist.plugins.map((p) => p['type']), [node.cni, 'ambit-cni'], `${node.name}: primary first, ambit-cni last`);
+      t.equal(conflist.plugins[1]?.['agentSocket'], socket(node));
+      t.equal(conflist.plugins[1]?.['enrollmentFile'], join(cluster.stateDir(node), 'enrollment.json'));
+      t.ok(((await stat(join(node.cniBinDir, 'ambit-cni'))).mode & 0o111) !== 0, 'the plugin is executable');
+      const again = await cni(node, 'install', ['--plugin', plugin]);
+      t.match(String(again.stdout), /\(unchanged\)/, 'installing twice changes nothing');
+    }
+  });
+
+  let web: TestbedPod;
+  let client: TestbedPod;
+  t.test('an enrolled pod has its rules before ADD returns, on the ptp node and on the bridge node', async (t) => {
+    await cluster.declarePod('web', node2, { namespace: 'mesh', serviceAccount: 'web' });
+    web = await tb.addPod(node2, 'web', { k8s: { namespace: 'mesh' } });
+    t.ok(await inIpset(tb, node2, web.ip), 'the IP is in the enrolled set as soon as ADD returns');
+    t.same((web.cniResult as { ips: unknown[] }).ips.length, 1, 'the result passed through the chain carries the IP');
+    await cluster.setPodIp('web', web.ip);
+    await cluster.startWorkload(web);
+    const record = await cluster.waitForLog(node2, (r) => r.msg === 'CNI ADD: pod enrolled, rules in place');
+    t.match(record, { pod: 'mesh/web', ips: [web.ip] });
+
+    client = await startPod('client', node1, 'mesh');
+    t.ok(await inIpset(tb, node1, client.ip), 'bridge node too');
+    const body = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
+    t.equal(body.pod, 'web', 'the two enrolled pods talk through the mesh');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip: string }).ip === web.ip);
+  });
+
+  t.test('a pod outside the mesh is untouched', async (t) => {
+    const before = String((await tb.exec(node2.netns, 'iptables-save', [])).stdout);
+    const db = await startPod('db', node2, 'plain');
+    t.notOk(await inIpset(tb, node2, db.ip), 'not in the enrolled set');
+    const after = String((await tb.exec(node2.netns, 'iptables-save', [])).stdout);
+    t.notMatch(after.replace(before, ''), db.ip, 'no rule names it');
+    const opted = await startPod('opted-out', node2, 'mesh', { 'ambit.dev/mode': 'disabled' });
+    t.notOk(await inIpset(tb, node2, opted.ip), 'a pod that opts out of an enrolled namespace is not captured');
+  });
+
+  t.test('agent down: an enrolled ADD fails with a CNI error, one outside the mesh succeeds', async (t) => {
+    const gone = await startPod('gone', node2, 'mesh');
+    t.ok(await inIpset(tb, node2, gone.ip));
+    t.equal(await cluster.stopAgent(node2), 0, 'clean shutdown');
+    t.ok(await inIpset(tb, node2, web.ip), 'the rules stay while the agent is away');
+    // As after a reboot: /var/run is empty (no socket, no pod record); only the persistent enrollment file is left.
+    await rm(cluster.runDir(node2), { recursive: true, force: true });
+    await cluster.declarePod('web2', node2, { namespace: 'mesh' });
+    const started = Date.now();
+    const failure = (await tb.addPod(node2, 'web2', { k8s: { namespace: 'mesh' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
+    t.equal(failure.cniError?.code, 11, 'CNI error 11, try again later');
+    t.match(failure.cniError?.msg, /mesh\/web2/, 'the message names the pod');
+    t.ok(Date.now() - started < 4000, 'fails promptly (the socket is gone: no timeout to wait for)');
+    await cluster.declarePod('db2', node2, { namespace: 'plain' });
+    const db2 = await tb.addPod(node2, 'db2', { k8s: { namespace: 'plain' } });
+    t.ok(db2.ip, 'a pod outside the mesh starts while the agent is down');
+
+    // Meanwhile a pod is deleted (its DEL cannot reach the agent, and must not fail) and another opts in.
+    await tb.removePod(gone);
+    await cluster.forgetPod('gone');
+    const optedOut = tb.pod('opted-out');
+    await cluster.setPodLabels('opted-out', {});
+
+    await cluster.startAgent(node2);
+    t.notOk(await inIpset(tb, node2, gone.ip), 'ready means reconciled: the deleted pod is out of the set');
+    t.ok(await inIpset(tb, node2, optedOut.ip), 'and the pod that opted in meanwhile is in it');
+    t.ok(await inIpset(tb, node2, web.ip), 'the pods that did not change stay captured');
+    await cluster.setPodLabels('opted-out', { 'ambit.dev/mode': 'disabled' });
+    await within(1000, 'opted out again', async () => !(await inIpset(tb, node2, optedOut.ip)));
+    const web2 = await tb.addPod(node2, 'web2', { k8s: { namespace: 'mesh' } });
+    t.ok(await inIpset(tb, node2, web2.ip), "the runtime's retry succeeds once the agent is back");
+  });
+
+  t.test('agent killed with SIGKILL while a client keeps sending: no plaintext on the wire, traffic resumes', async (t) => {
+    const marker = `ambit-crash-marker-${process.pid}-${Date.now()}`;
+    const capture = await startCapture(node1.netns, node1.uplink, 'tcp');
+    const sender = tb.spawn(client.netns, process.execPath, ['-e', SENDER, web.ip, String(HTTP_PORT), marker], { buffer: false });
+    const results: Array<{ t: number; result: string }> = [];
+    let partial = '';
+    sender.stdout!.setEncoding('utf8');
+    sender.stdout!.on('data', (chunk: string) => {
+      partial += chunk;
+      const lines = partial.split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) if (line) results.push(JSON.parse(line) as { t: number; result: string });
+    });
+    await within(5000, 'traffic flows', async () => results.some((r) => r.result === 'ok'));
+    t.equal(await cluster.stopAgent(node1, 'SIGKILL'), null, 'the agent is killed');
+    const killedAt = Date.now();
+    await new Promise((r) => setTimeout(r, 1000));
+    t.ok(await inIpset(tb, node1, client.ip), 'its rules outlive it');
+    // Attempts end up to a moment after the agent is ready and before its log line reaches the test: the window
+    // of "down" closes when the restart begins.
+    const restartingAt = Date.now();
+    await cluster.startAgent(node1);
+    const restartedAt = Date.now();
+    await within(5000, 'traffic resumes', async () => results.some((r) => r.t > restartedAt && r.result === 'ok'));
+    sender.kill();
+    const pcap = await capture.stop();
+    const during = results.filter((r) => r.t > killedAt + 100 && r.t < restartingAt);
+    t.ok(during.length > 5, `attempts while the agent was down (${during.length})`);
+    t.ok(during.every((r) => r.result !== 'ok'), 'none of them got through');
+    t.notOk(pcap.includes(Buffer.from(marker)), 'the marker never crossed the wire in the clear');
+    const packets = parsePcap(pcap);
+    const offPort = packets.filter((p) => p.srcPort !== 15008 && p.dstPort !== 15008);
+    t.same(offPort.map((p) => `${p.src}:${p.srcPort}>${p.dst}:${p.dstPort}`), [], 'every packet between the nodes is HBONE');
+  });
+
+  t.test('relabelling moves running pods in and out of the mesh within 1 s', async (t) => {
+    const holder = tb.spawn(client.netns, process.execPath, ['-e', HOLDER, web.ip, String(ECHO_PORT)], { buffer: false });
+    const held: string[] = [];
+    holder.stdout!.setEncoding('utf8');
+    holder.stdout!.on('data', (chunk: string) => held.push(...chunk.split('\n').filter(Boolean)));
+    await within(5000, 'a connection through the mesh is open', async () => held.includes('open'));
+    await cluster.setNamespaceLabels('mesh', {});
+    const out = await within(1000, 'unlabelled namespace leaves the mesh', async () => !(await inIpset(tb, node2, web.ip)) && !(await inIpset(tb, node1, client.ip)));
+    t.ok(out <= 1000, `out of the mesh in ${out} ms`);
+    await within(3000, 'the open connection is closed', async () => held.length > 1);
+    t.same(held, ['open', 'end'], 'its open connection was closed cleanly (FIN, not a reset)');
+    holder.kill();
+    const plainBody = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
+    t.equal(plainBody.pod, 'web', 'the pods keep running and talk in plain TCP');
+    await cluster.setNamespaceLabels('mesh', { ...MESH });
+    const back = await within(1000, 'relabelled namespace rejoins', async () => (await inIpset(tb, node2, web.ip)) && (await inIpset(tb, node1, client.ip)));
+    t.ok(back <= 1000, `back in the mesh in ${back} ms`);
+    await cluster.setPodLabels('web', { 'ambit.dev/mode': 'disabled' });
+    const podOut = await within(1000, 'a pod label opts one pod out', async () => !(await inIpset(tb, node2, web.ip)));
+    t.ok(podOut <= 1000, `pod opted out in ${podOut} ms`);
+    await cluster.setPodLabels('web', {});
+    await within(1000, 'the pod rejoins', () => inIpset(tb, node2, web.ip));
+  });
+
+  t.test('uninstall: plain networking again, no Ambit chain, ipset or plugin left', async (t) => {
+    for (const node of [node1, node2]) {
+      await cni(node, 'uninstall');
+      const conflist = await readCniConfDir(node.cniConfDir);
+      t.same(conflist.plugins.map((p) => p['type']), [node.cni], `${node.name}: only the primary plugin remains`);
+      await t.rejects(stat(join(node.cniBinDir, 'ambit-cni')), { code: 'ENOENT' }, 'the executable is gone');
+      const rules = String((await tb.exec(node.netns, 'iptables-save', [])).stdout);
+      t.notMatch(rules, /AMBIT/i, `${node.name}: no Ambit chain or rule`);
+      const sets = String((await tb.exec(node.netns, 'ipset', ['list', '-n'])).stdout);
+      t.notMatch(sets, /ambit/, `${node.name}: no Ambit ipset`);
+      await t.rejects(readFile(join(cluster.stateDir(node), 'enrollment.json')), { code: 'ENOENT' }, 'no enrollment file left behind');
+      await t.rejects(readFile(join(cluster.runDir(node), 'cni-pods.json')), { code: 'ENOENT' }, 'no pod record left behind');
+    }
+    const body = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
+    t.equal(body.pod, 'web', 'pods talk over plain networking');
+    t.equal(body.client, client.ip, 'directly, from the client pod itself');
+    const late = await tb.addPod(node2, 'late', { k8s: { namespace: 'mesh' } });
+    t.ok(late.ip, 'new pods start without the plugin');
+    t.notOk(await inIpset(tb, node2, late.ip).catch(() => false), 'and are not captured');
+  });
+});
