@@ -49,8 +49,11 @@ export class InvalidObjectError extends AmbitError {
 
 type Fields = Record<string, unknown>;
 
-/** Names the object in every failure; `namespace` is undefined for cluster-scoped kinds. */
-class ObjectReader {
+/**
+ * Reads an object's fields and names the object in every failure; `namespace` is undefined for cluster-scoped kinds.
+ * Other kinds' converters (policies) build on it.
+ */
+export class ObjectReader {
   constructor(
     readonly kind: string,
     readonly namespace: string | undefined,
@@ -403,7 +406,8 @@ function addUnique(list: string[], value: string): void {
   if (!list.includes(value)) list.push(value);
 }
 
-function describe(value: unknown): string {
+/** A value as a validation message shows it: `the string "x"`, `number 3`, `a list`. */
+export function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'a list';
   if (typeof value === 'object') return 'an object';

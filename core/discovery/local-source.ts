@@ -15,6 +15,20 @@ export interface LocalSourceOptions {
   log: Logger;
   /** Quiet time after the last change on disk before reloading; a burst of writes costs one reload. */
   debounceMs?: number;
+  /** Kinds other programs keep (policies, routes): read from the same folder, handed over on each reload. */
+  collections?: readonly LocalCollection[];
+}
+
+/**
+ * A kind of object that another part of the mesh keeps, read from the folder with the discovery objects. Its
+ * `convert` claims an object (returning it under a unique key), passes (undefined) or throws InvalidObjectError;
+ * `rejected` hears of each rejection, so the collection can fail closed for it; `replaceAll` receives every claimed
+ * object after each reload, before the store's own batch.
+ */
+export interface LocalCollection<T = unknown> {
+  convert(object: unknown): { key: string; object: T } | undefined;
+  rejected?(error: InvalidObjectError, object: unknown): { key: string; object: T } | undefined;
+  replaceAll(objects: T[]): void;
 }
 
 /** A problem found in the last reload; `code` is MANIFEST_PARSE_FAILED, INVALID_OBJECT or DUPLICATE_OBJECT. */
@@ -58,6 +72,7 @@ export class LocalSource extends EventEmitter {
   /** Each file's objects as of its last successful parse. */
   private readonly lastGoodObjects = new Map<string, readonly unknown[]>();
   private problems: readonly LocalSourceProblem[] = [];
+  private readonly collections: readonly LocalCollection[];
   private watcher: FSWatcher | undefined;
   private debounceTimer: NodeJS.Timeout | undefined;
   private rewatchTimer: NodeJS.Timeout | undefined;
@@ -74,6 +89,7 @@ export class LocalSource extends EventEmitter {
     this.store = options.store;
     this.log = options.log.child({ component: 'discovery-local', dir: options.dir });
     this.debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+    this.collections = options.collections ?? [];
   }
 
   /**
@@ -188,10 +204,12 @@ export class LocalSource extends EventEmitter {
     }
 
     const byKey = new Map<string, { converted: ConvertedObject; file: string }>();
+    const collected = this.collections.map(() => new Map<string, unknown>());
     for (const file of files) {
       const objects = await this.readFileObjects(file, problems);
       if (objects === undefined) continue;
       for (const object of objects) {
+        if (this.collect(object, file, problems, collected)) continue;
         const converted = this.convert(object, file, problems);
         if (converted === undefined) continue;
         const key = `${converted.kind} ${objectRef(converted)}`;
@@ -215,6 +233,7 @@ export class LocalSource extends EventEmitter {
       else snapshot.nodes.push(converted.object);
     }
     this.problems = Object.freeze(problems);
+    this.collections.forEach((collection, i) => collection.replaceAll([...collected[i]!.values()]));
     this.store.replaceAll(snapshot, SOURCE_NAME);
     this.log.info({ files: files.length, objects: byKey.size, problems: problems.length, version: this.store.version }, 'config folder loaded');
     const event: LocalReload = { storeVersion: this.store.version, problems: this.problems };
@@ -247,6 +266,33 @@ export class LocalSource extends EventEmitter {
       problems.push({ file, code: err instanceof AmbitError ? err.code : 'MANIFEST_PARSE_FAILED', message });
       return previous;
     }
+  }
+
+  /** True when a collection claimed the object (kept, or rejected and reported). */
+  private collect(object: unknown, file: string, problems: LocalSourceProblem[], collected: Array<Map<string, unknown>>): boolean {
+    for (const [i, collection] of this.collections.entries()) {
+      let claimed: { key: string; object: unknown } | undefined;
+      try {
+        claimed = collection.convert(object);
+      } catch (err) {
+        if (!(err instanceof InvalidObjectError)) throw err;
+        const fields = { kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field };
+        this.log.warn({ file, ...fields, reason: err.reason }, `${file}: ${err.message}; object rejected`);
+        problems.push({ file, code: err.code, message: err.message, ...fields });
+        claimed = collection.rejected?.(err, object);
+        if (claimed !== undefined) collected[i]!.set(claimed.key, claimed.object);
+        return true;
+      }
+      if (claimed === undefined) continue;
+      if (collected[i]!.has(claimed.key)) {
+        const message = `${claimed.key} is defined twice; using the one in ${file}`;
+        this.log.warn({ file, object: claimed.key }, message);
+        problems.push({ file, code: 'DUPLICATE_OBJECT', message });
+      }
+      collected[i]!.set(claimed.key, claimed.object);
+      return true;
+    }
+    return false;
   }
 
   private convert(object: unknown, file: string, problems: LocalSourceProblem[]): ConvertedObject | undefined {

@@ -1,0 +1,659 @@
+import { AmbitError } from '../errors.js';
+import type { Labels } from '../discovery/index.js';
+import type { AuthorizationAction, AuthorizationPolicy, Condition, MtlsMode, Operation, PeerAuthentication, Rule, Source } from './types.js';
+
+/** One L4 connection as the destination agent sees it, before it answers the CONNECT (or dials the upstream). */
+export interface ConnectionAttributes {
+  readonly source: {
+    readonly ip: string;
+    /** The peer's SPIFFE ID without `spiffe://` (`cluster.local/ns/x/sa/y`), as Istio writes principals; undefined for plaintext. */
+    readonly principal?: string;
+    /** Undefined for plaintext; when only the principal is given, its `/ns/<namespace>/` segment. */
+    readonly namespace?: string;
+  };
+  readonly destination: {
+    readonly ip: string;
+    readonly port: number;
+    readonly workload: { readonly namespace: string; readonly name: string; readonly labels: Labels };
+    /** The Services that select the workload, for policies with targetRefs. */
+    readonly services?: ReadonlyArray<{ readonly namespace: string; readonly name: string }>;
+  };
+}
+
+/**
+ * Stable, machine-matchable: metrics label and access-log field.
+ * - `denied_by_policy`: a DENY policy matched (`policy`, `rule` name it);
+ * - `allowed_by_policy`: an ALLOW policy matched;
+ * - `not_allowed_by_any_policy`: ALLOW policies apply to the workload and none matched (default deny);
+ * - `no_policy`: no ALLOW policy applies and no DENY matched (default allow);
+ * - `invalid_connection`: the attributes cannot be evaluated (an unparseable address or port); fails closed.
+ */
+export type PolicyReason = 'denied_by_policy' | 'allowed_by_policy' | 'not_allowed_by_any_policy' | 'no_policy' | 'invalid_connection';
+
+/** A rule the agent decided without its L7 part: an ALLOW one never matches, a DENY or AUDIT one matched on its L4 part. */
+export interface L7Fallback {
+  readonly policy: string;
+  readonly rule: number;
+  readonly action: AuthorizationAction;
+  readonly fields: readonly string[];
+}
+
+export interface PolicyDecision {
+  readonly decision: 'ALLOW' | 'DENY';
+  /** `namespace/name` of the policy that decided, null for a default. */
+  readonly policy: string | null;
+  readonly rule: number | null;
+  readonly reason: PolicyReason;
+  /** Every AUDIT policy that matched, with its first matching rule. */
+  readonly audit: ReadonlyArray<{ readonly policy: string; readonly rule: number }>;
+  /** Every rule of the policies applying to the workload that uses attributes only a waypoint can see. */
+  readonly l7Fallbacks: readonly L7Fallback[];
+}
+
+export interface PolicySetOptions {
+  /** Policies in this namespace apply mesh-wide (Ambit's default `ambit-system`, Istio's `istio-system`). */
+  readonly rootNamespace: string;
+}
+
+/** A parsed address: IPv4 (and IPv4-mapped IPv6) as family 4 in `w3`; IPv6 as four 32-bit words. */
+interface Ip {
+  readonly family: 4 | 6;
+  readonly w0: number;
+  readonly w1: number;
+  readonly w2: number;
+  readonly w3: number;
+}
+
+interface Cidr {
+  readonly family: 4 | 6;
+  readonly n0: number;
+  readonly n1: number;
+  readonly n2: number;
+  readonly n3: number;
+  readonly m0: number;
+  readonly m1: number;
+  readonly m2: number;
+  readonly m3: number;
+}
+
+interface Context {
+  readonly srcIp: Ip;
+  readonly dstIp: Ip;
+  readonly port: number;
+  readonly principal: string | undefined;
+  readonly namespace: string | undefined;
+}
+
+type Predicate = (ctx: Context) => boolean;
+
+interface CompiledRule {
+  readonly index: number;
+  readonly matches: Predicate;
+}
+
+interface CompiledPolicy {
+  readonly key: string;
+  readonly name: string;
+  readonly action: AuthorizationAction;
+  readonly selector: ReadonlyArray<readonly [string, string]> | undefined;
+  /** Names of the Services (in the policy's namespace) the policy targets; undefined without targetRefs. */
+  readonly services: ReadonlySet<string> | undefined;
+  readonly namespace: string;
+  readonly rules: readonly CompiledRule[];
+  readonly l7Fallbacks: readonly L7Fallback[];
+}
+
+/**
+ * The AuthorizationPolicies of the store, compiled and indexed by namespace so that a decision only looks at the
+ * root namespace and the destination's namespace, however many policies the mesh has. Immutable: build a new one
+ * when the policies change.
+ */
+export class PolicySet {
+  readonly rootNamespace: string;
+  /** The policies as given (dry-run and Gateway-only ones included), for dumps and `ambit authz check`. */
+  readonly policies: readonly AuthorizationPolicy[];
+  readonly #byNamespace: ReadonlyMap<string, readonly CompiledPolicy[]>;
+
+  constructor(policies: readonly AuthorizationPolicy[], options: PolicySetOptions) {
+    this.rootNamespace = options.rootNamespace;
+    this.policies = Object.freeze([...policies]);
+    const byNamespace = new Map<string, CompiledPolicy[]>();
+    const seen = new Set<string>();
+    for (const policy of policies) {
+      const key = `${policy.namespace}/${policy.name}`;
+      // Two versions of one object would make the decision depend on which came first.
+      if (seen.has(key)) throw new AmbitError('DUPLICATE_POLICY', `AuthorizationPolicy ${key} is given twice; the store keeps one version of each object`);
+      seen.add(key);
+      const compiled = compilePolicy(policy, key);
+      if (compiled === undefined) continue;
+      const list = byNamespace.get(policy.namespace);
+      if (list === undefined) byNamespace.set(policy.namespace, [compiled]);
+      else list.push(compiled);
+    }
+    // A canonical order makes the decision, and the policy it names, independent of the order of the input.
+    for (const list of byNamespace.values()) list.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    this.#byNamespace = byNamespace;
+  }
+
+  /**
+   * For evaluateConnection: mesh-wide policies first, then the workload's namespace, which is also the order in
+   * which a match is reported.
+   */
+  scopes(namespace: string): ReadonlyArray<readonly CompiledPolicy[]> {
+    const mesh = this.#byNamespace.get(this.rootNamespace);
+    if (namespace === this.rootNamespace) return mesh === undefined ? [] : [mesh];
+    const local = this.#byNamespace.get(namespace);
+    if (mesh === undefined) return local === undefined ? [] : [local];
+    return local === undefined ? [mesh] : [mesh, local];
+  }
+}
+
+export function buildPolicySet(policies: readonly AuthorizationPolicy[], options: PolicySetOptions): PolicySet {
+  return new PolicySet(policies, options);
+}
+
+const NO_AUDIT: PolicyDecision['audit'] = Object.freeze([]);
+const NO_FALLBACKS: readonly L7Fallback[] = Object.freeze([]);
+
+/**
+ * The authorization decision for one connection, as Istio documents it: a matching DENY policy denies; otherwise,
+ * when ALLOW policies apply to the workload, one of them must match; otherwise the connection is allowed. AUDIT
+ * policies are reported and never change the decision. Pure: `ambit authz check` and the agent call the same code.
+ */
+export function evaluateConnection(policies: PolicySet, request: ConnectionAttributes): PolicyDecision {
+  const { source, destination } = request;
+  const srcIp = parseIp(source.ip);
+  const dstIp = parseIp(destination.ip);
+  if (srcIp === undefined || dstIp === undefined || !Number.isInteger(destination.port) || destination.port < 1 || destination.port > 65535) {
+    return { decision: 'DENY', policy: null, rule: null, reason: 'invalid_connection', audit: NO_AUDIT, l7Fallbacks: NO_FALLBACKS };
+  }
+  const principal = source.principal === '' ? undefined : source.principal;
+  const namespace = source.namespace === undefined || source.namespace === '' ? namespaceOfPrincipal(principal) : source.namespace;
+  const ctx: Context = { srcIp, dstIp, port: destination.port, principal, namespace };
+
+  let denied: CompiledPolicy | undefined;
+  let deniedRule = -1;
+  let allowed: CompiledPolicy | undefined;
+  let allowedRule = -1;
+  let allowApplies = false;
+  let audit: Array<{ policy: string; rule: number }> | undefined;
+  let l7Fallbacks: L7Fallback[] | undefined;
+
+  for (const scope of policies.scopes(destination.workload.namespace)) {
+    for (const policy of scope) {
+      if (!applies(policy, destination)) continue;
+      if (policy.l7Fallbacks.length > 0) (l7Fallbacks ??= []).push(...policy.l7Fallbacks);
+      if (policy.action === 'ALLOW') {
+        allowApplies = true;
+        if (allowed !== undefined || denied !== undefined) continue;
+        const rule = firstMatch(policy, ctx);
+        if (rule >= 0) {
+          allowed = policy;
+          allowedRule = rule;
+        }
+      } else if (policy.action === 'DENY') {
+        if (denied !== undefined) continue;
+        const rule = firstMatch(policy, ctx);
+        if (rule >= 0) {
+          denied = policy;
+          deniedRule = rule;
+        }
+      } else {
+        const rule = firstMatch(policy, ctx);
+        if (rule >= 0) (audit ??= []).push({ policy: policy.key, rule });
+      }
+    }
+  }
+
+  const reported = { audit: audit ?? NO_AUDIT, l7Fallbacks: l7Fallbacks ?? NO_FALLBACKS };
+  if (denied !== undefined) return { decision: 'DENY', policy: denied.key, rule: deniedRule, reason: 'denied_by_policy', ...reported };
+  if (allowed !== undefined) return { decision: 'ALLOW', policy: allowed.key, rule: allowedRule, reason: 'allowed_by_policy', ...reported };
+  if (allowApplies) return { decision: 'DENY', policy: null, rule: null, reason: 'not_allowed_by_any_policy', ...reported };
+  return { decision: 'ALLOW', policy: null, rule: null, reason: 'no_policy', ...reported };
+}
+
+function applies(policy: CompiledPolicy, destination: ConnectionAttributes['destination']): boolean {
+  if (policy.services !== undefined) {
+    const services = destination.services;
+    if (services === undefined) return false;
+    for (const service of services) {
+      if (service.namespace === policy.namespace && policy.services.has(service.name)) return true;
+    }
+    return false;
+  }
+  if (policy.selector !== undefined) {
+    const labels = destination.workload.labels;
+    for (const [key, value] of policy.selector) {
+      if (labels[key] !== value) return false;
+    }
+  }
+  return true;
+}
+
+function firstMatch(policy: CompiledPolicy, ctx: Context): number {
+  for (const rule of policy.rules) {
+    if (rule.matches(ctx)) return rule.index;
+  }
+  return -1;
+}
+
+/** Compiles a policy, or undefined when it never applies at the agent (dry-run, or attached to Gateways only). */
+function compilePolicy(policy: AuthorizationPolicy, key: string): CompiledPolicy | undefined {
+  if (policy.dryRun) return undefined;
+  let services: Set<string> | undefined;
+  if (policy.targetRefs !== undefined && policy.targetRefs.length > 0) {
+    services = new Set(policy.targetRefs.filter((ref) => ref.kind === 'Service').map((ref) => ref.name));
+    if (services.size === 0) return undefined;
+  }
+  const selector = policy.selector === undefined ? undefined : Object.entries(policy.selector);
+  const rules: CompiledRule[] = [];
+  const l7Fallbacks: L7Fallback[] = [];
+  policy.rules.forEach((rule, index) => {
+    if (rule.l7Fields.length > 0) l7Fallbacks.push(Object.freeze({ policy: key, rule: index, action: policy.action, fields: rule.l7Fields }));
+    // Fail closed: an ALLOW that needs what the agent cannot see must not allow; a DENY or AUDIT keeps its L4 part.
+    if (policy.action === 'ALLOW' && rule.l7Fields.length > 0) return;
+    rules.push({ index, matches: compileRule(rule) });
+  });
+  return {
+    key,
+    name: policy.name,
+    action: policy.action,
+    selector: selector !== undefined && selector.length > 0 ? selector : undefined,
+    services,
+    namespace: policy.namespace,
+    rules,
+    l7Fallbacks,
+  };
+}
+
+function compileRule(rule: Rule): Predicate {
+  const checks: Predicate[] = [];
+  if (rule.from !== undefined) {
+    const sources = rule.from.map(compileSource);
+    // A source made only of L7 fields has no L4 part: it matches everything at the agent.
+    if (!sources.includes(undefined)) checks.push(anyOf(sources as Predicate[]));
+  }
+  if (rule.to !== undefined) {
+    const operations = rule.to.map(compileOperation);
+    if (!operations.includes(undefined)) checks.push(anyOf(operations as Predicate[]));
+  }
+  for (const condition of rule.when) {
+    const check = compileCondition(condition);
+    if (check !== undefined) checks.push(check);
+  }
+  return allOf(checks);
+}
+
+/** The L4 part of a source, or undefined when it has none. */
+function compileSource(source: Source): Predicate | undefined {
+  const checks: Predicate[] = [];
+  const identity = (values: readonly string[] | undefined, negate: boolean, pick: (ctx: Context) => string | undefined) => {
+    if (values === undefined) return;
+    const patterns = compilePatterns(values);
+    checks.push(negate ? (ctx) => !matchPatterns(patterns, pick(ctx)) : (ctx) => matchPatterns(patterns, pick(ctx)));
+  };
+  identity(source.principals, false, (ctx) => ctx.principal);
+  identity(source.notPrincipals, true, (ctx) => ctx.principal);
+  identity(source.namespaces, false, (ctx) => ctx.namespace);
+  identity(source.notNamespaces, true, (ctx) => ctx.namespace);
+  // At L4 the only client the agent knows is the peer: remoteIpBlocks has no X-Forwarded-For to read.
+  for (const [values, negate] of [
+    [source.ipBlocks, false],
+    [source.notIpBlocks, true],
+    [source.remoteIpBlocks, false],
+    [source.notRemoteIpBlocks, true],
+  ] as const) {
+    if (values === undefined) continue;
+    const cidrs = values.map(parseCidrStrict);
+    checks.push(negate ? (ctx) => !matchCidrs(cidrs, ctx.srcIp) : (ctx) => matchCidrs(cidrs, ctx.srcIp));
+  }
+  return checks.length === 0 ? undefined : allOf(checks);
+}
+
+function compileOperation(operation: Operation): Predicate | undefined {
+  const checks: Predicate[] = [];
+  if (operation.ports !== undefined) {
+    const ports = new Set(operation.ports);
+    checks.push((ctx) => ports.has(ctx.port));
+  }
+  if (operation.notPorts !== undefined) {
+    const ports = new Set(operation.notPorts);
+    checks.push((ctx) => !ports.has(ctx.port));
+  }
+  return checks.length === 0 ? undefined : allOf(checks);
+}
+
+/** The check of one L4 condition, or undefined for an L7 key (treated as matching: only DENY and AUDIT get here). */
+function compileCondition(condition: Condition): Predicate | undefined {
+  let matcher: ((values: readonly string[]) => Predicate) | undefined;
+  switch (condition.key) {
+    case 'source.ip':
+    case 'remote.ip':
+      matcher = (values) => {
+        const cidrs = values.map(parseCidrStrict);
+        return (ctx) => matchCidrs(cidrs, ctx.srcIp);
+      };
+      break;
+    case 'destination.ip':
+      matcher = (values) => {
+        const cidrs = values.map(parseCidrStrict);
+        return (ctx) => matchCidrs(cidrs, ctx.dstIp);
+      };
+      break;
+    case 'destination.port':
+      matcher = (values) => {
+        const ports = new Set(values.map(Number));
+        return (ctx) => ports.has(ctx.port);
+      };
+      break;
+    case 'source.principal':
+      matcher = (values) => {
+        const patterns = compilePatterns(values);
+        return (ctx) => matchPatterns(patterns, ctx.principal);
+      };
+      break;
+    case 'source.namespace':
+      matcher = (values) => {
+        const patterns = compilePatterns(values);
+        return (ctx) => matchPatterns(patterns, ctx.namespace);
+      };
+      break;
+    default:
+      return undefined;
+  }
+  const checks: Predicate[] = [];
+  if (condition.values !== undefined) checks.push(matcher(condition.values));
+  if (condition.notValues !== undefined) {
+    const positive = matcher(condition.notValues);
+    checks.push((ctx) => !positive(ctx));
+  }
+  return allOf(checks);
+}
+
+function allOf(checks: readonly Predicate[]): Predicate {
+  if (checks.length === 0) return () => true;
+  if (checks.length === 1) return checks[0] as Predicate;
+  return (ctx) => {
+    for (const check of checks) if (!check(ctx)) return false;
+    return true;
+  };
+}
+
+function anyOf(checks: readonly Predicate[]): Predicate {
+  if (checks.length === 1) return checks[0] as Predicate;
+  return (ctx) => {
+    for (const check of checks) if (check(ctx)) return true;
+    return false;
+  };
+}
+
+/** Istio's string match: `*` any present value, `*x` suffix, `x*` prefix, otherwise exact. */
+interface Patterns {
+  readonly any: boolean;
+  readonly exact: ReadonlySet<string>;
+  readonly prefixes: readonly string[];
+  readonly suffixes: readonly string[];
+}
+
+function compilePatterns(values: readonly string[]): Patterns {
+  const exact = new Set<string>();
+  const prefixes: string[] = [];
+  const suffixes: string[] = [];
+  let any = false;
+  for (const value of values) {
+    if (value === '*') any = true;
+    else if (value.startsWith('*')) suffixes.push(value.slice(1));
+    else if (value.endsWith('*')) prefixes.push(value.slice(0, -1));
+    else exact.add(value);
+  }
+  return { any, exact, prefixes, suffixes };
+}
+
+/** No value (plaintext: no principal, no namespace) matches no pattern, not even `*`. */
+function matchPatterns(patterns: Patterns, value: string | undefined): boolean {
+  if (value === undefined) return false;
+  if (patterns.any || patterns.exact.has(value)) return true;
+  for (const prefix of patterns.prefixes) if (value.startsWith(prefix)) return true;
+  for (const suffix of patterns.suffixes) if (value.endsWith(suffix)) return true;
+  return false;
+}
+
+const PRINCIPAL_NAMESPACE = /\/ns\/([^/]+)\/sa\//;
+
+function namespaceOfPrincipal(principal: string | undefined): string | undefined {
+  if (principal === undefined) return undefined;
+  return PRINCIPAL_NAMESPACE.exec(principal)?.[1];
+}
+
+function matchCidrs(cidrs: readonly Cidr[], ip: Ip): boolean {
+  for (const c of cidrs) {
+    if (
+      c.family === ip.family &&
+      (ip.w3 & c.m3) >>> 0 === c.n3 &&
+      (ip.w2 & c.m2) >>> 0 === c.n2 &&
+      (ip.w1 & c.m1) >>> 0 === c.n1 &&
+      (ip.w0 & c.m0) >>> 0 === c.n0
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+const IPV6_GROUP = /^[0-9a-fA-F]{1,4}$/;
+
+/** Dotted quad without leading zeros (as net.isIP and Go's netip), scanned by hand: it runs for every connection. */
+function parseIpv4(text: string): number | undefined {
+  let value = 0;
+  let octet = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || dots === 3) return undefined;
+      value = value * 256 + octet;
+      octet = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && octet === 0) return undefined;
+      octet = octet * 10 + (c - 48);
+      if (octet > 255) return undefined;
+      digits++;
+    } else {
+      return undefined;
+    }
+  }
+  if (digits === 0 || dots !== 3) return undefined;
+  return value * 256 + octet;
+}
+
+/** Eight 16-bit groups, or undefined. Accepts what Node's net.isIP accepts (no zone ids). */
+function parseIpv6Groups(text: string): number[] | undefined {
+  if (text.includes('%')) return undefined;
+  const gap = text.indexOf('::');
+  if (gap !== -1 && text.indexOf('::', gap + 1) !== -1) return undefined;
+  const headText = gap === -1 ? text : text.slice(0, gap);
+  const tailText = gap === -1 ? undefined : text.slice(gap + 2);
+  const head = headText === '' ? [] : headText.split(':');
+  const tail = tailText === undefined || tailText === '' ? [] : tailText.split(':');
+  const last = tailText === undefined ? head : tail;
+  const groups = (list: string[], isLast: boolean): number[] | undefined => {
+    const out: number[] = [];
+    for (let i = 0; i < list.length; i++) {
+      const group = list[i] as string;
+      if (isLast && i === list.length - 1 && group.includes('.')) {
+        const v4 = parseIpv4(group);
+        if (v4 === undefined) return undefined;
+        out.push(Math.floor(v4 / 65536), v4 % 65536);
+      } else {
+        if (!IPV6_GROUP.test(group)) return undefined;
+        out.push(parseInt(group, 16));
+      }
+    }
+    return out;
+  };
+  const headGroups = groups(head, last === head);
+  const tailGroups = groups(tail, last === tail && tail.length > 0);
+  if (headGroups === undefined || tailGroups === undefined) return undefined;
+  const count = headGroups.length + tailGroups.length;
+  if (gap === -1) return count === 8 ? headGroups : undefined;
+  if (count > 7) return undefined;
+  return [...headGroups, ...new Array<number>(8 - count).fill(0), ...tailGroups];
+}
+
+/** The four 32-bit words of an address as written (IPv4 as ::ffff:a.b.c.d), and whether it was written as IPv6. */
+function parseWords(text: string): { readonly v6Text: boolean; readonly w: readonly [number, number, number, number] } | undefined {
+  if (!text.includes(':')) {
+    const v4 = parseIpv4(text);
+    return v4 === undefined ? undefined : { v6Text: false, w: [0, 0, 0xffff, v4] };
+  }
+  const g = parseIpv6Groups(text);
+  if (g === undefined) return undefined;
+  const word = (i: number) => ((g[i] as number) * 65536 + (g[i + 1] as number)) >>> 0;
+  return { v6Text: true, w: [word(0), word(2), word(4), word(6)] };
+}
+
+function isMapped(w: readonly number[]): boolean {
+  return w[0] === 0 && w[1] === 0 && w[2] === 0xffff;
+}
+
+function parseIp(text: string): Ip | undefined {
+  const parsed = parseWords(text);
+  if (parsed === undefined) return undefined;
+  const [w0, w1, w2, w3] = parsed.w;
+  // A socket may report an IPv4 peer as ::ffff:a.b.c.d; it is the same peer as a.b.c.d.
+  if (isMapped(parsed.w)) return { family: 4, w0: 0, w1: 0, w2: 0, w3 };
+  return { family: 6, w0, w1, w2, w3 };
+}
+
+function maskWord(bits: number, wordIndex: number): number {
+  const inWord = Math.max(0, Math.min(32, bits - wordIndex * 32));
+  return inWord === 0 ? 0 : (0xffffffff << (32 - inWord)) >>> 0;
+}
+
+/**
+ * `address` or `address/bits`. Ranges and addresses of different families never match (as in Envoy): ::/0 holds
+ * no IPv4 peer. An IPv4-mapped IPv6 range of /96 or longer is the IPv4 range it maps.
+ */
+function parseCidr(text: string): Cidr | undefined {
+  const slash = text.indexOf('/');
+  const parsed = parseWords(slash === -1 ? text : text.slice(0, slash));
+  if (parsed === undefined) return undefined;
+  let bits = parsed.v6Text ? 128 : 32;
+  if (slash !== -1) {
+    const bitsText = text.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(bitsText) || Number(bitsText) > bits) return undefined;
+    bits = Number(bitsText);
+  }
+  const w = parsed.w;
+  if (!parsed.v6Text || (isMapped(w) && bits >= 96)) {
+    const v4Bits = parsed.v6Text ? bits - 96 : bits;
+    const m3 = maskWord(v4Bits, 0);
+    return { family: 4, n0: 0, n1: 0, n2: 0, n3: (w[3] & m3) >>> 0, m0: 0, m1: 0, m2: 0, m3 };
+  }
+  const m0 = maskWord(bits, 0);
+  const m1 = maskWord(bits, 1);
+  const m2 = maskWord(bits, 2);
+  const m3 = maskWord(bits, 3);
+  return { family: 6, n0: (w[0] & m0) >>> 0, n1: (w[1] & m1) >>> 0, n2: (w[2] & m2) >>> 0, n3: (w[3] & m3) >>> 0, m0, m1, m2, m3 };
+}
+
+function parseCidrStrict(text: string): Cidr {
+  const cidr = parseCidr(text);
+  // Converted policies only hold ranges canonicalCidr accepted; a hand-built one must not be guessed at (a range
+  // that silently never matched would widen a notIpBlocks ALLOW).
+  if (cidr === undefined) throw new AmbitError('INVALID_POLICY', `${JSON.stringify(text)} is not an address or CIDR range; convert policies with convertPolicyObject`);
+  return cidr;
+}
+
+/**
+ * The canonical text of an address or CIDR range as a policy holds it (lower case, IPv6 compressed), or undefined
+ * when `text` is neither. The address part of a range is kept as written: Istio accepts 10.1.2.3/8 as 10.0.0.0/8.
+ */
+export function canonicalCidr(text: string): string | undefined {
+  if (parseCidr(text) === undefined) return undefined;
+  const slash = text.indexOf('/');
+  const address = slash === -1 ? text : text.slice(0, slash);
+  const suffix = slash === -1 ? '' : text.slice(slash);
+  if (!address.includes(':')) return text;
+  return `${new URL(`http://[${address.toLowerCase()}]/`).hostname.slice(1, -1)}${suffix}`;
+}
+
+/** True when `text` is an address the evaluator can read: what the agent must hand it for source and destination. */
+export function isEvaluableIp(text: string): boolean {
+  return parseIp(text) !== undefined;
+}
+
+export type EffectiveMtlsMode = 'STRICT' | 'PERMISSIVE';
+
+/**
+ * - `workload_port`: the port-level setting of the workload policy;
+ * - `workload`, `namespace`, `mesh`: the mode of the narrowest policy that sets one (UNSET inherits);
+ * - `default`: no policy sets a mode; PERMISSIVE.
+ */
+export type MtlsReason = 'workload_port' | 'workload' | 'namespace' | 'mesh' | 'default';
+
+export interface MtlsDecision {
+  readonly mode: EffectiveMtlsMode;
+  /** `namespace/name` of the policy whose setting decided, null for the default. */
+  readonly policy: string | null;
+  readonly reason: MtlsReason;
+}
+
+/**
+ * The mTLS mode of one destination port, as Istio composes PeerAuthentications: the workload policy (selector,
+ * in the workload's namespace) over the namespace policy over the mesh policy (root namespace, no selector); UNSET
+ * inherits from the wider scope; when two policies share a scope the oldest wins (creationTimestamp, then name).
+ * A selector policy in the root namespace is ignored, as Istio does. DISABLE is PERMISSIVE here: the agent always
+ * accepts HBONE, and refusing plaintext is the only thing STRICT changes.
+ */
+export function resolveMtlsMode(
+  peerAuthentications: readonly PeerAuthentication[],
+  workload: { readonly namespace: string; readonly labels: Labels },
+  port: number,
+  options: PolicySetOptions,
+): MtlsDecision {
+  let mesh: PeerAuthentication | undefined;
+  let namespace: PeerAuthentication | undefined;
+  let workloadPolicy: PeerAuthentication | undefined;
+  for (const pa of peerAuthentications) {
+    if (pa.selector === undefined) {
+      if (pa.namespace === options.rootNamespace) mesh = older(mesh, pa);
+      else if (pa.namespace === workload.namespace) namespace = older(namespace, pa);
+    } else if (pa.namespace === workload.namespace && pa.namespace !== options.rootNamespace && selects(pa.selector, workload.labels)) {
+      workloadPolicy = older(workloadPolicy, pa);
+    }
+  }
+  let decision: MtlsDecision = { mode: 'PERMISSIVE', policy: null, reason: 'default' };
+  const apply = (pa: PeerAuthentication | undefined, mode: MtlsMode | undefined, reason: MtlsReason) => {
+    if (pa === undefined || mode === undefined || mode === 'UNSET') return;
+    decision = { mode: mode === 'STRICT' ? 'STRICT' : 'PERMISSIVE', policy: `${pa.namespace}/${pa.name}`, reason };
+  };
+  apply(mesh, mesh?.mtlsMode, 'mesh');
+  apply(namespace, namespace?.mtlsMode, 'namespace');
+  apply(workloadPolicy, workloadPolicy?.mtlsMode, 'workload');
+  apply(workloadPolicy, workloadPolicy?.portLevelMtls.get(port), 'workload_port');
+  return decision;
+}
+
+function selects(selector: Labels, labels: Labels): boolean {
+  for (const [key, value] of Object.entries(selector)) {
+    if (labels[key] !== value) return false;
+  }
+  return true;
+}
+
+function older(current: PeerAuthentication | undefined, candidate: PeerAuthentication): PeerAuthentication {
+  if (current === undefined) return candidate;
+  const a = timeOf(candidate);
+  const b = timeOf(current);
+  if (a !== b) return a < b ? candidate : current;
+  return candidate.name < current.name ? candidate : current;
+}
+
+/** Objects without a creationTimestamp (hand-written files) count as newer than any that has one. */
+function timeOf(pa: PeerAuthentication): number {
+  return pa.creationTimestamp === undefined ? Number.POSITIVE_INFINITY : Date.parse(pa.creationTimestamp);
+}
