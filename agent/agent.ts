@@ -10,6 +10,7 @@ import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/inde
 import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
+import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
 import { CniServer } from './cni-server.js';
@@ -17,7 +18,7 @@ import { ConnectionRegistry } from './connections.js';
 import type { AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
-import type { ProxyInputs } from './inputs.js';
+import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
@@ -69,7 +70,9 @@ export class Agent {
   readonly #rules: RedirectRules | undefined;
   readonly #sniTable = new Map<string, string>();
   readonly #cniHandler: CniHandler | undefined;
-  readonly #connections = new ConnectionRegistry();
+  readonly #connections = new ConnectionRegistry<Revalidation>();
+  readonly policies: PolicyStore;
+  readonly #telemetry: AgentTelemetry;
   /** The local enrolled IPs as of the last reconcile: the ones that drop out lose their carried connections. */
   #enrolledIps = new Set<string>();
   #cniServer: CniServer | undefined;
@@ -92,7 +95,11 @@ export class Agent {
     hboneClient: HboneClient;
     hboneServer: HboneServer;
     rules: RedirectRules | undefined;
+    policies: PolicyStore;
+    telemetry: AgentTelemetry;
   }) {
+    this.policies = parts.policies;
+    this.#telemetry = parts.telemetry;
     this.config = parts.config;
     this.#log = parts.log;
     this.registry = parts.registry;
@@ -132,7 +139,8 @@ export class Agent {
     const registry = createRegistry();
     const telemetry = new AgentTelemetry(registry, log.child({ component: 'access' }));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
-    const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }) });
+    const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
+    const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
     await source.start();
     const nodeIp = config.nodeIp ?? store.nodeIp(config.nodeName);
     if (!nodeIp) {
@@ -179,7 +187,7 @@ export class Agent {
           log,
         })
       : undefined;
-    agent = new Agent({ config, log, registry, store, source, nodeIp, certs, hboneClient, hboneServer, rules });
+    agent = new Agent({ config, log, registry, store, source, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
     const inputs: ProxyInputs = {
       config,
       store,
@@ -189,6 +197,7 @@ export class Agent {
       outbound: { store, nodeName: config.nodeName, nodeIp, agentPorts: Object.values(config.ports), hbonePort: config.ports.hbone },
       log,
       connections: agent.#connections,
+      policies,
       originalDestination:
         deps.originalDestination ??
         ((socket) => {
@@ -206,6 +215,9 @@ export class Agent {
       // The first reconcile must succeed: an agent that reports ready without its pods' rules would let their
       // traffic leave in plaintext. Changes that arrive meanwhile queue behind it.
       store.on('change', () => agent.#scheduleReconcile());
+      // A new policy, or a workload whose labels now match a different one, applies to open connections too.
+      policies.on('change', () => agent.#revalidate());
+      store.on('change', () => agent.#revalidate());
       agent.#reconciling = agent.#reconcile();
       await agent.#reconciling;
       // Only now can ADD be answered truthfully: until here the plugin finds no socket and fails enrolled pods.
@@ -338,6 +350,17 @@ export class Agent {
       this.#log.error({ err }, 'reconciling redirect rules and certificates failed; will retry on the next change'),
     );
     return run;
+  }
+
+  /** Closes the open connections the current policies no longer allow, each logged and counted with its policy. */
+  #revalidate(): void {
+    if (this.#closed || this.#connections.size === 0) return;
+    const revoked = this.#connections.revalidate((answer) => answer.decision.decision === 'DENY');
+    for (const { decision, record } of revoked) {
+      const policy = { policy: decision.policy, rule: decision.rule };
+      const rule = decision.rule === null ? decision.policy : `${decision.policy} rule ${decision.rule}`;
+      this.#telemetry.revoked(record, decision.reason, policy, `open connection closed: ${decision.reason} by ${rule}`);
+    }
   }
 
   /** `ambit cni uninstall`: every rule and ipset goes, and stays gone (the DaemonSet is being removed next). */

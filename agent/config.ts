@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
 import { AmbitError } from '../core/errors.js';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
@@ -63,6 +64,10 @@ export interface AgentConfig {
    * traffic is refused, never sent in plaintext; `ambit cni uninstall` or `ambit agent --cleanup` removes them.
    */
   readonly removeRulesOnExit: boolean;
+  /** Policies in this namespace apply mesh-wide. */
+  readonly rootNamespace: string;
+  /** Read `security.istio.io` AuthorizationPolicy and PeerAuthentication objects too. */
+  readonly istioApi: boolean;
 }
 
 export const AGENT_USAGE = `Usage: ambit agent [options]
@@ -85,6 +90,8 @@ Options (each also as an environment variable):
   --run-dir DIR          CNI socket and state folder           AMBIT_RUN_DIR (default ${DEFAULT_AGENT_RUN_DIR})
   --state-dir DIR        persistent enrollment file folder     AMBIT_STATE_DIR (default ${DEFAULT_AGENT_STATE_DIR})
   --no-cni               no CNI socket (implied by --no-rules) AMBIT_NO_CNI=1
+  --root-namespace NS    policies here apply mesh-wide         AMBIT_ROOT_NAMESPACE (default ${DEFAULT_ROOT_NAMESPACE})
+  --istio-api            read security.istio.io policies too   AMBIT_ISTIO_API=1
   --remove-rules-on-exit remove the rules on a clean shutdown  AMBIT_REMOVE_RULES_ON_EXIT=1
                          (default: they stay, so traffic is refused while the agent restarts)
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
@@ -134,6 +141,8 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'state-dir': { type: 'string' },
         'no-cni': { type: 'boolean' },
         'remove-rules-on-exit': { type: 'boolean' },
+        'root-namespace': { type: 'string' },
+        'istio-api': { type: 'boolean' },
         cleanup: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -182,6 +191,9 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   // The CNI socket promises rules before it answers: without rules to manage there is nothing to promise.
   const cni = manageRules && !(values['no-cni'] ?? env.AMBIT_NO_CNI === '1');
   const removeRulesOnExit = values['remove-rules-on-exit'] ?? env.AMBIT_REMOVE_RULES_ON_EXIT === '1';
+  const rootNamespace = values['root-namespace'] ?? env.AMBIT_ROOT_NAMESPACE ?? DEFAULT_ROOT_NAMESPACE;
+  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name`);
+  const istioApi = values['istio-api'] ?? env.AMBIT_ISTIO_API === '1';
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
 
@@ -204,6 +216,8 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       runDir: cni ? runDirValue : undefined,
       stateDir: cni ? stateDirValue : undefined,
       removeRulesOnExit,
+      rootNamespace,
+      istioApi,
     }),
   };
 }
@@ -221,5 +235,7 @@ function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'lo
     runDir: undefined,
     stateDir: undefined,
     removeRulesOnExit: false,
+    rootNamespace: DEFAULT_ROOT_NAMESPACE,
+    istioApi: false,
   };
 }

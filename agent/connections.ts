@@ -1,30 +1,37 @@
 import type { Duplex } from 'node:stream';
+import { abortStream } from './proxy.js';
 
 /** How long a connection being closed gets to finish its FIN exchange before it is torn down. */
 export const CLOSE_GRACE_MS = 1_000;
 
-interface Tracked {
+/** What a tracked connection answers when asked whether policy still allows it; undefined: not a policy matter. */
+export type Reauthorize<T> = () => T | undefined;
+
+interface Tracked<T> {
   readonly ends: readonly Duplex[];
+  readonly reauthorize: Reauthorize<T> | undefined;
 }
 
 /**
  * The connections the agent carries, by the pod IPs at their ends, so that a pod leaving the mesh (a relabel, an
- * opt-out) loses the connections the mesh was carrying for it: their rules are gone, and traffic the mesh no longer
- * governs must not keep flowing through it.
+ * opt-out) loses the connections the mesh was carrying for it, and a policy change reaches open connections too.
  */
-export class ConnectionRegistry {
-  readonly #byIp = new Map<string, Set<Tracked>>();
+export class ConnectionRegistry<T = unknown> {
+  readonly #byIp = new Map<string, Set<Tracked<T>>>();
+  readonly #all = new Set<Tracked<T>>();
 
   /** Registers a carried connection under its end IPs; returns the function that forgets it (on close). */
-  track(ips: readonly string[], ends: readonly Duplex[]): () => void {
-    const tracked: Tracked = { ends };
+  track(ips: readonly string[], ends: readonly Duplex[], reauthorize?: Reauthorize<T>): () => void {
+    const tracked: Tracked<T> = { ends, reauthorize };
     const unique = [...new Set(ips.filter((ip) => ip !== ''))];
+    this.#all.add(tracked);
     for (const ip of unique) {
       let set = this.#byIp.get(ip);
       if (set === undefined) this.#byIp.set(ip, (set = new Set()));
       set.add(tracked);
     }
     return () => {
+      this.#all.delete(tracked);
       for (const ip of unique) {
         const set = this.#byIp.get(ip);
         set?.delete(tracked);
@@ -38,13 +45,17 @@ export class ConnectionRegistry {
     return this.#byIp.get(ip)?.size ?? 0;
   }
 
+  get size(): number {
+    return this.#all.size;
+  }
+
   /**
    * Closes every connection with an end at one of `ips` cleanly: both ends are ended (FIN, END_STREAM), so each
    * peer reads the end of its stream rather than a reset; whatever has not closed after CLOSE_GRACE_MS is destroyed.
    * Returns how many connections it closed.
    */
   closeFor(ips: Iterable<string>): number {
-    const closing = new Set<Tracked>();
+    const closing = new Set<Tracked<T>>();
     for (const ip of ips) for (const tracked of this.#byIp.get(ip) ?? []) closing.add(tracked);
     for (const { ends } of closing) {
       for (const end of ends) if (!end.destroyed) end.end();
@@ -53,5 +64,20 @@ export class ConnectionRegistry {
       }, CLOSE_GRACE_MS).unref();
     }
     return closing.size;
+  }
+
+  /**
+   * Asks every open connection whether it is still allowed; `isDenied` judges the answer. A connection that is not
+   * is reset at both ends at once (access revoked: no grace for bytes in flight). Returns the answers that closed one.
+   */
+  revalidate(isDenied: (answer: T) => boolean): T[] {
+    const revoked: T[] = [];
+    for (const tracked of this.#all) {
+      const answer = tracked.reauthorize?.();
+      if (answer === undefined || !isDenied(answer)) continue;
+      revoked.push(answer);
+      for (const end of tracked.ends) abortStream(end);
+    }
+    return revoked;
   }
 }

@@ -2,8 +2,10 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Workload, WorkloadStore } from '../core/discovery/index.js';
+import type { ConnectionFacts, InboundDecision } from '../core/policy/index.js';
 import { errnoCode } from '../core/errors.js';
 import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
+import { authorize, describePolicy, refusalMessage } from './authorize.js';
 import type { ProxyInputs } from './inputs.js';
 import type { Address } from './outbound.js';
 import { abortStream, splice, UpstreamConnector } from './proxy.js';
@@ -108,14 +110,29 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     security: 'mutual_tls',
     startedAt: Date.now(),
   };
-  upstreamConnector(inputs).connect(decision.target, verifiedHboneClient(sourceWorkload, request)).then(
+  const verifiedClient = verifiedHboneClient(sourceWorkload, request);
+  // The forwarded address counts only when the TLS identity owns it; otherwise the HBONE peer (its node) is the source.
+  const facts: ConnectionFacts = {
+    sourceIp: verifiedClient ?? request.remoteAddress,
+    sourceIdentity: request.peerIdentity,
+    plaintext: false,
+    destination: decision.destination,
+    target: decision.target,
+  };
+  const verdict = authorize(inputs, facts);
+  if (verdict.decision === 'DENY') {
+    telemetry.refused('hbone', verdict.reason, record, refusalMessage(verdict), { policy: verdict.policy, rule: verdict.rule });
+    refuseStream(stream, 403, verdict.reason, describePolicy(verdict));
+    return;
+  }
+  upstreamConnector(inputs).connect(decision.target, verifiedClient).then(
     (upstream) => {
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
         return;
       }
       stream.respond({ ':status': 200 });
-      carry(inputs, [record], stream, upstream, upstream, false);
+      carry(inputs, [record], stream, upstream, upstream, false, () => authorize(inputs, facts));
     },
     (err: unknown) => {
       const failure = upstreamFailure(err);
@@ -153,7 +170,15 @@ export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket):
     security: 'none',
     startedAt: Date.now(),
   };
-  connectAndCarry(inputs, 'inbound', [record], socket, decision.target);
+  // Before the upstream connect: STRICT refuses plaintext, then AuthorizationPolicy decides with no identity.
+  const facts: ConnectionFacts = { sourceIp: source.ip, plaintext: true, destination: decision.destination, target: decision.target };
+  const verdict = authorize(inputs, facts);
+  if (verdict.decision === 'DENY') {
+    telemetry.refused('inbound', verdict.reason, record, refusalMessage(verdict), { policy: verdict.policy, rule: verdict.rule });
+    abortStream(socket);
+    return;
+  }
+  connectAndCarry(inputs, 'inbound', [record], socket, decision.target, () => authorize(inputs, facts));
 }
 
 /**
@@ -168,11 +193,13 @@ export function carry(
   upstream: Duplex,
   counted: net.Socket,
   countedIsClient: boolean,
+  reauthorize?: () => InboundDecision,
 ): void {
   for (const record of records) inputs.telemetry.opened(record);
   const untrack = inputs.connections.track(
     records.flatMap((r) => [r.source.ip, r.destination.ip]),
     [downstream, upstream],
+    reauthorize === undefined ? undefined : () => ({ decision: reauthorize(), record: records[records.length - 1]! }),
   );
   splice(downstream, upstream).then((error) => {
     untrack();
@@ -188,10 +215,17 @@ export function carry(
  * When this agent delivers the connection as its destination (same-node, plaintext inbound: a record reported by
  * the destination), the pod sees the captured client's address; a passthrough leaves from the node's.
  */
-export function connectAndCarry(inputs: ProxyInputs, direction: 'outbound' | 'inbound', records: readonly ConnectionRecord[], socket: net.Socket, target: Address): void {
+export function connectAndCarry(
+  inputs: ProxyInputs,
+  direction: 'outbound' | 'inbound',
+  records: readonly ConnectionRecord[],
+  socket: net.Socket,
+  target: Address,
+  reauthorize?: () => InboundDecision,
+): void {
   const delivered = records.some((record) => record.reporter === 'destination');
   upstreamConnector(inputs).connect(target, delivered ? socket.remoteAddress : undefined).then(
-    (upstream) => carry(inputs, records, socket, upstream, socket, true),
+    (upstream) => carry(inputs, records, socket, upstream, socket, true, reauthorize),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
       abortStream(socket);

@@ -2,10 +2,18 @@ import type net from 'node:net';
 import type { WorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
+import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
+import type { ConnectionRecord } from './telemetry.js';
 import type { AgentConfig } from './config.js';
 import type { ConnectionRegistry } from './connections.js';
 import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
+
+/** An open connection's answer when a policy or workload change asks again. */
+export interface Revalidation {
+  decision: InboundDecision;
+  record: ConnectionRecord;
+}
 
 /** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
 export interface ProxyInputs {
@@ -18,7 +26,9 @@ export interface ProxyInputs {
   outbound: OutboundContext;
   log: Logger;
   /** Every carried connection by its end IPs: a pod leaving the mesh loses its connections. */
-  connections: ConnectionRegistry;
+  connections: ConnectionRegistry<Revalidation>;
+  /** AuthorizationPolicy and PeerAuthentication, decided at the destination. */
+  policies: PolicyStore;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */
   originalDestination: (socket: net.Socket) => Address;
 }

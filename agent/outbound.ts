@@ -1,6 +1,8 @@
 import type net from 'node:net';
 import type { Service, Workload, WorkloadStore } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
+import type { ConnectionFacts } from '../core/policy/index.js';
+import { authorize, refusalMessage } from './authorize.js';
 import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
 import { abortStream } from './proxy.js';
@@ -171,7 +173,16 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       abortStream(socket);
       return;
     }
-    connectAndCarry(inputs, 'outbound', [sourceRecord, { ...sourceRecord, reporter: 'destination' }], socket, request.target);
+    // The agent captured the client from its own pod: its identity is as certain as a TLS peer's.
+    const facts: ConnectionFacts = { sourceIp, sourceIdentity: request.source.identity, plaintext: false, destination: decision.destination, target: decision.target };
+    const verdict = authorize(inputs, facts);
+    if (verdict.decision === 'DENY') {
+      telemetry.refused('outbound', verdict.reason, { ...sourceRecord, reporter: 'destination' }, refusalMessage(verdict), { policy: verdict.policy, rule: verdict.rule });
+      abortStream(socket);
+      return;
+    }
+    const records = [sourceRecord, { ...sourceRecord, reporter: 'destination' as const }];
+    connectAndCarry(inputs, 'outbound', records, socket, request.target, () => authorize(inputs, facts));
     return;
   }
 

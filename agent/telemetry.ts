@@ -78,6 +78,7 @@ export class AgentTelemetry {
   readonly #sentBytes: Counter<(typeof TCP_LABELS)[number]>;
   readonly #receivedBytes: Counter<(typeof TCP_LABELS)[number]>;
   readonly #refused: Counter<'direction' | 'reason'>;
+  readonly #policyDenied: Counter<'policy' | 'reason'>;
   readonly #active: Gauge<'direction'>;
   readonly #seriesCache = new Map<string, Series>();
 
@@ -92,6 +93,12 @@ export class AgentTelemetry {
       name: 'ambit_connections_refused_total',
       help: 'Connections and HBONE streams the agent refused, by direction and reason',
       labelNames: ['direction', 'reason'],
+      registers: [registry],
+    });
+    this.#policyDenied = new Counter({
+      name: 'ambit_policy_denied_total',
+      help: 'Connections refused by AuthorizationPolicy or PeerAuthentication, by deciding policy (ns/name, or "default") and reason',
+      labelNames: ['policy', 'reason'],
       registers: [registry],
     });
     this.#active = new Gauge({ name: 'ambit_connections_active', help: 'Proxied connections open now', labelNames: ['direction'], registers: [registry] });
@@ -136,9 +143,20 @@ export class AgentTelemetry {
     return series;
   }
 
-  /** A connection or stream refused before it opened: counted by reason and logged once with that reason. */
-  refused(direction: 'outbound' | 'inbound' | 'hbone', reason: string, record: Partial<ConnectionRecord>, message: string): void {
+  /**
+   * A connection or stream refused before it opened: counted by reason and logged once with that reason. A refusal
+   * by policy names the policy (`ns/name`, or `default` for the default deny) and rule, and is also counted in
+   * ambit_policy_denied_total.
+   */
+  refused(
+    direction: 'outbound' | 'inbound' | 'hbone',
+    reason: string,
+    record: Partial<ConnectionRecord>,
+    message: string,
+    policy?: { policy: string; rule: number | null },
+  ): void {
     this.#refused.inc({ direction, reason });
+    if (policy !== undefined) this.#policyDenied.inc({ policy: policy.policy, reason });
     this.#log.warn(
       {
         direction,
@@ -148,9 +166,19 @@ export class AgentTelemetry {
         hbone: record.hbone,
         outcome: 'refused',
         reason,
+        ...(policy === undefined ? {} : { policy: policy.policy, rule: policy.rule }),
         detail: message,
       },
       'connection refused',
+    );
+  }
+
+  /** An open connection closed because a policy change no longer allows it. */
+  revoked(record: ConnectionRecord, reason: string, policy: { policy: string; rule: number | null }, message: string): void {
+    this.#policyDenied.inc({ policy: policy.policy, reason });
+    this.#log.warn(
+      { direction: record.reporter === 'source' ? 'outbound' : 'inbound', path: record.path, src: record.source, dst: record.destination, outcome: 'revoked', reason, policy: policy.policy, rule: policy.rule, detail: message },
+      'connection closed by policy',
     );
   }
 

@@ -12,6 +12,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { MeshCluster, ECHO_PORT } from '../test/mesh/cluster.js';
+import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
+import { policyManifests } from './policy-load.js';
 import { removeStaleTestbeds, Testbed, testbedUnavailableReason, type TestbedPod } from '../test/testbed/index.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -21,6 +23,8 @@ const IPERF_PORT = 5201;
 const STUNNEL_PORTS = { iperfClient: 20000, iperfServer: 20001, echoClient: 20002, echoServer: 20003 };
 
 const SECONDS = Number(process.env.AMBIT_BENCH_SECONDS ?? 5);
+/** How many AuthorizationPolicies the policy part of the bench puts in the store. */
+const POLICY_COUNT = 1000;
 const REPEATS = Number(process.env.AMBIT_BENCH_REPEATS ?? 3);
 const HOLD_CONNECTIONS = 1000;
 const LATENCY = { connections: 16, rate: 1000, size: 1024 };
@@ -190,6 +194,19 @@ async function waitForListener(tb: Testbed, netns: string, port: number): Promis
   throw new Error(`nothing listens on port ${port} in ${netns}`);
 }
 
+function policyTable(policy: { policies: number; connect_p50_us: { none: number; with_policies: number }; connect_p50_ratio: number; evaluation: PolicyBenchResult }): string {
+  const lines = [
+    `Policy evaluation (issue #4), ${policy.policies} AuthorizationPolicies in the store:`,
+    '',
+    '| metric | no policy | with policies | ratio |',
+    '|---|---|---|---|',
+    `| new connection, connect + first byte p50 (µs) | ${policy.connect_p50_us.none.toFixed(0)} | ${policy.connect_p50_us.with_policies.toFixed(0)} | ${policy.connect_p50_ratio.toFixed(2)}× |`,
+  ];
+  lines.push('', 'Evaluation alone (in process, realistic mix of policies):', '', '| policies | decisions/s | ratio to no policy |', '|---|---|---|');
+  for (const row of policy.evaluation.rows) lines.push(`| ${row.policies} | ${Math.round(row.decisionsPerSecond).toLocaleString('en')} | ${row.ratioToNoPolicy.toFixed(2)}× |`);
+  return lines.join('\n');
+}
+
 function ratio(a: number | null, b: number | null): string {
   if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '—';
   return `${(a / b).toFixed(2)}×`;
@@ -300,13 +317,39 @@ async function main(): Promise<number> {
       pids: [stunnelClient, stunnelServer],
     });
 
+    say(`policy: new-connection latency a -> c with no policy, then with ${POLICY_COUNT} AuthorizationPolicies`);
+    const connectP50 = async (label: string) => {
+      const runs: number[] = [];
+      for (let i = 0; i < REPEATS; i++) {
+        const run = await loadgen(tb, a, ['--mode', 'connect', '--host', c.ip, '--port', String(ECHO_PORT), '--connections', '4', '--seconds', String(Math.min(SECONDS, 3))]);
+        if (Number(run.errors) > 0) throw new Error(`policy bench (${label}): ${String(run.errors)} connection errors`);
+        runs.push(Number(run.connect_p50_us));
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      say(`  ${label}: connect + first byte p50 ${runs.map((r) => r.toFixed(0)).join(', ')} µs`);
+      return median(runs);
+    };
+    const withoutPolicies = await connectP50('no policy');
+    const since = Date.now();
+    await writeFile(path.join(cluster.configDir, 'policies.yaml'), policyManifests(POLICY_COUNT, { namespace: 'bench', app: 'c', clientPrincipal: 'cluster.local/ns/bench/sa/client', rootNamespace: 'ambit-system' }));
+    await cluster.waitForLog(node2, (r) => r.msg === 'policies updated' && r.authorizationPolicies === POLICY_COUNT && Number(r.time) >= since, 10_000);
+    const withPolicies = await connectP50(`${POLICY_COUNT} policies`);
+    const evaluation = benchPolicyEvaluation();
+    const policy = {
+      policies: POLICY_COUNT,
+      connect_p50_us: { none: withoutPolicies, with_policies: withPolicies },
+      connect_p50_ratio: withPolicies / withoutPolicies,
+      evaluation,
+    };
+
     const result = {
       date: new Date().toISOString(),
       machine: { cpus: (await import('node:os')).cpus().length, node: process.version },
       settings: { seconds: SECONDS, repeats: REPEATS, latency: LATENCY, hold_connections: HOLD_CONNECTIONS },
       scenarios,
+      policy,
     };
-    const markdown = table(scenarios);
+    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}`;
     await mkdir(RESULTS_DIR, { recursive: true });
     await writeFile(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
     await writeFile(path.join(RESULTS_DIR, 'latest.md'), `${markdown}\n`);

@@ -3,9 +3,9 @@
  * with --watch), or takes it out and has the agent remove every rule, so the node returns to plain networking.
  */
 import { access, constants } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE } from '../core/cni/index.js';
 import { AmbitError } from '../core/errors.js';
+import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
 import { createLogger } from '../core/log.js';
 import { askAgent, buildCniSea, DEFAULT_CNI_SEA_FILE } from '../cni/index.js';
 import {
@@ -43,39 +43,24 @@ Options:
 Exit codes: 0 done, 1 failure (nothing half-applied: each file is replaced atomically), 2 bad usage.
 `;
 
-function usageError(message: string): AmbitError {
-  return new AmbitError('USAGE', `${message} (see ambit cni --help)`);
-}
+const usageError = (message: string) => cliUsageError('cni', message);
 
 export async function runCniCommand(argv: string[]): Promise<number> {
-  const [sub, ...rest] = argv;
-  if (sub === undefined || sub === '-h' || sub === '--help') {
-    process.stdout.write(CNI_USAGE);
-    return sub === undefined ? 2 : 0;
-  }
-  if (sub !== 'install' && sub !== 'uninstall') throw usageError(`unknown cni command '${sub}'`);
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: rest,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        'cni-conf-dir': { type: 'string' },
-        'cni-bin-dir': { type: 'string' },
-        'agent-socket': { type: 'string' },
-        'enrollment-file': { type: 'string' },
-        'agent-timeout-ms': { type: 'string' },
-        plugin: { type: 'string' },
-        watch: { type: 'boolean' },
-        'iptables-backend': { type: 'string' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw usageError(err instanceof Error ? err.message : String(err));
-  }
+  const command = subcommand('cni', argv, ['install', 'uninstall'], CNI_USAGE);
+  if (typeof command === 'number') return command;
+  const { sub } = command;
+  const values = parseFlags('cni', command.rest, {
+    'cni-conf-dir': { type: 'string' },
+    'cni-bin-dir': { type: 'string' },
+    'agent-socket': { type: 'string' },
+    'enrollment-file': { type: 'string' },
+    'agent-timeout-ms': { type: 'string' },
+    plugin: { type: 'string' },
+    watch: { type: 'boolean' },
+    'iptables-backend': { type: 'string' },
+    'log-level': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) {
     process.stdout.write(CNI_USAGE);
     return 0;

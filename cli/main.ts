@@ -11,6 +11,7 @@ const USAGE = `Usage: ambit <command> [options]
 Commands:
   agent     run the node agent (capture, HBONE mTLS tunnel, redirect rules); ambit agent --help
   cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
+  authz     check what the policies decide for a connection, without sending one; ambit authz --help
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -38,6 +39,10 @@ async function main(argv: string[]): Promise<number> {
     case 'cni': {
       const { runCniCommand } = await import('./cni.js');
       return runCniCommand(rest);
+    }
+    case 'authz': {
+      const { runAuthzCommand } = await import('./authz.js');
+      return runAuthzCommand(rest);
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js');

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
+import { holdConnection, within } from './mesh/hold.js';
 import { parsePcap, readCniConfDir, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
@@ -36,29 +37,9 @@ function once() {
 setInterval(once, 50);
 `;
 
-/** Holds one echo connection open; prints `open` once echoed, then how it ended: `end` (clean FIN) or the error. */
-const HOLDER = `
-const net = require('node:net');
-const [host, port] = process.argv.slice(1);
-const s = net.connect({ host, port: Number(port), allowHalfOpen: true }, () => s.write('hello'));
-s.once('data', () => console.log('open'));
-s.on('end', () => { console.log('end'); s.end(); });
-s.on('error', (e) => console.log('error ' + (e.code || e.message)));
-`;
-
 async function inIpset(tb: Testbed, node: TestbedNode, ip: string): Promise<boolean> {
   const result = await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false });
   return result.exitCode === 0;
-}
-
-/** Polls until `predicate` holds; resolves with the time it took, or rejects after `timeoutMs`. */
-async function within(timeoutMs: number, what: string, predicate: () => Promise<boolean>): Promise<number> {
-  const started = Date.now();
-  for (;;) {
-    if (await predicate()) return Date.now() - started;
-    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async (t) => {
@@ -195,17 +176,13 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
   });
 
   t.test('relabelling moves running pods in and out of the mesh within 1 s', async (t) => {
-    const holder = tb.spawn(client.netns, process.execPath, ['-e', HOLDER, web.ip, String(ECHO_PORT)], { buffer: false });
-    const held: string[] = [];
-    holder.stdout!.setEncoding('utf8');
-    holder.stdout!.on('data', (chunk: string) => held.push(...chunk.split('\n').filter(Boolean)));
-    await within(5000, 'a connection through the mesh is open', async () => held.includes('open'));
+    const held = await holdConnection(tb, client, web.ip, ECHO_PORT);
     await cluster.setNamespaceLabels('mesh', {});
     const out = await within(1000, 'unlabelled namespace leaves the mesh', async () => !(await inIpset(tb, node2, web.ip)) && !(await inIpset(tb, node1, client.ip)));
     t.ok(out <= 1000, `out of the mesh in ${out} ms`);
-    await within(3000, 'the open connection is closed', async () => held.length > 1);
-    t.same(held, ['open', 'end'], 'its open connection was closed cleanly (FIN, not a reset)');
-    holder.kill();
+    await within(3000, 'the open connection is closed', () => held.lines.includes('closed'));
+    t.same(held.lines, ['open', 'end', 'closed'], 'its open connection was closed cleanly (FIN, not a reset)');
+    held.stop();
     const plainBody = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
     t.equal(plainBody.pod, 'web', 'the pods keep running and talk in plain TCP');
     await cluster.setNamespaceLabels('mesh', { ...MESH });

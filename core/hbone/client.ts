@@ -4,7 +4,7 @@ import { AmbitError, errnoCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HBONE_ALPN, spiffeIdFromSan } from './tls.js';
-import { REASON_HEADER, type HboneHeaders } from './protocol.js';
+import { POLICY_HEADER, REASON_HEADER, type HboneHeaders } from './protocol.js';
 
 /** DESIGN.md, "HBONE on the wire": the pool's limits and the flow-control windows. */
 export const HBONE_MAX_STREAMS_PER_CONNECTION = 100;
@@ -39,11 +39,14 @@ export interface HboneConnectRequest {
 export class HboneError extends AmbitError {
   readonly status: number;
   readonly reason: string;
+  /** The policy the server named when it refused by policy (its `ambit-policy` header). */
+  readonly policy: string | undefined;
 
-  constructor(code: string, message: string, status: number, reason: string, cause?: unknown) {
+  constructor(code: string, message: string, status: number, reason: string, cause?: unknown, policy?: string) {
     super(code, message, { cause });
     this.status = status;
     this.reason = reason;
+    this.policy = policy;
   }
 }
 
@@ -119,8 +122,10 @@ export class HboneClient {
           return;
         }
         const reason = String(headers[REASON_HEADER] ?? 'unspecified');
+        const policy = headers[POLICY_HEADER] === undefined ? undefined : String(headers[POLICY_HEADER]);
         stream.close(http2.constants.NGHTTP2_CANCEL);
-        reject(new HboneError('HBONE_REFUSED', `${request.via.host}:${request.via.port} refused CONNECT ${request.authority}: ${status} ${reason}`, status, reason));
+        const by = policy === undefined ? '' : ` (policy ${policy})`;
+        reject(new HboneError('HBONE_REFUSED', `${request.via.host}:${request.via.port} refused CONNECT ${request.authority}: ${status} ${reason}${by}`, status, reason, undefined, policy));
       });
     });
   }

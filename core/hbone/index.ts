@@ -16,6 +16,7 @@ export {
   newTraceparent,
   parseAuthority,
   parseForwardedFor,
+  POLICY_HEADER,
   REASON_HEADER,
   type Authority,
   type BaggageFields,

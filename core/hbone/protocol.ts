@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 
 /** The response header that says why a CONNECT was refused, so a refusal is never an unexplained 4xx/5xx. */
 export const REASON_HEADER = 'ambit-reason';
+/** On a refusal by policy: which policy and rule decided (`ns/name`, `ns/name rule 2`, or `default`). */
+export const POLICY_HEADER = 'ambit-policy';
 
 /** The request headers Istio's HBONE carries besides `:authority`. */
 export interface HboneHeaders {

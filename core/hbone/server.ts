@@ -6,7 +6,7 @@ import { AmbitError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HBONE_CONNECTION_WINDOW, HBONE_MAX_STREAMS_PER_CONNECTION, HBONE_STREAM_WINDOW } from './client.js';
-import { parseAuthority, parseForwardedFor, REASON_HEADER, type Authority } from './protocol.js';
+import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
 import { HBONE_ALPN, HBONE_CIPHERSUITES, peerSpiffeId } from './tls.js';
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
@@ -44,11 +44,11 @@ export interface HboneServerOptions {
   log?: Logger;
 }
 
-/** Answers a CONNECT with a refusal: status plus the reason header, and no body. */
-export function refuseStream(stream: http2.ServerHttp2Stream, status: number, reason: string): void {
+/** Answers a CONNECT with a refusal: status plus the reason header (and the deciding policy), and no body. */
+export function refuseStream(stream: http2.ServerHttp2Stream, status: number, reason: string, policy?: string): void {
   if (stream.destroyed || stream.closed) return;
   if (!stream.headersSent) {
-    stream.respond({ ':status': status, [REASON_HEADER]: reason }, { endStream: true });
+    stream.respond({ ':status': status, [REASON_HEADER]: reason, ...(policy === undefined ? {} : { [POLICY_HEADER]: policy }) }, { endStream: true });
   } else {
     stream.close(http2.constants.NGHTTP2_CANCEL);
   }

@@ -1,0 +1,30 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { AmbitError } from '../core/errors.js';
+
+/** A usage error (exit 2) that points at the command's help. */
+export function usageError(command: string, message: string): AmbitError {
+  return new AmbitError('USAGE', `${message} (see ambit ${command} --help)`);
+}
+
+/**
+ * The subcommand of `ambit <command> <sub> ...`: returns it with the rest of the arguments, or the exit code after
+ * printing the usage (no subcommand: 2; --help: 0). An unknown subcommand is a usage error.
+ */
+export function subcommand(command: string, argv: string[], known: readonly string[], usage: string): { sub: string; rest: string[] } | number {
+  const [sub, ...rest] = argv;
+  if (sub === undefined || sub === '-h' || sub === '--help') {
+    process.stdout.write(usage);
+    return sub === undefined ? 2 : 0;
+  }
+  if (!known.includes(sub)) throw usageError(command, `unknown ${command} command '${sub}'`);
+  return { sub, rest };
+}
+
+/** Strict flag parsing: unknown flags and missing values are usage errors, never ignored. */
+export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(command: string, args: string[], options: T) {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: false, options }).values;
+  } catch (err) {
+    throw usageError(command, err instanceof Error ? err.message : String(err));
+  }
+}

@@ -1,0 +1,38 @@
+import type { Testbed, TestbedPod } from '../testbed/index.js';
+
+/** Polls until `predicate` holds; resolves with the time it took, or rejects naming `what` after `timeoutMs`. */
+export async function within(timeoutMs: number, what: string, predicate: () => boolean | Promise<boolean>): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if (await predicate()) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Holds one echo connection open; prints `open` once echoed, then how it ended: `end` (FIN), the error, `closed`. */
+const HOLDER = `
+const net = require('node:net');
+const [host, port] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port), allowHalfOpen: true }, () => s.write('hello'));
+s.once('data', () => console.log('open'));
+s.on('end', () => { console.log('end'); s.end(); });
+s.on('error', (e) => console.log('error ' + (e.code || e.message)));
+s.on('close', () => console.log('closed'));
+`;
+
+export interface HeldConnection {
+  /** What the holder printed so far: `open`, then `end` / `error <code>` / `closed`. */
+  readonly lines: string[];
+  stop(): void;
+}
+
+/** Opens a long-lived connection from `pod` to an echo server and resolves once it carried a first echo. */
+export async function holdConnection(tb: Testbed, pod: TestbedPod, host: string, port: number): Promise<HeldConnection> {
+  const child = tb.spawn(pod.netns, process.execPath, ['-e', HOLDER, host, String(port)], { buffer: false });
+  const lines: string[] = [];
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (chunk: string) => lines.push(...chunk.split('\n').filter(Boolean)));
+  await within(5000, `a connection from ${pod.name} to ${host}:${port} is open`, () => lines.includes('open'));
+  return { lines, stop: () => child.kill() };
+}
