@@ -112,8 +112,10 @@ export function connectTcp(
   return new Promise((resolve, reject) => {
     let socket: net.Socket;
     try {
+      // connect()'s noDelay option is read only by the Socket constructor: an adopted socket needs setNoDelay,
+      // or Nagle holds back the small writes of request/response traffic.
       socket = options.socket
-        ? options.socket.connect({ host: target.host, port: target.port, noDelay: true })
+        ? options.socket.setNoDelay(true).connect({ host: target.host, port: target.port })
         : net.connect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
     } catch (err) {
       options.socket?.destroy();
