@@ -138,6 +138,31 @@ spec:
     kept.stop();
   });
 
+  t.test('an ALLOW that needs L7 never matches at the agent, and the agent says why once', async (t) => {
+    await applyPolicies(`
+apiVersion: security.ambit.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-get, namespace: demo }
+spec:
+  selector: { matchLabels: { app: server } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: ["cluster.local/ns/demo/sa/client"] } }]
+    to: [{ operation: { methods: ["GET"] } }]
+`);
+    const since = Date.now();
+    t.notOk(await reaches(client, server), 'even the named principal is refused: the method is invisible at L4');
+    t.notOk(await reaches(client, server), 'again');
+    const explains = (r: Record<string, unknown>) => r.policy === 'demo/allow-get' && typeof r.msg === 'string' && r.msg.includes('only a waypoint sees');
+    await cluster.waitForLog(node2, (r) => r.msg === 'connection refused' && r.reason === 'not_allowed_by_any_policy' && Number(r.time) >= since);
+    await cluster.waitForLog(node2, explains);
+    // The access log is flushed in batches: give the second refusal's lines time to arrive before counting.
+    await new Promise((r) => setTimeout(r, 500));
+    const explained = cluster.logs(node2).filter(explains);
+    t.equal(explained.length, 1, 'one explanation for the policy, not one per connection');
+    t.match(explained[0], { rule: 0, action: 'ALLOW', fields: ['to[0].operation.methods'] });
+  });
+
   t.test('an invalid policy is rejected by name and field, and fails closed', async (t) => {
     await applyPolicies(`
 apiVersion: security.ambit.dev/v1
