@@ -13,6 +13,7 @@ import { createRegistry, createStatusServer, type Registry } from '../core/metri
 import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
+import { refusalMessage } from './authorize.js';
 import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
 import type { AgentConfig } from './config.js';
@@ -20,6 +21,7 @@ import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
+import { UpstreamConnector } from './proxy.js';
 import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
@@ -198,6 +200,7 @@ export class Agent {
       log,
       connections: agent.#connections,
       policies,
+      upstream: new UpstreamConnector({ transparent: config.manageRules, nodeIp, log: log.child({ component: 'upstream' }) }),
       originalDestination:
         deps.originalDestination ??
         ((socket) => {
@@ -358,8 +361,7 @@ export class Agent {
     const revoked = this.#connections.revalidate((answer) => answer.decision.decision === 'DENY');
     for (const { decision, record } of revoked) {
       const policy = { policy: decision.policy, rule: decision.rule };
-      const rule = decision.rule === null ? decision.policy : `${decision.policy} rule ${decision.rule}`;
-      this.#telemetry.revoked(record, decision.reason, policy, `open connection closed: ${decision.reason} by ${rule}`);
+      this.#telemetry.revoked(record, decision.reason, policy, `open connection closed: ${refusalMessage(decision)}`);
     }
   }
 

@@ -8,7 +8,7 @@ import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
 import { authorize, describePolicy, refusalMessage } from './authorize.js';
 import type { ProxyInputs } from './inputs.js';
 import type { Address } from './outbound.js';
-import { abortStream, splice, UpstreamConnector } from './proxy.js';
+import { abortStream, splice } from './proxy.js';
 import type { ConnectionRecord, Peer } from './telemetry.js';
 
 export type InboundRefusal = 'unknown_destination' | 'not_local' | 'not_enrolled' | 'identity_mismatch';
@@ -55,25 +55,6 @@ function upstreamFailure(err: unknown): { status: number; reason: string } {
   if (code === 'ECONNREFUSED') return { status: 503, reason: 'upstream_refused' };
   if (code === 'ETIMEDOUT') return { status: 504, reason: 'upstream_timeout' };
   return { status: 502, reason: 'upstream_unreachable' };
-}
-
-const connectors = new WeakMap<ProxyInputs, UpstreamConnector>();
-
-/**
- * The agent's connector to its pods, one per agent (per ProxyInputs), so a fallback to the node address is decided
- * once. Transparent only when the agent manages the rules that route the pods' replies back to it.
- */
-function upstreamConnector(inputs: ProxyInputs): UpstreamConnector {
-  let connector = connectors.get(inputs);
-  if (connector === undefined) {
-    connector = new UpstreamConnector({
-      transparent: inputs.config.manageRules,
-      nodeIp: inputs.nodeIp,
-      log: inputs.log.child({ component: 'upstream' }),
-    });
-    connectors.set(inputs, connector);
-  }
-  return connector;
 }
 
 /**
@@ -125,7 +106,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     refuseStream(stream, 403, verdict.reason, describePolicy(verdict));
     return;
   }
-  upstreamConnector(inputs).connect(decision.target, verifiedClient).then(
+  inputs.upstream.connect(decision.target, verifiedClient).then(
     (upstream) => {
       if (stream.destroyed || stream.closed) {
         upstream.destroy();
@@ -224,7 +205,7 @@ export function connectAndCarry(
   reauthorize?: () => InboundDecision,
 ): void {
   const delivered = records.some((record) => record.reporter === 'destination');
-  upstreamConnector(inputs).connect(target, delivered ? socket.remoteAddress : undefined).then(
+  inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(
     (upstream) => carry(inputs, records, socket, upstream, socket, true, reauthorize),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));

@@ -6,6 +6,7 @@ import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
 import type { ConnectionRecord } from './telemetry.js';
 import type { AgentConfig } from './config.js';
 import type { ConnectionRegistry } from './connections.js';
+import type { UpstreamConnector } from './proxy.js';
 import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
 
@@ -27,6 +28,11 @@ export interface ProxyInputs {
   log: Logger;
   /** Every carried connection by its end IPs: a pod leaving the mesh loses its connections. */
   connections: ConnectionRegistry<Revalidation>;
+  /**
+   * How the agent dials its pods: from the client's address (transparent) when it manages the rules that route the
+   * replies back; one per agent, so a fallback to the node address is decided once.
+   */
+  upstream: UpstreamConnector;
   /** AuthorizationPolicy and PeerAuthentication, decided at the destination. */
   policies: PolicyStore;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */

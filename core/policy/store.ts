@@ -77,6 +77,8 @@ export class PolicyStore extends EventEmitter {
   #fingerprint = '';
   #version = 0;
   #hasTargetRefs = false;
+  /** Policies whose L7 rules have been explained since the last change: said once per policy, not per connection. */
+  #explained = new Set<string>();
 
   constructor(options: PolicyStoreOptions = {}) {
     super();
@@ -137,6 +139,7 @@ export class PolicyStore extends EventEmitter {
     this.#hasTargetRefs = authz.some((p) => p.targetRefs !== undefined && p.targetRefs.length > 0);
     this.#peerAuthentications = Object.freeze(peer);
     this.#invalid = invalid;
+    this.#explained = new Set();
     this.#version += 1;
     this.#log.info({ authorizationPolicies: authz.length, peerAuthentications: peer.length, invalid: invalid.size, version: this.#version }, 'policies updated');
     this.emit('change', this.#version);
@@ -173,9 +176,21 @@ export class PolicyStore extends EventEmitter {
       }
     }
     const decision = evaluateConnection(this.#set, attributes);
+    for (const fallback of decision.l7Fallbacks) this.#explain(fallback);
     const policy = decision.policy ?? 'default';
     const reason = decision.decision === 'DENY' && this.#invalid.has(policy) ? 'invalid_policy' : decision.reason;
     return { decision: decision.decision, policy, rule: decision.rule, reason, mtls, audit: decision.audit, l7Fallbacks: decision.l7Fallbacks };
+  }
+
+  #explain(fallback: L7Fallback): void {
+    if (this.#explained.has(fallback.policy)) return;
+    this.#explained.add(fallback.policy);
+    this.#log.warn(
+      { policy: fallback.policy, rule: fallback.rule, action: fallback.action, fields: fallback.fields },
+      fallback.action === 'ALLOW'
+        ? 'an ALLOW rule uses attributes only a waypoint sees; at the agent it never matches (fail closed)'
+        : `a ${fallback.action} rule uses attributes only a waypoint sees; at the agent its L4 part alone decides (fail closed)`,
+    );
   }
 
   /** An invalid policy object still says something: it stands, failing closed, in the scope it can be read for. */
