@@ -133,8 +133,8 @@ export class CniHandler {
   async writeEnrollmentSnapshot(): Promise<void> {
     const { store, stateDir } = this.#options;
     const enrolledNamespaces = store
-      .snapshot()
-      .namespaces.filter((ns) => isNamespaceEnrolled(ns))
+      .namespaces()
+      .filter((ns) => isNamespaceEnrolled(ns))
       .map((ns) => ns.name)
       .sort();
     const key = enrolledNamespaces.join(',');

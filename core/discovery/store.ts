@@ -261,6 +261,10 @@ export class WorkloadStore extends EventEmitter {
     return this.entries.Namespace.get(name)?.object as NamespaceInfo | undefined;
   }
 
+  namespaces(): NamespaceInfo[] {
+    return [...this.entries.Namespace.values()].map((e) => e.object as NamespaceInfo);
+  }
+
   /** Every workload: pods that are not terminated, in every namespace. */
   workloads(): readonly Workload[] {
     return this.indexes.workloads;
@@ -276,7 +280,7 @@ export class WorkloadStore extends EventEmitter {
       version: this.currentVersion,
       trustDomain: this.trustDomain,
       nodeName: this.nodeName ?? null,
-      namespaces: [...this.entries.Namespace.values()].map((e) => e.object as NamespaceInfo),
+      namespaces: this.namespaces(),
       nodes: [...this.entries.Node.values()].map((e) => e.object as NodeInfo),
       services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.endpoints(s).map((w) => `${w.namespace}/${w.name}`) })),
       workloads: workloads.map((w) => ({ ...w, node: w.node ?? null })),
