@@ -16,6 +16,17 @@ t.test('flags, environment and defaults', async (t) => {
   t.equal(loadAgentConfig({ AMBIT_RULES_RESYNC_INTERVAL: '0' }, required).config?.rulesResyncSeconds, 0);
 });
 
+t.test('CNI, state, restart and policy settings', async (t) => {
+  const { config } = loadAgentConfig({}, required);
+  t.match(config, { runDir: '/var/run/ambit', stateDir: '/var/lib/ambit', removeRulesOnExit: false, rootNamespace: 'ambit-system', istioApi: false });
+  const set = loadAgentConfig({}, [...required, '--run-dir', '/r', '--state-dir', '/s', '--remove-rules-on-exit', '--root-namespace', 'istio-system', '--istio-api']).config;
+  t.match(set, { runDir: '/r', stateDir: '/s', removeRulesOnExit: true, rootNamespace: 'istio-system', istioApi: true });
+  const env = loadAgentConfig({ AMBIT_RUN_DIR: '/er', AMBIT_STATE_DIR: '/es', AMBIT_REMOVE_RULES_ON_EXIT: '1', AMBIT_ROOT_NAMESPACE: 'mesh', AMBIT_ISTIO_API: '1' }, required).config;
+  t.match(env, { runDir: '/er', stateDir: '/es', removeRulesOnExit: true, rootNamespace: 'mesh', istioApi: true });
+  t.match(loadAgentConfig({}, [...required, '--no-cni']).config, { runDir: undefined, stateDir: undefined }, '--no-cni: no socket');
+  t.match(loadAgentConfig({}, [...required, '--no-rules']).config, { runDir: undefined, manageRules: false }, 'no rules, nothing for a CNI socket to promise');
+});
+
 t.test('bad input is a usage error that names the flag', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [['--node', 'n1', '--config', '/c'], /--ca-dir/],
@@ -28,6 +39,8 @@ t.test('bad input is a usage error that names the flag', async (t) => {
     [[...required, '--trust-domain', 'Bad_Domain'], /--trust-domain/],
     [[...required, 'positional'], /positional/],
     [[...required, '--rules-resync-interval', '1.5'], /--rules-resync-interval/],
+    [[...required, '--state-dir', 'var/lib'], /--state-dir var\/lib is not an absolute path/],
+    [[...required, '--root-namespace', 'Not_A_Namespace'], /--root-namespace Not_A_Namespace/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });
