@@ -22,8 +22,11 @@ export const DEFAULT_PORTS = Object.freeze({
  *   its cores, and on the 2-core bench machine they cost more than they save (agent CPU per GB 8-9 s with them,
  *   5-6 s without; throughput up by a third).
  * - `gc` exposed so the agent can collect before it returns free memory to the kernel (agent.ts).
+ * - Compaction on every full collection: connections come and go, leaving old-space pages part-filled; compacting
+ *   the ~20 MB heap at each (rare, mostly the 5-second release) full GC costs a few ms and keeps about 3.5 MB less
+ *   resident with 1000 connections open (80.6 -> 77.1 MB measured; no measurable change in CPU per GB or per request).
  */
-export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--single-threaded-gc', '--expose-gc']);
+export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--single-threaded-gc', '--expose-gc', '--compact-on-every-full-gc']);
 export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({ MALLOC_ARENA_MAX: '2' });
 
 export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
