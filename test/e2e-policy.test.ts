@@ -3,7 +3,7 @@
  * the local config folder, enforced by the destination agent for HBONE, same-node and plaintext traffic, with real
  * clients (curl, Node) and real rules.
  */
-import { rm, writeFile } from 'node:fs/promises';
+import { rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import { ECHO_PORT, HTTP_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
@@ -34,19 +34,18 @@ t.test('L4 authorization at the destination agent', { skip: unavailable }, async
   });
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
   const policyFile = path.join(cluster.configDir, 'policies.yaml');
-  /** Replaces the policies (write-then-rename, as a config management tool would) and waits for both agents. */
-  const applyPolicies = async (yaml: string) => {
+  /** Replaces the policies (write-then-rename, as a config management tool would), or removes them, and waits for both agents. */
+  const applyPolicies = async (yaml: string | undefined) => {
     const since = Date.now();
-    await writeFile(`${policyFile}.tmp`, yaml);
-    const { rename } = await import('node:fs/promises');
-    await rename(`${policyFile}.tmp`, policyFile);
+    if (yaml === undefined) {
+      await rm(policyFile, { force: true });
+    } else {
+      await writeFile(`${policyFile}.tmp`, yaml);
+      await rename(`${policyFile}.tmp`, policyFile);
+    }
     for (const node of [node1, node2]) await cluster.waitForLog(node, (r) => r.msg === 'policies updated' && Number(r.time) >= since, 3000);
   };
-  const clearPolicies = async () => {
-    const since = Date.now();
-    await rm(policyFile, { force: true });
-    for (const node of [node1, node2]) await cluster.waitForLog(node, (r) => r.msg === 'policies updated' && Number(r.time) >= since, 3000);
-  };
+  const clearPolicies = () => applyPolicies(undefined);
   const reaches = async (from: TestbedPod, to: TestbedPod): Promise<boolean> => {
     const result = await tb.exec(from.netns, 'curl', ['-sS', '--max-time', '3', `http://${to.ip}:${HTTP_PORT}/`], { reject: false });
     return result.exitCode === 0 && String(result.stdout).includes(`"pod":"${to.name}"`);

@@ -61,17 +61,17 @@ function capturedLogger(): { capture: LogCapture; log: ReturnType<typeof createL
   return { capture, log: createLogger({ level: 'debug', destination: capture }) };
 }
 
+/** A connector for NODE_IP whose transparent sockets come from `openTransparent`. */
+function connectorWith(log: ReturnType<typeof capturedLogger>['log'], openTransparent: (address: string) => net.Socket, transparent = true): UpstreamConnector {
+  return new UpstreamConnector({ transparent, nodeIp: NODE_IP, log, openTransparent });
+}
+
 t.test('a connector that is not transparent never makes a transparent socket', async (t) => {
   const port = await echoAddressServer(t);
   const { log } = capturedLogger();
-  const connector = new UpstreamConnector({
-    transparent: false,
-    nodeIp: NODE_IP,
-    log,
-    openTransparent: () => {
+  const connector = connectorWith(log, () => {
       throw new Error('must not be called');
-    },
-  });
+    }, false);
   t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
 });
 
@@ -79,15 +79,10 @@ t.test('a transparent connector connects the socket it was given, bound for the 
   const port = await echoAddressServer(t);
   const { log } = capturedLogger();
   const asked: string[] = [];
-  const connector = new UpstreamConnector({
-    transparent: true,
-    nodeIp: NODE_IP,
-    log,
-    openTransparent: (address) => {
+  const connector = connectorWith(log, (address) => {
       asked.push(address);
       return new net.Socket({ allowHalfOpen: true });
-    },
-  });
+    });
   const upstream = await connector.connect({ host: '127.0.0.1', port }, '::ffff:10.244.2.7');
   // Node reads connect()'s noDelay only in the Socket constructor: the given socket must get it explicitly, or Nagle
   // delays the small writes of request/response traffic.
@@ -103,16 +98,11 @@ t.test('no privilege: one warning, then every connection from the node address',
   const port = await echoAddressServer(t);
   const { capture, log } = capturedLogger();
   let attempts = 0;
-  const connector = new UpstreamConnector({
-    transparent: true,
-    nodeIp: NODE_IP,
-    log,
-    openTransparent: () => {
+  const connector = connectorWith(log, () => {
       attempts++;
       const cause = Object.assign(new Error('setsockopt(IP_TRANSPARENT) failed: Operation not permitted (EPERM)'), { code: 'EPERM' });
       throw new AmbitError('SOCKOPT_FAILED', 'cannot open a TCP socket bound transparently', { cause });
-    },
-  });
+    });
   for (let i = 0; i < 3; i++) t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
   t.equal(attempts, 1, 'tried once');
   t.equal(connector.transparent, false);
@@ -124,29 +114,19 @@ t.test('no privilege: one warning, then every connection from the node address',
 t.test('a missing addon is the same decision', async (t) => {
   const port = await echoAddressServer(t);
   const { log } = capturedLogger();
-  const connector = new UpstreamConnector({
-    transparent: true,
-    nodeIp: NODE_IP,
-    log,
-    openTransparent: () => {
+  const connector = connectorWith(log, () => {
       throw new AmbitError('ADDON_MISSING', 'the native addon is not built');
-    },
-  });
+    });
   t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
   t.equal(connector.transparent, false);
 });
 
 t.test('any other failure fails this connection only', async (t) => {
   const { log } = capturedLogger();
-  const connector = new UpstreamConnector({
-    transparent: true,
-    nodeIp: NODE_IP,
-    log,
-    openTransparent: () => {
+  const connector = connectorWith(log, () => {
       const cause = Object.assign(new Error('socket(AF_INET) failed: Too many open files (EMFILE)'), { code: 'EMFILE' });
       throw new AmbitError('SOCKOPT_FAILED', 'cannot open a TCP socket bound transparently', { cause });
-    },
-  });
+    });
   await t.rejects(connector.connect(POD, '10.244.2.7'), { code: 'SOCKOPT_FAILED' });
   t.equal(connector.transparent, true, 'still transparent for the next one');
 });
