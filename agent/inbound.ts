@@ -113,7 +113,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
         return;
       }
       stream.respond({ ':status': 200 });
-      carry(inputs, [record], stream, upstream, upstream, false, () => authorize(inputs, facts));
+      carry(inputs, { records: [record], downstream: stream, upstream, counted: upstream, countedIsClient: false, reauthorize: () => authorize(inputs, facts) });
     },
     (err: unknown) => {
       const failure = upstreamFailure(err);
@@ -162,27 +162,63 @@ export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket):
   connectAndCarry(inputs, 'inbound', [record], socket, decision.target, () => authorize(inputs, facts));
 }
 
+/** One proxied connection for `carry`: its telemetry records and its two ends. */
+export interface Carried {
+  /** Reported once each: a same-node connection is reported by both sides. */
+  records: readonly ConnectionRecord[];
+  /** The client's side: the captured socket, or the HBONE stream from the source agent. */
+  downstream: Duplex;
+  upstream: Duplex;
+  /** The TCP socket the agent holds whose byte counts are reported: the client's when `countedIsClient`, else the pod's. */
+  counted: net.Socket;
+  countedIsClient: boolean;
+  /** Asks policy again (on a policy or workload change); the answer may close the connection. */
+  reauthorize?: () => InboundDecision;
+  /**
+   * Set when bytes start moving before the destination has answered (an HBONE stream opened without waiting): the
+   * connection counts as opened only when this resolves. When it rejects, `refused` reports why; the upstream is
+   * already closed by then, and the splice resets the client.
+   */
+  established?: Promise<void>;
+  refused?: (err: unknown) => void;
+}
+
 /**
- * Reports the connection opened (once per record: a same-node connection is reported by both sides), splices the
- * two streams, and reports it closed with its bytes. The bytes are read off `counted`, the TCP socket the agent
- * holds: the client's when `countedIsClient`, else the pod's.
+ * Splices the two ends, reports the connection opened (once established), and reports it closed with its bytes.
+ * A connection that was refused before it was established is reported only by `refused`.
  */
-export function carry(
-  inputs: ProxyInputs,
-  records: readonly ConnectionRecord[],
-  downstream: Duplex,
-  upstream: Duplex,
-  counted: net.Socket,
-  countedIsClient: boolean,
-  reauthorize?: () => InboundDecision,
-): void {
-  for (const record of records) inputs.telemetry.opened(record);
-  const untrack = inputs.connections.track(
-    records.flatMap((r) => [r.source.ip, r.destination.ip]),
-    [downstream, upstream],
-    reauthorize === undefined ? undefined : () => ({ decision: reauthorize(), record: records[records.length - 1]! }),
-  );
-  splice(downstream, upstream).then((error) => {
+export function carry(inputs: ProxyInputs, carried: Carried): void {
+  const { records, downstream, upstream, counted, countedIsClient, reauthorize } = carried;
+  let state: 'pending' | 'open' | 'done' = 'pending';
+  let untrack = () => {};
+  const open = () => {
+    if (state !== 'pending') return;
+    state = 'open';
+    for (const record of records) inputs.telemetry.opened(record);
+    untrack = inputs.connections.track(
+      records.flatMap((r) => [r.source.ip, r.destination.ip]),
+      [downstream, upstream],
+      reauthorize === undefined ? undefined : () => ({ decision: reauthorize(), record: records[records.length - 1]! }),
+    );
+  };
+  const spliced = splice(downstream, upstream, carried.established);
+  if (carried.established === undefined) {
+    open();
+  } else {
+    carried.established.then(open, (err: unknown) => {
+      if (state !== 'pending') return;
+      state = 'done';
+      // The upstream may have closed cleanly before its answer; the client must still see a reset, not an end.
+      abortStream(downstream);
+      carried.refused?.(err);
+    });
+  }
+  void spliced.then((error) => {
+    if (state !== 'open') {
+      state = 'done';
+      return;
+    }
+    state = 'done';
     untrack();
     const outcome = countedIsClient
       ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
@@ -206,7 +242,7 @@ export function connectAndCarry(
 ): void {
   const delivered = records.some((record) => record.reporter === 'destination');
   inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(
-    (upstream) => carry(inputs, records, socket, upstream, socket, true, reauthorize),
+    (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize }),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
       abortStream(socket);

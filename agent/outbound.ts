@@ -188,8 +188,14 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
 
   const hbone = `${request.via.host}:${request.via.port}`;
   const record: ConnectionRecord = { reporter: 'source', path: 'hbone', source, destination, service, hbone, security: 'mutual_tls', startedAt };
+  const refused = (err: unknown) => {
+    const reason = err instanceof HboneError ? err.reason : 'hbone_failed';
+    telemetry.refused('outbound', reason, record, err instanceof Error ? err.message : String(err));
+  };
+  // The client's bytes go out with the CONNECT, not a round trip after it: the destination agent holds them until
+  // it has authorized and connected, and drops them if it refuses.
   inputs.hbone
-    .connect({
+    .open({
       sourceIdentity: request.source.identity,
       destinationIdentity: request.destination.identity,
       via: request.via,
@@ -207,10 +213,9 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       },
     })
     .then(
-      (stream) => carry(inputs, [record], socket, stream, socket, true),
+      ({ stream, established }) => carry(inputs, { records: [record], downstream: socket, upstream: stream, counted: socket, countedIsClient: true, established, refused }),
       (err: unknown) => {
-        const reason = err instanceof HboneError ? err.reason : 'hbone_failed';
-        telemetry.refused('outbound', reason, record, err instanceof Error ? err.message : String(err));
+        refused(err);
         abortStream(socket);
       },
     );

@@ -30,9 +30,11 @@ function abortedAbnormally(stream: Duplex): boolean {
  * Moves bytes both ways until both directions are done. `pipe` gives backpressure (a slow reader pauses the
  * writer, nothing is buffered without bound) and half-close (one side's end becomes the other side's FIN or
  * END_STREAM while the other direction keeps flowing). An error or abort on either side aborts the other, so a reset
- * travels end to end. Resolves with the first error, if any, once both sides are closed.
+ * travels end to end. Resolves with the first error, if any, once both sides are closed. With `held`, nothing
+ * moves from `b` to `a` (no byte, no end) until it resolves, and nothing ever if it rejects: `b` is a stream whose
+ * answer is still to come, and a refusal must reach `a` as a reset, not as an end.
  */
-export function splice(a: Duplex, b: Duplex): Promise<Error | undefined> {
+export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Error | undefined> {
   return new Promise((resolve) => {
     let firstError: Error | undefined;
     let open = 2;
@@ -50,7 +52,8 @@ export function splice(a: Duplex, b: Duplex): Promise<Error | undefined> {
     a.once('close', onClose(a, b));
     b.once('close', onClose(b, a));
     pump(a, b);
-    pump(b, a);
+    if (held === undefined) pump(b, a);
+    else held.then(() => pump(b, a), () => undefined);
   });
 }
 

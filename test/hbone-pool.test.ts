@@ -1,7 +1,7 @@
 /** The HBONE client's pool against a real HBONE server on loopback: sharing, the stream limit, idle close, identity. */
 import type http2 from 'node:http2';
 import t from 'tap';
-import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
+import { HboneClient, HboneServer, refuseStream, SecureContextCache } from '../core/hbone/index.js';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
@@ -71,4 +71,64 @@ t.test('pooling', async (t) => {
 
   await t.rejects(client.connect({ ...request, destinationIdentity: OTHER }), { code: 'HBONE_CONNECT_FAILED', message: /presented identity .*sa\/server, expected .*sa\/other/ }, 'the client checks the server identity');
   await t.rejects(client.connect({ ...request, via: { host: '127.0.0.1', port: 1 } }), { code: 'HBONE_CONNECT_FAILED', message: /is the Ambit agent running/ }, 'a refused connection says what to check');
+});
+
+t.test('open: the first bytes travel before the answer; a refusal or an early close rejects `established`', async (t) => {
+  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  const creds = new Map<string, { keyPem: string; certChainPem: string }>();
+  for (const id of [CLIENT, SERVER]) {
+    const { keyPem, certPem } = await ca.issueKeyAndCert(id);
+    creds.set(id, { keyPem, certChainPem: certPem });
+  }
+  const contexts = new SecureContextCache(() => ca.rootPem);
+  /** What each stream's server side read before it answered. */
+  const readBeforeAnswer = new Map<string, string>();
+  const server = new HboneServer({
+    host: '127.0.0.1',
+    port: 0,
+    trustBundle: () => ca.rootPem,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(creds.get(SERVER)!) } : undefined),
+    onConnect: (stream: http2.ServerHttp2Stream, request) => {
+      const authority = `${request.target.host}:${request.target.port}`;
+      // Port 3 never answers; the others answer only once the client's first bytes are here.
+      if (authority.endsWith(':3')) return;
+      stream.once('data', (chunk: Buffer) => {
+        readBeforeAnswer.set(authority, chunk.toString());
+        if (authority.endsWith(':2')) {
+          refuseStream(stream, 403, 'denied', 'ns/deny-all rule 0');
+          return;
+        }
+        stream.respond({ ':status': 200 });
+        stream.end(`got ${chunk.toString()}`);
+      });
+    },
+  });
+  await server.listen();
+  const client = new HboneClient({ contextFor: async (id) => contexts.get(creds.get(id)!), sniFor: sniForIdentity });
+  t.teardown(async () => {
+    client.close();
+    await server.close();
+  });
+  const request = (port: number) => ({ sourceIdentity: CLIENT, destinationIdentity: SERVER, via: { host: '127.0.0.1', port: server.address().port }, authority: `127.0.0.1:${port}` });
+
+  const accepted = await client.open(request(1));
+  accepted.stream.write('hello');
+  await accepted.established;
+  t.equal(readBeforeAnswer.get('127.0.0.1:1'), 'hello', 'the server read the bytes before it answered 200');
+  const reply = await new Promise<string>((resolve) => {
+    let text = '';
+    accepted.stream.setEncoding('utf8').on('data', (c: string) => (text += c)).on('end', () => resolve(text));
+    accepted.stream.end();
+  });
+  t.equal(reply, 'got hello');
+
+  const refused = await client.open(request(2));
+  refused.stream.on('error', () => undefined);
+  refused.stream.write('let me in');
+  await t.rejects(refused.established, { code: 'HBONE_REFUSED', status: 403, reason: 'denied', policy: 'ns/deny-all rule 0' }, 'a refusal rejects with its status, reason and policy');
+
+  const unanswered = await client.open(request(3));
+  unanswered.stream.write('anyone?');
+  setTimeout(() => unanswered.stream.close(), 50);
+  await t.rejects(unanswered.established, { code: 'HBONE_STREAM_CLOSED', reason: 'stream_closed' }, 'a stream closed before its answer rejects');
 });

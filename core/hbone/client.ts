@@ -55,6 +55,12 @@ function connectTls(options: tls.ConnectionOptions): tls.TLSSocket {
   return tls.connect(options).setNoDelay(true);
 }
 
+/** A CONNECT stream that may be written at once, and the peer's answer to it. */
+export interface HboneStream {
+  stream: http2.ClientHttp2Stream;
+  established: Promise<void>;
+}
+
 interface PooledSession {
   /** Unset while the source identity's TLS context is being prepared. */
   session: http2.ClientHttp2Session | undefined;
@@ -87,6 +93,19 @@ export class HboneClient {
 
   /** Opens a CONNECT stream; resolves once the peer answered 200, so the caller can start moving bytes. */
   async connect(request: HboneConnectRequest): Promise<http2.ClientHttp2Stream> {
+    const { stream, established } = await this.open(request);
+    await established;
+    return stream;
+  }
+
+  /**
+   * Opens a CONNECT stream and resolves as soon as it exists, before the peer answers: the caller may write to it
+   * at once, so a client's first bytes travel with the CONNECT instead of a round trip later. The peer holds them
+   * until it has decided and connected, and drops them with the stream when it refuses, so nothing reaches a
+   * destination that policy does not allow. `established` resolves on the peer's 200 and rejects with an
+   * HboneError on a refusal, a stream error, or a stream closed (by either side) before the answer.
+   */
+  async open(request: HboneConnectRequest): Promise<HboneStream> {
     if (this.#closed) throw new HboneError('HBONE_CLIENT_CLOSED', 'the HBONE client is closed', 0, 'client_closed');
     // The stream's slot is taken before the connection is ready, so a burst of first requests never puts more than
     // the limit on one connection (the excess would wait inside nghttp2 for a free slot instead of a new connection).
@@ -109,16 +128,24 @@ export class HboneClient {
       throw new HboneError('HBONE_CONNECT_FAILED', `opening a stream to ${request.via.host}:${request.via.port} failed: ${String(err)}`, 0, 'stream_failed', err);
     }
     stream.once('close', () => this.#release(pooled));
-    return new Promise((resolve, reject) => {
+    const established = new Promise<void>((resolve, reject) => {
+      const where = `HBONE stream to ${request.authority} via ${request.via.host}:${request.via.port}`;
       const onError = (err: Error) => {
-        reject(new HboneError('HBONE_STREAM_FAILED', `HBONE stream to ${request.authority} via ${request.via.host}:${request.via.port} failed: ${err.message}`, 0, 'stream_failed', err));
+        stream.off('close', onClose);
+        reject(new HboneError('HBONE_STREAM_FAILED', `${where} failed: ${err.message}`, 0, 'stream_failed', err));
+      };
+      const onClose = () => {
+        stream.off('error', onError);
+        reject(new HboneError('HBONE_STREAM_CLOSED', `${where} closed before the peer answered`, 0, 'stream_closed'));
       };
       stream.once('error', onError);
+      stream.once('close', onClose);
       stream.once('response', (headers) => {
         stream.off('error', onError);
+        stream.off('close', onClose);
         const status = Number(headers[':status']);
         if (status === 200) {
-          resolve(stream);
+          resolve();
           return;
         }
         const reason = String(headers[REASON_HEADER] ?? 'unspecified');
@@ -128,6 +155,7 @@ export class HboneClient {
         reject(new HboneError('HBONE_REFUSED', `${request.via.host}:${request.via.port} refused CONNECT ${request.authority}: ${status} ${reason}${by}`, status, reason, undefined, policy));
       });
     });
+    return { stream, established };
   }
 
   /** Number of open HTTP/2 connections, for tests and the config dump. */

@@ -7,6 +7,7 @@ export {
   HBONE_STREAM_WINDOW,
   type HboneClientOptions,
   type HboneConnectRequest,
+  type HboneStream,
 } from './client.js';
 export { HboneServer, refuseStream, type HboneInboundRequest, type HboneRefusal, type HboneServerOptions } from './server.js';
 export {
