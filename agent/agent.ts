@@ -8,7 +8,7 @@ import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
 import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
-import { createLogger, type Logger } from '../core/log.js';
+import { accessLogger, createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
@@ -139,7 +139,7 @@ export class Agent {
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
     const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
     const registry = createRegistry();
-    const telemetry = new AgentTelemetry(registry, log.child({ component: 'access' }));
+    const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
     const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });

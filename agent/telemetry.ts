@@ -56,12 +56,20 @@ export interface ConnectionOutcome {
 
 const UNKNOWN = 'unknown';
 
+/**
+ * One label set's counts since the last scrape. A connection only adds to these numbers; they reach prom-client
+ * when metrics are collected, since a prom-client update hashes the whole label set (twelve labels) every time,
+ * which was a measurable share of a short connection's cost.
+ */
 interface Series {
-  opened: { inc(value?: number): void };
-  closed: { inc(value?: number): void };
-  sent: { inc(value?: number): void };
-  received: { inc(value?: number): void };
-  active: { inc(value?: number): void; dec(value?: number): void };
+  readonly labels: TcpLabels;
+  readonly direction: 'outbound' | 'inbound';
+  opened: number;
+  closed: number;
+  sent: number;
+  received: number;
+  /** Opened minus closed since the last scrape. */
+  active: number;
 }
 
 /** Everything labelsOf reads, joined: equal keys give equal label sets. */
@@ -85,10 +93,11 @@ export class AgentTelemetry {
   constructor(registry: Registry, accessLog: Logger) {
     this.#log = accessLog;
     const labelNames = [...TCP_LABELS];
-    this.#opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames, registers: [registry] });
-    this.#closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers: [registry] });
-    this.#sentBytes = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent toward the client (response direction)', labelNames, registers: [registry] });
-    this.#receivedBytes = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the client (request direction)', labelNames, registers: [registry] });
+    const collect = () => this.#flush();
+    this.#opened = new Counter({ name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened', labelNames, registers: [registry], collect });
+    this.#closed = new Counter({ name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed', labelNames, registers: [registry], collect });
+    this.#sentBytes = new Counter({ name: 'istio_tcp_sent_bytes_total', help: 'Bytes sent toward the client (response direction)', labelNames, registers: [registry], collect });
+    this.#receivedBytes = new Counter({ name: 'istio_tcp_received_bytes_total', help: 'Bytes received from the client (request direction)', labelNames, registers: [registry], collect });
     this.#refused = new Counter({
       name: 'ambit_connections_refused_total',
       help: 'Connections and HBONE streams the agent refused, by direction and reason',
@@ -101,46 +110,49 @@ export class AgentTelemetry {
       labelNames: ['policy', 'reason'],
       registers: [registry],
     });
-    this.#active = new Gauge({ name: 'ambit_connections_active', help: 'Proxied connections open now', labelNames: ['direction'], registers: [registry] });
+    this.#active = new Gauge({ name: 'ambit_connections_active', help: 'Proxied connections open now', labelNames: ['direction'], registers: [registry], collect });
   }
 
   /** A connection was set up (the upstream answered): count it open. */
   opened(record: ConnectionRecord): void {
     const series = this.#series(record);
-    series.opened.inc();
-    series.active.inc();
+    series.opened++;
+    series.active++;
   }
 
   /** An opened connection ended: bytes, closed count, and its access-log line. */
   closed(record: ConnectionRecord, outcome: ConnectionOutcome): void {
     const series = this.#series(record);
-    series.closed.inc();
-    if (outcome.sent > 0) series.sent.inc(outcome.sent);
-    if (outcome.received > 0) series.received.inc(outcome.received);
-    series.active.dec();
+    series.closed++;
+    series.sent += outcome.sent;
+    series.received += outcome.received;
+    series.active--;
     this.#access(record, outcome);
   }
 
-  /**
-   * The labelled series of a connection's metrics, looked up by one string key: prom-client hashes a full label
-   * set on every update, which is a measurable share of a short connection's cost. Series are few (one per pair
-   * of workloads), so the cache stays small.
-   */
+  /** The counts of a connection's label set, found by one string key. Series are few (one per pair of workloads). */
   #series(record: ConnectionRecord): Series {
     const key = seriesKey(record);
     let series = this.#seriesCache.get(key);
     if (!series) {
-      const labels = labelsOf(record);
-      series = {
-        opened: this.#opened.labels(labels),
-        closed: this.#closed.labels(labels),
-        sent: this.#sentBytes.labels(labels),
-        received: this.#receivedBytes.labels(labels),
-        active: this.#active.labels({ direction: record.reporter === 'source' ? 'outbound' : 'inbound' }),
-      };
+      const direction = record.reporter === 'source' ? 'outbound' : 'inbound';
+      series = { labels: labelsOf(record), direction, opened: 0, closed: 0, sent: 0, received: 0, active: 0 };
       this.#seriesCache.set(key, series);
     }
     return series;
+  }
+
+  /** Hands the counts gathered since the last scrape to prom-client (each metric's collect calls this; the first does the work). */
+  #flush(): void {
+    for (const series of this.#seriesCache.values()) {
+      const { labels } = series;
+      if (series.opened > 0) this.#opened.inc(labels, series.opened);
+      if (series.closed > 0) this.#closed.inc(labels, series.closed);
+      if (series.sent > 0) this.#sentBytes.inc(labels, series.sent);
+      if (series.received > 0) this.#receivedBytes.inc(labels, series.received);
+      if (series.active !== 0) this.#active.inc({ direction: series.direction }, series.active);
+      series.opened = series.closed = series.sent = series.received = series.active = 0;
+    }
   }
 
   /**

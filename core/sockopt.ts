@@ -55,10 +55,12 @@ const IPV4_MAPPED = /^::ffff:\d+\.\d+\.\d+\.\d+$/i;
 
 // A dual-stack listener accepts IPv4 clients on an IPv6 socket with an IPv4-mapped local address; iptables (not
 // ip6tables) rewrote those, and the kernel answers SOL_IP queries on such sockets.
+// The peer's address answers as well as the local one, and the agent has already read it (Node caches it): asking
+// for the local address would cost a getsockname() per connection.
 function socketFamily(socket: net.Socket): 4 | 6 {
-  const address = socket.localAddress ?? socket.remoteAddress;
+  const address = socket.remoteAddress ?? socket.localAddress;
   if (address !== undefined && IPV4_MAPPED.test(address)) return 4;
-  const family = socket.localFamily ?? socket.remoteFamily;
+  const family = socket.remoteFamily ?? socket.localFamily;
   if (family === 'IPv4') return 4;
   if (family === 'IPv6') return 6;
   throw new AmbitError('NO_FD', 'the socket has no address family: it is closed or not yet connected');
