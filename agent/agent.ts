@@ -11,7 +11,7 @@ import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '..
 import { accessLogger, createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
-import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
+import { originalDestination as addonOriginalDestination, releaseFreeMemory, setTrimThreshold } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
 import { refusalMessage } from './authorize.js';
 import { CniServer } from './cni-server.js';
@@ -26,10 +26,18 @@ import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
 /**
- * How often the agent hands freed memory back to the kernel. A bulk transfer can leave tens of MB of freed I/O
- * buffers resident; a node agent's memory should follow its open connections, not its busiest moment.
+ * How often, at most, the agent hands freed memory back to the kernel. A bulk transfer can leave tens of MB of freed
+ * I/O buffers resident; a node agent's memory should follow its open connections, not its busiest moment.
  */
 export const MEMORY_RELEASE_INTERVAL_MS = 5_000;
+/**
+ * The release waits for a quiet second: less CPU than this share of one core. While traffic flows V8 collects on its
+ * own schedule and the buffers are reused; a forced full collection then would only take CPU from the traffic.
+ */
+const MEMORY_RELEASE_QUIET_CPU_SHARE = 0.1;
+const MEMORY_RELEASE_CHECK_MS = 1_000;
+/** The agent trims on the schedule above, so glibc need not trim the top of its heap on every free(). */
+const ALLOCATOR_TRIM_THRESHOLD = 64 * 1024 * 1024;
 
 export interface AgentDependencies {
   log?: Logger;
@@ -293,9 +301,10 @@ export class Agent {
   }
 
   /**
-   * Every MEMORY_RELEASE_INTERVAL_MS: a major collection (incremental, off the request path, when the process runs
-   * with --expose-gc as AGENT_NODE_FLAGS says), then the allocator's free pages back to the kernel. V8 alone shrinks
-   * its heap only after several quiet seconds, and glibc never returns pages freed between live allocations.
+   * At most every MEMORY_RELEASE_INTERVAL_MS, in the first quiet second after it: a major collection (incremental,
+   * when the process runs with --expose-gc as AGENT_NODE_FLAGS says), then the allocator's free pages back to the
+   * kernel. V8 alone shrinks its heap only after several quiet seconds, and glibc never returns pages freed between
+   * live allocations.
    */
   #startMemoryRelease(): void {
     const collect = (globalThis as { gc?: (options: { type: 'major'; execution: 'async' }) => Promise<void> }).gc;
@@ -303,13 +312,25 @@ export class Agent {
       await collect?.({ type: 'major', execution: 'async' });
       releaseFreeMemory();
     };
+    try {
+      setTrimThreshold(ALLOCATOR_TRIM_THRESHOLD);
+    } catch {
+      // No addon: the allocator keeps its defaults (and the release below says why it cannot run).
+    }
+    let lastRelease = Date.now();
+    let cpuBefore = process.cpuUsage();
     this.#memoryTimer = setInterval(() => {
+      const used = process.cpuUsage(cpuBefore);
+      cpuBefore = process.cpuUsage();
+      const quiet = (used.user + used.system) / 1000 < MEMORY_RELEASE_CHECK_MS * MEMORY_RELEASE_QUIET_CPU_SHARE;
+      if (!quiet || Date.now() - lastRelease < MEMORY_RELEASE_INTERVAL_MS) return;
+      lastRelease = Date.now();
       release().catch((err: unknown) => {
         // Without the addon (never on a real node: capture needs it too) memory is simply not released early.
         clearInterval(this.#memoryTimer);
         this.#log.warn({ err }, 'cannot release free memory to the kernel');
       });
-    }, MEMORY_RELEASE_INTERVAL_MS);
+    }, MEMORY_RELEASE_CHECK_MS);
     this.#memoryTimer.unref();
   }
 
