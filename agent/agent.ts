@@ -11,7 +11,7 @@ import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '..
 import { accessLogger, createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
-import { originalDestination as addonOriginalDestination, releaseFreeMemory, setTrimThreshold } from '../core/sockopt.js';
+import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
 import { refusalMessage } from './authorize.js';
 import { CniServer } from './cni-server.js';
@@ -36,8 +36,6 @@ export const MEMORY_RELEASE_INTERVAL_MS = 5_000;
  */
 const MEMORY_RELEASE_QUIET_CPU_SHARE = 0.1;
 const MEMORY_RELEASE_CHECK_MS = 1_000;
-/** The agent trims on the schedule above, so glibc need not trim the top of its heap on every free(). */
-const ALLOCATOR_TRIM_THRESHOLD = 64 * 1024 * 1024;
 
 export interface AgentDependencies {
   log?: Logger;
@@ -303,28 +301,31 @@ export class Agent {
   /**
    * At most every MEMORY_RELEASE_INTERVAL_MS, in the first quiet second after it: a major collection (incremental,
    * when the process runs with --expose-gc as AGENT_NODE_FLAGS says), then the allocator's free pages back to the
-   * kernel. V8 alone shrinks its heap only after several quiet seconds, and glibc never returns pages freed between
-   * live allocations.
+   * kernel, and once more in the next quiet second: the native halves of collected sockets and streams are freed
+   * by callbacks that run after the collection. V8 alone shrinks its heap only after several quiet seconds, and
+   * glibc never returns pages freed between live allocations.
    */
   #startMemoryRelease(): void {
     const collect = (globalThis as { gc?: (options: { type: 'major'; execution: 'async' }) => Promise<void> }).gc;
+    let lastRelease = Date.now();
+    let trimAgain = false;
     const release = async () => {
+      if (trimAgain) {
+        trimAgain = false;
+        releaseFreeMemory();
+        return;
+      }
+      if (Date.now() - lastRelease < MEMORY_RELEASE_INTERVAL_MS) return;
+      lastRelease = Date.now();
       await collect?.({ type: 'major', execution: 'async' });
       releaseFreeMemory();
+      trimAgain = true;
     };
-    try {
-      setTrimThreshold(ALLOCATOR_TRIM_THRESHOLD);
-    } catch {
-      // No addon: the allocator keeps its defaults (and the release below says why it cannot run).
-    }
-    let lastRelease = Date.now();
     let cpuBefore = process.cpuUsage();
     this.#memoryTimer = setInterval(() => {
       const used = process.cpuUsage(cpuBefore);
       cpuBefore = process.cpuUsage();
-      const quiet = (used.user + used.system) / 1000 < MEMORY_RELEASE_CHECK_MS * MEMORY_RELEASE_QUIET_CPU_SHARE;
-      if (!quiet || Date.now() - lastRelease < MEMORY_RELEASE_INTERVAL_MS) return;
-      lastRelease = Date.now();
+      if ((used.user + used.system) / 1000 >= MEMORY_RELEASE_CHECK_MS * MEMORY_RELEASE_QUIET_CPU_SHARE) return;
       release().catch((err: unknown) => {
         // Without the addon (never on a real node: capture needs it too) memory is simply not released early.
         clearInterval(this.#memoryTimer);

@@ -11,7 +11,6 @@ interface SockoptAddon {
   setMark(fd: number, mark: number): void;
   transparentSocket(address: string, mark: number): number;
   releaseFreeMemory(): boolean;
-  setTrimThreshold(bytes: number): boolean;
 }
 
 /** Where node-gyp puts the addon; this file runs as dist/core/sockopt.js. */
@@ -164,11 +163,3 @@ export function releaseFreeMemory(): boolean {
   return loadAddon().releaseFreeMemory();
 }
 
-/**
- * Sets glibc's trim threshold (bytes), for a process that returns memory with releaseFreeMemory on its own schedule:
- * free() then stops handing the top of the heap back between bursts, which costs a page fault per 4 KiB when the
- * next burst takes it again. Returns whether the allocator took it.
- */
-export function setTrimThreshold(bytes: number): boolean {
-  return loadAddon().setTrimThreshold(bytes);
-}

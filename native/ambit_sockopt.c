@@ -138,7 +138,7 @@ static bool get_args(napi_env env, napi_callback_info info, const char *fn, size
   }
   if (count < expected) {
     char message[96];
-    snprintf(message, sizeof message, "%s: expected %zu argument%s, got %zu", fn, expected, expected == 1 ? "" : "s", count);
+    snprintf(message, sizeof message, "%s: expected %zu arguments, got %zu", fn, expected, count);
     napi_throw_type_error(env, NULL, message);
     return false;
   }
@@ -325,24 +325,6 @@ static napi_value release_free_memory(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/*
- * setTrimThreshold(bytes): glibc's M_TRIM_THRESHOLD. By default free() gives the top of the heap back as soon as
- * 128 KiB are free there, and the next burst of I/O buffers takes it again: a brk() and a page fault (and a zeroed
- * page) for every 4 KiB, tens of thousands per GB proxied. A process that trims on its own schedule
- * (releaseFreeMemory) raises the threshold. Returns whether glibc took the setting.
- */
-static napi_value set_trim_threshold(napi_env env, napi_callback_info info) {
-  napi_value args[1];
-  double bytes;
-  if (!get_args(env, info, "setTrimThreshold", 1, args) ||
-      !get_integer(env, args[0], "setTrimThreshold", "bytes", 0, INT32_MAX, &bytes)) {
-    return NULL;
-  }
-  napi_value result;
-  NAPI_CALL(env, napi_get_boolean(env, mallopt(M_TRIM_THRESHOLD, (int)bytes) == 1, &result));
-  return result;
-}
-
 NAPI_MODULE_INIT() {
   napi_property_descriptor functions[] = {
       {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -350,7 +332,6 @@ NAPI_MODULE_INIT() {
       {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"transparentSocket", NULL, transparent_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"releaseFreeMemory", NULL, release_free_memory, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"setTrimThreshold", NULL, set_trim_threshold, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions));
   return exports;

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { AmbitError, errnoCode } from '../core/errors.js';
-import { SOCKOPT_ADDON_PATH, originalDestination, releaseFreeMemory, setMark, setTransparent, setTrimThreshold, transparentSocket } from '../core/sockopt.js';
+import { SOCKOPT_ADDON_PATH, originalDestination, setMark, setTransparent, transparentSocket } from '../core/sockopt.js';
 
 /** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
 async function loopbackPair(t: Test): Promise<{ client: net.Socket; accepted: net.Socket }> {
@@ -49,13 +49,6 @@ t.test('a socket without a file descriptor is refused', async (t) => {
   t.throws(() => setMark(new net.Socket(), 1), { code: 'NO_FD' });
 });
 
-t.test('the allocator: a raised trim threshold is taken, and free memory can still be released on demand', async (t) => {
-  // Both act on this process's glibc heap; the threshold only delays trimming, which releaseFreeMemory still does.
-  t.equal(setTrimThreshold(64 * 1024 * 1024), true, 'glibc took M_TRIM_THRESHOLD');
-  t.type(releaseFreeMemory(), 'boolean');
-  t.equal(setTrimThreshold(128 * 1024), true, "glibc's default again");
-});
-
 t.test('bad arguments are TypeErrors', async (t) => {
   const addon = createRequire(import.meta.url)(SOCKOPT_ADDON_PATH) as Record<string, (...args: unknown[]) => unknown>;
   const originalDst = addon.originalDst!;
@@ -80,9 +73,6 @@ t.test('bad arguments are TypeErrors', async (t) => {
   t.throws(() => open('fe80::1%eth0', 0), TypeError, 'a scope is not an address');
   t.throws(() => open('10.0.0.1', -1), new TypeError('transparentSocket: mark must be an integer from 0 to 4294967295'));
   t.throws(() => transparentSocket('localhost'), TypeError, 'the wrapper passes TypeErrors through');
-
-  t.throws(() => addon.setTrimThreshold!(-1), new TypeError('setTrimThreshold: bytes must be an integer from 0 to 2147483647'));
-  t.throws(() => addon.setTrimThreshold!(), new TypeError('setTrimThreshold: expected 1 argument, got 0'));
 });
 
 function hasCommand(command: string): boolean {
