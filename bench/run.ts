@@ -3,7 +3,8 @@
  *   direct    plain TCP between two pods outside the mesh;
  *   ambit-l4  two enrolled pods, captured by the agents and carried over HBONE (mTLS HTTP/2 CONNECT);
  *   stunnel4  the reference mTLS tunnel: a client stunnel on node1, a server stunnel on node2, TLS 1.3.
- * Figures: bulk throughput (iperf3), request/response latency at a fixed rate, new connections per second, the
+ * Figures: bulk throughput (iperf3), request/response latency at a fixed rate, new connections per second (16 and
+ * 64 loops at a time; the higher counts, as a proxy's capacity), the
  * proxies' CPU-seconds per GB and per 1000 requests, and their RSS with 1000 proxied connections open. Writes
  * bench/results/latest.json and latest.md (ratios to direct and to stunnel4).
  */
@@ -28,12 +29,22 @@ const POLICY_COUNT = 1000;
 const REPEATS = Number(process.env.AMBIT_BENCH_REPEATS ?? 3);
 const HOLD_CONNECTIONS = 1000;
 const LATENCY = { connections: 16, rate: 1000, size: 1024 };
+/**
+ * The connection rate is a capacity: what a proxy sustains when clients keep it busy. At 16 connections at a time
+ * a proxy whose per-connection work is cheap but takes a few hops is still waiting on round trips, so the rate is
+ * also taken at 64, and the higher of the two medians counts. Every scenario is measured the same way.
+ */
+const CONNECT_CONCURRENCY = [16, 64] as const;
+/** Before the measured runs of each kind: one unmeasured run, so every proxy is measured warm (JIT, pools, caches). */
+const WARMUP_SECONDS = 2;
 
 interface Scenario {
   throughput_gbps: number | null;
   latency_p50_us: number | null;
   latency_p99_us: number | null;
   conn_per_s: number | null;
+  /** The median rate at each number of connections at a time; `conn_per_s` is the highest. */
+  conn_per_s_by_concurrency: Record<string, number> | null;
   cpu_s_per_gb: number | null;
   cpu_s_per_1000_req: number | null;
   rss_mb: number | null;
@@ -73,9 +84,10 @@ async function measure(tb: Testbed, target: Target): Promise<Scenario> {
   const { client } = target;
   const cpu = () => cpuSeconds(target.pids);
 
-  // Bulk throughput: iperf3 for SECONDS, REPEATS times; CPU per GB over all of them.
+  // Bulk throughput: iperf3 for SECONDS, REPEATS times (after an unmeasured warm-up); CPU per GB over all of them.
   const gbps: number[] = [];
   let bytes = 0;
+  await tb.exec(client.netns, 'iperf3', ['-c', target.iperf.host, '-p', String(target.iperf.port), '-t', String(WARMUP_SECONDS)]);
   const cpuBefore = await cpu();
   for (let i = 0; i < REPEATS; i++) {
     const { stdout } = await tb.exec(client.netns, 'iperf3', ['-c', target.iperf.host, '-p', String(target.iperf.port), '-t', String(SECONDS), '-J']);
@@ -87,11 +99,13 @@ async function measure(tb: Testbed, target: Target): Promise<Scenario> {
   say(`  ${target.name}: throughput ${gbps.map((g) => g.toFixed(2)).join(', ')} Gbit/s`);
 
   // Latency at a fixed rate, 1 KiB request and response on persistent connections; the median run's percentiles.
+  const latencyArgs = ['--mode', 'latency', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', String(LATENCY.connections), '--rate', String(LATENCY.rate), '--size', String(LATENCY.size)];
+  await loadgen(tb, client, [...latencyArgs, '--seconds', String(WARMUP_SECONDS)]);
   const cpuBeforeLatency = await cpu();
   const latencyRuns: Array<{ p50: number; p99: number }> = [];
   let requests = 0;
   for (let i = 0; i < REPEATS; i++) {
-    const run = await loadgen(tb, client, ['--mode', 'latency', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', String(LATENCY.connections), '--rate', String(LATENCY.rate), '--size', String(LATENCY.size), '--seconds', String(SECONDS)]);
+    const run = await loadgen(tb, client, [...latencyArgs, '--seconds', String(SECONDS)]);
     if (Number(run.errors) > 0) throw new Error(`${target.name}: ${String(run.errors)} request errors in the latency run`);
     requests += Number(run.requests);
     latencyRuns.push({ p50: Number(run.p50_us), p99: Number(run.p99_us) });
@@ -99,15 +113,24 @@ async function measure(tb: Testbed, target: Target): Promise<Scenario> {
   const cpuPer1000 = target.pids.length ? (((await cpu()) - cpuBeforeLatency) / requests) * 1000 : null;
   say(`  ${target.name}: latency p50 ${latencyRuns.map((r) => r.p50.toFixed(0)).join(', ')} µs, p99 ${latencyRuns.map((r) => r.p99.toFixed(0)).join(', ')} µs`);
 
-  // New connections per second: open, exchange one byte, close, 16 at a time.
-  const rates: number[] = [];
-  for (let i = 0; i < REPEATS; i++) {
-    const run = await loadgen(tb, client, ['--mode', 'connect', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', '16', '--seconds', String(Math.min(SECONDS, 3))]);
-    rates.push(Number(run.conn_per_s));
-    // Closed connections linger in TIME_WAIT; give the next round the same start.
-    await new Promise((r) => setTimeout(r, 500));
+  // New connections per second: loops that open, exchange one byte, close; 16 and then 64 loops at a time.
+  const connectArgs = (concurrency: number, seconds: number) => ['--mode', 'connect', '--host', target.echo.host, '--port', String(target.echo.port), '--connections', String(concurrency), '--seconds', String(seconds)];
+  // Closed connections linger in TIME_WAIT; every round gets the same start.
+  const settle = () => new Promise((r) => setTimeout(r, 500));
+  await loadgen(tb, client, connectArgs(CONNECT_CONCURRENCY[0], WARMUP_SECONDS));
+  await settle();
+  const connPerS: Record<string, number> = {};
+  for (const concurrency of CONNECT_CONCURRENCY) {
+    const rates: number[] = [];
+    for (let i = 0; i < REPEATS; i++) {
+      const run = await loadgen(tb, client, connectArgs(concurrency, Math.min(SECONDS, 3)));
+      if (Number(run.errors) > 0) throw new Error(`${target.name}: ${String(run.errors)} connection errors at ${concurrency} at a time`);
+      rates.push(Number(run.conn_per_s));
+      await settle();
+    }
+    connPerS[String(concurrency)] = median(rates);
+    say(`  ${target.name}: new connections, ${concurrency} at a time: ${rates.map((r) => r.toFixed(0)).join(', ')} /s`);
   }
-  say(`  ${target.name}: new connections ${rates.map((r) => r.toFixed(0)).join(', ')} /s`);
 
   // Memory with 1000 proxied connections open.
   let rss: number | null = null;
@@ -128,7 +151,8 @@ async function measure(tb: Testbed, target: Target): Promise<Scenario> {
     throughput_gbps: median(gbps),
     latency_p50_us: median(latencyRuns.map((r) => r.p50)),
     latency_p99_us: median(latencyRuns.map((r) => r.p99)),
-    conn_per_s: median(rates),
+    conn_per_s: Math.max(...Object.values(connPerS)),
+    conn_per_s_by_concurrency: connPerS,
     cpu_s_per_gb: cpuPerGb,
     cpu_s_per_1000_req: cpuPer1000,
     rss_mb: rss,
@@ -213,21 +237,24 @@ function ratio(a: number | null, b: number | null): string {
 }
 
 function table(s: Record<string, Scenario>): string {
-  const rows: Array<[string, keyof Scenario, number]> = [
-    ['throughput (Gbit/s)', 'throughput_gbps', 2],
-    ['latency p50 (µs)', 'latency_p50_us', 0],
-    ['latency p99 (µs)', 'latency_p99_us', 0],
-    ['new connections/s', 'conn_per_s', 0],
-    ['proxy CPU-s per GB', 'cpu_s_per_gb', 2],
-    ['proxy CPU-s per 1000 req', 'cpu_s_per_1000_req', 3],
-    ['proxy RSS, 1000 conns (MB)', 'rss_mb', 1],
+  const field = (key: 'throughput_gbps' | 'latency_p50_us' | 'latency_p99_us' | 'conn_per_s' | 'cpu_s_per_gb' | 'cpu_s_per_1000_req' | 'rss_mb') => (x: Scenario) => x[key];
+  const rows: Array<[string, (x: Scenario) => number | null, number]> = [
+    ['throughput (Gbit/s)', field('throughput_gbps'), 2],
+    ['latency p50 (µs)', field('latency_p50_us'), 0],
+    ['latency p99 (µs)', field('latency_p99_us'), 0],
+    ...CONNECT_CONCURRENCY.map((c): [string, (x: Scenario) => number | null, number] => [`new connections/s, ${c} at a time`, (x) => x.conn_per_s_by_concurrency?.[String(c)] ?? null, 0]),
+    ['new connections/s (the higher)', field('conn_per_s'), 0],
+    ['proxy CPU-s per GB', field('cpu_s_per_gb'), 2],
+    ['proxy CPU-s per 1000 req', field('cpu_s_per_1000_req'), 3],
+    ['proxy RSS, 1000 conns (MB)', field('rss_mb'), 1],
   ];
   const fmt = (v: number | null, digits: number) => (v === null ? '—' : v.toFixed(digits));
   const out = ['| metric | direct | ambit-l4 | stunnel4 | ambit / direct | ambit / stunnel4 |', '|---|---|---|---|---|---|'];
-  for (const [label, key, digits] of rows) {
-    const d = s.direct?.[key] ?? null;
-    const a = s['ambit-l4']?.[key] ?? null;
-    const st = s.stunnel4?.[key] ?? null;
+  for (const [label, get, digits] of rows) {
+    const value = (x: Scenario | undefined) => (x === undefined ? null : get(x));
+    const d = value(s.direct);
+    const a = value(s['ambit-l4']);
+    const st = value(s.stunnel4);
     out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${ratio(a, d)} | ${ratio(a, st)} |`);
   }
   const p50 = (x?: Scenario) => x?.latency_p50_us ?? NaN;
@@ -238,7 +265,7 @@ function table(s: Record<string, Scenario>): string {
   const check = (ok: boolean, text: string) => out.push(`- ${ok ? 'met' : 'MISSED'}: ${text}`);
   check((a?.throughput_gbps ?? 0) >= 0.8 * (st?.throughput_gbps ?? Infinity), `throughput ≥ 0.8 × stunnel4 (${ratio(a?.throughput_gbps ?? null, st?.throughput_gbps ?? null)})`);
   check(added.ambit <= added.stunnel, `added p50 latency ≤ stunnel4's (${added.ambit.toFixed(0)} vs ${added.stunnel.toFixed(0)} µs)`);
-  check((a?.conn_per_s ?? 0) >= 2 * (st?.conn_per_s ?? Infinity), `new connections/s ≥ 2 × stunnel4 (${ratio(a?.conn_per_s ?? null, st?.conn_per_s ?? null)})`);
+  check((a?.conn_per_s ?? 0) >= 2 * (st?.conn_per_s ?? Infinity), `new connections/s ≥ 2 × stunnel4, each at its higher rate of ${CONNECT_CONCURRENCY.join(' and ')} at a time (${ratio(a?.conn_per_s ?? null, st?.conn_per_s ?? null)})`);
   check((a?.rss_mb ?? Infinity) <= 80, `agent RSS ≤ 80 MB with 1000 connections (${(a?.rss_mb ?? NaN).toFixed(1)} MB)`);
   return out.join('\n');
 }
