@@ -214,11 +214,9 @@ export function carry(inputs: ProxyInputs, carried: Carried): void {
     });
   }
   void spliced.then((error) => {
-    if (state !== 'open') {
-      state = 'done';
-      return;
-    }
+    const wasOpen = state === 'open';
     state = 'done';
+    if (!wasOpen) return;
     untrack();
     const outcome = countedIsClient
       ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
