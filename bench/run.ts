@@ -2,7 +2,9 @@
  * `npm run bench` (root): pod A on node1 → pod C on node2, side by side in one run on the same testbed:
  *   direct    plain TCP between two pods outside the mesh;
  *   ambit-l4  two enrolled pods, captured by the agents and carried over HBONE (mTLS HTTP/2 CONNECT);
- *   stunnel4  the reference mTLS tunnel: a client stunnel on node1, a server stunnel on node2, TLS 1.3.
+ *   stunnel4  the reference mTLS tunnel: a client stunnel on node1, a server stunnel on node2, TLS 1.3;
+ *   node-h2-relay  the bare Node.js HTTP/2 CONNECT tunnel (bench/h2-relay.ts), none of the agent's work: the floor
+ *             of a Node data path, to tell the agent's own cost from Node's.
  * Figures: bulk throughput (iperf3), request/response latency at a fixed rate, new connections per second (16 and
  * 64 loops at a time; the higher counts, as a proxy's capacity), the
  * proxies' CPU-seconds per GB and per 1000 requests, and their RSS with 1000 proxied connections open. Writes
@@ -22,6 +24,8 @@ const LOADGEN = path.join(HERE, 'loadgen.js');
 const RESULTS_DIR = path.resolve(HERE, '..', '..', 'bench', 'results');
 const IPERF_PORT = 5201;
 const STUNNEL_PORTS = { iperfClient: 20000, iperfServer: 20001, echoClient: 20002, echoServer: 20003 };
+const H2_RELAY = path.join(HERE, 'h2-relay.js');
+const H2_RELAY_PORTS = { server: 21000, iperfClient: 21001, echoClient: 21002 };
 
 const SECONDS = Number(process.env.AMBIT_BENCH_SECONDS ?? 5);
 /** How many AuthorizationPolicies the policy part of the bench puts in the store. */
@@ -249,17 +253,19 @@ function table(s: Record<string, Scenario>): string {
     ['proxy RSS, 1000 conns (MB)', field('rss_mb'), 1],
   ];
   const fmt = (v: number | null, digits: number) => (v === null ? '—' : v.toFixed(digits));
-  const out = ['| metric | direct | ambit-l4 | stunnel4 | ambit / direct | ambit / stunnel4 |', '|---|---|---|---|---|---|'];
+  const out = ['| metric | direct | ambit-l4 | stunnel4 | node-h2-relay | ambit / direct | ambit / stunnel4 | ambit / node-h2-relay |', '|---|---|---|---|---|---|---|---|'];
   for (const [label, get, digits] of rows) {
     const value = (x: Scenario | undefined) => (x === undefined ? null : get(x));
     const d = value(s.direct);
     const a = value(s['ambit-l4']);
     const st = value(s.stunnel4);
-    out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${ratio(a, d)} | ${ratio(a, st)} |`);
+    const relay = value(s['node-h2-relay']);
+    out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${fmt(relay, digits)} | ${ratio(a, d)} | ${ratio(a, st)} | ${ratio(a, relay)} |`);
   }
   const p50 = (x?: Scenario) => x?.latency_p50_us ?? NaN;
   const added = { ambit: p50(s['ambit-l4']) - p50(s.direct), stunnel: p50(s.stunnel4) - p50(s.direct) };
-  out.push('', `Added p50 latency over direct: ambit-l4 ${added.ambit.toFixed(0)} µs, stunnel4 ${added.stunnel.toFixed(0)} µs.`, '', 'Targets (issue #2):');
+  const addedRelay = p50(s['node-h2-relay']) - p50(s.direct);
+  out.push('', `Added p50 latency over direct: ambit-l4 ${added.ambit.toFixed(0)} µs, stunnel4 ${added.stunnel.toFixed(0)} µs, node-h2-relay ${addedRelay.toFixed(0)} µs.`, '', 'Targets (issue #2):');
   const a = s['ambit-l4'];
   const st = s.stunnel4;
   const check = (ok: boolean, text: string) => out.push(`- ${ok ? 'met' : 'MISSED'}: ${text}`);
@@ -323,6 +329,13 @@ async function main(): Promise<number> {
     const stunnelServer = await startProcess(tb, node2.netns, 'stunnel4', [path.join(dir, 'server.conf')], undefined, 'stunnel server');
     await waitForListener(tb, node1.netns, STUNNEL_PORTS.echoClient);
     await waitForListener(tb, node2.netns, STUNNEL_PORTS.echoServer);
+    // The bare Node.js HTTP/2 CONNECT tunnel, with the same certificates: the floor of a Node data path.
+    const relayServer = await startProcess(tb, node2.netns, process.execPath, [H2_RELAY, 'server', '--listen', `${node2.ip}:${H2_RELAY_PORTS.server}`, '--dir', dir], /ready/, 'h2-relay server');
+    const relayClient = await startProcess(tb, node1.netns, process.execPath, [
+      H2_RELAY, 'client', '--connect', `${node2.ip}:${H2_RELAY_PORTS.server}`, '--dir', dir,
+      '--listen', `${node1.ip}:${H2_RELAY_PORTS.iperfClient}=${p2.ip}:${IPERF_PORT}`,
+      '--listen', `${node1.ip}:${H2_RELAY_PORTS.echoClient}=${p2.ip}:${ECHO_PORT}`,
+    ], /ready/, 'h2-relay client');
 
     const scenarios: Record<string, Scenario> = {};
     say('direct (no mesh): p1 (node1) -> p2 (node2)');
@@ -342,6 +355,15 @@ async function main(): Promise<number> {
       iperf: { host: node1.ip, port: STUNNEL_PORTS.iperfClient },
       echo: { host: node1.ip, port: STUNNEL_PORTS.echoClient },
       pids: [stunnelClient, stunnelServer],
+    });
+
+    say('node-h2-relay: p1 (node1) -> bare Node.js HTTP/2 CONNECT tunnel (node1 -> node2) -> p2 (node2)');
+    scenarios['node-h2-relay'] = await measure(tb, {
+      name: 'node-h2-relay',
+      client: p1,
+      iperf: { host: node1.ip, port: H2_RELAY_PORTS.iperfClient },
+      echo: { host: node1.ip, port: H2_RELAY_PORTS.echoClient },
+      pids: [relayClient, relayServer],
     });
 
     say(`policy: new-connection latency a -> c with no policy, then with ${POLICY_COUNT} AuthorizationPolicies`);
