@@ -8,7 +8,7 @@ import path from 'node:path';
 import t from 'tap';
 import { ECHO_PORT, HTTP_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { Testbed, testbedUnavailableReason, type TestbedPod } from './testbed/index.js';
+import { parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedPod } from './testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
 
@@ -69,7 +69,14 @@ spec:
   - from: [{ source: { principals: ["cluster.local/ns/demo/sa/client"] } }]
 `);
     t.ok(await reaches(client, server), 'the allowed principal passes');
-    t.notOk(await reaches(other, server), 'another principal is refused');
+    // The source agent sends a client's first bytes right behind the CONNECT; refused, they must go nowhere.
+    const marker = `ambit-refused-${process.pid}-${Date.now()}`;
+    const capture = await startCapture(server.netns, 'eth0', 'tcp');
+    const refused = await tb.exec(other.netns, 'curl', ['-sS', '--max-time', '3', '--data', marker, `http://${server.ip}:${HTTP_PORT}/`], { reject: false });
+    const pcap = await capture.stop();
+    t.not(refused.exitCode, 0, 'another principal is refused');
+    t.notOk(pcap.includes(Buffer.from(marker)), "the refused client's bytes never reached the pod");
+    t.same(parsePcap(pcap).filter((p) => p.src === other.ip), [], 'nor did any connection on its behalf');
     t.notOk(await reaches(plain, server), 'plaintext has no principal: refused');
     t.ok(await reaches(client, neighbour), 'the policy selects app=server only');
     const dst = await cluster.waitForLog(node2, (r) => r.msg === 'connection refused' && r.reason === 'not_allowed_by_any_policy' && (r.src as { identity?: string }).identity === 'spiffe://cluster.local/ns/demo/sa/other');
