@@ -8,14 +8,19 @@ const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/b/sa/server';
 const OTHER = 'spiffe://cluster.local/ns/b/sa/other';
 
-t.test('pooling', async (t) => {
+/** A mesh CA, a certificate for each identity, and the TLS context cache both ends build their contexts from. */
+async function meshPki(identities: string[]) {
   const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
   const creds = new Map<string, { keyPem: string; certChainPem: string }>();
-  for (const id of [CLIENT, SERVER, OTHER]) {
+  for (const id of identities) {
     const { keyPem, certPem } = await ca.issueKeyAndCert(id);
     creds.set(id, { keyPem, certChainPem: certPem });
   }
-  const contexts = new SecureContextCache(() => ca.rootPem);
+  return { ca, creds, contexts: new SecureContextCache(() => ca.rootPem) };
+}
+
+t.test('pooling', async (t) => {
+  const { ca, creds, contexts } = await meshPki([CLIENT, SERVER, OTHER]);
   const served: string[] = [];
   const server = new HboneServer({
     host: '127.0.0.1',
@@ -74,13 +79,7 @@ t.test('pooling', async (t) => {
 });
 
 t.test('open: the first bytes travel before the answer; a refusal or an early close rejects `established`', async (t) => {
-  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-  const creds = new Map<string, { keyPem: string; certChainPem: string }>();
-  for (const id of [CLIENT, SERVER]) {
-    const { keyPem, certPem } = await ca.issueKeyAndCert(id);
-    creds.set(id, { keyPem, certChainPem: certPem });
-  }
-  const contexts = new SecureContextCache(() => ca.rootPem);
+  const { ca, creds, contexts } = await meshPki([CLIENT, SERVER]);
   /** What each stream's server side read before it answered. */
   const readBeforeAnswer = new Map<string, string>();
   const server = new HboneServer({
