@@ -53,7 +53,7 @@ interface Scenario {
   cpu_s_per_1000_req: number | null;
   rss_mb: number | null;
   /** Every measured run, in the order of the rounds: a round's runs were made side by side. */
-  runs: { throughput_gbps: number[]; latency_p50_us: number[]; conn_per_s_by_concurrency: Record<string, number[]> } | null;
+  runs: { throughput_gbps: number[]; latency_p50_us: number[]; conn_per_s_by_concurrency: Record<string, number[]> };
 }
 
 const say = (text: string) => process.stderr.write(`${text}\n`);
@@ -184,8 +184,8 @@ async function rssWithConnections(tb: Testbed, target: Target): Promise<number> 
     holder.once('exit', (code) => reject(new Error(`hold exited ${code}`)));
   });
   // Steady state: opening the connections is a busy spell, after which the agent releases memory in the first quiet
-  // second, trims again a second later and follows up MEMORY_RELEASE_INTERVAL_MS (5 s) after; 6 s sometimes caught
-  // it between the two (86 vs 76 MB in two runs of the same code).
+  // second, trims again a second later and follows up MEMORY_RELEASE_INTERVAL_MS (5 s) after. Read at 6 s, one run
+  // of the same code gave 86 MB where three gave 76; 10 s is past the whole sequence.
   await new Promise((r) => setTimeout(r, 10_000));
   const rss = Math.max(...(await Promise.all(target.pids.map(rssMb))));
   holder.stdin?.end();
@@ -308,13 +308,13 @@ function table(s: Record<string, Scenario>): string {
     return `; by round ${ratios.map((r) => `${r.toFixed(2)}×`).join(', ')}, met in ${ratios.filter(meets).length} of ${ratios.length}`;
   };
   const bestRate = (x: Scenario) => {
-    const rates = Object.values(x.runs?.conn_per_s_by_concurrency ?? {});
+    const rates = Object.values(x.runs.conn_per_s_by_concurrency);
     return rates[0]?.map((_, i) => Math.max(...rates.map((r) => r[i] as number)));
   };
-  check((a?.throughput_gbps ?? 0) >= 0.8 * (st?.throughput_gbps ?? Infinity), `throughput ≥ 0.8 × stunnel4 (${ratio(a?.throughput_gbps ?? null, st?.throughput_gbps ?? null)}${byRound((x) => x.runs?.throughput_gbps, (r) => r >= 0.8)})`);
+  check((a?.throughput_gbps ?? 0) >= 0.8 * (st?.throughput_gbps ?? Infinity), `throughput ≥ 0.8 × stunnel4 (${ratio(a?.throughput_gbps ?? null, st?.throughput_gbps ?? null)}${byRound((x) => x.runs.throughput_gbps, (r) => r >= 0.8)})`);
   // A round's added latency is its p50 minus direct's p50 in the same round.
   const addedByRound = () => {
-    const [d, ours, theirs] = [s.direct?.runs?.latency_p50_us, a?.runs?.latency_p50_us, st?.runs?.latency_p50_us];
+    const [d, ours, theirs] = [s.direct?.runs.latency_p50_us, a?.runs.latency_p50_us, st?.runs.latency_p50_us];
     if (!d || !ours || !theirs) return '';
     const pairs = ours.map((v, i) => [v - (d[i] as number), (theirs[i] as number) - (d[i] as number)] as const);
     return `; by round ${pairs.map(([x, y]) => `${x.toFixed(0)}/${y.toFixed(0)}`).join(', ')} µs, met in ${pairs.filter(([x, y]) => x <= y).length} of ${pairs.length}`;
