@@ -333,7 +333,7 @@ async function main(): Promise<number> {
   }
   // A demo or bench killed with SIGKILL cannot clean up; its namespaces are removed by the next run.
   await removeStaleTestbeds();
-  say(`Building the testbed (2 nodes; ${SECONDS} s per run, ${REPEATS} repeats for throughput and connection rate)`);
+  say(`Building the testbed (2 nodes; ${SECONDS} s per run, ${REPEATS} rounds of each kind of run)`);
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0 });
   try {
     const a = await tb.addPod('node1', 'a');
