@@ -4,7 +4,9 @@
  *   ambit-l4  two enrolled pods, captured by the agents and carried over HBONE (mTLS HTTP/2 CONNECT);
  *   stunnel4  the reference mTLS tunnel: a client stunnel on node1, a server stunnel on node2, TLS 1.3;
  *   node-h2-relay  the bare Node.js HTTP/2 CONNECT tunnel (bench/h2-relay.ts), none of the agent's work: the floor
- *             of a Node data path, to tell the agent's own cost from Node's.
+ *             of a Node HBONE data path, to tell the agent's own cost from Node's;
+ *   node-tcp-relay  plain TCP piped through a Node.js process on each node (bench/tcp-relay.ts), no TLS and no
+ *             HTTP/2: what Node's event loop and streams alone cost on the same two hops.
  * Figures: bulk throughput (iperf3), request/response latency at a fixed rate, new connections per second (16 and
  * 64 loops at a time; the higher counts, as a proxy's capacity), the
  * proxies' CPU-seconds per GB and per 1000 requests, and their RSS with 1000 proxied connections open. Writes
@@ -26,6 +28,8 @@ const IPERF_PORT = 5201;
 const STUNNEL_PORTS = { iperfClient: 20000, iperfServer: 20001, echoClient: 20002, echoServer: 20003 };
 const H2_RELAY = path.join(HERE, 'h2-relay.js');
 const H2_RELAY_PORTS = { server: 21000, iperfClient: 21001, echoClient: 21002 };
+const TCP_RELAY = path.join(HERE, 'tcp-relay.js');
+const TCP_RELAY_PORTS = { iperfClient: 22001, echoClient: 22002, iperfServer: 22011, echoServer: 22012 };
 
 const SECONDS = Number(process.env.AMBIT_BENCH_SECONDS ?? 5);
 /** How many AuthorizationPolicies the policy part of the bench puts in the store. */
@@ -284,19 +288,27 @@ function table(s: Record<string, Scenario>): string {
     ['proxy RSS, 1000 conns (MB)', field('rss_mb'), 1],
   ];
   const fmt = (v: number | null, digits: number) => (v === null ? '—' : v.toFixed(digits));
-  const out = ['| metric | direct | ambit-l4 | stunnel4 | node-h2-relay | ambit / direct | ambit / stunnel4 | ambit / node-h2-relay |', '|---|---|---|---|---|---|---|---|'];
+  const out = ['| metric | direct | ambit-l4 | stunnel4 | node-h2-relay | node-tcp-relay | ambit / direct | ambit / stunnel4 | ambit / node-h2-relay |', '|---|---|---|---|---|---|---|---|---|'];
   for (const [label, get, digits] of rows) {
     const value = (x: Scenario | undefined) => (x === undefined ? null : get(x));
     const d = value(s.direct);
     const a = value(s['ambit-l4']);
     const st = value(s.stunnel4);
     const relay = value(s['node-h2-relay']);
-    out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${fmt(relay, digits)} | ${ratio(a, d)} | ${ratio(a, st)} | ${ratio(a, relay)} |`);
+    const tcpRelay = value(s['node-tcp-relay']);
+    out.push(`| ${label} | ${fmt(d, digits)} | ${fmt(a, digits)} | ${fmt(st, digits)} | ${fmt(relay, digits)} | ${fmt(tcpRelay, digits)} | ${ratio(a, d)} | ${ratio(a, st)} | ${ratio(a, relay)} |`);
   }
   const p50 = (x?: Scenario) => x?.latency_p50_us ?? NaN;
   const added = { ambit: p50(s['ambit-l4']) - p50(s.direct), stunnel: p50(s.stunnel4) - p50(s.direct) };
   const addedRelay = p50(s['node-h2-relay']) - p50(s.direct);
-  out.push('', `Added p50 latency over direct: ambit-l4 ${added.ambit.toFixed(0)} µs, stunnel4 ${added.stunnel.toFixed(0)} µs, node-h2-relay ${addedRelay.toFixed(0)} µs.`, '', 'Targets (issue #2):');
+  const addedTcpRelay = p50(s['node-tcp-relay']) - p50(s.direct);
+  out.push(
+    '',
+    `Added p50 latency over direct: ambit-l4 ${added.ambit.toFixed(0)} µs, stunnel4 ${added.stunnel.toFixed(0)} µs, node-h2-relay ${addedRelay.toFixed(0)} µs, node-tcp-relay ${addedTcpRelay.toFixed(0)} µs.`,
+    `node-tcp-relay carries plain TCP through Node.js on both nodes (no TLS, no HTTP/2): any data path in Node adds at least that much; stunnel4 adds ${ratio(added.stunnel, addedTcpRelay)} of it with mutual TLS.`,
+    '',
+    'Targets (issue #2):',
+  );
   const a = s['ambit-l4'];
   const st = s.stunnel4;
   const check = (ok: boolean, text: string) => out.push(`- ${ok ? 'met' : 'MISSED'}: ${text}`);
@@ -385,18 +397,27 @@ async function main(): Promise<number> {
       '--listen', `${node1.ip}:${H2_RELAY_PORTS.iperfClient}=${p2.ip}:${IPERF_PORT}`,
       '--listen', `${node1.ip}:${H2_RELAY_PORTS.echoClient}=${p2.ip}:${ECHO_PORT}`,
     ], /ready/, 'h2-relay client');
+    const route = (from: string, fromPort: number, to: string, toPort: number) => ['--route', `${from}:${fromPort}=${to}:${toPort}`];
+    const tcpRelayServer = await startProcess(tb, node2.netns, process.execPath, [
+      TCP_RELAY, ...route(node2.ip, TCP_RELAY_PORTS.iperfServer, p2.ip, IPERF_PORT), ...route(node2.ip, TCP_RELAY_PORTS.echoServer, p2.ip, ECHO_PORT),
+    ], /ready/, 'tcp-relay on node2');
+    const tcpRelayClient = await startProcess(tb, node1.netns, process.execPath, [
+      TCP_RELAY, ...route(node1.ip, TCP_RELAY_PORTS.iperfClient, node2.ip, TCP_RELAY_PORTS.iperfServer), ...route(node1.ip, TCP_RELAY_PORTS.echoClient, node2.ip, TCP_RELAY_PORTS.echoServer),
+    ], /ready/, 'tcp-relay on node1');
 
     const targets: Target[] = [
       { name: 'direct', client: p1, iperf: { host: p2.ip, port: IPERF_PORT }, echo: { host: p2.ip, port: ECHO_PORT }, pids: [] },
       { name: 'ambit-l4', client: a, iperf: { host: c.ip, port: IPERF_PORT }, echo: { host: c.ip, port: ECHO_PORT }, pids: [cluster.agentPid(node1), cluster.agentPid(node2)] },
       { name: 'stunnel4', client: p1, iperf: { host: node1.ip, port: STUNNEL_PORTS.iperfClient }, echo: { host: node1.ip, port: STUNNEL_PORTS.echoClient }, pids: [stunnelClient, stunnelServer] },
       { name: 'node-h2-relay', client: p1, iperf: { host: node1.ip, port: H2_RELAY_PORTS.iperfClient }, echo: { host: node1.ip, port: H2_RELAY_PORTS.echoClient }, pids: [relayClient, relayServer] },
+      { name: 'node-tcp-relay', client: p1, iperf: { host: node1.ip, port: TCP_RELAY_PORTS.iperfClient }, echo: { host: node1.ip, port: TCP_RELAY_PORTS.echoClient }, pids: [tcpRelayClient, tcpRelayServer] },
     ];
     say('Scenarios, each kind of run going round them in turn:');
     say('  direct (no mesh): p1 (node1) -> p2 (node2)');
     say('  ambit-l4: a (node1) -> c (node2) through both agents');
     say('  stunnel4: p1 (node1) -> stunnel (node1) -> stunnel (node2) -> p2 (node2)');
     say('  node-h2-relay: p1 (node1) -> bare Node.js HTTP/2 CONNECT tunnel (node1 -> node2) -> p2 (node2)');
+    say('  node-tcp-relay: p1 (node1) -> plain TCP through Node.js on node1, then on node2 -> p2 (node2)');
     const scenarios = await measureAll(tb, targets);
 
     say(`policy: new-connection latency a -> c with no policy, then with ${POLICY_COUNT} AuthorizationPolicies`);
