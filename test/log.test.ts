@@ -1,0 +1,54 @@
+/** The log destination: lines batched in order, and none lost when the process ends, however it ends. */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { LineBatcher } from '../core/log.js';
+
+const LOG_MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'core', 'log.js');
+
+t.test('the batcher hands lines on joined and in order, once it holds enough or when flushed', async (t) => {
+  const written: string[] = [];
+  const batcher = new LineBatcher({ write: (data: string) => written.push(data) }, 10);
+  batcher.write('abc\n');
+  batcher.write('def\n');
+  t.same(written, [], 'below the batch size nothing is written');
+  batcher.write('ghi\n');
+  t.same(written, ['abc\ndef\nghi\n'], 'reaching it writes the lines as one string, in order');
+  batcher.write('jkl\n');
+  batcher.flush();
+  batcher.flush();
+  t.same(written, ['abc\ndef\nghi\n', 'jkl\n'], 'a flush writes the rest; an empty flush writes nothing');
+});
+
+/** Runs a script that logs `count` lines through createLogger's stdout destination, then ends as `ending` says. */
+function logAndEnd(count: number, ending: string): Promise<{ code: number | null; lines: string[] }> {
+  const script = `
+    const { createLogger } = await import(${JSON.stringify(LOG_MODULE)});
+    const log = createLogger({ name: 'test' });
+    for (let i = 0; i < ${count}; i++) log.info({ i }, 'line');
+    ${ending}
+  `;
+  return new Promise((resolve, reject) => {
+    const child = execFile(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000, maxBuffer: 64 * 1024 * 1024 }, (err, stdout) => {
+      if (err && err.code === undefined) reject(err);
+      else resolve({ code: child.exitCode, lines: stdout.split('\n').filter(Boolean) });
+    });
+  });
+}
+
+for (const [name, ending] of [
+  ['the event loop runs empty', ''],
+  ['process.exit() right after logging', 'process.exit(3);'],
+  ['a later line after a pause past the flush interval', "await new Promise((r) => setTimeout(r, 300)); log.info({ i: -1 }, 'late');"],
+] as const) {
+  t.test(`every line reaches stdout, in order, when ${name}`, async (t) => {
+    const count = 5000;
+    const { code, lines } = await logAndEnd(count, ending);
+    t.equal(code, ending.includes('exit(3)') ? 3 : 0);
+    const numbers = lines.map((l) => (JSON.parse(l) as { i: number }).i);
+    const expected = Array.from({ length: count }, (_, i) => i);
+    if (ending.includes('late')) expected.push(-1);
+    t.same(numbers, expected);
+  });
+}
