@@ -6,13 +6,13 @@
  */
 import net from 'node:net';
 import { parseArgs } from 'node:util';
+import { parseAuthority } from '../core/hbone/protocol.js';
 
 const { values } = parseArgs({ options: { route: { type: 'string', multiple: true } } });
 const hostPort = (text: string) => {
-  const at = text.lastIndexOf(':');
-  const port = Number(text.slice(at + 1));
-  if (at <= 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`not host:port: ${text}`);
-  return { host: text.slice(0, at), port };
+  const address = parseAuthority(text);
+  if (!address) throw new Error(`not address:port: ${text}`);
+  return address;
 };
 const routes = (values.route ?? []).map((spec) => {
   const [listen, connect] = spec.split('=');
