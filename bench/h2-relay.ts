@@ -12,6 +12,8 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
+import { parseAuthority } from '../core/hbone/protocol.js';
+import { address, pipeBoth } from './relay-util.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -31,33 +33,26 @@ const creds = {
   ALPNProtocols: ['h2'],
 };
 const WINDOWS = { stream: 4 * 1024 * 1024, session: 16 * 1024 * 1024 };
-const hostPort = (text: string) => {
-  const at = text.lastIndexOf(':');
-  return { host: text.slice(0, at), port: Number(text.slice(at + 1)) };
-};
-const both = (a: NodeJS.ReadWriteStream & { destroy(): void }, b: NodeJS.ReadWriteStream & { destroy(): void }) => {
-  a.pipe(b);
-  b.pipe(a);
-  a.on('error', () => b.destroy());
-  b.on('error', () => a.destroy());
-};
-
 if (role === 'server') {
   const server = http2.createSecureServer({ ...creds, requestCert: true, rejectUnauthorized: true, settings: { initialWindowSize: WINDOWS.stream } });
   server.on('secureConnection', (socket: tls.TLSSocket) => socket.setNoDelay(true));
   server.on('session', (session) => session.setLocalWindowSize(WINDOWS.session));
   server.on('stream', (stream, headers) => {
-    const target = hostPort(String(headers[':authority']));
+    const target = parseAuthority(headers[':authority']);
+    if (!target) {
+      stream.respond({ ':status': 400 }, { endStream: true });
+      return;
+    }
     const upstream = net.connect({ ...target, noDelay: true, allowHalfOpen: true }, () => {
       stream.respond({ ':status': 200 });
-      both(stream, upstream);
+      pipeBoth(stream, upstream);
     });
     upstream.once('error', () => stream.close(http2.constants.NGHTTP2_CONNECT_ERROR));
   });
-  const listen = hostPort(values.listen[0] as string);
+  const listen = address(values.listen[0] as string);
   server.listen(listen.port, listen.host, () => process.stdout.write('ready\n'));
 } else {
-  const peer = hostPort(values.connect as string);
+  const peer = address(values.connect as string);
   const session = http2.connect(`https://${peer.host}:${peer.port}`, {
     settings: { initialWindowSize: WINDOWS.stream },
     createConnection: () => tls.connect({ ...peer, ...creds, checkServerIdentity: () => undefined }).setNoDelay(true),
@@ -71,11 +66,11 @@ if (role === 'server') {
     let pending = values.listen?.length ?? 0;
     for (const spec of values.listen ?? []) {
       const [listenText, authority] = spec.split('=') as [string, string];
-      const listen = hostPort(listenText);
+      const listen = address(listenText);
       net
         .createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
           const stream = session.request({ ':method': 'CONNECT', ':authority': authority }, { endStream: false });
-          stream.once('response', () => both(socket, stream));
+          stream.once('response', () => pipeBoth(socket, stream));
           socket.once('error', () => stream.close(http2.constants.NGHTTP2_CANCEL));
         })
         .listen(listen.port, listen.host, () => {

@@ -6,18 +6,13 @@
  */
 import net from 'node:net';
 import { parseArgs } from 'node:util';
-import { parseAuthority } from '../core/hbone/protocol.js';
+import { address, pipeBoth } from './relay-util.js';
 
 const { values } = parseArgs({ options: { route: { type: 'string', multiple: true } } });
-const hostPort = (text: string) => {
-  const address = parseAuthority(text);
-  if (!address) throw new Error(`not address:port: ${text}`);
-  return address;
-};
 const routes = (values.route ?? []).map((spec) => {
   const [listen, connect] = spec.split('=');
   if (listen === undefined || connect === undefined) throw new Error(`not listen=connect: ${spec}`);
-  return { listen: hostPort(listen), connect: hostPort(connect) };
+  return { listen: address(listen), connect: address(connect) };
 });
 if (routes.length === 0) {
   process.stderr.write('usage: tcp-relay --route listen-host:port=connect-host:port...\n');
@@ -29,10 +24,7 @@ for (const route of routes) {
   net
     .createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
       const upstream = net.connect({ ...route.connect, noDelay: true, allowHalfOpen: true });
-      socket.pipe(upstream);
-      upstream.pipe(socket);
-      socket.on('error', () => upstream.destroy());
-      upstream.on('error', () => socket.destroy());
+      pipeBoth(socket, upstream);
     })
     .listen(route.listen.port, route.listen.host, () => {
       if (--pending === 0) process.stdout.write('ready\n');
