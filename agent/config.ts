@@ -36,7 +36,7 @@ export const DEFAULT_PORTS = Object.freeze({
  *   resident with 1000 connections open (80.6 -> 77.1 MB measured; no measurable change in CPU per GB or per request).
  * - No V8 memory reducer: the agent releases memory itself after busy spells and on growth (agent.ts). V8's own
  *   reducer ran a compacting collection about 10 s after a burst of 1000 new connections, when the agent's release
- *   had long been done; its evacuation pages lifted the resident set by 8-20 MB for a second (76 -> 84-94 MB), a
+ *   had long been done; its evacuation pages lifted the resident set by 8-16 MB for a second (76 -> 84-92 MB), a
  *   peak a memory limit would count. Without it, the resident set stayed within 1 MB of 76 MB for 20 s.
  */
 export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--single-threaded-gc', '--expose-gc', '--compact-on-every-full-gc', '--no-memory-reducer']);
