@@ -128,9 +128,47 @@ t.test('the first load is in the store when start() resolves', async (t) => {
   t.equal(store.workloadByIp('10.0.0.4'), undefined, 'dot files are skipped');
   const web = store.serviceByVip('10.96.0.10');
   t.equal(web?.name, 'web', 'the JSON file applied');
-  if (web !== undefined) t.same(store.endpoints(web).map((w) => w.name), ['web']);
+  if (web !== undefined) t.same(store.serviceEndpoints(web, 80)?.map((e) => e.workload?.name), ['web']);
   t.same(store.localEnrolledIps(4), ['10.0.0.1', '10.0.0.2']);
   t.same(source.lastErrors(), [], 'nothing rejected');
+});
+
+t.test('an EndpointSlice in the folder gives a selector-less service its endpoints', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(
+    join(dir, 'kubernetes.yaml'),
+    `apiVersion: v1
+kind: Service
+metadata: {name: kubernetes, namespace: default}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: https, port: 443, targetPort: 6443}]
+`,
+  );
+  const { store } = await startSource(t, dir);
+  const kubernetes = store.serviceByVip('10.96.0.1');
+  if (kubernetes === undefined) throw new Error('the service did not load');
+  t.equal(store.serviceEndpoints(kubernetes, 443), undefined, 'without its slice the mesh does not know where it goes');
+
+  const applied = storeReaches(store, () => store.serviceEndpoints(kubernetes, 443) !== undefined);
+  await writeFile(
+    join(dir, 'kubernetes-slice.yaml'),
+    `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes}
+addressType: IPv4
+ports: [{name: https, port: 6443, protocol: TCP}]
+endpoints:
+- addresses: [192.168.0.10]
+  conditions: {ready: true}
+  nodeName: control-plane
+`,
+  );
+  await applied;
+  t.match(store.serviceEndpoints(kubernetes, 443), [{ ip: '192.168.0.10', port: 6443, node: 'control-plane', workload: undefined }]);
 });
 
 t.test('a file changed on disk is applied within a second', async (t) => {
