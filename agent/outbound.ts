@@ -3,7 +3,7 @@ import type { Service, ServiceEndpoint, Workload, WorkloadStore } from '../core/
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
 import { authorize, refusalMessage } from './authorize.js';
-import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload } from './inbound.js';
+import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload, reauthorizer } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
 import { abortStream } from './proxy.js';
 import type { ConnectionRecord } from './telemetry.js';
@@ -186,7 +186,13 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       return;
     }
     const records = [sourceRecord, { ...sourceRecord, reporter: 'destination' as const }];
-    connectAndCarry(inputs, 'outbound', records, socket, request.target, () => authorize(inputs, facts));
+    const reauthorize = reauthorizer(
+      inputs,
+      { workload: decision.destination, ip: decision.target.host },
+      (destination) => ({ ...facts, destination }),
+      { workload: request.source, ip: sourceIp },
+    );
+    connectAndCarry(inputs, 'outbound', records, socket, request.target, reauthorize);
     return;
   }
 
