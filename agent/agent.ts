@@ -412,11 +412,20 @@ export class Agent {
     return run;
   }
 
-  /** Closes the open connections the current policies no longer allow, each logged and counted with its policy. */
+  /**
+   * Closes the open connections that the current policies, on the workloads as they are now, no longer allow, each
+   * logged and counted with its policy; and those whose pod is gone (another pod has its address).
+   */
   #revalidate(): void {
     if (this.#closed || this.#connections.size === 0) return;
-    const revoked = this.#connections.revalidate((answer) => answer.decision.decision === 'DENY');
-    for (const { decision, record } of revoked) {
+    const revoked = this.#connections.revalidate((answer) => answer.kind === 'gone' || answer.decision.decision === 'DENY');
+    for (const answer of revoked) {
+      const { record } = answer;
+      if (answer.kind === 'gone') {
+        this.#log.info({ path: record.path, src: record.source, dst: record.destination, reason: 'workload_gone', detail: answer.message }, 'open connection closed: its pod is gone');
+        continue;
+      }
+      const { decision } = answer;
       const policy = { policy: decision.policy, rule: decision.rule };
       this.#telemetry.revoked(record, decision.reason, policy, `open connection closed: ${refusalMessage(decision)}`);
     }

@@ -2,11 +2,11 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Workload, WorkloadStore } from '../core/discovery/index.js';
-import type { ConnectionFacts, InboundDecision } from '../core/policy/index.js';
+import type { ConnectionFacts } from '../core/policy/index.js';
 import { errnoCode } from '../core/errors.js';
 import { refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
 import { authorize, describePolicy, refusalMessage } from './authorize.js';
-import type { ProxyInputs } from './inputs.js';
+import type { ProxyInputs, Reauthorization } from './inputs.js';
 import type { Address } from './outbound.js';
 import { abortStream, splice } from './proxy.js';
 import type { ConnectionRecord, Peer } from './telemetry.js';
@@ -42,6 +42,39 @@ export function buildInboundRequest(store: WorkloadStore, nodeName: string, targ
     };
   }
   return { kind: 'deliver', destination, target };
+}
+
+type CurrentWorkload = { kind: 'current'; workload: Workload } | { kind: 'left' } | { kind: 'gone'; message: string };
+
+/** The pod at one end of an open connection, as the store has it now: looked up by address, the same pod by uid. */
+function currentWorkload(inputs: ProxyInputs, opened: Workload, ip: string): CurrentWorkload {
+  const now = inputs.store.workloadByIp(ip);
+  // No longer an enrolled pod of this node: the reconcile closes the connection cleanly (FIN), with the others of a
+  // pod that left the mesh.
+  if (now === undefined || !now.enrolled || now.node !== inputs.config.nodeName) return { kind: 'left' };
+  if (now.uid !== opened.uid) return { kind: 'gone', message: `pod ${opened.namespace}/${opened.name} is gone; ${ip} is pod ${now.namespace}/${now.name} now` };
+  return { kind: 'current', workload: now };
+}
+
+/**
+ * Decides an open connection again, after a policy or workload change, on the store as it is now: its destination
+ * (and, for a same-node connection, its source) looked up again by address, so that a relabelled pod is judged on
+ * the labels it has now, and a pod that is gone is not judged at all. Undefined when an end left the mesh.
+ */
+export function reauthorizer(
+  inputs: ProxyInputs,
+  destination: { workload: Workload; ip: string },
+  factsFor: (destination: Workload) => ConnectionFacts,
+  source?: { workload: Workload; ip: string },
+): () => Reauthorization | undefined {
+  return () => {
+    const to = currentWorkload(inputs, destination.workload, destination.ip);
+    const from = source === undefined ? undefined : currentWorkload(inputs, source.workload, source.ip);
+    if (to.kind === 'left' || from?.kind === 'left') return undefined;
+    if (to.kind === 'gone') return to;
+    if (from?.kind === 'gone') return from;
+    return { kind: 'decided', decision: authorize(inputs, factsFor(to.workload)) };
+  };
 }
 
 export function peerOfWorkload(workload: Workload | undefined, ip: string, port: number): Peer {
@@ -93,14 +126,14 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
   };
   const verifiedClient = verifiedHboneClient(sourceWorkload, request);
   // The forwarded address counts only when the TLS identity owns it; otherwise the HBONE peer (its node) is the source.
-  const facts: ConnectionFacts = {
-    sourceIp: verifiedClient ?? request.remoteAddress,
+  const factsFor = (destination: Workload, verified: string | undefined): ConnectionFacts => ({
+    sourceIp: verified ?? request.remoteAddress,
     sourceIdentity: request.peerIdentity,
     plaintext: false,
-    destination: decision.destination,
+    destination,
     target: decision.target,
-  };
-  const verdict = authorize(inputs, facts);
+  });
+  const verdict = authorize(inputs, factsFor(decision.destination, verifiedClient));
   if (verdict.decision === 'DENY') {
     telemetry.refused('hbone', verdict.reason, record, refusalMessage(verdict), { policy: verdict.policy, rule: verdict.rule });
     refuseStream(stream, 403, verdict.reason, describePolicy(verdict));
@@ -113,7 +146,11 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
         return;
       }
       stream.respond({ ':status': 200 });
-      carry(inputs, { records: [record], downstream: stream, upstream, counted: upstream, countedIsClient: false, reauthorize: () => authorize(inputs, facts) });
+      // Asked again, the client's address counts only if the TLS identity still owns it.
+      const reauthorize = reauthorizer(inputs, { workload: decision.destination, ip: decision.target.host }, (destination) =>
+        factsFor(destination, verifiedHboneClient(client ? inputs.store.workloadByIp(client.host) : undefined, request)),
+      );
+      carry(inputs, { records: [record], downstream: stream, upstream, counted: upstream, countedIsClient: false, reauthorize });
     },
     (err: unknown) => {
       const failure = upstreamFailure(err);
@@ -159,7 +196,8 @@ export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket):
     abortStream(socket);
     return;
   }
-  connectAndCarry(inputs, 'inbound', [record], socket, decision.target, () => authorize(inputs, facts));
+  const reauthorize = reauthorizer(inputs, { workload: decision.destination, ip: target.host }, (destination) => ({ ...facts, destination }));
+  connectAndCarry(inputs, 'inbound', [record], socket, decision.target, reauthorize);
 }
 
 /** One proxied connection for `carry`: its telemetry records and its two ends. */
@@ -172,8 +210,8 @@ export interface Carried {
   /** The TCP socket the agent holds whose byte counts are reported: the client's when `countedIsClient`, else the pod's. */
   counted: net.Socket;
   countedIsClient: boolean;
-  /** Asks policy again (on a policy or workload change); the answer may close the connection. */
-  reauthorize?: () => InboundDecision;
+  /** Asks again (on a policy or workload change); the answer may close the connection. */
+  reauthorize?: () => Reauthorization | undefined;
   /**
    * Set when bytes start moving before the destination has answered (an HBONE stream opened without waiting): the
    * connection counts as opened only when this resolves. When it rejects, `refused` reports why; the upstream is
@@ -198,7 +236,12 @@ export function carry(inputs: ProxyInputs, carried: Carried): void {
     untrack = inputs.connections.track(
       records.flatMap((r) => [r.source.ip, r.destination.ip]),
       [downstream, upstream],
-      reauthorize === undefined ? undefined : () => ({ decision: reauthorize(), record: records[records.length - 1]! }),
+      reauthorize === undefined
+        ? undefined
+        : () => {
+            const answer = reauthorize();
+            return answer && { ...answer, record: records[records.length - 1]! };
+          },
     );
   };
   const spliced = splice(downstream, upstream, carried.established);
@@ -236,7 +279,7 @@ export function connectAndCarry(
   records: readonly ConnectionRecord[],
   socket: net.Socket,
   target: Address,
-  reauthorize?: () => InboundDecision,
+  reauthorize?: () => Reauthorization | undefined,
 ): void {
   const delivered = records.some((record) => record.reporter === 'destination');
   inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(

@@ -10,11 +10,14 @@ import type { UpstreamConnector } from './proxy.js';
 import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
 
-/** An open connection's answer when a policy or workload change asks again. */
-export interface Revalidation {
-  decision: InboundDecision;
-  record: ConnectionRecord;
-}
+/**
+ * An open connection's answer when a policy or workload change asks again: the destination's decision on the store
+ * as it is now, or that the pod at one end is gone (another pod has its address now).
+ */
+export type Reauthorization = { kind: 'decided'; decision: InboundDecision } | { kind: 'gone'; message: string };
+
+/** A reauthorization with the connection it is about, for the log line when it closes the connection. */
+export type Revalidation = Reauthorization & { record: ConnectionRecord };
 
 /** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
 export interface ProxyInputs {

@@ -1,9 +1,9 @@
 import type net from 'node:net';
-import type { Service, Workload, WorkloadStore } from '../core/discovery/index.js';
+import type { Service, ServiceEndpoint, Workload, WorkloadStore } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
 import { authorize, refusalMessage } from './authorize.js';
-import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload } from './inbound.js';
+import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload, reauthorizer } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
 import { abortStream } from './proxy.js';
 import type { ConnectionRecord } from './telemetry.js';
@@ -29,7 +29,8 @@ export interface Address {
  * The decision for one captured outbound connection, made before any byte moves:
  * - `hbone`: tunnel to the destination node's agent (`via`), authority `target`, expecting `destination.identity`;
  * - `local`: the destination is an enrolled pod on this node: connect to it directly (no network hop);
- * - `passthrough`: the destination is outside the mesh: plain TCP to `target`;
+ * - `passthrough`: the destination is outside the mesh, or a service whose endpoints the mesh does not know (then
+ *   `target` is its VIP): plain TCP to `target`;
  * - `refuse`: no safe way to carry it; the client gets a reset.
  */
 export type OutboundRequest =
@@ -75,7 +76,13 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
         message: `service ${service.namespace}/${service.name} has no TCP port ${original.port}`,
       };
     }
-    const chosen = chooseEndpoint(ctx, service, original.port);
+    const endpoints = store.serviceEndpoints(service, original.port);
+    if (endpoints === undefined) {
+      // The mesh does not know where this service goes (no selector, no EndpointSlice: default/kubernetes without
+      // its slice, endpoints managed outside the cluster); the node's service proxy behind the VIP does.
+      return { kind: 'passthrough', source, destination: undefined, service, target: original };
+    }
+    const chosen = chooseEndpoint(ctx, endpoints, original.host.includes(':'));
     if (!chosen) {
       return {
         kind: 'refuse',
@@ -118,19 +125,16 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
   };
 }
 
-/** Locality first: an endpoint on this node, else any ready endpoint. */
-function chooseEndpoint(ctx: OutboundContext, service: Service, servicePort: number): { workload: Workload; ip: string; port: number } | undefined {
+/** Locality first: an endpoint on this node, else in this node's zone, else any; of the family of the VIP dialled. */
+function chooseEndpoint(ctx: OutboundContext, endpoints: readonly ServiceEndpoint[], ipv6: boolean): ServiceEndpoint | undefined {
   const pick = ctx.pick ?? pickRandom;
-  const family = service.vips[0]?.includes(':') ? ':' : '.';
-  const candidates: Array<{ workload: Workload; ip: string; port: number }> = [];
-  for (const workload of ctx.store.endpoints(service)) {
-    const port = ctx.store.resolveTargetPort(service, servicePort, workload);
-    const ip = workload.ips.find((a) => a.includes(family));
-    if (port !== undefined && ip !== undefined) candidates.push({ workload, ip, port });
-  }
+  const candidates = endpoints.filter((e) => e.ip.includes(':') === ipv6);
   if (candidates.length === 0) return undefined;
-  const local = candidates.filter((c) => c.workload.node === ctx.nodeName);
-  return pick(local.length > 0 ? local : candidates);
+  const local = candidates.filter((e) => e.node === ctx.nodeName);
+  if (local.length > 0) return pick(local);
+  const zone = ctx.store.nodeZone(ctx.nodeName);
+  const sameZone = zone === undefined ? [] : candidates.filter((e) => e.zone === zone);
+  return pick(sameZone.length > 0 ? sameZone : candidates);
 }
 
 /** A connection captured on 15001: decide, then carry it (HBONE, same-node, passthrough) or reset it. */
@@ -182,7 +186,13 @@ export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
       return;
     }
     const records = [sourceRecord, { ...sourceRecord, reporter: 'destination' as const }];
-    connectAndCarry(inputs, 'outbound', records, socket, request.target, () => authorize(inputs, facts));
+    const reauthorize = reauthorizer(
+      inputs,
+      { workload: decision.destination, ip: decision.target.host },
+      (destination) => ({ ...facts, destination }),
+      { workload: request.source, ip: sourceIp },
+    );
+    connectAndCarry(inputs, 'outbound', records, socket, request.target, reauthorize);
     return;
   }
 

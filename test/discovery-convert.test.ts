@@ -7,6 +7,7 @@ import {
   InvalidObjectError,
   parseManifests,
   type Converted,
+  type EndpointSlice,
   type NamespaceInfo,
   type NodeInfo,
   type PodInfo,
@@ -194,12 +195,53 @@ t.test('nodes list InternalIP first and only IP addresses', async (t) => {
   });
 });
 
+t.test('EndpointSlices: the first address of each endpoint, conditions as the API defines their absence', async (t) => {
+  const converted = convertObject(
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: 'kubernetes', namespace: 'default', labels: { 'kubernetes.io/service-name': 'kubernetes' } },
+      addressType: 'IPv6',
+      ports: [{ name: 'https', port: 6443, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }, { name: 'any' }],
+      endpoints: [
+        { addresses: ['FD00::0A', 'fd00::b'], nodeName: 'cp-1', zone: 'z1' },
+        { addresses: ['fd00::c'], conditions: { ready: false } },
+        { addresses: ['fd00::d'], conditions: { ready: false, serving: true, terminating: true } },
+      ],
+    },
+    TRUST_DOMAIN,
+  );
+  if (converted.kind !== 'EndpointSlice') throw new Error(`expected an EndpointSlice, got ${converted.kind}`);
+  const expected: EndpointSlice = {
+    namespace: 'default',
+    name: 'kubernetes',
+    serviceName: 'kubernetes',
+    addressType: 'IPv6',
+    ports: [
+      { name: 'https', port: 6443, protocol: 'TCP' },
+      { name: '', port: 53, protocol: 'UDP' },
+    ],
+    endpoints: [
+      { ip: 'fd00::a', ready: true, serving: true, terminating: false, node: 'cp-1', zone: 'z1' },
+      { ip: 'fd00::c', ready: false, serving: false, terminating: false, node: undefined, zone: undefined },
+      { ip: 'fd00::d', ready: false, serving: true, terminating: true, node: undefined, zone: undefined },
+    ],
+  };
+  t.same(converted.object, expected, 'a port without a number has nothing to dial and is left out');
+  t.ok(Object.isFrozen(converted.object) && Object.isFrozen(converted.object.endpoints[0]));
+  const unlinked = convertObject({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'x' }, addressType: 'IPv4' }, TRUST_DOMAIN);
+  t.match(unlinked, { kind: 'EndpointSlice', object: { namespace: 'default', serviceName: undefined, ports: [], endpoints: [] } }, 'without the label it belongs to no service');
+  const fqdn = convertObject({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'x' }, addressType: 'FQDN', endpoints: [{ addresses: ['db.example'] }] }, TRUST_DOMAIN);
+  t.match(fqdn, { kind: 'skip', reason: /FQDN/ }, 'an FQDN slice is skipped, not rejected');
+});
+
 t.test('kinds discovery does not use are skipped, not rejected', async (t) => {
   const skipped = [
     { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'c' } },
     { apiVersion: 'apps/v1', kind: 'Deployment', metadata: { name: 'd' } },
     { apiVersion: 'serving.knative.dev/v1', kind: 'Service', metadata: { name: 'knative' }, spec: { ports: 'not even a list' } },
     { apiVersion: 'security.ambit.dev/v1', kind: 'AuthorizationPolicy', metadata: { name: 'p' } },
+    { apiVersion: 'discovery.k8s.io/v1beta1', kind: 'EndpointSlice', metadata: { name: 'removed-in-1-25' } },
   ];
   for (const obj of skipped) {
     const converted = convertObject(obj, TRUST_DOMAIN);
@@ -218,6 +260,7 @@ t.test('every malformed field is rejected with the object, the field and the rea
   });
   const service = (spec: object, metadata: object = {}) => ({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'team-a', ...metadata }, spec });
   const container = (port: object) => ({ containers: [{ name: 'c', ports: [port] }] });
+  const slice = (fields: object) => ({ apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'web-1', namespace: 'team-a' }, addressType: 'IPv4', ...fields });
   const cases: Array<[string, unknown, string, string]> = [
     ['not an object', 'just text', 'Object <unnamed>', '.'],
     ['no kind', { apiVersion: 'v1', metadata: { name: 'x' } }, 'Object x', 'kind'],
@@ -267,6 +310,16 @@ t.test('every malformed field is rejected with the object, the field and the rea
       'status.addresses[0].address',
     ],
     ['namespace name with a dot', { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'a.b' } }, 'Namespace a.b', 'metadata.name'],
+    ['slice without addressType', slice({ addressType: undefined }), 'EndpointSlice team-a/web-1', 'addressType'],
+    ['slice addressType unknown', slice({ addressType: 'IPv5' }), 'EndpointSlice team-a/web-1', 'addressType'],
+    ['slice endpoint without addresses', slice({ endpoints: [{ addresses: [] }] }), 'EndpointSlice team-a/web-1', 'endpoints[0].addresses'],
+    ['slice address not an IP', slice({ endpoints: [{ addresses: ['10.0.0.1'] }, { addresses: ['web'] }] }), 'EndpointSlice team-a/web-1', 'endpoints[1].addresses[0]'],
+    ['slice address of the other family', slice({ endpoints: [{ addresses: ['fd00::1'] }] }), 'EndpointSlice team-a/web-1', 'endpoints[0].addresses[0]'],
+    ['slice condition not a boolean', slice({ endpoints: [{ addresses: ['10.0.0.1'], conditions: { ready: 'yes' } }] }), 'EndpointSlice team-a/web-1', 'endpoints[0].conditions.ready'],
+    ['slice nodeName a number', slice({ endpoints: [{ addresses: ['10.0.0.1'], nodeName: 3 }] }), 'EndpointSlice team-a/web-1', 'endpoints[0].nodeName'],
+    ['slice port 0', slice({ ports: [{ port: 0 }] }), 'EndpointSlice team-a/web-1', 'ports[0].port'],
+    ['slice port name not a DNS label', slice({ ports: [{ name: 'HTTPS', port: 443 }] }), 'EndpointSlice team-a/web-1', 'ports[0].name'],
+    ['slice port protocol unknown', slice({ ports: [{ port: 443, protocol: 'QUIC' }] }), 'EndpointSlice team-a/web-1', 'ports[0].protocol'],
   ];
   for (const [name, obj, ref, field] of cases) {
     try {

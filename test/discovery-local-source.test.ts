@@ -128,9 +128,47 @@ t.test('the first load is in the store when start() resolves', async (t) => {
   t.equal(store.workloadByIp('10.0.0.4'), undefined, 'dot files are skipped');
   const web = store.serviceByVip('10.96.0.10');
   t.equal(web?.name, 'web', 'the JSON file applied');
-  if (web !== undefined) t.same(store.endpoints(web).map((w) => w.name), ['web']);
+  if (web !== undefined) t.same(store.serviceEndpoints(web, 80)?.map((e) => e.workload?.name), ['web']);
   t.same(store.localEnrolledIps(4), ['10.0.0.1', '10.0.0.2']);
   t.same(source.lastErrors(), [], 'nothing rejected');
+});
+
+t.test('an EndpointSlice in the folder gives a selector-less service its endpoints', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(
+    join(dir, 'kubernetes.yaml'),
+    `apiVersion: v1
+kind: Service
+metadata: {name: kubernetes, namespace: default}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: https, port: 443, targetPort: 6443}]
+`,
+  );
+  const { store } = await startSource(t, dir);
+  const kubernetes = store.serviceByVip('10.96.0.1');
+  if (kubernetes === undefined) throw new Error('the service did not load');
+  t.equal(store.serviceEndpoints(kubernetes, 443), undefined, 'without its slice the mesh does not know where it goes');
+
+  const applied = storeReaches(store, () => store.serviceEndpoints(kubernetes, 443) !== undefined);
+  await writeFile(
+    join(dir, 'kubernetes-slice.yaml'),
+    `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kubernetes
+  namespace: default
+  labels: {kubernetes.io/service-name: kubernetes}
+addressType: IPv4
+ports: [{name: https, port: 6443, protocol: TCP}]
+endpoints:
+- addresses: [192.168.0.10]
+  conditions: {ready: true}
+  nodeName: control-plane
+`,
+  );
+  await applied;
+  t.match(store.serviceEndpoints(kubernetes, 443), [{ ip: '192.168.0.10', port: 6443, node: 'control-plane', workload: undefined }]);
 });
 
 t.test('a file changed on disk is applied within a second', async (t) => {
@@ -265,9 +303,19 @@ t.test('close() stops watching', async (t) => {
   const { store, source } = await startSource(t, dir);
   await source.close();
   const version = store.version;
+  let reloads = 0;
+  source.on('reload', () => (reloads += 1));
+  // A witness on the same folder with a longer debounce reloads after the closed source would have: its reload is
+  // the moment by which a write would have reached the closed source's store.
+  const witnessStore = new WorkloadStore({ nodeName: 'node-1' });
+  const witness = new LocalSource({ dir, store: witnessStore, log: logCapture().log, debounceMs: 300 });
+  t.teardown(() => witness.close());
+  await witness.start();
+  const witnessed = storeReaches(witnessStore, () => witnessStore.workloadByIp('10.0.0.1') !== undefined);
   await writeFile(join(dir, 'pods.yaml'), podYaml('web', '10.0.0.1'));
-  await new Promise((resolve) => setTimeout(resolve, 400));
+  await witnessed;
   t.equal(store.version, version, 'writes after close() do not reach the store');
+  t.equal(reloads, 0, 'nor does the closed source reload');
 });
 
 t.test('a process exits once its source is closed, and not before', async (t) => {
@@ -277,8 +325,9 @@ t.test('a process exits once its source is closed, and not before', async (t) =>
   const script = (close: boolean) => `
     import { LocalSource, WorkloadStore } from ${JSON.stringify(discovery)};
     import { pino } from 'pino';
-    const source = new LocalSource({ dir: ${JSON.stringify(dir)}, store: new WorkloadStore(), log: pino({ level: 'silent' }) });
+    const source = new LocalSource({ dir: ${JSON.stringify(dir)}, store: new WorkloadStore(), log: pino({ level: 'silent' }), debounceMs: 10 });
     await source.start();
+    source.on('reload', () => console.log('reloaded'));
     console.log('started');
     ${close ? 'await source.close();' : ''}
   `;
@@ -291,8 +340,9 @@ t.test('a process exits once its source is closed, and not before', async (t) =>
       if (child.exitCode === null && child.signalCode === null) child.kill();
     });
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    const started = new Promise<void>((resolve) => child.stdout.on('data', (data: Buffer) => data.toString().includes('started') && resolve()));
-    return { child, exited, started };
+    let output = '';
+    const printed = (word: string) => new Promise<void>((resolve) => child.stdout.on('data', (data: Buffer) => (output += data.toString()).includes(word) && resolve()));
+    return { child, exited, started: printed('started'), reloaded: printed('reloaded') };
   };
   const within = async <T>(promise: Promise<T>, ms: number): Promise<{ value: T } | 'timeout'> => {
     let timer: NodeJS.Timeout | undefined;
@@ -306,7 +356,11 @@ t.test('a process exits once its source is closed, and not before', async (t) =>
 
   const open = run(false);
   await open.started;
-  t.equal(await within(open.exited, 1000), 'timeout', 'the watcher keeps an open source alive');
+  // Alive after start() means still there to see a change: a write to the folder (a file the source does not read,
+  // so the child parses nothing) must reach it before it exits.
+  const outcome = Promise.race([open.reloaded.then(() => 'reloaded'), open.exited.then((code) => `exited with ${code}`)]);
+  await writeFile(join(dir, 'notes.txt'), 'not a manifest');
+  t.equal(await outcome, 'reloaded', 'the watcher keeps an open source alive');
   open.child.kill();
 
   const closed = run(true);

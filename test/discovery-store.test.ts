@@ -66,7 +66,7 @@ function node(name: string, ...addresses: string[]): NodeInfo {
 }
 
 function snapshot(parts: Partial<DiscoverySnapshot>): DiscoverySnapshot {
-  return { namespaces: [], pods: [], services: [], nodes: [], ...parts };
+  return { namespaces: [], pods: [], services: [], nodes: [], endpointSlices: [], ...parts };
 }
 
 const enrolledNamespace = namespace('team-a', { [ENROLL_LABEL]: 'enabled' });
@@ -189,12 +189,15 @@ t.test('indexes', async (t) => {
     t.equal(store.service('team-a', 'manual'), manual);
     t.equal(store.service('team-b', 'manual'), undefined);
     t.same(store.services().map((s) => s.name), ['web', 'manual']);
+    const described = (port: number) => store.serviceEndpoints(web, port)?.map((e) => `${e.workload?.name} ${e.ip}:${e.port}`);
     t.same(
-      store.endpoints(web).map((w) => w.name),
-      ['web-1', 'web-2', 'host'],
-      'ready pods with an IP in the same namespace; not-ready, pending and other namespaces left out',
+      described(9090),
+      ['web-1 10.0.1.1:9091', 'web-1 fd00::101:9091', 'web-2 10.0.2.1:9091', 'host 192.168.0.1:9091'],
+      'every address of the ready pods with an IP in the same namespace; not-ready, pending and other namespaces left out',
     );
-    t.same(store.endpoints(manual), [], 'a service without a selector has no endpoints');
+    t.same(described(80), ['web-1 10.0.1.1:8080', 'web-1 fd00::101:8080', 'web-2 10.0.2.1:8081'], 'a named target port: the pods with a container port of that name');
+    t.same(described(81), [], 'not a port of the service');
+    t.equal(store.serviceEndpoints(manual, 80), undefined, 'a service without a selector or EndpointSlice: the mesh does not know its endpoints');
   });
 
   t.test('target ports', async (t) => {
@@ -217,16 +220,50 @@ t.test('indexes', async (t) => {
     t.same(JSON.parse(JSON.stringify(dump)), dump, 'the dump survives JSON');
     t.equal(dump.version, 1);
     t.equal(dump.nodeName, 'node-1');
-    t.same(dump.services.find((s) => s.name === 'web')?.endpoints, ['team-a/web-1', 'team-a/web-2', 'team-a/host']);
+    t.same(dump.services.find((s) => s.name === 'web')?.endpoints?.filter((e) => e.servicePort === 80), [
+      { servicePort: 80, address: '10.0.1.1:8080', workload: 'team-a/web-1' },
+      { servicePort: 80, address: 'fd00::101:8080', workload: 'team-a/web-1' },
+      { servicePort: 80, address: '10.0.2.1:8081', workload: 'team-a/web-2' },
+    ]);
+    t.equal(dump.services.find((s) => s.name === 'manual')?.endpoints, null, 'unknown endpoints are null, not none');
     t.equal(dump.workloads.length, 9);
   });
 
   t.test('what readers get is frozen', async (t) => {
     t.ok(Object.isFrozen(store.workloads()));
     t.ok(Object.isFrozen(store.workloadByIp('10.0.1.1')));
-    t.ok(Object.isFrozen(store.endpoints(web)));
+    t.ok(Object.isFrozen(store.serviceEndpoints(web, 80)));
     t.throws(() => (store.localEnrolledIps(4) as string[]).push('10.0.0.66'));
   });
+});
+
+t.test("a service's EndpointSlices replace its selector, and it falls back to the selector when they go", async (t) => {
+  const store = new WorkloadStore({ nodeName: 'node-1' });
+  const slice = convertObject(
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: 'web-x1', namespace: 'team-a', labels: { 'kubernetes.io/service-name': 'web' } },
+      addressType: 'IPv4',
+      ports: [{ port: 8443 }],
+      endpoints: [{ addresses: ['10.0.2.1', '10.0.2.2'], nodeName: 'node-2' }, { addresses: ['192.0.2.7'], conditions: { ready: false } }],
+    },
+    TRUST_DOMAIN,
+  );
+  if (slice.kind !== 'EndpointSlice') throw new Error('not a slice');
+  const web = service('web', { clusterIP: '10.96.0.10', selector: { app: 'web' }, ports: [{ port: 80, targetPort: 8080 }] });
+  store.replaceAll(
+    snapshot({
+      namespaces: [enrolledNamespace],
+      pods: [pod({ name: 'web-1', node: 'node-1', ips: ['10.0.1.1'], labels: { app: 'web' } }), pod({ name: 'web-2', node: 'node-2', ips: ['10.0.2.1'] })],
+      services: [web],
+      endpointSlices: [slice.object],
+    }),
+  );
+  t.match(store.serviceEndpoints(web, 80), [{ ip: '10.0.2.1', port: 8443, node: 'node-2', workload: { name: 'web-2' } }], "the slice's first address of its ready endpoint, and the pod that has it");
+  t.equal(store.serviceEndpoints(web, 80)?.length, 1);
+  store.applyBatch([{ op: 'delete', kind: 'EndpointSlice', namespace: 'team-a', name: 'web-x1' }]);
+  t.match(store.serviceEndpoints(web, 80), [{ ip: '10.0.1.1', port: 8080, workload: { name: 'web-1' } }], 'no slice left: the pods the selector matches');
 });
 
 t.test('a store without a node name has no local workloads', async (t) => {

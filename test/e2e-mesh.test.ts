@@ -19,6 +19,9 @@ const unavailable = testbedUnavailableReason();
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';
 const VIP = '10.96.0.10';
+/** default/kubernetes: no selector, and no EndpointSlice in the folder. */
+const API_VIP = '10.96.0.1';
+const SLICED_VIP = '10.96.0.20';
 const run = promisify(execFile);
 
 /** A Node client in a pod: sends `bytes` random bytes to the echo port, half-closes, checks the echo is identical. */
@@ -71,7 +74,22 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       peer2: { namespace: 'demo', serviceAccount: 'client', app: 'peer2' },
       plain2: { namespace: 'plain', app: 'plain2' },
     },
-    services: [{ namespace: 'demo', name: 'server', clusterIP: VIP, selector: { app: 'server' }, ports: [{ port: 80, targetPort: 'http' }] }],
+    services: [
+      { namespace: 'demo', name: 'server', clusterIP: VIP, selector: { app: 'server' }, ports: [{ port: 80, targetPort: 'http' }] },
+      { namespace: 'default', name: 'kubernetes', clusterIP: API_VIP, ports: [{ name: 'https', port: 443, targetPort: 6443 }] },
+      { namespace: 'demo', name: 'sliced', clusterIP: SLICED_VIP, ports: [{ name: 'web', port: 80, targetPort: 80 }] },
+    ],
+    // A selector-less service whose endpoints someone else manages: the slice names the server pod by address.
+    endpointSlices: [
+      {
+        apiVersion: 'discovery.k8s.io/v1',
+        kind: 'EndpointSlice',
+        metadata: { name: 'sliced-1', namespace: 'demo', labels: { 'kubernetes.io/service-name': 'sliced' } },
+        addressType: 'IPv4',
+        ports: [{ name: 'web', port: HTTP_PORT, protocol: 'TCP' }],
+        endpoints: [{ addresses: [server.ip], conditions: { ready: true }, nodeName: 'node2' }],
+      },
+    ],
     agentArgs: ['--rules-resync-interval', '1'],
   });
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
@@ -155,6 +173,23 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     const body = JSON.parse(await cluster.curl(client, `http://${VIP}/`));
     t.equal(body.pod, 'server');
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.service === 'server.demo.svc.cluster.local');
+  });
+
+  t.test("a selector-less service: to its EndpointSlice's endpoint over HBONE; without a slice, through to its VIP", async (t) => {
+    const body = JSON.parse(await cluster.curl(client, `http://${SLICED_VIP}/`));
+    t.equal(body.pod, 'server', "the slice's endpoint, on the slice's port");
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && r.service === 'sliced.demo.svc.cluster.local');
+    // The node's service proxy routes the VIP, as kube-proxy does locally originated traffic: a DNAT in OUTPUT (here to
+    // plain2), behind a route to the VIP (a node has a default route; the testbed's nodes do not).
+    const dnat = ['OUTPUT', '-d', API_VIP, '-p', 'tcp', '--dport', '443', '-j', 'DNAT', '--to-destination', `${plain2.ip}:${HTTP_PORT}`];
+    const route = [`${API_VIP}/32`, 'dev', node1.uplink];
+    await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-A', ...dnat]);
+    t.teardown(() => tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-D', ...dnat]));
+    await tb.exec(node1.netns, 'ip', ['route', 'add', ...route]);
+    t.teardown(() => tb.exec(node1.netns, 'ip', ['route', 'del', ...route]));
+    const api = JSON.parse(await cluster.curl(client, `http://${API_VIP}:443/`));
+    t.match(api, { pod: 'plain2', client: node1.ip }, 'default/kubernetes is passed through to its VIP, from the node');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'passthrough' && r.service === 'kubernetes.default.svc.cluster.local' && (r.dst as { ip: string }).ip === API_VIP);
   });
 
   t.test('same node over the bridge (br_netfilter): delivered by the agent, reported by both sides', async (t) => {

@@ -189,4 +189,44 @@ spec:
     await clearPolicies();
     t.ok(await reaches(client, server), 'fixed (here: removed), traffic flows again');
   });
+
+  t.test('a relabelled pod is decided again on its new labels: moved out of an ALLOW, its open connection closes', async (t) => {
+    await applyPolicies(`
+apiVersion: security.ambit.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: server-allow-other, namespace: demo }
+spec:
+  selector: { matchLabels: { app: server } }
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: ["cluster.local/ns/demo/sa/other"] } }]
+---
+apiVersion: security.ambit.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: allow-client, namespace: demo }
+spec:
+  action: ALLOW
+  rules:
+  - from: [{ source: { principals: ["cluster.local/ns/demo/sa/client"] } }]
+`);
+    const moved = await holdConnection(tb, other, server.ip, ECHO_PORT);
+    const kept = await holdConnection(tb, client, server.ip, ECHO_PORT);
+    t.teardown(async () => {
+      moved.stop();
+      kept.stop();
+      await cluster.setPodLabels('server', {});
+      // Written after the labels: once both agents have the policies cleared, they have the labels back too.
+      await clearPolicies();
+    });
+    const since = Date.now();
+    // Out of server-allow-other's selector: only the namespace-wide ALLOW applies now, and it does not name `other`.
+    await cluster.setPodLabels('server', { app: 'moved' });
+    const revoked = await cluster.waitForLog(
+      node2,
+      (r) => r.msg === 'connection closed by policy' && Number(r.time) >= since && (r.src as { identity?: string }).identity === 'spiffe://cluster.local/ns/demo/sa/other',
+    );
+    t.match(revoked, { reason: 'not_allowed_by_any_policy', policy: 'default', dst: { ip: server.ip } }, 'decided on the labels the pod has now');
+    await within(2000, 'the connection the pod no longer allows is closed', () => moved.lines.includes('closed'));
+    t.notOk(kept.lines.includes('closed'), 'the connection the namespace-wide ALLOW still allows stays open');
+  });
 });

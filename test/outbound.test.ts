@@ -91,3 +91,121 @@ t.test('inbound: only enrolled local pods of the session identity', async (t) =>
   t.match(buildInboundRequest(store, 'node2', { host: '10.7.7.7', port: 8080 }), { kind: 'refuse', status: 404, reason: 'unknown_destination' });
   t.match(buildInboundRequest(store, 'node2', { host: '10.1.2.1', port: 8080 }), { kind: 'deliver' }, 'plaintext has no session identity to match');
 });
+
+/** An EndpointSlice as the EndpointSlice controller (or an operator, for a selector-less service) writes it. */
+const slice = (
+  name: string,
+  namespace: string,
+  serviceName: string | undefined,
+  endpoints: object[],
+  ports: object[] = [{ name: 'https', port: 6443, protocol: 'TCP' }],
+  addressType = 'IPv4',
+) => ({
+  apiVersion: 'discovery.k8s.io/v1',
+  kind: 'EndpointSlice',
+  metadata: { name, namespace, labels: serviceName === undefined ? {} : { 'kubernetes.io/service-name': serviceName } },
+  addressType,
+  endpoints,
+  ports,
+});
+const zoned = (name: string, ip: string, zone: string) => ({ ...node(name, ip), metadata: { name, labels: { 'topology.kubernetes.io/zone': zone } } });
+const selectorless = (name: string, namespace: string, ip: string, ports: object[] = [{ name: 'https', port: 443, targetPort: 6443 }]) => ({
+  apiVersion: 'v1',
+  kind: 'Service',
+  metadata: { name, namespace },
+  spec: { clusterIP: ip, ports },
+});
+
+const sliced = storeWith([
+  ns('demo', { 'ambit.dev/mode': 'enabled' }),
+  zoned('node1', '10.0.0.1', 'z1'),
+  zoned('node2', '10.0.0.2', 'z1'),
+  zoned('node4', '10.0.0.4', 'z2'),
+  podObj('a', 'demo', 'node1', '10.1.1.1', { sa: 'client' }),
+  podObj('l', 'demo', 'node1', '10.1.1.2', { labels: { app: 'web' } }),
+  podObj('c', 'demo', 'node2', '10.1.2.1', { labels: { app: 'web' } }),
+  podObj('far', 'demo', 'node4', '10.1.4.1', { labels: { app: 'web' } }),
+  selectorless('kubernetes', 'default', '10.96.0.1'),
+  selectorless('api', 'default', '10.96.0.2'),
+  slice('api-abc12', 'default', 'api', [{ addresses: ['192.168.0.10'], conditions: { ready: true }, nodeName: 'control-plane' }]),
+  selectorless('meshed', 'demo', '10.96.1.1', [{ name: 'http', port: 80, targetPort: 8080 }]),
+  slice('meshed-1', 'demo', 'meshed', [{ addresses: ['10.1.2.1'], nodeName: 'node2' }], [{ name: 'http', port: 8080 }]),
+  // A selector the slices overrule: the slices are Kubernetes' own answer, with its readiness.
+  svc('web', 'demo', '10.96.1.2', { app: 'web' }),
+  slice('web-1', 'demo', 'web', [{ addresses: ['10.1.2.1'], nodeName: 'node2', zone: 'z1' }], [{ port: 8081 }]),
+  selectorless('cond', 'demo', '10.96.1.3', [{ port: 80, targetPort: 8080 }]),
+  slice('cond-1', 'demo', 'cond', [
+    { addresses: ['10.1.9.1'], conditions: { ready: false } },
+    { addresses: ['10.1.9.2'], conditions: { ready: false, serving: true, terminating: true } },
+    { addresses: ['10.1.9.3'], conditions: { ready: true } },
+  ], [{ port: 8080 }]),
+  selectorless('draining', 'demo', '10.96.1.4', [{ port: 80, targetPort: 8080 }]),
+  slice('draining-1', 'demo', 'draining', [
+    { addresses: ['10.1.9.4'], conditions: { ready: false, serving: false, terminating: true } },
+    { addresses: ['10.1.9.5'], conditions: { ready: false, serving: true, terminating: true } },
+  ], [{ port: 8080 }]),
+  selectorless('down', 'demo', '10.96.1.5', [{ port: 80, targetPort: 8080 }]),
+  slice('down-1', 'demo', 'down', [
+    { addresses: ['10.1.9.6'], conditions: { ready: false } },
+    { addresses: ['10.1.9.7'], conditions: { ready: false, terminating: true } },
+  ], [{ port: 8080 }]),
+  selectorless('ports', 'demo', '10.96.1.6', [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'admin', port: 81, targetPort: 9090 }]),
+  slice('ports-1', 'demo', 'ports', [{ addresses: ['10.1.9.8'] }], [{ name: 'http', port: 8080 }, { name: 'admin', port: 9090, protocol: 'UDP' }]),
+  selectorless('local', 'demo', '10.96.1.7', [{ port: 80, targetPort: 8080 }]),
+  slice('local-1', 'demo', 'local', [
+    { addresses: ['10.1.4.1'], nodeName: 'node4', zone: 'z2' },
+    { addresses: ['10.1.2.1'], nodeName: 'node2', zone: 'z1' },
+    { addresses: ['10.1.1.2'], nodeName: 'node1', zone: 'z1' },
+  ], [{ port: 8080 }]),
+  selectorless('zone', 'demo', '10.96.1.8', [{ port: 80, targetPort: 8080 }]),
+  slice('zone-1', 'demo', 'zone', [
+    { addresses: ['10.1.4.1'], nodeName: 'node4', zone: 'z2' },
+    { addresses: ['10.1.2.1'], nodeName: 'node2' },
+  ], [{ port: 8080 }]),
+  selectorless('stray', 'demo', '10.96.1.9', [{ port: 80, targetPort: 8080 }]),
+  slice('stray-1', 'demo', undefined, [{ addresses: ['10.1.9.9'] }], [{ port: 8080 }]),
+  slice('stray-2', 'demo', 'another', [{ addresses: ['10.1.9.9'] }], [{ port: 8080 }]),
+  slice('stray-3', 'default', 'stray', [{ addresses: ['10.1.9.9'] }], [{ port: 8080 }]),
+  selectorless('six', 'demo', '10.96.1.10', [{ port: 80, targetPort: 8080 }]),
+  slice('six-1', 'demo', 'six', [{ addresses: ['fd00::9'] }], [{ port: 8080 }], 'IPv6'),
+]);
+const slicedCtx: OutboundContext = { ...ctx, store: sliced };
+const viaSlices = (host: string, port: number) => buildOutboundRequest(slicedCtx, '10.1.1.1', { host, port });
+
+t.test('a service whose endpoints the mesh does not know (no selector, no EndpointSlice) passes through to its VIP', async (t) => {
+  const r = viaSlices('10.96.0.1', 443);
+  t.match(r, { kind: 'passthrough', destination: undefined, service: { namespace: 'default', name: 'kubernetes' }, target: { host: '10.96.0.1', port: 443 } });
+  t.match(viaSlices('10.96.0.1', 80), { kind: 'refuse', reason: 'no_service_port' }, 'a port the service does not have is still refused');
+});
+
+t.test("a selector-less service with an EndpointSlice goes to the slice's endpoints, on the slice's port of the same name", async (t) => {
+  t.match(viaSlices('10.96.0.2', 443), { kind: 'passthrough', destination: undefined, service: { name: 'api' }, target: { host: '192.168.0.10', port: 6443 } }, 'an address outside the mesh');
+  const meshed = viaSlices('10.96.1.1', 80);
+  t.match(meshed, { kind: 'hbone', target: { host: '10.1.2.1', port: 8080 }, via: { host: '10.0.0.2', port: 15008 }, service: { name: 'meshed' } }, 'an enrolled pod: over HBONE');
+  if (meshed.kind === 'hbone') t.equal(meshed.destination.name, 'c');
+});
+
+t.test('EndpointSlices overrule the selector', async (t) => {
+  t.match(viaSlices('10.96.1.2', 80), { kind: 'hbone', target: { host: '10.1.2.1', port: 8081 } }, 'not the local pod the selector matches, and the port from the slice');
+});
+
+t.test('endpoint conditions as Kubernetes defines them', async (t) => {
+  t.match(viaSlices('10.96.1.3', 80), { kind: 'passthrough', target: { host: '10.1.9.3', port: 8080 } }, 'ready endpoints only, while there are any');
+  t.match(viaSlices('10.96.1.4', 80), { kind: 'passthrough', target: { host: '10.1.9.5', port: 8080 } }, 'none ready: the serving terminating ones');
+  t.match(viaSlices('10.96.1.5', 80), { kind: 'refuse', reason: 'no_healthy_endpoint' }, 'none ready or serving: refused');
+});
+
+t.test('ports are matched by name and protocol', async (t) => {
+  t.match(viaSlices('10.96.1.6', 80), { kind: 'passthrough', target: { host: '10.1.9.8', port: 8080 } });
+  t.match(viaSlices('10.96.1.6', 81), { kind: 'refuse', reason: 'no_healthy_endpoint' }, 'the slice serves that name over UDP only');
+});
+
+t.test('locality: this node, then this zone, then any', async (t) => {
+  t.match(viaSlices('10.96.1.7', 80), { kind: 'local', target: { host: '10.1.1.2', port: 8080 } }, 'the endpoint on this node');
+  t.match(viaSlices('10.96.1.8', 80), { kind: 'hbone', target: { host: '10.1.2.1', port: 8080 } }, "this zone (the endpoint's zone from its node when the slice has none)");
+});
+
+t.test('only slices labelled for the service, in its namespace and address family, count', async (t) => {
+  t.match(viaSlices('10.96.1.9', 80), { kind: 'passthrough', target: { host: '10.96.1.9', port: 80 } }, 'no slice of its own: its VIP');
+  t.match(viaSlices('10.96.1.10', 80), { kind: 'refuse', reason: 'no_healthy_endpoint' }, 'an IPv6 slice has no endpoint for an IPv4 VIP');
+});

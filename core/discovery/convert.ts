@@ -1,14 +1,18 @@
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors.js';
-import type {
-  ContainerPort,
-  Converted,
-  Labels,
-  NamespaceInfo,
-  NodeInfo,
-  PodInfo,
-  Service,
-  ServicePort,
+import {
+  SERVICE_NAME_LABEL,
+  type ContainerPort,
+  type Converted,
+  type EndpointSlice,
+  type Labels,
+  type NamespaceInfo,
+  type NodeInfo,
+  type PodInfo,
+  type Service,
+  type ServicePort,
+  type SliceEndpoint,
+  type SlicePort,
 } from './types.js';
 
 /** The DNS suffix of Service names; unlike the trust domain it is fixed by the cluster's DNS, not by the mesh. */
@@ -147,6 +151,10 @@ export function convertObject(obj: unknown, trustDomain: string): Converted {
     const name = typeof metadata.name === 'string' ? metadata.name : undefined;
     const field = typeof kind !== 'string' || kind === '' ? 'kind' : 'apiVersion';
     throw new InvalidObjectError({ kind: typeof kind === 'string' && kind !== '' ? kind : 'Object', namespace: undefined, objectName: name, field, reason: 'is required' });
+  }
+  if (apiVersion === 'discovery.k8s.io/v1' && kind === 'EndpointSlice') {
+    const slice = convertEndpointSlice(fields);
+    return slice === undefined ? { kind: 'skip', reason: 'an FQDN EndpointSlice names hosts; the mesh routes by address' } : { kind, object: slice };
   }
   if (apiVersion !== 'v1') return { kind: 'skip', reason: `${apiVersion} ${kind} is not used by discovery` };
   switch (kind) {
@@ -336,6 +344,67 @@ function readTargetPort(reader: ObjectReader, value: unknown, field: string, ser
   if (typeof value === 'number') return reader.port(value, field);
   if (typeof value === 'string' && isIanaServiceName(value)) return value;
   return reader.fail(field, `must be a port number or a container port name, got ${describe(value)}`);
+}
+
+/** Undefined for an FQDN slice, which is valid but has no address to dial. */
+function convertEndpointSlice(fields: Fields): EndpointSlice | undefined {
+  const { reader, metadata, name } = readMetadata('EndpointSlice', fields, true);
+  const namespace = reader.namespace ?? 'default';
+  if (!isDnsSubdomain(name)) reader.fail('metadata.name', `must be a DNS subdomain, got ${JSON.stringify(name)}`);
+  const labels = reader.labels(metadata.labels, 'metadata.labels');
+  const addressType = reader.string(fields.addressType, 'addressType');
+  if (addressType === 'FQDN') return undefined;
+  if (addressType !== 'IPv4' && addressType !== 'IPv6') {
+    return reader.fail('addressType', addressType === undefined ? 'is required (IPv4, IPv6 or FQDN)' : `must be IPv4, IPv6 or FQDN, got ${JSON.stringify(addressType)}`);
+  }
+  const family = addressType === 'IPv4' ? 4 : 6;
+
+  const ports = reader.array(fields.ports, 'ports').flatMap((entry, i): SlicePort[] => {
+    const field = `ports[${i}]`;
+    const port = reader.record(entry, field) ?? {};
+    const portName = reader.string(port.name, `${field}.name`) ?? '';
+    if (portName !== '' && !isDnsLabel(portName)) reader.fail(`${field}.name`, `must be a DNS label or empty, got ${JSON.stringify(portName)}`);
+    const protocol = reader.protocol(port.protocol, `${field}.protocol`);
+    // Without a number the API leaves the port to the consumer's reading; the mesh has nothing to dial then.
+    if (port.port === undefined || port.port === null) return [];
+    return [Object.freeze({ name: portName, port: reader.port(port.port, `${field}.port`), protocol })];
+  });
+
+  const endpoints = reader.array(fields.endpoints, 'endpoints').map((entry, i): SliceEndpoint => {
+    const field = `endpoints[${i}]`;
+    const endpoint = reader.record(entry, field) ?? {};
+    const addresses = reader.array(endpoint.addresses, `${field}.addresses`);
+    if (addresses.length === 0) reader.fail(`${field}.addresses`, 'must hold at least one address');
+    const ips = addresses.map((address, j) => {
+      const ip = reader.ip(address, `${field}.addresses[${j}]`);
+      if (isIP(ip) !== family) reader.fail(`${field}.addresses[${j}]`, `must be an ${addressType} address, as the slice's addressType says, got ${JSON.stringify(address)}`);
+      return ip;
+    });
+    const conditions = reader.record(endpoint.conditions, `${field}.conditions`) ?? {};
+    const ready = optionalBoolean(reader, conditions.ready, `${field}.conditions.ready`) ?? true;
+    return Object.freeze({
+      ip: ips[0]!,
+      ready,
+      serving: optionalBoolean(reader, conditions.serving, `${field}.conditions.serving`) ?? ready,
+      terminating: optionalBoolean(reader, conditions.terminating, `${field}.conditions.terminating`) ?? false,
+      node: reader.string(endpoint.nodeName, `${field}.nodeName`) || undefined,
+      zone: reader.string(endpoint.zone, `${field}.zone`) || undefined,
+    });
+  });
+
+  return Object.freeze({
+    namespace,
+    name,
+    serviceName: labels[SERVICE_NAME_LABEL] || undefined,
+    addressType,
+    ports: Object.freeze(ports),
+    endpoints: Object.freeze(endpoints),
+  });
+}
+
+/** An endpoint condition: absent means what the API says it means, which differs per condition. */
+function optionalBoolean(reader: ObjectReader, value: unknown, field: string): boolean | undefined {
+  return value === undefined || value === null ? undefined : reader.boolean(value, field);
 }
 
 function convertNode(fields: Fields): NodeInfo {

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { convertObject, InvalidObjectError } from './convert.js';
 import { parseManifests } from './manifest-file.js';
 import type { WorkloadStore } from './store.js';
-import type { ConvertedObject, NamespaceInfo, NodeInfo, PodInfo, Service } from './types.js';
+import type { ConvertedObject, DiscoverySnapshot, EndpointSlice, NamespaceInfo, NodeInfo, PodInfo, Service } from './types.js';
 
 export interface LocalSourceOptions {
   dir: string;
@@ -225,11 +225,12 @@ export class LocalSource extends EventEmitter {
     }
     if (this.closed) return;
 
-    const snapshot = { namespaces: [] as NamespaceInfo[], pods: [] as PodInfo[], services: [] as Service[], nodes: [] as NodeInfo[] };
+    const snapshot = { namespaces: [] as NamespaceInfo[], pods: [] as PodInfo[], services: [] as Service[], nodes: [] as NodeInfo[], endpointSlices: [] as EndpointSlice[] } satisfies DiscoverySnapshot;
     for (const { converted } of byKey.values()) {
       if (converted.kind === 'Namespace') snapshot.namespaces.push(converted.object);
       else if (converted.kind === 'Pod') snapshot.pods.push(converted.object);
       else if (converted.kind === 'Service') snapshot.services.push(converted.object);
+      else if (converted.kind === 'EndpointSlice') snapshot.endpointSlices.push(converted.object);
       else snapshot.nodes.push(converted.object);
     }
     this.problems = Object.freeze(problems);
@@ -315,6 +316,6 @@ function objectRef(converted: ConvertedObject): string {
 }
 
 function refFields(converted: ConvertedObject): { namespace?: string; name: string } {
-  if (converted.kind === 'Pod' || converted.kind === 'Service') return { namespace: converted.object.namespace, name: converted.object.name };
+  if (converted.kind === 'Pod' || converted.kind === 'Service' || converted.kind === 'EndpointSlice') return { namespace: converted.object.namespace, name: converted.object.name };
   return { name: converted.object.name };
 }

@@ -3,20 +3,23 @@ import { isIP } from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
 import { canonicalIp } from './convert.js';
 import { isWorkloadEnrolled } from './enrollment.js';
-import type {
-  ConvertedObject,
-  DiscoveryChange,
-  DiscoveryKind,
-  DiscoverySnapshot,
-  Labels,
-  NamespaceInfo,
-  NodeInfo,
-  PodInfo,
-  PodNetwork,
-  PodNetworkChange,
-  Service,
-  StoreChange,
-  Workload,
+import {
+  ZONE_LABEL,
+  type ConvertedObject,
+  type DiscoveryChange,
+  type DiscoveryKind,
+  type DiscoverySnapshot,
+  type EndpointSlice,
+  type Labels,
+  type NamespaceInfo,
+  type NodeInfo,
+  type PodInfo,
+  type PodNetwork,
+  type PodNetworkChange,
+  type Service,
+  type ServiceEndpoint,
+  type StoreChange,
+  type Workload,
 } from './types.js';
 
 export interface WorkloadStoreOptions {
@@ -34,8 +37,17 @@ export interface StoreDump {
   nodeName: string | null;
   namespaces: NamespaceInfo[];
   nodes: NodeInfo[];
-  services: Array<Omit<Service, 'selector'> & { selector: Labels | null; endpoints: string[] }>;
+  /** `endpoints` null: the mesh does not know them (no selector, no EndpointSlice). */
+  services: Array<Omit<Service, 'selector'> & { selector: Labels | null; endpoints: DumpedEndpoint[] | null }>;
+  endpointSlices: EndpointSlice[];
   workloads: Array<Omit<Workload, 'node'> & { node: string | null }>;
+}
+
+export interface DumpedEndpoint {
+  servicePort: number;
+  address: string;
+  /** `namespace/name` of the pod at the address, if the store knows one. */
+  workload: string | null;
 }
 
 interface Entry {
@@ -59,10 +71,12 @@ interface Indexes {
   readonly localEnrolledIps: { readonly 4: readonly string[]; readonly 6: readonly string[] };
   readonly services: readonly Service[];
   readonly serviceByVip: ReadonlyMap<string, Service>;
-  readonly endpoints: ReadonlyMap<string, readonly Workload[]>;
+  /** By `namespace/name`, then by TCP service port; a service the mesh knows no endpoints of has no entry. */
+  readonly endpoints: ReadonlyMap<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>;
 }
 
 const NONE: readonly Workload[] = Object.freeze([]);
+const NO_ENDPOINTS: readonly ServiceEndpoint[] = Object.freeze([]);
 const DEFAULT_SOURCE = 'default';
 const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 
@@ -81,6 +95,7 @@ export class WorkloadStore extends EventEmitter {
     Pod: new Map(),
     Service: new Map(),
     Node: new Map(),
+    EndpointSlice: new Map(),
   };
   private readonly networks = new Map<string, PodNetwork>();
   private indexes: Indexes = buildEmptyIndexes();
@@ -109,6 +124,7 @@ export class WorkloadStore extends EventEmitter {
       ...snapshot.nodes.map((object) => ({ kind: 'Node' as const, object })),
       ...snapshot.services.map((object) => ({ kind: 'Service' as const, object })),
       ...snapshot.pods.map((object) => ({ kind: 'Pod' as const, object })),
+      ...snapshot.endpointSlices.map((object) => ({ kind: 'EndpointSlice' as const, object })),
     ];
     const listed = new Set(upserts.map((u) => `${u.kind}:${keyOf(u)}`));
     const changes: DiscoveryChange[] = [];
@@ -127,7 +143,7 @@ export class WorkloadStore extends EventEmitter {
     for (const change of changes) {
       const entries = this.entries[change.kind];
       if (change.op === 'delete') {
-        const namespaced = change.kind === 'Pod' || change.kind === 'Service';
+        const namespaced = change.kind === 'Pod' || change.kind === 'Service' || change.kind === 'EndpointSlice';
         // The same default a manifest without metadata.namespace gets, so a delete finds what the upsert stored.
         changed = entries.delete(namespaced ? `${change.namespace ?? 'default'}/${change.name}` : change.name) || changed;
         continue;
@@ -230,9 +246,17 @@ export class WorkloadStore extends EventEmitter {
     return this.entries.Service.get(`${namespace}/${name}`)?.object as Service | undefined;
   }
 
-  /** Ready workloads with an IP in the service's namespace whose labels match its selector. */
-  endpoints(service: Service): readonly Workload[] {
-    return this.indexes.endpoints.get(`${service.namespace}/${service.name}`) ?? NONE;
+  /**
+   * Where a service's TCP port `port` goes. From its EndpointSlices where it has any: their ready endpoints, or when
+   * none is ready the serving ones that are terminating (as kube-proxy falls back). Else from its selector: the ready
+   * pods with an IP in its namespace whose labels match. Undefined when the mesh does not know where the service goes
+   * (no selector and no EndpointSlice: `default/kubernetes` in a folder without its slice, or endpoints managed
+   * outside the cluster); empty when it knows there is no endpoint.
+   */
+  serviceEndpoints(service: Service, port: number): readonly ServiceEndpoint[] | undefined {
+    const byPort = this.indexes.endpoints.get(`${service.namespace}/${service.name}`);
+    if (byPort === undefined) return undefined;
+    return byPort.get(port) ?? NO_ENDPOINTS;
   }
 
   /**
@@ -250,6 +274,11 @@ export class WorkloadStore extends EventEmitter {
 
   node(name: string): NodeInfo | undefined {
     return this.entries.Node.get(name)?.object as NodeInfo | undefined;
+  }
+
+  /** The node's `topology.kubernetes.io/zone`, for locality. */
+  nodeZone(name: string | undefined): string | undefined {
+    return name === undefined ? undefined : this.node(name)?.labels[ZONE_LABEL];
   }
 
   /** The address other agents reach a node's HBONE listener on: its first InternalIP, else its first ExternalIP. */
@@ -282,9 +311,18 @@ export class WorkloadStore extends EventEmitter {
       nodeName: this.nodeName ?? null,
       namespaces: this.namespaces(),
       nodes: [...this.entries.Node.values()].map((e) => e.object as NodeInfo),
-      services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.endpoints(s).map((w) => `${w.namespace}/${w.name}`) })),
+      services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.dumpEndpoints(s) })),
+      endpointSlices: [...this.entries.EndpointSlice.values()].map((e) => e.object as EndpointSlice),
       workloads: workloads.map((w) => ({ ...w, node: w.node ?? null })),
     };
+  }
+
+  private dumpEndpoints(service: Service): DumpedEndpoint[] | null {
+    const byPort = this.indexes.endpoints.get(`${service.namespace}/${service.name}`);
+    if (byPort === undefined) return null;
+    return [...byPort].flatMap(([servicePort, endpoints]) =>
+      endpoints.map((e) => ({ servicePort, address: `${e.ip}:${e.port}`, workload: e.workload ? `${e.workload.namespace}/${e.workload.name}` : null })),
+    );
   }
 
   private buildIndexes(): Indexes {
@@ -333,7 +371,12 @@ export class WorkloadStore extends EventEmitter {
 
     const services: Service[] = [];
     const serviceByVip = new Map<string, Service>();
-    const endpoints = new Map<string, readonly Workload[]>();
+    const endpoints = new Map<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>();
+    const slicesByService = new Map<string, EndpointSlice[]>();
+    for (const entry of this.entries.EndpointSlice.values()) {
+      const slice = entry.object as EndpointSlice;
+      if (slice.serviceName !== undefined) append(slicesByService, `${slice.namespace}/${slice.serviceName}`, slice);
+    }
     for (const entry of this.entries.Service.values()) {
       const service = entry.object as Service;
       services.push(service);
@@ -345,12 +388,17 @@ export class WorkloadStore extends EventEmitter {
         }
         serviceByVip.set(vip, service);
       }
+      const key = `${service.namespace}/${service.name}`;
+      const slices = slicesByService.get(key);
       const selector = service.selector;
-      if (selector === undefined) continue;
-      const selected = (byNamespace.get(service.namespace) ?? []).filter(
-        (w) => w.ready && w.ips.length > 0 && Object.entries(selector).every(([key, value]) => w.labels[key] === value),
-      );
-      endpoints.set(`${service.namespace}/${service.name}`, Object.freeze(selected));
+      if (slices !== undefined) {
+        endpoints.set(key, this.endpointsFromSlices(service, slices, byIp));
+      } else if (selector !== undefined) {
+        const selected = (byNamespace.get(service.namespace) ?? []).filter(
+          (w) => w.ready && w.ips.length > 0 && Object.entries(selector).every(([label, value]) => w.labels[label] === value),
+        );
+        endpoints.set(key, this.endpointsFromPods(service, selected));
+      }
     }
 
     return {
@@ -364,6 +412,47 @@ export class WorkloadStore extends EventEmitter {
       serviceByVip,
       endpoints,
     };
+  }
+
+  /** Each TCP port of `service` served by the slice port of the same name (and protocol), as kube-proxy maps them. */
+  private endpointsFromSlices(service: Service, slices: readonly EndpointSlice[], byIp: ReadonlyMap<string, Workload>): ReadonlyMap<number, readonly ServiceEndpoint[]> {
+    const byPort = new Map<number, readonly ServiceEndpoint[]>();
+    for (const servicePort of service.ports) {
+      if (servicePort.protocol !== 'TCP' || byPort.has(servicePort.port)) continue;
+      const name = servicePort.name ?? '';
+      const ready = new Map<string, ServiceEndpoint>();
+      const servingTerminating = new Map<string, ServiceEndpoint>();
+      for (const slice of slices) {
+        const port = slice.ports.find((p) => p.name === name && p.protocol === servicePort.protocol);
+        if (port === undefined) continue;
+        for (const endpoint of slice.endpoints) {
+          const list = endpoint.ready ? ready : endpoint.serving && endpoint.terminating ? servingTerminating : undefined;
+          const address = `${endpoint.ip}:${port.port}`;
+          // One address in two slices (while the controller moves it) is one endpoint.
+          if (list === undefined || list.has(address)) continue;
+          const zone = endpoint.zone ?? this.nodeZone(endpoint.node);
+          list.set(address, Object.freeze({ ip: endpoint.ip, port: port.port, workload: byIp.get(endpoint.ip), node: endpoint.node, zone }));
+        }
+      }
+      byPort.set(servicePort.port, Object.freeze([...(ready.size > 0 ? ready : servingTerminating).values()]));
+    }
+    return byPort;
+  }
+
+  private endpointsFromPods(service: Service, pods: readonly Workload[]): ReadonlyMap<number, readonly ServiceEndpoint[]> {
+    const byPort = new Map<number, readonly ServiceEndpoint[]>();
+    for (const servicePort of service.ports) {
+      if (servicePort.protocol !== 'TCP' || byPort.has(servicePort.port)) continue;
+      const list: ServiceEndpoint[] = [];
+      for (const workload of pods) {
+        const port = this.resolveTargetPort(service, servicePort.port, workload);
+        if (port === undefined) continue;
+        const zone = this.nodeZone(workload.node);
+        for (const ip of workload.ips) list.push(Object.freeze({ ip, port, workload, node: workload.node, zone }));
+      }
+      byPort.set(servicePort.port, Object.freeze(list));
+    }
+    return byPort;
   }
 }
 
@@ -393,6 +482,7 @@ function keyOf(converted: ConvertedObject): string {
       return converted.object.name;
     case 'Pod':
     case 'Service':
+    case 'EndpointSlice':
       return `${converted.object.namespace}/${converted.object.name}`;
   }
 }

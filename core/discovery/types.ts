@@ -3,6 +3,11 @@ export const ENROLL_LABEL = 'ambit.dev/mode';
 /** Istio's ambient label, honoured both ways so a namespace can move between Istio and Ambit without relabelling. */
 export const ISTIO_DATAPLANE_LABEL = 'istio.io/dataplane-mode';
 
+/** The label that links an EndpointSlice to its Service (same namespace), as kube-proxy reads it. */
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+/** A Node's zone, which an EndpointSlice copies onto its endpoints. */
+export const ZONE_LABEL = 'topology.kubernetes.io/zone';
+
 export type Labels = Readonly<Record<string, string>>;
 
 export interface ContainerPort {
@@ -63,6 +68,51 @@ export interface Service {
   readonly labels: Labels;
 }
 
+/** One endpoint of an EndpointSlice, its conditions read as Kubernetes defines their absence. */
+export interface SliceEndpoint {
+  /** The first address, canonical: the API says the addresses are fungible and a consumer may use only the first, as kube-proxy does. */
+  readonly ip: string;
+  /** `ready` absent: ready. */
+  readonly ready: boolean;
+  /** `serving` absent: as `ready`. */
+  readonly serving: boolean;
+  /** `terminating` absent: not terminating. */
+  readonly terminating: boolean;
+  readonly node: string | undefined;
+  readonly zone: string | undefined;
+}
+
+export interface SlicePort {
+  /** The Service port it serves, by name; '' for the single unnamed port. */
+  readonly name: string;
+  readonly port: number;
+  readonly protocol: string;
+}
+
+/**
+ * A `discovery.k8s.io/v1` EndpointSlice with IP addresses (FQDN slices name hosts, which the mesh cannot route by).
+ * Where a Service has any, they are its endpoints, instead of the pods its selector matches.
+ */
+export interface EndpointSlice {
+  readonly namespace: string;
+  readonly name: string;
+  /** The `kubernetes.io/service-name` label; undefined: the slice belongs to no Service. */
+  readonly serviceName: string | undefined;
+  readonly addressType: 'IPv4' | 'IPv6';
+  readonly ports: readonly SlicePort[];
+  readonly endpoints: readonly SliceEndpoint[];
+}
+
+/** Where one port of a Service can be reached: an address and port to dial, and where it runs. */
+export interface ServiceEndpoint {
+  readonly ip: string;
+  readonly port: number;
+  /** The pod that has the address, when the store knows one: whether it is in the mesh decides how to get there. */
+  readonly workload: Workload | undefined;
+  readonly node: string | undefined;
+  readonly zone: string | undefined;
+}
+
 export interface NodeInfo {
   readonly name: string;
   /** IP addresses only: InternalIP first, then ExternalIP. */
@@ -75,14 +125,15 @@ export interface NamespaceInfo {
   readonly labels: Labels;
 }
 
-export type DiscoveryKind = 'Namespace' | 'Pod' | 'Service' | 'Node';
+export type DiscoveryKind = 'Namespace' | 'Pod' | 'Service' | 'Node' | 'EndpointSlice';
 
 /** One object ready for the store. */
 export type ConvertedObject =
   | { readonly kind: 'Namespace'; readonly object: NamespaceInfo }
   | { readonly kind: 'Pod'; readonly object: PodInfo }
   | { readonly kind: 'Service'; readonly object: Service }
-  | { readonly kind: 'Node'; readonly object: NodeInfo };
+  | { readonly kind: 'Node'; readonly object: NodeInfo }
+  | { readonly kind: 'EndpointSlice'; readonly object: EndpointSlice };
 
 /** What `convertObject` makes of a Kubernetes object: something for the store, or a kind discovery does not use. */
 export type Converted = ConvertedObject | { readonly kind: 'skip'; readonly reason: string };
@@ -93,9 +144,10 @@ export interface DiscoverySnapshot {
   readonly pods: readonly PodInfo[];
   readonly services: readonly Service[];
   readonly nodes: readonly NodeInfo[];
+  readonly endpointSlices: readonly EndpointSlice[];
 }
 
-/** One change of an incremental batch; a delete of a Pod or Service without `namespace` means `default`. */
+/** One change of an incremental batch; a delete of a namespaced kind without `namespace` means `default`. */
 export type DiscoveryChange =
   | ({ readonly op: 'upsert' } & ConvertedObject)
   | { readonly op: 'delete'; readonly kind: DiscoveryKind; readonly namespace?: string; readonly name: string };

@@ -29,7 +29,8 @@ export interface ServiceSpec {
   namespace: string;
   name: string;
   clusterIP: string;
-  selector: Record<string, string>;
+  /** None: a service whose endpoints are its EndpointSlices, or that the mesh knows no endpoints of. */
+  selector?: Record<string, string>;
   ports: Array<{ name?: string; port: number; targetPort: number | string }>;
 }
 
@@ -39,6 +40,8 @@ export interface MeshClusterOptions {
   /** Namespaces and their labels; `ambit.dev/mode: enabled` enrolls one. */
   namespaces: Record<string, Record<string, string>>;
   services?: ServiceSpec[];
+  /** `discovery.k8s.io/v1` EndpointSlice objects, written as given. */
+  endpointSlices?: object[];
   trustDomain?: string;
   /** Start the test application in every pod (default true). */
   workloads?: boolean;
@@ -185,6 +188,7 @@ export class MeshCluster {
         }),
       );
     }
+    for (const slice of this.options.endpointSlices ?? []) docs.push(JSON.stringify(slice));
     // JSON is YAML: one document per line keeps the file readable and needs no serializer.
     const file = path.join(this.configDir, 'cluster.yaml');
     const tmp = `${file}.tmp`;
