@@ -1,5 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
   CNI_PROTOCOL_VERSION,
@@ -20,6 +19,7 @@ import {
   type PodNetwork,
   type WorkloadStore,
 } from '../core/discovery/index.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
 import { errnoCode } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 
@@ -223,18 +223,11 @@ export class CniHandler {
     return this.#write(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), JSON.stringify({ version: CNI_PROTOCOL_VERSION, pods }), 0o600);
   }
 
-  /** Write-then-rename, one at a time, so a reader (or a crash) never sees half a file. */
+  /** One write at a time, each atomic and on disk when it resolves, so a reader (or a power loss) never sees half a file. */
   #write(path: string, text: string, mode: number): Promise<void> {
     const write = async () => {
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-      const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
-      try {
-        await writeFile(tmp, text, { mode });
-        await rename(tmp, path);
-      } catch (err) {
-        await rm(tmp, { force: true });
-        throw err;
-      }
+      await writeFileAtomic(path, text, { mode });
     };
     const result = this.#writes.then(write);
     this.#writes = result.catch(() => undefined);
