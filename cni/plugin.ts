@@ -19,7 +19,8 @@
  * | 5   | stdin could not be read, or was not closed within STDIN_TIMEOUT_MS |
  * | 6   | stdin is not a JSON object, or is larger than STDIN_LIMIT |
  * | 7   | invalid config: cniVersion/name/type missing, bad agentSocket/agentTimeoutMs, prevResult missing or malformed |
- * | 11  | try again later: the agent is not ready for an enrolled pod, or cannot be reached and the namespace is enrolled |
+ * | 11  | try again later: the agent is not ready for an enrolled pod (or has not read the cluster state yet), or cannot be |
+ * |     | reached and the namespace is enrolled                                                                            |
  * | 100 | the agent refused the pod (bad request, protocol version skew, internal error); its message is in `msg` |
  * | 101 | CHECK: the pod is enrolled but its redirect rules are missing |
  * | 102 | the pod's namespace is enrolled but prevResult lists no pod IP to capture |
@@ -396,7 +397,7 @@ export function agentRefusal(podName: string, error: { readonly code: string; re
   const details = `agent error code ${error.code}${error.supportedVersions ? `; the agent speaks protocol versions ${error.supportedVersions.join(', ')}, this plugin ${CNI_PROTOCOL_VERSION}` : ''}`;
   switch (error.code) {
     case 'not-ready':
-      return new CniPluginError('CNI_TRY_AGAIN_LATER', `pod ${podName} is in the mesh but the Ambit agent cannot capture it yet: ${error.message}; the runtime will retry`, { details });
+      return new CniPluginError('CNI_TRY_AGAIN_LATER', `the Ambit agent is not ready for pod ${podName}: ${error.message}; the runtime will retry`, { details });
     case 'rules-missing':
       return new CniPluginError('CNI_RULES_MISSING', `pod ${podName} is in the mesh but its redirect rules are missing: ${error.message}`, { details });
     default:

@@ -245,7 +245,7 @@ t.test('runCniPlugin: a pod without an IP fails only when its namespace is enrol
 
 t.test('runCniPlugin: the agent\'s refusals map to CNI codes', async (t) => {
   const cases: [string, number, RegExp][] = [
-    ['not-ready', 11, /cannot capture it yet: rules pending; the runtime will retry/],
+    ['not-ready', 11, /^the Ambit agent is not ready for pod demo\/web-1: rules pending; the runtime will retry$/],
     ['rules-missing', 101, /redirect rules are missing/],
     ['internal', 100, /the Ambit agent refused pod demo\/web-1: rules pending/],
     ['bad-request', 100, /refused/],
@@ -492,7 +492,7 @@ t.test('ADD the agent refuses fails with its message', async (t) => {
 t.test('ADD the agent is not ready for fails with "try again later"', async (t) => {
   const n = await makeNode(t);
   await n.agent({ version: CNI_PROTOCOL_VERSION, ok: false, error: { code: 'not-ready', message: 'the agent has not reconciled yet' } });
-  expectCniError(t, await node(n.env(), n.config()), 11, /pod demo\/web-1 .* not reconciled yet; the runtime will retry/);
+  expectCniError(t, await node(n.env(), n.config()), 11, /^the Ambit agent is not ready for pod demo\/web-1: the agent has not reconciled yet; the runtime will retry$/);
 });
 
 t.test('ADD with the agent down and the namespace enrolled: try again later', async (t) => {

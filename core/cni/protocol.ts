@@ -54,7 +54,10 @@ export type CniErrorCode =
   | 'bad-request'
   /** The client speaks a version this agent does not. */
   | 'unsupported-version'
-  /** The pod is enrolled but the agent could not decide or install its rules (the plugin fails ADD). */
+  /**
+   * The agent cannot answer for the pod yet (its pod object or the first full sync of the cluster state has not
+   * arrived), or the pod is enrolled and its rules could not be installed: the plugin fails ADD, the runtime retries.
+   */
   | 'not-ready'
   /** CHECK: the pod is enrolled but its rules are not in place. */
   | 'rules-missing'
