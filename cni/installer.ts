@@ -22,6 +22,8 @@ export interface PluginEntryOptions {
   /** The agent's persistent enrollment file; the plugin's default when absent. */
   enrollmentFile?: string;
   agentTimeoutMs?: number;
+  /** The agent's `--root-namespace`, whose pods the plugin never holds back; the plugin's default when absent. */
+  rootNamespace?: string;
 }
 
 export interface InstallerOptions extends PluginEntryOptions {
@@ -47,6 +49,7 @@ export function pluginEntry(options: PluginEntryOptions): Record<string, unknown
     agentSocket: options.agentSocket,
     ...(options.enrollmentFile === undefined ? {} : { enrollmentFile: options.enrollmentFile }),
     ...(options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs }),
+    ...(options.rootNamespace === undefined ? {} : { rootNamespace: options.rootNamespace }),
   };
 }
 
