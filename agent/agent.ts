@@ -133,6 +133,7 @@ export class Agent {
         : new CniHandler({
             store: parts.store,
             nodeName: parts.config.nodeName,
+            rootNamespace: parts.config.rootNamespace,
             runDir,
             stateDir,
             reconcileNow: () => this.#reconcileNow(),

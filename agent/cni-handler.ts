@@ -1,5 +1,4 @@
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import {
   CNI_PROTOCOL_VERSION,
@@ -20,6 +19,7 @@ import {
   type PodNetwork,
   type WorkloadStore,
 } from '../core/discovery/index.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
 import { errnoCode } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 
@@ -27,7 +27,8 @@ import type { Logger } from '../core/log.js';
 export const POD_NETWORKS_FILE_NAME = 'cni-pods.json';
 /**
  * How long ADD waits for the pod object of an enrolled namespace to reach the agent's store (the runtime asks as soon
- * as the kubelet has the pod; the agent's watch may be a moment behind). Then ADD fails and the runtime retries.
+ * as the kubelet has the pod; the agent's watch may be a moment behind), or for the store's first full sync when
+ * the namespace is unknown. Then ADD fails and the runtime retries.
  */
 export const CNI_POD_WAIT_MS = 2_000;
 
@@ -35,13 +36,33 @@ export type EnrollmentDecision =
   | { readonly kind: 'enrolled'; readonly reason: string }
   | { readonly kind: 'not-enrolled'; readonly reason: string }
   /** The namespace enrolls its pods but this pod's object (labels, node) is not known yet. */
-  | { readonly kind: 'pod-unknown'; readonly reason: string };
+  | { readonly kind: 'pod-unknown'; readonly reason: string }
+  /** The namespace is not known, and the store has not had its first full sync: it may just not have arrived. */
+  | { readonly kind: 'not-synced'; readonly reason: string };
+
+/** What the agent knows about a pod the runtime is creating. */
+export interface EnrollmentFacts {
+  readonly namespaceName: string;
+  readonly podName: string;
+  readonly namespace: NamespaceInfo | undefined;
+  readonly pod: PodInfo | undefined;
+  /** The store's first full sync is done: an unknown namespace is then one that does not exist. */
+  readonly synced: boolean;
+  /** The mesh's own namespace (`--root-namespace`). */
+  readonly rootNamespace: string;
+}
 
 /**
  * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
- * same rule as the store's `isWorkloadEnrolled`, with the reason spelled out and "not known yet" kept apart.
+ * same rule as the store's `isWorkloadEnrolled`, with the reason spelled out and "not known yet" kept apart. The
+ * mesh's own namespace comes first: its pods (the controller, waypoints) must always start, synced or not.
  */
-export function decideEnrollment(namespaceName: string, namespace: NamespaceInfo | undefined, pod: PodInfo | undefined, podName: string): EnrollmentDecision {
+export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
+  const { namespaceName, podName, namespace, pod } = facts;
+  if (namespaceName === facts.rootNamespace) return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is the mesh's own (--root-namespace): its pods are never enrolled` };
+  if (namespace === undefined && !facts.synced) {
+    return { kind: 'not-synced', reason: `namespace ${namespaceName} is not known to the agent yet: it has not finished reading the cluster state (its first full sync)` };
+  }
   if (!isNamespaceEnrolled(namespace)) {
     const reason = namespace === undefined ? `namespace ${namespaceName} is not known to the agent` : `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled`;
     return { kind: 'not-enrolled', reason };
@@ -54,9 +75,16 @@ export function decideEnrollment(namespaceName: string, namespace: NamespaceInfo
   return { kind: 'enrolled', reason: `namespace ${namespaceName} has ${label}` };
 }
 
+/** Decisions that may change once the store has more: ADD waits a moment for them before it says "try again". */
+function isPending(decision: EnrollmentDecision): boolean {
+  return decision.kind === 'pod-unknown' || decision.kind === 'not-synced';
+}
+
 export interface CniHandlerOptions {
   store: WorkloadStore;
   nodeName: string;
+  /** The mesh's own namespace (`--root-namespace`): never enrolled, never held back. */
+  rootNamespace: string;
   /** Where the pod-network record lives (the CNI socket's folder, in /var/run: a reboot must forget it). */
   runDir: string;
   /** Where the enrollment file lives (persistent: after a reboot it is the plugin's only guide until the agent is up). */
@@ -128,13 +156,15 @@ export class CniHandler {
 
   /**
    * Writes the enrollment file when the set of enrolled namespaces changed: the plugin's only guide when the agent
-   * is down. Called after each reconcile.
+   * is down. Called after each reconcile. Not before the store's first full sync: a partial view would replace the
+   * last complete one with a list missing namespaces that are enrolled.
    */
   async writeEnrollmentSnapshot(): Promise<void> {
-    const { store, stateDir } = this.#options;
+    const { store, stateDir, rootNamespace } = this.#options;
+    if (!store.synced) return;
     const enrolledNamespaces = store
       .namespaces()
-      .filter((ns) => isNamespaceEnrolled(ns))
+      .filter((ns) => ns.name !== rootNamespace && isNamespaceEnrolled(ns))
       .map((ns) => ns.name)
       .sort();
     const key = enrolledNamespaces.join(',');
@@ -148,8 +178,8 @@ export class CniHandler {
     const { store, log } = this.#options;
     const ips = canonicalIps(pod);
     let decision = this.#decide(pod);
-    if (decision.kind === 'pod-unknown') decision = await this.#waitForPod(pod);
-    if (decision.kind === 'pod-unknown') throw new CniProtocolError('not-ready', `${decision.reason}; try again`);
+    if (isPending(decision)) decision = await this.#waitForStore(pod);
+    if (isPending(decision)) throw new CniProtocolError('not-ready', `${decision.reason}; try again`);
     if (decision.kind === 'not-enrolled') {
       log.info({ pod: `${pod.namespace}/${pod.name}`, reason: decision.reason }, 'CNI ADD: pod is not in the mesh');
       return this.#ok({ enrolled: false, reason: decision.reason });
@@ -189,7 +219,7 @@ export class CniHandler {
 
   async #check(pod: CniPod): Promise<CniResponse> {
     const decision = this.#decide(pod);
-    if (decision.kind === 'pod-unknown') throw new CniProtocolError('not-ready', decision.reason);
+    if (isPending(decision)) throw new CniProtocolError('not-ready', decision.reason);
     if (decision.kind === 'not-enrolled') return this.#ok({ enrolled: false, reason: decision.reason });
     const missing: string[] = [];
     for (const ip of canonicalIps(pod)) if (!(await this.#options.ruleInPlace(ip))) missing.push(ip);
@@ -198,11 +228,19 @@ export class CniHandler {
   }
 
   #decide(pod: CniPod): EnrollmentDecision {
-    const { store } = this.#options;
-    return decideEnrollment(pod.namespace, store.namespace(pod.namespace), store.pod(pod.namespace, pod.name), pod.name);
+    const { store, rootNamespace } = this.#options;
+    return decideEnrollment({
+      namespaceName: pod.namespace,
+      podName: pod.name,
+      namespace: store.namespace(pod.namespace),
+      pod: store.pod(pod.namespace, pod.name),
+      synced: store.synced,
+      rootNamespace,
+    });
   }
 
-  #waitForPod(pod: CniPod): Promise<EnrollmentDecision> {
+  /** The decision once the store has what it lacked (the pod, or the first full sync), or as it stands at the deadline. */
+  #waitForStore(pod: CniPod): Promise<EnrollmentDecision> {
     const { store } = this.#options;
     return new Promise((resolve) => {
       const finish = () => {
@@ -211,7 +249,7 @@ export class CniHandler {
         resolve(this.#decide(pod));
       };
       const onChange = () => {
-        if (this.#decide(pod).kind !== 'pod-unknown') finish();
+        if (!isPending(this.#decide(pod))) finish();
       };
       const timer = setTimeout(finish, this.#options.podWaitMs ?? CNI_POD_WAIT_MS);
       store.on('change', onChange);
@@ -223,18 +261,11 @@ export class CniHandler {
     return this.#write(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), JSON.stringify({ version: CNI_PROTOCOL_VERSION, pods }), 0o600);
   }
 
-  /** Write-then-rename, one at a time, so a reader (or a crash) never sees half a file. */
+  /** One write at a time, each atomic and on disk when it resolves, so a reader (or a power loss) never sees half a file. */
   #write(path: string, text: string, mode: number): Promise<void> {
     const write = async () => {
       await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-      const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
-      try {
-        await writeFile(tmp, text, { mode });
-        await rename(tmp, path);
-      } catch (err) {
-        await rm(tmp, { force: true });
-        throw err;
-      }
+      await writeFileAtomic(path, text, { mode });
     };
     const result = this.#writes.then(write);
     this.#writes = result.catch(() => undefined);

@@ -110,6 +110,7 @@ Options (each also as an environment variable):
   --state-dir DIR        persistent enrollment file folder     AMBIT_STATE_DIR (default ${DEFAULT_AGENT_STATE_DIR})
   --no-cni               no CNI socket (implied by --no-rules) AMBIT_NO_CNI=1
   --root-namespace NS    policies here apply mesh-wide         AMBIT_ROOT_NAMESPACE (default ${DEFAULT_ROOT_NAMESPACE})
+                         and its pods are never enrolled nor held back at CNI ADD
   --istio-api            read security.istio.io policies too   AMBIT_ISTIO_API=1
   --remove-rules-on-exit remove the rules on a clean shutdown  AMBIT_REMOVE_RULES_ON_EXIT=1
                          (default: they stay, so traffic is refused while the agent restarts)

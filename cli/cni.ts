@@ -3,7 +3,8 @@
  * with --watch), or takes it out and has the agent remove every rule, so the node returns to plain networking.
  */
 import { access, constants } from 'node:fs/promises';
-import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE } from '../core/cni/index.js';
+import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE, isNamespaceName } from '../core/cni/index.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
 import { AmbitError } from '../core/errors.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
 import { createLogger } from '../core/log.js';
@@ -33,6 +34,8 @@ Options:
   --enrollment-file PATH the agent's enrollment file (its         (default ${DEFAULT_ENROLLMENT_FILE})
                          --state-dir), read when it is down
   --agent-timeout-ms N   how long ADD waits for the agent         (plugin default 5000)
+  --root-namespace NS    the agent's --root-namespace: its pods   (plugin default ${DEFAULT_ROOT_NAMESPACE})
+                         are never enrolled and never wait
   --plugin PATH          the executable to install                (default: the single-executable build,
                                                                    built on first use)
   --watch                install: keep the plugin chained until SIGTERM/SIGINT
@@ -55,6 +58,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     'agent-socket': { type: 'string' },
     'enrollment-file': { type: 'string' },
     'agent-timeout-ms': { type: 'string' },
+    'root-namespace': { type: 'string' },
     plugin: { type: 'string' },
     watch: { type: 'boolean' },
     'iptables-backend': { type: 'string' },
@@ -80,6 +84,8 @@ export async function runCniCommand(argv: string[]): Promise<number> {
       throw usageError(`--agent-timeout-ms ${values['agent-timeout-ms']} is not a whole number from 100 to 60000`);
     }
   }
+  const rootNamespace = values['root-namespace'];
+  if (rootNamespace !== undefined && !isNamespaceName(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name`);
   const backend = values['iptables-backend'] ?? 'auto';
   if (!['auto', 'nft', 'legacy'].includes(backend)) throw usageError(`--iptables-backend ${backend} is not one of auto, nft, legacy`);
   const logLevel = values['log-level'] ?? 'info';
@@ -97,7 +103,16 @@ export async function runCniCommand(argv: string[]): Promise<number> {
   await access(pluginBinary, constants.X_OK).catch((err: unknown) => {
     throw new AmbitError('CNI_INSTALL_FAILED', `the plugin ${pluginBinary} is not an executable file: ${(err as Error).message}`);
   });
-  const options: InstallerOptions = { confDir, binDir, agentSocket, enrollmentFile, pluginBinary, log, ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }) };
+  const options: InstallerOptions = {
+    confDir,
+    binDir,
+    agentSocket,
+    enrollmentFile,
+    pluginBinary,
+    log,
+    ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }),
+    ...(rootNamespace === undefined ? {} : { rootNamespace }),
+  };
   const result = await installCni(options);
   process.stdout.write(`ambit-cni chained in ${result.file} (${result.change})\n`);
   if (!values.watch) return 0;

@@ -1,12 +1,12 @@
 /**
  * The installer: puts the `ambit-cni` executable in the node's CNI bin folder and chains it after the primary
- * plugin in the node's CNI configuration, and takes both away again. Every write is write-then-rename in the same
- * folder, so the container runtime, which reads the configuration for each pod, never sees half a file.
+ * plugin in the node's CNI configuration, and takes both away again. Every write goes through writeFileAtomic, so
+ * the container runtime, which reads the configuration for each pod, never sees half a file, nor after a crash.
  */
-import { randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { chmod, copyFile, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../core/atomic-file.js';
 import { AmbitError, errnoCode } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 
@@ -22,6 +22,8 @@ export interface PluginEntryOptions {
   /** The agent's persistent enrollment file; the plugin's default when absent. */
   enrollmentFile?: string;
   agentTimeoutMs?: number;
+  /** The agent's `--root-namespace`, whose pods the plugin never holds back; the plugin's default when absent. */
+  rootNamespace?: string;
 }
 
 export interface InstallerOptions extends PluginEntryOptions {
@@ -47,6 +49,7 @@ export function pluginEntry(options: PluginEntryOptions): Record<string, unknown
     agentSocket: options.agentSocket,
     ...(options.enrollmentFile === undefined ? {} : { enrollmentFile: options.enrollmentFile }),
     ...(options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs }),
+    ...(options.rootNamespace === undefined ? {} : { rootNamespace: options.rootNamespace }),
   };
 }
 
@@ -97,13 +100,9 @@ export async function installBinary(source: string, binDir: string): Promise<boo
   const target = join(binDir, AMBIT_PLUGIN_TYPE);
   const [from, to] = await Promise.all([stat(source), stat(target).catch(() => undefined)]);
   if (to !== undefined && to.size === from.size && (await sameContent(source, target))) return false;
-  const tmp = join(binDir, `.${AMBIT_PLUGIN_TYPE}.${randomBytes(4).toString('hex')}.tmp`);
   try {
-    await copyFile(source, tmp);
-    await chmod(tmp, 0o755);
-    await rename(tmp, target);
+    await writeFileAtomic(target, await readFile(source), { mode: 0o755 });
   } catch (err) {
-    await rm(tmp, { force: true });
     throw new AmbitError('CNI_INSTALL_FAILED', `cannot install ${source} as ${target}: ${(err as Error).message}`, { cause: err });
   }
   return true;
@@ -240,23 +239,13 @@ function format(config: Record<string, unknown>): string {
   return `${JSON.stringify(config, null, 2)}\n`;
 }
 
-/** Write-then-rename beside the target (same filesystem), keeping the original file's mode; fsynced before rename. */
+/** Replaces `target` atomically and durably, with the mode of `modeFrom` (the file it replaces). */
 async function writeAtomically(target: string, text: string, modeFrom: string): Promise<void> {
   const mode = (await stat(modeFrom).catch(() => undefined))?.mode ?? 0o644;
-  // A name the runtime ignores (no .conf/.conflist/.json ending) while it is being written.
-  const tmp = join(target, '..', `.${basename(target)}.${randomBytes(4).toString('hex')}.tmp`);
   try {
-    const handle = await open(tmp, 'w', mode & 0o777);
-    try {
-      await handle.writeFile(text);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, target);
+    await writeFileAtomic(target, text, { mode: mode & 0o777 });
   } catch (err) {
-    await rm(tmp, { force: true });
-    throw new AmbitError('CNI_INSTALL_FAILED', `cannot write ${target}: ${(err as Error).message}`, { cause: err });
+    throw new AmbitError('CNI_INSTALL_FAILED', (err as Error).message, { cause: err });
   }
 }
 

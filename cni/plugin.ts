@@ -19,7 +19,8 @@
  * | 5   | stdin could not be read, or was not closed within STDIN_TIMEOUT_MS |
  * | 6   | stdin is not a JSON object, or is larger than STDIN_LIMIT |
  * | 7   | invalid config: cniVersion/name/type missing, bad agentSocket/agentTimeoutMs, prevResult missing or malformed |
- * | 11  | try again later: the agent is not ready for an enrolled pod, or cannot be reached and the namespace is enrolled |
+ * | 11  | try again later: the agent is not ready for an enrolled pod (or has not read the cluster state yet), or cannot be |
+ * |     | reached and the enrollment file says the namespace is enrolled or cannot be read or parsed                       |
  * | 100 | the agent refused the pod (bad request, protocol version skew, internal error); its message is in `msg` |
  * | 101 | CHECK: the pod is enrolled but its redirect rules are missing |
  * | 102 | the pod's namespace is enrolled but prevResult lists no pod IP to capture |
@@ -28,10 +29,12 @@
 import path from 'node:path';
 import { SocketAddress, isIP } from 'node:net';
 import { AmbitError } from '../core/errors.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
 import {
   CNI_PROTOCOL_VERSION,
   DEFAULT_CNI_SOCKET,
   DEFAULT_ENROLLMENT_FILE,
+  isNamespaceName,
   parseEnrollmentSnapshot,
   type CniPod,
   type CniRequest,
@@ -108,6 +111,8 @@ export interface PluginConfig {
   readonly agentTimeoutMs: number;
   /** The agent's enrollment file (persistent), read only when the agent cannot be reached. */
   readonly enrollmentFile: string;
+  /** The mesh's own namespace (the agent's `--root-namespace`): its pods are never enrolled and never wait. */
+  readonly rootNamespace: string;
   /** The primary plugin's result, as the runtime passed it (0.4.0+ on DEL too; required for ADD and CHECK). */
   readonly prevResult: Readonly<Record<string, unknown>> | undefined;
 }
@@ -270,9 +275,13 @@ export function parseNetworkConfig(stdin: StdinContent): PluginConfig {
   if (typeof enrollmentFile !== 'string' || !path.isAbsolute(enrollmentFile) || enrollmentFile.includes('\0')) {
     throw invalidConfig(`"enrollmentFile" must be an absolute path, got ${JSON.stringify(enrollmentFile)?.slice(0, 80)}`);
   }
+  const rootNamespace = value.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
+  if (typeof rootNamespace !== 'string' || !isNamespaceName(rootNamespace)) {
+    throw invalidConfig(`"rootNamespace" must be a namespace name, got ${JSON.stringify(rootNamespace)?.slice(0, 80)}`);
+  }
   const prevResult = value.prevResult;
   if (prevResult !== undefined && !isObject(prevResult)) throw invalidConfig('"prevResult" is not an object');
-  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, prevResult };
+  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, rootNamespace, prevResult };
 }
 
 function invalidConfig(problem: string): CniPluginError {
@@ -367,6 +376,9 @@ async function enrollPod(command: 'ADD' | 'CHECK', config: PluginConfig, pod: Cn
   if (pod.ips.length === 0) {
     // The agent captures by IP and refuses a pod without one; only the enrollment file can tell whether that matters.
     const enrollment = await lookUpEnrollment(config, pod, io);
+    if (enrollment.enrolled === 'unknown') {
+      throw new CniPluginError('CNI_TRY_AGAIN_LATER', `cannot tell whether pod ${podName} is in the mesh: the previous plugin's result lists no IP for its interface and ${enrollment.details}; the runtime will retry`, { details: enrollment.details });
+    }
     if (enrollment.enrolled) {
       throw new CniPluginError('CNI_NO_POD_IP', `pod ${podName} is in the mesh (namespace ${pod.namespace} is enrolled) but the previous plugin's result lists no IP for its interface, so its traffic cannot be captured`, { details: enrollment.details });
     }
@@ -379,6 +391,13 @@ async function enrollPod(command: 'ADD' | 'CHECK', config: PluginConfig, pod: Cn
   } catch (err) {
     const problem = err instanceof Error ? err.message : String(err);
     const enrollment = await lookUpEnrollment(config, pod, io, problem);
+    if (enrollment.enrolled === 'unknown') {
+      throw new CniPluginError(
+        'CNI_TRY_AGAIN_LATER',
+        `cannot tell whether pod ${podName} is in the mesh: the Ambit agent at ${config.agentSocket} did not answer (${problem}) and ${enrollment.details}; the runtime will retry`,
+        { details: enrollment.details, cause: err },
+      );
+    }
     if (enrollment.enrolled) {
       throw new CniPluginError(
         'CNI_TRY_AGAIN_LATER',
@@ -396,7 +415,7 @@ export function agentRefusal(podName: string, error: { readonly code: string; re
   const details = `agent error code ${error.code}${error.supportedVersions ? `; the agent speaks protocol versions ${error.supportedVersions.join(', ')}, this plugin ${CNI_PROTOCOL_VERSION}` : ''}`;
   switch (error.code) {
     case 'not-ready':
-      return new CniPluginError('CNI_TRY_AGAIN_LATER', `pod ${podName} is in the mesh but the Ambit agent cannot capture it yet: ${error.message}; the runtime will retry`, { details });
+      return new CniPluginError('CNI_TRY_AGAIN_LATER', `the Ambit agent is not ready for pod ${podName}: ${error.message}; the runtime will retry`, { details });
     case 'rules-missing':
       return new CniPluginError('CNI_RULES_MISSING', `pod ${podName} is in the mesh but its redirect rules are missing: ${error.message}`, { details });
     default:
@@ -405,35 +424,43 @@ export function agentRefusal(podName: string, error: { readonly code: string; re
 }
 
 export interface EnrollmentVerdict {
-  readonly enrolled: boolean;
-  /** For the CNI error's `details`: which file said so and when it was written. */
+  /**
+   * `'unknown'` when the file exists but cannot be read or parsed: it may be the file a power loss emptied, of a
+   * node whose pods are enrolled, so the plugin cannot tell and fails ADD (the runtime retries).
+   */
+  readonly enrolled: boolean | 'unknown';
+  /** For the CNI error's `details`: which file said so and when it was written, or what is wrong with it. */
   readonly details: string;
-  /** When the verdict is a guess (no file, or an unreadable one), the line for stderr. */
+  /** When the pod starts on a guess (no file: no agent has written one on this node yet), the line for stderr. */
   readonly warning?: string;
 }
 
 /**
- * Whether `namespace` is enrolled, from the enrollment file alone: the agent's last word, kept next to its socket.
- * No file, or one that cannot be read, means "not enrolled" with a warning: the plugin cannot tell an enrolled pod
- * from any other, and failing every pod on the node until the agent comes would break pods outside the mesh.
+ * Whether `namespace` is enrolled, from the enrollment file alone: the agent's last word, kept on persistent
+ * storage. No file means no agent has written one on this node (a new node, or `ambit cni uninstall` removed it),
+ * so no pod here has been captured yet: "not enrolled", with a warning. A file that exists but cannot be read or
+ * parsed is "unknown": an agent did write it, and it may be what a power loss left of one that listed this namespace.
  */
 export function decideEnrollment(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
-  if (readError !== undefined || text === undefined) {
-    const why = readError !== undefined ? `cannot be read (${readError instanceof Error ? readError.message : String(readError)})` : 'does not exist (the agent has not run on this node since it booted)';
-    return { enrolled: false, details: `${file} ${why}`, warning: `${file} ${why}` };
+  if (readError !== undefined) {
+    return { enrolled: 'unknown', details: `${file} cannot be read (${readError instanceof Error ? readError.message : String(readError)})` };
+  }
+  if (text === undefined) {
+    const why = `${file} does not exist (no Ambit agent has written it on this node yet)`;
+    return { enrolled: false, details: why, warning: why };
   }
   let snapshot;
   try {
     snapshot = parseEnrollmentSnapshot(text);
   } catch (err) {
-    const why = `is not an enrollment file (${(err as Error).message})`;
-    return { enrolled: false, details: `${file} ${why}`, warning: `${file} ${why}` };
+    return { enrolled: 'unknown', details: `${file} is not an enrollment file (${(err as Error).message})` };
   }
   return { enrolled: snapshot.enrolledNamespaces.includes(namespace), details: `enrollment file ${file} written ${snapshot.written || 'at an unknown time'}` };
 }
 
-
 async function lookUpEnrollment(config: PluginConfig, pod: CniPod, io: PluginIo, agentProblem?: string): Promise<EnrollmentVerdict> {
+  // The mesh's own pods (the controller, waypoints) must start whatever the state of the node: never enrolled.
+  if (pod.namespace === config.rootNamespace) return { enrolled: false, details: `namespace ${pod.namespace} is the mesh's own (rootNamespace), never enrolled` };
   const file = config.enrollmentFile;
   let verdict: EnrollmentVerdict;
   try {

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { CniHandler, decideEnrollment } from '../agent/cni-handler.js';
+import { CniHandler, decideEnrollment, type EnrollmentFacts } from '../agent/cni-handler.js';
 import { CniServer } from '../agent/cni-server.js';
 import { CNI_PROTOCOL_VERSION, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
 import { convertObject, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type PodInfo } from '../core/discovery/index.js';
@@ -131,7 +131,7 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
   const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
   const istio = { name: 'a', labels: { [ISTIO_DATAPLANE_LABEL]: 'ambient' } };
   const plain = { name: 'a', labels: {} };
-  const cases: Array<[string, Parameters<typeof decideEnrollment>[1], PodInfo | undefined, string, RegExp]> = [
+  const cases: Array<[string, EnrollmentFacts['namespace'], PodInfo | undefined, string, RegExp]> = [
     ['namespace enrolled', enrolled, podInfo(), 'enrolled', /namespace a has ambit.dev\/mode=enabled/],
     ['istio label', istio, podInfo(), 'enrolled', /istio.io\/dataplane-mode=ambient/],
     ['namespace not labelled', plain, podInfo(), 'not-enrolled', /not labelled/],
@@ -143,10 +143,66 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
     ['pod not seen, namespace plain', plain, undefined, 'not-enrolled', /not labelled/],
   ];
   for (const [what, namespace, pod, kind, reason] of cases) {
-    const decision = decideEnrollment('a', namespace, pod, 'p');
+    const decision = decideEnrollment({ namespaceName: 'a', podName: 'p', namespace, pod, synced: true, rootNamespace: 'ambit-system' });
     t.equal(decision.kind, kind, what);
     t.match(decision.reason, reason, `${what}: reason`);
   }
+});
+
+t.test('enrollment decisions before the first full sync, and in the root namespace', async (t) => {
+  const pod = convertObject(podObject('p', 'a'), 'cluster.local');
+  if (pod.kind !== 'Pod') throw new Error('pod');
+  const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
+  const decide = (namespaceName: string, namespace: EnrollmentFacts['namespace'], synced: boolean, rootNamespace = 'ambit-system') =>
+    decideEnrollment({ namespaceName, podName: 'p', namespace, pod: pod.object, synced, rootNamespace });
+  t.match(decide('a', undefined, false), { kind: 'not-synced', reason: /namespace a is not known to the agent yet: .*first full sync/ }, 'unknown before the sync: not ready');
+  t.match(decide('a', undefined, true), { kind: 'not-enrolled', reason: /namespace a is not known to the agent$/ }, 'unknown after the sync: not enrolled');
+  t.match(decide('a', enrolled, false), { kind: 'enrolled' }, 'a known namespace needs no sync');
+  const root = { name: 'ambit-system', labels: { [ENROLL_LABEL]: 'enabled' } };
+  for (const synced of [false, true]) {
+    t.match(decide('ambit-system', undefined, synced), { kind: 'not-enrolled', reason: /the mesh's own \(--root-namespace\)/ }, `root namespace unknown, synced ${synced}: never waits`);
+    t.match(decide('ambit-system', root, synced), { kind: 'not-enrolled' }, `root namespace labelled, synced ${synced}: never enrolled`);
+  }
+  t.match(decide('ambit-system', root, true, 'mesh-system'), { kind: 'enrolled' }, 'another root namespace: ambit-system is an ordinary namespace');
+});
+
+t.test('before the first full sync: an unknown namespace waits for it, the snapshot is not written, the root namespace never waits', async (t) => {
+  const dir = await tempDir(t);
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')], 'node1', { synced: false });
+  const handler: CniHandler = new CniHandler({
+    store,
+    nodeName: 'node1',
+    rootNamespace: 'ambit-system',
+    runDir: dir,
+    stateDir: dir,
+    reconcileNow: () => handler.writeEnrollmentSnapshot(),
+    ruleInPlace: async () => true,
+    uninstall: async () => {},
+    ready: () => true,
+    log: silentLogger(),
+    podWaitMs: 200,
+  });
+  const pod = (name: string, namespace: string, ip: string) => ({ namespace, name, containerId: 'c1', ips: [ip] });
+  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'team', '10.244.1.7') }), { code: 'not-ready', message: /namespace team is not known to the agent yet.*first full sync.*; try again$/ });
+  await t.rejects(handler.handle({ version: 1, op: 'check', pod: pod('late', 'team', '10.244.1.7') }), { code: 'not-ready' }, 'CHECK too');
+  t.same(await handler.handle({ version: 1, op: 'add', pod: pod('ctl', 'ambit-system', '10.244.1.8') }), { version: 1, ok: true, enrolled: false, reason: "namespace ambit-system is the mesh's own (--root-namespace): its pods are never enrolled" });
+  t.same(await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', '10.244.1.5') }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' }, 'a pod of a known namespace needs no sync');
+  await t.rejects(stat(join(dir, 'enrollment.json')), { code: 'ENOENT' }, 'no enrollment file from a partial view');
+
+  // An ADD waiting for the sync is answered when it comes, not at its deadline.
+  const waiting = handler.handle({ version: 1, op: 'add', pod: pod('late', 'team', '10.244.1.7') });
+  store.markSynced();
+  t.same(await waiting, { version: 1, ok: true, enrolled: false, reason: 'namespace team is not known to the agent' }, 'after the sync an unknown namespace is not enrolled');
+  await handler.writeEnrollmentSnapshot();
+  t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh'], 'written once synced');
+});
+
+t.test('the enrollment file never lists the root namespace', async (t) => {
+  const dir = await tempDir(t);
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' })]);
+  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  await handler.writeEnrollmentSnapshot();
+  t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh']);
 });
 
 t.test('ADD records the network and answers after the reconcile; DEL and CHECK; restart restores; uninstall', async (t) => {
@@ -157,6 +213,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const handler = new CniHandler({
     store,
     nodeName: 'node1',
+    rootNamespace: 'ambit-system',
     runDir: dir,
     stateDir: dir,
     reconcileNow: async () => {
@@ -202,11 +259,11 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
 
   // A restart: a new store (the pod still Pending, so only the record knows its IP) and a new handler.
   const store2 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')]);
-  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler2.restore(), 1);
   t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
 
   t.same(await handler.handle({ version: 1, op: 'del', pod: pod('web', 'mesh', [], 'another-sandbox') }), { version: 1, ok: true, reason: 'pod network removed' });

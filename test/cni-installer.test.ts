@@ -33,6 +33,11 @@ async function setUp(t: Test): Promise<InstallerOptions & { root: string }> {
   return { root, confDir, binDir, pluginBinary, agentSocket: '/var/run/ambit/cni.sock', log: silentLogger() };
 }
 
+t.test('the plugin entry carries the root namespace only when one is given (the plugin defaults to ambit-system)', async (t) => {
+  t.same(ENTRY, { type: 'ambit-cni', agentSocket: '/var/run/ambit/cni.sock' });
+  t.same(pluginEntry({ agentSocket: '/s', rootNamespace: 'mesh-system' }), { type: 'ambit-cni', agentSocket: '/s', rootNamespace: 'mesh-system' });
+});
+
 t.test('withPlugin: appended last, moved last, updated, or left alone', async (t) => {
   const added = withPlugin(conflist([bridge]), 'f', ENTRY);
   t.same(JSON.parse(added!.text).plugins, [bridge, ENTRY], 'appended after the primary');

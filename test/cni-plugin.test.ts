@@ -4,7 +4,8 @@
  */
 import t, { type Test } from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -118,7 +119,16 @@ const stdinOf = (value: unknown): { data: Buffer; overLimit: boolean } => ({ dat
 
 t.test('network config: defaults, and the exact code for each kind of mistake', async (t) => {
   const config = parseNetworkConfig(stdinOf({ cniVersion: '1.0.0', name: 'k8s', type: 'ambit-cni', unknownKey: true }));
-  t.same(config, { cniVersion: '1.0.0', name: 'k8s', type: 'ambit-cni', agentSocket: '/var/run/ambit/cni.sock', agentTimeoutMs: 5000, enrollmentFile: '/var/lib/ambit/enrollment.json', prevResult: undefined });
+  t.same(config, {
+    cniVersion: '1.0.0',
+    name: 'k8s',
+    type: 'ambit-cni',
+    agentSocket: '/var/run/ambit/cni.sock',
+    agentTimeoutMs: 5000,
+    enrollmentFile: '/var/lib/ambit/enrollment.json',
+    rootNamespace: 'ambit-system',
+    prevResult: undefined,
+  });
   const base = { cniVersion: '1.0.0', name: 'k8s', type: 'ambit-cni' };
   const cases: [string, unknown, number, RegExp][] = [
     ['not JSON', '{"cniVersion":', 6, /not valid JSON/],
@@ -134,6 +144,7 @@ t.test('network config: defaults, and the exact code for each kind of mistake', 
     ['agentTimeoutMs not an integer', { ...base, agentTimeoutMs: 1000.5 }, 7, /"agentTimeoutMs"/],
     ['agentTimeoutMs a string', { ...base, agentTimeoutMs: '5000' }, 7, /"agentTimeoutMs"/],
     ['prevResult a list', { ...base, prevResult: [] }, 7, /"prevResult" is not an object/],
+    ['rootNamespace not a namespace name', { ...base, rootNamespace: 'Ambit_System' }, 7, /"rootNamespace" must be a namespace name, got "Ambit_System"/],
   ];
   for (const [name, value, cniCode, message] of cases) {
     t.throws(() => parseNetworkConfig(stdinOf(value)), { cniCode, message }, name);
@@ -152,9 +163,10 @@ t.test('enrollment file verdicts', async (t) => {
   const snapshot = JSON.stringify({ version: 1, written: '2025-01-01T00:00:00Z', enrolledNamespaces: ['demo'] });
   t.match(decideEnrollment('demo', file, snapshot), { enrolled: true, details: /written 2025-01-01/, warning: undefined });
   t.match(decideEnrollment('other', file, snapshot), { enrolled: false, warning: undefined });
-  t.match(decideEnrollment('demo', file, undefined), { enrolled: false, warning: /does not exist/ });
-  t.match(decideEnrollment('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: false, warning: /is not an enrollment file/ });
-  t.match(decideEnrollment('demo', file, undefined, new Error('EACCES')), { enrolled: false, warning: /cannot be read \(EACCES\)/ });
+  t.match(decideEnrollment('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
+  t.match(decideEnrollment('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
+  t.match(decideEnrollment('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
+  t.match(decideEnrollment('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
 });
 
 /** Stub I/O: each part unused by a case throws, the linkerd "must not be called" stub. */
@@ -239,13 +251,15 @@ t.test('runCniPlugin: a pod without an IP fails only when its namespace is enrol
   const enrolled = JSON.stringify({ version: 1, written: 'now', enrolledNamespaces: ['demo'] });
   const failed = await runCniPlugin(addEnv(), stubIo({ stdin: noIp, readEnrollmentFile: async () => enrolled }));
   t.match(parseOut(failed.stdout), { code: 102, msg: /pod demo\/web-1 is in the mesh .* lists no IP/ });
+  const unknown = await runCniPlugin(addEnv(), stubIo({ stdin: noIp, readEnrollmentFile: async () => '' }));
+  t.match(parseOut(unknown.stdout), { code: 11, msg: /^cannot tell whether pod demo\/web-1 is in the mesh: .* lists no IP .* is not an enrollment file/ }, 'an empty file: cannot tell, retry');
   const passed = await runCniPlugin(addEnv(), stubIo({ stdin: noIp, readEnrollmentFile: async () => enrolled.replace('demo', 'other') }));
   t.equal(passed.exitCode, 0);
 });
 
 t.test('runCniPlugin: the agent\'s refusals map to CNI codes', async (t) => {
   const cases: [string, number, RegExp][] = [
-    ['not-ready', 11, /cannot capture it yet: rules pending; the runtime will retry/],
+    ['not-ready', 11, /^the Ambit agent is not ready for pod demo\/web-1: rules pending; the runtime will retry$/],
     ['rules-missing', 101, /redirect rules are missing/],
     ['internal', 100, /the Ambit agent refused pod demo\/web-1: rules pending/],
     ['bad-request', 100, /refused/],
@@ -492,7 +506,7 @@ t.test('ADD the agent refuses fails with its message', async (t) => {
 t.test('ADD the agent is not ready for fails with "try again later"', async (t) => {
   const n = await makeNode(t);
   await n.agent({ version: CNI_PROTOCOL_VERSION, ok: false, error: { code: 'not-ready', message: 'the agent has not reconciled yet' } });
-  expectCniError(t, await node(n.env(), n.config()), 11, /pod demo\/web-1 .* not reconciled yet; the runtime will retry/);
+  expectCniError(t, await node(n.env(), n.config()), 11, /^the Ambit agent is not ready for pod demo\/web-1: the agent has not reconciled yet; the runtime will retry$/);
 });
 
 t.test('ADD with the agent down and the namespace enrolled: try again later', async (t) => {
@@ -539,6 +553,67 @@ t.test('ADD with the agent down and no enrollment file passes through with a war
   const run = await node(n.env(), n.config());
   expectPassthrough(t, run, BRIDGE_RESULT);
   t.match(run.stderr, /^ambit-cni: the Ambit agent at .* did not answer \(ENOENT.*\) and .*enrollment\.json does not exist .*pod demo\/web-1 starts without mesh capture/);
+});
+
+/**
+ * The files the plugin may find after a power loss or a mistake, and what each must not be taken for: "no agent
+ * ever ran here". Each fails ADD with 11 (the runtime retries) and names the file and what is wrong with it.
+ */
+const UNUSABLE_ENROLLMENT_FILES: Array<[string, (file: string) => Promise<unknown>, RegExp]> = [
+  ['empty, as a power loss before the data reached the disk leaves it', (file) => writeFile(file, ''), /is not an enrollment file \(enrollment file is not valid JSON/],
+  ['truncated', (file) => writeFile(file, '{"version":1,"enrolledNamespaces":["de'), /is not an enrollment file \(enrollment file is not valid JSON/],
+  ['corrupt bytes', (file) => writeFile(file, Buffer.from([0, 0, 0xff, 0x7b])), /is not an enrollment file \(enrollment file is not valid JSON/],
+  ['JSON without the list of namespaces', (file) => writeFile(file, '{"enrolledNamespaces":"demo"}'), /is not an enrollment file \(enrollment file has no "enrolledNamespaces" list/],
+  // As root, mode bits do not stop a read; a folder in the file's place makes the read itself fail (EISDIR).
+  ['a folder in its place, so that reading it fails (EISDIR)', (file) => mkdir(file), /cannot be read \(EISDIR/],
+];
+
+t.test('ADD with the agent down and an enrollment file that cannot be used: try again later, naming the file and why', async (t) => {
+  const n = await makeNode(t);
+  const file = path.join(n.dir, 'enrollment.json');
+  for (const [what, make, why] of UNUSABLE_ENROLLMENT_FILES) {
+    await rm(file, { recursive: true, force: true });
+    await make(file);
+    const run = await node(n.env(), n.config());
+    const error = expectCniError(t, run, 11, new RegExp(`^cannot tell whether pod demo/web-1 is in the mesh: the Ambit agent at .*cni\\.sock did not answer \\(ENOENT.*\\) and ${file.replace(/[.]/g, '\\.')} ${why.source}.*the runtime will retry`));
+    t.match(error.details, new RegExp(`${file.replace(/[.]/g, '\\.')} `), `${what}: details name the file`);
+    t.pass(`${what}: ADD fails with 11`);
+  }
+});
+
+/** Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH is held to mode bits, as a hardened runtime's plugins are. */
+const SETPRIV = ['/usr/bin/setpriv', '--bounding-set', '-dac_override,-dac_read_search'];
+const noDacOverride = process.getuid?.() !== 0 ? 'needs root (it drops root\'s file-permission override)' : !existsSync(SETPRIV[0]!) ? `needs ${SETPRIV[0]} (util-linux)` : false;
+
+t.test('ADD with the agent down and an enrollment file the plugin may not read (EACCES: root without CAP_DAC_OVERRIDE, a file of another user, mode 0600)', { skip: noDacOverride }, async (t) => {
+  const n = await makeNode(t);
+  const file = path.join(n.dir, 'enrollment.json');
+  await n.enroll(['shop']);
+  await chown(file, 65534, 65534);
+  await chmod(file, 0o600);
+  const run = await runPlugin(SETPRIV[0]!, [...SETPRIV.slice(1), process.execPath, PLUGIN_MAIN], n.env(), n.config());
+  expectCniError(t, run, 11, /^cannot tell whether pod demo\/web-1 is in the mesh: .* and .*enrollment\.json cannot be read \(EACCES: permission denied.*the runtime will retry/);
+  t.equal(run.stderr, '', 'nothing on stderr: the CNI error says it all');
+  expectPassthrough(t, await node(n.env(), n.config()), BRIDGE_RESULT);
+  t.pass('the same file, readable with the override, says the pod is not enrolled: the failure above was the read');
+});
+
+t.test('ADD in the root namespace never waits: an unusable enrollment file does not hold back the mesh\'s own pods', async (t) => {
+  const n = await makeNode(t);
+  const file = path.join(n.dir, 'enrollment.json');
+  const rootPod = n.env({ CNI_ARGS: 'K8S_POD_NAMESPACE=ambit-system;K8S_POD_NAME=controller-1' });
+  const meshPod = n.env({ CNI_ARGS: 'K8S_POD_NAMESPACE=mesh-system;K8S_POD_NAME=controller-1' });
+  for (const [what, make] of UNUSABLE_ENROLLMENT_FILES) {
+    await rm(file, { recursive: true, force: true });
+    await make(file);
+    expectPassthrough(t, await node(rootPod, n.config()), BRIDGE_RESULT);
+    expectPassthrough(t, await node(meshPod, n.config({ rootNamespace: 'mesh-system' })), BRIDGE_RESULT);
+    t.pass(`${what}: ambit-system (the default) and a configured rootNamespace start`);
+  }
+  await rm(file, { recursive: true, force: true });
+  await n.enroll(['ambit-system']);
+  expectPassthrough(t, await node(rootPod, n.config()), BRIDGE_RESULT, '1.0.0');
+  expectCniError(t, await node(rootPod, n.config({ rootNamespace: 'mesh-system' })), 11, /namespace ambit-system is enrolled/);
 });
 
 t.test('ADD with an agent that accepts and never answers fails after agentTimeoutMs for an enrolled namespace', async (t) => {

@@ -121,7 +121,8 @@ t.test('the first load is in the store when start() resolves', async (t) => {
   await writeFile(join(dir, '.hidden.yaml'), podYaml('hidden', '10.0.0.4'));
   const { store, source } = await startSource(t, dir);
 
-  t.equal(store.version, 1);
+  t.equal(store.version, 2, 'one batch for the load, one for the first full sync');
+  t.ok(store.synced, 'every file read and parsed: the first full sync');
   t.equal(store.workloadByIp('10.0.0.1')?.enrolled, true);
   t.equal(store.workloadByIp('10.0.0.2')?.name, 'db');
   t.equal(store.workloadByIp('10.0.0.3'), undefined, 'only .yaml, .yml and .json files are read');
@@ -265,6 +266,25 @@ t.test('a file that is garbage from the start contributes nothing and breaks not
   const { store, source } = await startSource(t, dir);
   t.equal(store.workloadByIp('10.0.0.1')?.name, 'web');
   t.match(source.lastErrors(), [{ file: 'garbage.yaml', code: 'MANIFEST_PARSE_FAILED' }]);
+});
+
+t.test('a first load with a file whose objects are unknown is not a full sync; the load that reads it is', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'namespace.yaml'), namespaceYaml);
+  await writeFile(join(dir, 'team-b.yaml'), 'apiVersion: v1\nkind: Namespace\nmetadata: {name: team-b, labels: [\n');
+  const { store, source, lines } = await startSource(t, dir);
+  t.notOk(store.synced, 'team-b.yaml did not parse: the store does not know everything yet');
+  t.ok(store.namespace('team-a'), 'what did parse is in the store');
+  t.match(lines().find((l) => l.msg === 'config folder loaded'), { synced: false, unknownFiles: ['team-b.yaml'] });
+  const synced = storeReaches(store, () => store.synced);
+  await writeFile(join(dir, 'team-b.yaml'), namespaceYaml.replace('team-a', 'team-b'));
+  await synced;
+  t.ok(store.namespace('team-b'), 'the sync came with the namespaces of the file');
+
+  const reload = nextReload(source);
+  await writeFile(join(dir, 'team-b.yaml'), 'kind: [\n');
+  await reload;
+  t.ok(store.synced && store.namespace('team-b'), 'broken later, the file keeps its last good objects: still synced');
 });
 
 t.test('deleting a file removes its objects', async (t) => {

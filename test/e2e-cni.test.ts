@@ -4,7 +4,7 @@
  * on a bridge node (br_netfilter on) and a ptp node; `ambit cni install` chains the single-executable plugin in;
  * agents are processes with real iptables/ipset rules.
  */
-import { readFile, rm, stat } from 'node:fs/promises';
+import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
@@ -138,6 +138,45 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await within(1000, 'opted out again', async () => !(await inIpset(tb, node2, optedOut.ip)));
     const web2 = await tb.addPod(node2, 'web2', { k8s: { namespace: 'mesh' } });
     t.ok(await inIpset(tb, node2, web2.ip), "the runtime's retry succeeds once the agent is back");
+  });
+
+  t.test('before its first full sync the agent holds back pods of unknown namespaces; the root namespace never waits', async (t) => {
+    // The local source's first full sync is its first load with every file read and parsed: an agent that starts
+    // while the file with namespace `team` does not parse knows nothing of `team` yet.
+    const teamFile = join(cluster.configDir, 'team.yaml');
+    const team = [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'team', labels: MESH } },
+      { apiVersion: 'v1', kind: 'Pod', metadata: { name: 't1', namespace: 'team' }, spec: { nodeName: node2.name, containers: [{ name: 'app' }] }, status: { phase: 'Pending' } },
+    ].map((d) => `---\n${JSON.stringify(d)}\n`).join('');
+    t.teardown(() => rm(teamFile, { force: true }));
+    const enrollmentFile = join(cluster.stateDir(node2), 'enrollment.json');
+    t.equal(await cluster.stopAgent(node2), 0);
+    const before = await readFile(enrollmentFile, 'utf8');
+    await writeFile(teamFile, team.slice(0, -3));
+    await cluster.startAgent(node2);
+    t.match(cluster.logs(node2).find((r) => r.msg === 'config folder loaded'), { synced: false, unknownFiles: ['team.yaml'] }, 'the agent is up, its first load incomplete');
+
+    const failure = (await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
+    t.equal(failure.cniError?.code, 11, 'an unknown namespace before the first full sync: CNI error 11, try again later');
+    t.match(failure.cniError?.msg, /pod team\/t1: namespace team is not known to the agent yet: .*first full sync/);
+    const other = (await tb.addPod(node2, 'n1', { k8s: { namespace: 'nowhere' } }).catch((err: unknown) => err)) as { cniError?: { code: number } };
+    t.equal(other.cniError?.code, 11, 'so is any other unknown namespace: the agent cannot tell yet');
+    const ctl = await tb.addPod(node2, 'ctl', { k8s: { namespace: 'ambit-system' } });
+    t.ok(ctl.ip, "the mesh's own namespace starts at once");
+    t.notOk(await inIpset(tb, node2, ctl.ip), 'and is not captured');
+    t.equal(await readFile(enrollmentFile, 'utf8'), before, 'a partial view does not replace the enrollment file');
+
+    await writeFile(`${teamFile}.tmp`, team);
+    await rename(`${teamFile}.tmp`, teamFile);
+    await cluster.waitForLog(node2, (r) => r.msg === 'config folder loaded' && r.synced === true);
+    const t1 = await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } });
+    t.ok(await inIpset(tb, node2, t1.ip), "after the sync the runtime's retry enrolls the pod");
+    const n1 = await tb.addPod(node2, 'n1', { k8s: { namespace: 'nowhere' } });
+    t.notOk(await inIpset(tb, node2, n1.ip), 'and a namespace absent from the folder is not enrolled: the pod starts');
+    await within(1000, 'the enrollment file lists team', async () => (JSON.parse(await readFile(enrollmentFile, 'utf8')) as { enrolledNamespaces: string[] }).enrolledNamespaces.includes('team'));
+    for (const pod of [t1, n1, ctl]) await tb.removePod(pod);
+    await rm(teamFile);
+    await within(1000, 'team is gone', async () => !(await inIpset(tb, node2, t1.ip)));
   });
 
   t.test('agent killed with SIGKILL while a client keeps sending: no plaintext on the wire, traffic resumes', async (t) => {

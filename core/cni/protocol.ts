@@ -16,11 +16,12 @@ export const DEFAULT_AGENT_RUN_DIR = '/var/run/ambit';
 export const CNI_SOCKET_NAME = 'cni.sock';
 export const DEFAULT_CNI_SOCKET = `${DEFAULT_AGENT_RUN_DIR}/${CNI_SOCKET_NAME}`;
 /**
- * The agent's last word on which namespaces are enrolled, written (write-then-rename) whenever it changes. The
- * plugin reads it only when the agent cannot be reached, to tell an enrolled pod (fail: it must not start
- * unprotected) from one outside the mesh (pass: it must never be failed by Ambit). It lives on persistent storage,
- * not beside the socket in /var/run: after a node reboot the runtime starts pods before the agent is back, and the
- * file is what keeps an enrolled pod from starting uncaptured then.
+ * The agent's last word on which namespaces are enrolled, written (writeFileAtomic: fsynced, renamed, folder
+ * fsynced) whenever it changes, once the agent has read the whole cluster state. The plugin reads it only when the
+ * agent cannot be reached, to tell an enrolled pod (fail: it must not start unprotected) from one outside the mesh
+ * (pass: it must never be failed by Ambit); a file it cannot read or parse tells neither, and fails ADD for a retry.
+ * It lives on persistent storage, not beside the socket in /var/run: after a node reboot the runtime starts pods
+ * before the agent is back, and the file is what keeps an enrolled pod from starting uncaptured then.
  */
 export const ENROLLMENT_FILE_NAME = 'enrollment.json';
 export const DEFAULT_AGENT_STATE_DIR = '/var/lib/ambit';
@@ -54,7 +55,10 @@ export type CniErrorCode =
   | 'bad-request'
   /** The client speaks a version this agent does not. */
   | 'unsupported-version'
-  /** The pod is enrolled but the agent could not decide or install its rules (the plugin fails ADD). */
+  /**
+   * The agent cannot answer for the pod yet (its pod object or the first full sync of the cluster state has not
+   * arrived), or the pod is enrolled and its rules could not be installed: the plugin fails ADD, the runtime retries.
+   */
   | 'not-ready'
   /** CHECK: the pod is enrolled but its rules are not in place. */
   | 'rules-missing'
@@ -101,6 +105,11 @@ const OPS = new Set(['add', 'check', 'del', 'status', 'uninstall']);
 const NAMESPACE_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const POD_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
+
+/** A Kubernetes namespace name (a DNS-1123 label). */
+export function isNamespaceName(name: string): boolean {
+  return NAMESPACE_RE.test(name);
+}
 
 /** Parses one request line (without its newline); throws CniProtocolError naming what is wrong. */
 export function parseCniRequest(line: string): CniRequest {

@@ -79,6 +79,8 @@ export class LocalSource extends EventEmitter {
   private firstPendingEventAt: number | undefined;
   private reloading: Promise<void> | undefined;
   private reloadAgain = false;
+  /** Files of the load in progress whose objects are not known (unreadable or unparsable, with no good version). */
+  private unknownFiles: string[] = [];
   /** Set while the folder cannot be watched, so the retry loop logs once, not every second. */
   private watchFailing = false;
   private closed = false;
@@ -94,7 +96,9 @@ export class LocalSource extends EventEmitter {
 
   /**
    * Loads the folder into the store, then watches it. Resolves once the store holds the first load; rejects with
-   * CONFIG_DIR_NOT_FOUND when the folder does not exist.
+   * CONFIG_DIR_NOT_FOUND when the folder does not exist. The first load in which every manifest file could be read
+   * and parsed marks the store synced (its first full sync); a file that could not be leaves the store unsynced
+   * until a reload reads it.
    */
   async start(): Promise<void> {
     let isDirectory: boolean;
@@ -190,6 +194,7 @@ export class LocalSource extends EventEmitter {
 
   private async loadOnce(): Promise<void> {
     const problems: LocalSourceProblem[] = [];
+    this.unknownFiles = [];
     let files: string[];
     try {
       files = (await readdir(this.dir)).filter((f) => MANIFEST_FILE.test(f) && !f.startsWith('.')).sort();
@@ -236,7 +241,10 @@ export class LocalSource extends EventEmitter {
     this.problems = Object.freeze(problems);
     this.collections.forEach((collection, i) => collection.replaceAll([...collected[i]!.values()]));
     this.store.replaceAll(snapshot, SOURCE_NAME);
-    this.log.info({ files: files.length, objects: byKey.size, problems: problems.length, version: this.store.version }, 'config folder loaded');
+    // The first load in which every file's objects are known is the source's first full sync.
+    if (this.unknownFiles.length === 0) this.store.markSynced(SOURCE_NAME);
+    const unknownFiles = this.unknownFiles.length === 0 ? {} : { unknownFiles: this.unknownFiles };
+    this.log.info({ files: files.length, objects: byKey.size, problems: problems.length, version: this.store.version, synced: this.store.synced, ...unknownFiles }, 'config folder loaded');
     const event: LocalReload = { storeVersion: this.store.version, problems: this.problems };
     this.emit('reload', event);
   }
@@ -249,7 +257,9 @@ export class LocalSource extends EventEmitter {
       text = await readFile(join(this.dir, file), 'utf8');
     } catch (err) {
       // Gone between listing and reading (it is being replaced), or a folder named like a file.
-      if (errnoCode(err) !== 'EISDIR') this.log.warn({ err, file }, 'cannot read manifest file; keeping its previous objects');
+      if (errnoCode(err) === 'EISDIR') return previous;
+      this.log.warn({ err, file }, 'cannot read manifest file; keeping its previous objects');
+      if (previous === undefined) this.unknownFiles.push(file);
       return previous;
     }
     if (text.length === 0) {
@@ -265,6 +275,7 @@ export class LocalSource extends EventEmitter {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error({ file, err }, `${message}; keeping the file's previous objects`);
       problems.push({ file, code: err instanceof AmbitError ? err.code : 'MANIFEST_PARSE_FAILED', message });
+      if (previous === undefined) this.unknownFiles.push(file);
       return previous;
     }
   }

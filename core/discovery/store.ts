@@ -100,6 +100,7 @@ export class WorkloadStore extends EventEmitter {
   private readonly networks = new Map<string, PodNetwork>();
   private indexes: Indexes = buildEmptyIndexes();
   private currentVersion = 0;
+  private hasSynced = false;
 
   constructor(options: WorkloadStoreOptions = {}) {
     super();
@@ -111,6 +112,23 @@ export class WorkloadStore extends EventEmitter {
   /** Counts applied batches that changed something; 0 until a source has delivered anything. */
   get version(): number {
     return this.currentVersion;
+  }
+
+  /**
+   * Whether a source has delivered a complete view of the cluster at least once: the local folder read with every
+   * file accounted for, or a Kubernetes list finished. Until then, an object the store does not hold may simply not
+   * have arrived, so "not known" must not be read as "not there" (the CNI handler answers "not ready" for a pod of
+   * an unknown namespace, not "not enrolled").
+   */
+  get synced(): boolean {
+    return this.hasSynced;
+  }
+
+  /** A source's first complete delivery. It changes what readers may conclude, so it is a change: one `'change'`. */
+  markSynced(source: string = DEFAULT_SOURCE): void {
+    if (this.hasSynced) return;
+    this.hasSynced = true;
+    this.commit(source);
   }
 
   /**

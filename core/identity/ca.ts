@@ -1,7 +1,8 @@
 import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
-import { chmod, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import forge from 'node-forge';
+import { writeFileAtomic } from '../atomic-file.js';
 import { AmbitError, errnoCode } from '../errors.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
@@ -131,8 +132,8 @@ export class CertificateAuthority {
   /** Writes `ca.crt` (0644) and `ca.key` (0600) into `dir`, each replaced atomically. */
   async save(dir: string): Promise<void> {
     await mkdir(dir, { recursive: true, mode: 0o700 });
-    await writeFileAtomic(path.join(dir, CA_KEY_FILE), this.#keyPem, 0o600);
-    await writeFileAtomic(path.join(dir, CA_CERT_FILE), this.#rootPem, 0o644);
+    await writeFileAtomic(path.join(dir, CA_KEY_FILE), this.#keyPem, { mode: 0o600 });
+    await writeFileAtomic(path.join(dir, CA_CERT_FILE), this.#rootPem, { mode: 0o644 });
   }
 
   /** The root certificate in PEM: the trust bundle peers verify against. */
@@ -279,25 +280,5 @@ async function readCaFile(file: string): Promise<string> {
       throw new AmbitError('CA_NOT_FOUND', `${file} does not exist; mount the CA Secret (ca.crt, ca.key) in that folder or save a new CA there`, { cause: err });
     }
     throw new AmbitError('CA_INVALID', `${file} cannot be read: ${(err as Error).message}`, { cause: err });
-  }
-}
-
-/** Write to a temporary file beside `file`, then rename over it: readers see the old or the new file, never half. */
-async function writeFileAtomic(file: string, contents: string, mode: number): Promise<void> {
-  const temporary = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  try {
-    const handle = await open(temporary, 'wx', mode);
-    try {
-      await handle.writeFile(contents);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    // open()'s mode is filtered by the umask; the mode of a key file must not depend on it.
-    await chmod(temporary, mode);
-    await rename(temporary, file);
-  } catch (err) {
-    await rm(temporary, { force: true });
-    throw err;
   }
 }

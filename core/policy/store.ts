@@ -1,12 +1,13 @@
 import { EventEmitter } from 'node:events';
 import type { InvalidObjectError, LocalCollection, Labels, Service, Workload } from '../discovery/index.js';
 import { silentLogger, type Logger } from '../log.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
 import { convertPolicyObject } from './convert.js';
 import { buildPolicySet, evaluateConnection, resolveMtlsMode, type ConnectionAttributes, type L7Fallback, type MtlsDecision, type PolicySet } from './evaluate.js';
 import type { AuthorizationPolicy, PeerAuthentication } from './types.js';
 
-/** Policies in this namespace apply to the whole mesh (Istio's is `istio-system`). */
-export const DEFAULT_ROOT_NAMESPACE = 'ambit-system';
+/** Policies in the root namespace apply to the whole mesh (Istio's is `istio-system`). */
+export { DEFAULT_ROOT_NAMESPACE };
 
 export interface PolicyStoreOptions {
   rootNamespace?: string;

@@ -1,7 +1,10 @@
 import { convertObject, WorkloadStore, type DiscoveryChange } from '../../core/discovery/index.js';
 
-/** A store on `nodeName` holding the given Kubernetes objects (as a source would have converted them). */
-export function storeWith(objects: unknown[], nodeName = 'node1'): WorkloadStore {
+/**
+ * A store on `nodeName` holding the given Kubernetes objects (as a source would have converted them); a complete
+ * view (synced) unless `synced` is false.
+ */
+export function storeWith(objects: unknown[], nodeName = 'node1', options: { synced?: boolean } = {}): WorkloadStore {
   const store = new WorkloadStore({ nodeName });
   const changes: DiscoveryChange[] = [];
   for (const obj of objects) {
@@ -9,5 +12,6 @@ export function storeWith(objects: unknown[], nodeName = 'node1'): WorkloadStore
     if (converted.kind !== 'skip') changes.push({ op: 'upsert', kind: converted.kind, object: converted.object } as DiscoveryChange);
   }
   store.applyBatch(changes);
+  if (options.synced ?? true) store.markSynced();
   return store;
 }
