@@ -299,7 +299,7 @@ export class Agent {
         .then(async () => {
           if (this.#closed || this.#uninstalled) return;
           await rules.install();
-          await rules.syncPods(this.store.localEnrolledIps(4), { force: true });
+          await rules.syncPods(this.#localEnrolledIps(), { force: true });
         })
         .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
     }, this.config.rulesResyncSeconds * 1000);
@@ -439,8 +439,9 @@ export class Agent {
     for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
     // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
-    const enrolled = new Set([...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)]);
-    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods(this.store.localEnrolledIps(4));
+    const enrolled = new Set(this.#localEnrolledIps());
+    // IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry IPv6 yet): both go to the rules.
+    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods([...enrolled]);
     if (!this.#uninstalled) await this.#cniHandler?.writeEnrollmentSnapshot();
     // Pods that left the mesh (relabelled, opted out, deleted): the mesh stops carrying their connections.
     const left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
@@ -452,6 +453,10 @@ export class Agent {
     // relabel or CNI ADD queued behind this reconcile.
     if (!this.#ready) await issuing;
     else issuing.catch((err: unknown) => this.#log.warn({ err }, 'issuing a workload certificate failed; the next connection retries'));
+  }
+
+  #localEnrolledIps(): string[] {
+    return [...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)];
   }
 
   #registerCertMetrics(ca: CertificateAuthority): void {
