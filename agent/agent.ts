@@ -21,7 +21,7 @@ import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
-import { UpstreamConnector } from './proxy.js';
+import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
 import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
@@ -151,6 +151,7 @@ export class Agent {
 
   /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
+    checkUpstreamSource(config);
     const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
     const registry = createRegistry();
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
@@ -214,7 +215,7 @@ export class Agent {
       log,
       connections: agent.#connections,
       policies,
-      upstream: new UpstreamConnector({ transparent: config.manageRules, nodeIp, log: log.child({ component: 'upstream' }) }),
+      upstream: new UpstreamConnector({ source: config.upstreamSource, nodeIp, registry }),
       originalDestination:
         deps.originalDestination ??
         ((socket) => {

@@ -89,8 +89,9 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
     t.equal(await v6(plain2, plain1), `ok ${plain2.ip6}`, 'the other way');
   });
 
-  t.test('IPv4 is still carried by the mesh', async (t) => {
-    t.equal(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server');
+  t.test('IPv4 is still carried by the mesh, from the client\'s address', async (t) => {
+    t.match(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)), { pod: 'server', client: client.ip }, 'transparent');
+    t.match(await cluster.metrics(node2), 'ambit_upstream_source{mode="transparent"} 1', 'the default mode, exported');
   });
 
   t.test('the rules are repaired when someone flushes them', async (t) => {
