@@ -529,10 +529,11 @@ async function detectBackend(log: Logger, netns: string | undefined): Promise<Ip
 
 async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: string | undefined): Promise<void> {
   const commandOptions: CommandOptions = { netns };
-  const removedFrom = await removeChains(log, IPV4, choice, commandOptions, (dump) => buildMangleRemoval(dump) + buildNatRemoval(dump));
-  // A node without ip6tables cannot have Ambit's IPv6 chain.
-  const ipv6Backends = choice === 'auto' ? await presentBackends(IPV6).catch(() => []) : [choice];
-  const removedFrom6 = ipv6Backends.length === 0 ? [] : await removeChains(log, IPV6, choice, commandOptions, buildIpv6RejectRemoval);
+  const backends = choice === 'auto' ? await presentBackends(IPV4) : [choice];
+  const removedFrom = await removeChains(log, IPV4, backends, commandOptions, (dump) => buildMangleRemoval(dump) + buildNatRemoval(dump));
+  // A backend without ip6tables cannot have Ambit's IPv6 chain (install() refuses to run without it).
+  const ipv6Backends = (await presentBackends(IPV6).catch(() => [])).filter((backend) => backends.includes(backend));
+  const removedFrom6 = ipv6Backends.length === 0 ? [] : await removeChains(log, IPV6, ipv6Backends, commandOptions, buildIpv6RejectRemoval);
 
   const routing = buildTransparentRoutingRemoval(await readTransparentRouting(commandOptions));
   if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
@@ -555,15 +556,14 @@ async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: st
   }
 }
 
-/** Removes Ambit's chains of one family from every backend that has them (`removal` builds the batch from a dump). */
+/** Removes Ambit's chains of one family from those of `backends` that have them (`removal` builds the batch from a dump). */
 async function removeChains(
   log: Logger,
   family: AddressFamily,
-  choice: IptablesBackendChoice,
+  backends: readonly IptablesBackend[],
   commandOptions: CommandOptions,
   removal: (dump: string) => string,
 ): Promise<IptablesBackend[]> {
-  const backends = choice === 'auto' ? await presentBackends(family) : [choice];
   // the whole dump rather than `-t nat`: asking legacy iptables for a table creates it, and an empty legacy nat
   // table on an nft node makes every iptables-nft command warn about it
   const dumps = await Promise.allSettled(

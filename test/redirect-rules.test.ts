@@ -472,6 +472,26 @@ t.test('install refuses without nft, naming the package', { skip: rootSkip }, as
   t.same(await setNames(node), [], 'nothing was installed');
 });
 
+t.test('install refuses without ip6tables: IPv6 could not be refused', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const fakeBin = await mkdtemp(path.join(tmpdir(), 'ambit-rr-bin-'));
+  const savedPath = process.env.PATH;
+  t.teardown(async () => {
+    process.env.PATH = savedPath;
+    await rm(fakeBin, { recursive: true, force: true });
+  });
+  for (const tool of ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore']) {
+    const found = await execa('sh', ['-c', `command -v ${tool}`]);
+    await symlink(found.stdout.trim(), path.join(fakeBin, tool));
+  }
+  process.env.PATH = fakeBin;
+  const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
+  await t.rejects(rules.install(), { code: 'IPTABLES_MISSING', message: /ip6tables-nft-save.*apt-get install iptables/ });
+  process.env.PATH = savedPath;
+  t.same(await setNames(node), [], 'nothing was installed');
+  t.notMatch(await natTable(node, 'nft'), /AMBIT/, 'not even the IPv4 capture');
+});
+
 /** A bridge in `node` with a gateway address, as the bridge CNI makes it; bridged IPv4 crosses iptables. */
 async function addBridge(node: string, name: string, gateway: string): Promise<void> {
   await inNetns(node, ['ip', 'link', 'add', name, 'type', 'bridge']);
