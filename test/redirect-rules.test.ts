@@ -452,42 +452,43 @@ t.test('install repairs the routing of transparent replies after an outside flus
   t.same(ruleLines(await mangleTable(node, 'nft')), ['-A PREROUTING -j cali-PREROUTING'], 'removal leaves foreign rules alone');
 });
 
-t.test('install refuses without nft, naming the package', { skip: rootSkip }, async (t) => {
-  const node = await createNodeNetns(t);
+/**
+ * Makes PATH a folder holding only `tools` (links to the real ones) until `restore()` or the test's end: a node image
+ * that lacks the others.
+ */
+async function onlyTheseTools(t: Test, tools: readonly string[]): Promise<{ restore: () => void }> {
   const fakeBin = await mkdtemp(path.join(tmpdir(), 'ambit-rr-bin-'));
   const savedPath = process.env.PATH;
-  t.teardown(async () => {
+  const restore = () => {
     process.env.PATH = savedPath;
+  };
+  t.teardown(async () => {
+    restore();
     await rm(fakeBin, { recursive: true, force: true });
   });
-  // every tool the rules use, except nft
-  for (const tool of ['ip', 'ipset', 'bridge', 'iptables-nft-save', 'iptables-nft-restore']) {
+  for (const tool of tools) {
     const found = await execa('sh', ['-c', `command -v ${tool}`]);
     await symlink(found.stdout.trim(), path.join(fakeBin, tool));
   }
   process.env.PATH = fakeBin;
+  return { restore };
+}
+
+t.test('install refuses without nft, naming the package', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'iptables-nft-save', 'iptables-nft-restore', 'ip6tables-nft-save', 'ip6tables-nft-restore']);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
   await t.rejects(rules.install(), { code: 'NFT_MISSING', message: /apt-get install nftables/ });
-  process.env.PATH = savedPath;
+  tools.restore();
   t.same(await setNames(node), [], 'nothing was installed');
 });
 
 t.test('install refuses without ip6tables: IPv6 could not be refused', { skip: rootSkip }, async (t) => {
   const node = await createNodeNetns(t);
-  const fakeBin = await mkdtemp(path.join(tmpdir(), 'ambit-rr-bin-'));
-  const savedPath = process.env.PATH;
-  t.teardown(async () => {
-    process.env.PATH = savedPath;
-    await rm(fakeBin, { recursive: true, force: true });
-  });
-  for (const tool of ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore']) {
-    const found = await execa('sh', ['-c', `command -v ${tool}`]);
-    await symlink(found.stdout.trim(), path.join(fakeBin, tool));
-  }
-  process.env.PATH = fakeBin;
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore']);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
   await t.rejects(rules.install(), { code: 'IPTABLES_MISSING', message: /ip6tables-nft-save.*apt-get install iptables/ });
-  process.env.PATH = savedPath;
+  tools.restore();
   t.same(await setNames(node), [], 'nothing was installed');
   t.notMatch(await natTable(node, 'nft'), /AMBIT/, 'not even the IPv4 capture');
 });
