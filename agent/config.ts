@@ -114,6 +114,7 @@ Options (each also as an environment variable):
   --port-offset N        add N to every port (tests)           AMBIT_PORT_OFFSET (default 0)
   --iptables-backend B   auto | nft | legacy                   AMBIT_IPTABLES_BACKEND (default auto)
   --no-rules             do not install redirect rules         AMBIT_NO_RULES=1
+                         (needs --upstream-source node: no rules, no route back for transparent replies)
   --upstream-source S    transparent | node: connect to pods   AMBIT_UPSTREAM_SOURCE (default transparent)
                          from the client's address, or from the node's (which many CNIs exempt from
                          NetworkPolicy); an agent that cannot connect transparently does not start
