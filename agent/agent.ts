@@ -21,7 +21,7 @@ import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
-import { UpstreamConnector } from './proxy.js';
+import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
 import { IPV4, RedirectRules } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
@@ -152,6 +152,7 @@ export class Agent {
 
   /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
+    checkUpstreamSource(config);
     const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
     const registry = createRegistry();
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
@@ -215,7 +216,7 @@ export class Agent {
       log,
       connections: agent.#connections,
       policies,
-      upstream: new UpstreamConnector({ transparent: config.manageRules, nodeIp, log: log.child({ component: 'upstream' }) }),
+      upstream: new UpstreamConnector({ source: config.upstreamSource, nodeIp, registry }),
       originalDestination:
         deps.originalDestination ??
         ((socket) => {
@@ -300,7 +301,7 @@ export class Agent {
         .then(async () => {
           if (this.#closed || this.#uninstalled) return;
           await rules.install();
-          await rules.syncPods(this.store.localEnrolledIps(4), { force: true });
+          await rules.syncPods(this.#localEnrolledIps(), { force: true });
         })
         .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
     }, this.config.rulesResyncSeconds * 1000);
@@ -449,8 +450,9 @@ export class Agent {
     for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
     // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
-    const enrolled = new Set([...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)]);
-    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods(this.store.localEnrolledIps(4));
+    const enrolled = new Set(this.#localEnrolledIps());
+    // IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry IPv6 yet): both go to the rules.
+    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods([...enrolled]);
     if (!this.#uninstalled) await this.#cniHandler?.writeEnrollmentSnapshot();
     // Pods that left the mesh (relabelled, opted out, deleted): the mesh stops carrying their connections.
     const left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
@@ -462,6 +464,10 @@ export class Agent {
     // relabel or CNI ADD queued behind this reconcile.
     if (!this.#ready) await issuing;
     else issuing.catch((err: unknown) => this.#log.warn({ err }, 'issuing a workload certificate failed; the next connection retries'));
+  }
+
+  #localEnrolledIps(): string[] {
+    return [...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)];
   }
 
   #registerCertMetrics(ca: CertificateAuthority): void {

@@ -45,6 +45,15 @@ export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({
   GLIBC_TUNABLES: 'glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432',
 });
 
+/**
+ * Where the agent's connections to its local pods come from. `transparent`: the client's address, so pods and
+ * NetworkPolicies see the real client (needs CAP_NET_ADMIN, the native addon and the managed rules that route the
+ * replies back). `node`: the node's address, which many CNIs exempt from NetworkPolicy, so policies on meshed pods
+ * stop applying; only for setups that cannot have the former (in-process tests, a node without the privilege).
+ */
+export const UPSTREAM_SOURCES = ['transparent', 'node'] as const;
+export type UpstreamSource = (typeof UPSTREAM_SOURCES)[number];
+
 export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
 
 export interface AgentConfig {
@@ -62,6 +71,8 @@ export interface AgentConfig {
   readonly ports: Readonly<AgentPorts>;
   /** Install and reconcile the iptables/ipset redirect rules (off only for in-process tests). */
   readonly manageRules: boolean;
+  /** Where connections to local pods come from; an agent that cannot have `transparent` does not start. */
+  readonly upstreamSource: UpstreamSource;
   readonly iptablesBackend: 'auto' | 'nft' | 'legacy';
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
   /** The cluster name carried in HBONE baggage. */
@@ -103,6 +114,10 @@ Options (each also as an environment variable):
   --port-offset N        add N to every port (tests)           AMBIT_PORT_OFFSET (default 0)
   --iptables-backend B   auto | nft | legacy                   AMBIT_IPTABLES_BACKEND (default auto)
   --no-rules             do not install redirect rules         AMBIT_NO_RULES=1
+                         (needs --upstream-source node: no rules, no route back for transparent replies)
+  --upstream-source S    transparent | node: connect to pods   AMBIT_UPSTREAM_SOURCE (default transparent)
+                         from the client's address, or from the node's (which many CNIs exempt from
+                         NetworkPolicy); an agent that cannot connect transparently does not start
   --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
   --cluster-name NAME    cluster name for telemetry            AMBIT_CLUSTER_NAME (default Kubernetes)
   --rules-resync-interval S  repair drifted rules every S s    AMBIT_RULES_RESYNC_INTERVAL (default 30; 0 = off)
@@ -154,6 +169,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'port-offset': { type: 'string' },
         'iptables-backend': { type: 'string' },
         'no-rules': { type: 'boolean' },
+        'upstream-source': { type: 'string' },
         'log-level': { type: 'string' },
         'cluster-name': { type: 'string' },
         'rules-resync-interval': { type: 'string' },
@@ -179,9 +195,11 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   const nodeIp = values['node-ip'] ?? env.AMBIT_NODE_IP;
   if (nodeIp !== undefined && net.isIP(nodeIp) === 0) throw usageError(`--node-ip ${nodeIp} is not an IP address`);
   const manageRules = !(values['no-rules'] ?? env.AMBIT_NO_RULES === '1');
+  const upstreamSource = (values['upstream-source'] ?? env.AMBIT_UPSTREAM_SOURCE ?? 'transparent') as UpstreamSource;
+  if (!UPSTREAM_SOURCES.includes(upstreamSource)) throw usageError(`--upstream-source ${upstreamSource} is not one of ${UPSTREAM_SOURCES.join(', ')}`);
 
   if (values.cleanup) {
-    const config = Object.freeze({ ...partialDefaults(), nodeIp, iptablesBackend, logLevel, manageRules });
+    const config = Object.freeze({ ...partialDefaults(), nodeIp, iptablesBackend, logLevel, manageRules, upstreamSource });
     return { help: false, cleanup: true, config: config as AgentConfig };
   }
 
@@ -229,6 +247,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       listenHost,
       ports,
       manageRules,
+      upstreamSource,
       iptablesBackend,
       logLevel,
       clusterName: values['cluster-name'] ?? env.AMBIT_CLUSTER_NAME ?? 'Kubernetes',
@@ -242,7 +261,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   };
 }
 
-function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'logLevel' | 'manageRules'> {
+function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'logLevel' | 'manageRules' | 'upstreamSource'> {
   return {
     nodeName: '',
     configDir: '',

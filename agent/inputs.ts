@@ -31,10 +31,7 @@ export interface ProxyInputs {
   log: Logger;
   /** Every carried connection by its end IPs: a pod leaving the mesh loses its connections. */
   connections: ConnectionRegistry<Revalidation>;
-  /**
-   * How the agent dials its pods: from the client's address (transparent) when it manages the rules that route the
-   * replies back; one per agent, so a fallback to the node address is decided once.
-   */
+  /** How the agent dials its pods: from the client's address or the node's, as `--upstream-source` says. */
   upstream: UpstreamConnector;
   /** AuthorizationPolicy and PeerAuthentication, decided at the destination. */
   policies: PolicyStore;

@@ -1,9 +1,10 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { isAmbitError, errnoCode } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import { Gauge, type Registry } from 'prom-client';
+import { AmbitError, isAmbitError, errnoCode } from '../core/errors.js';
 import { transparentSocket } from '../core/sockopt.js';
+import type { UpstreamSource } from './config.js';
 
 /** Node does not export the Http2Stream class; its streams are the duplexes with an `rstCode`. */
 function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Stream, 'rstCode' | 'close'> {
@@ -164,43 +165,85 @@ function transparencyUnavailable(err: unknown): boolean {
   return isAmbitError(err, 'SOCKOPT_FAILED') && ['EPERM', 'EACCES'].includes(errnoCode(cause) ?? '');
 }
 
+function openTransparentSocket(address: string): net.Socket {
+  return transparentSocket(address, { allowHalfOpen: true });
+}
+
+/**
+ * Start-up check of `--upstream-source transparent`: the agent must be able to make transparent sockets (the native
+ * addon, and CAP_NET_ADMIN or CAP_NET_RAW) and must manage the rules that route the pods' replies back to them.
+ * Throws UPSTREAM_SOURCE_UNAVAILABLE naming what is missing: an agent that silently connected from the node's address
+ * instead would switch NetworkPolicy off for meshed pods on every CNI that exempts traffic from the node.
+ */
+export function checkUpstreamSource(
+  config: { upstreamSource: UpstreamSource; manageRules: boolean },
+  openTransparent: (address: string) => net.Socket = openTransparentSocket,
+): void {
+  if (config.upstreamSource !== 'transparent') return;
+  if (!config.manageRules) {
+    throw upstreamSourceUnavailable("the agent runs with --no-rules, so the routing that brings pods' replies back to transparent connections is not installed");
+  }
+  let probe: net.Socket | undefined;
+  try {
+    probe = openTransparent('127.0.0.1');
+  } catch (err) {
+    if (!transparencyUnavailable(err)) throw err;
+    throw upstreamSourceUnavailable(`this process cannot make transparent sockets: ${(err as Error).message}`, err);
+  } finally {
+    probe?.destroy();
+  }
+}
+
+function upstreamSourceUnavailable(why: string, cause?: unknown): AmbitError {
+  return new AmbitError(
+    'UPSTREAM_SOURCE_UNAVAILABLE',
+    `--upstream-source transparent (the default) cannot be had: ${why}. Run the agent with CAP_NET_ADMIN, the native addon ` +
+      "and its rules; or accept connecting to pods from the node's address with --upstream-source node " +
+      '(AMBIT_UPSTREAM_SOURCE=node): many CNIs exempt traffic from the node from NetworkPolicy, so NetworkPolicies ' +
+      'would no longer apply to what the mesh delivers',
+    { cause },
+  );
+}
+
 export interface UpstreamConnectorOptions {
-  /** Connect from the client's address (needs the agent's reply routing in place, i.e. managed rules). */
-  transparent: boolean;
+  /** Where connections come from (checked at start by checkUpstreamSource). */
+  source: UpstreamSource;
   nodeIp: string;
-  log: Logger;
+  /** Where the mode is exported (`ambit_upstream_source{mode}`). */
+  registry?: Registry;
   /** How a transparent socket is made; tests replace it. */
   openTransparent?: (address: string) => net.Socket;
   timeoutMs?: number;
 }
 
 /**
- * The agent's connections to its local pods, from the client's address when the decision above allows it. If the
- * process may not make transparent sockets (no CAP_NET_ADMIN, as in tests that run without root, or no addon), it
- * says so once, as a warning, and connects from the node's address from then on: the pods stay reachable, they just
- * see the node as their client.
+ * The agent's connections to its local pods: from the client's address in `transparent` mode when
+ * transparentSourceFor allows it, from the node's otherwise. A transparent socket that cannot be made fails that
+ * connection; it never falls back to the node's address.
  */
 export class UpstreamConnector {
   readonly #nodeIp: string;
-  readonly #log: Logger;
   readonly #openTransparent: (address: string) => net.Socket;
   readonly #timeoutMs: number | undefined;
-  #transparent: boolean;
+  readonly #transparent: boolean;
 
   constructor(options: UpstreamConnectorOptions) {
-    this.#transparent = options.transparent;
+    this.#transparent = options.source === 'transparent';
     this.#nodeIp = options.nodeIp;
-    this.#log = options.log;
-    this.#openTransparent = options.openTransparent ?? ((address) => transparentSocket(address, { allowHalfOpen: true }));
+    this.#openTransparent = options.openTransparent ?? openTransparentSocket;
     this.#timeoutMs = options.timeoutMs;
+    if (options.registry) {
+      const mode = new Gauge({
+        name: 'ambit_upstream_source',
+        help: "Where the agent's connections to its pods come from: transparent (the client's address) or node (the node's)",
+        labelNames: ['mode'],
+        registers: [options.registry],
+      });
+      mode.set({ mode: options.source }, 1);
+    }
   }
 
-  /** Whether connections still come from their client's address. */
-  get transparent(): boolean {
-    return this.#transparent;
-  }
-
-  /** Connects to `target`, from `client`'s address when allowed and possible. */
+  /** Connects to `target`, from `client`'s address when transparent and allowed. */
   connect(target: { host: string; port: number }, client: string | undefined): Promise<net.Socket> {
     const source = this.#transparent ? transparentSourceFor(this.#nodeIp, target, client) : undefined;
     if (source === undefined) return connectTcp(target, { timeoutMs: this.#timeoutMs });
@@ -208,15 +251,7 @@ export class UpstreamConnector {
     try {
       socket = this.#openTransparent(source);
     } catch (err) {
-      if (!transparencyUnavailable(err)) return Promise.reject(err);
-      this.#transparent = false;
-      this.#log.warn(
-        { err, nodeIp: this.#nodeIp },
-        'cannot connect to pods from their clients\' addresses (no transparent sockets in this process); ' +
-          'connecting from the node address instead, so pods and NetworkPolicies see the node as the client. ' +
-          'Run the agent with CAP_NET_ADMIN to fix this',
-      );
-      return connectTcp(target, { timeoutMs: this.#timeoutMs });
+      return Promise.reject(err);
     }
     return connectTcp(target, { timeoutMs: this.#timeoutMs, socket });
   }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { isIPv4 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import { ExecaError } from 'execa';
 import { AmbitError } from '../core/errors.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -11,6 +11,24 @@ export const DEFAULT_OUTBOUND_PORT = 15001;
 export const DEFAULT_INBOUND_PORT = 15006;
 /** Ambit's own nat chain; everything Ambit adds to the nat table lives in it, so removal is one flush. */
 export const AMBIT_PREROUTING_CHAIN = 'AMBIT-PREROUTING';
+
+/*
+ * IPv6 is refused, not carried (carrying it is a later issue): the mesh captures IPv4 only, and an enrolled pod's
+ * IPv6 TCP would otherwise pass in the clear, without mTLS, STRICT or policy. The ip6tables filter chain
+ * AMBIT_IPV6_REJECT_CHAIN, jumped to first from INPUT and FORWARD, answers with a TCP reset (clients fail at once)
+ * every TCP packet to an address in `ambit-pods-v6`, and every packet from one that opens or continues a connection
+ * of its own (`--ctdir ORIGINAL`): the pod's answers to the node's own connections pass, as kubelet probes do in
+ * IPv4, where the node's traffic is not captured either. Bridged traffic between pods of one bridge crosses
+ * ip6tables only with `bridge-nf-call-ip6tables=1` (which dual-stack Kubernetes nodes set); without it, the
+ * `forward` chain of the bridge table drops such frames (the nft bridge family cannot reset on every kernel), from
+ * AMBIT_BRIDGE_V6_SET, which holds the same addresses as the ipset.
+ */
+/** Ambit's ip6tables filter chain that refuses the IPv6 TCP of enrolled pods. */
+export const AMBIT_IPV6_REJECT_CHAIN = 'AMBIT-IPV6-REJECT';
+/** The built-in chains that jump to it, each as their first rule: traffic to the node, and traffic it forwards. */
+const IPV6_REJECT_HOOKS = ['INPUT', 'FORWARD'] as const;
+/** The nft set of the bridge table with the enrolled pods' IPv6 addresses (ipsets are not visible to nft). */
+export const AMBIT_BRIDGE_V6_SET = 'pods6';
 
 /*
  * Transparent source. The destination agent connects to a pod from the client's address (an IP_TRANSPARENT socket
@@ -55,8 +73,8 @@ export type IptablesBackend = 'nft' | 'legacy';
 export type IptablesBackendChoice = IptablesBackend | 'auto';
 
 /**
- * What differs between IPv4 and IPv6 redirection. IPv6 is one more constant (`ambit-pods-v6`, `inet6`,
- * `ip6tables`, `[ip]:port`) and one more pass over the same functions.
+ * What differs between the IPv4 and IPv6 rules: the set, its ipset family, the iptables command and how an address
+ * is written with a port. IPv4 is captured, IPv6 refused (AMBIT_IPV6_REJECT_CHAIN).
  */
 export interface AddressFamily {
   readonly setName: string;
@@ -73,6 +91,16 @@ export const IPV4: AddressFamily = {
   isAddress: isIPv4,
   hostPort: (address, port) => `${address}:${port}`,
 };
+
+export const IPV6: AddressFamily = {
+  setName: 'ambit-pods-v6',
+  ipsetFamily: 'inet6',
+  iptablesCommand: 'ip6tables',
+  isAddress: isIPv6,
+  hostPort: (address, port) => `[${address}]:${port}`,
+};
+
+const FAMILIES: readonly AddressFamily[] = [IPV4, IPV6];
 
 export interface NatRulesOptions {
   nodeIp: string;
@@ -139,19 +167,46 @@ export function buildMangleRules(options: { family?: AddressFamily; currentTable
   return buildTableBatch('mangle', AMBIT_MANGLE_CHAIN, buildMangleChainRules(options.family), options.currentTables ?? '');
 }
 
-function buildTableBatch(table: 'nat' | 'mangle', chain: string, wanted: string[], saveOutput: string): string {
+/** The rules of Ambit's IPv6 reject chain, exactly as ip6tables-save prints them back. */
+export function buildIpv6RejectChainRules(): string[] {
+  const chain = AMBIT_IPV6_REJECT_CHAIN;
+  const set = IPV6.setName;
+  return [
+    `-A ${chain} -p tcp -m set --match-set ${set} dst -j REJECT --reject-with tcp-reset`,
+    `-A ${chain} -p tcp -m set --match-set ${set} src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset`,
+  ];
+}
+
+/**
+ * The `ip6tables-restore --noflush` batch that brings the filter table to Ambit's IPv6 reject chain, jumped to first
+ * from INPUT and FORWARD (a CNI's or firewall's ACCEPT above it would let the traffic through), or '' when it is so.
+ */
+export function buildIpv6RejectRules(currentTables = ''): string {
+  return buildTableBatch('filter', AMBIT_IPV6_REJECT_CHAIN, buildIpv6RejectChainRules(), currentTables, IPV6_REJECT_HOOKS);
+}
+
+/** As buildNatRemoval, for the IPv6 reject chain; `saveOutput` is an ip6tables-save dump. */
+export function buildIpv6RejectRemoval(saveOutput: string): string {
+  return buildChainRemoval(saveOutput, 'filter', AMBIT_IPV6_REJECT_CHAIN);
+}
+
+type Table = 'nat' | 'mangle' | 'filter';
+
+function buildTableBatch(table: Table, chain: string, wanted: string[], saveOutput: string, hooks: readonly string[] = ['PREROUTING']): string {
   const state = readChain(saveOutput, table, chain);
-  const jump = jumpRule(chain);
-  const keptJump = state.firstPreroutingRule === jump ? jump : undefined;
-  const strayJumps = state.jumps.slice(keptJump === undefined ? 0 : 1);
+  const kept = hooks.filter((hook) => state.firstRules.get(hook) === jumpRule(chain, hook));
+  const strayJumps = state.jumps.filter((rule) => !kept.some((hook) => rule === jumpRule(chain, hook)));
+  // a hook whose first rule is ours and that has a second jump: the copy goes, and -D takes the first match
+  const extraCopies = kept.flatMap((hook) => state.jumps.filter((rule) => rule === jumpRule(chain, hook)).slice(1));
+  const missing = hooks.filter((hook) => !kept.includes(hook));
   const chainIsCurrent = state.chainExists && sameLines(state.chainRules, wanted);
-  if (chainIsCurrent && keptJump !== undefined && strayJumps.length === 0) return '';
+  if (chainIsCurrent && missing.length === 0 && strayJumps.length === 0 && extraCopies.length === 0) return '';
   return [
     `*${table}`,
     `:${chain} - [0:0]`,
     ...wanted,
-    ...strayJumps.map(toDeletion),
-    ...(keptJump === undefined ? [`-I PREROUTING 1 -j ${chain}`] : []),
+    ...[...strayJumps, ...extraCopies].map(toDeletion),
+    ...missing.map((hook) => `-I ${hook} 1 -j ${chain}`),
     'COMMIT',
     '',
   ].join('\n');
@@ -170,7 +225,7 @@ export function buildMangleRemoval(saveOutput: string): string {
   return buildChainRemoval(saveOutput, 'mangle', AMBIT_MANGLE_CHAIN);
 }
 
-function buildChainRemoval(saveOutput: string, table: 'nat' | 'mangle', chain: string): string {
+function buildChainRemoval(saveOutput: string, table: Table, chain: string): string {
   const state = readChain(saveOutput, table, chain);
   if (!state.chainExists && state.jumps.length === 0) return '';
   return [
@@ -272,22 +327,41 @@ function bridgesWithAmbitMac(fdb: readonly FdbEntry[]): string[] {
 }
 
 const BRIDGE_RULE = `meta mark & ${hex(TRANSPARENT_MARK)} == ${hex(TRANSPARENT_MARK)} meta pkttype other ether daddr set ${AMBIT_BRIDGE_MAC} meta pkttype set host`;
-/** nft prints rules back in its own words; a digest of the rule as written, in its comment, tells a changed rule apart. */
-const BRIDGE_RULE_TAG = `ambit:${createHash('sha256').update(BRIDGE_RULE).digest('hex').slice(0, 12)}`;
 
-/**
- * The one rule of Ambit's bridge chain: a marked frame (a reply to a transparent socket) that the bridge would
- * switch to another port (`pkttype other`) goes to the bridge's own interface instead.
- */
-export function buildBridgeRule(): string {
-  return `${BRIDGE_RULE} comment "${BRIDGE_RULE_TAG}"`;
+/** nft prints rules back in its own words; a digest of the rule as written, in its comment, tells a changed rule apart. */
+function ruleTag(rule: string): string {
+  return `ambit:${createHash('sha256').update(rule).digest('hex').slice(0, 12)}`;
+}
+
+function tagged(rule: string): string {
+  return `${rule} comment "${ruleTag(rule)}"`;
 }
 
 /**
- * The `nft -f` batch that (re)creates Ambit's bridge table in one transaction, or '' when `currentRuleset`
- * (`nft -j list ruleset bridge`) shows it in place: the chain at its hook and priority with exactly Ambit's rule.
+ * The chains of Ambit's bridge table, both after br_netfilter. `prerouting`: a marked frame (a reply to a
+ * transparent socket) that the bridge would switch to another port (`pkttype other`) goes to the bridge's own
+ * interface instead. `forward`: the IPv6 TCP of enrolled pods switched between two ports of one bridge is dropped,
+ * for nodes where bridged IPv6 does not cross ip6tables (which would have reset it first).
  */
-export function buildBridgeTable(currentRuleset: string): string {
+const BRIDGE_CHAINS: ReadonlyArray<{ name: string; rules: readonly string[] }> = [
+  { name: 'prerouting', rules: [BRIDGE_RULE] },
+  {
+    name: 'forward',
+    rules: [`meta l4proto tcp ip6 saddr @${AMBIT_BRIDGE_V6_SET} drop`, `meta l4proto tcp ip6 daddr @${AMBIT_BRIDGE_V6_SET} drop`],
+  },
+];
+
+/** The rule of Ambit's bridge prerouting chain, with its tag. */
+export function buildBridgeRule(): string {
+  return tagged(BRIDGE_RULE);
+}
+
+/**
+ * The `nft -f` batch that (re)creates Ambit's bridge table in one transaction, with `ipv6Pods` in its set, or ''
+ * when `currentRuleset` (`nft -j list ruleset bridge`) shows it in place: the set, and each chain at its hook and
+ * priority with exactly Ambit's rules. The set's members are syncPods' business.
+ */
+export function buildBridgeTable(currentRuleset: string, ipv6Pods: readonly string[] = []): string {
   if (bridgeTableIsCurrent(currentRuleset)) return '';
   const table = `bridge ${AMBIT_BRIDGE_TABLE}`;
   return [
@@ -295,10 +369,33 @@ export function buildBridgeTable(currentRuleset: string): string {
     `add table ${table}`,
     `delete table ${table}`,
     `add table ${table}`,
-    `add chain ${table} prerouting { type filter hook prerouting priority ${AMBIT_BRIDGE_CHAIN_PRIORITY}; policy accept; }`,
-    `add rule ${table} prerouting ${buildBridgeRule()}`,
+    `add set ${table} ${AMBIT_BRIDGE_V6_SET} { type ipv6_addr; }`,
+    ...bridgeSetElements(ipv6Pods),
+    ...BRIDGE_CHAINS.flatMap(({ name, rules }) => [
+      `add chain ${table} ${name} { type filter hook ${name} priority ${AMBIT_BRIDGE_CHAIN_PRIORITY}; policy accept; }`,
+      ...rules.map((rule) => `add rule ${table} ${name} ${tagged(rule)}`),
+    ]),
     '',
   ].join('\n');
+}
+
+/**
+ * The `nft -f` batch that makes the bridge table's IPv6 set hold exactly `ipv6Pods`, in one transaction. It declares
+ * the table and set first, so that it applies even after someone deleted them (install() then restores the chains).
+ */
+export function buildBridgeV6SetSync(ipv6Pods: readonly string[]): string {
+  const table = `bridge ${AMBIT_BRIDGE_TABLE}`;
+  return [
+    `add table ${table}`,
+    `add set ${table} ${AMBIT_BRIDGE_V6_SET} { type ipv6_addr; }`,
+    `flush set ${table} ${AMBIT_BRIDGE_V6_SET}`,
+    ...bridgeSetElements(ipv6Pods),
+    '',
+  ].join('\n');
+}
+
+function bridgeSetElements(ipv6Pods: readonly string[]): string[] {
+  return ipv6Pods.length === 0 ? [] : [`add element bridge ${AMBIT_BRIDGE_TABLE} ${AMBIT_BRIDGE_V6_SET} { ${ipv6Pods.join(', ')} }`];
 }
 
 /** The `nft -f` batch that deletes Ambit's bridge table, or '' when `currentRuleset` has none. */
@@ -310,6 +407,7 @@ interface NftTableState {
   exists: boolean;
   chains: Array<{ name?: string; type?: string; hook?: string; prio?: number }>;
   rules: Array<{ chain?: string; comment?: string }>;
+  sets: Array<{ name?: string; type?: string }>;
 }
 
 function readNftTable(rulesetJson: string): NftTableState {
@@ -320,12 +418,13 @@ function readNftTable(rulesetJson: string): NftTableState {
   } catch {
     objects = [];
   }
-  const state: NftTableState = { exists: false, chains: [], rules: [] };
+  const state: NftTableState = { exists: false, chains: [], rules: [], sets: [] };
   for (const object of objects) {
-    const entry = object as { table?: { family?: string; name?: string }; chain?: NftObject; rule?: NftObject };
+    const entry = object as { table?: { family?: string; name?: string }; chain?: NftObject; rule?: NftObject; set?: NftObject };
     if (entry.table?.family === 'bridge' && entry.table.name === AMBIT_BRIDGE_TABLE) state.exists = true;
     if (entry.chain && isOurs(entry.chain)) state.chains.push(entry.chain);
     if (entry.rule && isOurs(entry.rule)) state.rules.push(entry.rule);
+    if (entry.set && isOurs(entry.set)) state.sets.push(entry.set);
   }
   return state;
 }
@@ -347,17 +446,15 @@ function isOurs(object: NftObject): boolean {
 
 function bridgeTableIsCurrent(rulesetJson: string): boolean {
   const state = readNftTable(rulesetJson);
-  return (
-    state.exists &&
-    state.chains.length === 1 &&
-    state.chains[0]?.name === 'prerouting' &&
-    state.chains[0].type === 'filter' &&
-    state.chains[0].hook === 'prerouting' &&
-    state.chains[0].prio === AMBIT_BRIDGE_CHAIN_PRIORITY &&
-    state.rules.length === 1 &&
-    state.rules[0]?.chain === 'prerouting' &&
-    state.rules[0].comment === BRIDGE_RULE_TAG
-  );
+  const chainsCurrent =
+    state.chains.length === BRIDGE_CHAINS.length &&
+    BRIDGE_CHAINS.every(({ name, rules }) => {
+      const chain = state.chains.find((candidate) => candidate.name === name);
+      const tags = state.rules.filter((rule) => rule.chain === name).map((rule) => rule.comment ?? '');
+      return chain?.type === 'filter' && chain.hook === name && chain.prio === AMBIT_BRIDGE_CHAIN_PRIORITY && sameLines(tags, rules.map(ruleTag));
+    });
+  const setCurrent = state.sets.length === 1 && state.sets[0]?.name === AMBIT_BRIDGE_V6_SET && state.sets[0].type === 'ipv6_addr';
+  return state.exists && chainsCurrent && setCurrent && state.rules.length === BRIDGE_CHAINS.flatMap((chain) => chain.rules).length;
 }
 
 /**
@@ -432,9 +529,41 @@ async function detectBackend(log: Logger, netns: string | undefined): Promise<Ip
 
 async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: string | undefined): Promise<void> {
   const commandOptions: CommandOptions = { netns };
-  const family = IPV4;
-  const backends = choice === 'auto' ? await presentBackends(family) : [choice];
+  const backends = choice === 'auto' ? await presentBackends(IPV4) : [choice];
+  const removedFrom = await removeChains(log, IPV4, backends, commandOptions, (dump) => buildMangleRemoval(dump) + buildNatRemoval(dump));
+  // A backend without ip6tables cannot have Ambit's IPv6 chain (install() refuses to run without it).
+  const ipv6Backends = (await presentBackends(IPV6).catch(() => [])).filter((backend) => backends.includes(backend));
+  const removedFrom6 = ipv6Backends.length === 0 ? [] : await removeChains(log, IPV6, ipv6Backends, commandOptions, buildIpv6RejectRemoval);
 
+  const routing = buildTransparentRoutingRemoval(await readTransparentRouting(commandOptions));
+  if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
+  const bridgeChanges = await removeBridgeRedirect(commandOptions);
+
+  // last: the rules used the sets, and a set in use cannot be destroyed
+  const existingSets = await listSets(commandOptions);
+  const doomedSets = FAMILIES.flatMap((family) => [family.setName, temporarySetName(family)]).filter((set) => existingSets.has(set));
+  if (doomedSets.length > 0) {
+    const batch = doomedSets.map((set) => `destroy ${set}`).join('\n') + '\n';
+    await applyCommand(['ipset', 'restore'], { ...commandOptions, input: batch }, IPSET_DESTROY_HINT);
+  }
+  if (removedFrom.length > 0 || removedFrom6.length > 0 || doomedSets.length > 0 || routing.length > 0 || bridgeChanges > 0) {
+    log.info(
+      { backends: removedFrom, chains: removedFrom.length, ipv6Backends: removedFrom6, ipsets: doomedSets.length, routing: routing.length, bridge: bridgeChanges },
+      'redirect rules removed',
+    );
+  } else {
+    log.debug('no redirect rules to remove');
+  }
+}
+
+/** Removes Ambit's chains of one family from those of `backends` that have them (`removal` builds the batch from a dump). */
+async function removeChains(
+  log: Logger,
+  family: AddressFamily,
+  backends: readonly IptablesBackend[],
+  commandOptions: CommandOptions,
+  removal: (dump: string) => string,
+): Promise<IptablesBackend[]> {
   // the whole dump rather than `-t nat`: asking legacy iptables for a table creates it, and an empty legacy nat
   // table on an nft node makes every iptables-nft command warn about it
   const dumps = await Promise.allSettled(
@@ -447,34 +576,15 @@ async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: st
   for (const [index, backend] of backends.entries()) {
     const dump = dumps[index];
     if (dump?.status !== 'fulfilled') {
-      log.warn({ backend, err: dump?.reason }, 'cannot read this iptables backend; leaving it alone');
+      log.warn({ backend, command: family.iptablesCommand, err: dump?.reason }, 'cannot read this iptables backend; leaving it alone');
       continue;
     }
-    const removal = buildMangleRemoval(dump.value.stdout) + buildNatRemoval(dump.value.stdout);
-    if (removal === '') continue;
-    await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...commandOptions, input: removal }, NET_ADMIN_HINT);
+    const batch = removal(dump.value.stdout);
+    if (batch === '') continue;
+    await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...commandOptions, input: batch }, NET_ADMIN_HINT);
     removedFrom.push(backend);
   }
-
-  const routing = buildTransparentRoutingRemoval(await readTransparentRouting(commandOptions));
-  if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
-  const bridgeChanges = await removeBridgeRedirect(commandOptions);
-
-  // last: the mangle rule used the set, and a set in use cannot be destroyed
-  const existingSets = await listSets(commandOptions);
-  const doomedSets = [family.setName, temporarySetName(family)].filter((set) => existingSets.has(set));
-  if (doomedSets.length > 0) {
-    const batch = doomedSets.map((set) => `destroy ${set}`).join('\n') + '\n';
-    await applyCommand(['ipset', 'restore'], { ...commandOptions, input: batch }, IPSET_DESTROY_HINT);
-  }
-  if (removedFrom.length > 0 || doomedSets.length > 0 || routing.length > 0 || bridgeChanges > 0) {
-    log.info(
-      { backends: removedFrom, chains: removedFrom.length, ipsets: doomedSets.length, routing: routing.length, bridge: bridgeChanges },
-      'redirect rules removed',
-    );
-  } else {
-    log.debug('no redirect rules to remove');
-  }
+  return removedFrom;
 }
 
 /** Removes the fdb entries and the nft table; returns how many pieces went. Without nft, there is no table to remove. */
@@ -489,9 +599,9 @@ async function removeBridgeRedirect(options: CommandOptions): Promise<number> {
 
 /**
  * Ambit's traffic capture in the node's network namespace: the `ambit-pods-v4` ipset of enrolled local pods, the
- * nat chain that DNATs their TCP to the agent, and the mark, route and bridge redirect that bring the pods' replies
- * back to the agent's transparent connections. Operations are serialized, so a pod sync racing a reinstall cannot
- * interleave their batches.
+ * nat chain that DNATs their TCP to the agent, the mark, route and bridge redirect that bring the pods' replies
+ * back to the agent's transparent connections, and the `ambit-pods-v6` ipset with the chains that refuse the pods'
+ * IPv6 TCP. Operations are serialized, so a pod sync racing a reinstall cannot interleave their batches.
  */
 export class RedirectRules {
   readonly #nodeIp: string;
@@ -500,10 +610,9 @@ export class RedirectRules {
   readonly #backendChoice: IptablesBackendChoice;
   readonly #commandOptions: CommandOptions;
   readonly #log: Logger;
-  readonly #family = IPV4;
   #backend: IptablesBackend | undefined;
-  /** Sorted members of the live set as last written by this instance; undefined when unknown. */
-  #appliedPods: string[] | undefined;
+  /** Sorted members of each live set as last written by this instance; absent when unknown. */
+  #appliedPods = new Map<AddressFamily, string[]>();
   #previousOperation: Promise<unknown> = Promise.resolve();
 
   constructor(options: RedirectRulesOptions) {
@@ -528,29 +637,38 @@ export class RedirectRules {
    */
   install(): Promise<void> {
     return this.#serialize(async () => {
-      const family = this.#family;
       const backend = await this.#resolveBackend();
       if (!(await isOnPath('nft'))) throw missingNft();
-      const setCreated = !(await listSets(this.#commandOptions)).has(family.setName);
-      if (setCreated) {
-        await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: createSetLine(family.setName, family) + '\n' }, IPSET_HINT);
+      // Without ip6tables the IPv6 of enrolled pods could not be refused: no capture at all rather than half of it.
+      if (!(await isOnPath(saveCommand(IPV6, backend)))) throw missingIptables(IPV6);
+      const existingSets = await listSets(this.#commandOptions);
+      const createdSets = FAMILIES.filter((family) => !existingSets.has(family.setName));
+      if (createdSets.length > 0) {
+        const input = createdSets.map((family) => createSetLine(family.setName, family) + '\n').join('');
+        await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input }, IPSET_HINT);
       }
       let batch: string;
+      let batch6: string;
       try {
-        const tables = await applyCommand([saveCommand(family, backend)], this.#commandOptions, NET_ADMIN_HINT);
+        const tables = await applyCommand([saveCommand(IPV4, backend)], this.#commandOptions, NET_ADMIN_HINT);
         const natOptions: NatRulesOptions = {
           nodeIp: this.#nodeIp,
           outboundPort: this.#outboundPort,
           inboundPort: this.#inboundPort,
-          family,
+          family: IPV4,
           currentNatTable: tables.stdout,
         };
-        batch = buildNatRules(natOptions) + buildMangleRules({ family, currentTables: tables.stdout });
+        batch = buildNatRules(natOptions) + buildMangleRules({ family: IPV4, currentTables: tables.stdout });
         if (batch !== '') {
-          await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
+          await applyCommand([restoreCommand(IPV4, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
+        }
+        const tables6 = await applyCommand([saveCommand(IPV6, backend)], this.#commandOptions, NET_ADMIN_HINT);
+        batch6 = buildIpv6RejectRules(tables6.stdout);
+        if (batch6 !== '') {
+          await applyCommand([restoreCommand(IPV6, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch6 }, IPV6_RESTORE_HINT);
         }
       } catch (err) {
-        if (setCreated) await this.#destroyCreatedSet();
+        if (createdSets.length > 0) await this.#destroyCreatedSets(createdSets);
         throw err;
       }
       // After the mark rule: until the route exists a marked reply is routed as if unmarked, which is harmless.
@@ -558,21 +676,21 @@ export class RedirectRules {
       const routing = buildTransparentRouting(ipState);
       if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...this.#commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
       const fdbAdded = await this.#syncBridgeFdb(ipState.bridges);
-      const bridgeTable = buildBridgeTable(await readBridgeRuleset(this.#commandOptions));
+      const bridgeTable = buildBridgeTable(await readBridgeRuleset(this.#commandOptions), this.#appliedPods.get(IPV6));
       if (bridgeTable !== '') await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input: bridgeTable }, NFT_HINT);
 
-      if (batch === '' && routing.length === 0 && fdbAdded === 0 && bridgeTable === '') {
+      if (batch === '' && batch6 === '' && routing.length === 0 && fdbAdded === 0 && bridgeTable === '') {
         this.#log.debug({ backend }, 'redirect rules already in place');
         return;
       }
-      const batchLines = batch.split('\n');
+      const batchLines = [...batch.split('\n'), ...batch6.split('\n')];
       this.#log.info(
         {
           backend,
-          chains: [AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN].filter((chain) => batchLines.includes(`:${chain} - [0:0]`)),
+          chains: [AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) => batchLines.includes(`:${chain} - [0:0]`)),
           jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
           jumpsDeleted: batchLines.filter((line) => line.startsWith('-D ')).length,
-          setCreated,
+          setsCreated: createdSets.map((family) => family.setName),
           routing,
           bridgesGivenFdbEntry: fdbAdded,
           bridgeTableWritten: bridgeTable !== '',
@@ -583,29 +701,41 @@ export class RedirectRules {
   }
 
   /**
-   * Makes the ipset hold exactly `ipv4s` (the node's enrolled pods), in one atomic swap. Returns false, without
-   * running anything, when the set already holds them as last applied (`force` applies it anyway, to repair a set
-   * someone else changed). An address that is not IPv4, or is the node IP, is left
-   * out with a warning rather than failing the sync: one bad pod must not stop the capture of all the others.
+   * Makes the ipsets hold exactly `ips` (the node's enrolled pods; IPv4 in `ambit-pods-v4`, which is captured, IPv6
+   * in `ambit-pods-v6` and the bridge table's set, which are refused), each in one atomic swap. Returns false,
+   * without running anything, when the sets already hold them as last applied (`force` applies them anyway, to
+   * repair a set someone else changed). An address that is not an IP address, or is the node IP, is left out with a
+   * warning rather than failing the sync: one bad pod must not stop the capture of all the others.
    */
-  syncPods(ipv4s: readonly string[], options: { force?: boolean } = {}): Promise<boolean> {
+  syncPods(ips: readonly string[], options: { force?: boolean } = {}): Promise<boolean> {
     return this.#serialize(async () => {
-      const family = this.#family;
-      const invalid = ipv4s.filter((address) => !family.isAddress(address));
-      if (invalid.length > 0) {
-        this.#log.warn({ set: family.setName, invalid }, `left out of the enrolled pod set: not ${family.ipsetFamily} addresses`);
-      }
+      const invalid = ips.filter((address) => !FAMILIES.some((family) => family.isAddress(address)));
+      if (invalid.length > 0) this.#log.warn({ invalid }, 'left out of the enrolled pod sets: not IP addresses');
       // a hostNetwork pod has the node IP: enrolling it would capture all TCP to the node, HBONE on 15008 included
-      if (ipv4s.includes(this.#nodeIp)) {
-        this.#log.warn({ set: family.setName, nodeIp: this.#nodeIp }, 'left the node IP out of the enrolled pod set: hostNetwork pods cannot be enrolled');
+      if (ips.includes(this.#nodeIp)) {
+        this.#log.warn({ set: IPV4.setName, nodeIp: this.#nodeIp }, 'left the node IP out of the enrolled pod set: hostNetwork pods cannot be enrolled');
       }
-      const pods = [...new Set(ipv4s)].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort();
-      const previous = this.#appliedPods;
-      if (!options.force && previous !== undefined && sameLines(previous, pods)) return false;
-      await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: buildIpsetSync(pods, family) }, IPSET_HINT);
-      this.#appliedPods = pods;
-      const counts = previous === undefined ? {} : diffCounts(previous, pods);
-      this.#log.info({ set: family.setName, pods: pods.length, ...counts }, 'enrolled pod set updated');
+      const wanted = new Map(
+        FAMILIES.map((family) => [family, [...new Set(ips)].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort()]),
+      );
+      const changed = FAMILIES.filter((family) => {
+        const previous = this.#appliedPods.get(family);
+        return options.force || previous === undefined || !sameLines(previous, wanted.get(family) ?? []);
+      });
+      if (changed.length === 0) return false;
+      const ipsetBatch = changed.map((family) => buildIpsetSync(wanted.get(family) ?? [], family)).join('');
+      await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: ipsetBatch }, IPSET_HINT);
+      if (changed.includes(IPV6)) {
+        const input = buildBridgeV6SetSync(wanted.get(IPV6) ?? []);
+        await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input }, NFT_HINT);
+      }
+      for (const family of changed) {
+        const pods = wanted.get(family) ?? [];
+        const previous = this.#appliedPods.get(family);
+        this.#appliedPods.set(family, pods);
+        const counts = previous === undefined ? {} : diffCounts(previous, pods);
+        this.#log.info({ set: family.setName, pods: pods.length, ...counts }, 'enrolled pod set updated');
+      }
       // A pod's CNI ADD may have created the bridge it hangs off; it needs the fdb entry before its first reply.
       await this.#syncBridgeFdb((await readIpState(this.#commandOptions)).bridges);
       return true;
@@ -615,7 +745,7 @@ export class RedirectRules {
   /** Removes everything install() made (see removeRedirectRules); absent pieces are fine. */
   remove(): Promise<void> {
     return this.#serialize(async () => {
-      this.#appliedPods = undefined;
+      this.#appliedPods.clear();
       await removeRules(this.#log, this.#backendChoice, this.#commandOptions.netns);
     });
   }
@@ -641,18 +771,19 @@ export class RedirectRules {
     return lines.length;
   }
 
-  /** Undo of a first install whose nat batch failed: the set would otherwise outlive the rules that use it. */
-  async #destroyCreatedSet(): Promise<void> {
-    const set = this.#family.setName;
+  /** Undo of a first install whose batch failed: the sets would otherwise outlive the rules that use them. */
+  async #destroyCreatedSets(families: readonly AddressFamily[]): Promise<void> {
+    const sets = families.map((family) => family.setName);
     try {
-      await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: `destroy ${set}\n` }, IPSET_DESTROY_HINT);
+      await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: sets.map((set) => `destroy ${set}\n`).join('') }, IPSET_DESTROY_HINT);
     } catch (err) {
-      this.#log.warn({ err, set }, 'could not destroy the ipset created by the failed install');
+      this.#log.warn({ err, sets }, 'could not destroy the ipsets created by the failed install');
     }
   }
 }
 
 const NET_ADMIN_HINT = 'is the agent running as root with NET_ADMIN?';
+const IPV6_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have ip6tables filter, REJECT, xt_set and xt_conntrack?';
 const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the nat, xt_set and xt_socket modules?';
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
@@ -664,25 +795,31 @@ interface ChainState {
   chainRules: string[];
   /** Every rule of any chain that jumps to Ambit's chain, in save order. */
   jumps: string[];
-  firstPreroutingRule: string | undefined;
+  /** The first rule of each chain that has one. */
+  firstRules: Map<string, string>;
 }
 
-function jumpRule(chain: string): string {
-  return `-A PREROUTING -j ${chain}`;
+function jumpRule(chain: string, hook = 'PREROUTING'): string {
+  return `-A ${hook} -j ${chain}`;
 }
 
 /** Reads one table's section of an iptables-save dump; a dump without it is a table without Ambit. */
-function readChain(saveOutput: string, table: 'nat' | 'mangle', chain: string): ChainState {
+function readChain(saveOutput: string, table: Table, chain: string): ChainState {
   const allLines = saveOutput.split('\n').map((line) => line.trim());
   const start = allLines.indexOf(`*${table}`);
   const end = start === -1 ? -1 : allLines.indexOf('COMMIT', start);
   const lines = start === -1 ? [] : allLines.slice(start + 1, end === -1 ? undefined : end);
   const rules = lines.filter((line) => line.startsWith('-A '));
+  const firstRules = new Map<string, string>();
+  for (const rule of rules) {
+    const owner = rule.split(/\s+/)[1];
+    if (owner !== undefined && !firstRules.has(owner)) firstRules.set(owner, rule);
+  }
   return {
     chainExists: lines.some((line) => line.startsWith(`:${chain} `)),
     chainRules: rules.filter((rule) => rule.startsWith(`-A ${chain} `)),
     jumps: rules.filter((rule) => jumpsTo(rule, chain)),
-    firstPreroutingRule: rules.find((rule) => rule.startsWith('-A PREROUTING ')),
+    firstRules,
   };
 }
 

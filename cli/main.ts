@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { AmbitError } from '../core/errors.js';
+import { AmbitError, CONFIGURATION_ERROR_CODES } from '../core/errors.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT_OK = 0;
@@ -71,6 +71,6 @@ main(process.argv.slice(2)).then(
       return;
     }
     process.stderr.write(`ambit: ${err instanceof AmbitError ? `${err.message} [${err.code}]` : err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exitCode = EXIT_FAILURE;
+    process.exitCode = err instanceof AmbitError && CONFIGURATION_ERROR_CODES.has(err.code) ? EXIT_USAGE : EXIT_FAILURE;
   },
 );

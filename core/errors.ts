@@ -12,6 +12,12 @@ export class AmbitError extends Error {
   }
 }
 
+/**
+ * Codes of errors that say the configuration asks for what cannot be had: the CLI exits 2 for them, as for bad usage,
+ * since retrying the same configuration cannot help.
+ */
+export const CONFIGURATION_ERROR_CODES: ReadonlySet<string> = new Set(['USAGE', 'UPSTREAM_SOURCE_UNAVAILABLE']);
+
 /** True when `err` is an AmbitError with the given code. */
 export function isAmbitError(err: unknown, code?: string): err is AmbitError {
   return err instanceof AmbitError && (code === undefined || err.code === code);

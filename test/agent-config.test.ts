@@ -27,6 +27,14 @@ t.test('CNI, state, restart and policy settings', async (t) => {
   t.match(loadAgentConfig({}, [...required, '--no-rules']).config, { runDir: undefined, manageRules: false }, 'no rules, nothing for a CNI socket to promise');
 });
 
+t.test('where connections to pods come from: transparent unless asked otherwise', async (t) => {
+  t.equal(loadAgentConfig({}, required).config?.upstreamSource, 'transparent', 'the default: the client\'s address');
+  t.equal(loadAgentConfig({}, [...required, '--upstream-source', 'node']).config?.upstreamSource, 'node');
+  t.equal(loadAgentConfig({ AMBIT_UPSTREAM_SOURCE: 'node' }, required).config?.upstreamSource, 'node', 'from the environment');
+  t.equal(loadAgentConfig({ AMBIT_UPSTREAM_SOURCE: 'node' }, [...required, '--upstream-source', 'transparent']).config?.upstreamSource, 'transparent', 'the flag wins');
+  t.match(loadAgentConfig({}, [...required, '--no-rules']).config, { manageRules: false, upstreamSource: 'transparent' }, '--no-rules does not choose for the operator');
+});
+
 t.test('bad input is a usage error that names the flag', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [['--node', 'n1', '--config', '/c'], /--ca-dir/],
@@ -41,6 +49,7 @@ t.test('bad input is a usage error that names the flag', async (t) => {
     [[...required, '--rules-resync-interval', '1.5'], /--rules-resync-interval/],
     [[...required, '--state-dir', 'var/lib'], /--state-dir var\/lib is not an absolute path/],
     [[...required, '--root-namespace', 'Not_A_Namespace'], /--root-namespace Not_A_Namespace/],
+    [[...required, '--upstream-source', 'pod'], /--upstream-source pod is not one of transparent, node/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });

@@ -120,5 +120,5 @@ t.test('a captured connection from an address that is not a local enrolled pod i
 t.test('readiness and metrics are served', async (t) => {
   t.equal(mesh.agents.node1.ready, true);
   const text = await mesh.agents.node1.registry.metrics();
-  t.match(text, /ambit_cert_expiration_timestamp_seconds\{identity="spiffe:\/\/cluster.local\/ns\/demo\/sa\/client",kind="workload"\}/);
+  t.match(text, /ambit_cert_expiration_timestamp_seconds\{identity="spiffe:\/\/cluster.local\/ns\/demo\/sa\/client",kind="workload"\}/);  t.match(text, 'ambit_upstream_source{mode="node"} 1', 'asked for connections from the node address, and says so');
 });

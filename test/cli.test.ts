@@ -6,9 +6,11 @@ import t from 'tap';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'main.js');
 
-function ambit(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs the CLI; `wrapper` (e.g. `ip netns exec NS setpriv ...`) runs it under another program. */
+function ambit(args: string[], wrapper: string[] = []): Promise<{ code: number; stdout: string; stderr: string }> {
+  const [file, ...wrapperArgs] = [...wrapper, process.execPath];
   return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+    execFile(file as string, [...wrapperArgs, CLI, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -54,8 +56,35 @@ t.test('cni install on a folder with no CNI configuration fails (1) and says wha
 });
 
 t.test('a runtime failure exits 1 with the reason', async (t) => {
-  const r = await ambit(['agent', '--node', 'n', '--config', '/nonexistent-ambit-config', '--ca-dir', '/nonexistent-ca', '--no-rules']);
+  const r = await ambit(['agent', '--node', 'n', '--config', '/nonexistent-ambit-config', '--ca-dir', '/nonexistent-ca', '--no-rules', '--upstream-source', 'node']);
   t.equal(r.code, 1);
   t.match(r.stderr, /nonexistent-ambit-config/);
   t.match(r.stderr, /CONFIG_DIR_NOT_FOUND/);
 });
+
+const agentArgs = ['agent', '--node', 'n', '--config', '/nonexistent-ambit-config', '--ca-dir', '/nonexistent-ca'];
+
+t.test('an agent asked for transparent connections without its rules does not start: a configuration error', async (t) => {
+  const r = await ambit([...agentArgs, '--no-rules']);
+  t.equal(r.code, 2, 'exit 2, as for bad configuration');
+  t.match(r.stderr, /UPSTREAM_SOURCE_UNAVAILABLE/);
+  t.match(r.stderr, /--no-rules/, 'it says why');
+  t.match(r.stderr, /--upstream-source node/, 'and what to do');
+});
+
+const noCapSkip =
+  process.getuid?.() !== 0 ? 'needs root: runs the agent as root without CAP_NET_ADMIN, in its own network namespace' : false;
+
+t.test('an agent without CAP_NET_ADMIN asked for transparent connections does not start', { skip: noCapSkip }, async (t) => {
+  const netns = `ambit-cli-${process.pid}-${Date.now().toString(36)}`;
+  await new Promise<void>((resolve, reject) => execFile('ip', ['netns', 'add', netns], (err) => (err ? reject(err) : resolve())));
+  t.teardown(() => new Promise<void>((resolve) => execFile('ip', ['netns', 'del', netns], () => resolve())));
+  // root with CAP_NET_ADMIN and CAP_NET_RAW (either allows IP_TRANSPARENT) gone from every set: a pod without NET_ADMIN
+  const drop = ['setpriv', '--bounding-set', '-net_admin,-net_raw', '--inh-caps', '-net_admin,-net_raw'];
+  const r = await ambit(agentArgs, ['ip', 'netns', 'exec', netns, ...drop]);
+  t.equal(r.code, 2, `exit 2 (stderr: ${r.stderr})`);
+  t.match(r.stderr, /UPSTREAM_SOURCE_UNAVAILABLE/);
+  t.match(r.stderr, /CAP_NET_ADMIN/, 'it names the missing capability');
+  t.match(r.stderr, /--upstream-source node/);
+});
+

@@ -16,6 +16,8 @@ import {
   buildBridgeTable,
   buildBridgeTableRemoval,
   buildIpsetSync,
+  buildIpv6RejectRemoval,
+  buildIpv6RejectRules,
   buildMangleRemoval,
   buildMangleRules,
   buildNatRemoval,
@@ -36,6 +38,12 @@ const INBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v
 const MANGLE_JUMP = '-A PREROUTING -j AMBIT-MANGLE-PREROUTING';
 const MARK_RULE =
   '-A AMBIT-MANGLE-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000';
+const IPV6_INPUT_JUMP = '-A INPUT -j AMBIT-IPV6-REJECT';
+const IPV6_FORWARD_JUMP = '-A FORWARD -j AMBIT-IPV6-REJECT';
+const IPV6_REJECT_RULES = [
+  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 dst -j REJECT --reject-with tcp-reset',
+  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
+];
 const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
 const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
 const rootSkip = process.getuid?.() === 0 ? false : 'needs root: creates network namespaces, iptables rules and ipsets';
@@ -135,6 +143,26 @@ t.test('buildMangleRules and buildMangleRemoval', async (t) => {
   );
 });
 
+t.test('buildIpv6RejectRules and its removal', async (t) => {
+  const filterDump = (rules: string[]) =>
+    ['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-IPV6-REJECT - [0:0]', ...rules, 'COMMIT', ''].join('\n');
+  const fresh = buildIpv6RejectRules('');
+  t.equal(
+    fresh,
+    ['*filter', ':AMBIT-IPV6-REJECT - [0:0]', ...IPV6_REJECT_RULES, '-I INPUT 1 -j AMBIT-IPV6-REJECT', '-I FORWARD 1 -j AMBIT-IPV6-REJECT', 'COMMIT', ''].join('\n'),
+  );
+  t.equal(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])), '', 'in place: nothing to do');
+  const slid = buildIpv6RejectRules(filterDump(['-A INPUT -j ACCEPT', IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES]));
+  t.match(slid, '-D INPUT -j AMBIT-IPV6-REJECT\n-I INPUT 1 -j AMBIT-IPV6-REJECT\n', 'a jump below an ACCEPT goes back to the top');
+  t.notMatch(slid, 'FORWARD', 'the jump already first is left alone');
+  t.match(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])), '-D FORWARD -j AMBIT-IPV6-REJECT\n', 'a copy goes');
+  t.equal(
+    buildIpv6RejectRemoval(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])),
+    ['*filter', '-D INPUT -j AMBIT-IPV6-REJECT', '-D FORWARD -j AMBIT-IPV6-REJECT', '-F AMBIT-IPV6-REJECT', '-X AMBIT-IPV6-REJECT', 'COMMIT', ''].join('\n'),
+  );
+  t.equal(buildIpv6RejectRemoval(''), '', 'nothing to remove');
+});
+
 t.test('buildTransparentRouting and its removal', async (t) => {
   const main = { priority: 32766, src: 'all', table: 'main' };
   t.same(
@@ -171,18 +199,29 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
   t.match(table, /^add table bridge ambit\ndelete table bridge ambit\nadd table bridge ambit\n/, 'replaced in one transaction');
   t.match(table, /add chain bridge ambit prerouting \{ type filter hook prerouting priority 100; policy accept; \}/);
   t.match(buildBridgeRule(), /^meta mark & 0x2000 == 0x2000 meta pkttype other ether daddr set 02:61:6d:62:69:74 meta pkttype set host comment "ambit:[0-9a-f]{12}"$/);
+  t.match(table, /add set bridge ambit pods6 \{ type ipv6_addr; \}\n/, 'the set of enrolled IPv6 addresses');
+  t.match(table, /add chain bridge ambit forward \{ type filter hook forward priority 100; policy accept; \}\n/);
+  t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 saddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
+  t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 daddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
+  t.notMatch(table, 'add element', 'no members without pods');
+  t.match(buildBridgeTable('', ['fd00::2', 'fd00::3']), 'add element bridge ambit pods6 { fd00::2, fd00::3 }\n', 'a rewrite keeps the members');
   const tag = /comment "([^"]+)"/.exec(buildBridgeRule())?.[1];
-  const ruleset = (comment: string | undefined, prio = 100) =>
+  const forwardTags = [...table.matchAll(/forward .*comment "([^"]+)"/g)].map((match) => match[1]);
+  const ruleset = (comment: string | undefined, prio = 100, set = true) =>
     JSON.stringify({
       nftables: [
         { metainfo: { version: '1.0.6' } },
         { table: { family: 'bridge', name: 'nat', handle: 1 } },
         { table: { family: 'bridge', name: 'ambit', handle: 2 } },
+        ...(set ? [{ set: { family: 'bridge', table: 'ambit', name: 'pods6', type: 'ipv6_addr', handle: 3, elem: ['fd00::2'] } }] : []),
         { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy: 'accept' } },
-        ...(comment === undefined ? [] : [{ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 3, comment, expr: [] } }]),
+        { chain: { family: 'bridge', table: 'ambit', name: 'forward', type: 'filter', hook: 'forward', prio: 100, policy: 'accept' } },
+        ...(comment === undefined ? [] : [{ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4, comment, expr: [] } }]),
+        ...forwardTags.map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
       ],
     });
   t.equal(buildBridgeTable(ruleset(tag)), '', 'in place: nothing to do');
+  t.equal(buildBridgeTable(ruleset(tag, 100, false)), table, 'without its set: rewritten');
   t.equal(buildBridgeTable(ruleset(undefined)), table, 'a flushed chain: rewritten');
   t.equal(buildBridgeTable(ruleset('ambit:000000000000')), table, 'an older rule: rewritten');
   t.equal(buildBridgeTable(ruleset(tag, 0)), table, 'a chain at another priority: rewritten');
@@ -273,10 +312,18 @@ async function setNames(netns: string): Promise<string[]> {
   return (await inNetns(netns, ['ipset', 'list', '-n'])).stdout.split('\n').filter((line) => line !== '');
 }
 
-async function setMembers(netns: string): Promise<string[]> {
-  const listing = (await inNetns(netns, ['ipset', 'list', 'ambit-pods-v4'])).stdout;
+async function setMembers(netns: string, set = 'ambit-pods-v4'): Promise<string[]> {
+  const listing = (await inNetns(netns, ['ipset', 'list', set])).stdout;
   const members = listing.split('Members:\n')[1] ?? '';
   return members.split('\n').filter((line) => line !== '').sort();
+}
+
+async function bridgeV6Set(netns: string): Promise<string> {
+  return (await inNetns(netns, ['nft', 'list', 'set', 'bridge', 'ambit', 'pods6'])).stdout;
+}
+
+async function ipv6FilterTable(netns: string, backend: IptablesBackend): Promise<string> {
+  return (await inNetns(netns, [`ip6tables-${backend}-save`, '-t', 'filter'])).stdout;
 }
 
 async function mangleTable(netns: string, backend: IptablesBackend): Promise<string> {
@@ -333,6 +380,13 @@ for (const backend of ['legacy', 'nft'] as const) {
     t.same(rulesNow.filter((rule) => rule.startsWith('-A AMBIT-PREROUTING ')), [OUTBOUND_RULE, INBOUND_RULE], 'both rules, in order');
     t.notMatch(await natTable(node, other), /AMBIT/, `nothing in the ${other} backend`);
     t.ok((await setNames(node)).includes('ambit-pods-v4'), 'the ipset exists');
+    t.ok((await setNames(node)).includes('ambit-pods-v6'), 'and the IPv6 one');
+    t.same(
+      ruleLines(await ipv6FilterTable(node, backend)).filter((rule) => rule.includes('AMBIT')),
+      [IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES],
+      'the IPv6 reject chain, jumped to from INPUT and FORWARD',
+    );
+    t.notMatch(await ipv6FilterTable(node, other), /AMBIT/, `no IPv6 rules in the ${other} backend`);
     await assertTransparentRouting(t, node, backend, true);
     t.notMatch(await mangleTable(node, other), /AMBIT/, `no mangle rules in the ${other} backend`);
 
@@ -348,15 +402,20 @@ for (const backend of ['legacy', 'nft'] as const) {
     t.equal(await rules.syncPods(['10.99.1.3', '10.99.1.4']), true);
     t.same(await setMembers(node), ['10.99.1.3', '10.99.1.4'], 'the set holds exactly the new list');
     t.notOk((await setNames(node)).includes('ambit-pods-v4-tmp'), 'no temporary set left behind');
-    t.equal(await rules.syncPods(['10.99.1.3', '10.99.1.4', 'fd00::5', 'not-an-ip', NODE_IP]), false, 'bad addresses and the node IP are left out');
+    t.equal(await rules.syncPods(['10.99.1.3', '10.99.1.4', 'not-an-ip', NODE_IP]), false, 'bad addresses and the node IP are left out');
     t.same(await setMembers(node), ['10.99.1.3', '10.99.1.4'], 'and the set is untouched');
-    t.equal(await rules.syncPods(['10.99.1.5', 'fd00::5']), true, 'a bad address does not block the others');
+    t.equal(await rules.syncPods(['10.99.1.5', 'fd00::5', 'not-an-ip']), true, 'a bad address does not block the others');
     t.same(await setMembers(node), ['10.99.1.5']);
+    t.same(await setMembers(node, 'ambit-pods-v6'), ['fd00::5'], 'an IPv6 address goes to the IPv6 set');
+    t.match(await bridgeV6Set(node), /elements = \{ fd00::5 \}/, 'and to the bridge table\'s set');
     t.equal(await rules.syncPods([]), true);
     t.same(await setMembers(node), [], 'an empty list empties the set');
+    t.same(await setMembers(node, 'ambit-pods-v6'), [], 'both sets');
+    t.notMatch(await bridgeV6Set(node), 'elements', 'all three');
 
     await rules.remove();
     t.notMatch(await natTable(node, backend), /AMBIT/, 'no chain, no jump');
+    t.notMatch(await ipv6FilterTable(node, backend), /AMBIT/, 'no IPv6 chain, no jumps');
     t.same(await setNames(node), [], 'no ipset');
     await assertTransparentRouting(t, node, backend, false);
     await t.resolves(rules.remove(), 'removing again is fine');
@@ -393,24 +452,45 @@ t.test('install repairs the routing of transparent replies after an outside flus
   t.same(ruleLines(await mangleTable(node, 'nft')), ['-A PREROUTING -j cali-PREROUTING'], 'removal leaves foreign rules alone');
 });
 
-t.test('install refuses without nft, naming the package', { skip: rootSkip }, async (t) => {
-  const node = await createNodeNetns(t);
+/**
+ * Makes PATH a folder holding only `tools` (links to the real ones) until `restore()` or the test's end: a node image
+ * that lacks the others.
+ */
+async function onlyTheseTools(t: Test, tools: readonly string[]): Promise<{ restore: () => void }> {
   const fakeBin = await mkdtemp(path.join(tmpdir(), 'ambit-rr-bin-'));
   const savedPath = process.env.PATH;
-  t.teardown(async () => {
+  const restore = () => {
     process.env.PATH = savedPath;
+  };
+  t.teardown(async () => {
+    restore();
     await rm(fakeBin, { recursive: true, force: true });
   });
-  // every tool the rules use, except nft
-  for (const tool of ['ip', 'ipset', 'bridge', 'iptables-nft-save', 'iptables-nft-restore']) {
+  for (const tool of tools) {
     const found = await execa('sh', ['-c', `command -v ${tool}`]);
     await symlink(found.stdout.trim(), path.join(fakeBin, tool));
   }
   process.env.PATH = fakeBin;
+  return { restore };
+}
+
+t.test('install refuses without nft, naming the package', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'iptables-nft-save', 'iptables-nft-restore', 'ip6tables-nft-save', 'ip6tables-nft-restore']);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
   await t.rejects(rules.install(), { code: 'NFT_MISSING', message: /apt-get install nftables/ });
-  process.env.PATH = savedPath;
+  tools.restore();
   t.same(await setNames(node), [], 'nothing was installed');
+});
+
+t.test('install refuses without ip6tables: IPv6 could not be refused', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore']);
+  const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
+  await t.rejects(rules.install(), { code: 'IPTABLES_MISSING', message: /ip6tables-nft-save.*apt-get install iptables/ });
+  tools.restore();
+  t.same(await setNames(node), [], 'nothing was installed');
+  t.notMatch(await natTable(node, 'nft'), /AMBIT/, 'not even the IPv4 capture');
 });
 
 /** A bridge in `node` with a gateway address, as the bridge CNI makes it; bridged IPv4 crosses iptables. */
@@ -641,4 +721,33 @@ t.test('on a bridge, a reply switched towards a same-subnet client reaches the n
   t.equal((await transparentConnectFrom(node, '10.99.5.2', '10.99.5.3', 8080)).stdout.trim(), '10.99.5.2', 'the server saw its neighbour');
   await inNetns(node, ['nft', 'delete', 'table', 'bridge', 'ambit']);
   t.equal((await transparentConnectFrom(node, '10.99.5.2', '10.99.5.3', 8080)).stdout.trim(), 'timeout', 'without the bridge table the client gets the reply (and resets it)');
+});
+
+/** An address for a pod's eth0 at once usable (no duplicate address detection) and a route to the bridge's subnet. */
+async function addIpv6(pod: string, address: string): Promise<void> {
+  await inNetns(pod, ['ip', '-6', 'addr', 'add', `${address}/64`, 'dev', 'eth0', 'nodad']);
+}
+
+t.test('on a bridge whose IPv6 skips ip6tables, enrolled pods\' IPv6 TCP between its ports is dropped', { skip: bridgeNetfilterSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  await addBridge(node, 'ambit-br0', '10.99.5.1');
+  const [client, server] = [await createNetns(t, 'client'), await createNetns(t, 'server')];
+  await attachToBridge(node, client, 'ambit-br0', 'ambit-c0', '10.99.5.2', '10.99.5.1');
+  await attachToBridge(node, server, 'ambit-br0', 'ambit-s0', '10.99.5.3', '10.99.5.1');
+  await addIpv6(client, 'fd00:99:5::2');
+  await addIpv6(server, 'fd00:99:5::3');
+  // the kernel's default: bridged IPv6 frames never reach ip6tables, so only the bridge table can stop them
+  await inNetns(node, ['sysctl', '-q', '-w', 'net.bridge.bridge-nf-call-ip6tables=0']);
+  await startInNetns(t, server, `const server = require('node:net').createServer((socket) => socket.on('error', () => socket.destroy()).end(socket.remoteAddress));
+server.listen(8080, '::', () => console.log('listening'));`);
+  const rules = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await rules.install();
+  await rules.syncPods([]);
+  t.equal((await connectFrom(client, 'fd00:99:5::3', 8080)).stdout.trim(), 'fd00:99:5::3:8080', 'a pod outside the mesh: switched as ever');
+  await rules.syncPods(['fd00:99:5::3']);
+  t.equal((await connectFrom(client, 'fd00:99:5::3', 8080)).stdout.trim(), 'timeout', 'to an enrolled pod: dropped');
+  await rules.syncPods(['fd00:99:5::2']);
+  t.equal((await connectFrom(client, 'fd00:99:5::3', 8080)).stdout.trim(), 'timeout', 'from an enrolled pod: dropped');
+  await rules.remove();
+  t.equal((await connectFrom(client, 'fd00:99:5::3', 8080)).stdout.trim(), 'fd00:99:5::3:8080', 'removed: switched again');
 });

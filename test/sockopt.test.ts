@@ -219,58 +219,61 @@ t.test('transparentSocket binds to an address the host lacks, keeps it through c
   t.equal(report.fdsLeaked, 0, 'and closes the descriptor it made');
 });
 
-// Runs without CAP_NET_ADMIN and CAP_NET_RAW: the addon refuses, leaks nothing, and the agent's connector falls back
-// to a plain connect, saying so once.
+// Runs without CAP_NET_ADMIN and CAP_NET_RAW: the addon refuses and leaks nothing; the agent's start-up check refuses
+// transparent connections, and a transparent connector fails its connection rather than fall back to the host address.
 const UNPRIVILEGED_SCRIPT = `
 import net from 'node:net';
 import { once } from 'node:events';
 import { readdirSync } from 'node:fs';
 
 const { transparentSocket } = await import(process.argv[2]);
-const { UpstreamConnector } = await import(process.argv[3]);
+const { UpstreamConnector, checkUpstreamSource } = await import(process.argv[3]);
 const openFds = () => readdirSync('/proc/self/fd').length;
 const report = {};
+const failure = (err) => ({ code: err.code, cause: err.cause?.code, message: err.message });
 
 const before = openFds();
 try {
   transparentSocket('203.0.113.7');
   report.refusal = 'no error';
 } catch (err) {
-  report.refusal = { code: err.code, cause: err.cause?.code, message: err.message };
+  report.refusal = failure(err);
 }
 report.fdsLeaked = openFds() - before;
+try {
+  checkUpstreamSource({ upstreamSource: 'transparent', manageRules: true });
+  report.startCheck = 'no error';
+} catch (err) {
+  report.startCheck = failure(err);
+}
 
 const server = net.createServer((socket) => socket.end(socket.remoteAddress));
 server.listen(0, '127.0.0.1');
 await once(server, 'listening');
-const warnings = [];
-const log = { warn: (fields, message) => warnings.push(message), child: () => log };
-const connector = new UpstreamConnector({ transparent: true, nodeIp: '10.250.0.1', log });
-report.seen = [];
-for (let i = 0; i < 2; i++) {
-  const socket = await connector.connect({ host: '127.0.0.1', port: server.address().port }, '10.244.1.2');
-  const chunks = [];
-  socket.on('data', (chunk) => chunks.push(chunk));
-  await once(socket, 'end');
-  report.seen.push(Buffer.concat(chunks).toString());
-  socket.destroy();
-}
-report.warnings = warnings.length;
-report.transparent = connector.transparent;
+const target = { host: '127.0.0.1', port: server.address().port };
+const transparent = new UpstreamConnector({ source: 'transparent', nodeIp: '10.250.0.1' });
+report.transparentConnect = await transparent.connect(target, '10.244.1.2').then((socket) => { socket.destroy(); return 'connected'; }, failure);
+const node = new UpstreamConnector({ source: 'node', nodeIp: '10.250.0.1' });
+const socket = await node.connect(target, '10.244.1.2');
+const chunks = [];
+socket.on('data', (chunk) => chunks.push(chunk));
+await once(socket, 'end');
+report.nodeSeen = Buffer.concat(chunks).toString();
+socket.destroy();
 server.close();
 process.stdout.write(JSON.stringify(report));
 `;
 
-t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, and the connector falls back once, out loud', { skip: skipNamespace || (hasCommand('setpriv') ? false : 'needs setpriv (util-linux)') }, async (t) => {
+t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, no start in transparent mode, and never a silent fallback', { skip: skipNamespace || (hasCommand('setpriv') ? false : 'needs setpriv (util-linux)') }, async (t) => {
   const ns = namespaceFor(t, 'np');
   const script = writeScratchScript(t, 'unprivileged.mjs', UNPRIVILEGED_SCRIPT);
   const modules = [new URL('../core/sockopt.js', import.meta.url).href, new URL('../agent/proxy.js', import.meta.url).href];
   const report = JSON.parse(ns.run('setpriv', '--bounding-set=-net_admin,-net_raw', process.execPath, script, ...modules)) as Record<string, unknown>;
   t.match(report.refusal, { code: 'SOCKOPT_FAILED', cause: 'EPERM', message: /IP_TRANSPARENT.*needs CAP_NET_ADMIN/ }, 'refused, with the capability to add');
   t.equal(report.fdsLeaked, 0, 'the descriptor is closed');
-  t.same(report.seen, ['127.0.0.1', '127.0.0.1'], 'both connections still reach the pod, from the host address');
-  t.equal(report.warnings, 1, 'one warning, not one per connection');
-  t.equal(report.transparent, false, 'the connector stops trying');
+  t.match(report.startCheck, { code: 'UPSTREAM_SOURCE_UNAVAILABLE', cause: 'SOCKOPT_FAILED', message: /CAP_NET_ADMIN.*--upstream-source node/ }, 'the agent would not start');
+  t.match(report.transparentConnect, { code: 'SOCKOPT_FAILED' }, 'a transparent connection fails, it does not come from the host address');
+  t.equal(report.nodeSeen, '127.0.0.1', 'asked for, the host address works');
 });
 
 t.test('reads the original destination of DNATed connections in a network namespace', { skip: skipNamespace }, async (t) => {

@@ -1,17 +1,17 @@
 /**
- * The agent's connections to its pods: from whose address (transparentSourceFor, pure) and what happens when the
- * process may not make transparent sockets (UpstreamConnector with an injected socket factory; no root needed).
+ * The agent's connections to its pods: from whose address (transparentSourceFor, pure), what happens when the
+ * process may not make transparent sockets (UpstreamConnector with an injected socket factory; no root needed), and
+ * the start-up check that refuses an agent asked for transparent connections it cannot make.
  */
 import { once } from 'node:events';
 import net from 'node:net';
 import t, { type Test } from 'tap';
 import { verifiedHboneClient } from '../agent/inbound.js';
-import { UpstreamConnector, transparentSourceFor } from '../agent/proxy.js';
+import { UpstreamConnector, checkUpstreamSource, transparentSourceFor } from '../agent/proxy.js';
 import type { Workload } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import type { HboneInboundRequest } from '../core/hbone/index.js';
-import { createLogger } from '../core/log.js';
-import { LogCapture } from './mesh/loopback.js';
+import { createRegistry } from '../core/metrics.js';
 
 const NODE_IP = '10.250.0.1';
 const POD = { host: '10.244.1.3', port: 8080 };
@@ -56,33 +56,28 @@ async function readAll(socket: net.Socket): Promise<string> {
   return Buffer.concat(chunks).toString();
 }
 
-function capturedLogger(): { capture: LogCapture; log: ReturnType<typeof createLogger> } {
-  const capture = new LogCapture();
-  return { capture, log: createLogger({ level: 'debug', destination: capture }) };
-}
-
 /** A connector for NODE_IP whose transparent sockets come from `openTransparent`. */
-function connectorWith(log: ReturnType<typeof capturedLogger>['log'], openTransparent: (address: string) => net.Socket, transparent = true): UpstreamConnector {
-  return new UpstreamConnector({ transparent, nodeIp: NODE_IP, log, openTransparent });
+function connectorWith(openTransparent: (address: string) => net.Socket, source: 'transparent' | 'node' = 'transparent'): UpstreamConnector {
+  return new UpstreamConnector({ source, nodeIp: NODE_IP, openTransparent });
 }
 
-t.test('a connector that is not transparent never makes a transparent socket', async (t) => {
+function mustNotBeCalled(): net.Socket {
+  throw new Error('must not be called');
+}
+
+t.test('a connector from the node address never makes a transparent socket', async (t) => {
   const port = await echoAddressServer(t);
-  const { log } = capturedLogger();
-  const connector = connectorWith(log, () => {
-      throw new Error('must not be called');
-    }, false);
+  const connector = connectorWith(mustNotBeCalled, 'node');
   t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
 });
 
 t.test('a transparent connector connects the socket it was given, bound for the client', async (t) => {
   const port = await echoAddressServer(t);
-  const { log } = capturedLogger();
   const asked: string[] = [];
-  const connector = connectorWith(log, (address) => {
-      asked.push(address);
-      return new net.Socket({ allowHalfOpen: true });
-    });
+  const connector = connectorWith((address) => {
+    asked.push(address);
+    return new net.Socket({ allowHalfOpen: true });
+  });
   const upstream = await connector.connect({ host: '127.0.0.1', port }, '::ffff:10.244.2.7');
   // Node reads connect()'s noDelay only in the Socket constructor: the given socket must get it explicitly, or Nagle
   // delays the small writes of request/response traffic.
@@ -94,39 +89,37 @@ t.test('a transparent connector connects the socket it was given, bound for the 
   t.same(asked, ['10.244.2.7'], 'but not for the node address');
 });
 
-t.test('no privilege: one warning, then every connection from the node address', async (t) => {
+const noPrivilege = () => {
+  const cause = Object.assign(new Error('setsockopt(IP_TRANSPARENT) failed: Operation not permitted (EPERM)'), { code: 'EPERM' });
+  return new AmbitError('SOCKOPT_FAILED', 'cannot open a TCP socket bound transparently', { cause });
+};
+
+t.test('a transparent connector that loses its privilege fails the connection, never falls back to the node address', async (t) => {
   const port = await echoAddressServer(t);
-  const { capture, log } = capturedLogger();
-  let attempts = 0;
-  const connector = connectorWith(log, () => {
-      attempts++;
-      const cause = Object.assign(new Error('setsockopt(IP_TRANSPARENT) failed: Operation not permitted (EPERM)'), { code: 'EPERM' });
-      throw new AmbitError('SOCKOPT_FAILED', 'cannot open a TCP socket bound transparently', { cause });
-    });
-  for (let i = 0; i < 3; i++) t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
-  t.equal(attempts, 1, 'tried once');
-  t.equal(connector.transparent, false);
-  const warnings = capture.records.filter((record) => record.level === 40);
-  t.equal(warnings.length, 1, 'warned once');
-  t.match(warnings[0], { msg: /node address.*CAP_NET_ADMIN/, nodeIp: NODE_IP, err: { message: /cannot open/ } });
+  const connector = connectorWith(() => {
+    throw noPrivilege();
+  });
+  for (let i = 0; i < 2; i++) await t.rejects(connector.connect({ host: '127.0.0.1', port }, '10.244.2.7'), { code: 'SOCKOPT_FAILED' }, `attempt ${i + 1}`);
 });
 
-t.test('a missing addon is the same decision', async (t) => {
-  const port = await echoAddressServer(t);
-  const { log } = capturedLogger();
-  const connector = connectorWith(log, () => {
-      throw new AmbitError('ADDON_MISSING', 'the native addon is not built');
-    });
-  t.equal(await readAll(await connector.connect({ host: '127.0.0.1', port }, '10.244.2.7')), '127.0.0.1');
-  t.equal(connector.transparent, false);
+t.test('the mode is a metric', async (t) => {
+  for (const source of ['transparent', 'node'] as const) {
+    const registry = createRegistry();
+    new UpstreamConnector({ source, nodeIp: NODE_IP, registry });
+    t.match(await registry.metrics(), `ambit_upstream_source{mode="${source}"} 1`, source);
+  }
 });
 
-t.test('any other failure fails this connection only', async (t) => {
-  const { log } = capturedLogger();
-  const connector = connectorWith(log, () => {
-      const cause = Object.assign(new Error('socket(AF_INET) failed: Too many open files (EMFILE)'), { code: 'EMFILE' });
-      throw new AmbitError('SOCKOPT_FAILED', 'cannot open a TCP socket bound transparently', { cause });
-    });
-  await t.rejects(connector.connect(POD, '10.244.2.7'), { code: 'SOCKOPT_FAILED' });
-  t.equal(connector.transparent, true, 'still transparent for the next one');
+t.test('an agent asked for transparent connections that cannot make them does not start, and says why', async (t) => {
+  const check = (manageRules: boolean, openTransparent: (address: string) => net.Socket) => () =>
+    checkUpstreamSource({ upstreamSource: 'transparent', manageRules }, openTransparent);
+  const opened = () => new net.Socket();
+  t.throws(check(false, opened), { code: 'UPSTREAM_SOURCE_UNAVAILABLE', message: /--no-rules.*replies.*--upstream-source node.*NetworkPolic/s }, 'no managed rules');
+  t.throws(check(true, () => { throw noPrivilege(); }), { code: 'UPSTREAM_SOURCE_UNAVAILABLE', message: /CAP_NET_ADMIN.*--upstream-source node/s }, 'no CAP_NET_ADMIN');
+  const noAddon = () => {
+    throw new AmbitError('ADDON_MISSING', 'the native addon is not built');
+  };
+  t.throws(check(true, noAddon), { code: 'UPSTREAM_SOURCE_UNAVAILABLE', message: /native addon.*not built/s, cause: { code: 'ADDON_MISSING' } }, 'no addon');
+  t.doesNotThrow(check(true, opened), 'all there');
+  t.doesNotThrow(() => checkUpstreamSource({ upstreamSource: 'node', manageRules: false }, mustNotBeCalled), 'node: nothing to check');
 });

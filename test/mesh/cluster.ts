@@ -155,11 +155,14 @@ export class MeshCluster {
       );
     }
     const pods = [
-      ...this.tb.pods.filter((pod) => !this.#declared.has(pod.name)).map((pod) => ({ name: pod.name, node: pod.node, spec: this.spec(pod), ip: pod.ip as string | undefined })),
+      ...this.tb.pods
+        .filter((pod) => !this.#declared.has(pod.name))
+        .map((pod) => ({ name: pod.name, node: pod.node, spec: this.spec(pod), ip: pod.ip as string | undefined, ip6: pod.ip6 })),
       ...[...this.#declared].map(([name, declared]) => ({ name, ...declared })),
     ];
     for (const pod of pods) {
       const { spec } = pod;
+      const ip6 = 'ip6' in pod ? pod.ip6 : undefined;
       docs.push(
         JSON.stringify({
           apiVersion: 'v1',
@@ -174,7 +177,12 @@ export class MeshCluster {
           status:
             pod.ip === undefined
               ? { phase: 'Pending' }
-              : { phase: 'Running', podIP: pod.ip, podIPs: [{ ip: pod.ip }], conditions: [{ type: 'Ready', status: 'True' }] },
+              : {
+                  phase: 'Running',
+                  podIP: pod.ip,
+                  podIPs: [{ ip: pod.ip }, ...(ip6 === undefined ? [] : [{ ip: ip6 }])],
+                  conditions: [{ type: 'Ready', status: 'True' }],
+                },
         }),
       );
     }

@@ -154,6 +154,7 @@ export async function startLoopbackMesh(): Promise<LoopbackMesh> {
   const start = (node: 'node1' | 'node2') => {
     const { config } = loadAgentConfig({}, [
       '--node', node, '--config', dir, '--ca-dir', path.join(dir, 'ca'), '--listen-host', NODE_IPS[node], '--port-offset', String(offset), '--no-rules',
+      '--upstream-source', 'node',
     ]);
     return Agent.start(config!, { log: createLogger({ level: 'debug', destination: logs[node] }), originalDestination });
   };

@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { AmbitError } from '../../core/errors.js';
@@ -25,13 +26,15 @@ export function buildCniConfig(
   podCidr: string,
   ipamDataDir: string,
   overrides: Record<string, unknown> = {},
+  podCidr6?: string,
 ): Record<string, unknown> {
   const ipam = {
     type: 'host-local',
     // Per testbed, so nothing is written to /var/lib/cni and two testbeds never share leases.
     dataDir: ipamDataDir,
-    ranges: [[{ subnet: podCidr }]],
-    routes: [{ dst: '0.0.0.0/0' }],
+    // Dual stack is one more range and one more default route, as in a dual-stack cluster's CNI configuration.
+    ranges: [[{ subnet: podCidr }], ...(podCidr6 === undefined ? [] : [[{ subnet: podCidr6 }]])],
+    routes: [{ dst: '0.0.0.0/0' }, ...(podCidr6 === undefined ? [] : [{ dst: '::/0' }])],
   };
   const plugin = cni === 'bridge' ? { bridge: POD_BRIDGE, isGateway: true, hairpinMode: true } : {};
   return { cniVersion: CNI_VERSION, name: 'ambit-testbed', type: cni, ...plugin, ipam, ...overrides };
@@ -46,8 +49,14 @@ export interface CniConflist {
 }
 
 /** The conflist a node's runtime reads: the primary plugin alone, until an installer chains more after it. */
-export function buildCniConflist(cni: TestbedCni, podCidr: string, ipamDataDir: string, overrides: Record<string, unknown> = {}): CniConflist {
-  const { cniVersion, name, ...plugin } = buildCniConfig(cni, podCidr, ipamDataDir, overrides);
+export function buildCniConflist(
+  cni: TestbedCni,
+  podCidr: string,
+  ipamDataDir: string,
+  overrides: Record<string, unknown> = {},
+  podCidr6?: string,
+): CniConflist {
+  const { cniVersion, name, ...plugin } = buildCniConfig(cni, podCidr, ipamDataDir, overrides, podCidr6);
   return { cniVersion: String(cniVersion), name: String(name), plugins: [plugin] };
 }
 
@@ -159,18 +168,26 @@ function describeCniFailure(stdout: string, stderr: string): string {
 
 /** The pod's IPv4 address: the `ips` entry whose `interface` indexes the sandbox's eth0. */
 export function parsePodIp(stdout: string): string {
+  const ip = podAddresses(stdout).find((address) => isIP(address) === 4);
+  if (ip === undefined) throw new AmbitError('TESTBED_CNI_FAILED', `CNI ADD result has no IPv4 address on the pod's ${POD_IFNAME}: ${stdout}`);
+  return ip;
+}
+
+/** The pod's IPv6 address on eth0, when the network is dual stack. */
+export function parsePodIp6(stdout: string): string | undefined {
+  return podAddresses(stdout).find((address) => isIP(address) === 6);
+}
+
+function podAddresses(stdout: string): string[] {
   const result = parseJsonObject(stdout);
   const interfaces = Array.isArray(result?.['interfaces']) ? (result['interfaces'] as Array<Record<string, unknown>>) : [];
   const ips = Array.isArray(result?.['ips']) ? (result['ips'] as Array<Record<string, unknown>>) : [];
-  for (const entry of ips) {
-    const iface = typeof entry['interface'] === 'number' ? interfaces[entry['interface']] : undefined;
-    const address = typeof entry['address'] === 'string' ? entry['address'] : '';
-    const ip = address.split('/')[0] ?? '';
-    if (iface?.['name'] === POD_IFNAME && iface['sandbox'] !== undefined && /^\d+\.\d+\.\d+\.\d+$/.test(ip)) {
-      return ip;
-    }
-  }
-  throw new AmbitError('TESTBED_CNI_FAILED', `CNI ADD result has no IPv4 address on the pod's ${POD_IFNAME}: ${stdout}`);
+  return ips
+    .filter((entry) => {
+      const iface = typeof entry['interface'] === 'number' ? interfaces[entry['interface']] : undefined;
+      return iface?.['name'] === POD_IFNAME && iface['sandbox'] !== undefined;
+    })
+    .map((entry) => (typeof entry['address'] === 'string' ? entry['address'] : '').split('/')[0] ?? '');
 }
 
 function parseJsonObject(text: string): Record<string, unknown> | undefined {

@@ -12,6 +12,7 @@ import {
   CNI_PLUGIN_DIR,
   invokeCni,
   parsePodIp,
+  parsePodIp6,
   readCniConfDir,
   TESTBED_CNIS,
   type CniInvocation,
@@ -39,6 +40,11 @@ export interface TestbedOptions {
   log?: (msg: string) => void;
   /** Merged over every node's CNI network configuration: for tests of the testbed itself (a broken IPAM type). */
   cniConfigOverrides?: Record<string, unknown>;
+  /**
+   * Dual stack: every node gets an IPv6 address on the wire and an IPv6 pod CIDR beside its IPv4 one, and every pod
+   * an IPv6 address from the same CNI ADD, as in a dual-stack cluster. Default false.
+   */
+  ipv6?: boolean;
 }
 
 export interface TestbedNode {
@@ -48,6 +54,9 @@ export interface TestbedNode {
   netns: string;
   ip: string;
   podCidr: string;
+  /** Dual-stack testbeds: fd00:250::<i> on the wire and fd00:244:<i>::/64 for pods. */
+  ip6?: string;
+  podCidr6?: string;
   uplink: 'eth0';
   cni: TestbedCni;
   /**
@@ -71,6 +80,8 @@ export interface TestbedPod {
   node: TestbedNode;
   netns: string;
   ip: string;
+  /** Dual-stack testbeds: the pod's IPv6 address. */
+  ip6?: string;
   containerId: string;
   /** CNI_ARGS of its ADD, repeated for its DEL. */
   cniArgs?: string;
@@ -96,6 +107,14 @@ function nodeIp(index: number): string {
 
 function podCidr(index: number): string {
   return `10.244.${index}.0/24`;
+}
+
+function nodeIp6(index: number): string {
+  return `fd00:250::${index.toString(16)}`;
+}
+
+function podCidr6(index: number): string {
+  return `fd00:244:${index.toString(16)}::/64`;
 }
 
 /**
@@ -182,6 +201,7 @@ export class Testbed implements SyncTeardown {
   private readonly log: (msg: string) => void;
   private readonly warn: (msg: string) => void;
   private readonly cniConfigOverrides: Record<string, unknown>;
+  private readonly ipv6: boolean;
   private readonly processes = new Map<ChildProcess, string>();
   private readonly podNames = new Set<string>();
   private readonly podCounters = new Map<number, number>();
@@ -197,6 +217,7 @@ export class Testbed implements SyncTeardown {
     this.log = options.log ?? (() => {});
     this.warn = options.log ?? ((msg) => process.stderr.write(`testbed: ${msg}\n`));
     this.cniConfigOverrides = options.cniConfigOverrides ?? {};
+    this.ipv6 = options.ipv6 ?? false;
   }
 
   /** Builds the whole testbed; if any step fails, tears down what was made and rethrows. */
@@ -252,6 +273,7 @@ export class Testbed implements SyncTeardown {
           netns,
           ip: nodeIp(index),
           podCidr: podCidr(index),
+          ...(this.ipv6 ? { ip6: nodeIp6(index), podCidr6: podCidr6(index) } : {}),
           uplink: NODE_UPLINK,
           cni,
           cniConfDir: join(cniDir, 'net.d'),
@@ -283,14 +305,21 @@ export class Testbed implements SyncTeardown {
   private async setUpNode(node: TestbedNode): Promise<void> {
     await mkdir(node.cniConfDir, { recursive: true });
     await mkdir(node.cniBinDir, { recursive: true });
-    const conflist = buildCniConflist(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.cniConfigOverrides);
+    const conflist = buildCniConflist(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.cniConfigOverrides, node.podCidr6);
     await writeFile(join(node.cniConfDir, `10-${node.cni}.conflist`), JSON.stringify(conflist, null, 2));
     const others = this.nodes.filter((other) => other !== node);
-    const routes = others.map((other) => `route add ${other.podCidr} via ${other.ip}`);
-    const sysctls = ['net.ipv4.ip_forward=1', ...(node.cni === 'bridge' ? ['net.bridge.bridge-nf-call-iptables=1'] : [])];
+    const routes = others.flatMap((other) => [
+      `route add ${other.podCidr} via ${other.ip}`,
+      ...(other.podCidr6 !== undefined && other.ip6 !== undefined ? [`route add ${other.podCidr6} via ${other.ip6}`] : []),
+    ]);
+    // Dual-stack Kubernetes nodes forward IPv6 and pass bridged IPv6 through ip6tables too (kubeadm's prerequisites).
+    const bridgeSysctls = node.cni === 'bridge' ? ['net.bridge.bridge-nf-call-iptables=1', ...(this.ipv6 ? ['net.bridge.bridge-nf-call-ip6tables=1'] : [])] : [];
+    const sysctls = ['net.ipv4.ip_forward=1', ...(this.ipv6 ? ['net.ipv6.conf.all.forwarding=1'] : []), ...bridgeSysctls];
     const commands = [
       'link set lo up',
       `addr add ${node.ip}/24 dev ${NODE_UPLINK}`,
+      // nodad: the address is usable at once, not after duplicate address detection's second or so
+      ...(node.ip6 === undefined ? [] : [`addr add ${node.ip6}/64 dev ${NODE_UPLINK} nodad`]),
       `link set ${NODE_UPLINK} up`,
       ...routes,
       `netns exec ${node.netns} sysctl -q -w ${sysctls.join(' ')}`,
@@ -394,9 +423,19 @@ export class Testbed implements SyncTeardown {
       await ipBatch([`netns add ${netns}`, `netns exec ${netns} ip link set lo up`]);
       const result = await invokeCni({ ...invocation, command: 'ADD' });
       const ip = parsePodIp(result);
-      const pod: TestbedPod = { name: podName, node, netns, ip, containerId: invocation.containerId, cniArgs, cniResult: JSON.parse(result) as unknown };
+      const ip6 = parsePodIp6(result);
+      const pod: TestbedPod = {
+        name: podName,
+        node,
+        netns,
+        ip,
+        ...(ip6 === undefined ? {} : { ip6 }),
+        containerId: invocation.containerId,
+        cniArgs,
+        cniResult: JSON.parse(result) as unknown,
+      };
       this.pods.push(pod);
-      this.log(`${podName} on ${node.name}: ${ip} (${node.cni}, netns ${netns})`);
+      this.log(`${podName} on ${node.name}: ${ip}${ip6 === undefined ? '' : ` ${ip6}`} (${node.cni}, netns ${netns})`);
       return pod;
     } catch (err) {
       this.podNames.delete(podName);

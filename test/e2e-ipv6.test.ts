@@ -1,0 +1,147 @@
+/**
+ * End to end on a dual-stack testbed (root): the mesh carries IPv4 only, so the IPv6 TCP of an enrolled pod must be
+ * refused on every path (from it and to it, same node and across nodes), never carried in the clear, while pods
+ * outside the mesh keep their IPv6. Node1 uses the bridge CNI, node2 ptp; real ip6tables, ipset and nft.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { HTTP_PORT, MeshCluster } from './mesh/cluster.js';
+import { Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+
+const unavailable = testbedUnavailableReason();
+const run = promisify(execFile);
+const V6_PORT = 9600;
+const REJECT_CHAIN = 'AMBIT-IPV6-REJECT';
+
+/** Answers every connection with the address it came from; prints `listening` once bound to [::]. */
+const V6_SERVER = `
+const server = require('node:net').createServer((socket) => socket.on('error', () => socket.destroy()).end(socket.remoteAddress));
+server.listen(${V6_PORT}, '::', () => console.log('listening'));
+`;
+
+/** Connects to [host]:port; prints `ok <address the server saw>`, the error code, or `timeout`. */
+const V6_CLIENT = `
+const [host, port] = process.argv.slice(1);
+const socket = require('node:net').connect({ host, port: Number(port) });
+let seen = '';
+socket.setTimeout(3000, () => { console.log('timeout'); socket.destroy(); });
+socket.on('data', (chunk) => (seen += chunk));
+socket.on('end', () => { console.log('ok ' + seen); socket.destroy(); });
+socket.on('error', (err) => console.log(err.code));
+`;
+
+t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the mesh keep theirs', { skip: unavailable }, async (t) => {
+  const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], ipv6: true });
+  t.teardown(() => tb.destroy());
+  const client = await tb.addPod('node1', 'client');
+  const neighbour = await tb.addPod('node1', 'neighbour');
+  const plain1 = await tb.addPod('node1', 'plain1');
+  const server = await tb.addPod('node2', 'server');
+  const plain2 = await tb.addPod('node2', 'plain2');
+  for (const pod of tb.pods) t.ok(pod.ip6, `${pod.name} has an IPv6 address from the CNI (${pod.ip6})`);
+  const cluster = await MeshCluster.start(tb, {
+    namespaces: { demo: { 'ambit.dev/mode': 'enabled' }, plain: {} },
+    pods: {
+      client: { namespace: 'demo', serviceAccount: 'client' },
+      neighbour: { namespace: 'demo', serviceAccount: 'server' },
+      plain1: { namespace: 'plain' },
+      server: { namespace: 'demo', serviceAccount: 'server' },
+      plain2: { namespace: 'plain' },
+    },
+    agentArgs: ['--rules-resync-interval', '1'],
+  });
+  const [node1, node2] = [tb.node('node1'), tb.node('node2')];
+  await Promise.all(tb.pods.map((pod) => startV6Server(tb, pod)));
+
+  const v6 = async (from: TestbedPod, to: TestbedPod): Promise<string> =>
+    String((await tb.exec(from.netns, process.execPath, ['-e', V6_CLIENT, to.ip6 as string, String(V6_PORT)])).stdout).trim();
+  const v6Set = async (node: TestbedNode): Promise<string> => String((await tb.exec(node.netns, 'ipset', ['list', 'ambit-pods-v6'])).stdout);
+
+  t.test('the enrolled pods IPv6 addresses are in ambit-pods-v6, with the reject chain in INPUT and FORWARD', async (t) => {
+    const set1 = await v6Set(node1);
+    t.match(set1, client.ip6 as string);
+    t.match(set1, neighbour.ip6 as string);
+    t.notMatch(set1, plain1.ip6 as string, 'a pod outside the mesh is not in it');
+    t.match(await v6Set(node2), server.ip6 as string);
+    for (const node of [node1, node2]) {
+      const filter = String((await tb.exec(node.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
+      t.match(filter, `-A INPUT -j ${REJECT_CHAIN}`, `${node.name}: INPUT jumps to the chain`);
+      t.match(filter, `-A FORWARD -j ${REJECT_CHAIN}`, `${node.name}: FORWARD jumps to the chain`);
+    }
+  });
+
+  t.test('from an enrolled pod: refused with a reset, same node (bridge) and across nodes, to meshed and plain pods', async (t) => {
+    t.equal(await v6(client, neighbour), 'ECONNREFUSED', 'same bridge, to an enrolled pod');
+    t.equal(await v6(client, plain1), 'ECONNREFUSED', 'same bridge, to a plain pod');
+    t.equal(await v6(client, server), 'ECONNREFUSED', 'across nodes, to an enrolled pod');
+    t.equal(await v6(client, plain2), 'ECONNREFUSED', 'across nodes, to a plain pod');
+  });
+
+  t.test('to an enrolled pod: refused, same node (bridge and ptp) and across nodes', async (t) => {
+    t.equal(await v6(plain1, neighbour), 'ECONNREFUSED', 'same bridge');
+    t.equal(await v6(plain2, server), 'ECONNREFUSED', 'same ptp node');
+    t.equal(await v6(plain1, server), 'ECONNREFUSED', 'across nodes');
+  });
+
+  t.test('between pods outside the mesh, IPv6 works', async (t) => {
+    t.equal(await v6(plain1, plain2), `ok ${plain1.ip6}`, 'across nodes');
+    t.equal(await v6(plain2, plain1), `ok ${plain2.ip6}`, 'the other way');
+  });
+
+  t.test('IPv4 is still carried by the mesh, from the client\'s address', async (t) => {
+    t.match(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)), { pod: 'server', client: client.ip }, 'transparent');
+    t.match(await cluster.metrics(node2), 'ambit_upstream_source{mode="transparent"} 1', 'the default mode, exported');
+  });
+
+  t.test('the rules are repaired when someone flushes them', async (t) => {
+    await tb.exec(node1.netns, 'ip6tables', ['-F', REJECT_CHAIN]);
+    await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v6']);
+    await until(async () => {
+      const filter = String((await tb.exec(node1.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
+      return filter.includes(`-A ${REJECT_CHAIN} `) && (await v6Set(node1)).includes(client.ip6 as string);
+    }, 'the reject chain and the set are back');
+    t.equal(await v6(client, plain2), 'ECONNREFUSED', 'refused again');
+  });
+
+  t.test('a relabel out of the mesh lifts the refusal', async (t) => {
+    await cluster.setPodLabels('client', { 'ambit.dev/mode': 'disabled' });
+    await cluster.waitForLog(node1, (r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v6' && r.removed === 1);
+    t.notMatch(await v6Set(node1), client.ip6 as string, 'gone from the set');
+    t.equal(await v6(client, plain2), `ok ${client.ip6}`, 'across nodes');
+    t.equal(await v6(client, plain1), `ok ${client.ip6}`, 'same bridge');
+    t.equal(await v6(client, neighbour), 'ECONNREFUSED', 'an enrolled destination still refuses it');
+  });
+
+  t.test('--cleanup removes the IPv6 chain, its jumps and the set', async (t) => {
+    for (const node of [node1, node2]) {
+      await cluster.stopAgent(node);
+      await run('ip', ['netns', 'exec', node.netns, process.execPath, cluster.cliPath, 'agent', '--cleanup']);
+      t.notMatch(String((await tb.exec(node.netns, 'ip6tables-save')).stdout), 'AMBIT', `${node.name}: no IPv6 rules`);
+      t.notMatch(String((await tb.exec(node.netns, 'ipset', ['list', '-n'])).stdout), 'ambit-pods-v6', `${node.name}: no IPv6 set`);
+    }
+    t.equal(await v6(plain1, neighbour), `ok ${plain1.ip6}`, 'plain IPv6 networking is back');
+  });
+});
+
+/** Starts the IPv6 listener in a pod (stopped with the testbed) and waits until it is bound. */
+async function startV6Server(tb: Testbed, pod: TestbedPod): Promise<void> {
+  const child = tb.spawn(pod.netns, process.execPath, ['-e', V6_SERVER], { buffer: false });
+  await new Promise<void>((resolve, reject) => {
+    let output = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes('listening')) resolve();
+    });
+    void child.then((result) => reject(new Error(`IPv6 listener in ${pod.name} exited: ${String(result.stderr)}`)));
+  });
+}
+
+/** Re-checks `condition` until it holds; the agent repairs on its 1 s resync, so a few seconds is plenty. */
+async function until(condition: () => Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
