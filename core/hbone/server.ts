@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HBONE_CONNECTION_WINDOW, HBONE_MAX_STREAMS_PER_CONNECTION, HBONE_STREAM_WINDOW } from './client.js';
 import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
-import { HBONE_ALPN, HBONE_CIPHERSUITES, peerSpiffeId } from './tls.js';
+import { HBONE_ALPN, HBONE_CIPHERSUITES, HBONE_SECURE_OPTIONS, peerSpiffeId } from './tls.js';
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
@@ -81,7 +81,7 @@ export class HboneServer {
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
       ciphers: HBONE_CIPHERSUITES,
-      sessionTimeout: 0,
+      secureOptions: HBONE_SECURE_OPTIONS,
       allowHalfOpen: true,
       noDelay: true,
       maxSessionMemory: 64,

@@ -1,9 +1,17 @@
+import { constants } from 'node:crypto';
 import tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 
 /** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
 export const HBONE_ALPN = 'h2';
+/**
+ * No resumption (DESIGN.md, "HBONE on the wire"): a resumed session skips the certificates, so a ticket would keep
+ * an expired or rotated-out certificate, or a client with none at all, working for the ticket's lifetime (Node's
+ * default is 300 s; `sessionTimeout: 0` means "unset" to Node, not "off"). With no stateless tickets, OpenSSL falls
+ * back to session IDs, which Node keeps only for a server that listens for `resumeSession`: HBONE's never does.
+ */
+export const HBONE_SECURE_OPTIONS = constants.SSL_OP_NO_TICKET;
 
 /** What a TLS context for one workload identity is built from. */
 export interface WorkloadCredentials {
@@ -20,8 +28,7 @@ export function hboneContextOptions(credentials: WorkloadCredentials, trustBundl
     minVersion: 'TLSv1.3',
     maxVersion: 'TLSv1.3',
     ciphers: HBONE_CIPHERSUITES,
-    // No session tickets: every connection proves the current certificate, and there is no ticket key to leak.
-    sessionTimeout: 0,
+    secureOptions: HBONE_SECURE_OPTIONS,
   };
 }
 

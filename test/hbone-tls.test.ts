@@ -1,0 +1,138 @@
+/**
+ * TLS at the two real HBONE ends, HboneServer and HboneClient, on loopback: what each end refuses (resumption,
+ * TLS 1.2, a missing SNI, a certificate without the expected SPIFFE ID) and how the server picks its certificate.
+ */
+import type http2 from 'node:http2';
+import tls from 'node:tls';
+import t, { type Test } from 'tap';
+import { HboneServer, SecureContextCache } from '../core/hbone/index.js';
+import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
+
+const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
+const SERVER = 'spiffe://cluster.local/ns/b/sa/server';
+
+const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+const issued = new Map<string, { keyPem: string; certChainPem: string }>();
+for (const id of [CLIENT, SERVER]) {
+  const { keyPem, certPem } = await ca.issueKeyAndCert(id);
+  issued.set(id, { keyPem, certChainPem: certPem });
+}
+const creds = (id: string) => issued.get(id)!;
+
+interface Served {
+  server: HboneServer;
+  port: number;
+  /** The peer identity of each CONNECT the server accepted. */
+  accepted: string[];
+  /** The reason of each refusal the server made itself. */
+  refused: string[];
+}
+
+/** A real HboneServer answering for `identities` (by SNI), each with the certificate `certFor` gives it. */
+async function serve(t: Test, identities: string[] = [SERVER], certFor: (id: string) => { keyPem: string; certChainPem: string } = creds): Promise<Served> {
+  const contexts = new SecureContextCache(() => ca.rootPem);
+  const accepted: string[] = [];
+  const refused: string[] = [];
+  const server = new HboneServer({
+    host: '127.0.0.1',
+    port: 0,
+    trustBundle: () => ca.rootPem,
+    resolveSni: async (sni) => {
+      const identity = identities.find((id) => sniForIdentity(id) === sni);
+      return identity ? { identity, context: contexts.get(certFor(identity)) } : undefined;
+    },
+    onConnect: (stream: http2.ServerHttp2Stream, request) => {
+      accepted.push(request.peerIdentity);
+      stream.respond({ ':status': 200 });
+      stream.end();
+    },
+    onRefused: (reason) => refused.push(reason),
+  });
+  await server.listen();
+  t.teardown(() => server.close());
+  return { server, port: server.address().port, accepted, refused };
+}
+
+interface Attempt {
+  /** The handshake completed on the client's side. */
+  secure: boolean;
+  /** The server resumed a session instead of a full handshake (no certificate asked for). */
+  reused: boolean;
+  /** A session ticket the server issued, to offer on the next connection. */
+  session: Buffer | undefined;
+  /** Bytes the server sent after the handshake (its HTTP/2 SETTINGS when it accepted the client). */
+  received: number;
+  error: string | undefined;
+}
+
+/**
+ * A raw TLS client against the server: it sends the HTTP/2 preface, keeps any ticket the server issues, and ends
+ * once the server's first frame came (the server writes a ticket before it, so a ticket is never missed) or the
+ * connection closed.
+ */
+function attempt(port: number, options: tls.ConnectionOptions): Promise<Attempt> {
+  return new Promise((resolve) => {
+    const result: Attempt = { secure: false, reused: false, session: undefined, received: 0, error: undefined };
+    const socket = tls.connect({
+      host: '127.0.0.1',
+      port,
+      servername: sniForIdentity(SERVER),
+      ALPNProtocols: ['h2'],
+      ca: ca.rootPem,
+      key: creds(CLIENT).keyPem,
+      cert: creds(CLIENT).certChainPem,
+      checkServerIdentity: () => undefined,
+      ...options,
+    });
+    socket.on('session', (session: Buffer) => (result.session = session));
+    socket.on('secureConnect', () => {
+      result.secure = true;
+      result.reused = socket.isSessionReused();
+      socket.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    });
+    socket.on('data', (chunk: Buffer) => {
+      result.received += chunk.length;
+      // The server holds a half-closed connection open (HBONE allows half-close): end it from here.
+      socket.destroy();
+    });
+    socket.on('error', (err) => (result.error ??= err.message));
+    socket.on('close', () => resolve(result));
+  });
+}
+
+t.test('a session ticket never resumes: each connection is a full handshake with a certificate', async (t) => {
+  const { port } = await serve(t);
+  const first = await attempt(port, {});
+  t.ok(first.received > 0, `the first connection is accepted (${first.error ?? 'no error'})`);
+  t.equal(first.reused, false, 'the first connection is a full handshake');
+  if (first.session === undefined) {
+    t.pass('the server issued no ticket');
+    return;
+  }
+  const second = await attempt(port, { session: first.session });
+  t.equal(second.reused, false, 'a ticket offered again does not resume the session');
+  t.ok(second.received > 0, `the full handshake is accepted (${second.error ?? 'no error'})`);
+
+  // Resumption would skip the client certificate: a client with none must still be refused.
+  const withoutCert = await attempt(port, { session: first.session, key: undefined, cert: undefined });
+  t.equal(withoutCert.reused, false, 'no resumption without a certificate either');
+  t.equal(withoutCert.received, 0, `a client without a certificate is refused (${withoutCert.error ?? 'no error event'})`);
+});
+
+t.test('a TLS 1.2 client is refused', async (t) => {
+  const served = await serve(t);
+  const result = await attempt(served.port, { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' });
+  t.equal(result.secure, false, 'no handshake');
+  t.match(result.error, /protocol version|wrong version|unsupported protocol/i);
+  t.same(served.refused, ['tls_handshake_failed'], 'the server counts the refusal');
+});
+
+t.test('a client without SNI is refused', async (t) => {
+  const served = await serve(t);
+  // Node sends no SNI for an IP address host unless told to; an empty servername sends none either.
+  const result = await attempt(served.port, { servername: '' });
+  t.equal(result.received, 0, `the server sent nothing (${result.error ?? 'no error event'})`);
+  t.equal(result.secure, false, 'no handshake');
+  t.same(served.refused, ['tls_handshake_failed']);
+  t.same(served.accepted, []);
+});
