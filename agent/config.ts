@@ -116,6 +116,10 @@ Options (each also as an environment variable):
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
   -h, --help             show this help
 
+Local mode puts the mesh CA's private key (--ca-dir/ca.key) on every node: whoever can read it on any node can
+mint any identity of the mesh. That stays so until the controller signs for the agents instead. The agent
+refuses a ca.key that group or others can read (chmod 600 it).
+
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 `;
 

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap';
 import { createHash, X509Certificate } from 'node:crypto';
-import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -150,6 +150,19 @@ t.test('CA save and load', async (t) => {
   const other = await CertificateAuthority.create({ trustDomain: 'mesh.example' });
   await writeFile(path.join(mismatched, 'ca.crt'), other.rootPem);
   await t.rejects(CertificateAuthority.load(mismatched), { code: 'CA_INVALID', message: /not the private key/ });
+
+  const keyFile = path.join(caDir, 'ca.key');
+  for (const mode of [0o640, 0o604, 0o644]) {
+    await chmod(keyFile, mode);
+    await t.rejects(
+      CertificateAuthority.load(caDir),
+      { code: 'CA_KEY_EXPOSED', message: new RegExp(`${keyFile} is readable by group or others \\(mode 0${mode.toString(8)}\\).*chmod 600 ${keyFile}`) },
+      `a key of mode 0${mode.toString(8)} is refused`,
+    );
+  }
+  await chmod(keyFile, 0o400);
+  t.equal((await CertificateAuthority.load(caDir)).rootPem, ca.rootPem, 'a key readable by its owner alone is taken');
+  await chmod(keyFile, 0o600);
 
   const notCa = path.join(dir, 'not-ca');
   await ca.save(notCa);
