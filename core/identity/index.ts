@@ -18,5 +18,6 @@ export {
   type CertIssuer,
   type CertStoreEvents,
   type CertStoreOptions,
+  type SetTimer,
   type WorkloadCertificate,
 } from './cert-store.js';
