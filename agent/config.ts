@@ -96,7 +96,8 @@ Runs the node agent: captures the TCP traffic of enrolled pods on this node and 
 Options (each also as an environment variable):
   --node NAME            this node's name                      AMBIT_NODE_NAME (required)
   --config DIR           local-mode folder of Kubernetes YAML  AMBIT_CONFIG_DIR (required)
-  --ca-dir DIR           local-mode mesh CA folder             AMBIT_CA_DIR (required)
+  --ca-dir DIR           local-mode mesh CA folder: ca.crt,    AMBIT_CA_DIR (required)
+                         ca.key, optional trust-bundle.pem (watched)
   --node-ip IP           node address for DNAT and HBONE       AMBIT_NODE_IP (default: from the Node object)
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address of the listeners         AMBIT_LISTEN_HOST (default 0.0.0.0)

@@ -3,10 +3,11 @@
  * TLS 1.2, a missing SNI, a certificate without the expected SPIFFE ID) and how the server picks its certificate.
  */
 import type http2 from 'node:http2';
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { HboneServer, SecureContextCache } from '../core/hbone/index.js';
-import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
+import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
+import { tlsProbe, type TlsProbeResult } from './mesh/tls-probe.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/b/sa/server';
@@ -18,6 +19,7 @@ for (const id of [CLIENT, SERVER]) {
   issued.set(id, { keyPem, certChainPem: certPem });
 }
 const creds = (id: string) => issued.get(id)!;
+const trustBundle = new TrustBundle(ca.rootPem);
 
 interface Served {
   server: HboneServer;
@@ -30,13 +32,13 @@ interface Served {
 
 /** A real HboneServer answering for `identities` (by SNI), each with the certificate `certFor` gives it. */
 async function serve(t: Test, identities: string[] = [SERVER], certFor: (id: string) => { keyPem: string; certChainPem: string } = creds): Promise<Served> {
-  const contexts = new SecureContextCache(() => ca.rootPem);
+  const contexts = new SecureContextCache(trustBundle);
   const accepted: string[] = [];
   const refused: string[] = [];
   const server = new HboneServer({
     host: '127.0.0.1',
     port: 0,
-    trustBundle: () => ca.rootPem,
+    trustBundle,
     resolveSni: async (sni) => {
       const identity = identities.find((id) => sniForIdentity(id) === sni);
       return identity ? { identity, context: contexts.get(certFor(identity)) } : undefined;
@@ -53,50 +55,16 @@ async function serve(t: Test, identities: string[] = [SERVER], certFor: (id: str
   return { server, port: server.address().port, accepted, refused };
 }
 
-interface Attempt {
-  /** The handshake completed on the client's side. */
-  secure: boolean;
-  /** The server resumed a session instead of a full handshake (no certificate asked for). */
-  reused: boolean;
-  /** A session ticket the server issued, to offer on the next connection. */
-  session: Buffer | undefined;
-  /** Bytes the server sent after the handshake (its HTTP/2 SETTINGS when it accepted the client). */
-  received: number;
-  error: string | undefined;
-}
-
-/**
- * A raw TLS client against the server: it sends the HTTP/2 preface, keeps any ticket the server issues, and ends
- * once the server's first frame came (the server writes a ticket before it, so a ticket is never missed) or the
- * connection closed.
- */
-function attempt(port: number, options: tls.ConnectionOptions): Promise<Attempt> {
-  return new Promise((resolve) => {
-    const result: Attempt = { secure: false, reused: false, session: undefined, received: 0, error: undefined };
-    const socket = tls.connect({
-      host: '127.0.0.1',
-      port,
-      servername: sniForIdentity(SERVER),
-      ALPNProtocols: ['h2'],
-      ca: ca.rootPem,
-      key: creds(CLIENT).keyPem,
-      cert: creds(CLIENT).certChainPem,
-      checkServerIdentity: () => undefined,
-      ...options,
-    });
-    socket.on('session', (session: Buffer) => (result.session = session));
-    socket.on('secureConnect', () => {
-      result.secure = true;
-      result.reused = socket.isSessionReused();
-      socket.write('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-    });
-    socket.on('data', (chunk: Buffer) => {
-      result.received += chunk.length;
-      // The server holds a half-closed connection open (HBONE allows half-close): end it from here.
-      socket.destroy();
-    });
-    socket.on('error', (err) => (result.error ??= err.message));
-    socket.on('close', () => resolve(result));
+/** A raw TLS client of CLIENT's against the server, asking for SERVER by SNI unless `options` say otherwise. */
+function attempt(port: number, options: tls.ConnectionOptions): Promise<TlsProbeResult> {
+  return tlsProbe({
+    host: '127.0.0.1',
+    port,
+    servername: sniForIdentity(SERVER),
+    ca: ca.rootPem,
+    key: creds(CLIENT).keyPem,
+    cert: creds(CLIENT).certChainPem,
+    ...options,
   });
 }
 

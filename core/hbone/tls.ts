@@ -32,22 +32,33 @@ export function hboneContextOptions(credentials: WorkloadCredentials, trustBundl
   };
 }
 
+/** The roots peers are verified against, and news of their change (core/identity's TrustBundle is one). */
+export interface TrustBundleSource {
+  pem(): string;
+  on(event: 'change', listener: () => void): unknown;
+  off(event: 'change', listener: () => void): unknown;
+}
+
 /**
  * One SecureContext per certificate, reused for every connection: building one costs about a millisecond of CPU,
- * which the per-connection path cannot afford. A rotated certificate is a new object, so it gets a new context.
+ * which the per-connection path cannot afford. A rotated certificate is a new object, so it gets a new context; a
+ * changed trust bundle empties the cache, so every handshake from then on verifies against the new roots.
  */
 export class SecureContextCache {
-  readonly #contexts = new WeakMap<WorkloadCredentials, tls.SecureContext>();
-  readonly #trustBundle: () => string;
+  #contexts = new WeakMap<WorkloadCredentials, tls.SecureContext>();
+  readonly #trustBundle: TrustBundleSource;
 
-  constructor(trustBundle: () => string) {
+  constructor(trustBundle: TrustBundleSource) {
     this.#trustBundle = trustBundle;
+    trustBundle.on('change', () => {
+      this.#contexts = new WeakMap();
+    });
   }
 
   get(credentials: WorkloadCredentials): tls.SecureContext {
     let context = this.#contexts.get(credentials);
     if (!context) {
-      context = tls.createSecureContext(hboneContextOptions(credentials, this.#trustBundle()));
+      context = tls.createSecureContext(hboneContextOptions(credentials, this.#trustBundle.pem()));
       this.#contexts.set(credentials, context);
     }
     return context;

@@ -136,6 +136,23 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     this.#log.info({ spiffeId }, 'identity forgotten');
   }
 
+  /**
+   * Re-issues every held certificate now, as a renewal does (the old one serves until its successor is here; a
+   * failure retries with backoff): after a change of signer, the leaves move to the new root. An issuance already
+   * in flight may be signed by the old signer, so it is followed by another. Resolves when all have settled.
+   */
+  async renewAll(): Promise<void> {
+    const renewals = [...this.#entries].map(async ([spiffeId, entry]) => {
+      entry.cancelTimer?.();
+      entry.cancelTimer = undefined;
+      await entry.inflight?.catch(() => undefined);
+      if (this.#closed || this.#entries.get(spiffeId) !== entry) return;
+      // #issue records a failure and schedules the retry; the caller only waits for the outcome.
+      await (entry.inflight ?? this.#issue(spiffeId, entry)).catch(() => undefined);
+    });
+    await Promise.all(renewals);
+  }
+
   /** Identities held or being issued. */
   identities(): string[] {
     return [...this.#entries.keys()];

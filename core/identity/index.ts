@@ -21,3 +21,5 @@ export {
   type SetTimer,
   type WorkloadCertificate,
 } from './cert-store.js';
+export { LocalCaFolder, TRUST_BUNDLE_FILE, type LocalCaFolderEvents, type LocalCaFolderOptions } from './local-ca.js';
+export { parseTrustBundle, TrustBundle, type TrustBundleEvents } from './trust-bundle.js';
