@@ -119,7 +119,7 @@ Options (each also as an environment variable):
 
 Local mode puts the mesh CA's private key (--ca-dir/ca.key) on every node: whoever can read it on any node can
 mint any identity of the mesh. That stays so until the controller signs for the agents instead. The agent
-refuses a ca.key that group or others can read (chmod 600 it).
+refuses a ca.key that group or others can read or write (chmod 600 it).
 
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 `;

@@ -2,7 +2,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import type { Logger } from './log.js';
 
 /** Quiet time after the last change on disk before `onChange`; a burst of writes (two renames) costs one call. */
-export const FOLDER_WATCH_DEBOUNCE_MS = 100;
+const FOLDER_WATCH_DEBOUNCE_MS = 100;
 /** After the watch dies (the folder was removed or replaced), watch it again this often. */
 const REWATCH_DELAY_MS = 1000;
 

@@ -77,7 +77,7 @@ t.test('an agent refuses a CA key that group or others can read, naming the file
   const offset = String(30000 + Math.floor(Math.random() * 200) * 10);
   const r = await ambit(['agent', '--node', 'n', '--config', configDir, '--ca-dir', caDir, '--no-rules', '--listen-host', '127.0.0.1', '--port-offset', offset]);
   t.equal(r.code, 1, 'the agent does not start');
-  t.match(r.stderr, `${keyFile} is readable by group or others (mode 0644)`);
+  t.match(r.stderr, `${keyFile} is open to group or others (mode 0644)`);
   t.match(r.stderr, `chmod 600 ${keyFile}`);
   t.match(r.stderr, /CA_KEY_EXPOSED/);
 });

@@ -291,7 +291,7 @@ async function readCaFile(file: string, options: { privateToOwner?: boolean } = 
     if (options.privateToOwner && (mode & 0o077) !== 0) {
       throw new AmbitError(
         'CA_KEY_EXPOSED',
-        `${file} is readable by group or others (mode 0${mode.toString(8)}); the mesh CA key must be readable by its owner alone: chmod 600 ${file} (a mounted Secret: defaultMode 0400)`,
+        `${file} is open to group or others (mode 0${mode.toString(8)}); the mesh CA key must be readable and writable by its owner alone: chmod 600 ${file} (a mounted Secret: defaultMode 0400)`,
       );
     }
     return await handle.readFile('utf8');

@@ -99,7 +99,8 @@ export class LocalCaFolder extends EventEmitter<LocalCaFolderEvents> implements 
     this.#reloading = (async () => {
       do {
         this.#reloadAgain = false;
-        await this.#loadOnce();
+        // A listener of 'change' or 'signer' that throws must not stop the watch, nor go unreported.
+        await this.#loadOnce().catch((err: unknown) => this.#options.log.error({ err }, 'applying the CA folder failed'));
       } while (this.#reloadAgain && this.#watch !== undefined);
     })().finally(() => {
       this.#reloading = undefined;
