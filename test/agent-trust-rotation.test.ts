@@ -4,9 +4,12 @@
  * goes to [new]. No connection is refused at any step, and one opened before the rotation carries bytes after it.
  */
 import { X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { rename, writeFile } from 'node:fs/promises';
+import http2 from 'node:http2';
 import type net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
 import { metricValue } from './mesh/cluster.js';
@@ -73,6 +76,37 @@ async function presentedIsFrom(node: 'node1' | 'node2', identity: string, client
   return peerCertificate?.checkIssued(new X509Certificate(root)) ?? false;
 }
 
+/** A raw HTTP/2 session to node2's HBONE listener as SERVER's peer, with `client`'s certificate. */
+function hboneSession(client: { keyPem: string; certPem: string }, trust: string): Promise<http2.ClientHttp2Session> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(`https://${NODE_IPS.node2}:${mesh.ports.hbone}`, {
+      createConnection: () =>
+        tls.connect({ host: NODE_IPS.node2, port: mesh.ports.hbone, servername: sniForIdentity(SERVER), ALPNProtocols: ['h2'], key: client.keyPem, cert: client.certPem, ca: trust, checkServerIdentity: () => undefined }),
+    });
+    session.once('connect', () => resolve(session));
+    session.once('error', reject);
+  });
+}
+
+/** The status of a CONNECT to pod c on `session`, 0 when the stream could not be opened or was reset. */
+function connectStatus(session: http2.ClientHttp2Session): Promise<number> {
+  return new Promise((resolve) => {
+    let stream: http2.ClientHttp2Stream;
+    try {
+      stream = session.request({ ':method': 'CONNECT', ':authority': `${pod('c').ip}:${mesh.appPort}` }, { endStream: false });
+    } catch {
+      resolve(0);
+      return;
+    }
+    stream.once('response', (headers) => {
+      resolve(Number(headers[':status']));
+      stream.close();
+    });
+    stream.once('error', () => resolve(0));
+    stream.once('close', () => resolve(0));
+  });
+}
+
 function refusedTotal(): Promise<number> {
   return Promise.all([mesh.agents.node1.registry.metrics(), mesh.agents.node2.registry.metrics()]).then(([a, b]) =>
     metricValue(a, 'ambit_connections_refused_total') + metricValue(b, 'ambit_connections_refused_total'),
@@ -111,9 +145,18 @@ t.test('old -> [old, new] -> leaves on new -> [new], and nothing is refused', as
   await newConnectionsWork(t, 'leaves on new');
   t.equal(await echo('after the signer moved'), 'after the signer moved', 'the open connection still carries bytes');
 
+  // A session of a peer that still holds a leaf of the old root, opened while the old root was trusted.
+  const stale = await hboneSession(oldLeaf, `${old.rootPem}${next.rootPem}`);
+  t.teardown(() => stale.destroy());
+  t.equal(await connectStatus(stale), 200, 'the old root\'s leaf is served while the old root is trusted');
+  const goaway = once(stale, 'goaway');
+
   m = marks();
   await writeBundle([next.rootPem]);
   await bothTookBundle(m, [fingerprint(next.rootPem)]);
+  await goaway;
+  t.pass('node2 sent GOAWAY on the session whose client certificate chains to the removed root');
+  t.equal(await connectStatus(stale), 0, 'and it takes no new stream');
   await newConnectionsWork(t, '[new]');
   t.equal(await echo('after the old root left'), 'after the old root left');
   t.equal(await refusedTotal(), 0, 'no connection was refused at any step');

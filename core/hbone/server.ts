@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HBONE_CONNECTION_WINDOW, HBONE_MAX_STREAMS_PER_CONNECTION, HBONE_STREAM_WINDOW } from './client.js';
 import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
-import { HBONE_ALPN, HBONE_CIPHERSUITES, HBONE_SECURE_OPTIONS, peerSpiffeId, type TrustBundleSource } from './tls.js';
+import { HBONE_ALPN, HBONE_CIPHERSUITES, HBONE_SECURE_OPTIONS, peerChainsTo, peerSpiffeId, type TrustBundleSource } from './tls.js';
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
@@ -145,10 +145,20 @@ export class HboneServer {
   /**
    * Client certificates are verified by the context chosen by SNI, from the caller's SecureContextCache, which
    * follows the bundle itself. The listener's own context only meets clients without SNI, which it refuses; it
-   * follows too, so that no context of the listener still trusts a removed root.
+   * follows too, so that no context of the listener still trusts a removed root. A session whose client chains to
+   * no root left takes no new streams (GOAWAY); its open streams run to their end, as a rotation needs: the peer
+   * moved its new streams to a new leaf before the old root left.
    */
   readonly #onTrustBundleChange = (): void => {
-    this.#server.setSecureContext(listenerContextOptions(this.#options.trustBundle.pem()));
+    const bundle = this.#options.trustBundle;
+    this.#server.setSecureContext(listenerContextOptions(bundle.pem()));
+    const roots = bundle.roots();
+    for (const session of this.#sessions) {
+      const socket = session.socket as TLSSocket | undefined;
+      if (!socket || session.closed || peerChainsTo(socket, roots)) continue;
+      this.#log.info({ remote: socket.remoteAddress, peer: this.#peerIdentity(session, socket) }, 'HBONE session takes no new streams: its client certificate chains to no root of the new trust bundle');
+      session.close();
+    }
   };
 
   #onSession(session: http2.ServerHttp2Session): void {

@@ -1,4 +1,4 @@
-import { constants } from 'node:crypto';
+import { constants, type X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
 
@@ -35,6 +35,7 @@ export function hboneContextOptions(credentials: WorkloadCredentials, trustBundl
 /** The roots peers are verified against, and news of their change (core/identity's TrustBundle is one). */
 export interface TrustBundleSource {
   pem(): string;
+  roots(): readonly X509Certificate[];
   on(event: 'change', listener: () => void): unknown;
   off(event: 'change', listener: () => void): unknown;
 }
@@ -79,4 +80,18 @@ export function peerSpiffeId(socket: TLSSocket): string | undefined {
   const cert = socket.getPeerCertificate();
   if (!cert || !('subjectaltname' in cert)) return undefined;
   return spiffeIdFromSan(cert.subjectaltname);
+}
+
+/** How many certificates up from a peer's leaf a chain is followed: more than any mesh's intermediates. */
+const MAX_CHAIN_DEPTH = 8;
+
+/** Whether the certificate chain the peer of `socket` presented leads to one of `roots`. */
+export function peerChainsTo(socket: TLSSocket, roots: readonly X509Certificate[]): boolean {
+  let cert = socket.getPeerX509Certificate();
+  for (let depth = 0; cert !== undefined && depth < MAX_CHAIN_DEPTH; depth += 1) {
+    const current = cert;
+    if (roots.some((root) => root.fingerprint256 === current.fingerprint256 || (current.checkIssued(root) && current.verify(root.publicKey)))) return true;
+    cert = current.issuerCertificate;
+  }
+  return false;
 }
