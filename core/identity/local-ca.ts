@@ -54,22 +54,14 @@ export class LocalCaFolder extends EventEmitter<LocalCaFolderEvents> implements 
 
   /** Loads the folder (CA_NOT_FOUND, CA_INVALID, CA_KEY_EXPOSED, TRUST_BUNDLE_INVALID, CA_NOT_TRUSTED), then watches it. */
   static async open(options: LocalCaFolderOptions): Promise<LocalCaFolder> {
-    // Watch before the first read, so a write landing during the load is not missed.
-    let changedDuringLoad = false;
-    let folder: LocalCaFolder | undefined;
-    const watch = watchFolder(options.dir, () => (folder ? folder.#reload() : (changedDuringLoad = true)), options.log);
-    try {
-      const state = await readFolder(options);
-      folder = new LocalCaFolder(options, state);
-      if (!folder.trustBundle.includes(state.ca.rootPem)) {
-        throw new AmbitError('CA_NOT_TRUSTED', `${path.join(options.dir, CA_CERT_FILE)} is not in ${state.bundleSource}; add the signer's root to the bundle, or peers refuse this node's certificates`);
-      }
-    } catch (err) {
-      watch.close();
-      throw err;
+    const state = await readFolder(options);
+    const folder = new LocalCaFolder(options, state);
+    if (!folder.trustBundle.includes(state.ca.rootPem)) {
+      throw new AmbitError('CA_NOT_TRUSTED', `${path.join(options.dir, CA_CERT_FILE)} is not in ${state.bundleSource}; add the signer's root to the bundle, or peers refuse this node's certificates`);
     }
-    folder.#watch = watch;
-    if (changedDuringLoad) void folder.#reload();
+    folder.#watch = watchFolder(options.dir, () => void folder.#reload(), options.log);
+    // A write that landed between the first read and the watch would otherwise wait for the next one.
+    await folder.#reload();
     return folder;
   }
 
