@@ -7,7 +7,7 @@ import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
-import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
+import { CertStore, LocalCaFolder, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
@@ -78,6 +78,7 @@ export class Agent {
   readonly nodeIp: string;
   readonly #log: Logger;
   readonly #source: LocalSource;
+  readonly #caFolder: LocalCaFolder;
   readonly #certs: CertStore;
   readonly #hboneClient: HboneClient;
   readonly #hboneServer: HboneServer;
@@ -106,6 +107,7 @@ export class Agent {
     registry: Registry;
     store: WorkloadStore;
     source: LocalSource;
+    caFolder: LocalCaFolder;
     nodeIp: string;
     certs: CertStore;
     hboneClient: HboneClient;
@@ -121,6 +123,7 @@ export class Agent {
     this.registry = parts.registry;
     this.store = parts.store;
     this.#source = parts.source;
+    this.#caFolder = parts.caFolder;
     this.nodeIp = parts.nodeIp;
     this.#certs = parts.certs;
     this.#hboneClient = parts.hboneClient;
@@ -165,16 +168,16 @@ export class Agent {
       await source.close();
       throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
     }
-    let ca: CertificateAuthority;
+    let caFolder: LocalCaFolder;
     try {
-      ca = await CertificateAuthority.load(config.caDir, { trustDomain: config.trustDomain });
+      caFolder = await LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
     } catch (err) {
       await source.close();
       throw err;
     }
-    const trustBundle = ca.rootPem;
-    const certs = new CertStore({ issuer: localIssuer(ca), log });
-    const contexts = new SecureContextCache(() => trustBundle);
+    const { trustBundle } = caFolder;
+    const certs = new CertStore({ issuer: caFolder, log });
+    const contexts = new SecureContextCache(trustBundle);
     const hboneClient = new HboneClient({
       contextFor: async (identity) => contexts.get(await certs.get(identity)),
       sniFor: sniForIdentity,
@@ -186,7 +189,7 @@ export class Agent {
     const hboneServer = new HboneServer({
       host: config.listenHost,
       port: config.ports.hbone,
-      trustBundle: () => trustBundle,
+      trustBundle,
       resolveSni: async (servername) => {
         const identity = agent.#sniTable.get(servername);
         if (!identity) return undefined;
@@ -205,7 +208,16 @@ export class Agent {
           log,
         })
       : undefined;
-    agent = new Agent({ config, log, registry, store, source, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
+    agent = new Agent({ config, log, registry, store, source, caFolder, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
+    // New streams go on sessions whose handshake used the current roots and leaves; open streams carry on.
+    trustBundle.on('change', () => hboneClient.retireSessions());
+    caFolder.on('signer', (ca) => {
+      const root = new X509Certificate(ca.rootPem).fingerprint256;
+      void certs.renewAll().then(() => {
+        hboneClient.retireSessions();
+        log.info({ root, identities: certs.identities().length }, 'workload certificates re-issued by the new signer');
+      });
+    });
     const inputs: ProxyInputs = {
       config,
       store,
@@ -224,7 +236,7 @@ export class Agent {
           return { host: address, port };
         }),
     };
-    agent.#registerCertMetrics(ca);
+    agent.#registerCertMetrics(caFolder);
     try {
       await agent.#bind(inputs);
       if (rules) await rules.install();
@@ -277,6 +289,7 @@ export class Agent {
     clearInterval(this.#resyncTimer);
     await this.#cniServer?.close();
     await this.#source.close();
+    await this.#caFolder.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
     for (const socket of this.#sockets) socket.destroy();
@@ -470,9 +483,8 @@ export class Agent {
     return [...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)];
   }
 
-  #registerCertMetrics(ca: CertificateAuthority): void {
+  #registerCertMetrics(caFolder: LocalCaFolder): void {
     const certs = this.#certs;
-    const rootExpiry = new Date(new X509Certificate(ca.rootPem).validTo).getTime() / 1000;
     new Gauge({
       name: 'ambit_cert_expiration_timestamp_seconds',
       help: 'When each certificate this agent holds expires (Unix seconds)',
@@ -480,7 +492,8 @@ export class Agent {
       registers: [this.registry],
       collect() {
         this.reset();
-        this.set({ identity: `spiffe://${ca.trustDomain}`, kind: 'root' }, rootExpiry);
+        const { ca } = caFolder;
+        this.set({ identity: `spiffe://${ca.trustDomain}`, kind: 'root' }, ca.notAfter.getTime() / 1000);
         for (const { spiffeId, notAfter } of certs.expirations()) this.set({ identity: spiffeId, kind: 'workload' }, notAfter.getTime() / 1000);
       },
     });

@@ -107,7 +107,8 @@ Runs the node agent: captures the TCP traffic of enrolled pods on this node and 
 Options (each also as an environment variable):
   --node NAME            this node's name                      AMBIT_NODE_NAME (required)
   --config DIR           local-mode folder of Kubernetes YAML  AMBIT_CONFIG_DIR (required)
-  --ca-dir DIR           local-mode mesh CA folder             AMBIT_CA_DIR (required)
+  --ca-dir DIR           local-mode mesh CA folder: ca.crt,    AMBIT_CA_DIR (required)
+                         ca.key, optional trust-bundle.pem (watched)
   --node-ip IP           node address for DNAT and HBONE       AMBIT_NODE_IP (default: from the Node object)
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address of the listeners         AMBIT_LISTEN_HOST (default 0.0.0.0)
@@ -131,6 +132,10 @@ Options (each also as an environment variable):
                          (default: they stay, so traffic is refused while the agent restarts)
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
   -h, --help             show this help
+
+Local mode puts the mesh CA's private key (--ca-dir/ca.key) on every node: whoever can read it on any node can
+mint any identity of the mesh. That stays so until the controller signs for the agents instead. The agent
+refuses a ca.key that group or others can read or write (chmod 600 it).
 
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 `;

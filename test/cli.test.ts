@@ -19,6 +19,7 @@ function ambit(args: string[], wrapper: string[] = []): Promise<{ code: number; 
 t.test('help and version exit 0', async (t) => {
   t.match(await ambit(['--help']), { code: 0, stdout: /Usage: ambit <command>/ });
   t.match(await ambit(['agent', '--help']), { code: 0, stdout: /--cleanup/ });
+  t.match(await ambit(['agent', '--help']), { stdout: /the mesh CA's private key .* on every node/ }, 'the help says where the CA key sits in local mode');
   t.match(await ambit(['demo', '--help']), { code: 0, stdout: /Needs root/ });
   t.match(await ambit(['version']), { code: 0, stdout: /^ambit \d+\.\d+\.\d+/ });
   t.match(await ambit(['cni', '--help']), { code: 0, stdout: /ambit cni install/ });
@@ -88,3 +89,23 @@ t.test('an agent without CAP_NET_ADMIN asked for transparent connections does no
   t.match(r.stderr, /--upstream-source node/);
 });
 
+t.test('an agent refuses a CA key that group or others can read, naming the file and the chmod', async (t) => {
+  const { chmod, mkdir, mkdtemp, rm, writeFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { CertificateAuthority } = await import('../core/identity/index.js');
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-cli-ca-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const configDir = path.join(dir, 'config');
+  const caDir = path.join(dir, 'ca');
+  await mkdir(configDir);
+  await writeFile(path.join(configDir, 'node.yaml'), JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'n' }, status: { addresses: [{ type: 'InternalIP', address: '127.0.0.1' }] } }));
+  await (await CertificateAuthority.create({ trustDomain: 'cluster.local' })).save(caDir);
+  const keyFile = path.join(caDir, 'ca.key');
+  await chmod(keyFile, 0o644);
+  const offset = String(30000 + Math.floor(Math.random() * 200) * 10);
+  const r = await ambit(['agent', '--node', 'n', '--config', configDir, '--ca-dir', caDir, '--no-rules', '--upstream-source', 'node', '--listen-host', '127.0.0.1', '--port-offset', offset]);
+  t.equal(r.code, 1, 'the agent does not start');
+  t.match(r.stderr, `${keyFile} is open to group or others (mode 0644)`);
+  t.match(r.stderr, `chmod 600 ${keyFile}`);
+  t.match(r.stderr, /CA_KEY_EXPOSED/);
+});

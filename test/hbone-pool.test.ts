@@ -2,7 +2,7 @@
 import type http2 from 'node:http2';
 import t from 'tap';
 import { HboneClient, HboneServer, refuseStream, SecureContextCache } from '../core/hbone/index.js';
-import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
+import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/a/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/b/sa/server';
@@ -16,16 +16,17 @@ async function meshPki(identities: string[]) {
     const { keyPem, certPem } = await ca.issueKeyAndCert(id);
     creds.set(id, { keyPem, certChainPem: certPem });
   }
-  return { ca, creds, contexts: new SecureContextCache(() => ca.rootPem) };
+  const trustBundle = new TrustBundle(ca.rootPem);
+  return { trustBundle, creds, contexts: new SecureContextCache(trustBundle) };
 }
 
 t.test('pooling', async (t) => {
-  const { ca, creds, contexts } = await meshPki([CLIENT, SERVER, OTHER]);
+  const { trustBundle, creds, contexts } = await meshPki([CLIENT, SERVER, OTHER]);
   const served: string[] = [];
   const server = new HboneServer({
     host: '127.0.0.1',
     port: 0,
-    trustBundle: () => ca.rootPem,
+    trustBundle,
     // The server answers for SERVER and, to test the client's check, presents SERVER's certificate for OTHER too.
     resolveSni: async (sni) => {
       const identity = [SERVER, OTHER].find((id) => sniForIdentity(id) === sni);
@@ -79,13 +80,13 @@ t.test('pooling', async (t) => {
 });
 
 t.test('open: the first bytes travel before the answer; a refusal or an early close rejects `established`', async (t) => {
-  const { ca, creds, contexts } = await meshPki([CLIENT, SERVER]);
+  const { trustBundle, creds, contexts } = await meshPki([CLIENT, SERVER]);
   /** What each stream's server side read before it answered. */
   const readBeforeAnswer = new Map<string, string>();
   const server = new HboneServer({
     host: '127.0.0.1',
     port: 0,
-    trustBundle: () => ca.rootPem,
+    trustBundle,
     resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(creds.get(SERVER)!) } : undefined),
     onConnect: (stream: http2.ServerHttp2Stream, request) => {
       const authority = `${request.target.host}:${request.target.port}`;

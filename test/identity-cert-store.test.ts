@@ -1,6 +1,6 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { isAmbitError } from '../core/errors.js';
 import { CertificateAuthority, CertStore, localIssuer, type CertIssuer, type WorkloadCertificate } from '../core/identity/index.js';
 
@@ -30,25 +30,56 @@ function clockIssuer(now: () => number, ttlMs: number): CertIssuer {
   };
 }
 
-/**
- * Waits for `promise`, failing after `limitMs`. The store's timers are unref()ed, so a test waiting only on them
- * needs this ref()ed timer to keep Node running.
- */
-async function within<T>(promise: Promise<T>, limitMs = 15_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`nothing happened within ${limitMs} ms`)), limitMs);
-  });
-  try {
-    return await Promise.race([promise, limit]);
-  } finally {
-    clearTimeout(timer);
+/** The store's clock and timers, moved by the test: a renewal due in twelve hours happens when the test says so. */
+class FakeTime {
+  #now = Date.now();
+  readonly #timers = new Set<{ at: number; callback: () => void }>();
+  /** The delay of every timer set, in order. */
+  readonly delays: number[] = [];
+
+  readonly now = (): number => this.#now;
+
+  readonly setTimer = (callback: () => void, delayMs: number): (() => void) => {
+    const timer = { at: this.#now + delayMs, callback };
+    this.#timers.add(timer);
+    this.delays.push(delayMs);
+    return () => this.#timers.delete(timer);
+  };
+
+  /** Timers set and neither fired nor cancelled. */
+  get pending(): number {
+    return this.#timers.size;
+  }
+
+  /** Moves the clock by `ms` and fires nothing: as when the process was suspended and its timers are late. */
+  skip(ms: number): void {
+    this.#now += ms;
+  }
+
+  /** Moves the clock by `ms`, firing each timer that falls due on the way, in order. */
+  advance(ms: number): void {
+    const until = this.#now + ms;
+    for (;;) {
+      const due = [...this.#timers].filter((timer) => timer.at <= until).sort((a, b) => a.at - b.at)[0];
+      if (due === undefined) break;
+      this.#timers.delete(due);
+      this.#now = due.at;
+      due.callback();
+    }
+    this.#now = until;
   }
 }
 
-/** Long enough for a renewal due at half life to have generated its key and called the issuer. */
-async function sleepPastRenewal(cert: WorkloadCertificate): Promise<void> {
-  await sleep((cert.notAfter.getTime() - Date.now()) / 2 + 1500);
+/** The checks a certificate handed out for `spiffeId` must pass: its key, its identity, its issuer, its lifetime. */
+function assertIssuedFor(t: Test, cert: WorkloadCertificate, spiffeId: string, now: number): void {
+  const leaf = new X509Certificate(cert.certChainPem);
+  t.equal(cert.spiffeId, spiffeId);
+  t.equal(leaf.subjectAltName, `URI:${spiffeId}`, 'the leaf certifies the identity');
+  t.ok(leaf.checkPrivateKey(createPrivateKey(cert.keyPem)), 'the key is the leaf\'s');
+  t.ok(leaf.checkIssued(new X509Certificate(ca.rootPem)), 'issued by the mesh CA');
+  t.equal(cert.serial, leaf.serialNumber);
+  t.equal(cert.notAfter.getTime(), new Date(leaf.validTo).getTime());
+  t.ok(cert.notBefore.getTime() <= now && cert.notAfter.getTime() > now, 'valid now');
 }
 
 function refedTimers(): number {
@@ -99,12 +130,12 @@ t.test('a failed first issuance rejects and keeps nothing', async (t) => {
       throw new Error('controller unreachable');
     },
   });
-  const store = new CertStore({ issuer, backoff: { initialMs: 10, maxMs: 20 } });
+  const time = new FakeTime();
+  const store = new CertStore({ issuer, backoff: { initialMs: 10, maxMs: 20 }, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   await t.rejects(store.get(ID), /controller unreachable/);
   t.same(store.identities(), []);
-  await sleep(100);
-  t.equal(issuer.calls, 1, 'no background retry without a certificate to renew: the next get() asks again');
+  t.equal(time.pending, 0, 'no background retry without a certificate to renew: the next get() asks again');
   await t.rejects(store.get(ID), /controller unreachable/);
   t.equal(issuer.calls, 2);
 });
@@ -133,105 +164,137 @@ t.test('a certificate that does not match the request is refused', async (t) => 
 });
 
 t.test('renews at half of the remaining lifetime', async (t) => {
-  const ttlMs = 4000;
-  const store = new CertStore({ issuer: localIssuer(ca, ttlMs) });
+  const time = new FakeTime();
+  const ttlMs = 24 * 3600_000;
+  const issuer = counting(clockIssuer(time.now, ttlMs));
+  const store = new CertStore({ issuer, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   const first = await store.get(ID);
-  const receivedAt = Date.now();
-  const expectedRenewalMs = (first.notAfter.getTime() - receivedAt) / 2;
+  assertIssuedFor(t, first, ID, time.now());
+  const halfLife = (first.notAfter.getTime() - time.now()) / 2;
+  t.same(time.delays, [halfLife], 'one timer, at half of the remaining life');
 
-  const [spiffeId, second] = (await within(once(store, 'rotated'))) as [string, WorkloadCertificate];
-  const elapsed = Date.now() - receivedAt;
+  time.advance(halfLife - 1);
+  t.equal(time.pending, 1, 'not renewed a millisecond before half life');
+  const rotated = once(store, 'rotated');
+  time.advance(1);
+  t.equal(time.pending, 0, 'the renewal starts at half life');
+  const [spiffeId, second] = (await rotated) as [string, WorkloadCertificate];
   t.equal(spiffeId, ID);
-  t.ok(elapsed >= expectedRenewalMs - 50, `renewed no earlier than half life (${elapsed} ms >= ${Math.round(expectedRenewalMs)} ms)`);
-  t.ok(elapsed < first.notAfter.getTime() - receivedAt, `renewed before expiry (${elapsed} ms)`);
+  t.equal(issuer.calls, 2);
+  assertIssuedFor(t, second, ID, time.now());
   t.not(second.serial, first.serial, 'a new certificate');
   t.not(second.keyPem, first.keyPem, 'from a new key');
   t.equal(store.current(ID), second, 'the new certificate is current');
   t.same(store.expirations(), [{ spiffeId: ID, notAfter: second.notAfter }]);
+  t.equal(time.delays[1], (second.notAfter.getTime() - time.now()) / 2, 'the next renewal is at its half life');
 });
 
 t.test('failed renewals back off and keep the old certificate', async (t) => {
+  const time = new FakeTime();
   const failures = 3;
   let calls = 0;
   const issuer: CertIssuer = {
     async sign(csrPem, spiffeId) {
       calls += 1;
       if (calls > 1 && calls <= 1 + failures) throw new Error(`issuer down (call ${calls})`);
-      return { certChainPem: await ca.sign(csrPem, { spiffeId, notAfter: new Date(Date.now() + 4000) }) };
+      return clockIssuer(time.now, 3600_000).sign(csrPem, spiffeId);
     },
   };
-  const store = new CertStore({ issuer, backoff: { initialMs: 40, maxMs: 160 } });
+  const store = new CertStore({ issuer, backoff: { initialMs: 40, maxMs: 160 }, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   const first = await store.get(ID);
 
   const retryDelays: number[] = [];
-  const currentDuringFailures: Array<string | undefined> = [];
-  store.on('renewal-failed', (spiffeId, err, retryInMs) => {
+  let next = time.delays[0] ?? NaN;
+  for (let i = 0; i < failures; i += 1) {
+    const failed = once(store, 'renewal-failed');
+    time.advance(next);
+    const [spiffeId, err, retryInMs] = (await failed) as [string, Error, number];
     t.equal(spiffeId, ID);
     t.match(err.message, /issuer down/);
+    t.equal(store.current(ID), first, `the old certificate serves after failure ${i + 1}`);
+    t.equal(time.delays.at(-1), retryInMs, 'the retry is set for the delay it announced');
     retryDelays.push(retryInMs);
-    currentDuringFailures.push(store.current(ID)?.serial);
-  });
-  const [, renewed] = (await within(once(store, 'rotated'))) as [string, WorkloadCertificate];
+    time.advance(retryInMs - 1);
+    t.equal(time.pending, 1, 'no retry before its delay');
+    next = 1;
+  }
+  const rotated = once(store, 'rotated');
+  time.advance(next);
+  const [, renewed] = (await rotated) as [string, WorkloadCertificate];
 
   t.equal(calls, 1 + failures + 1, 'retried until the issuer answered');
-  t.equal(retryDelays.length, failures);
-  t.same(currentDuringFailures, Array(failures).fill(first.serial), 'the old certificate served while renewal failed');
   for (let i = 1; i < retryDelays.length; i += 1) {
     t.ok((retryDelays[i] ?? 0) >= (retryDelays[i - 1] ?? Infinity), `delay ${i} does not shrink: ${retryDelays.join(', ')}`);
   }
   t.ok((retryDelays[2] ?? 0) > (retryDelays[0] ?? Infinity), 'delays grow');
   t.ok(retryDelays.every((delay) => delay >= 20 && delay <= 160), 'within [initialMs / 2, maxMs]');
+  assertIssuedFor(t, renewed, ID, time.now());
   t.not(renewed.serial, first.serial);
   t.equal(store.current(ID), renewed);
 });
 
 t.test('expiry follows the injected clock', async (t) => {
-  let offsetMs = 0;
-  const now = () => Date.now() + offsetMs;
-  const issuer = counting(clockIssuer(now, 3600_000));
-  const store = new CertStore({ issuer, now });
+  const time = new FakeTime();
+  const issuer = counting(clockIssuer(time.now, 3600_000));
+  const store = new CertStore({ issuer, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   const first = await store.get(ID);
   t.equal(store.current(ID), first);
 
-  offsetMs = 2 * 3600_000;
+  time.skip(2 * 3600_000);
   t.equal(store.current(ID), undefined, 'an expired certificate is never handed out');
   t.same(store.expirations(), [{ spiffeId: ID, notAfter: first.notAfter }], 'but its expiry is still reported');
   const second = await store.get(ID);
   t.equal(issuer.calls, 2, 'get() replaces an expired certificate');
+  assertIssuedFor(t, second, ID, time.now());
   t.not(second.serial, first.serial);
   t.equal(store.current(ID), second);
 });
 
-t.test('close() stops renewals; timers never hold the process open', async (t) => {
-  const before = refedTimers();
-  const issuer = counting(localIssuer(ca, 3000));
-  const store = new CertStore({ issuer });
-  const cert = await store.get(ID);
-  t.equal(refedTimers(), before, 'the renewal timer is unref()ed');
-
+t.test('close() stops renewals; the real timers never hold the process open', async (t) => {
+  const time = new FakeTime();
+  const issuer = counting(clockIssuer(time.now, 3600_000));
+  const store = new CertStore({ issuer, now: time.now, setTimer: time.setTimer });
+  await store.get(ID);
+  t.equal(time.pending, 1, 'a renewal is set');
   store.close();
+  t.equal(time.pending, 0, 'close() cancels it');
   t.same(store.identities(), []);
   t.equal(store.current(ID), undefined);
   await t.rejects(store.get(ID), { code: 'CERT_STORE_CLOSED' });
-  await sleepPastRenewal(cert);
+  time.advance(2 * 3600_000);
   t.equal(issuer.calls, 1, 'no renewal after close()');
   t.ok(isAmbitError(await store.get(ID).catch((err: unknown) => err), 'CERT_STORE_CLOSED'));
+
+  const before = refedTimers();
+  const real = new CertStore({ issuer: localIssuer(ca) });
+  t.teardown(() => real.close());
+  await real.get(ID);
+  t.equal(refedTimers(), before, 'the default renewal timer is unref()ed');
 });
 
 t.test('forget() stops renewing an identity', async (t) => {
-  const issuer = counting(localIssuer(ca, 3000));
-  const store = new CertStore({ issuer });
+  const time = new FakeTime();
+  const issuer = counting(clockIssuer(time.now, 3600_000));
+  const store = new CertStore({ issuer, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   const inflight = store.get(ID);
   store.forget(ID);
   const cert = await inflight;
-  t.ok(cert, 'a caller already waiting still gets its certificate');
+  assertIssuedFor(t, cert, ID, time.now());
   t.same(store.identities(), [], 'but the store does not keep it');
-  await sleepPastRenewal(cert);
-  t.equal(issuer.calls, 1, 'and never renews it');
+  t.equal(time.pending, 0, 'no renewal is set for it');
+  time.advance(2 * 3600_000);
+  t.equal(issuer.calls, 1, 'and it is never renewed');
+
+  const held = await store.get(OTHER_ID);
+  t.equal(time.pending, 1);
+  store.forget(OTHER_ID);
+  t.equal(time.pending, 0, 'forgetting a held identity cancels its renewal');
+  t.equal(store.current(OTHER_ID), undefined);
+  t.not(held.serial, cert.serial);
 });
 
 t.test('options are validated', async (t) => {

@@ -68,6 +68,8 @@ interface PooledSession {
   streams: number;
   ready: Promise<void>;
   idleTimer: NodeJS.Timeout | undefined;
+  /** Takes no new streams and closes after its last one: it was set up with roots or a certificate since replaced. */
+  retired: boolean;
 }
 
 /**
@@ -165,6 +167,20 @@ export class HboneClient {
     return count;
   }
 
+  /**
+   * After a change of trust bundle or of certificates: the sessions open now take no new streams and close once
+   * their last stream ends, so every new stream runs on a session whose handshake used what is current. Open streams
+   * are not cut, and a stream never lands on a closing session, so nothing is refused for it.
+   */
+  retireSessions(): void {
+    for (const list of this.#pools.values()) {
+      for (const pooled of list) {
+        pooled.retired = true;
+        if (pooled.streams === 0) this.#closeRetired(pooled);
+      }
+    }
+  }
+
   close(): void {
     this.#closed = true;
     for (const list of this.#pools.values()) {
@@ -184,7 +200,7 @@ export class HboneClient {
       this.#pools.set(key, list);
     }
     // A session still handshaking counts as available: concurrent first requests share one handshake.
-    let pooled = list.find((p) => p.streams < this.#maxStreams && !(p.session?.closed || p.session?.destroyed));
+    let pooled = list.find((p) => !p.retired && p.streams < this.#maxStreams && !(p.session?.closed || p.session?.destroyed));
     if (!pooled) {
       pooled = this.#open(key, request);
       list.push(pooled);
@@ -201,7 +217,7 @@ export class HboneClient {
     const { host, port } = request.via;
     const expected = request.destinationIdentity;
     const contextPromise = this.#options.contextFor(request.sourceIdentity);
-    const pooled: PooledSession = { session: undefined, key, streams: 0, ready: Promise.resolve(), idleTimer: undefined };
+    const pooled: PooledSession = { session: undefined, key, streams: 0, ready: Promise.resolve(), idleTimer: undefined, retired: false };
     pooled.ready = contextPromise.then(
       (secureContext) =>
         new Promise<void>((resolve, reject) => {
@@ -265,11 +281,22 @@ export class HboneClient {
   #release(pooled: PooledSession): void {
     pooled.streams--;
     if (pooled.streams > 0 || pooled.session?.destroyed) return;
+    if (pooled.retired) {
+      this.#closeRetired(pooled);
+      return;
+    }
     pooled.idleTimer = setTimeout(() => {
       this.#remove(pooled);
       pooled.session?.close();
     }, this.#idleTimeoutMs);
     pooled.idleTimer.unref();
+  }
+
+  #closeRetired(pooled: PooledSession): void {
+    if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+    pooled.idleTimer = undefined;
+    this.#remove(pooled);
+    pooled.session?.close();
   }
 
   #remove(pooled: PooledSession): void {

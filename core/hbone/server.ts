@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HBONE_CONNECTION_WINDOW, HBONE_MAX_STREAMS_PER_CONNECTION, HBONE_STREAM_WINDOW } from './client.js';
 import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
-import { HBONE_ALPN, HBONE_CIPHERSUITES, peerSpiffeId } from './tls.js';
+import { HBONE_ALPN, HBONE_CIPHERSUITES, HBONE_SECURE_OPTIONS, peerChainsTo, peerSpiffeId, type TrustBundleSource } from './tls.js';
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
@@ -34,7 +34,8 @@ export interface HboneInboundRequest {
 export interface HboneServerOptions {
   host?: string;
   port: number;
-  trustBundle: () => string;
+  /** The roots client certificates must chain to; the listener follows its changes. */
+  trustBundle: TrustBundleSource;
   /** Maps the SNI a client sent to a local identity and its TLS context; undefined refuses the handshake. */
   resolveSni: (servername: string) => Promise<{ identity: string; context: tls.SecureContext } | undefined>;
   /** Called for every well-formed CONNECT; the callee answers (200 and splice, or a refusal). */
@@ -52,6 +53,11 @@ export function refuseStream(stream: http2.ServerHttp2Stream, status: number, re
   } else {
     stream.close(http2.constants.NGHTTP2_CANCEL);
   }
+}
+
+/** What setSecureContext() replaces as a whole: everything of the listener's TLS context. */
+function listenerContextOptions(trustBundlePem: string): tls.SecureContextOptions {
+  return { ca: trustBundlePem, minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', ciphers: HBONE_CIPHERSUITES, secureOptions: HBONE_SECURE_OPTIONS };
 }
 
 /**
@@ -77,11 +83,7 @@ export class HboneServer {
       allowHTTP1: false,
       requestCert: true,
       rejectUnauthorized: true,
-      ca: options.trustBundle(),
-      minVersion: 'TLSv1.3',
-      maxVersion: 'TLSv1.3',
-      ciphers: HBONE_CIPHERSUITES,
-      sessionTimeout: 0,
+      ...listenerContextOptions(options.trustBundle.pem()),
       allowHalfOpen: true,
       noDelay: true,
       maxSessionMemory: 64,
@@ -114,6 +116,7 @@ export class HboneServer {
       socket.once('close', () => this.#connections.delete(socket));
     });
     this.#server.on('session', (session) => this.#onSession(session));
+    options.trustBundle.on('change', this.#onTrustBundleChange);
     this.#server.on('stream', (stream, headers) => this.#onStream(stream, headers));
   }
 
@@ -132,11 +135,31 @@ export class HboneServer {
   }
 
   async close(): Promise<void> {
+    this.#options.trustBundle.off('change', this.#onTrustBundleChange);
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const session of this.#sessions) session.destroy();
     for (const socket of this.#connections) socket.destroy();
     await closed;
   }
+
+  /**
+   * Client certificates are verified by the context chosen by SNI, from the caller's SecureContextCache, which
+   * follows the bundle itself. The listener's own context only meets clients without SNI, which it refuses; it
+   * follows too, so that no context of the listener still trusts a removed root. A session whose client chains to
+   * no root left takes no new streams (GOAWAY); its open streams run to their end, as a rotation needs: the peer
+   * moved its new streams to a new leaf before the old root left.
+   */
+  readonly #onTrustBundleChange = (): void => {
+    const bundle = this.#options.trustBundle;
+    this.#server.setSecureContext(listenerContextOptions(bundle.pem()));
+    const roots = bundle.roots();
+    for (const session of this.#sessions) {
+      const socket = session.socket as TLSSocket | undefined;
+      if (!socket || session.closed || peerChainsTo(socket, roots)) continue;
+      this.#log.info({ remote: socket.remoteAddress, peer: this.#peerIdentity(session, socket) }, 'HBONE session takes no new streams: its client certificate chains to no root of the new trust bundle');
+      session.close();
+    }
+  };
 
   #onSession(session: http2.ServerHttp2Session): void {
     this.#sessions.add(session);

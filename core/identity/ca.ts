@@ -1,5 +1,5 @@
 import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from 'node:crypto';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import forge from 'node-forge';
 import { writeFileAtomic } from '../atomic-file.js';
@@ -98,7 +98,7 @@ export class CertificateAuthority {
     const certPath = path.join(dir, CA_CERT_FILE);
     const keyPath = path.join(dir, CA_KEY_FILE);
     const rootPem = await readCaFile(certPath);
-    const keyPem = await readCaFile(keyPath);
+    const keyPem = await readCaFile(keyPath, { privateToOwner: true });
 
     let root: X509Certificate;
     try {
@@ -272,13 +272,34 @@ function randomSerialHex(): string {
   return (bytes[0] ?? 0) >= 0x80 ? `00${hex}` : hex;
 }
 
-async function readCaFile(file: string): Promise<string> {
+/**
+ * Reads a file of the CA folder. The key must be private to its owner: in local mode it sits on every node, and
+ * anyone who can read it can mint any identity of the mesh. The mode is checked on the file that was opened, so a
+ * rename in between cannot swap in another.
+ */
+async function readCaFile(file: string, options: { privateToOwner?: boolean } = {}): Promise<string> {
+  let handle: FileHandle;
   try {
-    return await readFile(file, 'utf8');
+    handle = await open(file, 'r');
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') {
       throw new AmbitError('CA_NOT_FOUND', `${file} does not exist; mount the CA Secret (ca.crt, ca.key) in that folder or save a new CA there`, { cause: err });
     }
     throw new AmbitError('CA_INVALID', `${file} cannot be read: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    const mode = (await handle.stat()).mode & 0o777;
+    if (options.privateToOwner && (mode & 0o077) !== 0) {
+      throw new AmbitError(
+        'CA_KEY_EXPOSED',
+        `${file} is open to group or others (mode 0${mode.toString(8)}); the mesh CA key must be readable and writable by its owner alone: chmod 600 ${file} (a mounted Secret: defaultMode 0400)`,
+      );
+    }
+    return await handle.readFile('utf8');
+  } catch (err) {
+    if (err instanceof AmbitError) throw err;
+    throw new AmbitError('CA_INVALID', `${file} cannot be read: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await handle.close();
   }
 }

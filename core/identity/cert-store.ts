@@ -43,6 +43,8 @@ export interface CertStoreOptions {
   log?: Logger;
   /** Milliseconds since the epoch; injectable so tests can age certificates without waiting. */
   now?: () => number;
+  /** Sets the renewal and retry timers; injectable with `now`, so tests move time instead of waiting it out. */
+  setTimer?: SetTimer;
   backoff?: BackoffOptions;
 }
 
@@ -53,6 +55,16 @@ export type CertStoreEvents = {
   'renewal-failed': [spiffeId: string, err: Error, retryInMs: number];
 };
 
+/** Calls `callback` once after `delayMs`; the function it returns cancels the call. */
+export type SetTimer = (callback: () => void, delayMs: number) => () => void;
+
+const realTimer: SetTimer = (callback, delayMs) => {
+  const timer = setTimeout(callback, delayMs);
+  // Renewal alone must not keep a process alive.
+  timer.unref();
+  return () => clearTimeout(timer);
+};
+
 // setTimeout fires at once when given more than 2^31-1 ms (about 24.8 days); a long-lived certificate is then
 // renewed early, which is harmless, instead of in a tight loop.
 const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
@@ -60,7 +72,8 @@ const MAX_TIMER_DELAY_MS = 2 ** 31 - 1;
 interface IdentityEntry {
   cert?: WorkloadCertificate;
   inflight?: Promise<WorkloadCertificate>;
-  timer?: NodeJS.Timeout;
+  /** Cancels the pending renewal or retry. */
+  cancelTimer?: () => void;
   failures: number;
 }
 
@@ -73,6 +86,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   readonly #issuer: CertIssuer;
   readonly #log: Logger;
   readonly #now: () => number;
+  readonly #setTimer: SetTimer;
   readonly #backoff: BackoffOptions;
   readonly #entries = new Map<string, IdentityEntry>();
   #closed = false;
@@ -82,6 +96,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     this.#issuer = options.issuer;
     this.#log = (options.log ?? silentLogger()).child({ component: 'cert-store' });
     this.#now = options.now ?? Date.now;
+    this.#setTimer = options.setTimer ?? realTimer;
     this.#backoff = options.backoff ?? DEFAULT_RENEWAL_BACKOFF;
     if (!(this.#backoff.initialMs > 0) || !(this.#backoff.maxMs >= this.#backoff.initialMs)) {
       throw new AmbitError(
@@ -116,9 +131,26 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   forget(spiffeId: string): void {
     const entry = this.#entries.get(spiffeId);
     if (entry === undefined) return;
-    clearTimeout(entry.timer);
+    entry.cancelTimer?.();
     this.#entries.delete(spiffeId);
     this.#log.info({ spiffeId }, 'identity forgotten');
+  }
+
+  /**
+   * Re-issues every held certificate now, as a renewal does (the old one serves until its successor is here; a
+   * failure retries with backoff): after a change of signer, the leaves move to the new root. An issuance already
+   * in flight may be signed by the old signer, so it is followed by another. Resolves when all have settled.
+   */
+  async renewAll(): Promise<void> {
+    const renewals = [...this.#entries].map(async ([spiffeId, entry]) => {
+      entry.cancelTimer?.();
+      entry.cancelTimer = undefined;
+      await entry.inflight?.catch(() => undefined);
+      if (this.#closed || this.#entries.get(spiffeId) !== entry) return;
+      // #issue records a failure and schedules the retry; the caller only waits for the outcome.
+      await (entry.inflight ?? this.#issue(spiffeId, entry)).catch(() => undefined);
+    });
+    await Promise.all(renewals);
   }
 
   /** Identities held or being issued. */
@@ -138,7 +170,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   /** Cancels every renewal and drops every key; requests still in flight complete but are not kept. */
   close(): void {
     this.#closed = true;
-    for (const entry of this.#entries.values()) clearTimeout(entry.timer);
+    for (const entry of this.#entries.values()) entry.cancelTimer?.();
     this.#entries.clear();
   }
 
@@ -223,14 +255,12 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   }
 
   #schedule(spiffeId: string, entry: IdentityEntry, delayMs: number): void {
-    clearTimeout(entry.timer);
-    entry.timer = setTimeout(() => this.#renew(spiffeId, entry), delayMs);
-    // Renewal alone must not keep a process alive.
-    entry.timer.unref();
+    entry.cancelTimer?.();
+    entry.cancelTimer = this.#setTimer(() => this.#renew(spiffeId, entry), delayMs);
   }
 
   #renew(spiffeId: string, entry: IdentityEntry): void {
-    entry.timer = undefined;
+    entry.cancelTimer = undefined;
     // A get() for an expired certificate may already be asking; its outcome schedules what comes next.
     if (entry.inflight !== undefined) return;
     // #issue records the failure and schedules the retry; there is no caller to hand the rejection to.
