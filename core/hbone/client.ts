@@ -307,7 +307,12 @@ export class HboneClient {
           });
           pooled.session = session;
           const timer = setTimeout(() => {
-            session.destroy(new AmbitError('HBONE_CONNECT_TIMEOUT', `connecting to ${host}:${port} timed out after ${this.#connectTimeoutMs} ms; maybe a NetworkPolicy or firewall blocks HBONE port ${port}`));
+            const err = new AmbitError('HBONE_CONNECT_TIMEOUT', `connecting to ${host}:${port} timed out after ${this.#connectTimeoutMs} ms; maybe a NetworkPolicy or firewall blocks HBONE port ${port}`);
+            // While TCP still waits for an answer to its SYN (dropped by a firewall), destroying the session neither
+            // ends the socket nor emits an error: end both, and fail the connection here.
+            reject(err);
+            pooled.socket?.destroy(err);
+            session.destroy(err);
           }, this.#connectTimeoutMs);
           session.once('connect', () => {
             clearTimeout(timer);
