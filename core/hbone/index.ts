@@ -13,7 +13,15 @@ export {
   type HboneConnectRequest,
   type HboneStream,
 } from './client.js';
-export { HboneServer, refuseStream, type HboneInboundRequest, type HboneRefusal, type HboneServerOptions } from './server.js';
+export {
+  HBONE_HANDSHAKE_TIMEOUT_MS,
+  HBONE_MAX_CONNECTIONS,
+  HboneServer,
+  refuseStream,
+  type HboneInboundRequest,
+  type HboneRefusal,
+  type HboneServerOptions,
+} from './server.js';
 export {
   buildBaggage,
   formatAuthority,
