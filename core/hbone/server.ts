@@ -102,14 +102,12 @@ export class HboneServer {
   /** The peer of each accepted TCP connection, read at accept: a socket destroyed later cannot tell it. */
   readonly #remotes = new WeakMap<net.Socket, string | undefined>();
   readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
-  readonly #refusals: NonNullable<HboneServerOptions['onRefused']>;
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
 
   constructor(options: HboneServerOptions) {
     this.#options = options;
     this.#log = options.log ?? silentLogger();
-    this.#refusals = options.onRefused ?? ((reason, detail) => this.#log.warn({ reason, remote: detail.remoteAddress, detail: detail.message }, 'HBONE connection refused'));
     this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? HBONE_KEEPALIVE_TIMEOUT_MS;
     const maxConnections = options.maxConnections ?? HBONE_MAX_CONNECTIONS;
@@ -270,7 +268,9 @@ export class HboneServer {
     return identity;
   }
 
+  /** One log line per refusal: the callee's, when there is one. */
   #refused(reason: HboneRefusal, remoteAddress: string | undefined, message: string): void {
-    this.#refusals(reason, { remoteAddress, message });
+    if (this.#options.onRefused) this.#options.onRefused(reason, { remoteAddress, message });
+    else this.#log.warn({ reason, remote: remoteAddress, detail: message }, 'HBONE connection refused');
   }
 }
