@@ -181,6 +181,9 @@ export class Agent {
     const hboneClient = new HboneClient({
       contextFor: async (identity) => contexts.get(await certs.get(identity)),
       sniFor: sniForIdentity,
+      keepaliveIntervalMs: config.hbone.keepaliveIntervalMs,
+      keepaliveTimeoutMs: config.hbone.keepaliveTimeoutMs,
+      responseTimeoutMs: config.hbone.responseTimeoutMs,
       log: log.child({ component: 'hbone-client' }),
     });
 
@@ -197,6 +200,8 @@ export class Agent {
       },
       onConnect: (stream, request) => handleHboneConnect(inputs, stream, request),
       onRefused: (reason, detail) => telemetry.refused('hbone', reason, { hbone: detail.remoteAddress }, detail.message),
+      maxConnections: config.hbone.maxConnections,
+      keepaliveTimeoutMs: config.hbone.keepaliveTimeoutMs,
       log: log.child({ component: 'hbone-server' }),
     });
     const rules = config.manageRules

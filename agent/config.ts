@@ -1,6 +1,7 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
+import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
 import { AmbitError } from '../core/errors.js';
 
@@ -98,7 +99,23 @@ export interface AgentConfig {
   readonly rootNamespace: string;
   /** Read `security.istio.io` AuthorizationPolicy and PeerAuthentication objects too. */
   readonly istioApi: boolean;
+  /** How HBONE notices a dead peer, and the listener's cap (core/hbone says why each default is what it is). */
+  readonly hbone: Readonly<HboneSettings>;
 }
+
+export interface HboneSettings {
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+  responseTimeoutMs: number;
+  maxConnections: number;
+}
+
+const HBONE_DEFAULTS: Readonly<HboneSettings> = Object.freeze({
+  keepaliveIntervalMs: HBONE_KEEPALIVE_INTERVAL_MS,
+  keepaliveTimeoutMs: HBONE_KEEPALIVE_TIMEOUT_MS,
+  responseTimeoutMs: HBONE_RESPONSE_TIMEOUT_MS,
+  maxConnections: HBONE_MAX_CONNECTIONS,
+});
 
 export const AGENT_USAGE = `Usage: ambit agent [options]
 
@@ -128,6 +145,10 @@ Options (each also as an environment variable):
   --root-namespace NS    policies here apply mesh-wide         AMBIT_ROOT_NAMESPACE (default ${DEFAULT_ROOT_NAMESPACE})
                          and its pods are never enrolled nor held back at CNI ADD
   --istio-api            read security.istio.io policies too   AMBIT_ISTIO_API=1
+  --hbone-keepalive-interval S  PING an HBONE peer silent for S s   AMBIT_HBONE_KEEPALIVE_INTERVAL (default ${HBONE_KEEPALIVE_INTERVAL_MS / 1000})
+  --hbone-keepalive-timeout S   no answer in S s: the peer is dead  AMBIT_HBONE_KEEPALIVE_TIMEOUT (default ${HBONE_KEEPALIVE_TIMEOUT_MS / 1000})
+  --hbone-response-timeout S    a CONNECT unanswered in S s fails   AMBIT_HBONE_RESPONSE_TIMEOUT (default ${HBONE_RESPONSE_TIMEOUT_MS / 1000})
+  --hbone-max-connections N     most connections 15008 holds        AMBIT_HBONE_MAX_CONNECTIONS (default ${HBONE_MAX_CONNECTIONS})
   --remove-rules-on-exit remove the rules on a clean shutdown  AMBIT_REMOVE_RULES_ON_EXIT=1
                          (default: they stay, so traffic is refused while the agent restarts)
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
@@ -184,6 +205,10 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'remove-rules-on-exit': { type: 'boolean' },
         'root-namespace': { type: 'string' },
         'istio-api': { type: 'boolean' },
+        'hbone-keepalive-interval': { type: 'string' },
+        'hbone-keepalive-timeout': { type: 'string' },
+        'hbone-response-timeout': { type: 'string' },
+        'hbone-max-connections': { type: 'string' },
         cleanup: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -237,6 +262,18 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   const rootNamespace = values['root-namespace'] ?? env.AMBIT_ROOT_NAMESPACE ?? DEFAULT_ROOT_NAMESPACE;
   if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name`);
   const istioApi = values['istio-api'] ?? env.AMBIT_ISTIO_API === '1';
+  const whole = (flag: string, text: string | undefined, min: number, max: number, fallback: number): number => {
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < min || value > max) throw usageError(`--${flag} ${text} is not a whole number from ${min} to ${max}`);
+    return value;
+  };
+  const hbone = Object.freeze({
+    keepaliveIntervalMs: whole('hbone-keepalive-interval', values['hbone-keepalive-interval'] ?? env.AMBIT_HBONE_KEEPALIVE_INTERVAL, 1, 3600, HBONE_DEFAULTS.keepaliveIntervalMs / 1000) * 1000,
+    keepaliveTimeoutMs: whole('hbone-keepalive-timeout', values['hbone-keepalive-timeout'] ?? env.AMBIT_HBONE_KEEPALIVE_TIMEOUT, 1, 600, HBONE_DEFAULTS.keepaliveTimeoutMs / 1000) * 1000,
+    responseTimeoutMs: whole('hbone-response-timeout', values['hbone-response-timeout'] ?? env.AMBIT_HBONE_RESPONSE_TIMEOUT, 1, 600, HBONE_DEFAULTS.responseTimeoutMs / 1000) * 1000,
+    maxConnections: whole('hbone-max-connections', values['hbone-max-connections'] ?? env.AMBIT_HBONE_MAX_CONNECTIONS, 1, 1_000_000, HBONE_DEFAULTS.maxConnections),
+  });
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
 
@@ -262,6 +299,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       removeRulesOnExit,
       rootNamespace,
       istioApi,
+      hbone,
     }),
   };
 }
@@ -281,5 +319,6 @@ function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'lo
     removeRulesOnExit: false,
     rootNamespace: DEFAULT_ROOT_NAMESPACE,
     istioApi: false,
+    hbone: HBONE_DEFAULTS,
   };
 }

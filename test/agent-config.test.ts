@@ -16,6 +16,12 @@ t.test('flags, environment and defaults', async (t) => {
   t.equal(loadAgentConfig({ AMBIT_RULES_RESYNC_INTERVAL: '0' }, required).config?.rulesResyncSeconds, 0);
 });
 
+t.test('how HBONE notices a dead peer: the defaults of core/hbone, flags and environment in seconds', async (t) => {
+  t.same(loadAgentConfig({}, required).config?.hbone, { keepaliveIntervalMs: 10_000, keepaliveTimeoutMs: 5_000, responseTimeoutMs: 10_000, maxConnections: 10_000 });
+  const set = loadAgentConfig({ AMBIT_HBONE_KEEPALIVE_TIMEOUT: '2' }, [...required, '--hbone-keepalive-interval', '3', '--hbone-response-timeout', '4', '--hbone-max-connections', '500']).config;
+  t.same(set?.hbone, { keepaliveIntervalMs: 3_000, keepaliveTimeoutMs: 2_000, responseTimeoutMs: 4_000, maxConnections: 500 });
+});
+
 t.test('CNI, state, restart and policy settings', async (t) => {
   const { config } = loadAgentConfig({}, required);
   t.match(config, { runDir: '/var/run/ambit', stateDir: '/var/lib/ambit', removeRulesOnExit: false, rootNamespace: 'ambit-system', istioApi: false });
@@ -50,6 +56,9 @@ t.test('bad input is a usage error that names the flag', async (t) => {
     [[...required, '--state-dir', 'var/lib'], /--state-dir var\/lib is not an absolute path/],
     [[...required, '--root-namespace', 'Not_A_Namespace'], /--root-namespace Not_A_Namespace/],
     [[...required, '--upstream-source', 'pod'], /--upstream-source pod is not one of transparent, node/],
+    [[...required, '--hbone-keepalive-interval', '0'], /--hbone-keepalive-interval 0 is not a whole number from 1/],
+    [[...required, '--hbone-response-timeout', '2.5'], /--hbone-response-timeout 2.5/],
+    [[...required, '--hbone-max-connections', 'many'], /--hbone-max-connections many/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });

@@ -13,6 +13,25 @@ export const HBONE_IDLE_TIMEOUT_MS = 5 * 60_000;
 export const HBONE_STREAM_WINDOW = 4 * 1024 * 1024;
 export const HBONE_CONNECTION_WINDOW = 16 * 1024 * 1024;
 export const HBONE_CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * A peer node that vanished (powered off, partitioned, a firewall that drops) sends no FIN or RST: without a probe a
+ * pooled connection to it looks healthy, and new streams on it wait for TCP's retransmissions to give up (about
+ * 15 minutes). A PING once this long has passed with nothing received (between one and two intervals after the last
+ * frame, as the check samples the received bytes) finds it; a live peer answers within a round trip.
+ */
+export const HBONE_KEEPALIVE_INTERVAL_MS = 10_000;
+/** How long a PING may go unanswered before the connection is taken for dead: generous for a loaded peer. */
+export const HBONE_KEEPALIVE_TIMEOUT_MS = 5_000;
+/**
+ * The deadline for a CONNECT's answer. Above the destination agent's own deadline to reach its pod
+ * (UPSTREAM_CONNECT_TIMEOUT_MS, 5 s), so a slow pod is answered by its agent (504 upstream_timeout) first.
+ */
+export const HBONE_RESPONSE_TIMEOUT_MS = 10_000;
+/**
+ * After this age a connection takes no new streams and closes when its last stream ends, so connections move to
+ * a peer's new address, certificate or agent instead of living as long as traffic keeps them busy.
+ */
+export const HBONE_MAX_SESSION_AGE_MS = 60 * 60_000;
 
 export interface HboneClientOptions {
   /** The TLS context (client certificate, trust bundle) of a source identity. */
@@ -23,6 +42,12 @@ export interface HboneClientOptions {
   maxStreamsPerConnection?: number;
   idleTimeoutMs?: number;
   connectTimeoutMs?: number;
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+  responseTimeoutMs?: number;
+  maxSessionAgeMs?: number;
+  /** The clock a connection's age is read from (tests). */
+  now?: () => number;
 }
 
 export interface HboneConnectRequest {
@@ -64,17 +89,32 @@ export interface HboneStream {
 interface PooledSession {
   /** Unset while the source identity's TLS context is being prepared. */
   session: http2.ClientHttp2Session | undefined;
+  /** The TLS socket under the session: its received bytes tell whether the peer said anything lately. */
+  socket: tls.TLSSocket | undefined;
   key: string;
+  /** `host:port` of the HBONE listener, for logs and errors. */
+  peer: string;
+  port: number;
+  openedAt: number;
   streams: number;
   ready: Promise<void>;
   idleTimer: NodeJS.Timeout | undefined;
-  /** Takes no new streams and closes after its last one: it was set up with roots or a certificate since replaced. */
+  keepaliveTimer: NodeJS.Timeout | undefined;
+  /** The socket's received bytes at the last keepalive check. */
+  bytesRead: number;
+  /** A PING is out and unanswered. */
+  probing: boolean;
+  /**
+   * No new streams; it closes with its last one: past its maximum age, or set up with roots or a certificate since
+   * replaced.
+   */
   retired: boolean;
 }
 
 /**
  * HBONE client: HTTP/2 CONNECT over mutual TLS, pooled per (source identity, destination identity, destination
- * address), up to 100 streams a connection, idle connections closed after 5 minutes.
+ * address), up to 100 streams a connection, idle connections closed after 5 minutes. A connection whose peer falls
+ * silent is found by PING and dropped with its streams; a CONNECT unanswered by its deadline fails.
  */
 export class HboneClient {
   readonly #options: HboneClientOptions;
@@ -83,6 +123,11 @@ export class HboneClient {
   readonly #maxStreams: number;
   readonly #idleTimeoutMs: number;
   readonly #connectTimeoutMs: number;
+  readonly #keepaliveIntervalMs: number;
+  readonly #keepaliveTimeoutMs: number;
+  readonly #responseTimeoutMs: number;
+  readonly #maxSessionAgeMs: number;
+  readonly #now: () => number;
   #closed = false;
 
   constructor(options: HboneClientOptions) {
@@ -91,6 +136,11 @@ export class HboneClient {
     this.#maxStreams = options.maxStreamsPerConnection ?? HBONE_MAX_STREAMS_PER_CONNECTION;
     this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
     this.#connectTimeoutMs = options.connectTimeoutMs ?? HBONE_CONNECT_TIMEOUT_MS;
+    this.#keepaliveIntervalMs = options.keepaliveIntervalMs ?? HBONE_KEEPALIVE_INTERVAL_MS;
+    this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? HBONE_KEEPALIVE_TIMEOUT_MS;
+    this.#responseTimeoutMs = options.responseTimeoutMs ?? HBONE_RESPONSE_TIMEOUT_MS;
+    this.#maxSessionAgeMs = options.maxSessionAgeMs ?? HBONE_MAX_SESSION_AGE_MS;
+    this.#now = options.now ?? Date.now;
   }
 
   /** Opens a CONNECT stream; resolves once the peer answered 200, so the caller can start moving bytes. */
@@ -131,20 +181,34 @@ export class HboneClient {
     }
     stream.once('close', () => this.#release(pooled));
     const established = new Promise<void>((resolve, reject) => {
-      const where = `HBONE stream to ${request.authority} via ${request.via.host}:${request.via.port}`;
-      const onError = (err: Error) => {
+      const where = `HBONE stream to ${request.authority} via ${pooled.peer}`;
+      const settle = () => {
+        clearTimeout(deadline);
+        stream.off('error', onError);
         stream.off('close', onClose);
-        reject(new HboneError('HBONE_STREAM_FAILED', `${where} failed: ${err.message}`, 0, 'stream_failed', err));
+      };
+      const onError = (err: Error) => {
+        settle();
+        // A connection found dead fails its streams with its own error (a stream not yet sent: as the cause).
+        const why = err instanceof HboneError ? err : err.cause;
+        if (why instanceof HboneError) reject(why);
+        else reject(new HboneError('HBONE_STREAM_FAILED', `${where} failed: ${err.message}`, 0, 'stream_failed', err));
       };
       const onClose = () => {
-        stream.off('error', onError);
+        settle();
         reject(new HboneError('HBONE_STREAM_CLOSED', `${where} closed before the peer answered`, 0, 'stream_closed'));
       };
+      const deadline = setTimeout(() => {
+        settle();
+        reject(new HboneError('HBONE_RESPONSE_TIMEOUT', `${where}: no answer within ${this.#responseTimeoutMs} ms; maybe the peer node is down, or a NetworkPolicy or firewall blocks HBONE port ${request.via.port}`, 0, 'response_timeout'));
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+        // A silent peer may be a dead one: ask now rather than at the next keepalive check.
+        this.#probe(pooled);
+      }, this.#responseTimeoutMs);
       stream.once('error', onError);
       stream.once('close', onClose);
       stream.once('response', (headers) => {
-        stream.off('error', onError);
-        stream.off('close', onClose);
+        settle();
         const status = Number(headers[':status']);
         if (status === 200) {
           resolve();
@@ -154,7 +218,7 @@ export class HboneClient {
         const policy = headers[POLICY_HEADER] === undefined ? undefined : String(headers[POLICY_HEADER]);
         stream.close(http2.constants.NGHTTP2_CANCEL);
         const by = policy === undefined ? '' : ` (policy ${policy})`;
-        reject(new HboneError('HBONE_REFUSED', `${request.via.host}:${request.via.port} refused CONNECT ${request.authority}: ${status} ${reason}${by}`, status, reason, undefined, policy));
+        reject(new HboneError('HBONE_REFUSED', `${pooled.peer} refused CONNECT ${request.authority}: ${status} ${reason}${by}`, status, reason, undefined, policy));
       });
     });
     return { stream, established };
@@ -173,10 +237,11 @@ export class HboneClient {
    * are not cut, and a stream never lands on a closing session, so nothing is refused for it.
    */
   retireSessions(): void {
-    for (const list of this.#pools.values()) {
-      for (const pooled of list) {
+    // Copies: closing a session takes it out of its list, and the list out of the pools when it empties.
+    for (const list of [...this.#pools.values()]) {
+      for (const pooled of [...list]) {
         pooled.retired = true;
-        if (pooled.streams === 0) this.#closeRetired(pooled);
+        if (pooled.streams === 0) this.#closeSession(pooled, 'retired');
       }
     }
   }
@@ -185,7 +250,8 @@ export class HboneClient {
     this.#closed = true;
     for (const list of this.#pools.values()) {
       for (const pooled of list) {
-        if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+        clearTimeout(pooled.idleTimer);
+        clearTimeout(pooled.keepaliveTimer);
         pooled.session?.destroy();
       }
     }
@@ -200,7 +266,7 @@ export class HboneClient {
       this.#pools.set(key, list);
     }
     // A session still handshaking counts as available: concurrent first requests share one handshake.
-    let pooled = list.find((p) => !p.retired && p.streams < this.#maxStreams && !(p.session?.closed || p.session?.destroyed));
+    let pooled = list.find((p) => p.streams < this.#maxStreams && this.#takesStreams(p));
     if (!pooled) {
       pooled = this.#open(key, request);
       list.push(pooled);
@@ -217,7 +283,21 @@ export class HboneClient {
     const { host, port } = request.via;
     const expected = request.destinationIdentity;
     const contextPromise = this.#options.contextFor(request.sourceIdentity);
-    const pooled: PooledSession = { session: undefined, key, streams: 0, ready: Promise.resolve(), idleTimer: undefined, retired: false };
+    const pooled: PooledSession = {
+      session: undefined,
+      socket: undefined,
+      key,
+      peer: `${host}:${port}`,
+      port,
+      openedAt: this.#now(),
+      streams: 0,
+      ready: Promise.resolve(),
+      idleTimer: undefined,
+      keepaliveTimer: undefined,
+      bytesRead: 0,
+      probing: false,
+      retired: false,
+    };
     pooled.ready = contextPromise.then(
       (secureContext) =>
         new Promise<void>((resolve, reject) => {
@@ -227,7 +307,7 @@ export class HboneClient {
             // streams (ENHANCE_YOUR_CALM) on a busy connection, so the windows are what bound memory.
             maxSessionMemory: 64,
             createConnection: () =>
-              connectTls({
+              (pooled.socket = connectTls({
                 host,
                 port,
                 secureContext,
@@ -241,15 +321,21 @@ export class HboneClient {
                   if (actual === expected) return undefined;
                   return new AmbitError('HBONE_PEER_IDENTITY', `${host}:${port} presented identity ${actual ?? '(none)'}, expected ${expected}`);
                 },
-              }),
+              })),
           });
           pooled.session = session;
           const timer = setTimeout(() => {
-            session.destroy(new AmbitError('HBONE_CONNECT_TIMEOUT', `connecting to ${host}:${port} timed out after ${this.#connectTimeoutMs} ms; maybe a NetworkPolicy or firewall blocks HBONE port ${port}`));
+            const err = new AmbitError('HBONE_CONNECT_TIMEOUT', `connecting to ${host}:${port} timed out after ${this.#connectTimeoutMs} ms; maybe a NetworkPolicy or firewall blocks HBONE port ${port}`);
+            // While TCP still waits for an answer to its SYN (dropped by a firewall), destroying the session neither
+            // ends the socket nor emits an error: end both, and fail the connection here.
+            reject(err);
+            pooled.socket?.destroy(err);
+            session.destroy(err);
           }, this.#connectTimeoutMs);
           session.once('connect', () => {
             clearTimeout(timer);
             session.setLocalWindowSize(HBONE_CONNECTION_WINDOW);
+            this.#keepalive(pooled);
             resolve();
           });
           session.once('error', (err) => {
@@ -259,6 +345,8 @@ export class HboneClient {
           session.on('error', (err) => this.#log.debug({ err, peer: `${host}:${port}` }, 'HBONE connection error'));
           session.once('close', () => {
             clearTimeout(timer);
+            clearTimeout(pooled.keepaliveTimer);
+            clearTimeout(pooled.idleTimer);
             this.#remove(pooled);
           });
           session.once('goaway', () => this.#remove(pooled));
@@ -281,22 +369,68 @@ export class HboneClient {
   #release(pooled: PooledSession): void {
     pooled.streams--;
     if (pooled.streams > 0 || pooled.session?.destroyed) return;
-    if (pooled.retired) {
-      this.#closeRetired(pooled);
+    if (!this.#takesStreams(pooled)) {
+      this.#closeSession(pooled, 'max_age');
       return;
     }
-    pooled.idleTimer = setTimeout(() => {
-      this.#remove(pooled);
-      pooled.session?.close();
-    }, this.#idleTimeoutMs);
+    pooled.idleTimer = setTimeout(() => this.#closeSession(pooled, 'idle'), this.#idleTimeoutMs);
     pooled.idleTimer.unref();
   }
 
-  #closeRetired(pooled: PooledSession): void {
-    if (pooled.idleTimer) clearTimeout(pooled.idleTimer);
+  /** Open and younger than the maximum age; a session past it is retired here, when it is next looked at. */
+  #takesStreams(pooled: PooledSession): boolean {
+    if (pooled.retired || pooled.session?.closed || pooled.session?.destroyed) return false;
+    if (this.#now() - pooled.openedAt < this.#maxSessionAgeMs) return true;
+    pooled.retired = true;
+    return false;
+  }
+
+  /** A graceful close (GOAWAY): streams still open finish first. */
+  #closeSession(pooled: PooledSession, reason: 'idle' | 'max_age' | 'retired'): void {
+    clearTimeout(pooled.idleTimer);
     pooled.idleTimer = undefined;
     this.#remove(pooled);
+    this.#log.debug({ peer: pooled.peer, reason }, 'HBONE connection closed');
     pooled.session?.close();
+  }
+
+  /** Arms the keepalive check: a PING when a whole interval has passed with nothing received. */
+  #keepalive(pooled: PooledSession): void {
+    pooled.bytesRead = pooled.socket?.bytesRead ?? 0;
+    if (pooled.keepaliveTimer) {
+      pooled.keepaliveTimer.refresh();
+      return;
+    }
+    pooled.keepaliveTimer = setTimeout(() => {
+      const read = pooled.socket?.bytesRead ?? 0;
+      if (read === pooled.bytesRead) this.#probe(pooled);
+      else this.#keepalive(pooled);
+    }, this.#keepaliveIntervalMs);
+    pooled.keepaliveTimer.unref();
+  }
+
+  /** Sends a PING; no answer within the keepalive timeout and the connection is dead. */
+  #probe(pooled: PooledSession): void {
+    const { session } = pooled;
+    if (pooled.probing || !session || session.destroyed || session.closed) return;
+    pooled.probing = true;
+    const deadline = setTimeout(() => {
+      const err = new HboneError(
+        'HBONE_PEER_UNRESPONSIVE',
+        `HBONE connection to ${pooled.peer} is dead: no answer to a PING within ${this.#keepaliveTimeoutMs} ms; maybe the peer node is down, or a NetworkPolicy or firewall blocks HBONE port ${pooled.port}`,
+        0,
+        'peer_unresponsive',
+      );
+      this.#remove(pooled);
+      this.#log.warn({ peer: pooled.peer, reason: err.reason, streams: pooled.streams, detail: err.message }, 'HBONE connection closed');
+      session.destroy(err);
+    }, this.#keepaliveTimeoutMs);
+    deadline.unref();
+    session.ping((err) => {
+      clearTimeout(deadline);
+      pooled.probing = false;
+      if (!err) this.#keepalive(pooled);
+    });
   }
 
   #remove(pooled: PooledSession): void {

@@ -3,13 +3,25 @@ export {
   HboneError,
   HBONE_CONNECTION_WINDOW,
   HBONE_IDLE_TIMEOUT_MS,
+  HBONE_KEEPALIVE_INTERVAL_MS,
+  HBONE_KEEPALIVE_TIMEOUT_MS,
+  HBONE_MAX_SESSION_AGE_MS,
   HBONE_MAX_STREAMS_PER_CONNECTION,
+  HBONE_RESPONSE_TIMEOUT_MS,
   HBONE_STREAM_WINDOW,
   type HboneClientOptions,
   type HboneConnectRequest,
   type HboneStream,
 } from './client.js';
-export { HboneServer, refuseStream, type HboneInboundRequest, type HboneRefusal, type HboneServerOptions } from './server.js';
+export {
+  HBONE_HANDSHAKE_TIMEOUT_MS,
+  HBONE_MAX_CONNECTIONS,
+  HboneServer,
+  refuseStream,
+  type HboneInboundRequest,
+  type HboneRefusal,
+  type HboneServerOptions,
+} from './server.js';
 export {
   buildBaggage,
   formatAuthority,

@@ -5,13 +5,33 @@ import type { TLSSocket } from 'node:tls';
 import { AmbitError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import { HBONE_CONNECTION_WINDOW, HBONE_MAX_STREAMS_PER_CONNECTION, HBONE_STREAM_WINDOW } from './client.js';
+import {
+  HBONE_CONNECTION_WINDOW,
+  HBONE_IDLE_TIMEOUT_MS,
+  HBONE_KEEPALIVE_TIMEOUT_MS,
+  HBONE_MAX_STREAMS_PER_CONNECTION,
+  HBONE_STREAM_WINDOW,
+} from './client.js';
 import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
 import { HBONE_ALPN, HBONE_CIPHERSUITES, HBONE_SECURE_OPTIONS, peerChainsTo, peerSpiffeId, type TrustBundleSource } from './tls.js';
+
+/**
+ * A peer that opens TCP connections and never finishes their handshake holds the listener's memory and file
+ * descriptors; Node's default is 120 s. Ten seconds is plenty for a TLS 1.3 handshake between two nodes.
+ */
+export const HBONE_HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * The most connections the listener holds at once; past it new ones are closed at accept. Peer agents pool their
+ * connections (one per source identity, destination identity and node), so a node sees hundreds, not thousands; the
+ * cap bounds what a misbehaving or hostile peer can take (each connection reserves HTTP/2 windows of up to 16 MiB).
+ */
+export const HBONE_MAX_CONNECTIONS = 10_000;
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
   | 'tls_handshake_failed'
+  | 'tls_handshake_timeout'
+  | 'too_many_connections'
   | 'not_h2'
   | 'no_peer_identity'
   | 'method_not_allowed'
@@ -40,9 +60,20 @@ export interface HboneServerOptions {
   resolveSni: (servername: string) => Promise<{ identity: string; context: tls.SecureContext } | undefined>;
   /** Called for every well-formed CONNECT; the callee answers (200 and splice, or a refusal). */
   onConnect: (stream: http2.ServerHttp2Stream, request: HboneInboundRequest) => void;
-  /** Called for every refusal the server makes itself, for metrics. */
+  /**
+   * Called for every refusal the server makes itself, to count and log it (once: given this, the server writes no
+   * line of its own; without it, the server logs the refusal).
+   */
   onRefused?: (reason: HboneRefusal, detail: { remoteAddress: string | undefined; message: string }) => void;
   log?: Logger;
+  handshakeTimeoutMs?: number;
+  maxConnections?: number;
+  /**
+   * A connection with nothing received or sent this long is closed when it carries no stream; with streams open,
+   * the client is asked by PING whether it lives, and dropped without an answer within `keepaliveTimeoutMs`.
+   */
+  idleTimeoutMs?: number;
+  keepaliveTimeoutMs?: number;
 }
 
 /** Answers a CONNECT with a refusal: status plus the reason header (and the deciding policy), and no body. */
@@ -70,14 +101,22 @@ export class HboneServer {
   readonly #log: Logger;
   readonly #server: http2.Http2SecureServer;
   readonly #identityBySni = new Map<string, string>();
-  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Each open session and the number of streams it carries. */
+  readonly #sessions = new Map<http2.ServerHttp2Session, { streams: number }>();
   /** Every accepted connection, also those still in (or stuck in) the TLS handshake: close() ends them all. */
   readonly #connections = new Set<net.Socket>();
+  /** The peer of each accepted TCP connection, read at accept: a socket destroyed later cannot tell it. */
+  readonly #remotes = new WeakMap<net.Socket, string | undefined>();
   readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
+  readonly #idleTimeoutMs: number;
+  readonly #keepaliveTimeoutMs: number;
 
   constructor(options: HboneServerOptions) {
     this.#options = options;
     this.#log = options.log ?? silentLogger();
+    this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
+    this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? HBONE_KEEPALIVE_TIMEOUT_MS;
+    const maxConnections = options.maxConnections ?? HBONE_MAX_CONNECTIONS;
     this.#server = http2.createSecureServer({
       ALPNProtocols: [HBONE_ALPN],
       allowHTTP1: false,
@@ -86,6 +125,7 @@ export class HboneServer {
       ...listenerContextOptions(options.trustBundle.pem()),
       allowHalfOpen: true,
       noDelay: true,
+      handshakeTimeout: options.handshakeTimeoutMs ?? HBONE_HANDSHAKE_TIMEOUT_MS,
       maxSessionMemory: 64,
       settings: { initialWindowSize: HBONE_STREAM_WINDOW, maxConcurrentStreams: HBONE_MAX_STREAMS_PER_CONNECTION, enablePush: false },
       SNICallback: (servername, callback) => {
@@ -105,7 +145,17 @@ export class HboneServer {
     this.#server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
       // A refused client certificate surfaces as a bare "socket hang up"; the verification error says why.
       const why = socket.authorizationError ? `client certificate refused: ${String(socket.authorizationError)}` : err.message;
+      if ((err as NodeJS.ErrnoException).code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
+        // The timeout has destroyed the socket, which no longer knows its peer: the TCP socket under it does.
+        const tcp = (socket as TLSSocket & { _parent?: net.Socket })._parent;
+        this.#refused('tls_handshake_timeout', tcp ? this.#remotes.get(tcp) : undefined, why);
+        return;
+      }
       this.#refused('tls_handshake_failed', socket.remoteAddress, why);
+    });
+    this.#server.maxConnections = maxConnections;
+    this.#server.on('drop', (peer) => {
+      this.#refused('too_many_connections', peer?.remoteAddress, `the listener holds its maximum of ${maxConnections} connections`);
     });
     this.#server.on('unknownProtocol', (socket: TLSSocket) => {
       this.#refused('not_h2', socket.remoteAddress, `ALPN ${String(socket.alpnProtocol)} is not h2`);
@@ -113,6 +163,7 @@ export class HboneServer {
     });
     this.#server.on('connection', (socket: net.Socket) => {
       this.#connections.add(socket);
+      this.#remotes.set(socket, socket.remoteAddress);
       socket.once('close', () => this.#connections.delete(socket));
     });
     this.#server.on('session', (session) => this.#onSession(session));
@@ -137,7 +188,7 @@ export class HboneServer {
   async close(): Promise<void> {
     this.#options.trustBundle.off('change', this.#onTrustBundleChange);
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-    for (const session of this.#sessions) session.destroy();
+    for (const session of this.#sessions.keys()) session.destroy();
     for (const socket of this.#connections) socket.destroy();
     await closed;
   }
@@ -153,7 +204,7 @@ export class HboneServer {
     const bundle = this.#options.trustBundle;
     this.#server.setSecureContext(listenerContextOptions(bundle.pem()));
     const roots = bundle.roots();
-    for (const session of this.#sessions) {
+    for (const session of this.#sessions.keys()) {
       const socket = session.socket as TLSSocket | undefined;
       if (!socket || session.closed || peerChainsTo(socket, roots)) continue;
       this.#log.info({ remote: socket.remoteAddress, peer: this.#peerIdentity(session, socket) }, 'HBONE session takes no new streams: its client certificate chains to no root of the new trust bundle');
@@ -162,15 +213,45 @@ export class HboneServer {
   };
 
   #onSession(session: http2.ServerHttp2Session): void {
-    this.#sessions.add(session);
+    const state = { streams: 0 };
+    this.#sessions.set(session, state);
     session.once('close', () => this.#sessions.delete(session));
     session.on('error', (err) => this.#log.debug({ err }, 'HBONE session error'));
     session.setLocalWindowSize(HBONE_CONNECTION_WINDOW);
+    session.setTimeout(this.#idleTimeoutMs);
+    session.on('timeout', () => this.#onIdle(session, state));
+  }
+
+  /** Nothing received or sent for the idle timeout: close a connection without streams, ask the client of one with. */
+  #onIdle(session: http2.ServerHttp2Session, state: { streams: number }): void {
+    if (session.closed || session.destroyed) return;
+    const remote = session.socket?.remoteAddress;
+    if (state.streams === 0) {
+      this.#log.debug({ remote, reason: 'idle' }, 'HBONE connection closed');
+      session.close();
+      return;
+    }
+    const deadline = setTimeout(() => {
+      const message = `no answer to a PING within ${this.#keepaliveTimeoutMs} ms after ${this.#idleTimeoutMs} ms of silence; its ${state.streams} streams are closed`;
+      this.#log.warn({ remote, reason: 'peer_unresponsive', detail: message }, 'HBONE connection closed');
+      session.destroy(new AmbitError('HBONE_PEER_UNRESPONSIVE', `HBONE client ${remote ?? '(unknown)'}: ${message}`));
+    }, this.#keepaliveTimeoutMs);
+    deadline.unref();
+    session.ping((err) => {
+      clearTimeout(deadline);
+      // Alive: its streams are quiet, not dead. Ask again after the next idle spell.
+      if (!err) session.setTimeout(this.#idleTimeoutMs);
+    });
   }
 
   #onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     const socket = stream.session?.socket as TLSSocket | undefined;
     const remoteAddress = socket?.remoteAddress ?? '';
+    const state = stream.session ? this.#sessions.get(stream.session as http2.ServerHttp2Session) : undefined;
+    if (state) {
+      state.streams++;
+      stream.once('close', () => state.streams--);
+    }
     stream.on('error', (err) => this.#log.debug({ err }, 'HBONE stream error'));
     if (headers[':method'] !== 'CONNECT') {
       this.#refused('method_not_allowed', remoteAddress, `method ${String(headers[':method'])} is not CONNECT`);
@@ -210,8 +291,9 @@ export class HboneServer {
     return identity;
   }
 
+  /** One log line per refusal: the callee's, when there is one. */
   #refused(reason: HboneRefusal, remoteAddress: string | undefined, message: string): void {
-    this.#log.warn({ reason, remote: remoteAddress, detail: message }, 'HBONE connection refused');
-    this.#options.onRefused?.(reason, { remoteAddress, message });
+    if (this.#options.onRefused) this.#options.onRefused(reason, { remoteAddress, message });
+    else this.#log.warn({ reason, remote: remoteAddress, detail: message }, 'HBONE connection refused');
   }
 }

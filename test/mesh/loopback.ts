@@ -71,20 +71,57 @@ function clusterYaml(appPort: number): string {
 export class LogCapture extends Writable {
   readonly records: Array<Record<string, unknown>> = [];
   override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    for (const line of chunk.toString('utf8').split('\n')) if (line) this.records.push(JSON.parse(line) as Record<string, unknown>);
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (!line) continue;
+      const record = JSON.parse(line) as Record<string, unknown>;
+      this.records.push(record);
+      this.emit('record', record);
+    }
     done();
   }
-  find(test: (r: Record<string, unknown>) => boolean): Record<string, unknown> | undefined {
-    return this.records.find(test);
+  /** The records written from now on: what a test is about to cause, without those that earlier tests left. */
+  window(): LogWindow {
+    return new LogWindow(this, this.records.length);
   }
-  async waitFor(test: (r: Record<string, unknown>) => boolean, timeoutMs = 3000): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.find(test);
-      if (found) return found;
-      if (Date.now() > deadline) throw new Error('expected log record did not appear');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  find(test: (r: Record<string, unknown>) => boolean): Record<string, unknown> | undefined {
+    return new LogWindow(this, 0).find(test);
+  }
+  waitFor(test: (r: Record<string, unknown>) => boolean, timeoutMs = 3000): Promise<Record<string, unknown>> {
+    return new LogWindow(this, 0).waitFor(test, timeoutMs);
+  }
+}
+
+/** The records of a LogCapture from one point on. */
+export class LogWindow {
+  readonly #capture: LogCapture;
+  readonly #start: number;
+  constructor(capture: LogCapture, start: number) {
+    this.#capture = capture;
+    this.#start = start;
+  }
+  filter(test: (r: Record<string, unknown>) => boolean): Array<Record<string, unknown>> {
+    return this.#capture.records.slice(this.#start).filter(test);
+  }
+  find(test: (r: Record<string, unknown>) => boolean): Record<string, unknown> | undefined {
+    return this.#capture.records.slice(this.#start).find(test);
+  }
+  /** Resolves with the first matching record, as soon as it is written; rejects when none is within `timeoutMs`. */
+  waitFor(test: (r: Record<string, unknown>) => boolean, timeoutMs = 3000): Promise<Record<string, unknown>> {
+    const found = this.find(test);
+    if (found) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      const onRecord = (record: Record<string, unknown>) => {
+        if (!test(record)) return;
+        clearTimeout(timer);
+        this.#capture.off('record', onRecord);
+        resolve(record);
+      };
+      const timer = setTimeout(() => {
+        this.#capture.off('record', onRecord);
+        reject(new Error(`expected log record did not appear within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#capture.on('record', onRecord);
+    });
   }
 }
 

@@ -1,0 +1,178 @@
+/**
+ * The HBONE server's own limits, against the real HboneServer on loopback: a handshake that does not finish, more
+ * connections than the cap, idle connections, a client that falls silent; and one log line per refusal.
+ */
+import { once } from 'node:events';
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import t from 'tap';
+import type { HboneRefusal } from '../core/hbone/index.js';
+import { sniForIdentity } from '../core/identity/index.js';
+import { createLogger } from '../core/log.js';
+import { CLIENT, echoServer, meshPki, SERVER, silenceableRelay} from './mesh/hbone-fixtures.js';
+import { LogCapture } from './mesh/loopback.js';
+
+const pki = await meshPki([CLIENT, SERVER]);
+
+/** An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool). */
+function session(port: number): http2.ClientHttp2Session {
+  const creds = pki.creds.get(CLIENT)!;
+  return http2.connect(`https://127.0.0.1:${port}`, {
+    createConnection: () =>
+      tls.connect({
+        host: '127.0.0.1',
+        port,
+        servername: sniForIdentity(SERVER),
+        ALPNProtocols: ['h2'],
+        key: creds.keyPem,
+        cert: creds.certChainPem,
+        ca: pki.ca.rootPem,
+        checkServerIdentity: () => undefined,
+      }),
+  });
+}
+
+/** Resolves on the emitter's 'close', whatever error came before it (events.once would reject on the error). */
+function closed(emitter: NodeJS.EventEmitter): Promise<void> {
+  return new Promise((resolve) => emitter.once('close', () => resolve()));
+}
+
+/** Collects the server's refusals and resolves `next()` on the next one. */
+function refusals() {
+  const seen: Array<{ reason: HboneRefusal; remoteAddress: string | undefined; message: string }> = [];
+  let notify = () => {};
+  return {
+    seen,
+    onRefused: (reason: HboneRefusal, detail: { remoteAddress: string | undefined; message: string }) => {
+      seen.push({ reason, ...detail });
+      notify();
+    },
+    next: () => new Promise<void>((resolve) => (notify = resolve)),
+  };
+}
+
+t.test('a TLS handshake that does not finish is ended at the handshake timeout', { timeout: 10_000 }, async (t) => {
+  const refused = refusals();
+  const server = await echoServer(pki, { handshakeTimeoutMs: 200, onRefused: refused.onRefused });
+  t.teardown(() => server.close());
+  const socket = net.connect(server.address().port, '127.0.0.1');
+  socket.on('error', () => undefined);
+  const refusal = refused.next();
+  await once(socket, 'close');
+  await refusal;
+  t.match(refused.seen, [{ reason: 'tls_handshake_timeout', remoteAddress: '127.0.0.1' }], 'the connection that said nothing was closed and counted');
+});
+
+t.test('connections past the cap are refused; one that ends makes room', { timeout: 10_000 }, async (t) => {
+  const refused = refusals();
+  const server = await echoServer(pki, { maxConnections: 2, onRefused: refused.onRefused });
+  const port = server.address().port;
+  const open: http2.ClientHttp2Session[] = [];
+  t.teardown(async () => {
+    for (const s of open) s.destroy();
+    await server.close();
+  });
+  for (let i = 0; i < 2; i++) {
+    const s = session(port);
+    open.push(s);
+    await once(s, 'connect');
+  }
+  const refusal = refused.next();
+  const third = session(port);
+  open.push(third);
+  third.on('error', () => undefined);
+  let connected = false;
+  third.once('connect', () => (connected = true));
+  await closed(third);
+  await refusal;
+  t.notOk(connected, 'the third connection was closed before its handshake');
+  t.match(refused.seen, [{ reason: 'too_many_connections', message: /maximum of 2 connections/ }]);
+
+  const gone = once(open[0]!, 'close');
+  open[0]!.destroy();
+  await gone;
+  const fourth = session(port);
+  open.push(fourth);
+  await once(fourth, 'connect');
+  t.pass('once one has closed, a new connection is accepted');
+});
+
+t.test('idle connections: closed when they carry no stream, kept while the client answers PINGs', { timeout: 10_000 }, async (t) => {
+  const server = await echoServer(pki, { idleTimeoutMs: 200, keepaliveTimeoutMs: 1000 });
+  const port = server.address().port;
+  const idle = session(port);
+  const busy = session(port);
+  t.teardown(async () => {
+    idle.destroy();
+    busy.destroy();
+    await server.close();
+  });
+  await Promise.all([once(idle, 'connect'), once(busy, 'connect')]);
+  const stream = busy.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  await once(stream, 'response');
+
+  await once(idle, 'goaway');
+  await once(idle, 'close');
+  t.pass('the connection without a stream was closed (GOAWAY) after the idle timeout');
+  await once(busy, 'ping');
+  await once(busy, 'ping');
+  t.notOk(busy.closed || busy.destroyed, 'the one with a quiet stream was asked twice whether it lives, and kept');
+  stream.end('still here');
+  const [back] = (await once(stream.setEncoding('utf8'), 'data')) as [string];
+  t.equal(back, 'still here', 'its stream still works');
+});
+
+t.test('a client that falls silent with a stream open is dropped when it does not answer a PING', { timeout: 10_000 }, async (t) => {
+  const logs = new LogCapture();
+  let onServerStream: (stream: http2.ServerHttp2Stream) => void = () => {};
+  const serverStream = new Promise<http2.ServerHttp2Stream>((resolve) => (onServerStream = resolve));
+  const server = await echoServer(pki, {
+    idleTimeoutMs: 200,
+    keepaliveTimeoutMs: 200,
+    log: createLogger({ level: 'debug', destination: logs }),
+    onConnect: (stream) => {
+      stream.respond({ ':status': 200 });
+      onServerStream(stream);
+    },
+  });
+  const relay = await silenceableRelay(server.address().port);
+  const client = session(relay.port);
+  client.on('error', () => undefined);
+  t.teardown(async () => {
+    client.destroy();
+    await relay.close();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  stream.on('error', () => undefined);
+  const held = await serverStream;
+  held.on('error', () => undefined);
+  const released = closed(held);
+  relay.blackhole();
+  await released;
+  t.pass('the server closed the stream of the silent client');
+  const record = await logs.waitFor((r) => r.msg === 'HBONE connection closed' && r.reason === 'peer_unresponsive');
+  t.match(record, { level: 40, remote: '127.0.0.1', detail: /no answer to a PING within 200 ms/ }, 'and said why, once');
+});
+
+t.test('a refusal is logged once: by the server without a callee, else only by the callee', async (t) => {
+  for (const withCallee of [false, true]) {
+    const logs = new LogCapture();
+    const refused = refusals();
+    const server = await echoServer(pki, { log: createLogger({ level: 'debug', destination: logs }), ...(withCallee ? { onRefused: refused.onRefused } : {}) });
+    const s = session(server.address().port);
+    const stream = s.request({ ':method': 'GET', ':path': '/' });
+    const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+    t.equal(headers[':status'], 405);
+    s.destroy();
+    await server.close();
+    const lines = logs.records.filter((r) => r.reason === 'method_not_allowed');
+    if (withCallee) {
+      t.same(lines, [], 'with a callee the server writes no line of its own');
+      t.match(refused.seen, [{ reason: 'method_not_allowed' }], 'the callee gets the refusal to log and count');
+    } else {
+      t.match(lines, [{ level: 40, msg: 'HBONE connection refused', detail: /not CONNECT/ }], 'without one the server logs it, once');
+    }
+  }
+});
