@@ -155,7 +155,7 @@ export class Agent {
     const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
     const registry = createRegistry();
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
-    const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
+    const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
     const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
     await source.start();

@@ -14,6 +14,7 @@ import {
   ENROLL_LABEL,
   isNamespaceEnrolled,
   ISTIO_DATAPLANE_LABEL,
+  namespaceEnrollment,
   type NamespaceInfo,
   type PodInfo,
   type PodNetwork,
@@ -54,18 +55,24 @@ export interface EnrollmentFacts {
 
 /**
  * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
- * same rule as the store's `isWorkloadEnrolled`, with the reason spelled out and "not known yet" kept apart. The
- * mesh's own namespace comes first: its pods (the controller, waypoints) must always start, synced or not.
+ * store's rule (`namespaceEnrollment`, as `isWorkloadEnrolled` applies it), with the reason spelled out and "not
+ * known yet" kept apart. The mesh's own namespace comes first: its pods (the controller, waypoints) must always
+ * start, synced or not.
  */
 export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
   const { namespaceName, podName, namespace, pod } = facts;
-  if (namespaceName === facts.rootNamespace) return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is the mesh's own (--root-namespace): its pods are never enrolled` };
-  if (namespace === undefined && !facts.synced) {
-    return { kind: 'not-synced', reason: `namespace ${namespaceName} is not known to the agent yet: it has not finished reading the cluster state (its first full sync)` };
-  }
-  if (!isNamespaceEnrolled(namespace)) {
-    const reason = namespace === undefined ? `namespace ${namespaceName} is not known to the agent` : `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled`;
-    return { kind: 'not-enrolled', reason };
+  switch (namespaceEnrollment(namespaceName, namespace, facts.rootNamespace)) {
+    case 'root':
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is the mesh's own (--root-namespace): its pods are never enrolled` };
+    case 'unknown':
+      if (!facts.synced) {
+        return { kind: 'not-synced', reason: `namespace ${namespaceName} is not known to the agent yet: it has not finished reading the cluster state (its first full sync)` };
+      }
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is not known to the agent` };
+    case 'not-labelled':
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled` };
+    case 'enrolled':
+      break;
   }
   const label = namespace!.labels[ENROLL_LABEL] === 'enabled' ? `${ENROLL_LABEL}=enabled` : `${ISTIO_DATAPLANE_LABEL}=ambient`;
   if (pod === undefined) return { kind: 'pod-unknown', reason: `namespace ${namespaceName} has ${label} but the agent has not seen pod ${namespaceName}/${podName} yet` };
@@ -164,7 +171,7 @@ export class CniHandler {
     if (!store.synced) return;
     const enrolledNamespaces = store
       .namespaces()
-      .filter((ns) => ns.name !== rootNamespace && isNamespaceEnrolled(ns))
+      .filter((ns) => isNamespaceEnrolled(ns, rootNamespace))
       .map((ns) => ns.name)
       .sort();
     const key = enrolledNamespaces.join(',');

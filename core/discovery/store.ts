@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
 import { canonicalIp } from './convert.js';
 import { isWorkloadEnrolled } from './enrollment.js';
 import {
@@ -27,6 +28,8 @@ export interface WorkloadStoreOptions {
   trustDomain?: string;
   /** The node this process runs on: `local*` readers answer for it, and are empty without it. */
   nodeName?: string;
+  /** The mesh's own namespace (`--root-namespace`, default ambit-system): its pods are never enrolled. */
+  rootNamespace?: string;
   log?: Logger;
 }
 
@@ -89,6 +92,7 @@ const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 export class WorkloadStore extends EventEmitter {
   readonly trustDomain: string;
   readonly nodeName: string | undefined;
+  readonly rootNamespace: string;
   private readonly log: Logger;
   private readonly entries: Record<DiscoveryKind, Map<string, Entry>> = {
     Namespace: new Map(),
@@ -106,6 +110,7 @@ export class WorkloadStore extends EventEmitter {
     super();
     this.trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
     this.nodeName = options.nodeName;
+    this.rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
     this.log = options.log ?? silentLogger();
   }
 
@@ -355,7 +360,7 @@ export class WorkloadStore extends EventEmitter {
     for (const [key, entry] of this.entries.Pod) {
       const pod = entry.object as PodInfo;
       if (pod.terminated) continue;
-      const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod);
+      const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod, this.rootNamespace);
       // While the runtime's report of the pod's current sandbox stands (until its DEL), its IPs win: the status may
       // be behind (not yet written, or still the previous sandbox's), and the kubelet updates it only after ADD.
       const network = pod.hostNetwork ? undefined : this.networks.get(key);
