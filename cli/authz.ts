@@ -102,7 +102,7 @@ export async function runAuthzCommand(argv: string[]): Promise<number> {
       destination,
       target: { host: targetIp, port },
     },
-    () => store.services(),
+    (workload) => store.servicesOf(workload),
   );
   if (output === 'json') {
     process.stdout.write(`${JSON.stringify({ decision: decision.decision, policy: decision.policy === 'default' ? null : decision.policy, rule: decision.rule, reason: decision.reason })}\n`);
