@@ -585,10 +585,13 @@ export class RedirectRules {
   /**
    * Makes the ipset hold exactly `ipv4s` (the node's enrolled pods), in one atomic swap. Returns false, without
    * running anything, when the set already holds them as last applied (`force` applies it anyway, to repair a set
-   * someone else changed). An address that is not IPv4, or is the node IP, is left
-   * out with a warning rather than failing the sync: one bad pod must not stop the capture of all the others.
+   * someone else changed). `addOnly` removes nothing: the set keeps every member it had (as this instance last wrote
+   * it, else as the kernel holds it: what the agent before a restart left) and gains `ipv4s`; for an agent whose view
+   * of the cluster is not complete yet, which must not release pods it merely has not read. An address that is not
+   * IPv4, or is the node IP, is left out with a warning rather than failing the sync: one bad pod must not stop the
+   * capture of all the others.
    */
-  syncPods(ipv4s: readonly string[], options: { force?: boolean } = {}): Promise<boolean> {
+  syncPods(ipv4s: readonly string[], options: { force?: boolean; addOnly?: boolean } = {}): Promise<boolean> {
     return this.#serialize(async () => {
       const family = this.#family;
       const invalid = ipv4s.filter((address) => !family.isAddress(address));
@@ -599,17 +602,32 @@ export class RedirectRules {
       if (ipv4s.includes(this.#nodeIp)) {
         this.#log.warn({ set: family.setName, nodeIp: this.#nodeIp }, 'left the node IP out of the enrolled pod set: hostNetwork pods cannot be enrolled');
       }
-      const pods = [...new Set(ipv4s)].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort();
+      const kept = options.addOnly ? (this.#appliedPods ?? (await this.#liveMembers())) : [];
+      const pods = [...new Set([...kept, ...ipv4s])].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort();
       const previous = this.#appliedPods;
       if (!options.force && previous !== undefined && sameLines(previous, pods)) return false;
       await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: buildIpsetSync(pods, family) }, IPSET_HINT);
       this.#appliedPods = pods;
       const counts = previous === undefined ? {} : diffCounts(previous, pods);
-      this.#log.info({ set: family.setName, pods: pods.length, ...counts }, 'enrolled pod set updated');
+      const listed = new Set(ipv4s);
+      const unlisted = options.addOnly ? { keptUnlisted: pods.filter((address) => !listed.has(address)).length } : {};
+      this.#log.info({ set: family.setName, pods: pods.length, ...counts, ...unlisted }, 'enrolled pod set updated');
       // A pod's CNI ADD may have created the bridge it hangs off; it needs the fdb entry before its first reply.
       await this.#syncBridgeFdb((await readIpState(this.#commandOptions)).bridges);
       return true;
     });
+  }
+
+  /** The members of the live set, as the kernel holds them (none when the set does not exist). */
+  async #liveMembers(): Promise<string[]> {
+    const set = this.#family.setName;
+    if (!(await listSets(this.#commandOptions)).has(set)) return [];
+    const saved = await applyCommand(['ipset', 'save', set], this.#commandOptions, IPSET_HINT);
+    const prefix = `add ${set} `;
+    return saved.stdout
+      .split('\n')
+      .filter((line) => line.startsWith(prefix))
+      .map((line) => line.slice(prefix.length).trim().split(' ')[0]!);
   }
 
   /** Removes everything install() made (see removeRedirectRules); absent pieces are fine. */
