@@ -121,7 +121,10 @@ export class CniHandler {
     this.#options = options;
   }
 
-  /** Loads the pod networks recorded before a restart; those whose pod is gone from the store are dropped. */
+  /**
+   * Loads the pod networks recorded before a restart, and returns how many it kept. Once the store has had its first
+   * full sync, those whose pod is gone from it are dropped (see forgetNetworksOfGonePods); before, all are kept.
+   */
   async restore(): Promise<number> {
     const { store, runDir, log } = this.#options;
     let networks: PodNetwork[];
@@ -132,13 +135,25 @@ export class CniHandler {
       if (errnoCode(err) !== 'ENOENT') log.warn({ err }, `ignoring an unreadable ${POD_NETWORKS_FILE_NAME}`);
       return 0;
     }
-    const kept = networks.filter((n) => store.pod(n.namespace, n.name) !== undefined);
-    if (kept.length > 0) store.applyPodNetworks(kept.map((network) => ({ op: 'upsert' as const, network })));
-    if (kept.length !== networks.length) {
-      log.info({ dropped: networks.length - kept.length }, 'dropped pod networks of pods deleted while the agent was down');
-      await this.#persistNetworks();
-    }
-    return kept.length;
+    if (networks.length > 0) store.applyPodNetworks(networks.map((network) => ({ op: 'upsert' as const, network })));
+    return networks.length - (await this.forgetNetworksOfGonePods());
+  }
+
+  /**
+   * Drops the recorded networks of pods the store does not have (deleted while the agent was down, so their DEL
+   * never reached it) and returns how many. Only on a complete view: before the store's first full sync a pod it
+   * lacks may just not have been read yet (its file does not parse), and its record is what keeps it captured while
+   * its status shows no IP. The agent calls it again on the first reconcile after the sync.
+   */
+  async forgetNetworksOfGonePods(): Promise<number> {
+    const { store, log } = this.#options;
+    if (!store.synced) return 0;
+    const gone = store.podNetworks().filter((n) => store.pod(n.namespace, n.name) === undefined);
+    if (gone.length === 0) return 0;
+    store.applyPodNetworks(gone.map(({ namespace, name, containerId }) => ({ op: 'delete' as const, namespace, name, containerId })));
+    log.info({ dropped: gone.length }, 'dropped pod networks of pods deleted while the agent was down');
+    await this.#persistNetworks();
+    return gone.length;
   }
 
   async handle(request: CniRequest): Promise<CniResponse> {
