@@ -1,3 +1,4 @@
+// Imports only types.ts, which imports nothing: the CNI plugin's single executable bundles this file too.
 import { ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type Labels, type NamespaceInfo } from './types.js';
 
 /**
