@@ -9,14 +9,14 @@ import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
 import { CertStore, LocalCaFolder, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, type Logger } from '../core/log.js';
-import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
+import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
 import { refusalMessage } from './authorize.js';
 import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
-import type { AgentConfig } from './config.js';
+import { AGENT_STARTED_LOG, type AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
@@ -98,7 +98,10 @@ export class Agent {
   #reconciling: Promise<void> = Promise.resolve();
   #memoryTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
-  #ready = false;
+  /** start() has finished: every listener bound, the rules installed, the first reconcile done, the CNI socket open. */
+  #started = false;
+  /** A reconcile on the store's first full sync has finished: the capture set matches the cluster, removals included. */
+  #fullyReconciled = false;
   #closed = false;
 
   private constructor(parts: {
@@ -148,7 +151,7 @@ export class Agent {
               return result && !this.#uninstalled;
             },
             uninstall: () => this.#uninstall(),
-            ready: () => this.#ready,
+            ready: () => this.ready,
             log: parts.log.child({ component: 'cni' }),
           });
   }
@@ -159,7 +162,7 @@ export class Agent {
     const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
     const registry = createRegistry();
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
-    const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
+    const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
     const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
     await source.start();
@@ -270,16 +273,30 @@ export class Agent {
     }
     agent.#startMemoryRelease();
     agent.#startRulesResync();
-    agent.#ready = true;
-    log.info(
-      { node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged', cniSocket: agent.#cniServer?.path ?? null },
-      'agent ready',
-    );
+    agent.#started = true;
+    const facts = { node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged', cniSocket: agent.#cniServer?.path ?? null };
+    if (agent.#fullyReconciled) log.info(facts, AGENT_STARTED_LOG.ready);
+    else log.warn({ ...facts, problems: source.lastErrors() }, AGENT_STARTED_LOG.unsynced);
     return agent;
   }
 
+  /**
+   * Readiness (`ready`, `/healthz/ready` on 15021): started, and reconciled on the store's first full sync. Before
+   * that sync the agent serves (it captures, carries and refuses traffic, and answers the CNI plugin, so the node's
+   * pods keep starting and the mesh's own always do) but is not ready: its capture set still holds the pods it found
+   * and has not read since (kept, so that they are not released uncaptured), and pods of namespaces it has not read
+   * wait. Saying so is the truth an operator needs (`kubectl get pods` shows it, a DaemonSet rollout stops at the
+   * node), and stops nothing on the node: the CNI plugin's STATUS does not ask the agent.
+   */
+  get readiness(): Readiness {
+    if (this.#closed) return { ready: false, reason: 'stopping' };
+    if (!this.#started) return { ready: false, reason: 'starting' };
+    if (!this.#fullyReconciled) return { ready: false, reason: 'the cluster state has not been read completely yet (first full sync): see the config folder problems in the log' };
+    return { ready: true };
+  }
+
   get ready(): boolean {
-    return this.#ready;
+    return this.readiness.ready;
   }
 
   /**
@@ -289,7 +306,6 @@ export class Agent {
   async close(options: { removeRules?: boolean } = {}): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#ready = false;
     clearInterval(this.#memoryTimer);
     clearInterval(this.#resyncTimer);
     await this.#cniServer?.close();
@@ -319,7 +335,7 @@ export class Agent {
         .then(async () => {
           if (this.#closed || this.#uninstalled) return;
           await rules.install();
-          await rules.syncPods(this.#localEnrolledIps(), { force: true });
+          await this.#syncCaptureSet(rules, { force: true });
         })
         .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
     }, this.config.rulesResyncSeconds * 1000);
@@ -404,8 +420,8 @@ export class Agent {
       track(socket);
       handlePlaintextInbound(inputs, socket);
     });
-    const metrics = createStatusServer({ registry: this.registry, ready: () => this.#ready });
-    const readiness = createStatusServer({ ready: () => this.#ready });
+    const metrics = createStatusServer({ registry: this.registry, readiness: () => this.readiness });
+    const readiness = createStatusServer({ readiness: () => this.readiness });
     for (const [server, port, what] of [
       [outbound, config.ports.outbound, 'outbound capture'],
       [plaintext, config.ports.inboundPlaintext, 'inbound plaintext capture'],
@@ -459,8 +475,16 @@ export class Agent {
     if (this.#rules) await this.#rules.remove();
   }
 
+  /**
+   * Brings the rules and certificates to the store. Until the store's first full sync, an object it lacks may just
+   * not have been read yet (a config file that has never parsed): the reconcile then only adds, keeping every pod in
+   * the capture set (those the agent found there at start, CNI-reported ones included) and every carried connection;
+   * removals, and the closing of connections of pods that left, wait for the first reconcile after the sync.
+   */
   async #reconcile(): Promise<void> {
     if (this.#closed) return;
+    const synced = this.store.synced;
+    if (synced && !this.#fullyReconciled) await this.#cniHandler?.forgetNetworksOfGonePods();
     const local = this.store.localWorkloads().filter((w) => w.enrolled);
     const identities = new Set(local.map((w) => w.identity));
     this.#sniTable.clear();
@@ -469,19 +493,36 @@ export class Agent {
     // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
     const enrolled = new Set(this.#localEnrolledIps());
-    // IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry IPv6 yet): both go to the rules.
-    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods([...enrolled]);
+    if (this.#rules && !this.#uninstalled) await this.#syncCaptureSet(this.#rules);
     if (!this.#uninstalled) await this.#cniHandler?.writeEnrollmentSnapshot();
     // Pods that left the mesh (relabelled, opted out, deleted): the mesh stops carrying their connections.
-    const left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
-    this.#enrolledIps = enrolled;
+    let left: string[] = [];
+    if (synced) {
+      left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
+      this.#enrolledIps = enrolled;
+    } else {
+      for (const ip of enrolled) this.#enrolledIps.add(ip);
+    }
     const closed = left.length > 0 ? this.#connections.closeFor(left) : 0;
     if (closed > 0) this.#log.info({ pods: left, connections: closed }, 'closed the connections of pods that left the mesh');
     const issuing = Promise.all([...identities].map((identity) => this.#certs.get(identity)));
     // At start-up the agent is ready only with every certificate; later, issuing a key must not hold up the next
     // relabel or CNI ADD queued behind this reconcile.
-    if (!this.#ready) await issuing;
+    if (!this.#started) await issuing;
     else issuing.catch((err: unknown) => this.#log.warn({ err }, 'issuing a workload certificate failed; the next connection retries'));
+    if (synced && !this.#fullyReconciled) {
+      this.#fullyReconciled = true;
+      // start() says it itself when the sync came before it finished.
+      if (this.#started) this.#log.info({ node: this.config.nodeName, afterFirstSync: true }, AGENT_STARTED_LOG.ready);
+    }
+  }
+
+  /**
+   * The one place the pod sets are written: IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry
+   * IPv6 yet); only additions until the store's first full sync (see #reconcile).
+   */
+  #syncCaptureSet(rules: RedirectRules, options: { force?: boolean } = {}): Promise<boolean> {
+    return rules.syncPods(this.#localEnrolledIps(), { ...options, addOnly: !this.store.synced });
   }
 
   #localEnrolledIps(): string[] {

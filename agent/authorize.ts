@@ -3,7 +3,7 @@ import type { ProxyInputs } from './inputs.js';
 
 /** The destination's decision for a connection: the same `PolicyStore.decideFacts` that `ambit authz check` runs. */
 export function authorize(inputs: ProxyInputs, facts: ConnectionFacts): InboundDecision {
-  return inputs.policies.decideFacts(facts, () => inputs.store.services());
+  return inputs.policies.decideFacts(facts, (workload) => inputs.store.servicesOf(workload));
 }
 
 /** The `ambit-policy` header and log field: `ns/name`, `ns/name rule N`, or `default`. */

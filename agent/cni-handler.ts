@@ -14,6 +14,7 @@ import {
   ENROLL_LABEL,
   isNamespaceEnrolled,
   ISTIO_DATAPLANE_LABEL,
+  namespaceEnrollment,
   type NamespaceInfo,
   type PodInfo,
   type PodNetwork,
@@ -54,18 +55,24 @@ export interface EnrollmentFacts {
 
 /**
  * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
- * same rule as the store's `isWorkloadEnrolled`, with the reason spelled out and "not known yet" kept apart. The
- * mesh's own namespace comes first: its pods (the controller, waypoints) must always start, synced or not.
+ * store's rule (`namespaceEnrollment`, as `isWorkloadEnrolled` applies it), with the reason spelled out and "not
+ * known yet" kept apart. The mesh's own namespace comes first: its pods (the controller, waypoints) must always
+ * start, synced or not.
  */
 export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
   const { namespaceName, podName, namespace, pod } = facts;
-  if (namespaceName === facts.rootNamespace) return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is the mesh's own (--root-namespace): its pods are never enrolled` };
-  if (namespace === undefined && !facts.synced) {
-    return { kind: 'not-synced', reason: `namespace ${namespaceName} is not known to the agent yet: it has not finished reading the cluster state (its first full sync)` };
-  }
-  if (!isNamespaceEnrolled(namespace)) {
-    const reason = namespace === undefined ? `namespace ${namespaceName} is not known to the agent` : `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled`;
-    return { kind: 'not-enrolled', reason };
+  switch (namespaceEnrollment(namespaceName, namespace, facts.rootNamespace)) {
+    case 'root':
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is the mesh's own (--root-namespace): its pods are never enrolled` };
+    case 'unknown':
+      if (!facts.synced) {
+        return { kind: 'not-synced', reason: `namespace ${namespaceName} is not known to the agent yet: it has not finished reading the cluster state (its first full sync)` };
+      }
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is not known to the agent` };
+    case 'not-labelled':
+      return { kind: 'not-enrolled', reason: `namespace ${namespaceName} is not labelled ${ENROLL_LABEL}=enabled` };
+    case 'enrolled':
+      break;
   }
   const label = namespace!.labels[ENROLL_LABEL] === 'enabled' ? `${ENROLL_LABEL}=enabled` : `${ISTIO_DATAPLANE_LABEL}=ambient`;
   if (pod === undefined) return { kind: 'pod-unknown', reason: `namespace ${namespaceName} has ${label} but the agent has not seen pod ${namespaceName}/${podName} yet` };
@@ -114,7 +121,10 @@ export class CniHandler {
     this.#options = options;
   }
 
-  /** Loads the pod networks recorded before a restart; those whose pod is gone from the store are dropped. */
+  /**
+   * Loads the pod networks recorded before a restart, and returns how many it kept. Once the store has had its first
+   * full sync, those whose pod is gone from it are dropped (see forgetNetworksOfGonePods); before, all are kept.
+   */
   async restore(): Promise<number> {
     const { store, runDir, log } = this.#options;
     let networks: PodNetwork[];
@@ -125,13 +135,25 @@ export class CniHandler {
       if (errnoCode(err) !== 'ENOENT') log.warn({ err }, `ignoring an unreadable ${POD_NETWORKS_FILE_NAME}`);
       return 0;
     }
-    const kept = networks.filter((n) => store.pod(n.namespace, n.name) !== undefined);
-    if (kept.length > 0) store.applyPodNetworks(kept.map((network) => ({ op: 'upsert' as const, network })));
-    if (kept.length !== networks.length) {
-      log.info({ dropped: networks.length - kept.length }, 'dropped pod networks of pods deleted while the agent was down');
-      await this.#persistNetworks();
-    }
-    return kept.length;
+    if (networks.length > 0) store.applyPodNetworks(networks.map((network) => ({ op: 'upsert' as const, network })));
+    return networks.length - (await this.forgetNetworksOfGonePods());
+  }
+
+  /**
+   * Drops the recorded networks of pods the store does not have (deleted while the agent was down, so their DEL
+   * never reached it) and returns how many. Only on a complete view: before the store's first full sync a pod it
+   * lacks may just not have been read yet (its file does not parse), and its record is what keeps it captured while
+   * its status shows no IP. The agent calls it again on the first reconcile after the sync.
+   */
+  async forgetNetworksOfGonePods(): Promise<number> {
+    const { store, log } = this.#options;
+    if (!store.synced) return 0;
+    const gone = store.podNetworks().filter((n) => store.pod(n.namespace, n.name) === undefined);
+    if (gone.length === 0) return 0;
+    store.applyPodNetworks(gone.map(({ namespace, name, containerId }) => ({ op: 'delete' as const, namespace, name, containerId })));
+    log.info({ dropped: gone.length }, 'dropped pod networks of pods deleted while the agent was down');
+    await this.#persistNetworks();
+    return gone.length;
   }
 
   async handle(request: CniRequest): Promise<CniResponse> {
@@ -164,7 +186,7 @@ export class CniHandler {
     if (!store.synced) return;
     const enrolledNamespaces = store
       .namespaces()
-      .filter((ns) => ns.name !== rootNamespace && isNamespaceEnrolled(ns))
+      .filter((ns) => isNamespaceEnrolled(ns, rootNamespace))
       .map((ns) => ns.name)
       .sort();
     const key = enrolledNamespaces.join(',');

@@ -55,6 +55,12 @@ export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({
 export const UPSTREAM_SOURCES = ['transparent', 'node'] as const;
 export type UpstreamSource = (typeof UPSTREAM_SOURCES)[number];
 
+/**
+ * What the agent logs once `Agent.start` has finished, for whoever waits for it (the test harness, the demo): ready,
+ * or up and serving but not ready because its first full sync has not come (see `Agent.readiness`).
+ */
+export const AGENT_STARTED_LOG = Object.freeze({ ready: 'agent ready', unsynced: 'agent serving, not ready until its first full sync' });
+
 export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
 
 export interface AgentConfig {

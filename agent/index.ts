@@ -4,7 +4,7 @@ import { AGENT_USAGE, loadAgentConfig } from './config.js';
 import { removeRedirectRules } from './redirect-rules.js';
 
 export { Agent, type AgentDependencies } from './agent.js';
-export { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_USAGE, DEFAULT_PORTS, loadAgentConfig, type AgentConfig, type AgentPorts } from './config.js';
+export { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG, AGENT_USAGE, DEFAULT_PORTS, loadAgentConfig, type AgentConfig, type AgentPorts } from './config.js';
 export { buildOutboundRequest, type OutboundContext, type OutboundRequest } from './outbound.js';
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
 export { RedirectRules, removeRedirectRules } from './redirect-rules.js';

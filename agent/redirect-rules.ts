@@ -704,10 +704,13 @@ export class RedirectRules {
    * Makes the ipsets hold exactly `ips` (the node's enrolled pods; IPv4 in `ambit-pods-v4`, which is captured, IPv6
    * in `ambit-pods-v6` and the bridge table's set, which are refused), each in one atomic swap. Returns false,
    * without running anything, when the sets already hold them as last applied (`force` applies them anyway, to
-   * repair a set someone else changed). An address that is not an IP address, or is the node IP, is left out with a
-   * warning rather than failing the sync: one bad pod must not stop the capture of all the others.
+   * repair a set someone else changed). `addOnly` removes nothing: each set keeps every member it had (as this
+   * instance last wrote it, else as the kernel holds it: what the agent before a restart left) and gains `ips`; for an
+   * agent whose view of the cluster is not complete yet, which must not release pods it merely has not read. An
+   * address that is not an IP address, or is the node IP, is left out with a warning rather than failing the sync: one
+   * bad pod must not stop the capture of all the others.
    */
-  syncPods(ips: readonly string[], options: { force?: boolean } = {}): Promise<boolean> {
+  syncPods(ips: readonly string[], options: { force?: boolean; addOnly?: boolean } = {}): Promise<boolean> {
     return this.#serialize(async () => {
       const invalid = ips.filter((address) => !FAMILIES.some((family) => family.isAddress(address)));
       if (invalid.length > 0) this.#log.warn({ invalid }, 'left out of the enrolled pod sets: not IP addresses');
@@ -715,9 +718,12 @@ export class RedirectRules {
       if (ips.includes(this.#nodeIp)) {
         this.#log.warn({ set: IPV4.setName, nodeIp: this.#nodeIp }, 'left the node IP out of the enrolled pod set: hostNetwork pods cannot be enrolled');
       }
-      const wanted = new Map(
-        FAMILIES.map((family) => [family, [...new Set(ips)].filter((address) => family.isAddress(address) && address !== this.#nodeIp).sort()]),
-      );
+      const wanted = new Map<AddressFamily, string[]>();
+      for (const family of FAMILIES) {
+        const kept = options.addOnly ? (this.#appliedPods.get(family) ?? (await this.#liveMembers(family))) : [];
+        const pods = [...new Set([...kept, ...ips])].filter((address) => family.isAddress(address) && address !== this.#nodeIp);
+        wanted.set(family, pods.sort());
+      }
       const changed = FAMILIES.filter((family) => {
         const previous = this.#appliedPods.get(family);
         return options.force || previous === undefined || !sameLines(previous, wanted.get(family) ?? []);
@@ -729,17 +735,31 @@ export class RedirectRules {
         const input = buildBridgeV6SetSync(wanted.get(IPV6) ?? []);
         await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input }, NFT_HINT);
       }
+      const listed = new Set(ips);
       for (const family of changed) {
         const pods = wanted.get(family) ?? [];
         const previous = this.#appliedPods.get(family);
         this.#appliedPods.set(family, pods);
         const counts = previous === undefined ? {} : diffCounts(previous, pods);
-        this.#log.info({ set: family.setName, pods: pods.length, ...counts }, 'enrolled pod set updated');
+        const unlisted = options.addOnly ? { keptUnlisted: pods.filter((address) => !listed.has(address)).length } : {};
+        this.#log.info({ set: family.setName, pods: pods.length, ...counts, ...unlisted }, 'enrolled pod set updated');
       }
       // A pod's CNI ADD may have created the bridge it hangs off; it needs the fdb entry before its first reply.
       await this.#syncBridgeFdb((await readIpState(this.#commandOptions)).bridges);
       return true;
     });
+  }
+
+  /** The members of the live set, as the kernel holds them (none when the set does not exist). */
+  async #liveMembers(family: AddressFamily): Promise<string[]> {
+    const set = family.setName;
+    if (!(await listSets(this.#commandOptions)).has(set)) return [];
+    const saved = await applyCommand(['ipset', 'save', set], this.#commandOptions, IPSET_HINT);
+    const prefix = `add ${set} `;
+    return saved.stdout
+      .split('\n')
+      .filter((line) => line.startsWith(prefix))
+      .map((line) => line.slice(prefix.length).trim().split(' ')[0]!);
   }
 
   /** Removes everything install() made (see removeRedirectRules); absent pieces are fine. */

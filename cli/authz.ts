@@ -79,7 +79,7 @@ export async function runAuthzCommand(argv: string[]): Promise<number> {
   }
   const rootNamespace = values['root-namespace'] ?? DEFAULT_ROOT_NAMESPACE;
 
-  const store = new WorkloadStore({ trustDomain: values['trust-domain'] ?? 'cluster.local' });
+  const store = new WorkloadStore({ trustDomain: values['trust-domain'] ?? 'cluster.local', rootNamespace });
   const policies = new PolicyStore({ rootNamespace, istioApi: values['istio-api'] ?? false, log: silentLogger() });
   // Rejections are warnings on stderr: an invalid policy stands as deny-all, and the operator must see why.
   const log = createLogger({ level: 'warn', name: 'ambit-authz', destination: pino.destination({ fd: 2, sync: true }) });
@@ -102,7 +102,7 @@ export async function runAuthzCommand(argv: string[]): Promise<number> {
       destination,
       target: { host: targetIp, port },
     },
-    () => store.services(),
+    (workload) => store.servicesOf(workload),
   );
   if (output === 'json') {
     process.stdout.write(`${JSON.stringify({ decision: decision.decision, policy: decision.policy === 'default' ? null : decision.policy, rule: decision.rule, reason: decision.reason })}\n`);

@@ -29,6 +29,7 @@
 import path from 'node:path';
 import { SocketAddress, isIP } from 'node:net';
 import { AmbitError } from '../core/errors.js';
+import { namespaceEnrollment } from '../core/discovery/enrollment.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
 import {
   CNI_PROTOCOL_VERSION,
@@ -460,7 +461,7 @@ export function decideEnrollment(namespace: string, file: string, text: string |
 
 async function lookUpEnrollment(config: PluginConfig, pod: CniPod, io: PluginIo, agentProblem?: string): Promise<EnrollmentVerdict> {
   // The mesh's own pods (the controller, waypoints) must start whatever the state of the node: never enrolled.
-  if (pod.namespace === config.rootNamespace) return { enrolled: false, details: `namespace ${pod.namespace} is the mesh's own (rootNamespace), never enrolled` };
+  if (namespaceEnrollment(pod.namespace, undefined, config.rootNamespace) === 'root') return { enrolled: false, details: `namespace ${pod.namespace} is the mesh's own (rootNamespace), never enrolled` };
   const file = config.enrollmentFile;
   let verdict: EnrollmentVerdict;
   try {

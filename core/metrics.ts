@@ -10,11 +10,14 @@ export function createRegistry(options: { defaultMetrics?: boolean } = {}): Regi
   return registry;
 }
 
+/** What `/healthz/ready` answers: 200 `ready`, or 503 with the reason. */
+export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
+
 /**
  * Serves `/metrics` (Prometheus text format) and `/healthz/ready` on one or two plain HTTP listeners. Readiness is
  * a callback so the component decides: an agent is ready only once its listeners are bound and its rules applied.
  */
-export function createStatusServer(options: { registry?: Registry; ready?: () => boolean }): http.Server {
+export function createStatusServer(options: { registry?: Registry; readiness?: () => Readiness }): http.Server {
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/metrics' && options.registry) {
@@ -31,10 +34,10 @@ export function createStatusServer(options: { registry?: Registry; ready?: () =>
         });
       return;
     }
-    if (path === '/healthz/ready' && options.ready) {
-      const ready = options.ready();
-      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' });
-      res.end(ready ? 'ready\n' : 'not ready\n');
+    if (path === '/healthz/ready' && options.readiness) {
+      const readiness = options.readiness();
+      res.writeHead(readiness.ready ? 200 : 503, { 'content-type': 'text/plain' });
+      res.end(readiness.ready ? 'ready\n' : `not ready: ${readiness.reason}\n`);
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });

@@ -265,6 +265,20 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
   const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
+  t.same(store3.podNetworks(), [], 'from the store too');
+
+  // A restart before the first full sync: the pod's file may just not have parsed yet, so its record stays.
+  await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
+  const store4 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })], 'node1', { synced: false });
+  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  t.equal(await handler4.restore(), 1, 'before the first full sync a record of a pod the store lacks is kept');
+  t.equal((JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] }).pods.length, 1, 'and stays on disk');
+  store4.applyBatch([{ op: 'upsert', kind: 'Pod', object: store2.pod('mesh', 'web')! }]);
+  store4.markSynced();
+  t.equal(await handler4.forgetNetworksOfGonePods(), 0, 'the file parsed and has the pod: the record stays');
+  t.same(store4.localEnrolledIps(4), ['10.244.1.5'], 'and still captures it');
+  store4.applyBatch([{ op: 'delete', kind: 'Pod', namespace: 'mesh', name: 'web' }]);
+  t.equal(await handler4.forgetNetworksOfGonePods(), 1, 'once synced, a record without its pod goes');
 
   t.same(await handler.handle({ version: 1, op: 'del', pod: pod('web', 'mesh', [], 'another-sandbox') }), { version: 1, ok: true, reason: 'pod network removed' });
   t.same(store.localEnrolledIps(4), ['10.244.1.5'], "a DEL for another sandbox keeps this one's network");

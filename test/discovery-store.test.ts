@@ -106,6 +106,20 @@ t.test('enrollment matrix: namespace labels x pod opt-out x host network', async
   }
 });
 
+t.test('the root namespace is never enrolled, whatever its labels; a store told another root enrolls ambit-system', async (t) => {
+  const labelled = (name: string) => [namespace(name, { [ENROLL_LABEL]: 'enabled', [ISTIO_DATAPLANE_LABEL]: 'ambient' })];
+  const pods = (ns: string) => [pod({ name: 'ctl', namespace: ns, node: 'node-1', ips: ['10.0.0.7'] })];
+  const byDefault = new WorkloadStore({ nodeName: 'node-1' });
+  byDefault.replaceAll(snapshot({ namespaces: labelled('ambit-system'), pods: pods('ambit-system') }));
+  t.equal(byDefault.workloads()[0]?.enrolled, false, 'ambit-system (the default root) labelled enabled: its pod is not enrolled');
+  t.same(byDefault.localEnrolledIps(4), [], 'and not captured');
+
+  const custom = new WorkloadStore({ nodeName: 'node-1', rootNamespace: 'mesh-system' });
+  custom.replaceAll(snapshot({ namespaces: [...labelled('mesh-system'), ...labelled('ambit-system')], pods: [...pods('mesh-system'), pod({ name: 'app', namespace: 'ambit-system', node: 'node-1', ips: ['10.0.0.8'] })] }));
+  t.equal(custom.workloads().find((w) => w.namespace === 'mesh-system')?.enrolled, false, 'the configured root namespace is not enrolled');
+  t.same(custom.localEnrolledIps(4), ['10.0.0.8'], 'ambit-system is an ordinary namespace when it is not the root');
+});
+
 t.test('relabelling a namespace recomputes its workloads in one new version', async (t) => {
   const store = new WorkloadStore({ nodeName: 'node-1' });
   const p = pod({ name: 'web', node: 'node-1', ips: ['10.0.0.5'] });

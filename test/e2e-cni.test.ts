@@ -140,21 +140,44 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.ok(await inIpset(tb, node2, web2.ip), "the runtime's retry succeeds once the agent is back");
   });
 
-  t.test('before its first full sync the agent holds back pods of unknown namespaces; the root namespace never waits', async (t) => {
+  t.test('before its first full sync the agent holds back pods of unknown namespaces, keeps capturing what it captured, and is not ready; the root namespace never waits', async (t) => {
     // The local source's first full sync is its first load with every file read and parsed: an agent that starts
     // while the file with namespace `team` does not parse knows nothing of `team` yet.
     const teamFile = join(cluster.configDir, 'team.yaml');
-    const team = [
-      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'team', labels: MESH } },
-      { apiVersion: 'v1', kind: 'Pod', metadata: { name: 't1', namespace: 'team' }, spec: { nodeName: node2.name, containers: [{ name: 'app' }] }, status: { phase: 'Pending' } },
-    ].map((d) => `---\n${JSON.stringify(d)}\n`).join('');
+    const podDoc = (name: string, labels: Record<string, string> = {}, namespace = 'team', ip?: string) => ({
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name, namespace, labels },
+      spec: { nodeName: node2.name, containers: [{ name: 'app' }] },
+      // Pending, no IP in the status: only the CNI-reported network (cni-pods.json) knows where the pod is.
+      status: ip === undefined ? { phase: 'Pending' } : { phase: 'Running', podIP: ip, conditions: [{ type: 'Ready', status: 'True' }] },
+    });
+    const teamDocs = (docs: object[]) => docs.map((d) => `---\n${JSON.stringify(d)}\n`).join('');
+    const teamNamespace = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'team', labels: MESH } };
+    const writeTeam = async (text: string) => {
+      await writeFile(`${teamFile}.tmp`, text);
+      await rename(`${teamFile}.tmp`, teamFile);
+    };
     t.teardown(() => rm(teamFile, { force: true }));
     const enrollmentFile = join(cluster.stateDir(node2), 'enrollment.json');
+    const readiness = async () => String((await tb.exec(node2.netns, 'curl', ['-sS', '--max-time', '5', '-w', ' %{http_code}', 'http://127.0.0.1:15021/healthz/ready'])).stdout);
+
+    // Before the restart `team` parses, and two of its pods run enrolled, captured through their CNI-reported networks.
+    await writeTeam(teamDocs([teamNamespace, podDoc('t0'), podDoc('t2')]));
+    await within(2000, 'the agent has read team', async () => (JSON.parse(await readFile(enrollmentFile, 'utf8')) as { enrolledNamespaces: string[] }).enrolledNamespaces.includes('team'));
+    const t0 = await tb.addPod(node2, 't0', { k8s: { namespace: 'team' } });
+    const t2 = await tb.addPod(node2, 't2', { k8s: { namespace: 'team' } });
+    t.ok((await inIpset(tb, node2, t0.ip)) && (await inIpset(tb, node2, t2.ip)), 'both are captured');
+
     t.equal(await cluster.stopAgent(node2), 0);
     const before = await readFile(enrollmentFile, 'utf8');
-    await writeFile(teamFile, team.slice(0, -3));
+    // Broken mid-document; the new agent process has never parsed it.
+    await writeTeam(teamDocs([teamNamespace, podDoc('t1'), podDoc('t0'), podDoc('t2')]).slice(0, -3));
     await cluster.startAgent(node2);
     t.match(cluster.logs(node2).find((r) => r.msg === 'config folder loaded'), { synced: false, unknownFiles: ['team.yaml'] }, 'the agent is up, its first load incomplete');
+    t.ok(await inIpset(tb, node2, t0.ip), 'a pod the agent captured stays captured while its file has never parsed');
+    t.ok(await inIpset(tb, node2, t2.ip), 'so does the other');
+    t.match(await readiness(), /^not ready: [^\n]*first full sync[^\n]*\n 503$/, 'readiness (15021) says it is not synced yet: 503');
 
     const failure = (await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
     t.equal(failure.cniError?.code, 11, 'an unknown namespace before the first full sync: CNI error 11, try again later');
@@ -166,17 +189,23 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.notOk(await inIpset(tb, node2, ctl.ip), 'and is not captured');
     t.equal(await readFile(enrollmentFile, 'utf8'), before, 'a partial view does not replace the enrollment file');
 
-    await writeFile(`${teamFile}.tmp`, team);
-    await rename(`${teamFile}.tmp`, teamFile);
+    // The file parses: t0 has opted out meanwhile, t2 is still enrolled (known only by its CNI record), and the root
+    // namespace carries the enrollment label, with ctl's IP in its status.
+    const rootNamespace = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ambit-system', labels: MESH } };
+    await writeTeam(teamDocs([teamNamespace, podDoc('t1'), podDoc('t0', { 'ambit.dev/mode': 'disabled' }), podDoc('t2'), rootNamespace, podDoc('ctl', {}, 'ambit-system', ctl.ip)]));
     await cluster.waitForLog(node2, (r) => r.msg === 'config folder loaded' && r.synced === true);
+    await within(1000, 'the opted-out pod leaves the set once the file parses', async () => !(await inIpset(tb, node2, t0.ip)));
+    t.ok(await inIpset(tb, node2, t2.ip), 'the enrolled one stays: its CNI record outlived the restart');
+    t.notOk(await inIpset(tb, node2, ctl.ip), 'the root namespace is not captured, labelled or not');
+    await within(1000, 'ready after the first full sync', async () => (await readiness()) === 'ready\n 200');
     const t1 = await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } });
     t.ok(await inIpset(tb, node2, t1.ip), "after the sync the runtime's retry enrolls the pod");
     const n1 = await tb.addPod(node2, 'n1', { k8s: { namespace: 'nowhere' } });
     t.notOk(await inIpset(tb, node2, n1.ip), 'and a namespace absent from the folder is not enrolled: the pod starts');
     await within(1000, 'the enrollment file lists team', async () => (JSON.parse(await readFile(enrollmentFile, 'utf8')) as { enrolledNamespaces: string[] }).enrolledNamespaces.includes('team'));
-    for (const pod of [t1, n1, ctl]) await tb.removePod(pod);
+    for (const pod of [t0, t1, t2, n1, ctl]) await tb.removePod(pod);
     await rm(teamFile);
-    await within(1000, 'team is gone', async () => !(await inIpset(tb, node2, t1.ip)));
+    await within(1000, 'team is gone', async () => !(await inIpset(tb, node2, t1.ip)) && !(await inIpset(tb, node2, t2.ip)));
   });
 
   t.test('agent killed with SIGKILL while a client keeps sending: no plaintext on the wire, traffic resumes', async (t) => {

@@ -429,6 +429,26 @@ for (const backend of ['legacy', 'nft'] as const) {
   });
 }
 
+t.test('addOnly: a restarted agent keeps the members it finds, adds, and removes nothing until told to', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  t.teardown(() => removeRedirectRules({ netns: node }));
+  const before = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await before.install();
+  await before.syncPods(['10.99.1.2', '10.99.1.3']);
+
+  // A new instance, as after a restart: it has written nothing yet, so only the kernel knows the members.
+  const after = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await after.install();
+  t.equal(await after.syncPods(['10.99.1.4'], { addOnly: true }), true, 'a new member changes the set');
+  t.same(await setMembers(node), ['10.99.1.2', '10.99.1.3', '10.99.1.4'], 'the members found in the kernel stay');
+  t.equal(await after.syncPods(['10.99.1.4'], { addOnly: true }), false, 'nothing new: nothing to do');
+  await inNetns(node, ['ipset', 'flush', 'ambit-pods-v4']);
+  t.equal(await after.syncPods([], { addOnly: true, force: true }), true, 'a forced repair');
+  t.same(await setMembers(node), ['10.99.1.2', '10.99.1.3', '10.99.1.4'], 'writes back every member it kept, not what someone else left');
+  t.equal(await after.syncPods(['10.99.1.4']), true, 'without addOnly');
+  t.same(await setMembers(node), ['10.99.1.4'], 'the set holds exactly the list again');
+});
+
 t.test('install repairs the routing of transparent replies after an outside flush', { skip: rootSkip }, async (t) => {
   const node = await createNodeNetns(t);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { silentLogger, type Logger } from '../log.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
 import { canonicalIp } from './convert.js';
 import { isWorkloadEnrolled } from './enrollment.js';
 import {
@@ -27,6 +28,8 @@ export interface WorkloadStoreOptions {
   trustDomain?: string;
   /** The node this process runs on: `local*` readers answer for it, and are empty without it. */
   nodeName?: string;
+  /** The mesh's own namespace (`--root-namespace`, default ambit-system): its pods are never enrolled. */
+  rootNamespace?: string;
   log?: Logger;
 }
 
@@ -73,10 +76,19 @@ interface Indexes {
   readonly serviceByVip: ReadonlyMap<string, Service>;
   /** By `namespace/name`, then by TCP service port; a service the mesh knows no endpoints of has no entry. */
   readonly endpoints: ReadonlyMap<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>;
+  /** By workload `namespace/name`: the Services it is an endpoint of (`servicesOf`). */
+  readonly servicesByWorkload: ReadonlyMap<string, readonly ServiceRef[]>;
+}
+
+/** A Service by name, as policies' targetRefs name it. */
+export interface ServiceRef {
+  readonly namespace: string;
+  readonly name: string;
 }
 
 const NONE: readonly Workload[] = Object.freeze([]);
 const NO_ENDPOINTS: readonly ServiceEndpoint[] = Object.freeze([]);
+const NO_SERVICES: readonly ServiceRef[] = Object.freeze([]);
 const DEFAULT_SOURCE = 'default';
 const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 
@@ -89,6 +101,7 @@ const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 export class WorkloadStore extends EventEmitter {
   readonly trustDomain: string;
   readonly nodeName: string | undefined;
+  readonly rootNamespace: string;
   private readonly log: Logger;
   private readonly entries: Record<DiscoveryKind, Map<string, Entry>> = {
     Namespace: new Map(),
@@ -106,6 +119,7 @@ export class WorkloadStore extends EventEmitter {
     super();
     this.trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
     this.nodeName = options.nodeName;
+    this.rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
     this.log = options.log ?? silentLogger();
   }
 
@@ -278,6 +292,16 @@ export class WorkloadStore extends EventEmitter {
   }
 
   /**
+   * The Services `workload` is an endpoint of, by the same sources as `serviceEndpoints`: listed in a Service's
+   * EndpointSlices where it has any, else matched by its selector. Membership, not routing: every port, and whether
+   * or not the endpoint is ready or serving, since a pod that is not ready still receives connections to its own
+   * address, and a policy aimed at its Service (targetRefs) must hold for them.
+   */
+  servicesOf(workload: Pick<Workload, 'namespace' | 'name'>): readonly ServiceRef[] {
+    return this.indexes.servicesByWorkload.get(`${workload.namespace}/${workload.name}`) ?? NO_SERVICES;
+  }
+
+  /**
    * The port to dial on `workload` for `servicePort` of `service`: the numeric targetPort, or the workload's
    * container port of that name. Undefined when the service has no such port or the workload no such named port.
    */
@@ -355,7 +379,7 @@ export class WorkloadStore extends EventEmitter {
     for (const [key, entry] of this.entries.Pod) {
       const pod = entry.object as PodInfo;
       if (pod.terminated) continue;
-      const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod);
+      const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod, this.rootNamespace);
       // While the runtime's report of the pod's current sandbox stands (until its DEL), its IPs win: the status may
       // be behind (not yet written, or still the previous sandbox's), and the kubelet updates it only after ADD.
       const network = pod.hostNetwork ? undefined : this.networks.get(key);
@@ -391,6 +415,7 @@ export class WorkloadStore extends EventEmitter {
     const serviceByVip = new Map<string, Service>();
     const endpoints = new Map<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>();
     const slicesByService = new Map<string, EndpointSlice[]>();
+    const servicesByWorkload = new Map<string, ServiceRef[]>();
     for (const entry of this.entries.EndpointSlice.values()) {
       const slice = entry.object as EndpointSlice;
       if (slice.serviceName !== undefined) append(slicesByService, `${slice.namespace}/${slice.serviceName}`, slice);
@@ -409,14 +434,17 @@ export class WorkloadStore extends EventEmitter {
       const key = `${service.namespace}/${service.name}`;
       const slices = slicesByService.get(key);
       const selector = service.selector;
+      let members: Iterable<Workload> = NONE;
       if (slices !== undefined) {
         endpoints.set(key, this.endpointsFromSlices(service, slices, byIp));
+        members = new Set(slices.flatMap((slice) => slice.endpoints.map((endpoint) => byIp.get(endpoint.ip)).filter((w) => w !== undefined)));
       } else if (selector !== undefined) {
-        const selected = (byNamespace.get(service.namespace) ?? []).filter(
-          (w) => w.ready && w.ips.length > 0 && Object.entries(selector).every(([label, value]) => w.labels[label] === value),
-        );
-        endpoints.set(key, this.endpointsFromPods(service, selected));
+        const selected = (byNamespace.get(service.namespace) ?? []).filter((w) => Object.entries(selector).every(([label, value]) => w.labels[label] === value));
+        endpoints.set(key, this.endpointsFromPods(service, selected.filter((w) => w.ready && w.ips.length > 0)));
+        members = selected;
       }
+      const ref: ServiceRef = Object.freeze({ namespace: service.namespace, name: service.name });
+      for (const workload of members) append(servicesByWorkload, `${workload.namespace}/${workload.name}`, ref);
     }
 
     return {
@@ -429,6 +457,7 @@ export class WorkloadStore extends EventEmitter {
       services: Object.freeze(services),
       serviceByVip,
       endpoints,
+      servicesByWorkload: freezeLists(servicesByWorkload),
     };
   }
 
@@ -485,6 +514,7 @@ function buildEmptyIndexes(): Indexes {
     services: Object.freeze([]),
     serviceByVip: new Map(),
     endpoints: new Map(),
+    servicesByWorkload: new Map(),
   };
 }
 

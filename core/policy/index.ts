@@ -16,4 +16,4 @@ export {
   type PolicyReason,
   type PolicySetOptions,
 } from './evaluate.js';
-export { DEFAULT_ROOT_NAMESPACE, PolicyStore, principalOf, servicesSelecting, type ConnectionFacts, type InboundAttributes, type InboundDecision, type PolicyStoreOptions, type StoredPolicy } from './store.js';
+export { DEFAULT_ROOT_NAMESPACE, PolicyStore, principalOf, type ConnectionFacts, type InboundAttributes, type InboundDecision, type PolicyStoreOptions, type StoredPolicy } from './store.js';

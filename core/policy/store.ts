@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import type { InvalidObjectError, LocalCollection, Labels, Service, Workload } from '../discovery/index.js';
+import type { InvalidObjectError, LocalCollection, Labels, ServiceRef, Workload } from '../discovery/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
 import { convertPolicyObject } from './convert.js';
@@ -146,8 +146,12 @@ export class PolicyStore extends EventEmitter {
     this.emit('change', this.#version);
   }
 
-  /** `decide` for the facts of a connection; `services` (all of them) are read only when a policy uses targetRefs. */
-  decideFacts(facts: ConnectionFacts, services: () => readonly Service[]): InboundDecision {
+  /**
+   * `decide` for the facts of a connection. `servicesOf` names the Services the destination is an endpoint of (the
+   * discovery store's `servicesOf`: from EndpointSlices, else selectors); it is asked only when a policy uses
+   * targetRefs.
+   */
+  decideFacts(facts: ConnectionFacts, servicesOf: (workload: ConnectionFacts['destination']) => readonly ServiceRef[]): InboundDecision {
     const principal = principalOf(facts.sourceIdentity);
     const source = facts.plaintext
       ? { ip: facts.sourceIp }
@@ -160,7 +164,7 @@ export class PolicyStore extends EventEmitter {
         ip: target.host,
         port: target.port,
         workload: { namespace: destination.namespace, name: destination.name, labels: destination.labels },
-        ...(this.#hasTargetRefs ? { services: servicesSelecting(services(), destination) } : {}),
+        ...(this.#hasTargetRefs ? { services: servicesOf(destination) } : {}),
       },
     });
   }
@@ -224,17 +228,6 @@ function readableSelector(spec: unknown): Labels | undefined {
   const entries = Object.entries(labels as Record<string, unknown>);
   if (entries.length === 0 || !entries.every(([, v]) => typeof v === 'string')) return undefined;
   return Object.freeze(Object.fromEntries(entries)) as Labels;
-}
-
-/** The Services of the workload's namespace that select it: what policies with targetRefs attach to. */
-export function servicesSelecting(services: readonly Service[], workload: Pick<Workload, 'namespace' | 'labels'>): Array<{ namespace: string; name: string }> {
-  const out: Array<{ namespace: string; name: string }> = [];
-  for (const service of services) {
-    const selector = service.selector;
-    if (service.namespace !== workload.namespace || selector === undefined) continue;
-    if (Object.entries(selector).every(([k, v]) => workload.labels[k] === v)) out.push({ namespace: service.namespace, name: service.name });
-  }
-  return out;
 }
 
 /** A SPIFFE ID as Istio writes principals: without the `spiffe://` scheme. */

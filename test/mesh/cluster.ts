@@ -7,7 +7,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { AGENT_ENV, AGENT_NODE_FLAGS } from '../../agent/config.js';
+import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../../agent/config.js';
 import { CertificateAuthority } from '../../core/identity/index.js';
 import type { Testbed, TestbedNode, TestbedPod } from '../testbed/index.js';
 
@@ -285,7 +285,9 @@ export class MeshCluster {
     const { lines, stderr } = collectLines(child);
     const agent = { node, child, lines };
     this.#agents.set(node.name, agent);
-    await waitForLine(child, lines, (l) => l.includes('"msg":"agent ready"'), `agent on ${node.name}`, READY_TIMEOUT_MS, stderr);
+    // Up is enough: an agent started while the config folder does not fully parse serves, and is ready only later.
+    const started = Object.values(AGENT_STARTED_LOG).map((msg) => `"msg":${JSON.stringify(msg)}`);
+    await waitForLine(child, lines, (l) => started.some((s) => l.includes(s)), `agent on ${node.name}`, READY_TIMEOUT_MS, stderr);
   }
 
   agentPid(node: TestbedNode): number {
