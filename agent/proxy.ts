@@ -1,7 +1,7 @@
 import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { isAmbitError, errnoCode } from '../core/errors.js';
+import { AmbitError, isAmbitError, errnoCode } from '../core/errors.js';
 import type { Logger } from '../core/log.js';
 import { transparentSocket } from '../core/sockopt.js';
 
@@ -30,7 +30,8 @@ function abortedAbnormally(stream: Duplex): boolean {
  * Moves bytes both ways until both directions are done. `pipe` gives backpressure (a slow reader pauses the
  * writer, nothing is buffered without bound) and half-close (one side's end becomes the other side's FIN or
  * END_STREAM while the other direction keeps flowing). An error or abort on either side aborts the other, so a reset
- * travels end to end. Resolves with the first error, if any, once both sides are closed. With `held`, nothing
+ * travels end to end; so does a side that closes before both its directions ended (a bare `destroy()`). Resolves
+ * with the first error, if any, once both sides are closed. With `held`, nothing
  * moves from `b` to `a` (no byte, no end) until it resolves, and nothing ever if it rejects: `b` is a stream whose
  * answer is still to come, and a refusal must reach `a` as a reset, not as an end.
  */
@@ -40,6 +41,11 @@ export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Erro
     let open = 2;
     const onClose = (self: Duplex, other: Duplex) => () => {
       if (abortedAbnormally(self) && !firstError) firstError = new Error('stream reset by peer');
+      // A bare destroy() (Agent.close(), a registry's grace timeout) closes a side with no error and no end: what
+      // it had still to read or write is lost, so the other side must not wait for it, nor take it for an end.
+      if (!firstError && !(self.readableEnded && self.writableFinished)) {
+        firstError = new AmbitError('STREAM_CLOSED_EARLY', 'one side of the connection closed before its data was read and written to the end');
+      }
       if (firstError) abortStream(other);
       if (--open === 0) resolve(firstError);
     };
