@@ -8,7 +8,7 @@ import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
 import { CertificateAuthority, CertStore, localIssuer, sniForIdentity } from '../core/identity/index.js';
-import { accessLogger, createLogger, type Logger } from '../core/log.js';
+import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
@@ -47,6 +47,8 @@ const MEMORY_RELEASE_BUSY_SPELL_S = 2;
 
 export interface AgentDependencies {
   log?: Logger;
+  /** The destination of `log`, when it may drop lines: the agent exports how many it dropped. */
+  logDrops?: LogDrops;
   /** In-process tests inject the original destination instead of reading SO_ORIGINAL_DST. */
   originalDestination?: (socket: net.Socket) => Address;
 }
@@ -151,8 +153,12 @@ export class Agent {
 
   /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
-    const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
+    const ownOutput = deps.log === undefined ? new StdoutDestination() : undefined;
+    const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent', destination: ownOutput });
     const registry = createRegistry();
+    // The logger is made before the registry (and, by `ambit agent`, before the agent): its drops are counted here.
+    const logDrops = ownOutput ?? deps.logDrops;
+    if (logDrops) registerLogMetrics(registry, logDrops);
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
