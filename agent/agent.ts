@@ -18,7 +18,7 @@ import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
 import type { AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
-import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
+import { EarlyDataBudget, handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { UpstreamConnector } from './proxy.js';
@@ -220,6 +220,7 @@ export class Agent {
       log,
       connections: agent.#connections,
       policies,
+      earlyData: new EarlyDataBudget(registry),
       upstream: new UpstreamConnector({ transparent: config.manageRules, nodeIp, log: log.child({ component: 'upstream' }) }),
       originalDestination:
         deps.originalDestination ??

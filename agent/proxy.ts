@@ -2,6 +2,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { AmbitError, isAmbitError, errnoCode } from '../core/errors.js';
+import { HBONE_EARLY_DATA_STREAM_BYTES } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
 import { transparentSocket } from '../core/sockopt.js';
 
@@ -33,7 +34,8 @@ function abortedAbnormally(stream: Duplex): boolean {
  * travels end to end; so does a side that closes before both its directions ended (a bare `destroy()`). Resolves
  * with the first error, if any, once both sides are closed. With `held`, nothing
  * moves from `b` to `a` (no byte, no end) until it resolves, and nothing ever if it rejects: `b` is a stream whose
- * answer is still to come, and a refusal must reach `a` as a reset, not as an end.
+ * answer is still to come, and a refusal must reach `a` as a reset, not as an end. Meanwhile at most
+ * HBONE_EARLY_DATA_STREAM_BYTES go from `a` to `b`: what the destination holds for a stream it has not answered.
  */
 export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Error | undefined> {
   return new Promise((resolve) => {
@@ -57,7 +59,7 @@ export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Erro
     b.on('error', onError(a));
     a.once('close', onClose(a, b));
     b.once('close', onClose(b, a));
-    pump(a, b);
+    pump(a, b, held);
     if (held === undefined) pump(b, a);
     else held.then(() => pump(b, a), () => undefined);
   });
@@ -82,15 +84,40 @@ const COALESCE_MIN_CHUNK = 4 * 1024;
  * DATA frame, and one syscall per frame would cost more than the copy it carries. A small chunk (a request, a
  * response) is written at once, so coalescing never adds latency to request/response traffic.
  */
-function pump(src: Duplex, dst: Duplex): void {
+function pump(src: Duplex, dst: Duplex, answer?: Promise<void>): void {
   const coalesce = dst instanceof net.Socket;
+  // Bytes that may still go before `answer` (the destination holds them, and refuses a stream that sends more);
+  // undefined once it came. The rest of a chunk past it waits in `src`, which pauses until then.
+  let early: number | undefined;
+  let awaitingAnswer = false;
+  if (answer !== undefined) {
+    early = HBONE_EARLY_DATA_STREAM_BYTES;
+    answer.then(
+      () => {
+        early = undefined;
+        if (awaitingAnswer) src.resume();
+      },
+      () => undefined,
+    );
+  }
   let corked = false;
   const uncork = () => {
     corked = false;
     dst.uncork();
   };
   const resume = () => src.resume();
-  src.on('data', (chunk: Buffer) => {
+  src.on('data', (data: Buffer) => {
+    let chunk = data;
+    if (early !== undefined) {
+      if (chunk.length > early) {
+        awaitingAnswer = true;
+        src.pause();
+        src.unshift(chunk.subarray(early));
+        chunk = chunk.subarray(0, early);
+      }
+      early -= chunk.length;
+      if (chunk.length === 0) return;
+    }
     if (coalesce && !corked && chunk.length >= COALESCE_MIN_CHUNK) {
       corked = true;
       dst.cork();
