@@ -45,6 +45,9 @@ const MEMORY_RELEASE_CHECK_MS = 1_000;
 /** Consecutive busy seconds that make a busy spell. */
 const MEMORY_RELEASE_BUSY_SPELL_S = 2;
 
+/** How often the telemetry looks for the series of workloads that are gone (it keeps them SERIES_RETENTION_MS). */
+const SERIES_PRUNE_INTERVAL_MS = 60_000;
+
 export interface AgentDependencies {
   log?: Logger;
   /** The destination of `log`, when it may drop lines: the agent exports how many it dropped. */
@@ -98,6 +101,7 @@ export class Agent {
   #uninstalled = false;
   #reconciling: Promise<void> = Promise.resolve();
   #memoryTimer: NodeJS.Timeout | undefined;
+  #pruneTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
   #ready = false;
   #closed = false;
@@ -258,6 +262,7 @@ export class Agent {
     }
     agent.#startMemoryRelease();
     agent.#startRulesResync();
+    agent.#startSeriesPrune();
     agent.#ready = true;
     log.info(
       { node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged', cniSocket: agent.#cniServer?.path ?? null },
@@ -280,6 +285,7 @@ export class Agent {
     this.#ready = false;
     clearInterval(this.#memoryTimer);
     clearInterval(this.#resyncTimer);
+    clearInterval(this.#pruneTimer);
     await this.#cniServer?.close();
     await this.#source.close();
     await this.#reconciling.catch(() => undefined);
@@ -292,6 +298,15 @@ export class Agent {
     const removeRules = options.removeRules ?? this.config.removeRulesOnExit;
     if (this.#rules && removeRules && !this.#uninstalled) await this.#rules.remove();
     this.#log.info({ rulesRemoved: Boolean(this.#rules && removeRules) }, 'agent stopped');
+  }
+
+  /** The metrics of workloads that left the cluster go, after SERIES_RETENTION_MS (telemetry.prune). */
+  #startSeriesPrune(): void {
+    this.#pruneTimer = setInterval(() => {
+      const workloads = new Set(this.store.workloads().map((w) => `${w.namespace}/${w.workloadName}`));
+      this.#telemetry.prune((namespace, workload) => workloads.has(`${namespace}/${workload}`));
+    }, SERIES_PRUNE_INTERVAL_MS);
+    this.#pruneTimer.unref();
   }
 
   /**
@@ -443,6 +458,7 @@ export class Agent {
     const identities = new Set(local.map((w) => w.identity));
     this.#sniTable.clear();
     for (const identity of identities) this.#sniTable.set(sniForIdentity(identity), identity);
+    this.#hboneServer.retainIdentities(identities);
     for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
     // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
