@@ -39,5 +39,6 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
     process.on('SIGINT', stop);
   });
   await agent.close();
+  logOutput.finish();
   return 0;
 }

@@ -82,6 +82,9 @@ export class LineBatcher {
  */
 export const LOG_BUFFER_LIMIT_BYTES = 8 * 1024 * 1024;
 
+/** How long, at the end of the process, stdout gets to take the lines still waiting for it. */
+export const LOG_EXIT_FLUSH_MS = 2_000;
+
 /** A log destination that may have to drop lines, and says how many it dropped so far. */
 export interface LogDrops {
   readonly droppedLines: number;
@@ -106,21 +109,10 @@ export class StdoutDestination implements DestinationStream, LogDrops {
   #unreported = 0;
   #droppingSince = 0;
   #report: Logger | undefined;
+  /** Set when the process ends: stdout is waited for until then, no longer. */
+  #giveUpAt: number | undefined;
 
   constructor() {
-    const destination = pino.destination({ sync: false, minLength: 0, maxWrite: 64 * 1024, maxLength: LOG_BUFFER_LIMIT_BYTES });
-    destination.on('drop', (data: string) => {
-      if (this.#unreported === 0) this.#droppingSince = Date.now();
-      const lines = countLines(data);
-      this.#dropped += lines;
-      this.#unreported += lines;
-    });
-    // Everything that waited has been written: stdout keeps up again.
-    destination.on('drain', () => {
-      if (this.#unreported > 0) this.#reportDrops();
-    });
-    this.#batcher = new LineBatcher(destination);
-    const batcher = this.#batcher;
     // Hooked before pino's own exit hooks (registered when the destination is made), so that the lines still in the
     // batcher reach the destination before pino ends it (beforeExit) or flushes it for the last time (exit).
     const handOver = () => {
@@ -132,14 +124,40 @@ export class StdoutDestination implements DestinationStream, LogDrops {
     };
     process.once('beforeExit', handOver);
     process.once('exit', () => {
+      this.finish();
       clearInterval(timer);
       handOver();
       try {
         destination.flushSync();
       } catch {
-        // As above.
+        // Stdout does not take the rest (it stalls, or it is closed). Destroyed, pino does not try again either.
+        destination.destroy();
       }
     });
+    const destination = pino.destination({
+      sync: false,
+      minLength: 0,
+      maxWrite: 64 * 1024,
+      maxLength: LOG_BUFFER_LIMIT_BYTES,
+      // A stalled stdout is retried every 100 ms (and its retries keep the process alive) until the process ends.
+      retryEAGAIN: () => this.#giveUpAt === undefined || Date.now() < this.#giveUpAt,
+    });
+    destination.on('error', (err: Error) => {
+      // A write given up at the end (above) is no failure; any other is as loud as it was without this listener.
+      if (this.#giveUpAt === undefined) throw err;
+    });
+    destination.on('drop', (data: string) => {
+      if (this.#unreported === 0) this.#droppingSince = Date.now();
+      const lines = countLines(data);
+      this.#dropped += lines;
+      this.#unreported += lines;
+    });
+    // Everything that waited has been written: stdout keeps up again.
+    destination.on('drain', () => {
+      if (this.#unreported > 0) this.#reportDrops();
+    });
+    const batcher = new LineBatcher(destination);
+    this.#batcher = batcher;
     const timer = setInterval(handOver, LOG_FLUSH_INTERVAL_MS);
     timer.unref();
   }
@@ -150,6 +168,14 @@ export class StdoutDestination implements DestinationStream, LogDrops {
 
   get droppedLines(): number {
     return this.#dropped;
+  }
+
+  /**
+   * The process is ending: stdout gets LOG_EXIT_FLUSH_MS more to take what waits, then it is given up. Without this a
+   * stalled stdout would keep the process alive (sonic-boom's retries are timers) or block its exit (the last flush).
+   */
+  finish(): void {
+    this.#giveUpAt ??= Date.now() + LOG_EXIT_FLUSH_MS;
   }
 
   /** The logger that says, once stdout has caught up, how many lines were dropped (createLogger sets it). */

@@ -1,7 +1,8 @@
 /**
  * The agent as a process whose stdout is a pipe that nobody reads (a stalled log collector): connections through it
  * keep working, its memory stays bounded, and the log lines it cannot write are dropped and counted
- * (ambit_log_dropped_lines_total on its metrics port); once stdout is read again, a log line says how many went.
+ * (ambit_log_dropped_lines_total on its metrics port); once stdout is read again, a log line says how many went;
+ * and a SIGTERM while stdout stalls still ends it.
  * No root: HBONE (15008) needs no capture, so the test is the source agent, with a certificate from the mesh CA.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -14,7 +15,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/index.js';
-import { LOG_BUFFER_LIMIT_BYTES } from '../core/log.js';
+import { LOG_BUFFER_LIMIT_BYTES, LOG_EXIT_FLUSH_MS } from '../core/log.js';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
 import { CLI_PATH, metricValue } from './mesh/cluster.js';
 import { within } from './mesh/hold.js';
@@ -176,4 +177,13 @@ t.test('a stalled stdout: traffic flows, memory stays bounded, dropped lines are
   });
   const total = await metric('ambit_log_dropped_lines_total');
   t.match(notice(), { level: 40, droppedLines: total }, `one line reports all ${total} dropped lines, as the counter does`);
+
+  // Stalled again, then stopped as Kubernetes stops a pod: the agent waits LOG_EXIT_FLUSH_MS for stdout, no longer.
+  agent.stdout!.pause();
+  await refusals(2 * perRound);
+  t.ok((await metric('ambit_log_dropped_lines_total')) > total, 'stdout stalls again');
+  const stopping = Date.now();
+  process.kill(agent.pid!, 'SIGTERM');
+  const ended = await Promise.race([exited.then(() => agent.exitCode), new Promise((resolve) => setTimeout(resolve, LOG_EXIT_FLUSH_MS + 5000, 'still running'))]);
+  t.equal(ended, 0, `SIGTERM with a stalled stdout: the agent ended (${Date.now() - stopping} ms), with exit code 0`);
 });
