@@ -8,7 +8,7 @@ import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
 import { CertStore, LocalCaFolder, sniForIdentity } from '../core/identity/index.js';
-import { accessLogger, createLogger, type Logger } from '../core/log.js';
+import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
@@ -18,7 +18,7 @@ import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
 import { AGENT_STARTED_LOG, type AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
-import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
+import { EarlyDataBudget, handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
@@ -45,8 +45,13 @@ const MEMORY_RELEASE_CHECK_MS = 1_000;
 /** Consecutive busy seconds that make a busy spell. */
 const MEMORY_RELEASE_BUSY_SPELL_S = 2;
 
+/** How often the telemetry looks for the series of workloads that are gone (it keeps them SERIES_RETENTION_MS). */
+const SERIES_PRUNE_INTERVAL_MS = 60_000;
+
 export interface AgentDependencies {
   log?: Logger;
+  /** The destination of `log`, when it may drop lines: the agent exports how many it dropped. */
+  logDrops?: LogDrops;
   /** In-process tests inject the original destination instead of reading SO_ORIGINAL_DST. */
   originalDestination?: (socket: net.Socket) => Address;
 }
@@ -97,6 +102,7 @@ export class Agent {
   #uninstalled = false;
   #reconciling: Promise<void> = Promise.resolve();
   #memoryTimer: NodeJS.Timeout | undefined;
+  #pruneTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
   /** start() has finished: every listener bound, the rules installed, the first reconcile done, the CNI socket open. */
   #started = false;
@@ -159,8 +165,12 @@ export class Agent {
   /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
     checkUpstreamSource(config);
-    const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent' });
+    const ownOutput = deps.log === undefined ? new StdoutDestination() : undefined;
+    const log = deps.log ?? createLogger({ level: config.logLevel, name: 'ambit-agent', destination: ownOutput });
     const registry = createRegistry();
+    // The logger is made before the registry (and, by `ambit agent`, before the agent): its drops are counted here.
+    const logDrops = ownOutput ?? deps.logDrops;
+    if (logDrops) registerLogMetrics(registry, logDrops);
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
@@ -236,6 +246,7 @@ export class Agent {
       log,
       connections: agent.#connections,
       policies,
+      earlyData: new EarlyDataBudget(registry),
       upstream: new UpstreamConnector({ source: config.upstreamSource, nodeIp, registry }),
       originalDestination:
         deps.originalDestination ??
@@ -273,6 +284,7 @@ export class Agent {
     }
     agent.#startMemoryRelease();
     agent.#startRulesResync();
+    agent.#startSeriesPrune();
     agent.#started = true;
     const facts = { node: config.nodeName, nodeIp, ports: config.ports, rules: rules ? rules.backend : 'unmanaged', cniSocket: agent.#cniServer?.path ?? null };
     if (agent.#fullyReconciled) log.info(facts, AGENT_STARTED_LOG.ready);
@@ -308,6 +320,7 @@ export class Agent {
     this.#closed = true;
     clearInterval(this.#memoryTimer);
     clearInterval(this.#resyncTimer);
+    clearInterval(this.#pruneTimer);
     await this.#cniServer?.close();
     await this.#source.close();
     await this.#caFolder.close();
@@ -321,6 +334,15 @@ export class Agent {
     const removeRules = options.removeRules ?? this.config.removeRulesOnExit;
     if (this.#rules && removeRules && !this.#uninstalled) await this.#rules.remove();
     this.#log.info({ rulesRemoved: Boolean(this.#rules && removeRules) }, 'agent stopped');
+  }
+
+  /** The metrics of workloads that left the cluster go, after SERIES_RETENTION_MS (telemetry.prune). */
+  #startSeriesPrune(): void {
+    this.#pruneTimer = setInterval(() => {
+      const workloads = new Set(this.store.workloads().map((w) => `${w.namespace}/${w.workloadName}`));
+      this.#telemetry.prune((namespace, workload) => workloads.has(`${namespace}/${workload}`));
+    }, SERIES_PRUNE_INTERVAL_MS);
+    this.#pruneTimer.unref();
   }
 
   /**
@@ -489,6 +511,7 @@ export class Agent {
     const identities = new Set(local.map((w) => w.identity));
     this.#sniTable.clear();
     for (const identity of identities) this.#sniTable.set(sniForIdentity(identity), identity);
+    this.#hboneServer.retainIdentities(identities);
     for (const identity of this.#certs.identities()) if (!identities.has(identity)) this.#certs.forget(identity);
     // Rules first: capture (or release) is what a relabel or a CNI ADD waits for, and a new key can take a good
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.

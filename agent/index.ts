@@ -1,4 +1,4 @@
-import { createLogger } from '../core/log.js';
+import { createLogger, StdoutDestination } from '../core/log.js';
 import { Agent } from './agent.js';
 import { AGENT_USAGE, loadAgentConfig } from './config.js';
 import { removeRedirectRules } from './redirect-rules.js';
@@ -20,13 +20,14 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const config = command.config;
-  const log = createLogger({ level: config.logLevel, name: 'ambit-agent' });
+  const logOutput = new StdoutDestination();
+  const log = createLogger({ level: config.logLevel, name: 'ambit-agent', destination: logOutput });
   if (command.cleanup) {
     await removeRedirectRules({ backend: config.iptablesBackend, log });
     log.info('removed Ambit redirect rules and ipsets');
     return 0;
   }
-  const agent = await Agent.start(config, { log });
+  const agent = await Agent.start(config, { log, logDrops: logOutput });
   await new Promise<void>((resolve) => {
     const stop = (signal: NodeJS.Signals) => {
       log.info({ signal }, 'shutting down');
@@ -38,5 +39,6 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
     process.on('SIGINT', stop);
   });
   await agent.close();
+  logOutput.finish();
   return 0;
 }

@@ -6,6 +6,7 @@ import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
 import type { ConnectionRecord } from './telemetry.js';
 import type { AgentConfig } from './config.js';
 import type { ConnectionRegistry } from './connections.js';
+import type { EarlyDataBudget } from './inbound.js';
 import type { UpstreamConnector } from './proxy.js';
 import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
@@ -33,6 +34,8 @@ export interface ProxyInputs {
   connections: ConnectionRegistry<Revalidation>;
   /** How the agent dials its pods: from the client's address or the node's, as `--upstream-source` says. */
   upstream: UpstreamConnector;
+  /** The bytes held for HBONE streams not answered yet, against the agent's cap. */
+  earlyData: EarlyDataBudget;
   /** AuthorizationPolicy and PeerAuthentication, decided at the destination. */
   policies: PolicyStore;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */

@@ -3,6 +3,7 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Gauge, type Registry } from 'prom-client';
 import { AmbitError, isAmbitError, errnoCode } from '../core/errors.js';
+import { HBONE_EARLY_DATA_STREAM_BYTES } from '../core/hbone/index.js';
 import { transparentSocket } from '../core/sockopt.js';
 import type { UpstreamSource } from './config.js';
 
@@ -31,9 +32,11 @@ function abortedAbnormally(stream: Duplex): boolean {
  * Moves bytes both ways until both directions are done. `pipe` gives backpressure (a slow reader pauses the
  * writer, nothing is buffered without bound) and half-close (one side's end becomes the other side's FIN or
  * END_STREAM while the other direction keeps flowing). An error or abort on either side aborts the other, so a reset
- * travels end to end. Resolves with the first error, if any, once both sides are closed. With `held`, nothing
+ * travels end to end; so does a side that closes before both its directions ended (a bare `destroy()`). Resolves
+ * with the first error, if any, once both sides are closed. With `held`, nothing
  * moves from `b` to `a` (no byte, no end) until it resolves, and nothing ever if it rejects: `b` is a stream whose
- * answer is still to come, and a refusal must reach `a` as a reset, not as an end.
+ * answer is still to come, and a refusal must reach `a` as a reset, not as an end. Meanwhile at most
+ * HBONE_EARLY_DATA_STREAM_BYTES go from `a` to `b`: what the destination holds for a stream it has not answered.
  */
 export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Error | undefined> {
   return new Promise((resolve) => {
@@ -41,6 +44,11 @@ export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Erro
     let open = 2;
     const onClose = (self: Duplex, other: Duplex) => () => {
       if (abortedAbnormally(self) && !firstError) firstError = new Error('stream reset by peer');
+      // A bare destroy() (Agent.close(), a registry's grace timeout) closes a side with no error and no end: what
+      // it had still to read or write is lost, so the other side must not wait for it, nor take it for an end.
+      if (!firstError && !(self.readableEnded && self.writableFinished)) {
+        firstError = new AmbitError('STREAM_CLOSED_EARLY', 'one side of the connection closed before its data was read and written to the end');
+      }
       if (firstError) abortStream(other);
       if (--open === 0) resolve(firstError);
     };
@@ -52,7 +60,7 @@ export function splice(a: Duplex, b: Duplex, held?: Promise<void>): Promise<Erro
     b.on('error', onError(a));
     a.once('close', onClose(a, b));
     b.once('close', onClose(b, a));
-    pump(a, b);
+    pump(a, b, held);
     if (held === undefined) pump(b, a);
     else held.then(() => pump(b, a), () => undefined);
   });
@@ -77,15 +85,40 @@ const COALESCE_MIN_CHUNK = 4 * 1024;
  * DATA frame, and one syscall per frame would cost more than the copy it carries. A small chunk (a request, a
  * response) is written at once, so coalescing never adds latency to request/response traffic.
  */
-function pump(src: Duplex, dst: Duplex): void {
+function pump(src: Duplex, dst: Duplex, answer?: Promise<void>): void {
   const coalesce = dst instanceof net.Socket;
+  // Bytes that may still go before `answer` (the destination holds them, and refuses a stream that sends more);
+  // undefined once it came. The rest of a chunk past it waits in `src`, which pauses until then.
+  let early: number | undefined;
+  let awaitingAnswer = false;
+  if (answer !== undefined) {
+    early = HBONE_EARLY_DATA_STREAM_BYTES;
+    answer.then(
+      () => {
+        early = undefined;
+        if (awaitingAnswer) src.resume();
+      },
+      () => undefined,
+    );
+  }
   let corked = false;
   const uncork = () => {
     corked = false;
     dst.uncork();
   };
   const resume = () => src.resume();
-  src.on('data', (chunk: Buffer) => {
+  src.on('data', (data: Buffer) => {
+    let chunk = data;
+    if (early !== undefined) {
+      if (chunk.length > early) {
+        awaitingAnswer = true;
+        src.pause();
+        src.unshift(chunk.subarray(early));
+        chunk = chunk.subarray(0, early);
+      }
+      early -= chunk.length;
+      if (chunk.length === 0) return;
+    }
     if (coalesce && !corked && chunk.length >= COALESCE_MIN_CHUNK) {
       corked = true;
       dst.cork();

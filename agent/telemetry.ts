@@ -70,7 +70,17 @@ interface Series {
   received: number;
   /** Opened minus closed since the last scrape. */
   active: number;
+  /** Opened minus closed, ever: a series with an open connection is never pruned. */
+  open: number;
+  /** Since when a workload of this series has been gone (and nothing was open), for `prune`. */
+  goneSince: number | undefined;
 }
+
+/**
+ * How long the series of a workload that is gone stay: long past any scrape interval, so their last counts are read
+ * before they go, and short enough that a node's churn of pods does not pile up series.
+ */
+export const SERIES_RETENTION_MS = 5 * 60_000;
 
 /** Everything labelsOf reads, joined: equal keys give equal label sets. */
 function seriesKey(r: ConnectionRecord): string {
@@ -118,6 +128,7 @@ export class AgentTelemetry {
     const series = this.#series(record);
     series.opened++;
     series.active++;
+    series.open++;
   }
 
   /** An opened connection ended: bytes, closed count, and its access-log line. */
@@ -127,6 +138,7 @@ export class AgentTelemetry {
     series.sent += outcome.sent;
     series.received += outcome.received;
     series.active--;
+    series.open--;
     this.#access(record, outcome);
   }
 
@@ -136,10 +148,38 @@ export class AgentTelemetry {
     let series = this.#seriesCache.get(key);
     if (!series) {
       const direction = record.reporter === 'source' ? 'outbound' : 'inbound';
-      series = { labels: labelsOf(record), direction, opened: 0, closed: 0, sent: 0, received: 0, active: 0 };
+      series = { labels: labelsOf(record), direction, opened: 0, closed: 0, sent: 0, received: 0, active: 0, open: 0, goneSince: undefined };
       this.#seriesCache.set(key, series);
     }
     return series;
+  }
+
+  /** How many label sets the agent keeps counts for. */
+  get seriesCount(): number {
+    return this.#seriesCache.size;
+  }
+
+  /**
+   * Drops the series (cached counts and exported metrics) of workloads that are gone: once `exists` has said no for
+   * SERIES_RETENTION_MS, with no connection of the series open all that time. Workloads are named as the labels
+   * name them (namespace, workload name); a side the mesh does not know (`unknown`) keeps nothing alive or dead.
+   */
+  prune(exists: (namespace: string, workload: string) => boolean, now = Date.now()): void {
+    const known = (namespace: string, workload: string) => namespace === UNKNOWN || workload === UNKNOWN || exists(namespace, workload);
+    for (const [key, series] of this.#seriesCache) {
+      const { labels } = series;
+      const alive = series.open > 0 || (known(labels.source_workload_namespace, labels.source_workload) && known(labels.destination_workload_namespace, labels.destination_workload));
+      if (alive) {
+        series.goneSince = undefined;
+        continue;
+      }
+      series.goneSince ??= now;
+      if (now - series.goneSince < SERIES_RETENTION_MS) continue;
+      this.#seriesCache.delete(key);
+      // The connections it counted are closed: what they still owe the gauge is paid before the series goes.
+      if (series.active !== 0) this.#active.inc({ direction: series.direction }, series.active);
+      for (const metric of [this.#opened, this.#closed, this.#sentBytes, this.#receivedBytes]) metric.remove(labels);
+    }
   }
 
   /** Hands the counts gathered since the last scrape to prom-client (each metric's collect calls this; the first does the work). */

@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
+import { Counter, type Registry } from 'prom-client';
 
 export type { Logger };
 
@@ -7,7 +8,8 @@ export type { Logger };
  * redacted wherever they appear, so a careless `log.info({ cert })` cannot leak them.
  */
 export function createLogger(options: { level?: LevelWithSilent; name?: string; destination?: DestinationStream } = {}): Logger {
-  return pino(
+  const destination = options.destination ?? new StdoutDestination();
+  const log = pino(
     {
       name: options.name ?? 'ambit',
       level: options.level ?? 'info',
@@ -17,8 +19,10 @@ export function createLogger(options: { level?: LevelWithSilent; name?: string; 
         censor: '[redacted]',
       },
     },
-    options.destination ?? bufferedStdout(),
+    destination,
   );
+  if (destination instanceof StdoutDestination) destination.reportDropsTo(log);
+  return log;
 }
 
 /**
@@ -71,35 +75,137 @@ export class LineBatcher {
 }
 
 /**
+ * How many bytes of log lines may wait for stdout. A log collector that stalls must not grow the agent's heap with
+ * every access line: past this the lines are dropped, counted (`droppedLines`, ambit_log_dropped_lines_total) and,
+ * once stdout has caught up, reported in one log line. Several seconds of a busy agent's lines: a collector that
+ * is merely slow loses nothing.
+ */
+export const LOG_BUFFER_LIMIT_BYTES = 8 * 1024 * 1024;
+
+/** How long, at the end of the process, stdout gets to take the lines still waiting for it. */
+export const LOG_EXIT_FLUSH_MS = 2_000;
+
+/** A log destination that may have to drop lines, and says how many it dropped so far. */
+export interface LogDrops {
+  readonly droppedLines: number;
+}
+
+function countLines(data: string): number {
+  let count = 0;
+  for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) count++;
+  return count;
+}
+
+/**
  * Stdout, written in batches (one write per connection's access line would cost a syscall, a thread-pool hand-off
  * and a wake-up of whoever reads the pipe), flushed at least every LOG_FLUSH_INTERVAL_MS and at exit, so nothing is
- * lost.
+ * lost while stdout keeps up. Writes never wait: sonic-boom writes from the thread pool, and holds at most
+ * LOG_BUFFER_LIMIT_BYTES (it drops a whole batch that would go past it).
  */
-function bufferedStdout(): DestinationStream {
-  // Hooked before pino's own exit hooks (registered when the destination is made), so that the lines still in the
-  // batcher reach the destination before pino ends it (beforeExit) or flushes it for the last time (exit).
-  const handOver = () => {
-    try {
-      batcher.flush();
-    } catch {
-      // The destination is gone (stdout closed, or ended at beforeExit): there is nowhere left to write.
-    }
-  };
-  process.once('beforeExit', handOver);
-  process.once('exit', () => {
-    clearInterval(timer);
-    handOver();
-    try {
-      destination.flushSync();
-    } catch {
-      // As above.
-    }
+export class StdoutDestination implements DestinationStream, LogDrops {
+  readonly #batcher: LineBatcher;
+  #dropped = 0;
+  /** Lines dropped since the last report, and when the first of them was. */
+  #unreported = 0;
+  #droppingSince = 0;
+  #report: Logger | undefined;
+  /** Set when the process ends: stdout is waited for until then, no longer. */
+  #giveUpAt: number | undefined;
+
+  constructor() {
+    // Hooked before pino's own exit hooks (registered when the destination is made), so that the lines still in the
+    // batcher reach the destination before pino ends it (beforeExit) or flushes it for the last time (exit).
+    const handOver = () => {
+      try {
+        batcher.flush();
+      } catch {
+        // The destination is gone (stdout closed, or ended at beforeExit): there is nowhere left to write.
+      }
+    };
+    process.once('beforeExit', handOver);
+    process.once('exit', () => {
+      this.finish();
+      clearInterval(timer);
+      handOver();
+      try {
+        destination.flushSync();
+      } catch {
+        // Stdout does not take the rest (it stalls, or it is closed). Destroyed, pino does not try again either.
+        destination.destroy();
+      }
+    });
+    const destination = pino.destination({
+      sync: false,
+      minLength: 0,
+      maxWrite: 64 * 1024,
+      maxLength: LOG_BUFFER_LIMIT_BYTES,
+      // A stalled stdout is retried every 100 ms (and its retries keep the process alive) until the process ends.
+      retryEAGAIN: () => this.#giveUpAt === undefined || Date.now() < this.#giveUpAt,
+    });
+    destination.on('error', (err: Error) => {
+      // A write given up at the end (above) is no failure; any other is as loud as it was without this listener.
+      if (this.#giveUpAt === undefined) throw err;
+    });
+    destination.on('drop', (data: string) => {
+      if (this.#unreported === 0) this.#droppingSince = Date.now();
+      const lines = countLines(data);
+      this.#dropped += lines;
+      this.#unreported += lines;
+    });
+    // Everything that waited has been written: stdout keeps up again.
+    destination.on('drain', () => {
+      if (this.#unreported > 0) this.#reportDrops();
+    });
+    const batcher = new LineBatcher(destination);
+    this.#batcher = batcher;
+    const timer = setInterval(handOver, LOG_FLUSH_INTERVAL_MS);
+    timer.unref();
+  }
+
+  write(line: string): boolean {
+    return this.#batcher.write(line);
+  }
+
+  get droppedLines(): number {
+    return this.#dropped;
+  }
+
+  /**
+   * The process is ending: stdout gets LOG_EXIT_FLUSH_MS more to take what waits, then it is given up. Without this a
+   * stalled stdout would keep the process alive (sonic-boom's retries are timers) or block its exit (the last flush).
+   */
+  finish(): void {
+    this.#giveUpAt ??= Date.now() + LOG_EXIT_FLUSH_MS;
+  }
+
+  /** The logger that says, once stdout has caught up, how many lines were dropped (createLogger sets it). */
+  reportDropsTo(log: Logger): void {
+    this.#report = log;
+  }
+
+  #reportDrops(): void {
+    const droppedLines = this.#unreported;
+    this.#unreported = 0;
+    this.#report?.warn(
+      { component: 'log', droppedLines, droppedSince: new Date(this.#droppingSince).toISOString() },
+      `stdout did not keep up: ${droppedLines} log lines were dropped (ambit_log_dropped_lines_total counts them all)`,
+    );
+  }
+}
+
+/** Counts, on `registry`, the lines `destination` dropped: ambit_log_dropped_lines_total. */
+export function registerLogMetrics(registry: Registry, destination: LogDrops): void {
+  let counted = 0;
+  new Counter({
+    name: 'ambit_log_dropped_lines_total',
+    help: `Log lines dropped because stdout did not take them (more than ${LOG_BUFFER_LIMIT_BYTES} bytes were waiting)`,
+    registers: [registry],
+    collect() {
+      const dropped = destination.droppedLines;
+      this.inc(dropped - counted);
+      counted = dropped;
+    },
   });
-  const destination = pino.destination({ sync: false, minLength: 0, maxWrite: 64 * 1024 });
-  const batcher = new LineBatcher(destination);
-  const timer = setInterval(handOver, LOG_FLUSH_INTERVAL_MS);
-  timer.unref();
-  return batcher;
 }
 
 /** A logger that drops everything: for unit tests and library callers that pass none. */

@@ -1,5 +1,8 @@
-/** The log destination: lines batched in order, and none lost when the process ends, however it ends. */
-import { execFile } from 'node:child_process';
+/**
+ * The log destination: lines batched in order, none lost when the process ends, however it ends, and a stdout that
+ * stalls does not keep the process from ending.
+ */
+import { execFile, spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
@@ -59,3 +62,37 @@ for (const { name, ending, code, late } of ENDINGS) {
     t.same(numbers, expected);
   });
 }
+
+/**
+ * Runs a script that logs far more than stdout takes, with stdout a pipe nobody reads, then ends as `ending` says;
+ * resolves with its exit code, or 'hung' if it was still running `limitMs` later (then it is killed). The agent's
+ * SIGTERM, which ends the process by letting its event loop run empty: log-stall.test.
+ */
+function stallAndEnd(ending: string, limitMs: number): Promise<number | 'hung'> {
+  // process.stdout is touched as in the agent (a library does): Node then makes the descriptor non-blocking.
+  const script = `
+    const { createLogger } = await import(${JSON.stringify(LOG_MODULE)});
+    const log = createLogger({ name: 'test' });
+    void process.stdout;
+    const filler = 'x'.repeat(4000);
+    for (let i = 0; i < 5000; i++) log.info({ filler }, 'line');
+    await new Promise((r) => setTimeout(r, 300));
+    ${ending}
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  child.stdout.pause();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve('hung');
+    }, limitMs);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve(code ?? 'hung');
+    });
+  });
+}
+
+t.test('a stalled stdout does not keep process.exit() from ending the process', async (t) => {
+  t.equal(await stallAndEnd('process.exit(3);', 5000), 3, 'it ends, with its exit code, within 5 s');
+});

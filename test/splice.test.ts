@@ -1,8 +1,12 @@
-/** The agent's splice on real loopback sockets: bulk chunks coalesced into one writev, half-close, abort. */
+/**
+ * The agent's splice on real loopback sockets: bulk chunks coalesced into one writev, half-close, abort, a bare
+ * destroy; and Agent.close(), which destroys the sockets it accepted, settling the connections it carries.
+ */
 import net from 'node:net';
 import { PassThrough } from 'node:stream';
 import t from 'tap';
 import { splice } from '../agent/proxy.js';
+import { pod, startLoopbackMesh } from './mesh/loopback.js';
 
 /** A connected pair of loopback sockets, both half-open capable; closed at teardown. */
 async function socketPair(): Promise<[net.Socket, net.Socket]> {
@@ -65,7 +69,9 @@ t.test('a small chunk is written at once, not held for coalescing', async (t) =>
   t.equal(out.writableLength, 0, 'nothing waits in the socket buffer after the write');
   const first = await new Promise<Buffer>((resolve) => peer.once('data', resolve));
   t.equal(first.toString(), 'GET / HTTP/1.1\r\n\r\n');
+  const gone = howItEnds(peer);
   src.destroy();
+  t.equal(await gone, 'ECONNRESET', 'a source destroyed before its end resets the socket');
 });
 
 t.test('half-close: one side ends, the other direction keeps flowing', async (t) => {
@@ -90,4 +96,68 @@ t.test('an abort on one side resets the other', async (t) => {
   a1.resetAndDestroy();
   t.equal(await reset, 'ECONNRESET', 'the far side sees a reset, not a clean end');
   t.type(await done, Error, 'the splice reports the error');
+});
+
+/** Resolves with `promise`, or rejects naming `what` if it has not settled within `ms`: a bound on a hang, not a wait. */
+function settlesWithin<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: not settled within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves with how a socket's peer saw it go: 'end' (FIN) or the error code (a reset). */
+function howItEnds(socket: net.Socket): Promise<string> {
+  return new Promise((resolve) => {
+    socket.on('data', () => undefined);
+    socket.once('end', () => resolve('end'));
+    socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+  });
+}
+
+t.test('a bare destroy() of one side (a close without an end) aborts the other, and the splice settles', async (t) => {
+  const [a1, a2] = await socketPair();
+  const [b1, b2] = await socketPair();
+  const done = splice(a2, b1);
+  a1.write('in flight');
+  await new Promise((resolve) => b2.once('data', resolve));
+  const far = howItEnds(b2);
+  // What Agent.close() does to the sockets it accepted: no error, no end, just gone.
+  a2.destroy();
+  t.equal(await settlesWithin(far, 3000, 'the far side is told'), 'ECONNRESET', 'the far side sees a reset: its stream did not end, it was cut');
+  const error = await settlesWithin(done, 3000, 'the splice');
+  t.match(error, { code: 'STREAM_CLOSED_EARLY' }, 'and reports why');
+});
+
+t.test('a side that closes after both its directions ended leaves the other to finish cleanly', async (t) => {
+  const [a1, a2] = await socketPair();
+  const [b1, b2] = await socketPair();
+  const done = splice(a2, b1);
+  const atA = collect(a1);
+  const atB = collect(b2);
+  a1.end('request');
+  t.equal((await atB).toString(), 'request');
+  b2.end('response');
+  t.equal((await atA).toString(), 'response');
+  a1.destroy();
+  t.equal(await settlesWithin(done, 3000, 'the splice'), undefined, 'a close after a complete exchange is no error');
+});
+
+t.test('Agent.close() settles the connections it carries: each is reported closed, and the pod side is cut', async (t) => {
+  const mesh = await startLoopbackMesh();
+  t.teardown(() => mesh.close());
+  const socket = await mesh.connect('a', { host: pod('l').ip, port: mesh.appPort });
+  const client = howItEnds(socket);
+  socket.write('held open');
+  await new Promise((resolve) => socket.once('data', resolve));
+  await mesh.agents.node1.close();
+  await client;
+  // Both records of the same-node connection (source and destination) are written when its splice settles.
+  const records = await Promise.all(
+    ['outbound', 'inbound'].map((direction) =>
+      mesh.logs.node1.waitFor((r) => r.msg === 'access' && r.path === 'local' && r.direction === direction),
+    ),
+  );
+  for (const record of records) t.match(record, { outcome: 'error', bytes_received: 9, bytes_sent: 9 }, `the ${String(record.direction)} record says it was cut`);
 });

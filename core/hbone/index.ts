@@ -30,6 +30,7 @@ export {
   parseAuthority,
   parseForwardedFor,
   POLICY_HEADER,
+  HBONE_EARLY_DATA_STREAM_BYTES,
   REASON_HEADER,
   type Authority,
   type BaggageFields,

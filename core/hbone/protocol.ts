@@ -5,6 +5,12 @@ import { randomBytes } from 'node:crypto';
 export const REASON_HEADER = 'ambit-reason';
 /** On a refusal by policy: which policy and rule decided (`ns/name`, `ns/name rule 2`, or `default`). */
 export const POLICY_HEADER = 'ambit-policy';
+/**
+ * How many bytes of a client's first data may travel on a CONNECT stream before its 200: the source sends no more,
+ * and the destination, which holds them while it authorizes and connects, refuses a stream that sends more. Enough
+ * for a request (or a TLS ClientHello); a larger upload waits one round trip for the answer.
+ */
+export const HBONE_EARLY_DATA_STREAM_BYTES = 64 * 1024;
 
 /** The request headers Istio's HBONE carries besides `:authority`. */
 export interface HboneHeaders {

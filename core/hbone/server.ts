@@ -100,7 +100,12 @@ export class HboneServer {
   readonly #options: HboneServerOptions;
   readonly #log: Logger;
   readonly #server: http2.Http2SecureServer;
+  /**
+   * The identity each SNI name resolved to, between the handshake and its session, which keeps its own (below): the
+   * owner prunes it (`retainIdentities`) as workloads leave, or it would grow with every identity the node ever had.
+   */
   readonly #identityBySni = new Map<string, string>();
+  readonly #localIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
   /** Each open session and the number of streams it carries. */
   readonly #sessions = new Map<http2.ServerHttp2Session, { streams: number }>();
   /** Every accepted connection, also those still in (or stuck in) the TLS handshake: close() ends them all. */
@@ -181,6 +186,16 @@ export class HboneServer {
     });
   }
 
+  /** Forgets the SNI names of identities not in `identities` (workloads gone from the node); open sessions keep theirs. */
+  retainIdentities(identities: ReadonlySet<string>): void {
+    for (const [servername, identity] of this.#identityBySni) if (!identities.has(identity)) this.#identityBySni.delete(servername);
+  }
+
+  /** How many SNI names the server remembers. */
+  get sniNames(): number {
+    return this.#identityBySni.size;
+  }
+
   address(): net.AddressInfo {
     return this.#server.address() as net.AddressInfo;
   }
@@ -215,6 +230,8 @@ export class HboneServer {
   #onSession(session: http2.ServerHttp2Session): void {
     const state = { streams: 0 };
     this.#sessions.set(session, state);
+    const servername = (session.socket as TLSSocket | undefined)?.servername;
+    this.#localIdentities.set(session, servername ? this.#identityBySni.get(servername) : undefined);
     session.once('close', () => this.#sessions.delete(session));
     session.on('error', (err) => this.#log.debug({ err }, 'HBONE session error'));
     session.setLocalWindowSize(HBONE_CONNECTION_WINDOW);
@@ -265,8 +282,7 @@ export class HboneServer {
       return;
     }
     const peerIdentity = socket ? this.#peerIdentity(stream.session as http2.ServerHttp2Session, socket) : undefined;
-    const servername = socket?.servername;
-    const localIdentity = servername ? this.#identityBySni.get(servername) : undefined;
+    const localIdentity = this.#localIdentities.get(stream.session as http2.ServerHttp2Session);
     if (!peerIdentity || !localIdentity) {
       this.#refused('no_peer_identity', remoteAddress, 'the client certificate carries no SPIFFE ID');
       refuseStream(stream, 401, 'no_peer_identity');

@@ -1,12 +1,15 @@
 import type { Testbed, TestbedPod } from '../testbed/index.js';
 
-/** Polls until `predicate` holds; resolves with the time it took, or rejects naming `what` after `timeoutMs`. */
-export async function within(timeoutMs: number, what: string, predicate: () => boolean | Promise<boolean>): Promise<number> {
+/**
+ * Polls until `predicate` holds, every `intervalMs` (longer for a probe that costs its target CPU); resolves with the
+ * time it took, or rejects naming `what` after `timeoutMs`.
+ */
+export async function within(timeoutMs: number, what: string, predicate: () => boolean | Promise<boolean>, intervalMs = 25): Promise<number> {
   const started = Date.now();
   for (;;) {
     if (await predicate()) return Date.now() - started;
     if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
 

@@ -153,7 +153,8 @@ function wireLinkCommands(node: TestbedNode): string[] {
   ];
 }
 
-function onPath(file: string): boolean {
+/** Whether an executable named `file` is on PATH: tests that need a tool skip, naming it, when it is not. */
+export function onPath(file: string): boolean {
   return (process.env['PATH'] ?? '').split(delimiter).some((dir) => dir !== '' && existsSync(join(dir, file)));
 }
 
