@@ -92,7 +92,10 @@ export class Agent {
   readonly #rules: RedirectRules | undefined;
   readonly #sniTable = new Map<string, string>();
   readonly #cniHandler: CniHandler | undefined;
-  readonly #connections = new ConnectionRegistry<Revalidation>();
+  readonly #connections = new ConnectionRegistry<Revalidation>({
+    isDenied: (answer) => answer.kind === 'gone' || answer.decision.decision === 'DENY',
+    onRevoked: (answers) => this.#reportRevoked(answers),
+  });
   readonly policies: PolicyStore;
   readonly #telemetry: AgentTelemetry;
   /** The local enrolled IPs as of the last reconcile: the ones that drop out lose their carried connections. */
@@ -475,9 +478,14 @@ export class Agent {
    * logged and counted with its policy; and those whose pod is gone (another pod has its address).
    */
   #revalidate(): void {
-    if (this.#closed || this.#connections.size === 0) return;
-    const revoked = this.#connections.revalidate((answer) => answer.kind === 'gone' || answer.decision.decision === 'DENY');
-    for (const answer of revoked) {
+    // Also with no connection tracked: the revalidation counts, for those still connecting (ConnectionRegistry.track).
+    if (this.#closed) return;
+    this.#connections.revalidate();
+  }
+
+  /** Each connection a revalidation closed, logged and counted with the policy that closed it. */
+  #reportRevoked(answers: readonly Revalidation[]): void {
+    for (const answer of answers) {
       const { record } = answer;
       if (answer.kind === 'gone') {
         this.#log.info({ path: record.path, src: record.source, dst: record.destination, reason: 'workload_gone', detail: answer.message }, 'open connection closed: its pod is gone');

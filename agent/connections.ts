@@ -12,6 +12,13 @@ interface Tracked<T> {
   readonly reauthorize: Reauthorize<T> | undefined;
 }
 
+export interface ConnectionRegistryOptions<T> {
+  /** Judges an answer of `Reauthorize`: true closes the connection. */
+  isDenied: (answer: T) => boolean;
+  /** Told of the answers that closed connections, to log and count them. */
+  onRevoked: (answers: T[]) => void;
+}
+
 /**
  * The connections the agent carries, by the pod IPs at their ends, so that a pod leaving the mesh (a relabel, an
  * opt-out) loses the connections the mesh was carrying for it, and a policy change reaches open connections too.
@@ -19,9 +26,28 @@ interface Tracked<T> {
 export class ConnectionRegistry<T = unknown> {
   readonly #byIp = new Map<string, Set<Tracked<T>>>();
   readonly #all = new Set<Tracked<T>>();
+  readonly #options: ConnectionRegistryOptions<T>;
+  /** Counts the revalidations and closes: a connection decided at an older count missed one while it connected. */
+  #epoch = 0;
 
-  /** Registers a carried connection under its end IPs; returns the function that forgets it (on close). */
-  track(ips: readonly string[], ends: readonly Duplex[], reauthorize?: Reauthorize<T>): () => void {
+  constructor(options: ConnectionRegistryOptions<T>) {
+    this.#options = options;
+  }
+
+  /**
+   * Where the registry is now, for a connection to note when it is decided: passed back to `track`, it tells whether
+   * a revalidation or a close ran while the connection was still connecting to its upstream, and so missed it.
+   */
+  get epoch(): number {
+    return this.#epoch;
+  }
+
+  /**
+   * Registers a carried connection under its end IPs; returns the function that forgets it (on close). When it was
+   * decided (`decidedAt`, an `epoch`) before a revalidation or a close that it was not yet there for, it is asked
+   * again at once: a DENY or a pod that left the mesh while it connected must not leave it open until the next change.
+   */
+  track(ips: readonly string[], ends: readonly Duplex[], reauthorize?: Reauthorize<T>, decidedAt?: number): () => void {
     const tracked: Tracked<T> = { ends, reauthorize };
     const unique = [...new Set(ips.filter((ip) => ip !== ''))];
     this.#all.add(tracked);
@@ -29,6 +55,15 @@ export class ConnectionRegistry<T = unknown> {
       let set = this.#byIp.get(ip);
       if (set === undefined) this.#byIp.set(ip, (set = new Set()));
       set.add(tracked);
+    }
+    if (reauthorize !== undefined && decidedAt !== undefined && decidedAt !== this.#epoch) {
+      const answer = reauthorize();
+      // No answer: an end is no longer an enrolled pod of this node, which the reconcile's closeFor would have closed.
+      if (answer === undefined) this.#closeCleanly(tracked);
+      else if (this.#options.isDenied(answer)) {
+        for (const end of ends) abortStream(end);
+        this.#options.onRevoked([answer]);
+      }
     }
     return () => {
       this.#all.delete(tracked);
@@ -55,29 +90,35 @@ export class ConnectionRegistry<T = unknown> {
    * Returns how many connections it closed.
    */
   closeFor(ips: Iterable<string>): number {
+    this.#epoch++;
     const closing = new Set<Tracked<T>>();
     for (const ip of ips) for (const tracked of this.#byIp.get(ip) ?? []) closing.add(tracked);
-    for (const { ends } of closing) {
-      for (const end of ends) if (!end.destroyed) end.end();
-      setTimeout(() => {
-        for (const end of ends) if (!end.destroyed) end.destroy();
-      }, CLOSE_GRACE_MS).unref();
-    }
+    for (const tracked of closing) this.#closeCleanly(tracked);
     return closing.size;
   }
 
+  #closeCleanly({ ends }: Tracked<T>): void {
+    for (const end of ends) if (!end.destroyed) end.end();
+    setTimeout(() => {
+      for (const end of ends) if (!end.destroyed) end.destroy();
+    }, CLOSE_GRACE_MS).unref();
+  }
+
   /**
-   * Asks every open connection whether it is still allowed; `isDenied` judges the answer. A connection that is not
-   * is reset at both ends at once (access revoked: no grace for bytes in flight). Returns the answers that closed one.
+   * Asks every open connection whether it is still allowed, judged by `isDenied`. A connection that is not is reset
+   * at both ends at once (access revoked: no grace for bytes in flight); `onRevoked` hears of those. Returns the
+   * answers that closed one.
    */
-  revalidate(isDenied: (answer: T) => boolean): T[] {
+  revalidate(): T[] {
+    this.#epoch++;
     const revoked: T[] = [];
     for (const tracked of this.#all) {
       const answer = tracked.reauthorize?.();
-      if (answer === undefined || !isDenied(answer)) continue;
+      if (answer === undefined || !this.#options.isDenied(answer)) continue;
       revoked.push(answer);
       for (const end of tracked.ends) abortStream(end);
     }
+    if (revoked.length > 0) this.#options.onRevoked(revoked);
     return revoked;
   }
 }

@@ -232,6 +232,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     target: decision.target,
   });
   const verdict = authorize(inputs, factsFor(decision.destination, verifiedClient));
+  const decidedAt = inputs.connections.epoch;
   if (verdict.decision === 'DENY') {
     telemetry.refused('hbone', verdict.reason, record, refusalMessage(verdict), { policy: verdict.policy, rule: verdict.rule });
     refuseStream(stream, 403, verdict.reason, describePolicy(verdict));
@@ -261,7 +262,7 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
       const { chunks, ended } = early.take();
       for (const chunk of chunks) upstream.write(chunk);
       if (ended) upstream.end();
-      carry(inputs, { records: [record], downstream: stream, upstream, counted: upstream, countedIsClient: false, reauthorize });
+      carry(inputs, { records: [record], downstream: stream, upstream, counted: upstream, countedIsClient: false, reauthorize, decidedAt });
     },
     (err: unknown) => {
       early.drop();
@@ -325,6 +326,8 @@ export interface Carried {
   countedIsClient: boolean;
   /** Asks again (on a policy or workload change); the answer may close the connection. */
   reauthorize?: () => Reauthorization | undefined;
+  /** `inputs.connections.epoch` when the connection was decided: a change while it connected is caught up on. */
+  decidedAt?: number;
   /**
    * Set when bytes start moving before the destination has answered (an HBONE stream opened without waiting): the
    * connection counts as opened only when this resolves. When it rejects, `refused` reports why; the upstream is
@@ -339,7 +342,7 @@ export interface Carried {
  * A connection that was refused before it was established is reported only by `refused`.
  */
 export function carry(inputs: ProxyInputs, carried: Carried): void {
-  const { records, downstream, upstream, counted, countedIsClient, reauthorize } = carried;
+  const { records, downstream, upstream, counted, countedIsClient, reauthorize, decidedAt } = carried;
   let state: 'pending' | 'open' | 'done' = 'pending';
   let untrack = () => {};
   const open = () => {
@@ -355,6 +358,7 @@ export function carry(inputs: ProxyInputs, carried: Carried): void {
             const answer = reauthorize();
             return answer && { ...answer, record: records[records.length - 1]! };
           },
+      decidedAt,
     );
   };
   const spliced = splice(downstream, upstream, carried.established);
@@ -395,8 +399,10 @@ export function connectAndCarry(
   reauthorize?: () => Reauthorization | undefined,
 ): void {
   const delivered = records.some((record) => record.reporter === 'destination');
+  // Called in the turn its connection was decided.
+  const decidedAt = inputs.connections.epoch;
   inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(
-    (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize }),
+    (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
       abortStream(socket);

@@ -2,7 +2,10 @@
  * Deciding an open connection again (agent/inbound.ts `reauthorizer`) against the real store and policy store: on
  * the workloads as the store has them at that moment, not as they were when the connection opened.
  */
+import { PassThrough } from 'node:stream';
 import t from 'tap';
+import { authorize, refusalMessage } from '../agent/authorize.js';
+import { ConnectionRegistry } from '../agent/connections.js';
 import { reauthorizer } from '../agent/inbound.js';
 import type { ProxyInputs } from '../agent/inputs.js';
 import { convertObject, type WorkloadStore } from '../core/discovery/index.js';
@@ -87,4 +90,45 @@ t.test('an end that left the mesh is left to the reconcile, which closes it clea
   t.equal(again(), undefined, 'opted out');
   apply(store, [], ['server']);
   t.equal(again(), undefined, 'deleted');
+});
+
+t.test('before the first full sync every connection is refused, whatever the policies that did load say', async (t) => {
+  const store = storeWith(
+    [
+      { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'ambit.dev/mode': 'enabled' } } },
+      pod('server', 'uid-server', '10.1.2.1', { app: 'server' }),
+    ],
+    'node2',
+    { synced: false },
+  );
+  const inputs = { store, policies: new PolicyStore(), config: { nodeName: 'node2' } } as unknown as ProxyInputs;
+  const facts: ConnectionFacts = { sourceIp: '10.1.2.5', sourceIdentity: CLIENT, plaintext: false, destination: store.workloadByIp('10.1.2.1')!, target: { host: '10.1.2.1', port: 8080 } };
+  const refused = authorize(inputs, facts);
+  t.match(refused, { decision: 'DENY', reason: 'not_synced', policy: 'default' }, 'no policy loaded, and still refused: one may be in a file not read yet');
+  t.match(refusalMessage(refused), /first full sync/, 'the refusal says why');
+  store.markSynced();
+  t.match(authorize(inputs, facts), { decision: 'ALLOW', reason: 'no_policy' }, 'after the sync the policies decide');
+});
+
+t.test('a connection decided before a revalidation it missed while connecting is asked again when it is tracked', async (t) => {
+  const revoked: string[] = [];
+  const registry = new ConnectionRegistry<string>({ isDenied: (answer) => answer === 'deny', onRevoked: (answers) => revoked.push(...answers) });
+  let answer: string | undefined = 'allow';
+  const decidedAt = registry.epoch;
+  registry.revalidate();
+  answer = 'deny';
+  const ends = [new PassThrough(), new PassThrough()];
+  registry.track(['10.1.2.1'], ends, () => answer, decidedAt);
+  t.ok(ends.every((end) => end.destroyed), 'both ends are aborted at once');
+  t.same(revoked, ['deny'], 'and the revocation is reported');
+
+  const current = [new PassThrough(), new PassThrough()];
+  registry.track(['10.1.2.1'], current, () => answer, registry.epoch);
+  t.notOk(current.some((end) => end.destroyed), 'decided since the last revalidation: not asked again');
+
+  const leftEnds = [new PassThrough(), new PassThrough()];
+  const beforeClose = registry.epoch;
+  registry.closeFor(['10.9.9.9']);
+  registry.track(['10.1.2.1'], leftEnds, () => undefined, beforeClose);
+  t.ok(leftEnds.every((end) => end.writableEnded), 'an end that left the mesh while it connected: both ends are ended cleanly');
 });
