@@ -4,6 +4,7 @@ import {
   CNI_PROTOCOL_VERSION,
   CniProtocolError,
   ENROLLMENT_FILE_NAME,
+  isInterfaceName,
   type CniPod,
   type CniRequest,
   type CniResponse,
@@ -193,7 +194,8 @@ export class CniHandler {
       // Fail closed: the agent captures IPv4 only, and an enrolled pod must not talk IPv6 outside the mesh.
       throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} has IPv6 addresses (${v6.join(', ')}); Ambit captures IPv4 only, so it cannot be enrolled`);
     }
-    store.applyPodNetworks([{ op: 'upsert', network: { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips } }]);
+    const network = { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips, ...(pod.hostInterfaces ? { hostInterfaces: pod.hostInterfaces } : {}) };
+    store.applyPodNetworks([{ op: 'upsert', network }]);
     await this.#persistNetworks();
     await this.#options.reconcileNow();
     const captured = new Set(store.localEnrolledIps(4));
@@ -201,7 +203,10 @@ export class CniHandler {
     if (missing.length > 0) {
       throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name}: ${missing.join(', ')} not in the enrolled pod set after reconcile (another pod holds the IP?)`);
     }
-    log.info({ pod: `${pod.namespace}/${pod.name}`, ips, containerId: pod.containerId, reason: decision.reason }, 'CNI ADD: pod enrolled, rules in place');
+    log.info(
+      { pod: `${pod.namespace}/${pod.name}`, ips, hostInterfaces: pod.hostInterfaces, containerId: pod.containerId, reason: decision.reason },
+      'CNI ADD: pod enrolled, rules in place',
+    );
     return this.#ok({ enrolled: true, reason: decision.reason });
   }
 
@@ -294,6 +299,7 @@ function isPodNetwork(value: unknown): value is PodNetwork {
     typeof v.name === 'string' &&
     typeof v.containerId === 'string' &&
     Array.isArray(v.ips) &&
-    v.ips.every((ip) => typeof ip === 'string' && canonicalIp(ip) === ip)
+    v.ips.every((ip) => typeof ip === 'string' && canonicalIp(ip) === ip) &&
+    (v.hostInterfaces === undefined || (Array.isArray(v.hostInterfaces) && v.hostInterfaces.every((n) => typeof n === 'string' && isInterfaceName(n))))
   );
 }
