@@ -22,7 +22,7 @@ import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
-import { IPV4, RedirectRules } from './redirect-rules.js';
+import { IPV4, RedirectRules, type PodInterfaces } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
 /**
@@ -314,7 +314,7 @@ export class Agent {
         .then(async () => {
           if (this.#closed || this.#uninstalled) return;
           await rules.install();
-          await rules.syncPods(this.#localEnrolledIps(), { force: true });
+          await rules.syncPods(this.#localEnrolledIps(), { force: true, interfaces: this.#podInterfaces() });
         })
         .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
     }, this.config.rulesResyncSeconds * 1000);
@@ -465,7 +465,7 @@ export class Agent {
     // part of a second. A connection that arrives before its pod's certificate waits for it, it does not fail.
     const enrolled = new Set(this.#localEnrolledIps());
     // IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry IPv6 yet): both go to the rules.
-    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods([...enrolled]);
+    if (this.#rules && !this.#uninstalled) await this.#rules.syncPods([...enrolled], { interfaces: this.#podInterfaces() });
     if (!this.#uninstalled) await this.#cniHandler?.writeEnrollmentSnapshot();
     // Pods that left the mesh (relabelled, opted out, deleted): the mesh stops carrying their connections.
     const left = [...this.#enrolledIps].filter((ip) => !enrolled.has(ip));
@@ -481,6 +481,11 @@ export class Agent {
 
   #localEnrolledIps(): string[] {
     return [...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)];
+  }
+
+  /** The host interfaces CNI ADD reported for each pod address: the rules bind the enrolled ones to them. */
+  #podInterfaces(): PodInterfaces[] {
+    return this.store.podNetworks().flatMap((network) => (network.hostInterfaces === undefined ? [] : network.ips.map((ip) => ({ ip, hostInterfaces: network.hostInterfaces! }))));
   }
 
   #registerCertMetrics(caFolder: LocalCaFolder): void {
