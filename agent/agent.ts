@@ -22,7 +22,7 @@ import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
-import { IPV4, RedirectRules, type PodInterfaces } from './redirect-rules.js';
+import { addressFamily, RedirectRules, type PodInterfaces } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
 /**
@@ -141,7 +141,7 @@ export class Agent {
             stateDir,
             reconcileNow: () => this.#reconcileNow(),
             ruleInPlace: async (ip) => {
-              const result = await runCommand(['ipset', 'test', IPV4.setName, ip]).then(
+              const result = await runCommand(['ipset', 'test', addressFamily(ip).setName, ip]).then(
                 () => true,
                 () => false,
               );

@@ -123,6 +123,11 @@ export const IPV6: AddressFamily = {
 
 const FAMILIES: readonly AddressFamily[] = [IPV4, IPV6];
 
+/** The family whose set an address belongs in (IPv6 for an IPv6 address, else IPv4). */
+export function addressFamily(address: string): AddressFamily {
+  return IPV6.isAddress(address) ? IPV6 : IPV4;
+}
+
 /** One ipset Ambit owns. */
 export interface IpsetSpec {
   readonly name: string;

@@ -223,7 +223,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     runDir: dir,
     stateDir: dir,
     reconcileNow: async () => {
-      applied.push([...store.localEnrolledIps(4)]);
+      applied.push([...store.localEnrolledIps(4), ...store.localEnrolledIps(6)]);
       await handler.writeEnrollmentSnapshot();
     },
     ruleInPlace: async (ip) => applied.at(-1)?.includes(ip) ?? false,
@@ -257,9 +257,14 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'mesh', ['10.244.1.7']) }), { code: 'not-ready', message: /has not seen pod mesh\/late yet/ });
   t.ok(Date.now() - started >= 180, 'waited for the pod object before giving up');
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('other', 'mesh', ['10.244.1.8']) }), { code: 'not-ready', message: /scheduled on node2/ });
-  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['fd00::5']) }), { code: 'not-ready', message: /IPv4 only/ });
+  const dualStack = { ...pod('web', 'mesh', ['10.244.1.5', 'fd00::5']), hostInterfaces: ['cni0', 'veth1'] };
+  t.match(await handler.handle({ version: 1, op: 'add', pod: dualStack }), { ok: true, enrolled: true }, 'a dual-stack pod is enrolled (its IPv6 is refused by the rules)');
+  t.same(applied.at(-1), ['10.244.1.5', 'fd00::5'], 'answered after the reconcile that put both addresses in their sets');
 
-  t.same(await handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  t.same(await handler.handle({ version: 1, op: 'check', pod: dualStack }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  applied.push(['10.244.1.5']);
+  await t.rejects(handler.handle({ version: 1, op: 'check', pod: dualStack }), { code: 'rules-missing', message: /fd00::5 is not in the enrolled pod sets/ }, 'CHECK tests the IPv6 address too');
+  applied.push(['10.244.1.5', 'fd00::5']);
   applied.push([]);
   await t.rejects(handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { code: 'rules-missing' }, 'CHECK asks the kernel state, not memory');
 
