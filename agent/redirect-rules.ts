@@ -754,8 +754,10 @@ async function removeBridgeRedirect(options: CommandOptions): Promise<number> {
 /**
  * Ambit's traffic capture in the node's network namespace: the `ambit-pods-v4` ipset of enrolled local pods, the
  * nat chain that DNATs their TCP to the agent, the mark, route and bridge redirect that bring the pods' replies
- * back to the agent's transparent connections, and the `ambit-pods-v6` ipset with the chains that refuse the pods'
- * IPv6 TCP. Operations are serialized, so a pod sync racing a reinstall cannot interleave their batches.
+ * back to the agent's transparent connections, the `ambit-pods-v6` ipset with the chains that refuse the pods'
+ * IPv6 TCP, and the source binding (raw chain, its two ipsets, the bridge table's sets) that drops TCP from a pod
+ * address arriving through another interface than its own. Operations are serialized, so a pod sync racing a
+ * reinstall cannot interleave their batches.
  */
 export class RedirectRules {
   readonly #nodeIp: string;
@@ -788,8 +790,8 @@ export class RedirectRules {
   }
 
   /**
-   * Creates the ipset, the nat and mangle chains with their jumps, the fwmark rule and its route table, and the
-   * bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
+   * Creates the ipsets, the raw, nat and mangle chains with their jumps, the fwmark rule and its route table, and
+   * the bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
    */
   install(): Promise<void> {
     return this.#serialize(async () => {
