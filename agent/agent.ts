@@ -22,7 +22,7 @@ import { EarlyDataBudget, handleHboneConnect, handlePlaintextInbound } from './i
 import type { ProxyInputs, Revalidation } from './inputs.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
-import { IPV4, RedirectRules } from './redirect-rules.js';
+import { addressFamily, RedirectRules, type PodInterfaces } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
 
 /**
@@ -153,7 +153,7 @@ export class Agent {
             stateDir,
             reconcileNow: () => this.#reconcileNow(),
             ruleInPlace: async (ip) => {
-              const result = await runCommand(['ipset', 'test', IPV4.setName, ip]).then(
+              const result = await runCommand(['ipset', 'test', addressFamily(ip).setName, ip]).then(
                 () => true,
                 () => false,
               );
@@ -553,11 +553,16 @@ export class Agent {
    * IPv6 yet); only additions until the store's first full sync (see #reconcile).
    */
   #syncCaptureSet(rules: RedirectRules, options: { force?: boolean } = {}): Promise<boolean> {
-    return rules.syncPods(this.#localEnrolledIps(), { ...options, addOnly: !this.store.synced });
+    return rules.syncPods(this.#localEnrolledIps(), { ...options, addOnly: !this.store.synced, interfaces: this.#podInterfaces() });
   }
 
   #localEnrolledIps(): string[] {
     return [...this.store.localEnrolledIps(4), ...this.store.localEnrolledIps(6)];
+  }
+
+  /** The host interfaces CNI ADD reported for each pod address: the rules bind the enrolled ones to them. */
+  #podInterfaces(): PodInterfaces[] {
+    return this.store.podNetworks().flatMap((network) => (network.hostInterfaces === undefined ? [] : network.ips.map((ip) => ({ ip, hostInterfaces: network.hostInterfaces! }))));
   }
 
   #registerCertMetrics(caFolder: LocalCaFolder): void {

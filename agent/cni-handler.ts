@@ -4,6 +4,7 @@ import {
   CNI_PROTOCOL_VERSION,
   CniProtocolError,
   ENROLLMENT_FILE_NAME,
+  isInterfaceName,
   type CniPod,
   type CniRequest,
   type CniResponse,
@@ -98,7 +99,7 @@ export interface CniHandlerOptions {
   stateDir: string;
   /** Runs a reconcile after everything queued so far and resolves when the rules match the store. */
   reconcileNow: () => Promise<void>;
-  /** Whether the kernel's enrolled-pod set holds `ip` (CHECK asks the kernel, not the agent's memory). */
+  /** Whether the kernel's enrolled-pod set of `ip`'s family holds it (CHECK asks the kernel, not the agent's memory). */
   ruleInPlace: (ip: string) => Promise<boolean>;
   /** Removes every rule and ipset (`ambit cni uninstall`). */
   uninstall: () => Promise<void>;
@@ -210,20 +211,20 @@ export class CniHandler {
     if (podInfo.node !== undefined && podInfo.node !== this.#options.nodeName) {
       throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} is scheduled on ${podInfo.node}, not on this agent's node ${this.#options.nodeName}`);
     }
-    const v6 = ips.filter((ip) => ip.includes(':'));
-    if (v6.length > 0) {
-      // Fail closed: the agent captures IPv4 only, and an enrolled pod must not talk IPv6 outside the mesh.
-      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} has IPv6 addresses (${v6.join(', ')}); Ambit captures IPv4 only, so it cannot be enrolled`);
-    }
-    store.applyPodNetworks([{ op: 'upsert', network: { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips } }]);
+    const network = { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips, ...(pod.hostInterfaces ? { hostInterfaces: pod.hostInterfaces } : {}) };
+    store.applyPodNetworks([{ op: 'upsert', network }]);
     await this.#persistNetworks();
     await this.#options.reconcileNow();
-    const captured = new Set(store.localEnrolledIps(4));
-    const missing = ips.filter((ip) => !captured.has(ip));
+    // A dual-stack pod is answered only once both sets hold it: IPv4 captured, IPv6 refused (the mesh does not carry it).
+    const inSets = new Set([...store.localEnrolledIps(4), ...store.localEnrolledIps(6)]);
+    const missing = ips.filter((ip) => !inSets.has(ip));
     if (missing.length > 0) {
-      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name}: ${missing.join(', ')} not in the enrolled pod set after reconcile (another pod holds the IP?)`);
+      throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name}: ${missing.join(', ')} not in the enrolled pod sets after reconcile (another pod holds the IP?)`);
     }
-    log.info({ pod: `${pod.namespace}/${pod.name}`, ips, containerId: pod.containerId, reason: decision.reason }, 'CNI ADD: pod enrolled, rules in place');
+    log.info(
+      { pod: `${pod.namespace}/${pod.name}`, ips, hostInterfaces: pod.hostInterfaces, containerId: pod.containerId, reason: decision.reason },
+      'CNI ADD: pod enrolled, rules in place',
+    );
     return this.#ok({ enrolled: true, reason: decision.reason });
   }
 
@@ -245,7 +246,7 @@ export class CniHandler {
     if (decision.kind === 'not-enrolled') return this.#ok({ enrolled: false, reason: decision.reason });
     const missing: string[] = [];
     for (const ip of canonicalIps(pod)) if (!(await this.#options.ruleInPlace(ip))) missing.push(ip);
-    if (missing.length > 0) throw new CniProtocolError('rules-missing', `pod ${pod.namespace}/${pod.name} is enrolled but ${missing.join(', ')} is not in the enrolled pod set`);
+    if (missing.length > 0) throw new CniProtocolError('rules-missing', `pod ${pod.namespace}/${pod.name} is enrolled but ${missing.join(', ')} is not in the enrolled pod sets`);
     return this.#ok({ enrolled: true, reason: decision.reason });
   }
 
@@ -316,6 +317,7 @@ function isPodNetwork(value: unknown): value is PodNetwork {
     typeof v.name === 'string' &&
     typeof v.containerId === 'string' &&
     Array.isArray(v.ips) &&
-    v.ips.every((ip) => typeof ip === 'string' && canonicalIp(ip) === ip)
+    v.ips.every((ip) => typeof ip === 'string' && canonicalIp(ip) === ip) &&
+    (v.hostInterfaces === undefined || (Array.isArray(v.hostInterfaces) && v.hostInterfaces.every((n) => typeof n === 'string' && isInterfaceName(n))))
   );
 }

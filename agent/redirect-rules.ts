@@ -31,6 +31,27 @@ const IPV6_REJECT_HOOKS = ['INPUT', 'FORWARD'] as const;
 export const AMBIT_BRIDGE_V6_SET = 'pods6';
 
 /*
+ * Source binding. The source agent takes a client's identity from its source address, so an enrolled pod's
+ * address is bound to the interface CNI ADD reported for it (the host end of its veth): a TCP packet from a bound
+ * address that arrives anywhere else is dropped, before it is captured. Two places see the two halves:
+ * - raw PREROUTING, AMBIT_SOURCE_CHECK_CHAIN: a TCP packet whose source is in AMBIT_BOUND_SET and whose (source, in
+ *   interface) pair is not in AMBIT_PORTS_SET is dropped. A routed pod (ptp, Calico) is bound to its veth; a bridge
+ *   port's pod to its bridge, since iptables sees bridged packets arrive on the bridge. That also drops a bound
+ *   address arriving from the wire.
+ * - the bridge table's prerouting chain: the same test with the bridge port (`iifname` in the bridge family), from
+ *   AMBIT_BRIDGE_BOUND_SET and AMBIT_BRIDGE_PORTS_SET. ipset's `physdev:` entries cannot do it: iptables' set match
+ *   has no way to ask for the bridge port (measured on kernel 6.18: such entries never match).
+ * Pods whose interface the agent does not know (they joined through the store, not CNI ADD) are in neither set and
+ * are not checked. Packets the node sends (kubelet probes, the agent's own connections) leave through OUTPUT and
+ * are not seen here.
+ */
+/** Ambit's raw chain, jumped to first from raw PREROUTING: it drops TCP from a bound address on another interface. */
+export const AMBIT_SOURCE_CHECK_CHAIN = 'AMBIT-SOURCE-CHECK';
+/** The nft sets of the bridge table: bound addresses, and (address . bridge port) pairs they may come from. */
+export const AMBIT_BRIDGE_BOUND_SET = 'bound4';
+export const AMBIT_BRIDGE_PORTS_SET = 'ports4';
+
+/*
  * Transparent source. The destination agent connects to a pod from the client's address (an IP_TRANSPARENT socket
  * bound to it), so the pod's replies are addressed to an IP that is not the node's. Three pieces bring them back:
  * - mangle AMBIT_MANGLE_CHAIN marks TCP from an enrolled pod that belongs to a transparent socket (`-m socket
@@ -101,6 +122,75 @@ export const IPV6: AddressFamily = {
 };
 
 const FAMILIES: readonly AddressFamily[] = [IPV4, IPV6];
+
+/** The family whose set an address belongs in (IPv6 for an IPv6 address, else IPv4). */
+export function addressFamily(address: string): AddressFamily {
+  return IPV6.isAddress(address) ? IPV6 : IPV4;
+}
+
+/** One ipset Ambit owns. */
+export interface IpsetSpec {
+  readonly name: string;
+  readonly type: 'hash:ip' | 'hash:net,iface';
+  readonly family: 'inet' | 'inet6';
+}
+
+function podSet(family: AddressFamily): IpsetSpec {
+  return { name: family.setName, type: 'hash:ip', family: family.ipsetFamily };
+}
+
+/** The enrolled IPv4 addresses bound to an interface (source binding). */
+export const AMBIT_BOUND_SET: IpsetSpec = { name: 'ambit-pods-bound-v4', type: 'hash:ip', family: 'inet' };
+/** `address,interface` pairs: where each bound address may arrive, as raw PREROUTING sees it. */
+export const AMBIT_PORTS_SET: IpsetSpec = { name: 'ambit-pod-ports-v4', type: 'hash:net,iface', family: 'inet' };
+
+/** Every ipset Ambit makes; the rules that use the last two need them to exist first. */
+const ALL_SETS: readonly IpsetSpec[] = [...FAMILIES.map(podSet), AMBIT_BOUND_SET, AMBIT_PORTS_SET];
+
+/** What CNI ADD reported for an enrolled pod address: the interfaces outside the sandbox (see CniPod.hostInterfaces). */
+export interface PodInterfaces {
+  readonly ip: string;
+  readonly hostInterfaces: readonly string[];
+}
+
+/** An address bound to its interface: the host end of its veth, and the bridge that veth is a port of, if any. */
+export interface SourceBinding {
+  readonly ip: string;
+  readonly iface: string;
+  readonly bridge?: string;
+}
+
+/** One link as `ip -j link show` prints it. */
+export interface LinkEntry {
+  ifname?: string;
+  master?: string;
+}
+
+/**
+ * The bindings of `pods` on a node with these links and bridges: the pod's interface is the one reported interface
+ * that exists and is not a bridge. An address with none, or with several, is not bound (and returned apart): its
+ * traffic is not checked, which is what it was before, rather than dropped by a guess.
+ */
+export function resolveSourceBindings(
+  pods: readonly PodInterfaces[],
+  links: readonly LinkEntry[],
+  bridges: readonly string[],
+): { bindings: SourceBinding[]; unresolved: string[] } {
+  const masters = new Map(links.filter((link) => link.ifname !== undefined).map((link) => [link.ifname as string, link.master]));
+  const bindings: SourceBinding[] = [];
+  const unresolved: string[] = [];
+  for (const pod of pods) {
+    const candidates = [...new Set(pod.hostInterfaces)].filter((name) => masters.has(name) && !bridges.includes(name));
+    const iface = candidates.length === 1 ? candidates[0] : undefined;
+    if (iface === undefined) {
+      unresolved.push(pod.ip);
+      continue;
+    }
+    const master = masters.get(iface);
+    bindings.push(master !== undefined && bridges.includes(master) ? { ip: pod.ip, iface, bridge: master } : { ip: pod.ip, iface });
+  }
+  return { bindings: bindings.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0)), unresolved };
+}
 
 export interface NatRulesOptions {
   nodeIp: string;
@@ -190,7 +280,24 @@ export function buildIpv6RejectRemoval(saveOutput: string): string {
   return buildChainRemoval(saveOutput, 'filter', AMBIT_IPV6_REJECT_CHAIN);
 }
 
-type Table = 'nat' | 'mangle' | 'filter';
+/** The drop rule of Ambit's raw chain, exactly as iptables-save prints it back. */
+export function buildSourceCheckChainRules(): string[] {
+  return [
+    `-A ${AMBIT_SOURCE_CHECK_CHAIN} -p tcp -m set --match-set ${AMBIT_BOUND_SET.name} src -m set ! --match-set ${AMBIT_PORTS_SET.name} src,src -j DROP`,
+  ];
+}
+
+/** The batch that brings the raw table to Ambit's source check, jumped to first from PREROUTING, or '' when it is so. */
+export function buildSourceCheckRules(currentTables = ''): string {
+  return buildTableBatch('raw', AMBIT_SOURCE_CHECK_CHAIN, buildSourceCheckChainRules(), currentTables);
+}
+
+/** As buildNatRemoval, for the raw chain of the source check. */
+export function buildSourceCheckRemoval(saveOutput: string): string {
+  return buildChainRemoval(saveOutput, 'raw', AMBIT_SOURCE_CHECK_CHAIN);
+}
+
+type Table = 'nat' | 'mangle' | 'filter' | 'raw';
 
 function buildTableBatch(table: Table, chain: string, wanted: string[], saveOutput: string, hooks: readonly string[] = ['PREROUTING']): string {
   const state = readChain(saveOutput, table, chain);
@@ -327,6 +434,8 @@ function bridgesWithAmbitMac(fdb: readonly FdbEntry[]): string[] {
 }
 
 const BRIDGE_RULE = `meta mark & ${hex(TRANSPARENT_MARK)} == ${hex(TRANSPARENT_MARK)} meta pkttype other ether daddr set ${AMBIT_BRIDGE_MAC} meta pkttype set host`;
+const BRIDGE_SOURCE_CHECK_RULE =
+  `meta l4proto tcp ip saddr @${AMBIT_BRIDGE_BOUND_SET} ip saddr . iifname != @${AMBIT_BRIDGE_PORTS_SET} counter drop`;
 
 /** nft prints rules back in its own words; a digest of the rule as written, in its comment, tells a changed rule apart. */
 function ruleTag(rule: string): string {
@@ -338,30 +447,44 @@ function tagged(rule: string): string {
 }
 
 /**
- * The chains of Ambit's bridge table, both after br_netfilter. `prerouting`: a marked frame (a reply to a
+ * The chains of Ambit's bridge table, both after br_netfilter. `prerouting`: TCP from a bound address that entered
+ * through another port than its own is dropped (source binding); a marked frame (a reply to a
  * transparent socket) that the bridge would switch to another port (`pkttype other`) goes to the bridge's own
  * interface instead. `forward`: the IPv6 TCP of enrolled pods switched between two ports of one bridge is dropped,
  * for nodes where bridged IPv6 does not cross ip6tables (which would have reset it first).
  */
 const BRIDGE_CHAINS: ReadonlyArray<{ name: string; rules: readonly string[] }> = [
-  { name: 'prerouting', rules: [BRIDGE_RULE] },
+  { name: 'prerouting', rules: [BRIDGE_SOURCE_CHECK_RULE, BRIDGE_RULE] },
   {
     name: 'forward',
     rules: [`meta l4proto tcp ip6 saddr @${AMBIT_BRIDGE_V6_SET} drop`, `meta l4proto tcp ip6 daddr @${AMBIT_BRIDGE_V6_SET} drop`],
   },
 ];
 
-/** The rule of Ambit's bridge prerouting chain, with its tag. */
+/** The transparent-reply rule of Ambit's bridge prerouting chain, with its tag. */
 export function buildBridgeRule(): string {
   return tagged(BRIDGE_RULE);
 }
 
+/** The sets of Ambit's bridge table, with their types as `nft -j` prints them. */
+const BRIDGE_SETS: ReadonlyArray<{ name: string; type: string; json: string | string[] }> = [
+  { name: AMBIT_BRIDGE_V6_SET, type: 'ipv6_addr', json: 'ipv6_addr' },
+  { name: AMBIT_BRIDGE_BOUND_SET, type: 'ipv4_addr', json: 'ipv4_addr' },
+  { name: AMBIT_BRIDGE_PORTS_SET, type: 'ipv4_addr . ifname', json: ['ipv4_addr', 'ifname'] },
+];
+
+/** What the bridge table's sets hold: the enrolled pods' IPv6 addresses and the source bindings. */
+export interface BridgeSetMembers {
+  readonly ipv6Pods?: readonly string[];
+  readonly bindings?: readonly SourceBinding[];
+}
+
 /**
- * The `nft -f` batch that (re)creates Ambit's bridge table in one transaction, with `ipv6Pods` in its set, or ''
- * when `currentRuleset` (`nft -j list ruleset bridge`) shows it in place: the set, and each chain at its hook and
- * priority with exactly Ambit's rules. The set's members are syncPods' business.
+ * The `nft -f` batch that (re)creates Ambit's bridge table in one transaction, with `members` in its sets, or ''
+ * when `currentRuleset` (`nft -j list ruleset bridge`) shows it in place: the sets, and each chain at its hook and
+ * priority with exactly Ambit's rules. The sets' members are syncPods' business.
  */
-export function buildBridgeTable(currentRuleset: string, ipv6Pods: readonly string[] = []): string {
+export function buildBridgeTable(currentRuleset: string, members: BridgeSetMembers = {}): string {
   if (bridgeTableIsCurrent(currentRuleset)) return '';
   const table = `bridge ${AMBIT_BRIDGE_TABLE}`;
   return [
@@ -369,8 +492,8 @@ export function buildBridgeTable(currentRuleset: string, ipv6Pods: readonly stri
     `add table ${table}`,
     `delete table ${table}`,
     `add table ${table}`,
-    `add set ${table} ${AMBIT_BRIDGE_V6_SET} { type ipv6_addr; }`,
-    ...bridgeSetElements(ipv6Pods),
+    ...BRIDGE_SETS.map(({ name, type }) => `add set ${table} ${name} { type ${type}; }`),
+    ...bridgeSetElements(members),
     ...BRIDGE_CHAINS.flatMap(({ name, rules }) => [
       `add chain ${table} ${name} { type filter hook ${name} priority ${AMBIT_BRIDGE_CHAIN_PRIORITY}; policy accept; }`,
       ...rules.map((rule) => `add rule ${table} ${name} ${tagged(rule)}`),
@@ -380,22 +503,31 @@ export function buildBridgeTable(currentRuleset: string, ipv6Pods: readonly stri
 }
 
 /**
- * The `nft -f` batch that makes the bridge table's IPv6 set hold exactly `ipv6Pods`, in one transaction. It declares
- * the table and set first, so that it applies even after someone deleted them (install() then restores the chains).
+ * The `nft -f` batch that makes the bridge table's sets hold exactly `members`, in one transaction. It declares the
+ * table and sets first, so that it applies even after someone deleted them (install() then restores the chains).
  */
-export function buildBridgeV6SetSync(ipv6Pods: readonly string[]): string {
+export function buildBridgeSetSync(members: BridgeSetMembers): string {
   const table = `bridge ${AMBIT_BRIDGE_TABLE}`;
   return [
     `add table ${table}`,
-    `add set ${table} ${AMBIT_BRIDGE_V6_SET} { type ipv6_addr; }`,
-    `flush set ${table} ${AMBIT_BRIDGE_V6_SET}`,
-    ...bridgeSetElements(ipv6Pods),
+    ...BRIDGE_SETS.flatMap(({ name, type }) => [`add set ${table} ${name} { type ${type}; }`, `flush set ${table} ${name}`]),
+    ...bridgeSetElements(members),
     '',
   ].join('\n');
 }
 
-function bridgeSetElements(ipv6Pods: readonly string[]): string[] {
-  return ipv6Pods.length === 0 ? [] : [`add element bridge ${AMBIT_BRIDGE_TABLE} ${AMBIT_BRIDGE_V6_SET} { ${ipv6Pods.join(', ')} }`];
+function bridgeSetElements(members: BridgeSetMembers): string[] {
+  const bindings = members.bindings ?? [];
+  const bridged = bindings.filter((binding) => binding.bridge !== undefined);
+  const elements: Array<[string, string[]]> = [
+    [AMBIT_BRIDGE_V6_SET, [...(members.ipv6Pods ?? [])]],
+    // every bound address, routed ones included: one of them arriving on a bridge port is not from its own veth
+    [AMBIT_BRIDGE_BOUND_SET, bindings.map((binding) => binding.ip)],
+    [AMBIT_BRIDGE_PORTS_SET, bridged.map((binding) => `${binding.ip} . "${binding.iface}"`)],
+  ];
+  return elements
+    .filter(([, values]) => values.length > 0)
+    .map(([set, values]) => `add element bridge ${AMBIT_BRIDGE_TABLE} ${set} { ${values.join(', ')} }`);
 }
 
 /** The `nft -f` batch that deletes Ambit's bridge table, or '' when `currentRuleset` has none. */
@@ -405,9 +537,9 @@ export function buildBridgeTableRemoval(currentRuleset: string): string {
 
 interface NftTableState {
   exists: boolean;
-  chains: Array<{ name?: string; type?: string; hook?: string; prio?: number }>;
+  chains: Array<{ name?: string; type?: string | string[]; hook?: string; prio?: number }>;
   rules: Array<{ chain?: string; comment?: string }>;
-  sets: Array<{ name?: string; type?: string }>;
+  sets: Array<{ name?: string; type?: string | string[] }>;
 }
 
 function readNftTable(rulesetJson: string): NftTableState {
@@ -434,7 +566,7 @@ interface NftObject {
   table?: string;
   name?: string;
   chain?: string;
-  type?: string;
+  type?: string | string[];
   hook?: string;
   prio?: number;
   comment?: string;
@@ -453,7 +585,9 @@ function bridgeTableIsCurrent(rulesetJson: string): boolean {
       const tags = state.rules.filter((rule) => rule.chain === name).map((rule) => rule.comment ?? '');
       return chain?.type === 'filter' && chain.hook === name && chain.prio === AMBIT_BRIDGE_CHAIN_PRIORITY && sameLines(tags, rules.map(ruleTag));
     });
-  const setCurrent = state.sets.length === 1 && state.sets[0]?.name === AMBIT_BRIDGE_V6_SET && state.sets[0].type === 'ipv6_addr';
+  const setCurrent =
+    state.sets.length === BRIDGE_SETS.length &&
+    BRIDGE_SETS.every(({ name, json }) => JSON.stringify(state.sets.find((set) => set.name === name)?.type) === JSON.stringify(json));
   return state.exists && chainsCurrent && setCurrent && state.rules.length === BRIDGE_CHAINS.flatMap((chain) => chain.rules).length;
 }
 
@@ -463,14 +597,28 @@ function bridgeTableIsCurrent(rulesetJson: string): boolean {
  * most a stale temporary set, which the next sync flushes and removal destroys.
  */
 export function buildIpsetSync(addresses: readonly string[], family: AddressFamily = IPV4): string {
-  const set = family.setName;
-  const temporary = temporarySetName(family);
+  return buildSetSwap(podSet(family), addresses);
+}
+
+/**
+ * As buildIpsetSync, for the two sets of the source binding: the bound addresses, then each one's interface as raw
+ * PREROUTING sees it (its bridge for a bridge port). The pairs go first, so an address is never bound without them.
+ */
+export function buildSourceBindingSync(bindings: readonly SourceBinding[]): string {
+  return (
+    buildSetSwap(AMBIT_PORTS_SET, bindings.map((binding) => `${binding.ip},${binding.bridge ?? binding.iface}`)) +
+    buildSetSwap(AMBIT_BOUND_SET, bindings.map((binding) => binding.ip))
+  );
+}
+
+function buildSetSwap(spec: IpsetSpec, members: readonly string[]): string {
+  const temporary = temporarySetName(spec);
   return [
-    createSetLine(set, family),
-    createSetLine(temporary, family),
+    createSetLine({ ...spec, name: spec.name }),
+    createSetLine({ ...spec, name: temporary }),
     `flush ${temporary}`,
-    ...addresses.map((address) => `add ${temporary} ${address}`),
-    `swap ${temporary} ${set}`,
+    ...members.map((member) => `add ${temporary} ${member}`),
+    `swap ${temporary} ${spec.name}`,
     `destroy ${temporary}`,
     '',
   ].join('\n');
@@ -498,7 +646,7 @@ export function detectIptablesBackend(options: { netns?: string; log?: Logger } 
 }
 
 /**
- * Removes everything Ambit installs, whichever pieces exist, so it also cleans up after a crash: the nat and mangle
+ * Removes everything Ambit installs, whichever pieces exist, so it also cleans up after a crash: the raw, nat and mangle
  * chains with their jumps (in every backend that has them), the fwmark rule and route table, the bridge fdb entries
  * and nft table, and the ipsets. Used by `ambit agent --cleanup` and by RedirectRules.remove().
  */
@@ -530,7 +678,13 @@ async function detectBackend(log: Logger, netns: string | undefined): Promise<Ip
 async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: string | undefined): Promise<void> {
   const commandOptions: CommandOptions = { netns };
   const backends = choice === 'auto' ? await presentBackends(IPV4) : [choice];
-  const removedFrom = await removeChains(log, IPV4, backends, commandOptions, (dump) => buildMangleRemoval(dump) + buildNatRemoval(dump));
+  const removedFrom = await removeChains(
+    log,
+    IPV4,
+    backends,
+    commandOptions,
+    (dump) => buildSourceCheckRemoval(dump) + buildMangleRemoval(dump) + buildNatRemoval(dump),
+  );
   // A backend without ip6tables cannot have Ambit's IPv6 chain (install() refuses to run without it).
   const ipv6Backends = (await presentBackends(IPV6).catch(() => [])).filter((backend) => backends.includes(backend));
   const removedFrom6 = ipv6Backends.length === 0 ? [] : await removeChains(log, IPV6, ipv6Backends, commandOptions, buildIpv6RejectRemoval);
@@ -541,7 +695,7 @@ async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: st
 
   // last: the rules used the sets, and a set in use cannot be destroyed
   const existingSets = await listSets(commandOptions);
-  const doomedSets = FAMILIES.flatMap((family) => [family.setName, temporarySetName(family)]).filter((set) => existingSets.has(set));
+  const doomedSets = ALL_SETS.flatMap((spec) => [spec.name, temporarySetName(spec)]).filter((set) => existingSets.has(set));
   if (doomedSets.length > 0) {
     const batch = doomedSets.map((set) => `destroy ${set}`).join('\n') + '\n';
     await applyCommand(['ipset', 'restore'], { ...commandOptions, input: batch }, IPSET_DESTROY_HINT);
@@ -600,8 +754,10 @@ async function removeBridgeRedirect(options: CommandOptions): Promise<number> {
 /**
  * Ambit's traffic capture in the node's network namespace: the `ambit-pods-v4` ipset of enrolled local pods, the
  * nat chain that DNATs their TCP to the agent, the mark, route and bridge redirect that bring the pods' replies
- * back to the agent's transparent connections, and the `ambit-pods-v6` ipset with the chains that refuse the pods'
- * IPv6 TCP. Operations are serialized, so a pod sync racing a reinstall cannot interleave their batches.
+ * back to the agent's transparent connections, the `ambit-pods-v6` ipset with the chains that refuse the pods'
+ * IPv6 TCP, and the source binding (raw chain, its two ipsets, the bridge table's sets) that drops TCP from a pod
+ * address arriving through another interface than its own. Operations are serialized, so a pod sync racing a
+ * reinstall cannot interleave their batches.
  */
 export class RedirectRules {
   readonly #nodeIp: string;
@@ -613,6 +769,8 @@ export class RedirectRules {
   #backend: IptablesBackend | undefined;
   /** Sorted members of each live set as last written by this instance; absent when unknown. */
   #appliedPods = new Map<AddressFamily, string[]>();
+  /** The source bindings last written, and the CNI-reported interfaces they were resolved from; absent when unknown. */
+  #appliedBindings: { key: string; bindings: SourceBinding[] } | undefined;
   #previousOperation: Promise<unknown> = Promise.resolve();
 
   constructor(options: RedirectRulesOptions) {
@@ -632,8 +790,8 @@ export class RedirectRules {
   }
 
   /**
-   * Creates the ipset, the nat and mangle chains with their jumps, the fwmark rule and its route table, and the
-   * bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
+   * Creates the ipsets, the raw, nat and mangle chains with their jumps, the fwmark rule and its route table, and
+   * the bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
    */
   install(): Promise<void> {
     return this.#serialize(async () => {
@@ -642,9 +800,9 @@ export class RedirectRules {
       // Without ip6tables the IPv6 of enrolled pods could not be refused: no capture at all rather than half of it.
       if (!(await isOnPath(saveCommand(IPV6, backend)))) throw missingIptables(IPV6);
       const existingSets = await listSets(this.#commandOptions);
-      const createdSets = FAMILIES.filter((family) => !existingSets.has(family.setName));
+      const createdSets = ALL_SETS.filter((spec) => !existingSets.has(spec.name));
       if (createdSets.length > 0) {
-        const input = createdSets.map((family) => createSetLine(family.setName, family) + '\n').join('');
+        const input = createdSets.map((spec) => createSetLine(spec) + '\n').join('');
         await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input }, IPSET_HINT);
       }
       let batch: string;
@@ -658,7 +816,7 @@ export class RedirectRules {
           family: IPV4,
           currentNatTable: tables.stdout,
         };
-        batch = buildNatRules(natOptions) + buildMangleRules({ family: IPV4, currentTables: tables.stdout });
+        batch = buildSourceCheckRules(tables.stdout) + buildNatRules(natOptions) + buildMangleRules({ family: IPV4, currentTables: tables.stdout });
         if (batch !== '') {
           await applyCommand([restoreCommand(IPV4, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
         }
@@ -676,7 +834,7 @@ export class RedirectRules {
       const routing = buildTransparentRouting(ipState);
       if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...this.#commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
       const fdbAdded = await this.#syncBridgeFdb(ipState.bridges);
-      const bridgeTable = buildBridgeTable(await readBridgeRuleset(this.#commandOptions), this.#appliedPods.get(IPV6));
+      const bridgeTable = buildBridgeTable(await readBridgeRuleset(this.#commandOptions), this.#bridgeMembers());
       if (bridgeTable !== '') await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input: bridgeTable }, NFT_HINT);
 
       if (batch === '' && batch6 === '' && routing.length === 0 && fdbAdded === 0 && bridgeTable === '') {
@@ -687,10 +845,12 @@ export class RedirectRules {
       this.#log.info(
         {
           backend,
-          chains: [AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) => batchLines.includes(`:${chain} - [0:0]`)),
+          chains: [AMBIT_SOURCE_CHECK_CHAIN, AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) =>
+            batchLines.includes(`:${chain} - [0:0]`),
+          ),
           jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
           jumpsDeleted: batchLines.filter((line) => line.startsWith('-D ')).length,
-          setsCreated: createdSets.map((family) => family.setName),
+          setsCreated: createdSets.map((spec) => spec.name),
           routing,
           bridgesGivenFdbEntry: fdbAdded,
           bridgeTableWritten: bridgeTable !== '',
@@ -702,15 +862,16 @@ export class RedirectRules {
 
   /**
    * Makes the ipsets hold exactly `ips` (the node's enrolled pods; IPv4 in `ambit-pods-v4`, which is captured, IPv6
-   * in `ambit-pods-v6` and the bridge table's set, which are refused), each in one atomic swap. Returns false,
-   * without running anything, when the sets already hold them as last applied (`force` applies them anyway, to
-   * repair a set someone else changed). `addOnly` removes nothing: each set keeps every member it had (as this
-   * instance last wrote it, else as the kernel holds it: what the agent before a restart left) and gains `ips`; for an
-   * agent whose view of the cluster is not complete yet, which must not release pods it merely has not read. An
-   * address that is not an IP address, or is the node IP, is left out with a warning rather than failing the sync: one
-   * bad pod must not stop the capture of all the others.
+   * in `ambit-pods-v6` and the bridge table's set, which are refused), each in one atomic swap, and binds each
+   * enrolled IPv4 address of `interfaces` (what CNI ADD reported) to its interface (see AMBIT_SOURCE_CHECK_CHAIN).
+   * Returns false, without running anything, when the sets already hold them as last applied (`force` applies them
+   * anyway, to repair a set someone else changed). `addOnly` removes nothing from the pod sets: each keeps every member
+   * it had (as this instance last wrote it, else as the kernel holds it: what the agent before a restart left) and
+   * gains `ips`; for an agent whose view of the cluster is not complete yet, which must not release pods it merely has
+   * not read. An address that is not an IP address, or is the node IP, is left out with a warning rather than failing
+   * the sync: one bad pod must not stop the capture of all the others.
    */
-  syncPods(ips: readonly string[], options: { force?: boolean; addOnly?: boolean } = {}): Promise<boolean> {
+  syncPods(ips: readonly string[], options: { force?: boolean; addOnly?: boolean; interfaces?: readonly PodInterfaces[] } = {}): Promise<boolean> {
     return this.#serialize(async () => {
       const invalid = ips.filter((address) => !FAMILIES.some((family) => family.isAddress(address)));
       if (invalid.length > 0) this.#log.warn({ invalid }, 'left out of the enrolled pod sets: not IP addresses');
@@ -728,11 +889,28 @@ export class RedirectRules {
         const previous = this.#appliedPods.get(family);
         return options.force || previous === undefined || !sameLines(previous, wanted.get(family) ?? []);
       });
-      if (changed.length === 0) return false;
-      const ipsetBatch = changed.map((family) => buildIpsetSync(wanted.get(family) ?? [], family)).join('');
+      const captured = new Set(wanted.get(IPV4));
+      const interfaces = (options.interfaces ?? [])
+        .filter((pod) => captured.has(pod.ip))
+        .map((pod) => ({ ip: pod.ip, hostInterfaces: [...pod.hostInterfaces].sort() }))
+        .sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
+      const interfacesKey = JSON.stringify(interfaces);
+      const rebind = options.force === true || this.#appliedBindings?.key !== interfacesKey;
+      if (changed.length === 0 && !rebind) return false;
+      // links read before the sets are written: a pod's CNI ADD may also have created the bridge it hangs off
+      const ipState = await readIpState(this.#commandOptions);
+      let bindings = this.#appliedBindings?.bindings ?? [];
+      if (rebind) {
+        const resolved = resolveSourceBindings(interfaces, ipState.links, ipState.bridges);
+        if (resolved.unresolved.length > 0) {
+          this.#log.warn({ pods: resolved.unresolved }, 'source address not bound: CNI ADD reported no single host interface of the pod that exists');
+        }
+        bindings = resolved.bindings;
+      }
+      const ipsetBatch = changed.map((family) => buildIpsetSync(wanted.get(family) ?? [], family)).join('') + (rebind ? buildSourceBindingSync(bindings) : '');
       await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: ipsetBatch }, IPSET_HINT);
-      if (changed.includes(IPV6)) {
-        const input = buildBridgeV6SetSync(wanted.get(IPV6) ?? []);
+      if (changed.includes(IPV6) || rebind) {
+        const input = buildBridgeSetSync({ ipv6Pods: wanted.get(IPV6) ?? [], bindings });
         await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input }, NFT_HINT);
       }
       const listed = new Set(ips);
@@ -744,8 +922,14 @@ export class RedirectRules {
         const unlisted = options.addOnly ? { keptUnlisted: pods.filter((address) => !listed.has(address)).length } : {};
         this.#log.info({ set: family.setName, pods: pods.length, ...counts, ...unlisted }, 'enrolled pod set updated');
       }
-      // A pod's CNI ADD may have created the bridge it hangs off; it needs the fdb entry before its first reply.
-      await this.#syncBridgeFdb((await readIpState(this.#commandOptions)).bridges);
+      if (rebind) {
+        const previous = this.#appliedBindings?.bindings;
+        this.#appliedBindings = { key: interfacesKey, bindings };
+        if (previous === undefined || JSON.stringify(previous) !== JSON.stringify(bindings)) {
+          this.#log.info({ set: AMBIT_BOUND_SET.name, bound: bindings.length, bridgePorts: bindings.filter((b) => b.bridge !== undefined).length }, 'pod source addresses bound to their interfaces');
+        }
+      }
+      await this.#syncBridgeFdb(ipState.bridges);
       return true;
     });
   }
@@ -766,6 +950,7 @@ export class RedirectRules {
   remove(): Promise<void> {
     return this.#serialize(async () => {
       this.#appliedPods.clear();
+      this.#appliedBindings = undefined;
       await removeRules(this.#log, this.#backendChoice, this.#commandOptions.netns);
     });
   }
@@ -781,6 +966,11 @@ export class RedirectRules {
     return this.#backend;
   }
 
+  /** What the bridge table's sets hold as last written, for a rewrite of the table to keep. */
+  #bridgeMembers(): BridgeSetMembers {
+    return { ipv6Pods: this.#appliedPods.get(IPV6) ?? [], bindings: this.#appliedBindings?.bindings ?? [] };
+  }
+
   /** Gives every bridge Ambit's fdb entry; returns how many were missing it. */
   async #syncBridgeFdb(bridges: readonly string[]): Promise<number> {
     if (bridges.length === 0) return 0;
@@ -792,8 +982,8 @@ export class RedirectRules {
   }
 
   /** Undo of a first install whose batch failed: the sets would otherwise outlive the rules that use them. */
-  async #destroyCreatedSets(families: readonly AddressFamily[]): Promise<void> {
-    const sets = families.map((family) => family.setName);
+  async #destroyCreatedSets(specs: readonly IpsetSpec[]): Promise<void> {
+    const sets = specs.map((spec) => spec.name);
     try {
       await applyCommand(['ipset', 'restore'], { ...this.#commandOptions, input: sets.map((set) => `destroy ${set}\n`).join('') }, IPSET_DESTROY_HINT);
     } catch (err) {
@@ -804,7 +994,7 @@ export class RedirectRules {
 
 const NET_ADMIN_HINT = 'is the agent running as root with NET_ADMIN?';
 const IPV6_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have ip6tables filter, REJECT, xt_set and xt_conntrack?';
-const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the nat, xt_set and xt_socket modules?';
+const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the raw, nat, xt_set and xt_socket modules?';
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
 const NFT_HINT = 'is the agent running with NET_ADMIN, and does the kernel have nf_tables with the bridge family (CONFIG_NF_TABLES_BRIDGE)?';
@@ -866,12 +1056,12 @@ function diffCounts(previous: readonly string[], next: readonly string[]): { add
   };
 }
 
-function createSetLine(set: string, family: AddressFamily): string {
-  return `create ${set} hash:ip family ${family.ipsetFamily} -exist`;
+function createSetLine(spec: IpsetSpec): string {
+  return `create ${spec.name} ${spec.type} family ${spec.family} -exist`;
 }
 
-function temporarySetName(family: AddressFamily): string {
-  return `${family.setName}-tmp`;
+function temporarySetName(spec: IpsetSpec): string {
+  return `${spec.name}-tmp`;
 }
 
 function saveCommand(family: AddressFamily, backend: IptablesBackend): string {
@@ -915,19 +1105,20 @@ function batchText(lines: readonly string[]): string {
   return lines.join('\n') + '\n';
 }
 
-/** The policy routing of transparent replies and the node's bridges, in one `ip -batch` read. */
-async function readIpState(options: CommandOptions): Promise<TransparentRoutingState & { bridges: string[] }> {
-  const input = batchText(['rule show', `route show table ${TRANSPARENT_ROUTE_TABLE}`, 'link show type bridge']);
+/** The policy routing of transparent replies, the node's bridges and its links, in one `ip -batch` read. */
+async function readIpState(options: CommandOptions): Promise<TransparentRoutingState & { bridges: string[]; links: LinkEntry[] }> {
+  const input = batchText(['rule show', `route show table ${TRANSPARENT_ROUTE_TABLE}`, 'link show type bridge', 'link show']);
   const output = await applyCommand(['ip', '-4', '-j', '-batch', '-'], { ...options, input }, NET_ADMIN_HINT);
   // one JSON array per command, each on its own line
-  const [rules, routes, links] = output.stdout
+  const [rules, routes, bridges, links] = output.stdout
     .split('\n')
     .filter((line) => line.trim() !== '')
     .map((line) => JSON.parse(line) as unknown[]);
   return {
     rules: (rules ?? []) as IpRuleEntry[],
     routes: (routes ?? []) as IpRouteEntry[],
-    bridges: ((links ?? []) as Array<{ ifname?: string }>).map((link) => link.ifname).filter((name): name is string => name !== undefined),
+    bridges: ((bridges ?? []) as LinkEntry[]).map((link) => link.ifname).filter((name): name is string => name !== undefined),
+    links: (links ?? []) as LinkEntry[],
   };
 }
 

@@ -20,6 +20,7 @@ export {
   parseCniCommand,
   parseCniEnvironment,
   parseNetworkConfig,
+  hostInterfacesFromResult,
   podIpsFromResult,
   runCniPlugin,
   type CniCommand,

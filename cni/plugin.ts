@@ -35,6 +35,7 @@ import {
   CNI_PROTOCOL_VERSION,
   DEFAULT_CNI_SOCKET,
   DEFAULT_ENROLLMENT_FILE,
+  isInterfaceName,
   isNamespaceName,
   parseEnrollmentSnapshot,
   type CniPod,
@@ -314,9 +315,11 @@ function compareVersions(a: string, b: string): number {
  */
 export function buildCniPod(command: 'ADD' | 'CHECK' | 'DEL', environment: CniEnvironment, config: PluginConfig): CniPod | undefined {
   let ips: string[] = [];
+  let hostInterfaces: string[] = [];
   if (config.prevResult !== undefined) {
     try {
       ips = podIpsFromResult(config.prevResult);
+      hostInterfaces = hostInterfacesFromResult(config.prevResult);
     } catch (err) {
       if (command !== 'DEL') throw err;
     }
@@ -325,8 +328,22 @@ export function buildCniPod(command: 'ADD' | 'CHECK' | 'DEL', environment: CniEn
   const name = environment.args.get('K8S_POD_NAME');
   if (!namespace || !name) return undefined;
   const containerId = environment.args.get('K8S_POD_INFRA_CONTAINER_ID') || environment.containerId;
-  const pod = { namespace, name, containerId, ips };
+  const pod = { namespace, name, containerId, ips, ...(command === 'ADD' && hostInterfaces.length > 0 ? { hostInterfaces } : {}) };
   return environment.netns === '' ? pod : { ...pod, netns: environment.netns };
+}
+
+/**
+ * The interfaces of a CNI result outside the sandbox: bridge lists the bridge and the host end of the pod's veth,
+ * ptp the host end alone. The agent tells them apart (the veth is the one that is not a bridge) and binds the pod's
+ * addresses to it. Names Linux would not accept are left out, so a bad one cannot reach a batch line.
+ */
+export function hostInterfacesFromResult(result: Readonly<Record<string, unknown>>): string[] {
+  const interfaces = Array.isArray(result.interfaces) ? (result.interfaces as unknown[]) : [];
+  const names = interfaces
+    .filter((entry): entry is Record<string, unknown> => isObject(entry) && (entry.sandbox === undefined || entry.sandbox === ''))
+    .map((entry) => entry.name)
+    .filter((name): name is string => typeof name === 'string' && isInterfaceName(name));
+  return [...new Set(names)];
 }
 
 /**

@@ -72,6 +72,12 @@ t.test('the socket: private, one exchange per connection, bad input refused, a s
     ['bad namespace', '{"version":1,"op":"add","pod":{"namespace":"Bad_NS","name":"p","containerId":"c","ips":["10.0.0.1"]}}\n', 'bad-request', /namespace/],
     ['bad IP', '{"version":1,"op":"add","pod":{"namespace":"a","name":"p","containerId":"c","ips":["10.0.0.999"]}}\n', 'bad-request', /not an IP/],
     ['add without IPs', '{"version":1,"op":"add","pod":{"namespace":"a","name":"p","containerId":"c","ips":[]}}\n', 'bad-request', /no IPs/],
+    [
+      'an interface name no kernel accepts',
+      '{"version":1,"op":"add","pod":{"namespace":"a","name":"p","containerId":"c","ips":["10.0.0.1"],"hostInterfaces":["veth 1"]}}\n',
+      'bad-request',
+      /hostInterfaces/,
+    ],
     ['too long', `${'x'.repeat(20_000)}\n`, 'bad-request', /longer than/],
   ];
   for (const [what, payload, code, message] of cases) {
@@ -217,7 +223,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     runDir: dir,
     stateDir: dir,
     reconcileNow: async () => {
-      applied.push([...store.localEnrolledIps(4)]);
+      applied.push([...store.localEnrolledIps(4), ...store.localEnrolledIps(6)]);
       await handler.writeEnrollmentSnapshot();
     },
     ruleInPlace: async (ip) => applied.at(-1)?.includes(ip) ?? false,
@@ -229,11 +235,11 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     podWaitMs: 200,
   });
   const pod = (name: string, namespace: string, ips: string[], containerId = 'c1') => ({ namespace, name, containerId, ips });
-  const add = await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
+  const add = await handler.handle({ version: 1, op: 'add', pod: { ...pod('web', 'mesh', ['10.244.1.5']), hostInterfaces: ['cni0', 'veth1'] } });
   t.same(add, { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
   t.same(applied.at(-1), ['10.244.1.5'], 'the reconcile that ran before the answer had the pod');
   const persisted = JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] };
-  t.equal(persisted.pods.length, 1, 'the network is recorded for a restart');
+  t.match(persisted.pods, [{ name: 'web', ips: ['10.244.1.5'], hostInterfaces: ['cni0', 'veth1'] }], 'the network and its host interfaces are recorded for a restart');
   t.equal((await stat(join(dir, 'cni-pods.json'))).mode & 0o777, 0o600);
   const snapshot = JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { enrolledNamespaces: string[] };
   t.same(snapshot.enrolledNamespaces, ['mesh'], 'the enrollment file names the enrolled namespaces');
@@ -251,9 +257,14 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'mesh', ['10.244.1.7']) }), { code: 'not-ready', message: /has not seen pod mesh\/late yet/ });
   t.ok(Date.now() - started >= 180, 'waited for the pod object before giving up');
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('other', 'mesh', ['10.244.1.8']) }), { code: 'not-ready', message: /scheduled on node2/ });
-  await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['fd00::5']) }), { code: 'not-ready', message: /IPv4 only/ });
+  const dualStack = { ...pod('web', 'mesh', ['10.244.1.5', 'fd00::5']), hostInterfaces: ['cni0', 'veth1'] };
+  t.match(await handler.handle({ version: 1, op: 'add', pod: dualStack }), { ok: true, enrolled: true }, 'a dual-stack pod is enrolled (its IPv6 is refused by the rules)');
+  t.same(applied.at(-1), ['10.244.1.5', 'fd00::5'], 'answered after the reconcile that put both addresses in their sets');
 
-  t.same(await handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  t.same(await handler.handle({ version: 1, op: 'check', pod: dualStack }), { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
+  applied.push(['10.244.1.5']);
+  await t.rejects(handler.handle({ version: 1, op: 'check', pod: dualStack }), { code: 'rules-missing', message: /fd00::5 is not in the enrolled pod sets/ }, 'CHECK tests the IPv6 address too');
+  applied.push(['10.244.1.5', 'fd00::5']);
   applied.push([]);
   await t.rejects(handler.handle({ version: 1, op: 'check', pod: pod('web', 'mesh', ['10.244.1.5']) }), { code: 'rules-missing' }, 'CHECK asks the kernel state, not memory');
 
@@ -262,6 +273,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler2.restore(), 1);
   t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
+  t.same(store2.podNetwork('mesh', 'web')?.hostInterfaces, ['cni0', 'veth1'], 'and bound to its interface again');
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
   const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');

@@ -23,6 +23,7 @@ import {
   parseCidrAddress,
   parseCniArgs,
   parseNetworkConfig,
+  hostInterfacesFromResult,
   podIpsFromResult,
   runCniPlugin,
   type PluginIo,
@@ -90,6 +91,18 @@ t.test('pod IPs: the sandbox side of bridge and ptp results, canonical, without 
   t.same(podIpsFromResult({ ips: [{ address: '10.1.1.1/24' }, { address: '10.1.1.1/24' }] }), ['10.1.1.1'], 'no interface index: the pod\'s');
   t.same(podIpsFromResult({}), [], 'a result without ips');
   t.same(podIpsFromResult({ interfaces: [{ name: 'eth0', sandbox: '' }], ips: [{ interface: 0, address: '10.1.1.1/24' }] }), [], 'an empty sandbox is the host side');
+});
+
+t.test('host interfaces: those of the result outside the sandbox, names Linux accepts only', async (t) => {
+  t.same(hostInterfacesFromResult(BRIDGE_RESULT), ['cni0', 'veth5e1c2a7b'], 'bridge: the bridge and the host veth (the agent tells them apart)');
+  t.same(hostInterfacesFromResult(PTP_RESULT), ['veth0a1b2c3d']);
+  t.same(hostInterfacesFromResult({ interfaces: [{ name: 'eth0', sandbox: '' }, { name: 'eth0', sandbox: '' }] }), ['eth0'], 'an empty sandbox is the host side, once');
+  t.same(
+    hostInterfacesFromResult({ interfaces: [{ name: 'a b' }, { name: 'x'.repeat(16) }, { name: '..' }, { name: 7 }, { name: 'veth/1' }] }),
+    [],
+    'a name no kernel would accept never reaches the agent',
+  );
+  t.same(hostInterfacesFromResult({}), []);
 });
 
 t.test('pod IPs: a malformed result is refused naming the field', async (t) => {
@@ -226,7 +239,14 @@ t.test('runCniPlugin: the request the agent gets', async (t) => {
       request: {
         version: CNI_PROTOCOL_VERSION,
         op: 'add',
-        pod: { namespace: 'demo', name: 'web-1', containerId: 'abc123def456', ips: ['10.244.2.7', 'fd00:10:244:2::7'], netns: '/var/run/netns/cni-1234' },
+        pod: {
+          namespace: 'demo',
+          name: 'web-1',
+          containerId: 'abc123def456',
+          ips: ['10.244.2.7', 'fd00:10:244:2::7'],
+          hostInterfaces: ['veth0a1b2c3d'],
+          netns: '/var/run/netns/cni-1234',
+        },
       },
     },
   ]);
@@ -479,7 +499,11 @@ t.test('ADD of an enrolled pod: the agent gets the pod, the result passes throug
   const run = await node(n.env(), n.config({ cniVersion: '1.1.0' }));
   expectPassthrough(t, run, BRIDGE_RESULT, '1.1.0');
   t.same(agent.requests, [
-    { version: 1, op: 'add', pod: { namespace: 'demo', name: 'web-1', containerId: 'abc123def456', netns: '/var/run/netns/cni-1234', ips: ['10.244.1.5'] } },
+    {
+      version: 1,
+      op: 'add',
+      pod: { namespace: 'demo', name: 'web-1', containerId: 'abc123def456', netns: '/var/run/netns/cni-1234', ips: ['10.244.1.5'], hostInterfaces: ['cni0', 'veth5e1c2a7b'] },
+    },
   ]);
 });
 

@@ -6,7 +6,8 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t from 'tap';
-import { HTTP_PORT, MeshCluster } from './mesh/cluster.js';
+import { buildCniSea } from '../cni/index.js';
+import { CLI_PATH, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
 import { Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
@@ -32,6 +33,8 @@ socket.on('error', (err) => console.log(err.code));
 `;
 
 t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the mesh keep theirs', { skip: unavailable }, async (t) => {
+  // built before the agents start: injecting the executable holds this process's event loop for seconds
+  const plugin = (await buildCniSea()).outFile;
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], ipv6: true });
   t.teardown(() => tb.destroy());
   const client = await tb.addPod('node1', 'client');
@@ -92,6 +95,23 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
   t.test('IPv4 is still carried by the mesh, from the client\'s address', async (t) => {
     t.match(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)), { pod: 'server', client: client.ip }, 'transparent');
     t.match(await cluster.metrics(node2), 'ambit_upstream_source{mode="transparent"} 1', 'the default mode, exported');
+  });
+
+  t.test('a dual-stack pod enrolled through CNI ADD: both addresses are in their sets when ADD returns', async (t) => {
+    await tb.exec(node2.netns, process.execPath, [
+      CLI_PATH, 'cni', 'install', '--plugin', plugin, '--cni-conf-dir', node2.cniConfDir, '--cni-bin-dir', node2.cniBinDir,
+      '--agent-socket', `${cluster.runDir(node2)}/cni.sock`, '--enrollment-file', `${cluster.stateDir(node2)}/enrollment.json`,
+    ]);
+    await cluster.declarePod('dual', node2, { namespace: 'demo', serviceAccount: 'dual' });
+    const dual = await tb.addPod(node2, 'dual', { k8s: { namespace: 'demo' } });
+    t.ok(dual.ip6, `the CNI gave it an IPv6 address too (${dual.ip6})`);
+    t.match(await v6Set(node2), dual.ip6 as string, 'its IPv6 address is in ambit-pods-v6 as soon as ADD returns');
+    t.equal((await tb.exec(node2.netns, 'ipset', ['test', 'ambit-pods-v4', dual.ip], { reject: false })).exitCode, 0, 'and its IPv4 one in ambit-pods-v4');
+    await cluster.setPodIp('dual', dual.ip);
+    await cluster.startWorkload(dual);
+    await startV6Server(tb, dual);
+    t.equal(await v6(plain2, dual), 'ECONNREFUSED', 'its IPv6 TCP is refused');
+    t.match(JSON.parse(await cluster.curl(client, `http://${dual.ip}:${HTTP_PORT}/`)), { pod: 'dual', client: client.ip }, 'its IPv4 is carried by the mesh');
   });
 
   t.test('the rules are repaired when someone flushes them', async (t) => {

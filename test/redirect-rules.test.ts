@@ -22,12 +22,17 @@ import {
   buildMangleRules,
   buildNatRemoval,
   buildNatRules,
+  buildSourceBindingSync,
+  buildSourceCheckChainRules,
+  buildSourceCheckRemoval,
+  buildSourceCheckRules,
   buildTransparentRouting,
   buildTransparentRoutingRemoval,
   chooseIptablesBackend,
   countRules,
   detectIptablesBackend,
   removeRedirectRules,
+  resolveSourceBindings,
   type IptablesBackend,
 } from '../agent/redirect-rules.js';
 
@@ -204,19 +209,38 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
   t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 saddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
   t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 daddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
   t.notMatch(table, 'add element', 'no members without pods');
-  t.match(buildBridgeTable('', ['fd00::2', 'fd00::3']), 'add element bridge ambit pods6 { fd00::2, fd00::3 }\n', 'a rewrite keeps the members');
-  const tag = /comment "([^"]+)"/.exec(buildBridgeRule())?.[1];
+  t.match(buildBridgeTable('', { ipv6Pods: ['fd00::2', 'fd00::3'] }), 'add element bridge ambit pods6 { fd00::2, fd00::3 }\n', 'a rewrite keeps the members');
+  t.match(table, /add set bridge ambit bound4 \{ type ipv4_addr; \}\nadd set bridge ambit ports4 \{ type ipv4_addr \. ifname; \}\n/, 'the sets of the source binding');
+  t.match(
+    table,
+    /add rule bridge ambit prerouting meta l4proto tcp ip saddr @bound4 ip saddr \. iifname != @ports4 counter drop comment "ambit:[0-9a-f]{12}"\nadd rule bridge ambit prerouting meta mark/,
+    'the source check comes first in prerouting',
+  );
+  const bindings = [
+    { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
+    { ip: '10.1.0.3', iface: 'veth2' },
+  ];
+  const withBindings = buildBridgeTable('', { bindings });
+  t.match(withBindings, 'add element bridge ambit bound4 { 10.1.0.2, 10.1.0.3 }\n', 'every bound address, the routed one too');
+  t.match(withBindings, 'add element bridge ambit ports4 { 10.1.0.2 . "veth1" }\n', 'only bridge ports have a port pair');
+  const [tag, transparentTag] = [...table.matchAll(/prerouting .*comment "([^"]+)"/g)].map((match) => match[1]);
+  t.match(buildBridgeRule(), `comment "${transparentTag}"`);
   const forwardTags = [...table.matchAll(/forward .*comment "([^"]+)"/g)].map((match) => match[1]);
+  const sets = [
+    { name: 'pods6', type: 'ipv6_addr' },
+    { name: 'bound4', type: 'ipv4_addr' },
+    { name: 'ports4', type: ['ipv4_addr', 'ifname'] },
+  ];
   const ruleset = (comment: string | undefined, prio = 100, set = true) =>
     JSON.stringify({
       nftables: [
         { metainfo: { version: '1.0.6' } },
         { table: { family: 'bridge', name: 'nat', handle: 1 } },
         { table: { family: 'bridge', name: 'ambit', handle: 2 } },
-        ...(set ? [{ set: { family: 'bridge', table: 'ambit', name: 'pods6', type: 'ipv6_addr', handle: 3, elem: ['fd00::2'] } }] : []),
+        ...sets.slice(set ? 0 : 1).map((entry, index) => ({ set: { family: 'bridge', table: 'ambit', ...entry, handle: 10 + index } })),
         { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy: 'accept' } },
         { chain: { family: 'bridge', table: 'ambit', name: 'forward', type: 'filter', hook: 'forward', prio: 100, policy: 'accept' } },
-        ...(comment === undefined ? [] : [{ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4, comment, expr: [] } }]),
+        ...(comment === undefined ? [] : [comment, transparentTag].map((c, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4 + index, comment: c, expr: [] } }))),
         ...forwardTags.map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
       ],
     });
@@ -244,6 +268,56 @@ t.test('buildIpsetSync', async (t) => {
     ].join('\n'),
   );
   t.notMatch(buildIpsetSync([]), /^add /m, 'an empty list empties the set');
+});
+
+t.test('source binding: the raw chain, its sets, and which interface an address is bound to', async (t) => {
+  const batch = buildSourceCheckRules('');
+  t.equal(
+    batch,
+    [
+      '*raw',
+      ':AMBIT-SOURCE-CHECK - [0:0]',
+      '-A AMBIT-SOURCE-CHECK -p tcp -m set --match-set ambit-pods-bound-v4 src -m set ! --match-set ambit-pod-ports-v4 src,src -j DROP',
+      '-I PREROUTING 1 -j AMBIT-SOURCE-CHECK',
+      'COMMIT',
+      '',
+    ].join('\n'),
+  );
+  const inPlace = ['*raw', ':PREROUTING ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-SOURCE-CHECK - [0:0]', '-A PREROUTING -j AMBIT-SOURCE-CHECK', ...buildSourceCheckChainRules(), 'COMMIT', ''].join('\n');
+  t.equal(buildSourceCheckRules(inPlace), '', 'in place: nothing to do');
+  t.match(buildSourceCheckRemoval(inPlace), /-D PREROUTING -j AMBIT-SOURCE-CHECK\n-F AMBIT-SOURCE-CHECK\n-X AMBIT-SOURCE-CHECK\n/);
+
+  const sync = buildSourceBindingSync([
+    { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
+    { ip: '10.1.0.3', iface: 'veth2' },
+  ]);
+  t.match(sync, /^create ambit-pod-ports-v4 hash:net,iface family inet -exist\n/, 'the pairs first');
+  t.match(sync, 'add ambit-pod-ports-v4-tmp 10.1.0.2,cni0\nadd ambit-pod-ports-v4-tmp 10.1.0.3,veth2\n', 'a bridge port as iptables sees it: its bridge');
+  t.match(sync, 'add ambit-pods-bound-v4-tmp 10.1.0.2\nadd ambit-pods-bound-v4-tmp 10.1.0.3\nswap ambit-pods-bound-v4-tmp ambit-pods-bound-v4\n');
+  t.ok(sync.indexOf('swap ambit-pod-ports-v4-tmp') < sync.indexOf('swap ambit-pods-bound-v4-tmp'), 'an address is never bound before its pair exists');
+
+  const links = [{ ifname: 'lo' }, { ifname: 'cni0' }, { ifname: 'veth1', master: 'cni0' }, { ifname: 'veth2' }, { ifname: 'veth3' }];
+  t.same(
+    resolveSourceBindings(
+      [
+        { ip: '10.1.0.3', hostInterfaces: ['veth2'] },
+        { ip: '10.1.0.2', hostInterfaces: ['cni0', 'veth1'] },
+        { ip: '10.1.0.4', hostInterfaces: ['vethgone'] },
+        { ip: '10.1.0.5', hostInterfaces: ['veth2', 'veth3'] },
+        { ip: '10.1.0.6', hostInterfaces: ['cni0'] },
+      ],
+      links,
+      ['cni0'],
+    ),
+    {
+      bindings: [
+        { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
+        { ip: '10.1.0.3', iface: 'veth2' },
+      ],
+      unresolved: ['10.1.0.4', '10.1.0.5', '10.1.0.6'],
+    },
+    'the bridge is not the pod\'s interface; a missing link, two candidates or only the bridge bind nothing',
+  );
 });
 
 t.test('backend choice', async (t) => {
@@ -322,6 +396,10 @@ async function bridgeV6Set(netns: string): Promise<string> {
   return (await inNetns(netns, ['nft', 'list', 'set', 'bridge', 'ambit', 'pods6'])).stdout;
 }
 
+async function rawTable(netns: string, backend: IptablesBackend): Promise<string> {
+  return (await inNetns(netns, [`iptables-${backend}-save`, '-t', 'raw'])).stdout;
+}
+
 async function ipv6FilterTable(netns: string, backend: IptablesBackend): Promise<string> {
   return (await inNetns(netns, [`ip6tables-${backend}-save`, '-t', 'filter'])).stdout;
 }
@@ -389,6 +467,12 @@ for (const backend of ['legacy', 'nft'] as const) {
     t.notMatch(await ipv6FilterTable(node, other), /AMBIT/, `no IPv6 rules in the ${other} backend`);
     await assertTransparentRouting(t, node, backend, true);
     t.notMatch(await mangleTable(node, other), /AMBIT/, `no mangle rules in the ${other} backend`);
+    t.same(
+      ruleLines(await rawTable(node, backend)),
+      ['-A PREROUTING -j AMBIT-SOURCE-CHECK', ...buildSourceCheckChainRules()],
+      'the source check, jumped to first from raw PREROUTING',
+    );
+    t.ok((await setNames(node)).includes('ambit-pod-ports-v4'), 'with its sets');
 
     await rules.install();
     rulesNow = ruleLines(await natTable(node, backend));
@@ -413,8 +497,29 @@ for (const backend of ['legacy', 'nft'] as const) {
     t.same(await setMembers(node, 'ambit-pods-v6'), [], 'both sets');
     t.notMatch(await bridgeV6Set(node), 'elements', 'all three');
 
+    // the host ends of two pods: a bridge port and a routed interface (their peers stay in the node namespace)
+    await inNetns(node, ['ip', 'link', 'add', 'br-rr', 'type', 'bridge']);
+    await inNetns(node, ['ip', 'link', 'add', 'vport', 'type', 'veth', 'peer', 'name', 'vport-peer']);
+    await inNetns(node, ['ip', 'link', 'set', 'vport', 'master', 'br-rr']);
+    await inNetns(node, ['ip', 'link', 'add', 'vrouted', 'type', 'veth', 'peer', 'name', 'vrouted-peer']);
+    const interfaces = [
+      { ip: '10.99.1.6', hostInterfaces: ['br-rr', 'vport'] },
+      { ip: '10.99.1.7', hostInterfaces: ['vrouted'] },
+      { ip: '10.99.1.8', hostInterfaces: ['vrouted'] },
+    ];
+    t.equal(await rules.syncPods(['10.99.1.6', '10.99.1.7'], { interfaces }), true);
+    t.same(await setMembers(node, 'ambit-pods-bound-v4'), ['10.99.1.6', '10.99.1.7'], 'enrolled addresses with a known interface are bound; 10.99.1.8 is not enrolled');
+    t.same(await setMembers(node, 'ambit-pod-ports-v4'), ['10.99.1.6,br-rr', '10.99.1.7,vrouted'], 'a bridge port as iptables sees it: its bridge');
+    const bridgeSets = (await inNetns(node, ['nft', 'list', 'table', 'bridge', 'ambit'])).stdout;
+    t.match(bridgeSets, /set bound4 \{[^}]*elements = \{ 10\.99\.1\.6, 10\.99\.1\.7 \}/, 'the bridge table binds both');
+    t.match(bridgeSets, /set ports4 \{[^}]*elements = \{ 10\.99\.1\.6 \. "vport" \}/, 'and has the bridge port of the bridged one');
+    t.equal(await rules.syncPods(['10.99.1.7', '10.99.1.6'], { interfaces: [...interfaces].reverse() }), false, 'the same in another order: nothing to do');
+    t.equal(await rules.syncPods(['10.99.1.6', '10.99.1.7']), true, 'no interfaces known any more: unbound');
+    t.same(await setMembers(node, 'ambit-pods-bound-v4'), []);
+
     await rules.remove();
     t.notMatch(await natTable(node, backend), /AMBIT/, 'no chain, no jump');
+    t.notMatch(await rawTable(node, backend), /AMBIT/, 'no source check');
     t.notMatch(await ipv6FilterTable(node, backend), /AMBIT/, 'no IPv6 chain, no jumps');
     t.same(await setNames(node), [], 'no ipset');
     await assertTransparentRouting(t, node, backend, false);
@@ -607,7 +712,7 @@ t.test('a failed first install leaves nothing behind', { skip: rootSkip }, async
   );
   t.ok(isAmbitError(failure, 'RULES_APPLY_FAILED'), 'the install fails with RULES_APPLY_FAILED');
   t.match(failure, { message: /simulated/, cause: Error }, 'with stderr in the message and the exec error as cause');
-  t.match(failure, { message: new RegExp(`batch line: ${OUTBOUND_RULE}.*NET_ADMIN`) }, 'naming the rejected batch line and the fix');
+  t.match(failure, { message: /batch line: -A AMBIT-SOURCE-CHECK .*NET_ADMIN/ }, 'naming the rejected batch line and the fix');
   process.env.PATH = savedPath;
   t.same(await setNames(node), [], 'the ipset created for the failed install is gone');
   t.notMatch(await natTable(node, 'nft'), /AMBIT/);

@@ -41,6 +41,12 @@ export interface CniPod {
   readonly netns?: string;
   /** The pod's IPs from the primary plugin's result, canonical text form; may be empty for DEL. */
   readonly ips: readonly string[];
+  /**
+   * ADD: the interfaces of the primary plugin's result outside the sandbox (the host end of the pod's veth, and the
+   * bridge when there is one), from which the agent binds the pod's addresses to its interface. Absent in requests
+   * of plugins that predate it: such a pod is captured, its source address is not checked.
+   */
+  readonly hostInterfaces?: readonly string[];
 }
 
 export type CniRequest =
@@ -105,6 +111,13 @@ const OPS = new Set(['add', 'check', 'del', 'status', 'uninstall']);
 const NAMESPACE_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const POD_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
+/** What Linux accepts as an interface name (IFNAMSIZ, no '/', no whitespace), minus '.' and '..'. */
+const INTERFACE_NAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,15}$/;
+
+/** A network interface name as Linux accepts it: safe inside an ipset or nft batch line. */
+export function isInterfaceName(name: string): boolean {
+  return INTERFACE_NAME_RE.test(name);
+}
 
 /** A Kubernetes namespace name (a DNS-1123 label). */
 export function isNamespaceName(name: string): boolean {
@@ -191,5 +204,16 @@ function parsePod(value: unknown, needsIps: boolean): CniPod {
   if (needsIps && ips.length === 0) throw new CniProtocolError('bad-request', 'pod has no IPs');
   const netns = pod.netns;
   if (netns !== undefined && (typeof netns !== 'string' || netns.length > 4096)) throw new CniProtocolError('bad-request', 'pod "netns" is not a path');
-  return netns === undefined ? { namespace, name, containerId, ips } : { namespace, name, containerId, netns, ips };
+  const hostInterfaces = pod.hostInterfaces;
+  if (hostInterfaces !== undefined && (!Array.isArray(hostInterfaces) || hostInterfaces.length > 16 || !hostInterfaces.every((n) => typeof n === 'string' && isInterfaceName(n)))) {
+    throw new CniProtocolError('bad-request', `pod "hostInterfaces" must be a list of at most 16 interface names: ${JSON.stringify(hostInterfaces)?.slice(0, 80)}`);
+  }
+  return {
+    namespace,
+    name,
+    containerId,
+    ...(netns === undefined ? {} : { netns }),
+    ips,
+    ...(hostInterfaces === undefined ? {} : { hostInterfaces: hostInterfaces as string[] }),
+  };
 }

@@ -164,6 +164,8 @@ export interface PodNetwork {
   readonly containerId: string;
   /** Canonical text form. */
   readonly ips: readonly string[];
+  /** The interfaces outside the sandbox that CNI ADD reported (the pod's host-side veth, its bridge): see CniPod. */
+  readonly hostInterfaces?: readonly string[];
 }
 
 export type PodNetworkChange =
