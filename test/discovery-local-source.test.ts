@@ -287,6 +287,21 @@ t.test('a first load with a file whose objects are unknown is not a full sync; t
   t.ok(store.synced && store.namespace('team-b'), 'broken later, the file keeps its last good objects: still synced');
 });
 
+t.test('a first load with an empty file is not a full sync; the load that reads it is', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'namespace.yaml'), namespaceYaml);
+  // A truncate-and-rewrite cut short by a power loss: the file is there, its objects are not.
+  await writeFile(join(dir, 'team-b.yaml'), '');
+  const { store, lines } = await startSource(t, dir);
+  t.notOk(store.synced, 'team-b.yaml is empty: the store does not know its namespace yet');
+  t.match(lines().find((l) => l.msg === 'config folder loaded'), { synced: false, unknownFiles: ['team-b.yaml'] });
+  t.ok(lines().some((l) => l.file === 'team-b.yaml' && l.reason === 'empty'), 'the warning names the file and why');
+  const synced = storeReaches(store, () => store.synced);
+  await writeFile(join(dir, 'team-b.yaml'), namespaceYaml.replace('team-a', 'team-b'));
+  await synced;
+  t.ok(store.namespace('team-b'), 'the sync came with the namespace of the file');
+});
+
 t.test('deleting a file removes its objects', async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, 'namespace.yaml'), namespaceYaml);

@@ -1,7 +1,7 @@
 /**
  * AuthorizationPolicy `targetRefs` to a Service, decided on the real stores (a local folder read by LocalSource into
  * the WorkloadStore and the PolicyStore, then `decideFacts` as the agent calls it): the policy applies to the mesh
- * workloads that are the Service's endpoints, from its EndpointSlices where it has any, else from its selector.
+ * workloads that are the Service's members: those its selector matches and those its EndpointSlices list.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -54,10 +54,10 @@ const objects = [
   policy('deny-cache', { action: 'DENY', targetRefs: [{ kind: 'Service', group: '', name: 'cache' }], rules: [{}] }),
 ];
 
-async function load(t: Test): Promise<{ store: WorkloadStore; policies: PolicyStore }> {
+async function load(t: Test, folder: readonly object[] = objects): Promise<{ store: WorkloadStore; policies: PolicyStore }> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-targetrefs-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  await writeFile(join(dir, 'cluster.yaml'), objects.map((o) => `---\n${JSON.stringify(o)}\n`).join(''));
+  await writeFile(join(dir, 'cluster.yaml'), folder.map((o) => `---\n${JSON.stringify(o)}\n`).join(''));
   const store = new WorkloadStore({ nodeName: 'node1' });
   const policies = new PolicyStore({ log: silentLogger() });
   const source = new LocalSource({ dir, store, log: silentLogger(), collections: [policies.collection()] });
@@ -90,4 +90,27 @@ t.test('targetRefs to a Service with a selector and no slice applies to the pods
   t.match(decide(store, policies, CLIENT, 'cache-0'), { decision: 'DENY', policy: `${NS}/deny-cache`, reason: 'denied_by_policy' });
   t.same(store.servicesOf({ namespace: NS, name: 'web-0' }), [], 'web-0 is no Service\'s endpoint');
   t.same(store.servicesOf({ namespace: NS, name: 'db-0' }), [{ namespace: NS, name: 'db' }], 'db-0 is the endpoint of db');
+});
+
+t.test('targetRefs to a Service with a selector holds for a new pod its EndpointSlice does not list yet', async (t) => {
+  // api-1 was just created (CNI ADD captures it at once); the endpoint controller has not added it to the slice.
+  const { store, policies } = await load(t, [
+    objects[0]!,
+    pod('api-0', '10.0.3.5', { app: 'api' }),
+    pod('api-1', '10.0.3.6', { app: 'api' }, false),
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'api', namespace: NS }, spec: { clusterIP: '10.96.3.3', selector: { app: 'api' }, ports: [{ name: 'http', port: 5432, protocol: 'TCP' }] } },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: { name: 'api-abcde', namespace: NS, labels: { 'kubernetes.io/service-name': 'api' } },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', port: 5432, protocol: 'TCP' }],
+      endpoints: [{ addresses: ['10.0.3.5'], conditions: { ready: true } }],
+    },
+    policy('deny-api', { action: 'DENY', targetRefs: [{ kind: 'Service', group: '', name: 'api' }], rules: [{ from: [{ source: { principals: ['cluster.local/ns/team/sa/other'] } }] }] }),
+  ]);
+  t.match(decide(store, policies, OTHER, 'api-1'), { decision: 'DENY', policy: `${NS}/deny-api`, reason: 'denied_by_policy' }, 'the DENY holds for the pod the selector matches');
+  t.match(decide(store, policies, OTHER, 'api-0'), { decision: 'DENY', policy: `${NS}/deny-api` }, 'and for the one the slice lists');
+  const service = store.service(NS, 'api')!;
+  t.same(store.serviceEndpoints(service, 5432)?.map((e) => e.ip), ['10.0.3.5'], 'routing still takes the slice alone');
 });

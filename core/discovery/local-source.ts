@@ -263,8 +263,16 @@ export class LocalSource extends EventEmitter {
       return previous;
     }
     if (text.length === 0) {
-      // Tools that truncate and rewrite leave a moment with an empty file; deleting the file removes its objects.
-      if (previous !== undefined) this.log.warn({ file }, 'manifest file is empty; keeping its previous objects');
+      // An empty file is a write in progress (truncate and rewrite) or one a power loss cut short, never an order to
+      // drop what it held: it keeps its previous objects, and with none it is unknown, so a first load does not
+      // count as a full sync without it (its Namespace would read as not enrolled). A file emptied on purpose is
+      // deleted, or holds a comment: that parses, to no objects, and counts.
+      if (previous === undefined) {
+        this.log.warn({ file, reason: 'empty' }, 'manifest file is empty and was never read; the store stays unsynced until it parses or is deleted');
+        this.unknownFiles.push(file);
+      } else {
+        this.log.warn({ file, reason: 'empty' }, 'manifest file is empty; keeping its previous objects (delete it, or leave a comment in it, to remove them)');
+      }
       return previous;
     }
     try {

@@ -4,6 +4,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
 import { canonicalIp } from './convert.js';
 import { isWorkloadEnrolled } from './enrollment.js';
+import { selectorMatches } from './selector.js';
 import {
   ZONE_LABEL,
   type ConvertedObject,
@@ -292,9 +293,9 @@ export class WorkloadStore extends EventEmitter {
   }
 
   /**
-   * The Services `workload` is an endpoint of, by the same sources as `serviceEndpoints`: listed in a Service's
-   * EndpointSlices where it has any, else matched by its selector. Membership, not routing: every port, and whether
-   * or not the endpoint is ready or serving, since a pod that is not ready still receives connections to its own
+   * The Services `workload` is a member of: matched by a Service's selector (in its namespace) or listed in its
+   * EndpointSlices, either one, since slices lag a new pod (routing, `serviceEndpoints`, takes the slices alone, as
+   * kube-proxy does). Membership, not routing: every port, and whether or not the endpoint is ready or serving, since a pod that is not ready still receives connections to its own
    * address, and a policy aimed at its Service (targetRefs) must hold for them.
    */
   servicesOf(workload: Pick<Workload, 'namespace' | 'name'>): readonly ServiceRef[] {
@@ -434,14 +435,21 @@ export class WorkloadStore extends EventEmitter {
       const key = `${service.namespace}/${service.name}`;
       const slices = slicesByService.get(key);
       const selector = service.selector;
-      let members: Iterable<Workload> = NONE;
+      const selected = selector === undefined ? NONE : (byNamespace.get(service.namespace) ?? []).filter((w) => selectorMatches(selector, w.labels));
       if (slices !== undefined) {
         endpoints.set(key, this.endpointsFromSlices(service, slices, byIp));
-        members = new Set(slices.flatMap((slice) => slice.endpoints.map((endpoint) => byIp.get(endpoint.ip)).filter((w) => w !== undefined)));
       } else if (selector !== undefined) {
-        const selected = (byNamespace.get(service.namespace) ?? []).filter((w) => Object.entries(selector).every(([label, value]) => w.labels[label] === value));
         endpoints.set(key, this.endpointsFromPods(service, selected.filter((w) => w.ready && w.ips.length > 0)));
-        members = selected;
+      }
+      // Membership is the selector's match and the slices' listing together: a new pod is selected the moment it
+      // exists, but listed only once the endpoint controller writes its slice, and a targetRefs policy must hold for
+      // it in between. A slice may list any address; only a workload of the Service's own namespace is its member.
+      const members = new Set<Workload>(selected);
+      for (const slice of slices ?? []) {
+        for (const endpoint of slice.endpoints) {
+          const workload = byIp.get(endpoint.ip);
+          if (workload !== undefined && workload.namespace === service.namespace) members.add(workload);
+        }
       }
       const ref: ServiceRef = Object.freeze({ namespace: service.namespace, name: service.name });
       for (const workload of members) append(servicesByWorkload, `${workload.namespace}/${workload.name}`, ref);

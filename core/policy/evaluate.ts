@@ -1,5 +1,5 @@
 import { AmbitError } from '../errors.js';
-import type { Labels } from '../discovery/index.js';
+import { selectorMatches, type Labels } from '../discovery/index.js';
 import type { AuthorizationAction, AuthorizationPolicy, Condition, MtlsMode, Operation, PeerAuthentication, Rule, Source } from './types.js';
 
 /** One L4 connection as the destination agent sees it, before it answers the CONNECT (or dials the upstream). */
@@ -622,7 +622,7 @@ export function resolveMtlsMode(
     if (pa.selector === undefined) {
       if (pa.namespace === options.rootNamespace) mesh = older(mesh, pa);
       else if (pa.namespace === workload.namespace) namespace = older(namespace, pa);
-    } else if (pa.namespace === workload.namespace && pa.namespace !== options.rootNamespace && selects(pa.selector, workload.labels)) {
+    } else if (pa.namespace === workload.namespace && pa.namespace !== options.rootNamespace && selectorMatches(pa.selector, workload.labels)) {
       workloadPolicy = older(workloadPolicy, pa);
     }
   }
@@ -636,13 +636,6 @@ export function resolveMtlsMode(
   apply(workloadPolicy, workloadPolicy?.mtlsMode, 'workload');
   apply(workloadPolicy, workloadPolicy?.portLevelMtls.get(port), 'workload_port');
   return decision;
-}
-
-function selects(selector: Labels, labels: Labels): boolean {
-  for (const [key, value] of Object.entries(selector)) {
-    if (labels[key] !== value) return false;
-  }
-  return true;
 }
 
 function older(current: PeerAuthentication | undefined, candidate: PeerAuthentication): PeerAuthentication {
