@@ -8,24 +8,18 @@ import tls from 'node:tls';
 import { Registry } from 'prom-client';
 import t from 'tap';
 import { AgentTelemetry, SERIES_RETENTION_MS, type ConnectionRecord } from '../agent/telemetry.js';
-import { HboneServer, SecureContextCache } from '../core/hbone/index.js';
-import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
+import { HboneServer } from '../core/hbone/index.js';
+import { sniForIdentity } from '../core/identity/index.js';
 import { silentLogger } from '../core/log.js';
 import { metricValue } from './mesh/cluster.js';
+import { meshPki } from './mesh/hbone-fixtures.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const A = 'spiffe://cluster.local/ns/demo/sa/a';
 const B = 'spiffe://cluster.local/ns/demo/sa/b';
 
 t.test('the HBONE server forgets the SNI names of identities that left; open sessions keep theirs', async (t) => {
-  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-  const trustBundle = new TrustBundle(ca.rootPem);
-  const contexts = new SecureContextCache(trustBundle);
-  const credentials = new Map<string, { keyPem: string; certChainPem: string }>();
-  for (const identity of [A, B]) {
-    const { keyPem, certPem } = await ca.issueKeyAndCert(identity);
-    credentials.set(identity, { keyPem, certChainPem: certPem });
-  }
+  const { ca, trustBundle, contexts, creds: credentials } = await meshPki([A, B]);
   /** The node's workloads now: what the agent's SNI table would say. */
   const local = new Set([A, B]);
   const seen: string[] = [];
