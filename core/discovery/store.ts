@@ -69,9 +69,7 @@ interface Entry {
 interface Indexes {
   readonly workloads: readonly Workload[];
   readonly byIp: ReadonlyMap<string, Workload>;
-  readonly byIdentity: ReadonlyMap<string, readonly Workload[]>;
   readonly local: readonly Workload[];
-  readonly localByIdentity: ReadonlyMap<string, readonly Workload[]>;
   readonly localEnrolledIps: { readonly 4: readonly string[]; readonly 6: readonly string[] };
   readonly services: readonly Service[];
   readonly serviceByVip: ReadonlyMap<string, Service>;
@@ -249,18 +247,9 @@ export class WorkloadStore extends EventEmitter {
     return canonical === undefined ? undefined : this.indexes.byIp.get(canonical);
   }
 
-  workloadsByIdentity(spiffeId: string): readonly Workload[] {
-    return this.indexes.byIdentity.get(spiffeId) ?? NONE;
-  }
-
   /** Workloads scheduled on this store's node, enrolled or not. */
   localWorkloads(): readonly Workload[] {
     return this.indexes.local;
-  }
-
-  /** Local workloads running as `spiffeId`: the ones whose certificate the HBONE server may present for it. */
-  localWorkloadByIdentity(spiffeId: string): readonly Workload[] {
-    return this.indexes.localByIdentity.get(spiffeId) ?? NONE;
   }
 
   /** The pod IPs whose traffic this node captures (the ipset), sorted. */
@@ -273,10 +262,6 @@ export class WorkloadStore extends EventEmitter {
     if (found !== undefined || !ip.includes(':')) return found;
     const canonical = canonicalIp(ip);
     return canonical === undefined ? undefined : this.indexes.serviceByVip.get(canonical);
-  }
-
-  service(namespace: string, name: string): Service | undefined {
-    return this.entries.Service.get(`${namespace}/${name}`)?.object as Service | undefined;
   }
 
   /**
@@ -342,10 +327,6 @@ export class WorkloadStore extends EventEmitter {
     return this.indexes.workloads;
   }
 
-  services(): readonly Service[] {
-    return this.indexes.services;
-  }
-
   snapshot(): StoreDump {
     const { workloads, services } = this.indexes;
     return {
@@ -371,9 +352,7 @@ export class WorkloadStore extends EventEmitter {
   private buildIndexes(): Indexes {
     const workloads: Workload[] = [];
     const byIp = new Map<string, Workload>();
-    const byIdentity = new Map<string, Workload[]>();
     const local: Workload[] = [];
-    const localByIdentity = new Map<string, Workload[]>();
     const localIps = { 4: [] as string[], 6: [] as string[] };
     const byNamespace = new Map<string, Workload[]>();
 
@@ -390,7 +369,6 @@ export class WorkloadStore extends EventEmitter {
       }
       const workload = entry.workload;
       workloads.push(workload);
-      append(byIdentity, workload.identity, workload);
       append(byNamespace, workload.namespace, workload);
       if (!workload.hostNetwork) {
         for (const ip of workload.ips) {
@@ -405,7 +383,6 @@ export class WorkloadStore extends EventEmitter {
       }
       if (this.nodeName !== undefined && workload.node === this.nodeName) {
         local.push(workload);
-        append(localByIdentity, workload.identity, workload);
         if (workload.enrolled) {
           for (const ip of workload.ips) localIps[isIP(ip) === 6 ? 6 : 4].push(ip);
         }
@@ -458,9 +435,7 @@ export class WorkloadStore extends EventEmitter {
     return {
       workloads: Object.freeze(workloads),
       byIp,
-      byIdentity: freezeLists(byIdentity),
       local: Object.freeze(local),
-      localByIdentity: freezeLists(localByIdentity),
       localEnrolledIps: { 4: Object.freeze(localIps[4].sort()), 6: Object.freeze(localIps[6].sort()) },
       services: Object.freeze(services),
       serviceByVip,
@@ -515,9 +490,7 @@ function buildEmptyIndexes(): Indexes {
   return {
     workloads: NONE,
     byIp: new Map(),
-    byIdentity: new Map(),
     local: NONE,
-    localByIdentity: new Map(),
     localEnrolledIps: { 4: Object.freeze([]), 6: Object.freeze([]) },
     services: Object.freeze([]),
     serviceByVip: new Map(),
