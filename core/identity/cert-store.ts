@@ -121,12 +121,6 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     return entry.inflight ?? this.#issue(spiffeId, entry);
   }
 
-  /** The identity's certificate if one is held and not expired; never waits, for the TLS hot path. */
-  current(spiffeId: string): WorkloadCertificate | undefined {
-    const entry = this.#entries.get(spiffeId);
-    return entry === undefined ? undefined : this.#valid(entry);
-  }
-
   /** Stops renewing the identity and drops its key. */
   forget(spiffeId: string): void {
     const entry = this.#entries.get(spiffeId);
