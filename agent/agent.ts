@@ -55,7 +55,8 @@ function closeServer(server: net.Server | http.Server): Promise<void> {
 /**
  * The node agent: capture listeners (15001 outbound, 15006 plaintext inbound), the HBONE server (15008), metrics
  * (15020) and readiness (15021), the redirect rules, and the certificates of the node's enrolled workloads. It
- * reports ready only once every listener is bound and the rules match the store.
+ * reports ready only once every listener is bound and the rules match the store after its first full sync
+ * (`readiness`).
  */
 export class Agent {
   readonly config: AgentConfig;
@@ -146,7 +147,10 @@ export class Agent {
           });
   }
 
-  /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
+  /**
+   * Loads the cluster state and the CA, binds every listener, installs the rules; then the agent serves, and is
+   * ready once the store has had its first full sync (`readiness`).
+   */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
     checkUpstreamSource(config);
     const ownOutput = deps.log === undefined ? new StdoutDestination() : undefined;

@@ -3,18 +3,14 @@ import { releaseFreeMemory } from '../core/sockopt.js';
 
 /**
  * When, after a busy spell, the agent hands freed memory back to the kernel a second time (V8 releases some pages
- * only after a later collection). A bulk transfer can leave tens of MB of freed I/O buffers resident; a node agent's
- * memory should follow its open connections, not its busiest moment.
+ * only after a later collection): a node agent's memory should follow its open connections, not its busiest moment.
  */
-export const MEMORY_RELEASE_INTERVAL_MS = 5_000;
+const MEMORY_RELEASE_INTERVAL_MS = 5_000;
 /** Growth of the resident set, with no busy spell, that is worth a release too (a slow trickle of new connections). */
 const MEMORY_RELEASE_GROWTH_BYTES = 8 * 1024 * 1024;
 /**
- * The release waits for a quiet second: less CPU than this share of one core. While traffic flows V8 collects on its
- * own schedule and the buffers are reused; a forced full collection then would only take CPU from the traffic, and
- * stall it: a release is a full collection of 70-150 ms. At a quarter of a core, steady request/response traffic
- * (1000 requests/s of 1 KiB on 16 connections, about 24% of a core per agent) made every other second look quiet,
- * and the agents released in the middle of it.
+ * The release waits for a quiet second: less CPU than this share of one core. While traffic flows the buffers are
+ * reused, and a forced full collection would only stall it (README.md, "How the agent process runs").
  */
 const MEMORY_RELEASE_QUIET_CPU_SHARE = 0.05;
 const MEMORY_RELEASE_CHECK_MS = 1_000;
@@ -22,13 +18,15 @@ const MEMORY_RELEASE_CHECK_MS = 1_000;
 const MEMORY_RELEASE_BUSY_SPELL_S = 2;
 
 /**
- * In the first quiet second after a busy spell, again MEMORY_RELEASE_INTERVAL_MS later, and whenever the resident
- * set has grown by MEMORY_RELEASE_GROWTH_BYTES since the last release: a memory-reducing major collection (V8's
- * last-resort flavour, the one a low-memory notification runs: it also shrinks the young generation a burst has
- * grown; incremental when the process runs with --expose-gc as AGENT_NODE_FLAGS says), then the allocator's free
- * pages back to the kernel, and once more in the next quiet second: the native halves of collected sockets and
- * streams are freed by callbacks that run after the collection. V8 alone shrinks its heap only after several quiet
- * seconds, and glibc never returns pages freed between live allocations. An idle agent does none of this.
+ * In the first quiet second after a busy spell, again MEMORY_RELEASE_INTERVAL_MS later, and in a quiet second when
+ * the resident set has grown by MEMORY_RELEASE_GROWTH_BYTES since the last release: a memory-reducing major
+ * collection (V8's last-resort flavour, the one a low-memory notification runs: it also shrinks the young generation
+ * a burst has grown; a full, stop-the-world collection, and only when `gc` is exposed, as AGENT_NODE_FLAGS has it),
+ * then the allocator's free pages back to the kernel, and once more in the next quiet second: the native halves of
+ * collected sockets and streams are freed by callbacks that run after the collection. V8's own memory reducer (off
+ * in AGENT_NODE_FLAGS) shrinks the heap only after several quiet seconds, and glibc never returns pages freed
+ * between live allocations. Start-up counts as a busy spell; after it, an idle agent does none of this. Returns the
+ * function that stops it.
  */
 export function startMemoryRelease(log: Logger): () => void {
   type Collect = (options: { type: 'major'; execution: 'async'; flavor: 'last-resort' }) => Promise<void>;
