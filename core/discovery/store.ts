@@ -92,6 +92,36 @@ const DEFAULT_SOURCE = 'default';
 const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 
 /**
+ * The store as the data path sees it: its readers, none of its writers. Only the sources (the local folder, CNI
+ * events) write the store; a listener reads it.
+ */
+export type ReadonlyWorkloadStore = Pick<
+  WorkloadStore,
+  | 'trustDomain'
+  | 'nodeName'
+  | 'rootNamespace'
+  | 'version'
+  | 'synced'
+  | 'podNetwork'
+  | 'podNetworks'
+  | 'pod'
+  | 'workloadByIp'
+  | 'localWorkloads'
+  | 'localEnrolledIps'
+  | 'serviceByVip'
+  | 'serviceEndpoints'
+  | 'servicesOf'
+  | 'resolveTargetPort'
+  | 'node'
+  | 'nodeZone'
+  | 'nodeIp'
+  | 'namespace'
+  | 'namespaces'
+  | 'workloads'
+  | 'snapshot'
+>;
+
+/**
  * What the mesh knows about the cluster: workloads (pods), services, namespaces and nodes, behind typed indexes.
  * Sources write it in batches of converted objects (`replaceAll`, `applyBatch`); the data path only reads it, and
  * every reader is a map lookup or returns a precomputed frozen list. Emits `'change'` (StoreChange) once per batch
