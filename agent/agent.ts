@@ -11,7 +11,7 @@ import { CertStore, LocalCaFolder, sniForIdentity } from '../core/identity/index
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics.js';
 import { PolicyStore } from '../core/policy/index.js';
-import { originalDestination as addonOriginalDestination, releaseFreeMemory } from '../core/sockopt.js';
+import { originalDestination as addonOriginalDestination } from '../core/sockopt.js';
 import { CniHandler } from './cni-handler.js';
 import { refusalMessage } from './authorize.js';
 import { CniServer } from './cni-server.js';
@@ -20,30 +20,11 @@ import { AGENT_STARTED_LOG, type AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
 import { EarlyDataBudget, handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs, Revalidation } from './inputs.js';
+import { startMemoryRelease } from './memory.js';
 import { handleOutbound, type Address } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
 import { addressFamily, RedirectRules, type PodInterfaces } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
-
-/**
- * When, after a busy spell, the agent hands freed memory back to the kernel a second time (V8 releases some pages
- * only after a later collection). A bulk transfer can leave tens of MB of freed I/O buffers resident; a node agent's
- * memory should follow its open connections, not its busiest moment.
- */
-export const MEMORY_RELEASE_INTERVAL_MS = 5_000;
-/** Growth of the resident set, with no busy spell, that is worth a release too (a slow trickle of new connections). */
-const MEMORY_RELEASE_GROWTH_BYTES = 8 * 1024 * 1024;
-/**
- * The release waits for a quiet second: less CPU than this share of one core. While traffic flows V8 collects on its
- * own schedule and the buffers are reused; a forced full collection then would only take CPU from the traffic, and
- * stall it: a release is a full collection of 70-150 ms. At a quarter of a core, steady request/response traffic
- * (1000 requests/s of 1 KiB on 16 connections, about 24% of a core per agent) made every other second look quiet,
- * and the agents released in the middle of it.
- */
-const MEMORY_RELEASE_QUIET_CPU_SHARE = 0.05;
-const MEMORY_RELEASE_CHECK_MS = 1_000;
-/** Consecutive busy seconds that make a busy spell. */
-const MEMORY_RELEASE_BUSY_SPELL_S = 2;
 
 /** How often the telemetry looks for the series of workloads that are gone (it keeps them SERIES_RETENTION_MS). */
 const SERIES_PRUNE_INTERVAL_MS = 60_000;
@@ -74,7 +55,8 @@ function closeServer(server: net.Server | http.Server): Promise<void> {
 /**
  * The node agent: capture listeners (15001 outbound, 15006 plaintext inbound), the HBONE server (15008), metrics
  * (15020) and readiness (15021), the redirect rules, and the certificates of the node's enrolled workloads. It
- * reports ready only once every listener is bound and the rules match the store.
+ * reports ready only once every listener is bound and the rules match the store after its first full sync
+ * (`readiness`).
  */
 export class Agent {
   readonly config: AgentConfig;
@@ -104,7 +86,7 @@ export class Agent {
   /** Set by `ambit cni uninstall`: the rules are gone and must not come back. */
   #uninstalled = false;
   #reconciling: Promise<void> = Promise.resolve();
-  #memoryTimer: NodeJS.Timeout | undefined;
+  #stopMemoryRelease: (() => void) | undefined;
   #pruneTimer: NodeJS.Timeout | undefined;
   #resyncTimer: NodeJS.Timeout | undefined;
   /** start() has finished: every listener bound, the rules installed, the first reconcile done, the CNI socket open. */
@@ -165,7 +147,10 @@ export class Agent {
           });
   }
 
-  /** Loads the cluster state and the CA, binds every listener, installs the rules; then the agent is ready. */
+  /**
+   * Loads the cluster state and the CA, binds every listener, installs the rules; then the agent serves, and is
+   * ready once the store has had its first full sync (`readiness`).
+   */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
     checkUpstreamSource(config);
     const ownOutput = deps.log === undefined ? new StdoutDestination() : undefined;
@@ -285,7 +270,7 @@ export class Agent {
       await agent.close();
       throw err;
     }
-    agent.#startMemoryRelease();
+    agent.#stopMemoryRelease = startMemoryRelease(log);
     agent.#startRulesResync();
     agent.#startSeriesPrune();
     agent.#started = true;
@@ -321,7 +306,7 @@ export class Agent {
   async close(options: { removeRules?: boolean } = {}): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearInterval(this.#memoryTimer);
+    this.#stopMemoryRelease?.();
     clearInterval(this.#resyncTimer);
     clearInterval(this.#pruneTimer);
     await this.#cniServer?.close();
@@ -365,70 +350,6 @@ export class Agent {
         .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
     }, this.config.rulesResyncSeconds * 1000);
     this.#resyncTimer.unref();
-  }
-
-  /**
-   * In the first quiet second after a busy spell, again MEMORY_RELEASE_INTERVAL_MS later, and whenever the resident
-   * set has grown by MEMORY_RELEASE_GROWTH_BYTES since the last release: a memory-reducing major collection (V8's
-   * last-resort flavour, the one a low-memory notification runs: it also shrinks the young generation a burst has
-   * grown; incremental when the process runs with --expose-gc as AGENT_NODE_FLAGS says), then the allocator's free
-   * pages back to the kernel, and once more in the next quiet second: the native halves of collected sockets and
-   * streams are freed by callbacks that run after the collection. V8 alone shrinks its heap only after several quiet
-   * seconds, and glibc never returns pages freed between live allocations. An idle agent does none of this.
-   */
-  #startMemoryRelease(): void {
-    type Collect = (options: { type: 'major'; execution: 'async'; flavor: 'last-resort' }) => Promise<void>;
-    const collect = (globalThis as { gc?: Collect }).gc;
-    let busySeconds = MEMORY_RELEASE_BUSY_SPELL_S;
-    let followUpAt: number | undefined;
-    let rssAfterRelease = 0;
-    let trimAgain = false;
-    let releasing = false;
-    /** The release's own CPU, which must not make the next second look busy (and start another release after it). */
-    let ownCpuUs = 0;
-    const release = async (afterBusy: boolean) => {
-      if (releasing) return;
-      if (trimAgain) {
-        trimAgain = false;
-        releaseFreeMemory();
-        rssAfterRelease = process.memoryUsage.rss();
-        return;
-      }
-      const followUp = followUpAt !== undefined && Date.now() >= followUpAt;
-      const grown = process.memoryUsage.rss() - rssAfterRelease >= MEMORY_RELEASE_GROWTH_BYTES;
-      if (!afterBusy && !followUp && !grown) return;
-      followUpAt = afterBusy ? Date.now() + MEMORY_RELEASE_INTERVAL_MS : undefined;
-      releasing = true;
-      const before = process.cpuUsage();
-      try {
-        await collect?.({ type: 'major', execution: 'async', flavor: 'last-resort' });
-        releaseFreeMemory();
-      } finally {
-        releasing = false;
-      }
-      const own = process.cpuUsage(before);
-      ownCpuUs += own.user + own.system;
-      trimAgain = true;
-      const why = afterBusy ? 'after a busy spell' : followUp ? 'follow-up' : 'growth';
-      this.#log.debug({ why, rssMb: Math.round(process.memoryUsage.rss() / 1048576), cpuMs: Math.round((own.user + own.system) / 1000) }, 'memory released');
-    };
-    let cpuBefore = process.cpuUsage();
-    this.#memoryTimer = setInterval(() => {
-      const used = process.cpuUsage(cpuBefore);
-      cpuBefore = process.cpuUsage();
-      const busy = (used.user + used.system - ownCpuUs) / 1000 >= MEMORY_RELEASE_CHECK_MS * MEMORY_RELEASE_QUIET_CPU_SHARE;
-      ownCpuUs = 0;
-      // A lone busy second (a rules resync, a scrape) is not traffic worth a release after it.
-      const afterBusy = busySeconds >= MEMORY_RELEASE_BUSY_SPELL_S;
-      busySeconds = busy ? busySeconds + 1 : 0;
-      if (busy) return;
-      release(afterBusy).catch((err: unknown) => {
-        // Without the addon (never on a real node: capture needs it too) memory is simply not released early.
-        clearInterval(this.#memoryTimer);
-        this.#log.warn({ err }, 'cannot release free memory to the kernel');
-      });
-    }, MEMORY_RELEASE_CHECK_MS);
-    this.#memoryTimer.unref();
   }
 
   async #bind(inputs: ProxyInputs): Promise<void> {

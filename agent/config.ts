@@ -15,30 +15,9 @@ export const DEFAULT_PORTS = Object.freeze({
 });
 
 /**
- * How the agent process is meant to be run; the DaemonSet, the demo, the tests and the bench all run it so.
- * - A young generation of 1 MB semi-spaces (V8's default grows to 16 MB each): an agent's allocations are many small,
- *   short-lived objects per connection, which a small young generation collects cheaply.
- * - glibc's allocator with fixed thresholds and one arena. By default glibc moves its thresholds as it goes: buffers
- *   above the mmap threshold (128 KiB at first: Node's HTTP/2 write batches, TLS buffers) get a fresh mapping each,
- *   and the heap's free top is returned whenever it passes twice that, so a bulk transfer touches new pages all the
- *   time. A page fault is dear on a virtual machine: in bulk transfers the agents took 20-130 k faults per GB, and
- *   their CPU per GB rose with them (about 4 s at 20 k, 6-8 s at 100 k). With buffers up to 4 MiB from the heap and
- *   the top kept up to 32 MiB, they take a few hundred faults per GB between releases, and throughput after idle
- *   spells rose by 10-40% (three paired runs). The agent gives free memory back itself when traffic stops
- *   (agent.ts), and with one arena that release reaches all of it: glibc shrinks another arena's top only past the
- *   trim threshold.
- *   RSS with 1000 connections open is unchanged (75-77 MB).
- * - Garbage collection on the agent's own thread: V8's concurrent GC threads compete with the node's workloads for
- *   its cores, and on the 2-core bench machine they cost more than they save (agent CPU per GB 8-9 s with them,
- *   5-6 s without; throughput up by a third).
- * - `gc` exposed so the agent can collect before it returns free memory to the kernel (agent.ts).
- * - Compaction on every full collection: connections come and go, leaving old-space pages part-filled; compacting
- *   the ~20 MB heap at each (rare, mostly the 5-second release) full GC costs a few ms and keeps about 3.5 MB less
- *   resident with 1000 connections open (80.6 -> 77.1 MB measured; no measurable change in CPU per GB or per request).
- * - No V8 memory reducer: the agent releases memory itself after busy spells and on growth (agent.ts). V8's own
- *   reducer ran a compacting collection about 10 s after a burst of 1000 new connections, when the agent's release
- *   had long been done; its evacuation pages lifted the resident set by 8-16 MB for a second (76 -> 84-92 MB), a
- *   peak a memory limit would count. Without it, the resident set stayed within 1 MB of 76 MB for 20 s.
+ * How the agent process runs, wherever it is started: V8 and glibc set for many small short-lived connections on
+ * cores shared with the node's pods, memory given back by the agent itself (memory.ts). Why each: README.md,
+ * "How the agent process runs".
  */
 export const AGENT_NODE_FLAGS: readonly string[] = Object.freeze(['--max-semi-space-size=1', '--single-threaded-gc', '--expose-gc', '--compact-on-every-full-gc', '--no-memory-reducer']);
 export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({

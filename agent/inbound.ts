@@ -2,7 +2,7 @@ import type http2 from 'node:http2';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Gauge, type Registry } from 'prom-client';
-import type { Workload, WorkloadStore } from '../core/discovery/index.js';
+import type { ReadonlyWorkloadStore, Workload } from '../core/discovery/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
 import { errnoCode } from '../core/errors.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
@@ -23,7 +23,7 @@ export type InboundRequest =
  * and when the connection came over HBONE, that pod must have the identity the TLS session was opened for, so a
  * client that holds a certificate for one workload cannot reach another behind the same node listener.
  */
-export function buildInboundRequest(store: WorkloadStore, nodeName: string, target: Address, sessionIdentity?: string): InboundRequest {
+export function buildInboundRequest(store: ReadonlyWorkloadStore, nodeName: string, target: Address, sessionIdentity?: string): InboundRequest {
   const destination = store.workloadByIp(target.host);
   if (!destination) {
     return { kind: 'refuse', status: 404, reason: 'unknown_destination', message: `${target.host} is not a known pod` };

@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import type { WorkloadStore } from '../core/discovery/index.js';
+import type { ReadonlyWorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
 import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
@@ -23,7 +23,8 @@ export type Revalidation = Reauthorization & { record: ConnectionRecord };
 /** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
 export interface ProxyInputs {
   config: AgentConfig;
-  store: WorkloadStore;
+  /** The discovery store's readers only: the sources write it, never a listener. */
+  store: ReadonlyWorkloadStore;
   nodeIp: string;
   hbone: HboneClient;
   telemetry: AgentTelemetry;

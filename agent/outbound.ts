@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import type { Service, ServiceEndpoint, Workload, WorkloadStore } from '../core/discovery/index.js';
+import type { ReadonlyWorkloadStore, Service, ServiceEndpoint, Workload } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
 import { authorize, refusalMessage } from './authorize.js';
@@ -10,7 +10,7 @@ import type { ConnectionRecord } from './telemetry.js';
 
 /** What the outbound decision needs to know besides the store. */
 export interface OutboundContext {
-  store: WorkloadStore;
+  store: ReadonlyWorkloadStore;
   nodeName: string;
   nodeIp: string;
   /** The agent's own ports on the node IP: a captured connection to one of them would loop. */

@@ -8,8 +8,7 @@ import { AmbitError, errnoCode } from './errors.js';
 interface SockoptAddon {
   originalDst(fd: number, family: 4 | 6): { address: string; port: number };
   setTransparent(fd: number, family: 4 | 6, on: boolean): void;
-  setMark(fd: number, mark: number): void;
-  transparentSocket(address: string, mark: number): number;
+  transparentSocket(address: string): number;
   releaseFreeMemory(): boolean;
 }
 
@@ -115,31 +114,20 @@ export function setTransparent(socket: net.Socket, on: boolean): void {
   }
 }
 
-/** SO_MARK: the fwmark that policy routing and `-m mark` see on this socket's packets. */
-export function setMark(socket: net.Socket, mark: number): void {
-  const sockopt = loadAddon();
-  const fd = socketFd(socket);
-  try {
-    sockopt.setMark(fd, mark);
-  } catch (err) {
-    throw sockoptFailure(err, `SO_MARK ${mark}`);
-  }
-}
-
 /**
  * A TCP socket bound to `address` with IP_TRANSPARENT (IPV6_TRANSPARENT), not yet connected: `connect()` it and the
- * peer sees `address`, which need not be one of this host's, as the client. The port is picked at connect. `mark`
- * (SO_MARK) is left unset when omitted. The option has to be set before bind(), and Node creates a socket's file
- * descriptor only inside connect(), so the addon makes the descriptor and Node adopts it.
+ * peer sees `address`, which need not be one of this host's, as the client. The port is picked at connect. The
+ * option has to be set before bind(), and Node creates a socket's file descriptor only inside connect(), so the addon
+ * makes the descriptor and Node adopts it.
  *
  * Needs CAP_NET_ADMIN (or CAP_NET_RAW): without it this throws SOCKOPT_FAILED whose cause has code EPERM. The replies
  * reach the socket only if the host routes them to itself (the agent's fwmark rule and local route).
  */
-export function transparentSocket(address: string, options: { mark?: number; allowHalfOpen?: boolean } = {}): net.Socket {
+export function transparentSocket(address: string, options: { allowHalfOpen?: boolean } = {}): net.Socket {
   const sockopt = loadAddon();
   let fd: number;
   try {
-    fd = sockopt.transparentSocket(address, options.mark ?? 0);
+    fd = sockopt.transparentSocket(address);
   } catch (err) {
     if (err instanceof TypeError) throw err;
     const hint = ['EPERM', 'EACCES'].includes(errnoCode(err) ?? '') ? ': the process needs CAP_NET_ADMIN' : '';

@@ -1,6 +1,6 @@
 /*
  * The few socket options Node cannot reach: the pre-DNAT destination of a captured connection
- * (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST), IP_TRANSPARENT and SO_MARK. Most functions take a file
+ * (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST) and IP_TRANSPARENT. originalDst and setTransparent take a file
  * descriptor that core/sockopt.ts gets from a net.Socket; transparentSocket makes one, because IP_TRANSPARENT
  * must be set before bind() and Node creates a socket's descriptor only inside connect().
  */
@@ -209,36 +209,16 @@ static napi_value set_transparent(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* setMark(fd, mark): the fwmark that policy routing and iptables `-m mark` see on this socket's packets. */
-static napi_value set_mark(napi_env env, napi_callback_info info) {
-  napi_value args[2];
-  int fd;
-  double mark_number;
-  if (!get_args(env, info, "setMark", 2, args) || !get_fd(env, args[0], "setMark", &fd) ||
-      !get_integer(env, args[1], "setMark", "mark", 0, UINT32_MAX, &mark_number)) {
-    return NULL;
-  }
-  uint32_t mark = (uint32_t)mark_number;
-  if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
-    throw_errno(env, errno, "setsockopt", "SO_MARK");
-  }
-  return NULL;
-}
-
 /*
- * transparentSocket(address, mark) -> fd: a non-blocking, close-on-exec TCP socket with IP_TRANSPARENT (or
+ * transparentSocket(address) -> fd: a non-blocking, close-on-exec TCP socket with IP_TRANSPARENT (or
  * IPV6_TRANSPARENT), bound to (address, any port), ready for connect(). The address need not be local: that is the
- * point, the agent connects to a pod from its client's address. `mark` (0: none) sets SO_MARK. The port is picked
- * at connect() (IP_BIND_ADDRESS_NO_PORT), so one client address can have as many connections as distinct
- * destinations allow, not one per ephemeral port. Every failure closes the socket before it throws.
+ * point, the agent connects to a pod from its client's address. The port is picked at connect()
+ * (IP_BIND_ADDRESS_NO_PORT), so one client address can have as many connections as distinct destinations allow,
+ * not one per ephemeral port. Every failure closes the socket before it throws.
  */
 static napi_value transparent_socket(napi_env env, napi_callback_info info) {
-  napi_value args[2];
-  double mark_number;
-  if (!get_args(env, info, "transparentSocket", 2, args) ||
-      !get_integer(env, args[1], "transparentSocket", "mark", 0, UINT32_MAX, &mark_number)) {
-    return NULL;
-  }
+  napi_value args[1];
+  if (!get_args(env, info, "transparentSocket", 1, args)) return NULL;
   char address[INET6_ADDRSTRLEN + 1];
   size_t length = 0;
   napi_valuetype type;
@@ -273,7 +253,6 @@ static napi_value transparent_socket(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int on = 1;
-  uint32_t mark = (uint32_t)mark_number;
   const char *syscall = "setsockopt";
   const char *option;
   int status;
@@ -283,10 +262,6 @@ static napi_value transparent_socket(napi_env env, napi_callback_info info) {
   } else {
     option = "IPV6_TRANSPARENT";
     status = setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &on, sizeof on);
-  }
-  if (status == 0 && mark != 0) {
-    option = "SO_MARK";
-    status = setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
   }
   if (status == 0) {
     option = "IP_BIND_ADDRESS_NO_PORT";
@@ -329,7 +304,6 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor functions[] = {
       {"originalDst", NULL, original_dst, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setTransparent", NULL, set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"setMark", NULL, set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"transparentSocket", NULL, transparent_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"releaseFreeMemory", NULL, release_free_memory, NULL, NULL, NULL, napi_enumerable, NULL},
   };

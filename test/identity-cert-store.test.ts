@@ -92,13 +92,12 @@ t.test('concurrent get() calls share one issuance', async (t) => {
   t.teardown(() => store.close());
   const rotated: string[] = [];
   store.on('rotated', (spiffeId) => rotated.push(spiffeId));
-  t.equal(store.current(ID), undefined, 'nothing before first use');
+  t.same(store.identities(), [], 'nothing before first use');
 
   const [a, b, c] = await Promise.all([store.get(ID), store.get(ID), store.get(ID)]);
   t.equal(issuer.calls, 1, 'one CSR for three callers');
   t.equal(a, b);
   t.equal(b, c);
-  t.equal(store.current(ID), a, 'current() returns the held certificate');
   t.same(rotated, [ID], 'rotated is emitted for the first certificate');
   t.equal(a.spiffeId, ID);
   t.match(a.keyPem, /BEGIN PRIVATE KEY/);
@@ -121,7 +120,7 @@ t.test('concurrent get() calls share one issuance', async (t) => {
 
   store.forget(OTHER_ID);
   t.same(store.identities(), [ID]);
-  t.equal(store.current(OTHER_ID), undefined);
+  t.same(store.expirations(), [{ spiffeId: ID, notAfter: a.notAfter }], 'nor its certificate');
 });
 
 t.test('a failed first issuance rejects and keeps nothing', async (t) => {
@@ -185,7 +184,8 @@ t.test('renews at half of the remaining lifetime', async (t) => {
   assertIssuedFor(t, second, ID, time.now());
   t.not(second.serial, first.serial, 'a new certificate');
   t.not(second.keyPem, first.keyPem, 'from a new key');
-  t.equal(store.current(ID), second, 'the new certificate is current');
+  t.equal(await store.get(ID), second, 'the new certificate is the one handed out');
+  t.equal(issuer.calls, 2, 'without another issuance');
   t.same(store.expirations(), [{ spiffeId: ID, notAfter: second.notAfter }]);
   t.equal(time.delays[1], (second.notAfter.getTime() - time.now()) / 2, 'the next renewal is at its half life');
 });
@@ -213,7 +213,8 @@ t.test('failed renewals back off and keep the old certificate', async (t) => {
     const [spiffeId, err, retryInMs] = (await failed) as [string, Error, number];
     t.equal(spiffeId, ID);
     t.match(err.message, /issuer down/);
-    t.equal(store.current(ID), first, `the old certificate serves after failure ${i + 1}`);
+    t.equal(await store.get(ID), first, `the old certificate serves after failure ${i + 1}`);
+    t.equal(calls, 2 + i, 'without another issuance');
     t.equal(time.delays.at(-1), retryInMs, 'the retry is set for the delay it announced');
     retryDelays.push(retryInMs);
     time.advance(retryInMs - 1);
@@ -232,7 +233,7 @@ t.test('failed renewals back off and keep the old certificate', async (t) => {
   t.ok(retryDelays.every((delay) => delay >= 20 && delay <= 160), 'within [initialMs / 2, maxMs]');
   assertIssuedFor(t, renewed, ID, time.now());
   t.not(renewed.serial, first.serial);
-  t.equal(store.current(ID), renewed);
+  t.equal(await store.get(ID), renewed);
 });
 
 t.test('expiry follows the injected clock', async (t) => {
@@ -241,16 +242,16 @@ t.test('expiry follows the injected clock', async (t) => {
   const store = new CertStore({ issuer, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
   const first = await store.get(ID);
-  t.equal(store.current(ID), first);
+  t.equal(await store.get(ID), first);
 
   time.skip(2 * 3600_000);
-  t.equal(store.current(ID), undefined, 'an expired certificate is never handed out');
-  t.same(store.expirations(), [{ spiffeId: ID, notAfter: first.notAfter }], 'but its expiry is still reported');
+  t.same(store.expirations(), [{ spiffeId: ID, notAfter: first.notAfter }], 'an expired certificate\'s expiry is still reported');
   const second = await store.get(ID);
   t.equal(issuer.calls, 2, 'get() replaces an expired certificate');
   assertIssuedFor(t, second, ID, time.now());
-  t.not(second.serial, first.serial);
-  t.equal(store.current(ID), second);
+  t.not(second.serial, first.serial, 'an expired certificate is never handed out');
+  t.equal(await store.get(ID), second);
+  t.equal(issuer.calls, 2);
 });
 
 t.test('close() stops renewals; the real timers never hold the process open', async (t) => {
@@ -262,7 +263,7 @@ t.test('close() stops renewals; the real timers never hold the process open', as
   store.close();
   t.equal(time.pending, 0, 'close() cancels it');
   t.same(store.identities(), []);
-  t.equal(store.current(ID), undefined);
+  t.same(store.expirations(), []);
   await t.rejects(store.get(ID), { code: 'CERT_STORE_CLOSED' });
   time.advance(2 * 3600_000);
   t.equal(issuer.calls, 1, 'no renewal after close()');
@@ -293,7 +294,7 @@ t.test('forget() stops renewing an identity', async (t) => {
   t.equal(time.pending, 1);
   store.forget(OTHER_ID);
   t.equal(time.pending, 0, 'forgetting a held identity cancels its renewal');
-  t.equal(store.current(OTHER_ID), undefined);
+  t.same(store.identities(), []);
   t.not(held.serial, cert.serial);
 });
 

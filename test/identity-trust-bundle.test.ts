@@ -81,9 +81,9 @@ t.test('LocalCaFolder follows the folder: bundle changes, then a new signer, who
   t.equal(ca.rootPem, newCa.rootPem);
   t.equal(folder.ca.rootPem, newCa.rootPem);
   await store.renewAll();
-  const after = store.current(ID);
-  t.not(after?.serial, before.serial, 'a new leaf');
-  t.ok(new X509Certificate(after!.certChainPem).checkIssued(new X509Certificate(newCa.rootPem)), 'issued by the new root');
+  const after = await store.get(ID);
+  t.not(after.serial, before.serial, 'a new leaf');
+  t.ok(new X509Certificate(after.certChainPem).checkIssued(new X509Certificate(newCa.rootPem)), 'issued by the new root');
 
   changed = once(folder.trustBundle, 'change');
   await writeBundle(dir, newCa.rootPem);

@@ -1,8 +1,10 @@
 /**
- * Property tests over random policy sets and connections from a seeded generator, so a failure replays exactly:
- * each failure prints the seed, the case number, the policies (as the objects fed to convertPolicyObject) and the
- * connection. AMBIT_PROPERTY_SEED and AMBIT_PROPERTY_CASES override the defaults.
+ * Property tests over random policy sets and connections, drawn by fast-check from a fixed seed so a failure
+ * replays exactly: each failure prints the seed, the shrunk case's policies (as the objects fed to
+ * convertPolicyObject), the changed set and the connection. AMBIT_PROPERTY_SEED and AMBIT_PROPERTY_CASES override
+ * the defaults.
  */
+import fc from 'fast-check';
 import t from 'tap';
 import {
   buildPolicySet,
@@ -17,228 +19,223 @@ const SEED = Number(process.env.AMBIT_PROPERTY_SEED ?? 20240611);
 const CASES = Number(process.env.AMBIT_PROPERTY_CASES ?? 3000);
 const ROOT = 'ambit-system';
 
-/** mulberry32: small, fast, and good enough to spread cases; deterministic for a seed. */
-class Random {
-  #state: number;
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-  next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let x = this.#state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)] as T;
-  }
-  some<T>(items: readonly T[], max = 2): T[] {
-    const count = 1 + this.int(max);
-    return Array.from({ length: count }, () => this.pick(items));
-  }
-  shuffle<T>(items: readonly T[]): T[] {
-    const out = [...items];
-    for (let i = out.length - 1; i > 0; i--) {
-      const j = this.int(i + 1);
-      [out[i], out[j]] = [out[j] as T, out[i] as T];
-    }
-    return out;
-  }
-}
-
 const NAMESPACES = ['a', 'b', 'c'];
 const PRINCIPALS = ['cluster.local/ns/a/sa/s1', 'cluster.local/ns/b/sa/s2', 'cluster.local/ns/c/sa/s1', 'cluster.local/ns/a/*', '*/sa/s1', '*'];
 const NAMESPACE_PATTERNS = ['a', 'b', 'c', '*', 'a*', '*c'];
 const IP_BLOCKS = ['10.0.0.0/8', '10.1.0.0/16', '10.1.2.3', '192.168.0.0/16', 'fd00::/8', 'fd00::1', '0.0.0.0/0', '::ffff:10.1.0.0/112'];
 const PORTS = ['80', '443', '9080'];
 
-function sourceField(random: Random): [string, string[]] {
-  const fields: Array<[string, readonly string[]]> = [
-    ['principals', PRINCIPALS],
-    ['notPrincipals', PRINCIPALS],
-    ['namespaces', NAMESPACE_PATTERNS],
-    ['notNamespaces', NAMESPACE_PATTERNS],
-    ['ipBlocks', IP_BLOCKS],
-    ['notIpBlocks', IP_BLOCKS],
-    ['remoteIpBlocks', IP_BLOCKS],
-    ['notRemoteIpBlocks', IP_BLOCKS],
-    ['requestPrincipals', ['issuer/subject', '*']],
-    ['notRequestPrincipals', ['*']],
-  ];
-  const [name, pool] = random.pick(fields);
-  return [name, random.some(pool)];
+type PolicyObject = Record<string, unknown>;
+
+/** Present with probability `p`; shrinks toward absent. */
+function sometimes<T>(p: number, arbitrary: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> {
+  return fc.oneof({ arbitrary: fc.constant(undefined), weight: Math.round((1 - p) * 10) }, { arbitrary, weight: Math.round(p * 10) });
 }
 
-function operationField(random: Random): [string, string[]] {
-  const fields: Array<[string, readonly string[]]> = [
-    ['ports', PORTS],
-    ['notPorts', PORTS],
-    ['methods', ['GET', 'POST']],
-    ['notPaths', ['/admin']],
-    ['hosts', ['reviews']],
-  ];
-  const [name, pool] = random.pick(fields);
-  return [name, random.some(pool)];
+/** One or two values of the pool, repeats allowed. */
+function some(pool: readonly string[]): fc.Arbitrary<string[]> {
+  return fc.array(fc.constantFrom(...pool), { minLength: 1, maxLength: 2 });
 }
 
-function condition(random: Random): Record<string, unknown> {
-  const keys: Array<[string, readonly string[]]> = [
-    ['source.ip', IP_BLOCKS],
-    ['remote.ip', IP_BLOCKS],
-    ['destination.ip', ['10.9.0.0/16', '10.9.0.1', 'fd09::/16']],
-    ['destination.port', PORTS],
-    ['source.namespace', NAMESPACE_PATTERNS],
-    ['source.principal', PRINCIPALS],
-    ['request.headers[x-user]', ['admin']],
-    ['connection.sni', ['reviews']],
-  ];
-  const [key, pool] = random.pick(keys);
-  const out: Record<string, unknown> = { key };
-  const which = random.int(3);
-  if (which !== 1) out.values = random.some(pool);
-  if (which !== 0) out.notValues = random.some(pool);
-  return out;
+/** A field of the table with values from its pool, each field as likely as the others. */
+function fieldOf(fields: Array<[string, readonly string[]]>): fc.Arbitrary<[string, string[]]> {
+  return fc.oneof(...fields.map(([name, pool]) => some(pool).map((values): [string, string[]] => [name, values])));
 }
 
-function rule(random: Random): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  if (random.chance(0.6)) {
-    out.from = Array.from({ length: 1 + random.int(2) }, () => ({ source: Object.fromEntries(Array.from({ length: 1 + random.int(2) }, () => sourceField(random))) }));
-  }
-  if (random.chance(0.4)) {
-    out.to = Array.from({ length: 1 + random.int(2) }, () => ({ operation: Object.fromEntries(Array.from({ length: 1 + random.int(2) }, () => operationField(random))) }));
-  }
-  if (random.chance(0.3)) out.when = Array.from({ length: 1 + random.int(2) }, () => condition(random));
-  return out;
+/** An object of one or two fields (the same field twice keeps the later). */
+function objectOf(field: fc.Arbitrary<[string, string[]]>): fc.Arbitrary<Record<string, string[]>> {
+  return fc.array(field, { minLength: 1, maxLength: 2 }).map((entries) => Object.fromEntries(entries));
 }
 
-function policyObject(random: Random, name: string, action?: string): Record<string, unknown> {
-  const chosen = action ?? random.pick(['ALLOW', 'ALLOW', 'DENY', 'DENY', 'AUDIT']);
-  const spec: Record<string, unknown> = { action: chosen };
-  const scope = random.int(4);
-  if (scope === 1) spec.selector = { matchLabels: random.chance(0.5) ? { app: random.pick(['x', 'y']) } : { app: 'x', version: random.pick(['v1', 'v2']) } };
-  if (scope === 2) {
-    spec.targetRefs = random.chance(0.8)
-      ? [{ kind: 'Service', group: '', name: random.pick(['svc-x', 'svc-y']) }]
-      : [{ kind: 'Gateway', group: 'gateway.networking.k8s.io', name: 'waypoint' }];
-  }
-  const ruleCount = chosen === 'DENY' ? 1 + random.int(3) : random.int(4);
-  spec.rules = Array.from({ length: ruleCount }, () => rule(random));
-  return {
-    apiVersion: 'security.ambit.dev/v1',
-    kind: 'AuthorizationPolicy',
-    metadata: { name, namespace: random.pick([ROOT, ...NAMESPACES, ...NAMESPACES]) },
-    spec,
-  };
+const sourceField = fieldOf([
+  ['principals', PRINCIPALS],
+  ['notPrincipals', PRINCIPALS],
+  ['namespaces', NAMESPACE_PATTERNS],
+  ['notNamespaces', NAMESPACE_PATTERNS],
+  ['ipBlocks', IP_BLOCKS],
+  ['notIpBlocks', IP_BLOCKS],
+  ['remoteIpBlocks', IP_BLOCKS],
+  ['notRemoteIpBlocks', IP_BLOCKS],
+  ['requestPrincipals', ['issuer/subject', '*']],
+  ['notRequestPrincipals', ['*']],
+]);
+
+const operationField = fieldOf([
+  ['ports', PORTS],
+  ['notPorts', PORTS],
+  ['methods', ['GET', 'POST']],
+  ['notPaths', ['/admin']],
+  ['hosts', ['reviews']],
+]);
+
+const CONDITION_KEYS: Array<[string, readonly string[]]> = [
+  ['source.ip', IP_BLOCKS],
+  ['remote.ip', IP_BLOCKS],
+  ['destination.ip', ['10.9.0.0/16', '10.9.0.1', 'fd09::/16']],
+  ['destination.port', PORTS],
+  ['source.namespace', NAMESPACE_PATTERNS],
+  ['source.principal', PRINCIPALS],
+  ['request.headers[x-user]', ['admin']],
+  ['connection.sni', ['reviews']],
+];
+
+/** values, notValues, or both. */
+const condition: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
+  ...CONDITION_KEYS.map(([key, pool]) =>
+    fc.oneof(
+      fc.record({ key: fc.constant(key), values: some(pool) }),
+      fc.record({ key: fc.constant(key), notValues: some(pool) }),
+      fc.record({ key: fc.constant(key), values: some(pool), notValues: some(pool) }),
+    ),
+  ),
+);
+
+const rule: fc.Arbitrary<Record<string, unknown>> = fc
+  .record({
+    from: sometimes(0.6, fc.array(objectOf(sourceField).map((source) => ({ source })), { minLength: 1, maxLength: 2 })),
+    to: sometimes(0.4, fc.array(objectOf(operationField).map((operation) => ({ operation })), { minLength: 1, maxLength: 2 })),
+    when: sometimes(0.3, fc.array(condition, { minLength: 1, maxLength: 2 })),
+  })
+  .map((fields) => Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)));
+
+/** A policy's scope: the namespace (half the time) or a selector or targetRefs (a quarter each). */
+const scope: fc.Arbitrary<Record<string, unknown>> = fc.oneof(
+  { arbitrary: fc.constant({}), weight: 2 },
+  {
+    arbitrary: fc
+      .oneof(
+        fc.record({ app: fc.constantFrom('x', 'y') }),
+        fc.record({ app: fc.constant('x'), version: fc.constantFrom('v1', 'v2') }),
+      )
+      .map((matchLabels) => ({ selector: { matchLabels } })),
+    weight: 1,
+  },
+  {
+    arbitrary: fc
+      .oneof(
+        { arbitrary: fc.constantFrom('svc-x', 'svc-y').map((name) => ({ kind: 'Service', group: '', name })), weight: 4 },
+        { arbitrary: fc.constant({ kind: 'Gateway', group: 'gateway.networking.k8s.io', name: 'waypoint' }), weight: 1 },
+      )
+      .map((ref) => ({ targetRefs: [ref] })),
+    weight: 1,
+  },
+);
+
+/** A policy without its name: a DENY has one to three rules, others none to three. */
+interface UnnamedPolicy {
+  namespace: string;
+  spec: Record<string, unknown>;
 }
 
-function connectionOf(random: Random): ConnectionAttributes {
-  const plaintext = random.chance(0.3);
-  const sourceNamespace = random.pick(NAMESPACES);
-  const workloadNamespace = random.pick([...NAMESPACES, ROOT]);
-  return {
+function policyOf(action: string): fc.Arbitrary<UnnamedPolicy> {
+  return fc.record({
+    namespace: fc.oneof({ arbitrary: fc.constant(ROOT), weight: 1 }, { arbitrary: fc.constantFrom(...NAMESPACES), weight: 6 }),
+    scope,
+    rules: fc.array(rule, { minLength: action === 'DENY' ? 1 : 0, maxLength: 3 }),
+  }).map(({ namespace, scope, rules }) => ({ namespace, spec: { action, ...scope, rules } }));
+}
+
+const anyPolicy = fc.oneof(
+  { arbitrary: policyOf('ALLOW'), weight: 2 },
+  { arbitrary: policyOf('DENY'), weight: 2 },
+  { arbitrary: policyOf('AUDIT'), weight: 1 },
+);
+
+function named(name: string, { namespace, spec }: UnnamedPolicy): PolicyObject {
+  return { apiVersion: 'security.ambit.dev/v1', kind: 'AuthorizationPolicy', metadata: { name, namespace }, spec };
+}
+
+/** Up to six policies named p0, p1, … */
+const policySet = fc.array(anyPolicy, { maxLength: 6 }).map((policies) => policies.map((policy, i) => named(`p${i}`, policy)));
+
+const connection: fc.Arbitrary<ConnectionAttributes> = fc
+  .record({
+    plaintext: fc.oneof({ arbitrary: fc.constant(false), weight: 7 }, { arbitrary: fc.constant(true), weight: 3 }),
+    sourceNamespace: fc.constantFrom(...NAMESPACES),
+    serviceAccount: fc.constantFrom('s1', 's2'),
+    sourceIp: fc.constantFrom('10.1.2.3', '10.2.0.1', '192.168.1.1', 'fd00::1', 'fd00::2', '::ffff:10.1.2.3', '172.16.0.1'),
+    destinationIp: fc.constantFrom('10.9.0.1', '10.9.1.1', 'fd09::1'),
+    port: fc.constantFrom(...PORTS, '8080').map(Number),
+    workloadNamespace: fc.constantFrom(...NAMESPACES, ROOT),
+    app: fc.constantFrom('x', 'y'),
+    version: fc.constantFrom('v1', 'v2'),
+    service: sometimes(0.7, fc.constantFrom('svc-x', 'svc-y')),
+  })
+  .map((c) => ({
     source: {
-      ip: random.pick(['10.1.2.3', '10.2.0.1', '192.168.1.1', 'fd00::1', 'fd00::2', '::ffff:10.1.2.3', '172.16.0.1']),
-      ...(plaintext ? {} : { principal: `cluster.local/ns/${sourceNamespace}/sa/${random.pick(['s1', 's2'])}`, namespace: sourceNamespace }),
+      ip: c.sourceIp,
+      ...(c.plaintext ? {} : { principal: `cluster.local/ns/${c.sourceNamespace}/sa/${c.serviceAccount}`, namespace: c.sourceNamespace }),
     },
     destination: {
-      ip: random.pick(['10.9.0.1', '10.9.1.1', 'fd09::1']),
-      port: Number(random.pick([...PORTS, '8080'])),
-      workload: { namespace: workloadNamespace, name: 'w', labels: { app: random.pick(['x', 'y']), version: random.pick(['v1', 'v2']) } },
-      services: random.chance(0.7) ? [{ namespace: workloadNamespace, name: random.pick(['svc-x', 'svc-y']) }] : [],
+      ip: c.destinationIp,
+      port: c.port,
+      workload: { namespace: c.workloadNamespace, name: 'w', labels: { app: c.app, version: c.version } },
+      services: c.service === undefined ? [] : [{ namespace: c.workloadNamespace, name: c.service }],
     },
-  };
-}
+  }));
 
-function toPolicy(obj: Record<string, unknown>): AuthorizationPolicy {
+function toPolicy(obj: PolicyObject): AuthorizationPolicy {
   const converted = convertPolicyObject(obj, { istioApi: false });
   if (converted.kind !== 'AuthorizationPolicy') throw new Error(`generator made a ${converted.kind}`);
   return converted.object;
 }
 
-function decide(objects: Array<Record<string, unknown>>, request: ConnectionAttributes): PolicyDecision {
+function decide(objects: PolicyObject[], request: ConnectionAttributes): PolicyDecision {
   return evaluateConnection(buildPolicySet(objects.map(toPolicy), { rootNamespace: ROOT }), request);
 }
 
-function randomSet(random: Random): Array<Record<string, unknown>> {
-  return Array.from({ length: random.int(7) }, (_, i) => policyObject(random, `p${i}`));
+/** One case: a policy set, the set the property changes it into, and the connection both decide. */
+interface Case {
+  policies: PolicyObject[];
+  changed: PolicyObject[];
+  request: ConnectionAttributes;
 }
 
-type PolicyObject = Record<string, unknown>;
-
 interface Property {
-  /** Draws one case: the policy set, the connection, and what the property adds or reorders. */
-  draw(random: Random): { policies: PolicyObject[]; request: ConnectionAttributes; change: (policies: PolicyObject[]) => PolicyObject[] };
-  /** Whether the case is one the property speaks about. */
+  cases: fc.Arbitrary<Case>;
+  /** Whether the case is one the property speaks about; the others are skipped, and do not count. */
   premise(before: PolicyDecision): boolean;
   holds(before: PolicyDecision, after: PolicyDecision): boolean;
 }
 
 /**
- * Runs a property until CASES cases met its premise; each case has its own generator, seeded from SEED and its
- * number. A failing case is shrunk (policies, then rules, dropped while it still fails) before it is reported.
+ * Runs a property until CASES cases met its premise (at most 20 skipped per case); fast-check shrinks a failing
+ * case (fewer and smaller policies, a simpler connection) while it still meets the premise and fails.
  */
 function check(property: Property): { qualified: number; failure?: string } {
-  let qualified = 0;
-  for (let index = 0; qualified < CASES && index < CASES * 20; index++) {
-    const { policies, request, change } = property.draw(new Random((SEED + Math.imul(index, 0x9e3779b1)) >>> 0));
-    const fails = (set: PolicyObject[]) => {
-      const before = decide(set, request);
-      return property.premise(before) && !property.holds(before, decide(change(set), request));
-    };
-    const before = decide(policies, request);
-    if (!property.premise(before)) continue;
-    qualified++;
-    if (!fails(policies)) continue;
-    const minimal = shrink(policies, fails);
-    const lines = [
-      `AMBIT_PROPERTY_SEED=${SEED}, case ${index}; shrunk to:`,
-      ...minimal.map((p) => `policy ${JSON.stringify(p)}`),
-      `changed to ${JSON.stringify(change(minimal).map((p) => [(p.metadata as { name: string }).name, p.spec]))}`,
-      `connection ${JSON.stringify(request)}`,
-      `before ${JSON.stringify(decide(minimal, request))}`,
-      `after ${JSON.stringify(decide(change(minimal), request))}`,
-    ];
-    return { qualified, failure: lines.join('\n') };
-  }
-  return { qualified };
-}
-
-function shrink(policies: PolicyObject[], fails: (set: PolicyObject[]) => boolean): PolicyObject[] {
-  let current = policies;
-  for (let i = current.length - 1; i >= 0; i--) {
-    const candidate = current.filter((_, j) => j !== i);
-    if (fails(candidate)) current = candidate;
-  }
-  const specOf = (policy: PolicyObject) => policy.spec as { action: string; rules: unknown[] };
-  for (let i = 0; i < current.length; i++) {
-    for (let r = specOf(current[i] as PolicyObject).rules.length - 1; r >= 0; r--) {
-      const policy = current[i] as PolicyObject;
-      const spec = specOf(policy);
-      if (spec.action === 'DENY' && spec.rules.length === 1) break;
-      const candidate = [...current];
-      candidate[i] = { ...policy, spec: { ...spec, rules: spec.rules.filter((_, k) => k !== r) } };
-      if (fails(candidate)) current = candidate;
-    }
-  }
-  return current;
+  const details = fc.check(
+    fc.property(property.cases, ({ policies, changed, request }) => {
+      const before = decide(policies, request);
+      fc.pre(property.premise(before));
+      return property.holds(before, decide(changed, request));
+    }),
+    { seed: SEED, numRuns: CASES, maxSkipsPerRun: 20 },
+  );
+  if (!details.failed) return { qualified: details.numRuns };
+  const found = details.counterexample?.[0];
+  if (found === undefined) return { qualified: details.numRuns, failure: `too few cases met the premise: ${details.numRuns} of ${CASES}, ${details.numSkips} skipped` };
+  const { policies, changed, request } = found;
+  const lines = [
+    `AMBIT_PROPERTY_SEED=${details.seed}, case ${details.numRuns + details.numSkips}; shrunk ${details.numShrinks} times to:`,
+    ...policies.map((p) => `policy ${JSON.stringify(p)}`),
+    `changed to ${JSON.stringify(changed.map((p) => [(p.metadata as { name: string }).name, p.spec]))}`,
+    `connection ${JSON.stringify(request)}`,
+    `before ${JSON.stringify(decide(policies, request))}`,
+    `after ${JSON.stringify(decide(changed, request))}`,
+    ...(details.errorInstance === null ? [] : [`error ${String(details.errorInstance)}`]),
+  ];
+  return { qualified: details.numRuns, failure: lines.join('\n') };
 }
 
 t.test('adding an ALLOW policy never lifts a denial by a DENY policy', async (t) => {
   const { qualified, failure } = check({
-    draw: (random) => {
-      // A DENY more in every set: a denial by a DENY policy is the premise.
-      const policies = [...randomSet(random), policyObject(random, 'deny-extra', 'DENY')];
-      const added = policyObject(random, 'added-allow', 'ALLOW');
-      return { policies, request: connectionOf(random), change: (set) => [...set, added] };
-    },
+    // A DENY more in every set: a denial by a DENY policy is the premise.
+    cases: fc
+      .record({ set: policySet, deny: policyOf('DENY'), added: policyOf('ALLOW'), request: connection })
+      .map(({ set, deny, added, request }) => {
+        const policies = [...set, named('deny-extra', deny)];
+        return { policies, changed: [...policies, named('added-allow', added)], request };
+      }),
     premise: (before) => before.reason === 'denied_by_policy',
     holds: (_, after) => after.decision === 'DENY' && after.reason === 'denied_by_policy',
   });
@@ -248,11 +245,9 @@ t.test('adding an ALLOW policy never lifts a denial by a DENY policy', async (t)
 
 t.test('adding a DENY policy never turns a denial into an allow', async (t) => {
   const { qualified, failure } = check({
-    draw: (random) => {
-      const policies = randomSet(random);
-      const added = policyObject(random, 'added-deny', 'DENY');
-      return { policies, request: connectionOf(random), change: (set) => [...set, added] };
-    },
+    cases: fc
+      .record({ policies: policySet, added: policyOf('DENY'), request: connection })
+      .map(({ policies, added, request }) => ({ policies, changed: [...policies, named('added-deny', added)], request })),
     premise: (before) => before.decision === 'DENY',
     holds: (_, after) => after.decision === 'DENY',
   });
@@ -263,12 +258,13 @@ t.test('adding a DENY policy never turns a denial into an allow', async (t) => {
 t.test('the decision does not depend on the order of the policies', async (t) => {
   const outcomes = new Map<string, number>();
   const { qualified, failure } = check({
-    draw: (random) => {
-      const policies = randomSet(random);
-      const order = random.shuffle(policies.map((_, i) => i));
-      // The same permutation whatever the shrinker leaves: by position, skipping what was dropped.
-      return { policies, request: connectionOf(random), change: (set) => order.filter((i) => i < set.length).map((i) => set[i] as PolicyObject) };
-    },
+    // The order is the policies sorted by a drawn key each (ties keep their place).
+    cases: fc
+      .record({ policies: policySet, keys: fc.array(fc.nat(), { minLength: 6, maxLength: 6 }), request: connection })
+      .map(({ policies, keys, request }) => {
+        const order = policies.map((_, i) => i).sort((x, y) => (keys[x] as number) - (keys[y] as number) || x - y);
+        return { policies, changed: order.map((i) => policies[i] as PolicyObject), request };
+      }),
     premise: (before) => {
       outcomes.set(before.reason, (outcomes.get(before.reason) ?? 0) + 1);
       return true;

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { AmbitError, errnoCode } from '../core/errors.js';
-import { SOCKOPT_ADDON_PATH, originalDestination, setMark, setTransparent, transparentSocket } from '../core/sockopt.js';
+import { SOCKOPT_ADDON_PATH, originalDestination, setTransparent, transparentSocket } from '../core/sockopt.js';
 
 /** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
 async function loopbackPair(t: Test): Promise<{ client: net.Socket; accepted: net.Socket }> {
@@ -46,7 +46,7 @@ t.test('a connection that was not DNATed has no original destination', async (t)
 
 t.test('a socket without a file descriptor is refused', async (t) => {
   t.throws(() => originalDestination(new net.Socket()), { code: 'NO_FD' });
-  t.throws(() => setMark(new net.Socket(), 1), { code: 'NO_FD' });
+  t.throws(() => setTransparent(new net.Socket(), true), { code: 'NO_FD' });
 });
 
 t.test('bad arguments are TypeErrors', async (t) => {
@@ -58,20 +58,17 @@ t.test('bad arguments are TypeErrors', async (t) => {
   t.throws(() => originalDst(3, 5), new TypeError('originalDst: family must be 4 or 6'));
   t.throws(() => originalDst(3), new TypeError('originalDst: expected 2 arguments, got 1'));
   t.throws(() => addon.setTransparent!(3, 4, 1), new TypeError('setTransparent: on must be a boolean'));
-  t.throws(() => addon.setMark!(3, 2 ** 32), new TypeError('setMark: mark must be an integer from 0 to 4294967295'));
   t.throws(() => originalDst(2 ** 30, 4), { code: 'EBADF', syscall: 'getsockopt', errno: -9 }, 'a closed fd is EBADF');
 
   const { client } = await loopbackPair(t);
-  t.throws(() => setMark(client, -1), TypeError, 'the wrappers pass TypeErrors through');
-  t.throws(() => setTransparent(client, 'yes' as unknown as boolean), TypeError);
+  t.throws(() => setTransparent(client, 'yes' as unknown as boolean), TypeError, 'the wrappers pass TypeErrors through');
 
   const open = addon.transparentSocket!;
-  t.throws(() => open('10.0.0.1'), new TypeError('transparentSocket: expected 2 arguments, got 1'));
-  t.throws(() => open(17, 0), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'));
-  t.throws(() => open('x'.repeat(100), 0), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'), 'too long to be one');
-  t.throws(() => open('10.0.0.300', 0), new TypeError('transparentSocket: address "10.0.0.300" is not an IPv4 or IPv6 address'));
-  t.throws(() => open('fe80::1%eth0', 0), TypeError, 'a scope is not an address');
-  t.throws(() => open('10.0.0.1', -1), new TypeError('transparentSocket: mark must be an integer from 0 to 4294967295'));
+  t.throws(() => open(), new TypeError('transparentSocket: expected 1 arguments, got 0'));
+  t.throws(() => open(17), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'));
+  t.throws(() => open('x'.repeat(100)), new TypeError('transparentSocket: address must be an IPv4 or IPv6 address string'), 'too long to be one');
+  t.throws(() => open('10.0.0.300'), new TypeError('transparentSocket: address "10.0.0.300" is not an IPv4 or IPv6 address'));
+  t.throws(() => open('fe80::1%eth0'), TypeError, 'a scope is not an address');
   t.throws(() => transparentSocket('localhost'), TypeError, 'the wrapper passes TypeErrors through');
 });
 
@@ -94,7 +91,7 @@ const CHILD_SCRIPT = `
 import net from 'node:net';
 import { once } from 'node:events';
 
-const { originalDestination, setMark, setTransparent } = await import(process.argv[2]);
+const { originalDestination, setTransparent } = await import(process.argv[2]);
 
 async function connectThrough(listen, connect, onConnected = () => {}) {
   const server = net.createServer();
@@ -121,8 +118,7 @@ async function connectThrough(listen, connect, onConnected = () => {}) {
 }
 
 const report = {
-  ipv4: await connectThrough({ host: '127.0.0.1', port: 15001 }, { host: '127.0.0.1', port: 7777 }, (client, accepted) => {
-    setMark(client, 42);
+  ipv4: await connectThrough({ host: '127.0.0.1', port: 15001 }, { host: '127.0.0.1', port: 7777 }, (_, accepted) => {
     setTransparent(accepted, true);
   }),
   ipv6: await connectThrough({ host: '::1', port: 15001 }, { host: '::1', port: 7777 }),
@@ -284,9 +280,8 @@ t.test('reads the original destination of DNATed connections in a network namesp
   dnat('iptables', '127.0.0.1', '127.0.0.1:15001', 7777);
   dnat('ip6tables', '::1', '[::1]:15001', 7777);
   dnat('iptables', '127.0.0.1', '127.0.0.1:15002', 7778);
-  // Counters that prove the options reached the kernel: the client's data leaves with mark 42 (mangle runs before
-  // nat, so it still sees port 7777), and arrives at a socket that xt_socket finds transparent.
-  inNamespace('iptables', '-t', 'mangle', '-A', 'OUTPUT', '-p', 'tcp', '--dport', '7777', '-m', 'mark', '--mark', '42', '-j', 'ACCEPT');
+  // A counter that proves the option reached the kernel: the client's data arrives at a socket that xt_socket finds
+  // transparent.
   inNamespace('iptables', '-t', 'mangle', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '15001', '-m', 'socket', '--transparent', '-j', 'ACCEPT');
 
   const childScript = writeScratchScript(t, 'report-original-destination.mjs', CHILD_SCRIPT);
@@ -303,6 +298,5 @@ t.test('reads the original destination of DNATed connections in a network namesp
     const rule = inNamespace('iptables', '-t', table, '-L', chain, '-n', '-v', '-x').split('\n')[2] ?? '';
     return Number(rule.trim().split(/\s+/)[0]);
   };
-  t.ok(packets('mangle', 'OUTPUT') > 0, 'packets carried the SO_MARK');
   t.ok(packets('mangle', 'PREROUTING') > 0, 'packets found an IP_TRANSPARENT socket');
 });

@@ -6,9 +6,11 @@
  * client's version answers `unsupported-version` naming the versions it does speak. Messages are small (pod names
  * and a few IPs): anything longer than CNI_MESSAGE_LIMIT is refused without being parsed.
  *
- * This file imports only Node built-ins: the plugin is bundled into a single executable from it.
+ * This file imports only Node built-ins and core/errors.ts (which imports nothing): the plugin is bundled into a
+ * single executable from it.
  */
 import { isIP } from 'node:net';
+import { AmbitError } from '../errors.js';
 
 export const CNI_PROTOCOL_VERSION = 1;
 /** Where the agent listens, and the plugin and installer connect, unless configured otherwise. */
@@ -94,14 +96,13 @@ export interface EnrollmentSnapshot {
 }
 
 /** A message that does not follow the protocol; `code` is what the agent answers with. */
-export class CniProtocolError extends Error {
-  readonly code: CniErrorCode;
+export class CniProtocolError extends AmbitError {
+  declare readonly code: CniErrorCode;
   readonly supportedVersions?: readonly number[];
 
   constructor(code: CniErrorCode, message: string, supportedVersions?: readonly number[]) {
-    super(message);
+    super(code, message);
     this.name = 'CniProtocolError';
-    this.code = code;
     if (supportedVersions) this.supportedVersions = supportedVersions;
   }
 }

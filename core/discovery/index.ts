@@ -3,5 +3,5 @@ export { convertObject, canonicalIp, describe, InvalidObjectError, ObjectReader,
 export { isNamespaceEnrolled, isPodOptedOut, isWorkloadEnrolled, namespaceEnrollment, type NamespaceEnrollment } from './enrollment.js';
 export { selectorMatches } from './selector.js';
 export { parseManifests } from './manifest-file.js';
-export { WorkloadStore, type WorkloadStoreOptions, type StoreDump, type DumpedEndpoint, type ServiceRef } from './store.js';
+export { WorkloadStore, type ReadonlyWorkloadStore, type WorkloadStoreOptions, type StoreDump, type DumpedEndpoint, type ServiceRef } from './store.js';
 export { LocalSource, type LocalCollection, type LocalSourceOptions, type LocalSourceProblem, type LocalReload } from './local-source.js';

@@ -65,33 +65,33 @@ const SOURCE_NAME = 'local';
  * later file in name order. Emits `'reload'` (LocalReload) after every reload.
  */
 export class LocalSource extends EventEmitter {
-  private readonly dir: string;
-  private readonly store: WorkloadStore;
-  private readonly log: Logger;
-  private readonly debounceMs: number;
+  readonly #dir: string;
+  readonly #store: WorkloadStore;
+  readonly #log: Logger;
+  readonly #debounceMs: number;
   /** Each file's objects as of its last successful parse. */
-  private readonly lastGoodObjects = new Map<string, readonly unknown[]>();
-  private problems: readonly LocalSourceProblem[] = [];
-  private readonly collections: readonly LocalCollection[];
-  private watcher: FSWatcher | undefined;
-  private debounceTimer: NodeJS.Timeout | undefined;
-  private rewatchTimer: NodeJS.Timeout | undefined;
-  private firstPendingEventAt: number | undefined;
-  private reloading: Promise<void> | undefined;
-  private reloadAgain = false;
+  readonly #lastGoodObjects = new Map<string, readonly unknown[]>();
+  #problems: readonly LocalSourceProblem[] = [];
+  readonly #collections: readonly LocalCollection[];
+  #watcher: FSWatcher | undefined;
+  #debounceTimer: NodeJS.Timeout | undefined;
+  #rewatchTimer: NodeJS.Timeout | undefined;
+  #firstPendingEventAt: number | undefined;
+  #reloading: Promise<void> | undefined;
+  #reloadAgain = false;
   /** Files of the load in progress whose objects are not known (unreadable or unparsable, with no good version). */
-  private unknownFiles: string[] = [];
+  #unknownFiles: string[] = [];
   /** Set while the folder cannot be watched, so the retry loop logs once, not every second. */
-  private watchFailing = false;
-  private closed = false;
+  #watchFailing = false;
+  #closed = false;
 
   constructor(options: LocalSourceOptions) {
     super();
-    this.dir = options.dir;
-    this.store = options.store;
-    this.log = options.log.child({ component: 'discovery-local', dir: options.dir });
-    this.debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
-    this.collections = options.collections ?? [];
+    this.#dir = options.dir;
+    this.#store = options.store;
+    this.#log = options.log.child({ component: 'discovery-local', dir: options.dir });
+    this.#debounceMs = options.debounceMs ?? DEFAULT_DEBOUNCE_MS;
+    this.#collections = options.collections ?? [];
   }
 
   /**
@@ -103,132 +103,132 @@ export class LocalSource extends EventEmitter {
   async start(): Promise<void> {
     let isDirectory: boolean;
     try {
-      isDirectory = (await stat(this.dir)).isDirectory();
+      isDirectory = (await stat(this.#dir)).isDirectory();
     } catch (err) {
-      throw new AmbitError('CONFIG_DIR_NOT_FOUND', `config folder ${this.dir}: ${errnoCode(err) ?? 'cannot be read'}; create it or fix the path`, {
+      throw new AmbitError('CONFIG_DIR_NOT_FOUND', `config folder ${this.#dir}: ${errnoCode(err) ?? 'cannot be read'}; create it or fix the path`, {
         cause: err,
       });
     }
-    if (!isDirectory) throw new AmbitError('CONFIG_DIR_NOT_FOUND', `config folder ${this.dir}: is not a folder`);
+    if (!isDirectory) throw new AmbitError('CONFIG_DIR_NOT_FOUND', `config folder ${this.#dir}: is not a folder`);
     // Watch before the first read, so a write landing during the load is not missed.
-    this.startWatching();
-    await this.reload();
+    this.#startWatching();
+    await this.#reload();
   }
 
   /** What the last reload rejected or overrode. */
   lastErrors(): readonly LocalSourceProblem[] {
-    return this.problems;
+    return this.#problems;
   }
 
   /** Stops watching; resolves once an in-flight reload has finished, after which the store is not written again. */
   async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.debounceTimer);
-    clearTimeout(this.rewatchTimer);
-    this.watcher?.close();
-    this.watcher = undefined;
-    await this.reloading;
+    this.#closed = true;
+    clearTimeout(this.#debounceTimer);
+    clearTimeout(this.#rewatchTimer);
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    await this.#reloading;
   }
 
-  private startWatching(): void {
-    if (this.closed) return;
+  #startWatching(): void {
+    if (this.#closed) return;
     try {
       // The folder, not each file: editors that save through a temporary file and a rename replace the file's inode.
-      this.watcher = watch(this.dir, { persistent: true }, () => this.scheduleReload());
+      this.#watcher = watch(this.#dir, { persistent: true }, () => this.#scheduleReload());
     } catch (err) {
-      if (!this.watchFailing) this.log.error({ err }, 'cannot watch the config folder; retrying every second');
-      this.watchFailing = true;
-      this.restartWatching();
+      if (!this.#watchFailing) this.#log.error({ err }, 'cannot watch the config folder; retrying every second');
+      this.#watchFailing = true;
+      this.#restartWatching();
       return;
     }
-    this.watchFailing = false;
-    this.watcher.on('error', (err) => {
-      this.log.error({ err }, 'config folder watch failed; watching it again');
-      this.restartWatching();
+    this.#watchFailing = false;
+    this.#watcher.on('error', (err) => {
+      this.#log.error({ err }, 'config folder watch failed; watching it again');
+      this.#restartWatching();
     });
   }
 
   /** A removed or replaced folder silently ends an inotify watch; a new watch sees the folder that is there now. */
-  private restartWatching(): void {
-    this.watcher?.close();
-    this.watcher = undefined;
-    clearTimeout(this.rewatchTimer);
-    this.rewatchTimer = setTimeout(() => {
-      this.startWatching();
-      if (this.watcher !== undefined) this.scheduleReload();
+  #restartWatching(): void {
+    this.#watcher?.close();
+    this.#watcher = undefined;
+    clearTimeout(this.#rewatchTimer);
+    this.#rewatchTimer = setTimeout(() => {
+      this.#startWatching();
+      if (this.#watcher !== undefined) this.#scheduleReload();
     }, REWATCH_DELAY_MS);
   }
 
-  private scheduleReload(): void {
-    if (this.closed) return;
+  #scheduleReload(): void {
+    if (this.#closed) return;
     const now = Date.now();
-    this.firstPendingEventAt ??= now;
-    const delay = Math.max(0, Math.min(this.debounceMs, this.firstPendingEventAt + MAX_RELOAD_DELAY_MS - now));
-    clearTimeout(this.debounceTimer);
-    this.debounceTimer = setTimeout(() => {
-      this.firstPendingEventAt = undefined;
-      void this.reload();
+    this.#firstPendingEventAt ??= now;
+    const delay = Math.max(0, Math.min(this.#debounceMs, this.#firstPendingEventAt + MAX_RELOAD_DELAY_MS - now));
+    clearTimeout(this.#debounceTimer);
+    this.#debounceTimer = setTimeout(() => {
+      this.#firstPendingEventAt = undefined;
+      void this.#reload();
     }, delay);
   }
 
   /** One reload at a time; a change seen during a reload earns exactly one more. */
-  private reload(): Promise<void> {
-    if (this.reloading !== undefined) {
-      this.reloadAgain = true;
-      return this.reloading;
+  #reload(): Promise<void> {
+    if (this.#reloading !== undefined) {
+      this.#reloadAgain = true;
+      return this.#reloading;
     }
-    this.reloading = (async () => {
+    this.#reloading = (async () => {
       do {
-        this.reloadAgain = false;
+        this.#reloadAgain = false;
         try {
-          await this.loadOnce();
+          await this.#loadOnce();
         } catch (err) {
-          this.log.error({ err }, 'config folder reload failed; keeping the previous state');
+          this.#log.error({ err }, 'config folder reload failed; keeping the previous state');
         }
-      } while (this.reloadAgain && !this.closed);
+      } while (this.#reloadAgain && !this.#closed);
     })().finally(() => {
-      this.reloading = undefined;
+      this.#reloading = undefined;
     });
-    return this.reloading;
+    return this.#reloading;
   }
 
-  private async loadOnce(): Promise<void> {
+  async #loadOnce(): Promise<void> {
     const problems: LocalSourceProblem[] = [];
-    this.unknownFiles = [];
+    this.#unknownFiles = [];
     let files: string[];
     try {
-      files = (await readdir(this.dir)).filter((f) => MANIFEST_FILE.test(f) && !f.startsWith('.')).sort();
+      files = (await readdir(this.#dir)).filter((f) => MANIFEST_FILE.test(f) && !f.startsWith('.')).sort();
     } catch (err) {
       // A vanished folder is more likely a redeploy in progress than an order to empty the mesh.
-      this.log.error({ err }, 'cannot list the config folder; keeping the previous state');
-      if (!this.closed) this.restartWatching();
+      this.#log.error({ err }, 'cannot list the config folder; keeping the previous state');
+      if (!this.#closed) this.#restartWatching();
       return;
     }
-    for (const file of this.lastGoodObjects.keys()) {
-      if (!files.includes(file)) this.lastGoodObjects.delete(file);
+    for (const file of this.#lastGoodObjects.keys()) {
+      if (!files.includes(file)) this.#lastGoodObjects.delete(file);
     }
 
     const byKey = new Map<string, { converted: ConvertedObject; file: string }>();
-    const collected = this.collections.map(() => new Map<string, unknown>());
+    const collected = this.#collections.map(() => new Map<string, unknown>());
     for (const file of files) {
-      const objects = await this.readFileObjects(file, problems);
+      const objects = await this.#readFileObjects(file, problems);
       if (objects === undefined) continue;
       for (const object of objects) {
-        if (this.collect(object, file, problems, collected)) continue;
-        const converted = this.convert(object, file, problems);
+        if (this.#collect(object, file, problems, collected)) continue;
+        const converted = this.#convert(object, file, problems);
         if (converted === undefined) continue;
         const key = `${converted.kind} ${objectRef(converted)}`;
         const earlier = byKey.get(key);
         if (earlier !== undefined) {
           const message = `${key} is defined in ${earlier.file} and ${file}; using ${file}`;
-          this.log.warn({ file, earlierFile: earlier.file, kind: converted.kind, object: objectRef(converted) }, message);
+          this.#log.warn({ file, earlierFile: earlier.file, kind: converted.kind, object: objectRef(converted) }, message);
           problems.push({ file, code: 'DUPLICATE_OBJECT', message, kind: converted.kind, ...refFields(converted) });
           byKey.delete(key);
         }
         byKey.set(key, { converted, file });
       }
     }
-    if (this.closed) return;
+    if (this.#closed) return;
 
     const snapshot = { namespaces: [] as NamespaceInfo[], pods: [] as PodInfo[], services: [] as Service[], nodes: [] as NodeInfo[], endpointSlices: [] as EndpointSlice[] } satisfies DiscoverySnapshot;
     for (const { converted } of byKey.values()) {
@@ -238,28 +238,28 @@ export class LocalSource extends EventEmitter {
       else if (converted.kind === 'EndpointSlice') snapshot.endpointSlices.push(converted.object);
       else snapshot.nodes.push(converted.object);
     }
-    this.problems = Object.freeze(problems);
-    this.collections.forEach((collection, i) => collection.replaceAll([...collected[i]!.values()]));
-    this.store.replaceAll(snapshot, SOURCE_NAME);
+    this.#problems = Object.freeze(problems);
+    this.#collections.forEach((collection, i) => collection.replaceAll([...collected[i]!.values()]));
+    this.#store.replaceAll(snapshot, SOURCE_NAME);
     // The first load in which every file's objects are known is the source's first full sync.
-    if (this.unknownFiles.length === 0) this.store.markSynced(SOURCE_NAME);
-    const unknownFiles = this.unknownFiles.length === 0 ? {} : { unknownFiles: this.unknownFiles };
-    this.log.info({ files: files.length, objects: byKey.size, problems: problems.length, version: this.store.version, synced: this.store.synced, ...unknownFiles }, 'config folder loaded');
-    const event: LocalReload = { storeVersion: this.store.version, problems: this.problems };
+    if (this.#unknownFiles.length === 0) this.#store.markSynced(SOURCE_NAME);
+    const unknownFiles = this.#unknownFiles.length === 0 ? {} : { unknownFiles: this.#unknownFiles };
+    this.#log.info({ files: files.length, objects: byKey.size, problems: problems.length, version: this.#store.version, synced: this.#store.synced, ...unknownFiles }, 'config folder loaded');
+    const event: LocalReload = { storeVersion: this.#store.version, problems: this.#problems };
     this.emit('reload', event);
   }
 
   /** The file's objects now, or as of its last good parse when it is half-written; undefined when it has none. */
-  private async readFileObjects(file: string, problems: LocalSourceProblem[]): Promise<readonly unknown[] | undefined> {
-    const previous = this.lastGoodObjects.get(file);
+  async #readFileObjects(file: string, problems: LocalSourceProblem[]): Promise<readonly unknown[] | undefined> {
+    const previous = this.#lastGoodObjects.get(file);
     let text: string;
     try {
-      text = await readFile(join(this.dir, file), 'utf8');
+      text = await readFile(join(this.#dir, file), 'utf8');
     } catch (err) {
       // Gone between listing and reading (it is being replaced), or a folder named like a file.
       if (errnoCode(err) === 'EISDIR') return previous;
-      this.log.warn({ err, file }, 'cannot read manifest file; keeping its previous objects');
-      if (previous === undefined) this.unknownFiles.push(file);
+      this.#log.warn({ err, file }, 'cannot read manifest file; keeping its previous objects');
+      if (previous === undefined) this.#unknownFiles.push(file);
       return previous;
     }
     if (text.length === 0) {
@@ -268,36 +268,36 @@ export class LocalSource extends EventEmitter {
       // count as a full sync without it (its Namespace would read as not enrolled). A file emptied on purpose is
       // deleted, or holds a comment: that parses, to no objects, and counts.
       if (previous === undefined) {
-        this.log.warn({ file, reason: 'empty' }, 'manifest file is empty and was never read; the store stays unsynced until it parses or is deleted');
-        this.unknownFiles.push(file);
+        this.#log.warn({ file, reason: 'empty' }, 'manifest file is empty and was never read; the store stays unsynced until it parses or is deleted');
+        this.#unknownFiles.push(file);
       } else {
-        this.log.warn({ file, reason: 'empty' }, 'manifest file is empty; keeping its previous objects (delete it, or leave a comment in it, to remove them)');
+        this.#log.warn({ file, reason: 'empty' }, 'manifest file is empty; keeping its previous objects (delete it, or leave a comment in it, to remove them)');
       }
       return previous;
     }
     try {
       const objects = parseManifests(text, file);
-      this.lastGoodObjects.set(file, objects);
+      this.#lastGoodObjects.set(file, objects);
       return objects;
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      this.log.error({ file, err }, `${message}; keeping the file's previous objects`);
+      this.#log.error({ file, err }, `${message}; keeping the file's previous objects`);
       problems.push({ file, code: err instanceof AmbitError ? err.code : 'MANIFEST_PARSE_FAILED', message });
-      if (previous === undefined) this.unknownFiles.push(file);
+      if (previous === undefined) this.#unknownFiles.push(file);
       return previous;
     }
   }
 
   /** True when a collection claimed the object (kept, or rejected and reported). */
-  private collect(object: unknown, file: string, problems: LocalSourceProblem[], collected: Array<Map<string, unknown>>): boolean {
-    for (const [i, collection] of this.collections.entries()) {
+  #collect(object: unknown, file: string, problems: LocalSourceProblem[], collected: Array<Map<string, unknown>>): boolean {
+    for (const [i, collection] of this.#collections.entries()) {
       let claimed: { key: string; object: unknown } | undefined;
       try {
         claimed = collection.convert(object);
       } catch (err) {
         if (!(err instanceof InvalidObjectError)) throw err;
         const fields = { kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field };
-        this.log.warn({ file, ...fields, reason: err.reason }, `${file}: ${err.message}; object rejected`);
+        this.#log.warn({ file, ...fields, reason: err.reason }, `${file}: ${err.message}; object rejected`);
         problems.push({ file, code: err.code, message: err.message, ...fields });
         claimed = collection.rejected?.(err, object);
         if (claimed !== undefined) collected[i]!.set(claimed.key, claimed.object);
@@ -306,7 +306,7 @@ export class LocalSource extends EventEmitter {
       if (claimed === undefined) continue;
       if (collected[i]!.has(claimed.key)) {
         const message = `${claimed.key} is defined twice; using the one in ${file}`;
-        this.log.warn({ file, object: claimed.key }, message);
+        this.#log.warn({ file, object: claimed.key }, message);
         problems.push({ file, code: 'DUPLICATE_OBJECT', message });
       }
       collected[i]!.set(claimed.key, claimed.object);
@@ -315,14 +315,14 @@ export class LocalSource extends EventEmitter {
     return false;
   }
 
-  private convert(object: unknown, file: string, problems: LocalSourceProblem[]): ConvertedObject | undefined {
+  #convert(object: unknown, file: string, problems: LocalSourceProblem[]): ConvertedObject | undefined {
     try {
-      const converted = convertObject(object, this.store.trustDomain);
+      const converted = convertObject(object, this.#store.trustDomain);
       return converted.kind === 'skip' ? undefined : converted;
     } catch (err) {
       if (!(err instanceof InvalidObjectError)) throw err;
       const fields = { kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field };
-      this.log.warn({ file, ...fields, reason: err.reason }, `${file}: ${err.message}; object rejected`);
+      this.#log.warn({ file, ...fields, reason: err.reason }, `${file}: ${err.message}; object rejected`);
       problems.push({ file, code: err.code, message: err.message, ...fields });
       return undefined;
     }

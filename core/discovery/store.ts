@@ -69,9 +69,7 @@ interface Entry {
 interface Indexes {
   readonly workloads: readonly Workload[];
   readonly byIp: ReadonlyMap<string, Workload>;
-  readonly byIdentity: ReadonlyMap<string, readonly Workload[]>;
   readonly local: readonly Workload[];
-  readonly localByIdentity: ReadonlyMap<string, readonly Workload[]>;
   readonly localEnrolledIps: { readonly 4: readonly string[]; readonly 6: readonly string[] };
   readonly services: readonly Service[];
   readonly serviceByVip: ReadonlyMap<string, Service>;
@@ -94,6 +92,36 @@ const DEFAULT_SOURCE = 'default';
 const DEFAULT_TRUST_DOMAIN = 'cluster.local';
 
 /**
+ * The store as the data path sees it: its readers, none of its writers. Only the sources (the local folder, CNI
+ * events) write the store; a listener reads it.
+ */
+export type ReadonlyWorkloadStore = Pick<
+  WorkloadStore,
+  | 'trustDomain'
+  | 'nodeName'
+  | 'rootNamespace'
+  | 'version'
+  | 'synced'
+  | 'podNetwork'
+  | 'podNetworks'
+  | 'pod'
+  | 'workloadByIp'
+  | 'localWorkloads'
+  | 'localEnrolledIps'
+  | 'serviceByVip'
+  | 'serviceEndpoints'
+  | 'servicesOf'
+  | 'resolveTargetPort'
+  | 'node'
+  | 'nodeZone'
+  | 'nodeIp'
+  | 'namespace'
+  | 'namespaces'
+  | 'workloads'
+  | 'snapshot'
+>;
+
+/**
  * What the mesh knows about the cluster: workloads (pods), services, namespaces and nodes, behind typed indexes.
  * Sources write it in batches of converted objects (`replaceAll`, `applyBatch`); the data path only reads it, and
  * every reader is a map lookup or returns a precomputed frozen list. Emits `'change'` (StoreChange) once per batch
@@ -103,30 +131,30 @@ export class WorkloadStore extends EventEmitter {
   readonly trustDomain: string;
   readonly nodeName: string | undefined;
   readonly rootNamespace: string;
-  private readonly log: Logger;
-  private readonly entries: Record<DiscoveryKind, Map<string, Entry>> = {
+  readonly #log: Logger;
+  readonly #entries: Record<DiscoveryKind, Map<string, Entry>> = {
     Namespace: new Map(),
     Pod: new Map(),
     Service: new Map(),
     Node: new Map(),
     EndpointSlice: new Map(),
   };
-  private readonly networks = new Map<string, PodNetwork>();
-  private indexes: Indexes = buildEmptyIndexes();
-  private currentVersion = 0;
-  private hasSynced = false;
+  readonly #networks = new Map<string, PodNetwork>();
+  #indexes: Indexes = buildEmptyIndexes();
+  #currentVersion = 0;
+  #hasSynced = false;
 
   constructor(options: WorkloadStoreOptions = {}) {
     super();
     this.trustDomain = options.trustDomain ?? DEFAULT_TRUST_DOMAIN;
     this.nodeName = options.nodeName;
     this.rootNamespace = options.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
-    this.log = options.log ?? silentLogger();
+    this.#log = options.log ?? silentLogger();
   }
 
   /** Counts applied batches that changed something; 0 until a source has delivered anything. */
   get version(): number {
-    return this.currentVersion;
+    return this.#currentVersion;
   }
 
   /**
@@ -136,14 +164,14 @@ export class WorkloadStore extends EventEmitter {
    * an unknown namespace, not "not enrolled").
    */
   get synced(): boolean {
-    return this.hasSynced;
+    return this.#hasSynced;
   }
 
   /** A source's first complete delivery. It changes what readers may conclude, so it is a change: one `'change'`. */
   markSynced(source: string = DEFAULT_SOURCE): void {
-    if (this.hasSynced) return;
-    this.hasSynced = true;
-    this.commit(source);
+    if (this.#hasSynced) return;
+    this.#hasSynced = true;
+    this.#commit(source);
   }
 
   /**
@@ -161,7 +189,7 @@ export class WorkloadStore extends EventEmitter {
     ];
     const listed = new Set(upserts.map((u) => `${u.kind}:${keyOf(u)}`));
     const changes: DiscoveryChange[] = [];
-    for (const [kind, entries] of Object.entries(this.entries) as Array<[DiscoveryKind, Map<string, Entry>]>) {
+    for (const [kind, entries] of Object.entries(this.#entries) as Array<[DiscoveryKind, Map<string, Entry>]>) {
       for (const [key, entry] of entries) {
         if (entry.source === source && !listed.has(`${kind}:${key}`)) changes.push({ op: 'delete', kind, ...splitKey(key) });
       }
@@ -174,7 +202,7 @@ export class WorkloadStore extends EventEmitter {
   applyBatch(changes: readonly DiscoveryChange[], source: string = DEFAULT_SOURCE): void {
     let changed = false;
     for (const change of changes) {
-      const entries = this.entries[change.kind];
+      const entries = this.#entries[change.kind];
       if (change.op === 'delete') {
         const namespaced = change.kind === 'Pod' || change.kind === 'Service' || change.kind === 'EndpointSlice';
         // The same default a manifest without metadata.namespace gets, so a delete finds what the upsert stored.
@@ -188,7 +216,7 @@ export class WorkloadStore extends EventEmitter {
       entries.set(key, { object: change.object, source, fingerprint });
       changed = true;
     }
-    if (changed) this.commit(source);
+    if (changed) this.#commit(source);
   }
 
   /**
@@ -201,82 +229,69 @@ export class WorkloadStore extends EventEmitter {
     for (const change of changes) {
       if (change.op === 'delete') {
         const key = `${change.namespace}/${change.name}`;
-        const current = this.networks.get(key);
+        const current = this.#networks.get(key);
         if (current === undefined || (change.containerId !== undefined && current.containerId !== change.containerId)) continue;
-        this.networks.delete(key);
+        this.#networks.delete(key);
         changed = true;
         continue;
       }
       const network = Object.freeze({ ...change.network, ips: Object.freeze([...change.network.ips]) });
       const key = `${network.namespace}/${network.name}`;
-      if (JSON.stringify(this.networks.get(key)) === JSON.stringify(network)) continue;
-      this.networks.set(key, network);
+      if (JSON.stringify(this.#networks.get(key)) === JSON.stringify(network)) continue;
+      this.#networks.set(key, network);
       changed = true;
     }
-    if (changed) this.commit(source);
+    if (changed) this.#commit(source);
   }
 
   /** The CNI-reported network of a pod, if any. */
   podNetwork(namespace: string, name: string): PodNetwork | undefined {
-    return this.networks.get(`${namespace}/${name}`);
+    return this.#networks.get(`${namespace}/${name}`);
   }
 
   podNetworks(): readonly PodNetwork[] {
-    return [...this.networks.values()];
+    return [...this.#networks.values()];
   }
 
   /** A pod object as its source gave it (terminated ones included), joined with nothing. */
   pod(namespace: string, name: string): PodInfo | undefined {
-    return this.entries.Pod.get(`${namespace}/${name}`)?.object as PodInfo | undefined;
+    return this.#entries.Pod.get(`${namespace}/${name}`)?.object as PodInfo | undefined;
   }
 
-  private commit(source: string): void {
-    this.indexes = this.buildIndexes();
-    this.currentVersion += 1;
-    this.log.debug(
-      { version: this.currentVersion, source, workloads: this.indexes.workloads.length, services: this.indexes.services.length },
+  #commit(source: string): void {
+    this.#indexes = this.#buildIndexes();
+    this.#currentVersion += 1;
+    this.#log.debug(
+      { version: this.#currentVersion, source, workloads: this.#indexes.workloads.length, services: this.#indexes.services.length },
       'discovery store updated',
     );
-    const event: StoreChange = { version: this.currentVersion, source };
+    const event: StoreChange = { version: this.#currentVersion, source };
     this.emit('change', event);
   }
 
   /** The workload that owns a pod IP (host-network pods are not indexed: their IP is the node's). */
   workloadByIp(ip: string): Workload | undefined {
-    const found = this.indexes.byIp.get(ip);
+    const found = this.#indexes.byIp.get(ip);
     if (found !== undefined || !ip.includes(':')) return found;
     const canonical = canonicalIp(ip);
-    return canonical === undefined ? undefined : this.indexes.byIp.get(canonical);
-  }
-
-  workloadsByIdentity(spiffeId: string): readonly Workload[] {
-    return this.indexes.byIdentity.get(spiffeId) ?? NONE;
+    return canonical === undefined ? undefined : this.#indexes.byIp.get(canonical);
   }
 
   /** Workloads scheduled on this store's node, enrolled or not. */
   localWorkloads(): readonly Workload[] {
-    return this.indexes.local;
-  }
-
-  /** Local workloads running as `spiffeId`: the ones whose certificate the HBONE server may present for it. */
-  localWorkloadByIdentity(spiffeId: string): readonly Workload[] {
-    return this.indexes.localByIdentity.get(spiffeId) ?? NONE;
+    return this.#indexes.local;
   }
 
   /** The pod IPs whose traffic this node captures (the ipset), sorted. */
   localEnrolledIps(family: 4 | 6): readonly string[] {
-    return this.indexes.localEnrolledIps[family];
+    return this.#indexes.localEnrolledIps[family];
   }
 
   serviceByVip(ip: string): Service | undefined {
-    const found = this.indexes.serviceByVip.get(ip);
+    const found = this.#indexes.serviceByVip.get(ip);
     if (found !== undefined || !ip.includes(':')) return found;
     const canonical = canonicalIp(ip);
-    return canonical === undefined ? undefined : this.indexes.serviceByVip.get(canonical);
-  }
-
-  service(namespace: string, name: string): Service | undefined {
-    return this.entries.Service.get(`${namespace}/${name}`)?.object as Service | undefined;
+    return canonical === undefined ? undefined : this.#indexes.serviceByVip.get(canonical);
   }
 
   /**
@@ -287,7 +302,7 @@ export class WorkloadStore extends EventEmitter {
    * outside the cluster); empty when it knows there is no endpoint.
    */
   serviceEndpoints(service: Service, port: number): readonly ServiceEndpoint[] | undefined {
-    const byPort = this.indexes.endpoints.get(`${service.namespace}/${service.name}`);
+    const byPort = this.#indexes.endpoints.get(`${service.namespace}/${service.name}`);
     if (byPort === undefined) return undefined;
     return byPort.get(port) ?? NO_ENDPOINTS;
   }
@@ -299,7 +314,7 @@ export class WorkloadStore extends EventEmitter {
    * address, and a policy aimed at its Service (targetRefs) must hold for them.
    */
   servicesOf(workload: Pick<Workload, 'namespace' | 'name'>): readonly ServiceRef[] {
-    return this.indexes.servicesByWorkload.get(`${workload.namespace}/${workload.name}`) ?? NO_SERVICES;
+    return this.#indexes.servicesByWorkload.get(`${workload.namespace}/${workload.name}`) ?? NO_SERVICES;
   }
 
   /**
@@ -316,7 +331,7 @@ export class WorkloadStore extends EventEmitter {
   }
 
   node(name: string): NodeInfo | undefined {
-    return this.entries.Node.get(name)?.object as NodeInfo | undefined;
+    return this.#entries.Node.get(name)?.object as NodeInfo | undefined;
   }
 
   /** The node's `topology.kubernetes.io/zone`, for locality. */
@@ -330,74 +345,67 @@ export class WorkloadStore extends EventEmitter {
   }
 
   namespace(name: string): NamespaceInfo | undefined {
-    return this.entries.Namespace.get(name)?.object as NamespaceInfo | undefined;
+    return this.#entries.Namespace.get(name)?.object as NamespaceInfo | undefined;
   }
 
   namespaces(): NamespaceInfo[] {
-    return [...this.entries.Namespace.values()].map((e) => e.object as NamespaceInfo);
+    return [...this.#entries.Namespace.values()].map((e) => e.object as NamespaceInfo);
   }
 
   /** Every workload: pods that are not terminated, in every namespace. */
   workloads(): readonly Workload[] {
-    return this.indexes.workloads;
-  }
-
-  services(): readonly Service[] {
-    return this.indexes.services;
+    return this.#indexes.workloads;
   }
 
   snapshot(): StoreDump {
-    const { workloads, services } = this.indexes;
+    const { workloads, services } = this.#indexes;
     return {
-      version: this.currentVersion,
+      version: this.#currentVersion,
       trustDomain: this.trustDomain,
       nodeName: this.nodeName ?? null,
       namespaces: this.namespaces(),
-      nodes: [...this.entries.Node.values()].map((e) => e.object as NodeInfo),
-      services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.dumpEndpoints(s) })),
-      endpointSlices: [...this.entries.EndpointSlice.values()].map((e) => e.object as EndpointSlice),
+      nodes: [...this.#entries.Node.values()].map((e) => e.object as NodeInfo),
+      services: services.map((s) => ({ ...s, selector: s.selector ?? null, endpoints: this.#dumpEndpoints(s) })),
+      endpointSlices: [...this.#entries.EndpointSlice.values()].map((e) => e.object as EndpointSlice),
       workloads: workloads.map((w) => ({ ...w, node: w.node ?? null })),
     };
   }
 
-  private dumpEndpoints(service: Service): DumpedEndpoint[] | null {
-    const byPort = this.indexes.endpoints.get(`${service.namespace}/${service.name}`);
+  #dumpEndpoints(service: Service): DumpedEndpoint[] | null {
+    const byPort = this.#indexes.endpoints.get(`${service.namespace}/${service.name}`);
     if (byPort === undefined) return null;
     return [...byPort].flatMap(([servicePort, endpoints]) =>
       endpoints.map((e) => ({ servicePort, address: `${e.ip}:${e.port}`, workload: e.workload ? `${e.workload.namespace}/${e.workload.name}` : null })),
     );
   }
 
-  private buildIndexes(): Indexes {
+  #buildIndexes(): Indexes {
     const workloads: Workload[] = [];
     const byIp = new Map<string, Workload>();
-    const byIdentity = new Map<string, Workload[]>();
     const local: Workload[] = [];
-    const localByIdentity = new Map<string, Workload[]>();
     const localIps = { 4: [] as string[], 6: [] as string[] };
     const byNamespace = new Map<string, Workload[]>();
 
-    for (const [key, entry] of this.entries.Pod) {
+    for (const [key, entry] of this.#entries.Pod) {
       const pod = entry.object as PodInfo;
       if (pod.terminated) continue;
       const enrolled = isWorkloadEnrolled(this.namespace(pod.namespace), pod, this.rootNamespace);
       // While the runtime's report of the pod's current sandbox stands (until its DEL), its IPs win: the status may
       // be behind (not yet written, or still the previous sandbox's), and the kubelet updates it only after ADD.
-      const network = pod.hostNetwork ? undefined : this.networks.get(key);
+      const network = pod.hostNetwork ? undefined : this.#networks.get(key);
       if (entry.workload === undefined || entry.workload.enrolled !== enrolled || entry.network !== network) {
         entry.workload = toWorkload(network ? { ...pod, ips: network.ips, node: pod.node ?? this.nodeName } : pod, enrolled);
         entry.network = network;
       }
       const workload = entry.workload;
       workloads.push(workload);
-      append(byIdentity, workload.identity, workload);
       append(byNamespace, workload.namespace, workload);
       if (!workload.hostNetwork) {
         for (const ip of workload.ips) {
           const holder = byIp.get(ip);
           // Two live pods cannot share an IP for long (one is a stale record): prefer the ready one, else the first.
           if (holder !== undefined && (holder.ready || !workload.ready)) {
-            this.log.warn({ ip, kept: `${holder.namespace}/${holder.name}`, ignored: `${workload.namespace}/${workload.name}` }, 'two pods claim one IP');
+            this.#log.warn({ ip, kept: `${holder.namespace}/${holder.name}`, ignored: `${workload.namespace}/${workload.name}` }, 'two pods claim one IP');
             continue;
           }
           byIp.set(ip, workload);
@@ -405,7 +413,6 @@ export class WorkloadStore extends EventEmitter {
       }
       if (this.nodeName !== undefined && workload.node === this.nodeName) {
         local.push(workload);
-        append(localByIdentity, workload.identity, workload);
         if (workload.enrolled) {
           for (const ip of workload.ips) localIps[isIP(ip) === 6 ? 6 : 4].push(ip);
         }
@@ -417,17 +424,17 @@ export class WorkloadStore extends EventEmitter {
     const endpoints = new Map<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>();
     const slicesByService = new Map<string, EndpointSlice[]>();
     const servicesByWorkload = new Map<string, ServiceRef[]>();
-    for (const entry of this.entries.EndpointSlice.values()) {
+    for (const entry of this.#entries.EndpointSlice.values()) {
       const slice = entry.object as EndpointSlice;
       if (slice.serviceName !== undefined) append(slicesByService, `${slice.namespace}/${slice.serviceName}`, slice);
     }
-    for (const entry of this.entries.Service.values()) {
+    for (const entry of this.#entries.Service.values()) {
       const service = entry.object as Service;
       services.push(service);
       for (const vip of service.vips) {
         const holder = serviceByVip.get(vip);
         if (holder !== undefined) {
-          this.log.warn({ vip, kept: `${holder.namespace}/${holder.name}`, ignored: `${service.namespace}/${service.name}` }, 'two services claim one cluster IP');
+          this.#log.warn({ vip, kept: `${holder.namespace}/${holder.name}`, ignored: `${service.namespace}/${service.name}` }, 'two services claim one cluster IP');
           continue;
         }
         serviceByVip.set(vip, service);
@@ -437,9 +444,9 @@ export class WorkloadStore extends EventEmitter {
       const selector = service.selector;
       const selected = selector === undefined ? NONE : (byNamespace.get(service.namespace) ?? []).filter((w) => selectorMatches(selector, w.labels));
       if (slices !== undefined) {
-        endpoints.set(key, this.endpointsFromSlices(service, slices, byIp));
+        endpoints.set(key, this.#endpointsFromSlices(service, slices, byIp));
       } else if (selector !== undefined) {
-        endpoints.set(key, this.endpointsFromPods(service, selected.filter((w) => w.ready && w.ips.length > 0)));
+        endpoints.set(key, this.#endpointsFromPods(service, selected.filter((w) => w.ready && w.ips.length > 0)));
       }
       // Membership is the selector's match and the slices' listing together: a new pod is selected the moment it
       // exists, but listed only once the endpoint controller writes its slice, and a targetRefs policy must hold for
@@ -458,9 +465,7 @@ export class WorkloadStore extends EventEmitter {
     return {
       workloads: Object.freeze(workloads),
       byIp,
-      byIdentity: freezeLists(byIdentity),
       local: Object.freeze(local),
-      localByIdentity: freezeLists(localByIdentity),
       localEnrolledIps: { 4: Object.freeze(localIps[4].sort()), 6: Object.freeze(localIps[6].sort()) },
       services: Object.freeze(services),
       serviceByVip,
@@ -470,7 +475,7 @@ export class WorkloadStore extends EventEmitter {
   }
 
   /** Each TCP port of `service` served by the slice port of the same name (and protocol), as kube-proxy maps them. */
-  private endpointsFromSlices(service: Service, slices: readonly EndpointSlice[], byIp: ReadonlyMap<string, Workload>): ReadonlyMap<number, readonly ServiceEndpoint[]> {
+  #endpointsFromSlices(service: Service, slices: readonly EndpointSlice[], byIp: ReadonlyMap<string, Workload>): ReadonlyMap<number, readonly ServiceEndpoint[]> {
     const byPort = new Map<number, readonly ServiceEndpoint[]>();
     for (const servicePort of service.ports) {
       if (servicePort.protocol !== 'TCP' || byPort.has(servicePort.port)) continue;
@@ -494,7 +499,7 @@ export class WorkloadStore extends EventEmitter {
     return byPort;
   }
 
-  private endpointsFromPods(service: Service, pods: readonly Workload[]): ReadonlyMap<number, readonly ServiceEndpoint[]> {
+  #endpointsFromPods(service: Service, pods: readonly Workload[]): ReadonlyMap<number, readonly ServiceEndpoint[]> {
     const byPort = new Map<number, readonly ServiceEndpoint[]>();
     for (const servicePort of service.ports) {
       if (servicePort.protocol !== 'TCP' || byPort.has(servicePort.port)) continue;
@@ -515,9 +520,7 @@ function buildEmptyIndexes(): Indexes {
   return {
     workloads: NONE,
     byIp: new Map(),
-    byIdentity: new Map(),
     local: NONE,
-    localByIdentity: new Map(),
     localEnrolledIps: { 4: Object.freeze([]), 6: Object.freeze([]) },
     services: Object.freeze([]),
     serviceByVip: new Map(),

@@ -145,7 +145,7 @@ export class CertificateAuthority {
     return this.#trustDomain;
   }
 
-  /** When the root expires: `ambit check` warns 30 days ahead. */
+  /** When the root expires: the agent exports it in `ambit_cert_expiration_timestamp_seconds`. */
   get notAfter(): Date {
     return this.#root.validity.notAfter;
   }

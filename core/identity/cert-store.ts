@@ -5,13 +5,13 @@ import { silentLogger, type Logger } from '../log.js';
 import type { CertificateAuthority } from './ca.js';
 import { generateKeyAndCsr } from './csr.js';
 
-/** Whoever turns a CSR into a certificate: the CA in this process, or the controller over the network. */
+/** Whoever turns a CSR into a certificate: a CA in this process (LocalCaFolder in local mode, localIssuer in tests). */
 export interface CertIssuer {
   /** `certChainPem` is the leaf followed by any intermediates, never the root. */
   sign(csrPem: string, spiffeId: string): Promise<{ certChainPem: string }>;
 }
 
-/** A CertIssuer backed by a CA in the same process: the controller itself, local mode and tests. */
+/** A CertIssuer backed by a CertificateAuthority object in the same process (the tests'). */
 export function localIssuer(ca: CertificateAuthority, ttlMs?: number): CertIssuer {
   return {
     async sign(csrPem, spiffeId) {
@@ -35,7 +35,7 @@ export interface BackoffOptions {
   maxMs: number;
 }
 
-/** Failed renewals are retried from half a second up to two and a half minutes apart (DESIGN.md). */
+/** Failed renewals back off from half a second to two and a half minutes (DESIGN.md): the ceiling of each delay. */
 export const DEFAULT_RENEWAL_BACKOFF: Readonly<BackoffOptions> = Object.freeze({ initialMs: 500, maxMs: 150_000 });
 
 export interface CertStoreOptions {
@@ -121,12 +121,6 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     return entry.inflight ?? this.#issue(spiffeId, entry);
   }
 
-  /** The identity's certificate if one is held and not expired; never waits, for the TLS hot path. */
-  current(spiffeId: string): WorkloadCertificate | undefined {
-    const entry = this.#entries.get(spiffeId);
-    return entry === undefined ? undefined : this.#valid(entry);
-  }
-
   /** Stops renewing the identity and drops its key. */
   forget(spiffeId: string): void {
     const entry = this.#entries.get(spiffeId);
@@ -206,7 +200,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     return this.#checkIssued(spiffeId, keyPem, certChainPem);
   }
 
-  /** A certificate from a remote issuer is checked before use: a wrong one would only fail later, in handshakes. */
+  /** What the issuer returns is checked before use: a wrong certificate would only fail later, in handshakes. */
   #checkIssued(spiffeId: string, keyPem: string, certChainPem: string): WorkloadCertificate {
     let leaf: X509Certificate;
     try {
@@ -244,7 +238,8 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   #scheduleRetry(spiffeId: string, entry: IdentityEntry, err: Error): void {
     entry.failures += 1;
     const ceiling = Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** (entry.failures - 1));
-    // Half fixed, half random: nodes that failed together spread out, and each delay is at least the previous one.
+    // Half fixed, half random: nodes that failed together spread out, and while the ceiling doubles each delay is at
+    // least the previous one.
     const retryInMs = ceiling / 2 + (Math.random() * ceiling) / 2;
     this.#schedule(spiffeId, entry, retryInMs);
     this.#log.warn(

@@ -1,0 +1,34 @@
+import t from 'tap';
+import { CNI_PROTOCOL_VERSION, CniProtocolError, parseCniRequest, parseCniResponse, parseEnrollmentSnapshot } from '../core/cni/index.js';
+import { AmbitError, isAmbitError } from '../core/errors.js';
+
+t.test('a protocol error is an AmbitError whose code is the one the agent answers with', async (t) => {
+  const cases: Array<[string, () => unknown, string]> = [
+    ['not JSON', () => parseCniRequest('{'), 'bad-request'],
+    ['another version', () => parseCniRequest(JSON.stringify({ version: CNI_PROTOCOL_VERSION + 1, op: 'status' })), 'unsupported-version'],
+    ['an unknown op', () => parseCniRequest(JSON.stringify({ version: CNI_PROTOCOL_VERSION, op: 'reboot' })), 'bad-request'],
+    ['a response without ok', () => parseCniResponse(JSON.stringify({ version: CNI_PROTOCOL_VERSION })), 'bad-request'],
+    ['an enrollment file without namespaces', () => parseEnrollmentSnapshot('{}'), 'bad-request'],
+  ];
+  for (const [what, parse, code] of cases) {
+    let thrown: unknown;
+    try {
+      parse();
+    } catch (err) {
+      thrown = err;
+    }
+    t.ok(thrown instanceof CniProtocolError, `${what}: a CniProtocolError`);
+    t.ok(thrown instanceof AmbitError, `${what}: an AmbitError`);
+    t.ok(isAmbitError(thrown, code), `${what}: code ${code}`);
+    t.equal((thrown as Error).name, 'CniProtocolError');
+  }
+  const unsupported = (() => {
+    try {
+      parseCniRequest(JSON.stringify({ version: 99, op: 'status' }));
+    } catch (err) {
+      return err as CniProtocolError;
+    }
+    return undefined;
+  })();
+  t.same(unsupported?.supportedVersions, [CNI_PROTOCOL_VERSION], 'a version refusal names the versions the agent speaks');
+});
