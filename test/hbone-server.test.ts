@@ -1,6 +1,7 @@
 /**
  * The HBONE server's own limits, against the real HboneServer on loopback: a handshake that does not finish, more
- * connections than the cap, idle connections, a client that falls silent; and one log line per refusal.
+ * connections than the cap (the listener's and one source's), idle connections, a client that falls silent; and one
+ * log line per refusal.
  */
 import { once } from 'node:events';
 import http2 from 'node:http2';
@@ -10,19 +11,21 @@ import t from 'tap';
 import type { HboneRefusal } from '../core/hbone/index.js';
 import { sniForIdentity } from '../core/identity/index.js';
 import { createLogger } from '../core/log.js';
-import { CLIENT, echoServer, meshPki, SERVER, silenceableRelay} from './mesh/hbone-fixtures.js';
+import { CLIENT, echo, echoServer, meshPki, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';
 
 const pki = await meshPki([CLIENT, SERVER]);
 
-/** An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool). */
-function session(port: number): http2.ClientHttp2Session {
+/**
+ * An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool), from `localAddress`
+ * (loopback is all of 127.0.0.0/8, so each such address is another source).
+ */
+function session(port: number, localAddress = '127.0.0.1'): http2.ClientHttp2Session {
   const creds = pki.creds.get(CLIENT)!;
   return http2.connect(`https://127.0.0.1:${port}`, {
     createConnection: () =>
       tls.connect({
-        host: '127.0.0.1',
-        port,
+        socket: net.connect({ host: '127.0.0.1', port, localAddress }),
         servername: sniForIdentity(SERVER),
         ALPNProtocols: ['h2'],
         key: creds.keyPem,
@@ -36,6 +39,21 @@ function session(port: number): http2.ClientHttp2Session {
 /** Resolves on the emitter's 'close', whatever error came before it (events.once would reject on the error). */
 function closed(emitter: NodeJS.EventEmitter): Promise<void> {
   return new Promise((resolve) => emitter.once('close', () => resolve()));
+}
+
+/**
+ * Opens a session that the server is to close at accept, before any TLS: resolves once it has closed and the
+ * server has reported the refusal, with whether its handshake finished all the same.
+ */
+async function refusedAtAccept(port: number, refused: ReturnType<typeof refusals>, localAddress?: string): Promise<{ handshook: boolean }> {
+  const refusal = refused.next();
+  const s = session(port, localAddress);
+  s.on('error', () => undefined);
+  let handshook = false;
+  s.once('connect', () => (handshook = true));
+  await closed(s);
+  await refusal;
+  return { handshook };
 }
 
 /** Collects the server's refusals and resolves `next()` on the next one. */
@@ -78,15 +96,7 @@ t.test('connections past the cap are refused; one that ends makes room', { timeo
     open.push(s);
     await once(s, 'connect');
   }
-  const refusal = refused.next();
-  const third = session(port);
-  open.push(third);
-  third.on('error', () => undefined);
-  let connected = false;
-  third.once('connect', () => (connected = true));
-  await closed(third);
-  await refusal;
-  t.notOk(connected, 'the third connection was closed before its handshake');
+  t.notOk((await refusedAtAccept(port, refused)).handshook, 'the third connection was closed before its handshake');
   t.match(refused.seen, [{ reason: 'too_many_connections', message: /maximum of 2 connections/ }]);
 
   const gone = once(open[0]!, 'close');
@@ -96,6 +106,47 @@ t.test('connections past the cap are refused; one that ends makes room', { timeo
   open.push(fourth);
   await once(fourth, 'connect');
   t.pass('once one has closed, a new connection is accepted');
+});
+
+t.test('past the per-source cap a source is refused while another still gets in; one that ends makes room', { timeout: 10_000 }, async (t) => {
+  const refused = refusals();
+  const serverSessions: http2.ServerHttp2Session[] = [];
+  const server = await echoServer(pki, {
+    maxConnectionsPerSource: 2,
+    onRefused: refused.onRefused,
+    onConnect: (stream) => {
+      serverSessions.push(stream.session as http2.ServerHttp2Session);
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    },
+  });
+  const port = server.address().port;
+  const open: http2.ClientHttp2Session[] = [];
+  t.teardown(async () => {
+    for (const s of open) s.destroy();
+    await server.close();
+  });
+  const carries = (s: http2.ClientHttp2Session, text: string) => echo(s.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false }), text);
+  for (let i = 0; i < 2; i++) {
+    const s = session(port, '127.0.0.1');
+    open.push(s);
+    t.equal(await carries(s, `first ${i}`), `first ${i}`);
+  }
+  t.notOk((await refusedAtAccept(port, refused, '127.0.0.1')).handshook, "the source's third connection was closed before its handshake");
+
+  const other = session(port, '127.0.0.2');
+  open.push(other);
+  t.equal(await carries(other, 'another source'), 'another source', 'a second source still gets in while the first is capped');
+  t.match(refused.seen, [{ reason: 'too_many_connections_from_source', remoteAddress: '127.0.0.1', message: /127\.0\.0\.1 holds the listener's per-source maximum of 2 connections/ }]);
+  t.equal(refused.seen.length, 1, 'refused once: the TLS socket left behind by the refusal is not a second (tls_handshake_failed)');
+
+  // Its stream has ended, so the server closes the session when the client goes; then the slot is free.
+  const gone = closed(serverSessions[0]!);
+  open[0]!.destroy();
+  await gone;
+  const again = session(port, '127.0.0.1');
+  open.push(again);
+  t.equal(await carries(again, 'room again'), 'room again', 'once one of its connections has closed, the source gets in again');
 });
 
 t.test('idle connections: closed when they carry no stream, kept while the client answers PINGs', { timeout: 10_000 }, async (t) => {

@@ -16,6 +16,7 @@ export {
 export {
   HBONE_HANDSHAKE_TIMEOUT_MS,
   HBONE_MAX_CONNECTIONS,
+  HBONE_MAX_CONNECTIONS_PER_SOURCE,
   HboneServer,
   refuseStream,
   type HboneInboundRequest,

@@ -26,12 +26,19 @@ export const HBONE_HANDSHAKE_TIMEOUT_MS = 10_000;
  * cap bounds what a misbehaving or hostile peer can take (each connection reserves HTTP/2 windows of up to 16 MiB).
  */
 export const HBONE_MAX_CONNECTIONS = 10_000;
+/**
+ * The most connections one source address holds at once, so that one misbehaving or hostile peer (a node, or
+ * whatever shares its address) cannot take the whole listener's cap from the others: a tenth of it, still ten times
+ * what a busy peer node opens (one pooled connection per pair of identities, a new one per 100 streams).
+ */
+export const HBONE_MAX_CONNECTIONS_PER_SOURCE = 1_000;
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
   | 'tls_handshake_failed'
   | 'tls_handshake_timeout'
   | 'too_many_connections'
+  | 'too_many_connections_from_source'
   | 'not_h2'
   | 'no_peer_identity'
   | 'method_not_allowed'
@@ -68,6 +75,8 @@ export interface HboneServerOptions {
   log?: Logger;
   handshakeTimeoutMs?: number;
   maxConnections?: number;
+  /** The most connections one source address may hold: HBONE_MAX_CONNECTIONS_PER_SOURCE unless given. */
+  maxConnectionsPerSource?: number;
   /**
    * A connection with nothing received or sent this long is closed when it carries no stream; with streams open,
    * the client is asked by PING whether it lives, and dropped without an answer within `keepaliveTimeoutMs`.
@@ -113,8 +122,14 @@ export class HboneServer {
   /** The peer of each accepted TCP connection, read at accept: a socket destroyed later cannot tell it. */
   readonly #remotes = new WeakMap<net.Socket, string | undefined>();
   readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
+  /** Open connections by source address, for the per-source cap. */
+  readonly #connectionsBySource = new Map<string, number>();
+  /** TCP connections refused at accept, whose TLS socket's ensuing "socket hang up" is no second refusal. */
+  readonly #refusedAtAccept = new WeakSet<net.Socket>();
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
+  /** Undefined when not below the listener's cap, where it would refuse nothing that the listener's does not. */
+  readonly #maxConnectionsPerSource: number | undefined;
 
   constructor(options: HboneServerOptions) {
     this.#options = options;
@@ -122,6 +137,8 @@ export class HboneServer {
     this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? HBONE_KEEPALIVE_TIMEOUT_MS;
     const maxConnections = options.maxConnections ?? HBONE_MAX_CONNECTIONS;
+    const maxConnectionsPerSource = options.maxConnectionsPerSource ?? HBONE_MAX_CONNECTIONS_PER_SOURCE;
+    this.#maxConnectionsPerSource = maxConnectionsPerSource < maxConnections ? maxConnectionsPerSource : undefined;
     this.#server = http2.createSecureServer({
       ALPNProtocols: [HBONE_ALPN],
       allowHTTP1: false,
@@ -150,9 +167,10 @@ export class HboneServer {
     this.#server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
       // A refused client certificate surfaces as a bare "socket hang up"; the verification error says why.
       const why = socket.authorizationError ? `client certificate refused: ${String(socket.authorizationError)}` : err.message;
+      const tcp = (socket as TLSSocket & { _parent?: net.Socket })._parent;
+      if (tcp && this.#refusedAtAccept.has(tcp)) return;
       if ((err as NodeJS.ErrnoException).code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
         // The timeout has destroyed the socket, which no longer knows its peer: the TCP socket under it does.
-        const tcp = (socket as TLSSocket & { _parent?: net.Socket })._parent;
         this.#refused('tls_handshake_timeout', tcp ? this.#remotes.get(tcp) : undefined, why);
         return;
       }
@@ -170,6 +188,7 @@ export class HboneServer {
       this.#connections.add(socket);
       this.#remotes.set(socket, socket.remoteAddress);
       socket.once('close', () => this.#connections.delete(socket));
+      this.#admitSource(socket);
     });
     this.#server.on('session', (session) => this.#onSession(session));
     options.trustBundle.on('change', this.#onTrustBundleChange);
@@ -206,6 +225,28 @@ export class HboneServer {
     for (const session of this.#sessions.keys()) session.destroy();
     for (const socket of this.#connections) socket.destroy();
     await closed;
+  }
+
+  /**
+   * The per-source cap, at accept (before any TLS work): past it the connection is closed, as past the listener's.
+   */
+  #admitSource(socket: net.Socket): void {
+    const source = socket.remoteAddress;
+    const max = this.#maxConnectionsPerSource;
+    if (source === undefined || max === undefined) return;
+    const open = this.#connectionsBySource.get(source) ?? 0;
+    if (open >= max) {
+      this.#refusedAtAccept.add(socket);
+      this.#refused('too_many_connections_from_source', source, `${source} holds the listener's per-source maximum of ${max} connections`);
+      socket.destroy();
+      return;
+    }
+    this.#connectionsBySource.set(source, open + 1);
+    socket.once('close', () => {
+      const left = (this.#connectionsBySource.get(source) ?? 1) - 1;
+      if (left > 0) this.#connectionsBySource.set(source, left);
+      else this.#connectionsBySource.delete(source);
+    });
   }
 
   /**
