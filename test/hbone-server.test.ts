@@ -1,16 +1,17 @@
 /**
  * The HBONE server's own limits, against the real HboneServer on loopback: a handshake that does not finish, more
- * connections than the cap (the listener's and one source's), idle connections, a client that falls silent; and one
- * log line per refusal.
+ * connections than the cap (the listener's and one source's), idle connections, a client that falls silent, a client
+ * whose root left the trust bundle; and one log line per refusal.
  */
 import { once } from 'node:events';
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import t from 'tap';
-import type { HboneRefusal } from '../core/hbone/index.js';
-import { sniForIdentity } from '../core/identity/index.js';
+import { HBONE_REMOVED_ROOT_GRACE_MS, SecureContextCache, type HboneRefusal, type HboneSessionClose, type HboneSessionCloseDetail } from '../core/hbone/index.js';
+import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
 import { createLogger } from '../core/log.js';
+import { FakeTime } from './mesh/fake-time.js';
 import { CLIENT, echo, echoServer, meshPki, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';
 
@@ -226,4 +227,89 @@ t.test('a refusal is logged once: by the server without a callee, else only by t
       t.match(lines, [{ level: 40, msg: 'HBONE connection refused', detail: /not CONNECT/ }], 'without one the server logs it, once');
     }
   }
+});
+
+t.test('a session whose root left the trust bundle: GOAWAY at once, its streams closed after the grace and not before', { timeout: 10_000 }, async (t) => {
+  const bundle = new TrustBundle(pki.ca.rootPem);
+  const contexts = new SecureContextCache(bundle);
+  const nextRoot = (await CertificateAuthority.create({ trustDomain: 'cluster.local', commonName: 'Ambit Root CA 2' })).rootPem;
+  const time = new FakeTime();
+  const closes: Array<{ reason: HboneSessionClose } & HboneSessionCloseDetail> = [];
+  const streams: http2.ServerHttp2Stream[] = [];
+  const server = await echoServer(pki, {
+    trustBundle: bundle,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(pki.creds.get(SERVER)!) } : undefined),
+    setTimer: time.setTimer,
+    onSessionClosed: (reason, detail) => closes.push({ reason, ...detail }),
+    onConnect: (stream) => {
+      streams.push(stream);
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    },
+  });
+  const client = session(server.address().port);
+  client.on('error', () => undefined);
+  t.teardown(async () => {
+    client.destroy();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  stream.on('error', () => undefined);
+  stream.setEncoding('utf8');
+  const roundTrip = async (text: string) => {
+    const back = once(stream, 'data') as Promise<[string]>;
+    stream.write(text);
+    return (await back)[0];
+  };
+  t.equal(await roundTrip('before'), 'before');
+
+  const goaway = once(client, 'goaway');
+  bundle.replace(nextRoot, 'the test');
+  await goaway;
+  t.pass('GOAWAY as soon as the root left');
+  t.same(time.delays, [HBONE_REMOVED_ROOT_GRACE_MS], 'one deadline, of the default grace');
+  t.equal(await roundTrip('in the grace'), 'in the grace', 'the open stream still carries bytes');
+
+  time.advance(HBONE_REMOVED_ROOT_GRACE_MS - 1);
+  t.equal(await roundTrip('a millisecond before'), 'a millisecond before', 'and still does a millisecond before the deadline');
+  t.same(closes, [], 'nothing closed yet');
+
+  const serverStreamClosed = closed(streams[0]!);
+  const clientStreamClosed = closed(stream);
+  time.advance(1);
+  await Promise.all([serverStreamClosed, clientStreamClosed, closed(client)]);
+  t.pass('at the deadline the session is destroyed and its stream closed on both ends');
+  t.match(closes, [{ reason: 'trust_root_removed', remoteAddress: '127.0.0.1', peerIdentity: CLIENT, streams: 1, message: /chains to no root of the trust bundle/ }], 'counted and logged once');
+  t.equal(time.pending, 0);
+});
+
+t.test('a root that comes back within the grace lifts the deadline', { timeout: 10_000 }, async (t) => {
+  const bundle = new TrustBundle(pki.ca.rootPem);
+  const contexts = new SecureContextCache(bundle);
+  const nextRoot = (await CertificateAuthority.create({ trustDomain: 'cluster.local', commonName: 'Ambit Root CA 2' })).rootPem;
+  const time = new FakeTime();
+  const closes: HboneSessionClose[] = [];
+  const server = await echoServer(pki, {
+    trustBundle: bundle,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(pki.creds.get(SERVER)!) } : undefined),
+    setTimer: time.setTimer,
+    removedRootGraceMs: 5_000,
+    onSessionClosed: (reason) => closes.push(reason),
+  });
+  const client = session(server.address().port);
+  t.teardown(async () => {
+    client.destroy();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  await once(stream, 'response');
+  const goaway = once(client, 'goaway');
+  bundle.replace(nextRoot, 'the test');
+  await goaway;
+  t.same(time.delays, [5_000], 'the configured grace');
+  bundle.replace(`${pki.ca.rootPem}${nextRoot}`, 'the test');
+  t.equal(time.pending, 0, 'the deadline is cancelled once the client chains to a root again');
+  time.advance(5_000);
+  t.equal(await echo(stream, 'kept'), 'kept', 'its stream runs to its end');
+  t.same(closes, []);
 });

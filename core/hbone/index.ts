@@ -17,10 +17,13 @@ export {
   HBONE_HANDSHAKE_TIMEOUT_MS,
   HBONE_MAX_CONNECTIONS,
   HBONE_MAX_CONNECTIONS_PER_SOURCE,
+  HBONE_REMOVED_ROOT_GRACE_MS,
   HboneServer,
   refuseStream,
   type HboneInboundRequest,
   type HboneRefusal,
+  type HboneSessionClose,
+  type HboneSessionCloseDetail,
   type HboneServerOptions,
 } from './server.js';
 export {
