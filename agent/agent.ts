@@ -201,7 +201,9 @@ export class Agent {
       },
       onConnect: (stream, request) => handleHboneConnect(inputs, stream, request),
       onRefused: (reason, detail) => telemetry.refused('hbone', reason, { hbone: detail.remoteAddress }, detail.message),
+      onSessionClosed: (reason, detail) => telemetry.hboneSessionClosed(reason, detail),
       maxConnections: config.hbone.maxConnections,
+      maxConnectionsPerSource: config.hbone.maxConnectionsPerSource,
       keepaliveTimeoutMs: config.hbone.keepaliveTimeoutMs,
       log: log.child({ component: 'hbone-server' }),
     });

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
-import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
+import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_MAX_CONNECTIONS_PER_SOURCE, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
 import { AmbitError } from '../core/errors.js';
 
@@ -84,7 +84,7 @@ export interface AgentConfig {
   readonly rootNamespace: string;
   /** Read `security.istio.io` AuthorizationPolicy and PeerAuthentication objects too. */
   readonly istioApi: boolean;
-  /** How HBONE notices a dead peer, and the listener's cap (core/hbone says why each default is what it is). */
+  /** How HBONE notices a dead peer, and the listener's caps (core/hbone says why each default is what it is). */
   readonly hbone: Readonly<HboneSettings>;
 }
 
@@ -93,6 +93,8 @@ export interface HboneSettings {
   keepaliveTimeoutMs: number;
   responseTimeoutMs: number;
   maxConnections: number;
+  /** Never above maxConnections: a source cannot hold more than the whole listener. */
+  maxConnectionsPerSource: number;
 }
 
 const HBONE_DEFAULTS: Readonly<HboneSettings> = Object.freeze({
@@ -100,6 +102,7 @@ const HBONE_DEFAULTS: Readonly<HboneSettings> = Object.freeze({
   keepaliveTimeoutMs: HBONE_KEEPALIVE_TIMEOUT_MS,
   responseTimeoutMs: HBONE_RESPONSE_TIMEOUT_MS,
   maxConnections: HBONE_MAX_CONNECTIONS,
+  maxConnectionsPerSource: HBONE_MAX_CONNECTIONS_PER_SOURCE,
 });
 
 export const AGENT_USAGE = `Usage: ambit agent [options]
@@ -134,6 +137,8 @@ Options (each also as an environment variable):
   --hbone-keepalive-timeout S   no answer in S s: the peer is dead  AMBIT_HBONE_KEEPALIVE_TIMEOUT (default ${HBONE_KEEPALIVE_TIMEOUT_MS / 1000})
   --hbone-response-timeout S    a CONNECT unanswered in S s fails   AMBIT_HBONE_RESPONSE_TIMEOUT (default ${HBONE_RESPONSE_TIMEOUT_MS / 1000})
   --hbone-max-connections N     most connections 15008 holds        AMBIT_HBONE_MAX_CONNECTIONS (default ${HBONE_MAX_CONNECTIONS})
+  --hbone-max-connections-per-source N  of those, most from one source address  AMBIT_HBONE_MAX_CONNECTIONS_PER_SOURCE
+                         (default ${HBONE_MAX_CONNECTIONS_PER_SOURCE}, or --hbone-max-connections if lower)
   --remove-rules-on-exit remove the rules on a clean shutdown  AMBIT_REMOVE_RULES_ON_EXIT=1
                          (default: they stay, so traffic is refused while the agent restarts)
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
@@ -194,6 +199,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
         'hbone-keepalive-timeout': { type: 'string' },
         'hbone-response-timeout': { type: 'string' },
         'hbone-max-connections': { type: 'string' },
+        'hbone-max-connections-per-source': { type: 'string' },
         cleanup: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -253,11 +259,18 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     if (!Number.isInteger(value) || value < min || value > max) throw usageError(`--${flag} ${text} is not a whole number from ${min} to ${max}`);
     return value;
   };
+  const maxConnections = whole('hbone-max-connections', values['hbone-max-connections'] ?? env.AMBIT_HBONE_MAX_CONNECTIONS, 1, 1_000_000, HBONE_DEFAULTS.maxConnections);
+  const perSourceText = values['hbone-max-connections-per-source'] ?? env.AMBIT_HBONE_MAX_CONNECTIONS_PER_SOURCE;
+  const maxConnectionsPerSource = whole('hbone-max-connections-per-source', perSourceText, 1, 1_000_000, Math.min(HBONE_DEFAULTS.maxConnectionsPerSource, maxConnections));
+  if (maxConnectionsPerSource > maxConnections) {
+    throw usageError(`--hbone-max-connections-per-source ${perSourceText} is more than --hbone-max-connections ${maxConnections}: one source cannot hold more than the whole listener`);
+  }
   const hbone = Object.freeze({
     keepaliveIntervalMs: whole('hbone-keepalive-interval', values['hbone-keepalive-interval'] ?? env.AMBIT_HBONE_KEEPALIVE_INTERVAL, 1, 3600, HBONE_DEFAULTS.keepaliveIntervalMs / 1000) * 1000,
     keepaliveTimeoutMs: whole('hbone-keepalive-timeout', values['hbone-keepalive-timeout'] ?? env.AMBIT_HBONE_KEEPALIVE_TIMEOUT, 1, 600, HBONE_DEFAULTS.keepaliveTimeoutMs / 1000) * 1000,
     responseTimeoutMs: whole('hbone-response-timeout', values['hbone-response-timeout'] ?? env.AMBIT_HBONE_RESPONSE_TIMEOUT, 1, 600, HBONE_DEFAULTS.responseTimeoutMs / 1000) * 1000,
-    maxConnections: whole('hbone-max-connections', values['hbone-max-connections'] ?? env.AMBIT_HBONE_MAX_CONNECTIONS, 1, 1_000_000, HBONE_DEFAULTS.maxConnections),
+    maxConnections,
+    maxConnectionsPerSource,
   });
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);

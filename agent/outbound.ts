@@ -13,7 +13,7 @@ export interface OutboundContext {
   store: ReadonlyWorkloadStore;
   nodeName: string;
   nodeIp: string;
-  /** The agent's own ports on the node IP: a captured connection to one of them would loop. */
+  /** The agent's own ports on the node's addresses: a captured connection sent to one of them would loop. */
   agentPorts: readonly number[];
   hbonePort: number;
   /** Picks one of several equally good endpoints; injectable so tests are deterministic. */
@@ -39,7 +39,19 @@ export type OutboundRequest =
   | { kind: 'passthrough'; source: Workload; destination: Workload | undefined; service: Service | undefined; target: Address }
   | { kind: 'refuse'; source: Workload | undefined; target: Address; reason: OutboundRefusal; message: string };
 
-export type OutboundRefusal = 'unknown_source' | 'loop' | 'no_service_port' | 'no_healthy_endpoint' | 'unknown_destination_node';
+export type OutboundRefusal = 'unknown_source' | 'loop' | 'endpoint_loop' | 'no_service_port' | 'no_healthy_endpoint' | 'unknown_destination_node';
+
+/**
+ * Whether `address` is one of the agent's own listeners: one of its ports on the node IP, or on another address the
+ * Node object lists (by default the listeners bind all of the node's addresses). Sending a captured connection there
+ * would connect the agent to itself: back into its capture (15001, 15006), into its HBONE listener in plaintext
+ * (15008), or into its metrics and readiness on behalf of a pod. The one rule for where a captured connection may not
+ * go, whether the pod dialled the address or a Service's endpoint names it.
+ */
+function isAgentItself(ctx: OutboundContext, address: Address): boolean {
+  if (!ctx.agentPorts.includes(address.port)) return false;
+  return address.host === ctx.nodeIp || (ctx.store.node(ctx.nodeName)?.addresses.includes(address.host) ?? false);
+}
 
 function pickRandom<T>(candidates: readonly T[]): T {
   return candidates[Math.floor(Math.random() * candidates.length)] as T;
@@ -58,7 +70,7 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
       message: `${sourceIp} is not an enrolled pod on node ${ctx.nodeName}; its rules may be stale`,
     };
   }
-  if (original.host === ctx.nodeIp && ctx.agentPorts.includes(original.port)) {
+  if (isAgentItself(ctx, original)) {
     return { kind: 'refuse', source, target: original, reason: 'loop', message: `${formatAuthority(original.host, original.port)} is the agent itself` };
   }
 
@@ -83,6 +95,16 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
       return { kind: 'passthrough', source, destination: undefined, service, target: original };
     }
     const chosen = chooseEndpoint(ctx, endpoints, original.host.includes(':'));
+    if (chosen === 'loop') {
+      const itself = endpoints.filter((e) => isAgentItself(ctx, { host: e.ip, port: e.port })).map((e) => formatAuthority(e.ip, e.port));
+      return {
+        kind: 'refuse',
+        source,
+        target: original,
+        reason: 'endpoint_loop',
+        message: `every ready endpoint of service ${service.namespace}/${service.name} for port ${original.port} is this node's agent itself (${itself.join(', ')}): its EndpointSlices name a hostNetwork pod of this node on an agent port`,
+      };
+    }
     if (!chosen) {
       return {
         kind: 'refuse',
@@ -125,11 +147,15 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
   };
 }
 
-/** Locality first: an endpoint on this node, else in this node's zone, else any; of the family of the VIP dialled. */
-function chooseEndpoint(ctx: OutboundContext, endpoints: readonly ServiceEndpoint[], ipv6: boolean): ServiceEndpoint | undefined {
+/**
+ * Locality first: an endpoint on this node, else in this node's zone, else any; of the family of the VIP dialled,
+ * and never the agent itself (`loop` when there are endpoints of the family and all of them are).
+ */
+function chooseEndpoint(ctx: OutboundContext, endpoints: readonly ServiceEndpoint[], ipv6: boolean): ServiceEndpoint | 'loop' | undefined {
   const pick = ctx.pick ?? pickRandom;
-  const candidates = endpoints.filter((e) => e.ip.includes(':') === ipv6);
-  if (candidates.length === 0) return undefined;
+  const ofFamily = endpoints.filter((e) => e.ip.includes(':') === ipv6);
+  const candidates = ofFamily.filter((e) => !isAgentItself(ctx, { host: e.ip, port: e.port }));
+  if (candidates.length === 0) return ofFamily.length > 0 ? 'loop' : undefined;
   const local = candidates.filter((e) => e.node === ctx.nodeName);
   if (local.length > 0) return pick(local);
   const zone = ctx.store.nodeZone(ctx.nodeName);

@@ -1,4 +1,5 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
+import type { HboneSessionClose, HboneSessionCloseDetail } from '../core/hbone/index.js';
 import type { Logger } from '../core/log.js';
 
 /** Istio's TCP metric labels, so Kiali, Grafana dashboards and Flagger read Ambit's metrics unchanged. */
@@ -97,6 +98,7 @@ export class AgentTelemetry {
   readonly #receivedBytes: Counter<(typeof TCP_LABELS)[number]>;
   readonly #refused: Counter<'direction' | 'reason'>;
   readonly #policyDenied: Counter<'policy' | 'reason'>;
+  readonly #hboneSessionsClosed: Counter<'reason'>;
   readonly #active: Gauge<'direction'>;
   readonly #seriesCache = new Map<string, Series>();
 
@@ -118,6 +120,12 @@ export class AgentTelemetry {
       name: 'ambit_policy_denied_total',
       help: 'Connections refused by AuthorizationPolicy or PeerAuthentication, by deciding policy (ns/name, or "default") and reason',
       labelNames: ['policy', 'reason'],
+      registers: [registry],
+    });
+    this.#hboneSessionsClosed = new Counter({
+      name: 'ambit_hbone_sessions_closed_total',
+      help: 'HBONE sessions the listener closed with their open streams (peer_unresponsive, trust_root_removed), by reason',
+      labelNames: ['reason'],
       registers: [registry],
     });
     this.#active = new Gauge({ name: 'ambit_connections_active', help: 'Proxied connections open now', labelNames: ['direction'], registers: [registry], collect });
@@ -223,6 +231,12 @@ export class AgentTelemetry {
       },
       'connection refused',
     );
+  }
+
+  /** The HBONE listener closed a session, and the streams it still carried: counted by reason and logged once. */
+  hboneSessionClosed(reason: HboneSessionClose, detail: HboneSessionCloseDetail): void {
+    this.#hboneSessionsClosed.inc({ reason });
+    this.#log.warn({ direction: 'inbound', hbone: detail.remoteAddress, src: { identity: detail.peerIdentity }, streams: detail.streams, reason, detail: detail.message }, 'HBONE connection closed');
   }
 
   /** An open connection closed because a policy change no longer allows it. */

@@ -17,9 +17,16 @@ t.test('flags, environment and defaults', async (t) => {
 });
 
 t.test('how HBONE notices a dead peer: the defaults of core/hbone, flags and environment in seconds', async (t) => {
-  t.same(loadAgentConfig({}, required).config?.hbone, { keepaliveIntervalMs: 10_000, keepaliveTimeoutMs: 5_000, responseTimeoutMs: 10_000, maxConnections: 10_000 });
-  const set = loadAgentConfig({ AMBIT_HBONE_KEEPALIVE_TIMEOUT: '2' }, [...required, '--hbone-keepalive-interval', '3', '--hbone-response-timeout', '4', '--hbone-max-connections', '500']).config;
-  t.same(set?.hbone, { keepaliveIntervalMs: 3_000, keepaliveTimeoutMs: 2_000, responseTimeoutMs: 4_000, maxConnections: 500 });
+  t.same(loadAgentConfig({}, required).config?.hbone, { keepaliveIntervalMs: 10_000, keepaliveTimeoutMs: 5_000, responseTimeoutMs: 10_000, maxConnections: 10_000, maxConnectionsPerSource: 1_000 });
+  const set = loadAgentConfig({ AMBIT_HBONE_KEEPALIVE_TIMEOUT: '2' }, [...required, '--hbone-keepalive-interval', '3', '--hbone-response-timeout', '4', '--hbone-max-connections', '5000', '--hbone-max-connections-per-source', '50']).config;
+  t.same(set?.hbone, { keepaliveIntervalMs: 3_000, keepaliveTimeoutMs: 2_000, responseTimeoutMs: 4_000, maxConnections: 5_000, maxConnectionsPerSource: 50 });
+});
+
+t.test("the listener's per-source cap: its own default, never above the listener's cap", async (t) => {
+  t.equal(loadAgentConfig({ AMBIT_HBONE_MAX_CONNECTIONS_PER_SOURCE: '20' }, required).config?.hbone.maxConnectionsPerSource, 20, 'from the environment');
+  t.equal(loadAgentConfig({ AMBIT_HBONE_MAX_CONNECTIONS_PER_SOURCE: '20' }, [...required, '--hbone-max-connections-per-source', '30']).config?.hbone.maxConnectionsPerSource, 30, 'the flag wins');
+  t.match(loadAgentConfig({}, [...required, '--hbone-max-connections', '300']).config?.hbone, { maxConnections: 300, maxConnectionsPerSource: 300 }, 'a listener cap below the default one lowers it');
+  t.equal(loadAgentConfig({}, [...required, '--hbone-max-connections', '300', '--hbone-max-connections-per-source', '300']).config?.hbone.maxConnectionsPerSource, 300, 'equal is allowed');
 });
 
 t.test('CNI, state, restart and policy settings', async (t) => {
@@ -59,6 +66,9 @@ t.test('bad input is a usage error that names the flag', async (t) => {
     [[...required, '--hbone-keepalive-interval', '0'], /--hbone-keepalive-interval 0 is not a whole number from 1/],
     [[...required, '--hbone-response-timeout', '2.5'], /--hbone-response-timeout 2.5/],
     [[...required, '--hbone-max-connections', 'many'], /--hbone-max-connections many/],
+    [[...required, '--hbone-max-connections-per-source', '0'], /--hbone-max-connections-per-source 0 is not a whole number from 1 to 1000000/],
+    [[...required, '--hbone-max-connections-per-source', '2.5'], /--hbone-max-connections-per-source 2\.5 is not a whole number/],
+    [[...required, '--hbone-max-connections', '100', '--hbone-max-connections-per-source', '101'], /--hbone-max-connections-per-source 101 is more than --hbone-max-connections 100: one source cannot hold more than the whole listener/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });

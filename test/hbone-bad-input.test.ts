@@ -3,13 +3,13 @@
  * and the agent keeps serving well-behaved clients afterwards. Each test looks only at what it caused: the log
  * records written since it started, and how much the counters rose meanwhile, so it holds in any order.
  */
-import http2 from 'node:http2';
+import type http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
 import { metricValue } from './mesh/cluster.js';
-import { NODE_IPS, pod, startLoopbackMesh, type LogWindow, type LoopbackMesh } from './mesh/loopback.js';
+import { hboneSession, NODE_IPS, pod, startLoopbackMesh, type LogWindow, type LoopbackMesh } from './mesh/loopback.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';
@@ -75,19 +75,7 @@ function tlsAttempt(options: tls.ConnectionOptions): Promise<{ error?: string; r
 /** An mTLS HTTP/2 session to node2 with the given client certificate, SNI for `sniIdentity`. */
 function session(sniIdentity = SERVER, creds = good): Promise<http2.ClientHttp2Session> {
   return new Promise((resolve, reject) => {
-    const s = http2.connect(`https://${NODE_IPS.node2}:${mesh.ports.hbone}`, {
-      createConnection: () =>
-        tls.connect({
-          host: NODE_IPS.node2,
-          port: mesh.ports.hbone,
-          servername: sniForIdentity(sniIdentity),
-          ALPNProtocols: ['h2'],
-          key: creds.keyPem,
-          cert: creds.certPem,
-          ca: mesh.ca.rootPem,
-          checkServerIdentity: () => undefined,
-        }),
-    });
+    const s = hboneSession(mesh, creds, sniIdentity);
     s.once('connect', () => resolve(s));
     s.once('error', reject);
   });

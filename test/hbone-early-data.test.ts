@@ -9,14 +9,12 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
-import tls from 'node:tls';
 import t from 'tap';
 import { EARLY_DATA_AGENT_BYTES } from '../agent/inbound.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, REASON_HEADER } from '../core/hbone/index.js';
-import { sniForIdentity } from '../core/identity/index.js';
 import { metricValue } from './mesh/cluster.js';
 import { within } from './mesh/hold.js';
-import { exchange, NODE_IPS, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
+import { exchange, hboneSession, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
 import { onPath } from './testbed/index.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
@@ -76,19 +74,7 @@ t.test('early data before the 200 is capped, refused past the cap, and counted',
   /** A raw mTLS HTTP/2 session to node2's 15008, as a source agent that does not keep to the cap would open it. */
   const session = () =>
     new Promise<http2.ClientHttp2Session>((resolve, reject) => {
-      const s = http2.connect(`https://${NODE_IPS.node2}:${mesh.ports.hbone}`, {
-        createConnection: () =>
-          tls.connect({
-            host: NODE_IPS.node2,
-            port: mesh.ports.hbone,
-            servername: sniForIdentity(SERVER),
-            ALPNProtocols: ['h2'],
-            key: creds.keyPem,
-            cert: creds.certPem,
-            ca: mesh.ca.rootPem,
-            checkServerIdentity: () => undefined,
-          }),
-      });
+      const s = hboneSession(mesh, creds, SERVER);
       sessions.push(s);
       s.once('connect', () => resolve(s));
       s.once('error', reject);

@@ -1,28 +1,32 @@
 /**
  * The HBONE server's own limits, against the real HboneServer on loopback: a handshake that does not finish, more
- * connections than the cap, idle connections, a client that falls silent; and one log line per refusal.
+ * connections than the cap (the listener's and one source's), idle connections, a client that falls silent, a client
+ * whose root left the trust bundle; and one log line per refusal.
  */
 import { once } from 'node:events';
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import t from 'tap';
-import type { HboneRefusal } from '../core/hbone/index.js';
-import { sniForIdentity } from '../core/identity/index.js';
+import { HBONE_REMOVED_ROOT_GRACE_MS, SecureContextCache, type HboneRefusal, type HboneSessionClose, type HboneSessionCloseDetail } from '../core/hbone/index.js';
+import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
 import { createLogger } from '../core/log.js';
-import { CLIENT, echoServer, meshPki, SERVER, silenceableRelay} from './mesh/hbone-fixtures.js';
+import { FakeTime } from './mesh/fake-time.js';
+import { CLIENT, echo, echoServer, meshPki, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';
 
 const pki = await meshPki([CLIENT, SERVER]);
 
-/** An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool). */
-function session(port: number): http2.ClientHttp2Session {
+/**
+ * An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool), from `localAddress`
+ * (loopback is all of 127.0.0.0/8, so each such address is another source).
+ */
+function session(port: number, localAddress = '127.0.0.1'): http2.ClientHttp2Session {
   const creds = pki.creds.get(CLIENT)!;
   return http2.connect(`https://127.0.0.1:${port}`, {
     createConnection: () =>
       tls.connect({
-        host: '127.0.0.1',
-        port,
+        socket: net.connect({ host: '127.0.0.1', port, localAddress }),
         servername: sniForIdentity(SERVER),
         ALPNProtocols: ['h2'],
         key: creds.keyPem,
@@ -36,6 +40,21 @@ function session(port: number): http2.ClientHttp2Session {
 /** Resolves on the emitter's 'close', whatever error came before it (events.once would reject on the error). */
 function closed(emitter: NodeJS.EventEmitter): Promise<void> {
   return new Promise((resolve) => emitter.once('close', () => resolve()));
+}
+
+/**
+ * Opens a session that the server is to close at accept, before any TLS: resolves once it has closed and the
+ * server has reported the refusal, with whether its handshake finished all the same.
+ */
+async function refusedAtAccept(port: number, refused: ReturnType<typeof refusals>, localAddress?: string): Promise<{ handshook: boolean }> {
+  const refusal = refused.next();
+  const s = session(port, localAddress);
+  s.on('error', () => undefined);
+  let handshook = false;
+  s.once('connect', () => (handshook = true));
+  await closed(s);
+  await refusal;
+  return { handshook };
 }
 
 /** Collects the server's refusals and resolves `next()` on the next one. */
@@ -78,15 +97,7 @@ t.test('connections past the cap are refused; one that ends makes room', { timeo
     open.push(s);
     await once(s, 'connect');
   }
-  const refusal = refused.next();
-  const third = session(port);
-  open.push(third);
-  third.on('error', () => undefined);
-  let connected = false;
-  third.once('connect', () => (connected = true));
-  await closed(third);
-  await refusal;
-  t.notOk(connected, 'the third connection was closed before its handshake');
+  t.notOk((await refusedAtAccept(port, refused)).handshook, 'the third connection was closed before its handshake');
   t.match(refused.seen, [{ reason: 'too_many_connections', message: /maximum of 2 connections/ }]);
 
   const gone = once(open[0]!, 'close');
@@ -96,6 +107,47 @@ t.test('connections past the cap are refused; one that ends makes room', { timeo
   open.push(fourth);
   await once(fourth, 'connect');
   t.pass('once one has closed, a new connection is accepted');
+});
+
+t.test('past the per-source cap a source is refused while another still gets in; one that ends makes room', { timeout: 10_000 }, async (t) => {
+  const refused = refusals();
+  const serverSessions: http2.ServerHttp2Session[] = [];
+  const server = await echoServer(pki, {
+    maxConnectionsPerSource: 2,
+    onRefused: refused.onRefused,
+    onConnect: (stream) => {
+      serverSessions.push(stream.session as http2.ServerHttp2Session);
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    },
+  });
+  const port = server.address().port;
+  const open: http2.ClientHttp2Session[] = [];
+  t.teardown(async () => {
+    for (const s of open) s.destroy();
+    await server.close();
+  });
+  const carries = (s: http2.ClientHttp2Session, text: string) => echo(s.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false }), text);
+  for (let i = 0; i < 2; i++) {
+    const s = session(port, '127.0.0.1');
+    open.push(s);
+    t.equal(await carries(s, `first ${i}`), `first ${i}`);
+  }
+  t.notOk((await refusedAtAccept(port, refused, '127.0.0.1')).handshook, "the source's third connection was closed before its handshake");
+
+  const other = session(port, '127.0.0.2');
+  open.push(other);
+  t.equal(await carries(other, 'another source'), 'another source', 'a second source still gets in while the first is capped');
+  t.match(refused.seen, [{ reason: 'too_many_connections_from_source', remoteAddress: '127.0.0.1', message: /127\.0\.0\.1 holds the listener's per-source maximum of 2 connections/ }]);
+  t.equal(refused.seen.length, 1, 'refused once: the TLS socket left behind by the refusal is not a second (tls_handshake_failed)');
+
+  // Its stream has ended, so the server closes the session when the client goes; then the slot is free.
+  const gone = closed(serverSessions[0]!);
+  open[0]!.destroy();
+  await gone;
+  const again = session(port, '127.0.0.1');
+  open.push(again);
+  t.equal(await carries(again, 'room again'), 'room again', 'once one of its connections has closed, the source gets in again');
 });
 
 t.test('idle connections: closed when they carry no stream, kept while the client answers PINGs', { timeout: 10_000 }, async (t) => {
@@ -175,4 +227,89 @@ t.test('a refusal is logged once: by the server without a callee, else only by t
       t.match(lines, [{ level: 40, msg: 'HBONE connection refused', detail: /not CONNECT/ }], 'without one the server logs it, once');
     }
   }
+});
+
+t.test('a session whose root left the trust bundle: GOAWAY at once, its streams closed after the grace and not before', { timeout: 10_000 }, async (t) => {
+  const bundle = new TrustBundle(pki.ca.rootPem);
+  const contexts = new SecureContextCache(bundle);
+  const nextRoot = (await CertificateAuthority.create({ trustDomain: 'cluster.local', commonName: 'Ambit Root CA 2' })).rootPem;
+  const time = new FakeTime();
+  const closes: Array<{ reason: HboneSessionClose } & HboneSessionCloseDetail> = [];
+  const streams: http2.ServerHttp2Stream[] = [];
+  const server = await echoServer(pki, {
+    trustBundle: bundle,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(pki.creds.get(SERVER)!) } : undefined),
+    setTimer: time.setTimer,
+    onSessionClosed: (reason, detail) => closes.push({ reason, ...detail }),
+    onConnect: (stream) => {
+      streams.push(stream);
+      stream.respond({ ':status': 200 });
+      stream.pipe(stream);
+    },
+  });
+  const client = session(server.address().port);
+  client.on('error', () => undefined);
+  t.teardown(async () => {
+    client.destroy();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  stream.on('error', () => undefined);
+  stream.setEncoding('utf8');
+  const roundTrip = async (text: string) => {
+    const back = once(stream, 'data') as Promise<[string]>;
+    stream.write(text);
+    return (await back)[0];
+  };
+  t.equal(await roundTrip('before'), 'before');
+
+  const goaway = once(client, 'goaway');
+  bundle.replace(nextRoot, 'the test');
+  await goaway;
+  t.pass('GOAWAY as soon as the root left');
+  t.same(time.delays, [HBONE_REMOVED_ROOT_GRACE_MS], 'one deadline, of the default grace');
+  t.equal(await roundTrip('in the grace'), 'in the grace', 'the open stream still carries bytes');
+
+  time.advance(HBONE_REMOVED_ROOT_GRACE_MS - 1);
+  t.equal(await roundTrip('a millisecond before'), 'a millisecond before', 'and still does a millisecond before the deadline');
+  t.same(closes, [], 'nothing closed yet');
+
+  const serverStreamClosed = closed(streams[0]!);
+  const clientStreamClosed = closed(stream);
+  time.advance(1);
+  await Promise.all([serverStreamClosed, clientStreamClosed, closed(client)]);
+  t.pass('at the deadline the session is destroyed and its stream closed on both ends');
+  t.match(closes, [{ reason: 'trust_root_removed', remoteAddress: '127.0.0.1', peerIdentity: CLIENT, streams: 1, message: /chains to no root of the trust bundle/ }], 'counted and logged once');
+  t.equal(time.pending, 0);
+});
+
+t.test('a root that comes back within the grace lifts the deadline', { timeout: 10_000 }, async (t) => {
+  const bundle = new TrustBundle(pki.ca.rootPem);
+  const contexts = new SecureContextCache(bundle);
+  const nextRoot = (await CertificateAuthority.create({ trustDomain: 'cluster.local', commonName: 'Ambit Root CA 2' })).rootPem;
+  const time = new FakeTime();
+  const closes: HboneSessionClose[] = [];
+  const server = await echoServer(pki, {
+    trustBundle: bundle,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(pki.creds.get(SERVER)!) } : undefined),
+    setTimer: time.setTimer,
+    removedRootGraceMs: 5_000,
+    onSessionClosed: (reason) => closes.push(reason),
+  });
+  const client = session(server.address().port);
+  t.teardown(async () => {
+    client.destroy();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  await once(stream, 'response');
+  const goaway = once(client, 'goaway');
+  bundle.replace(nextRoot, 'the test');
+  await goaway;
+  t.same(time.delays, [5_000], 'the configured grace');
+  bundle.replace(`${pki.ca.rootPem}${nextRoot}`, 'the test');
+  t.equal(time.pending, 0, 'the deadline is cancelled once the client chains to a root again');
+  time.advance(5_000);
+  t.equal(await echo(stream, 'kept'), 'kept', 'its stream runs to its end');
+  t.same(closes, []);
 });

@@ -3,6 +3,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { isAmbitError } from '../core/errors.js';
 import { CertificateAuthority, CertStore, localIssuer, type CertIssuer, type WorkloadCertificate } from '../core/identity/index.js';
+import { FakeTime } from './mesh/fake-time.js';
 
 const ID = 'spiffe://cluster.local/ns/team-a/sa/api';
 const OTHER_ID = 'spiffe://cluster.local/ns/team-a/sa/web';
@@ -28,46 +29,6 @@ function clockIssuer(now: () => number, ttlMs: number): CertIssuer {
       return { certChainPem: await ca.sign(csrPem, { spiffeId, notBefore: new Date(now() - 60_000), notAfter: new Date(now() + ttlMs) }) };
     },
   };
-}
-
-/** The store's clock and timers, moved by the test: a renewal due in twelve hours happens when the test says so. */
-class FakeTime {
-  #now = Date.now();
-  readonly #timers = new Set<{ at: number; callback: () => void }>();
-  /** The delay of every timer set, in order. */
-  readonly delays: number[] = [];
-
-  readonly now = (): number => this.#now;
-
-  readonly setTimer = (callback: () => void, delayMs: number): (() => void) => {
-    const timer = { at: this.#now + delayMs, callback };
-    this.#timers.add(timer);
-    this.delays.push(delayMs);
-    return () => this.#timers.delete(timer);
-  };
-
-  /** Timers set and neither fired nor cancelled. */
-  get pending(): number {
-    return this.#timers.size;
-  }
-
-  /** Moves the clock by `ms` and fires nothing: as when the process was suspended and its timers are late. */
-  skip(ms: number): void {
-    this.#now += ms;
-  }
-
-  /** Moves the clock by `ms`, firing each timer that falls due on the way, in order. */
-  advance(ms: number): void {
-    const until = this.#now + ms;
-    for (;;) {
-      const due = [...this.#timers].filter((timer) => timer.at <= until).sort((a, b) => a.at - b.at)[0];
-      if (due === undefined) break;
-      this.#timers.delete(due);
-      this.#now = due.at;
-      due.callback();
-    }
-    this.#now = until;
-  }
 }
 
 /** The checks a certificate handed out for `spiffeId` must pass: its key, its identity, its issuer, its lifetime. */

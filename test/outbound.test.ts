@@ -116,9 +116,15 @@ const selectorless = (name: string, namespace: string, ip: string, ports: object
   spec: { clusterIP: ip, ports },
 });
 
+/** A node with an external address besides its internal one (the agent's listeners bind both). */
+const twoAddresses = (name: string, internal: string, external: string, zone: string) => ({
+  ...zoned(name, internal, zone),
+  status: { addresses: [{ type: 'InternalIP', address: internal }, { type: 'ExternalIP', address: external }] },
+});
+
 const sliced = storeWith([
   ns('demo', { 'ambit.dev/mode': 'enabled' }),
-  zoned('node1', '10.0.0.1', 'z1'),
+  twoAddresses('node1', '10.0.0.1', '203.0.113.1', 'z1'),
   zoned('node2', '10.0.0.2', 'z1'),
   zoned('node4', '10.0.0.4', 'z2'),
   podObj('a', 'demo', 'node1', '10.1.1.1', { sa: 'client' }),
@@ -168,6 +174,18 @@ const sliced = storeWith([
   slice('stray-3', 'default', 'stray', [{ addresses: ['10.1.9.9'] }], [{ port: 8080 }]),
   selectorless('six', 'demo', '10.96.1.10', [{ port: 80, targetPort: 8080 }]),
   slice('six-1', 'demo', 'six', [{ addresses: ['fd00::9'] }], [{ port: 8080 }], 'IPv6'),
+  // Endpoints on the nodes' own addresses (hostNetwork pods), on the agent's HBONE and metrics ports.
+  selectorless('self', 'demo', '10.96.2.1', [{ port: 80, targetPort: 15008 }]),
+  slice('self-1', 'demo', 'self', [{ addresses: ['10.0.0.1'], nodeName: 'node1', zone: 'z1' }], [{ port: 15008 }]),
+  selectorless('self-external', 'demo', '10.96.2.2', [{ port: 80, targetPort: 15020 }]),
+  slice('self-external-1', 'demo', 'self-external', [{ addresses: ['203.0.113.1'], nodeName: 'node1', zone: 'z1' }], [{ port: 15020 }]),
+  selectorless('agents', 'demo', '10.96.2.3', [{ port: 80, targetPort: 15020 }]),
+  slice('agents-1', 'demo', 'agents', [
+    { addresses: ['10.0.0.1'], nodeName: 'node1', zone: 'z1' },
+    { addresses: ['10.0.0.2'], nodeName: 'node2', zone: 'z1' },
+  ], [{ port: 15020 }]),
+  selectorless('node-port', 'demo', '10.96.2.4', [{ port: 80, targetPort: 10250 }]),
+  slice('node-port-1', 'demo', 'node-port', [{ addresses: ['10.0.0.1'], nodeName: 'node1', zone: 'z1' }], [{ port: 10250 }]),
 ]);
 const slicedCtx: OutboundContext = { ...ctx, store: sliced };
 const viaSlices = (host: string, port: number) => buildOutboundRequest(slicedCtx, '10.1.1.1', { host, port });
@@ -208,4 +226,12 @@ t.test('locality: this node, then this zone, then any', async (t) => {
 t.test('only slices labelled for the service, in its namespace and address family, count', async (t) => {
   t.match(viaSlices('10.96.1.9', 80), { kind: 'passthrough', target: { host: '10.96.1.9', port: 80 } }, 'no slice of its own: its VIP');
   t.match(viaSlices('10.96.1.10', 80), { kind: 'refuse', reason: 'no_healthy_endpoint' }, 'an IPv6 slice has no endpoint for an IPv4 VIP');
+});
+
+t.test('the loop rule applies to the endpoint chosen for a service as to the address dialled', async (t) => {
+  t.match(viaSlices('10.96.2.1', 80), { kind: 'refuse', reason: 'endpoint_loop', target: { host: '10.96.2.1', port: 80 }, message: /service demo\/self .* is this node's agent itself \(10\.0\.0\.1:15008\)/ }, "the service's only endpoint is this node's HBONE port");
+  t.match(viaSlices('10.96.2.2', 80), { kind: 'refuse', reason: 'endpoint_loop', message: /203\.0\.113\.1:15020/ }, "or an agent port on another of this node's addresses");
+  t.match(viaSlices('10.96.2.3', 80), { kind: 'passthrough', target: { host: '10.0.0.2', port: 15020 } }, 'another ready endpoint is chosen instead, though this node comes first by locality');
+  t.match(viaSlices('10.96.2.4', 80), { kind: 'passthrough', target: { host: '10.0.0.1', port: 10250 } }, "this node's other ports are not the agent");
+  t.match(viaSlices('203.0.113.1', 15001), { kind: 'refuse', reason: 'loop' }, "dialled directly: an agent port on another of this node's addresses is a loop too");
 });

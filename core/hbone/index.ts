@@ -1,6 +1,7 @@
 export {
   HboneClient,
   HboneError,
+  HBONE_CONNECT_TIMEOUT_MS,
   HBONE_CONNECTION_WINDOW,
   HBONE_IDLE_TIMEOUT_MS,
   HBONE_KEEPALIVE_INTERVAL_MS,
@@ -16,10 +17,14 @@ export {
 export {
   HBONE_HANDSHAKE_TIMEOUT_MS,
   HBONE_MAX_CONNECTIONS,
+  HBONE_MAX_CONNECTIONS_PER_SOURCE,
+  HBONE_REMOVED_ROOT_GRACE_MS,
   HboneServer,
   refuseStream,
   type HboneInboundRequest,
   type HboneRefusal,
+  type HboneSessionClose,
+  type HboneSessionCloseDetail,
   type HboneServerOptions,
 } from './server.js';
 export {

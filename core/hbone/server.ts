@@ -5,6 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import { AmbitError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
+import { realTimer, type SetTimer } from '../timer.js';
 import {
   HBONE_CONNECTION_WINDOW,
   HBONE_IDLE_TIMEOUT_MS,
@@ -26,16 +27,41 @@ export const HBONE_HANDSHAKE_TIMEOUT_MS = 10_000;
  * cap bounds what a misbehaving or hostile peer can take (each connection reserves HTTP/2 windows of up to 16 MiB).
  */
 export const HBONE_MAX_CONNECTIONS = 10_000;
+/**
+ * The most connections one source address holds at once, so that one misbehaving or hostile peer (a node, or
+ * whatever shares its address) cannot take the whole listener's cap from the others: a tenth of it, still ten times
+ * what a busy peer node opens (one pooled connection per pair of identities, a new one per 100 streams).
+ */
+export const HBONE_MAX_CONNECTIONS_PER_SOURCE = 1_000;
+/**
+ * How long a session whose client certificate chains to a root that left the trust bundle keeps its open streams.
+ * It takes no new streams from the change on (GOAWAY), so in a rotation its peer has already moved new streams to a
+ * leaf of the new root; the grace lets requests in flight finish, and then nothing authenticated under the removed
+ * root is carried any more.
+ */
+export const HBONE_REMOVED_ROOT_GRACE_MS = 30_000;
 
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
   | 'tls_handshake_failed'
   | 'tls_handshake_timeout'
   | 'too_many_connections'
+  | 'too_many_connections_from_source'
   | 'not_h2'
   | 'no_peer_identity'
   | 'method_not_allowed'
   | 'bad_authority';
+
+/** Why the server closed a session that carried streams: stable values for logs and metrics. */
+export type HboneSessionClose = 'peer_unresponsive' | 'trust_root_removed';
+
+export interface HboneSessionCloseDetail {
+  remoteAddress: string | undefined;
+  peerIdentity: string | undefined;
+  /** The streams the session still carried, which close with it. */
+  streams: number;
+  message: string;
+}
 
 export interface HboneInboundRequest {
   /** Where the client wants to go: `podIP:port`. */
@@ -65,9 +91,17 @@ export interface HboneServerOptions {
    * line of its own; without it, the server logs the refusal).
    */
   onRefused?: (reason: HboneRefusal, detail: { remoteAddress: string | undefined; message: string }) => void;
+  /** Called for every session the server ends with its streams (once, as `onRefused`: given this, the server logs none). */
+  onSessionClosed?: (reason: HboneSessionClose, detail: HboneSessionCloseDetail) => void;
   log?: Logger;
   handshakeTimeoutMs?: number;
   maxConnections?: number;
+  /** The most connections one source address may hold: HBONE_MAX_CONNECTIONS_PER_SOURCE unless given. */
+  maxConnectionsPerSource?: number;
+  /** HBONE_REMOVED_ROOT_GRACE_MS unless given. */
+  removedRootGraceMs?: number;
+  /** Sets the removed-root deadlines; injectable so tests move time instead of waiting it out. */
+  setTimer?: SetTimer;
   /**
    * A connection with nothing received or sent this long is closed when it carries no stream; with streams open,
    * the client is asked by PING whether it lives, and dropped without an answer within `keepaliveTimeoutMs`.
@@ -113,8 +147,18 @@ export class HboneServer {
   /** The peer of each accepted TCP connection, read at accept: a socket destroyed later cannot tell it. */
   readonly #remotes = new WeakMap<net.Socket, string | undefined>();
   readonly #peerIdentities = new WeakMap<http2.ServerHttp2Session, string | undefined>();
+  /** Open connections by source address, for the per-source cap. */
+  readonly #connectionsBySource = new Map<string, number>();
+  /** TCP connections refused at accept, whose TLS socket's ensuing "socket hang up" is no second refusal. */
+  readonly #refusedAtAccept = new WeakSet<net.Socket>();
+  /** The sessions on their removed-root deadline, each with what cancels it. */
+  readonly #removedRootDeadlines = new Map<http2.ServerHttp2Session, () => void>();
   readonly #idleTimeoutMs: number;
   readonly #keepaliveTimeoutMs: number;
+  /** Undefined when not below the listener's cap, where it would refuse nothing that the listener's does not. */
+  readonly #maxConnectionsPerSource: number | undefined;
+  readonly #removedRootGraceMs: number;
+  readonly #setTimer: SetTimer;
 
   constructor(options: HboneServerOptions) {
     this.#options = options;
@@ -122,6 +166,10 @@ export class HboneServer {
     this.#idleTimeoutMs = options.idleTimeoutMs ?? HBONE_IDLE_TIMEOUT_MS;
     this.#keepaliveTimeoutMs = options.keepaliveTimeoutMs ?? HBONE_KEEPALIVE_TIMEOUT_MS;
     const maxConnections = options.maxConnections ?? HBONE_MAX_CONNECTIONS;
+    const maxConnectionsPerSource = options.maxConnectionsPerSource ?? HBONE_MAX_CONNECTIONS_PER_SOURCE;
+    this.#maxConnectionsPerSource = maxConnectionsPerSource < maxConnections ? maxConnectionsPerSource : undefined;
+    this.#removedRootGraceMs = options.removedRootGraceMs ?? HBONE_REMOVED_ROOT_GRACE_MS;
+    this.#setTimer = options.setTimer ?? realTimer;
     this.#server = http2.createSecureServer({
       ALPNProtocols: [HBONE_ALPN],
       allowHTTP1: false,
@@ -150,9 +198,10 @@ export class HboneServer {
     this.#server.on('tlsClientError', (err: Error, socket: TLSSocket) => {
       // A refused client certificate surfaces as a bare "socket hang up"; the verification error says why.
       const why = socket.authorizationError ? `client certificate refused: ${String(socket.authorizationError)}` : err.message;
+      const tcp = (socket as TLSSocket & { _parent?: net.Socket })._parent;
+      if (tcp && this.#refusedAtAccept.has(tcp)) return;
       if ((err as NodeJS.ErrnoException).code === 'ERR_TLS_HANDSHAKE_TIMEOUT') {
         // The timeout has destroyed the socket, which no longer knows its peer: the TCP socket under it does.
-        const tcp = (socket as TLSSocket & { _parent?: net.Socket })._parent;
         this.#refused('tls_handshake_timeout', tcp ? this.#remotes.get(tcp) : undefined, why);
         return;
       }
@@ -170,6 +219,7 @@ export class HboneServer {
       this.#connections.add(socket);
       this.#remotes.set(socket, socket.remoteAddress);
       socket.once('close', () => this.#connections.delete(socket));
+      this.#admitSource(socket);
     });
     this.#server.on('session', (session) => this.#onSession(session));
     options.trustBundle.on('change', this.#onTrustBundleChange);
@@ -202,6 +252,8 @@ export class HboneServer {
 
   async close(): Promise<void> {
     this.#options.trustBundle.off('change', this.#onTrustBundleChange);
+    for (const cancel of this.#removedRootDeadlines.values()) cancel();
+    this.#removedRootDeadlines.clear();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     for (const session of this.#sessions.keys()) session.destroy();
     for (const socket of this.#connections) socket.destroy();
@@ -209,11 +261,34 @@ export class HboneServer {
   }
 
   /**
+   * The per-source cap, at accept (before any TLS work): past it the connection is closed, as past the listener's.
+   */
+  #admitSource(socket: net.Socket): void {
+    const source = socket.remoteAddress;
+    const max = this.#maxConnectionsPerSource;
+    if (source === undefined || max === undefined) return;
+    const open = this.#connectionsBySource.get(source) ?? 0;
+    if (open >= max) {
+      this.#refusedAtAccept.add(socket);
+      this.#refused('too_many_connections_from_source', source, `${source} holds the listener's per-source maximum of ${max} connections`);
+      socket.destroy();
+      return;
+    }
+    this.#connectionsBySource.set(source, open + 1);
+    socket.once('close', () => {
+      const left = (this.#connectionsBySource.get(source) ?? 1) - 1;
+      if (left > 0) this.#connectionsBySource.set(source, left);
+      else this.#connectionsBySource.delete(source);
+    });
+  }
+
+  /**
    * Client certificates are verified by the context chosen by SNI, from the caller's SecureContextCache, which
    * follows the bundle itself. The listener's own context only meets clients without SNI, which it refuses; it
    * follows too, so that no context of the listener still trusts a removed root. A session whose client chains to
-   * no root left takes no new streams (GOAWAY); its open streams run to their end, as a rotation needs: the peer
-   * moved its new streams to a new leaf before the old root left.
+   * no root left takes no new streams (GOAWAY), and its open streams get HBONE_REMOVED_ROOT_GRACE_MS to finish, as
+   * a rotation needs (the peer moved its new streams to a new leaf before the old root left); then the session is
+   * destroyed with them. A root that comes back before the deadline lifts it (the session still takes no new stream).
    */
   readonly #onTrustBundleChange = (): void => {
     const bundle = this.#options.trustBundle;
@@ -221,18 +296,43 @@ export class HboneServer {
     const roots = bundle.roots();
     for (const session of this.#sessions.keys()) {
       const socket = session.socket as TLSSocket | undefined;
-      if (!socket || session.closed || peerChainsTo(socket, roots)) continue;
-      this.#log.info({ remote: socket.remoteAddress, peer: this.#peerIdentity(session, socket) }, 'HBONE session takes no new streams: its client certificate chains to no root of the new trust bundle');
-      session.close();
+      if (!socket || session.destroyed) continue;
+      const deadline = this.#removedRootDeadlines.get(session);
+      if (peerChainsTo(socket, roots)) {
+        deadline?.();
+        this.#removedRootDeadlines.delete(session);
+        continue;
+      }
+      if (deadline !== undefined) continue;
+      const streams = this.#sessions.get(session)?.streams ?? 0;
+      this.#log.info(
+        { remote: socket.remoteAddress, peer: this.#peerIdentity(session, socket), streams, graceMs: this.#removedRootGraceMs },
+        'HBONE session takes no new streams: its client certificate chains to no root of the new trust bundle; its open streams are closed after the grace',
+      );
+      this.#removedRootDeadlines.set(session, this.#setTimer(() => this.#onRemovedRootDeadline(session), this.#removedRootGraceMs));
+      if (!session.closed) session.close();
     }
   };
+
+  #onRemovedRootDeadline(session: http2.ServerHttp2Session): void {
+    this.#removedRootDeadlines.delete(session);
+    if (session.destroyed) return;
+    const streams = this.#sessions.get(session)?.streams ?? 0;
+    const message = `its client certificate chains to no root of the trust bundle, which changed ${this.#removedRootGraceMs} ms ago; its ${streams} streams are closed`;
+    this.#sessionClosed('trust_root_removed', session, message);
+    session.destroy(new AmbitError('HBONE_TRUST_ROOT_REMOVED', `HBONE client ${session.socket?.remoteAddress ?? '(unknown)'}: ${message}`));
+  }
 
   #onSession(session: http2.ServerHttp2Session): void {
     const state = { streams: 0 };
     this.#sessions.set(session, state);
     const servername = (session.socket as TLSSocket | undefined)?.servername;
     this.#localIdentities.set(session, servername ? this.#identityBySni.get(servername) : undefined);
-    session.once('close', () => this.#sessions.delete(session));
+    session.once('close', () => {
+      this.#sessions.delete(session);
+      this.#removedRootDeadlines.get(session)?.();
+      this.#removedRootDeadlines.delete(session);
+    });
     session.on('error', (err) => this.#log.debug({ err }, 'HBONE session error'));
     session.setLocalWindowSize(HBONE_CONNECTION_WINDOW);
     session.setTimeout(this.#idleTimeoutMs);
@@ -250,7 +350,7 @@ export class HboneServer {
     }
     const deadline = setTimeout(() => {
       const message = `no answer to a PING within ${this.#keepaliveTimeoutMs} ms after ${this.#idleTimeoutMs} ms of silence; its ${state.streams} streams are closed`;
-      this.#log.warn({ remote, reason: 'peer_unresponsive', detail: message }, 'HBONE connection closed');
+      this.#sessionClosed('peer_unresponsive', session, message);
       session.destroy(new AmbitError('HBONE_PEER_UNRESPONSIVE', `HBONE client ${remote ?? '(unknown)'}: ${message}`));
     }, this.#keepaliveTimeoutMs);
     deadline.unref();
@@ -305,6 +405,19 @@ export class HboneServer {
     const identity = peerSpiffeId(socket);
     this.#peerIdentities.set(session, identity);
     return identity;
+  }
+
+  /** One log line per session closed with its streams: the callee's, when there is one. */
+  #sessionClosed(reason: HboneSessionClose, session: http2.ServerHttp2Session, message: string): void {
+    const socket = session.socket as TLSSocket | undefined;
+    const detail = {
+      remoteAddress: socket?.remoteAddress,
+      peerIdentity: socket ? this.#peerIdentity(session, socket) : undefined,
+      streams: this.#sessions.get(session)?.streams ?? 0,
+      message,
+    };
+    if (this.#options.onSessionClosed) this.#options.onSessionClosed(reason, detail);
+    else this.#log.warn({ remote: detail.remoteAddress, peer: detail.peerIdentity, reason, streams: detail.streams, detail: message }, 'HBONE connection closed');
   }
 
   /** One log line per refusal: the callee's, when there is one. */

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { AmbitError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { realTimer, type SetTimer } from '../timer.js';
 import type { CertificateAuthority } from './ca.js';
 import { generateKeyAndCsr } from './csr.js';
 
@@ -53,16 +54,6 @@ export type CertStoreEvents = {
   rotated: [spiffeId: string, cert: WorkloadCertificate];
   /** A renewal failed; the previous certificate stays in use until it expires, and the next try is in `retryInMs`. */
   'renewal-failed': [spiffeId: string, err: Error, retryInMs: number];
-};
-
-/** Calls `callback` once after `delayMs`; the function it returns cancels the call. */
-export type SetTimer = (callback: () => void, delayMs: number) => () => void;
-
-const realTimer: SetTimer = (callback, delayMs) => {
-  const timer = setTimeout(callback, delayMs);
-  // Renewal alone must not keep a process alive.
-  timer.unref();
-  return () => clearTimeout(timer);
 };
 
 // setTimeout fires at once when given more than 2^31-1 ms (about 24.8 days); a long-lived certificate is then

@@ -18,8 +18,8 @@ export {
   type CertIssuer,
   type CertStoreEvents,
   type CertStoreOptions,
-  type SetTimer,
   type WorkloadCertificate,
 } from './cert-store.js';
+export type { SetTimer } from '../timer.js';
 export { LocalCaFolder, TRUST_BUNDLE_FILE, type LocalCaFolderEvents, type LocalCaFolderOptions } from './local-ca.js';
 export { parseTrustBundle, TrustBundle, type TrustBundleEvents } from './trust-bundle.js';

@@ -327,10 +327,11 @@ export class MeshCluster {
   }
 
   /** Waits until the agent's log has a record matching `test`. */
-  async waitForLog(node: TestbedNode, test: (record: Record<string, unknown>) => boolean, timeoutMs = 5000): Promise<Record<string, unknown>> {
+  /** The first record of the node's agent that passes `test`, among those after the first `after` (see `logs`). */
+  async waitForLog(node: TestbedNode, test: (record: Record<string, unknown>) => boolean, timeoutMs = 5000, after = 0): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const found = this.logs(node).find(test);
+      const found = this.logs(node).slice(after).find(test);
       if (found) return found;
       if (Date.now() > deadline) throw new Error(`no matching log record on ${node.name} within ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 50));

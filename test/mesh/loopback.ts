@@ -5,12 +5,14 @@
  * SO_ORIGINAL_DST do on a real node.
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http2 from 'node:http2';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import tls from 'node:tls';
 import { Agent, loadAgentConfig } from '../../agent/index.js';
-import { CertificateAuthority } from '../../core/identity/index.js';
+import { CertificateAuthority, sniForIdentity } from '../../core/identity/index.js';
 import { createLogger } from '../../core/log.js';
 
 export interface LoopbackPod {
@@ -142,6 +144,26 @@ export interface LoopbackMesh {
   close(): Promise<void>;
 }
 
+/**
+ * A raw mTLS HTTP/2 session to node2's HBONE listener, as a peer agent (or one that misbehaves) opens it: with
+ * `creds`, asking by SNI for `identity`, from `localAddress` when given (each 127.x address is another source).
+ */
+export function hboneSession(mesh: LoopbackMesh, creds: { keyPem: string; certPem: string }, identity: string, localAddress?: string): http2.ClientHttp2Session {
+  const port = mesh.ports.hbone;
+  return http2.connect(`https://${NODE_IPS.node2}:${port}`, {
+    createConnection: () =>
+      tls.connect({
+        socket: net.connect({ host: NODE_IPS.node2, port, localAddress }),
+        servername: sniForIdentity(identity),
+        ALPNProtocols: ['h2'],
+        key: creds.keyPem,
+        cert: creds.certPem,
+        ca: mesh.ca.rootPem,
+        checkServerIdentity: () => undefined,
+      }),
+  });
+}
+
 /** Sends `payload`, half-closes, and resolves with everything the peer sent back until it ended. */
 export function exchange(socket: net.Socket, payload: Buffer | string): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -167,7 +189,8 @@ async function listenEcho(host: string, port: number): Promise<net.Server> {
 
 let nextClientPort = 20000 + Math.floor(Math.random() * 20000);
 
-export async function startLoopbackMesh(): Promise<LoopbackMesh> {
+/** `agentArgs`: more flags for both agents. */
+export async function startLoopbackMesh(options: { agentArgs?: string[] } = {}): Promise<LoopbackMesh> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'ambit-loopback-'));
   const probe = await listenEcho('127.0.0.1', 0);
   const appPort = (probe.address() as net.AddressInfo).port;
@@ -191,7 +214,7 @@ export async function startLoopbackMesh(): Promise<LoopbackMesh> {
   const start = (node: 'node1' | 'node2') => {
     const { config } = loadAgentConfig({}, [
       '--node', node, '--config', dir, '--ca-dir', path.join(dir, 'ca'), '--listen-host', NODE_IPS[node], '--port-offset', String(offset), '--no-rules',
-      '--upstream-source', 'node',
+      '--upstream-source', 'node', ...(options.agentArgs ?? []),
     ]);
     return Agent.start(config!, { log: createLogger({ level: 'debug', destination: logs[node] }), originalDestination });
   };
