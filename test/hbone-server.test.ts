@@ -21,11 +21,11 @@ const pki = await meshPki([CLIENT, SERVER]);
  * An mTLS HTTP/2 session to `port` as CLIENT, the way a peer agent opens one (without its pool), from `localAddress`
  * (loopback is all of 127.0.0.0/8, so each such address is another source).
  */
-function session(port: number, localAddress = '127.0.0.1'): http2.ClientHttp2Session {
+function session(port: number, localAddress = '127.0.0.1', onSocket: (socket: tls.TLSSocket) => void = () => {}): http2.ClientHttp2Session {
   const creds = pki.creds.get(CLIENT)!;
   return http2.connect(`https://127.0.0.1:${port}`, {
-    createConnection: () =>
-      tls.connect({
+    createConnection: () => {
+      const socket = tls.connect({
         socket: net.connect({ host: '127.0.0.1', port, localAddress }),
         servername: sniForIdentity(SERVER),
         ALPNProtocols: ['h2'],
@@ -33,7 +33,10 @@ function session(port: number, localAddress = '127.0.0.1'): http2.ClientHttp2Ses
         cert: creds.certChainPem,
         ca: pki.ca.rootPem,
         checkServerIdentity: () => undefined,
-      }),
+      });
+      onSocket(socket);
+      return socket;
+    },
   });
 }
 
@@ -206,6 +209,35 @@ t.test('a client that falls silent with a stream open is dropped when it does no
   t.pass('the server closed the stream of the silent client');
   const record = await logs.waitFor((r) => r.msg === 'HBONE connection closed' && r.reason === 'peer_unresponsive');
   t.match(record, { level: 40, remote: '127.0.0.1', detail: /no answer to a PING within 200 ms/ }, 'and said why, once');
+});
+
+t.test('a client that ends its connection with a stream open: the server closes the stream, not only at the idle check', { timeout: 10_000 }, async (t) => {
+  let onServerStream: (stream: http2.ServerHttp2Stream) => void = () => {};
+  const serverStream = new Promise<http2.ServerHttp2Stream>((resolve) => (onServerStream = resolve));
+  // The idle check is far past the test's own timeout: only the client's FIN can close the stream in time.
+  const server = await echoServer(pki, {
+    idleTimeoutMs: 600_000,
+    onConnect: (stream) => {
+      stream.respond({ ':status': 200 });
+      onServerStream(stream);
+    },
+  });
+  let tlsSocket: tls.TLSSocket | undefined;
+  const client = session(server.address().port, '127.0.0.1', (socket) => (tlsSocket = socket));
+  client.on('error', () => undefined);
+  t.teardown(async () => {
+    client.destroy();
+    await server.close();
+  });
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  stream.on('error', () => undefined);
+  const held = await serverStream;
+  held.on('error', () => undefined);
+  const released = closed(held);
+  // A FIN on the TCP connection, under the HTTP/2 session: the client can send no more frames.
+  tlsSocket!.end();
+  await released;
+  t.pass('the server closed the stream of a client that ended its connection');
 });
 
 t.test('a refusal is logged once: by the server without a callee, else only by the callee', async (t) => {

@@ -176,7 +176,9 @@ export class HboneServer {
       requestCert: true,
       rejectUnauthorized: true,
       ...listenerContextOptions(options.trustBundle.pem()),
-      allowHalfOpen: true,
+      // HTTP/2 has no use for a half-closed connection: a client that sent FIN can send no WINDOW_UPDATE, no frame at all,
+      // so its FIN ends the session and its streams at once instead of leaving the socket in CLOSE-WAIT until the idle check.
+      allowHalfOpen: false,
       noDelay: true,
       handshakeTimeout: options.handshakeTimeoutMs ?? HBONE_HANDSHAKE_TIMEOUT_MS,
       maxSessionMemory: 64,
