@@ -13,9 +13,10 @@ import {
 import {
   canonicalIp,
   ENROLL_LABEL,
+  enrollmentLabel,
   isNamespaceEnrolled,
-  ISTIO_DATAPLANE_LABEL,
   namespaceEnrollment,
+  podExclusion,
   type NamespaceInfo,
   type PodInfo,
   type PodNetwork,
@@ -34,7 +35,7 @@ export const POD_NETWORKS_FILE_NAME = 'cni-pods.json';
  */
 export const CNI_POD_WAIT_MS = 2_000;
 
-export type EnrollmentDecision =
+export type PodEnrollmentDecision =
   | { readonly kind: 'enrolled'; readonly reason: string }
   | { readonly kind: 'not-enrolled'; readonly reason: string }
   /** The namespace enrolls its pods but this pod's object (labels, node) is not known yet. */
@@ -43,7 +44,7 @@ export type EnrollmentDecision =
   | { readonly kind: 'not-synced'; readonly reason: string };
 
 /** What the agent knows about a pod the runtime is creating. */
-export interface EnrollmentFacts {
+export interface PodEnrollmentFacts {
   readonly namespaceName: string;
   readonly podName: string;
   readonly namespace: NamespaceInfo | undefined;
@@ -55,12 +56,12 @@ export interface EnrollmentFacts {
 }
 
 /**
- * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
- * store's rule (`namespaceEnrollment`, as `isWorkloadEnrolled` applies it), with the reason spelled out and "not
- * known yet" kept apart. The mesh's own namespace comes first: its pods (the controller, waypoints) must always
- * start, synced or not.
+ * Whether a pod the runtime is creating belongs in the mesh, from the agent's store, and why, in the words the
+ * runtime's event shows. The store's rule (`namespaceEnrollment` and `podExclusion`, as `isWorkloadEnrolled` applies
+ * them), with the reason spelled out and "not known yet" kept apart. The mesh's own namespace comes first: its pods
+ * (the controller, waypoints) must always start, synced or not.
  */
-export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
+export function decidePodEnrollment(facts: PodEnrollmentFacts): PodEnrollmentDecision {
   const { namespaceName, podName, namespace, pod } = facts;
   switch (namespaceEnrollment(namespaceName, namespace, facts.rootNamespace)) {
     case 'root':
@@ -75,16 +76,16 @@ export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
     case 'enrolled':
       break;
   }
-  const label = namespace!.labels[ENROLL_LABEL] === 'enabled' ? `${ENROLL_LABEL}=enabled` : `${ISTIO_DATAPLANE_LABEL}=ambient`;
+  const label = enrollmentLabel(namespace!.labels);
   if (pod === undefined) return { kind: 'pod-unknown', reason: `namespace ${namespaceName} has ${label} but the agent has not seen pod ${namespaceName}/${podName} yet` };
-  if (pod.hostNetwork) return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} uses the host network` };
-  if (pod.labels[ENROLL_LABEL] === 'disabled') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ENROLL_LABEL}=disabled` };
-  if (pod.labels[ISTIO_DATAPLANE_LABEL] === 'none') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ISTIO_DATAPLANE_LABEL}=none` };
+  const exclusion = podExclusion(pod);
+  if (exclusion?.kind === 'host-network') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} uses the host network` };
+  if (exclusion?.kind === 'opted-out') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${exclusion.label}` };
   return { kind: 'enrolled', reason: `namespace ${namespaceName} has ${label}` };
 }
 
 /** Decisions that may change once the store has more: ADD waits a moment for them before it says "try again". */
-function isPending(decision: EnrollmentDecision): boolean {
+function isPending(decision: PodEnrollmentDecision): boolean {
   return decision.kind === 'pod-unknown' || decision.kind === 'not-synced';
 }
 
@@ -250,9 +251,9 @@ export class CniHandler {
     return this.#ok({ enrolled: true, reason: decision.reason });
   }
 
-  #decide(pod: CniPod): EnrollmentDecision {
+  #decide(pod: CniPod): PodEnrollmentDecision {
     const { store, rootNamespace } = this.#options;
-    return decideEnrollment({
+    return decidePodEnrollment({
       namespaceName: pod.namespace,
       podName: pod.name,
       namespace: store.namespace(pod.namespace),
@@ -263,7 +264,7 @@ export class CniHandler {
   }
 
   /** The decision once the store has what it lacked (the pod, or the first full sync), or as it stands at the deadline. */
-  #waitForStore(pod: CniPod): Promise<EnrollmentDecision> {
+  #waitForStore(pod: CniPod): Promise<PodEnrollmentDecision> {
     const { store } = this.#options;
     return new Promise((resolve) => {
       const finish = () => {

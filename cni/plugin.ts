@@ -459,7 +459,7 @@ export interface EnrollmentVerdict {
  * so no pod here has been captured yet: "not enrolled", with a warning. A file that exists but cannot be read or
  * parsed is "unknown": an agent did write it, and it may be what a power loss left of one that listed this namespace.
  */
-export function decideEnrollment(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
+export function enrollmentFileVerdict(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
   if (readError !== undefined) {
     return { enrolled: 'unknown', details: `${file} cannot be read (${readError instanceof Error ? readError.message : String(readError)})` };
   }
@@ -482,9 +482,9 @@ async function lookUpEnrollment(config: PluginConfig, pod: CniPod, io: PluginIo,
   const file = config.enrollmentFile;
   let verdict: EnrollmentVerdict;
   try {
-    verdict = decideEnrollment(pod.namespace, file, await io.readEnrollmentFile(file));
+    verdict = enrollmentFileVerdict(pod.namespace, file, await io.readEnrollmentFile(file));
   } catch (err) {
-    verdict = decideEnrollment(pod.namespace, file, undefined, err);
+    verdict = enrollmentFileVerdict(pod.namespace, file, undefined, err);
   }
   if (verdict.warning !== undefined) {
     const agent = agentProblem === undefined ? '' : `the Ambit agent at ${config.agentSocket} did not answer (${agentProblem}) and `;

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { CniHandler, decideEnrollment, type EnrollmentFacts } from '../agent/cni-handler.js';
+import { CniHandler, decidePodEnrollment, type PodEnrollmentFacts } from '../agent/cni-handler.js';
 import { CniServer } from '../agent/cni-server.js';
 import { CNI_PROTOCOL_VERSION, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
 import { convertObject, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type PodInfo } from '../core/discovery/index.js';
@@ -137,7 +137,7 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
   const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
   const istio = { name: 'a', labels: { [ISTIO_DATAPLANE_LABEL]: 'ambient' } };
   const plain = { name: 'a', labels: {} };
-  const cases: Array<[string, EnrollmentFacts['namespace'], PodInfo | undefined, string, RegExp]> = [
+  const cases: Array<[string, PodEnrollmentFacts['namespace'], PodInfo | undefined, string, RegExp]> = [
     ['namespace enrolled', enrolled, podInfo(), 'enrolled', /namespace a has ambit.dev\/mode=enabled/],
     ['istio label', istio, podInfo(), 'enrolled', /istio.io\/dataplane-mode=ambient/],
     ['namespace not labelled', plain, podInfo(), 'not-enrolled', /not labelled/],
@@ -149,7 +149,7 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
     ['pod not seen, namespace plain', plain, undefined, 'not-enrolled', /not labelled/],
   ];
   for (const [what, namespace, pod, kind, reason] of cases) {
-    const decision = decideEnrollment({ namespaceName: 'a', podName: 'p', namespace, pod, synced: true, rootNamespace: 'ambit-system' });
+    const decision = decidePodEnrollment({ namespaceName: 'a', podName: 'p', namespace, pod, synced: true, rootNamespace: 'ambit-system' });
     t.equal(decision.kind, kind, what);
     t.match(decision.reason, reason, `${what}: reason`);
   }
@@ -159,8 +159,8 @@ t.test('enrollment decisions before the first full sync, and in the root namespa
   const pod = convertObject(podObject('p', 'a'), 'cluster.local');
   if (pod.kind !== 'Pod') throw new Error('pod');
   const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
-  const decide = (namespaceName: string, namespace: EnrollmentFacts['namespace'], synced: boolean, rootNamespace = 'ambit-system') =>
-    decideEnrollment({ namespaceName, podName: 'p', namespace, pod: pod.object, synced, rootNamespace });
+  const decide = (namespaceName: string, namespace: PodEnrollmentFacts['namespace'], synced: boolean, rootNamespace = 'ambit-system') =>
+    decidePodEnrollment({ namespaceName, podName: 'p', namespace, pod: pod.object, synced, rootNamespace });
   t.match(decide('a', undefined, false), { kind: 'not-synced', reason: /namespace a is not known to the agent yet: .*first full sync/ }, 'unknown before the sync: not ready');
   t.match(decide('a', undefined, true), { kind: 'not-enrolled', reason: /namespace a is not known to the agent$/ }, 'unknown after the sync: not enrolled');
   t.match(decide('a', enrolled, false), { kind: 'enrolled' }, 'a known namespace needs no sync');

@@ -19,7 +19,7 @@ import {
   askAgent,
   buildAddResult,
   buildCniSea,
-  decideEnrollment,
+  enrollmentFileVerdict,
   parseCidrAddress,
   parseCniArgs,
   parseNetworkConfig,
@@ -174,12 +174,12 @@ t.test('ADD result: the previous result with the configuration\'s cniVersion fir
 t.test('enrollment file verdicts', async (t) => {
   const file = '/run/ambit/enrollment.json';
   const snapshot = JSON.stringify({ version: 1, written: '2025-01-01T00:00:00Z', enrolledNamespaces: ['demo'] });
-  t.match(decideEnrollment('demo', file, snapshot), { enrolled: true, details: /written 2025-01-01/, warning: undefined });
-  t.match(decideEnrollment('other', file, snapshot), { enrolled: false, warning: undefined });
-  t.match(decideEnrollment('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
-  t.match(decideEnrollment('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
-  t.match(decideEnrollment('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
-  t.match(decideEnrollment('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
+  t.match(enrollmentFileVerdict('demo', file, snapshot), { enrolled: true, details: /written 2025-01-01/, warning: undefined });
+  t.match(enrollmentFileVerdict('other', file, snapshot), { enrolled: false, warning: undefined });
+  t.match(enrollmentFileVerdict('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
+  t.match(enrollmentFileVerdict('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
+  t.match(enrollmentFileVerdict('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
+  t.match(enrollmentFileVerdict('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
 });
 
 /** Stub I/O: each part unused by a case throws, the linkerd "must not be called" stub. */
