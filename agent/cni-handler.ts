@@ -116,7 +116,8 @@ export interface CniHandlerOptions {
  */
 export class CniHandler {
   readonly #options: CniHandlerOptions;
-  #lastSnapshot = '';
+  /** What the enrollment file last written says; undefined until this process wrote one, so that it writes at start. */
+  #lastSnapshot: string | undefined;
   #writes: Promise<void> = Promise.resolve();
 
   constructor(options: CniHandlerOptions) {
@@ -166,7 +167,7 @@ export class CniHandler {
         await this.#options.uninstall();
         await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
         await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
-        this.#lastSnapshot = '';
+        this.#lastSnapshot = undefined;
         this.#options.log.info('uninstall requested over the CNI socket: every rule and ipset removed');
         return this.#ok({ reason: 'rules removed' });
       case 'add':
@@ -179,9 +180,10 @@ export class CniHandler {
   }
 
   /**
-   * Writes the enrollment file when the set of enrolled namespaces changed: the plugin's only guide when the agent
-   * is down. Called after each reconcile. Not before the store's first full sync: a partial view would replace the
-   * last complete one with a list missing namespaces that are enrolled.
+   * Writes the enrollment file, the plugin's only guide when the agent is down: after the first reconcile that
+   * follows the store's first full sync (so a file an older agent wrote, without the root namespace, is replaced),
+   * then whenever the set of enrolled namespaces changes. Called after each reconcile. Not before the first full
+   * sync: a partial view would replace the last complete one with a list missing namespaces that are enrolled.
    */
   async writeEnrollmentSnapshot(): Promise<void> {
     const { store, stateDir, rootNamespace } = this.#options;
@@ -193,9 +195,10 @@ export class CniHandler {
       .sort();
     const key = enrolledNamespaces.join(',');
     if (key === this.#lastSnapshot) return;
-    this.#lastSnapshot = key;
-    const snapshot: EnrollmentSnapshot = { version: CNI_PROTOCOL_VERSION, written: new Date().toISOString(), enrolledNamespaces };
+    const snapshot: EnrollmentSnapshot = { version: CNI_PROTOCOL_VERSION, written: new Date().toISOString(), rootNamespace, enrolledNamespaces };
     await this.#write(join(stateDir, ENROLLMENT_FILE_NAME), JSON.stringify(snapshot, null, 2), 0o644);
+    // Only once it is on disk: a write that failed is tried again after the next reconcile.
+    this.#lastSnapshot = key;
   }
 
   async #add(pod: CniPod): Promise<CniResponse> {

@@ -1,5 +1,5 @@
 /** The agent's end of the CNI socket: protocol handling, bad input, and the enrollment decisions behind ADD/DEL/CHECK. */
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -203,12 +203,26 @@ t.test('before the first full sync: an unknown namespace waits for it, the snaps
   t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh'], 'written once synced');
 });
 
-t.test('the enrollment file never lists the root namespace', async (t) => {
+t.test('the enrollment file names the root namespace and never lists it', async (t) => {
   const dir = await tempDir(t);
-  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' }), ns('mesh-system', { [ENROLL_LABEL]: 'enabled' })]);
+  const handlerFor = (rootNamespace: string) =>
+    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const read = async () => JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
+  await handlerFor('ambit-system').writeEnrollmentSnapshot();
+  t.match(await read(), { rootNamespace: 'ambit-system', enrolledNamespaces: ['mesh', 'mesh-system'] });
+  await handlerFor('mesh-system').writeEnrollmentSnapshot();
+  t.match(await read(), { rootNamespace: 'mesh-system', enrolledNamespaces: ['ambit-system', 'mesh'] }, "another agent's root namespace: ambit-system is listed, mesh-system is not");
+});
+
+t.test("an agent writes the enrollment file at its first sync, enrolled namespaces or not: an older agent's file is replaced", async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'enrollment.json');
+  await writeFile(file, JSON.stringify({ version: 1, written: 'then', enrolledNamespaces: [] }));
+  const store = storeWith([ns('plain')]);
+  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   await handler.writeEnrollmentSnapshot();
-  t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh']);
+  t.match(JSON.parse(await readFile(file, 'utf8')), { rootNamespace: 'mesh-system', enrolledNamespaces: [] });
 });
 
 t.test('ADD records the network and answers after the reconcile; DEL and CHECK; restart restores; uninstall', async (t) => {

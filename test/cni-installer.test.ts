@@ -33,9 +33,10 @@ async function setUp(t: Test): Promise<InstallerOptions & { root: string }> {
   return { root, confDir, binDir, pluginBinary, agentSocket: '/var/run/ambit/cni.sock', log: silentLogger() };
 }
 
-t.test('the plugin entry carries the root namespace only when one is given (the plugin defaults to ambit-system)', async (t) => {
+t.test("the plugin entry has no root namespace (the plugin reads the agent's from the enrollment file); an older entry with one is rewritten", async (t) => {
   t.same(ENTRY, { type: 'ambit-cni', agentSocket: '/var/run/ambit/cni.sock' });
-  t.same(pluginEntry({ agentSocket: '/s', rootNamespace: 'mesh-system' }), { type: 'ambit-cni', agentSocket: '/s', rootNamespace: 'mesh-system' });
+  const older = withPlugin(conflist([bridge, { ...ENTRY, rootNamespace: 'mesh-system' }]), 'f', ENTRY);
+  t.same(JSON.parse(older!.text).plugins, [bridge, ENTRY], 'the entry an older installer wrote loses its rootNamespace');
 });
 
 t.test('withPlugin: appended last, moved last, updated, or left alone', async (t) => {

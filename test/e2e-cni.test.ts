@@ -263,6 +263,35 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await within(1000, 'the pod rejoins', () => inIpset(tb, node2, web.ip));
   });
 
+  t.test("with the agent down, the plugin takes the mesh's own namespace from the agent's enrollment file", async (t) => {
+    const enrollmentFile = join(cluster.stateDir(node2), 'enrollment.json');
+    const readSnapshot = async () => JSON.parse(await readFile(enrollmentFile, 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
+    // Both labelled: under an agent whose root namespace is mesh-root, ambit-system is a namespace like any other.
+    await cluster.setNamespaceLabels('mesh-root', { ...MESH });
+    await cluster.setNamespaceLabels('ambit-system', { ...MESH });
+    t.teardown(async () => {
+      await cluster.stopAgent(node2);
+      await cluster.setNamespaceLabels('mesh-root', {});
+      await cluster.setNamespaceLabels('ambit-system', {});
+      await cluster.startAgent(node2);
+    });
+    t.equal(await cluster.stopAgent(node2), 0);
+    await cluster.startAgent(node2, ['--root-namespace', 'mesh-root']);
+    await within(2000, 'the agent lists ambit-system as enrolled', async () => (await readSnapshot()).enrolledNamespaces.includes('ambit-system'));
+    const snapshot = await readSnapshot();
+    t.equal(snapshot.rootNamespace, 'mesh-root', 'the enrollment file names the root namespace');
+    t.notOk(snapshot.enrolledNamespaces.includes('mesh-root'), 'and does not list it as enrolled, labelled or not');
+
+    t.equal(await cluster.stopAgent(node2), 0, 'the agent is down');
+    const own = await tb.addPod(node2, 'root-ctl', { k8s: { namespace: 'mesh-root' } });
+    t.ok(own.ip, "a pod of the agent's root namespace starts while it is down");
+    t.notOk(await inIpset(tb, node2, own.ip), 'uncaptured');
+    await tb.removePod(own);
+    const failure = (await tb.addPod(node2, 'sys-1', { k8s: { namespace: 'ambit-system' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
+    t.equal(failure.cniError?.code, 11, 'a pod of ambit-system, enrolled under this agent, waits for it: CNI error 11');
+    t.match(failure.cniError?.msg, /pod ambit-system\/sys-1 is in the mesh/);
+  });
+
   t.test('uninstall: plain networking again, no Ambit chain, ipset or plugin left', async (t) => {
     for (const node of [node1, node2]) {
       await cni(node, 'uninstall');
