@@ -100,6 +100,11 @@ export interface CniHandlerOptions {
   stateDir: string;
   /** Runs a reconcile after everything queued so far and resolves when the rules match the store. */
   reconcileNow: () => Promise<void>;
+  /**
+   * Called with an enrolled pod's addresses just before ADD records its network: a pod the runtime has just created
+   * has no connections, so the reconcile that captures it has none to end (it does for pods that join otherwise).
+   */
+  podCreated: (ips: readonly string[]) => void;
   /** Whether the kernel's enrolled-pod set of `ip`'s family holds it (CHECK asks the kernel, not the agent's memory). */
   ruleInPlace: (ip: string) => Promise<boolean>;
   /** Removes every rule and ipset (`ambit cni uninstall`). */
@@ -216,6 +221,7 @@ export class CniHandler {
       throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} is scheduled on ${podInfo.node}, not on this agent's node ${this.#options.nodeName}`);
     }
     const network = { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips, ...(pod.hostInterfaces ? { hostInterfaces: pod.hostInterfaces } : {}) };
+    this.#options.podCreated(ips);
     store.applyPodNetworks([{ op: 'upsert', network }]);
     await this.#persistNetworks();
     await this.#options.reconcileNow();

@@ -182,6 +182,7 @@ t.test('before the first full sync: an unknown namespace waits for it, the snaps
     runDir: dir,
     stateDir: dir,
     reconcileNow: () => handler.writeEnrollmentSnapshot(),
+    podCreated: () => {},
     ruleInPlace: async () => true,
     uninstall: async () => {},
     ready: () => true,
@@ -207,7 +208,7 @@ t.test('the enrollment file names the root namespace and never lists it', async 
   const dir = await tempDir(t);
   const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' }), ns('mesh-system', { [ENROLL_LABEL]: 'enabled' })]);
   const handlerFor = (rootNamespace: string) =>
-    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   const read = async () => JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
   await handlerFor('ambit-system').writeEnrollmentSnapshot();
   t.match(await read(), { rootNamespace: 'ambit-system', enrolledNamespaces: ['mesh', 'mesh-system'] });
@@ -220,7 +221,7 @@ t.test("an agent writes the enrollment file at its first sync, enrolled namespac
   const file = join(dir, 'enrollment.json');
   await writeFile(file, JSON.stringify({ version: 1, written: 'then', enrolledNamespaces: [] }));
   const store = storeWith([ns('plain')]);
-  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   await handler.writeEnrollmentSnapshot();
   t.match(JSON.parse(await readFile(file, 'utf8')), { rootNamespace: 'mesh-system', enrolledNamespaces: [] });
 });
@@ -229,6 +230,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const dir = await tempDir(t);
   const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('plain'), podObject('web', 'mesh'), podObject('db', 'plain'), podObject('other', 'mesh', { node: 'node2' })]);
   const applied: string[][] = [];
+  const created: string[][] = [];
   let uninstalled = 0;
   const handler = new CniHandler({
     store,
@@ -236,6 +238,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     rootNamespace: 'ambit-system',
     runDir: dir,
     stateDir: dir,
+    podCreated: (ips) => created.push([...ips]),
     reconcileNow: async () => {
       applied.push([...store.localEnrolledIps(4), ...store.localEnrolledIps(6)]);
       await handler.writeEnrollmentSnapshot();
@@ -252,6 +255,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const add = await handler.handle({ version: 1, op: 'add', pod: { ...pod('web', 'mesh', ['10.244.1.5']), hostInterfaces: ['cni0', 'veth1'] } });
   t.same(add, { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
   t.same(applied.at(-1), ['10.244.1.5'], 'the reconcile that ran before the answer had the pod');
+  t.same(created, [['10.244.1.5']], 'and knew it for a pod just created (no connections of its own to end)');
   const persisted = JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] };
   t.match(persisted.pods, [{ name: 'web', ips: ['10.244.1.5'], hostInterfaces: ['cni0', 'veth1'] }], 'the network and its host interfaces are recorded for a restart');
   t.equal((await stat(join(dir, 'cni-pods.json'))).mode & 0o777, 0o600);
@@ -266,6 +270,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     reason: 'namespace plain is not labelled ambit.dev/mode=enabled',
   });
   t.equal(applied.length, reconciles, 'a pod outside the mesh costs no reconcile');
+  t.equal(created.length, 1, 'and is not marked as created in the mesh');
 
   const started = Date.now();
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'mesh', ['10.244.1.7']) }), { code: 'not-ready', message: /has not seen pod mesh\/late yet/ });
@@ -284,19 +289,19 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
 
   // A restart: a new store (the pod still Pending, so only the record knows its IP) and a new handler.
   const store2 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')]);
-  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler2.restore(), 1);
   t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
   t.same(store2.podNetwork('mesh', 'web')?.hostInterfaces, ['cni0', 'veth1'], 'and bound to its interface again');
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
   t.same(store3.podNetworks(), [], 'from the store too');
 
   // A restart before the first full sync: the pod's file may just not have parsed yet, so its record stays.
   await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
   const store4 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })], 'node1', { synced: false });
-  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler4.restore(), 1, 'before the first full sync a record of a pod the store lacks is kept');
   t.equal((JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] }).pods.length, 1, 'and stays on disk');
   store4.applyBatch([{ op: 'upsert', kind: 'Pod', object: store2.pod('mesh', 'web')! }]);

@@ -292,6 +292,44 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.match(failure.cniError?.msg, /pod ambit-system\/sys-1 is in the mesh/);
   });
 
+  t.test('a pod that joins the mesh through the store (a relabel) loses the connections it had; its new ones are captured', async (t) => {
+    await cluster.setNamespaceLabels('late', {});
+    const late = await startPod('late-1', node1, 'late');
+    const db = tb.pod('db');
+    t.notOk(await inIpset(tb, node1, late.ip), 'outside the mesh at first');
+    const outbound = await holdConnection(tb, late, db.ip, ECHO_PORT);
+    const inbound = await holdConnection(tb, db, late.ip, ECHO_PORT);
+    t.teardown(async () => {
+      outbound.stop();
+      inbound.stop();
+      await tb.removePod(late);
+      await cluster.forgetPod('late-1');
+      await cluster.setNamespaceLabels('late', {});
+    });
+    t.equal(await outbound.poke(), 'echo', 'before: the connection it opened carries data, in the clear');
+    t.equal(await inbound.poke(), 'echo', 'so does the one opened to it');
+
+    const since = Date.now();
+    await cluster.setNamespaceLabels('late', { ...MESH });
+    await within(2000, 'the relabelled namespace joins', async () =>
+      cluster.logs(node1).some((r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v4' && Number(r.added) > 0 && Number(r.time) >= since),
+    );
+    t.ok(await inIpset(tb, node1, late.ip), 'captured');
+    t.equal(await outbound.poke(), 'error ECONNRESET', 'after: the connection it opened is reset at its next packet, not carried in the clear');
+    t.equal(await inbound.poke(), 'error ECONNRESET', 'and so is the one opened to it');
+    const ended = cluster.logs(node1).find((r) => r.msg === 'tracked connections of pods that joined the mesh ended' && Number(r.time) >= since);
+    t.match(ended, { pods: [late.ip] }, 'the agent says so');
+    t.ok(Number(ended?.flows) >= 2, `naming how many flows it ended (${String(ended?.flows)})`);
+
+    const sinceJoin = Date.now();
+    t.equal(JSON.parse(await cluster.curl(late, `http://${db.ip}:${HTTP_PORT}/`)).pod, 'db');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'passthrough' && Number(r.time) >= sinceJoin && (r.src as { ip: string }).ip === late.ip);
+    t.pass('a new connection from it is captured');
+    t.equal(JSON.parse(await cluster.curl(db, `http://${late.ip}:${HTTP_PORT}/`)).pod, 'late-1');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'plaintext' && Number(r.time) >= sinceJoin && (r.dst as { ip: string }).ip === late.ip);
+    t.pass('and so is a new connection to it');
+  });
+
   t.test('uninstall: plain networking again, no Ambit chain, ipset or plugin left', async (t) => {
     for (const node of [node1, node2]) {
       await cni(node, 'uninstall');
