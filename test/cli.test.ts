@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { needsRoot, needsTools } from './prerequisites.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'main.js');
 
@@ -79,7 +80,7 @@ t.test('an agent asked for transparent connections without its rules does not st
 });
 
 const noCapSkip =
-  process.getuid?.() !== 0 ? 'needs root: runs the agent as root without CAP_NET_ADMIN, in its own network namespace' : false;
+  needsRoot('runs the agent as root without CAP_NET_ADMIN, in its own network namespace') || needsTools(['ip', 'setpriv'], 'a network namespace, capabilities dropped');
 
 t.test('an agent without CAP_NET_ADMIN asked for transparent connections does not start', { skip: noCapSkip }, async (t) => {
   const netns = `ambit-cli-${process.pid}-${Date.now().toString(36)}`;

@@ -28,6 +28,7 @@ import {
   runCniPlugin,
   type PluginIo,
 } from '../cni/index.js';
+import { needsRoot, skipReason } from './prerequisites.js';
 
 const PLUGIN_MAIN = fileURLToPath(new URL('../cni/main.js', import.meta.url));
 
@@ -71,6 +72,7 @@ async function singleExecutable(): Promise<{ outFile: string } | { skip: string 
 // Built before any test starts: postject's injection holds this process's event loop for seconds, which would
 // stall the fake agents of tests running meanwhile.
 const built = await singleExecutable();
+const seaSkip = skipReason('skip' in built ? built.skip : undefined);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Pure parts
@@ -625,7 +627,7 @@ t.test('ADD with the agent down and an enrollment file that cannot be used: try 
 
 /** Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH is held to mode bits, as a hardened runtime's plugins are. */
 const SETPRIV = ['/usr/bin/setpriv', '--bounding-set', '-dac_override,-dac_read_search'];
-const noDacOverride = process.getuid?.() !== 0 ? 'needs root (it drops root\'s file-permission override)' : !existsSync(SETPRIV[0]!) ? `needs ${SETPRIV[0]} (util-linux)` : false;
+const noDacOverride = needsRoot("it drops root's file-permission override") || skipReason(existsSync(SETPRIV[0]!) ? undefined : `needs ${SETPRIV[0]} (util-linux)`);
 
 t.test('ADD with the agent down and an enrollment file the plugin may not read (EACCES: root without CAP_DAC_OVERRIDE, a file of another user, mode 0600)', { skip: noDacOverride }, async (t) => {
   const n = await makeNode(t);
@@ -800,7 +802,7 @@ t.test('10 MB on stdin is refused promptly, unread', async (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 // The single executable: built once into dist/ (about 100 MB) at the top of this file, reused while up to date.
 
-t.test('the single executable runs the same plugin', { skip: 'skip' in built ? built.skip : false }, async (t) => {
+t.test('the single executable runs the same plugin', { skip: seaSkip }, async (t) => {
   if (!('outFile' in built)) return;
   const outFile = built.outFile;
   const sea = (env: Record<string, string | undefined>, stdin: string | Buffer = '') => runPlugin(outFile, [], env, stdin);

@@ -10,9 +10,10 @@ import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { parsePcap, readCniConfDir, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 const MESH = { 'ambit.dev/mode': 'enabled' };
 
 /**

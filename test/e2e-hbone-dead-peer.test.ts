@@ -6,9 +6,10 @@
  */
 import t from 'tap';
 import { HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, testbedUnavailableReason, type TestbedNode } from './testbed/index.js';
+import { Testbed, type TestbedNode } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 /** The bound on how long a new connection toward a dead peer may hang. */
 const FAIL_WITHIN_MS = 15_000;
 

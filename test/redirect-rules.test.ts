@@ -35,6 +35,7 @@ import {
   resolveSourceBindings,
   type IptablesBackend,
 } from '../agent/redirect-rules.js';
+import { needsRoot, skipReason } from './prerequisites.js';
 
 const NODE_IP = '10.99.0.1';
 const JUMP = '-A PREROUTING -j AMBIT-PREROUTING';
@@ -51,7 +52,7 @@ const IPV6_REJECT_RULES = [
 ];
 const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
 const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
-const rootSkip = process.getuid?.() === 0 ? false : 'needs root: creates network namespaces, iptables rules and ipsets';
+const rootSkip = needsRoot('creates network namespaces, iptables rules and ipsets');
 
 /** A nat table as iptables-save prints it, with the given rules. */
 function natDump(chains: string[], rules: string[]): string {
@@ -901,7 +902,7 @@ t.test('the rules bring replies to transparent connections back to the node', { 
   t.equal((await transparentConnectFrom(node, '10.99.3.7', '10.99.1.2', 8080)).stdout.trim(), 'timeout', 'without the rules the replies never come back');
 });
 
-const bridgeNetfilterSkip = rootSkip || (existsSync('/proc/sys/net/bridge') ? false : 'needs the br_netfilter kernel module: run `modprobe br_netfilter`');
+const bridgeNetfilterSkip = rootSkip || skipReason(existsSync('/proc/sys/net/bridge') ? undefined : 'needs the br_netfilter kernel module: run `modprobe br_netfilter`');
 
 t.test('on a bridge, a reply switched towards a same-subnet client reaches the node instead', { skip: bridgeNetfilterSkip }, async (t) => {
   const node = await createNodeNetns(t);
