@@ -82,6 +82,8 @@ export class Agent {
   readonly #telemetry: AgentTelemetry;
   /** The local enrolled IPs as of the last reconcile: the ones that drop out lose their carried connections. */
   #enrolledIps = new Set<string>();
+  /** Addresses of pods CNI ADD has just enrolled, until the next capture-set sync: no connections of theirs to end. */
+  #createdAtAdd = new Set<string>();
   #cniServer: CniServer | undefined;
   /** Set by `ambit cni uninstall`: the rules are gone and must not come back. */
   #uninstalled = false;
@@ -134,6 +136,9 @@ export class Agent {
             runDir,
             stateDir,
             reconcileNow: () => this.#reconcileNow(),
+            podCreated: (ips) => {
+              for (const ip of ips) this.#createdAtAdd.add(ip);
+            },
             ruleInPlace: async (ip) => {
               const result = await runCommand(['ipset', 'test', addressFamily(ip).setName, ip]).then(
                 () => true,
@@ -473,10 +478,18 @@ export class Agent {
 
   /**
    * The one place the pod sets are written: IPv4 addresses are captured, IPv6 ones refused (the mesh does not carry
-   * IPv6 yet); only additions until the store's first full sync (see #reconcile).
+   * IPv6 yet); only additions until the store's first full sync (see #reconcile). A pod that joins them other than by
+   * CNI ADD (a relabel, a pod older than the agent) has its open connections ended, so that none goes on uncaptured.
    */
   #syncCaptureSet(rules: RedirectRules, options: { force?: boolean } = {}): Promise<boolean> {
-    return rules.syncPods(this.#localEnrolledIps(), { ...options, addOnly: !this.store.synced, interfaces: this.#podInterfaces() });
+    const ips = this.#localEnrolledIps();
+    // Read with the addresses, in one turn: an ADD marks its pod and records its network in one turn too. A mark
+    // this sync does not use is dropped, so that a pod that joins later is never taken for a new one (at worst a
+    // new pod's sync ends connections it does not have).
+    const listed = new Set(ips);
+    const justCreated = [...this.#createdAtAdd].filter((ip) => listed.has(ip));
+    this.#createdAtAdd.clear();
+    return rules.syncPods(ips, { ...options, addOnly: !this.store.synced, interfaces: this.#podInterfaces(), justCreated });
   }
 
   #localEnrolledIps(): string[] {

@@ -13,9 +13,10 @@ import {
 import {
   canonicalIp,
   ENROLL_LABEL,
+  enrollmentLabel,
   isNamespaceEnrolled,
-  ISTIO_DATAPLANE_LABEL,
   namespaceEnrollment,
+  podExclusion,
   type NamespaceInfo,
   type PodInfo,
   type PodNetwork,
@@ -34,7 +35,7 @@ export const POD_NETWORKS_FILE_NAME = 'cni-pods.json';
  */
 export const CNI_POD_WAIT_MS = 2_000;
 
-export type EnrollmentDecision =
+export type PodEnrollmentDecision =
   | { readonly kind: 'enrolled'; readonly reason: string }
   | { readonly kind: 'not-enrolled'; readonly reason: string }
   /** The namespace enrolls its pods but this pod's object (labels, node) is not known yet. */
@@ -43,7 +44,7 @@ export type EnrollmentDecision =
   | { readonly kind: 'not-synced'; readonly reason: string };
 
 /** What the agent knows about a pod the runtime is creating. */
-export interface EnrollmentFacts {
+export interface PodEnrollmentFacts {
   readonly namespaceName: string;
   readonly podName: string;
   readonly namespace: NamespaceInfo | undefined;
@@ -55,12 +56,12 @@ export interface EnrollmentFacts {
 }
 
 /**
- * Whether a pod the runtime is creating belongs in the mesh, and why, in the words the runtime's event shows. The
- * store's rule (`namespaceEnrollment`, as `isWorkloadEnrolled` applies it), with the reason spelled out and "not
- * known yet" kept apart. The mesh's own namespace comes first: its pods (the controller, waypoints) must always
- * start, synced or not.
+ * Whether a pod the runtime is creating belongs in the mesh, from the agent's store, and why, in the words the
+ * runtime's event shows. The store's rule (`namespaceEnrollment` and `podExclusion`, as `isWorkloadEnrolled` applies
+ * them), with the reason spelled out and "not known yet" kept apart. The mesh's own namespace comes first: its pods
+ * (the controller, waypoints) must always start, synced or not.
  */
-export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
+export function decidePodEnrollment(facts: PodEnrollmentFacts): PodEnrollmentDecision {
   const { namespaceName, podName, namespace, pod } = facts;
   switch (namespaceEnrollment(namespaceName, namespace, facts.rootNamespace)) {
     case 'root':
@@ -75,16 +76,16 @@ export function decideEnrollment(facts: EnrollmentFacts): EnrollmentDecision {
     case 'enrolled':
       break;
   }
-  const label = namespace!.labels[ENROLL_LABEL] === 'enabled' ? `${ENROLL_LABEL}=enabled` : `${ISTIO_DATAPLANE_LABEL}=ambient`;
+  const label = enrollmentLabel(namespace!.labels);
   if (pod === undefined) return { kind: 'pod-unknown', reason: `namespace ${namespaceName} has ${label} but the agent has not seen pod ${namespaceName}/${podName} yet` };
-  if (pod.hostNetwork) return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} uses the host network` };
-  if (pod.labels[ENROLL_LABEL] === 'disabled') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ENROLL_LABEL}=disabled` };
-  if (pod.labels[ISTIO_DATAPLANE_LABEL] === 'none') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${ISTIO_DATAPLANE_LABEL}=none` };
+  const exclusion = podExclusion(pod);
+  if (exclusion?.kind === 'host-network') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} uses the host network` };
+  if (exclusion?.kind === 'opted-out') return { kind: 'not-enrolled', reason: `pod ${namespaceName}/${podName} opts out with ${exclusion.label}` };
   return { kind: 'enrolled', reason: `namespace ${namespaceName} has ${label}` };
 }
 
 /** Decisions that may change once the store has more: ADD waits a moment for them before it says "try again". */
-function isPending(decision: EnrollmentDecision): boolean {
+function isPending(decision: PodEnrollmentDecision): boolean {
   return decision.kind === 'pod-unknown' || decision.kind === 'not-synced';
 }
 
@@ -99,6 +100,11 @@ export interface CniHandlerOptions {
   stateDir: string;
   /** Runs a reconcile after everything queued so far and resolves when the rules match the store. */
   reconcileNow: () => Promise<void>;
+  /**
+   * Called with an enrolled pod's addresses just before ADD records its network: a pod the runtime has just created
+   * has no connections, so the reconcile that captures it has none to end (it does for pods that join otherwise).
+   */
+  podCreated: (ips: readonly string[]) => void;
   /** Whether the kernel's enrolled-pod set of `ip`'s family holds it (CHECK asks the kernel, not the agent's memory). */
   ruleInPlace: (ip: string) => Promise<boolean>;
   /** Removes every rule and ipset (`ambit cni uninstall`). */
@@ -115,7 +121,8 @@ export interface CniHandlerOptions {
  */
 export class CniHandler {
   readonly #options: CniHandlerOptions;
-  #lastSnapshot = '';
+  /** What the enrollment file last written says; undefined until this process wrote one, so that it writes at start. */
+  #lastSnapshot: string | undefined;
   #writes: Promise<void> = Promise.resolve();
 
   constructor(options: CniHandlerOptions) {
@@ -165,7 +172,7 @@ export class CniHandler {
         await this.#options.uninstall();
         await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
         await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
-        this.#lastSnapshot = '';
+        this.#lastSnapshot = undefined;
         this.#options.log.info('uninstall requested over the CNI socket: every rule and ipset removed');
         return this.#ok({ reason: 'rules removed' });
       case 'add':
@@ -178,9 +185,10 @@ export class CniHandler {
   }
 
   /**
-   * Writes the enrollment file when the set of enrolled namespaces changed: the plugin's only guide when the agent
-   * is down. Called after each reconcile. Not before the store's first full sync: a partial view would replace the
-   * last complete one with a list missing namespaces that are enrolled.
+   * Writes the enrollment file, the plugin's only guide when the agent is down: after the first reconcile that
+   * follows the store's first full sync (so a file an older agent wrote, without the root namespace, is replaced),
+   * then whenever the set of enrolled namespaces changes. Called after each reconcile. Not before the first full
+   * sync: a partial view would replace the last complete one with a list missing namespaces that are enrolled.
    */
   async writeEnrollmentSnapshot(): Promise<void> {
     const { store, stateDir, rootNamespace } = this.#options;
@@ -192,9 +200,10 @@ export class CniHandler {
       .sort();
     const key = enrolledNamespaces.join(',');
     if (key === this.#lastSnapshot) return;
-    this.#lastSnapshot = key;
-    const snapshot: EnrollmentSnapshot = { version: CNI_PROTOCOL_VERSION, written: new Date().toISOString(), enrolledNamespaces };
+    const snapshot: EnrollmentSnapshot = { version: CNI_PROTOCOL_VERSION, written: new Date().toISOString(), rootNamespace, enrolledNamespaces };
     await this.#write(join(stateDir, ENROLLMENT_FILE_NAME), JSON.stringify(snapshot, null, 2), 0o644);
+    // Only once it is on disk: a write that failed is tried again after the next reconcile.
+    this.#lastSnapshot = key;
   }
 
   async #add(pod: CniPod): Promise<CniResponse> {
@@ -212,6 +221,7 @@ export class CniHandler {
       throw new CniProtocolError('not-ready', `pod ${pod.namespace}/${pod.name} is scheduled on ${podInfo.node}, not on this agent's node ${this.#options.nodeName}`);
     }
     const network = { namespace: pod.namespace, name: pod.name, containerId: pod.containerId, ips, ...(pod.hostInterfaces ? { hostInterfaces: pod.hostInterfaces } : {}) };
+    this.#options.podCreated(ips);
     store.applyPodNetworks([{ op: 'upsert', network }]);
     await this.#persistNetworks();
     await this.#options.reconcileNow();
@@ -250,9 +260,9 @@ export class CniHandler {
     return this.#ok({ enrolled: true, reason: decision.reason });
   }
 
-  #decide(pod: CniPod): EnrollmentDecision {
+  #decide(pod: CniPod): PodEnrollmentDecision {
     const { store, rootNamespace } = this.#options;
-    return decideEnrollment({
+    return decidePodEnrollment({
       namespaceName: pod.namespace,
       podName: pod.name,
       namespace: store.namespace(pod.namespace),
@@ -263,7 +273,7 @@ export class CniHandler {
   }
 
   /** The decision once the store has what it lacked (the pod, or the first full sync), or as it stands at the deadline. */
-  #waitForStore(pod: CniPod): Promise<EnrollmentDecision> {
+  #waitForStore(pod: CniPod): Promise<PodEnrollmentDecision> {
     const { store } = this.#options;
     return new Promise((resolve) => {
       const finish = () => {

@@ -131,7 +131,8 @@ Options (each also as an environment variable):
   --state-dir DIR        persistent enrollment file folder     AMBIT_STATE_DIR (default ${DEFAULT_AGENT_STATE_DIR})
   --no-cni               no CNI socket (implied by --no-rules) AMBIT_NO_CNI=1
   --root-namespace NS    policies here apply mesh-wide         AMBIT_ROOT_NAMESPACE (default ${DEFAULT_ROOT_NAMESPACE})
-                         and its pods are never enrolled nor held back at CNI ADD
+                         and its pods are never enrolled nor held back at CNI ADD (the
+                         CNI plugin reads it from the enrollment file the agent writes)
   --istio-api            read security.istio.io policies too   AMBIT_ISTIO_API=1
   --hbone-keepalive-interval S  PING an HBONE peer silent for S s   AMBIT_HBONE_KEEPALIVE_INTERVAL (default ${HBONE_KEEPALIVE_INTERVAL_MS / 1000})
   --hbone-keepalive-timeout S   no answer in S s: the peer is dead  AMBIT_HBONE_KEEPALIVE_TIMEOUT (default ${HBONE_KEEPALIVE_TIMEOUT_MS / 1000})

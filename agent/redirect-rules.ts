@@ -797,6 +797,7 @@ export class RedirectRules {
     return this.#serialize(async () => {
       const backend = await this.#resolveBackend();
       if (!(await isOnPath('nft'))) throw missingNft();
+      if (!(await isOnPath('conntrack'))) throw missingConntrack();
       // Without ip6tables the IPv6 of enrolled pods could not be refused: no capture at all rather than half of it.
       if (!(await isOnPath(saveCommand(IPV6, backend)))) throw missingIptables(IPV6);
       const existingSets = await listSets(this.#commandOptions);
@@ -869,9 +870,14 @@ export class RedirectRules {
    * it had (as this instance last wrote it, else as the kernel holds it: what the agent before a restart left) and
    * gains `ips`; for an agent whose view of the cluster is not complete yet, which must not release pods it merely has
    * not read. An address that is not an IP address, or is the node IP, is left out with a warning rather than failing
-   * the sync: one bad pod must not stop the capture of all the others.
+   * the sync: one bad pod must not stop the capture of all the others. An IPv4 address that joins the capture set has
+   * its open connections ended (see #endTrackedFlows), but those in `justCreated`: addresses of pods CNI ADD has just
+   * networked, which have no connections yet.
    */
-  syncPods(ips: readonly string[], options: { force?: boolean; addOnly?: boolean; interfaces?: readonly PodInterfaces[] } = {}): Promise<boolean> {
+  syncPods(
+    ips: readonly string[],
+    options: { force?: boolean; addOnly?: boolean; interfaces?: readonly PodInterfaces[]; justCreated?: readonly string[] } = {},
+  ): Promise<boolean> {
     return this.#serialize(async () => {
       const invalid = ips.filter((address) => !FAMILIES.some((family) => family.isAddress(address)));
       if (invalid.length > 0) this.#log.warn({ invalid }, 'left out of the enrolled pod sets: not IP addresses');
@@ -897,6 +903,7 @@ export class RedirectRules {
       const interfacesKey = JSON.stringify(interfaces);
       const rebind = options.force === true || this.#appliedBindings?.key !== interfacesKey;
       if (changed.length === 0 && !rebind) return false;
+      const joined = changed.includes(IPV4) ? await this.#joiningPods(wanted.get(IPV4) ?? [], options) : [];
       // links read before the sets are written: a pod's CNI ADD may also have created the bridge it hangs off
       const ipState = await readIpState(this.#commandOptions);
       let bindings = this.#appliedBindings?.bindings ?? [];
@@ -913,6 +920,9 @@ export class RedirectRules {
         const input = buildBridgeSetSync({ ipv6Pods: wanted.get(IPV6) ?? [], bindings });
         await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input }, NFT_HINT);
       }
+      // After the swap, so that the flows' next packets meet the capture rules; before the sets count as applied, so
+      // that a failure here is tried again by the next sync.
+      if (joined.length > 0) await this.#endTrackedFlows(joined);
       const listed = new Set(ips);
       for (const family of changed) {
         const pods = wanted.get(family) ?? [];
@@ -932,6 +942,37 @@ export class RedirectRules {
       await this.#syncBridgeFdb(ipState.bridges);
       return true;
     });
+  }
+
+  /**
+   * The IPv4 addresses this sync brings into the capture set, but those of `justCreated`: against the set as last
+   * written here and, when that is not known or when repairing, as the kernel holds it (an address someone else took
+   * out of the set had its new connections pass uncaptured meanwhile).
+   */
+  async #joiningPods(wanted: readonly string[], options: { force?: boolean; justCreated?: readonly string[] }): Promise<string[]> {
+    const applied = this.#appliedPods.get(IPV4);
+    const written = applied === undefined ? undefined : new Set(applied);
+    const live = written === undefined || options.force ? new Set(await this.#liveMembers(IPV4)) : undefined;
+    const created = new Set(options.justCreated ?? []);
+    return wanted.filter((ip) => !((written === undefined || written.has(ip)) && (live === undefined || live.has(ip))) && !created.has(ip));
+  }
+
+  /**
+   * Ends the TCP connections that pods had before they joined the capture set, by deleting their conntrack entries
+   * (from and to each address). The nat rules see only the first packet of a connection, so without this a flow
+   * opened while the pod was outside the mesh (a pod that predates the agent, a namespace relabelled) would go on
+   * uncaptured, in the clear. Without its entry, the flow's next packet is tracked anew (conntrack picks up a
+   * connection in mid-stream), meets the capture rules and lands on the agent's listener, which knows no such
+   * connection and resets it. IPv4 only: an enrolled pod's IPv6 TCP is refused packet by packet, established or not
+   * (AMBIT_IPV6_REJECT_CHAIN). TCP only: nothing else is captured, and a UDP entry deleted would only make a
+   * Service's NAT pick a backend again. Two execs an address: a join through the store is rare, a CNI ADD has none.
+   */
+  async #endTrackedFlows(ips: readonly string[]): Promise<void> {
+    let flows = 0;
+    for (const ip of ips) {
+      for (const direction of ['--orig-src', '--orig-dst'] as const) flows += await deleteTcpFlows(direction, ip, this.#commandOptions);
+    }
+    this.#log.info({ pods: ips, flows }, 'tracked connections of pods that joined the mesh ended');
   }
 
   /** The members of the live set, as the kernel holds them (none when the set does not exist). */
@@ -998,6 +1039,7 @@ const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kern
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
 const NFT_HINT = 'is the agent running with NET_ADMIN, and does the kernel have nf_tables with the bridge family (CONFIG_NF_TABLES_BRIDGE)?';
+const CONNTRACK_HINT = "is the agent running with NET_ADMIN, and is the 'conntrack' package installed (Debian: apt-get install conntrack)?";
 
 interface ChainState {
   chainExists: boolean;
@@ -1097,6 +1139,14 @@ function missingNft(): AmbitError {
   );
 }
 
+function missingConntrack(): AmbitError {
+  return new AmbitError(
+    'CONNTRACK_MISSING',
+    `conntrack is not on PATH (${process.env.PATH ?? ''}): the agent needs it to end the connections a pod opened before it ` +
+      "joined the mesh, which would otherwise go on uncaptured; install the Debian package 'conntrack' (apt-get install conntrack) in the agent's image",
+  );
+}
+
 function hex(value: number): string {
   return `0x${value.toString(16)}`;
 }
@@ -1147,13 +1197,38 @@ async function applyCommand(argv: string[], options: CommandOptions, hint: strin
   try {
     return await runCommand(argv, options);
   } catch (err) {
-    const stderr = err instanceof ExecaError ? String(err.stderr ?? '').trim() : '';
-    const detail = stderr !== '' ? stderr : err instanceof Error ? err.message : String(err);
-    const where = options.netns === undefined ? '' : ` in network namespace ${options.netns}`;
-    const line = failedBatchLine(stderr, options.input);
-    const offending = line === undefined ? '' : ` (batch line: ${line})`;
-    throw new AmbitError('RULES_APPLY_FAILED', `${argv.join(' ')} failed${where}: ${detail}${offending}; ${hint}`, { cause: err });
+    throw commandFailure(argv, options, hint, err);
   }
+}
+
+function commandFailure(argv: readonly string[], options: CommandOptions, hint: string, err: unknown): AmbitError {
+  const stderr = err instanceof ExecaError ? String(err.stderr ?? '').trim() : '';
+  const detail = stderr !== '' ? stderr : err instanceof Error ? err.message : String(err);
+  const where = options.netns === undefined ? '' : ` in network namespace ${options.netns}`;
+  const line = failedBatchLine(stderr, options.input);
+  const offending = line === undefined ? '' : ` (batch line: ${line})`;
+  return new AmbitError('RULES_APPLY_FAILED', `${argv.join(' ')} failed${where}: ${detail}${offending}; ${hint}`, { cause: err });
+}
+
+/**
+ * Deletes the conntrack entries of the TCP flows from (`--orig-src`) or to (`--orig-dst`) `ip`, as the flow's first
+ * packet had it, and returns how many went. conntrack says how many on stderr, and exits 1 when that is none: here
+ * an ordinary outcome (a pod without open connections), not a failure.
+ */
+async function deleteTcpFlows(direction: '--orig-src' | '--orig-dst', ip: string, options: CommandOptions): Promise<number> {
+  const argv = ['conntrack', '-D', '-p', 'tcp', direction, ip];
+  try {
+    return flowsDeleted((await runCommand(argv, options)).stderr) ?? 0;
+  } catch (err) {
+    if (err instanceof ExecaError && err.exitCode === 1 && flowsDeleted(String(err.stderr ?? '')) === 0) return 0;
+    throw commandFailure(argv, options, CONNTRACK_HINT, err);
+  }
+}
+
+/** `conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.` → 3. */
+function flowsDeleted(stderr: string): number | undefined {
+  const match = /(\d+) flow entries have been deleted/.exec(stderr);
+  return match === null ? undefined : Number(match[1]);
 }
 
 /**

@@ -3,8 +3,7 @@
  * with --watch), or takes it out and has the agent remove every rule, so the node returns to plain networking.
  */
 import { access, constants } from 'node:fs/promises';
-import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE, isNamespaceName } from '../core/cni/index.js';
-import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
+import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE } from '../core/cni/index.js';
 import { AmbitError } from '../core/errors.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
 import { createLogger } from '../core/log.js';
@@ -34,14 +33,15 @@ Options:
   --enrollment-file PATH the agent's enrollment file (its         (default ${DEFAULT_ENROLLMENT_FILE})
                          --state-dir), read when it is down
   --agent-timeout-ms N   how long ADD waits for the agent         (plugin default 5000)
-  --root-namespace NS    the agent's --root-namespace: its pods   (plugin default ${DEFAULT_ROOT_NAMESPACE})
-                         are never enrolled and never wait
   --plugin PATH          the executable to install                (default: the single-executable build,
                                                                    built on first use)
   --watch                install: keep the plugin chained until SIGTERM/SIGINT
   --iptables-backend B   uninstall without an agent: auto | nft | legacy (default auto)
   --log-level LEVEL      info (default), debug, warn, error
   -h, --help             show this help
+
+The mesh's own namespace, whose pods are never enrolled, is the agent's --root-namespace: the agent writes it into
+the enrollment file, where the plugin reads it.
 
 Exit codes: 0 done, 1 failure (nothing half-applied: each file is replaced atomically), 2 bad usage.
 `;
@@ -58,6 +58,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     'agent-socket': { type: 'string' },
     'enrollment-file': { type: 'string' },
     'agent-timeout-ms': { type: 'string' },
+    // Removed; still parsed, so that it fails with where the value comes from now rather than as an unknown option.
     'root-namespace': { type: 'string' },
     plugin: { type: 'string' },
     watch: { type: 'boolean' },
@@ -84,8 +85,12 @@ export async function runCniCommand(argv: string[]): Promise<number> {
       throw usageError(`--agent-timeout-ms ${values['agent-timeout-ms']} is not a whole number from 100 to 60000`);
     }
   }
-  const rootNamespace = values['root-namespace'];
-  if (rootNamespace !== undefined && !isNamespaceName(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name`);
+  if (values['root-namespace'] !== undefined) {
+    throw usageError(
+      "--root-namespace is no longer an option of ambit cni: the plugin reads the mesh's own namespace from the agent's enrollment file, " +
+        "which the agent writes with its own --root-namespace (set it there only, and drop it here)",
+    );
+  }
   const backend = values['iptables-backend'] ?? 'auto';
   if (!['auto', 'nft', 'legacy'].includes(backend)) throw usageError(`--iptables-backend ${backend} is not one of auto, nft, legacy`);
   const logLevel = values['log-level'] ?? 'info';
@@ -111,7 +116,6 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     pluginBinary,
     log,
     ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }),
-    ...(rootNamespace === undefined ? {} : { rootNamespace }),
   };
   const result = await installCni(options);
   process.stdout.write(`ambit-cni chained in ${result.file} (${result.change})\n`);

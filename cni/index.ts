@@ -14,7 +14,7 @@ export {
   buildCniErrorResult,
   buildCniPod,
   buildVersionResult,
-  decideEnrollment,
+  enrollmentFileVerdict,
   parseCidrAddress,
   parseCniArgs,
   parseCniCommand,

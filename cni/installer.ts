@@ -22,8 +22,6 @@ export interface PluginEntryOptions {
   /** The agent's persistent enrollment file; the plugin's default when absent. */
   enrollmentFile?: string;
   agentTimeoutMs?: number;
-  /** The agent's `--root-namespace`, whose pods the plugin never holds back; the plugin's default when absent. */
-  rootNamespace?: string;
 }
 
 export interface InstallerOptions extends PluginEntryOptions {
@@ -42,14 +40,16 @@ export interface InstallResult {
   change: ConfigChange;
 }
 
-/** The plugin's entry in the conflist. */
+/**
+ * The plugin's entry in the conflist. The root namespace is not in it: the plugin reads the agent's from the
+ * enrollment file, so the two cannot disagree (an entry an older installer wrote with one is rewritten without it).
+ */
 export function pluginEntry(options: PluginEntryOptions): Record<string, unknown> {
   return {
     type: AMBIT_PLUGIN_TYPE,
     agentSocket: options.agentSocket,
     ...(options.enrollmentFile === undefined ? {} : { enrollmentFile: options.enrollmentFile }),
     ...(options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs }),
-    ...(options.rootNamespace === undefined ? {} : { rootNamespace: options.rootNamespace }),
   };
 }
 

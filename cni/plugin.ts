@@ -30,13 +30,11 @@ import path from 'node:path';
 import { SocketAddress, isIP } from 'node:net';
 import { AmbitError } from '../core/errors.js';
 import { namespaceEnrollment } from '../core/discovery/enrollment.js';
-import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
 import {
   CNI_PROTOCOL_VERSION,
   DEFAULT_CNI_SOCKET,
   DEFAULT_ENROLLMENT_FILE,
   isInterfaceName,
-  isNamespaceName,
   parseEnrollmentSnapshot,
   type CniPod,
   type CniRequest,
@@ -111,10 +109,12 @@ export interface PluginConfig {
   readonly type: string;
   readonly agentSocket: string;
   readonly agentTimeoutMs: number;
-  /** The agent's enrollment file (persistent), read only when the agent cannot be reached. */
+  /**
+   * The agent's enrollment file (persistent), read only when the agent cannot be reached. It also names the mesh's
+   * own namespace (the agent's `--root-namespace`), so that is configured in one place: a `rootNamespace` key left
+   * in the conflist by an older installer is ignored.
+   */
   readonly enrollmentFile: string;
-  /** The mesh's own namespace (the agent's `--root-namespace`): its pods are never enrolled and never wait. */
-  readonly rootNamespace: string;
   /** The primary plugin's result, as the runtime passed it (0.4.0+ on DEL too; required for ADD and CHECK). */
   readonly prevResult: Readonly<Record<string, unknown>> | undefined;
 }
@@ -277,13 +277,9 @@ export function parseNetworkConfig(stdin: StdinContent): PluginConfig {
   if (typeof enrollmentFile !== 'string' || !path.isAbsolute(enrollmentFile) || enrollmentFile.includes('\0')) {
     throw invalidConfig(`"enrollmentFile" must be an absolute path, got ${JSON.stringify(enrollmentFile)?.slice(0, 80)}`);
   }
-  const rootNamespace = value.rootNamespace ?? DEFAULT_ROOT_NAMESPACE;
-  if (typeof rootNamespace !== 'string' || !isNamespaceName(rootNamespace)) {
-    throw invalidConfig(`"rootNamespace" must be a namespace name, got ${JSON.stringify(rootNamespace)?.slice(0, 80)}`);
-  }
   const prevResult = value.prevResult;
   if (prevResult !== undefined && !isObject(prevResult)) throw invalidConfig('"prevResult" is not an object');
-  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, rootNamespace, prevResult };
+  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, prevResult };
 }
 
 function invalidConfig(problem: string): CniPluginError {
@@ -453,15 +449,21 @@ export interface EnrollmentVerdict {
   readonly warning?: string;
 }
 
+/** The root namespace comes from the file as well: one that cannot be used lets no pod through, the mesh's own included. */
+const UNUSABLE_FILE_HOLDS_ALL = ", which names the mesh's own namespace too, so no pod starts on it";
+
 /**
- * Whether `namespace` is enrolled, from the enrollment file alone: the agent's last word, kept on persistent
- * storage. No file means no agent has written one on this node (a new node, or `ambit cni uninstall` removed it),
- * so no pod here has been captured yet: "not enrolled", with a warning. A file that exists but cannot be read or
- * parsed is "unknown": an agent did write it, and it may be what a power loss left of one that listed this namespace.
+ * What the enrollment file alone, the agent's last word kept on persistent storage, says about a pod of `namespace`.
+ * No file means no agent has written one on this node (a new node, or `ambit cni uninstall` removed it), so no pod
+ * here has been captured yet: "not enrolled", with a warning. A file that exists but cannot be read or parsed is
+ * "unknown" for every namespace, the mesh's own too (the file is what names it): an agent did write it, and it may be
+ * what a power loss left of one that listed this namespace. The agent's root namespace is never enrolled. A file
+ * without `rootNamespace` (an agent that predates it) says only which namespaces are enrolled: those fail, as they
+ * would have, and every other one passes (such an agent left its root namespace out of the list too).
  */
-export function decideEnrollment(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
+export function enrollmentFileVerdict(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
   if (readError !== undefined) {
-    return { enrolled: 'unknown', details: `${file} cannot be read (${readError instanceof Error ? readError.message : String(readError)})` };
+    return { enrolled: 'unknown', details: `${file} cannot be read (${readError instanceof Error ? readError.message : String(readError)})${UNUSABLE_FILE_HOLDS_ALL}` };
   }
   if (text === undefined) {
     const why = `${file} does not exist (no Ambit agent has written it on this node yet)`;
@@ -471,20 +473,28 @@ export function decideEnrollment(namespace: string, file: string, text: string |
   try {
     snapshot = parseEnrollmentSnapshot(text);
   } catch (err) {
-    return { enrolled: 'unknown', details: `${file} is not an enrollment file (${(err as Error).message})` };
+    return { enrolled: 'unknown', details: `${file} is not an enrollment file (${(err as Error).message})${UNUSABLE_FILE_HOLDS_ALL}` };
   }
-  return { enrolled: snapshot.enrolledNamespaces.includes(namespace), details: `enrollment file ${file} written ${snapshot.written || 'at an unknown time'}` };
+  const written = `enrollment file ${file} written ${snapshot.written || 'at an unknown time'}`;
+  if (snapshot.rootNamespace === undefined) {
+    return {
+      enrolled: snapshot.enrolledNamespaces.includes(namespace),
+      details: `${written} by an agent that predates "rootNamespace": it names no root namespace, so every namespace it lists waits for the agent, which rewrites the file once it has read the cluster`,
+    };
+  }
+  if (namespaceEnrollment(namespace, undefined, snapshot.rootNamespace) === 'root') {
+    return { enrolled: false, details: `namespace ${namespace} is the mesh's own (the agent's --root-namespace in ${written}), never enrolled` };
+  }
+  return { enrolled: snapshot.enrolledNamespaces.includes(namespace), details: written };
 }
 
 async function lookUpEnrollment(config: PluginConfig, pod: CniPod, io: PluginIo, agentProblem?: string): Promise<EnrollmentVerdict> {
-  // The mesh's own pods (the controller, waypoints) must start whatever the state of the node: never enrolled.
-  if (namespaceEnrollment(pod.namespace, undefined, config.rootNamespace) === 'root') return { enrolled: false, details: `namespace ${pod.namespace} is the mesh's own (rootNamespace), never enrolled` };
   const file = config.enrollmentFile;
   let verdict: EnrollmentVerdict;
   try {
-    verdict = decideEnrollment(pod.namespace, file, await io.readEnrollmentFile(file));
+    verdict = enrollmentFileVerdict(pod.namespace, file, await io.readEnrollmentFile(file));
   } catch (err) {
-    verdict = decideEnrollment(pod.namespace, file, undefined, err);
+    verdict = enrollmentFileVerdict(pod.namespace, file, undefined, err);
   }
   if (verdict.warning !== undefined) {
     const agent = agentProblem === undefined ? '' : `the Ambit agent at ${config.agentSocket} did not answer (${agentProblem}) and `;

@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { needsRoot, needsTools } from './prerequisites.js';
 
 const CLI = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'cli', 'main.js');
 
@@ -38,6 +39,11 @@ t.test('usage errors exit 2 and say what is wrong', async (t) => {
   t.match(await ambit(['cni', 'install', '--agent-timeout-ms', '5']), { code: 2, stderr: /--agent-timeout-ms 5/ });
   t.match(await ambit(['cni', 'uninstall', '--watch']), { code: 2, stderr: /--watch applies to install only/ });
   t.match(await ambit(['cni', 'install', '--bogus']), { code: 2, stderr: /bogus/ });
+  t.match(
+    await ambit(['cni', 'install', '--root-namespace', 'mesh-system']),
+    { code: 2, stderr: /--root-namespace is no longer an option of ambit cni: the plugin reads the mesh's own namespace from the agent's enrollment file, which the agent writes with its own --root-namespace/ },
+    'the removed option says where the value comes from now',
+  );
 });
 
 t.test('cni install on a folder with no CNI configuration fails (1) and says what to do', async (t) => {
@@ -74,7 +80,7 @@ t.test('an agent asked for transparent connections without its rules does not st
 });
 
 const noCapSkip =
-  process.getuid?.() !== 0 ? 'needs root: runs the agent as root without CAP_NET_ADMIN, in its own network namespace' : false;
+  needsRoot('runs the agent as root without CAP_NET_ADMIN, in its own network namespace') || needsTools(['ip', 'setpriv'], 'a network namespace, capabilities dropped');
 
 t.test('an agent without CAP_NET_ADMIN asked for transparent connections does not start', { skip: noCapSkip }, async (t) => {
   const netns = `ambit-cli-${process.pid}-${Date.now().toString(36)}`;

@@ -1,10 +1,10 @@
 /** The agent's end of the CNI socket: protocol handling, bad input, and the enrollment decisions behind ADD/DEL/CHECK. */
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { CniHandler, decideEnrollment, type EnrollmentFacts } from '../agent/cni-handler.js';
+import { CniHandler, decidePodEnrollment, type PodEnrollmentFacts } from '../agent/cni-handler.js';
 import { CniServer } from '../agent/cni-server.js';
 import { CNI_PROTOCOL_VERSION, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
 import { convertObject, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type PodInfo } from '../core/discovery/index.js';
@@ -137,7 +137,7 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
   const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
   const istio = { name: 'a', labels: { [ISTIO_DATAPLANE_LABEL]: 'ambient' } };
   const plain = { name: 'a', labels: {} };
-  const cases: Array<[string, EnrollmentFacts['namespace'], PodInfo | undefined, string, RegExp]> = [
+  const cases: Array<[string, PodEnrollmentFacts['namespace'], PodInfo | undefined, string, RegExp]> = [
     ['namespace enrolled', enrolled, podInfo(), 'enrolled', /namespace a has ambit.dev\/mode=enabled/],
     ['istio label', istio, podInfo(), 'enrolled', /istio.io\/dataplane-mode=ambient/],
     ['namespace not labelled', plain, podInfo(), 'not-enrolled', /not labelled/],
@@ -149,7 +149,7 @@ t.test('enrollment decisions, with the reason the runtime shows', async (t) => {
     ['pod not seen, namespace plain', plain, undefined, 'not-enrolled', /not labelled/],
   ];
   for (const [what, namespace, pod, kind, reason] of cases) {
-    const decision = decideEnrollment({ namespaceName: 'a', podName: 'p', namespace, pod, synced: true, rootNamespace: 'ambit-system' });
+    const decision = decidePodEnrollment({ namespaceName: 'a', podName: 'p', namespace, pod, synced: true, rootNamespace: 'ambit-system' });
     t.equal(decision.kind, kind, what);
     t.match(decision.reason, reason, `${what}: reason`);
   }
@@ -159,8 +159,8 @@ t.test('enrollment decisions before the first full sync, and in the root namespa
   const pod = convertObject(podObject('p', 'a'), 'cluster.local');
   if (pod.kind !== 'Pod') throw new Error('pod');
   const enrolled = { name: 'a', labels: { [ENROLL_LABEL]: 'enabled' } };
-  const decide = (namespaceName: string, namespace: EnrollmentFacts['namespace'], synced: boolean, rootNamespace = 'ambit-system') =>
-    decideEnrollment({ namespaceName, podName: 'p', namespace, pod: pod.object, synced, rootNamespace });
+  const decide = (namespaceName: string, namespace: PodEnrollmentFacts['namespace'], synced: boolean, rootNamespace = 'ambit-system') =>
+    decidePodEnrollment({ namespaceName, podName: 'p', namespace, pod: pod.object, synced, rootNamespace });
   t.match(decide('a', undefined, false), { kind: 'not-synced', reason: /namespace a is not known to the agent yet: .*first full sync/ }, 'unknown before the sync: not ready');
   t.match(decide('a', undefined, true), { kind: 'not-enrolled', reason: /namespace a is not known to the agent$/ }, 'unknown after the sync: not enrolled');
   t.match(decide('a', enrolled, false), { kind: 'enrolled' }, 'a known namespace needs no sync');
@@ -182,6 +182,7 @@ t.test('before the first full sync: an unknown namespace waits for it, the snaps
     runDir: dir,
     stateDir: dir,
     reconcileNow: () => handler.writeEnrollmentSnapshot(),
+    podCreated: () => {},
     ruleInPlace: async () => true,
     uninstall: async () => {},
     ready: () => true,
@@ -203,18 +204,33 @@ t.test('before the first full sync: an unknown namespace waits for it, the snaps
   t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh'], 'written once synced');
 });
 
-t.test('the enrollment file never lists the root namespace', async (t) => {
+t.test('the enrollment file names the root namespace and never lists it', async (t) => {
   const dir = await tempDir(t);
-  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' }), ns('mesh-system', { [ENROLL_LABEL]: 'enabled' })]);
+  const handlerFor = (rootNamespace: string) =>
+    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const read = async () => JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
+  await handlerFor('ambit-system').writeEnrollmentSnapshot();
+  t.match(await read(), { rootNamespace: 'ambit-system', enrolledNamespaces: ['mesh', 'mesh-system'] });
+  await handlerFor('mesh-system').writeEnrollmentSnapshot();
+  t.match(await read(), { rootNamespace: 'mesh-system', enrolledNamespaces: ['ambit-system', 'mesh'] }, "another agent's root namespace: ambit-system is listed, mesh-system is not");
+});
+
+t.test("an agent writes the enrollment file at its first sync, enrolled namespaces or not: an older agent's file is replaced", async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'enrollment.json');
+  await writeFile(file, JSON.stringify({ version: 1, written: 'then', enrolledNamespaces: [] }));
+  const store = storeWith([ns('plain')]);
+  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   await handler.writeEnrollmentSnapshot();
-  t.same(JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')).enrolledNamespaces, ['mesh']);
+  t.match(JSON.parse(await readFile(file, 'utf8')), { rootNamespace: 'mesh-system', enrolledNamespaces: [] });
 });
 
 t.test('ADD records the network and answers after the reconcile; DEL and CHECK; restart restores; uninstall', async (t) => {
   const dir = await tempDir(t);
   const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('plain'), podObject('web', 'mesh'), podObject('db', 'plain'), podObject('other', 'mesh', { node: 'node2' })]);
   const applied: string[][] = [];
+  const created: string[][] = [];
   let uninstalled = 0;
   const handler = new CniHandler({
     store,
@@ -222,6 +238,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     rootNamespace: 'ambit-system',
     runDir: dir,
     stateDir: dir,
+    podCreated: (ips) => created.push([...ips]),
     reconcileNow: async () => {
       applied.push([...store.localEnrolledIps(4), ...store.localEnrolledIps(6)]);
       await handler.writeEnrollmentSnapshot();
@@ -238,6 +255,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   const add = await handler.handle({ version: 1, op: 'add', pod: { ...pod('web', 'mesh', ['10.244.1.5']), hostInterfaces: ['cni0', 'veth1'] } });
   t.same(add, { version: 1, ok: true, enrolled: true, reason: 'namespace mesh has ambit.dev/mode=enabled' });
   t.same(applied.at(-1), ['10.244.1.5'], 'the reconcile that ran before the answer had the pod');
+  t.same(created, [['10.244.1.5']], 'and knew it for a pod just created (no connections of its own to end)');
   const persisted = JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] };
   t.match(persisted.pods, [{ name: 'web', ips: ['10.244.1.5'], hostInterfaces: ['cni0', 'veth1'] }], 'the network and its host interfaces are recorded for a restart');
   t.equal((await stat(join(dir, 'cni-pods.json'))).mode & 0o777, 0o600);
@@ -252,6 +270,7 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
     reason: 'namespace plain is not labelled ambit.dev/mode=enabled',
   });
   t.equal(applied.length, reconciles, 'a pod outside the mesh costs no reconcile');
+  t.equal(created.length, 1, 'and is not marked as created in the mesh');
 
   const started = Date.now();
   await t.rejects(handler.handle({ version: 1, op: 'add', pod: pod('late', 'mesh', ['10.244.1.7']) }), { code: 'not-ready', message: /has not seen pod mesh\/late yet/ });
@@ -270,19 +289,19 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
 
   // A restart: a new store (the pod still Pending, so only the record knows its IP) and a new handler.
   const store2 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')]);
-  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler2.restore(), 1);
   t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
   t.same(store2.podNetwork('mesh', 'web')?.hostInterfaces, ['cni0', 'veth1'], 'and bound to its interface again');
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
   t.same(store3.podNetworks(), [], 'from the store too');
 
   // A restart before the first full sync: the pod's file may just not have parsed yet, so its record stays.
   await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
   const store4 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })], 'node1', { synced: false });
-  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
   t.equal(await handler4.restore(), 1, 'before the first full sync a record of a pod the store lacks is kept');
   t.equal((JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] }).pods.length, 1, 'and stays on disk');
   store4.applyBatch([{ op: 'upsert', kind: 'Pod', object: store2.pod('mesh', 'web')! }]);

@@ -19,7 +19,7 @@ import {
   askAgent,
   buildAddResult,
   buildCniSea,
-  decideEnrollment,
+  enrollmentFileVerdict,
   parseCidrAddress,
   parseCniArgs,
   parseNetworkConfig,
@@ -28,6 +28,7 @@ import {
   runCniPlugin,
   type PluginIo,
 } from '../cni/index.js';
+import { needsRoot, skipReason } from './prerequisites.js';
 
 const PLUGIN_MAIN = fileURLToPath(new URL('../cni/main.js', import.meta.url));
 
@@ -71,6 +72,7 @@ async function singleExecutable(): Promise<{ outFile: string } | { skip: string 
 // Built before any test starts: postject's injection holds this process's event loop for seconds, which would
 // stall the fake agents of tests running meanwhile.
 const built = await singleExecutable();
+const seaSkip = skipReason('skip' in built ? built.skip : undefined);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Pure parts
@@ -139,9 +141,10 @@ t.test('network config: defaults, and the exact code for each kind of mistake', 
     agentSocket: '/var/run/ambit/cni.sock',
     agentTimeoutMs: 5000,
     enrollmentFile: '/var/lib/ambit/enrollment.json',
-    rootNamespace: 'ambit-system',
     prevResult: undefined,
   });
+  const stale = parseNetworkConfig(stdinOf({ cniVersion: '1.0.0', name: 'k8s', type: 'ambit-cni', rootNamespace: 'Not_A_Namespace' }));
+  t.notOk('rootNamespace' in stale, "a rootNamespace an older installer wrote is ignored: the plugin takes the agent's from the enrollment file");
   const base = { cniVersion: '1.0.0', name: 'k8s', type: 'ambit-cni' };
   const cases: [string, unknown, number, RegExp][] = [
     ['not JSON', '{"cniVersion":', 6, /not valid JSON/],
@@ -157,7 +160,6 @@ t.test('network config: defaults, and the exact code for each kind of mistake', 
     ['agentTimeoutMs not an integer', { ...base, agentTimeoutMs: 1000.5 }, 7, /"agentTimeoutMs"/],
     ['agentTimeoutMs a string', { ...base, agentTimeoutMs: '5000' }, 7, /"agentTimeoutMs"/],
     ['prevResult a list', { ...base, prevResult: [] }, 7, /"prevResult" is not an object/],
-    ['rootNamespace not a namespace name', { ...base, rootNamespace: 'Ambit_System' }, 7, /"rootNamespace" must be a namespace name, got "Ambit_System"/],
   ];
   for (const [name, value, cniCode, message] of cases) {
     t.throws(() => parseNetworkConfig(stdinOf(value)), { cniCode, message }, name);
@@ -173,13 +175,29 @@ t.test('ADD result: the previous result with the configuration\'s cniVersion fir
 
 t.test('enrollment file verdicts', async (t) => {
   const file = '/run/ambit/enrollment.json';
-  const snapshot = JSON.stringify({ version: 1, written: '2025-01-01T00:00:00Z', enrolledNamespaces: ['demo'] });
-  t.match(decideEnrollment('demo', file, snapshot), { enrolled: true, details: /written 2025-01-01/, warning: undefined });
-  t.match(decideEnrollment('other', file, snapshot), { enrolled: false, warning: undefined });
-  t.match(decideEnrollment('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
-  t.match(decideEnrollment('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
-  t.match(decideEnrollment('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
-  t.match(decideEnrollment('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
+  const snapshot = JSON.stringify({ version: 1, written: '2025-01-01T00:00:00Z', rootNamespace: 'ambit-system', enrolledNamespaces: ['demo'] });
+  t.match(enrollmentFileVerdict('demo', file, snapshot), { enrolled: true, details: /written 2025-01-01/, warning: undefined });
+  t.match(enrollmentFileVerdict('other', file, snapshot), { enrolled: false, warning: undefined });
+  t.match(enrollmentFileVerdict('ambit-system', file, snapshot), { enrolled: false, details: /namespace ambit-system is the mesh's own \(the agent's --root-namespace in enrollment file/ });
+  t.match(enrollmentFileVerdict('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
+  t.match(enrollmentFileVerdict('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
+  t.match(enrollmentFileVerdict('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
+  t.match(enrollmentFileVerdict('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
+  t.match(
+    enrollmentFileVerdict('ambit-system', file, '{"rootNamespace":"Not_A_Namespace","enrolledNamespaces":[]}'),
+    { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file "rootNamespace" is not a namespace name: "Not_A_Namespace"\), which names the mesh's own namespace too/ },
+  );
+
+  // The root namespace is the agent's, whatever it is: the enrollment file says which.
+  const custom = JSON.stringify({ version: 1, written: 'now', rootNamespace: 'mesh-system', enrolledNamespaces: ['ambit-system'] });
+  t.match(enrollmentFileVerdict('mesh-system', file, custom), { enrolled: false, details: /mesh-system is the mesh's own/ });
+  t.match(enrollmentFileVerdict('ambit-system', file, custom), { enrolled: true }, 'under another root namespace, ambit-system is a namespace like any other');
+
+  // An agent that predates rootNamespace left its root namespace out of the list, as every agent does: what it lists
+  // waits, what it does not starts.
+  const older = JSON.stringify({ version: 1, written: 'then', enrolledNamespaces: ['demo'] });
+  t.match(enrollmentFileVerdict('demo', file, older), { enrolled: true, details: /written then by an agent that predates "rootNamespace": it names no root namespace, so every namespace it lists waits for the agent, which rewrites the file once it has read the cluster/ });
+  t.match(enrollmentFileVerdict('ambit-system', file, older), { enrolled: false, warning: undefined });
 });
 
 /** Stub I/O: each part unused by a case throws, the linkerd "must not be called" stub. */
@@ -453,7 +471,8 @@ interface NodeDir {
   env(extra?: Record<string, string | undefined>): Record<string, string | undefined>;
   config(extra?: Record<string, unknown>): string;
   agent(answer: Answer): Promise<FakeAgent>;
-  enroll(namespaces: string[]): Promise<void>;
+  /** Writes the enrollment file as the agent does (root namespace ambit-system); null: as an agent that predates it did. */
+  enroll(namespaces: string[], rootNamespace?: string | null): Promise<void>;
 }
 
 /** A node's run directory in a temp dir, removed with everything in it when the test ends. */
@@ -476,7 +495,8 @@ async function makeNode(t: Test): Promise<NodeDir> {
       agents.push(agent);
       return agent;
     },
-    enroll: (namespaces) => writeFile(path.join(dir, 'enrollment.json'), JSON.stringify({ version: 1, written: new Date().toISOString(), enrolledNamespaces: namespaces })),
+    enroll: (namespaces, rootNamespace = 'ambit-system') =>
+      writeFile(path.join(dir, 'enrollment.json'), JSON.stringify({ version: 1, written: new Date().toISOString(), enrolledNamespaces: namespaces, ...(rootNamespace === null ? {} : { rootNamespace }) })),
   };
 }
 
@@ -607,7 +627,7 @@ t.test('ADD with the agent down and an enrollment file that cannot be used: try 
 
 /** Root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH is held to mode bits, as a hardened runtime's plugins are. */
 const SETPRIV = ['/usr/bin/setpriv', '--bounding-set', '-dac_override,-dac_read_search'];
-const noDacOverride = process.getuid?.() !== 0 ? 'needs root (it drops root\'s file-permission override)' : !existsSync(SETPRIV[0]!) ? `needs ${SETPRIV[0]} (util-linux)` : false;
+const noDacOverride = needsRoot("it drops root's file-permission override") || skipReason(existsSync(SETPRIV[0]!) ? undefined : `needs ${SETPRIV[0]} (util-linux)`);
 
 t.test('ADD with the agent down and an enrollment file the plugin may not read (EACCES: root without CAP_DAC_OVERRIDE, a file of another user, mode 0600)', { skip: noDacOverride }, async (t) => {
   const n = await makeNode(t);
@@ -622,22 +642,27 @@ t.test('ADD with the agent down and an enrollment file the plugin may not read (
   t.pass('the same file, readable with the override, says the pod is not enrolled: the failure above was the read');
 });
 
-t.test('ADD in the root namespace never waits: an unusable enrollment file does not hold back the mesh\'s own pods', async (t) => {
+t.test("ADD with the agent down: the mesh's own namespace is the one the agent wrote into the enrollment file", async (t) => {
   const n = await makeNode(t);
   const file = path.join(n.dir, 'enrollment.json');
-  const rootPod = n.env({ CNI_ARGS: 'K8S_POD_NAMESPACE=ambit-system;K8S_POD_NAME=controller-1' });
-  const meshPod = n.env({ CNI_ARGS: 'K8S_POD_NAMESPACE=mesh-system;K8S_POD_NAME=controller-1' });
+  const pod = (namespace: string) => n.env({ CNI_ARGS: `K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=controller-1` });
+  await n.enroll(['ambit-system'], 'mesh-system');
+  expectPassthrough(t, await node(pod('mesh-system'), n.config()), BRIDGE_RESULT);
+  t.pass("the agent's root namespace starts");
+  // A rootNamespace key an older installer left in the conflist does not count: only the agent's does.
+  expectCniError(t, await node(pod('ambit-system'), n.config({ rootNamespace: 'ambit-system' })), 11, /pod ambit-system\/controller-1 is in the mesh \(namespace ambit-system is enrolled\)/);
+
+  await n.enroll(['demo'], null);
+  expectPassthrough(t, await node(pod('ambit-system'), n.config()), BRIDGE_RESULT);
+  const held = expectCniError(t, await node(pod('demo'), n.config()), 11, /pod demo\/controller-1 is in the mesh \(namespace demo is enrolled\)/);
+  t.match(held.details, /predates "rootNamespace": it names no root namespace, so every namespace it lists waits for the agent/, 'a file of an older agent: what it lists waits, saying why');
+
   for (const [what, make] of UNUSABLE_ENROLLMENT_FILES) {
     await rm(file, { recursive: true, force: true });
     await make(file);
-    expectPassthrough(t, await node(rootPod, n.config()), BRIDGE_RESULT);
-    expectPassthrough(t, await node(meshPod, n.config({ rootNamespace: 'mesh-system' })), BRIDGE_RESULT);
-    t.pass(`${what}: ambit-system (the default) and a configured rootNamespace start`);
+    expectCniError(t, await node(pod('ambit-system'), n.config()), 11, /^cannot tell whether pod ambit-system\/controller-1 is in the mesh: .*, which names the mesh's own namespace too, so no pod starts on it; the runtime will retry$/);
+    t.pass(`${what}: the file that would name the root namespace cannot be used, so its pods wait for the agent too`);
   }
-  await rm(file, { recursive: true, force: true });
-  await n.enroll(['ambit-system']);
-  expectPassthrough(t, await node(rootPod, n.config()), BRIDGE_RESULT, '1.0.0');
-  expectCniError(t, await node(rootPod, n.config({ rootNamespace: 'mesh-system' })), 11, /namespace ambit-system is enrolled/);
 });
 
 t.test('ADD with an agent that accepts and never answers fails after agentTimeoutMs for an enrolled namespace', async (t) => {
@@ -777,7 +802,7 @@ t.test('10 MB on stdin is refused promptly, unread', async (t) => {
 // ---------------------------------------------------------------------------------------------------------------
 // The single executable: built once into dist/ (about 100 MB) at the top of this file, reused while up to date.
 
-t.test('the single executable runs the same plugin', { skip: 'skip' in built ? built.skip : false }, async (t) => {
+t.test('the single executable runs the same plugin', { skip: seaSkip }, async (t) => {
   if (!('outFile' in built)) return;
   const outFile = built.outFile;
   const sea = (env: Record<string, string | undefined>, stdin: string | Buffer = '') => runPlugin(outFile, [], env, stdin);

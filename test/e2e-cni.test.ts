@@ -10,9 +10,10 @@ import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { parsePcap, readCniConfDir, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 const MESH = { 'ambit.dev/mode': 'enabled' };
 
 /**
@@ -261,6 +262,73 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.ok(podOut <= 1000, `pod opted out in ${podOut} ms`);
     await cluster.setPodLabels('web', {});
     await within(1000, 'the pod rejoins', () => inIpset(tb, node2, web.ip));
+  });
+
+  t.test("with the agent down, the plugin takes the mesh's own namespace from the agent's enrollment file", async (t) => {
+    const enrollmentFile = join(cluster.stateDir(node2), 'enrollment.json');
+    const readSnapshot = async () => JSON.parse(await readFile(enrollmentFile, 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
+    // Both labelled: under an agent whose root namespace is mesh-root, ambit-system is a namespace like any other.
+    await cluster.setNamespaceLabels('mesh-root', { ...MESH });
+    await cluster.setNamespaceLabels('ambit-system', { ...MESH });
+    t.teardown(async () => {
+      await cluster.stopAgent(node2);
+      await cluster.setNamespaceLabels('mesh-root', {});
+      await cluster.setNamespaceLabels('ambit-system', {});
+      await cluster.startAgent(node2);
+    });
+    t.equal(await cluster.stopAgent(node2), 0);
+    await cluster.startAgent(node2, ['--root-namespace', 'mesh-root']);
+    await within(2000, 'the agent lists ambit-system as enrolled', async () => (await readSnapshot()).enrolledNamespaces.includes('ambit-system'));
+    const snapshot = await readSnapshot();
+    t.equal(snapshot.rootNamespace, 'mesh-root', 'the enrollment file names the root namespace');
+    t.notOk(snapshot.enrolledNamespaces.includes('mesh-root'), 'and does not list it as enrolled, labelled or not');
+
+    t.equal(await cluster.stopAgent(node2), 0, 'the agent is down');
+    const own = await tb.addPod(node2, 'root-ctl', { k8s: { namespace: 'mesh-root' } });
+    t.ok(own.ip, "a pod of the agent's root namespace starts while it is down");
+    t.notOk(await inIpset(tb, node2, own.ip), 'uncaptured');
+    await tb.removePod(own);
+    const failure = (await tb.addPod(node2, 'sys-1', { k8s: { namespace: 'ambit-system' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
+    t.equal(failure.cniError?.code, 11, 'a pod of ambit-system, enrolled under this agent, waits for it: CNI error 11');
+    t.match(failure.cniError?.msg, /pod ambit-system\/sys-1 is in the mesh/);
+  });
+
+  t.test('a pod that joins the mesh through the store (a relabel) loses the connections it had; its new ones are captured', async (t) => {
+    await cluster.setNamespaceLabels('late', {});
+    const late = await startPod('late-1', node1, 'late');
+    const db = tb.pod('db');
+    t.notOk(await inIpset(tb, node1, late.ip), 'outside the mesh at first');
+    const outbound = await holdConnection(tb, late, db.ip, ECHO_PORT);
+    const inbound = await holdConnection(tb, db, late.ip, ECHO_PORT);
+    t.teardown(async () => {
+      outbound.stop();
+      inbound.stop();
+      await tb.removePod(late);
+      await cluster.forgetPod('late-1');
+      await cluster.setNamespaceLabels('late', {});
+    });
+    t.equal(await outbound.poke(), 'echo', 'before: the connection it opened carries data, in the clear');
+    t.equal(await inbound.poke(), 'echo', 'so does the one opened to it');
+
+    const since = Date.now();
+    await cluster.setNamespaceLabels('late', { ...MESH });
+    await within(2000, 'the relabelled namespace joins', async () =>
+      cluster.logs(node1).some((r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v4' && Number(r.added) > 0 && Number(r.time) >= since),
+    );
+    t.ok(await inIpset(tb, node1, late.ip), 'captured');
+    t.equal(await outbound.poke(), 'error ECONNRESET', 'after: the connection it opened is reset at its next packet, not carried in the clear');
+    t.equal(await inbound.poke(), 'error ECONNRESET', 'and so is the one opened to it');
+    const ended = cluster.logs(node1).find((r) => r.msg === 'tracked connections of pods that joined the mesh ended' && Number(r.time) >= since);
+    t.match(ended, { pods: [late.ip] }, 'the agent says so');
+    t.ok(Number(ended?.flows) >= 2, `naming how many flows it ended (${String(ended?.flows)})`);
+
+    const sinceJoin = Date.now();
+    t.equal(JSON.parse(await cluster.curl(late, `http://${db.ip}:${HTTP_PORT}/`)).pod, 'db');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'passthrough' && Number(r.time) >= sinceJoin && (r.src as { ip: string }).ip === late.ip);
+    t.pass('a new connection from it is captured');
+    t.equal(JSON.parse(await cluster.curl(db, `http://${late.ip}:${HTTP_PORT}/`)).pod, 'late-1');
+    await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'plaintext' && Number(r.time) >= sinceJoin && (r.dst as { ip: string }).ip === late.ip);
+    t.pass('and so is a new connection to it');
   });
 
   t.test('uninstall: plain networking again, no Ambit chain, ipset or plugin left', async (t) => {

@@ -8,9 +8,10 @@
 import t from 'tap';
 import { HBONE_CONNECT_TIMEOUT_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, testbedUnavailableReason, type TestbedNode } from './testbed/index.js';
+import { Testbed, type TestbedNode } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 /** The issue's bound on how long a new connection toward a dead peer may hang: the agent's deadlines must be below it. */
 const ISSUE_BOUND_MS = 15_000;
 const AGENT_DEADLINE_MS = Math.max(HBONE_RESPONSE_TIMEOUT_MS, HBONE_CONNECT_TIMEOUT_MS);

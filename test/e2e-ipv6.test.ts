@@ -8,9 +8,10 @@ import { promisify } from 'node:util';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CLI_PATH, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 const run = promisify(execFile);
 const V6_PORT = 9600;
 const REJECT_CHAIN = 'AMBIT-IPV6-REJECT';

@@ -13,9 +13,10 @@ import {
   TRANSPARENT_RULE_PRIORITY,
 } from '../agent/redirect-rules.js';
 import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
-import { parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';
 const VIP = '10.96.0.10';

@@ -8,9 +8,10 @@ import path from 'node:path';
 import t from 'tap';
 import { ECHO_PORT, HTTP_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedPod } from './testbed/index.js';
+import { parsePcap, startCapture, Testbed, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 
 t.test('L4 authorization at the destination agent', { skip: unavailable }, async (t) => {
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'] });

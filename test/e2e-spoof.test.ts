@@ -13,9 +13,10 @@
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CLI_PATH, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
+const unavailable = needsTestbed();
 const VICTIM = 'spiffe://cluster.local/ns/demo/sa/victim';
 
 t.test('a pod that takes an enrolled neighbour\'s address', { skip: unavailable }, async (t) => {

@@ -15,7 +15,7 @@ import { HBONE_EARLY_DATA_STREAM_BYTES, REASON_HEADER } from '../core/hbone/inde
 import { metricValue } from './mesh/cluster.js';
 import { within } from './mesh/hold.js';
 import { exchange, hboneSession, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
-import { onPath } from './testbed/index.js';
+import { needsTools } from './prerequisites.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';
@@ -43,7 +43,7 @@ while True:
     threading.Thread(target=echo, args=(c,), daemon=True).start()
 `;
 
-const unavailable = onPath('python3') ? false : 'needs python3 (the pod that does not accept yet)';
+const unavailable = needsTools(['python3'], 'the pod that does not accept yet');
 
 t.test('early data before the 200 is capped, refused past the cap, and counted', { skip: unavailable }, async (t) => {
   const mesh: LoopbackMesh = await startLoopbackMesh();

@@ -35,6 +35,7 @@ import {
   resolveSourceBindings,
   type IptablesBackend,
 } from '../agent/redirect-rules.js';
+import { needsRoot, skipReason } from './prerequisites.js';
 
 const NODE_IP = '10.99.0.1';
 const JUMP = '-A PREROUTING -j AMBIT-PREROUTING';
@@ -51,7 +52,7 @@ const IPV6_REJECT_RULES = [
 ];
 const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
 const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
-const rootSkip = process.getuid?.() === 0 ? false : 'needs root: creates network namespaces, iptables rules and ipsets';
+const rootSkip = needsRoot('creates network namespaces, iptables rules and ipsets');
 
 /** A nat table as iptables-save prints it, with the given rules. */
 function natDump(chains: string[], rules: string[]): string {
@@ -554,6 +555,68 @@ t.test('addOnly: a restarted agent keeps the members it finds, adds, and removes
   t.same(await setMembers(node), ['10.99.1.4'], 'the set holds exactly the list again');
 });
 
+/** Adds a conntrack entry, as a connection would have made it: TCP established, or a UDP flow. */
+async function track(node: string, protocol: 'tcp' | 'udp', src: string, dst: string, dport: number): Promise<void> {
+  const state = protocol === 'tcp' ? ['--state', 'ESTABLISHED'] : [];
+  await inNetns(node, ['conntrack', '-I', '-p', protocol, '-s', src, '-d', dst, '--sport', '40000', '--dport', String(dport), ...state, '-t', '600']);
+}
+
+/** The node's TCP and UDP conntrack entries as `protocol src>dst:port`, sorted (the node's own IGMP aside). */
+async function trackedFlows(node: string): Promise<string[]> {
+  const listing = (await inNetns(node, ['conntrack', '-L'])).stdout;
+  return listing
+    .split('\n')
+    .filter((line) => line.startsWith('tcp ') || line.startsWith('udp '))
+    .map((line) => {
+      const [protocol] = line.split(/\s+/);
+      const field = (name: string) => new RegExp(`${name}=(\\S+)`).exec(line)?.[1];
+      return `${protocol} ${field('src')}>${field('dst')}:${field('dport')}`;
+    })
+    .sort();
+}
+
+t.test('a pod that joins the capture set has its tracked TCP flows ended; one CNI ADD just created, or one that leaves, has not', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  t.teardown(() => removeRedirectRules({ netns: node }));
+  const rules = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await rules.install();
+  await rules.syncPods(['10.99.1.2']);
+  // 10.99.1.3 joins (relabelled), 10.99.1.4 is new from CNI ADD, 10.99.1.2 was captured all along, 10.99.9.9 is outside.
+  await track(node, 'tcp', '10.99.1.3', '10.99.9.9', 80);
+  await track(node, 'tcp', '10.99.9.9', '10.99.1.3', 8080);
+  await track(node, 'udp', '10.99.1.3', '10.99.9.9', 53);
+  await track(node, 'tcp', '10.99.1.4', '10.99.9.9', 80);
+  await track(node, 'tcp', '10.99.1.2', '10.99.9.9', 80);
+  await track(node, 'tcp', '10.99.9.9', '10.99.9.8', 80);
+  t.equal(await rules.syncPods(['10.99.1.2', '10.99.1.3', '10.99.1.4'], { justCreated: ['10.99.1.4'] }), true);
+  t.same(
+    await trackedFlows(node),
+    ['tcp 10.99.1.2>10.99.9.9:80', 'tcp 10.99.1.4>10.99.9.9:80', 'tcp 10.99.9.9>10.99.9.8:80', 'udp 10.99.1.3>10.99.9.9:53'],
+    "the joining pod's TCP flows are gone, both ways; its UDP, the new pod's, the captured pod's and others' stay",
+  );
+
+  await track(node, 'tcp', '10.99.1.3', '10.99.9.9', 81);
+  t.equal(await rules.syncPods(['10.99.1.2', '10.99.1.4']), true, '10.99.1.3 leaves');
+  t.ok((await trackedFlows(node)).includes('tcp 10.99.1.3>10.99.9.9:81'), 'a pod that leaves keeps its entries: the agent closes what it carried through them');
+
+  // A restarted agent finds 10.99.1.2 and 10.99.1.4 in the kernel's set: they joined before it, not now.
+  const after = new RedirectRules({ nodeIp: NODE_IP, netns: node });
+  await after.install();
+  await track(node, 'tcp', '10.99.1.5', '10.99.9.9', 80);
+  t.equal(await after.syncPods(['10.99.1.2', '10.99.1.4', '10.99.1.5']), true);
+  t.same(
+    (await trackedFlows(node)).filter((flow) => flow.startsWith('tcp 10.99.1.')),
+    ['tcp 10.99.1.2>10.99.9.9:80', 'tcp 10.99.1.3>10.99.9.9:81', 'tcp 10.99.1.4>10.99.9.9:80'],
+    'after a restart only the pod new to the set loses its flows',
+  );
+
+  // Someone empties the set: new connections of its pods pass uncaptured until the repair, which ends them.
+  await inNetns(node, ['ipset', 'flush', 'ambit-pods-v4']);
+  await track(node, 'tcp', '10.99.1.2', '10.99.9.9', 82);
+  t.equal(await after.syncPods(['10.99.1.2', '10.99.1.4', '10.99.1.5'], { force: true }), true, 'the repair');
+  t.notOk((await trackedFlows(node)).some((flow) => flow.startsWith('tcp 10.99.1.2>')), 'ends the flows of the pods it puts back');
+});
+
 t.test('install repairs the routing of transparent replies after an outside flush', { skip: rootSkip }, async (t) => {
   const node = await createNodeNetns(t);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
@@ -608,9 +671,18 @@ t.test('install refuses without nft, naming the package', { skip: rootSkip }, as
   t.same(await setNames(node), [], 'nothing was installed');
 });
 
+t.test('install refuses without conntrack, naming the package', { skip: rootSkip }, async (t) => {
+  const node = await createNodeNetns(t);
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore', 'ip6tables-nft-save', 'ip6tables-nft-restore']);
+  const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
+  await t.rejects(rules.install(), { code: 'CONNTRACK_MISSING', message: /end the connections a pod opened before it joined the mesh.*apt-get install conntrack/ });
+  tools.restore();
+  t.same(await setNames(node), [], 'nothing was installed');
+});
+
 t.test('install refuses without ip6tables: IPv6 could not be refused', { skip: rootSkip }, async (t) => {
   const node = await createNodeNetns(t);
-  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'nft', 'iptables-nft-save', 'iptables-nft-restore']);
+  const tools = await onlyTheseTools(t, ['ip', 'ipset', 'bridge', 'nft', 'conntrack', 'iptables-nft-save', 'iptables-nft-restore']);
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
   await t.rejects(rules.install(), { code: 'IPTABLES_MISSING', message: /ip6tables-nft-save.*apt-get install iptables/ });
   tools.restore();
@@ -830,7 +902,7 @@ t.test('the rules bring replies to transparent connections back to the node', { 
   t.equal((await transparentConnectFrom(node, '10.99.3.7', '10.99.1.2', 8080)).stdout.trim(), 'timeout', 'without the rules the replies never come back');
 });
 
-const bridgeNetfilterSkip = rootSkip || (existsSync('/proc/sys/net/bridge') ? false : 'needs the br_netfilter kernel module: run `modprobe br_netfilter`');
+const bridgeNetfilterSkip = rootSkip || skipReason(existsSync('/proc/sys/net/bridge') ? undefined : 'needs the br_netfilter kernel module: run `modprobe br_netfilter`');
 
 t.test('on a bridge, a reply switched towards a same-subnet client reaches the node instead', { skip: bridgeNetfilterSkip }, async (t) => {
   const node = await createNodeNetns(t);

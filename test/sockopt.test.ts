@@ -9,6 +9,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { AmbitError, errnoCode } from '../core/errors.js';
 import { SOCKOPT_ADDON_PATH, originalDestination, setTransparent, transparentSocket } from '../core/sockopt.js';
+import { needsRoot, needsTools } from './prerequisites.js';
 
 /** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
 async function loopbackPair(t: Test): Promise<{ client: net.Socket; accepted: net.Socket }> {
@@ -72,18 +73,8 @@ t.test('bad arguments are TypeErrors', async (t) => {
   t.throws(() => transparentSocket('localhost'), TypeError, 'the wrapper passes TypeErrors through');
 });
 
-function hasCommand(command: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const notRoot = process.getuid?.() !== 0 ? 'needs root for network namespaces and iptables' : false;
-const missingTools = ['ip', 'iptables', 'ip6tables'].filter((command) => !hasCommand(command));
-const skipNamespace = notRoot || (missingTools.length > 0 ? `missing ${missingTools.join(', ')}` : false);
+const skipNamespace = needsRoot('network namespaces and iptables') || needsTools(['ip', 'iptables', 'ip6tables']);
+const skipUnprivileged = skipNamespace || needsTools(['setpriv'], 'util-linux');
 
 // Runs inside the namespace: every connection goes to a DNATed address and the accepting side reports what
 // originalDestination says. The parent cannot enter a namespace, so this is a separate process.
@@ -260,7 +251,7 @@ server.close();
 process.stdout.write(JSON.stringify(report));
 `;
 
-t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, no start in transparent mode, and never a silent fallback', { skip: skipNamespace || (hasCommand('setpriv') ? false : 'needs setpriv (util-linux)') }, async (t) => {
+t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, no start in transparent mode, and never a silent fallback', { skip: skipUnprivileged }, async (t) => {
   const ns = namespaceFor(t, 'np');
   const script = writeScratchScript(t, 'unprivileged.mjs', UNPRIVILEGED_SCRIPT);
   const modules = [new URL('../core/sockopt.js', import.meta.url).href, new URL('../agent/proxy.js', import.meta.url).href];

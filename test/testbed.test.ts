@@ -8,14 +8,13 @@ import {
   removeStaleTestbeds,
   startCapture,
   Testbed,
-  testbedUnavailableReason,
   type TestbedNode,
   type TestbedPod,
 } from './testbed/index.js';
 import { ownerFile } from './testbed/owner.js';
+import { needsTestbed } from './prerequisites.js';
 
-const unavailable = testbedUnavailableReason();
-const needsTestbed = { skip: unavailable ?? false };
+const testbedOptions = { skip: needsTestbed() };
 const TESTBED_INDEX_URL = new URL('./testbed/index.js', import.meta.url).href;
 const SERVER_PORT = 8080;
 /** Answers every request with the client address it saw, so a test can tell whether anything NATed the traffic. */
@@ -82,7 +81,7 @@ t.test('parsePcap refuses what is not a pcap file', async (t) => {
   t.throws(() => parsePcap(Buffer.alloc(24)), { code: 'TESTBED_BAD_PCAP', message: /magic/ });
 });
 
-t.test('2 nodes × 2 pods: pods reach each other, captures see the wire, destroy leaves nothing', needsTestbed, async (t) => {
+t.test('2 nodes × 2 pods: pods reach each other, captures see the wire, destroy leaves nothing', testbedOptions, async (t) => {
   const createStarted = performance.now();
   const testbed = await Testbed.create({ nodes: 2, podsPerNode: 2, cni: ['bridge', 'ptp'] });
   const createMs = Math.round(performance.now() - createStarted);
@@ -172,7 +171,7 @@ t.test('2 nodes × 2 pods: pods reach each other, captures see the wire, destroy
   t.throws(() => testbed.spawn(pod11.netns, 'true'), { code: 'TESTBED_DESTROYED' });
 });
 
-t.test('a create that fails half-way tears down what it made', needsTestbed, async (t) => {
+t.test('a create that fails half-way tears down what it made', testbedOptions, async (t) => {
   const logs: string[] = [];
   await t.rejects(
     Testbed.create({
@@ -203,7 +202,7 @@ async function startCreator(afterCreate: string) {
   return { creator, ...(JSON.parse(made) as { prefix: string; tmpDir: string; sleeperPid: number }) };
 }
 
-t.test('an interrupted creator leaves nothing behind', needsTestbed, async (t) => {
+t.test('an interrupted creator leaves nothing behind', testbedOptions, async (t) => {
   const { creator, prefix, tmpDir, sleeperPid } = await startCreator('setInterval(() => {}, 1000);');
   t.equal((await namespacesListed(prefix)).length, 3, 'wire, node and pod exist while it runs');
   creator.kill('SIGTERM');
@@ -214,7 +213,7 @@ t.test('an interrupted creator leaves nothing behind', needsTestbed, async (t) =
   t.ok(await untilStopped(sleeperPid), 'its process in the pod was killed');
 });
 
-t.test('a creator that exits without destroy() leaves nothing behind', needsTestbed, async (t) => {
+t.test('a creator that exits without destroy() leaves nothing behind', testbedOptions, async (t) => {
   const { creator, prefix, tmpDir, sleeperPid } = await startCreator('process.exit(0);');
   t.equal((await creator).exitCode, 0);
   t.same(await namespacesListed(prefix), []);
@@ -222,7 +221,7 @@ t.test('a creator that exits without destroy() leaves nothing behind', needsTest
   t.ok(await untilStopped(sleeperPid));
 });
 
-t.test('removeStaleTestbeds removes the testbed of a killed creator and spares live ones', needsTestbed, async (t) => {
+t.test('removeStaleTestbeds removes the testbed of a killed creator and spares live ones', testbedOptions, async (t) => {
   const live = await Testbed.create({ nodes: 1, podsPerNode: 0 });
   t.teardown(() => live.destroy());
   const { creator, prefix, tmpDir, sleeperPid } = await startCreator('setInterval(() => {}, 1000);');

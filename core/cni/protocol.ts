@@ -18,10 +18,12 @@ export const DEFAULT_AGENT_RUN_DIR = '/var/run/ambit';
 export const CNI_SOCKET_NAME = 'cni.sock';
 export const DEFAULT_CNI_SOCKET = `${DEFAULT_AGENT_RUN_DIR}/${CNI_SOCKET_NAME}`;
 /**
- * The agent's last word on which namespaces are enrolled, written (writeFileAtomic: fsynced, renamed, folder
- * fsynced) whenever it changes, once the agent has read the whole cluster state. The plugin reads it only when the
- * agent cannot be reached, to tell an enrolled pod (fail: it must not start unprotected) from one outside the mesh
- * (pass: it must never be failed by Ambit); a file it cannot read or parse tells neither, and fails ADD for a retry.
+ * The agent's last word on which namespaces are enrolled, and which one is the mesh's own (its `--root-namespace`:
+ * the agent is the one place that is configured), written (writeFileAtomic: fsynced, renamed, folder fsynced) when
+ * the agent starts and whenever either changes, once the agent has read the whole cluster state. The plugin reads it
+ * only when the agent cannot be reached, to tell an enrolled pod (fail: it must not start unprotected) from one
+ * outside the mesh (pass: it must never be failed by Ambit); a file it cannot read or parse tells neither, and fails
+ * ADD for a retry.
  * It lives on persistent storage, not beside the socket in /var/run: after a node reboot the runtime starts pods
  * before the agent is back, and the file is what keeps an enrolled pod from starting uncaptured then.
  */
@@ -87,12 +89,15 @@ export type CniResponse =
       readonly error: { readonly code: CniErrorCode; readonly message: string; readonly supportedVersions?: readonly number[] };
     };
 
-/** The enrollment file: which namespaces the agent last saw enrolled. */
+/** The enrollment file: which namespaces the agent last saw enrolled, and its root namespace. */
 export interface EnrollmentSnapshot {
   readonly version: number;
   /** When the agent wrote it (ISO 8601). */
   readonly written: string;
+  /** Never lists the root namespace, whatever its labels. */
   readonly enrolledNamespaces: readonly string[];
+  /** The agent's `--root-namespace`. Absent in files written by agents that predate it. */
+  readonly rootNamespace?: string;
 }
 
 /** A message that does not follow the protocol; `code` is what the agent answers with. */
@@ -170,7 +175,16 @@ export function parseEnrollmentSnapshot(text: string): EnrollmentSnapshot {
   if (!Array.isArray(names) || !names.every((n) => typeof n === 'string')) {
     throw new CniProtocolError('bad-request', 'enrollment file has no "enrolledNamespaces" list of strings');
   }
-  return { version: typeof value.version === 'number' ? value.version : 0, written: String(value.written ?? ''), enrolledNamespaces: names as string[] };
+  const rootNamespace = value.rootNamespace;
+  if (rootNamespace !== undefined && (typeof rootNamespace !== 'string' || !isNamespaceName(rootNamespace))) {
+    throw new CniProtocolError('bad-request', `enrollment file "rootNamespace" is not a namespace name: ${JSON.stringify(rootNamespace)?.slice(0, 80)}`);
+  }
+  return {
+    version: typeof value.version === 'number' ? value.version : 0,
+    written: String(value.written ?? ''),
+    enrolledNamespaces: names as string[],
+    ...(rootNamespace === undefined ? {} : { rootNamespace }),
+  };
 }
 
 function parseJsonObject(text: string, what: string, limit = CNI_MESSAGE_LIMIT): Record<string, unknown> {

@@ -12,25 +12,48 @@ export type NamespaceEnrollment = 'root' | 'unknown' | 'enrolled' | 'not-labelle
 export function namespaceEnrollment(name: string, namespace: NamespaceInfo | undefined, rootNamespace: string): NamespaceEnrollment {
   if (name === rootNamespace) return 'root';
   if (namespace === undefined) return 'unknown';
-  return namespace.labels[ENROLL_LABEL] === 'enabled' || namespace.labels[ISTIO_DATAPLANE_LABEL] === 'ambient' ? 'enrolled' : 'not-labelled';
+  return enrollmentLabel(namespace.labels) === undefined ? 'not-labelled' : 'enrolled';
+}
+
+/** The label that enrolls a namespace, as `key=value` (the words an operator reads), or undefined when none does. */
+export function enrollmentLabel(namespaceLabels: Labels): string | undefined {
+  if (namespaceLabels[ENROLL_LABEL] === 'enabled') return `${ENROLL_LABEL}=enabled`;
+  if (namespaceLabels[ISTIO_DATAPLANE_LABEL] === 'ambient') return `${ISTIO_DATAPLANE_LABEL}=ambient`;
+  return undefined;
 }
 
 export function isNamespaceEnrolled(namespace: NamespaceInfo | undefined, rootNamespace: string): boolean {
   return namespace !== undefined && namespaceEnrollment(namespace.name, namespace, rootNamespace) === 'enrolled';
 }
 
+/** The label by which a pod opts out of its enrolled namespace, as `key=value`, or undefined when it does not. */
+export function optOutLabel(podLabels: Labels): string | undefined {
+  if (podLabels[ENROLL_LABEL] === 'disabled') return `${ENROLL_LABEL}=disabled`;
+  if (podLabels[ISTIO_DATAPLANE_LABEL] === 'none') return `${ISTIO_DATAPLANE_LABEL}=none`;
+  return undefined;
+}
+
 export function isPodOptedOut(podLabels: Labels): boolean {
-  return podLabels[ENROLL_LABEL] === 'disabled' || podLabels[ISTIO_DATAPLANE_LABEL] === 'none';
+  return optOutLabel(podLabels) !== undefined;
 }
 
 /**
- * A host-network pod shares the node's network namespace (and the agent's), so capturing it would capture the node;
- * a pod whose namespace object is unknown is left alone rather than guessed into the mesh.
+ * Why a pod of an enrolled namespace stays out of the mesh, or undefined when it does not. A host-network pod shares
+ * the node's network namespace (and the agent's), so capturing it would capture the node; a pod may opt out by label.
  */
+export type PodExclusion = { readonly kind: 'host-network' } | { readonly kind: 'opted-out'; readonly label: string };
+
+export function podExclusion(pod: { readonly labels: Labels; readonly hostNetwork: boolean }): PodExclusion | undefined {
+  if (pod.hostNetwork) return { kind: 'host-network' };
+  const label = optOutLabel(pod.labels);
+  return label === undefined ? undefined : { kind: 'opted-out', label };
+}
+
+/** A pod whose namespace object is unknown is left alone rather than guessed into the mesh. */
 export function isWorkloadEnrolled(
   namespace: NamespaceInfo | undefined,
   pod: { readonly labels: Labels; readonly hostNetwork: boolean },
   rootNamespace: string,
 ): boolean {
-  return isNamespaceEnrolled(namespace, rootNamespace) && !isPodOptedOut(pod.labels) && !pod.hostNetwork;
+  return isNamespaceEnrolled(namespace, rootNamespace) && podExclusion(pod) === undefined;
 }

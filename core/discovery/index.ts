@@ -1,6 +1,15 @@
 export * from './types.js';
 export { convertObject, canonicalIp, describe, InvalidObjectError, ObjectReader, CLUSTER_DOMAIN } from './convert.js';
-export { isNamespaceEnrolled, isPodOptedOut, isWorkloadEnrolled, namespaceEnrollment, type NamespaceEnrollment } from './enrollment.js';
+export {
+  enrollmentLabel,
+  isNamespaceEnrolled,
+  isPodOptedOut,
+  isWorkloadEnrolled,
+  namespaceEnrollment,
+  podExclusion,
+  type NamespaceEnrollment,
+  type PodExclusion,
+} from './enrollment.js';
 export { selectorMatches } from './selector.js';
 export { parseManifests } from './manifest-file.js';
 export { WorkloadStore, type ReadonlyWorkloadStore, type WorkloadStoreOptions, type StoreDump, type DumpedEndpoint, type ServiceRef } from './store.js';

@@ -118,8 +118,8 @@ function podCidr6(index: number): string {
 }
 
 /**
- * Why a testbed cannot be built on this machine, or undefined when it can: tests pass it as their `skip` reason so
- * that a missing prerequisite shows up as a visible skip rather than a failure or a silent pass.
+ * Why a testbed cannot be built on this machine, or undefined when it can. Tests take it through needsTestbed()
+ * (test/prerequisites.ts): a visible skip, or under AMBIT_REQUIRE_TESTBED=1 a failure; the demo and the bench print it.
  */
 export function testbedUnavailableReason(): string | undefined {
   if (process.getuid?.() !== 0) return 'needs root: builds network namespaces and runs CNI plugins';
@@ -153,7 +153,7 @@ function wireLinkCommands(node: TestbedNode): string[] {
   ];
 }
 
-/** Whether an executable named `file` is on PATH: tests that need a tool skip, naming it, when it is not. */
+/** Whether an executable named `file` is on PATH (tests ask through needsTools() in test/prerequisites.ts). */
 export function onPath(file: string): boolean {
   return (process.env['PATH'] ?? '').split(delimiter).some((dir) => dir !== '' && existsSync(join(dir, file)));
 }
