@@ -28,9 +28,9 @@
  */
 import path from 'node:path';
 import { SocketAddress, isIP } from 'node:net';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { namespaceEnrollment } from '../core/discovery/enrollment.js';
-import { DEFAULT_ROOT_NAMESPACE } from '../core/root-namespace.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../core/discovery/root-namespace.js';
 import {
   CNI_PROTOCOL_VERSION,
   DEFAULT_CNI_SOCKET,

@@ -12,8 +12,7 @@ import {
   TRANSPARENT_ROUTE_TABLE,
   TRANSPARENT_RULE_PRIORITY,
 } from '../agent/redirect-rules.js';
-import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
-import { parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue, parsePcap, startCapture, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';

@@ -12,8 +12,7 @@
  */
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
-import { CLI_PATH, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { CLI_PATH, HTTP_PORT, MeshCluster, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 
 const unavailable = testbedUnavailableReason();
 const VICTIM = 'spiffe://cluster.local/ns/demo/sa/victim';

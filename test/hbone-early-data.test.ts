@@ -12,10 +12,9 @@ import net from 'node:net';
 import t from 'tap';
 import { EARLY_DATA_AGENT_BYTES } from '../agent/inbound.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, REASON_HEADER } from '../core/hbone/index.js';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue, onPath } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { exchange, hboneSession, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
-import { onPath } from './testbed/index.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';
 const SERVER = 'spiffe://cluster.local/ns/demo/sa/server';

@@ -11,12 +11,12 @@ import {
   testbedUnavailableReason,
   type TestbedNode,
   type TestbedPod,
-} from './testbed/index.js';
-import { ownerFile } from './testbed/owner.js';
+} from '../testbed/index.js';
+import { ownerFile } from '../testbed/owner.js';
 
 const unavailable = testbedUnavailableReason();
 const needsTestbed = { skip: unavailable ?? false };
-const TESTBED_INDEX_URL = new URL('./testbed/index.js', import.meta.url).href;
+const TESTBED_INDEX_URL = new URL('../testbed/index.js', import.meta.url).href;
 const SERVER_PORT = 8080;
 /** Answers every request with the client address it saw, so a test can tell whether anything NATed the traffic. */
 const ECHO_CLIENT_SERVER = `

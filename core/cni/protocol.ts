@@ -10,7 +10,7 @@
  * single executable from it.
  */
 import { isIP } from 'node:net';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 
 export const CNI_PROTOCOL_VERSION = 1;
 /** Where the agent listens, and the plugin and installer connect, unless configured otherwise. */

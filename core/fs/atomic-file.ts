@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { AmbitError } from './errors.js';
+import { AmbitError } from '../errors/index.js';
 
 /** The file-system calls the write makes; tests pass wrappers to watch or break them. */
 export interface AtomicWriteFs {
