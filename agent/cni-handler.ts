@@ -22,9 +22,9 @@ import {
   type PodNetwork,
   type WorkloadStore,
 } from '../core/discovery/index.js';
-import { writeFileAtomic } from '../core/atomic-file.js';
-import { errnoCode } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import { writeFileAtomic } from '../core/fs/index.js';
+import { errnoCode } from '../core/errors/index.js';
+import type { Logger } from '../core/log/index.js';
 
 /** The agent's record of the pod networks the CNI reported, so a restart keeps capturing pods whose status lags. */
 export const POD_NETWORKS_FILE_NAME = 'cni-pods.json';

@@ -10,8 +10,8 @@ import {
   type CniRequest,
   type CniResponse,
 } from '../core/cni/index.js';
-import { AmbitError, errnoCode } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
+import type { Logger } from '../core/log/index.js';
 
 /** What the agent does for each request; a thrown CniProtocolError becomes its error response. */
 export type CniRequestHandler = (request: CniRequest) => Promise<CniResponse>;

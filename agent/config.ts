@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
 import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_MAX_CONNECTIONS_PER_SOURCE, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
 export const DEFAULT_PORTS = Object.freeze({

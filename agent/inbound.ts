@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { Gauge, type Registry } from 'prom-client';
 import type { ReadonlyWorkloadStore, Workload } from '../core/discovery/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
-import { errnoCode } from '../core/errors.js';
+import { errnoCode } from '../core/errors/index.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
 import { authorize, describePolicy, refusalMessage } from './authorize.js';
 import type { ProxyInputs, Reauthorization } from './inputs.js';

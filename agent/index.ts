@@ -1,4 +1,4 @@
-import { createLogger, StdoutDestination } from '../core/log.js';
+import { createLogger, StdoutDestination } from '../core/log/index.js';
 import { Agent } from './agent.js';
 import { AGENT_USAGE, loadAgentConfig } from './config.js';
 import { removeRedirectRules } from './redirect-rules.js';

@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import type { ReadonlyWorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../core/log/index.js';
 import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
 import type { ConnectionRecord } from './telemetry.js';
 import type { AgentConfig } from './config.js';

@@ -1,5 +1,5 @@
-import type { Logger } from '../core/log.js';
-import { releaseFreeMemory } from '../core/sockopt.js';
+import type { Logger } from '../core/log/index.js';
+import { releaseFreeMemory } from '../core/sockopt/index.js';
 
 /**
  * When, after a busy spell, the agent hands freed memory back to the kernel a second time (V8 releases some pages

@@ -2,9 +2,9 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Gauge, type Registry } from 'prom-client';
-import { AmbitError, isAmbitError, errnoCode } from '../core/errors.js';
+import { AmbitError, isAmbitError, errnoCode } from '../core/errors/index.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES } from '../core/hbone/index.js';
-import { transparentSocket } from '../core/sockopt.js';
+import { transparentSocket } from '../core/sockopt/index.js';
 import type { UpstreamSource } from './config.js';
 
 /** Node does not export the Http2Stream class; its streams are the duplexes with an `rstCode`. */

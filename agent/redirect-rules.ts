@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import { ExecaError } from 'execa';
-import { AmbitError } from '../core/errors.js';
-import { silentLogger, type Logger } from '../core/log.js';
+import { AmbitError } from '../core/errors/index.js';
+import { silentLogger, type Logger } from '../core/log/index.js';
 import { isOnPath, runCommand, type CommandOptions, type CommandOutput } from './exec.js';
 
 /** Where captured outbound connections land: the agent's outbound listener on the node IP. */

@@ -1,6 +1,6 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { HboneSessionClose, HboneSessionCloseDetail } from '../core/hbone/index.js';
-import type { Logger } from '../core/log.js';
+import type { Logger } from '../core/log/index.js';
 
 /** Istio's TCP metric labels, so Kiali, Grafana dashboards and Flagger read Ambit's metrics unchanged. */
 const TCP_LABELS = [

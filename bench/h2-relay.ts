@@ -12,7 +12,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
-import { parseAuthority } from '../core/hbone/protocol.js';
+import { parseAuthority } from '../core/hbone/index.js';
 import { address, pipeBoth } from './relay-util.js';
 
 const { values, positionals } = parseArgs({

@@ -1,5 +1,5 @@
 /** What the bench's reference relays (h2-relay, tcp-relay) share. */
-import { parseAuthority, type Authority } from '../core/hbone/protocol.js';
+import { parseAuthority, type Authority } from '../core/hbone/index.js';
 
 type End = NodeJS.ReadWriteStream & { destroy(): void };
 

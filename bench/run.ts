@@ -16,10 +16,9 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
-import { MeshCluster, ECHO_PORT } from '../test/mesh/cluster.js';
+import { MeshCluster, ECHO_PORT, removeStaleTestbeds, Testbed, testbedUnavailableReason, type TestbedPod } from '../testbed/index.js';
 import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
 import { policyManifests } from './policy-load.js';
-import { removeStaleTestbeds, Testbed, testbedUnavailableReason, type TestbedPod } from '../test/testbed/index.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LOADGEN = path.join(HERE, 'loadgen.js');

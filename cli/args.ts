@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 
 /** A usage error (exit 2) that points at the command's help. */
 export function usageError(command: string, message: string): AmbitError {

@@ -5,9 +5,9 @@
 import { isIP } from 'node:net';
 import pino from 'pino';
 import { LocalSource, WorkloadStore, type Workload } from '../core/discovery/index.js';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
-import { createLogger, silentLogger } from '../core/log.js';
+import { createLogger, silentLogger } from '../core/log/index.js';
 import { DEFAULT_ROOT_NAMESPACE, PolicyStore, principalOf, type InboundDecision } from '../core/policy/index.js';
 
 export const AUTHZ_USAGE = `Usage: ambit authz check --config DIR <source> <destination> --port N [options]

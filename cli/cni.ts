@@ -4,18 +4,20 @@
  */
 import { access, constants } from 'node:fs/promises';
 import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE } from '../core/cni/index.js';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
-import { createLogger } from '../core/log.js';
-import { askAgent, buildCniSea, DEFAULT_CNI_SEA_FILE } from '../cni/index.js';
+import { createLogger } from '../core/log/index.js';
 import {
+  askAgent,
+  buildCniSea,
   DEFAULT_CNI_BIN_DIR,
   DEFAULT_CNI_CONF_DIR,
+  DEFAULT_CNI_SEA_FILE,
   installCni,
   uninstallCni,
   watchCni,
   type InstallerOptions,
-} from '../cni/installer.js';
+} from '../cni/index.js';
 
 export const CNI_USAGE = `Usage: ambit cni install [options]
        ambit cni uninstall [options]

@@ -6,8 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { metricValue, MeshCluster, HTTP_PORT } from '../test/mesh/cluster.js';
-import { removeStaleTestbeds, startCapture, Testbed, testbedUnavailableReason } from '../test/testbed/index.js';
+import { metricValue, MeshCluster, HTTP_PORT, removeStaleTestbeds, startCapture, Testbed, testbedUnavailableReason } from '../testbed/index.js';
 
 const TOOLS: Array<[string, string]> = [
   ['ip', 'iproute2'],

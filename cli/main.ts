@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { AmbitError, CONFIGURATION_ERROR_CODES } from '../core/errors.js';
+import { AmbitError, CONFIGURATION_ERROR_CODES } from '../core/errors/index.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT_OK = 0;

@@ -5,7 +5,7 @@
  * This file imports only Node built-ins and core files that do: it is bundled into a single executable.
  */
 import net from 'node:net';
-import { AmbitError, errnoCode } from '../core/errors.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
 import { CNI_MESSAGE_LIMIT, encodeCniMessage, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
 
 /** What the common connect failures mean for an operator reading the pod's events. */

@@ -1,4 +1,4 @@
-/** The `ambit-cni` plugin's public surface: what the installer, the agent's tests and the plugin's tests use. */
+/** The `ambit-cni` plugin's public surface: the plugin, the installer and the single-executable build, for the CLI and the tests. */
 export {
   AGENT_TIMEOUT_MAX_MS,
   AGENT_TIMEOUT_MIN_MS,
@@ -34,3 +34,4 @@ export {
 } from './plugin.js';
 export { askAgent } from './agent-client.js';
 export { DEFAULT_CNI_SEA_FILE, SEA_FUSE, buildCniSea, type BuildCniSeaOptions, type BuildCniSeaResult } from './sea-build.js';
+export { DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR, installCni, uninstallCni, watchCni, type InstallerOptions } from './installer.js';

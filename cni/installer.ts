@@ -6,9 +6,9 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../core/atomic-file.js';
-import { AmbitError, errnoCode } from '../core/errors.js';
-import type { Logger } from '../core/log.js';
+import { writeFileAtomic } from '../core/fs/index.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
+import type { Logger } from '../core/log/index.js';
 
 /** The plugin's `type` in the conflist, and its file name in the bin folder. */
 export const AMBIT_PLUGIN_TYPE = 'ambit-cni';

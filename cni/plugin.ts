@@ -28,7 +28,7 @@
  */
 import path from 'node:path';
 import { SocketAddress, isIP } from 'node:net';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { namespaceEnrollment } from '../core/discovery/enrollment.js';
 import {
   CNI_PROTOCOL_VERSION,

@@ -4,7 +4,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import t from 'tap';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue } from '../testbed/index.js';
 import { exchange, exchangeOrErrorCode, pod, SERVICE_PORT, SERVICE_VIP, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
 
 let mesh: LoopbackMesh;

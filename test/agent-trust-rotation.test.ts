@@ -12,7 +12,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue } from '../testbed/index.js';
 import { tlsProbe, type TlsProbeResult } from './mesh/tls-probe.js';
 import { exchange, NODE_IPS, pod, SERVICE_PORT, SERVICE_VIP, startLoopbackMesh, type LogCapture, type LoopbackMesh } from './mesh/loopback.js';
 

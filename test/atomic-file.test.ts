@@ -8,7 +8,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { writeFileAtomic, type AtomicWriteFs } from '../core/atomic-file.js';
+import { writeFileAtomic, type AtomicWriteFs } from '../core/fs/atomic-file.js';
 
 async function tempDir(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'ambit-atomic-'));

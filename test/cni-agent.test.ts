@@ -8,7 +8,7 @@ import { CniHandler, decidePodEnrollment, type PodEnrollmentFacts } from '../age
 import { CniServer } from '../agent/cni-server.js';
 import { CNI_PROTOCOL_VERSION, parseCniResponse, type CniRequest, type CniResponse } from '../core/cni/index.js';
 import { convertObject, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type PodInfo } from '../core/discovery/index.js';
-import { silentLogger } from '../core/log.js';
+import { silentLogger } from '../core/log/log.js';
 import { storeWith } from './mesh/store.js';
 
 async function tempDir(t: Test): Promise<string> {

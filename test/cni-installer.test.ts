@@ -14,7 +14,7 @@ import {
   withPlugin,
   type InstallerOptions,
 } from '../cni/installer.js';
-import { silentLogger } from '../core/log.js';
+import { silentLogger } from '../core/log/log.js';
 
 const ENTRY = pluginEntry({ agentSocket: '/var/run/ambit/cni.sock' });
 const bridge = { type: 'bridge', bridge: 'cni0', ipam: { type: 'host-local', ranges: [[{ subnet: '10.244.1.0/24' }]] } };

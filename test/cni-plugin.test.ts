@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CNI_PROTOCOL_VERSION, parseCniRequest, encodeCniMessage, type CniRequest, type CniResponse } from '../core/cni/index.js';
-import { isAmbitError } from '../core/errors.js';
+import { isAmbitError } from '../core/errors/errors.js';
 import {
   CNI_ERROR_CODES,
   SUPPORTED_CNI_VERSIONS,

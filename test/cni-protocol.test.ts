@@ -1,6 +1,6 @@
 import t from 'tap';
 import { CNI_PROTOCOL_VERSION, CniProtocolError, parseCniRequest, parseCniResponse, parseEnrollmentSnapshot } from '../core/cni/index.js';
-import { AmbitError, isAmbitError } from '../core/errors.js';
+import { AmbitError, isAmbitError } from '../core/errors/errors.js';
 
 t.test('a protocol error is an AmbitError whose code is the one the agent answers with', async (t) => {
   const cases: Array<[string, () => unknown, string]> = [

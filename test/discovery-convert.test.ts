@@ -1,6 +1,6 @@
 import t from 'tap';
 import { loadAllYaml } from '@kubernetes/client-node';
-import { isAmbitError } from '../core/errors.js';
+import { isAmbitError } from '../core/errors/errors.js';
 import {
   convertObject,
   canonicalIp,

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { createLogger } from '../core/log.js';
+import { createLogger } from '../core/log/log.js';
 import { LocalSource, WorkloadStore, type LocalReload } from '../core/discovery/index.js';
 
 /** The agent promises a change on disk reaches the data path within a second. */

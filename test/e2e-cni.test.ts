@@ -8,9 +8,8 @@ import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
-import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
+import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster, parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 
 const unavailable = needsTestbed();

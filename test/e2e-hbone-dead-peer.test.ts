@@ -7,8 +7,7 @@
  */
 import t from 'tap';
 import { HBONE_CONNECT_TIMEOUT_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
-import { HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, type TestbedNode } from './testbed/index.js';
+import { HTTP_PORT, MeshCluster, Testbed, type TestbedNode } from '../testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 
 const unavailable = needsTestbed();

@@ -12,8 +12,7 @@ import {
   TRANSPARENT_ROUTE_TABLE,
   TRANSPARENT_RULE_PRIORITY,
 } from '../agent/redirect-rules.js';
-import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
-import { parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 
 const unavailable = needsTestbed();

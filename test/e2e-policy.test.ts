@@ -6,9 +6,8 @@
 import { rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
-import { ECHO_PORT, HTTP_PORT, MeshCluster, metricValue } from './mesh/cluster.js';
+import { ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, parsePcap, startCapture, Testbed, type TestbedPod } from '../testbed/index.js';
 import { holdConnection, within } from './mesh/hold.js';
-import { parsePcap, startCapture, Testbed, type TestbedPod } from './testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 
 const unavailable = needsTestbed();

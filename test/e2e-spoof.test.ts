@@ -12,8 +12,7 @@
  */
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
-import { CLI_PATH, HTTP_PORT, MeshCluster } from './mesh/cluster.js';
-import { Testbed, type TestbedNode, type TestbedPod } from './testbed/index.js';
+import { CLI_PATH, HTTP_PORT, MeshCluster, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 
 const unavailable = needsTestbed();

@@ -8,7 +8,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue } from '../testbed/index.js';
 import { hboneSession, NODE_IPS, pod, startLoopbackMesh, type LogWindow, type LoopbackMesh } from './mesh/loopback.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';

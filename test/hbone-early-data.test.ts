@@ -12,7 +12,7 @@ import net from 'node:net';
 import t from 'tap';
 import { EARLY_DATA_AGENT_BYTES } from '../agent/inbound.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, REASON_HEADER } from '../core/hbone/index.js';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { exchange, hboneSession, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
 import { needsTools } from './prerequisites.js';

@@ -7,7 +7,7 @@ import type http2 from 'node:http2';
 import t from 'tap';
 import { HboneClient, HboneError, HboneServer, refuseStream } from '../core/hbone/index.js';
 import { sniForIdentity } from '../core/identity/index.js';
-import { createLogger } from '../core/log.js';
+import { createLogger } from '../core/log/log.js';
 import { CLIENT, echo, echoServer, hboneClient, meshPki, OTHER, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';
 

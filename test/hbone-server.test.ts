@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import t from 'tap';
 import { HBONE_REMOVED_ROOT_GRACE_MS, SecureContextCache, type HboneRefusal, type HboneSessionClose, type HboneSessionCloseDetail } from '../core/hbone/index.js';
 import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
-import { createLogger } from '../core/log.js';
+import { createLogger } from '../core/log/log.js';
 import { FakeTime } from './mesh/fake-time.js';
 import { CLIENT, echo, echoServer, meshPki, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';

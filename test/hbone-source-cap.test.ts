@@ -6,7 +6,7 @@
 import { once } from 'node:events';
 import type http2 from 'node:http2';
 import t from 'tap';
-import { metricValue } from './mesh/cluster.js';
+import { metricValue } from '../testbed/index.js';
 import { hboneSession, pod, startLoopbackMesh, type LoopbackMesh } from './mesh/loopback.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';

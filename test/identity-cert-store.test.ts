@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
-import { isAmbitError } from '../core/errors.js';
+import { isAmbitError } from '../core/errors/errors.js';
 import { CertificateAuthority, CertStore, localIssuer, type CertIssuer, type WorkloadCertificate } from '../core/identity/index.js';
 import { FakeTime } from './mesh/fake-time.js';
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { CertificateAuthority, CertStore, generateKeyAndCsr, LocalCaFolder, TrustBundle } from '../core/identity/index.js';
-import { silentLogger } from '../core/log.js';
+import { silentLogger } from '../core/log/log.js';
 
 const ID = 'spiffe://cluster.local/ns/a/sa/b';
 const oldCa = await CertificateAuthority.create({ trustDomain: 'cluster.local' });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import forge from 'node-forge';
-import { isAmbitError } from '../core/errors.js';
+import { isAmbitError } from '../core/errors/errors.js';
 import {
   CertificateAuthority,
   CLOCK_SKEW_ALLOWANCE_MS,

@@ -15,9 +15,9 @@ import path from 'node:path';
 import tls from 'node:tls';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/index.js';
-import { LOG_BUFFER_LIMIT_BYTES, LOG_EXIT_FLUSH_MS } from '../core/log.js';
+import { LOG_BUFFER_LIMIT_BYTES, LOG_EXIT_FLUSH_MS } from '../core/log/log.js';
 import { CertificateAuthority, sniForIdentity } from '../core/identity/index.js';
-import { CLI_PATH, metricValue } from './mesh/cluster.js';
+import { CLI_PATH, metricValue } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 
 const NODE_IP = '127.0.0.21';

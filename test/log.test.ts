@@ -6,9 +6,9 @@ import { execFile, spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { LineBatcher } from '../core/log.js';
+import { LineBatcher } from '../core/log/log.js';
 
-const LOG_MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'core', 'log.js');
+const LOG_MODULE = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'core', 'log', 'index.js');
 
 t.test('the batcher hands lines on joined and in order, once it holds enough or when flushed', async (t) => {
   const written: string[] = [];

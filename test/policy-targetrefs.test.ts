@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { LocalSource, WorkloadStore, type Workload } from '../core/discovery/index.js';
-import { silentLogger } from '../core/log.js';
+import { silentLogger } from '../core/log/log.js';
 import { PolicyStore, type InboundDecision } from '../core/policy/index.js';
 
 const NS = 'team';

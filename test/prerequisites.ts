@@ -8,7 +8,7 @@
  * broken install, and a skip would hide it. Call these at the top of a test file, where tests take their options.
  */
 import t from 'tap';
-import { onPath, testbedUnavailableReason } from './testbed/index.js';
+import { onPath, testbedUnavailableReason } from '../testbed/index.js';
 
 export const REQUIRE_TESTBED_ENV = 'AMBIT_REQUIRE_TESTBED';
 
@@ -19,7 +19,7 @@ export function skipReason(reason: string | undefined): string | false {
   return reason;
 }
 
-/** Nodes and pods as network namespaces (test/testbed): root, iproute2, the CNI plugins, br_netfilter. */
+/** Nodes and pods as network namespaces (testbed/): root, iproute2, the CNI plugins, br_netfilter. */
 export function needsTestbed(): string | false {
   return skipReason(testbedUnavailableReason());
 }

@@ -10,8 +10,8 @@ import t from 'tap';
 import { AgentTelemetry, SERIES_RETENTION_MS, type ConnectionRecord } from '../agent/telemetry.js';
 import { HboneServer } from '../core/hbone/index.js';
 import { sniForIdentity } from '../core/identity/index.js';
-import { silentLogger } from '../core/log.js';
-import { metricValue } from './mesh/cluster.js';
+import { silentLogger } from '../core/log/log.js';
+import { metricValue } from '../testbed/index.js';
 import { meshPki } from './mesh/hbone-fixtures.js';
 
 const CLIENT = 'spiffe://cluster.local/ns/demo/sa/client';

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { execa, type ResultPromise } from 'execa';
-import { isAmbitError } from '../core/errors.js';
+import { isAmbitError } from '../core/errors/errors.js';
 import {
   AMBIT_BRIDGE_MAC,
   RedirectRules,
@@ -871,7 +871,7 @@ t.test('DNAT delivers pod traffic to the agent ports', { skip: rootSkip }, async
  * (the address it saw) or the error. The node side of an agent's delivery, without the agent.
  */
 function transparentConnectFrom(netns: string, source: string, address: string, port: number) {
-  const sockopt = new URL('../core/sockopt.js', import.meta.url).href;
+  const sockopt = new URL('../core/sockopt/index.js', import.meta.url).href;
   const script = `const { transparentSocket } = await import(${JSON.stringify(sockopt)});
 const socket = transparentSocket(${JSON.stringify(source)}, { allowHalfOpen: true });
 socket.setTimeout(1500, () => { console.log('timeout'); socket.destroy(); });

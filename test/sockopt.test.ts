@@ -7,8 +7,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { AmbitError, errnoCode } from '../core/errors.js';
-import { SOCKOPT_ADDON_PATH, originalDestination, setTransparent, transparentSocket } from '../core/sockopt.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
+import { SOCKOPT_ADDON_PATH, originalDestination, setTransparent, transparentSocket } from '../core/sockopt/index.js';
 import { needsRoot, needsTools } from './prerequisites.js';
 
 /** A connected loopback pair: `accepted` is the server's side, the one a capturing listener would query. */
@@ -192,7 +192,7 @@ process.stdout.write(JSON.stringify(report));
 t.test('transparentSocket binds to an address the host lacks, keeps it through connect, and leaks nothing', { skip: skipNamespace }, async (t) => {
   const ns = namespaceFor(t, 'tp');
   const script = writeScratchScript(t, 'transparent.mjs', TRANSPARENT_SCRIPT);
-  const report = JSON.parse(ns.run(process.execPath, script, new URL('../core/sockopt.js', import.meta.url).href)) as Record<string, unknown>;
+  const report = JSON.parse(ns.run(process.execPath, script, new URL('../core/sockopt/index.js', import.meta.url).href)) as Record<string, unknown>;
   t.equal(report.plainBind, 'EADDRNOTAVAIL', 'without IP_TRANSPARENT a non-local bind fails');
   t.same(report.v4Bound, { address: '203.0.113.7', family: 'IPv4', port: 0 }, 'with it the bind succeeds; the port waits for connect');
   t.same(report.v6Bound, { address: '2001:db8::7', family: 'IPv6', port: 0 }, 'IPv6 too');
@@ -254,7 +254,7 @@ process.stdout.write(JSON.stringify(report));
 t.test('without CAP_NET_ADMIN: EPERM, no descriptor left, no start in transparent mode, and never a silent fallback', { skip: skipUnprivileged }, async (t) => {
   const ns = namespaceFor(t, 'np');
   const script = writeScratchScript(t, 'unprivileged.mjs', UNPRIVILEGED_SCRIPT);
-  const modules = [new URL('../core/sockopt.js', import.meta.url).href, new URL('../agent/proxy.js', import.meta.url).href];
+  const modules = [new URL('../core/sockopt/index.js', import.meta.url).href, new URL('../agent/proxy.js', import.meta.url).href];
   const report = JSON.parse(ns.run('setpriv', '--bounding-set=-net_admin,-net_raw', process.execPath, script, ...modules)) as Record<string, unknown>;
   t.match(report.refusal, { code: 'SOCKOPT_FAILED', cause: 'EPERM', message: /IP_TRANSPARENT.*needs CAP_NET_ADMIN/ }, 'refused, with the capability to add');
   t.equal(report.fdsLeaked, 0, 'the descriptor is closed');
@@ -276,7 +276,7 @@ t.test('reads the original destination of DNATed connections in a network namesp
   inNamespace('iptables', '-t', 'mangle', '-A', 'PREROUTING', '-p', 'tcp', '--dport', '15001', '-m', 'socket', '--transparent', '-j', 'ACCEPT');
 
   const childScript = writeScratchScript(t, 'report-original-destination.mjs', CHILD_SCRIPT);
-  const sockoptModule = new URL('../core/sockopt.js', import.meta.url).href;
+  const sockoptModule = new URL('../core/sockopt/index.js', import.meta.url).href;
   const report = JSON.parse(inNamespace(process.execPath, childScript, sockoptModule)) as Record<string, unknown>;
 
   t.same(report.ipv4, { address: '127.0.0.1', port: 7777, family: 4 }, 'IPv4 DNAT');

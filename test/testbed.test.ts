@@ -10,12 +10,12 @@ import {
   Testbed,
   type TestbedNode,
   type TestbedPod,
-} from './testbed/index.js';
-import { ownerFile } from './testbed/owner.js';
+} from '../testbed/index.js';
+import { ownerFile } from '../testbed/owner.js';
 import { needsTestbed } from './prerequisites.js';
 
 const testbedOptions = { skip: needsTestbed() };
-const TESTBED_INDEX_URL = new URL('./testbed/index.js', import.meta.url).href;
+const TESTBED_INDEX_URL = new URL('../testbed/index.js', import.meta.url).href;
 const SERVER_PORT = 8080;
 /** Answers every request with the client address it saw, so a test can tell whether anything NATed the traffic. */
 const ECHO_CLIENT_SERVER = `

@@ -9,9 +9,9 @@ import t, { type Test } from 'tap';
 import { verifiedHboneClient } from '../agent/inbound.js';
 import { UpstreamConnector, checkUpstreamSource, transparentSourceFor } from '../agent/proxy.js';
 import type { Workload } from '../core/discovery/index.js';
-import { AmbitError } from '../core/errors.js';
+import { AmbitError } from '../core/errors/errors.js';
 import type { HboneInboundRequest } from '../core/hbone/index.js';
-import { createRegistry } from '../core/metrics.js';
+import { createRegistry } from '../core/metrics/metrics.js';
 
 const NODE_IP = '10.250.0.1';
 const POD = { host: '10.244.1.3', port: 8080 };

@@ -6,11 +6,11 @@
  * client's version answers `unsupported-version` naming the versions it does speak. Messages are small (pod names
  * and a few IPs): anything longer than CNI_MESSAGE_LIMIT is refused without being parsed.
  *
- * This file imports only Node built-ins and core/errors.ts (which imports nothing): the plugin is bundled into a
+ * This file imports only Node built-ins and core/errors/ (which imports nothing): the plugin is bundled into a
  * single executable from it.
  */
 import { isIP } from 'node:net';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 
 export const CNI_PROTOCOL_VERSION = 1;
 /** Where the agent listens, and the plugin and installer connect, unless configured otherwise. */

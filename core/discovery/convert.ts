@@ -1,5 +1,5 @@
 import { isIP } from 'node:net';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 import {
   SERVICE_NAME_LABEL,
   type ContainerPort,

@@ -1,5 +1,5 @@
 import yaml from 'js-yaml';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 
 /**
  * Parses one manifest file into plain objects: YAML documents separated by `---` (JSON is YAML too), each an

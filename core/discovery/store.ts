@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
-import { silentLogger, type Logger } from '../log.js';
-import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
+import { silentLogger, type Logger } from '../log/index.js';
+import { DEFAULT_ROOT_NAMESPACE } from './root-namespace.js';
 import { canonicalIp } from './convert.js';
 import { isWorkloadEnrolled } from './enrollment.js';
 import { selectorMatches } from './selector.js';

@@ -1,8 +1,8 @@
 import http2 from 'node:http2';
 import tls from 'node:tls';
-import { AmbitError, errnoCode } from '../errors.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import { AmbitError, errnoCode } from '../errors/index.js';
+import type { Logger } from '../log/index.js';
+import { silentLogger } from '../log/index.js';
 import { HBONE_ALPN, spiffeIdFromSan } from './tls.js';
 import { POLICY_HEADER, REASON_HEADER, type HboneHeaders } from './protocol.js';
 

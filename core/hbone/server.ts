@@ -2,10 +2,10 @@ import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
-import { AmbitError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
-import { realTimer, type SetTimer } from '../timer.js';
+import { AmbitError } from '../errors/index.js';
+import type { Logger } from '../log/index.js';
+import { silentLogger } from '../log/index.js';
+import { realTimer, type SetTimer } from '../timer/index.js';
 import {
   HBONE_CONNECTION_WINDOW,
   HBONE_IDLE_TIMEOUT_MS,

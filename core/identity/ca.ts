@@ -2,8 +2,8 @@ import { createPrivateKey, randomBytes, X509Certificate, type KeyObject } from '
 import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import forge from 'node-forge';
-import { writeFileAtomic } from '../atomic-file.js';
-import { AmbitError, errnoCode } from '../errors.js';
+import { writeFileAtomic } from '../fs/index.js';
+import { AmbitError, errnoCode } from '../errors/index.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
 import { parseSpiffeId, validateTrustDomain } from './spiffe.js';

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { AmbitError } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { realTimer, type SetTimer } from '../timer.js';
+import { AmbitError } from '../errors/index.js';
+import { silentLogger, type Logger } from '../log/index.js';
+import { realTimer, type SetTimer } from '../timer/index.js';
 import type { CertificateAuthority } from './ca.js';
 import { generateKeyAndCsr } from './csr.js';
 

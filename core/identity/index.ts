@@ -20,6 +20,6 @@ export {
   type CertStoreOptions,
   type WorkloadCertificate,
 } from './cert-store.js';
-export type { SetTimer } from '../timer.js';
+export type { SetTimer } from '../timer/index.js';
 export { LocalCaFolder, TRUST_BUNDLE_FILE, type LocalCaFolderEvents, type LocalCaFolderOptions } from './local-ca.js';
 export { parseTrustBundle, TrustBundle, type TrustBundleEvents } from './trust-bundle.js';

@@ -1,7 +1,7 @@
 import { constants, generateKeyPair, privateEncrypt, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import type forge from 'node-forge';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
 

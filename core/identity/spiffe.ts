@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 
 /** The trust domain of a mesh that was not given one, as in Istio. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';

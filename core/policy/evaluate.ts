@@ -1,4 +1,4 @@
-import { AmbitError } from '../errors.js';
+import { AmbitError } from '../errors/index.js';
 import { selectorMatches, type Labels } from '../discovery/index.js';
 import type { AuthorizationAction, AuthorizationPolicy, Condition, MtlsMode, Operation, PeerAuthentication, Rule, Source } from './types.js';
 

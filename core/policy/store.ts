@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { InvalidObjectError, LocalCollection, Labels, ServiceRef, Workload } from '../discovery/index.js';
-import { silentLogger, type Logger } from '../log.js';
-import { DEFAULT_ROOT_NAMESPACE } from '../root-namespace.js';
+import { silentLogger, type Logger } from '../log/index.js';
+import { DEFAULT_ROOT_NAMESPACE } from '../discovery/index.js';
 import { convertPolicyObject } from './convert.js';
 import { buildPolicySet, evaluateConnection, resolveMtlsMode, type ConnectionAttributes, type L7Fallback, type MtlsDecision, type PolicySet } from './evaluate.js';
 import type { AuthorizationPolicy, PeerAuthentication } from './types.js';

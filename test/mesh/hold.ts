@@ -1,4 +1,4 @@
-import type { Testbed, TestbedPod } from '../testbed/index.js';
+import type { Testbed, TestbedPod } from '../../testbed/index.js';
 
 /**
  * Polls until `predicate` holds, every `intervalMs` (longer for a probe that costs its target CPU); resolves with the

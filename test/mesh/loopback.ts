@@ -13,7 +13,7 @@ import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import { Agent, loadAgentConfig } from '../../agent/index.js';
 import { CertificateAuthority, sniForIdentity } from '../../core/identity/index.js';
-import { createLogger } from '../../core/log.js';
+import { createLogger } from '../../core/log/log.js';
 
 export interface LoopbackPod {
   name: string;

@@ -1,5 +1,5 @@
 import { watch, type FSWatcher } from 'node:fs';
-import type { Logger } from './log.js';
+import type { Logger } from '../log/index.js';
 
 /** Quiet time after the last change on disk before `onChange`; a burst of writes (two renames) costs one call. */
 const FOLDER_WATCH_DEBOUNCE_MS = 100;

@@ -2,3 +2,4 @@ export { onPath, Testbed, testbedUnavailableReason, type TestbedNode, type Testb
 export { readCniConfDir, type CniConflist, type CniErrorObject, type TestbedCni } from './cni.js';
 export { removeStaleTestbeds } from './owner.js';
 export { parsePcap, startCapture, type Capture, type CapturedPacket } from './capture.js';
+export { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';

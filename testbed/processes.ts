@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
-import { errnoCode } from '../../core/errors.js';
+import { errnoCode } from '../core/errors/index.js';
 
 /** How long a process gets between SIGTERM and SIGKILL. */
 const STOP_GRACE_MS = 2000;

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { execa, type Options, type ResultPromise } from 'execa';
-import { AmbitError, errnoCode } from '../../core/errors.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
 import {
   buildCniConflist,
   CNI_PLUGIN_DIR,

@@ -3,7 +3,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { AmbitError } from '../../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { NETNS_DIR } from './netns.js';
 
 /** Debian's containernetworking-plugins install here. */

@@ -3,12 +3,12 @@
  * the node's CNI configuration and plugin. Readers see the old file or the new one, never half of either, and once
  * the call resolves the new one is on disk.
  *
- * This file imports only Node built-ins: the CNI plugin's single executable is bundled from files like it.
+ * This file imports only Node built-ins and core/errors/: the CNI plugin's single executable is bundled from files like it.
  */
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { AmbitError } from './errors.js';
+import { AmbitError } from '../errors/index.js';
 
 /** The file-system calls the write makes; tests pass wrappers to watch or break them. */
 export interface AtomicWriteFs {

@@ -1,5 +1,5 @@
 import { execa } from 'execa';
-import { AmbitError } from '../../core/errors.js';
+import { AmbitError } from '../core/errors/index.js';
 import { registerForExit, releaseFromExit } from './exit-cleanup.js';
 import { signalGroup, stopProcess } from './processes.js';
 

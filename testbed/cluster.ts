@@ -7,13 +7,13 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../../agent/config.js';
-import { CertificateAuthority } from '../../core/identity/index.js';
-import type { Testbed, TestbedNode, TestbedPod } from '../testbed/index.js';
+import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
+import { CertificateAuthority } from '../core/identity/index.js';
+import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
 
-const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const CLI_PATH = path.join(DIST, 'cli', 'main.js');
-export const WORKLOAD_SERVER_PATH = path.join(DIST, 'test', 'mesh', 'workload-server.js');
+export const WORKLOAD_SERVER_PATH = path.join(DIST, 'testbed', 'workload-server.js');
 
 export const HTTP_PORT = 8080;
 export const ECHO_PORT = 9000;

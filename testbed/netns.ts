@@ -1,6 +1,6 @@
 import { readdirSync } from 'node:fs';
 import { execa, execaSync } from 'execa';
-import { AmbitError, errnoCode } from '../../core/errors.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
 
 /** Where `ip netns add` mounts named namespaces: listing it is what `ip netns list` does, without an exec. */
 export const NETNS_DIR = '/var/run/netns';

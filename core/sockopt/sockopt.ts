@@ -2,7 +2,7 @@ import { closeSync, existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { AmbitError, errnoCode } from './errors.js';
+import { AmbitError, errnoCode } from '../errors/index.js';
 
 /** The native addon's surface (native/ambit_sockopt.c). */
 interface SockoptAddon {
@@ -12,8 +12,8 @@ interface SockoptAddon {
   releaseFreeMemory(): boolean;
 }
 
-/** Where node-gyp puts the addon; this file runs as dist/core/sockopt.js. */
-export const SOCKOPT_ADDON_PATH = fileURLToPath(new URL('../../build/Release/ambit_sockopt.node', import.meta.url));
+/** Where node-gyp puts the addon; this file runs as dist/core/sockopt/sockopt.js. */
+export const SOCKOPT_ADDON_PATH = fileURLToPath(new URL('../../../build/Release/ambit_sockopt.node', import.meta.url));
 
 let addon: SockoptAddon | undefined;
 

@@ -1,0 +1,15 @@
+/** Logging: one pino root logger a process, `child({ component })` a module, access logs, a bounded stdout. */
+export {
+  accessLogger,
+  createLogger,
+  LineBatcher,
+  LOG_BATCH_BYTES,
+  LOG_BUFFER_LIMIT_BYTES,
+  LOG_EXIT_FLUSH_MS,
+  LOG_FLUSH_INTERVAL_MS,
+  registerLogMetrics,
+  silentLogger,
+  StdoutDestination,
+  type LogDrops,
+  type Logger,
+} from './log.js';
