@@ -387,8 +387,10 @@ export function carry(inputs: ProxyInputs, carried: Carried): void {
 
 /**
  * Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason.
- * When this agent delivers the connection as its destination (same-node, plaintext inbound: a record reported by
- * the destination), the pod sees the captured client's address; a passthrough leaves from the node's.
+ * The connection comes from the captured client's address (unless `--upstream-source node`): a pod this agent
+ * delivers to (same-node, plaintext inbound) sees its real client, and a passthrough (outside the mesh, a Service
+ * VIP, a slice's endpoint that is no pod) leaves with its own pod's address, so that egress NetworkPolicies and
+ * firewalls on its way still apply to the pod. From the node's address, they would not.
  */
 export function connectAndCarry(
   inputs: ProxyInputs,
@@ -398,10 +400,9 @@ export function connectAndCarry(
   target: Address,
   reauthorize?: () => Reauthorization | undefined,
 ): void {
-  const delivered = records.some((record) => record.reporter === 'destination');
   // Called in the turn its connection was decided.
   const decidedAt = inputs.connections.epoch;
-  inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(
+  inputs.upstream.connect(target, socket.remoteAddress).then(
     (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
