@@ -26,10 +26,12 @@ export const AGENT_ENV: Readonly<Record<string, string>> = Object.freeze({
 });
 
 /**
- * Where the agent's connections to its local pods come from. `transparent`: the client's address, so pods and
- * NetworkPolicies see the real client (needs CAP_NET_ADMIN, the native addon and the managed rules that route the
- * replies back). `node`: the node's address, which many CNIs exempt from NetworkPolicy, so policies on meshed pods
- * stop applying; only for setups that cannot have the former (in-process tests, a node without the privilege).
+ * Where the agent's connections to its local pods and to what it passes through come from. `transparent`: the
+ * client's address, so pods and NetworkPolicies see the real client, and a passthrough leaves with its pod's address
+ * (needs CAP_NET_ADMIN, the native addon and the managed rules that route the replies back). `node`: the node's
+ * address, which bypasses the pods' egress NetworkPolicy for everything passed through, and which many CNIs exempt
+ * from ingress NetworkPolicy, so policies on meshed pods stop applying; only for setups that cannot have the former
+ * (in-process tests, a node without the privilege).
  */
 export const UPSTREAM_SOURCES = ['transparent', 'node'] as const;
 export type UpstreamSource = (typeof UPSTREAM_SOURCES)[number];
@@ -57,7 +59,7 @@ export interface AgentConfig {
   readonly ports: Readonly<AgentPorts>;
   /** Install and reconcile the iptables/ipset redirect rules (off only for in-process tests). */
   readonly manageRules: boolean;
-  /** Where connections to local pods come from; an agent that cannot have `transparent` does not start. */
+  /** Where connections to local pods and passthrough destinations come from; an agent that cannot have `transparent` does not start. */
   readonly upstreamSource: UpstreamSource;
   readonly iptablesBackend: 'auto' | 'nft' | 'legacy';
   readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
@@ -122,8 +124,9 @@ Options (each also as an environment variable):
   --no-rules             do not install redirect rules         AMBIT_NO_RULES=1
                          (needs --upstream-source node: no rules, no route back for transparent replies)
   --upstream-source S    transparent | node: connect to pods   AMBIT_UPSTREAM_SOURCE (default transparent)
-                         from the client's address, or from the node's (which many CNIs exempt from
-                         NetworkPolicy); an agent that cannot connect transparently does not start
+                         and passthrough destinations from the client's address, or from the node's (which
+                         bypasses egress NetworkPolicy, and which many CNIs exempt from ingress policy);
+                         an agent that cannot connect transparently does not start
   --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
   --cluster-name NAME    cluster name for telemetry            AMBIT_CLUSTER_NAME (default Kubernetes)
   --rules-resync-interval S  repair drifted rules every S s    AMBIT_RULES_RESYNC_INTERVAL (default 30; 0 = off)

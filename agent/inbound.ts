@@ -102,6 +102,21 @@ export function verifiedHboneClient(sourceWorkload: Workload | undefined, reques
 }
 
 /**
+ * Why an HBONE stream's client cannot be the source of its connection to the pod: no `forwarded` header, one that
+ * names an address the TLS peer does not own, or an owned address that cannot be bound (see transparentSourceFor).
+ */
+function unverifiedSourceMessage(request: HboneInboundRequest, verifiedClient: string | undefined): string {
+  const client = request.forwardedFor;
+  const why =
+    client === undefined
+      ? 'the CONNECT names no client (no forwarded header)'
+      : verifiedClient === undefined
+        ? `${request.peerIdentity} does not own ${client.host}, the client its forwarded header names`
+        : `${client.host} cannot be the source of a connection to ${request.target.host} (IPv4 only, neither the node's nor the pod's own address)`;
+  return `${why}: with --upstream-source transparent the pod is not shown the node's address instead`;
+}
+
+/**
  * How many bytes of early data (the first bytes the source sends behind a CONNECT, before the 200) this agent holds
  * over all its streams. Each stream holds at most HBONE_EARLY_DATA_STREAM_BYTES; without a bound over all of them,
  * many sessions each opening their 100 streams could make the agent hold without limit while its pods' connects
@@ -223,7 +238,15 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     startedAt: Date.now(),
   };
   const verifiedClient = verifiedHboneClient(sourceWorkload, request);
-  // The forwarded address counts only when the TLS identity owns it; otherwise the HBONE peer (its node) is the source.
+  // Transparent: the pod sees its real client or nothing. From the node's address, the stream would pass the pod's
+  // ingress NetworkPolicy (most CNIs let the node through) on the word of a peer that proved no client.
+  if (inputs.upstream.transparent && inputs.upstream.sourceFor(decision.target, verifiedClient) === undefined) {
+    telemetry.refused('hbone', 'source_unverified', record, unverifiedSourceMessage(request, verifiedClient));
+    refuseStream(stream, 403, 'source_unverified');
+    return;
+  }
+  // The forwarded address counts only when the TLS identity owns it; otherwise the HBONE peer (its node) is the source
+  // (only with --upstream-source node, which then delivers from the node's address).
   const factsFor = (destination: Workload, verified: string | undefined): ConnectionFacts => ({
     sourceIp: verified ?? request.remoteAddress,
     sourceIdentity: request.peerIdentity,
@@ -387,8 +410,10 @@ export function carry(inputs: ProxyInputs, carried: Carried): void {
 
 /**
  * Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason.
- * When this agent delivers the connection as its destination (same-node, plaintext inbound: a record reported by
- * the destination), the pod sees the captured client's address; a passthrough leaves from the node's.
+ * The connection comes from the captured client's address (unless `--upstream-source node`): a pod this agent
+ * delivers to (same-node, plaintext inbound) sees its real client, and a passthrough (outside the mesh, a Service
+ * VIP, a slice's endpoint that is no pod) leaves with its own pod's address, so that egress NetworkPolicies and
+ * firewalls on its way still apply to the pod. From the node's address, they would not.
  */
 export function connectAndCarry(
   inputs: ProxyInputs,
@@ -398,10 +423,9 @@ export function connectAndCarry(
   target: Address,
   reauthorize?: () => Reauthorization | undefined,
 ): void {
-  const delivered = records.some((record) => record.reporter === 'destination');
   // Called in the turn its connection was decided.
   const decidedAt = inputs.connections.epoch;
-  inputs.upstream.connect(target, delivered ? socket.remoteAddress : undefined).then(
+  inputs.upstream.connect(target, socket.remoteAddress).then(
     (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
     (err: unknown) => {
       inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));

@@ -178,10 +178,12 @@ export function connectTcp(
 const IPV4_MAPPED_PREFIX = '::ffff:';
 
 /**
- * Pure: the address the agent's connection to a local pod should come from, so the pod (and NetworkPolicies) see
- * the real client; undefined means the node's own address. Only for an IPv4 client and target (the reply routing
- * is IPv4), never the node's own address, loopback or unspecified, and never the target itself: a pod reaching
- * itself (through a Service) would get a packet from its own address, which its kernel drops as martian.
+ * Pure: the address the agent's connection to `target` for `client` should come from, so the destination (and the
+ * NetworkPolicies and firewalls on the way) see the real client: the client's own, for a pod the agent delivers to
+ * and for a destination it passes through; undefined means the node's own address. Only for an IPv4 client and
+ * target (the reply routing is IPv4), never the node's own address, loopback or unspecified, and never the target
+ * itself: a pod reaching itself (through a Service) would get a packet from its own address, which its kernel drops
+ * as martian.
  */
 export function transparentSourceFor(nodeIp: string, target: { host: string }, client: string | undefined): string | undefined {
   if (client === undefined) return undefined;
@@ -204,9 +206,10 @@ function openTransparentSocket(address: string): net.Socket {
 
 /**
  * Start-up check of `--upstream-source transparent`: the agent must be able to make transparent sockets (the native
- * addon, and CAP_NET_ADMIN or CAP_NET_RAW) and must manage the rules that route the pods' replies back to them.
+ * addon, and CAP_NET_ADMIN or CAP_NET_RAW) and must manage the rules that route the replies back to them.
  * Throws UPSTREAM_SOURCE_UNAVAILABLE naming what is missing: an agent that silently connected from the node's address
- * instead would switch NetworkPolicy off for meshed pods on every CNI that exempts traffic from the node.
+ * instead would switch NetworkPolicy off for meshed pods: egress policy for everything it passes through, ingress
+ * policy on every CNI that exempts traffic from the node.
  */
 export function checkUpstreamSource(
   config: { upstreamSource: UpstreamSource; manageRules: boolean },
@@ -214,7 +217,7 @@ export function checkUpstreamSource(
 ): void {
   if (config.upstreamSource !== 'transparent') return;
   if (!config.manageRules) {
-    throw upstreamSourceUnavailable("the agent runs with --no-rules, so the routing that brings pods' replies back to transparent connections is not installed");
+    throw upstreamSourceUnavailable('the agent runs with --no-rules, so the routing that brings replies back to transparent connections is not installed');
   }
   let probe: net.Socket | undefined;
   try {
@@ -231,9 +234,10 @@ function upstreamSourceUnavailable(why: string, cause?: unknown): AmbitError {
   return new AmbitError(
     'UPSTREAM_SOURCE_UNAVAILABLE',
     `--upstream-source transparent (the default) cannot be had: ${why}. Run the agent with CAP_NET_ADMIN, the native addon ` +
-      "and its rules; or accept connecting to pods from the node's address with --upstream-source node " +
-      '(AMBIT_UPSTREAM_SOURCE=node): many CNIs exempt traffic from the node from NetworkPolicy, so NetworkPolicies ' +
-      'would no longer apply to what the mesh delivers',
+      "and its rules; or accept connecting from the node's address with --upstream-source node " +
+      "(AMBIT_UPSTREAM_SOURCE=node): egress NetworkPolicies would no longer apply to what the mesh passes through " +
+      '(it would leave from the node, not the pod), and on the many CNIs that exempt traffic from the node, ingress ' +
+      'NetworkPolicies would no longer apply to what the mesh delivers',
     { cause },
   );
 }
@@ -250,25 +254,27 @@ export interface UpstreamConnectorOptions {
 }
 
 /**
- * The agent's connections to its local pods: from the client's address in `transparent` mode when
- * transparentSourceFor allows it, from the node's otherwise. A transparent socket that cannot be made fails that
- * connection; it never falls back to the node's address.
+ * The agent's connections to their destinations (its local pods, and what it passes through): from the client's
+ * address in `transparent` mode when transparentSourceFor allows it, from the node's otherwise. A transparent socket
+ * that cannot be made fails that connection; it never falls back to the node's address. In `node` mode every
+ * connection comes from the node's address, which bypasses the pods' egress NetworkPolicy for what is passed through.
  */
 export class UpstreamConnector {
   readonly #nodeIp: string;
   readonly #openTransparent: (address: string) => net.Socket;
   readonly #timeoutMs: number | undefined;
-  readonly #transparent: boolean;
+  /** Whether connections come from the client's address where they can (`--upstream-source transparent`). */
+  readonly transparent: boolean;
 
   constructor(options: UpstreamConnectorOptions) {
-    this.#transparent = options.source === 'transparent';
+    this.transparent = options.source === 'transparent';
     this.#nodeIp = options.nodeIp;
     this.#openTransparent = options.openTransparent ?? openTransparentSocket;
     this.#timeoutMs = options.timeoutMs;
     if (options.registry) {
       const mode = new Gauge({
         name: 'ambit_upstream_source',
-        help: "Where the agent's connections to its pods come from: transparent (the client's address) or node (the node's)",
+        help: "Where the agent's connections to pods and passthrough destinations come from: transparent (the client's address) or node (the node's)",
         labelNames: ['mode'],
         registers: [options.registry],
       });
@@ -276,9 +282,14 @@ export class UpstreamConnector {
     }
   }
 
+  /** The address a connection to `target` for `client` comes from: the client's, or undefined for the node's. */
+  sourceFor(target: { host: string }, client: string | undefined): string | undefined {
+    return this.transparent ? transparentSourceFor(this.#nodeIp, target, client) : undefined;
+  }
+
   /** Connects to `target`, from `client`'s address when transparent and allowed. */
   connect(target: { host: string; port: number }, client: string | undefined): Promise<net.Socket> {
-    const source = this.#transparent ? transparentSourceFor(this.#nodeIp, target, client) : undefined;
+    const source = this.sourceFor(target, client);
     if (source === undefined) return connectTcp(target, { timeoutMs: this.#timeoutMs });
     let socket: net.Socket;
     try {

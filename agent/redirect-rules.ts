@@ -43,7 +43,9 @@ export const AMBIT_BRIDGE_V6_SET = 'pods6';
  *   has no way to ask for the bridge port (measured on kernel 6.18: such entries never match).
  * Pods whose interface the agent does not know (they joined through the store, not CNI ADD) are in neither set and
  * are not checked. Packets the node sends (kubelet probes, the agent's own connections) leave through OUTPUT and
- * are not seen here.
+ * are not seen here, except those to the node's own addresses, which come back in through `lo`: the agent's
+ * connection from a pod's address to a host-network workload is one, so `lo` is never checked (only the node's own
+ * stack can send on it).
  */
 /** Ambit's raw chain, jumped to first from raw PREROUTING: it drops TCP from a bound address on another interface. */
 export const AMBIT_SOURCE_CHECK_CHAIN = 'AMBIT-SOURCE-CHECK';
@@ -52,10 +54,19 @@ export const AMBIT_BRIDGE_BOUND_SET = 'bound4';
 export const AMBIT_BRIDGE_PORTS_SET = 'ports4';
 
 /*
- * Transparent source. The destination agent connects to a pod from the client's address (an IP_TRANSPARENT socket
- * bound to it), so the pod's replies are addressed to an IP that is not the node's. Three pieces bring them back:
+ * Transparent source. The agent connects from the client's address (an IP_TRANSPARENT socket bound to it): to a
+ * local pod it delivers, from the client's address, and to a destination it passes through (outside the mesh, a
+ * Service VIP, a slice's endpoint that is no pod), from its own pod's address, so that NetworkPolicies and firewalls
+ * on the way judge the pod and not the node. Replies are then addressed to an IP that is not the node's. Four pieces
+ * bring them back:
  * - mangle AMBIT_MANGLE_CHAIN marks TCP from an enrolled pod that belongs to a transparent socket (`-m socket
  *   --transparent`; only enrolled pods are ever connected to this way, so only their packets pay for the lookup);
+ * - for a passthrough the reply comes from anywhere, so the connection is marked instead: mangle
+ *   AMBIT_MANGLE_OUTPUT_CHAIN sets TRANSPARENT_MARK in the conntrack mark of a SYN the node sends from an enrolled
+ *   pod's address (only the agent's transparent sockets do), and AMBIT_MANGLE_CHAIN copies it to every packet of the
+ *   connection that comes in. That holds for a reply that is un-NATed on its way in, and for one that a host-network
+ *   workload sends from this node: AMBIT_MANGLE_OUTPUT_CHAIN marks those replies (`--ctdir REPLY`: never the agent's
+ *   own packets), so that routing hands them to the agent's socket over `lo` instead of sending them to the pod;
  * - `ip rule fwmark TRANSPARENT_MARK lookup TRANSPARENT_ROUTE_TABLE`, whose only route is `local default dev lo`,
  *   delivers marked packets to the local stack, where the socket takes them;
  * - on a bridge CNI, a pod answers a same-node client (same subnet) at layer 2, straight to the client's MAC, and
@@ -65,8 +76,9 @@ export const AMBIT_BRIDGE_PORTS_SET = 'ports4';
  *   interface, where routing (with the mark) delivers them locally. `meta broute` would need no fdb entry, but it
  *   runs before br_netfilter (so before the mark) and needs nft_meta_bridge, which not every kernel has.
  * No sysctl is changed: rp_filter passes even in strict mode (the pod's address is routed through the interface
- * its reply came in on, the bridge included), and route_localnet and accept_local do not apply (no loopback or
- * local source addresses are involved).
+ * its reply came in on, the bridge included; a passthrough reply's source is routed where it came from, and
+ * rp_filter does not look at the mark), and route_localnet and accept_local do not apply (no loopback or local
+ * source addresses are involved).
  */
 /**
  * One fwmark bit, set and matched under its own mask so other bits survive. Clear of kube-proxy (0x4000, 0x8000),
@@ -83,6 +95,8 @@ export const TRANSPARENT_ROUTE_TABLE = 15006;
 export const TRANSPARENT_RULE_PRIORITY = 90;
 /** Ambit's mangle chain, jumped to first from mangle PREROUTING (a CNI's `ESTABLISHED -j ACCEPT` must not hide replies). */
 export const AMBIT_MANGLE_CHAIN = 'AMBIT-MANGLE-PREROUTING';
+/** Ambit's mangle chain, jumped to first from mangle OUTPUT: marks the agent's connections from a pod's address. */
+export const AMBIT_MANGLE_OUTPUT_CHAIN = 'AMBIT-MANGLE-OUTPUT';
 /** Ambit's nft table of family `bridge` (same-node replies on a bridge CNI). */
 export const AMBIT_BRIDGE_TABLE = 'ambit';
 /** Locally administered unicast, spelling "ambit": the fdb entry every bridge gets, and where redirected frames go. */
@@ -241,20 +255,36 @@ export function buildNatRules(options: NatRulesOptions): string {
   return buildTableBatch('nat', AMBIT_PREROUTING_CHAIN, buildChainRules(options), options.currentNatTable ?? '');
 }
 
-/** The mark rule of Ambit's mangle chain, exactly as iptables-save prints it back. */
+/** The mark rules of Ambit's mangle PREROUTING chain, exactly as iptables-save prints them back. */
 export function buildMangleChainRules(family: AddressFamily = IPV4): string[] {
   const mark = hex(TRANSPARENT_MARK);
   return [
     `-A ${AMBIT_MANGLE_CHAIN} -p tcp -m set --match-set ${family.setName} src -m socket --transparent --nowildcard -j MARK --set-xmark ${mark}/${mark}`,
+    `-A ${AMBIT_MANGLE_CHAIN} -p tcp -m connmark --mark ${mark}/${mark} -j MARK --set-xmark ${mark}/${mark}`,
+  ];
+}
+
+/** The rules of Ambit's mangle OUTPUT chain, exactly as iptables-save prints them back. */
+export function buildMangleOutputChainRules(family: AddressFamily = IPV4): string[] {
+  const mark = hex(TRANSPARENT_MARK);
+  const chain = AMBIT_MANGLE_OUTPUT_CHAIN;
+  return [
+    `-A ${chain} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m set --match-set ${family.setName} src -j CONNMARK --set-xmark ${mark}/${mark}`,
+    `-A ${chain} -p tcp -m connmark --mark ${mark}/${mark} -m conntrack --ctdir REPLY -j MARK --set-xmark ${mark}/${mark}`,
   ];
 }
 
 /**
- * The batch that brings the mangle table to Ambit's mark rule, or '' when it has it; `currentTables` is an
- * iptables-save dump holding the mangle table (or all tables). Its jump is kept first in PREROUTING like the nat one.
+ * The batch that brings the mangle table to Ambit's mark rules, or '' when it has them; `currentTables` is an
+ * iptables-save dump holding the mangle table (or all tables). The jumps are kept first in PREROUTING and OUTPUT like
+ * the nat one.
  */
 export function buildMangleRules(options: { family?: AddressFamily; currentTables?: string } = {}): string {
-  return buildTableBatch('mangle', AMBIT_MANGLE_CHAIN, buildMangleChainRules(options.family), options.currentTables ?? '');
+  const current = options.currentTables ?? '';
+  return (
+    buildTableBatch('mangle', AMBIT_MANGLE_CHAIN, buildMangleChainRules(options.family), current) +
+    buildTableBatch('mangle', AMBIT_MANGLE_OUTPUT_CHAIN, buildMangleOutputChainRules(options.family), current, ['OUTPUT'])
+  );
 }
 
 /** The rules of Ambit's IPv6 reject chain, exactly as ip6tables-save prints them back. */
@@ -283,7 +313,7 @@ export function buildIpv6RejectRemoval(saveOutput: string): string {
 /** The drop rule of Ambit's raw chain, exactly as iptables-save prints it back. */
 export function buildSourceCheckChainRules(): string[] {
   return [
-    `-A ${AMBIT_SOURCE_CHECK_CHAIN} -p tcp -m set --match-set ${AMBIT_BOUND_SET.name} src -m set ! --match-set ${AMBIT_PORTS_SET.name} src,src -j DROP`,
+    `-A ${AMBIT_SOURCE_CHECK_CHAIN} ! -i lo -p tcp -m set --match-set ${AMBIT_BOUND_SET.name} src -m set ! --match-set ${AMBIT_PORTS_SET.name} src,src -j DROP`,
   ];
 }
 
@@ -327,9 +357,9 @@ export function buildNatRemoval(saveOutput: string): string {
   return buildChainRemoval(saveOutput, 'nat', AMBIT_PREROUTING_CHAIN);
 }
 
-/** As buildNatRemoval, for the mangle chain of transparent replies. */
+/** As buildNatRemoval, for the mangle chains of transparent replies. */
 export function buildMangleRemoval(saveOutput: string): string {
-  return buildChainRemoval(saveOutput, 'mangle', AMBIT_MANGLE_CHAIN);
+  return buildChainRemoval(saveOutput, 'mangle', AMBIT_MANGLE_CHAIN) + buildChainRemoval(saveOutput, 'mangle', AMBIT_MANGLE_OUTPUT_CHAIN);
 }
 
 function buildChainRemoval(saveOutput: string, table: Table, chain: string): string {
@@ -846,7 +876,7 @@ export class RedirectRules {
       this.#log.info(
         {
           backend,
-          chains: [AMBIT_SOURCE_CHECK_CHAIN, AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) =>
+          chains: [AMBIT_SOURCE_CHECK_CHAIN, AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_MANGLE_OUTPUT_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) =>
             batchLines.includes(`:${chain} - [0:0]`),
           ),
           jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
@@ -1035,7 +1065,7 @@ export class RedirectRules {
 
 const NET_ADMIN_HINT = 'is the agent running as root with NET_ADMIN?';
 const IPV6_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have ip6tables filter, REJECT, xt_set and xt_conntrack?';
-const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the raw, nat, xt_set and xt_socket modules?';
+const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the raw, nat and mangle tables, xt_set, xt_socket, xt_connmark and xt_conntrack?';
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
 const NFT_HINT = 'is the agent running with NET_ADMIN, and does the kernel have nf_tables with the bridge family (CONFIG_NF_TABLES_BRIDGE)?';

@@ -4,11 +4,14 @@
  */
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import {
   AMBIT_BRIDGE_MAC,
   AMBIT_BRIDGE_TABLE,
   AMBIT_MANGLE_CHAIN,
+  AMBIT_MANGLE_OUTPUT_CHAIN,
+  buildMangleChainRules,
+  buildMangleOutputChainRules,
   TRANSPARENT_ROUTE_TABLE,
   TRANSPARENT_RULE_PRIORITY,
 } from '../agent/redirect-rules.js';
@@ -94,12 +97,25 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
   });
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
 
-  /** The client address the workload in `to` saw for a request from `from`, through curl or a Node client. */
-  const clientSeen = async (from: TestbedPod, to: TestbedPod, via: 'curl' | 'node'): Promise<{ pod: string; client: string }> => {
-    const url = `http://${to.ip}:${HTTP_PORT}/`;
+  /** The client address the workload at `to` saw for a request from `from`, through curl or a Node client. */
+  const clientSeen = async (from: TestbedPod, to: { ip: string }, via: 'curl' | 'node', port = HTTP_PORT): Promise<{ pod: string; client: string }> => {
+    const url = `http://${to.ip}:${port}/`;
     const text = via === 'curl' ? await cluster.curl(from, url) : String((await tb.exec(from.netns, process.execPath, ['-e', NODE_HTTP_CLIENT, url])).stdout);
     const { pod, client } = JSON.parse(text) as { pod: string; client: string };
     return { pod, client };
+  };
+
+  /**
+   * The node's service proxy sends API_VIP:443 to `to`, port HTTP_PORT, as kube-proxy does locally originated traffic:
+   * a DNAT in OUTPUT behind a route to the VIP (a node has a default route; the testbed's nodes do not).
+   */
+  const routeApiVip = async (t: Test, to: string) => {
+    const dnat = ['OUTPUT', '-d', API_VIP, '-p', 'tcp', '--dport', '443', '-j', 'DNAT', '--to-destination', `${to}:${HTTP_PORT}`];
+    const route = [`${API_VIP}/32`, 'dev', node1.uplink];
+    await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-A', ...dnat]);
+    t.teardown(() => tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-D', ...dnat]));
+    await tb.exec(node1.netns, 'ip', ['route', 'add', ...route]);
+    t.teardown(() => tb.exec(node1.netns, 'ip', ['route', 'del', ...route]));
   };
 
   t.test('the agent installed its rules: enrolled local pods in the ipset, DNAT to 15001 and 15006', async (t) => {
@@ -112,11 +128,16 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15006`);
   });
 
-  t.test('and the routing of replies to transparent connections: mark, fwmark rule, local route, bridge redirect', async (t) => {
+  t.test('and the routing of replies to transparent connections: marks, fwmark rule, local route, bridge redirect', async (t) => {
     for (const node of [node1, node2]) {
       const rules = await nodeRules(tb, node);
       t.match(rules.mangle, `-A PREROUTING -j ${AMBIT_MANGLE_CHAIN}`, `${node.name}: the mangle jump`);
-      t.match(rules.mangle, `-A ${AMBIT_MANGLE_CHAIN} -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000`);
+      t.match(rules.mangle, `-A OUTPUT -j ${AMBIT_MANGLE_OUTPUT_CHAIN}`, `${node.name}: the mangle OUTPUT jump`);
+      const chainRules = (chain: string) => rules.mangle.split('\n').filter((line) => line.startsWith(`-A ${chain} `));
+      t.same(chainRules(AMBIT_MANGLE_CHAIN), buildMangleChainRules(), `${node.name}: the PREROUTING mark rules, as iptables-save prints them`);
+      t.same(chainRules(AMBIT_MANGLE_OUTPUT_CHAIN), buildMangleOutputChainRules(), `${node.name}: the OUTPUT mark rules, as iptables-save prints them`);
+      t.match(rules.mangle, '-m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000', `${node.name}: replies of delivered connections`);
+      t.match(rules.mangle, '-m set --match-set ambit-pods-v4 src -j CONNMARK --set-xmark 0x2000/0x2000', `${node.name}: passthrough connections marked`);
       t.match(rules.rules, `${TRANSPARENT_RULE_PRIORITY}:\tfrom all fwmark 0x2000/0x2000 lookup ${TRANSPARENT_ROUTE_TABLE}`, `${node.name}: the fwmark rule`);
       t.match(rules.routes, 'local default dev lo', `${node.name}: the local route`);
       t.match(rules.bridgeTables, `table bridge ${AMBIT_BRIDGE_TABLE}`, `${node.name}: the bridge table`);
@@ -149,8 +170,41 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'plaintext' && (r.src as { ip: string }).ip === plain1.ip);
   });
 
-  t.test('passthrough to a pod outside the mesh still leaves from the node', async (t) => {
-    t.same(await clientSeen(client, plain2, 'curl'), { pod: 'plain2', client: node1.ip });
+  t.test("passthrough keeps the pod's address: to a pod outside the mesh on another node, on the same bridge, on the same ptp node", async (t) => {
+    for (const via of ['curl', 'node'] as const) {
+      t.same(await clientSeen(client, plain2, via), { pod: 'plain2', client: client.ip }, `cross-node (${via})`);
+      t.same(await clientSeen(client, plain1, via), { pod: 'plain1', client: client.ip }, `same bridge: the reply is switched to the agent, not to the client (${via})`);
+      t.same(await clientSeen(peer2, plain2, via), { pod: 'plain2', client: peer2.ip }, `same ptp node (${via})`);
+    }
+  });
+
+  t.test("a rule that drops the pod's address at the destination (a NetworkPolicy stand-in) blocks its passthrough too", async (t) => {
+    t.same(await clientSeen(client, plain2, 'curl'), { pod: 'plain2', client: client.ip }, 'allowed before the rules');
+    t.same(await clientSeen(client, plain1, 'curl'), { pod: 'plain1', client: client.ip }, 'allowed before the rules, same bridge');
+    // Where a policy engine would refuse client → plain2 and client → plain1: the destination node's FORWARD chain,
+    // and the destination pod itself.
+    const rules = [
+      { netns: node2.netns, rule: ['FORWARD', '-s', client.ip, '-d', plain2.ip, '-p', 'tcp', '--dport', String(HTTP_PORT), '-j', 'DROP'] },
+      { netns: plain1.netns, rule: ['INPUT', '-s', client.ip, '-p', 'tcp', '--dport', String(HTTP_PORT), '-j', 'DROP'] },
+    ];
+    for (const { netns, rule } of rules) {
+      await tb.exec(netns, 'iptables', ['-I', ...rule]);
+      t.teardown(() => tb.exec(netns, 'iptables', ['-D', ...rule]));
+    }
+    const refusals = [plain2, plain1].map((to) =>
+      cluster.waitForLog(node1, (r) => r.msg === 'connection refused' && r.reason === 'upstream_timeout' && (r.dst as { ip: string } | undefined)?.ip === to.ip, 15_000),
+    );
+    await Promise.all([
+      t.rejects(cluster.curl(client, `http://${plain2.ip}:${HTTP_PORT}/`), 'cross-node: blocked'),
+      t.rejects(cluster.curl(client, `http://${plain1.ip}:${HTTP_PORT}/`), 'same bridge: blocked'),
+    ]);
+    await Promise.all(refusals);
+    for (const { netns, rule } of rules) {
+      const counted = String((await tb.exec(netns, 'iptables', ['-nvxL', rule[0]!])).stdout)
+        .split('\n')
+        .find((line) => line.includes('DROP') && line.includes(client.ip));
+      t.ok(Number(counted?.trim().split(/\s+/)[0]) > 0, `the rule in ${rule[0]} dropped the agent's packets from ${client.ip}`);
+    }
   });
 
   t.test('cross-node pod to pod, curl', async (t) => {
@@ -179,17 +233,20 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     const body = JSON.parse(await cluster.curl(client, `http://${SLICED_VIP}/`));
     t.equal(body.pod, 'server', "the slice's endpoint, on the slice's port");
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && r.service === 'sliced.demo.svc.cluster.local');
-    // The node's service proxy routes the VIP, as kube-proxy does locally originated traffic: a DNAT in OUTPUT (here to
-    // plain2), behind a route to the VIP (a node has a default route; the testbed's nodes do not).
-    const dnat = ['OUTPUT', '-d', API_VIP, '-p', 'tcp', '--dport', '443', '-j', 'DNAT', '--to-destination', `${plain2.ip}:${HTTP_PORT}`];
-    const route = [`${API_VIP}/32`, 'dev', node1.uplink];
-    await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-A', ...dnat]);
-    t.teardown(() => tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-D', ...dnat]));
-    await tb.exec(node1.netns, 'ip', ['route', 'add', ...route]);
-    t.teardown(() => tb.exec(node1.netns, 'ip', ['route', 'del', ...route]));
+    await routeApiVip(t, plain2.ip);
     const api = JSON.parse(await cluster.curl(client, `http://${API_VIP}:443/`));
-    t.match(api, { pod: 'plain2', client: node1.ip }, 'default/kubernetes is passed through to its VIP, from the node');
+    t.match(api, { pod: 'plain2', client: client.ip }, "default/kubernetes is passed through to its VIP, from the pod's address");
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'passthrough' && r.service === 'kubernetes.default.svc.cluster.local' && (r.dst as { ip: string }).ip === API_VIP);
+  });
+
+  t.test("passthrough to the node's own address (a hostNetwork workload), directly or behind a VIP, keeps the pod's address", async (t) => {
+    t.teardown(await cluster.startWorkload({ name: 'host1', netns: node1.netns }));
+    for (const via of ['curl', 'node'] as const) {
+      t.same(await clientSeen(client, node1, via), { pod: 'host1', client: client.ip }, `to the node IP (${via})`);
+    }
+    await routeApiVip(t, node1.ip);
+    const api = JSON.parse(await cluster.curl(client, `http://${API_VIP}:443/`));
+    t.match(api, { pod: 'host1', client: client.ip }, 'to a VIP the node sends to itself (the API server of a control-plane node)');
   });
 
   t.test('same node over the bridge (br_netfilter): delivered by the agent, reported by both sides', async (t) => {
@@ -206,11 +263,13 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
   });
 
   t.test('pod outside the mesh to a mesh pod: plaintext inbound, allowed and counted', async (t) => {
-    const before = metricValue(await cluster.metrics(node2), 'istio_tcp_connections_opened_total', { connection_security_policy: 'none' });
+    // The series of plaintext from plain1 alone: node2 also counts its pods' passthrough connections as 'none'.
+    const series = { reporter: 'destination', connection_security_policy: 'none', source_workload: 'plain1' };
+    const before = metricValue(await cluster.metrics(node2), 'istio_tcp_connections_opened_total', series);
     const body = JSON.parse(await cluster.curl(plain1, `http://${server.ip}:${HTTP_PORT}/`));
     t.equal(body.pod, 'server');
     await cluster.waitForLog(node2, (r) => r.msg === 'access' && r.path === 'plaintext');
-    const after = metricValue(await cluster.metrics(node2), 'istio_tcp_connections_opened_total', { connection_security_policy: 'none', source_workload: 'plain1' });
+    const after = metricValue(await cluster.metrics(node2), 'istio_tcp_connections_opened_total', series);
     t.equal(after, before + 1);
   });
 
@@ -231,6 +290,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
   t.test('rules flushed by someone else are repaired by the agent', async (t) => {
     await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-F', 'AMBIT-PREROUTING']);
     await tb.exec(node1.netns, 'iptables', ['-t', 'mangle', '-F', AMBIT_MANGLE_CHAIN]);
+    await tb.exec(node1.netns, 'iptables', ['-t', 'mangle', '-F', AMBIT_MANGLE_OUTPUT_CHAIN]);
     await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v4']);
     await tb.exec(node1.netns, 'ip', ['rule', 'del', 'priority', String(TRANSPARENT_RULE_PRIORITY)]);
     await tb.exec(node1.netns, 'ip', ['route', 'flush', 'table', String(TRANSPARENT_ROUTE_TABLE)]);
@@ -246,13 +306,14 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       ipset = String((await tb.exec(node1.netns, 'ipset', ['list', 'ambit-pods-v4'])).stdout);
       rules = await nodeRules(tb, node1);
       const transparentBack =
-        rules.mangle.includes('--transparent') && rules.rules.includes(`lookup ${TRANSPARENT_ROUTE_TABLE}`) && rules.routes.includes('local default') &&
+        rules.mangle.includes('--transparent') && rules.mangle.includes('CONNMARK') && rules.rules.includes(`lookup ${TRANSPARENT_ROUTE_TABLE}`) && rules.routes.includes('local default') &&
         rules.bridgeTables.includes(AMBIT_BRIDGE_TABLE) && rules.fdb.includes(AMBIT_BRIDGE_MAC);
       if (nat.includes(`${node1.ip}:15001`) && ipset.includes(client.ip) && transparentBack) break;
     }
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15001`, 'the chain is back');
     t.match(ipset, client.ip, 'the set is back');
     t.match(rules.mangle, '-m socket --transparent', 'the mark rule is back');
+    t.match(rules.mangle, `-A ${AMBIT_MANGLE_OUTPUT_CHAIN} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN`, 'the connection mark rule is back');
     t.match(rules.rules, `lookup ${TRANSPARENT_ROUTE_TABLE}`, 'the fwmark rule is back');
     t.match(rules.routes, 'local default dev lo', 'the local route is back');
     t.match(rules.bridgeTables, AMBIT_BRIDGE_TABLE, 'the bridge table is back');
@@ -260,6 +321,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     t.equal(JSON.parse(await cluster.curl(client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server');
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip: string }).ip === server.ip);
     t.same(await clientSeen(client, neighbour, 'curl'), { pod: 'neighbour', client: client.ip }, 'same-node transparency works again');
+    t.same(await clientSeen(client, plain2, 'curl'), { pod: 'plain2', client: client.ip }, 'passthrough from the pod works again');
   });
 
   t.test('a shutdown or a crash leaves the rules (fail closed) until --cleanup removes every piece', async (t) => {
@@ -281,6 +343,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       const rules = await nodeRules(tb, node);
       t.match(rules.nat, 'AMBIT-PREROUTING', `${node.name}: the rules stay while the agent is down`);
       t.match(rules.mangle, AMBIT_MANGLE_CHAIN);
+      t.match(rules.mangle, AMBIT_MANGLE_OUTPUT_CHAIN);
     }
     await t.rejects(cluster.curl(plain2, `http://${server.ip}:${HTTP_PORT}/`), 'a captured connection is refused, never sent in plaintext');
 

@@ -74,6 +74,11 @@ t.test('a pod that takes an enrolled neighbour\'s address', { skip: unavailable 
     t.match(JSON.parse(await cluster.curl(server1, `http://${outsider.ip}:${HTTP_PORT}/`)), { pod: 'outsider' }, 'and is reached from one');
     const probe = await tb.exec(node1.netns, 'curl', ['-sS', '--max-time', '5', `http://${server1.ip}:${HTTP_PORT}/`]);
     t.match(JSON.parse(String(probe.stdout)), { pod: 'server1' }, 'a kubelet-style connection from the node reaches the pod');
+    // Passed through from the pod's own address to the node's: the agent's packets come back in through lo.
+    for (const [victim, node] of [[victim1, node1], [victim2, node2]] as const) {
+      t.teardown(await cluster.startWorkload({ name: `host-${node.name}`, netns: node.netns }));
+      t.match(JSON.parse(await cluster.curl(victim, `http://${node.ip}:${HTTP_PORT}/`)), { pod: `host-${node.name}`, client: victim.ip }, `${victim.name} → a hostNetwork workload on ${node.name}`);
+    }
     t.equal(await rawDrops(node1), 0, 'nothing legitimate was dropped on the bridge node (raw)');
     t.equal(await bridgeDrops(node1), 0, 'nor by the bridge table');
     t.equal(await rawDrops(node2), 0, 'nor on the ptp node');

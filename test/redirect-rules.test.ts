@@ -44,6 +44,13 @@ const INBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v
 const MANGLE_JUMP = '-A PREROUTING -j AMBIT-MANGLE-PREROUTING';
 const MARK_RULE =
   '-A AMBIT-MANGLE-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000';
+const CONNMARK_RESTORE_RULE = '-A AMBIT-MANGLE-PREROUTING -p tcp -m connmark --mark 0x2000/0x2000 -j MARK --set-xmark 0x2000/0x2000';
+const MANGLE_OUTPUT_JUMP = '-A OUTPUT -j AMBIT-MANGLE-OUTPUT';
+const CONNMARK_SET_RULE =
+  '-A AMBIT-MANGLE-OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m set --match-set ambit-pods-v4 src -j CONNMARK --set-xmark 0x2000/0x2000';
+const LOCAL_REPLY_RULE = '-A AMBIT-MANGLE-OUTPUT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctdir REPLY -j MARK --set-xmark 0x2000/0x2000';
+/** Ambit's mangle rules as iptables-save prints them: the builtin chains' jumps, then its own chains (in either order). */
+const MANGLE_RULES = [MANGLE_JUMP, MANGLE_OUTPUT_JUMP, MARK_RULE, CONNMARK_RESTORE_RULE, CONNMARK_SET_RULE, LOCAL_REPLY_RULE];
 const IPV6_INPUT_JUMP = '-A INPUT -j AMBIT-IPV6-REJECT';
 const IPV6_FORWARD_JUMP = '-A FORWARD -j AMBIT-IPV6-REJECT';
 const IPV6_REJECT_RULES = [
@@ -132,20 +139,44 @@ function mangleDump(chains: string[], rules: string[]): string {
 t.test('buildMangleRules and buildMangleRemoval', async (t) => {
   t.equal(
     buildMangleRules(),
-    ['*mangle', ':AMBIT-MANGLE-PREROUTING - [0:0]', MARK_RULE, '-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING', 'COMMIT', ''].join('\n'),
-    'a table without Ambit gets the chain, the mark rule and the jump at the top',
+    [
+      '*mangle',
+      ':AMBIT-MANGLE-PREROUTING - [0:0]',
+      MARK_RULE,
+      CONNMARK_RESTORE_RULE,
+      '-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING',
+      'COMMIT',
+      '*mangle',
+      ':AMBIT-MANGLE-OUTPUT - [0:0]',
+      CONNMARK_SET_RULE,
+      LOCAL_REPLY_RULE,
+      '-I OUTPUT 1 -j AMBIT-MANGLE-OUTPUT',
+      'COMMIT',
+      '',
+    ].join('\n'),
+    'a table without Ambit gets both chains, their mark rules and their jumps at the top',
   );
-  const installed = mangleDump(['AMBIT-MANGLE-PREROUTING'], [MANGLE_JUMP, MARK_RULE]);
+  const installed = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], MANGLE_RULES);
   t.equal(buildMangleRules({ currentTables: installed }), '', 'nothing to do when it is in place');
   t.equal(buildMangleRules({ currentTables: natDump([], []) + installed }), '', 'the mangle section of a full dump is the one read');
-  const slidDown = mangleDump(['AMBIT-MANGLE-PREROUTING', 'cali-PREROUTING'], ['-A PREROUTING -j cali-PREROUTING', MANGLE_JUMP, MARK_RULE]);
-  t.match(buildMangleRules({ currentTables: slidDown }), /^-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING$/m, 'a CNI above it: moved back to the top');
-  const flushed = mangleDump(['AMBIT-MANGLE-PREROUTING'], [MANGLE_JUMP]);
-  t.match(buildMangleRules({ currentTables: flushed }), new RegExp(`^${MARK_RULE}$`, 'm'), 'a flushed chain gets its rule back');
+  const slidDown = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT', 'cali-PREROUTING'], ['-A PREROUTING -j cali-PREROUTING', ...MANGLE_RULES]);
+  t.equal(
+    buildMangleRules({ currentTables: slidDown }),
+    '*mangle\n:AMBIT-MANGLE-PREROUTING - [0:0]\n' + `${MARK_RULE}\n${CONNMARK_RESTORE_RULE}\n` + '-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING\nCOMMIT\n',
+    'a CNI above it: moved back to the top, the OUTPUT chain left alone',
+  );
+  const outputSlid = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], ['-A OUTPUT -j KUBE-OUTPUT', ...MANGLE_RULES]);
+  t.match(buildMangleRules({ currentTables: outputSlid }), /^-D OUTPUT -j AMBIT-MANGLE-OUTPUT\n-I OUTPUT 1 -j AMBIT-MANGLE-OUTPUT$/m, 'and the OUTPUT jump the same');
+  const flushed = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], [MANGLE_JUMP, MANGLE_OUTPUT_JUMP]);
+  const refilled = buildMangleRules({ currentTables: flushed });
+  for (const rule of [MARK_RULE, CONNMARK_RESTORE_RULE, CONNMARK_SET_RULE, LOCAL_REPLY_RULE]) {
+    t.match(refilled, new RegExp(`^${rule.replace(/[/]/g, '\\/')}$`, 'm'), `flushed chains get their rules back: ${rule}`);
+  }
   t.equal(buildMangleRemoval(natDump(['AMBIT-PREROUTING'], [JUMP])), '', 'the nat chain is not the mangle chain');
   t.equal(
     buildMangleRemoval(installed),
-    '*mangle\n-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-F AMBIT-MANGLE-PREROUTING\n-X AMBIT-MANGLE-PREROUTING\nCOMMIT\n',
+    '*mangle\n-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-F AMBIT-MANGLE-PREROUTING\n-X AMBIT-MANGLE-PREROUTING\nCOMMIT\n' +
+      '*mangle\n-D OUTPUT -j AMBIT-MANGLE-OUTPUT\n-F AMBIT-MANGLE-OUTPUT\n-X AMBIT-MANGLE-OUTPUT\nCOMMIT\n',
   );
 });
 
@@ -278,7 +309,7 @@ t.test('source binding: the raw chain, its sets, and which interface an address 
     [
       '*raw',
       ':AMBIT-SOURCE-CHECK - [0:0]',
-      '-A AMBIT-SOURCE-CHECK -p tcp -m set --match-set ambit-pods-bound-v4 src -m set ! --match-set ambit-pod-ports-v4 src,src -j DROP',
+      '-A AMBIT-SOURCE-CHECK ! -i lo -p tcp -m set --match-set ambit-pods-bound-v4 src -m set ! --match-set ambit-pod-ports-v4 src,src -j DROP',
       '-I PREROUTING 1 -j AMBIT-SOURCE-CHECK',
       'COMMIT',
       '',
@@ -431,10 +462,12 @@ async function ambitFdbEntries(netns: string): Promise<string[]> {
 
 /** Everything but the ipset, the nat chain: what routes replies to transparent connections. */
 async function assertTransparentRouting(t: Test, node: string, backend: IptablesBackend, present: boolean): Promise<void> {
-  const mangle = ruleLines(await mangleTable(node, backend)).filter((rule) => rule.includes('AMBIT'));
+  // legacy lists its own chains by name, nft in the order they were made
+  const mangle = ruleLines(await mangleTable(node, backend)).filter((rule) => rule.includes('AMBIT')).sort();
   const fwmarkRules = (await ipRules(node)).filter((rule) => rule.table === String(TRANSPARENT_ROUTE_TABLE));
   if (present) {
-    t.same(mangle, [MANGLE_JUMP, MARK_RULE], 'the mangle jump and mark rule');
+    t.same(mangle, [...MANGLE_RULES].sort(), 'the mangle jumps and mark rules');
+    t.same(ruleLines(await mangleTable(node, backend)).filter((rule) => rule.startsWith('-A AMBIT-MANGLE-OUTPUT ')), [CONNMARK_SET_RULE, LOCAL_REPLY_RULE], 'in order');
     t.same(fwmarkRules, [FWMARK_RULE], 'one fwmark rule');
     t.same(await tableRoutes(node), [LOCAL_ROUTE], 'the local route');
     t.match(await bridgeTables(node), 'table bridge ambit', 'the bridge table');
@@ -622,10 +655,11 @@ t.test('install repairs the routing of transparent replies after an outside flus
   const rules = new RedirectRules({ nodeIp: NODE_IP, backend: 'nft', netns: node });
   await rules.install();
   await inNetns(node, ['iptables-nft', '-t', 'mangle', '-F', 'AMBIT-MANGLE-PREROUTING']);
+  await inNetns(node, ['iptables-nft', '-t', 'mangle', '-F', 'AMBIT-MANGLE-OUTPUT']);
   await inNetns(node, ['ip', 'rule', 'del', 'priority', '90']);
   await inNetns(node, ['ip', 'route', 'flush', 'table', String(TRANSPARENT_ROUTE_TABLE)]);
   await inNetns(node, ['nft', 'delete', 'table', 'bridge', 'ambit']);
-  t.same(ruleLines(await mangleTable(node, 'nft')), [MANGLE_JUMP], 'flushed: only the jump is left');
+  t.same(ruleLines(await mangleTable(node, 'nft')), [MANGLE_JUMP, MANGLE_OUTPUT_JUMP], 'flushed: only the jumps are left');
   await rules.install();
   await assertTransparentRouting(t, node, 'nft', true);
 

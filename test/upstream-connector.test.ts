@@ -102,6 +102,16 @@ t.test('a transparent connector that loses its privilege fails the connection, n
   for (let i = 0; i < 2; i++) await t.rejects(connector.connect({ host: '127.0.0.1', port }, '10.244.2.7'), { code: 'SOCKOPT_FAILED' }, `attempt ${i + 1}`);
 });
 
+t.test('sourceFor: the client in transparent mode where it can be, the node always in node mode', async (t) => {
+  const transparent = connectorWith(mustNotBeCalled);
+  t.equal(transparent.sourceFor(POD, '10.244.2.7'), '10.244.2.7');
+  t.equal(transparent.sourceFor({ host: '192.0.2.10' }, '10.244.1.9'), '10.244.1.9', 'a passthrough destination: the pod');
+  t.equal(transparent.sourceFor(POD, undefined), undefined, 'no client: the node');
+  const node = connectorWith(mustNotBeCalled, 'node');
+  t.equal(node.sourceFor(POD, '10.244.2.7'), undefined);
+  t.same([transparent.transparent, node.transparent], [true, false]);
+});
+
 t.test('the mode is a metric', async (t) => {
   for (const source of ['transparent', 'node'] as const) {
     const registry = createRegistry();

@@ -3,6 +3,7 @@
  * CA, one agent process per node (started in the node's namespace, as a DaemonSet pod with hostNetwork would run),
  * and the test application in every pod. Used by the end-to-end tests, `npm run demo` and `npm run bench`.
  */
+import { once } from 'node:events';
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -253,12 +254,23 @@ export class MeshCluster {
     return path.join(this.tb.tmpDir, 'state', node.name);
   }
 
-  async startWorkload(pod: TestbedPod): Promise<void> {
+  /**
+   * Starts the test application in a pod, or in a node's own namespace (`{ name, netns: node.netns }`: a hostNetwork
+   * workload); resolves once it listens, with a function that stops it (else the testbed does, when destroyed).
+   */
+  async startWorkload(pod: Pick<TestbedPod, 'name' | 'netns'>): Promise<() => Promise<void>> {
     const child = this.tb.spawn(pod.netns, process.execPath, [WORKLOAD_SERVER_PATH, '--name', pod.name, '--http', String(HTTP_PORT), '--echo', String(ECHO_PORT)], {
       buffer: false,
     }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
     await waitForLine(child, lines, (l) => l === 'listening', `workload in ${pod.name}`, 10_000, stderr);
+    // A function, not the process: execa's process is a promise, which an async function would wait for.
+    return async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = once(child, 'exit');
+      child.kill('SIGTERM');
+      await exited;
+    };
   }
 
   async startAgent(node: TestbedNode, extraArgs: string[] = []): Promise<void> {
