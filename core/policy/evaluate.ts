@@ -95,7 +95,7 @@ interface CompiledPolicy {
   readonly key: string;
   readonly name: string;
   readonly action: AuthorizationAction;
-  readonly selector: ReadonlyArray<readonly [string, string]> | undefined;
+  readonly selector: Labels | undefined;
   /** Names of the Services (in the policy's namespace) the policy targets; undefined without targetRefs. */
   readonly services: ReadonlySet<string> | undefined;
   readonly namespace: string;
@@ -222,10 +222,7 @@ function applies(policy: CompiledPolicy, destination: ConnectionAttributes['dest
     return false;
   }
   if (policy.selector !== undefined) {
-    const labels = destination.workload.labels;
-    for (const [key, value] of policy.selector) {
-      if (labels[key] !== value) return false;
-    }
+    return selectorMatches(policy.selector, destination.workload.labels);
   }
   return true;
 }
@@ -245,7 +242,6 @@ function compilePolicy(policy: AuthorizationPolicy, key: string): CompiledPolicy
     services = new Set(policy.targetRefs.filter((ref) => ref.kind === 'Service').map((ref) => ref.name));
     if (services.size === 0) return undefined;
   }
-  const selector = policy.selector === undefined ? undefined : Object.entries(policy.selector);
   const rules: CompiledRule[] = [];
   const l7Fallbacks: L7Fallback[] = [];
   policy.rules.forEach((rule, index) => {
@@ -258,7 +254,7 @@ function compilePolicy(policy: AuthorizationPolicy, key: string): CompiledPolicy
     key,
     name: policy.name,
     action: policy.action,
-    selector: selector !== undefined && selector.length > 0 ? selector : undefined,
+    selector: policy.selector !== undefined && Object.keys(policy.selector).length > 0 ? policy.selector : undefined,
     services,
     namespace: policy.namespace,
     rules,
