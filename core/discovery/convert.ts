@@ -1,5 +1,7 @@
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors.js';
+import { spiffeId } from '../identity/index.js';
+import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
 import {
   SERVICE_NAME_LABEL,
   type ContainerPort,
@@ -25,9 +27,7 @@ const REPLICA_SET_HASH_SUFFIX = /^(.+)-[bcdfghjklmnpqrstvwxz2456789]{6,10}$/;
 /** A CronJob names each Job `<cronjob>-<scheduled minute>`; one metric series per run would be useless. */
 const CRON_JOB_SUFFIX = /^(.+)-\d{8,10}$/;
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const IANA_SERVICE_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const PROTOCOLS = new Set(['TCP', 'UDP', 'SCTP']);
 
@@ -238,7 +238,7 @@ function convertPod(fields: Fields, trustDomain: string): PodInfo {
     namespace,
     workloadName: workloadNameOf(name, labels, owners),
     serviceAccount,
-    identity: `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`,
+    identity: spiffeId(trustDomain, namespace, serviceAccount),
     node,
     ips: Object.freeze(ips),
     labels,
@@ -457,14 +457,6 @@ export function canonicalIp(text: string): string | undefined {
   // Zone ids (fe80::1%eth0) are link-local and never a pod's address; the URL parser rejects them too.
   if (lower.includes('%')) return undefined;
   return new URL(`http://[${lower}]/`).hostname.slice(1, -1);
-}
-
-function isDnsLabel(name: string): boolean {
-  return name.length <= 63 && DNS_LABEL.test(name);
-}
-
-function isDnsSubdomain(name: string): boolean {
-  return name.length <= 253 && DNS_SUBDOMAIN.test(name);
 }
 
 function isIanaServiceName(name: string): boolean {
