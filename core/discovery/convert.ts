@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors.js';
 import { spiffeId } from '../identity/index.js';
+import { canonicalIp } from '../ip/index.js';
 import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
 import {
   SERVICE_NAME_LABEL,
@@ -442,21 +443,6 @@ function workloadNameOf(podName: string, labels: Labels, owners: ReadonlyArray<{
   }
   if (owner.kind === 'Job') return CRON_JOB_SUFFIX.exec(owner.name)?.[1] ?? owner.name;
   return owner.name;
-}
-
-/**
- * The text form Node reports for socket addresses (IPv6 compressed, lower case; IPv4-mapped IPv6 as IPv4), or
- * undefined when `text` is not an IP address.
- */
-export function canonicalIp(text: string): string | undefined {
-  const family = isIP(text);
-  if (family === 4) return text;
-  if (family !== 6) return undefined;
-  const lower = text.toLowerCase();
-  if (lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4) return lower.slice(7);
-  // Zone ids (fe80::1%eth0) are link-local and never a pod's address; the URL parser rejects them too.
-  if (lower.includes('%')) return undefined;
-  return new URL(`http://[${lower}]/`).hostname.slice(1, -1);
 }
 
 function isIanaServiceName(name: string): boolean {

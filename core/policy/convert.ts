@@ -1,6 +1,6 @@
 import { describe, InvalidObjectError, ObjectReader, type Labels } from '../discovery/index.js';
 import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
-import { canonicalCidr } from './evaluate.js';
+import { canonicalCidr } from '../ip/index.js';
 import {
   AMBIT_SECURITY_API,
   DRY_RUN_ANNOTATION,
