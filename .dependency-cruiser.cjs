@@ -46,10 +46,11 @@ module.exports = {
       name: 'cni-plugin-takes-little-of-core',
       severity: 'error',
       comment:
-        'cni/ takes from core/ only the CNI socket protocol, errors and logging (and the enrollment rule, see ' +
+        'cni/ takes from core/ only the CNI socket protocol, errors and logging, the one IP parser (core/ip: the ' +
+        "pod's CIDR is security-relevant, and ipaddr.js is small and dependency-free) and the enrollment rule (see " +
         'CNI_PLUGIN_FROM_DISCOVERY), so that its single executable stays small.',
       from: { path: '^cni/', pathNot: '^cni/installer\\.ts$' },
-      to: { path: '^core/', pathNot: ['^core/(cni|errors|log)/index\\.ts$', CNI_PLUGIN_FROM_DISCOVERY] },
+      to: { path: '^core/', pathNot: ['^core/(cni|errors|log|ip)/index\\.ts$', CNI_PLUGIN_FROM_DISCOVERY] },
     },
     {
       name: 'cni-installer-takes-little-of-core',

@@ -7,7 +7,7 @@ import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors/index.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
-import { CertStore, LocalCaFolder, sniForIdentity } from '../core/identity/index.js';
+import { CertStore, LocalCaFolder, sniForIdentity, trustDomainId } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
 import { PolicyStore } from '../core/policy/index.js';
@@ -511,7 +511,7 @@ export class Agent {
       collect() {
         this.reset();
         const { ca } = caFolder;
-        this.set({ identity: `spiffe://${ca.trustDomain}`, kind: 'root' }, ca.notAfter.getTime() / 1000);
+        this.set({ identity: trustDomainId(ca.trustDomain), kind: 'root' }, ca.notAfter.getTime() / 1000);
         for (const { spiffeId, notAfter } of certs.expirations()) this.set({ identity: spiffeId, kind: 'workload' }, notAfter.getTime() / 1000);
       },
     });

@@ -3,7 +3,8 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
 import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_MAX_CONNECTIONS_PER_SOURCE, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
-import { AmbitError } from '../core/errors/index.js';
+import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
+import { validateTrustDomain } from '../core/identity/index.js';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
 export const DEFAULT_PORTS = Object.freeze({
@@ -164,9 +165,7 @@ export interface AgentCommand {
   config: AgentConfig | undefined;
 }
 
-function usageError(message: string): AmbitError {
-  return new AmbitError('USAGE', `${message} (see ambit agent --help)`);
-}
+const usageError = (message: string): AmbitError => commandUsageError('agent', message);
 
 /**
  * One validated, frozen configuration from flags and environment (flags win). Unknown flags and bad values are
@@ -277,7 +276,11 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     maxConnectionsPerSource,
   });
   const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
-  if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$/.test(trustDomain)) throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain (lowercase DNS name)`);
+  try {
+    validateTrustDomain(trustDomain);
+  } catch (err) {
+    throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
+  }
 
   return {
     help: false,

@@ -1,4 +1,4 @@
-import type net from 'node:net';
+import { isIPv6, type Socket } from 'node:net';
 import type { ReadonlyWorkloadStore, Service, ServiceEndpoint, Workload } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
@@ -94,7 +94,7 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
       // its slice, endpoints managed outside the cluster); the node's service proxy behind the VIP does.
       return { kind: 'passthrough', source, destination: undefined, service, target: original };
     }
-    const chosen = chooseEndpoint(ctx, endpoints, original.host.includes(':'));
+    const chosen = chooseEndpoint(ctx, endpoints, isIPv6(original.host));
     if (chosen === 'loop') {
       const itself = endpoints.filter((e) => isAgentItself(ctx, { host: e.ip, port: e.port })).map((e) => formatAuthority(e.ip, e.port));
       return {
@@ -153,7 +153,7 @@ export function buildOutboundRequest(ctx: OutboundContext, sourceIp: string, ori
  */
 function chooseEndpoint(ctx: OutboundContext, endpoints: readonly ServiceEndpoint[], ipv6: boolean): ServiceEndpoint | 'loop' | undefined {
   const pick = ctx.pick ?? pickRandom;
-  const ofFamily = endpoints.filter((e) => e.ip.includes(':') === ipv6);
+  const ofFamily = endpoints.filter((e) => isIPv6(e.ip) === ipv6);
   const candidates = ofFamily.filter((e) => !isAgentItself(ctx, { host: e.ip, port: e.port }));
   if (candidates.length === 0) return ofFamily.length > 0 ? 'loop' : undefined;
   const local = candidates.filter((e) => e.node === ctx.nodeName);
@@ -164,7 +164,7 @@ function chooseEndpoint(ctx: OutboundContext, endpoints: readonly ServiceEndpoin
 }
 
 /** A connection captured on 15001: decide, then carry it (HBONE, same-node, passthrough) or reset it. */
-export function handleOutbound(inputs: ProxyInputs, socket: net.Socket): void {
+export function handleOutbound(inputs: ProxyInputs, socket: Socket): void {
   const { telemetry, config } = inputs;
   socket.on('error', () => undefined);
   const sourceIp = socket.remoteAddress ?? '';

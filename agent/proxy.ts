@@ -4,6 +4,7 @@ import type { Duplex } from 'node:stream';
 import { Gauge, type Registry } from 'prom-client';
 import { AmbitError, isAmbitError, errnoCode } from '../core/errors/index.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES } from '../core/hbone/index.js';
+import { canonicalIp } from '../core/ip/index.js';
 import { transparentSocket } from '../core/sockopt/index.js';
 import type { UpstreamSource } from './config.js';
 
@@ -175,8 +176,6 @@ export function connectTcp(
   });
 }
 
-const IPV4_MAPPED_PREFIX = '::ffff:';
-
 /**
  * Pure: the address the agent's connection to `target` for `client` should come from, so the destination (and the
  * NetworkPolicies and firewalls on the way) see the real client: the client's own, for a pod the agent delivers to
@@ -187,8 +186,8 @@ const IPV4_MAPPED_PREFIX = '::ffff:';
  */
 export function transparentSourceFor(nodeIp: string, target: { host: string }, client: string | undefined): string | undefined {
   if (client === undefined) return undefined;
-  const address = client.toLowerCase().startsWith(IPV4_MAPPED_PREFIX) ? client.slice(IPV4_MAPPED_PREFIX.length) : client;
-  if (!net.isIPv4(address) || !net.isIPv4(target.host)) return undefined;
+  const address = canonicalIp(client);
+  if (address === undefined || !net.isIPv4(address) || !net.isIPv4(target.host)) return undefined;
   if (address === nodeIp || address === target.host || address === '0.0.0.0' || address.startsWith('127.')) return undefined;
   return address;
 }

@@ -1,10 +1,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { AmbitError } from '../core/errors/index.js';
+import { usageError } from '../core/errors/index.js';
 
-/** A usage error (exit 2) that points at the command's help. */
-export function usageError(command: string, message: string): AmbitError {
-  return new AmbitError('USAGE', `${message} (see ambit ${command} --help)`);
-}
+export { usageError };
 
 /**
  * The subcommand of `ambit <command> <sub> ...`: returns it with the rest of the arguments, or the exit code after

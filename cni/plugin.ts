@@ -27,8 +27,8 @@
  * | 199 | a bug in the plugin (an unexpected exception); the stack goes to stderr, never stdout |
  */
 import path from 'node:path';
-import { SocketAddress, isIP } from 'node:net';
 import { AmbitError } from '../core/errors/index.js';
+import { canonicalIp, parseCidr } from '../core/ip/index.js';
 import { namespaceEnrollment } from '../core/discovery/enrollment.js';
 import {
   CNI_PROTOCOL_VERSION,
@@ -373,14 +373,8 @@ export function podIpsFromResult(result: Readonly<Record<string, unknown>>): str
 
 /** `10.1.2.3/24` → `10.1.2.3`, `FD00:0::5/64` → `fd00::5`; undefined when it is not an address with a valid prefix. */
 export function parseCidrAddress(value: unknown): string | undefined {
-  if (typeof value !== 'string') return undefined;
-  const slash = value.lastIndexOf('/');
-  if (slash < 0) return undefined;
-  const address = value.slice(0, slash);
-  const prefix = value.slice(slash + 1);
-  const family = isIP(address);
-  if (family === 0 || address.includes('%') || !/^\d{1,3}$/.test(prefix) || Number(prefix) > (family === 4 ? 32 : 128)) return undefined;
-  return new SocketAddress({ address, family: family === 4 ? 'ipv4' : 'ipv6' }).address;
+  if (typeof value !== 'string' || !value.includes('/') || parseCidr(value) === undefined) return undefined;
+  return canonicalIp(value.slice(0, value.indexOf('/')));
 }
 
 /** ADD and CHECK for a pod: asks the agent; when it cannot be reached, the enrollment file decides. */

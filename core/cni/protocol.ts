@@ -11,6 +11,7 @@
  */
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors/index.js';
+import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
 
 export const CNI_PROTOCOL_VERSION = 1;
 /** Where the agent listens, and the plugin and installer connect, unless configured otherwise. */
@@ -113,9 +114,6 @@ export class CniProtocolError extends AmbitError {
 }
 
 const OPS = new Set(['add', 'check', 'del', 'status', 'uninstall']);
-/** DNS-1123 label (namespace) and subdomain (pod name), as Kubernetes validates them. */
-const NAMESPACE_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const POD_NAME_RE = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 const CONTAINER_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$/;
 /** What Linux accepts as an interface name (IFNAMSIZ, no '/', no whitespace), minus '.' and '..'. */
 const INTERFACE_NAME_RE = /^(?!\.{1,2}$)[A-Za-z0-9_.:@-]{1,15}$/;
@@ -127,7 +125,7 @@ export function isInterfaceName(name: string): boolean {
 
 /** A Kubernetes namespace name (a DNS-1123 label). */
 export function isNamespaceName(name: string): boolean {
-  return NAMESPACE_RE.test(name);
+  return isDnsLabel(name);
 }
 
 /** Parses one request line (without its newline); throws CniProtocolError naming what is wrong. */
@@ -202,14 +200,15 @@ function parseJsonObject(text: string, what: string, limit = CNI_MESSAGE_LIMIT):
 function parsePod(value: unknown, needsIps: boolean): CniPod {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new CniProtocolError('bad-request', 'request has no "pod" object');
   const pod = value as Record<string, unknown>;
-  const field = (name: string, re: RegExp): string => {
+  const field = (name: string, valid: (text: string) => boolean): string => {
     const v = pod[name];
-    if (typeof v !== 'string' || !re.test(v)) throw new CniProtocolError('bad-request', `pod "${name}" is missing or not valid: ${JSON.stringify(v)?.slice(0, 80)}`);
+    if (typeof v !== 'string' || !valid(v)) throw new CniProtocolError('bad-request', `pod "${name}" is missing or not valid: ${JSON.stringify(v)?.slice(0, 80)}`);
     return v;
   };
-  const namespace = field('namespace', NAMESPACE_RE);
-  const name = field('name', POD_NAME_RE);
-  const containerId = field('containerId', CONTAINER_ID_RE);
+  // A namespace is a DNS-1123 label and a pod name a subdomain, as Kubernetes validates them.
+  const namespace = field('namespace', isDnsLabel);
+  const name = field('name', isDnsSubdomain);
+  const containerId = field('containerId', (text) => CONTAINER_ID_RE.test(text));
   const ipsValue = pod.ips ?? [];
   if (!Array.isArray(ipsValue) || ipsValue.length > 16) throw new CniProtocolError('bad-request', 'pod "ips" must be a list of at most 16 addresses');
   const ips = ipsValue.map((ip) => {

@@ -1,5 +1,8 @@
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors/index.js';
+import { spiffeId } from '../identity/index.js';
+import { canonicalIp } from '../ip/index.js';
+import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
 import {
   SERVICE_NAME_LABEL,
   type ContainerPort,
@@ -25,9 +28,7 @@ const REPLICA_SET_HASH_SUFFIX = /^(.+)-[bcdfghjklmnpqrstvwxz2456789]{6,10}$/;
 /** A CronJob names each Job `<cronjob>-<scheduled minute>`; one metric series per run would be useless. */
 const CRON_JOB_SUFFIX = /^(.+)-\d{8,10}$/;
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_1035_LABEL = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const IANA_SERVICE_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
 const PROTOCOLS = new Set(['TCP', 'UDP', 'SCTP']);
 
@@ -238,7 +239,7 @@ function convertPod(fields: Fields, trustDomain: string): PodInfo {
     namespace,
     workloadName: workloadNameOf(name, labels, owners),
     serviceAccount,
-    identity: `spiffe://${trustDomain}/ns/${namespace}/sa/${serviceAccount}`,
+    identity: spiffeId(trustDomain, namespace, serviceAccount),
     node,
     ips: Object.freeze(ips),
     labels,
@@ -442,29 +443,6 @@ function workloadNameOf(podName: string, labels: Labels, owners: ReadonlyArray<{
   }
   if (owner.kind === 'Job') return CRON_JOB_SUFFIX.exec(owner.name)?.[1] ?? owner.name;
   return owner.name;
-}
-
-/**
- * The text form Node reports for socket addresses (IPv6 compressed, lower case; IPv4-mapped IPv6 as IPv4), or
- * undefined when `text` is not an IP address.
- */
-export function canonicalIp(text: string): string | undefined {
-  const family = isIP(text);
-  if (family === 4) return text;
-  if (family !== 6) return undefined;
-  const lower = text.toLowerCase();
-  if (lower.startsWith('::ffff:') && isIP(lower.slice(7)) === 4) return lower.slice(7);
-  // Zone ids (fe80::1%eth0) are link-local and never a pod's address; the URL parser rejects them too.
-  if (lower.includes('%')) return undefined;
-  return new URL(`http://[${lower}]/`).hostname.slice(1, -1);
-}
-
-function isDnsLabel(name: string): boolean {
-  return name.length <= 63 && DNS_LABEL.test(name);
-}
-
-function isDnsSubdomain(name: string): boolean {
-  return name.length <= 253 && DNS_SUBDOMAIN.test(name);
 }
 
 function isIanaServiceName(name: string): boolean {

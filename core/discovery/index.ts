@@ -1,5 +1,6 @@
 export * from './types.js';
-export { convertObject, canonicalIp, describe, InvalidObjectError, ObjectReader, CLUSTER_DOMAIN } from './convert.js';
+export { canonicalIp } from '../ip/index.js';
+export { convertObject, describe, InvalidObjectError, ObjectReader, CLUSTER_DOMAIN } from './convert.js';
 export { DEFAULT_ROOT_NAMESPACE } from './root-namespace.js';
 export {
   enrollmentLabel,

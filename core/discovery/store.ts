@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { silentLogger, type Logger } from '../log/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from './root-namespace.js';
-import { canonicalIp } from './convert.js';
+import { canonicalIp } from '../ip/index.js';
 import { isWorkloadEnrolled } from './enrollment.js';
 import { selectorMatches } from './selector.js';
 import {
@@ -272,9 +272,10 @@ export class WorkloadStore extends EventEmitter {
   /** The workload that owns a pod IP (host-network pods are not indexed: their IP is the node's). */
   workloadByIp(ip: string): Workload | undefined {
     const found = this.#indexes.byIp.get(ip);
-    if (found !== undefined || !ip.includes(':')) return found;
+    if (found !== undefined) return found;
+    // The indexes hold canonical text (convertObject writes it); another spelling of the same address finds it too.
     const canonical = canonicalIp(ip);
-    return canonical === undefined ? undefined : this.#indexes.byIp.get(canonical);
+    return canonical === undefined || canonical === ip ? undefined : this.#indexes.byIp.get(canonical);
   }
 
   /** Workloads scheduled on this store's node, enrolled or not. */
@@ -289,9 +290,10 @@ export class WorkloadStore extends EventEmitter {
 
   serviceByVip(ip: string): Service | undefined {
     const found = this.#indexes.serviceByVip.get(ip);
-    if (found !== undefined || !ip.includes(':')) return found;
+    if (found !== undefined) return found;
+    // The indexes hold canonical text (convertObject writes it); another spelling of the same address finds it too.
     const canonical = canonicalIp(ip);
-    return canonical === undefined ? undefined : this.#indexes.serviceByVip.get(canonical);
+    return canonical === undefined || canonical === ip ? undefined : this.#indexes.serviceByVip.get(canonical);
   }
 
   /**

@@ -18,6 +18,11 @@ export class AmbitError extends Error {
  */
 export const CONFIGURATION_ERROR_CODES: ReadonlySet<string> = new Set(['USAGE', 'UPSTREAM_SOURCE_UNAVAILABLE']);
 
+/** A usage error (exit 2) that points at the command's help: `ambit <command> --help`. */
+export function usageError(command: string, message: string): AmbitError {
+  return new AmbitError('USAGE', `${message} (see ambit ${command} --help)`);
+}
+
 /** True when `err` is an AmbitError with the given code. */
 export function isAmbitError(err: unknown, code?: string): err is AmbitError {
   return err instanceof AmbitError && (code === undefined || err.code === code);

@@ -1,2 +1,2 @@
 /** Typed errors: `AmbitError` with a stable `code` and its `cause`. Imports nothing, so the CNI plugin takes it. */
-export { AmbitError, CONFIGURATION_ERROR_CODES, errnoCode, isAmbitError } from './errors.js';
+export { AmbitError, CONFIGURATION_ERROR_CODES, errnoCode, isAmbitError, usageError } from './errors.js';

@@ -1,6 +1,7 @@
 import { constants, type X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import type { TLSSocket } from 'node:tls';
+import { subjectAltNames } from '../identity/index.js';
 
 /** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
@@ -68,8 +69,7 @@ export class SecureContextCache {
 
 /** The SPIFFE ID in a certificate's URI SAN (Node's `subjectaltname` text form), or undefined. */
 export function spiffeIdFromSan(subjectAltName: string | undefined): string | undefined {
-  if (!subjectAltName) return undefined;
-  for (const entry of subjectAltName.split(', ')) {
+  for (const entry of subjectAltNames(subjectAltName)) {
     if (entry.startsWith('URI:spiffe://')) return entry.slice(4);
   }
   return undefined;

@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../fs/index.js';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
-import { parseSpiffeId, validateTrustDomain } from './spiffe.js';
+import { parseSpiffeId, subjectAltNames, trustDomainId, validateTrustDomain } from './spiffe.js';
 
 /** Workload certificates live a day and are renewed at half life (DESIGN.md, "Identity"). */
 export const DEFAULT_CERT_TTL_MS = 24 * 60 * 60 * 1000;
@@ -83,7 +83,7 @@ export class CertificateAuthority {
       { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
       { name: 'subjectKeyIdentifier' },
       // The trust domain's own SPIFFE ID, so that load() can recover the trust domain from the certificate.
-      { name: 'subjectAltName', altNames: [{ type: URI_NAME_TYPE, value: `spiffe://${options.trustDomain}` }] },
+      { name: 'subjectAltName', altNames: [{ type: URI_NAME_TYPE, value: trustDomainId(options.trustDomain) }] },
     ]);
     root.sign(forgeSigner(key.privateKey), forge.md.sha256.create());
     return new CertificateAuthority(options.trustDomain, toUnixPem(forge.pki.certificateToPem(root)), key.keyPem, key.privateKey);
@@ -257,7 +257,7 @@ function rootKeyIdentifier(root: forge.pki.Certificate): string {
 }
 
 function trustDomainFromRoot(root: X509Certificate): string | undefined {
-  const uris = (root.subjectAltName ?? '').split(', ').filter((name) => name.startsWith('URI:spiffe://'));
+  const uris = subjectAltNames(root.subjectAltName).filter((name) => name.startsWith('URI:spiffe://'));
   const first = uris[0];
   return first === undefined ? undefined : first.slice('URI:spiffe://'.length).replace(/\/$/, '');
 }

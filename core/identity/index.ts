@@ -1,4 +1,13 @@
-export { DEFAULT_TRUST_DOMAIN, spiffeId, parseSpiffeId, validateTrustDomain, sniForIdentity, type SpiffeIdParts } from './spiffe.js';
+export {
+  DEFAULT_TRUST_DOMAIN,
+  spiffeId,
+  parseSpiffeId,
+  validateTrustDomain,
+  sniForIdentity,
+  subjectAltNames,
+  trustDomainId,
+  type SpiffeIdParts,
+} from './spiffe.js';
 export {
   CertificateAuthority,
   CA_CERT_FILE,

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { AmbitError } from '../errors/index.js';
+import { isDnsLabel } from '../names/index.js';
 
 /** The trust domain of a mesh that was not given one, as in Istio. */
 export const DEFAULT_TRUST_DOMAIN = 'cluster.local';
@@ -11,12 +12,20 @@ export interface SpiffeIdParts {
 }
 
 const SPIFFE_SCHEME = 'spiffe://';
-// SPIFFE allows [a-z0-9._-] in a trust domain; we also require DNS-shaped labels so the trust domain can appear
-// wherever a hostname is expected (Istio's trust domains are DNS names too).
-const TRUST_DOMAIN_LABEL = /^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$/;
 const MAX_TRUST_DOMAIN_LENGTH = 255;
 // The SPIFFE spec's path-segment alphabet; Kubernetes namespace and service account names are a subset.
 const PATH_SEGMENT = /^[A-Za-z0-9._-]+$/;
+
+/** `spiffe://<trustDomain>`: the ID of a trust domain itself, as a root certificate names it in its URI SAN. */
+export function trustDomainId(trustDomain: string): string {
+  validateTrustDomain(trustDomain);
+  return `${SPIFFE_SCHEME}${trustDomain}`;
+}
+
+/** The entries of a certificate's subject alternative names in Node's text form (`DNS:a, URI:spiffe://…`). */
+export function subjectAltNames(text: string | undefined): string[] {
+  return text ? text.split(', ') : [];
+}
 
 /** `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`, validated as `parseSpiffeId` would. */
 export function spiffeId(trustDomain: string, namespace: string, serviceAccount: string): string {
@@ -69,7 +78,9 @@ export function validateTrustDomain(trustDomain: string): void {
 function trustDomainProblem(trustDomain: string): string | undefined {
   if (trustDomain.length === 0) return 'it is empty';
   if (trustDomain.length > MAX_TRUST_DOMAIN_LENGTH) return `it is longer than ${MAX_TRUST_DOMAIN_LENGTH} characters`;
-  if (!trustDomain.split('.').every((label) => TRUST_DOMAIN_LABEL.test(label))) {
+  // SPIFFE allows [a-z0-9._-] in a trust domain; we also require DNS-shaped labels so the trust domain can appear
+  // wherever a hostname is expected (Istio's trust domains are DNS names too), with SPIFFE's '_' where '-' may be.
+  if (!trustDomain.split('.').every((label) => isDnsLabel(label.replaceAll('_', '-')))) {
     return "it must be a lowercase DNS name (a-z, 0-9, '-', '_', dots between labels) with no port or user, e.g. cluster.local";
   }
   return undefined;

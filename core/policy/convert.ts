@@ -1,5 +1,6 @@
 import { describe, InvalidObjectError, ObjectReader, type Labels } from '../discovery/index.js';
-import { canonicalCidr } from './evaluate.js';
+import { isDnsLabel, isDnsSubdomain } from '../names/index.js';
+import { canonicalCidr } from '../ip/index.js';
 import {
   AMBIT_SECURITY_API,
   DRY_RUN_ANNOTATION,
@@ -23,8 +24,6 @@ export interface ConvertPolicyOptions {
 
 type Fields = Record<string, unknown>;
 
-const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const PORT_TEXT = /^[0-9]{1,5}$/;
 /** Go's strconv.ParseBool, which Istio uses for its dry-run annotation. */
 const BOOL_TRUE = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
@@ -205,11 +204,11 @@ function readMetadata(kind: string, fields: Fields): { reader: PolicyReader; met
   const rawName = typeof metadata.name === 'string' && metadata.name !== '' ? metadata.name : undefined;
   const named: PolicyReader = new PolicyReader(kind, 'default', rawName);
   const namespace = named.string(metadata.namespace, 'metadata.namespace') || 'default';
-  if (namespace.length > 63 || !DNS_LABEL.test(namespace)) named.fail('metadata.namespace', `must be a DNS label, got ${JSON.stringify(namespace)}`);
+  if (!isDnsLabel(namespace)) named.fail('metadata.namespace', `must be a DNS label, got ${JSON.stringify(namespace)}`);
   const reader: PolicyReader = new PolicyReader(kind, namespace, rawName);
   const name = reader.string(metadata.name, 'metadata.name');
   if (name === undefined || name === '') reader.fail('metadata.name', 'is required');
-  if (name.length > 253 || !DNS_SUBDOMAIN.test(name)) reader.fail('metadata.name', `must be a DNS subdomain, got ${JSON.stringify(name)}`);
+  if (!isDnsSubdomain(name)) reader.fail('metadata.name', `must be a DNS subdomain, got ${JSON.stringify(name)}`);
   return { reader, metadata, name, creationTimestamp: readTimestamp(reader, metadata.creationTimestamp) };
 }
 

@@ -1,5 +1,6 @@
 import { AmbitError } from '../errors/index.js';
 import { selectorMatches, type Labels } from '../discovery/index.js';
+import { parseCidr, parseIp, rangeContains, type IpAddress, type IpRange } from '../ip/index.js';
 import type { AuthorizationAction, AuthorizationPolicy, Condition, MtlsMode, Operation, PeerAuthentication, Rule, Source } from './types.js';
 
 /** One L4 connection as the destination agent sees it, before it answers the CONNECT (or dials the upstream). */
@@ -56,29 +57,9 @@ export interface PolicySetOptions {
 }
 
 /** A parsed address: IPv4 (and IPv4-mapped IPv6) as family 4 in `w3`; IPv6 as four 32-bit words. */
-interface Ip {
-  readonly family: 4 | 6;
-  readonly w0: number;
-  readonly w1: number;
-  readonly w2: number;
-  readonly w3: number;
-}
-
-interface Cidr {
-  readonly family: 4 | 6;
-  readonly n0: number;
-  readonly n1: number;
-  readonly n2: number;
-  readonly n3: number;
-  readonly m0: number;
-  readonly m1: number;
-  readonly m2: number;
-  readonly m3: number;
-}
-
 interface Context {
-  readonly srcIp: Ip;
-  readonly dstIp: Ip;
+  readonly srcIp: IpAddress;
+  readonly dstIp: IpAddress;
   readonly port: number;
   readonly principal: string | undefined;
   readonly namespace: string | undefined;
@@ -95,7 +76,7 @@ interface CompiledPolicy {
   readonly key: string;
   readonly name: string;
   readonly action: AuthorizationAction;
-  readonly selector: ReadonlyArray<readonly [string, string]> | undefined;
+  readonly selector: Labels | undefined;
   /** Names of the Services (in the policy's namespace) the policy targets; undefined without targetRefs. */
   readonly services: ReadonlySet<string> | undefined;
   readonly namespace: string;
@@ -222,10 +203,7 @@ function applies(policy: CompiledPolicy, destination: ConnectionAttributes['dest
     return false;
   }
   if (policy.selector !== undefined) {
-    const labels = destination.workload.labels;
-    for (const [key, value] of policy.selector) {
-      if (labels[key] !== value) return false;
-    }
+    return selectorMatches(policy.selector, destination.workload.labels);
   }
   return true;
 }
@@ -245,7 +223,6 @@ function compilePolicy(policy: AuthorizationPolicy, key: string): CompiledPolicy
     services = new Set(policy.targetRefs.filter((ref) => ref.kind === 'Service').map((ref) => ref.name));
     if (services.size === 0) return undefined;
   }
-  const selector = policy.selector === undefined ? undefined : Object.entries(policy.selector);
   const rules: CompiledRule[] = [];
   const l7Fallbacks: L7Fallback[] = [];
   policy.rules.forEach((rule, index) => {
@@ -258,7 +235,7 @@ function compilePolicy(policy: AuthorizationPolicy, key: string): CompiledPolicy
     key,
     name: policy.name,
     action: policy.action,
-    selector: selector !== undefined && selector.length > 0 ? selector : undefined,
+    selector: policy.selector !== undefined && Object.keys(policy.selector).length > 0 ? policy.selector : undefined,
     services,
     namespace: policy.namespace,
     rules,
@@ -425,160 +402,19 @@ function namespaceOfPrincipal(principal: string | undefined): string | undefined
   return PRINCIPAL_NAMESPACE.exec(principal)?.[1];
 }
 
-function matchCidrs(cidrs: readonly Cidr[], ip: Ip): boolean {
-  for (const c of cidrs) {
-    if (
-      c.family === ip.family &&
-      (ip.w3 & c.m3) >>> 0 === c.n3 &&
-      (ip.w2 & c.m2) >>> 0 === c.n2 &&
-      (ip.w1 & c.m1) >>> 0 === c.n1 &&
-      (ip.w0 & c.m0) >>> 0 === c.n0
-    ) {
-      return true;
-    }
+function matchCidrs(cidrs: readonly IpRange[], ip: IpAddress): boolean {
+  for (const range of cidrs) {
+    if (rangeContains(range, ip)) return true;
   }
   return false;
 }
 
-const IPV6_GROUP = /^[0-9a-fA-F]{1,4}$/;
-
-/** Dotted quad without leading zeros (as net.isIP and Go's netip), scanned by hand: it runs for every connection. */
-function parseIpv4(text: string): number | undefined {
-  let value = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || dots === 3) return undefined;
-      value = value * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && octet === 0) return undefined;
-      octet = octet * 10 + (c - 48);
-      if (octet > 255) return undefined;
-      digits++;
-    } else {
-      return undefined;
-    }
-  }
-  if (digits === 0 || dots !== 3) return undefined;
-  return value * 256 + octet;
-}
-
-/** Eight 16-bit groups, or undefined. Accepts what Node's net.isIP accepts (no zone ids). */
-function parseIpv6Groups(text: string): number[] | undefined {
-  if (text.includes('%')) return undefined;
-  const gap = text.indexOf('::');
-  if (gap !== -1 && text.indexOf('::', gap + 1) !== -1) return undefined;
-  const headText = gap === -1 ? text : text.slice(0, gap);
-  const tailText = gap === -1 ? undefined : text.slice(gap + 2);
-  const head = headText === '' ? [] : headText.split(':');
-  const tail = tailText === undefined || tailText === '' ? [] : tailText.split(':');
-  const last = tailText === undefined ? head : tail;
-  const groups = (list: string[], isLast: boolean): number[] | undefined => {
-    const out: number[] = [];
-    for (let i = 0; i < list.length; i++) {
-      const group = list[i] as string;
-      if (isLast && i === list.length - 1 && group.includes('.')) {
-        const v4 = parseIpv4(group);
-        if (v4 === undefined) return undefined;
-        out.push(Math.floor(v4 / 65536), v4 % 65536);
-      } else {
-        if (!IPV6_GROUP.test(group)) return undefined;
-        out.push(parseInt(group, 16));
-      }
-    }
-    return out;
-  };
-  const headGroups = groups(head, last === head);
-  const tailGroups = groups(tail, last === tail && tail.length > 0);
-  if (headGroups === undefined || tailGroups === undefined) return undefined;
-  const count = headGroups.length + tailGroups.length;
-  if (gap === -1) return count === 8 ? headGroups : undefined;
-  if (count > 7) return undefined;
-  return [...headGroups, ...new Array<number>(8 - count).fill(0), ...tailGroups];
-}
-
-/** The four 32-bit words of an address as written (IPv4 as ::ffff:a.b.c.d), and whether it was written as IPv6. */
-function parseWords(text: string): { readonly v6Text: boolean; readonly w: readonly [number, number, number, number] } | undefined {
-  if (!text.includes(':')) {
-    const v4 = parseIpv4(text);
-    return v4 === undefined ? undefined : { v6Text: false, w: [0, 0, 0xffff, v4] };
-  }
-  const g = parseIpv6Groups(text);
-  if (g === undefined) return undefined;
-  const word = (i: number) => ((g[i] as number) * 65536 + (g[i + 1] as number)) >>> 0;
-  return { v6Text: true, w: [word(0), word(2), word(4), word(6)] };
-}
-
-function isMapped(w: readonly number[]): boolean {
-  return w[0] === 0 && w[1] === 0 && w[2] === 0xffff;
-}
-
-function parseIp(text: string): Ip | undefined {
-  const parsed = parseWords(text);
-  if (parsed === undefined) return undefined;
-  const [w0, w1, w2, w3] = parsed.w;
-  // A socket may report an IPv4 peer as ::ffff:a.b.c.d; it is the same peer as a.b.c.d.
-  if (isMapped(parsed.w)) return { family: 4, w0: 0, w1: 0, w2: 0, w3 };
-  return { family: 6, w0, w1, w2, w3 };
-}
-
-function maskWord(bits: number, wordIndex: number): number {
-  const inWord = Math.max(0, Math.min(32, bits - wordIndex * 32));
-  return inWord === 0 ? 0 : (0xffffffff << (32 - inWord)) >>> 0;
-}
-
-/**
- * `address` or `address/bits`. Ranges and addresses of different families never match (as in Envoy): ::/0 holds
- * no IPv4 peer. An IPv4-mapped IPv6 range of /96 or longer is the IPv4 range it maps.
- */
-function parseCidr(text: string): Cidr | undefined {
-  const slash = text.indexOf('/');
-  const parsed = parseWords(slash === -1 ? text : text.slice(0, slash));
-  if (parsed === undefined) return undefined;
-  let bits = parsed.v6Text ? 128 : 32;
-  if (slash !== -1) {
-    const bitsText = text.slice(slash + 1);
-    if (!/^(0|[1-9][0-9]{0,2})$/.test(bitsText) || Number(bitsText) > bits) return undefined;
-    bits = Number(bitsText);
-  }
-  const w = parsed.w;
-  if (!parsed.v6Text || (isMapped(w) && bits >= 96)) {
-    const v4Bits = parsed.v6Text ? bits - 96 : bits;
-    const m3 = maskWord(v4Bits, 0);
-    return { family: 4, n0: 0, n1: 0, n2: 0, n3: (w[3] & m3) >>> 0, m0: 0, m1: 0, m2: 0, m3 };
-  }
-  const m0 = maskWord(bits, 0);
-  const m1 = maskWord(bits, 1);
-  const m2 = maskWord(bits, 2);
-  const m3 = maskWord(bits, 3);
-  return { family: 6, n0: (w[0] & m0) >>> 0, n1: (w[1] & m1) >>> 0, n2: (w[2] & m2) >>> 0, n3: (w[3] & m3) >>> 0, m0, m1, m2, m3 };
-}
-
-function parseCidrStrict(text: string): Cidr {
+function parseCidrStrict(text: string): IpRange {
   const cidr = parseCidr(text);
   // Converted policies only hold ranges canonicalCidr accepted; a hand-built one must not be guessed at (a range
   // that silently never matched would widen a notIpBlocks ALLOW).
   if (cidr === undefined) throw new AmbitError('INVALID_POLICY', `${JSON.stringify(text)} is not an address or CIDR range; convert policies with convertPolicyObject`);
   return cidr;
-}
-
-/**
- * The canonical text of an address or CIDR range as a policy holds it (lower case, IPv6 compressed), or undefined
- * when `text` is neither. The address part of a range is kept as written: Istio accepts 10.1.2.3/8 as 10.0.0.0/8.
- */
-export function canonicalCidr(text: string): string | undefined {
-  if (parseCidr(text) === undefined) return undefined;
-  const slash = text.indexOf('/');
-  const address = slash === -1 ? text : text.slice(0, slash);
-  const suffix = slash === -1 ? '' : text.slice(slash);
-  if (!address.includes(':')) return text;
-  return `${new URL(`http://[${address.toLowerCase()}]/`).hostname.slice(1, -1)}${suffix}`;
 }
 
 /** True when `text` is an address the evaluator can read: what the agent must hand it for source and destination. */

@@ -1,8 +1,8 @@
 export * from './types.js';
+export { canonicalCidr } from '../ip/index.js';
 export { convertPolicyObject, type ConvertPolicyOptions } from './convert.js';
 export {
   buildPolicySet,
-  canonicalCidr,
   evaluateConnection,
   isEvaluableIp,
   resolveMtlsMode,

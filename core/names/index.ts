@@ -1,0 +1,1 @@
+export { isDnsLabel, isDnsSubdomain } from './dns.js';

@@ -1,0 +1,93 @@
+import t from 'tap';
+import fc from 'fast-check';
+import { isIP } from 'node:net';
+import { canonicalCidr, canonicalIp, familyOf, parseCidr, parseIp, rangeContains } from '../core/ip/index.js';
+
+const contains = (cidr: string, ip: string): boolean => {
+  const range = parseCidr(cidr);
+  const address = parseIp(ip);
+  if (range === undefined || address === undefined) throw new Error(`test input ${cidr} ${ip} does not parse`);
+  return rangeContains(range, address);
+};
+
+t.test('canonical text: as Node reports socket addresses', async (t) => {
+  t.equal(canonicalIp('10.0.0.1'), '10.0.0.1');
+  t.equal(canonicalIp('FD00:0000::0001'), 'fd00::1');
+  t.equal(canonicalIp('2001:db8:0:0:1:0:0:1'), '2001:db8::1:0:0:1', 'the first longest run of zeros is compressed');
+  t.equal(canonicalIp('::'), '::');
+  t.equal(canonicalIp('::1'), '::1');
+});
+
+t.test('IPv4-mapped IPv6 is the IPv4 address, in every spelling', async (t) => {
+  for (const text of ['::ffff:10.0.0.1', '::FFFF:10.0.0.1', '::ffff:a00:1', '0:0:0:0:0:ffff:10.0.0.1', '0:0:0:0:0:ffff:0a00:0001']) {
+    t.equal(canonicalIp(text), '10.0.0.1', text);
+    t.equal(familyOf(parseIp(text)!), 4, `${text} is an IPv4 peer`);
+  }
+});
+
+t.test('an IPv6 address written with a dotted tail is not IPv4-mapped unless it is', async (t) => {
+  // ipaddr.js alone reads these as ::ffff:a.b.c.d; they are other addresses.
+  t.equal(canonicalIp('::10.0.0.1'), '::a00:1', 'IPv4-compatible (deprecated) stays IPv6');
+  t.equal(canonicalIp('64:ff9b::10.0.0.1'), '64:ff9b::a00:1', 'NAT64 stays IPv6');
+  t.equal(canonicalIp('1::10.0.0.1'), '1::a00:1');
+  t.equal(contains('10.0.0.0/8', '::10.0.0.1'), false, 'an IPv4 range does not hold an IPv4-compatible address');
+  t.equal(contains('10.0.0.0/8', '64:ff9b::10.0.0.1'), false, 'nor a NAT64 one');
+  t.equal(contains('::10.0.0.0/104', '::10.0.0.1'), true, 'an IPv6 range over them does');
+});
+
+t.test('not addresses: leading zeros, zone ids, names, junk', async (t) => {
+  for (const text of ['010.0.0.1', '10.0.0.01', '0x0a.0.0.1', '10.1', '167772161', '10.0.0.256', '::ffff:010.0.0.1', 'fe80::1%eth0', 'fe80::1%1', '1:2:3:4:5:6:7:8:9', '1::2::3', '00000::1', 'example.com', '', ' 10.0.0.1', '10.0.0.1 ']) {
+    t.equal(parseIp(text), undefined, JSON.stringify(text));
+    t.equal(canonicalIp(text), undefined, JSON.stringify(text));
+    t.equal(parseCidr(`${text}/8`), undefined, `${JSON.stringify(text)}/8`);
+  }
+});
+
+t.test('what is an address is Node’s rule, minus zone ids', async (t) => {
+  const text = fc.oneof(
+    fc.string({ unit: fc.constantFrom(...'0123456789abcdefABCDEF:.'.split('')), maxLength: 40 }),
+    fc.ipV4(),
+    fc.ipV4Extended(),
+    fc.ipV6(),
+  );
+  const disagreements: string[] = [];
+  fc.assert(fc.property(text, (s) => (parseIp(s) !== undefined) === (isIP(s) !== 0) || (disagreements.push(s), true)), { numRuns: 20000 });
+  t.same(disagreements, []);
+});
+
+t.test('prefix bounds', async (t) => {
+  t.equal(parseCidr('10.0.0.0/0')?.bits, 0);
+  t.equal(parseCidr('10.0.0.0/32')?.bits, 32);
+  t.equal(parseCidr('::/0')?.bits, 0);
+  t.equal(parseCidr('::/128')?.bits, 128);
+  t.equal(parseCidr('10.0.0.1')?.bits, 32, 'an address is its own /32');
+  t.equal(parseCidr('fd00::1')?.bits, 128, 'and /128');
+  for (const bad of ['10.0.0.0/33', '::/129', '10.0.0.0/-1', '10.0.0.0/', '10.0.0.0/08', '10.0.0.0/ 8', '10.0.0.0/8/8', '10.0.0.0/1e1', '10.0.0.0/0x8', '/8']) {
+    t.equal(parseCidr(bad), undefined, bad);
+    t.equal(canonicalCidr(bad), undefined, bad);
+  }
+});
+
+t.test('matching', async (t) => {
+  t.equal(contains('10.0.0.0/8', '10.255.255.255'), true);
+  t.equal(contains('10.0.0.0/8', '11.0.0.0'), false);
+  t.equal(contains('10.1.2.3/8', '10.9.9.9'), true, 'host bits of the range are ignored, as Istio does');
+  t.equal(contains('0.0.0.0/0', '203.0.113.9'), true);
+  t.equal(contains('10.0.0.1', '10.0.0.1'), true);
+  t.equal(contains('10.0.0.1', '10.0.0.2'), false);
+  t.equal(contains('fd00::/8', 'fdff::1'), true);
+  t.equal(contains('fd00::/8', 'fe00::1'), false);
+  t.equal(contains('10.0.0.0/8', '::ffff:10.0.0.1'), true, 'a mapped peer is the IPv4 peer');
+  t.equal(contains('::ffff:10.0.0.0/104', '10.0.0.1'), true, 'a mapped range of /96 or more is the IPv4 range');
+  t.equal(parseCidr('::ffff:10.0.0.0/104')?.bits, 8);
+  t.equal(contains('::/0', '10.0.0.1'), false, 'families never cross: ::/0 holds no IPv4 peer');
+  t.equal(contains('::ffff:0:0/95', '10.0.0.1'), false, 'nor does a mapped range shorter than /96');
+  t.equal(contains('0.0.0.0/0', '::1'), false, 'nor 0.0.0.0/0 an IPv6 one');
+});
+
+t.test('canonical ranges keep the address as written', async (t) => {
+  t.equal(canonicalCidr('FD00:0:0::1/64'), 'fd00::1/64');
+  t.equal(canonicalCidr('10.1.2.3/8'), '10.1.2.3/8');
+  t.equal(canonicalCidr('10.1.2.3'), '10.1.2.3');
+  t.equal(canonicalCidr('::ffff:10.0.0.0/104'), '::ffff:a00:0/104');
+});
