@@ -217,9 +217,13 @@ class EarlyData {
 export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp2Stream, request: HboneInboundRequest): void {
   const { telemetry } = inputs;
   const client = request.forwardedFor;
-  const sourceWorkload = client ? inputs.store.workloadByIp(client.host) : undefined;
+  const claimedWorkload = client ? inputs.store.workloadByIp(client.host) : undefined;
+  const verifiedClient = verifiedHboneClient(claimedWorkload, request);
+  // Telemetry, like policy, takes the forwarded client only when the TLS identity owns it: otherwise any mesh
+  // workload could have the access log and the istio_* series name another workload as the source.
+  const sourceWorkload = verifiedClient === undefined ? undefined : claimedWorkload;
   const source: Peer = {
-    ...peerOfWorkload(sourceWorkload, client?.host ?? request.remoteAddress, client?.port ?? 0),
+    ...peerOfWorkload(sourceWorkload, verifiedClient ?? request.remoteAddress, verifiedClient === undefined ? 0 : (client?.port ?? 0)),
     identity: request.peerIdentity,
   };
   const decision = buildInboundRequest(inputs.store, inputs.config.nodeName, request.target, request.localIdentity);
@@ -237,7 +241,6 @@ export function handleHboneConnect(inputs: ProxyInputs, stream: http2.ServerHttp
     security: 'mutual_tls',
     startedAt: Date.now(),
   };
-  const verifiedClient = verifiedHboneClient(sourceWorkload, request);
   // Transparent: the pod sees its real client or nothing. From the node's address, the stream would pass the pod's
   // ingress NetworkPolicy (most CNIs let the node through) on the word of a peer that proved no client.
   if (inputs.upstream.transparent && inputs.upstream.sourceFor(decision.target, verifiedClient) === undefined) {

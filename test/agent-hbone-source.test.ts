@@ -138,6 +138,8 @@ t.test('transparent: a valid mesh certificate that proves no client is refused, 
     const line = await window.waitFor((r) => r.msg === 'connection refused');
     t.match(line, { direction: 'hbone', reason: 'source_unverified', dst: { ip: SERVER_POD } }, `${what}: logged`);
     t.match(line.detail, detail, `${what}: the log says why`);
+    t.notOk((line.src as { workload?: string }).workload, `${what}: the log names no source workload on the peer's word`);
+    t.not((line.src as { ip?: string }).ip, OTHER_POD, `${what}: nor the claimed address as the source`);
     t.equal(window.filter((r) => r.msg === 'connection refused').length, 1, `${what}: one line`);
     t.equal(await agent.refusedCount(), index + 1, `${what}: counted with the other refusals`);
   }
@@ -148,7 +150,11 @@ t.test('transparent: a valid mesh certificate that proves no client is refused, 
 t.test('node: every stream is delivered from the node, as --upstream-source node says', async (t) => {
   const agent = await destinationAgent(t, 'node');
   for (const { what, forwarded } of UNVERIFIED) {
+    const window = agent.logs.window();
     t.equal(await echo(await agent.connect(forwarded), what), what, `${what}: delivered`);
+    const access = await window.waitFor((r) => r.msg === 'access');
+    t.notOk((access.src as { workload?: string }).workload, `${what}: the access log names no source workload on the peer's word`);
+    t.equal((access.src as { identity?: string }).identity, CLIENT, `${what}: the source is the TLS identity`);
   }
   t.equal(agent.destination.accepted(), UNVERIFIED.length);
   t.same(agent.bound, [], 'never from a transparent socket');
