@@ -222,8 +222,9 @@ export class Agent {
         })
       : undefined;
     agent = new Agent({ config, log, registry, store, source, caFolder, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
-    // New streams go on sessions whose handshake used the current roots and leaves; open streams carry on.
-    trustBundle.on('change', () => hboneClient.retireSessions());
+    // New streams go on sessions whose handshake used the current roots and leaves; open streams carry on, for the
+    // grace only when their server chains to no root left.
+    trustBundle.on('change', () => hboneClient.retireSessions(trustBundle.roots()));
     caFolder.on('signer', (ca) => {
       const root = new X509Certificate(ca.rootPem).fingerprint256;
       void certs.renewAll().then(() => {

@@ -1,9 +1,11 @@
 import http2 from 'node:http2';
 import tls from 'node:tls';
+import type { X509Certificate } from 'node:crypto';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { silentLogger } from '../log/index.js';
-import { HBONE_ALPN, spiffeIdFromSan } from './tls.js';
+import { realTimer, type SetTimer } from '../timer/index.js';
+import { chainLeadsTo, HBONE_ALPN, presentedChain, spiffeIdFromSan } from './tls.js';
 import { POLICY_HEADER, REASON_HEADER, type HboneHeaders } from './protocol.js';
 
 /** DESIGN.md, "HBONE on the wire": the pool's limits and the flow-control windows. */
@@ -33,6 +35,14 @@ export const HBONE_RESPONSE_TIMEOUT_MS = 10_000;
  */
 export const HBONE_MAX_SESSION_AGE_MS = 60 * 60_000;
 
+/**
+ * How long a session whose peer's certificate chains to a root that left the trust bundle keeps its open streams.
+ * It takes no new streams from the change on (GOAWAY on the server; retired on the client), so in a rotation its peer has already moved new streams to a
+ * leaf of the new root; the grace lets requests in flight finish, and then nothing authenticated under the removed
+ * root is carried any more.
+ */
+export const HBONE_REMOVED_ROOT_GRACE_MS = 30_000;
+
 export interface HboneClientOptions {
   /** The TLS context (client certificate, trust bundle) of a source identity. */
   contextFor: (sourceIdentity: string) => Promise<tls.SecureContext>;
@@ -48,6 +58,10 @@ export interface HboneClientOptions {
   maxSessionAgeMs?: number;
   /** The clock a connection's age is read from (tests). */
   now?: () => number;
+  /** HBONE_REMOVED_ROOT_GRACE_MS unless given. */
+  removedRootGraceMs?: number;
+  /** The timer of the removed-root deadline (tests). */
+  setTimer?: SetTimer;
 }
 
 export interface HboneConnectRequest {
@@ -109,6 +123,10 @@ interface PooledSession {
    * replaced.
    */
   retired: boolean;
+  /** Cancels the deadline of a session whose server chains to no root left (see retireSessions). */
+  rootDeadline: (() => void) | undefined;
+  /** The chain the server presented, leaf first, kept from the handshake. */
+  serverChain: X509Certificate[];
 }
 
 /**
@@ -236,15 +254,47 @@ export class HboneClient {
    * their last stream ends, so every new stream runs on a session whose handshake used what is current. Open streams
    * are not cut, and a stream never lands on a closing session, so nothing is refused for it.
    */
-  retireSessions(): void {
+  retireSessions(roots?: readonly X509Certificate[]): void {
     // Copies: closing a session takes it out of its list, and the list out of the pools when it empties.
     for (const list of [...this.#pools.values()]) {
       for (const pooled of [...list]) {
         pooled.retired = true;
-        if (pooled.streams === 0) this.#closeSession(pooled, 'retired');
+        if (pooled.streams === 0) {
+          this.#closeSession(pooled, 'retired');
+          continue;
+        }
+        if (roots !== undefined) this.#checkRoot(pooled, roots);
       }
     }
   }
+
+  /**
+   * A retired session that still carries streams, to a server whose certificate chains to none of `roots`: its
+   * streams get the grace, as the server gives its clients (HBONE_REMOVED_ROOT_GRACE_MS), then the session is
+   * destroyed with them; nothing goes on being carried to a peer the mesh no longer trusts. A root that comes back
+   * before the deadline lifts it.
+   */
+  #checkRoot(pooled: PooledSession, roots: readonly X509Certificate[]): void {
+    const session = pooled.session;
+    if (!session || session.destroyed) return;
+    if (chainLeadsTo(pooled.serverChain, roots)) {
+      pooled.rootDeadline?.();
+      pooled.rootDeadline = undefined;
+      return;
+    }
+    if (pooled.rootDeadline !== undefined) return;
+    const graceMs = this.#options.removedRootGraceMs ?? HBONE_REMOVED_ROOT_GRACE_MS;
+    this.#log.info({ peer: pooled.peer, streams: pooled.streams, graceMs }, 'HBONE session retired: its server certificate chains to no root of the new trust bundle; its open streams are closed after the grace');
+    pooled.rootDeadline = (this.#options.setTimer ?? realTimer)(() => {
+      pooled.rootDeadline = undefined;
+      const session = pooled.session;
+      if (!session || session.destroyed) return;
+      const message = `HBONE server ${pooled.peer}: its certificate chains to no root of the trust bundle, which changed ${graceMs} ms ago; its ${pooled.streams} streams are closed`;
+      this.#log.warn({ peer: pooled.peer, streams: pooled.streams, reason: 'trust_root_removed' }, 'HBONE connection closed');
+      session.destroy(new AmbitError('HBONE_TRUST_ROOT_REMOVED', message));
+    }, graceMs);
+  }
+
 
   close(): void {
     this.#closed = true;
@@ -297,6 +347,8 @@ export class HboneClient {
       bytesRead: 0,
       probing: false,
       retired: false,
+      rootDeadline: undefined,
+      serverChain: [],
     };
     pooled.ready = contextPromise.then(
       (secureContext) =>
@@ -317,6 +369,7 @@ export class HboneClient {
                 rejectUnauthorized: true,
                 // The server proves a workload identity (URI SAN), not a host name.
                 checkServerIdentity: (_host, cert) => {
+                  pooled.serverChain = presentedChain(cert);
                   const actual = spiffeIdFromSan(cert.subjectaltname);
                   if (actual === expected) return undefined;
                   return new AmbitError('HBONE_PEER_IDENTITY', `${host}:${port} presented identity ${actual ?? '(none)'}, expected ${expected}`);
@@ -347,6 +400,8 @@ export class HboneClient {
             clearTimeout(timer);
             clearTimeout(pooled.keepaliveTimer);
             clearTimeout(pooled.idleTimer);
+            pooled.rootDeadline?.();
+            pooled.rootDeadline = undefined;
             this.#remove(pooled);
           });
           session.once('goaway', () => this.#remove(pooled));

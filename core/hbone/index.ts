@@ -13,12 +13,12 @@ export {
   type HboneClientOptions,
   type HboneConnectRequest,
   type HboneStream,
+  HBONE_REMOVED_ROOT_GRACE_MS,
 } from './client.js';
 export {
   HBONE_HANDSHAKE_TIMEOUT_MS,
   HBONE_MAX_CONNECTIONS,
   HBONE_MAX_CONNECTIONS_PER_SOURCE,
-  HBONE_REMOVED_ROOT_GRACE_MS,
   HboneServer,
   refuseStream,
   type HboneInboundRequest,

@@ -11,6 +11,7 @@ import {
   HBONE_IDLE_TIMEOUT_MS,
   HBONE_KEEPALIVE_TIMEOUT_MS,
   HBONE_MAX_STREAMS_PER_CONNECTION,
+  HBONE_REMOVED_ROOT_GRACE_MS,
   HBONE_STREAM_WINDOW,
 } from './client.js';
 import { parseAuthority, parseForwardedFor, POLICY_HEADER, REASON_HEADER, type Authority } from './protocol.js';
@@ -33,14 +34,6 @@ export const HBONE_MAX_CONNECTIONS = 10_000;
  * what a busy peer node opens (one pooled connection per pair of identities, a new one per 100 streams).
  */
 export const HBONE_MAX_CONNECTIONS_PER_SOURCE = 1_000;
-/**
- * How long a session whose client certificate chains to a root that left the trust bundle keeps its open streams.
- * It takes no new streams from the change on (GOAWAY), so in a rotation its peer has already moved new streams to a
- * leaf of the new root; the grace lets requests in flight finish, and then nothing authenticated under the removed
- * root is carried any more.
- */
-export const HBONE_REMOVED_ROOT_GRACE_MS = 30_000;
-
 /** Why the server refused a connection or a stream: stable values for logs, metrics and the reason header. */
 export type HboneRefusal =
   | 'tls_handshake_failed'

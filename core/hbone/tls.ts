@@ -1,6 +1,6 @@
-import { constants, type X509Certificate } from 'node:crypto';
+import { constants, X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
-import type { TLSSocket } from 'node:tls';
+import type { DetailedPeerCertificate, PeerCertificate, TLSSocket } from 'node:tls';
 import { subjectAltNames } from '../identity/index.js';
 
 /** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
@@ -87,11 +87,31 @@ const MAX_CHAIN_DEPTH = 8;
 
 /** Whether the certificate chain the peer of `socket` presented leads to one of `roots`. */
 export function peerChainsTo(socket: TLSSocket, roots: readonly X509Certificate[]): boolean {
-  let cert = socket.getPeerX509Certificate();
-  for (let depth = 0; cert !== undefined && depth < MAX_CHAIN_DEPTH; depth += 1) {
-    const current = cert;
-    if (roots.some((root) => root.fingerprint256 === current.fingerprint256 || (current.checkIssued(root) && current.verify(root.publicKey)))) return true;
-    cert = current.issuerCertificate;
+  const chain: X509Certificate[] = [];
+  for (let cert = socket.getPeerX509Certificate(); cert !== undefined && chain.length < MAX_CHAIN_DEPTH; cert = cert.issuerCertificate) chain.push(cert);
+  return chainLeadsTo(chain, roots);
+}
+
+/**
+ * Whether a chain the handshake verified (leaf first) leads to one of `roots`: one of its certificates is a root,
+ * or was issued and signed by one.
+ */
+export function chainLeadsTo(chain: readonly X509Certificate[], roots: readonly X509Certificate[]): boolean {
+  return chain.some((cert) => roots.some((root) => root.fingerprint256 === cert.fingerprint256 || (cert.checkIssued(root) && cert.verify(root.publicKey))));
+}
+
+/**
+ * The chain a server presented, as X509Certificates, from the detailed certificate that checkServerIdentity gets:
+ * a client socket under an HTTP/2 session keeps no peer certificate to ask for later.
+ */
+export function presentedChain(cert: PeerCertificate): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  let current: DetailedPeerCertificate | PeerCertificate | undefined = cert;
+  while (current?.raw !== undefined && chain.length < MAX_CHAIN_DEPTH) {
+    chain.push(new X509Certificate(current.raw));
+    const next: DetailedPeerCertificate | undefined = (current as DetailedPeerCertificate).issuerCertificate;
+    if (next === undefined || next === current || next.fingerprint256 === current.fingerprint256) break;
+    current = next;
   }
-  return false;
+  return chain;
 }
