@@ -5,12 +5,11 @@
  */
 import { X509Certificate } from 'node:crypto';
 import type http2 from 'node:http2';
-import { once } from 'node:events';
 import t, { type Test } from 'tap';
 import { HBONE_REMOVED_ROOT_GRACE_MS } from '../core/hbone/index.js';
 import { CertificateAuthority } from '../core/identity/index.js';
 import { FakeTime } from './mesh/fake-time.js';
-import { CLIENT, echoServer, hboneClient, meshPki, SERVER } from './mesh/hbone-fixtures.js';
+import { CLIENT, echoServer, hboneClient, meshPki, roundTripper, SERVER } from './mesh/hbone-fixtures.js';
 
 const pki = await meshPki([CLIENT, SERVER]);
 const otherRoot = new X509Certificate((await CertificateAuthority.create({ trustDomain: 'cluster.local', commonName: 'Ambit Root CA 2' })).rootPem);
@@ -30,13 +29,7 @@ async function openStream(t: Test) {
     via: { host: '127.0.0.1', port: server.address().port },
     authority: '127.0.0.1:9',
   });
-  stream.on('error', () => undefined);
-  stream.setEncoding('utf8');
-  const roundTrip = async (text: string) => {
-    const back = once(stream, 'data') as Promise<[string]>;
-    stream.write(text);
-    return (await back)[0];
-  };
+  const roundTrip = roundTripper(stream);
   return { time, client, stream, roundTrip };
 }
 

@@ -12,7 +12,7 @@ import { HBONE_REMOVED_ROOT_GRACE_MS, SecureContextCache, type HboneRefusal, typ
 import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
 import { createLogger } from '../core/log/log.js';
 import { FakeTime } from './mesh/fake-time.js';
-import { CLIENT, echo, echoServer, meshPki, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
+import { CLIENT, echo, echoServer, meshPki, roundTripper, SERVER, silenceableRelay } from './mesh/hbone-fixtures.js';
 import { LogCapture } from './mesh/loopback.js';
 
 const pki = await meshPki([CLIENT, SERVER]);
@@ -286,13 +286,7 @@ t.test('a session whose root left the trust bundle: GOAWAY at once, its streams 
     await server.close();
   });
   const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
-  stream.on('error', () => undefined);
-  stream.setEncoding('utf8');
-  const roundTrip = async (text: string) => {
-    const back = once(stream, 'data') as Promise<[string]>;
-    stream.write(text);
-    return (await back)[0];
-  };
+  const roundTrip = roundTripper(stream);
   t.equal(await roundTrip('before'), 'before');
 
   const goaway = once(client, 'goaway');

@@ -108,3 +108,17 @@ export function echo(stream: http2.ClientHttp2Stream, text: string): Promise<str
   });
 }
 
+
+/**
+ * Sends text on an open echoing stream and resolves with the next chunk that comes back: one exchange at a time,
+ * while the stream stays open. Errors are left to the stream's close.
+ */
+export function roundTripper(stream: http2.ClientHttp2Stream): (text: string) => Promise<string> {
+  stream.on('error', () => undefined);
+  stream.setEncoding('utf8');
+  return async (text) => {
+    const back = once(stream, 'data') as Promise<[string]>;
+    stream.write(text);
+    return (await back)[0];
+  };
+}
