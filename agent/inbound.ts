@@ -83,6 +83,14 @@ export function peerOfWorkload(workload: Workload | undefined, ip: string, port:
   return { ip, port, workload: workload.workloadName, namespace: workload.namespace, identity: workload.identity, app: workload.labels.app };
 }
 
+/**
+ * What a reset passthrough may mean besides a closed port: the node's NAT sent it to an enrolled pod of this node,
+ * where no agent would have applied the pod's policy, and the agent's filter rule resets it (AMBIT_LOCAL_DNAT_CHAIN).
+ */
+const PASSTHROUGH_REFUSED =
+  "nothing listens there, or the node's NAT sends it to an enrolled pod of this node, which a passthrough may not reach " +
+  "(no agent would apply the pod's PeerAuthentication and AuthorizationPolicy): connect to the pod, or to a Service the mesh knows";
+
 /** Why a connect to a pod failed, as the status and reason the HBONE client gets. */
 function upstreamFailure(err: unknown): { status: number; reason: string } {
   const code = errnoCode(err);
@@ -431,7 +439,10 @@ export function connectAndCarry(
   inputs.upstream.connect(target, socket.remoteAddress).then(
     (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
     (err: unknown) => {
-      inputs.telemetry.refused(direction, upstreamFailure(err).reason, records[0] ?? {}, err instanceof Error ? err.message : String(err));
+      const reason = upstreamFailure(err).reason;
+      const message = err instanceof Error ? err.message : String(err);
+      const passthrough = records[0]?.path === 'passthrough' && reason === 'upstream_refused';
+      inputs.telemetry.refused(direction, reason, records[0] ?? {}, passthrough ? `${message}: ${PASSTHROUGH_REFUSED}` : message);
       abortStream(socket);
     },
   );

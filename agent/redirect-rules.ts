@@ -104,6 +104,23 @@ export const AMBIT_BRIDGE_MAC = '02:61:6d:62:69:74';
 /** After br_netfilter (priority 0), which runs iptables for bridged frames and so sets the mark. */
 export const AMBIT_BRIDGE_CHAIN_PRIORITY = 100;
 
+/*
+ * NAT to a local pod. A passthrough leaves from the pod's address through nat OUTPUT, where the node's service proxy
+ * may DNAT it (kube-proxy: a NodePort on a node IP, externalIPs, a LoadBalancer IP, a selector-less Service in local
+ * mode). When the backend it picks is an enrolled pod of this node, the connection is delivered locally: it never
+ * crosses PREROUTING, so it never reaches the inbound listener, and no agent applies the pod's STRICT
+ * PeerAuthentication or AuthorizationPolicy (to another node it is captured there, and is fine). The filter chain
+ * AMBIT_LOCAL_DNAT_CHAIN, jumped to first from OUTPUT, resets such a connection instead: one the agent opened from a
+ * pod's address (TRANSPARENT_MARK in its conntrack mark, which AMBIT_MANGLE_OUTPUT_CHAIN sets on the SYN: mangle
+ * OUTPUT runs before nat OUTPUT, filter OUTPUT after both), that was DNATed, in its own direction (a host-network
+ * workload's replies to such a connection are DNATed too, and go to a pod's address), to an address in
+ * `ambit-pods-v4`. The agent's own delivery to a local pod connects to the pod directly, without DNAT, and passes.
+ * The reset comes back to the agent's socket like any reply to it (the connection's mark routes it over `lo`), so
+ * the connect fails at once with ECONNREFUSED. IPv6 needs nothing: an enrolled pod's IPv6 TCP is refused anyway.
+ */
+/** Ambit's filter chain, jumped to first from OUTPUT: resets a passthrough that the node's NAT sends to a local pod. */
+export const AMBIT_LOCAL_DNAT_CHAIN = 'AMBIT-LOCAL-DNAT';
+
 export type IptablesBackend = 'nft' | 'legacy';
 export type IptablesBackendChoice = IptablesBackend | 'auto';
 
@@ -285,6 +302,24 @@ export function buildMangleRules(options: { family?: AddressFamily; currentTable
     buildTableBatch('mangle', AMBIT_MANGLE_CHAIN, buildMangleChainRules(options.family), current) +
     buildTableBatch('mangle', AMBIT_MANGLE_OUTPUT_CHAIN, buildMangleOutputChainRules(options.family), current, ['OUTPUT'])
   );
+}
+
+/** The reset rule of Ambit's filter OUTPUT chain (see AMBIT_LOCAL_DNAT_CHAIN), exactly as iptables-save prints it back. */
+export function buildLocalDnatChainRules(family: AddressFamily = IPV4): string[] {
+  const mark = hex(TRANSPARENT_MARK);
+  return [
+    `-A ${AMBIT_LOCAL_DNAT_CHAIN} -p tcp -m connmark --mark ${mark}/${mark} -m conntrack --ctstate DNAT --ctdir ORIGINAL -m set --match-set ${family.setName} dst -j REJECT --reject-with tcp-reset`,
+  ];
+}
+
+/** The batch that brings the filter table to Ambit's OUTPUT reset, jumped to first from OUTPUT, or '' when it is so. */
+export function buildLocalDnatRules(currentTables = ''): string {
+  return buildTableBatch('filter', AMBIT_LOCAL_DNAT_CHAIN, buildLocalDnatChainRules(), currentTables, ['OUTPUT']);
+}
+
+/** As buildNatRemoval, for the filter chain that resets a passthrough NATed to a local pod. */
+export function buildLocalDnatRemoval(saveOutput: string): string {
+  return buildChainRemoval(saveOutput, 'filter', AMBIT_LOCAL_DNAT_CHAIN);
 }
 
 /** The rules of Ambit's IPv6 reject chain, exactly as ip6tables-save prints them back. */
@@ -676,8 +711,8 @@ export function detectIptablesBackend(options: { netns?: string; log?: Logger } 
 }
 
 /**
- * Removes everything Ambit installs, whichever pieces exist, so it also cleans up after a crash: the raw, nat and mangle
- * chains with their jumps (in every backend that has them), the fwmark rule and route table, the bridge fdb entries
+ * Removes everything Ambit installs, whichever pieces exist, so it also cleans up after a crash: the raw, nat, mangle
+ * and filter chains with their jumps (in every backend that has them), the fwmark rule and route table, the bridge fdb entries
  * and nft table, and the ipsets. Used by `ambit agent --cleanup` and by RedirectRules.remove().
  */
 export function removeRedirectRules(options: RemoveRedirectRulesOptions = {}): Promise<void> {
@@ -713,7 +748,7 @@ async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: st
     IPV4,
     backends,
     commandOptions,
-    (dump) => buildSourceCheckRemoval(dump) + buildMangleRemoval(dump) + buildNatRemoval(dump),
+    (dump) => buildLocalDnatRemoval(dump) + buildSourceCheckRemoval(dump) + buildMangleRemoval(dump) + buildNatRemoval(dump),
   );
   // A backend without ip6tables cannot have Ambit's IPv6 chain (install() refuses to run without it).
   const ipv6Backends = (await presentBackends(IPV6).catch(() => [])).filter((backend) => backends.includes(backend));
@@ -820,7 +855,7 @@ export class RedirectRules {
   }
 
   /**
-   * Creates the ipsets, the raw, nat and mangle chains with their jumps, the fwmark rule and its route table, and
+   * Creates the ipsets, the raw, nat, mangle and filter chains with their jumps, the fwmark rule and its route table, and
    * the bridge redirect (fdb entries, nft table); running it again repairs whatever drifted and changes nothing else.
    */
   install(): Promise<void> {
@@ -847,7 +882,11 @@ export class RedirectRules {
           family: IPV4,
           currentNatTable: tables.stdout,
         };
-        batch = buildSourceCheckRules(tables.stdout) + buildNatRules(natOptions) + buildMangleRules({ family: IPV4, currentTables: tables.stdout });
+        batch =
+          buildSourceCheckRules(tables.stdout) +
+          buildNatRules(natOptions) +
+          buildMangleRules({ family: IPV4, currentTables: tables.stdout }) +
+          buildLocalDnatRules(tables.stdout);
         if (batch !== '') {
           await applyCommand([restoreCommand(IPV4, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
         }
@@ -876,7 +915,7 @@ export class RedirectRules {
       this.#log.info(
         {
           backend,
-          chains: [AMBIT_SOURCE_CHECK_CHAIN, AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_MANGLE_OUTPUT_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) =>
+          chains: [AMBIT_SOURCE_CHECK_CHAIN, AMBIT_PREROUTING_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_MANGLE_OUTPUT_CHAIN, AMBIT_LOCAL_DNAT_CHAIN, AMBIT_IPV6_REJECT_CHAIN].filter((chain) =>
             batchLines.includes(`:${chain} - [0:0]`),
           ),
           jumpsInserted: batchLines.filter((line) => line.startsWith('-I ')).length,
@@ -1065,7 +1104,7 @@ export class RedirectRules {
 
 const NET_ADMIN_HINT = 'is the agent running as root with NET_ADMIN?';
 const IPV6_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have ip6tables filter, REJECT, xt_set and xt_conntrack?';
-const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the raw, nat and mangle tables, xt_set, xt_socket, xt_connmark and xt_conntrack?';
+const NAT_RESTORE_HINT = 'is the agent running with NET_ADMIN, and does the kernel have the raw, nat, mangle and filter tables, xt_set, xt_socket, xt_connmark, xt_conntrack and REJECT?';
 const IPSET_HINT = "is the agent running with NET_ADMIN, and is the 'ipset' package installed (Debian: apt-get install ipset)?";
 const IPSET_DESTROY_HINT = `${IPSET_HINT} A set still in use by some iptables rule cannot be destroyed: look for rules using it with iptables-save`;
 const NFT_HINT = 'is the agent running with NET_ADMIN, and does the kernel have nf_tables with the bridge family (CONFIG_NF_TABLES_BRIDGE)?';

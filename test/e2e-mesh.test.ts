@@ -8,8 +8,10 @@ import t, { type Test } from 'tap';
 import {
   AMBIT_BRIDGE_MAC,
   AMBIT_BRIDGE_TABLE,
+  AMBIT_LOCAL_DNAT_CHAIN,
   AMBIT_MANGLE_CHAIN,
   AMBIT_MANGLE_OUTPUT_CHAIN,
+  buildLocalDnatChainRules,
   buildMangleChainRules,
   buildMangleOutputChainRules,
   TRANSPARENT_ROUTE_TABLE,
@@ -25,6 +27,8 @@ const VIP = '10.96.0.10';
 /** default/kubernetes: no selector, and no EndpointSlice in the folder. */
 const API_VIP = '10.96.0.1';
 const SLICED_VIP = '10.96.0.20';
+/** No Service of the mesh: passed through, to wherever the node's own NAT sends it. */
+const NAT_VIP = '10.96.0.30';
 const run = promisify(execFile);
 
 /** A Node client in a pod: sends `bytes` random bytes to the echo port, half-closes, checks the echo is identical. */
@@ -46,11 +50,15 @@ http.get(process.argv[1], (res) => { let body = ''; res.on('data', (c) => (body 
 `;
 
 /** Everything Ambit installs in a node's namespace, as the tools print it, for presence and absence checks. */
-async function nodeRules(tb: Testbed, node: TestbedNode): Promise<{ nat: string; mangle: string; rules: string; routes: string; bridgeTables: string; fdb: string }> {
+async function nodeRules(
+  tb: Testbed,
+  node: TestbedNode,
+): Promise<{ nat: string; mangle: string; filter: string; rules: string; routes: string; bridgeTables: string; fdb: string }> {
   const out = async (file: string, args: string[]) => String((await tb.exec(node.netns, file, args)).stdout);
   return {
     nat: await out('iptables-save', ['-t', 'nat']),
     mangle: await out('iptables-save', ['-t', 'mangle']),
+    filter: await out('iptables-save', ['-t', 'filter']),
     rules: await out('ip', ['rule', 'show']),
     routes: await out('ip', ['route', 'show', 'table', String(TRANSPARENT_ROUTE_TABLE)]),
     bridgeTables: await out('nft', ['list', 'tables', 'bridge']),
@@ -138,6 +146,9 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       t.same(chainRules(AMBIT_MANGLE_OUTPUT_CHAIN), buildMangleOutputChainRules(), `${node.name}: the OUTPUT mark rules, as iptables-save prints them`);
       t.match(rules.mangle, '-m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000', `${node.name}: replies of delivered connections`);
       t.match(rules.mangle, '-m set --match-set ambit-pods-v4 src -j CONNMARK --set-xmark 0x2000/0x2000', `${node.name}: passthrough connections marked`);
+      const filterRules = rules.filter.split('\n').filter((line) => line.startsWith('-A '));
+      t.equal(filterRules.find((line) => line.startsWith('-A OUTPUT ')), `-A OUTPUT -j ${AMBIT_LOCAL_DNAT_CHAIN}`, `${node.name}: the filter OUTPUT jump, first`);
+      t.same(filterRules.filter((line) => line.startsWith(`-A ${AMBIT_LOCAL_DNAT_CHAIN} `)), buildLocalDnatChainRules(), `${node.name}: the reset of a passthrough NATed to a local pod`);
       t.match(rules.rules, `${TRANSPARENT_RULE_PRIORITY}:\tfrom all fwmark 0x2000/0x2000 lookup ${TRANSPARENT_ROUTE_TABLE}`, `${node.name}: the fwmark rule`);
       t.match(rules.routes, 'local default dev lo', `${node.name}: the local route`);
       t.match(rules.bridgeTables, `table bridge ${AMBIT_BRIDGE_TABLE}`, `${node.name}: the bridge table`);
@@ -249,6 +260,43 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     t.match(api, { pod: 'host1', client: client.ip }, 'to a VIP the node sends to itself (the API server of a control-plane node)');
   });
 
+  t.test("a passthrough the node's NAT sends to an enrolled pod of this node is reset; to another node's, it is captured there", async (t) => {
+    // kube-proxy's DNAT of locally originated traffic (a NodePort, an external or LoadBalancer IP), for a VIP the
+    // mesh does not know: the agent passes it through, and the node's NAT picks the backend.
+    const route = [`${NAT_VIP}/32`, 'dev', node1.uplink];
+    await tb.exec(node1.netns, 'ip', ['route', 'add', ...route]);
+    t.teardown(() => tb.exec(node1.netns, 'ip', ['route', 'del', ...route]));
+    let dnat: string[] = [];
+    const dnatTo = async (to: string) => {
+      if (dnat.length > 0) await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-D', ...dnat]);
+      dnat = ['OUTPUT', '-d', NAT_VIP, '-p', 'tcp', '--dport', '80', '-j', 'DNAT', '--to-destination', `${to}:${HTTP_PORT}`];
+      await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-A', ...dnat]);
+    };
+    t.teardown(() => (dnat.length > 0 ? tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-D', ...dnat]) : undefined));
+
+    // To neighbour, enrolled on node1: delivered locally, it would never cross PREROUTING, so never node1's inbound
+    // listener, and neighbour's STRICT or AuthorizationPolicy would not be applied.
+    await dnatTo(neighbour.ip);
+    const refusal = cluster.waitForLog(
+      node1,
+      (r) => r.msg === 'connection refused' && r.path === 'passthrough' && r.reason === 'upstream_refused' && (r.dst as { ip: string } | undefined)?.ip === NAT_VIP,
+      15_000,
+    );
+    await t.rejects(cluster.curl(client, `http://${NAT_VIP}/`), 'refused, not delivered in plaintext past the policy');
+    const logged = await refusal;
+    t.match(logged, { src: { ip: client.ip }, detail: /enrolled pod of this node/ }, 'the agent says why');
+    const counted = String((await tb.exec(node1.netns, 'iptables', ['-nvxL', AMBIT_LOCAL_DNAT_CHAIN])).stdout)
+      .split('\n')
+      .find((line) => line.includes('REJECT'));
+    t.ok(Number(counted?.trim().split(/\s+/)[0]) > 0, 'the filter rule reset it');
+    t.same(await clientSeen(client, neighbour, 'curl'), { pod: 'neighbour', client: client.ip }, "the agent's own delivery to neighbour (no DNAT) still passes");
+
+    // To server, enrolled on node2: captured by node2's PREROUTING, judged by its agent.
+    await dnatTo(server.ip);
+    t.same(await clientSeen(client, { ip: NAT_VIP }, 'curl', 80), { pod: 'server', client: client.ip }, 'another node: passed through');
+    await cluster.waitForLog(node2, (r) => r.msg === 'access' && r.path === 'plaintext' && (r.src as { ip: string }).ip === client.ip && (r.dst as { ip: string }).ip === server.ip);
+  });
+
   t.test('same node over the bridge (br_netfilter): delivered by the agent, reported by both sides', async (t) => {
     const body = JSON.parse(await cluster.curl(client, `http://${neighbour.ip}:${HTTP_PORT}/`));
     t.equal(body.pod, 'neighbour');
@@ -291,6 +339,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
     await tb.exec(node1.netns, 'iptables', ['-t', 'nat', '-F', 'AMBIT-PREROUTING']);
     await tb.exec(node1.netns, 'iptables', ['-t', 'mangle', '-F', AMBIT_MANGLE_CHAIN]);
     await tb.exec(node1.netns, 'iptables', ['-t', 'mangle', '-F', AMBIT_MANGLE_OUTPUT_CHAIN]);
+    await tb.exec(node1.netns, 'iptables', ['-t', 'filter', '-F', AMBIT_LOCAL_DNAT_CHAIN]);
     await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v4']);
     await tb.exec(node1.netns, 'ip', ['rule', 'del', 'priority', String(TRANSPARENT_RULE_PRIORITY)]);
     await tb.exec(node1.netns, 'ip', ['route', 'flush', 'table', String(TRANSPARENT_ROUTE_TABLE)]);
@@ -307,13 +356,14 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       rules = await nodeRules(tb, node1);
       const transparentBack =
         rules.mangle.includes('--transparent') && rules.mangle.includes('CONNMARK') && rules.rules.includes(`lookup ${TRANSPARENT_ROUTE_TABLE}`) && rules.routes.includes('local default') &&
-        rules.bridgeTables.includes(AMBIT_BRIDGE_TABLE) && rules.fdb.includes(AMBIT_BRIDGE_MAC);
+        rules.bridgeTables.includes(AMBIT_BRIDGE_TABLE) && rules.fdb.includes(AMBIT_BRIDGE_MAC) && rules.filter.includes(`-A ${AMBIT_LOCAL_DNAT_CHAIN} `);
       if (nat.includes(`${node1.ip}:15001`) && ipset.includes(client.ip) && transparentBack) break;
     }
     t.match(nat, `-j DNAT --to-destination ${node1.ip}:15001`, 'the chain is back');
     t.match(ipset, client.ip, 'the set is back');
     t.match(rules.mangle, '-m socket --transparent', 'the mark rule is back');
     t.match(rules.mangle, `-A ${AMBIT_MANGLE_OUTPUT_CHAIN} -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN`, 'the connection mark rule is back');
+    t.match(rules.filter, buildLocalDnatChainRules()[0]!, 'the reset of a passthrough NATed to a local pod is back');
     t.match(rules.rules, `lookup ${TRANSPARENT_ROUTE_TABLE}`, 'the fwmark rule is back');
     t.match(rules.routes, 'local default dev lo', 'the local route is back');
     t.match(rules.bridgeTables, AMBIT_BRIDGE_TABLE, 'the bridge table is back');
@@ -329,6 +379,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       const rules = await nodeRules(tb, node);
       t.notMatch(rules.nat, 'AMBIT', `${node.name}: no nat chain`);
       t.notMatch(rules.mangle, 'AMBIT', `${node.name}: no mangle chain`);
+      t.notMatch(rules.filter, 'AMBIT', `${node.name}: no filter chain`);
       t.notMatch(rules.rules, `lookup ${TRANSPARENT_ROUTE_TABLE}`, `${node.name}: no fwmark rule`);
       t.equal(rules.routes.trim(), '', `${node.name}: an empty route table`);
       t.notMatch(rules.bridgeTables, AMBIT_BRIDGE_TABLE, `${node.name}: no bridge table`);
@@ -343,6 +394,7 @@ t.test('the L4 mesh across two nodes', { skip: unavailable }, async (t) => {
       t.match(rules.nat, 'AMBIT-PREROUTING', `${node.name}: the rules stay while the agent is down`);
       t.match(rules.mangle, AMBIT_MANGLE_CHAIN);
       t.match(rules.mangle, AMBIT_MANGLE_OUTPUT_CHAIN);
+      t.match(rules.filter, AMBIT_LOCAL_DNAT_CHAIN);
     }
     await t.rejects(cluster.curl(plain2, `http://${server.ip}:${HTTP_PORT}/`), 'a captured connection is refused, never sent in plaintext');
 

@@ -18,6 +18,8 @@ import {
   buildIpsetSync,
   buildIpv6RejectRemoval,
   buildIpv6RejectRules,
+  buildLocalDnatRemoval,
+  buildLocalDnatRules,
   buildMangleRemoval,
   buildMangleRules,
   buildNatRemoval,
@@ -57,6 +59,9 @@ const IPV6_REJECT_RULES = [
   '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 dst -j REJECT --reject-with tcp-reset',
   '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
 ];
+const LOCAL_DNAT_JUMP = '-A OUTPUT -j AMBIT-LOCAL-DNAT';
+const LOCAL_DNAT_RULE =
+  '-A AMBIT-LOCAL-DNAT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m set --match-set ambit-pods-v4 dst -j REJECT --reject-with tcp-reset';
 const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
 const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
 const rootSkip = needsRoot('creates network namespaces, iptables rules and ipsets');
@@ -178,6 +183,24 @@ t.test('buildMangleRules and buildMangleRemoval', async (t) => {
     '*mangle\n-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-F AMBIT-MANGLE-PREROUTING\n-X AMBIT-MANGLE-PREROUTING\nCOMMIT\n' +
       '*mangle\n-D OUTPUT -j AMBIT-MANGLE-OUTPUT\n-F AMBIT-MANGLE-OUTPUT\n-X AMBIT-MANGLE-OUTPUT\nCOMMIT\n',
   );
+});
+
+t.test('buildLocalDnatRules and its removal', async (t) => {
+  const filterDump = (rules: string[]) =>
+    ['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-LOCAL-DNAT - [0:0]', ...rules, 'COMMIT', ''].join('\n');
+  t.equal(buildLocalDnatRules(''), ['*filter', ':AMBIT-LOCAL-DNAT - [0:0]', LOCAL_DNAT_RULE, '-I OUTPUT 1 -j AMBIT-LOCAL-DNAT', 'COMMIT', ''].join('\n'));
+  t.equal(buildLocalDnatRules(filterDump([LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])), '', 'in place: nothing to do');
+  t.match(
+    buildLocalDnatRules(filterDump(['-A OUTPUT -j ACCEPT', LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])),
+    '-D OUTPUT -j AMBIT-LOCAL-DNAT\n-I OUTPUT 1 -j AMBIT-LOCAL-DNAT\n',
+    'a jump below an ACCEPT goes back to the top',
+  );
+  t.match(buildLocalDnatRules(filterDump([LOCAL_DNAT_JUMP])), `:AMBIT-LOCAL-DNAT - [0:0]\n${LOCAL_DNAT_RULE}\n`, 'a flushed chain is refilled');
+  t.equal(
+    buildLocalDnatRemoval(filterDump([LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])),
+    ['*filter', '-D OUTPUT -j AMBIT-LOCAL-DNAT', '-F AMBIT-LOCAL-DNAT', '-X AMBIT-LOCAL-DNAT', 'COMMIT', ''].join('\n'),
+  );
+  t.equal(buildLocalDnatRemoval(''), '', 'nothing to remove');
 });
 
 t.test('buildIpv6RejectRules and its removal', async (t) => {
@@ -436,6 +459,10 @@ async function ipv6FilterTable(netns: string, backend: IptablesBackend): Promise
   return (await inNetns(netns, [`ip6tables-${backend}-save`, '-t', 'filter'])).stdout;
 }
 
+async function filterTable(netns: string, backend: IptablesBackend): Promise<string> {
+  return (await inNetns(netns, [`iptables-${backend}-save`, '-t', 'filter'])).stdout;
+}
+
 async function mangleTable(netns: string, backend: IptablesBackend): Promise<string> {
   return (await inNetns(netns, [`iptables-${backend}-save`, '-t', 'mangle'])).stdout;
 }
@@ -471,8 +498,10 @@ async function assertTransparentRouting(t: Test, node: string, backend: Iptables
     t.same(fwmarkRules, [FWMARK_RULE], 'one fwmark rule');
     t.same(await tableRoutes(node), [LOCAL_ROUTE], 'the local route');
     t.match(await bridgeTables(node), 'table bridge ambit', 'the bridge table');
+    t.same(ruleLines(await filterTable(node, backend)).filter((rule) => rule.includes('AMBIT')), [LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE], 'the reset of a passthrough NATed to a local pod');
   } else {
     t.same(mangle, [], 'no mangle rules');
+    t.same(ruleLines(await filterTable(node, backend)).filter((rule) => rule.includes('AMBIT')), [], 'no filter rules');
     t.same(fwmarkRules, [], 'no fwmark rule');
     t.same(await tableRoutes(node), [], 'no route');
     t.notMatch(await bridgeTables(node), 'ambit', 'no bridge table');
