@@ -19,14 +19,7 @@ module.exports = {
       severity: 'error',
       comment: 'No import cycles.',
       from: {},
-      to: {
-        circular: true,
-        // Temporary (issue 12 item 1), until the egress-source work on these files is merged: the
-        // agent/inbound.ts <-> agent/outbound.ts cycle (carry() moves to agent/proxy.ts), and the type-only cycles
-        // through agent/inputs.ts (and authorize.ts) that exist because Address, OutboundContext and
-        // EarlyDataBudget live in outbound.ts and inbound.ts instead of a types module. Then this exception goes.
-        viaSomeNot: '^agent/(inbound|outbound|inputs|authorize)\\.ts$',
-      },
+      to: { circular: true },
     },
     {
       name: 'core-imports-no-other-folder',

@@ -18,13 +18,15 @@ import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
 import { AGENT_STARTED_LOG, type AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
-import { EarlyDataBudget, handleHboneConnect, handlePlaintextInbound } from './inbound.js';
-import type { ProxyInputs, Revalidation } from './inputs.js';
+import { EarlyDataBudget } from './early-data.js';
+import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
+import type { ProxyInputs } from './inputs.js';
 import { startMemoryRelease } from './memory.js';
-import { handleOutbound, type Address } from './outbound.js';
+import { handleOutbound } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
 import { addressFamily, RedirectRules, type PodInterfaces } from './redirect-rules.js';
 import { AgentTelemetry } from './telemetry.js';
+import type { Address, Revalidation } from './types.js';
 
 /** How often the telemetry looks for the series of workloads that are gone (it keeps them SERIES_RETENTION_MS). */
 const SERIES_PRUNE_INTERVAL_MS = 60_000;

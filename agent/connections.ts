@@ -1,5 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { abortStream } from './proxy.js';
+import type { ConnectionTracker } from './types.js';
 
 /** How long a connection being closed gets to finish its FIN exchange before it is torn down. */
 export const CLOSE_GRACE_MS = 1_000;
@@ -23,7 +24,7 @@ export interface ConnectionRegistryOptions<T> {
  * The connections the agent carries, by the pod IPs at their ends, so that a pod leaving the mesh (a relabel, an
  * opt-out) loses the connections the mesh was carrying for it, and a policy change reaches open connections too.
  */
-export class ConnectionRegistry<T = unknown> {
+export class ConnectionRegistry<T = unknown> implements ConnectionTracker<T> {
   readonly #byIp = new Map<string, Set<Tracked<T>>>();
   readonly #all = new Set<Tracked<T>>();
   readonly #options: ConnectionRegistryOptions<T>;

@@ -1,16 +1,14 @@
 import type http2 from 'node:http2';
 import type net from 'node:net';
-import type { Duplex } from 'node:stream';
-import { Gauge, type Registry } from 'prom-client';
 import type { ReadonlyWorkloadStore, Workload } from '../core/discovery/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
-import { errnoCode } from '../core/errors/index.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, refuseStream, type HboneInboundRequest } from '../core/hbone/index.js';
 import { authorize, describePolicy, refusalMessage } from './authorize.js';
-import type { ProxyInputs, Reauthorization } from './inputs.js';
-import type { Address } from './outbound.js';
-import { abortStream, splice } from './proxy.js';
+import { EARLY_DATA_AGENT_BYTES, EarlyData } from './early-data.js';
+import type { ProxyInputs } from './inputs.js';
+import { abortStream, carry, connectAndCarry, upstreamFailure } from './proxy.js';
 import type { ConnectionRecord, Peer } from './telemetry.js';
+import type { Address, Reauthorization } from './types.js';
 
 export type InboundRefusal = 'unknown_destination' | 'not_local' | 'not_enrolled' | 'identity_mismatch';
 
@@ -84,22 +82,6 @@ export function peerOfWorkload(workload: Workload | undefined, ip: string, port:
 }
 
 /**
- * What a reset passthrough may mean besides a closed port: the node's NAT sent it to an enrolled pod of this node,
- * where no agent would have applied the pod's policy, and the agent's filter rule resets it (AMBIT_LOCAL_DNAT_CHAIN).
- */
-const PASSTHROUGH_REFUSED =
-  "nothing listens there, or the node's NAT sends it to an enrolled pod of this node, which a passthrough may not reach " +
-  "(no agent would apply the pod's PeerAuthentication and AuthorizationPolicy): connect to the pod, or to a Service the mesh knows";
-
-/** Why a connect to a pod failed, as the status and reason the HBONE client gets. */
-function upstreamFailure(err: unknown): { status: number; reason: string } {
-  const code = errnoCode(err);
-  if (code === 'ECONNREFUSED') return { status: 503, reason: 'upstream_refused' };
-  if (code === 'ETIMEDOUT') return { status: 504, reason: 'upstream_timeout' };
-  return { status: 502, reason: 'upstream_unreachable' };
-}
-
-/**
  * The client an HBONE stream speaks for, as the `forwarded` header names it, but only when the TLS peer is that
  * client's own identity: any mesh workload can write the header, and a pod must not be shown an address (and pass
  * a NetworkPolicy) on the word of a workload that does not own it.
@@ -122,103 +104,6 @@ function unverifiedSourceMessage(request: HboneInboundRequest, verifiedClient: s
         ? `${request.peerIdentity} does not own ${client.host}, the client its forwarded header names`
         : `${client.host} cannot be the source of a connection to ${request.target.host} (IPv4 only, neither the node's nor the pod's own address)`;
   return `${why}: with --upstream-source transparent the pod is not shown the node's address instead`;
-}
-
-/**
- * How many bytes of early data (the first bytes the source sends behind a CONNECT, before the 200) this agent holds
- * over all its streams. Each stream holds at most HBONE_EARLY_DATA_STREAM_BYTES; without a bound over all of them,
- * many sessions each opening their 100 streams could make the agent hold without limit while its pods' connects
- * wait. 256 streams at their own cap, at once.
- */
-export const EARLY_DATA_AGENT_BYTES = 16 * 1024 * 1024;
-
-/** The early data this agent holds now, against EARLY_DATA_AGENT_BYTES (exported as ambit_hbone_early_data_bytes). */
-export class EarlyDataBudget {
-  held = 0;
-
-  constructor(registry: Registry) {
-    const held = () => this.held;
-    new Gauge({
-      name: 'ambit_hbone_early_data_bytes',
-      help: 'Bytes the agent holds for HBONE streams it has not answered yet (a client\'s first bytes)',
-      registers: [registry],
-      collect() {
-        this.set(held());
-      },
-    });
-  }
-}
-
-type EarlyDataRefusal = 'early_data_limit' | 'early_data_overload';
-
-/**
- * A CONNECT stream's early data, read and counted while the destination connects to the pod: reading it, rather than
- * leaving it in the stream, is what makes the count exact (a stream that is not read still takes in its whole flow
- * control window). A stream past its own cap, or one whose bytes would take the agent past its cap, is refused: the
- * source agent keeps to HBONE_EARLY_DATA_STREAM_BYTES, so only a peer that does not is refused for its own bytes.
- */
-class EarlyData {
-  readonly #stream: http2.ServerHttp2Stream;
-  readonly #budget: EarlyDataBudget;
-  readonly #onRefused: (reason: EarlyDataRefusal) => void;
-  #chunks: Buffer[] = [];
-  /** Everything the stream sent so far, and the part of it counted against the agent's budget (what is held). */
-  #bytes = 0;
-  #held = 0;
-  #ended = false;
-  refused = false;
-
-  constructor(stream: http2.ServerHttp2Stream, budget: EarlyDataBudget, onRefused: (reason: EarlyDataRefusal) => void) {
-    this.#stream = stream;
-    this.#budget = budget;
-    this.#onRefused = onRefused;
-    stream.on('data', this.#onData);
-    stream.once('end', this.#onEnd);
-    stream.once('close', this.#onClose);
-  }
-
-  /** Stops holding: the bytes held so far, in order, and whether the client's end came behind them. */
-  take(): { chunks: readonly Buffer[]; ended: boolean } {
-    const chunks = this.#chunks;
-    this.#release();
-    return { chunks, ended: this.#ended };
-  }
-
-  /** Stops holding and forgets the bytes (a refusal, a failed connect). */
-  drop(): void {
-    this.#release();
-  }
-
-  readonly #onData = (chunk: Buffer) => {
-    this.#bytes += chunk.length;
-    if (this.#bytes > HBONE_EARLY_DATA_STREAM_BYTES) return this.#refuse('early_data_limit');
-    if (this.#budget.held + chunk.length > EARLY_DATA_AGENT_BYTES) return this.#refuse('early_data_overload');
-    this.#budget.held += chunk.length;
-    this.#held += chunk.length;
-    this.#chunks.push(chunk);
-  };
-
-  readonly #onEnd = () => {
-    this.#ended = true;
-  };
-
-  readonly #onClose = () => this.#release();
-
-  #refuse(reason: EarlyDataRefusal): void {
-    this.refused = true;
-    // What still arrives goes nowhere: the stream keeps flowing with no listener until the peer reads the refusal.
-    this.#release();
-    this.#onRefused(reason);
-  }
-
-  #release(): void {
-    this.#stream.off('data', this.#onData);
-    this.#stream.off('end', this.#onEnd);
-    this.#stream.off('close', this.#onClose);
-    this.#budget.held -= this.#held;
-    this.#held = 0;
-    this.#chunks = [];
-  }
 }
 
 /** An HBONE CONNECT that the server accepted at the protocol level: check it, connect to the pod, splice. */
@@ -346,104 +231,4 @@ export function handlePlaintextInbound(inputs: ProxyInputs, socket: net.Socket):
   }
   const reauthorize = reauthorizer(inputs, { workload: decision.destination, ip: target.host }, (destination) => ({ ...facts, destination }));
   connectAndCarry(inputs, 'inbound', [record], socket, decision.target, reauthorize);
-}
-
-/** One proxied connection for `carry`: its telemetry records and its two ends. */
-export interface Carried {
-  /** Reported once each: a same-node connection is reported by both sides. */
-  records: readonly ConnectionRecord[];
-  /** The client's side: the captured socket, or the HBONE stream from the source agent. */
-  downstream: Duplex;
-  upstream: Duplex;
-  /** The TCP socket the agent holds whose byte counts are reported: the client's when `countedIsClient`, else the pod's. */
-  counted: net.Socket;
-  countedIsClient: boolean;
-  /** Asks again (on a policy or workload change); the answer may close the connection. */
-  reauthorize?: () => Reauthorization | undefined;
-  /** `inputs.connections.epoch` when the connection was decided: a change while it connected is caught up on. */
-  decidedAt?: number;
-  /**
-   * Set when bytes start moving before the destination has answered (an HBONE stream opened without waiting): the
-   * connection counts as opened only when this resolves. When it rejects, `refused` reports why; the upstream is
-   * already closed by then, and the splice resets the client.
-   */
-  established?: Promise<void>;
-  refused?: (err: unknown) => void;
-}
-
-/**
- * Splices the two ends, reports the connection opened (once established), and reports it closed with its bytes.
- * A connection that was refused before it was established is reported only by `refused`.
- */
-export function carry(inputs: ProxyInputs, carried: Carried): void {
-  const { records, downstream, upstream, counted, countedIsClient, reauthorize, decidedAt } = carried;
-  let state: 'pending' | 'open' | 'done' = 'pending';
-  let untrack = () => {};
-  const open = () => {
-    if (state !== 'pending') return;
-    state = 'open';
-    for (const record of records) inputs.telemetry.opened(record);
-    untrack = inputs.connections.track(
-      records.flatMap((r) => [r.source.ip, r.destination.ip]),
-      [downstream, upstream],
-      reauthorize === undefined
-        ? undefined
-        : () => {
-            const answer = reauthorize();
-            return answer && { ...answer, record: records[records.length - 1]! };
-          },
-      decidedAt,
-    );
-  };
-  const spliced = splice(downstream, upstream, carried.established);
-  if (carried.established === undefined) {
-    open();
-  } else {
-    carried.established.then(open, (err: unknown) => {
-      if (state !== 'pending') return;
-      state = 'done';
-      // The upstream may have closed cleanly before its answer; the client must still see a reset, not an end.
-      abortStream(downstream);
-      carried.refused?.(err);
-    });
-  }
-  void spliced.then((error) => {
-    const wasOpen = state === 'open';
-    state = 'done';
-    if (!wasOpen) return;
-    untrack();
-    const outcome = countedIsClient
-      ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
-      : { received: counted.bytesWritten, sent: counted.bytesRead, error: error?.message };
-    for (const record of records) inputs.telemetry.closed(record, outcome);
-  });
-}
-
-/**
- * Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason.
- * The connection comes from the captured client's address (unless `--upstream-source node`): a pod this agent
- * delivers to (same-node, plaintext inbound) sees its real client, and a passthrough (outside the mesh, a Service
- * VIP, a slice's endpoint that is no pod) leaves with its own pod's address, so that egress NetworkPolicies and
- * firewalls on its way still apply to the pod. From the node's address, they would not.
- */
-export function connectAndCarry(
-  inputs: ProxyInputs,
-  direction: 'outbound' | 'inbound',
-  records: readonly ConnectionRecord[],
-  socket: net.Socket,
-  target: Address,
-  reauthorize?: () => Reauthorization | undefined,
-): void {
-  // Called in the turn its connection was decided.
-  const decidedAt = inputs.connections.epoch;
-  inputs.upstream.connect(target, socket.remoteAddress).then(
-    (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
-    (err: unknown) => {
-      const reason = upstreamFailure(err).reason;
-      const message = err instanceof Error ? err.message : String(err);
-      const passthrough = records[0]?.path === 'passthrough' && reason === 'upstream_refused';
-      inputs.telemetry.refused(direction, reason, records[0] ?? {}, passthrough ? `${message}: ${PASSTHROUGH_REFUSED}` : message);
-      abortStream(socket);
-    },
-  );
 }

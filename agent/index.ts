@@ -5,7 +5,8 @@ import { removeRedirectRules } from './redirect-rules.js';
 
 export { Agent, type AgentDependencies } from './agent.js';
 export { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG, AGENT_USAGE, DEFAULT_PORTS, loadAgentConfig, type AgentConfig, type AgentPorts } from './config.js';
-export { buildOutboundRequest, type OutboundContext, type OutboundRequest } from './outbound.js';
+export { buildOutboundRequest, type OutboundRequest } from './outbound.js';
+export type { OutboundContext } from './types.js';
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
 export { RedirectRules, removeRedirectRules } from './redirect-rules.js';
 

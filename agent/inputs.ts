@@ -2,23 +2,13 @@ import type net from 'node:net';
 import type { ReadonlyWorkloadStore } from '../core/discovery/index.js';
 import type { HboneClient } from '../core/hbone/index.js';
 import type { Logger } from '../core/log/index.js';
-import type { InboundDecision, PolicyStore } from '../core/policy/index.js';
-import type { ConnectionRecord } from './telemetry.js';
+import type { PolicyStore } from '../core/policy/index.js';
 import type { AgentConfig } from './config.js';
 import type { ConnectionRegistry } from './connections.js';
-import type { EarlyDataBudget } from './inbound.js';
+import type { EarlyDataBudget } from './early-data.js';
 import type { UpstreamConnector } from './proxy.js';
-import type { Address, OutboundContext } from './outbound.js';
 import type { AgentTelemetry } from './telemetry.js';
-
-/**
- * An open connection's answer when a policy or workload change asks again: the destination's decision on the store
- * as it is now, or that the pod at one end is gone (another pod has its address now).
- */
-export type Reauthorization = { kind: 'decided'; decision: InboundDecision } | { kind: 'gone'; message: string };
-
-/** A reauthorization with the connection it is about, for the log line when it closes the connection. */
-export type Revalidation = Reauthorization & { record: ConnectionRecord };
+import type { Address, OutboundContext, Revalidation } from './types.js';
 
 /** What the agent's listeners share; each gets only this bundle, never the CA or the rule manager. */
 export interface ProxyInputs {

@@ -1,29 +1,13 @@
 import { isIPv6, type Socket } from 'node:net';
-import type { ReadonlyWorkloadStore, Service, ServiceEndpoint, Workload } from '../core/discovery/index.js';
+import type { Service, ServiceEndpoint, Workload } from '../core/discovery/index.js';
 import { buildBaggage, formatAuthority, forwardedFor, HboneError, newTraceparent } from '../core/hbone/index.js';
 import type { ConnectionFacts } from '../core/policy/index.js';
 import { authorize, refusalMessage } from './authorize.js';
-import { buildInboundRequest, carry, connectAndCarry, peerOfWorkload, reauthorizer } from './inbound.js';
+import { buildInboundRequest, peerOfWorkload, reauthorizer } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
-import { abortStream } from './proxy.js';
+import { abortStream, carry, connectAndCarry } from './proxy.js';
 import type { ConnectionRecord } from './telemetry.js';
-
-/** What the outbound decision needs to know besides the store. */
-export interface OutboundContext {
-  store: ReadonlyWorkloadStore;
-  nodeName: string;
-  nodeIp: string;
-  /** The agent's own ports on the node's addresses: a captured connection sent to one of them would loop. */
-  agentPorts: readonly number[];
-  hbonePort: number;
-  /** Picks one of several equally good endpoints; injectable so tests are deterministic. */
-  pick?: <T>(candidates: readonly T[]) => T;
-}
-
-export interface Address {
-  host: string;
-  port: number;
-}
+import type { Address, OutboundContext } from './types.js';
 
 /**
  * The decision for one captured outbound connection, made before any byte moves:

@@ -7,6 +7,8 @@ import { HBONE_EARLY_DATA_STREAM_BYTES } from '../core/hbone/index.js';
 import { canonicalIp } from '../core/ip/index.js';
 import { transparentSocket } from '../core/sockopt/index.js';
 import type { UpstreamSource } from './config.js';
+import type { AgentTelemetry, ConnectionRecord } from './telemetry.js';
+import type { Address, ConnectionTracker, Reauthorization, Revalidation } from './types.js';
 
 /** Node does not export the Http2Stream class; its streams are the duplexes with an `rstCode`. */
 function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Stream, 'rstCode' | 'close'> {
@@ -298,4 +300,130 @@ export class UpstreamConnector {
     }
     return connectTcp(target, { timeoutMs: this.#timeoutMs, socket });
   }
+}
+
+/** Why a connect to a pod failed, as the status and reason the HBONE client gets. */
+export function upstreamFailure(err: unknown): { status: number; reason: string } {
+  const code = errnoCode(err);
+  if (code === 'ECONNREFUSED') return { status: 503, reason: 'upstream_refused' };
+  if (code === 'ETIMEDOUT') return { status: 504, reason: 'upstream_timeout' };
+  return { status: 502, reason: 'upstream_unreachable' };
+}
+
+/**
+ * What carrying a connection takes of the listeners' ProxyInputs: the telemetry it reports to, the registry that
+ * holds it while open, and the connector to its destination.
+ */
+export interface CarryInputs {
+  telemetry: AgentTelemetry;
+  connections: ConnectionTracker<Revalidation>;
+  upstream: UpstreamConnector;
+}
+
+/** One proxied connection for `carry`: its telemetry records and its two ends. */
+export interface Carried {
+  /** Reported once each: a same-node connection is reported by both sides. */
+  records: readonly ConnectionRecord[];
+  /** The client's side: the captured socket, or the HBONE stream from the source agent. */
+  downstream: Duplex;
+  upstream: Duplex;
+  /** The TCP socket the agent holds whose byte counts are reported: the client's when `countedIsClient`, else the pod's. */
+  counted: net.Socket;
+  countedIsClient: boolean;
+  /** Asks again (on a policy or workload change); the answer may close the connection. */
+  reauthorize?: () => Reauthorization | undefined;
+  /** `inputs.connections.epoch` when the connection was decided: a change while it connected is caught up on. */
+  decidedAt?: number;
+  /**
+   * Set when bytes start moving before the destination has answered (an HBONE stream opened without waiting): the
+   * connection counts as opened only when this resolves. When it rejects, `refused` reports why; the upstream is
+   * already closed by then, and the splice resets the client.
+   */
+  established?: Promise<void>;
+  refused?: (err: unknown) => void;
+}
+
+/**
+ * Splices the two ends, reports the connection opened (once established), and reports it closed with its bytes.
+ * A connection that was refused before it was established is reported only by `refused`.
+ */
+export function carry(inputs: CarryInputs, carried: Carried): void {
+  const { records, downstream, upstream, counted, countedIsClient, reauthorize, decidedAt } = carried;
+  let state: 'pending' | 'open' | 'done' = 'pending';
+  let untrack = () => {};
+  const open = () => {
+    if (state !== 'pending') return;
+    state = 'open';
+    for (const record of records) inputs.telemetry.opened(record);
+    untrack = inputs.connections.track(
+      records.flatMap((r) => [r.source.ip, r.destination.ip]),
+      [downstream, upstream],
+      reauthorize === undefined
+        ? undefined
+        : () => {
+            const answer = reauthorize();
+            return answer && { ...answer, record: records[records.length - 1]! };
+          },
+      decidedAt,
+    );
+  };
+  const spliced = splice(downstream, upstream, carried.established);
+  if (carried.established === undefined) {
+    open();
+  } else {
+    carried.established.then(open, (err: unknown) => {
+      if (state !== 'pending') return;
+      state = 'done';
+      // The upstream may have closed cleanly before its answer; the client must still see a reset, not an end.
+      abortStream(downstream);
+      carried.refused?.(err);
+    });
+  }
+  void spliced.then((error) => {
+    const wasOpen = state === 'open';
+    state = 'done';
+    if (!wasOpen) return;
+    untrack();
+    const outcome = countedIsClient
+      ? { received: counted.bytesRead, sent: counted.bytesWritten, error: error?.message }
+      : { received: counted.bytesWritten, sent: counted.bytesRead, error: error?.message };
+    for (const record of records) inputs.telemetry.closed(record, outcome);
+  });
+}
+
+/**
+ * What a reset passthrough may mean besides a closed port: the node's NAT sent it to an enrolled pod of this node,
+ * where no agent would have applied the pod's policy, and the agent's filter rule resets it (AMBIT_LOCAL_DNAT_CHAIN).
+ */
+const PASSTHROUGH_REFUSED =
+  "nothing listens there, or the node's NAT sends it to an enrolled pod of this node, which a passthrough may not reach " +
+  "(no agent would apply the pod's PeerAuthentication and AuthorizationPolicy): connect to the pod, or to a Service the mesh knows";
+
+/**
+ * Connects to `target` and carries the captured `socket` to it; a failed connect resets the client, with its reason.
+ * The connection comes from the captured client's address (unless `--upstream-source node`): a pod this agent
+ * delivers to (same-node, plaintext inbound) sees its real client, and a passthrough (outside the mesh, a Service
+ * VIP, a slice's endpoint that is no pod) leaves with its own pod's address, so that egress NetworkPolicies and
+ * firewalls on its way still apply to the pod. From the node's address, they would not.
+ */
+export function connectAndCarry(
+  inputs: CarryInputs,
+  direction: 'outbound' | 'inbound',
+  records: readonly ConnectionRecord[],
+  socket: net.Socket,
+  target: Address,
+  reauthorize?: () => Reauthorization | undefined,
+): void {
+  // Called in the turn its connection was decided.
+  const decidedAt = inputs.connections.epoch;
+  inputs.upstream.connect(target, socket.remoteAddress).then(
+    (upstream) => carry(inputs, { records, downstream: socket, upstream, counted: socket, countedIsClient: true, reauthorize, decidedAt }),
+    (err: unknown) => {
+      const reason = upstreamFailure(err).reason;
+      const message = err instanceof Error ? err.message : String(err);
+      const passthrough = records[0]?.path === 'passthrough' && reason === 'upstream_refused';
+      inputs.telemetry.refused(direction, reason, records[0] ?? {}, passthrough ? `${message}: ${PASSTHROUGH_REFUSED}` : message);
+      abortStream(socket);
+    },
+  );
 }

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
 import t from 'tap';
-import { EARLY_DATA_AGENT_BYTES } from '../agent/inbound.js';
+import { EARLY_DATA_AGENT_BYTES } from '../agent/early-data.js';
 import { HBONE_EARLY_DATA_STREAM_BYTES, REASON_HEADER } from '../core/hbone/index.js';
 import { metricValue } from '../testbed/index.js';
 import { within } from './mesh/hold.js';

@@ -1,6 +1,7 @@
 /** The outbound decision as a pure function: no sockets, a store built from objects. */
 import t from 'tap';
-import { buildOutboundRequest, type OutboundContext } from '../agent/outbound.js';
+import { buildOutboundRequest } from '../agent/outbound.js';
+import type { OutboundContext } from '../agent/types.js';
 import { buildInboundRequest } from '../agent/inbound.js';
 import { storeWith } from './mesh/store.js';
 
