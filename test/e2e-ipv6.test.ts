@@ -123,6 +123,18 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
     await cluster.startWorkload(dual);
     await startV6Server(tb, dual);
     t.equal(await v6(plain2, dual), 'ECONNREFUSED', 'its IPv6 TCP is refused');
+    await startV6Server(tb, node2);
+    const filter2 = String((await tb.exec(node2.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
+    t.match(filter2, new RegExp(`-A ${REJECT_CHAIN} -i \\S+ -p tcp -m conntrack --ctdir ORIGINAL -j REJECT`), 'its routed veth, in');
+    t.match(filter2, new RegExp(`-A ${REJECT_CHAIN} -o \\S+ -p tcp -j REJECT`), 'and out');
+    // REJECT's reset to a link-local source is routed without its interface, so it reaches the pod only when the
+    // kernel's first fe80::/64 route happens to be the pod's veth: refused either way, reset or not
+    t.match(
+      await v6ll(tb, dual, await hostVethLinkLocal(tb, node2, dual)),
+      /^(ECONNREFUSED|timeout)$/,
+      'to the node over link-local, through its routed veth: refused (-i rule)',
+    );
+    t.match(await v6ll(tb, plain2, await hostVethLinkLocal(tb, node2, plain2)), /^ok fe80:/, 'a plain pod reaches the node that way');
     t.match(JSON.parse(await cluster.curl(client, `http://${dual.ip}:${HTTP_PORT}/`)), { pod: 'dual', client: client.ip }, 'its IPv4 is carried by the mesh');
   });
 
@@ -200,6 +212,15 @@ async function bridgeLinkLocal(tb: Testbed, node: TestbedNode): Promise<string> 
   const bridges = JSON.parse(String((await tb.exec(node.netns, 'ip', ['-j', 'link', 'show', 'type', 'bridge'])).stdout)) as Array<{ ifname: string }>;
   if (bridges.length !== 1) throw new Error(`${node.name} has ${bridges.length} bridges, not one: ${JSON.stringify(bridges)}`);
   return linkLocalOf(tb, node.netns, ['dev', bridges[0]!.ifname], `${node.name}'s bridge ${bridges[0]!.ifname}`);
+}
+
+/** The node's fe80:: address on the host end of a pod's veth (a routed CNI's next hop). */
+async function hostVethLinkLocal(tb: Testbed, node: TestbedNode, pod: TestbedPod): Promise<string> {
+  const [eth0] = JSON.parse(String((await tb.exec(pod.netns, 'ip', ['-j', 'link', 'show', 'dev', 'eth0'])).stdout)) as Array<{ link_index?: number }>;
+  const links = JSON.parse(String((await tb.exec(node.netns, 'ip', ['-j', 'link', 'show'])).stdout)) as Array<{ ifindex: number; ifname: string }>;
+  const veth = links.find((link) => link.ifindex === eth0?.link_index);
+  if (veth === undefined) throw new Error(`no host end of ${pod.name}'s veth on ${node.name}`);
+  return linkLocalOf(tb, node.netns, ['dev', veth.ifname], `${node.name}'s ${veth.ifname}`);
 }
 
 async function linkLocalOf(tb: Testbed, netns: string, selector: string[], what: string): Promise<string> {
