@@ -52,6 +52,8 @@ export const AMBIT_SOURCE_CHECK_CHAIN = 'AMBIT-SOURCE-CHECK';
 /** The nft sets of the bridge table: bound addresses, and (address . bridge port) pairs they may come from. */
 export const AMBIT_BRIDGE_BOUND_SET = 'bound4';
 export const AMBIT_BRIDGE_PORTS_SET = 'ports4';
+/** The nft set of the bridge table with the bridge ports of bound pods: their IPv6 TCP is dropped whatever the address. */
+export const AMBIT_BRIDGE_V6_PORTS_SET = 'ports6';
 
 /*
  * Transparent source. The agent connects from the client's address (an IP_TRANSPARENT socket bound to it): to a
@@ -322,22 +324,42 @@ export function buildLocalDnatRemoval(saveOutput: string): string {
   return buildChainRemoval(saveOutput, 'filter', AMBIT_LOCAL_DNAT_CHAIN);
 }
 
-/** The rules of Ambit's IPv6 reject chain, exactly as ip6tables-save prints them back. */
-export function buildIpv6RejectChainRules(): string[] {
+/**
+ * The rules of Ambit's IPv6 reject chain, exactly as ip6tables-save prints them back: by address (`ambit-pods-v6`),
+ * then by interface for each pod whose host interface CNI ADD reported (`bindings`). The mesh carries no IPv6, so an
+ * enrolled pod has no legitimate IPv6 TCP whatever the address, and its link-local fe80:: one is in no set: TCP
+ * that enters from the pod's veth and opens or continues a connection of its own is reset, and so is TCP forwarded to
+ * it. A bridge port is matched with physdev (iptables sees the bridge as the interface), a routed veth with -i/-o.
+ * A pod whose interface the agent does not know (joined through the store) has the address rules only.
+ */
+export function buildIpv6RejectChainRules(bindings: readonly SourceBinding[] = []): string[] {
   const chain = AMBIT_IPV6_REJECT_CHAIN;
   const set = IPV6.setName;
+  const reject = '-j REJECT --reject-with tcp-reset';
+  const own = '-m conntrack --ctdir ORIGINAL';
   return [
-    `-A ${chain} -p tcp -m set --match-set ${set} dst -j REJECT --reject-with tcp-reset`,
-    `-A ${chain} -p tcp -m set --match-set ${set} src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset`,
+    `-A ${chain} -p tcp -m set --match-set ${set} dst ${reject}`,
+    `-A ${chain} -p tcp -m set --match-set ${set} src ${own} ${reject}`,
+    ...podInterfaces(bindings).flatMap(({ iface, bridged }) =>
+      bridged
+        ? [`-A ${chain} -p tcp -m physdev --physdev-in ${iface} ${own} ${reject}`, `-A ${chain} -p tcp -m physdev --physdev-out ${iface} ${reject}`]
+        : [`-A ${chain} -i ${iface} -p tcp ${own} ${reject}`, `-A ${chain} -o ${iface} -p tcp ${reject}`],
+    ),
   ];
+}
+
+/** The distinct host interfaces of `bindings`, sorted, each with whether it is a bridge port. */
+function podInterfaces(bindings: readonly SourceBinding[]): Array<{ iface: string; bridged: boolean }> {
+  const byName = new Map(bindings.map((binding) => [binding.iface, binding.bridge !== undefined]));
+  return [...byName.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([iface, bridged]) => ({ iface, bridged }));
 }
 
 /**
  * The `ip6tables-restore --noflush` batch that brings the filter table to Ambit's IPv6 reject chain, jumped to first
  * from INPUT and FORWARD (a CNI's or firewall's ACCEPT above it would let the traffic through), or '' when it is so.
  */
-export function buildIpv6RejectRules(currentTables = ''): string {
-  return buildTableBatch('filter', AMBIT_IPV6_REJECT_CHAIN, buildIpv6RejectChainRules(), currentTables, IPV6_REJECT_HOOKS);
+export function buildIpv6RejectRules(currentTables = '', bindings: readonly SourceBinding[] = []): string {
+  return buildTableBatch('filter', AMBIT_IPV6_REJECT_CHAIN, buildIpv6RejectChainRules(bindings), currentTables, IPV6_REJECT_HOOKS);
 }
 
 /** As buildNatRemoval, for the IPv6 reject chain; `saveOutput` is an ip6tables-save dump. */
@@ -516,13 +538,27 @@ function tagged(rule: string): string {
  * through another port than its own is dropped (source binding); a marked frame (a reply to a
  * transparent socket) that the bridge would switch to another port (`pkttype other`) goes to the bridge's own
  * interface instead. `forward`: the IPv6 TCP of enrolled pods switched between two ports of one bridge is dropped,
- * for nodes where bridged IPv6 does not cross ip6tables (which would have reset it first).
+ * for nodes where bridged IPv6 does not cross ip6tables (which would have reset it first): by address, and by the
+ * bridge port of a bound pod (AMBIT_BRIDGE_V6_PORTS_SET), which also covers its link-local fe80:: address. `input`:
+ * a bound pod's IPv6 SYN to the node itself is dropped (a drop, not a reset: this hook runs before ip6tables INPUT).
  */
 const BRIDGE_CHAINS: ReadonlyArray<{ name: string; rules: readonly string[] }> = [
   { name: 'prerouting', rules: [BRIDGE_SOURCE_CHECK_RULE, BRIDGE_RULE] },
   {
     name: 'forward',
-    rules: [`meta l4proto tcp ip6 saddr @${AMBIT_BRIDGE_V6_SET} drop`, `meta l4proto tcp ip6 daddr @${AMBIT_BRIDGE_V6_SET} drop`],
+    rules: [
+      `meta l4proto tcp ip6 saddr @${AMBIT_BRIDGE_V6_SET} drop`,
+      `meta l4proto tcp ip6 daddr @${AMBIT_BRIDGE_V6_SET} drop`,
+      // by bridge port, whatever the address: the pods' link-local fe80:: addresses are in no set
+      `meta protocol ip6 meta l4proto tcp iifname @${AMBIT_BRIDGE_V6_PORTS_SET} drop`,
+      `meta protocol ip6 meta l4proto tcp oifname @${AMBIT_BRIDGE_V6_PORTS_SET} drop`,
+    ],
+  },
+  {
+    // to the node itself (its link-local address on the bridge): this hook comes before ip6tables INPUT, which would
+    // reset; only a SYN the pod sends is dropped, so the pod still answers the node's own connections
+    name: 'input',
+    rules: [`meta protocol ip6 meta l4proto tcp iifname @${AMBIT_BRIDGE_V6_PORTS_SET} tcp flags & (syn | ack) == syn drop`],
   },
 ];
 
@@ -536,6 +572,7 @@ const BRIDGE_SETS: ReadonlyArray<{ name: string; type: string; json: string | st
   { name: AMBIT_BRIDGE_V6_SET, type: 'ipv6_addr', json: 'ipv6_addr' },
   { name: AMBIT_BRIDGE_BOUND_SET, type: 'ipv4_addr', json: 'ipv4_addr' },
   { name: AMBIT_BRIDGE_PORTS_SET, type: 'ipv4_addr . ifname', json: ['ipv4_addr', 'ifname'] },
+  { name: AMBIT_BRIDGE_V6_PORTS_SET, type: 'ifname', json: 'ifname' },
 ];
 
 /** What the bridge table's sets hold: the enrolled pods' IPv6 addresses and the source bindings. */
@@ -589,6 +626,7 @@ function bridgeSetElements(members: BridgeSetMembers): string[] {
     // every bound address, routed ones included: one of them arriving on a bridge port is not from its own veth
     [AMBIT_BRIDGE_BOUND_SET, bindings.map((binding) => binding.ip)],
     [AMBIT_BRIDGE_PORTS_SET, bridged.map((binding) => `${binding.ip} . "${binding.iface}"`)],
+    [AMBIT_BRIDGE_V6_PORTS_SET, podInterfaces(bridged).map(({ iface }) => `"${iface}"`)],
   ];
   return elements
     .filter(([, values]) => values.length > 0)
@@ -891,7 +929,7 @@ export class RedirectRules {
           await applyCommand([restoreCommand(IPV4, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch }, NAT_RESTORE_HINT);
         }
         const tables6 = await applyCommand([saveCommand(IPV6, backend)], this.#commandOptions, NET_ADMIN_HINT);
-        batch6 = buildIpv6RejectRules(tables6.stdout);
+        batch6 = buildIpv6RejectRules(tables6.stdout, this.#appliedBindings?.bindings ?? []);
         if (batch6 !== '') {
           await applyCommand([restoreCommand(IPV6, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch6 }, IPV6_RESTORE_HINT);
         }
@@ -989,6 +1027,7 @@ export class RedirectRules {
         const input = buildBridgeSetSync({ ipv6Pods: wanted.get(IPV6) ?? [], bindings });
         await applyCommand(['nft', '-f', '-'], { ...this.#commandOptions, input }, NFT_HINT);
       }
+      if (rebind) await this.#syncIpv6RejectChain(bindings);
       // After the swap, so that the flows' next packets meet the capture rules; before the sets count as applied, so
       // that a failure here is tried again by the next sync.
       if (joined.length > 0) await this.#endTrackedFlows(joined);
@@ -1074,6 +1113,16 @@ export class RedirectRules {
   async #resolveBackend(): Promise<IptablesBackend> {
     this.#backend ??= await detectBackend(this.#log, this.#commandOptions.netns);
     return this.#backend;
+  }
+
+  /** Brings the IPv6 reject chain to its rules for `bindings` (its per-interface rules); nothing when it has them. */
+  async #syncIpv6RejectChain(bindings: readonly SourceBinding[]): Promise<void> {
+    const backend = await this.#resolveBackend();
+    const tables6 = await applyCommand([saveCommand(IPV6, backend)], this.#commandOptions, NET_ADMIN_HINT);
+    const batch6 = buildIpv6RejectRules(tables6.stdout, bindings);
+    if (batch6 === '') return;
+    await applyCommand([restoreCommand(IPV6, backend), '-w', '--noflush'], { ...this.#commandOptions, input: batch6 }, IPV6_RESTORE_HINT);
+    this.#log.info({ chain: AMBIT_IPV6_REJECT_CHAIN, interfaces: podInterfaces(bindings).length }, 'IPv6 reject chain refuses the bound pods by interface');
   }
 
   /** What the bridge table's sets hold as last written, for a rewrite of the table to keep. */

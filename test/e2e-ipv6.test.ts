@@ -67,6 +67,13 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
 
   const v6 = async (from: TestbedPod, to: TestbedPod): Promise<string> =>
     String((await tb.exec(from.netns, process.execPath, ['-e', V6_CLIENT, to.ip6 as string, String(V6_PORT)])).stdout).trim();
+  /** Chains ambit-cni into the node's CNI config, so that the agent learns each new pod's host interface at ADD. */
+  const installCni = async (node: TestbedNode): Promise<void> => {
+    await tb.exec(node.netns, process.execPath, [
+      CLI_PATH, 'cni', 'install', '--plugin', plugin, '--cni-conf-dir', node.cniConfDir, '--cni-bin-dir', node.cniBinDir,
+      '--agent-socket', `${cluster.runDir(node)}/cni.sock`, '--enrollment-file', `${cluster.stateDir(node)}/enrollment.json`,
+    ]);
+  };
   const v6Set = async (node: TestbedNode): Promise<string> => String((await tb.exec(node.netns, 'ipset', ['list', 'ambit-pods-v6'])).stdout);
 
   t.test('the enrolled pods IPv6 addresses are in ambit-pods-v6, with the reject chain in INPUT and FORWARD', async (t) => {
@@ -106,10 +113,7 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
   });
 
   t.test('a dual-stack pod enrolled through CNI ADD: both addresses are in their sets when ADD returns', async (t) => {
-    await tb.exec(node2.netns, process.execPath, [
-      CLI_PATH, 'cni', 'install', '--plugin', plugin, '--cni-conf-dir', node2.cniConfDir, '--cni-bin-dir', node2.cniBinDir,
-      '--agent-socket', `${cluster.runDir(node2)}/cni.sock`, '--enrollment-file', `${cluster.stateDir(node2)}/enrollment.json`,
-    ]);
+    await installCni(node2);
     await cluster.declarePod('dual', node2, { namespace: 'demo', serviceAccount: 'dual' });
     const dual = await tb.addPod(node2, 'dual', { k8s: { namespace: 'demo' } });
     t.ok(dual.ip6, `the CNI gave it an IPv6 address too (${dual.ip6})`);
@@ -119,7 +123,38 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
     await cluster.startWorkload(dual);
     await startV6Server(tb, dual);
     t.equal(await v6(plain2, dual), 'ECONNREFUSED', 'its IPv6 TCP is refused');
+    await startV6Server(tb, node2);
+    const filter2 = String((await tb.exec(node2.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
+    t.match(filter2, new RegExp(`-A ${REJECT_CHAIN} -i \\S+ -p tcp -m conntrack --ctdir ORIGINAL -j REJECT`), 'its routed veth, in');
+    t.match(filter2, new RegExp(`-A ${REJECT_CHAIN} -o \\S+ -p tcp -j REJECT`), 'and out');
+    // REJECT's reset to a link-local source is routed without its interface, so it reaches the pod only when the
+    // kernel's first fe80::/64 route happens to be the pod's veth: refused either way, reset or not
+    t.match(
+      await v6ll(tb, dual, await hostVethLinkLocal(tb, node2, dual)),
+      /^(ECONNREFUSED|timeout)$/,
+      'to the node over link-local, through its routed veth: refused (-i rule)',
+    );
+    t.match(await v6ll(tb, plain2, await hostVethLinkLocal(tb, node2, plain2)), /^ok fe80:/, 'a plain pod reaches the node that way');
     t.match(JSON.parse(await cluster.curl(client, `http://${dual.ip}:${HTTP_PORT}/`)), { pod: 'dual', client: client.ip }, 'its IPv4 is carried by the mesh');
+  });
+
+  t.test('over link-local fe80:: (in no set), a pod enrolled through CNI ADD is refused by its bridge port', async (t) => {
+    await installCni(node1);
+    await cluster.declarePod('linklocal', node1, { namespace: 'demo', serviceAccount: 'linklocal' });
+    const enrolled = await tb.addPod(node1, 'linklocal', { k8s: { namespace: 'demo' } });
+    await cluster.setPodIp('linklocal', enrolled.ip);
+    await startV6Server(tb, enrolled);
+    await startV6Server(tb, node1);
+    const hostLinkLocal = await bridgeLinkLocal(tb, node1);
+    t.equal(await v6ll(tb, enrolled, await podLinkLocal(tb, plain1)), 'ECONNREFUSED', 'from the enrolled pod to a plain one: reset');
+    t.equal(await v6ll(tb, plain1, await podLinkLocal(tb, enrolled)), 'ECONNREFUSED', 'from a plain pod to the enrolled one: reset');
+    t.equal(await v6ll(tb, enrolled, hostLinkLocal), 'timeout', 'from the enrolled pod to the node\'s link-local address: dropped (bridge input hook)');
+    t.match(await v6ll(tb, plain1, hostLinkLocal), /^ok fe80:/, 'a plain pod still reaches the node over link-local');
+    t.equal(await v6(plain1, enrolled), 'ECONNREFUSED', 'its global address is still refused');
+    const filter = String((await tb.exec(node1.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
+    t.match(filter, new RegExp(`-A ${REJECT_CHAIN} -p tcp -m physdev --physdev-in \\S+ -m conntrack --ctdir ORIGINAL -j REJECT`), 'its bridge port, in');
+    t.match(filter, new RegExp(`-A ${REJECT_CHAIN} -p tcp -m physdev --physdev-out \\S+ -j REJECT`), 'and out');
+    t.match(String((await tb.exec(node1.netns, 'nft', ['list', 'set', 'bridge', 'ambit', 'ports6'], { reject: false })).stdout), /elements = \{ "\S+" \}/, 'in the bridge table');
   });
 
   t.test('the rules are repaired when someone flushes them', async (t) => {
@@ -134,6 +169,7 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
     await cluster.waitForLog(node1, (r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v6', REPAIR_WITHIN_MS, rewroteAt + 1);
     const filter = String((await tb.exec(node1.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);
     t.match(filter, `-A ${REJECT_CHAIN} -p tcp`, 'the reject chain has its rules again');
+    t.match(filter, `-A ${REJECT_CHAIN} -p tcp -m physdev --physdev-in`, 'its interface rules too');
     t.match(await v6Set(node1), client.ip6 as string, 'the set holds the pod again');
     t.equal(await v6(client, plain2), 'ECONNREFUSED', 'refused again');
   });
@@ -153,13 +189,51 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
       await run('ip', ['netns', 'exec', node.netns, process.execPath, cluster.cliPath, 'agent', '--cleanup']);
       t.notMatch(String((await tb.exec(node.netns, 'ip6tables-save')).stdout), 'AMBIT', `${node.name}: no IPv6 rules`);
       t.notMatch(String((await tb.exec(node.netns, 'ipset', ['list', '-n'])).stdout), 'ambit-pods-v6', `${node.name}: no IPv6 set`);
+      t.notMatch(String((await tb.exec(node.netns, 'nft', ['list', 'tables'])).stdout), 'ambit', `${node.name}: no bridge table`);
     }
     t.equal(await v6(plain1, neighbour), `ok ${plain1.ip6}`, 'plain IPv6 networking is back');
+    const linkLocalPod = tb.pods.find((pod) => pod.name === 'linklocal');
+    if (linkLocalPod) t.match(await v6ll(tb, plain1, await podLinkLocal(tb, linkLocalPod)), /^ok fe80:/, 'over link-local too');
   });
 });
 
-/** Starts the IPv6 listener in a pod (stopped with the testbed) and waits until it is bound. */
-async function startV6Server(tb: Testbed, pod: TestbedPod): Promise<void> {
+/** Connects from `from` to a link-local address through its eth0, as V6_CLIENT prints the outcome. */
+async function v6ll(tb: Testbed, from: TestbedPod, address: string): Promise<string> {
+  return String((await tb.exec(from.netns, process.execPath, ['-e', V6_CLIENT, `${address}%eth0`, String(V6_PORT)])).stdout).trim();
+}
+
+/** The kernel-assigned fe80:: address of a pod's eth0 (in no set); fails while it is still tentative (DAD). */
+async function podLinkLocal(tb: Testbed, pod: TestbedPod): Promise<string> {
+  return linkLocalOf(tb, pod.netns, ['dev', 'eth0'], pod.name);
+}
+
+/** The node's fe80:: address on the pods' bridge. */
+async function bridgeLinkLocal(tb: Testbed, node: TestbedNode): Promise<string> {
+  const bridges = JSON.parse(String((await tb.exec(node.netns, 'ip', ['-j', 'link', 'show', 'type', 'bridge'])).stdout)) as Array<{ ifname: string }>;
+  if (bridges.length !== 1) throw new Error(`${node.name} has ${bridges.length} bridges, not one: ${JSON.stringify(bridges)}`);
+  return linkLocalOf(tb, node.netns, ['dev', bridges[0]!.ifname], `${node.name}'s bridge ${bridges[0]!.ifname}`);
+}
+
+/** The node's fe80:: address on the host end of a pod's veth (a routed CNI's next hop). */
+async function hostVethLinkLocal(tb: Testbed, node: TestbedNode, pod: TestbedPod): Promise<string> {
+  const [eth0] = JSON.parse(String((await tb.exec(pod.netns, 'ip', ['-j', 'link', 'show', 'dev', 'eth0'])).stdout)) as Array<{ link_index?: number }>;
+  const links = JSON.parse(String((await tb.exec(node.netns, 'ip', ['-j', 'link', 'show'])).stdout)) as Array<{ ifindex: number; ifname: string }>;
+  const veth = links.find((link) => link.ifindex === eth0?.link_index);
+  if (veth === undefined) throw new Error(`no host end of ${pod.name}'s veth on ${node.name}`);
+  return linkLocalOf(tb, node.netns, ['dev', veth.ifname], `${node.name}'s ${veth.ifname}`);
+}
+
+async function linkLocalOf(tb: Testbed, netns: string, selector: string[], what: string): Promise<string> {
+  const links = JSON.parse(String((await tb.exec(netns, 'ip', ['-6', '-j', 'addr', 'show', ...selector, 'scope', 'link'])).stdout)) as Array<{
+    addr_info?: Array<{ local?: string; tentative?: boolean }>;
+  }>;
+  const address = links.flatMap((link) => link.addr_info ?? []).find((info) => info.local?.startsWith('fe80:'));
+  if (address?.local === undefined || address.tentative === true) throw new Error(`${what} has no usable link-local address: ${JSON.stringify(links)}`);
+  return address.local;
+}
+
+/** Starts the IPv6 listener in a pod or node (stopped with the testbed) and waits until it is bound. */
+async function startV6Server(tb: Testbed, pod: { name: string; netns: string }): Promise<void> {
   const child = tb.spawn(pod.netns, process.execPath, ['-e', V6_SERVER], { buffer: false });
   await new Promise<void>((resolve, reject) => {
     let output = '';

@@ -16,6 +16,7 @@ import {
   buildBridgeTable,
   buildBridgeTableRemoval,
   buildIpsetSync,
+  buildIpv6RejectChainRules,
   buildIpv6RejectRemoval,
   buildIpv6RejectRules,
   buildLocalDnatRemoval,
@@ -221,6 +222,27 @@ t.test('buildIpv6RejectRules and its removal', async (t) => {
     ['*filter', '-D INPUT -j AMBIT-IPV6-REJECT', '-D FORWARD -j AMBIT-IPV6-REJECT', '-F AMBIT-IPV6-REJECT', '-X AMBIT-IPV6-REJECT', 'COMMIT', ''].join('\n'),
   );
   t.equal(buildIpv6RejectRemoval(''), '', 'nothing to remove');
+
+  const bindings = [
+    { ip: '10.1.0.3', iface: 'veth2' },
+    { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
+    { ip: '10.1.0.4', iface: 'veth1', bridge: 'cni0' },
+  ];
+  const byInterface = [
+    '-A AMBIT-IPV6-REJECT -p tcp -m physdev --physdev-in veth1 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
+    '-A AMBIT-IPV6-REJECT -p tcp -m physdev --physdev-out veth1 -j REJECT --reject-with tcp-reset',
+    '-A AMBIT-IPV6-REJECT -i veth2 -p tcp -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
+    '-A AMBIT-IPV6-REJECT -o veth2 -p tcp -j REJECT --reject-with tcp-reset',
+  ];
+  t.same(buildIpv6RejectChainRules(bindings), [...IPV6_REJECT_RULES, ...byInterface], 'the address rules, then each bound interface once: physdev for a bridge port, -i/-o for a routed veth');
+  const withInterfaces = filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES, ...byInterface]);
+  t.equal(buildIpv6RejectRules(withInterfaces, bindings), '', 'in place with its interfaces: nothing to do');
+  t.match(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES]), bindings), byInterface.join('\n'), 'a pod bound since: the chain is rewritten with it');
+  t.equal(
+    buildIpv6RejectRules(withInterfaces, []),
+    ['*filter', ':AMBIT-IPV6-REJECT - [0:0]', ...IPV6_REJECT_RULES, 'COMMIT', ''].join('\n'),
+    'no pod bound any more: the interface rules go',
+  );
 });
 
 t.test('buildTransparentRouting and its removal', async (t) => {
@@ -280,11 +302,19 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
   t.match(withBindings, 'add element bridge ambit ports4 { 10.1.0.2 . "veth1" }\n', 'only bridge ports have a port pair');
   const [tag, transparentTag] = [...table.matchAll(/prerouting .*comment "([^"]+)"/g)].map((match) => match[1]);
   t.match(buildBridgeRule(), `comment "${transparentTag}"`);
+  t.match(withBindings, 'add element bridge ambit ports6 { "veth1" }\n', 'the bridge ports of bound pods, whose IPv6 TCP is dropped whatever the address');
+  t.match(table, /add set bridge ambit ports6 \{ type ifname; \}\n/);
+  t.match(table, /add rule bridge ambit forward meta protocol ip6 meta l4proto tcp iifname @ports6 drop comment "ambit:[0-9a-f]{12}"\n/);
+  t.match(table, /add rule bridge ambit forward meta protocol ip6 meta l4proto tcp oifname @ports6 drop comment "ambit:[0-9a-f]{12}"\n/);
+  t.match(table, /add chain bridge ambit input \{ type filter hook input priority 100; policy accept; \}\n/);
+  t.match(table, /add rule bridge ambit input meta protocol ip6 meta l4proto tcp iifname @ports6 tcp flags & \(syn \| ack\) == syn drop comment "ambit:[0-9a-f]{12}"\n/);
   const forwardTags = [...table.matchAll(/forward .*comment "([^"]+)"/g)].map((match) => match[1]);
+  const inputTags = [...table.matchAll(/ambit input .*comment "([^"]+)"/g)].map((match) => match[1]);
   const sets = [
     { name: 'pods6', type: 'ipv6_addr' },
     { name: 'bound4', type: 'ipv4_addr' },
     { name: 'ports4', type: ['ipv4_addr', 'ifname'] },
+    { name: 'ports6', type: 'ifname' },
   ];
   const ruleset = (comment: string | undefined, prio = 100, set = true) =>
     JSON.stringify({
@@ -297,6 +327,8 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
         { chain: { family: 'bridge', table: 'ambit', name: 'forward', type: 'filter', hook: 'forward', prio: 100, policy: 'accept' } },
         ...(comment === undefined ? [] : [comment, transparentTag].map((c, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4 + index, comment: c, expr: [] } }))),
         ...forwardTags.map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
+        { chain: { family: 'bridge', table: 'ambit', name: 'input', type: 'filter', hook: 'input', prio: 100, policy: 'accept' } },
+        ...inputTags.map((inputTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'input', handle: 20 + index, comment: inputTag, expr: [] } })),
       ],
     });
   t.equal(buildBridgeTable(ruleset(tag)), '', 'in place: nothing to do');
