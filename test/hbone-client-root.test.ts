@@ -5,9 +5,10 @@
  */
 import { X509Certificate } from 'node:crypto';
 import type http2 from 'node:http2';
+import { once } from 'node:events';
 import t, { type Test } from 'tap';
-import { HBONE_REMOVED_ROOT_GRACE_MS } from '../core/hbone/index.js';
-import { CertificateAuthority } from '../core/identity/index.js';
+import { HBONE_REMOVED_ROOT_GRACE_MS, SecureContextCache } from '../core/hbone/index.js';
+import { CertificateAuthority, sniForIdentity, TrustBundle } from '../core/identity/index.js';
 import { FakeTime } from './mesh/fake-time.js';
 import { CLIENT, echoServer, hboneClient, meshPki, roundTripper, SERVER } from './mesh/hbone-fixtures.js';
 
@@ -56,4 +57,34 @@ t.test('a server that still chains to a root: no deadline, its streams carry on;
   t.equal(time.pending, 0, 'lifted when the root comes back');
   time.advance(HBONE_REMOVED_ROOT_GRACE_MS);
   t.equal(await roundTrip('still'), 'still', 'the stream carries on');
+});
+
+t.test('a session the server sent GOAWAY, out of the pool with a stream still open, gets the deadline too', async (t) => {
+  const time = new FakeTime();
+  const bundle = new TrustBundle(pki.ca.rootPem);
+  const contexts = new SecureContextCache(bundle);
+  const server = await echoServer(pki, {
+    trustBundle: bundle,
+    resolveSni: async (sni) => (sni === sniForIdentity(SERVER) ? { identity: SERVER, context: contexts.get(pki.creds.get(SERVER)!) } : undefined),
+    setTimer: new FakeTime().setTimer,
+  });
+  const client = hboneClient(pki, { setTimer: time.setTimer });
+  t.teardown(async () => {
+    client.close();
+    await server.close();
+  });
+  const stream = await client.connect({ sourceIdentity: CLIENT, destinationIdentity: SERVER, via: { host: '127.0.0.1', port: server.address().port }, authority: '127.0.0.1:9' });
+  const roundTrip = roundTripper(stream);
+  t.equal(await roundTrip('before'), 'before');
+  // The server's bundle loses the client's root: it sends GOAWAY and keeps the open stream for its own grace.
+  const goaway = once(stream.session!, 'goaway');
+  bundle.replace(otherRoot.toString(), 'the test');
+  await goaway;
+  t.equal(await roundTrip('after goaway'), 'after goaway', 'the stream still carries');
+  client.retireSessions([otherRoot]);
+  t.equal(time.pending, 1, 'the session out of the pool has its deadline');
+  const closed = new Promise<void>((resolve) => stream.once('close', () => resolve()));
+  time.advance(HBONE_REMOVED_ROOT_GRACE_MS);
+  await closed;
+  t.ok(stream.destroyed, 'and its stream is closed at it');
 });

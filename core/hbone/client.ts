@@ -138,6 +138,8 @@ export class HboneClient {
   readonly #options: HboneClientOptions;
   readonly #log: Logger;
   readonly #pools = new Map<string, PooledSession[]>();
+  /** Every session not yet closed, in the pools or not (after a GOAWAY). */
+  readonly #live = new Set<PooledSession>();
   readonly #maxStreams: number;
   readonly #idleTimeoutMs: number;
   readonly #connectTimeoutMs: number;
@@ -259,13 +261,11 @@ export class HboneClient {
     for (const list of [...this.#pools.values()]) {
       for (const pooled of [...list]) {
         pooled.retired = true;
-        if (pooled.streams === 0) {
-          this.#closeSession(pooled, 'retired');
-          continue;
-        }
-        if (roots !== undefined) this.#checkRoot(pooled, roots);
+        if (pooled.streams === 0) this.#closeSession(pooled, 'retired');
       }
     }
+    // Every session still open, pooled or not: one the server sent GOAWAY is out of the pools, its streams not done.
+    if (roots !== undefined) for (const pooled of [...this.#live]) if (pooled.streams > 0) this.#checkRoot(pooled, roots);
   }
 
   /**
@@ -274,9 +274,14 @@ export class HboneClient {
    * destroyed with them; nothing goes on being carried to a peer the mesh no longer trusts. A root that comes back
    * before the deadline lifts it.
    */
-  #checkRoot(pooled: PooledSession, roots: readonly X509Certificate[]): void {
+  #checkRoot(pooled: PooledSession, roots: readonly X509Certificate[], handshook = false): void {
     const session = pooled.session;
     if (!session || session.destroyed) return;
+    if (pooled.serverChain.length === 0 && !handshook) {
+      // Still in its handshake: judged on the chain it presents, once it has (none at all chains to no root).
+      void pooled.ready.then(() => this.#checkRoot(pooled, roots, true), () => undefined);
+      return;
+    }
     if (chainLeadsTo(pooled.serverChain, roots)) {
       pooled.rootDeadline?.();
       pooled.rootDeadline = undefined;
@@ -396,7 +401,9 @@ export class HboneClient {
             reject(err);
           });
           session.on('error', (err) => this.#log.debug({ err, peer: `${host}:${port}` }, 'HBONE connection error'));
+          this.#live.add(pooled);
           session.once('close', () => {
+            this.#live.delete(pooled);
             clearTimeout(timer);
             clearTimeout(pooled.keepaliveTimer);
             clearTimeout(pooled.idleTimer);
