@@ -60,6 +60,15 @@ async function refusedAtAccept(port: number, refused: ReturnType<typeof refusals
   return { handshook };
 }
 
+/** Opens a CONNECT that the server holds open; resolves, once the server has it, with `released`: its close there. */
+async function holdStream(client: http2.ClientHttp2Session, serverStream: Promise<http2.ServerHttp2Stream>): Promise<{ released: Promise<void> }> {
+  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
+  stream.on('error', () => undefined);
+  const held = await serverStream;
+  held.on('error', () => undefined);
+  return { released: closed(held) };
+}
+
 /** Collects the server's refusals and resolves `next()` on the next one. */
 function refusals() {
   const seen: Array<{ reason: HboneRefusal; remoteAddress: string | undefined; message: string }> = [];
@@ -199,11 +208,7 @@ t.test('a client that falls silent with a stream open is dropped when it does no
     await relay.close();
     await server.close();
   });
-  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
-  stream.on('error', () => undefined);
-  const held = await serverStream;
-  held.on('error', () => undefined);
-  const released = closed(held);
+  const { released } = await holdStream(client, serverStream);
   relay.blackhole();
   await released;
   t.pass('the server closed the stream of the silent client');
@@ -229,11 +234,7 @@ t.test('a client that ends its connection with a stream open: the server closes 
     client.destroy();
     await server.close();
   });
-  const stream = client.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:9' }, { endStream: false });
-  stream.on('error', () => undefined);
-  const held = await serverStream;
-  held.on('error', () => undefined);
-  const released = closed(held);
+  const { released } = await holdStream(client, serverStream);
   // A FIN on the TCP connection, under the HTTP/2 session: the client can send no more frames.
   tlsSocket!.end();
   await released;
