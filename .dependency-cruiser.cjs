@@ -98,6 +98,13 @@ module.exports = {
       from: { path: `^(core/[^/]+|${PROGRAMS}|cli|bench|testbed)/`, pathNot: '^cni/' },
       to: { path: `^(core/[^/]+|${PROGRAMS}|cli|bench|testbed)/`, pathNot: ['^$1/', INDEX] },
     },
+    {
+      name: 'agent-rules-through-index',
+      severity: 'error',
+      comment: "The rest of the agent takes the traffic capture through agent/rules/index.ts, not its builders.",
+      from: { path: '^agent/', pathNot: '^agent/rules/' },
+      to: { path: '^agent/rules/', pathNot: '^agent/rules/index\\.ts$' },
+    },
   ],
   options: {
     doNotFollow: { path: 'node_modules' },

@@ -24,7 +24,7 @@ import type { ProxyInputs } from './inputs.js';
 import { startMemoryRelease } from './memory.js';
 import { handleOutbound } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
-import { addressFamily, RedirectRules, type PodInterfaces } from './redirect-rules.js';
+import { addressFamily, RedirectRules, type PodInterfaces } from './rules/index.js';
 import { AgentTelemetry } from './telemetry.js';
 import type { Address, Revalidation } from './types.js';
 

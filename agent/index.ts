@@ -1,14 +1,14 @@
 import { createLogger, StdoutDestination } from '../core/log/index.js';
 import { Agent } from './agent.js';
 import { AGENT_USAGE, loadAgentConfig } from './config.js';
-import { removeRedirectRules } from './redirect-rules.js';
+import { removeRedirectRules } from './rules/index.js';
 
 export { Agent, type AgentDependencies } from './agent.js';
 export { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG, AGENT_USAGE, DEFAULT_PORTS, loadAgentConfig, type AgentConfig, type AgentPorts } from './config.js';
 export { buildOutboundRequest, type OutboundRequest } from './outbound.js';
 export type { OutboundContext } from './types.js';
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
-export { RedirectRules, removeRedirectRules } from './redirect-rules.js';
+export { RedirectRules, removeRedirectRules } from './rules/index.js';
 
 /**
  * `ambit agent`: runs until SIGTERM or SIGINT, then shuts down cleanly (rules kept unless --remove-rules-on-exit,

@@ -5,18 +5,9 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
-import {
-  AMBIT_BRIDGE_MAC,
-  AMBIT_BRIDGE_TABLE,
-  AMBIT_LOCAL_DNAT_CHAIN,
-  AMBIT_MANGLE_CHAIN,
-  AMBIT_MANGLE_OUTPUT_CHAIN,
-  buildLocalDnatChainRules,
-  buildMangleChainRules,
-  buildMangleOutputChainRules,
-  TRANSPARENT_ROUTE_TABLE,
-  TRANSPARENT_RULE_PRIORITY,
-} from '../agent/redirect-rules.js';
+import { AMBIT_BRIDGE_MAC, AMBIT_BRIDGE_TABLE } from '../agent/rules/bridge.js';
+import { AMBIT_LOCAL_DNAT_CHAIN, AMBIT_MANGLE_CHAIN, AMBIT_MANGLE_OUTPUT_CHAIN, buildLocalDnatChainRules, buildMangleChainRules, buildMangleOutputChainRules } from '../agent/rules/iptables.js';
+import { TRANSPARENT_ROUTE_TABLE, TRANSPARENT_RULE_PRIORITY } from '../agent/rules/routing.js';
 import { HTTP_PORT, ECHO_PORT, MeshCluster, metricValue, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { needsTestbed } from './prerequisites.js';
 

@@ -6,38 +6,13 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { execa, type ResultPromise } from 'execa';
 import { isAmbitError } from '../core/errors/errors.js';
-import {
-  AMBIT_BRIDGE_MAC,
-  RedirectRules,
-  TRANSPARENT_ROUTE_TABLE,
-  buildBridgeFdbRemoval,
-  buildBridgeFdbSync,
-  buildBridgeRule,
-  buildBridgeTable,
-  buildBridgeTableRemoval,
-  buildIpsetSync,
-  buildIpv6RejectChainRules,
-  buildIpv6RejectRemoval,
-  buildIpv6RejectRules,
-  buildLocalDnatRemoval,
-  buildLocalDnatRules,
-  buildMangleRemoval,
-  buildMangleRules,
-  buildNatRemoval,
-  buildNatRules,
-  buildSourceBindingSync,
-  buildSourceCheckChainRules,
-  buildSourceCheckRemoval,
-  buildSourceCheckRules,
-  buildTransparentRouting,
-  buildTransparentRoutingRemoval,
-  chooseIptablesBackend,
-  countRules,
-  detectIptablesBackend,
-  removeRedirectRules,
-  resolveSourceBindings,
-  type IptablesBackend,
-} from '../agent/redirect-rules.js';
+import { chooseIptablesBackend, countRules, detectIptablesBackend, type IptablesBackend } from '../agent/rules/backend.js';
+import { AMBIT_BRIDGE_MAC, buildBridgeFdbRemoval, buildBridgeFdbSync, buildBridgeRule, buildBridgeTable, buildBridgeTableRemoval } from '../agent/rules/bridge.js';
+import { buildIpsetSync, buildSourceBindingSync } from '../agent/rules/ipsets.js';
+import { buildIpv6RejectChainRules, buildIpv6RejectRemoval, buildIpv6RejectRules, buildLocalDnatRemoval, buildLocalDnatRules, buildMangleRemoval, buildMangleRules, buildNatRemoval, buildNatRules, buildSourceCheckChainRules, buildSourceCheckRemoval, buildSourceCheckRules } from '../agent/rules/iptables.js';
+import { RedirectRules, removeRedirectRules } from '../agent/rules/redirect-rules.js';
+import { TRANSPARENT_ROUTE_TABLE, buildTransparentRouting, buildTransparentRoutingRemoval } from '../agent/rules/routing.js';
+import { resolveSourceBindings } from '../agent/rules/source-binding.js';
 import { needsRoot, skipReason } from './prerequisites.js';
 
 const NODE_IP = '10.99.0.1';
