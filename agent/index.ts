@@ -8,6 +8,7 @@ export { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG, AGENT_USAGE, DEFAULT_PO
 export { buildOutboundRequest, type OutboundRequest } from './outbound.js';
 export type { OutboundContext } from './types.js';
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
+export { AgentTelemetry, type ConnectionRecord } from './telemetry.js';
 export { RedirectRules, removeRedirectRules } from './rules/index.js';
 
 /**

@@ -151,7 +151,7 @@ function slice(set: PolicySet, connections: readonly ConnectionAttributes[], ms:
   return { perSecond: decisions / (Number(now - start) / 1e9), denied: denied / decisions };
 }
 
-function median(values: readonly number[]): number {
+export function median(values: readonly number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] as number;
 }

@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
 import { MeshCluster, ECHO_PORT, removeStaleTestbeds, Testbed, testbedUnavailableReason, type TestbedPod } from '../testbed/index.js';
 import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
+import { benchTelemetry, type TelemetryBenchResult } from './telemetry.js';
 import { policyManifests } from './policy-load.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -262,6 +263,14 @@ async function waitForListener(tb: Testbed, netns: string, port: number): Promis
   throw new Error(`nothing listens on port ${port} in ${netns}`);
 }
 
+function telemetryLine(telemetry: TelemetryBenchResult): string {
+  const { agent, promClientChildren } = telemetry.nsPerConnection;
+  return (
+    `TCP metrics per connection (in process): the agent's telemetry ${(agent / 1000).toFixed(2)} µs, prom-client's label ` +
+    `children updated per connection ${(promClientChildren / 1000).toFixed(2)} µs (${telemetry.ratio.toFixed(2)}×).`
+  );
+}
+
 function policyTable(policy: { policies: number; connect_p50_us: { none: number; with_policies: number }; connect_p50_ratio: number; evaluation: PolicyBenchResult }): string {
   const lines = [
     `Policy evaluation (issue #4), ${policy.policies} AuthorizationPolicies in the store:`,
@@ -449,6 +458,7 @@ async function main(): Promise<number> {
       connect_p50_ratio: withPolicies / withoutPolicies,
       evaluation,
     };
+    const telemetry = benchTelemetry();
 
     const result = {
       date: new Date().toISOString(),
@@ -456,8 +466,9 @@ async function main(): Promise<number> {
       settings: { seconds: SECONDS, repeats: REPEATS, latency: LATENCY, hold_connections: HOLD_CONNECTIONS },
       scenarios,
       policy,
+      telemetry,
     };
-    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}`;
+    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}\n\n${telemetryLine(telemetry)}`;
     await mkdir(RESULTS_DIR, { recursive: true });
     await writeFile(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
     await writeFile(path.join(RESULTS_DIR, 'latest.md'), `${markdown}\n`);
