@@ -1,0 +1,200 @@
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { AmbitError } from '../core/errors/index.js';
+import { silentLogger, type Logger } from '../core/log/index.js';
+import {
+  DEFAULT_PING_INTERVAL_MS,
+  SNAPSHOT_CHUNK,
+  STREAM_ALPN,
+  STREAM_PATH,
+  encodeMessage,
+  type StreamMessage,
+} from '../core/stream/index.js';
+import type { ChangeLog, Delta } from './change-log.js';
+
+/** What a token proved: the caller's Kubernetes user, or why it proved nothing. */
+export type TokenVerdict = { readonly authenticated: true; readonly username: string } | { readonly authenticated: false; readonly reason: string };
+
+/** Checks a bearer token (in Kubernetes: a TokenReview with the stream's audience). */
+export type Authenticate = (token: string) => Promise<TokenVerdict>;
+
+/** The users that may read the stream by default: the agents' service account. */
+export const DEFAULT_STREAM_USERS = ['system:serviceaccount:ambit-system:ambit-agent'] as const;
+/**
+ * An agent that reads more slowly than the controller writes is dropped past this much unsent data: it reconnects
+ * and resumes (or gets a snapshot), which costs it a round trip, and costs the controller nothing unbounded.
+ */
+export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/** The longest a request may wait for its token check before the stream is refused. */
+const AUTHENTICATE_TIMEOUT_MS = 10_000;
+
+export interface StreamServerOptions {
+  readonly changes: ChangeLog;
+  /** The controller's serving key and certificate chain (PEM); the certificate names the controller's SPIFFE ID. */
+  readonly keyPem: string;
+  readonly certChainPem: string;
+  readonly authenticate: Authenticate;
+  readonly allowedUsers?: readonly string[];
+  readonly host?: string;
+  readonly port?: number;
+  readonly pingIntervalMs?: number;
+  readonly maxBufferedBytes?: number;
+  readonly log?: Logger;
+}
+
+/**
+ * The controller's end of the discovery stream (core/stream/protocol.ts). TLS 1.3 with the controller's certificate;
+ * a caller is served only after its token is checked and names one of `allowedUsers`; a refusal says which check
+ * failed, is logged once and answered 401 (no token, or one that proves nothing) or 403 (a user that may not read).
+ */
+export class StreamServer {
+  readonly #options: StreamServerOptions;
+  readonly #server: http2.Http2SecureServer;
+  readonly #log: Logger;
+  readonly #streams = new Set<http2.ServerHttp2Stream>();
+  readonly #allowed: ReadonlySet<string>;
+
+  constructor(options: StreamServerOptions) {
+    this.#options = options;
+    this.#log = (options.log ?? silentLogger()).child({ component: 'stream-server' });
+    this.#allowed = new Set(options.allowedUsers ?? DEFAULT_STREAM_USERS);
+    this.#server = http2.createSecureServer({
+      key: options.keyPem,
+      cert: options.certChainPem,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: [STREAM_ALPN],
+      allowHTTP1: false,
+    });
+    this.#server.on('stream', (stream, headers) => {
+      this.#serve(stream, headers).catch((err: unknown) => {
+        this.#log.warn({ err }, 'discovery stream failed');
+        if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      });
+    });
+    // a handshake that fails (no TLS 1.3, a scanner) is the client's problem; log it at debug, never crash
+    this.#server.on('tlsClientError', (err) => this.#log.debug({ err: err.message }, 'TLS handshake refused'));
+  }
+
+  /** Listens; resolves with the bound port. */
+  listen(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(this.#options.port ?? 0, this.#options.host ?? '127.0.0.1', () => {
+        this.#server.off('error', reject);
+        resolve((this.#server.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  /** A new serving certificate (a renewal): new handshakes use it; open streams keep theirs. */
+  setCredentials(keyPem: string, certChainPem: string): void {
+    this.#server.setSecureContext({ key: keyPem, cert: certChainPem, minVersion: 'TLSv1.3' });
+  }
+
+  /** How many agents are streaming now. */
+  get streams(): number {
+    return this.#streams.size;
+  }
+
+  /** Ends every stream and stops listening. */
+  async close(): Promise<void> {
+    for (const stream of this.#streams) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+
+  async #serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
+    const url = new URL(headers[':path'] ?? '/', 'https://controller');
+    if (headers[':method'] !== 'GET' || url.pathname !== STREAM_PATH) {
+      refuse(stream, 404, 'not_found', `no such endpoint: ${headers[':method'] ?? ''} ${url.pathname}`);
+      return;
+    }
+    const remote = stream.session?.socket.remoteAddress;
+    const auth = headers.authorization;
+    const token = typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice('Bearer '.length).trim() : '';
+    if (token === '') {
+      this.#refused(stream, 401, 'no_token', 'the request carries no bearer token (the agent\'s projected service-account token)', remote);
+      return;
+    }
+    const verdict = await withTimeout(this.#options.authenticate(token), AUTHENTICATE_TIMEOUT_MS).catch(
+      (err: unknown): TokenVerdict => ({ authenticated: false, reason: `the token could not be checked: ${err instanceof Error ? err.message : String(err)}` }),
+    );
+    if (stream.destroyed) return;
+    if (!verdict.authenticated) {
+      this.#refused(stream, 401, 'token_rejected', `the token was not accepted: ${verdict.reason}`, remote);
+      return;
+    }
+    if (!this.#allowed.has(verdict.username)) {
+      this.#refused(stream, 403, 'user_not_allowed', `${verdict.username} may not read the discovery stream (allowed: ${[...this.#allowed].join(', ')})`, remote);
+      return;
+    }
+    this.#stream(stream, url.searchParams, verdict.username, remote);
+  }
+
+  /** Writes the state (resume or snapshot) and follows the log, all in one tick so no delta falls in between. */
+  #stream(stream: http2.ServerHttp2Stream, query: URLSearchParams, user: string, remote: string | undefined): void {
+    const changes = this.#options.changes;
+    const maxBuffered = this.#options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
+    stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
+    const write = (message: StreamMessage): void => {
+      if (stream.destroyed) return;
+      stream.write(encodeMessage(message));
+      if (stream.writableLength > maxBuffered) {
+        this.#log.warn({ user, remote, buffered: stream.writableLength }, 'agent reads too slowly; its stream is dropped, and it will resume');
+        stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      }
+    };
+    const epoch = query.get('epoch');
+    const version = Number(query.get('version') ?? NaN);
+    const deltas = epoch === null ? undefined : changes.since(epoch, version);
+    if (deltas !== undefined) {
+      write({ t: 'resume', epoch: changes.epoch, version });
+      for (const delta of deltas) write({ t: 'delta', version: delta.version, changes: delta.changes });
+    } else {
+      const records = changes.snapshot();
+      write({ t: 'snapshot', epoch: changes.epoch, version: changes.version });
+      for (let i = 0; i < records.length; i += SNAPSHOT_CHUNK) write({ t: 'records', changes: records.slice(i, i + SNAPSHOT_CHUNK) });
+      write({ t: 'synced', epoch: changes.epoch, version: changes.version });
+    }
+    const onDelta = (delta: Delta) => write({ t: 'delta', version: delta.version, changes: delta.changes });
+    changes.on('delta', onDelta);
+    const ping = setInterval(() => write({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
+    ping.unref();
+    this.#streams.add(stream);
+    this.#log.info({ user, remote, resumed: deltas !== undefined, version: changes.version, records: changes.size }, 'agent streaming');
+    const done = () => {
+      changes.off('delta', onDelta);
+      clearInterval(ping);
+      this.#streams.delete(stream);
+    };
+    stream.on('close', done);
+    stream.on('error', () => undefined);
+  }
+
+  #refused(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string, remote: string | undefined): void {
+    this.#log.warn({ remote, reason, detail: message }, 'discovery stream refused');
+    refuse(stream, status, reason, message);
+  }
+}
+
+function refuse(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string): void {
+  if (stream.destroyed) return;
+  stream.respond({ ':status': status, 'content-type': 'application/json' });
+  stream.end(`${JSON.stringify({ reason, message })}\n`);
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new AmbitError('STREAM_AUTH_TIMEOUT', `no answer within ${ms} ms`)), ms);
+    timer.unref();
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}

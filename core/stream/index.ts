@@ -1,0 +1,15 @@
+export {
+  DEFAULT_PING_INTERVAL_MS,
+  DEFAULT_SILENCE_DEADLINE_MS,
+  LineSplitter,
+  MAX_LINE_BYTES,
+  SNAPSHOT_CHUNK,
+  STREAM_ALPN,
+  STREAM_PATH,
+  STREAM_TOKEN_AUDIENCE,
+  encodeMessage,
+  parseMessage,
+  type PolicyRecord,
+  type StreamChange,
+  type StreamMessage,
+} from './protocol.js';

@@ -1,0 +1,256 @@
+/**
+ * The discovery stream end to end in one process: the controller's StreamServer (real HTTP/2 over TLS 1.3, with a
+ * certificate from a mesh CA) and the agent's ControllerStream applying it to a real WorkloadStore and PolicyStore.
+ * Timers (reconnect backoff, the silence deadline) are FakeTime's, so a test says when a retry happens.
+ */
+import { once } from 'node:events';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { ControllerStream, type ControllerStreamEvents } from '../agent/controller-stream.js';
+import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
+import { convertObject, WorkloadStore, type ConvertedObject } from '../core/discovery/index.js';
+import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
+import { PolicyStore } from '../core/policy/index.js';
+import { encodeMessage, parseMessage, type StreamChange } from '../core/stream/index.js';
+import { FakeTime } from './mesh/fake-time.js';
+
+const CONTROLLER_ID = 'spiffe://cluster.local/ns/ambit-system/sa/ambit-controller';
+const AGENT_USER = 'system:serviceaccount:ambit-system:ambit-agent';
+const TOKENS: Record<string, TokenVerdict> = {
+  'agent-token': { authenticated: true, username: AGENT_USER },
+  'other-token': { authenticated: true, username: 'system:serviceaccount:shop:default' },
+};
+
+function record(object: Record<string, unknown>): StreamChange {
+  const converted = convertObject(object, 'cluster.local');
+  if (converted.kind === 'skip') throw new Error(`fixture did not convert: ${converted.reason}`);
+  return { op: 'upsert', ...(converted as ConvertedObject) };
+}
+
+const namespace = (name: string, enrolled = true) => record({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels: enrolled ? { 'ambit.dev/mode': 'enabled' } : {} } });
+const pod = (name: string, ip: string, extra: Record<string, unknown> = {}) =>
+  record({
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: 'shop', uid: `uid-${name}`, labels: { app: name } },
+    spec: { nodeName: 'node1', serviceAccountName: name, containers: [{ name: 'c', ports: [{ containerPort: 8080 }] }] },
+    status: { phase: 'Running', podIP: ip, podIPs: [{ ip }], ...extra },
+  });
+const denyAll = { key: 'security.ambit.dev/v1 AuthorizationPolicy shop/deny', object: { apiVersion: 'security.ambit.dev/v1', kind: 'AuthorizationPolicy', metadata: { name: 'deny', namespace: 'shop' }, spec: {} } };
+
+interface Rig {
+  changes: ChangeLog;
+  server: StreamServer;
+  /** Stops the server, waits for the agent to notice, and serves `changes` on the same port with the same certificate. */
+  restart(changes: ChangeLog): Promise<void>;
+  port: number;
+  time: FakeTime;
+  store: WorkloadStore;
+  policies: PolicyStore;
+  client: ControllerStream;
+  tokenFile: string;
+  next<E extends keyof ControllerStreamEvents>(event: E): Promise<ControllerStreamEvents[E][0]>;
+}
+
+async function pki(identity = CONTROLLER_ID) {
+  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  const { keyPem, certPem } = await ca.issueKeyAndCert(identity);
+  return { ca, keyPem, certPem, bundle: new TrustBundle(ca.rootPem) };
+}
+
+async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[] } = {}): Promise<Rig> {
+  const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
+  const changes = new ChangeLog();
+  changes.apply(options.initial ?? [namespace('shop'), pod('a', '10.1.0.2')]);
+  const authenticate = async (token: string) => TOKENS[token] ?? { authenticated: false, reason: 'unknown token' };
+  const serve = (log: ChangeLog, port?: number) =>
+    new StreamServer({
+      changes: log,
+      keyPem,
+      certChainPem: certPem,
+      authenticate,
+      ...(port === undefined ? {} : { port }),
+      ...(options.pingIntervalMs === undefined ? {} : { pingIntervalMs: options.pingIntervalMs }),
+    });
+  let server = serve(changes);
+  const port = await server.listen();
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-stream-'));
+  const tokenFile = path.join(dir, 'token');
+  await writeFile(tokenFile, `${options.token ?? 'agent-token'}\n`);
+  const time = new FakeTime();
+  const store = new WorkloadStore({ nodeName: 'node1' });
+  const policies = new PolicyStore();
+  const client = new ControllerStream({
+    url: `https://127.0.0.1:${port}`,
+    controllerIdentity: CONTROLLER_ID,
+    trustBundle: bundle,
+    tokenFile,
+    store,
+    policies: policies.collection(),
+    setTimer: time.setTimer,
+    random: () => 0.5,
+  });
+  t.teardown(async () => {
+    client.close();
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const next = <E extends keyof ControllerStreamEvents>(event: E) =>
+    (once(client, event) as Promise<ControllerStreamEvents[E]>).then(([value]) => value);
+  const rig: Rig = {
+    changes,
+    server,
+    port,
+    time,
+    store,
+    policies,
+    client,
+    tokenFile,
+    next,
+    restart: async (log) => {
+      const down = next('disconnected');
+      await server.close();
+      await down;
+      server = serve(log, port);
+      rig.server = server;
+      await server.listen();
+    },
+  };
+  return rig;
+}
+
+t.test('an agent gets the snapshot, then each change once; a change that alters no record is not sent', async (t) => {
+  const r = await rig(t);
+  const synced = r.next('synced');
+  r.client.start();
+  t.same(await synced, { epoch: r.changes.epoch, version: 1 });
+  t.ok(r.client.synced && r.store.synced, 'the client and the store count as synced');
+  t.equal(r.store.workloadByIp('10.1.0.2')?.name, 'a', 'the snapshot\'s pod is a workload');
+  t.equal(r.store.workloadByIp('10.1.0.2')?.enrolled, true, 'enrolled by its namespace');
+
+  const applied = r.next('applied');
+  r.changes.apply([pod('b', '10.1.0.3'), { op: 'upsert', kind: 'Policy', policy: denyAll }]);
+  t.same(await applied, { version: 2, changes: 2 });
+  t.equal(r.store.workloadByIp('10.1.0.3')?.name, 'b');
+  const toB = () =>
+    r.policies.decideFacts(
+      { sourceIp: '10.1.0.2', sourceIdentity: 'spiffe://cluster.local/ns/shop/sa/a', plaintext: false, destination: r.store.workloadByIp('10.1.0.3')!, target: { host: '10.1.0.3', port: 8080 } },
+      () => [],
+    ).decision;
+  t.equal(toB(), 'DENY', 'the allow-nothing policy from the stream is enforced');
+  const lifted = r.next('applied');
+  r.changes.apply([{ op: 'delete', kind: 'Policy', key: denyAll.key }]);
+  await lifted;
+  t.equal(toB(), 'ALLOW', 'and its delete lifts it');
+
+  // a restart count and a condition's time are not in the record: the same record, no version, nothing sent
+  t.equal(r.changes.apply([pod('b', '10.1.0.3', { containerStatuses: [{ name: 'c', restartCount: 4 }], conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-12-02T10:00:00Z' }] })]), undefined);
+  const deleted = r.next('applied');
+  r.changes.apply([{ op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
+  t.same(await deleted, { version: 4, changes: 1 }, 'the next delta is the next version: the status-only update made none');
+  t.equal(r.store.workloadByIp('10.1.0.2'), undefined, 'a deleted pod is gone');
+});
+
+t.test('a controller whose certificate the trust bundle does not vouch for is refused', async (t) => {
+  const r = await rig(t);
+  const foreign = await pki();
+  await r.server.close();
+  const impostor = new StreamServer({ changes: r.changes, keyPem: foreign.keyPem, certChainPem: foreign.certPem, authenticate: async (token) => TOKENS[token]!, port: r.port });
+  t.teardown(() => impostor.close());
+  await impostor.listen();
+  const down = r.next('disconnected');
+  r.client.start();
+  t.match((await down).reason, /certificate|self.signed|unable to verify/i, 'the handshake fails');
+  t.notOk(r.client.synced, 'nothing applied');
+});
+
+t.test('a reconnect to the same controller resumes from the version held; one to another replica gets a snapshot', async (t) => {
+  const r = await rig(t);
+  const events: string[] = [];
+  r.client.on('synced', ({ version }) => events.push(`synced ${version}`));
+  r.client.on('applied', ({ version }) => events.push(`applied ${version}`));
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+
+  // the controller goes away, and changes are made meanwhile; the store serves its last state
+  const down = r.next('disconnected');
+  const restarted = r.restart(r.changes);
+  t.match((await down).reason, /closed|ended|GOAWAY|reset/i, 'the client notices the controller leave');
+  r.changes.apply([pod('b', '10.1.0.3')]);
+  r.changes.apply([{ op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
+  t.equal(r.store.workloadByIp('10.1.0.2')?.name, 'a', 'the last state is kept while the controller is away');
+  await restarted;
+  const caughtUp = new Promise<void>((resolve) => r.client.on('applied', ({ version }) => version === 3 && resolve()));
+  r.time.advance(60_000);
+  await caughtUp;
+  t.same(events, ['synced 1', 'applied 2', 'applied 3'], 'resumed: the two changes it missed, and no snapshot');
+  t.equal(r.store.workloadByIp('10.1.0.3')?.name, 'b');
+  t.equal(r.store.workloadByIp('10.1.0.2'), undefined, 'the delete it missed is applied');
+
+  // the other replica: its own epoch, another numbering, so a snapshot that replaces what the agent holds
+  const other = new ChangeLog();
+  other.apply([namespace('shop'), pod('d', '10.1.0.5')]);
+  await r.restart(other);
+  const resynced = r.next('synced');
+  r.time.advance(60_000);
+  await resynced;
+  t.same(events.at(-1), 'synced 1', 'a snapshot of the other replica');
+  t.equal(r.store.workloadByIp('10.1.0.5')?.name, 'd');
+  t.equal(r.store.workloadByIp('10.1.0.3'), undefined, 'what the other replica does not list is gone');
+});
+
+t.test('refusals: no token, a rejected token, a user that may not read; the store is left as it was', async (t) => {
+  for (const [token, status, reason] of [
+    ['other-token', 403, 'user_not_allowed'],
+    ['forged', 401, 'token_rejected'],
+  ] as const) {
+    const r = await rig(t, { token });
+    const down = r.next('disconnected');
+    r.client.start();
+    const { reason: said } = await down;
+    t.match(said, `refused with ${status}: ${reason}`, `${token}: ${said}`);
+    t.notOk(r.client.synced, 'nothing applied');
+    t.equal(r.store.workloadByIp('10.1.0.2'), undefined);
+  }
+  const r = await rig(t);
+  await writeFile(r.tokenFile, '');
+  const down = r.next('disconnected');
+  r.client.start();
+  t.match((await down).reason, /is empty/, 'an empty token file is not sent');
+});
+
+t.test('a server with another identity is refused, whatever CA signed it', async (t) => {
+  const r = await rig(t, { serverIdentity: 'spiffe://cluster.local/ns/shop/sa/impostor' });
+  const down = r.next('disconnected');
+  r.client.start();
+  t.match((await down).reason, /presented spiffe:\/\/cluster\.local\/ns\/shop\/sa\/impostor, not spiffe:\/\/cluster\.local\/ns\/ambit-system\/sa\/ambit-controller/);
+  t.notOk(r.client.synced);
+});
+
+t.test('a silent stream is dropped at the deadline and the agent connects again', async (t) => {
+  const r = await rig(t, { pingIntervalMs: 3_600_000 });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const down = r.next('disconnected');
+  r.time.advance(30_000);
+  t.match((await down).reason, 'no data for 30000 ms');
+  const again = r.next('streaming');
+  r.time.advance(60_000);
+  t.same(await again, { resumed: true }, 'connected again, and resumed: the controller still holds its epoch');
+});
+
+t.test('protocol checks: what the agent refuses to apply', async (t) => {
+  t.throws(() => parseMessage('{"t":"delta","version":-1,"changes":[]}'), { code: 'STREAM_PROTOCOL_ERROR' }, 'a negative version');
+  t.throws(() => parseMessage('not json'), { code: 'STREAM_PROTOCOL_ERROR' });
+  t.throws(() => parseMessage('{"t":"evil"}'), { code: 'STREAM_PROTOCOL_ERROR' });
+  const good = pod('a', '10.1.0.2');
+  t.same(parseMessage(encodeMessage({ t: 'delta', version: 2, changes: [good] })), { t: 'delta', version: 2, changes: [good] }, 'a record survives the wire');
+  const badIp = { ...good, object: { ...(good as { object: object }).object, ips: ['10.1.0.999'] } };
+  t.throws(() => parseMessage(encodeMessage({ t: 'delta', version: 2, changes: [badIp as StreamChange] })), { message: /ips is not a list of IP addresses/ });
+  t.throws(() => parseMessage('{"t":"delta","version":2,"changes":[{"op":"delete","kind":"Pod","name":"a"}]}'), { message: /namespace is not a non-empty string/ }, 'a namespaced delete names its namespace');
+  t.throws(() => parseMessage('{"t":"records","changes":[{"op":"upsert","kind":"Secret","object":{}}]}'), { message: /unknown kind "Secret"/ });
+});
