@@ -5,6 +5,7 @@ import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONN
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
 import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
 import { validateTrustDomain } from '../core/identity/index.js';
+import { isDnsLabel } from '../core/names/index.js';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
 export const DEFAULT_PORTS = Object.freeze({
@@ -254,7 +255,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   const cni = manageRules && !(values['no-cni'] ?? env.AMBIT_NO_CNI === '1');
   const removeRulesOnExit = values['remove-rules-on-exit'] ?? env.AMBIT_REMOVE_RULES_ON_EXIT === '1';
   const rootNamespace = values['root-namespace'] ?? env.AMBIT_ROOT_NAMESPACE ?? DEFAULT_ROOT_NAMESPACE;
-  if (!/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name`);
+  if (!isDnsLabel(rootNamespace)) throw usageError(`--root-namespace ${rootNamespace} is not a namespace name (a DNS label)`);
   const istioApi = values['istio-api'] ?? env.AMBIT_ISTIO_API === '1';
   const whole = (flag: string, text: string | undefined, min: number, max: number, fallback: number): number => {
     if (text === undefined) return fallback;
