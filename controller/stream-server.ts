@@ -34,6 +34,11 @@ export interface StreamServerOptions {
   readonly keyPem: string;
   readonly certChainPem: string;
   readonly authenticate: Authenticate;
+  /**
+   * Whether the change log holds the whole cluster yet (every kind listed once). Until it does, a stream is refused
+   * with 503 `not_synced`: a snapshot of half a cluster would make an agent delete what is merely not read yet.
+   */
+  readonly synced?: () => boolean;
   readonly allowedUsers?: readonly string[];
   readonly host?: string;
   readonly port?: number;
@@ -109,6 +114,10 @@ export class StreamServer {
       return;
     }
     const remote = stream.session?.socket.remoteAddress;
+    if (this.#options.synced !== undefined && !this.#options.synced()) {
+      this.#refused(stream, 503, 'not_synced', 'the controller has not read the whole cluster yet; the agent keeps its last state and retries', remote);
+      return;
+    }
     const auth = headers.authorization;
     const token = typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice('Bearer '.length).trim() : '';
     if (token === '') {

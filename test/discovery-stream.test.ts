@@ -10,7 +10,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { ControllerStream, type ControllerStreamEvents } from '../agent/controller-stream.js';
 import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
-import { convertObject, WorkloadStore, type ConvertedObject } from '../core/discovery/index.js';
+import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChange } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { encodeMessage, parseMessage, type StreamChange } from '../core/stream/index.js';
@@ -220,6 +220,35 @@ t.test('refusals: no token, a rejected token, a user that may not read; the stor
   const down = r.next('disconnected');
   r.client.start();
   t.match((await down).reason, /is empty/, 'an empty token file is not sent');
+});
+
+t.test('a controller that has not read the whole cluster yet refuses to stream: no snapshot of half a cluster', async (t) => {
+  const { keyPem, certPem, bundle } = await pki();
+  let synced = false;
+  const changes = new ChangeLog();
+  changes.apply([namespace('shop')]);
+  const server = new StreamServer({ changes, keyPem, certChainPem: certPem, authenticate: async (token) => TOKENS[token]!, synced: () => synced });
+  const port = await server.listen();
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-stream-'));
+  await writeFile(path.join(dir, 'token'), 'agent-token');
+  const time = new FakeTime();
+  const store = new WorkloadStore({ nodeName: 'node1' });
+  store.applyBatch([pod('kept', '10.1.0.9') as DiscoveryChange], 'controller');
+  const client = new ControllerStream({ url: `https://127.0.0.1:${port}`, controllerIdentity: CONTROLLER_ID, trustBundle: bundle, tokenFile: path.join(dir, 'token'), store, policies: new PolicyStore().collection(), setTimer: time.setTimer, random: () => 0.5 });
+  t.teardown(async () => {
+    client.close();
+    await server.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const down = once(client, 'disconnected');
+  client.start();
+  t.match((await down)[0], { reason: /refused with 503: not_synced/ });
+  t.equal(store.workloadByIp('10.1.0.9')?.name, 'kept', 'the agent keeps what it had');
+  synced = true;
+  const resynced = once(client, 'synced');
+  time.advance(60_000);
+  await resynced;
+  t.equal(store.workloadByIp('10.1.0.9'), undefined, 'once synced, the snapshot replaces it');
 });
 
 t.test('a server with another identity is refused, whatever CA signed it', async (t) => {
