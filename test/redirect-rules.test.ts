@@ -38,6 +38,9 @@ const LOCAL_DNAT = expected(
 );
 const IPV6_TO_POD = expected('AMBIT-IPV6-REJECT', ['proto tcp', 'set ambit-pods-v6 dst'], 'REJECT', RESET);
 const IPV6_FROM_POD = expected('AMBIT-IPV6-REJECT', ['proto tcp', 'set ambit-pods-v6 src', 'conntrack --ctdir ORIGINAL'], 'REJECT', RESET);
+/** The `ip -batch` lines that add Ambit's fwmark rule and local route, parsed. */
+const FWMARK_ADD = { verb: 'add', priority: 90, fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
+const LOCAL_ROUTE_ADD = { verb: 'add', type: 'local', dst: '0.0.0.0/0', dev: 'lo', table: '15006' };
 const SOURCE_CHECK = expected('AMBIT-SOURCE-CHECK', ['!in lo', 'proto tcp', 'set ambit-pods-bound-v4 src', '!set ambit-pod-ports-v4 src,src'], 'DROP');
 
 /** A rule in one line of words: the verb, chain and position, the sorted conditions, the target and its options. */
@@ -142,9 +145,12 @@ t.test('the rule parsers', async (t) => {
   for (const batch of everyBatch) t.doesNotThrow(() => parseRestoreBatch(batch), `parses: ${batch.split('\n')[1] ?? ''}`);
   t.doesNotThrow(() => parseNftBatch(buildBridgeTable('', { ipv6Pods: ['fd00::2'], bindings })), 'parses the bridge table');
   t.doesNotThrow(() => parseNftBatch(buildBridgeSetSync({ ipv6Pods: ['fd00::2'], bindings })), 'parses the bridge set sync');
-  for (const line of buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }], routes: [] }).filter((l) => l.startsWith('rule '))) {
-    t.doesNotThrow(() => parseIpRuleLine(line), `parses: ${line}`);
-  }
+  const routing = [
+    ...buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }], routes: [{ type: 'unicast', dst: '10.1.0.0/16', dev: 'eth0' }] }),
+    ...buildTransparentRoutingRemoval({ rules: [FWMARK_RULE], routes: [LOCAL_ROUTE] }),
+  ];
+  t.doesNotThrow(() => ipBatch(routing), 'parses the ip -batch lines');
+  t.throws(() => routeLine('route add local 0.0.0.0/0 dev lo table 15006 proto kernel'), /unknown route word proto/);
 
   t.throws(() => parseRule('-A X -p tcp --dport 80 -j ACCEPT'), /unknown token --dport/, 'a module option without its -m');
   t.throws(() => parseRule('-A X -m string --algo bm -j DROP'), /unknown match module string/);
@@ -156,6 +162,8 @@ t.test('the rule parsers', async (t) => {
   t.throws(() => parseNftBatch('add rule bridge ambit forward drop meta l4proto tcp'), /after the verdict/);
   t.throws(() => parseNftBatch('insert rule bridge ambit forward drop'), /unknown nft command/);
   t.throws(() => parseIpRuleLine('rule add priority 90 from all lookup 15006'), /unknown ip rule word from/);
+  t.throws(() => setSwap('create ambit-pods-v4 hash:ip family inet -exist\nrename ambit-pods-v4 x\n', 'ambit-pods-v4'), /unknown ipset command: rename/);
+  for (const batch of [buildIpsetSync(['10.1.0.4']), buildSourceBindingSync(bindings)]) t.doesNotThrow(() => setSwap(batch, 'ambit-pods-v4'), 'parses the ipset batches');
 
   const [outboundLine] = installedParts(buildNatRules({ nodeIp: NODE_IP })).rules;
   const reformatted = `-A  AMBIT-PREROUTING -m set --match-set ambit-pods-v4 src -p tcp   -j DNAT --to-destination ${NODE_IP}:15001`;
@@ -177,7 +185,11 @@ t.test('a changed token changes the meaning the tests check', async (t) => {
   t.notSame(meaning(parseRule(mutate(outbound, ' src ', ' dst '))), OUTBOUND, 'src → dst');
   t.notSame(meaning(parseRule(mutate(outbound, ':15001', ':15002'))), OUTBOUND, 'another target port');
   const jump = nat.find((rule) => rule.verb === '-I')?.line;
+  t.equal(describe(parseRule(jump ?? '')), '-I PREROUTING 1 [] -j AMBIT-PREROUTING');
   t.notSame(describe(parseRule(mutate(jump, 'PREROUTING 1', 'PREROUTING 2'))), '-I PREROUTING 1 [] -j AMBIT-PREROUTING', 'a jump not at position 1');
+
+  const undeclared = buildNatRules({ nodeIp: NODE_IP }).replace(':AMBIT-PREROUTING - [0:0]\n', '');
+  t.notSame(parseRestoreBatch(undeclared)[0]?.declared, ['AMBIT-PREROUTING'], 'a chain not declared');
 
   const [sourceCheck] = buildSourceCheckChainRules();
   t.same(meaning(parseRule(sourceCheck ?? '')), SOURCE_CHECK);
@@ -225,14 +237,14 @@ function statements(rule: NftRule): string[] {
   return [...rule.matches, ...rule.mangles, ...(rule.counter ? ['counter'] : []), ...(rule.verdict === undefined ? [] : [rule.verdict])].sort();
 }
 
-const FWMARK_ADD = { verb: 'add', priority: 90, fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
-
 /**
  * The atomic replacement of one ipset in an `ipset restore` batch: both the set and its temporary created with the
  * same type and family, the temporary flushed, filled, swapped into the set and destroyed, in that order.
  */
 function setSwap(batch: string, name: string): { swap: { type: string; family: string; members: string[]; swapped: boolean }; swapAt: number } {
   const lines = batch.split('\n').filter((line) => line !== '').map((line) => line.split(/\s+/));
+  const unknown = lines.find((words) => !['create', 'flush', 'add', 'swap', 'destroy'].includes(words[0] ?? ''));
+  if (unknown !== undefined) throw new Error(`unknown ipset command: ${unknown.join(' ')}`);
   const swapAt = lines.findIndex((words) => words[0] === 'swap' && words[2] === name);
   const temporary = lines[swapAt]?.[1] ?? '';
   const at = (verb: string, set: string) => lines.findIndex((words) => words[0] === verb && words[1] === set);
@@ -425,7 +437,11 @@ t.test('buildIpv6RejectRules and its removal', async (t) => {
 function routeLine(line: string): Record<string, string> {
   const words = line.split(/\s+/);
   if (words[0] !== 'route') throw new Error(`not a route line: ${line}`);
-  const values = keywordValues(line, ['dev', 'table']);
+  const known = words[1] === 'flush' ? ['table'] : ['dev', 'table'];
+  for (let index = words[1] === 'flush' ? 2 : 4; index < words.length; index += 2) {
+    if (!known.includes(words[index] ?? '')) throw new Error(`unknown route word ${words[index]} in: ${line}`);
+  }
+  const values = keywordValues(line, known);
   return words[1] === 'flush' ? { verb: 'flush', table: values.table ?? '' } : { verb: words[1] ?? '', type: words[2] ?? '', dst: words[3] ?? '', ...values };
 }
 
@@ -433,8 +449,6 @@ function routeLine(line: string): Record<string, string> {
 function ipBatch(lines: string[]): Array<Record<string, unknown>> {
   return lines.map((line) => (line.startsWith('rule ') ? { ...parseIpRuleLine(line) } : routeLine(line)));
 }
-
-const LOCAL_ROUTE_ADD = { verb: 'add', type: 'local', dst: '0.0.0.0/0', dev: 'lo', table: '15006' };
 
 t.test('buildTransparentRouting and its removal', async (t) => {
   const main = { priority: 32766, src: 'all', table: 'main' };
@@ -511,12 +525,12 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
     'three filter chains at their hooks, after br_netfilter, accepting by default',
   );
   const lastSet = Math.max(...commands.map((command, index) => (command.object === 'set' ? index : -1)));
-  commands.forEach((command, index) => {
-    if (command.object !== 'rule') return;
+  const misplaced = commands.flatMap((command, index) => {
+    if (command.object !== 'rule') return [];
     const chainAt = commands.findIndex((other) => other.object === 'chain' && other.name === command.chain);
-    if (chainAt === -1 || chainAt > index || index < lastSet) t.fail(`a rule of ${command.chain} before its chain or the sets`);
-    if (!TAG.test(command.comment ?? '')) t.fail(`a rule of ${command.chain} without its tag`);
+    return chainAt === -1 || chainAt > index || index < lastSet || !TAG.test(command.comment ?? '') ? [command.chain] : [];
   });
+  t.same(misplaced, [], 'every rule comes after its chain and the sets it uses, tagged with its digest');
   t.same(rulesOf(commands, 'prerouting').map(statements), [BRIDGE_SOURCE_CHECK, TRANSPARENT_REPLY], 'prerouting: the source check first, then the transparent reply');
   sameSet(
     t,
