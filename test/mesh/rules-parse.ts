@@ -1,6 +1,7 @@
-// Parsers of the batches the rule builders emit (iptables-restore, nft -f, ip/bridge -batch, ipset restore), so that
+// Parsers of the batches the rule builders emit (iptables-restore, nft -f, the `ip rule` lines of ip -batch), so that
 // the builders' tests check what a rule means (chain, matches, target) and not how it is spelled. Anything these
-// parsers do not know throws: a test cannot pass by parsing garbage into nothing.
+// parsers do not know throws: a test cannot pass by parsing garbage into nothing. Other word-list lines (routes, fdb,
+// ipset restore) are read with keywordValues by the tests that need them.
 
 /** One iptables rule: its matches as an order-free set of canonical conditions, its target and the target's options. */
 export interface IptablesRule {
