@@ -7,50 +7,99 @@ import t, { type Test } from 'tap';
 import { execa, type ResultPromise } from 'execa';
 import { isAmbitError } from '../core/errors/errors.js';
 import { chooseIptablesBackend, countRules, detectIptablesBackend, type IptablesBackend } from '../agent/rules/backend.js';
-import { AMBIT_BRIDGE_MAC, buildBridgeFdbRemoval, buildBridgeFdbSync, buildBridgeRule, buildBridgeTable, buildBridgeTableRemoval } from '../agent/rules/bridge.js';
+import { AMBIT_BRIDGE_MAC, buildBridgeFdbRemoval, buildBridgeFdbSync, buildBridgeRule, buildBridgeSetSync, buildBridgeTable, buildBridgeTableRemoval } from '../agent/rules/bridge.js';
 import { buildIpsetSync, buildSourceBindingSync } from '../agent/rules/ipsets.js';
 import { buildIpv6RejectChainRules, buildIpv6RejectRemoval, buildIpv6RejectRules, buildLocalDnatRemoval, buildLocalDnatRules, buildMangleRemoval, buildMangleRules, buildNatRemoval, buildNatRules, buildSourceCheckChainRules, buildSourceCheckRemoval, buildSourceCheckRules } from '../agent/rules/iptables.js';
 import { RedirectRules, removeRedirectRules } from '../agent/rules/redirect-rules.js';
 import { TRANSPARENT_ROUTE_TABLE, buildTransparentRouting, buildTransparentRoutingRemoval } from '../agent/rules/routing.js';
 import { resolveSourceBindings } from '../agent/rules/source-binding.js';
+import { expected, keywordValues, meaning, parseIpRuleLine, parseNftBatch, parseNftRule, parseRestoreBatch, parseRule, type IptablesRule, type NftCommand, type NftRule, type RestoreSection, type RuleMeaning } from './mesh/rules-parse.js';
 import { needsRoot, skipReason } from './prerequisites.js';
 
 const NODE_IP = '10.99.0.1';
-const JUMP = '-A PREROUTING -j AMBIT-PREROUTING';
-const OUTBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -j DNAT --to-destination ${NODE_IP}:15001`;
-const INBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 dst -j DNAT --to-destination ${NODE_IP}:15006`;
-const MANGLE_JUMP = '-A PREROUTING -j AMBIT-MANGLE-PREROUTING';
-const MARK_RULE =
-  '-A AMBIT-MANGLE-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000';
-const CONNMARK_RESTORE_RULE = '-A AMBIT-MANGLE-PREROUTING -p tcp -m connmark --mark 0x2000/0x2000 -j MARK --set-xmark 0x2000/0x2000';
-const MANGLE_OUTPUT_JUMP = '-A OUTPUT -j AMBIT-MANGLE-OUTPUT';
-const CONNMARK_SET_RULE =
-  '-A AMBIT-MANGLE-OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m set --match-set ambit-pods-v4 src -j CONNMARK --set-xmark 0x2000/0x2000';
-const LOCAL_REPLY_RULE = '-A AMBIT-MANGLE-OUTPUT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctdir REPLY -j MARK --set-xmark 0x2000/0x2000';
-/** Ambit's mangle rules as iptables-save prints them: the builtin chains' jumps, then its own chains (in either order). */
-const MANGLE_RULES = [MANGLE_JUMP, MANGLE_OUTPUT_JUMP, MARK_RULE, CONNMARK_RESTORE_RULE, CONNMARK_SET_RULE, LOCAL_REPLY_RULE];
-const IPV6_INPUT_JUMP = '-A INPUT -j AMBIT-IPV6-REJECT';
-const IPV6_FORWARD_JUMP = '-A FORWARD -j AMBIT-IPV6-REJECT';
-const IPV6_REJECT_RULES = [
-  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 dst -j REJECT --reject-with tcp-reset',
-  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
-];
-const LOCAL_DNAT_JUMP = '-A OUTPUT -j AMBIT-LOCAL-DNAT';
-const LOCAL_DNAT_RULE =
-  '-A AMBIT-LOCAL-DNAT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m set --match-set ambit-pods-v4 dst -j REJECT --reject-with tcp-reset';
+/** `ip -j rule show` and `ip -j route show table 15006` as they print Ambit's rule and route: inputs of the builders. */
 const FWMARK_RULE = { priority: 90, src: 'all', fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
 const LOCAL_ROUTE = { type: 'local', dst: 'default', dev: 'lo', scope: 'host', flags: [] };
 const rootSkip = needsRoot('creates network namespaces, iptables rules and ipsets');
 
-/** A nat table as iptables-save prints it, with the given rules. */
-function natDump(chains: string[], rules: string[]): string {
+const MARK = { '--set-xmark': '0x2000/0x2000' };
+const RESET = { '--reject-with': 'tcp-reset' };
+const OUTBOUND = expected('AMBIT-PREROUTING', ['proto tcp', 'set ambit-pods-v4 src'], 'DNAT', { '--to-destination': `${NODE_IP}:15001` });
+const INBOUND = expected('AMBIT-PREROUTING', ['proto tcp', 'set ambit-pods-v4 dst'], 'DNAT', { '--to-destination': `${NODE_IP}:15006` });
+const SOCKET_MARK = expected('AMBIT-MANGLE-PREROUTING', ['proto tcp', 'set ambit-pods-v4 src', 'socket --transparent', 'socket --nowildcard'], 'MARK', MARK);
+const CONNMARK_RESTORE = expected('AMBIT-MANGLE-PREROUTING', ['proto tcp', 'connmark --mark 0x2000/0x2000'], 'MARK', MARK);
+const CONNMARK_SET = expected('AMBIT-MANGLE-OUTPUT', ['proto tcp', 'tcp --tcp-flags FIN,SYN,RST,ACK SYN', 'set ambit-pods-v4 src'], 'CONNMARK', MARK);
+const LOCAL_REPLY = expected('AMBIT-MANGLE-OUTPUT', ['proto tcp', 'connmark --mark 0x2000/0x2000', 'conntrack --ctdir REPLY'], 'MARK', MARK);
+const LOCAL_DNAT = expected(
+  'AMBIT-LOCAL-DNAT',
+  ['proto tcp', 'connmark --mark 0x2000/0x2000', 'conntrack --ctstate DNAT', 'conntrack --ctdir ORIGINAL', 'set ambit-pods-v4 dst'],
+  'REJECT',
+  RESET,
+);
+const IPV6_TO_POD = expected('AMBIT-IPV6-REJECT', ['proto tcp', 'set ambit-pods-v6 dst'], 'REJECT', RESET);
+const IPV6_FROM_POD = expected('AMBIT-IPV6-REJECT', ['proto tcp', 'set ambit-pods-v6 src', 'conntrack --ctdir ORIGINAL'], 'REJECT', RESET);
+/** The `ip -batch` lines that add Ambit's fwmark rule and local route, parsed. */
+const FWMARK_ADD = { verb: 'add', priority: 90, fwmark: '0x2000', fwmask: '0x2000', table: '15006' };
+const LOCAL_ROUTE_ADD = { verb: 'add', type: 'local', dst: '0.0.0.0/0', dev: 'lo', table: '15006' };
+const SOURCE_CHECK = expected('AMBIT-SOURCE-CHECK', ['!in lo', 'proto tcp', 'set ambit-pods-bound-v4 src', '!set ambit-pod-ports-v4 src,src'], 'DROP');
+
+/** A rule in one line of words: the verb, chain and position, the sorted conditions, the target and its options. */
+function describe(rule: IptablesRule): string {
+  const options = Object.entries(rule.targetOptions).map(([option, value]) => ` ${option} ${value}`);
+  return `${rule.verb} ${rule.chain}${rule.position === undefined ? '' : ` ${rule.position}`} [${[...rule.conditions].sort().join(', ')}] -j ${rule.target}${options.join('')}`;
+}
+
+/** What a section does, step by step: `declare C`, `flush C`, `delete-chain C`, or a described rule. */
+function steps(section: RestoreSection): string[] {
+  return section.entries.map((entry) => (entry.kind === 'rule' ? describe(entry.rule) : `${entry.kind} ${entry.chain}`));
+}
+
+/** The one section of `batch`, which must be of `table`. */
+function onlySection(t: Test, batch: string, table: string): RestoreSection {
+  const sections = parseRestoreBatch(batch);
+  t.same(sections.map((section) => section.table), [table], `one *${table} section`);
+  return sections[0] ?? { table, declared: [], entries: [], rules: [] };
+}
+
+function chainRules(section: RestoreSection, chain: string): RuleMeaning[] {
+  return section.rules.filter((rule) => rule.verb === '-A' && rule.chain === chain).map(meaning);
+}
+
+/** Order-free comparison, for rules (or lines) whose order does not change what they do. */
+function sameSet<T>(t: Test, actual: readonly T[], wanted: readonly T[], message: string): void {
+  const sorted = (values: readonly T[]) => values.map((value) => JSON.stringify(value)).sort();
+  t.same(sorted(actual), sorted(wanted), message);
+}
+
+/**
+ * The fresh batch for one of Ambit's chains: the chain declared (created, or flushed if it exists), its rules (in
+ * order when `ordered`), a jump to it inserted at position 1 of each hook, nothing deleted.
+ */
+function assertFreshChain(t: Test, section: RestoreSection, chain: string, hooks: string[], rules: RuleMeaning[], ordered = true): void {
+  t.same(section.declared, [chain], `${chain} is declared`);
+  if (ordered) t.same(chainRules(section, chain), rules, `${chain} has its rules, in order`);
+  else sameSet(t, chainRules(section, chain), rules, `${chain} has its rules`);
+  const inserted = section.rules.filter((rule) => rule.verb === '-I');
+  sameSet(t, inserted.map(describe), hooks.map((hook) => `-I ${hook} 1 [] -j ${chain}`), `the jump from ${hooks.join(' and ')} is inserted at position 1, unconditional`);
+  t.same(section.rules.filter((rule) => rule.verb === '-D'), [], 'nothing is deleted');
+  const declaredAt = section.entries.findIndex((entry) => entry.kind === 'declare');
+  const firstRule = section.entries.findIndex((entry) => entry.kind === 'rule');
+  t.ok(declaredAt !== -1 && declaredAt < firstRule, 'the chain is declared before any rule');
+}
+
+const BUILTIN_CHAINS: Record<string, string[]> = {
+  nat: ['PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'],
+  mangle: ['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING'],
+  filter: ['INPUT', 'FORWARD', 'OUTPUT'],
+  raw: ['PREROUTING', 'OUTPUT'],
+};
+
+/** A table as iptables-save prints it, with the given user chains and rules. */
+function saveDump(table: string, chains: string[], rules: string[]): string {
   return [
     '# Generated by iptables-save v1.8.9 (nf_tables)',
-    '*nat',
-    ':PREROUTING ACCEPT [0:0]',
-    ':INPUT ACCEPT [0:0]',
-    ':OUTPUT ACCEPT [0:0]',
-    ':POSTROUTING ACCEPT [0:0]',
+    `*${table}`,
+    ...(BUILTIN_CHAINS[table] ?? []).map((chain) => `:${chain} ACCEPT [0:0]`),
     ...chains.map((chain) => `:${chain} - [0:0]`),
     ...rules,
     'COMMIT',
@@ -58,144 +107,301 @@ function natDump(chains: string[], rules: string[]): string {
   ].join('\n');
 }
 
-t.test('buildNatRules', async (t) => {
-  t.equal(
+/**
+ * What a fresh batch leaves in its table, as iptables-save prints it back (the root tests check that it does): the
+ * declared chains, each inserted jump as the first rule of its hook, the chains' rules as the builder wrote them.
+ */
+function installedParts(batch: string): { table: string; chains: string[]; jumps: string[]; rules: string[] } {
+  const sections = parseRestoreBatch(batch);
+  const rules = sections.flatMap((section) => section.rules);
+  return {
+    table: sections[0]?.table ?? '',
+    chains: sections.flatMap((section) => section.declared),
+    jumps: rules.filter((rule) => rule.verb === '-I').map((rule) => `-A ${rule.chain} -j ${rule.target}`),
+    rules: rules.filter((rule) => rule.verb === '-A').map((rule) => rule.line),
+  };
+}
+
+/** The dump of a table where `batch` was applied, with `above` before Ambit's jumps (a CNI that inserted its own). */
+function installedDump(batch: string, above: string[] = []): string {
+  const parts = installedParts(batch);
+  return saveDump(parts.table, parts.chains, [...above, ...parts.jumps, ...parts.rules]);
+}
+
+t.test('the rule parsers', async (t) => {
+  const bindings = [
+    { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
+    { ip: '10.1.0.3', iface: 'veth2' },
+  ];
+  const everyBatch = [
     buildNatRules({ nodeIp: NODE_IP }),
-    ['*nat', ':AMBIT-PREROUTING - [0:0]', OUTBOUND_RULE, INBOUND_RULE, '-I PREROUTING 1 -j AMBIT-PREROUTING', 'COMMIT', ''].join('\n'),
-    'a table without Ambit gets the chain, both rules and the jump at the top',
-  );
-  t.match(
-    buildNatRules({ nodeIp: '192.168.5.9', outboundPort: 16001, inboundPort: 16006 }),
-    /--to-destination 192\.168\.5\.9:16001\n.*--to-destination 192\.168\.5\.9:16006\n/,
+    buildMangleRules(),
+    buildLocalDnatRules(),
+    buildIpv6RejectRules('', bindings),
+    buildSourceCheckRules(),
+    buildNatRemoval(installedDump(buildNatRules({ nodeIp: NODE_IP }))),
+    buildMangleRemoval(installedDump(buildMangleRules())),
+  ];
+  for (const batch of everyBatch) t.doesNotThrow(() => parseRestoreBatch(batch), `parses: ${batch.split('\n')[1] ?? ''}`);
+  t.doesNotThrow(() => parseNftBatch(buildBridgeTable('', { ipv6Pods: ['fd00::2'], bindings })), 'parses the bridge table');
+  t.doesNotThrow(() => parseNftBatch(buildBridgeSetSync({ ipv6Pods: ['fd00::2'], bindings })), 'parses the bridge set sync');
+  const routing = [
+    ...buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }], routes: [{ type: 'unicast', dst: '10.1.0.0/16', dev: 'eth0' }] }),
+    ...buildTransparentRoutingRemoval({ rules: [FWMARK_RULE], routes: [LOCAL_ROUTE] }),
+  ];
+  t.doesNotThrow(() => ipBatch(routing), 'parses the ip -batch lines');
+  t.throws(() => routeLine('route add local 0.0.0.0/0 dev lo table 15006 proto kernel'), /unknown route word proto/);
+
+  t.throws(() => parseRule('-A X -p tcp --dport 80 -j ACCEPT'), /unknown token --dport/, 'a module option without its -m');
+  t.throws(() => parseRule('-A X -m string --algo bm -j DROP'), /unknown match module string/);
+  t.throws(() => parseRule('-A X -m set --match-set ambit-pods-v4 src -j DNAT --to 10.0.0.1'), /unknown option --to of -j DNAT/);
+  t.throws(() => parseRule('-A X -p tcp'), /no target/);
+  t.throws(() => parseRestoreBatch('*nat\n-A X -j Y\n'), /without COMMIT/);
+  t.throws(() => parseRestoreBatch('*nat\n-Z X\nCOMMIT\n'), /unknown verb -Z/);
+  t.throws(() => parseNftBatch('add rule bridge ambit forward ip6 flowlabel 3 drop'), /unknown key ip6 flowlabel/);
+  t.throws(() => parseNftBatch('add rule bridge ambit forward drop meta l4proto tcp'), /after the verdict/);
+  t.throws(() => parseNftBatch('insert rule bridge ambit forward drop'), /unknown nft command/);
+  t.throws(() => parseIpRuleLine('rule add priority 90 from all lookup 15006'), /unknown ip rule word from/);
+  t.throws(() => setSwap('create ambit-pods-v4 hash:ip family inet -exist\nrename ambit-pods-v4 x\n', 'ambit-pods-v4'), /unknown ipset command: rename/);
+  for (const batch of [buildIpsetSync(['10.1.0.4']), buildSourceBindingSync(bindings)]) t.doesNotThrow(() => setSwap(batch, 'ambit-pods-v4'), 'parses the ipset batches');
+
+  const [outboundLine] = installedParts(buildNatRules({ nodeIp: NODE_IP })).rules;
+  const reformatted = `-A  AMBIT-PREROUTING -m set --match-set ambit-pods-v4 src -p tcp   -j DNAT --to-destination ${NODE_IP}:15001`;
+  t.same(meaning(parseRule(reformatted)), meaning(parseRule(outboundLine ?? '')), 'another option order and spacing mean the same');
+});
+
+/**
+ * Mutation checks: one meaningful token of a builder's real output changed, and the assertion the tests make
+ * about it no longer holds, so those tests can fail.
+ */
+t.test('a changed token changes the meaning the tests check', async (t) => {
+  const mutate = (line: string | undefined, from: string, to: string): string => {
+    t.ok(line?.includes(from), `the line has ${from}`);
+    return (line ?? '').replace(from, to);
+  };
+  const nat = parseRestoreBatch(buildNatRules({ nodeIp: NODE_IP }))[0]?.rules ?? [];
+  const outbound = nat.find((rule) => rule.verb === '-A')?.line;
+  t.same(meaning(parseRule(outbound ?? '')), OUTBOUND, 'the real rule has the meaning the nat test checks');
+  t.notSame(meaning(parseRule(mutate(outbound, ' src ', ' dst '))), OUTBOUND, 'src → dst');
+  t.notSame(meaning(parseRule(mutate(outbound, ':15001', ':15002'))), OUTBOUND, 'another target port');
+  const jump = nat.find((rule) => rule.verb === '-I')?.line;
+  t.equal(describe(parseRule(jump ?? '')), '-I PREROUTING 1 [] -j AMBIT-PREROUTING');
+  t.notSame(describe(parseRule(mutate(jump, 'PREROUTING 1', 'PREROUTING 2'))), '-I PREROUTING 1 [] -j AMBIT-PREROUTING', 'a jump not at position 1');
+
+  const undeclared = buildNatRules({ nodeIp: NODE_IP }).replace(':AMBIT-PREROUTING - [0:0]\n', '');
+  t.notSame(parseRestoreBatch(undeclared)[0]?.declared, ['AMBIT-PREROUTING'], 'a chain not declared');
+
+  const [sourceCheck] = buildSourceCheckChainRules();
+  t.same(meaning(parseRule(sourceCheck ?? '')), SOURCE_CHECK);
+  t.notSame(meaning(parseRule(mutate(sourceCheck, '! -i lo ', ''))), SOURCE_CHECK, 'the lo exemption dropped');
+  t.notSame(meaning(parseRule(mutate(sourceCheck, 'set ! --match-set', 'set --match-set'))), SOURCE_CHECK, 'a negation dropped');
+
+  const mangle = installedParts(buildMangleRules()).rules[0];
+  t.same(meaning(parseRule(mangle ?? '')), SOCKET_MARK);
+  t.notSame(meaning(parseRule(mutate(mangle, '0x2000/0x2000', '0x2000/0x4000'))), SOCKET_MARK, 'another mask');
+  t.notSame(meaning(parseRule(mutate(mangle, ' --nowildcard', ''))), SOCKET_MARK, 'a socket option dropped');
+
+  const ipv6 = buildIpv6RejectChainRules([{ ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' }])[2];
+  const physdevIn = expected('AMBIT-IPV6-REJECT', ['proto tcp', 'physdev --physdev-in veth1', 'conntrack --ctdir ORIGINAL'], 'REJECT', RESET);
+  t.same(meaning(parseRule(ipv6 ?? '')), physdevIn);
+  t.notSame(meaning(parseRule(mutate(ipv6, '--physdev-in', '--physdev-out'))), physdevIn, 'the other direction');
+
+  const table = buildBridgeTable('');
+  const forward = table.split('\n').find((line) => line.includes('ip6 saddr'));
+  const rule = (line: string) => nftRule(parseNftBatch(line)[0]);
+  t.same(statements(rule(forward ?? '')), ['meta l4proto tcp', 'ip6 saddr @pods6', 'drop'].sort());
+  t.notSame(statements(rule(mutate(forward, 'saddr', 'daddr'))), ['meta l4proto tcp', 'ip6 saddr @pods6', 'drop'].sort(), 'saddr → daddr');
+  t.notSame(statements(rule(mutate(forward, ' drop ', ' accept '))), ['meta l4proto tcp', 'ip6 saddr @pods6', 'drop'].sort(), 'drop → accept');
+  const check = table.split('\n').find((line) => line.includes('@bound4 '));
+  t.notOk(rule(mutate(check, ' != ', ' ')).matches.has('ip saddr . iifname != @ports4'), 'the != of the source check dropped');
+
+  const [ipRule] = buildTransparentRouting({ rules: [], routes: [LOCAL_ROUTE] });
+  t.same(parseIpRuleLine(ipRule ?? ''), FWMARK_ADD);
+  t.notSame(parseIpRuleLine(mutate(ipRule, '/0x2000', '/0x4000')), FWMARK_ADD, 'another mask');
+  t.notSame(parseIpRuleLine(mutate(ipRule, 'lookup 15006', 'lookup 15007')), FWMARK_ADD, 'another table');
+
+  const sync = buildIpsetSync(['10.1.0.4']);
+  t.same(setSwap(sync, 'ambit-pods-v4').swap, { type: 'hash:ip', family: 'inet', members: ['10.1.0.4'], swapped: true });
+  t.same(setSwap(mutate(sync, 'swap ambit-pods-v4-tmp ambit-pods-v4', 'swap ambit-pods-v4-tmp ambit-pods-v6'), 'ambit-pods-v4').swap.swapped, false, 'swapped into another set');
+  t.same(setSwap(mutate(sync, 'add ambit-pods-v4-tmp', 'add ambit-pods-v4'), 'ambit-pods-v4').swap.members, [], 'added to the live set');
+});
+
+/** The one rule of a parsed single-line nft batch. */
+function nftRule(command: NftCommand | undefined): NftRule {
+  if (command?.object !== 'rule') throw new Error('not a rule');
+  return command;
+}
+
+/** A bridge rule's matches, mangles, counter and verdict, sorted: what it does, without its tag. */
+function statements(rule: NftRule): string[] {
+  return [...rule.matches, ...rule.mangles, ...(rule.counter ? ['counter'] : []), ...(rule.verdict === undefined ? [] : [rule.verdict])].sort();
+}
+
+/**
+ * The atomic replacement of one ipset in an `ipset restore` batch: both the set and its temporary created with the
+ * same type and family, the temporary flushed, filled, swapped into the set and destroyed, in that order.
+ */
+function setSwap(batch: string, name: string): { swap: { type: string; family: string; members: string[]; swapped: boolean }; swapAt: number } {
+  const lines = batch.split('\n').filter((line) => line !== '').map((line) => line.split(/\s+/));
+  const unknown = lines.find((words) => !['create', 'flush', 'add', 'swap', 'destroy'].includes(words[0] ?? ''));
+  if (unknown !== undefined) throw new Error(`unknown ipset command: ${unknown.join(' ')}`);
+  const swapAt = lines.findIndex((words) => words[0] === 'swap' && words[2] === name);
+  const temporary = lines[swapAt]?.[1] ?? '';
+  const at = (verb: string, set: string) => lines.findIndex((words) => words[0] === verb && words[1] === set);
+  const create = lines[at('create', name)] ?? [];
+  const createTemporary = lines[at('create', temporary)] ?? [];
+  const adds = lines.map((words, index) => ({ words, index })).filter(({ words }) => words[0] === 'add' && words[1] === temporary);
+  const sameKind = create.slice(2).join(' ') === createTemporary.slice(2).join(' ') && create.includes('-exist');
+  const ordered =
+    at('create', name) !== -1 &&
+    at('create', temporary) < at('flush', temporary) &&
+    adds.every(({ index }) => index > at('flush', temporary) && index < swapAt) &&
+    swapAt < at('destroy', temporary);
+  const swap = {
+    type: create[2] ?? '',
+    family: keywordValues(create.join(' '), ['family']).family ?? '',
+    members: adds.map(({ words }) => words[2] ?? ''),
+    swapped: swapAt !== -1 && temporary !== name && sameKind && ordered,
+  };
+  return { swap, swapAt };
+}
+
+/** The deletions of a batch, described; `-D` takes the first matching rule, so each one deletes one copy. */
+function deletions(section: RestoreSection): string[] {
+  return section.rules.filter((rule) => rule.verb === '-D').map(describe);
+}
+
+function entryIndex(section: RestoreSection, step: string): number {
+  return steps(section).indexOf(step);
+}
+
+t.test('buildNatRules', async (t) => {
+  const fresh = buildNatRules({ nodeIp: NODE_IP });
+  // pod-to-pod matches both: the outbound rule must come first
+  assertFreshChain(t, onlySection(t, fresh, 'nat'), 'AMBIT-PREROUTING', ['PREROUTING'], [OUTBOUND, INBOUND]);
+  const other = onlySection(t, buildNatRules({ nodeIp: '192.168.5.9', outboundPort: 16001, inboundPort: 16006 }), 'nat');
+  t.same(
+    chainRules(other, 'AMBIT-PREROUTING').map((rule) => rule.options),
+    [{ '--to-destination': '192.168.5.9:16001' }, { '--to-destination': '192.168.5.9:16006' }],
     'ports and node IP are configurable',
   );
 
-  const installed = natDump(['AMBIT-PREROUTING'], [JUMP, '-A PREROUTING -j KUBE-SERVICES', OUTBOUND_RULE, INBOUND_RULE]);
-  t.equal(buildNatRules({ nodeIp: NODE_IP, currentNatTable: installed }), '', 'nothing to do when everything is in place');
+  t.equal(buildNatRules({ nodeIp: NODE_IP, currentNatTable: installedDump(fresh, []) }), '', 'an in-place dump yields an empty batch');
+  const parts = installedParts(fresh);
+  const withKube = saveDump('nat', parts.chains, [...parts.jumps, '-A PREROUTING -j KUBE-SERVICES', ...parts.rules]);
+  t.equal(buildNatRules({ nodeIp: NODE_IP, currentNatTable: withKube }), '', 'nothing to do with kube-proxy below the jump');
 
-  const slidDown = natDump(['AMBIT-PREROUTING', 'KUBE-SERVICES'], ['-A PREROUTING -j KUBE-SERVICES', JUMP, OUTBOUND_RULE, INBOUND_RULE]);
-  const moved = buildNatRules({ nodeIp: NODE_IP, currentNatTable: slidDown });
-  t.match(moved, /^-D PREROUTING -j AMBIT-PREROUTING$/m, 'a jump that is no longer first is deleted');
-  t.match(moved, /^-I PREROUTING 1 -j AMBIT-PREROUTING$/m, 'and inserted again at the top');
-  t.ok(moved.indexOf('-D PREROUTING') < moved.indexOf('-I PREROUTING'), 'deletion comes before insertion');
+  const moved = onlySection(t, buildNatRules({ nodeIp: NODE_IP, currentNatTable: installedDump(fresh, ['-A PREROUTING -j KUBE-SERVICES']) }), 'nat');
+  t.same(deletions(moved), ['-D PREROUTING [] -j AMBIT-PREROUTING'], 'a jump that is no longer first is deleted');
+  const insertAt = entryIndex(moved, '-I PREROUTING 1 [] -j AMBIT-PREROUTING');
+  t.ok(insertAt !== -1, 'and inserted again at position 1');
+  t.ok(entryIndex(moved, '-D PREROUTING [] -j AMBIT-PREROUTING') < insertAt, 'deletion comes before insertion (-D would take the new one)');
 
-  const duplicated = natDump(['AMBIT-PREROUTING'], [JUMP, '-A PREROUTING -p udp -j ACCEPT', JUMP, OUTBOUND_RULE, INBOUND_RULE]);
-  const deduplicated = buildNatRules({ nodeIp: NODE_IP, currentNatTable: duplicated });
-  t.equal(deduplicated.match(/^-D PREROUTING -j AMBIT-PREROUTING$/gm)?.length, 1, 'the second jump is deleted');
-  t.notMatch(deduplicated, /^-I /m, 'the first jump is kept');
+  const duplicated = saveDump('nat', parts.chains, [...parts.jumps, '-A PREROUTING -p udp -j ACCEPT', ...parts.jumps, ...parts.rules]);
+  const deduplicated = onlySection(t, buildNatRules({ nodeIp: NODE_IP, currentNatTable: duplicated }), 'nat');
+  t.same(deletions(deduplicated), ['-D PREROUTING [] -j AMBIT-PREROUTING'], 'the second jump is deleted');
+  t.same(deduplicated.rules.filter((rule) => rule.verb === '-I'), [], 'the first jump is kept');
 
-  const oldPort = natDump(['AMBIT-PREROUTING'], [JUMP, OUTBOUND_RULE.replace(':15001', ':14001'), INBOUND_RULE]);
-  const rewritten = buildNatRules({ nodeIp: NODE_IP, currentNatTable: oldPort });
-  t.match(rewritten, /^:AMBIT-PREROUTING - \[0:0\]$/m, 'a changed chain is declared, which flushes it');
-  t.match(rewritten, new RegExp(`^${OUTBOUND_RULE}$`, 'm'), 'and rewritten');
-  t.notMatch(rewritten, /^-[DI] /m, 'while the jump is left alone');
+  const oldPort = saveDump('nat', parts.chains, [...parts.jumps, ...parts.rules.map((rule) => rule.replace(':15001', ':14001'))]);
+  const rewritten = onlySection(t, buildNatRules({ nodeIp: NODE_IP, currentNatTable: oldPort }), 'nat');
+  t.same(rewritten.declared, ['AMBIT-PREROUTING'], 'a changed chain is declared, which flushes it');
+  t.same(chainRules(rewritten, 'AMBIT-PREROUTING'), [OUTBOUND, INBOUND], 'and rewritten');
+  t.same(rewritten.rules.filter((rule) => rule.verb !== '-A'), [], 'while the jump is left alone');
 });
 
-t.test('buildNatRemoval', async (t) => {
-  t.equal(buildNatRemoval(natDump([], ['-A PREROUTING -j KUBE-SERVICES'])), '', 'nothing to remove');
-  t.equal(
-    buildNatRemoval(natDump(['AMBIT-PREROUTING'], [JUMP, '-A PREROUTING -j KUBE-SERVICES', JUMP, '-A OUTPUT -p tcp -j AMBIT-PREROUTING', OUTBOUND_RULE])),
-    [
-      '*nat',
-      '-D PREROUTING -j AMBIT-PREROUTING',
-      '-D PREROUTING -j AMBIT-PREROUTING',
-      '-D OUTPUT -p tcp -j AMBIT-PREROUTING',
-      '-F AMBIT-PREROUTING',
-      '-X AMBIT-PREROUTING',
-      'COMMIT',
-      '',
-    ].join('\n'),
-    'every jump, then the flushed chain',
-  );
-  t.equal(buildNatRemoval(natDump(['AMBIT-PREROUTING'], [])), '*nat\n-F AMBIT-PREROUTING\n-X AMBIT-PREROUTING\nCOMMIT\n', 'an empty leftover chain');
-  const fullDump = `*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j AMBIT-PREROUTING\nCOMMIT\n${natDump(['AMBIT-PREROUTING'], [JUMP])}`;
-  t.equal(buildNatRemoval(fullDump), '*nat\n-D PREROUTING -j AMBIT-PREROUTING\n-F AMBIT-PREROUTING\n-X AMBIT-PREROUTING\nCOMMIT\n', 'only the nat section of a full dump counts');
-});
-
-/** A mangle table as iptables-save prints it, with the given rules. */
-function mangleDump(chains: string[], rules: string[]): string {
-  return natDump(chains, rules).replace('*nat', '*mangle');
+/** A removal batch: `jumps` deleted (in any order), then the chain flushed, then deleted. */
+function assertRemoval(t: Test, section: RestoreSection, chain: string, jumps: string[]): void {
+  sameSet(t, deletions(section), jumps, 'every jump to the chain is deleted');
+  const flushAt = entryIndex(section, `flush ${chain}`);
+  const deleteAt = entryIndex(section, `delete-chain ${chain}`);
+  t.ok(flushAt !== -1 && flushAt < deleteAt, 'the chain is flushed, then deleted (a chain must be empty to go)');
+  const lastJump = Math.max(-1, ...section.entries.map((entry, index) => (entry.kind === 'rule' ? index : -1)));
+  t.ok(lastJump < deleteAt, 'after the jumps to it are gone');
+  t.same(section.entries.filter((entry) => entry.kind === 'declare'), [], 'nothing is declared');
 }
 
+t.test('buildNatRemoval', async (t) => {
+  const parts = installedParts(buildNatRules({ nodeIp: NODE_IP }));
+  t.equal(buildNatRemoval(saveDump('nat', [], ['-A PREROUTING -j KUBE-SERVICES'])), '', 'nothing to remove');
+  const leftovers = saveDump('nat', parts.chains, [...parts.jumps, '-A PREROUTING -j KUBE-SERVICES', ...parts.jumps, '-A OUTPUT -p tcp -j AMBIT-PREROUTING', ...parts.rules]);
+  assertRemoval(t, onlySection(t, buildNatRemoval(leftovers), 'nat'), 'AMBIT-PREROUTING', [
+    '-D PREROUTING [] -j AMBIT-PREROUTING',
+    '-D PREROUTING [] -j AMBIT-PREROUTING',
+    '-D OUTPUT [proto tcp] -j AMBIT-PREROUTING',
+  ]);
+  const empty = onlySection(t, buildNatRemoval(saveDump('nat', ['AMBIT-PREROUTING'], [])), 'nat');
+  t.same(steps(empty), ['flush AMBIT-PREROUTING', 'delete-chain AMBIT-PREROUTING'], 'an empty leftover chain');
+  const filter = '*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j AMBIT-PREROUTING\nCOMMIT\n';
+  const fromFullDump = onlySection(t, buildNatRemoval(filter + saveDump('nat', parts.chains, parts.jumps)), 'nat');
+  assertRemoval(t, fromFullDump, 'AMBIT-PREROUTING', ['-D PREROUTING [] -j AMBIT-PREROUTING']);
+});
+
 t.test('buildMangleRules and buildMangleRemoval', async (t) => {
-  t.equal(
-    buildMangleRules(),
-    [
-      '*mangle',
-      ':AMBIT-MANGLE-PREROUTING - [0:0]',
-      MARK_RULE,
-      CONNMARK_RESTORE_RULE,
-      '-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING',
-      'COMMIT',
-      '*mangle',
-      ':AMBIT-MANGLE-OUTPUT - [0:0]',
-      CONNMARK_SET_RULE,
-      LOCAL_REPLY_RULE,
-      '-I OUTPUT 1 -j AMBIT-MANGLE-OUTPUT',
-      'COMMIT',
-      '',
-    ].join('\n'),
-    'a table without Ambit gets both chains, their mark rules and their jumps at the top',
-  );
-  const installed = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], MANGLE_RULES);
-  t.equal(buildMangleRules({ currentTables: installed }), '', 'nothing to do when it is in place');
-  t.equal(buildMangleRules({ currentTables: natDump([], []) + installed }), '', 'the mangle section of a full dump is the one read');
-  const slidDown = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT', 'cali-PREROUTING'], ['-A PREROUTING -j cali-PREROUTING', ...MANGLE_RULES]);
-  t.equal(
-    buildMangleRules({ currentTables: slidDown }),
-    '*mangle\n:AMBIT-MANGLE-PREROUTING - [0:0]\n' + `${MARK_RULE}\n${CONNMARK_RESTORE_RULE}\n` + '-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-I PREROUTING 1 -j AMBIT-MANGLE-PREROUTING\nCOMMIT\n',
-    'a CNI above it: moved back to the top, the OUTPUT chain left alone',
-  );
-  const outputSlid = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], ['-A OUTPUT -j KUBE-OUTPUT', ...MANGLE_RULES]);
-  t.match(buildMangleRules({ currentTables: outputSlid }), /^-D OUTPUT -j AMBIT-MANGLE-OUTPUT\n-I OUTPUT 1 -j AMBIT-MANGLE-OUTPUT$/m, 'and the OUTPUT jump the same');
-  const flushed = mangleDump(['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], [MANGLE_JUMP, MANGLE_OUTPUT_JUMP]);
-  const refilled = buildMangleRules({ currentTables: flushed });
-  for (const rule of [MARK_RULE, CONNMARK_RESTORE_RULE, CONNMARK_SET_RULE, LOCAL_REPLY_RULE]) {
-    t.match(refilled, new RegExp(`^${rule.replace(/[/]/g, '\\/')}$`, 'm'), `flushed chains get their rules back: ${rule}`);
-  }
-  t.equal(buildMangleRemoval(natDump(['AMBIT-PREROUTING'], [JUMP])), '', 'the nat chain is not the mangle chain');
-  t.equal(
-    buildMangleRemoval(installed),
-    '*mangle\n-D PREROUTING -j AMBIT-MANGLE-PREROUTING\n-F AMBIT-MANGLE-PREROUTING\n-X AMBIT-MANGLE-PREROUTING\nCOMMIT\n' +
-      '*mangle\n-D OUTPUT -j AMBIT-MANGLE-OUTPUT\n-F AMBIT-MANGLE-OUTPUT\n-X AMBIT-MANGLE-OUTPUT\nCOMMIT\n',
-  );
+  const fresh = buildMangleRules();
+  const sections = parseRestoreBatch(fresh);
+  t.same(sections.map((section) => section.table), ['mangle', 'mangle'], 'one mangle section per chain');
+  const [prerouting, output] = sections as [RestoreSection, RestoreSection];
+  // both PREROUTING rules set the same mark: their order does not matter
+  assertFreshChain(t, prerouting, 'AMBIT-MANGLE-PREROUTING', ['PREROUTING'], [SOCKET_MARK, CONNMARK_RESTORE], false);
+  assertFreshChain(t, output, 'AMBIT-MANGLE-OUTPUT', ['OUTPUT'], [CONNMARK_SET, LOCAL_REPLY], false);
+
+  const installed = installedDump(fresh);
+  t.equal(buildMangleRules({ currentTables: installed }), '', 'an in-place dump yields an empty batch');
+  t.equal(buildMangleRules({ currentTables: saveDump('nat', [], []) + installed }), '', 'the mangle section of a full dump is the one read');
+  const slidDown = onlySection(t, buildMangleRules({ currentTables: installedDump(fresh, ['-A PREROUTING -j cali-PREROUTING']) }), 'mangle');
+  t.same(deletions(slidDown), ['-D PREROUTING [] -j AMBIT-MANGLE-PREROUTING'], 'a CNI above it: the jump is deleted');
+  t.ok(entryIndex(slidDown, '-D PREROUTING [] -j AMBIT-MANGLE-PREROUTING') < entryIndex(slidDown, '-I PREROUTING 1 [] -j AMBIT-MANGLE-PREROUTING'), 'and inserted at the top after');
+  t.same(slidDown.declared, ['AMBIT-MANGLE-PREROUTING'], 'the OUTPUT chain is left alone');
+  sameSet(t, chainRules(slidDown, 'AMBIT-MANGLE-PREROUTING'), [SOCKET_MARK, CONNMARK_RESTORE], 'the declared chain gets its rules back');
+  const outputSlid = onlySection(t, buildMangleRules({ currentTables: installedDump(fresh, ['-A OUTPUT -j KUBE-OUTPUT']) }), 'mangle');
+  t.same(deletions(outputSlid), ['-D OUTPUT [] -j AMBIT-MANGLE-OUTPUT'], 'and the OUTPUT jump the same');
+  t.ok(entryIndex(outputSlid, '-D OUTPUT [] -j AMBIT-MANGLE-OUTPUT') < entryIndex(outputSlid, '-I OUTPUT 1 [] -j AMBIT-MANGLE-OUTPUT'));
+
+  const parts = installedParts(fresh);
+  const refilled = parseRestoreBatch(buildMangleRules({ currentTables: saveDump('mangle', parts.chains, parts.jumps) }));
+  sameSet(t, refilled.flatMap((section) => section.declared), ['AMBIT-MANGLE-PREROUTING', 'AMBIT-MANGLE-OUTPUT'], 'flushed chains are declared');
+  sameSet(t, refilled.flatMap((section) => section.rules.filter((rule) => rule.verb === '-A').map(meaning)), [SOCKET_MARK, CONNMARK_RESTORE, CONNMARK_SET, LOCAL_REPLY], 'and get their rules back');
+  t.same(refilled.flatMap((section) => section.rules.filter((rule) => rule.verb !== '-A')), [], 'their jumps, still first, are left alone');
+
+  t.equal(buildMangleRemoval(installedDump(buildNatRules({ nodeIp: NODE_IP })).replace('*nat', '*mangle')), '', 'the nat chain is not the mangle chain');
+  const removal = parseRestoreBatch(buildMangleRemoval(installed));
+  t.same(removal.map((section) => section.table), ['mangle', 'mangle']);
+  assertRemoval(t, removal[0] as RestoreSection, 'AMBIT-MANGLE-PREROUTING', ['-D PREROUTING [] -j AMBIT-MANGLE-PREROUTING']);
+  assertRemoval(t, removal[1] as RestoreSection, 'AMBIT-MANGLE-OUTPUT', ['-D OUTPUT [] -j AMBIT-MANGLE-OUTPUT']);
 });
 
 t.test('buildLocalDnatRules and its removal', async (t) => {
-  const filterDump = (rules: string[]) =>
-    ['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-LOCAL-DNAT - [0:0]', ...rules, 'COMMIT', ''].join('\n');
-  t.equal(buildLocalDnatRules(''), ['*filter', ':AMBIT-LOCAL-DNAT - [0:0]', LOCAL_DNAT_RULE, '-I OUTPUT 1 -j AMBIT-LOCAL-DNAT', 'COMMIT', ''].join('\n'));
-  t.equal(buildLocalDnatRules(filterDump([LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])), '', 'in place: nothing to do');
-  t.match(
-    buildLocalDnatRules(filterDump(['-A OUTPUT -j ACCEPT', LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])),
-    '-D OUTPUT -j AMBIT-LOCAL-DNAT\n-I OUTPUT 1 -j AMBIT-LOCAL-DNAT\n',
-    'a jump below an ACCEPT goes back to the top',
-  );
-  t.match(buildLocalDnatRules(filterDump([LOCAL_DNAT_JUMP])), `:AMBIT-LOCAL-DNAT - [0:0]\n${LOCAL_DNAT_RULE}\n`, 'a flushed chain is refilled');
-  t.equal(
-    buildLocalDnatRemoval(filterDump([LOCAL_DNAT_JUMP, LOCAL_DNAT_RULE])),
-    ['*filter', '-D OUTPUT -j AMBIT-LOCAL-DNAT', '-F AMBIT-LOCAL-DNAT', '-X AMBIT-LOCAL-DNAT', 'COMMIT', ''].join('\n'),
-  );
+  const fresh = buildLocalDnatRules('');
+  assertFreshChain(t, onlySection(t, fresh, 'filter'), 'AMBIT-LOCAL-DNAT', ['OUTPUT'], [LOCAL_DNAT]);
+  t.equal(buildLocalDnatRules(installedDump(fresh)), '', 'an in-place dump yields an empty batch');
+  const slid = onlySection(t, buildLocalDnatRules(installedDump(fresh, ['-A OUTPUT -j ACCEPT'])), 'filter');
+  t.same(deletions(slid), ['-D OUTPUT [] -j AMBIT-LOCAL-DNAT'], 'a jump below an ACCEPT is deleted');
+  t.ok(entryIndex(slid, '-D OUTPUT [] -j AMBIT-LOCAL-DNAT') < entryIndex(slid, '-I OUTPUT 1 [] -j AMBIT-LOCAL-DNAT'), 'and goes back to the top');
+  const parts = installedParts(fresh);
+  const refilled = onlySection(t, buildLocalDnatRules(saveDump('filter', parts.chains, parts.jumps)), 'filter');
+  t.same(refilled.declared, ['AMBIT-LOCAL-DNAT'], 'a flushed chain is declared');
+  t.same(chainRules(refilled, 'AMBIT-LOCAL-DNAT'), [LOCAL_DNAT], 'and refilled');
+  assertRemoval(t, onlySection(t, buildLocalDnatRemoval(installedDump(fresh)), 'filter'), 'AMBIT-LOCAL-DNAT', ['-D OUTPUT [] -j AMBIT-LOCAL-DNAT']);
   t.equal(buildLocalDnatRemoval(''), '', 'nothing to remove');
 });
 
 t.test('buildIpv6RejectRules and its removal', async (t) => {
-  const filterDump = (rules: string[]) =>
-    ['*filter', ':INPUT ACCEPT [0:0]', ':FORWARD ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-IPV6-REJECT - [0:0]', ...rules, 'COMMIT', ''].join('\n');
   const fresh = buildIpv6RejectRules('');
-  t.equal(
-    fresh,
-    ['*filter', ':AMBIT-IPV6-REJECT - [0:0]', ...IPV6_REJECT_RULES, '-I INPUT 1 -j AMBIT-IPV6-REJECT', '-I FORWARD 1 -j AMBIT-IPV6-REJECT', 'COMMIT', ''].join('\n'),
-  );
-  t.equal(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])), '', 'in place: nothing to do');
-  const slid = buildIpv6RejectRules(filterDump(['-A INPUT -j ACCEPT', IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES]));
-  t.match(slid, '-D INPUT -j AMBIT-IPV6-REJECT\n-I INPUT 1 -j AMBIT-IPV6-REJECT\n', 'a jump below an ACCEPT goes back to the top');
-  t.notMatch(slid, 'FORWARD', 'the jump already first is left alone');
-  t.match(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])), '-D FORWARD -j AMBIT-IPV6-REJECT\n', 'a copy goes');
-  t.equal(
-    buildIpv6RejectRemoval(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES])),
-    ['*filter', '-D INPUT -j AMBIT-IPV6-REJECT', '-D FORWARD -j AMBIT-IPV6-REJECT', '-F AMBIT-IPV6-REJECT', '-X AMBIT-IPV6-REJECT', 'COMMIT', ''].join('\n'),
-  );
+  assertFreshChain(t, onlySection(t, fresh, 'filter'), 'AMBIT-IPV6-REJECT', ['INPUT', 'FORWARD'], [IPV6_TO_POD, IPV6_FROM_POD], false);
+  t.equal(buildIpv6RejectRules(installedDump(fresh)), '', 'an in-place dump yields an empty batch');
+  const slid = onlySection(t, buildIpv6RejectRules(installedDump(fresh, ['-A INPUT -j ACCEPT'])), 'filter');
+  t.same(deletions(slid), ['-D INPUT [] -j AMBIT-IPV6-REJECT'], 'a jump below an ACCEPT is deleted');
+  t.ok(entryIndex(slid, '-D INPUT [] -j AMBIT-IPV6-REJECT') < entryIndex(slid, '-I INPUT 1 [] -j AMBIT-IPV6-REJECT'), 'and goes back to the top');
+  t.same(slid.rules.filter((rule) => rule.chain === 'FORWARD'), [], 'the jump already first is left alone');
+  const parts = installedParts(fresh);
+  const copied = saveDump('filter', parts.chains, [...parts.jumps, '-A FORWARD -j AMBIT-IPV6-REJECT', ...parts.rules]);
+  const deduplicated = onlySection(t, buildIpv6RejectRules(copied), 'filter');
+  t.same(deletions(deduplicated), ['-D FORWARD [] -j AMBIT-IPV6-REJECT'], 'a copy goes');
+  t.same(deduplicated.rules.filter((rule) => rule.verb === '-I'), [], 'the first one stays');
+  assertRemoval(t, onlySection(t, buildIpv6RejectRemoval(installedDump(fresh)), 'filter'), 'AMBIT-IPV6-REJECT', [
+    '-D INPUT [] -j AMBIT-IPV6-REJECT',
+    '-D FORWARD [] -j AMBIT-IPV6-REJECT',
+  ]);
   t.equal(buildIpv6RejectRemoval(''), '', 'nothing to remove');
 
   const bindings = [
@@ -203,89 +409,155 @@ t.test('buildIpv6RejectRules and its removal', async (t) => {
     { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
     { ip: '10.1.0.4', iface: 'veth1', bridge: 'cni0' },
   ];
+  const ctdir = 'conntrack --ctdir ORIGINAL';
   const byInterface = [
-    '-A AMBIT-IPV6-REJECT -p tcp -m physdev --physdev-in veth1 -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
-    '-A AMBIT-IPV6-REJECT -p tcp -m physdev --physdev-out veth1 -j REJECT --reject-with tcp-reset',
-    '-A AMBIT-IPV6-REJECT -i veth2 -p tcp -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
-    '-A AMBIT-IPV6-REJECT -o veth2 -p tcp -j REJECT --reject-with tcp-reset',
+    expected('AMBIT-IPV6-REJECT', ['proto tcp', 'physdev --physdev-in veth1', ctdir], 'REJECT', RESET),
+    expected('AMBIT-IPV6-REJECT', ['proto tcp', 'physdev --physdev-out veth1'], 'REJECT', RESET),
+    expected('AMBIT-IPV6-REJECT', ['in veth2', 'proto tcp', ctdir], 'REJECT', RESET),
+    expected('AMBIT-IPV6-REJECT', ['out veth2', 'proto tcp'], 'REJECT', RESET),
   ];
-  t.same(buildIpv6RejectChainRules(bindings), [...IPV6_REJECT_RULES, ...byInterface], 'the address rules, then each bound interface once: physdev for a bridge port, -i/-o for a routed veth');
-  const withInterfaces = filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES, ...byInterface]);
-  t.equal(buildIpv6RejectRules(withInterfaces, bindings), '', 'in place with its interfaces: nothing to do');
-  t.match(buildIpv6RejectRules(filterDump([IPV6_INPUT_JUMP, IPV6_FORWARD_JUMP, ...IPV6_REJECT_RULES]), bindings), byInterface.join('\n'), 'a pod bound since: the chain is rewritten with it');
-  t.equal(
-    buildIpv6RejectRules(withInterfaces, []),
-    ['*filter', ':AMBIT-IPV6-REJECT - [0:0]', ...IPV6_REJECT_RULES, 'COMMIT', ''].join('\n'),
-    'no pod bound any more: the interface rules go',
+  sameSet(
+    t,
+    buildIpv6RejectChainRules(bindings).map((line) => meaning(parseRule(line))),
+    [IPV6_TO_POD, IPV6_FROM_POD, ...byInterface],
+    'the address rules, and each bound interface once: physdev for a bridge port, -i/-o for a routed veth, what comes from it only in its own direction',
   );
+  const withInterfaces = buildIpv6RejectRules('', bindings);
+  t.equal(buildIpv6RejectRules(installedDump(withInterfaces), bindings), '', 'in place with its interfaces: nothing to do');
+  const bound = onlySection(t, buildIpv6RejectRules(installedDump(fresh), bindings), 'filter');
+  t.same(bound.declared, ['AMBIT-IPV6-REJECT'], 'a pod bound since: the chain is declared');
+  sameSet(t, chainRules(bound, 'AMBIT-IPV6-REJECT'), [IPV6_TO_POD, IPV6_FROM_POD, ...byInterface], 'and rewritten with its interfaces');
+  const unbound = onlySection(t, buildIpv6RejectRules(installedDump(withInterfaces), []), 'filter');
+  t.same(unbound.declared, ['AMBIT-IPV6-REJECT'], 'no pod bound any more: the chain is declared');
+  sameSet(t, chainRules(unbound, 'AMBIT-IPV6-REJECT'), [IPV6_TO_POD, IPV6_FROM_POD], 'with the address rules only');
+  t.same(unbound.rules.filter((rule) => rule.verb !== '-A'), [], 'its jumps left alone');
 });
+
+/** An `ip -batch` route line: its verb, type, destination, device and table. */
+function routeLine(line: string): Record<string, string> {
+  const words = line.split(/\s+/);
+  if (words[0] !== 'route') throw new Error(`not a route line: ${line}`);
+  const known = words[1] === 'flush' ? ['table'] : ['dev', 'table'];
+  for (let index = words[1] === 'flush' ? 2 : 4; index < words.length; index += 2) {
+    if (!known.includes(words[index] ?? '')) throw new Error(`unknown route word ${words[index]} in: ${line}`);
+  }
+  const values = keywordValues(line, known);
+  return words[1] === 'flush' ? { verb: 'flush', table: values.table ?? '' } : { verb: words[1] ?? '', type: words[2] ?? '', dst: words[3] ?? '', ...values };
+}
+
+/** The lines of an `ip -batch`, each parsed by its kind. */
+function ipBatch(lines: string[]): Array<Record<string, unknown>> {
+  return lines.map((line) => (line.startsWith('rule ') ? { ...parseIpRuleLine(line) } : routeLine(line)));
+}
 
 t.test('buildTransparentRouting and its removal', async (t) => {
   const main = { priority: 32766, src: 'all', table: 'main' };
-  t.same(
-    buildTransparentRouting({ rules: [main], routes: [] }),
-    ['rule add priority 90 fwmark 0x2000/0x2000 lookup 15006', 'route add local 0.0.0.0/0 dev lo table 15006'],
-    'a node without them gets the rule and the route',
-  );
+  sameSet(t, ipBatch(buildTransparentRouting({ rules: [main], routes: [] })), [FWMARK_ADD, LOCAL_ROUTE_ADD], 'a node without them gets the fwmark rule and the local route');
   t.same(buildTransparentRouting({ rules: [main, FWMARK_RULE], routes: [LOCAL_ROUTE] }), [], 'nothing to do when both are in place');
-  t.same(
-    buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }, FWMARK_RULE, FWMARK_RULE], routes: [LOCAL_ROUTE] }),
-    ['rule del priority 100 fwmark 0x2000/0x2000 lookup 15006', 'rule del priority 90 fwmark 0x2000/0x2000 lookup 15006'],
-    'rules into our table that are stale or duplicated go',
+  const deleted = ({ fwmark, fwmask, table }: typeof FWMARK_ADD, priority: number) => ({ verb: 'del', priority, fwmark, fwmask, table });
+  sameSet(
+    t,
+    ipBatch(buildTransparentRouting({ rules: [{ ...FWMARK_RULE, priority: 100 }, FWMARK_RULE, FWMARK_RULE], routes: [LOCAL_ROUTE] })),
+    [deleted(FWMARK_ADD, 100), deleted(FWMARK_ADD, 90)],
+    'rules into our table that are stale or duplicated go, one copy kept',
   );
   t.same(
-    buildTransparentRouting({ rules: [FWMARK_RULE], routes: [LOCAL_ROUTE, { type: 'unicast', dst: '10.1.0.0/16', dev: 'eth0' }] }),
-    ['route flush table 15006', 'route add local 0.0.0.0/0 dev lo table 15006'],
-    'a table holding anything else is rewritten',
+    ipBatch(buildTransparentRouting({ rules: [FWMARK_RULE], routes: [LOCAL_ROUTE, { type: 'unicast', dst: '10.1.0.0/16', dev: 'eth0' }] })),
+    [{ verb: 'flush', table: '15006' }, LOCAL_ROUTE_ADD],
+    'a table holding anything else is flushed, then gets the local route',
   );
   t.same(buildTransparentRoutingRemoval({ rules: [main], routes: [] }), [], 'nothing to remove');
-  t.same(
-    buildTransparentRoutingRemoval({ rules: [main, FWMARK_RULE], routes: [LOCAL_ROUTE] }),
-    ['rule del priority 90 fwmark 0x2000/0x2000 lookup 15006', 'route flush table 15006'],
-  );
+  sameSet(t, ipBatch(buildTransparentRoutingRemoval({ rules: [main, FWMARK_RULE], routes: [LOCAL_ROUTE] })), [deleted(FWMARK_ADD, 90), { verb: 'flush', table: '15006' }], 'the fwmark rule goes, the table is emptied');
 });
+
+/** A `bridge -batch` fdb line: its verb, address, device and flags. */
+function fdbLine(line: string): { verb: string; mac: string; dev: string; flags: string[] } {
+  const words = line.split(/\s+/);
+  if (words[0] !== 'fdb' || words[3] !== 'dev') throw new Error(`not an fdb line: ${line}`);
+  return { verb: words[1] ?? '', mac: words[2] ?? '', dev: words[4] ?? '', flags: words.slice(5).sort() };
+}
+
+/** The commands of a bridge batch that act on Ambit's table, with a check that nothing else is touched. */
+function ambitCommands(t: Test, batch: string): NftCommand[] {
+  const commands = parseNftBatch(batch);
+  t.ok(commands.every((command) => command.family === 'bridge' && command.table === 'ambit'), 'only the bridge table ambit');
+  return commands;
+}
+
+function rulesOf(commands: NftCommand[], chain: string): NftRule[] {
+  return commands.flatMap((command) => (command.object === 'rule' && command.chain === chain ? [command] : []));
+}
+
+const TAG = /^ambit:[0-9a-f]{12}$/;
+const TRANSPARENT_REPLY = ['meta mark & 0x2000 0x2000', 'meta pkttype other', `ether daddr set ${AMBIT_BRIDGE_MAC}`, 'meta pkttype set host'].sort();
+const BRIDGE_SOURCE_CHECK = ['meta l4proto tcp', 'ip saddr @bound4', 'ip saddr . iifname != @ports4', 'counter', 'drop'].sort();
+const IPV6_BY_PORT = (direction: 'iifname' | 'oifname') => ['meta protocol ip6', 'meta l4proto tcp', `${direction} @ports6`, 'drop'].sort();
 
 t.test('bridge fdb entries and the bridge table', async (t) => {
   const ours = (bridge: string) => ({ mac: AMBIT_BRIDGE_MAC, ifname: bridge, master: bridge, state: 'permanent' });
   const portEntry = { mac: AMBIT_BRIDGE_MAC, ifname: 'veth1', master: 'cni0' };
-  t.same(buildBridgeFdbSync(['cni0', 'docker0'], [ours('docker0'), portEntry]), [`fdb replace ${AMBIT_BRIDGE_MAC} dev cni0 self local`], 'only the bridge without it');
+  t.same(
+    buildBridgeFdbSync(['cni0', 'docker0'], [ours('docker0'), portEntry]).map(fdbLine),
+    [{ verb: 'replace', mac: AMBIT_BRIDGE_MAC, dev: 'cni0', flags: ['local', 'self'] }],
+    'only the bridge without it gets a local entry on the bridge itself',
+  );
   t.same(buildBridgeFdbSync([], []), []);
-  t.same(buildBridgeFdbRemoval([ours('cni0'), portEntry, ours('cni0')]), [`fdb del ${AMBIT_BRIDGE_MAC} dev cni0 self`], 'the entry on the bridge itself, once');
+  t.same(
+    buildBridgeFdbRemoval([ours('cni0'), portEntry, ours('cni0')]).map(fdbLine),
+    [{ verb: 'del', mac: AMBIT_BRIDGE_MAC, dev: 'cni0', flags: ['self'] }],
+    'the entry on the bridge itself, once',
+  );
 
   const table = buildBridgeTable('');
-  t.match(table, /^add table bridge ambit\ndelete table bridge ambit\nadd table bridge ambit\n/, 'replaced in one transaction');
-  t.match(table, /add chain bridge ambit prerouting \{ type filter hook prerouting priority 100; policy accept; \}/);
-  t.match(buildBridgeRule(), /^meta mark & 0x2000 == 0x2000 meta pkttype other ether daddr set 02:61:6d:62:69:74 meta pkttype set host comment "ambit:[0-9a-f]{12}"$/);
-  t.match(table, /add set bridge ambit pods6 \{ type ipv6_addr; \}\n/, 'the set of enrolled IPv6 addresses');
-  t.match(table, /add chain bridge ambit forward \{ type filter hook forward priority 100; policy accept; \}\n/);
-  t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 saddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
-  t.match(table, /add rule bridge ambit forward meta l4proto tcp ip6 daddr @pods6 drop comment "ambit:[0-9a-f]{12}"\n/);
-  t.notMatch(table, 'add element', 'no members without pods');
-  t.match(buildBridgeTable('', { ipv6Pods: ['fd00::2', 'fd00::3'] }), 'add element bridge ambit pods6 { fd00::2, fd00::3 }\n', 'a rewrite keeps the members');
-  t.match(table, /add set bridge ambit bound4 \{ type ipv4_addr; \}\nadd set bridge ambit ports4 \{ type ipv4_addr \. ifname; \}\n/, 'the sets of the source binding');
-  t.match(
-    table,
-    /add rule bridge ambit prerouting meta l4proto tcp ip saddr @bound4 ip saddr \. iifname != @ports4 counter drop comment "ambit:[0-9a-f]{12}"\nadd rule bridge ambit prerouting meta mark/,
-    'the source check comes first in prerouting',
+  const commands = ambitCommands(t, table);
+  t.same(
+    commands.slice(0, 3).map((command) => `${command.verb} ${command.object}`),
+    ['add table', 'delete table', 'add table'],
+    'replaced in one transaction: declared (so the delete cannot fail), deleted, made again',
   );
+  const sets = commands.flatMap((command) => (command.object === 'set' ? [[command.name, command.type]] : []));
+  sameSet(t, sets, [['pods6', 'ipv6_addr'], ['bound4', 'ipv4_addr'], ['ports4', 'ipv4_addr . ifname'], ['ports6', 'ifname']], 'the set of enrolled IPv6 addresses and those of the source binding');
+  const chains = commands.flatMap((command) => (command.object === 'chain' ? [command] : []));
+  sameSet(
+    t,
+    chains.map(({ name, type, hook, priority, policy }) => ({ name, type, hook, priority, policy })),
+    ['prerouting', 'forward', 'input'].map((name) => ({ name, type: 'filter', hook: name, priority: 100, policy: 'accept' })),
+    'three filter chains at their hooks, after br_netfilter, accepting by default',
+  );
+  const lastSet = Math.max(...commands.map((command, index) => (command.object === 'set' ? index : -1)));
+  const misplaced = commands.flatMap((command, index) => {
+    if (command.object !== 'rule') return [];
+    const chainAt = commands.findIndex((other) => other.object === 'chain' && other.name === command.chain);
+    return chainAt === -1 || chainAt > index || index < lastSet || !TAG.test(command.comment ?? '') ? [command.chain] : [];
+  });
+  t.same(misplaced, [], 'every rule comes after its chain and the sets it uses, tagged with its digest');
+  t.same(rulesOf(commands, 'prerouting').map(statements), [BRIDGE_SOURCE_CHECK, TRANSPARENT_REPLY], 'prerouting: the source check first, then the transparent reply');
+  sameSet(
+    t,
+    rulesOf(commands, 'forward').map(statements),
+    [['meta l4proto tcp', 'ip6 saddr @pods6', 'drop'].sort(), ['meta l4proto tcp', 'ip6 daddr @pods6', 'drop'].sort(), IPV6_BY_PORT('iifname'), IPV6_BY_PORT('oifname')],
+    'forward: IPv6 TCP of enrolled pods by address both ways, and by bridge port both ways',
+  );
+  t.same(rulesOf(commands, 'input').map(statements), [[...IPV6_BY_PORT('iifname'), 'tcp flags & (syn | ack) syn'].sort()], 'input: a bound pod\'s IPv6 SYN to the node');
+  t.same(statements(parseNftRule('prerouting', buildBridgeRule())), TRANSPARENT_REPLY, 'buildBridgeRule is the transparent reply');
+  t.equal(parseNftRule('prerouting', buildBridgeRule()).comment, rulesOf(commands, 'prerouting')[1]?.comment, 'with the tag the table gives it');
+  t.same(commands.filter((command) => command.object === 'element'), [], 'no members without pods');
+
+  const elements = (batch: string) => Object.fromEntries(parseNftBatch(batch).flatMap((command) => (command.object === 'element' ? [[command.name, command.elements]] : [])));
+  t.same(elements(buildBridgeTable('', { ipv6Pods: ['fd00::2', 'fd00::3'] })), { pods6: ['fd00::2', 'fd00::3'] }, 'a rewrite keeps the members');
   const bindings = [
     { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
     { ip: '10.1.0.3', iface: 'veth2' },
   ];
-  const withBindings = buildBridgeTable('', { bindings });
-  t.match(withBindings, 'add element bridge ambit bound4 { 10.1.0.2, 10.1.0.3 }\n', 'every bound address, the routed one too');
-  t.match(withBindings, 'add element bridge ambit ports4 { 10.1.0.2 . "veth1" }\n', 'only bridge ports have a port pair');
-  const [tag, transparentTag] = [...table.matchAll(/prerouting .*comment "([^"]+)"/g)].map((match) => match[1]);
-  t.match(buildBridgeRule(), `comment "${transparentTag}"`);
-  t.match(withBindings, 'add element bridge ambit ports6 { "veth1" }\n', 'the bridge ports of bound pods, whose IPv6 TCP is dropped whatever the address');
-  t.match(table, /add set bridge ambit ports6 \{ type ifname; \}\n/);
-  t.match(table, /add rule bridge ambit forward meta protocol ip6 meta l4proto tcp iifname @ports6 drop comment "ambit:[0-9a-f]{12}"\n/);
-  t.match(table, /add rule bridge ambit forward meta protocol ip6 meta l4proto tcp oifname @ports6 drop comment "ambit:[0-9a-f]{12}"\n/);
-  t.match(table, /add chain bridge ambit input \{ type filter hook input priority 100; policy accept; \}\n/);
-  t.match(table, /add rule bridge ambit input meta protocol ip6 meta l4proto tcp iifname @ports6 tcp flags & \(syn \| ack\) == syn drop comment "ambit:[0-9a-f]{12}"\n/);
-  const forwardTags = [...table.matchAll(/forward .*comment "([^"]+)"/g)].map((match) => match[1]);
-  const inputTags = [...table.matchAll(/ambit input .*comment "([^"]+)"/g)].map((match) => match[1]);
-  const sets = [
+  t.same(
+    elements(buildBridgeTable('', { bindings })),
+    { bound4: ['10.1.0.2', '10.1.0.3'], ports4: ['10.1.0.2 . "veth1"'], ports6: ['"veth1"'] },
+    'every bound address, the routed one too; only bridge ports have a port pair, and their IPv6 TCP is dropped whatever the address',
+  );
+
+  const tags = (chain: string) => rulesOf(commands, chain).map((rule) => rule.comment ?? '');
+  const [tag, transparentTag] = tags('prerouting');
+  const bridgeSets = [
     { name: 'pods6', type: 'ipv6_addr' },
     { name: 'bound4', type: 'ipv4_addr' },
     { name: 'ports4', type: ['ipv4_addr', 'ifname'] },
@@ -297,13 +569,13 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
         { metainfo: { version: '1.0.6' } },
         { table: { family: 'bridge', name: 'nat', handle: 1 } },
         { table: { family: 'bridge', name: 'ambit', handle: 2 } },
-        ...sets.slice(set ? 0 : 1).map((entry, index) => ({ set: { family: 'bridge', table: 'ambit', ...entry, handle: 10 + index } })),
+        ...bridgeSets.slice(set ? 0 : 1).map((entry, index) => ({ set: { family: 'bridge', table: 'ambit', ...entry, handle: 10 + index } })),
         { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy: 'accept' } },
         { chain: { family: 'bridge', table: 'ambit', name: 'forward', type: 'filter', hook: 'forward', prio: 100, policy: 'accept' } },
         ...(comment === undefined ? [] : [comment, transparentTag].map((c, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4 + index, comment: c, expr: [] } }))),
-        ...forwardTags.map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
+        ...tags('forward').map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
         { chain: { family: 'bridge', table: 'ambit', name: 'input', type: 'filter', hook: 'input', prio: 100, policy: 'accept' } },
-        ...inputTags.map((inputTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'input', handle: 20 + index, comment: inputTag, expr: [] } })),
+        ...tags('input').map((inputTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'input', handle: 20 + index, comment: inputTag, expr: [] } })),
       ],
     });
   t.equal(buildBridgeTable(ruleset(tag)), '', 'in place: nothing to do');
@@ -311,52 +583,40 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
   t.equal(buildBridgeTable(ruleset(undefined)), table, 'a flushed chain: rewritten');
   t.equal(buildBridgeTable(ruleset('ambit:000000000000')), table, 'an older rule: rewritten');
   t.equal(buildBridgeTable(ruleset(tag, 0)), table, 'a chain at another priority: rewritten');
-  t.equal(buildBridgeTableRemoval(ruleset(tag)), 'delete table bridge ambit\n');
+  t.same(
+    parseNftBatch(buildBridgeTableRemoval(ruleset(tag))).map((command) => `${command.verb} ${command.object} ${command.family} ${command.table}`),
+    ['delete table bridge ambit'],
+    'removal deletes the table, sets and chains with it',
+  );
   t.equal(buildBridgeTableRemoval(JSON.stringify({ nftables: [{ table: { family: 'bridge', name: 'nat' } }] })), '', 'someone else\'s table stays');
 });
 
 t.test('buildIpsetSync', async (t) => {
-  t.equal(
-    buildIpsetSync(['10.1.0.4', '10.1.0.5']),
-    [
-      'create ambit-pods-v4 hash:ip family inet -exist',
-      'create ambit-pods-v4-tmp hash:ip family inet -exist',
-      'flush ambit-pods-v4-tmp',
-      'add ambit-pods-v4-tmp 10.1.0.4',
-      'add ambit-pods-v4-tmp 10.1.0.5',
-      'swap ambit-pods-v4-tmp ambit-pods-v4',
-      'destroy ambit-pods-v4-tmp',
-      '',
-    ].join('\n'),
+  t.same(
+    setSwap(buildIpsetSync(['10.1.0.4', '10.1.0.5']), 'ambit-pods-v4').swap,
+    { type: 'hash:ip', family: 'inet', members: ['10.1.0.4', '10.1.0.5'], swapped: true },
+    'the members go into a temporary set of the same kind, which is swapped in atomically and destroyed',
   );
-  t.notMatch(buildIpsetSync([]), /^add /m, 'an empty list empties the set');
+  const empty = setSwap(buildIpsetSync([]), 'ambit-pods-v4').swap;
+  t.same([empty.members, empty.swapped], [[], true], 'an empty list empties the set');
 });
 
 t.test('source binding: the raw chain, its sets, and which interface an address is bound to', async (t) => {
-  const batch = buildSourceCheckRules('');
-  t.equal(
-    batch,
-    [
-      '*raw',
-      ':AMBIT-SOURCE-CHECK - [0:0]',
-      '-A AMBIT-SOURCE-CHECK ! -i lo -p tcp -m set --match-set ambit-pods-bound-v4 src -m set ! --match-set ambit-pod-ports-v4 src,src -j DROP',
-      '-I PREROUTING 1 -j AMBIT-SOURCE-CHECK',
-      'COMMIT',
-      '',
-    ].join('\n'),
-  );
-  const inPlace = ['*raw', ':PREROUTING ACCEPT [0:0]', ':OUTPUT ACCEPT [0:0]', ':AMBIT-SOURCE-CHECK - [0:0]', '-A PREROUTING -j AMBIT-SOURCE-CHECK', ...buildSourceCheckChainRules(), 'COMMIT', ''].join('\n');
-  t.equal(buildSourceCheckRules(inPlace), '', 'in place: nothing to do');
-  t.match(buildSourceCheckRemoval(inPlace), /-D PREROUTING -j AMBIT-SOURCE-CHECK\n-F AMBIT-SOURCE-CHECK\n-X AMBIT-SOURCE-CHECK\n/);
+  const fresh = buildSourceCheckRules('');
+  assertFreshChain(t, onlySection(t, fresh, 'raw'), 'AMBIT-SOURCE-CHECK', ['PREROUTING'], [SOURCE_CHECK]);
+  const inPlace = installedDump(fresh);
+  t.equal(buildSourceCheckRules(inPlace), '', 'an in-place dump yields an empty batch');
+  assertRemoval(t, onlySection(t, buildSourceCheckRemoval(inPlace), 'raw'), 'AMBIT-SOURCE-CHECK', ['-D PREROUTING [] -j AMBIT-SOURCE-CHECK']);
 
   const sync = buildSourceBindingSync([
     { ip: '10.1.0.2', iface: 'veth1', bridge: 'cni0' },
     { ip: '10.1.0.3', iface: 'veth2' },
   ]);
-  t.match(sync, /^create ambit-pod-ports-v4 hash:net,iface family inet -exist\n/, 'the pairs first');
-  t.match(sync, 'add ambit-pod-ports-v4-tmp 10.1.0.2,cni0\nadd ambit-pod-ports-v4-tmp 10.1.0.3,veth2\n', 'a bridge port as iptables sees it: its bridge');
-  t.match(sync, 'add ambit-pods-bound-v4-tmp 10.1.0.2\nadd ambit-pods-bound-v4-tmp 10.1.0.3\nswap ambit-pods-bound-v4-tmp ambit-pods-bound-v4\n');
-  t.ok(sync.indexOf('swap ambit-pod-ports-v4-tmp') < sync.indexOf('swap ambit-pods-bound-v4-tmp'), 'an address is never bound before its pair exists');
+  const ports = setSwap(sync, 'ambit-pod-ports-v4');
+  const bound = setSwap(sync, 'ambit-pods-bound-v4');
+  t.same(ports.swap, { type: 'hash:net,iface', family: 'inet', members: ['10.1.0.2,cni0', '10.1.0.3,veth2'], swapped: true }, 'a bridge port\'s pair names its bridge, as iptables sees it');
+  t.same(bound.swap, { type: 'hash:ip', family: 'inet', members: ['10.1.0.2', '10.1.0.3'], swapped: true }, 'every bound address');
+  t.ok(ports.swapAt < bound.swapAt, 'an address is never bound before its pair exists');
 
   const links = [{ ifname: 'lo' }, { ifname: 'cni0' }, { ifname: 'veth1', master: 'cni0' }, { ifname: 'veth2' }, { ifname: 'veth3' }];
   t.same(
@@ -383,7 +643,7 @@ t.test('source binding: the raw chain, its sets, and which interface an address 
 });
 
 t.test('backend choice', async (t) => {
-  t.equal(countRules(natDump(['X'], ['-A PREROUTING -j X', '-A X -j ACCEPT'])), 2);
+  t.equal(countRules(saveDump('nat', ['X'], ['-A PREROUTING -j X', '-A X -j ACCEPT'])), 2);
   t.equal(chooseIptablesBackend({ legacy: 3, nft: 2 }), 'legacy', 'legacy with more rules');
   t.equal(chooseIptablesBackend({ legacy: 2, nft: 2 }), 'nft', 'nft on a tie');
   t.equal(chooseIptablesBackend({ legacy: 0, nft: 0 }), 'nft', 'nft on an empty node');
@@ -409,8 +669,31 @@ t.test('options are validated', async (t) => {
   t.equal(new RedirectRules({ nodeIp: NODE_IP, backend: 'legacy' }).backend, 'legacy', 'a forced backend is known at once');
   t.equal(new RedirectRules({ nodeIp: NODE_IP }).backend, undefined, "'auto' is unknown until detected");
 });
-
 // ---- root: real namespaces ------------------------------------------------------------------------------------
+
+// Ambit's rules as iptables-save prints them back from the kernel: what the root tests find in a namespace.
+const JUMP = '-A PREROUTING -j AMBIT-PREROUTING';
+const OUTBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -j DNAT --to-destination ${NODE_IP}:15001`;
+const INBOUND_RULE = `-A AMBIT-PREROUTING -p tcp -m set --match-set ambit-pods-v4 dst -j DNAT --to-destination ${NODE_IP}:15006`;
+const MANGLE_JUMP = '-A PREROUTING -j AMBIT-MANGLE-PREROUTING';
+const MARK_RULE =
+  '-A AMBIT-MANGLE-PREROUTING -p tcp -m set --match-set ambit-pods-v4 src -m socket --transparent --nowildcard -j MARK --set-xmark 0x2000/0x2000';
+const CONNMARK_RESTORE_RULE = '-A AMBIT-MANGLE-PREROUTING -p tcp -m connmark --mark 0x2000/0x2000 -j MARK --set-xmark 0x2000/0x2000';
+const MANGLE_OUTPUT_JUMP = '-A OUTPUT -j AMBIT-MANGLE-OUTPUT';
+const CONNMARK_SET_RULE =
+  '-A AMBIT-MANGLE-OUTPUT -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m set --match-set ambit-pods-v4 src -j CONNMARK --set-xmark 0x2000/0x2000';
+const LOCAL_REPLY_RULE = '-A AMBIT-MANGLE-OUTPUT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctdir REPLY -j MARK --set-xmark 0x2000/0x2000';
+/** Ambit's mangle rules as iptables-save prints them: the builtin chains' jumps, then its own chains (in either order). */
+const MANGLE_RULES = [MANGLE_JUMP, MANGLE_OUTPUT_JUMP, MARK_RULE, CONNMARK_RESTORE_RULE, CONNMARK_SET_RULE, LOCAL_REPLY_RULE];
+const IPV6_INPUT_JUMP = '-A INPUT -j AMBIT-IPV6-REJECT';
+const IPV6_FORWARD_JUMP = '-A FORWARD -j AMBIT-IPV6-REJECT';
+const IPV6_REJECT_RULES = [
+  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 dst -j REJECT --reject-with tcp-reset',
+  '-A AMBIT-IPV6-REJECT -p tcp -m set --match-set ambit-pods-v6 src -m conntrack --ctdir ORIGINAL -j REJECT --reject-with tcp-reset',
+];
+const LOCAL_DNAT_JUMP = '-A OUTPUT -j AMBIT-LOCAL-DNAT';
+const LOCAL_DNAT_RULE =
+  '-A AMBIT-LOCAL-DNAT -p tcp -m connmark --mark 0x2000/0x2000 -m conntrack --ctstate DNAT --ctdir ORIGINAL -m set --match-set ambit-pods-v4 dst -j REJECT --reject-with tcp-reset';
 
 function inNetns(netns: string, argv: string[], options: { input?: string } = {}) {
   return execa('ip', ['netns', 'exec', netns, ...argv], { input: options.input ?? '' });
