@@ -563,14 +563,14 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
     { name: 'ports4', type: ['ipv4_addr', 'ifname'] },
     { name: 'ports6', type: 'ifname' },
   ];
-  const ruleset = (comment: string | undefined, prio = 100, set = true) =>
+  const ruleset = (comment: string | undefined, prio = 100, set = true, policy = 'accept') =>
     JSON.stringify({
       nftables: [
         { metainfo: { version: '1.0.6' } },
         { table: { family: 'bridge', name: 'nat', handle: 1 } },
         { table: { family: 'bridge', name: 'ambit', handle: 2 } },
         ...bridgeSets.slice(set ? 0 : 1).map((entry, index) => ({ set: { family: 'bridge', table: 'ambit', ...entry, handle: 10 + index } })),
-        { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy: 'accept' } },
+        { chain: { family: 'bridge', table: 'ambit', name: 'prerouting', type: 'filter', hook: 'prerouting', prio, policy } },
         { chain: { family: 'bridge', table: 'ambit', name: 'forward', type: 'filter', hook: 'forward', prio: 100, policy: 'accept' } },
         ...(comment === undefined ? [] : [comment, transparentTag].map((c, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'prerouting', handle: 4 + index, comment: c, expr: [] } }))),
         ...tags('forward').map((forwardTag, index) => ({ rule: { family: 'bridge', table: 'ambit', chain: 'forward', handle: 5 + index, comment: forwardTag, expr: [] } })),
@@ -583,6 +583,7 @@ t.test('bridge fdb entries and the bridge table', async (t) => {
   t.equal(buildBridgeTable(ruleset(undefined)), table, 'a flushed chain: rewritten');
   t.equal(buildBridgeTable(ruleset('ambit:000000000000')), table, 'an older rule: rewritten');
   t.equal(buildBridgeTable(ruleset(tag, 0)), table, 'a chain at another priority: rewritten');
+  t.equal(buildBridgeTable(ruleset(tag, 100, true, 'drop')), table, 'a chain whose policy someone set to drop: rewritten');
   t.same(
     parseNftBatch(buildBridgeTableRemoval(ruleset(tag))).map((command) => `${command.verb} ${command.object} ${command.family} ${command.table}`),
     ['delete table bridge ambit'],

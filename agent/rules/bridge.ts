@@ -167,7 +167,7 @@ export function buildBridgeTableRemoval(currentRuleset: string): string {
 
 interface NftTableState {
   exists: boolean;
-  chains: Array<{ name?: string; type?: string | string[]; hook?: string; prio?: number }>;
+  chains: Array<{ name?: string; type?: string | string[]; hook?: string; prio?: number; policy?: string }>;
   rules: Array<{ chain?: string; comment?: string }>;
   sets: Array<{ name?: string; type?: string | string[] }>;
 }
@@ -199,6 +199,7 @@ interface NftObject {
   type?: string | string[];
   hook?: string;
   prio?: number;
+  policy?: string;
   comment?: string;
 }
 
@@ -213,7 +214,8 @@ function bridgeTableIsCurrent(rulesetJson: string): boolean {
     BRIDGE_CHAINS.every(({ name, rules }) => {
       const chain = state.chains.find((candidate) => candidate.name === name);
       const tags = state.rules.filter((rule) => rule.chain === name).map((rule) => rule.comment ?? '');
-      return chain?.type === 'filter' && chain.hook === name && chain.prio === AMBIT_BRIDGE_CHAIN_PRIORITY && sameLines(tags, rules.map(ruleTag));
+      // a chain set to `policy drop` by hand would cut every bridge off: it is not Ambit's, so it is rewritten
+      return chain?.type === 'filter' && chain.hook === name && chain.prio === AMBIT_BRIDGE_CHAIN_PRIORITY && chain.policy === 'accept' && sameLines(tags, rules.map(ruleTag));
     });
   const setCurrent =
     state.sets.length === BRIDGE_SETS.length &&
