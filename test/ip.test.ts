@@ -18,6 +18,18 @@ t.test('canonical text: as Node reports socket addresses', async (t) => {
   t.equal(canonicalIp('::1'), '::1');
 });
 
+t.test('parsed addresses are remembered, and the memory is bounded without changing an answer', async (t) => {
+  t.equal(parseIp('::ffff:10.9.0.1')?.toString(), '10.9.0.1', 'first parse');
+  t.equal(parseIp('::ffff:10.9.0.1')?.toString(), '10.9.0.1', 'remembered: the same answer');
+  // more distinct addresses than the memory holds: it is emptied on the way, and every answer stays right
+  for (let i = 1; i <= 5000; i++) {
+    const text = `fd00::${i.toString(16)}`;
+    if (parseIp(text)?.toString() !== text) t.fail(`${text} parsed as ${String(parseIp(text))}`);
+  }
+  t.equal(parseIp('::ffff:10.9.0.1')?.toString(), '10.9.0.1', 'after the memory was emptied');
+  t.equal(parseIp('not-an-ip'), undefined, 'what is no address is not remembered as one');
+});
+
 t.test('IPv4-mapped IPv6 is the IPv4 address, in every spelling', async (t) => {
   for (const text of ['::ffff:10.0.0.1', '::FFFF:10.0.0.1', '::ffff:a00:1', '0:0:0:0:0:ffff:10.0.0.1', '0:0:0:0:0:ffff:0a00:0001']) {
     t.equal(canonicalIp(text), '10.0.0.1', text);

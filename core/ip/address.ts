@@ -19,9 +19,24 @@ const PREFIX_BITS = /^(0|[1-9][0-9]{0,2})$/;
  * peer's address here. A socket may report an IPv4 peer as ::ffff:a.b.c.d: it is the same peer as a.b.c.d.
  */
 export function parseIp(text: string): IpAddress | undefined {
-  const address = parseAsWritten(text);
-  return address !== undefined && isMapped(address) ? address.toIPv4Address() : address;
+  const cached = PARSED.get(text);
+  if (cached !== undefined) return cached;
+  const written = parseAsWritten(text);
+  const address = written !== undefined && isMapped(written) ? written.toIPv4Address() : written;
+  if (address === undefined) return undefined;
+  if (PARSED.size >= PARSED_MAX) PARSED.clear();
+  PARSED.set(text, address);
+  return address;
 }
+
+/**
+ * Addresses parsed lately, by text. Every connection's decision parses its two addresses, and a node's connections
+ * come from and go to few of them (its pods, their peers); ipaddr.js's parse (two regexes, objects, for a dotted IPv6
+ * a URL) cost a policy decision 2-3x its time. Bounded: emptied when full. What it holds is never mutated: callers
+ * only read parsed addresses.
+ */
+const PARSED = new Map<string, IpAddress>();
+const PARSED_MAX = 4096;
 
 /** The address as written: IPv4-mapped IPv6 stays IPv6. */
 function parseAsWritten(text: string): IpAddress | undefined {
