@@ -15,6 +15,13 @@ const HEAVY = '(^|/)node_modules/(pino|prom-client|node-forge|@kubernetes/client
 module.exports = {
   forbidden: [
     {
+      name: 'core-has-no-loose-files',
+      severity: 'error',
+      comment: 'Each concern of core/ is a folder with its own index.ts; a file directly in core/ would be reachable around every index.',
+      from: {},
+      to: { path: '^core/[^/]+$' },
+    },
+    {
       name: 'no-circular',
       severity: 'error',
       comment: 'No import cycles.',
@@ -60,6 +67,13 @@ module.exports = {
       comment: "Nothing the plugin's entry reaches may load pino, prom-client, node-forge or another heavy package.",
       from: { path: '^cni/main\\.ts$' },
       to: { path: HEAVY, reachable: true },
+    },
+    {
+      name: 'cni-imports-no-heavy-package',
+      severity: 'error',
+      comment: 'No file of cni/ but the installer and the build script imports a heavy package, reached from the entry or not (yet).',
+      from: { path: '^cni/', pathNot: '^cni/(installer|sea-build)\\.ts$' },
+      to: { path: HEAVY },
     },
     {
       name: 'cli-imports-public-surfaces',
