@@ -29,7 +29,7 @@
 import path from 'node:path';
 import { AmbitError } from '../core/errors/index.js';
 import { canonicalIp, parseCidr } from '../core/ip/index.js';
-import { namespaceEnrollment } from '../core/discovery/enrollment.js';
+import { namespaceEnrollment } from '../core/enrollment/index.js';
 import {
   CNI_PROTOCOL_VERSION,
   DEFAULT_CNI_SOCKET,

@@ -1,8 +1,8 @@
 export * from './types.js';
 export { canonicalIp } from '../ip/index.js';
 export { convertObject, describe, InvalidObjectError, ObjectReader, CLUSTER_DOMAIN } from './convert.js';
-export { DEFAULT_ROOT_NAMESPACE } from './root-namespace.js';
 export {
+  DEFAULT_ROOT_NAMESPACE,
   enrollmentLabel,
   isNamespaceEnrolled,
   isPodOptedOut,
@@ -11,7 +11,7 @@ export {
   podExclusion,
   type NamespaceEnrollment,
   type PodExclusion,
-} from './enrollment.js';
+} from '../enrollment/index.js';
 export { selectorMatches } from './selector.js';
 export { parseManifests } from './manifest-file.js';
 export { WorkloadStore, type ReadonlyWorkloadStore, type WorkloadStoreOptions, type StoreDump, type DumpedEndpoint, type ServiceRef } from './store.js';

@@ -1,9 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { isIP } from 'node:net';
 import { silentLogger, type Logger } from '../log/index.js';
-import { DEFAULT_ROOT_NAMESPACE } from './root-namespace.js';
 import { canonicalIp } from '../ip/index.js';
-import { isWorkloadEnrolled } from './enrollment.js';
+import { DEFAULT_ROOT_NAMESPACE, isWorkloadEnrolled } from '../enrollment/index.js';
 import { selectorMatches } from './selector.js';
 import {
   ZONE_LABEL,

@@ -1,14 +1,12 @@
-/** Namespace label value `enabled` enrolls the namespace; pod label value `disabled` opts the pod out. */
-export const ENROLL_LABEL = 'ambit.dev/mode';
-/** Istio's ambient label, honoured both ways so a namespace can move between Istio and Ambit without relabelling. */
-export const ISTIO_DATAPLANE_LABEL = 'istio.io/dataplane-mode';
+export { ENROLL_LABEL, ISTIO_DATAPLANE_LABEL } from '../enrollment/index.js';
 
 /** The label that links an EndpointSlice to its Service (same namespace), as kube-proxy reads it. */
 export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 /** A Node's zone, which an EndpointSlice copies onto its endpoints. */
 export const ZONE_LABEL = 'topology.kubernetes.io/zone';
 
-export type Labels = Readonly<Record<string, string>>;
+import type { Labels } from '../enrollment/index.js';
+export type { Labels };
 
 export interface ContainerPort {
   readonly name?: string;

@@ -1,5 +1,11 @@
-// Imports only types.ts, which imports nothing: the CNI plugin's single executable bundles this file too.
-import { ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type Labels, type NamespaceInfo } from './types.js';
+// Imports only labels.ts, which imports nothing: the CNI plugin's single executable bundles this folder.
+import { ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type Labels } from './labels.js';
+
+/** What the rule reads of a Namespace (core/discovery's EnrollmentNamespace is one). */
+export interface EnrollmentNamespace {
+  readonly name: string;
+  readonly labels: Labels;
+}
 
 /**
  * Where a namespace stands with the mesh: the mesh's own (`--root-namespace`: its pods, the controller and
@@ -9,7 +15,7 @@ import { ENROLL_LABEL, ISTIO_DATAPLANE_LABEL, type Labels, type NamespaceInfo } 
  */
 export type NamespaceEnrollment = 'root' | 'unknown' | 'enrolled' | 'not-labelled';
 
-export function namespaceEnrollment(name: string, namespace: NamespaceInfo | undefined, rootNamespace: string): NamespaceEnrollment {
+export function namespaceEnrollment(name: string, namespace: EnrollmentNamespace | undefined, rootNamespace: string): NamespaceEnrollment {
   if (name === rootNamespace) return 'root';
   if (namespace === undefined) return 'unknown';
   return enrollmentLabel(namespace.labels) === undefined ? 'not-labelled' : 'enrolled';
@@ -22,7 +28,7 @@ export function enrollmentLabel(namespaceLabels: Labels): string | undefined {
   return undefined;
 }
 
-export function isNamespaceEnrolled(namespace: NamespaceInfo | undefined, rootNamespace: string): boolean {
+export function isNamespaceEnrolled(namespace: EnrollmentNamespace | undefined, rootNamespace: string): boolean {
   return namespace !== undefined && namespaceEnrollment(namespace.name, namespace, rootNamespace) === 'enrolled';
 }
 
@@ -51,7 +57,7 @@ export function podExclusion(pod: { readonly labels: Labels; readonly hostNetwor
 
 /** A pod whose namespace object is unknown is left alone rather than guessed into the mesh. */
 export function isWorkloadEnrolled(
-  namespace: NamespaceInfo | undefined,
+  namespace: EnrollmentNamespace | undefined,
   pod: { readonly labels: Labels; readonly hostNetwork: boolean },
   rootNamespace: string,
 ): boolean {
