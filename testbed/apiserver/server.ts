@@ -38,6 +38,11 @@ export interface ApiServerOptions {
   /** Bookmarks and `timeoutSeconds` run on it; tests pass one they move by hand. */
   timer?: SetTimer;
   expiredWatchAnswer?: ExpiredWatchAnswer;
+  /**
+   * false: serve as a server with its watch cache disabled, whose `resourceVersion=0` lists honour `limit` and come
+   * in pages (the case client-go's pager is for); default true, whose RV=0 lists ignore `limit`, as the watch cache.
+   */
+  watchCache?: boolean;
   /** One debug line per request. */
   log?: Logger;
 }
@@ -45,6 +50,11 @@ export interface ApiServerOptions {
 export interface ApiServerEvents {
   /** A watch stream opened; tests wait on it instead of sleeping. */
   watch: [resource: string];
+  /**
+   * An authenticated request, before it is served: tests read what a client sent (its selectors, its continue
+   * token) and may change the double's state in between, as a compaction between two pages of a list.
+   */
+  request: [method: string, path: string, query: URLSearchParams];
 }
 
 /** What a test does to a kind directly, without a client: set up objects, change a pod's status, delete. */
@@ -85,6 +95,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #log: Logger | undefined;
   readonly #controller: EndpointSliceController;
   #expiredWatchAnswer: ExpiredWatchAnswer;
+  readonly #watchCache: boolean;
   #refuseWatches = false;
   #url = '';
 
@@ -95,6 +106,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.#timer = options.timer ?? realTimer;
     this.#bookmarkIntervalMs = options.bookmarkIntervalMs ?? DEFAULT_BOOKMARK_INTERVAL_MS;
     this.#expiredWatchAnswer = options.expiredWatchAnswer ?? 'event';
+    this.#watchCache = options.watchCache ?? true;
     this.#log = options.log?.child({ component: 'apiserver-double' });
     this.#tls = generateServingTls();
     this.#server = createServer({ key: this.#tls.keyPem, cert: this.#tls.certPem }, (req, res) => this.#handle(req, res));
@@ -261,6 +273,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       return;
     }
     const path = url.pathname.replace(/\/+$/, '') || '/';
+    this.emit('request', method, path, url.searchParams);
     if (method === 'POST' && path === TOKEN_REVIEW_PATH) {
       sendJson(res, 201, this.#tokens.review(asObject(await readJson(req))));
       return;
@@ -374,7 +387,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       items = this.#store.list(route.type, route.namespace).filter((o) => labels.matches(labelsOf(o)) && fields.matches(o));
     }
     // resourceVersion=0 is served from the watch cache, which ignores limit, as the real server's.
-    const pageSize = rvParam === '0' || limit === undefined || limit === 0 ? items.length : limit;
+    const pageSize = (rvParam === '0' && this.#watchCache) || limit === undefined || limit === 0 ? items.length : limit;
     const page = items.slice(offset, offset + pageSize);
     const metadata: JsonObject = { resourceVersion: String(rv) };
     if (offset + pageSize < items.length) {
