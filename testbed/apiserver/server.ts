@@ -206,9 +206,16 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     return this.#watches.size;
   }
 
-  /** Sends every open watch an ERROR event with a 410 Expired Status, then closes it. */
-  expireWatches(): void {
-    for (const watch of [...this.#watches]) watch.fail(expired('too old resource version: the watch cache was reset'));
+  /**
+   * Sends every open watch an ERROR event with a 410 Expired Status, then closes it; with `keepOpen`, leaves the
+   * stream open after the event, so a test sees that the client ends it rather than wait for the server.
+   */
+  expireWatches(options: { keepOpen?: boolean } = {}): void {
+    const status = expired('too old resource version: the watch cache was reset');
+    for (const watch of [...this.#watches]) {
+      if (options.keepOpen === true) watch.sendError(status);
+      else watch.fail(status);
+    }
   }
 
   /** A BOOKMARK now to every watch that allowed them. */

@@ -82,8 +82,13 @@ export class WatchStream {
 
   /** An ERROR event with `status` (410 Expired for the reflector), then the end of the stream, as the real server. */
   fail(status: StatusError): void {
-    this.#send('ERROR', status.toStatus());
+    this.sendError(status);
     this.close();
+  }
+
+  /** An ERROR event with `status`, the stream left open. */
+  sendError(status: StatusError): void {
+    this.#send('ERROR', status.toStatus());
   }
 
   /** Keeps the connection open but sends nothing more: a watch that hangs without an error. */
