@@ -244,6 +244,18 @@ t.test('a 410 on a continue token lists again from the first page; the consumer 
   t.equal(await h.metric('ambit_k8s_relists_total', { kind: 'Pod', reason: 'expired' }), 1);
 });
 
+t.test('a server that expires every continue token is retried with a backoff, not in a loop', TEST_TIMEOUT, async (t) => {
+  const h = await setup(t, { server: { watchCache: false }, reflector: { pageSize: 2 } });
+  h.server.on('request', (_method, _path, query) => {
+    if (query.has('continue')) h.server.compact();
+  });
+  for (const name of ['a', 'b', 'c']) h.pods.create(pod(name));
+  h.reflector.start();
+  await h.clock.backoff(1);
+  t.same(h.lists().map((r) => r.query.has('continue')), [false, true, false, true], 'the first expiry lists again at once, the second waits');
+  t.same(h.consumer.calls, [], 'nothing handed on');
+});
+
 t.test('bookmarks move the position; a watch the server closes resumes from it without a list', TEST_TIMEOUT, async (t) => {
   const h = await watchingPastAnEvent(t);
   h.server.objects('v1', 'configmaps').create({ metadata: { name: 'other', namespace: 'demo' } });

@@ -181,8 +181,10 @@ export class Reflector {
     } catch (err) {
       if (this.#stop.signal.aborted) return undefined;
       if (isAmbitError(err, 'K8S_CONTINUE_EXPIRED')) {
-        this.#log.info({ reason: err.code }, 'list pages expired (410 on continue), listing again from the first page');
-        return { list: 'expired', delayMs: 0 };
+        // At once, unless this list was itself a retry for a 410: a server that expires every token gets a backoff.
+        const delayMs = reason === 'expired' ? this.#backoff.failed(this.#now()) : 0;
+        this.#log.info({ reason: err.code, retryInMs: delayMs }, 'list pages expired (410 on continue), listing again from the first page');
+        return { list: 'expired', delayMs };
       }
       const delayMs = this.#backoff.failed(this.#now());
       this.#logFailure('list failed', err, delayMs);
