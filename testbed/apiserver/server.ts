@@ -45,6 +45,8 @@ export interface ApiServerOptions {
 export interface ApiServerEvents {
   /** A watch stream opened; tests wait on it instead of sleeping. */
   watch: [resource: string];
+  /** A watch stream ended, by either side. */
+  watchClosed: [resource: string];
 }
 
 /** What a test does to a kind directly, without a client: set up objects, change a pod's status, delete. */
@@ -227,6 +229,11 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   /** Resolves once at least `count` watches are open. */
   async waitForWatches(count: number): Promise<void> {
     while (this.#watches.size < count) await once(this, 'watch');
+  }
+
+  /** Resolves once every watch has ended (a client that went away is seen when its connection closes). */
+  async waitForNoWatches(): Promise<void> {
+    while (this.#watches.size > 0) await once(this, 'watchClosed');
   }
 
   async close(): Promise<void> {
@@ -415,7 +422,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       timeoutMs: timeoutSeconds === undefined || timeoutSeconds === 0 ? undefined : timeoutSeconds * 1000,
       timer: this.#timer,
       currentRv: () => this.#store.resourceVersion,
-      onClose: () => this.#watches.delete(stream),
+      onClose: () => {
+        if (this.#watches.delete(stream)) this.emit('watchClosed', route.type.resource);
+      },
     });
     if (tooOld !== undefined) {
       stream.fail(tooOld);
