@@ -2,6 +2,7 @@
 import t from 'tap';
 import { FakeTime } from './mesh/fake-time.js';
 import { pod, startDouble } from './mesh/apiserver-client.js';
+import { FieldSelector, LabelSelector } from '../testbed/apiserver/selectors.js';
 import { boundServiceAccountUser, MESH_CUSTOM_RESOURCES, POD_NAME_EXTRA, SERVICE_NAME_LABEL, sliceName, type JsonObject } from '../testbed/index.js';
 
 const PODS = '/api/v1/namespaces/default/pods';
@@ -273,4 +274,43 @@ t.test('the EndpointSlice of a Service follows its pods: IP, readiness, terminat
   pods.patch('other', { metadata: { labels: { unrelated: 'x' } } });
   server.objects('v1', 'services').delete('web');
   t.equal((await slices.next()).type, 'DELETED', 'the slice goes with the Service, and the unrelated pod change wrote nothing');
+});
+
+t.test('discovery: /version, /api, /api/v1 with short names, /apis and a custom group', async (t) => {
+  const { server, client } = await startDouble(t);
+  server.registerResource(MESH_CUSTOM_RESOURCES[0]!);
+  t.match((await client.get('/version')).body, { major: '1', gitVersion: /^v1\.(3[0-9])\./ });
+  t.match((await client.get('/api')).body, { kind: 'APIVersions', versions: ['v1'] });
+  const core = (await client.get('/api/v1')).body;
+  t.match(core, { kind: 'APIResourceList', groupVersion: 'v1' });
+  const pods = (core.resources as JsonObject[]).find((r) => r.name === 'pods');
+  t.match(pods, { kind: 'Pod', namespaced: true, singularName: 'pod', shortNames: ['po'], verbs: ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch'] });
+  t.match((core.resources as JsonObject[]).find((r) => r.name === 'namespaces'), { namespaced: false, shortNames: ['ns'] });
+  const groups = ((await client.get('/apis')).body.groups as JsonObject[]).map((g) => g.name);
+  t.same(groups.sort(), ['coordination.k8s.io', 'discovery.k8s.io', 'security.ambit.dev']);
+  t.match((await client.get('/apis/security.ambit.dev/v1')).body, { groupVersion: 'security.ambit.dev/v1', resources: [{ name: 'authorizationpolicies', kind: 'AuthorizationPolicy' }] });
+  t.equal((await client.get('/openapi/v2')).status, 404);
+  t.equal((await client.get('/api/v1/namespaces/default/nodes')).status, 404, 'a cluster-scoped kind under a namespace');
+});
+
+t.test('label selector forms: =, ==, !=, in, notin, key, !key, and malformed terms', async (t) => {
+  const labels = { app: 'web', tier: 'front' };
+  const cases: [string, boolean][] = [
+    ['', true],
+    ['app=web', true],
+    ['app==web,tier=front', true],
+    ['app=web,app=api', false],
+    ['app!=web', false],
+    ['missing!=x', true],
+    ['app in (api, web)', true],
+    ['app notin (web)', false],
+    ['missing notin (web)', true],
+    ['tier', true],
+    ['!tier', false],
+    ['!missing', true],
+    ['app in (web),tier notin (back),!missing', true],
+  ];
+  for (const [selector, want] of cases) t.equal(LabelSelector.parse(selector).matches(labels), want, `"${selector}"`);
+  for (const bad of ['app in web', 'a b', 'app in (web', '-bad=x', 'app=a b']) t.throws(() => LabelSelector.parse(bad), { code: 400 }, `"${bad}" refused`);
+  t.throws(() => FieldSelector.parse('spec.nodeName=node1', 'Service'), { code: 400, message: /field label not supported: spec\.nodeName/ }, 'spec.nodeName is a pod field');
 });
