@@ -50,6 +50,8 @@ export interface ApiServerOptions {
 export interface ApiServerEvents {
   /** A watch stream opened; tests wait on it instead of sleeping. */
   watch: [resource: string];
+  /** A watch stream ended, by either side. */
+  watchClosed: [resource: string];
   /**
    * An authenticated request, before it is served: tests read what a client sent (its selectors, its continue
    * token) and may change the double's state in between, as a compaction between two pages of a list.
@@ -248,6 +250,11 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     while (this.#watches.size < count) await once(this, 'watch');
   }
 
+  /** Resolves once every watch has ended (a client that went away is seen when its connection closes). */
+  async waitForNoWatches(): Promise<void> {
+    while (this.#watches.size > 0) await once(this, 'watchClosed');
+  }
+
   async close(): Promise<void> {
     this.#controller.stop();
     for (const watch of [...this.#watches]) watch.close();
@@ -435,7 +442,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       timeoutMs: timeoutSeconds === undefined || timeoutSeconds === 0 ? undefined : timeoutSeconds * 1000,
       timer: this.#timer,
       currentRv: () => this.#store.resourceVersion,
-      onClose: () => this.#watches.delete(stream),
+      onClose: () => {
+        if (this.#watches.delete(stream)) this.emit('watchClosed', route.type.resource);
+      },
     });
     if (tooOld !== undefined) {
       stream.fail(tooOld);

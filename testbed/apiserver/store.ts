@@ -83,21 +83,7 @@ export class ObjectStore {
       throw new StatusError(409, 'AlreadyExists', `${resourceName(type)} "${name}" already exists`, { name, group: type.group, kind: type.resource });
     }
     const rv = this.#next();
-    const object: JsonObject = {
-      ...body,
-      apiVersion: apiVersionOf(type),
-      kind: type.kind,
-      metadata: {
-        ...meta,
-        name,
-        ...(type.namespaced ? { namespace } : {}),
-        uid: randomUUID(),
-        resourceVersion: String(rv),
-        generation: 1,
-        creationTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
-      },
-    };
-    if (!type.namespaced) delete child(object, 'metadata').namespace;
+    const object = stamped(type, namespace, name, body, { uid: randomUUID(), resourceVersion: String(rv), generation: 1, creationTimestamp: timestamp() });
     this.#put(type, namespace, name, object);
     this.#record({ type: 'ADDED', key: keyOf(type), rv, object });
     return object;
@@ -124,21 +110,13 @@ export class ObjectStore {
     if (str(meta.name) !== undefined && meta.name !== name) throw new StatusError(400, 'BadRequest', `the name of the object (${str(meta.name)}) does not match the name on the URL (${name})`);
     const rv = this.#next();
     const generation = typeof currentMeta.generation === 'number' ? currentMeta.generation : 1;
-    const object: JsonObject = {
-      ...body,
-      apiVersion: apiVersionOf(type),
-      kind: type.kind,
-      metadata: {
-        ...meta,
-        name,
-        ...(type.namespaced ? { namespace } : {}),
-        uid: currentMeta.uid ?? null,
-        creationTimestamp: currentMeta.creationTimestamp ?? null,
-        ...(currentMeta.deletionTimestamp !== undefined ? { deletionTimestamp: currentMeta.deletionTimestamp } : {}),
-        resourceVersion: String(rv),
-        generation: specChanged(current, body) ? generation + 1 : generation,
-      },
-    };
+    const object = stamped(type, namespace, name, body, {
+      uid: currentMeta.uid ?? null,
+      creationTimestamp: currentMeta.creationTimestamp ?? null,
+      ...(currentMeta.deletionTimestamp !== undefined ? { deletionTimestamp: currentMeta.deletionTimestamp } : {}),
+      resourceVersion: String(rv),
+      generation: specChanged(current, body) ? generation + 1 : generation,
+    });
     this.#put(type, namespace, name, object);
     this.#record({ type: 'MODIFIED', key: keyOf(type), rv, object, previous: current });
     return object;
@@ -159,7 +137,7 @@ export class ObjectStore {
   markTerminating(type: ResourceType, namespace: string, name: string): JsonObject {
     const current = this.get(type, namespace, name);
     if (current === undefined) throw notFound(type.resource, name, type.group);
-    const meta = { ...child(current, 'metadata'), deletionTimestamp: new Date().toISOString().replace(/\.\d+Z$/, 'Z') };
+    const meta = { ...child(current, 'metadata'), deletionTimestamp: timestamp() };
     const rv = this.#next();
     const object: JsonObject = { ...current, metadata: { ...meta, resourceVersion: String(rv) } };
     this.#put(type, namespace, name, object);
@@ -230,6 +208,25 @@ export class ObjectStore {
 }
 
 const NAMESPACES_KEY = typeKey('', 'v1', 'namespaces');
+
+/**
+ * `body` as stored: its type meta from the path, its name and namespace from the request, and the fields the
+ * server owns (`system`) over whatever the client sent for them. A cluster-scoped object has no namespace.
+ */
+function stamped(type: ResourceType, namespace: string, name: string, body: JsonObject, system: JsonObject): JsonObject {
+  const { namespace: _namespace, ...meta } = child(body, 'metadata');
+  return {
+    ...body,
+    apiVersion: apiVersionOf(type),
+    kind: type.kind,
+    metadata: { ...meta, name, ...(type.namespaced ? { namespace } : {}), ...system },
+  };
+}
+
+/** RFC 3339 to the second, as the API server writes timestamps. */
+function timestamp(): string {
+  return new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+}
 
 export function keyOf(type: ResourceType): string {
   return typeKey(type.group, type.version, type.resource);

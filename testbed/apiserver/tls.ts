@@ -39,8 +39,11 @@ export function generateServingTls(): ServingTls {
 function certificate(publicKey: forge.pki.PublicKey, subject: forge.pki.CertificateField[], days: number): forge.pki.Certificate {
   const cert = forge.pki.createCertificate();
   cert.publicKey = publicKey;
-  // A positive serial: the high bit of the first byte clear.
-  cert.serialNumber = `0${randomBytes(15).toString('hex')}`;
+  // DER wants a positive, minimally encoded integer: the first byte's high bit clear and the byte not zero; Go's
+  // x509 (kubectl) refuses anything else as a malformed serial number.
+  const serial = randomBytes(16);
+  serial[0] = ((serial[0] ?? 0) & 0x7f) | 0x40;
+  cert.serialNumber = serial.toString('hex');
   cert.validity.notBefore = new Date(Date.now() - 60_000);
   cert.validity.notAfter = new Date(Date.now() + days * DAY_MS);
   cert.setSubject(subject);
