@@ -3,3 +3,23 @@ export { readCniConfDir, type CniConflist, type CniErrorObject, type TestbedCni 
 export { removeStaleTestbeds } from './owner.js';
 export { parsePcap, startCapture, type Capture, type CapturedPacket } from './capture.js';
 export { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';
+export {
+  API_SERVER_AUDIENCE,
+  ApiServer,
+  boundServiceAccountUser,
+  DEFAULT_BOOKMARK_INTERVAL_MS,
+  MESH_CUSTOM_RESOURCES,
+  NODE_NAME_EXTRA,
+  POD_NAME_EXTRA,
+  POD_UID_EXTRA,
+  SERVICE_NAME_LABEL,
+  sliceName,
+  StatusError,
+  type ApiServerOptions,
+  type ExpiredWatchAnswer,
+  type Json,
+  type JsonObject,
+  type ObjectHandle,
+  type ResourceType,
+  type TokenUser,
+} from './apiserver/index.js';

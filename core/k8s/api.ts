@@ -1,0 +1,142 @@
+import http from 'node:http';
+import https from 'node:https';
+import { KubeConfig } from '@kubernetes/client-node';
+import { AmbitError } from '../errors/index.js';
+import type { KubeStatus } from './types.js';
+import { statusOf } from './watch-stream.js';
+
+/** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
+const MAX_ERROR_BODY_BYTES = 64 * 1024;
+
+/**
+ * Loads credentials: a kubeconfig file, or the pod's service account (`inCluster`). client-node's loadFromCluster
+ * builds `https://undefined:undefined` outside a pod; here that is a refusal that says what is missing.
+ */
+export function loadKubeConfig(source: { kubeconfig: string } | { inCluster: true }): KubeConfig {
+  const config = new KubeConfig();
+  if ('inCluster' in source) {
+    if (!process.env.KUBERNETES_SERVICE_HOST || !process.env.KUBERNETES_SERVICE_PORT) {
+      throw new AmbitError(
+        'K8S_NOT_IN_CLUSTER',
+        'KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: not running in a pod (pass a kubeconfig instead)',
+      );
+    }
+    config.loadFromCluster();
+  } else {
+    try {
+      config.loadFromFile(source.kubeconfig);
+    } catch (err) {
+      throw new AmbitError('K8S_KUBECONFIG', `cannot load kubeconfig ${source.kubeconfig}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  if (config.getCurrentCluster() === null) {
+    throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current context with a cluster (set current-context)');
+  }
+  return config;
+}
+
+/** An API answer other than 200, with the Status the server sent (its code and reason decide retry or relist). */
+export class ApiStatusError extends AmbitError {
+  readonly status: number;
+  readonly apiStatus: KubeStatus;
+
+  constructor(status: number, apiStatus: KubeStatus, what: string) {
+    const reason = apiStatus.reason === '' ? http.STATUS_CODES[status] ?? '' : apiStatus.reason;
+    super('K8S_API_STATUS', `${what}: HTTP ${status} ${reason}${apiStatus.message === '' ? '' : `: ${apiStatus.message}`}`);
+    this.status = status;
+    this.apiStatus = apiStatus;
+  }
+}
+
+/** A response being read, and the release of its socket and of the agent client-node made for it. */
+export interface ApiResponse {
+  response: http.IncomingMessage;
+  release(): void;
+}
+
+/**
+ * GET requests to the API server with the kubeconfig's credentials. Each request asks client-node for its options
+ * again (applyToHTTPSOptions: CA, client certificate, bearer token, proxy agent), because its token-file and exec
+ * providers re-read a rotated token there; the agent it creates is destroyed with the response, so a stopped
+ * reflector leaves no socket behind.
+ */
+export class KubeApi {
+  readonly #config: KubeConfig;
+  readonly #server: URL;
+
+  constructor(config: KubeConfig) {
+    const cluster = config.getCurrentCluster();
+    if (cluster === null) throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current cluster');
+    this.#config = config;
+    try {
+      this.#server = new URL(cluster.server);
+    } catch (err) {
+      throw new AmbitError('K8S_KUBECONFIG', `cluster ${cluster.name} has no valid server URL`, { cause: err });
+    }
+  }
+
+  /** The server's address, for logs. */
+  get server(): string {
+    return this.#server.origin;
+  }
+
+  /** Sends `GET path?query`; resolves once the response's headers are in. */
+  async get(path: string, query: URLSearchParams, signal: AbortSignal): Promise<ApiResponse> {
+    const options: https.RequestOptions = {};
+    await this.#config.applyToHTTPSOptions(options);
+    const url = new URL(this.#server.href.replace(/\/$/, '') + path);
+    url.search = query.toString();
+    const agent = options.agent;
+    const release = (): void => {
+      if (agent instanceof http.Agent) agent.destroy();
+    };
+    const send = url.protocol === 'http:' ? http.request : https.request;
+    return new Promise<ApiResponse>((resolve, reject) => {
+      const request = send(url, { ...options, method: 'GET', headers: { ...options.headers, accept: 'application/json' }, signal });
+      request.once('response', (response) =>
+        resolve({
+          response,
+          release: () => {
+            response.destroy();
+            release();
+          },
+        }),
+      );
+      request.once('error', (err) => {
+        release();
+        reject(err);
+      });
+      request.end();
+    });
+  }
+}
+
+/** Reads a whole response body, refusing one longer than `limit` bytes. */
+export async function readBody(response: http.IncomingMessage, limit: number, onChunk?: () => void): Promise<string> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of response as AsyncIterable<Buffer>) {
+    onChunk?.();
+    length += chunk.length;
+    if (length > limit) throw new AmbitError('K8S_RESPONSE_TOO_LARGE', `the response is longer than ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** The error for a non-200 answer: the Status the body holds, when it holds one. */
+export async function statusError(response: http.IncomingMessage, what: string): Promise<ApiStatusError> {
+  let body = '';
+  try {
+    body = await readBody(response, MAX_ERROR_BODY_BYTES);
+  } catch {
+    // the status code alone still says what happened
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    parsed = undefined;
+  }
+  return new ApiStatusError(response.statusCode ?? 0, statusOf(parsed), what);
+}

@@ -1,0 +1,24 @@
+/**
+ * A Kubernetes object as the API server sent it: plain JSON, never one of client-node's model classes (building them
+ * costs a copy of every object of every event). The reflector reads only the metadata it names here.
+ */
+export interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata: {
+    name: string;
+    namespace?: string;
+    resourceVersion: string;
+    uid?: string;
+    labels?: Record<string, string>;
+    [field: string]: unknown;
+  };
+  [field: string]: unknown;
+}
+
+/** What a Status object (an API error) says: its HTTP code, its machine reason (`Expired`, `Gone`), its message. */
+export interface KubeStatus {
+  code: number;
+  reason: string;
+  message: string;
+}

@@ -1,0 +1,135 @@
+import { StringDecoder } from 'node:string_decoder';
+import { AmbitError } from '../errors/index.js';
+import type { KubeObject, KubeStatus } from './types.js';
+
+/**
+ * The longest watch line the reflector holds: one object of the largest kind it watches, with room. A server (or a
+ * man in the middle with a stolen CA) that sends an endless line must not grow the heap until the process dies.
+ */
+export const MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024;
+
+/** Splits a byte stream into lines; a line may span chunks, and a UTF-8 character may be cut between two. */
+export class LineSplitter {
+  readonly #decoder = new StringDecoder('utf8');
+  readonly #maxLength: number;
+  #partial = '';
+
+  constructor(maxLength = MAX_WATCH_LINE_BYTES) {
+    this.#maxLength = maxLength;
+  }
+
+  /** The complete lines the chunk ends, without their newlines; empty lines are dropped. */
+  push(chunk: Buffer): string[] {
+    const text = this.#partial + this.#decoder.write(chunk);
+    const lines = text.split('\n');
+    this.#partial = lines.pop() ?? '';
+    if (this.#partial.length > this.#maxLength) {
+      throw new AmbitError('K8S_WATCH_LINE_TOO_LONG', `a watch line is longer than ${this.#maxLength} characters`);
+    }
+    return lines.filter((line) => line.trim() !== '');
+  }
+
+  /** Whether bytes of an unfinished line are held: a stream that ends here was cut. */
+  get pending(): boolean {
+    return this.#partial.trim() !== '';
+  }
+}
+
+/** One decoded watch event: an object change, a bookmark (only a position), or an ERROR with its Status. */
+export type WatchEvent =
+  | { type: 'ADDED' | 'MODIFIED' | 'DELETED'; object: KubeObject }
+  | { type: 'BOOKMARK'; resourceVersion: string }
+  | { type: 'ERROR'; status: KubeStatus };
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * The object's metadata as the reflector needs it (a name and a resourceVersion, both strings), or a refusal naming
+ * what is missing: an object without a resourceVersion would move the watch position nowhere, or backwards.
+ */
+export function checkObject(value: unknown, where: string): KubeObject {
+  if (!isRecord(value) || !isRecord(value.metadata)) {
+    throw new AmbitError('K8S_BAD_OBJECT', `${where}: the object has no metadata`);
+  }
+  const { name, namespace, resourceVersion } = value.metadata;
+  if (typeof name !== 'string' || name === '') throw new AmbitError('K8S_BAD_OBJECT', `${where}: metadata.name is missing`);
+  if (namespace !== undefined && typeof namespace !== 'string') {
+    throw new AmbitError('K8S_BAD_OBJECT', `${where}: metadata.namespace of ${name} is not a string`);
+  }
+  if (typeof resourceVersion !== 'string' || resourceVersion === '') {
+    throw new AmbitError('K8S_BAD_OBJECT', `${where}: metadata.resourceVersion of ${name} is missing`);
+  }
+  return value as KubeObject;
+}
+
+/** A Status object's code, reason and message, as far as the server gave them. */
+export function statusOf(value: unknown): KubeStatus {
+  const record = isRecord(value) ? value : {};
+  return {
+    code: typeof record.code === 'number' ? record.code : 0,
+    reason: typeof record.reason === 'string' ? record.reason : '',
+    message: typeof record.message === 'string' ? record.message : '',
+  };
+}
+
+/** Decodes one watch line; a line that is not a watch event is refused, since the position after it is unknown. */
+export function decodeWatchLine(line: string): WatchEvent {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch (err) {
+    throw new AmbitError('K8S_BAD_WATCH_EVENT', 'a watch line is not JSON', { cause: err });
+  }
+  if (!isRecord(parsed)) throw new AmbitError('K8S_BAD_WATCH_EVENT', 'a watch line is not a JSON object');
+  const { type, object } = parsed;
+  switch (type) {
+    case 'ADDED':
+    case 'MODIFIED':
+    case 'DELETED':
+      return { type, object: checkObject(object, `watch event ${type}`) };
+    case 'BOOKMARK': {
+      const metadata = isRecord(object) && isRecord(object.metadata) ? object.metadata : {};
+      if (typeof metadata.resourceVersion !== 'string' || metadata.resourceVersion === '') {
+        throw new AmbitError('K8S_BAD_WATCH_EVENT', 'a BOOKMARK has no metadata.resourceVersion');
+      }
+      return { type, resourceVersion: metadata.resourceVersion };
+    }
+    case 'ERROR':
+      return { type, status: statusOf(object) };
+    default:
+      throw new AmbitError('K8S_BAD_WATCH_EVENT', `unknown watch event type ${JSON.stringify(type)}`);
+  }
+}
+
+/** The parts of a list response the reflector uses: its items, its resourceVersion, its continue token. */
+export interface ListPage {
+  items: KubeObject[];
+  resourceVersion: string;
+  continueToken: string | undefined;
+}
+
+/** Decodes one page of a list; a malformed item refuses the page (the consumer must not see half a state). */
+export function decodeListPage(body: string): ListPage {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch (err) {
+    throw new AmbitError('K8S_BAD_LIST', 'the list response is not JSON', { cause: err });
+  }
+  if (!isRecord(parsed) || !Array.isArray(parsed.items) || !isRecord(parsed.metadata)) {
+    throw new AmbitError('K8S_BAD_LIST', 'the list response has no items or no metadata');
+  }
+  const { resourceVersion } = parsed.metadata;
+  const token = parsed.metadata.continue;
+  if (typeof resourceVersion !== 'string' || resourceVersion === '') {
+    throw new AmbitError('K8S_BAD_LIST', 'the list response has no metadata.resourceVersion');
+  }
+  if (token !== undefined && typeof token !== 'string') throw new AmbitError('K8S_BAD_LIST', 'metadata.continue is not a string');
+  return {
+    items: parsed.items.map((item, i) => checkObject(item, `list item ${i}`)),
+    resourceVersion,
+    continueToken: token === '' ? undefined : token,
+  };
+}

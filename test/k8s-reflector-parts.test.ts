@@ -1,0 +1,87 @@
+/**
+ * The reflector's pure parts: the backoff, the watch stream's lines and events, a list page, the queries it sends.
+ * The protocol itself is tested against the API server double in k8s-reflector.test.ts.
+ */
+import t from 'tap';
+import { Backoff } from '../core/k8s/backoff.js';
+import { checkCollectionPath, listQuery, watchQuery, watchTimeoutSeconds } from '../core/k8s/query.js';
+import { decodeListPage, decodeWatchLine, LineSplitter } from '../core/k8s/watch-stream.js';
+
+const pod = (name: string, resourceVersion: string) => ({ metadata: { name, namespace: 'demo', resourceVersion } });
+
+t.test('the backoff grows to its cap with jitter in the upper half, and a healthy period resets it', async (t) => {
+  const lowest = new Backoff({ initialMs: 100, maxMs: 1000, resetAfterMs: 5000 }, () => 0);
+  t.same([1, 2, 3, 4, 5, 6].map(() => lowest.failed(0)), [50, 100, 200, 400, 500, 500], 'without jitter: half of the doubling base');
+  const highest = new Backoff({ initialMs: 100, maxMs: 1000, resetAfterMs: 5000 }, () => 0.999999);
+  t.same([1, 2, 3, 4, 5].map(() => highest.failed(0)), [100, 200, 400, 800, 1000], 'with the most jitter: the whole base');
+
+  const backoff = new Backoff({ initialMs: 100, maxMs: 1000, resetAfterMs: 5000 }, () => 0);
+  backoff.failed(0);
+  backoff.failed(0);
+  backoff.healthy(1000);
+  t.equal(backoff.failed(5999), 200, 'healthy for less than resetAfterMs: the failures are remembered');
+  backoff.healthy(10_000);
+  backoff.healthy(12_000);
+  t.equal(backoff.failed(15_000), 50, 'healthy for resetAfterMs (from the first healthy mark): back to the first delay');
+  t.throws(() => new Backoff({ initialMs: 0, maxMs: 10, resetAfterMs: 0 }), RangeError, 'a zero first delay is refused');
+});
+
+t.test('the line splitter joins lines cut across chunks, UTF-8 characters included, and refuses an endless line', async (t) => {
+  const splitter = new LineSplitter(64);
+  const text = Buffer.from('{"a":"é"}\n\n{"b":1}\n{"c"');
+  t.same(splitter.push(text.subarray(0, 7)), [], 'nothing whole yet (the cut falls inside é)');
+  t.same(splitter.push(text.subarray(7)), ['{"a":"é"}', '{"b":1}'], 'whole lines, the empty one dropped');
+  t.ok(splitter.pending, 'the unfinished line is held');
+  t.same(splitter.push(Buffer.from(':2}\n')), ['{"c":2}']);
+  t.notOk(splitter.pending);
+  t.throws(() => new LineSplitter(8).push(Buffer.from('0123456789')), { code: 'K8S_WATCH_LINE_TOO_LONG' });
+});
+
+t.test('watch lines decode to events; a malformed one is refused with a code', async (t) => {
+  t.same(decodeWatchLine(JSON.stringify({ type: 'ADDED', object: pod('a', '7') })), { type: 'ADDED', object: pod('a', '7') });
+  t.same(decodeWatchLine('{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"12"}}}'), {
+    type: 'BOOKMARK',
+    resourceVersion: '12',
+  });
+  t.same(decodeWatchLine('{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}'), {
+    type: 'ERROR',
+    status: { code: 410, reason: 'Expired', message: 'too old' },
+  });
+  for (const [line, code] of [
+    ['not json', 'K8S_BAD_WATCH_EVENT'],
+    ['[1]', 'K8S_BAD_WATCH_EVENT'],
+    ['{"type":"SURPRISE","object":{}}', 'K8S_BAD_WATCH_EVENT'],
+    ['{"type":"BOOKMARK","object":{"metadata":{}}}', 'K8S_BAD_WATCH_EVENT'],
+    ['{"type":"MODIFIED","object":{"metadata":{"name":"a"}}}', 'K8S_BAD_OBJECT'],
+    ['{"type":"DELETED","object":{"metadata":{"resourceVersion":"3"}}}', 'K8S_BAD_OBJECT'],
+    ['{"type":"ADDED","object":{"metadata":{"name":"a","namespace":7,"resourceVersion":"3"}}}', 'K8S_BAD_OBJECT'],
+  ] as const) {
+    t.throws(() => decodeWatchLine(line), { code }, `${line} → ${code}`);
+  }
+});
+
+t.test('a list page decodes to items, resourceVersion and continue token; a bad item refuses the page', async (t) => {
+  const page = decodeListPage(JSON.stringify({ metadata: { resourceVersion: '9', continue: 'next' }, items: [pod('a', '3')] }));
+  t.same(page, { items: [pod('a', '3')], resourceVersion: '9', continueToken: 'next' });
+  t.equal(decodeListPage('{"metadata":{"resourceVersion":"9","continue":""},"items":[]}').continueToken, undefined, 'an empty token ends the list');
+  for (const body of ['', '{"items":[]}', '{"metadata":{},"items":[]}', '{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{}}]}']) {
+    t.throws(() => decodeListPage(body), { code: /^K8S_BAD_(LIST|OBJECT)$/ }, `${JSON.stringify(body)} is refused`);
+  }
+});
+
+t.test('the queries: lists at RV=0 with a limit (and continue), watches with bookmarks and a timeout', async (t) => {
+  const selectors = { labelSelector: 'app=a', fieldSelector: 'spec.nodeName=node1' };
+  t.equal(listQuery(selectors, 500).toString(), 'resourceVersion=0&limit=500&labelSelector=app%3Da&fieldSelector=spec.nodeName%3Dnode1');
+  t.equal(listQuery({}, 2, 'tok').toString(), 'resourceVersion=0&limit=2&continue=tok');
+  t.equal(
+    watchQuery({ labelSelector: 'app=a' }, '42', 300).toString(),
+    'watch=true&resourceVersion=42&allowWatchBookmarks=true&timeoutSeconds=300&labelSelector=app%3Da',
+  );
+  t.equal(watchTimeoutSeconds(() => 0), 300);
+  t.equal(watchTimeoutSeconds(() => 0.999999), 600);
+  t.equal(watchTimeoutSeconds(() => 0.5), 450);
+  t.equal(checkCollectionPath('/api/v1/namespaces/demo/pods'), '/api/v1/namespaces/demo/pods');
+  for (const path of ['api/v1/pods', '/api/v1/pods?watch=true', '/api/../secrets', 'https://evil/api/v1/pods', '/healthz']) {
+    t.throws(() => checkCollectionPath(path), { code: 'K8S_BAD_PATH' }, `${path} is refused`);
+  }
+});
