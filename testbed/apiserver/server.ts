@@ -272,9 +272,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   #handle(req: IncomingMessage, res: ServerResponse): void {
     this.#serve(req, res).catch((err: unknown) => {
       const status = err instanceof StatusError ? err : new StatusError(500, 'InternalError', `the double failed: ${err instanceof Error ? err.message : String(err)}`);
-      if (status.code >= 500) this.#log?.warn({ err }, 'request failed');
+      if (status.httpStatus >= 500) this.#log?.warn({ err }, 'request failed');
       if (res.headersSent) res.end();
-      else sendJson(res, status.code, status.toStatus());
+      else sendJson(res, status.httpStatus, status.toStatus());
     });
   }
 

@@ -1,24 +1,26 @@
+import { AmbitError } from '../../core/errors/index.js';
 import type { JsonObject } from './types.js';
 
 /**
- * A refusal the double answers with a Kubernetes Status object: `reason` and `code` are what clients match on
- * (client-node's Watch and the reflector look for 410 Expired, kubectl prints `message`).
+ * A refusal the double answers with a Kubernetes Status object: `reason` and `httpStatus` are what clients match on
+ * (client-node's Watch and the reflector look for 410 Expired, kubectl prints `message`). As every refusal of the
+ * project it is an AmbitError, its stable code made from the reason: `KUBE_EXPIRED`, `KUBE_ALREADY_EXISTS`.
  */
-export class StatusError extends Error {
-  readonly code: number;
+export class StatusError extends AmbitError {
+  readonly httpStatus: number;
   readonly reason: string;
   readonly details: JsonObject | undefined;
 
-  constructor(code: number, reason: string, message: string, details?: JsonObject) {
-    super(message);
+  constructor(httpStatus: number, reason: string, message: string, details?: JsonObject) {
+    super(`KUBE_${reason.replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase()}`, message);
     this.name = 'StatusError';
-    this.code = code;
+    this.httpStatus = httpStatus;
     this.reason = reason;
     this.details = details;
   }
 
   toStatus(): JsonObject {
-    return statusObject(this.code, this.reason, this.message, this.details);
+    return statusObject(this.httpStatus, this.reason, this.message, this.details);
   }
 }
 
