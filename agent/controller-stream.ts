@@ -9,10 +9,10 @@ import { realTimer, type SetTimer } from '../core/timer/index.js';
 import { spiffeIdFromSan, type TrustBundleSource } from '../core/hbone/index.js';
 import {
   DEFAULT_SILENCE_DEADLINE_MS,
-  LineSplitter,
   STREAM_ALPN,
   STREAM_PATH,
   parseMessage,
+  streamLineSplitter,
   type StreamChange,
   type StreamMessage,
 } from '../core/stream/index.js';
@@ -146,7 +146,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
           request.on('end', () => resolve(`refused with ${status}: ${refusalReason(body)}`));
           return;
         }
-        const lines = new LineSplitter();
+        const lines = streamLineSplitter();
         const state = new Snapshot();
         request.on('data', (chunk: string) => {
           armSilence();

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { Backoff } from '../core/k8s/backoff.js';
 import { checkCollectionPath, listQuery, watchQuery, watchTimeoutSeconds } from '../core/k8s/query.js';
-import { decodeListPage, decodeWatchLine, LineSplitter } from '../core/k8s/watch-stream.js';
+import { decodeListPage, decodeWatchLine, watchLineSplitter } from '../core/k8s/watch-stream.js';
 
 const pod = (name: string, resourceVersion: string) => ({ metadata: { name, namespace: 'demo', resourceVersion } });
 
@@ -27,14 +27,14 @@ t.test('the backoff grows to its cap with jitter in the upper half, and a health
 });
 
 t.test('the line splitter joins lines cut across chunks, UTF-8 characters included, and refuses an endless line', async (t) => {
-  const splitter = new LineSplitter(64);
+  const splitter = watchLineSplitter(64);
   const text = Buffer.from('{"a":"é"}\n\n{"b":1}\n{"c"');
   t.same(splitter.push(text.subarray(0, 7)), [], 'nothing whole yet (the cut falls inside é)');
   t.same(splitter.push(text.subarray(7)), ['{"a":"é"}', '{"b":1}'], 'whole lines, the empty one dropped');
   t.ok(splitter.pending, 'the unfinished line is held');
   t.same(splitter.push(Buffer.from(':2}\n')), ['{"c":2}']);
   t.notOk(splitter.pending);
-  t.throws(() => new LineSplitter(8).push(Buffer.from('0123456789')), { code: 'K8S_WATCH_LINE_TOO_LONG' });
+  t.throws(() => watchLineSplitter(8).push(Buffer.from('0123456789')), { code: 'K8S_WATCH_LINE_TOO_LONG' });
 });
 
 t.test('watch lines decode to events; a malformed one is refused with a code', async (t) => {

@@ -5,6 +5,10 @@ import { AmbitError } from '../errors/index.js';
 import type { KubeStatus } from './types.js';
 import { statusOf } from './watch-stream.js';
 
+/** How long a POST (a TokenReview) may take before it is abandoned: a caller waits on it. */
+const POST_TIMEOUT_MS = 10_000;
+/** The largest answer to a POST read: a TokenReview or a created object. */
+const MAX_POST_ANSWER_BYTES = 1024 * 1024;
 /** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
@@ -81,7 +85,25 @@ export class KubeApi {
   }
 
   /** Sends `GET path?query`; resolves once the response's headers are in. */
-  async get(path: string, query: URLSearchParams, signal: AbortSignal): Promise<ApiResponse> {
+  get(path: string, query: URLSearchParams, signal: AbortSignal): Promise<ApiResponse> {
+    return this.#send('GET', path, query, signal, undefined);
+  }
+
+  /**
+   * Sends `POST path` with a JSON body (a TokenReview, a create) and returns the parsed answer; an answer other than
+   * 200 or 201 is an ApiStatusError with the server's Status. Aborted after `timeoutMs`.
+   */
+  async post(path: string, body: unknown, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
+    const { response, release } = await this.#send('POST', path, new URLSearchParams(), AbortSignal.timeout(timeoutMs), JSON.stringify(body));
+    try {
+      if (response.statusCode !== 200 && response.statusCode !== 201) throw await statusError(response, `POST ${path}`);
+      return JSON.parse(await readBody(response, MAX_POST_ANSWER_BYTES)) as unknown;
+    } finally {
+      release();
+    }
+  }
+
+  async #send(method: 'GET' | 'POST', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
     const options: https.RequestOptions = {};
     await this.#config.applyToHTTPSOptions(options);
     const url = new URL(this.#server.href.replace(/\/$/, '') + path);
@@ -91,8 +113,9 @@ export class KubeApi {
       if (agent instanceof http.Agent) agent.destroy();
     };
     const send = url.protocol === 'http:' ? http.request : https.request;
+    const headers = { ...options.headers, accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
     return new Promise<ApiResponse>((resolve, reject) => {
-      const request = send(url, { ...options, method: 'GET', headers: { ...options.headers, accept: 'application/json' }, signal });
+      const request = send(url, { ...options, method, headers, signal });
       request.once('response', (response) =>
         resolve({
           response,
@@ -106,7 +129,7 @@ export class KubeApi {
         release();
         reject(err);
       });
-      request.end();
+      request.end(body);
     });
   }
 }

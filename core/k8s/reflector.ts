@@ -8,7 +8,7 @@ import { Backoff, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
 import { ReflectorMetrics, type RelistReason, type RewatchReason } from './metrics.js';
 import { checkCollectionPath, DEFAULT_PAGE_SIZE, listQuery, watchQuery, watchTimeoutSeconds, type Selectors } from './query.js';
 import type { KubeObject } from './types.js';
-import { decodeListPage, decodeWatchLine, LineSplitter, type WatchEvent } from './watch-stream.js';
+import { decodeListPage, decodeWatchLine, watchLineSplitter, type WatchEvent } from './watch-stream.js';
 
 /**
  * What a reflector feeds. After every list, one `replace` with the whole state (what is not in it was deleted while
@@ -329,7 +329,7 @@ export class Reflector {
         touch();
         this.#backoff.healthy(this.#now());
         const started = this.#now();
-        const splitter = new LineSplitter();
+        const splitter = watchLineSplitter();
         let lines = 0;
         for await (const chunk of response as AsyncIterable<Buffer>) {
           touch();

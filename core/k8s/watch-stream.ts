@@ -1,6 +1,6 @@
-import { StringDecoder } from 'node:string_decoder';
 import { AmbitError } from '../errors/index.js';
 import type { KubeObject, KubeStatus } from './types.js';
+import { LineSplitter } from '../lines/index.js';
 
 /**
  * The longest watch line the reflector holds: one object of the largest kind it watches, with room. A server (or a
@@ -8,31 +8,9 @@ import type { KubeObject, KubeStatus } from './types.js';
  */
 export const MAX_WATCH_LINE_BYTES = 16 * 1024 * 1024;
 
-/** Splits a byte stream into lines; a line may span chunks, and a UTF-8 character may be cut between two. */
-export class LineSplitter {
-  readonly #decoder = new StringDecoder('utf8');
-  readonly #maxLength: number;
-  #partial = '';
-
-  constructor(maxLength = MAX_WATCH_LINE_BYTES) {
-    this.#maxLength = maxLength;
-  }
-
-  /** The complete lines the chunk ends, without their newlines; empty lines are dropped. */
-  push(chunk: Buffer): string[] {
-    const text = this.#partial + this.#decoder.write(chunk);
-    const lines = text.split('\n');
-    this.#partial = lines.pop() ?? '';
-    if (this.#partial.length > this.#maxLength) {
-      throw new AmbitError('K8S_WATCH_LINE_TOO_LONG', `a watch line is longer than ${this.#maxLength} characters`);
-    }
-    return lines.filter((line) => line.trim() !== '');
-  }
-
-  /** Whether bytes of an unfinished line are held: a stream that ends here was cut. */
-  get pending(): boolean {
-    return this.#partial.trim() !== '';
-  }
+/** A splitter for one watch's lines: at most MAX_WATCH_LINE_BYTES of an unfinished one. */
+export function watchLineSplitter(maxLength = MAX_WATCH_LINE_BYTES): LineSplitter {
+  return new LineSplitter({ maxLength, code: 'K8S_WATCH_LINE_TOO_LONG', what: 'a watch line' });
 }
 
 /** One decoded watch event: an object change, a bookmark (only a position), or an ERROR with its Status. */

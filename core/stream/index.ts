@@ -1,7 +1,6 @@
 export {
   DEFAULT_PING_INTERVAL_MS,
   DEFAULT_SILENCE_DEADLINE_MS,
-  LineSplitter,
   MAX_LINE_BYTES,
   SNAPSHOT_CHUNK,
   STREAM_ALPN,
@@ -9,6 +8,7 @@ export {
   STREAM_TOKEN_AUDIENCE,
   encodeMessage,
   parseMessage,
+  streamLineSplitter,
   type PolicyRecord,
   type StreamChange,
   type StreamMessage,

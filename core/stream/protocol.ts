@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { AmbitError } from '../errors/index.js';
+import { LineSplitter } from '../lines/index.js';
 import type { ConvertedObject, DiscoveryChange, DiscoveryKind } from '../discovery/index.js';
 
 /**
@@ -179,24 +180,7 @@ function protocolError(message: string): AmbitError {
   return new AmbitError('STREAM_PROTOCOL_ERROR', `discovery stream: ${message}`);
 }
 
-/**
- * Splits a byte stream into lines, holding at most MAX_LINE_BYTES of an unfinished one: a controller (or anything in
- * between) that sends a line without end must not grow the agent's memory without bound.
- */
-export class LineSplitter {
-  #partial = '';
-  readonly #maxBytes: number;
-
-  constructor(maxBytes = MAX_LINE_BYTES) {
-    this.#maxBytes = maxBytes;
-  }
-
-  /** The complete lines in `chunk` (with what came before it); throws STREAM_PROTOCOL_ERROR past the limit. */
-  push(chunk: string): string[] {
-    const text = this.#partial + chunk;
-    const lines = text.split('\n');
-    this.#partial = lines.pop() ?? '';
-    if (Buffer.byteLength(this.#partial) > this.#maxBytes) throw protocolError(`a line is longer than ${this.#maxBytes} bytes`);
-    return lines.filter((line) => line !== '');
-  }
+/** A splitter for the discovery stream's lines: at most MAX_LINE_BYTES of an unfinished one. */
+export function streamLineSplitter(maxLength = MAX_LINE_BYTES): LineSplitter {
+  return new LineSplitter({ maxLength, code: 'STREAM_PROTOCOL_ERROR', what: 'discovery stream: a line' });
 }

@@ -1,0 +1,2 @@
+/** Bounded line splitting of JSON-lines streams. */
+export { LineSplitter } from './lines.js';
