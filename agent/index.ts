@@ -1,4 +1,5 @@
 import { createLogger, StdoutDestination } from '../core/log/index.js';
+import { untilStopSignal } from '../core/process/index.js';
 import { Agent } from './agent.js';
 import { AGENT_USAGE, loadAgentConfig } from './config.js';
 import { removeRedirectRules } from './rules/index.js';
@@ -30,16 +31,7 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const agent = await Agent.start(config, { log, logDrops: logOutput });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: NodeJS.Signals) => {
-      log.info({ signal }, 'shutting down');
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve();
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
+  await untilStopSignal(log);
   await agent.close();
   logOutput.finish();
   return 0;

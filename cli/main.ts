@@ -10,6 +10,7 @@ const USAGE = `Usage: ambit <command> [options]
 
 Commands:
   agent     run the node agent (capture, HBONE mTLS tunnel, redirect rules); ambit agent --help
+  controller run the controller: watches the cluster, streams records to the agents; ambit controller --help
   cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
   authz     check what the policies decide for a connection, without sending one; ambit authz --help
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
@@ -35,6 +36,10 @@ async function main(argv: string[]): Promise<number> {
     case 'agent': {
       const { runAgentCommand } = await import('../agent/index.js');
       return runAgentCommand(rest);
+    }
+    case 'controller': {
+      const { runControllerCommand } = await import('../controller/index.js');
+      return runControllerCommand(rest);
     }
     case 'cni': {
       const { runCniCommand } = await import('./cni.js');

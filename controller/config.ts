@@ -1,0 +1,116 @@
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
+import { validateTrustDomain } from '../core/identity/index.js';
+import { DEFAULT_STREAM_USERS } from './stream-server.js';
+
+/** The controller's ports: the discovery stream (and, with issue 14, the CA), metrics, readiness. */
+export const DEFAULT_CONTROLLER_PORTS = Object.freeze({ stream: 15012, metrics: 15020, readiness: 15021 });
+
+export interface ControllerConfig {
+  /** A kubeconfig file; undefined: the pod's service account (in-cluster). */
+  readonly kubeconfig: string | undefined;
+  readonly trustDomain: string;
+  readonly listenHost: string;
+  readonly ports: Readonly<{ stream: number; metrics: number; readiness: number }>;
+  /** The folder of the serving certificate: `tls.key` and `tls.crt` (a mounted kubernetes.io/tls Secret). */
+  readonly tlsDir: string;
+  /** The Kubernetes users that may read the stream (the agents' service account). */
+  readonly streamUsers: readonly string[];
+  readonly istioApi: boolean;
+  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+}
+
+export const CONTROLLER_USAGE = `Usage: ambit controller [options]
+
+Runs the controller: the only component that watches the cluster. It streams compact workload, service and policy
+records to the agents on its port (HTTP/2 over TLS; see README, "Discovery stream").
+
+Options (each also as an environment variable):
+  --kubeconfig FILE      the API server and credentials        AMBIT_KUBECONFIG (default: in-cluster service account)
+  --tls-dir DIR          serving certificate: tls.key, tls.crt AMBIT_TLS_DIR (required)
+                         (its SAN: spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)
+  --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
+  --listen-host IP       bind address                          AMBIT_LISTEN_HOST (default 0.0.0.0)
+  --port N               discovery stream port                 AMBIT_PORT (default ${DEFAULT_CONTROLLER_PORTS.stream})
+  --metrics-port N       Prometheus metrics                    AMBIT_METRICS_PORT (default ${DEFAULT_CONTROLLER_PORTS.metrics})
+  --readiness-port N     /healthz/ready                        AMBIT_READINESS_PORT (default ${DEFAULT_CONTROLLER_PORTS.readiness})
+  --stream-users LIST    users that may read the stream, comma-separated
+                                                               AMBIT_STREAM_USERS (default ${DEFAULT_STREAM_USERS.join(',')})
+  --istio-api            watch security.istio.io policies too  AMBIT_ISTIO_API=1
+  --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
+  -h, --help             show this help
+
+Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
+`;
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+const usageError = (message: string): AmbitError => commandUsageError('controller', message);
+
+/** One validated, frozen configuration from flags and environment (flags win); unknown flags and bad values are errors. */
+export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { help: boolean; config: ControllerConfig | undefined } {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        kubeconfig: { type: 'string' },
+        'tls-dir': { type: 'string' },
+        'trust-domain': { type: 'string' },
+        'listen-host': { type: 'string' },
+        port: { type: 'string' },
+        'metrics-port': { type: 'string' },
+        'readiness-port': { type: 'string' },
+        'stream-users': { type: 'string' },
+        'istio-api': { type: 'boolean' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    throw usageError(err instanceof Error ? err.message : String(err));
+  }
+  if (values.help) return { help: true, config: undefined };
+  const tlsDir = values['tls-dir'] ?? env.AMBIT_TLS_DIR;
+  if (!tlsDir) throw usageError('--tls-dir (or AMBIT_TLS_DIR) is required: the folder of the serving certificate (tls.key, tls.crt)');
+  const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as ControllerConfig['logLevel'];
+  if (!LOG_LEVELS.includes(logLevel)) throw usageError(`--log-level ${logLevel} is not one of ${LOG_LEVELS.join(', ')}`);
+  const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';
+  if (net.isIP(listenHost) === 0) throw usageError(`--listen-host ${listenHost} is not an IP address`);
+  const port = (flag: string, text: string | undefined, fallback: number): number => {
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < 1 || value > 65535) throw usageError(`--${flag} ${text} is not a TCP port (1-65535)`);
+    return value;
+  };
+  const ports = Object.freeze({
+    stream: port('port', values.port ?? env.AMBIT_PORT, DEFAULT_CONTROLLER_PORTS.stream),
+    metrics: port('metrics-port', values['metrics-port'] ?? env.AMBIT_METRICS_PORT, DEFAULT_CONTROLLER_PORTS.metrics),
+    readiness: port('readiness-port', values['readiness-port'] ?? env.AMBIT_READINESS_PORT, DEFAULT_CONTROLLER_PORTS.readiness),
+  });
+  if (new Set(Object.values(ports)).size !== 3) throw usageError(`--port, --metrics-port and --readiness-port must differ (${Object.values(ports).join(', ')})`);
+  const usersText = values['stream-users'] ?? env.AMBIT_STREAM_USERS;
+  const streamUsers = usersText === undefined ? [...DEFAULT_STREAM_USERS] : usersText.split(',').map((user) => user.trim()).filter((user) => user !== '');
+  if (streamUsers.length === 0) throw usageError('--stream-users names no user: no agent could read the stream');
+  const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
+  try {
+    validateTrustDomain(trustDomain);
+  } catch (err) {
+    throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
+  }
+  return {
+    help: false,
+    config: Object.freeze({
+      kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG,
+      trustDomain,
+      listenHost,
+      ports,
+      tlsDir,
+      streamUsers: Object.freeze(streamUsers),
+      istioApi: values['istio-api'] ?? env.AMBIT_ISTIO_API === '1',
+      logLevel,
+    }),
+  };
+}

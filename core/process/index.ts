@@ -1,0 +1,2 @@
+/** What a program's process does around its life: waiting for the signal to stop. */
+export { untilStopSignal } from './signals.js';
