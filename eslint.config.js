@@ -11,6 +11,22 @@ export default tseslint.config(
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       '@typescript-eslint/consistent-type-imports': 'error',
       'no-console': 'off',
+      // ECMAScript `#` members are private at run time too; TS `private` is a compile-time hint. Constructors keep
+      // `private`: there is no `#constructor`.
+      'no-restricted-syntax': [
+        'error',
+        ...[
+          'PropertyDefinition[accessibility=/^(private|protected)$/]',
+          'TSAbstractPropertyDefinition[accessibility=/^(private|protected)$/]',
+          'MethodDefinition[accessibility=/^(private|protected)$/][kind!="constructor"]',
+          'TSAbstractMethodDefinition[accessibility=/^(private|protected)$/]',
+          'AccessorProperty[accessibility=/^(private|protected)$/]',
+          'TSParameterProperty[accessibility=/^(private|protected)$/]',
+        ].map((selector) => ({
+          selector,
+          message: 'Use an ECMAScript `#` member, not TS private/protected (constructors excepted).',
+        })),
+      ],
     },
   },
   {

@@ -382,13 +382,13 @@ async function main(): Promise<number> {
     for (const pod of [c, p2]) await startProcess(tb, pod.netns, 'iperf3', ['-s', '-p', String(IPERF_PORT), '--forceflush'], /Server listening/, `iperf3 in ${pod.name}`);
 
     // stunnel4 between the nodes, with certificates from the same CA.
-    const { CertificateAuthority } = await import('../core/identity/index.js');
+    const { CertificateAuthority, spiffeId } = await import('../core/identity/index.js');
     const ca = await CertificateAuthority.load(cluster.caDir);
     const dir = path.join(tb.tmpDir, 'stunnel');
     await mkdir(dir, { recursive: true });
     await writeFile(path.join(dir, 'ca.crt'), ca.rootPem);
     for (const role of ['client', 'server'] as const) {
-      const creds = await ca.issueKeyAndCert(`spiffe://cluster.local/ns/bench/sa/stunnel-${role}`);
+      const creds = await ca.issueKeyAndCert(spiffeId(ca.trustDomain, 'bench', `stunnel-${role}`));
       await writeFile(path.join(dir, `${role}.crt`), creds.certPem);
       await writeFile(path.join(dir, `${role}.key`), creds.keyPem, { mode: 0o600 });
     }

@@ -9,6 +9,7 @@
 import { pathToFileURL } from 'node:url';
 import { Counter, Gauge, Registry } from 'prom-client';
 import { AgentTelemetry, type ConnectionRecord } from '../agent/index.js';
+import { DEFAULT_TRUST_DOMAIN, spiffeId } from '../core/identity/index.js';
 import { silentLogger } from '../core/log/index.js';
 import { median } from './policy.js';
 
@@ -27,8 +28,8 @@ function records(): ConnectionRecord[] {
   return Array.from({ length: 4 }, (_, i) => ({
     reporter: 'source',
     path: 'hbone',
-    source: { ip: `10.1.0.${i + 2}`, port: 40000, workload: `client-${i}`, namespace: 'shop', identity: `spiffe://cluster.local/ns/shop/sa/client-${i}`, app: 'client' },
-    destination: { ip: '10.2.0.9', port: 8080, workload: 'cart', namespace: 'shop', identity: 'spiffe://cluster.local/ns/shop/sa/cart' },
+    source: { ip: `10.1.0.${i + 2}`, port: 40000, workload: `client-${i}`, namespace: 'shop', identity: spiffeId(DEFAULT_TRUST_DOMAIN, 'shop', `client-${i}`), app: 'client' },
+    destination: { ip: '10.2.0.9', port: 8080, workload: 'cart', namespace: 'shop', identity: spiffeId(DEFAULT_TRUST_DOMAIN, 'shop', 'cart') },
     service: 'cart.shop.svc.cluster.local',
     security: 'mutual_tls',
     startedAt: 0,

@@ -427,13 +427,13 @@ type Answer = CniResponse | 'hang' | 'garbage' | ((request: CniRequest) => CniRe
 /** The agent's side of the socket, as small as the protocol allows; it keeps every request it got. */
 class FakeAgent {
   readonly requests: CniRequest[] = [];
-  private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
+  readonly #server: net.Server;
+  readonly #sockets = new Set<net.Socket>();
 
   constructor(answer: Answer) {
-    this.server = net.createServer((socket) => {
-      this.sockets.add(socket);
-      socket.on('close', () => this.sockets.delete(socket));
+    this.#server = net.createServer((socket) => {
+      this.#sockets.add(socket);
+      socket.on('close', () => this.#sockets.delete(socket));
       socket.on('error', () => undefined);
       let buffered = '';
       socket.setEncoding('utf8').on('data', (chunk: string) => {
@@ -454,14 +454,14 @@ class FakeAgent {
 
   listen(socketPath: string): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(socketPath, () => resolve());
+      this.#server.once('error', reject);
+      this.#server.listen(socketPath, () => resolve());
     });
   }
 
   close(): Promise<void> {
-    for (const socket of this.sockets) socket.destroy();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    for (const socket of this.#sockets) socket.destroy();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }
 

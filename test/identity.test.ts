@@ -14,6 +14,7 @@ import {
   parseSpiffeId,
   sniForIdentity,
   spiffeId,
+  withoutSpiffeScheme,
 } from '../core/identity/index.js';
 
 const HOUR_MS = 60 * 60 * 1000;
@@ -81,6 +82,14 @@ t.test('spiffe IDs', async (t) => {
     /spiffe:\/\/cluster\.local\/ns\/a.*\/ns\/<namespace>\/sa\/<serviceaccount>/,
     'the message names the ID and the expected shape',
   );
+});
+
+t.test('withoutSpiffeScheme: what follows spiffe://, or undefined', async (t) => {
+  t.equal(withoutSpiffeScheme(SERVER_ID), 'cluster.local/ns/team-a/sa/server');
+  t.equal(withoutSpiffeScheme('spiffe://cluster.local'), 'cluster.local', 'a trust domain ID');
+  t.equal(withoutSpiffeScheme('cluster.local/ns/team-a/sa/server'), undefined, 'already without the scheme');
+  t.equal(withoutSpiffeScheme('https://cluster.local/ns/a/sa/b'), undefined);
+  t.equal(withoutSpiffeScheme('SPIFFE://cluster.local/ns/a/sa/b'), undefined, 'the scheme is matched as written, as before');
 });
 
 t.test('sniForIdentity is a stable hostname per identity', async (t) => {

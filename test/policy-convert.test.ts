@@ -1,7 +1,6 @@
 import t from 'tap';
-import { isIP } from 'node:net';
 import { InvalidObjectError } from '../core/discovery/index.js';
-import { canonicalCidr, convertPolicyObject, isEvaluableIp, type ConvertedPolicy } from '../core/policy/index.js';
+import { convertPolicyObject, type ConvertedPolicy } from '../core/policy/index.js';
 
 type Spec = Record<string, unknown>;
 
@@ -244,33 +243,4 @@ t.test('invalid policies are rejected with the object, the field path and the re
       t.equal(error.message, `${kind} ${namespace}/${name ?? '<unnamed>'}: field ${r.field}: ${r.reason}`, `${r.name}: message`);
     }
   }
-});
-
-t.test('the address parser agrees with net.isIP', async (t) => {
-  const samples = [
-    '10.0.0.1', '255.255.255.255', '256.0.0.1', '1.2.3', '1.2.3.4.5', '01.2.3.4', '0.0.0.0', ' 1.2.3.4', '1.2.3.4 ',
-    '::', '::1', '1::', '1:2:3:4:5:6:7:8', '1:2:3:4:5:6:7::', '::2:3:4:5:6:7:8', '1:2:3:4:5:6:7:8:9', '1::2::3',
-    ':::', '1:', ':1', '::ffff:10.0.0.1', '::ffff:10.0.0', '1:2:3:4:5:6:1.2.3.4', '1:2:3:4:5:6:7:1.2.3.4', '::1.2.3.4',
-    '1.2.3.4::', 'fe80::1%eth0', 'FD00::ABCD', '12345::', 'g::1', '1:2:3:4:5:6:7', '::ffff:1.2.3.256',
-  ];
-  let seed = 42;
-  const random = () => {
-    seed = (seed * 1103515245 + 12345) % 2147483648;
-    return seed / 2147483648;
-  };
-  const alphabet = '0123456789abcdef:.';
-  for (let i = 0; i < 5000; i++) {
-    const length = 2 + Math.floor(random() * 20);
-    let text = '';
-    for (let j = 0; j < length; j++) text += alphabet[Math.floor(random() * alphabet.length)];
-    samples.push(text);
-  }
-  // Zone ids are the one deliberate difference: link-local, never a pod's address, and not a CIDR Istio accepts.
-  t.equal(isEvaluableIp('fe80::1%eth0'), false);
-  const disagreements = samples.filter((text) => !text.includes('%') && isEvaluableIp(text) !== (isIP(text) !== 0));
-  t.same(disagreements, [], `${samples.length} samples`);
-  t.equal(canonicalCidr('FD00:0:0::1/64'), 'fd00::1/64');
-  t.equal(canonicalCidr('10.1.2.3/8'), '10.1.2.3/8');
-  t.equal(canonicalCidr('10.1.2.3/08'), undefined);
-  t.equal(canonicalCidr('10.1.2.3/'), undefined);
 });

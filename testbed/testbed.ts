@@ -198,27 +198,27 @@ export class Testbed implements SyncTeardown {
   /** IPAM leases and anything a test wants to keep beside the testbed; removed by destroy(). */
   readonly tmpDir: string;
 
-  private readonly id: string;
-  private readonly log: (msg: string) => void;
-  private readonly warn: (msg: string) => void;
-  private readonly cniConfigOverrides: Record<string, unknown>;
-  private readonly ipv6: boolean;
-  private readonly processes = new Map<ChildProcess, string>();
-  private readonly podNames = new Set<string>();
-  private readonly podCounters = new Map<number, number>();
+  readonly #id: string;
+  readonly #log: (msg: string) => void;
+  readonly #warn: (msg: string) => void;
+  readonly #cniConfigOverrides: Record<string, unknown>;
+  readonly #ipv6: boolean;
+  readonly #processes = new Map<ChildProcess, string>();
+  readonly #podNames = new Set<string>();
+  readonly #podCounters = new Map<number, number>();
   /** Pods of one node are added one at a time: concurrent bridge ADDs race to create cni0 and its gateway address. */
-  private readonly nodeQueues = new Map<number, Promise<unknown>>();
-  private closed = false;
-  private destroying: Promise<void> | undefined;
+  readonly #nodeQueues = new Map<number, Promise<unknown>>();
+  #closed = false;
+  #destroying: Promise<void> | undefined;
 
   private constructor(id: string, tmpDir: string, options: TestbedOptions) {
-    this.id = id;
+    this.#id = id;
     this.prefix = `ambit-${id}-`;
     this.tmpDir = tmpDir;
-    this.log = options.log ?? (() => {});
-    this.warn = options.log ?? ((msg) => process.stderr.write(`testbed: ${msg}\n`));
-    this.cniConfigOverrides = options.cniConfigOverrides ?? {};
-    this.ipv6 = options.ipv6 ?? false;
+    this.#log = options.log ?? (() => {});
+    this.#warn = options.log ?? ((msg) => process.stderr.write(`testbed: ${msg}\n`));
+    this.#cniConfigOverrides = options.cniConfigOverrides ?? {};
+    this.#ipv6 = options.ipv6 ?? false;
   }
 
   /** Builds the whole testbed; if any step fails, tears down what was made and rethrows. */
@@ -226,9 +226,9 @@ export class Testbed implements SyncTeardown {
     const cnis = validateOptions(options);
     const unavailable = testbedUnavailableReason();
     if (unavailable !== undefined) throw new AmbitError('TESTBED_UNAVAILABLE', `cannot build a testbed: ${unavailable}`);
-    const testbed = Testbed.claim(options);
+    const testbed = Testbed.#claim(options);
     try {
-      await testbed.build(cnis, options.podsPerNode);
+      await testbed.#build(cnis, options.podsPerNode);
     } catch (err) {
       await testbed.destroy();
       throw err;
@@ -236,7 +236,7 @@ export class Testbed implements SyncTeardown {
     return testbed;
   }
 
-  private static claim(options: TestbedOptions): Testbed {
+  static #claim(options: TestbedOptions): Testbed {
     for (let attempt = 1; ; attempt++) {
       const id = randomBytes(3).toString('hex');
       const tmpDir = mkdtempSync(join(tmpdir(), `ambit-${id}-`));
@@ -259,9 +259,9 @@ export class Testbed implements SyncTeardown {
     }
   }
 
-  private async build(cnis: TestbedCni[], podsPerNode: number): Promise<void> {
+  async #build(cnis: TestbedCni[], podsPerNode: number): Promise<void> {
     const started = performance.now();
-    this.log(`creating testbed ${this.prefix} (${cnis.length} nodes × ${podsPerNode} pods) in ${this.tmpDir}`);
+    this.#log(`creating testbed ${this.prefix} (${cnis.length} nodes × ${podsPerNode} pods) in ${this.tmpDir}`);
     const wire = `${this.prefix}wire`;
     this.nodes.push(
       ...cnis.map((cni, position): TestbedNode => {
@@ -274,7 +274,7 @@ export class Testbed implements SyncTeardown {
           netns,
           ip: nodeIp(index),
           podCidr: podCidr(index),
-          ...(this.ipv6 ? { ip6: nodeIp6(index), podCidr6: podCidr6(index) } : {}),
+          ...(this.#ipv6 ? { ip6: nodeIp6(index), podCidr6: podCidr6(index) } : {}),
           uplink: NODE_UPLINK,
           cni,
           cniConfDir: join(cniDir, 'net.d'),
@@ -289,24 +289,24 @@ export class Testbed implements SyncTeardown {
     // allSettled, not all: destroy() must not start while a sibling node is still adding namespaces.
     const results = await Promise.allSettled(
       this.nodes.map(async (node) => {
-        await this.setUpNode(node);
+        await this.#setUpNode(node);
         for (let pod = 0; pod < podsPerNode; pod++) await this.addPod(node);
       }),
     );
     const failure = results.find((result) => result.status === 'rejected');
     if (failure !== undefined) throw failure.reason;
     this.pods.sort((a, b) => a.node.index - b.node.index);
-    this.log(`testbed ${this.prefix} ready in ${Math.round(performance.now() - started)} ms`);
+    this.#log(`testbed ${this.prefix} ready in ${Math.round(performance.now() - started)} ms`);
   }
 
   /**
    * The node namespace forwards pod traffic like a host. On a bridge node, bridged same-node traffic must also cross
    * iptables (Kubernetes requires it, and the agent's capture rules rely on it); the setting is per namespace.
    */
-  private async setUpNode(node: TestbedNode): Promise<void> {
+  async #setUpNode(node: TestbedNode): Promise<void> {
     await mkdir(node.cniConfDir, { recursive: true });
     await mkdir(node.cniBinDir, { recursive: true });
-    const conflist = buildCniConflist(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.cniConfigOverrides, node.podCidr6);
+    const conflist = buildCniConflist(node.cni, node.podCidr, join(this.tmpDir, 'ipam', node.name), this.#cniConfigOverrides, node.podCidr6);
     await writeFile(join(node.cniConfDir, `10-${node.cni}.conflist`), JSON.stringify(conflist, null, 2));
     const others = this.nodes.filter((other) => other !== node);
     const routes = others.flatMap((other) => [
@@ -314,8 +314,8 @@ export class Testbed implements SyncTeardown {
       ...(other.podCidr6 !== undefined && other.ip6 !== undefined ? [`route add ${other.podCidr6} via ${other.ip6}`] : []),
     ]);
     // Dual-stack Kubernetes nodes forward IPv6 and pass bridged IPv6 through ip6tables too (kubeadm's prerequisites).
-    const bridgeSysctls = node.cni === 'bridge' ? ['net.bridge.bridge-nf-call-iptables=1', ...(this.ipv6 ? ['net.bridge.bridge-nf-call-ip6tables=1'] : [])] : [];
-    const sysctls = ['net.ipv4.ip_forward=1', ...(this.ipv6 ? ['net.ipv6.conf.all.forwarding=1'] : []), ...bridgeSysctls];
+    const bridgeSysctls = node.cni === 'bridge' ? ['net.bridge.bridge-nf-call-iptables=1', ...(this.#ipv6 ? ['net.bridge.bridge-nf-call-ip6tables=1'] : [])] : [];
+    const sysctls = ['net.ipv4.ip_forward=1', ...(this.#ipv6 ? ['net.ipv6.conf.all.forwarding=1'] : []), ...bridgeSysctls];
     const commands = [
       'link set lo up',
       `addr add ${node.ip}/24 dev ${NODE_UPLINK}`,
@@ -381,11 +381,11 @@ export class Testbed implements SyncTeardown {
     args: readonly string[] = [],
     options?: OptionsType,
   ): ResultPromise<OptionsType> {
-    this.assertOpen('spawn a process');
+    this.#assertOpen('spawn a process');
     const child = inNamespace(netns, file, args, { reject: false, ...options, detached: true } as OptionsType);
     const tracked = child as unknown as ChildProcess;
-    this.processes.set(tracked, netns);
-    tracked.once('exit', () => this.processes.delete(tracked));
+    this.#processes.set(tracked, netns);
+    tracked.once('exit', () => this.#processes.delete(tracked));
     return child;
   }
 
@@ -396,30 +396,30 @@ export class Testbed implements SyncTeardown {
    */
   addPod(node: TestbedNode | string, name?: string, options: TestbedPodOptions = {}): Promise<TestbedPod> {
     const target = typeof node === 'string' ? this.node(node) : node;
-    const queued = (this.nodeQueues.get(target.index) ?? Promise.resolve())
+    const queued = (this.#nodeQueues.get(target.index) ?? Promise.resolve())
       .catch(() => undefined)
-      .then(() => this.attachPod(target, name, options));
-    this.nodeQueues.set(target.index, queued);
+      .then(() => this.#attachPod(target, name, options));
+    this.#nodeQueues.set(target.index, queued);
     return queued;
   }
 
-  private async attachPod(node: TestbedNode, name: string | undefined, options: TestbedPodOptions): Promise<TestbedPod> {
-    this.assertOpen('add a pod');
-    const ordinal = (this.podCounters.get(node.index) ?? 0) + 1;
+  async #attachPod(node: TestbedNode, name: string | undefined, options: TestbedPodOptions): Promise<TestbedPod> {
+    this.#assertOpen('add a pod');
+    const ordinal = (this.#podCounters.get(node.index) ?? 0) + 1;
     const podName = name ?? `pod-${node.index}-${ordinal}`;
-    if (this.podNames.has(podName)) {
+    if (this.#podNames.has(podName)) {
       const why = `testbed ${this.prefix} already has a pod named '${podName}'; pick another name`;
       throw new AmbitError('TESTBED_DUPLICATE_POD', why);
     }
-    this.podCounters.set(node.index, ordinal);
-    this.podNames.add(podName);
+    this.#podCounters.set(node.index, ordinal);
+    this.#podNames.add(podName);
     const netns = `${this.prefix}n${node.index}p${ordinal}`;
     const cniArgs =
       options.k8s === undefined
         ? undefined
         : `IgnoreUnknown=1;K8S_POD_NAMESPACE=${options.k8s.namespace};K8S_POD_NAME=${options.k8s.name ?? podName};` +
           `K8S_POD_INFRA_CONTAINER_ID=${netns};K8S_POD_UID=${randomBytes(8).toString('hex')}`;
-    const invocation = { ...(await this.cniInvocation(node, netns)), cniArgs };
+    const invocation = { ...(await this.#cniInvocation(node, netns)), cniArgs };
     try {
       await ipBatch([`netns add ${netns}`, `netns exec ${netns} ip link set lo up`]);
       const result = await invokeCni({ ...invocation, command: 'ADD' });
@@ -436,16 +436,16 @@ export class Testbed implements SyncTeardown {
         cniResult: JSON.parse(result) as unknown,
       };
       this.pods.push(pod);
-      this.log(`${podName} on ${node.name}: ${ip}${ip6 === undefined ? '' : ` ${ip6}`} (${node.cni}, netns ${netns})`);
+      this.#log(`${podName} on ${node.name}: ${ip}${ip6 === undefined ? '' : ` ${ip6}`} (${node.cni}, netns ${netns})`);
       return pod;
     } catch (err) {
-      this.podNames.delete(podName);
+      this.#podNames.delete(podName);
       // The CNI spec has the runtime call DEL after a failed ADD, so the plugin can release what it took half-way.
       await invokeCni({ ...invocation, command: 'DEL' }).catch((delErr: unknown) => {
-        this.warn(`cleanup after failed ADD: ${String(delErr)}`);
+        this.#warn(`cleanup after failed ADD: ${String(delErr)}`);
       });
       const failure = await deleteNamespaces([netns]);
-      if (failure !== '' && !failure.includes('No such file')) this.warn(`cleanup after failed ADD: ${failure}`);
+      if (failure !== '' && !failure.includes('No such file')) this.#warn(`cleanup after failed ADD: ${failure}`);
       throw err;
     }
   }
@@ -453,30 +453,30 @@ export class Testbed implements SyncTeardown {
   /** Stops the pod's tracked processes, releases its network through CNI DEL, then deletes its namespace. */
   async removePod(pod: TestbedPod | string): Promise<void> {
     const target = typeof pod === 'string' ? this.pod(pod) : pod;
-    const inPod = [...this.processes].filter(([, netns]) => netns === target.netns);
+    const inPod = [...this.#processes].filter(([, netns]) => netns === target.netns);
     await Promise.all(inPod.map(([child]) => stopProcess(child)));
-    await invokeCni({ ...(await this.podCniInvocation(target)), command: 'DEL' });
+    await invokeCni({ ...(await this.#podCniInvocation(target)), command: 'DEL' });
     const failure = await deleteNamespaces([target.netns]);
     if (failure !== '') {
       throw new AmbitError('TESTBED_TEARDOWN_FAILED', `cannot delete ${target.name}'s namespace ${target.netns}: ${failure}`);
     }
     this.pods.splice(this.pods.indexOf(target), 1);
-    this.podNames.delete(target.name);
-    this.log(`removed ${target.name} (${target.ip})`);
+    this.#podNames.delete(target.name);
+    this.#log(`removed ${target.name} (${target.ip})`);
   }
 
   /** The node's conflist as it is now (one IPAM data dir per node, so each node leases its own CIDR). */
-  private async cniInvocation(node: TestbedNode, podNetns: string): Promise<Omit<CniInvocation, 'command'>> {
+  async #cniInvocation(node: TestbedNode, podNetns: string): Promise<Omit<CniInvocation, 'command'>> {
     const config = await readCniConfDir(node.cniConfDir);
     return { config, nodeNetns: node.netns, podNetns, containerId: podNetns, pluginDirs: [node.cniBinDir] };
   }
 
-  private async podCniInvocation(pod: TestbedPod): Promise<Omit<CniInvocation, 'command'>> {
-    return { ...(await this.cniInvocation(pod.node, pod.netns)), cniArgs: pod.cniArgs, prevResult: pod.cniResult };
+  async #podCniInvocation(pod: TestbedPod): Promise<Omit<CniInvocation, 'command'>> {
+    return { ...(await this.#cniInvocation(pod.node, pod.netns)), cniArgs: pod.cniArgs, prevResult: pod.cniResult };
   }
 
-  private assertOpen(action: string): void {
-    if (this.closed) throw new AmbitError('TESTBED_DESTROYED', `cannot ${action}: testbed ${this.prefix} has been destroyed`);
+  #assertOpen(action: string): void {
+    if (this.#closed) throw new AmbitError('TESTBED_DESTROYED', `cannot ${action}: testbed ${this.prefix} has been destroyed`);
   }
 
   /**
@@ -484,43 +484,43 @@ export class Testbed implements SyncTeardown {
    * deletes every namespace of the testbed and its temp dir. Idempotent; never throws: failures are logged.
    */
   destroy(): Promise<void> {
-    this.destroying ??= this.tearDown();
-    return this.destroying;
+    this.#destroying ??= this.#tearDown();
+    return this.#destroying;
   }
 
-  private async tearDown(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
+  async #tearDown(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
     const started = performance.now();
-    await this.attempt('wait for pods being added', () => Promise.allSettled(this.nodeQueues.values()));
-    await this.attempt('stop processes', () => Promise.all([...this.processes.keys()].map((child) => stopProcess(child))));
-    await this.attempt('kill the processes left in the namespaces', async () => {
+    await this.#attempt('wait for pods being added', () => Promise.allSettled(this.#nodeQueues.values()));
+    await this.#attempt('stop processes', () => Promise.all([...this.#processes.keys()].map((child) => stopProcess(child))));
+    await this.#attempt('kill the processes left in the namespaces', async () => {
       killPids(await namespacePids(namespacesWithPrefix(this.prefix)));
     });
     await Promise.all(
       this.pods.map((pod) =>
-        this.attempt(`release ${pod.name} through CNI DEL`, async () => {
-          const invocation: CniInvocation = { ...(await this.podCniInvocation(pod)), command: 'DEL' };
+        this.#attempt(`release ${pod.name} through CNI DEL`, async () => {
+          const invocation: CniInvocation = { ...(await this.#podCniInvocation(pod)), command: 'DEL' };
           return invokeCni(invocation);
         }),
       ),
     );
-    await this.attempt('delete namespaces', async () => {
+    await this.#attempt('delete namespaces', async () => {
       const failure = await deleteNamespaces(namespacesWithPrefix(this.prefix));
       const left = namespacesWithPrefix(this.prefix);
       if (left.length > 0) throw new Error(`still present: ${left.join(', ')}: ${failure}`);
     });
-    await this.attempt('remove the temp dir', () => rm(this.tmpDir, { recursive: true, force: true }));
-    await this.attempt('release ownership', async () => releaseOwnership(this.id));
+    await this.#attempt('remove the temp dir', () => rm(this.tmpDir, { recursive: true, force: true }));
+    await this.#attempt('release ownership', async () => releaseOwnership(this.#id));
     releaseFromExit(this);
-    this.log(`destroyed testbed ${this.prefix} in ${Math.round(performance.now() - started)} ms`);
+    this.#log(`destroyed testbed ${this.prefix} in ${Math.round(performance.now() - started)} ms`);
   }
 
-  private async attempt(step: string, action: () => Promise<unknown>): Promise<void> {
+  async #attempt(step: string, action: () => Promise<unknown>): Promise<void> {
     try {
       await action();
     } catch (err) {
-      this.warn(`teardown of ${this.prefix}: cannot ${step}: ${String(err)}`);
+      this.#warn(`teardown of ${this.prefix}: cannot ${step}: ${String(err)}`);
     }
   }
 
@@ -529,12 +529,12 @@ export class Testbed implements SyncTeardown {
    * No CNI DEL: deleting the namespaces takes their interfaces along.
    */
   teardownSync(): void {
-    this.closed = true;
-    for (const child of this.processes.keys()) if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
+    this.#closed = true;
+    for (const child of this.#processes.keys()) if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
     const namespaces = namespacesWithPrefix(this.prefix);
     killPids(namespacePidsSync(namespaces));
     deleteNamespacesSync(namespaces);
     rmSync(this.tmpDir, { recursive: true, force: true });
-    releaseOwnership(this.id);
+    releaseOwnership(this.#id);
   }
 }

@@ -1,7 +1,7 @@
 import { constants, X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import type { DetailedPeerCertificate, PeerCertificate, TLSSocket } from 'node:tls';
-import { subjectAltNames } from '../identity/index.js';
+import { subjectAltNames, withoutSpiffeScheme } from '../identity/index.js';
 
 /** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
@@ -70,7 +70,8 @@ export class SecureContextCache {
 /** The SPIFFE ID in a certificate's URI SAN (Node's `subjectaltname` text form), or undefined. */
 export function spiffeIdFromSan(subjectAltName: string | undefined): string | undefined {
   for (const entry of subjectAltNames(subjectAltName)) {
-    if (entry.startsWith('URI:spiffe://')) return entry.slice(4);
+    const uri = entry.startsWith('URI:') ? entry.slice('URI:'.length) : undefined;
+    if (uri !== undefined && withoutSpiffeScheme(uri) !== undefined) return uri;
   }
   return undefined;
 }

@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../fs/index.js';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
-import { parseSpiffeId, subjectAltNames, trustDomainId, validateTrustDomain } from './spiffe.js';
+import { parseSpiffeId, subjectAltNames, trustDomainId, validateTrustDomain, withoutSpiffeScheme } from './spiffe.js';
 
 /** Workload certificates live a day and are renewed at half life (DESIGN.md, "Identity"). */
 export const DEFAULT_CERT_TTL_MS = 24 * 60 * 60 * 1000;
@@ -257,9 +257,11 @@ function rootKeyIdentifier(root: forge.pki.Certificate): string {
 }
 
 function trustDomainFromRoot(root: X509Certificate): string | undefined {
-  const uris = subjectAltNames(root.subjectAltName).filter((name) => name.startsWith('URI:spiffe://'));
-  const first = uris[0];
-  return first === undefined ? undefined : first.slice('URI:spiffe://'.length).replace(/\/$/, '');
+  for (const name of subjectAltNames(root.subjectAltName)) {
+    const trustDomain = name.startsWith('URI:') ? withoutSpiffeScheme(name.slice('URI:'.length)) : undefined;
+    if (trustDomain !== undefined) return trustDomain.replace(/\/$/, '');
+  }
+  return undefined;
 }
 
 /** 128 random bits as a positive, minimally encoded DER INTEGER, as forge expects it in hex. */

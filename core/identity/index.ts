@@ -6,6 +6,7 @@ export {
   sniForIdentity,
   subjectAltNames,
   trustDomainId,
+  withoutSpiffeScheme,
   type SpiffeIdParts,
 } from './spiffe.js';
 export {

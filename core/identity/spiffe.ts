@@ -22,6 +22,14 @@ export function trustDomainId(trustDomain: string): string {
   return `${SPIFFE_SCHEME}${trustDomain}`;
 }
 
+/**
+ * What follows `spiffe://` in `id` (`<trustDomain>/ns/<namespace>/sa/<serviceAccount>`, the form Istio writes
+ * principals in), or undefined when `id` is not a spiffe:// URI. Nothing after the scheme is checked.
+ */
+export function withoutSpiffeScheme(id: string): string | undefined {
+  return id.startsWith(SPIFFE_SCHEME) ? id.slice(SPIFFE_SCHEME.length) : undefined;
+}
+
 /** The entries of a certificate's subject alternative names in Node's text form (`DNS:a, URI:spiffe://…`). */
 export function subjectAltNames(text: string | undefined): string[] {
   return text ? text.split(', ') : [];

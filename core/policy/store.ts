@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { InvalidObjectError, LocalCollection, Labels, ServiceRef, Workload } from '../discovery/index.js';
+import { withoutSpiffeScheme } from '../identity/index.js';
 import { silentLogger, type Logger } from '../log/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../discovery/index.js';
 import { convertPolicyObject } from './convert.js';
@@ -233,5 +234,5 @@ function readableSelector(spec: unknown): Labels | undefined {
 /** A SPIFFE ID as Istio writes principals: without the `spiffe://` scheme. */
 export function principalOf(spiffeId: string | undefined): string | undefined {
   if (spiffeId === undefined) return undefined;
-  return spiffeId.startsWith('spiffe://') ? spiffeId.slice('spiffe://'.length) : spiffeId;
+  return withoutSpiffeScheme(spiffeId) ?? spiffeId;
 }
