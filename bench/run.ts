@@ -19,6 +19,7 @@ import type { ChildProcess } from 'node:child_process';
 import { MeshCluster, ECHO_PORT, removeStaleTestbeds, Testbed, testbedUnavailableReason, type TestbedPod } from '../testbed/index.js';
 import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
 import { policyManifests } from './policy-load.js';
+import { benchStoreChanges, type StoreBenchResult } from './store.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LOADGEN = path.join(HERE, 'loadgen.js');
@@ -275,6 +276,17 @@ function policyTable(policy: { policies: number; connect_p50_us: { none: number;
   return lines.join('\n');
 }
 
+function storeTable(store: StoreBenchResult): string {
+  const lines = ['Discovery store, µs per single pod change (issue 13), in process:', '', '| workloads | status flip | label change | create + delete | full replaceAll |', '|---|---|---|---|---|'];
+  for (const row of store.rows) {
+    const us = row.usPerChange;
+    lines.push(`| ${row.workloads.toLocaleString('en')} | ${us['status flip']} | ${us['label change']} | ${us['create + delete']} | ${Math.round(row.usPerReplaceAll).toLocaleString('en')} |`);
+  }
+  const r = store.ratio50kTo1k;
+  lines.push(`| ratio 50k / 1k | ${r['status flip']}× | ${r['label change']}× | ${r['create + delete']}× | |`);
+  return lines.join('\n');
+}
+
 function ratio(a: number | null, b: number | null): string {
   if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '—';
   return `${(a / b).toFixed(2)}×`;
@@ -443,6 +455,7 @@ async function main(): Promise<number> {
     await cluster.waitForLog(node2, (r) => r.msg === 'policies updated' && r.authorizationPolicies === POLICY_COUNT && Number(r.time) >= since, 10_000);
     const withPolicies = await connectP50(`${POLICY_COUNT} policies`);
     const evaluation = benchPolicyEvaluation();
+    const store = benchStoreChanges();
     const policy = {
       policies: POLICY_COUNT,
       connect_p50_us: { none: withoutPolicies, with_policies: withPolicies },
@@ -456,8 +469,9 @@ async function main(): Promise<number> {
       settings: { seconds: SECONDS, repeats: REPEATS, latency: LATENCY, hold_connections: HOLD_CONNECTIONS },
       scenarios,
       policy,
+      store,
     };
-    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}`;
+    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}\n\n${storeTable(store)}`;
     await mkdir(RESULTS_DIR, { recursive: true });
     await writeFile(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
     await writeFile(path.join(RESULTS_DIR, 'latest.md'), `${markdown}\n`);
