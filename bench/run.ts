@@ -20,6 +20,7 @@ import { MeshCluster, ECHO_PORT, removeStaleTestbeds, Testbed, testbedUnavailabl
 import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
 import { benchTelemetry, type TelemetryBenchResult } from './telemetry.js';
 import { policyManifests } from './policy-load.js';
+import { benchStoreChanges, type StoreBenchResult } from './store.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LOADGEN = path.join(HERE, 'loadgen.js');
@@ -284,6 +285,17 @@ function policyTable(policy: { policies: number; connect_p50_us: { none: number;
   return lines.join('\n');
 }
 
+function storeTable(store: StoreBenchResult): string {
+  const lines = ['Discovery store, µs per single pod change (issue 13), in process:', '', '| workloads | status flip | label change | create + delete | full replaceAll |', '|---|---|---|---|---|'];
+  for (const row of store.rows) {
+    const us = row.usPerChange;
+    lines.push(`| ${row.workloads.toLocaleString('en')} | ${us['status flip']} | ${us['label change']} | ${us['create + delete']} | ${Math.round(row.usPerReplaceAll).toLocaleString('en')} |`);
+  }
+  const r = store.ratio50kTo1k;
+  lines.push(`| ratio 50k / 1k | ${r['status flip']}× | ${r['label change']}× | ${r['create + delete']}× | |`);
+  return lines.join('\n');
+}
+
 function ratio(a: number | null, b: number | null): string {
   if (a === null || b === null || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '—';
   return `${(a / b).toFixed(2)}×`;
@@ -452,6 +464,7 @@ async function main(): Promise<number> {
     await cluster.waitForLog(node2, (r) => r.msg === 'policies updated' && r.authorizationPolicies === POLICY_COUNT && Number(r.time) >= since, 10_000);
     const withPolicies = await connectP50(`${POLICY_COUNT} policies`);
     const evaluation = benchPolicyEvaluation();
+    const store = benchStoreChanges();
     const policy = {
       policies: POLICY_COUNT,
       connect_p50_us: { none: withoutPolicies, with_policies: withPolicies },
@@ -467,8 +480,15 @@ async function main(): Promise<number> {
       scenarios,
       policy,
       telemetry,
+      store,
     };
-    const markdown = `${table(scenarios)}\n\n${policyTable(policy)}\n\n${telemetryLine(telemetry)}`;
+    const markdown = `${table(scenarios)}
+
+${policyTable(policy)}
+
+${storeTable(store)}
+
+${telemetryLine(telemetry)}`;
     await mkdir(RESULTS_DIR, { recursive: true });
     await writeFile(path.join(RESULTS_DIR, 'latest.json'), `${JSON.stringify(result, null, 2)}\n`);
     await writeFile(path.join(RESULTS_DIR, 'latest.md'), `${markdown}\n`);
