@@ -27,8 +27,8 @@ export interface ProxyInputs {
   upstream: UpstreamConnector;
   /** The bytes held for HBONE streams not answered yet, against the agent's cap. */
   earlyData: EarlyDataBudget;
-  /** AuthorizationPolicy and PeerAuthentication, decided at the destination. */
-  policies: PolicyStore;
+  /** AuthorizationPolicy and PeerAuthentication, decided at the destination: the decision only, not the writers. */
+  policies: Pick<PolicyStore, 'decideFacts'>;
   /** SO_ORIGINAL_DST of a captured socket; injected by in-process tests that have no iptables. */
   originalDestination: (socket: net.Socket) => Address;
 }
