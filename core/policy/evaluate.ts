@@ -417,11 +417,6 @@ function parseCidrStrict(text: string): IpRange {
   return cidr;
 }
 
-/** True when `text` is an address the evaluator can read: what the agent must hand it for source and destination. */
-export function isEvaluableIp(text: string): boolean {
-  return parseIp(text) !== undefined;
-}
-
 export type EffectiveMtlsMode = 'STRICT' | 'PERMISSIVE';
 
 /**

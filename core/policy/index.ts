@@ -4,7 +4,6 @@ export { convertPolicyObject, type ConvertPolicyOptions } from './convert.js';
 export {
   buildPolicySet,
   evaluateConnection,
-  isEvaluableIp,
   resolveMtlsMode,
   PolicySet,
   type ConnectionAttributes,
