@@ -30,8 +30,10 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
     log.info('removed Ambit redirect rules and ipsets');
     return 0;
   }
+  // listening before the start: a SIGTERM while it starts (a rollout, a test) still shuts down cleanly, after it
+  const stopped = untilStopSignal(log);
   const agent = await Agent.start(config, { log, logDrops: logOutput });
-  await untilStopSignal(log);
+  await stopped;
   await agent.close();
   logOutput.finish();
   return 0;

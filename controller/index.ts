@@ -20,8 +20,10 @@ export async function runControllerCommand(argv: string[]): Promise<number> {
   }
   const output = new StdoutDestination();
   const log = createLogger({ level: command.config.logLevel, name: 'ambit-controller', destination: output });
+  // listening before the start: a SIGTERM while it starts (a rollout, a test) still shuts down cleanly, after it
+  const stopped = untilStopSignal(log);
   const controller = await Controller.start(command.config, { log });
-  await untilStopSignal(log);
+  await stopped;
   await controller.close();
   output.finish();
   return 0;

@@ -310,14 +310,19 @@ export class MeshCluster {
 
   /**
    * Stops a node's agent (SIGTERM: a clean shutdown, which keeps its rules unless --remove-rules-on-exit; SIGKILL:
-   * a crash) and waits for it to exit; resolves with its exit code (null when killed by the signal).
+   * a crash) and waits for it to exit; resolves with its exit code (null when killed by the SIGKILL asked for, and
+   * `killed by SIG…` when another signal ended it).
    */
-  async stopAgent(node: TestbedNode, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number | null> {
+  async stopAgent(node: TestbedNode, signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM'): Promise<number | string | null> {
     const agent = this.#agents.get(node.name);
     if (!agent) return null;
     this.#agents.delete(node.name);
     if (agent.child.exitCode !== null) return agent.child.exitCode;
-    const exited = new Promise<number | null>((resolve) => agent.child.once('exit', (code) => resolve(code)));
+    // the exit code; null for the SIGKILL asked for; otherwise the signal that ended it (a SIGTERM it did not handle,
+    // a crash), so that a test's failure says which
+    const exited = new Promise<number | string | null>((resolve) =>
+      agent.child.once('exit', (code, died) => resolve(code ?? (died === 'SIGKILL' && signal === 'SIGKILL' ? null : `killed by ${died ?? 'nothing'}`))),
+    );
     agent.child.kill(signal);
     return exited;
   }
