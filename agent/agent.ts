@@ -5,6 +5,13 @@ import { join } from 'node:path';
 import { Gauge } from 'prom-client';
 import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
+import { KubernetesSource } from './kubernetes-source.js';
+
+/** Where the store's cluster state comes from: a local folder, or the controller and the agent's own watch. */
+interface ClusterSource {
+  close(): Promise<void>;
+  lastErrors(): readonly unknown[];
+}
 import { AmbitError } from '../core/errors/index.js';
 import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
 import { CertStore, LocalCaFolder, sniForIdentity, trustDomainId } from '../core/identity/index.js';
@@ -66,7 +73,7 @@ export class Agent {
   readonly store: WorkloadStore;
   readonly nodeIp: string;
   readonly #log: Logger;
-  readonly #source: LocalSource;
+  readonly #source: ClusterSource;
   readonly #caFolder: LocalCaFolder;
   readonly #certs: CertStore;
   readonly #hboneClient: HboneClient;
@@ -104,7 +111,7 @@ export class Agent {
     log: Logger;
     registry: Registry;
     store: WorkloadStore;
-    source: LocalSource;
+    source: ClusterSource;
     caFolder: LocalCaFolder;
     nodeIp: string;
     certs: CertStore;
@@ -169,19 +176,35 @@ export class Agent {
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
-    const source = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
-    await source.start();
+    // The CA folder first: in kubernetes mode its trust bundle is what the controller's certificate is checked against.
+    const caFolder = await LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
+    let source: ClusterSource;
+    try {
+      if (config.kubernetes !== undefined) {
+        source = KubernetesSource.start({
+          settings: config.kubernetes,
+          nodeName: config.nodeName,
+          trustDomain: config.trustDomain,
+          store,
+          policies: policies.collection(),
+          trustBundle: caFolder.trustBundle,
+          registry,
+          log: log.child({ component: 'kubernetes-source' }),
+        });
+      } else {
+        const local = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
+        await local.start();
+        source = local;
+      }
+    } catch (err) {
+      await caFolder.close();
+      throw err;
+    }
     const nodeIp = config.nodeIp ?? store.nodeIp(config.nodeName);
     if (!nodeIp) {
       await source.close();
+      await caFolder.close();
       throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
-    }
-    let caFolder: LocalCaFolder;
-    try {
-      caFolder = await LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
-    } catch (err) {
-      await source.close();
-      throw err;
     }
     const { trustBundle } = caFolder;
     const certs = new CertStore({ issuer: caFolder, log });

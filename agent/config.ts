@@ -4,8 +4,13 @@ import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/inde
 import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_MAX_CONNECTIONS_PER_SOURCE, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
 import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
-import { validateTrustDomain } from '../core/identity/index.js';
+import { parseSpiffeId, spiffeId, validateTrustDomain } from '../core/identity/index.js';
 import { isDnsLabel } from '../core/names/index.js';
+
+/** The controller's Service, as the manifests name it. */
+export const DEFAULT_CONTROLLER_URL = 'https://ambit-controller.ambit-system.svc:15012';
+/** Where the DaemonSet mounts the projected token for the controller. */
+export const DEFAULT_TOKEN_FILE = '/var/run/secrets/ambit/controller/token';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
 export const DEFAULT_PORTS = Object.freeze({
@@ -46,11 +51,30 @@ export const AGENT_STARTED_LOG = Object.freeze({ ready: 'agent ready', unsynced:
 
 export type AgentPorts = { -readonly [K in keyof typeof DEFAULT_PORTS]: number };
 
+/** Where the agent learns the cluster: a folder of YAML, or the controller's discovery stream. */
+export const AGENT_MODES = ['local', 'kubernetes'] as const;
+export type AgentMode = (typeof AGENT_MODES)[number];
+
+/** Kubernetes mode: the controller's stream, and the agent's own watch of Namespaces and this node's Pods. */
+export interface KubernetesSettings {
+  /** `https://host:port` of the controller's Service. */
+  readonly controllerUrl: string;
+  /** The SPIFFE ID the controller's certificate must carry. */
+  readonly controllerIdentity: string;
+  /** The projected service-account token for the controller (audience ambit-controller). */
+  readonly tokenFile: string;
+  /** For the agent's own watch; undefined: the pod's service account (in-cluster). */
+  readonly kubeconfig: string | undefined;
+}
+
 export interface AgentConfig {
   /** This node's name: pods with `spec.nodeName` equal to it are this agent's to capture. */
   readonly nodeName: string;
+  readonly mode: AgentMode;
   /** Local mode: the folder of Kubernetes YAML (Namespaces, Pods, Services, Nodes) that describes the cluster. */
   readonly configDir: string;
+  /** Kubernetes mode's settings; undefined in local mode. */
+  readonly kubernetes: KubernetesSettings | undefined;
   /** Local mode: the folder holding the mesh CA (`ca.crt`, `ca.key`) that signs this node's workload certificates. */
   readonly caDir: string;
   readonly trustDomain: string;
@@ -115,7 +139,16 @@ Runs the node agent: captures the TCP traffic of enrolled pods on this node and 
 
 Options (each also as an environment variable):
   --node NAME            this node's name                      AMBIT_NODE_NAME (required)
-  --config DIR           local-mode folder of Kubernetes YAML  AMBIT_CONFIG_DIR (required)
+  --mode M               local | kubernetes: where the cluster AMBIT_MODE (default local)
+                         is read from (a folder, or the controller's stream and the agent's own watch)
+  --config DIR           local-mode folder of Kubernetes YAML  AMBIT_CONFIG_DIR (required in local mode)
+  --controller URL       kubernetes mode: the controller       AMBIT_CONTROLLER (default ${DEFAULT_CONTROLLER_URL})
+  --controller-identity ID  its certificate's SPIFFE ID        AMBIT_CONTROLLER_IDENTITY
+                         (default spiffe://<trust-domain>/ns/<root-namespace>/sa/ambit-controller)
+  --token-file FILE      kubernetes mode: the projected token  AMBIT_TOKEN_FILE (default ${DEFAULT_TOKEN_FILE})
+                         for the controller (audience ambit-controller)
+  --kubeconfig FILE      kubernetes mode: for the agent's own  AMBIT_KUBECONFIG (default: in-cluster service account)
+                         watch of Namespaces and this node's Pods
   --ca-dir DIR           local-mode mesh CA folder: ca.crt,    AMBIT_CA_DIR (required)
                          ca.key, optional trust-bundle.pem (watched)
   --node-ip IP           node address for DNAT and HBONE       AMBIT_NODE_IP (default: from the Node object)
@@ -181,7 +214,12 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       allowPositionals: false,
       options: {
         node: { type: 'string' },
+        mode: { type: 'string' },
         config: { type: 'string' },
+        controller: { type: 'string' },
+        'controller-identity': { type: 'string' },
+        'token-file': { type: 'string' },
+        kubeconfig: { type: 'string' },
         'ca-dir': { type: 'string' },
         'node-ip': { type: 'string' },
         'trust-domain': { type: 'string' },
@@ -229,10 +267,15 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   }
 
   const nodeName = values.node ?? env.AMBIT_NODE_NAME;
-  const configDir = values.config ?? env.AMBIT_CONFIG_DIR;
+  const mode = (values.mode ?? env.AMBIT_MODE ?? 'local') as AgentMode;
+  if (!AGENT_MODES.includes(mode)) throw usageError(`--mode ${mode} is not one of ${AGENT_MODES.join(', ')}`);
+  const configDir = values.config ?? env.AMBIT_CONFIG_DIR ?? '';
   const caDir = values['ca-dir'] ?? env.AMBIT_CA_DIR;
   if (!nodeName) throw usageError('--node (or AMBIT_NODE_NAME) is required');
-  if (!configDir) throw usageError('--config (or AMBIT_CONFIG_DIR) is required');
+  if (mode === 'local' && !configDir) throw usageError('--config (or AMBIT_CONFIG_DIR) is required in local mode');
+  if (mode === 'kubernetes' && configDir) throw usageError('--config is for local mode; in kubernetes mode the cluster comes from the controller');
+  // the Node object arrives with the controller's first snapshot, and the rules must be in place before it does
+  if (mode === 'kubernetes' && nodeIp === undefined) throw usageError('--node-ip (or AMBIT_NODE_IP, the downward API\'s status.hostIP) is required in kubernetes mode');
   if (!caDir) throw usageError('--ca-dir (or AMBIT_CA_DIR) is required');
   const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';
   if (net.isIP(listenHost) === 0) throw usageError(`--listen-host ${listenHost} is not an IP address`);
@@ -283,12 +326,37 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
   }
 
+  let kubernetes: KubernetesSettings | undefined;
+  if (mode === 'kubernetes') {
+    const controllerUrl = values.controller ?? env.AMBIT_CONTROLLER ?? DEFAULT_CONTROLLER_URL;
+    let url: URL;
+    try {
+      url = new URL(controllerUrl);
+    } catch {
+      throw usageError(`--controller ${controllerUrl} is not a URL`);
+    }
+    if (url.protocol !== 'https:' || url.pathname !== '/' || url.search !== '') throw usageError(`--controller ${controllerUrl} must be https://host:port, nothing more`);
+    const controllerIdentity = values['controller-identity'] ?? env.AMBIT_CONTROLLER_IDENTITY ?? spiffeId(trustDomain, rootNamespace, 'ambit-controller');
+    let identityDomain: string | undefined;
+    try {
+      identityDomain = parseSpiffeId(controllerIdentity).trustDomain;
+    } catch (err) {
+      throw usageError(`--controller-identity ${controllerIdentity} is not a SPIFFE ID: ${(err as Error).message}`);
+    }
+    if (identityDomain !== trustDomain) throw usageError(`--controller-identity ${controllerIdentity} is not of the trust domain ${trustDomain}`);
+    const tokenFile = values['token-file'] ?? env.AMBIT_TOKEN_FILE ?? DEFAULT_TOKEN_FILE;
+    if (!tokenFile.startsWith('/')) throw usageError(`--token-file ${tokenFile} is not an absolute path`);
+    kubernetes = Object.freeze({ controllerUrl: url.origin, controllerIdentity, tokenFile, kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG });
+  }
+
   return {
     help: false,
     cleanup: false,
     config: Object.freeze({
       nodeName,
+      mode,
       configDir,
+      kubernetes,
       caDir,
       trustDomain,
       nodeIp,
@@ -313,7 +381,9 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
 function partialDefaults(): Omit<AgentConfig, 'nodeIp' | 'iptablesBackend' | 'logLevel' | 'manageRules' | 'upstreamSource'> {
   return {
     nodeName: '',
+    mode: 'local',
     configDir: '',
+    kubernetes: undefined,
     caDir: '',
     trustDomain: 'cluster.local',
     listenHost: '0.0.0.0',

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { StreamChange } from '../core/stream/index.js';
+import { changeKey, type StreamChange } from '../core/stream/index.js';
 
 /** How many versions back an agent can resume from; one that is further behind gets a snapshot. */
 export const DEFAULT_HISTORY_VERSIONS = 10_000;
@@ -89,12 +89,4 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
     if (oldest === undefined || oldest.version > version + 1) return undefined;
     return this.#history.slice(version + 1 - oldest.version);
   }
-}
-
-/** What a change is about: one record per key, across kinds. */
-export function changeKey(change: StreamChange): string {
-  if (change.kind === 'Policy') return `Policy ${change.op === 'delete' ? change.key : change.policy.key}`;
-  if (change.op === 'delete') return `${change.kind} ${change.namespace === undefined ? '' : `${change.namespace}/`}${change.name}`;
-  const object = change.object as { namespace?: string; name: string };
-  return `${change.kind} ${object.namespace === undefined || change.kind === 'Namespace' || change.kind === 'Node' ? '' : `${object.namespace}/`}${object.name}`;
 }

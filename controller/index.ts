@@ -4,9 +4,8 @@ import { untilStopSignal } from '../core/process/index.js';
 import { CONTROLLER_USAGE, loadControllerConfig } from './config.js';
 import { Controller } from './controller.js';
 
-export { ChangeLog, changeKey, DEFAULT_HISTORY_VERSIONS, type Delta } from './change-log.js';
+export { ChangeLog, DEFAULT_HISTORY_VERSIONS, type Delta } from './change-log.js';
 export { DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_STREAM_USERS, StreamServer, type Authenticate, type StreamServerOptions, type TokenVerdict } from './stream-server.js';
-export { ClusterView, watchedKinds, type WatchedKind } from './cluster-view.js';
 export { CONTROLLER_USAGE, DEFAULT_CONTROLLER_PORTS, loadControllerConfig, type ControllerConfig } from './config.js';
 export { Controller, type ControllerDependencies } from './controller.js';
 export { tokenReviewer } from './token-review.js';

@@ -73,6 +73,34 @@ t.test('bad input is a usage error that names the flag', async (t) => {
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
 });
 
+t.test('kubernetes mode: the controller, its identity and the token; no config folder, and the node IP given', async (t) => {
+  const k8s = ['--node', 'node1', '--mode', 'kubernetes', '--ca-dir', '/ca', '--node-ip', '10.0.0.5'];
+  const config = loadAgentConfig({}, k8s).config!;
+  t.match(config, {
+    mode: 'kubernetes',
+    kubernetes: {
+      controllerUrl: 'https://ambit-controller.ambit-system.svc:15012',
+      controllerIdentity: 'spiffe://cluster.local/ns/ambit-system/sa/ambit-controller',
+      tokenFile: '/var/run/secrets/ambit/controller/token',
+      kubeconfig: undefined,
+    },
+  });
+  t.equal(loadAgentConfig({}, [...k8s, '--trust-domain', 'example.org', '--root-namespace', 'mesh']).config!.kubernetes?.controllerIdentity, 'spiffe://example.org/ns/mesh/sa/ambit-controller', 'the identity follows the trust domain and root namespace');
+  t.equal(loadAgentConfig({}, required).config!.kubernetes, undefined, 'local mode has no kubernetes settings');
+  const cases: Array<[string[], RegExp]> = [
+    [['--node', 'node1', '--mode', 'kubernetes', '--ca-dir', '/ca'], /--node-ip .* is required in kubernetes mode/],
+    [[...k8s, '--config', '/cluster'], /--config is for local mode/],
+    [[...k8s, '--controller', 'http://ctl:15012'], /must be https:\/\/host:port/],
+    [[...k8s, '--controller', 'https://ctl:15012/path'], /must be https:\/\/host:port/],
+    [[...k8s, '--controller', 'not a url'], /is not a URL/],
+    [[...k8s, '--controller-identity', 'spiffe://other.org/ns/a/sa/b'], /is not of the trust domain cluster.local/],
+    [[...k8s, '--controller-identity', 'ambit-controller'], /is not a SPIFFE ID/],
+    [[...k8s, '--token-file', 'token'], /--token-file token is not an absolute path/],
+    [[...k8s, '--mode', 'cloud'], /--mode cloud is not one of local, kubernetes/],
+  ];
+  for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
+});
+
 t.test('--help and --cleanup need no other flags', async (t) => {
   t.match(loadAgentConfig({}, ['--help']), { help: true });
   t.match(loadAgentConfig({}, ['--cleanup']), { cleanup: true });

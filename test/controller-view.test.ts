@@ -1,6 +1,7 @@
 /** The controller's view of the cluster: API objects in, the stream's changes out, through the real ChangeLog. */
 import t from 'tap';
-import { ChangeLog, ClusterView, watchedKinds, type Delta, type WatchedKind } from '../controller/index.js';
+import { ChangeLog, type Delta } from '../controller/index.js';
+import { ClusterView, watchedKinds, type WatchedKind } from '../core/stream/index.js';
 import { createLogger } from '../core/log/index.js';
 
 const kinds = watchedKinds({ istioApi: true });

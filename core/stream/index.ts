@@ -6,6 +6,7 @@ export {
   STREAM_ALPN,
   STREAM_PATH,
   STREAM_TOKEN_AUDIENCE,
+  changeKey,
   encodeMessage,
   parseMessage,
   streamLineSplitter,
@@ -13,3 +14,4 @@ export {
   type StreamChange,
   type StreamMessage,
 } from './protocol.js';
+export { ClusterView, watchedKinds, type ChangeSink, type WatchedKind } from './view.js';

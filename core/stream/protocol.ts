@@ -184,3 +184,11 @@ function protocolError(message: string): AmbitError {
 export function streamLineSplitter(maxLength = MAX_LINE_BYTES): LineSplitter {
   return new LineSplitter({ maxLength, code: 'STREAM_PROTOCOL_ERROR', what: 'discovery stream: a line' });
 }
+
+/** What a change is about: one record per key, across kinds. */
+export function changeKey(change: StreamChange): string {
+  if (change.kind === 'Policy') return `Policy ${change.op === 'delete' ? change.key : change.policy.key}`;
+  if (change.op === 'delete') return `${change.kind} ${change.namespace === undefined ? '' : `${change.namespace}/`}${change.name}`;
+  const object = change.object as { namespace?: string; name: string };
+  return `${change.kind} ${object.namespace === undefined || change.kind === 'Namespace' || change.kind === 'Node' ? '' : `${object.namespace}/`}${object.name}`;
+}

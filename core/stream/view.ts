@@ -1,7 +1,11 @@
-import { convertObject, InvalidObjectError, type DiscoveryKind } from '../core/discovery/index.js';
-import { silentLogger, type Logger } from '../core/log/index.js';
-import type { PolicyRecord, StreamChange } from '../core/stream/index.js';
-import { changeKey, type ChangeLog } from './change-log.js';
+import { convertObject, InvalidObjectError, type DiscoveryKind } from '../discovery/index.js';
+import { silentLogger, type Logger } from '../log/index.js';
+import { changeKey, type PolicyRecord, type StreamChange } from './protocol.js';
+
+/** Where the view's changes go: the controller's change log, or an agent's store. */
+export interface ChangeSink {
+  apply(changes: readonly StreamChange[]): unknown;
+}
 
 /** A kind the controller watches, as the API serves it. */
 export interface WatchedKind {
@@ -39,13 +43,13 @@ export function watchedKinds(options: { istioApi?: boolean } = {}): WatchedKind[
  * stands as deny-all there exactly as in local mode.
  */
 export class ClusterView {
-  readonly #changes: ChangeLog;
+  readonly #changes: ChangeSink;
   readonly #trustDomain: string;
   readonly #log: Logger;
   /** The record keys each kind holds, so a relist can delete what is gone. */
   readonly #keys = new Map<WatchedKind, Map<string, StreamChange & { op: 'delete' }>>();
 
-  constructor(changes: ChangeLog, options: { trustDomain: string; log?: Logger }) {
+  constructor(changes: ChangeSink, options: { trustDomain: string; log?: Logger }) {
     this.#changes = changes;
     this.#trustDomain = options.trustDomain;
     this.#log = (options.log ?? silentLogger()).child({ component: 'cluster-view' });

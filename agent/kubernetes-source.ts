@@ -1,0 +1,91 @@
+import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
+import type { TrustBundleSource } from '../core/hbone/index.js';
+import { loadKubeConfig, Reflector, type KubeObject } from '../core/k8s/index.js';
+import type { Logger } from '../core/log/index.js';
+import type { Registry } from '../core/metrics/index.js';
+import { ClusterView, watchedKinds, type StreamChange } from '../core/stream/index.js';
+import type { KubernetesSettings } from './config.js';
+import { ControllerStream } from './controller-stream.js';
+
+/** The store source of the agent's own watch; the controller's records are CONTROLLER_SOURCE's. */
+export const NODE_WATCH_SOURCE = 'node-watch';
+
+export interface KubernetesSourceOptions {
+  readonly settings: KubernetesSettings;
+  readonly nodeName: string;
+  readonly trustDomain: string;
+  readonly store: WorkloadStore;
+  readonly policies: LocalCollection;
+  readonly trustBundle: TrustBundleSource;
+  readonly registry: Registry;
+  readonly log: Logger;
+}
+
+/**
+ * Kubernetes mode's view of the cluster, as issue 13 and istio-cni have it: the controller's discovery stream for
+ * everything, and the agent's own watch of Namespaces and of this node's Pods (`spec.nodeName`, indexed by the API
+ * server), so that a pod's CNI ADD is decided without waiting for the controller, even while it is away. The store is
+ * synced (and the agent ready) on the controller's first snapshot; the agent's own records make no difference to
+ * that. Both convert objects with the same code (core/stream's ClusterView), so they agree on every record.
+ */
+export class KubernetesSource {
+  readonly #stream: ControllerStream;
+  readonly #reflectors: Reflector[];
+
+  private constructor(stream: ControllerStream, reflectors: Reflector[]) {
+    this.#stream = stream;
+    this.#reflectors = reflectors;
+  }
+
+  static start(options: KubernetesSourceOptions): KubernetesSource {
+    const { settings, store, log } = options;
+    const stream = new ControllerStream({
+      url: settings.controllerUrl,
+      controllerIdentity: settings.controllerIdentity,
+      trustBundle: options.trustBundle,
+      tokenFile: settings.tokenFile,
+      store,
+      policies: options.policies,
+      log,
+    });
+    const kubeConfig = loadKubeConfig(settings.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: settings.kubeconfig });
+    const sink = {
+      apply: (changes: readonly StreamChange[]) => {
+        const discovery = changes.filter((change): change is DiscoveryChange => change.kind !== 'Policy');
+        if (discovery.length > 0) store.applyBatch(discovery, NODE_WATCH_SOURCE);
+      },
+    };
+    const view = new ClusterView(sink, { trustDomain: options.trustDomain, log });
+    const kinds = watchedKinds().filter((kind) => kind.record === 'Namespace' || kind.record === 'Pod');
+    const reflectors = kinds.map(
+      (kind) =>
+        new Reflector({
+          kubeConfig,
+          kind: kind.kind,
+          path: kind.path,
+          ...(kind.record === 'Pod' ? { fieldSelector: `spec.nodeName=${options.nodeName}` } : {}),
+          log,
+          registry: options.registry,
+          consumer: {
+            replace: (items: KubeObject[]) => view.replace(kind, items),
+            added: (object: KubeObject) => view.upsert(kind, object),
+            modified: (object: KubeObject) => view.upsert(kind, object),
+            deleted: (object: KubeObject) => view.delete(kind, object),
+          },
+        }),
+    );
+    for (const reflector of reflectors) reflector.start();
+    stream.start();
+    return new KubernetesSource(stream, reflectors);
+  }
+
+  /** Nothing to report here: refusals and stream problems are logged as they happen. */
+  lastErrors(): readonly unknown[] {
+    return [];
+  }
+
+  async close(): Promise<void> {
+    this.#stream.close();
+    await Promise.all(this.#reflectors.map((reflector) => reflector.stop()));
+  }
+}

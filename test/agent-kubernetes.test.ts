@@ -1,0 +1,82 @@
+/**
+ * An agent in Kubernetes mode, in process (no rules): the controller on the API server double streams it the
+ * cluster, and its own watch of Namespaces and this node's Pods goes to the double directly. It serves before the
+ * controller answers, and is ready on the first snapshot.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { Agent, AGENT_STARTED_LOG, loadAgentConfig } from '../agent/index.js';
+import { Controller, loadControllerConfig } from '../controller/index.js';
+import { CertificateAuthority } from '../core/identity/index.js';
+import { createLogger } from '../core/log/index.js';
+import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES } from '../testbed/index.js';
+import { LogCapture } from './mesh/loopback.js';
+
+const pod = (name: string, ip: string, node = 'node1') => ({
+  apiVersion: 'v1',
+  kind: 'Pod',
+  metadata: { name, namespace: 'shop', labels: { app: name } },
+  spec: { nodeName: node, serviceAccountName: name, containers: [{ name: 'c' }] },
+  status: { phase: 'Running', podIP: ip, podIPs: [{ ip }] },
+});
+
+t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch sees this node\'s pods without it', async (t) => {
+  const api = await ApiServer.start();
+  for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
+  const agentUser = boundServiceAccountUser({ namespace: 'ambit-system', serviceAccount: 'ambit-agent', podName: 'ambit-agent-1', podUid: 'u1', nodeName: 'node1' });
+  api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
+  api.addToken('agent-api-token', agentUser);
+  api.addToken('agent-stream-token', { ...agentUser, audiences: ['ambit-controller'] });
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-agent-k8s-'));
+  const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
+  await ca.save(path.join(dir, 'ca'));
+  const { keyPem, certPem } = await ca.issueKeyAndCert('spiffe://cluster.local/ns/ambit-system/sa/ambit-controller');
+  await writeFile(path.join(dir, 'tls.key'), keyPem, { mode: 0o600 });
+  await writeFile(path.join(dir, 'tls.crt'), certPem);
+  await writeFile(path.join(dir, 'token'), 'agent-stream-token');
+  await api.writeKubeconfig(path.join(dir, 'controller.kubeconfig'), 'controller-token');
+  await api.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), 'agent-api-token');
+  api.objects('v1', 'namespaces').create({ metadata: { name: 'shop', labels: { 'ambit.dev/mode': 'enabled' } } });
+  api.objects('v1', 'nodes').create({ metadata: { name: 'node1' }, status: { addresses: [{ type: 'InternalIP', address: '127.0.0.1' }] } });
+  api.objects('v1', 'pods').create(pod('a', '10.1.0.2'));
+  api.objects('v1', 'pods').create(pod('elsewhere', '10.1.9.9', 'node2'));
+
+  const { config: controllerConfig } = loadControllerConfig({}, ['--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--tls-dir', dir, '--listen-host', '127.0.0.1', '--log-level', 'silent']);
+  // the agent starts first, with the controller's port reserved: it must serve, unready, while the controller is away
+  const controllerPort = 20000 + Math.floor(Math.random() * 20000);
+  const offset = 30000 + Math.floor(Math.random() * 200) * 10;
+  const logs = new LogCapture();
+  const { config } = loadAgentConfig({}, [
+    '--node', 'node1', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${controllerPort}`, '--token-file', path.join(dir, 'token'),
+    '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--ca-dir', path.join(dir, 'ca'), '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1',
+    '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
+  ]);
+  const agent = await Agent.start(config!, { log: createLogger({ level: 'debug', destination: logs }) });
+  const running: { controller?: Controller } = {};
+  t.teardown(async () => {
+    await agent.close();
+    await running.controller?.close();
+    await api.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  t.equal(agent.ready, false, 'not ready before the controller has answered');
+  // its own watch: this node's pod and its namespace, not the other node's pod
+  await new Promise<void>((resolve) => {
+    const check = () => {
+      if (agent.store.workloadByIp('10.1.0.2')?.enrolled !== true) return;
+      agent.store.off('change', check);
+      resolve();
+    };
+    agent.store.on('change', check);
+    check();
+  });
+  t.pass('the pod of this node is known and enrolled from the agent\'s own watch, with no controller');
+  t.equal(agent.store.workloadByIp('10.1.9.9'), undefined, 'a pod of another node is not in its watch');
+
+  running.controller = await Controller.start({ ...controllerConfig!, ports: { stream: controllerPort, metrics: 0, readiness: 0 } });
+  await logs.waitFor((r) => r.msg === AGENT_STARTED_LOG.ready, 30_000);
+  t.equal(agent.ready, true, 'ready once the controller\'s snapshot is applied');
+  t.equal(agent.store.workloadByIp('10.1.9.9')?.node, 'node2', 'and now it knows the other node\'s pod, from the controller');
+});
