@@ -69,6 +69,8 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
   readonly #policies = new Map<string, unknown>();
   #session: http2.ClientHttp2Session | undefined;
   #failures = 0;
+  /** False after a line that could not be read or applied: the next connect asks for a snapshot, not that line again. */
+  #resumable = true;
   #cancelRetry: (() => void) | undefined;
   #closed = false;
 
@@ -126,7 +128,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
       session.on('error', (err) => resolve(err.message));
       session.on('close', () => resolve('the connection closed'));
     });
-    const query = this.#epoch === undefined ? '' : `?epoch=${encodeURIComponent(this.#epoch)}&version=${this.#version}`;
+    const query = this.#epoch === undefined || !this.#resumable ? '' : `?epoch=${encodeURIComponent(this.#epoch)}&version=${this.#version}`;
     const request = session.request({ ':method': 'GET', ':path': `${STREAM_PATH}${query}`, authorization: `Bearer ${token}` });
     request.setEncoding('utf8');
     const outcome = new Promise<string>((resolve) => {
@@ -152,8 +154,9 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
           armSilence();
           try {
             for (const line of lines.push(chunk)) this.#handle(parseMessage(line), state);
-            this.#failures = 0;
           } catch (err) {
+            // a line it cannot read or apply would come again on a resume: the next connect asks for a snapshot
+            this.#resumable = false;
             resolve(err instanceof Error ? err.message : String(err));
           }
         });
@@ -186,6 +189,8 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         this.#epoch = message.epoch;
         this.#version = message.version;
         this.#options.store.markSynced(CONTROLLER_SOURCE);
+        this.#failures = 0;
+        this.#resumable = true;
         this.#log.info({ epoch: message.epoch, version: message.version, workloads: state.discovery.pods.length, policies: this.#policies.size }, 'discovery snapshot applied');
         this.emit('synced', { epoch: message.epoch, version: message.version });
         this.emit('streaming', { resumed: false });
@@ -195,6 +200,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         if (message.epoch !== this.#epoch || message.version !== this.#version) {
           throw new AmbitError('STREAM_PROTOCOL_ERROR', `discovery stream: resume at ${message.epoch}/${message.version}, but the agent holds ${this.#epoch ?? 'nothing'}/${this.#version}`);
         }
+        this.#failures = 0;
         this.#log.info({ epoch: message.epoch, version: message.version }, 'discovery stream resumed');
         this.emit('streaming', { resumed: true });
         return;

@@ -35,6 +35,8 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
 
   constructor(options: { historyVersions?: number } = {}) {
     super();
+    // one listener per streaming agent: thousands are normal
+    this.setMaxListeners(0);
     this.#historyVersions = options.historyVersions ?? DEFAULT_HISTORY_VERSIONS;
   }
 

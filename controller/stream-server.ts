@@ -25,6 +25,8 @@ export const DEFAULT_STREAM_USERS = ['system:serviceaccount:ambit-system:ambit-a
  * and resumes (or gets a snapshot), which costs it a round trip, and costs the controller nothing unbounded.
  */
 export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+/** Deltas held for an agent while its state is being written; more, and it is dropped (it resumes). */
+const MAX_WAITING_DELTAS = 10_000;
 /** The longest a request may wait for its token check before the stream is refused. */
 const AUTHENTICATE_TIMEOUT_MS = 10_000;
 
@@ -139,12 +141,19 @@ export class StreamServer {
     this.#stream(stream, url.searchParams, verdict.username, remote);
   }
 
-  /** Writes the state (resume or snapshot) and follows the log, all in one tick so no delta falls in between. */
+  /**
+   * Writes the state (resume or snapshot), then follows the log. The subscription and the state are taken in one
+   * tick, so no delta falls in between; deltas that come while the state is being written wait in order. The state is
+   * written under backpressure (a snapshot of a big cluster is far more than any buffer), and the cap on unsent data
+   * applies from then on, to the live deltas only.
+   */
   #stream(stream: http2.ServerHttp2Stream, query: URLSearchParams, user: string, remote: string | undefined): void {
     const changes = this.#options.changes;
     const maxBuffered = this.#options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
     stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
-    const write = (message: StreamMessage): void => {
+    let live = false;
+    const waiting: Delta[] = [];
+    const writeLive = (message: StreamMessage): void => {
       if (stream.destroyed) return;
       stream.write(encodeMessage(message));
       if (stream.writableLength > maxBuffered) {
@@ -152,31 +161,45 @@ export class StreamServer {
         stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       }
     };
+    const onDelta = (delta: Delta) => {
+      if (live) writeLive({ t: 'delta', version: delta.version, changes: delta.changes });
+      else if (waiting.push(delta) > MAX_WAITING_DELTAS) {
+        this.#log.warn({ user, remote, waiting: waiting.length }, 'agent takes its state too slowly; its stream is dropped, and it will resume');
+        stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      }
+    };
+    changes.on('delta', onDelta);
     const epoch = query.get('epoch');
     const version = Number(query.get('version') ?? NaN);
     const deltas = epoch === null ? undefined : changes.since(epoch, version);
+    const state: StreamMessage[] = [];
     if (deltas !== undefined) {
-      write({ t: 'resume', epoch: changes.epoch, version });
-      for (const delta of deltas) write({ t: 'delta', version: delta.version, changes: delta.changes });
+      state.push({ t: 'resume', epoch: changes.epoch, version });
+      for (const delta of deltas) state.push({ t: 'delta', version: delta.version, changes: delta.changes });
     } else {
       const records = changes.snapshot();
-      write({ t: 'snapshot', epoch: changes.epoch, version: changes.version });
-      for (let i = 0; i < records.length; i += SNAPSHOT_CHUNK) write({ t: 'records', changes: records.slice(i, i + SNAPSHOT_CHUNK) });
-      write({ t: 'synced', epoch: changes.epoch, version: changes.version });
+      state.push({ t: 'snapshot', epoch: changes.epoch, version: changes.version });
+      for (let i = 0; i < records.length; i += SNAPSHOT_CHUNK) state.push({ t: 'records', changes: records.slice(i, i + SNAPSHOT_CHUNK) });
+      state.push({ t: 'synced', epoch: changes.epoch, version: changes.version });
     }
-    const onDelta = (delta: Delta) => write({ t: 'delta', version: delta.version, changes: delta.changes });
-    changes.on('delta', onDelta);
-    const ping = setInterval(() => write({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
+    const ping = setInterval(() => live && writeLive({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
     ping.unref();
     this.#streams.add(stream);
     this.#log.info({ user, remote, resumed: deltas !== undefined, version: changes.version, records: changes.size }, 'agent streaming');
-    const done = () => {
+    stream.on('close', () => {
       changes.off('delta', onDelta);
       clearInterval(ping);
       this.#streams.delete(stream);
-    };
-    stream.on('close', done);
+    });
     stream.on('error', () => undefined);
+    void (async () => {
+      for (const message of state) {
+        if (stream.destroyed) return;
+        if (!stream.write(encodeMessage(message))) await drained(stream);
+      }
+      for (const delta of waiting.splice(0)) writeLive({ t: 'delta', version: delta.version, changes: delta.changes });
+      live = true;
+    })();
   }
 
   #refused(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string, remote: string | undefined): void {
@@ -205,5 +228,18 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
         reject(err);
       },
     );
+  });
+}
+
+/** Resolves when the stream can take more, or is gone. */
+function drained(stream: http2.ServerHttp2Stream): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.once('drain', done);
+    stream.once('close', done);
   });
 }

@@ -60,7 +60,7 @@ async function pki(identity = CONTROLLER_ID) {
   return { ca, keyPem, certPem, bundle: new TrustBundle(ca.rootPem) };
 }
 
-async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[] } = {}): Promise<Rig> {
+async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number } = {}): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
   const changes = new ChangeLog();
   changes.apply(options.initial ?? [namespace('shop'), pod('a', '10.1.0.2')]);
@@ -73,6 +73,7 @@ async function rig(t: Test, options: { token?: string; serverIdentity?: string; 
       authenticate,
       ...(port === undefined ? {} : { port }),
       ...(options.pingIntervalMs === undefined ? {} : { pingIntervalMs: options.pingIntervalMs }),
+      ...(options.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: options.maxBufferedBytes }),
     });
   let server = serve(changes);
   const port = await server.listen();
@@ -272,6 +273,20 @@ t.test('a silent stream is dropped at the deadline and the agent connects again'
   t.same(await again, { resumed: true }, 'connected again, and resumed: the controller still holds its epoch');
 });
 
+t.test('a snapshot far larger than the cap on unsent data still arrives whole, under backpressure, with the deltas made meanwhile', async (t) => {
+  const pods = Array.from({ length: 3000 }, (_, i) => pod(`p${i}`, `10.2.${Math.floor(i / 250)}.${(i % 250) + 1}`));
+  const r = await rig(t, { initial: [namespace('shop'), ...pods], maxBufferedBytes: 64 * 1024 });
+  const synced = r.next('synced');
+  r.client.start();
+  const { version } = await synced;
+  t.equal(version, 1, 'synced at the version of the snapshot');
+  t.equal(r.store.workloadByIp('10.2.11.250')?.name, 'p2999', 'the last record of ~1.5 MB of records, with a 64 KiB cap');
+  const late = r.next('applied');
+  r.changes.apply([pod('late', '10.3.0.1')]);
+  t.same(await late, { version: 2, changes: 1 }, 'and the stream goes on with the next delta');
+  t.equal(r.store.workloadByIp('10.3.0.1')?.name, 'late');
+});
+
 t.test('protocol checks: what the agent refuses to apply', async (t) => {
   t.throws(() => parseMessage('{"t":"delta","version":-1,"changes":[]}'), { code: 'STREAM_PROTOCOL_ERROR' }, 'a negative version');
   t.throws(() => parseMessage('not json'), { code: 'STREAM_PROTOCOL_ERROR' });
@@ -282,4 +297,6 @@ t.test('protocol checks: what the agent refuses to apply', async (t) => {
   t.throws(() => parseMessage(encodeMessage({ t: 'delta', version: 2, changes: [badIp as StreamChange] })), { message: /ips is not a list of IP addresses/ });
   t.throws(() => parseMessage('{"t":"delta","version":2,"changes":[{"op":"delete","kind":"Pod","name":"a"}]}'), { message: /namespace is not a non-empty string/ }, 'a namespaced delete names its namespace');
   t.throws(() => parseMessage('{"t":"records","changes":[{"op":"upsert","kind":"Secret","object":{}}]}'), { message: /unknown kind "Secret"/ });
+  const service = { op: 'upsert', kind: 'Service', object: { name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: ['10.96.0.1'], labels: {}, ports: [null] } };
+  t.throws(() => parseMessage(JSON.stringify({ t: 'delta', version: 2, changes: [service] })), { message: /ports is not a list of ports/ }, 'a port the store could not read');
 });

@@ -163,7 +163,11 @@ t.test('the IPv6 TCP of enrolled pods is refused, in and out; pods outside the m
     // after it is rewritten, so both lines are looked for from the mark, in either order.
     await tb.exec(node1.netns, 'ipset', ['flush', 'ambit-pods-v6']);
     await tb.exec(node1.netns, 'ip6tables', ['-F', REJECT_CHAIN]);
-    const rewrote = (r: Record<string, unknown>) => r.msg === 'redirect rules installed' && Array.isArray(r.chains) && r.chains.includes(REJECT_CHAIN);
+    // A resync runs install() and then a forced pod sync, which rewrites the chain with its interface rules too: a
+    // flush that lands between the two is repaired by the sync, and install() then finds the chain in place.
+    const rewrote = (r: Record<string, unknown>) =>
+      (r.msg === 'redirect rules installed' && Array.isArray(r.chains) && r.chains.includes(REJECT_CHAIN)) ||
+      (r.msg === 'IPv6 reject chain refuses the bound pods by interface' && r.chain === REJECT_CHAIN);
     await cluster.waitForLog(node1, rewrote, REPAIR_WITHIN_MS, mark);
     await cluster.waitForLog(node1, (r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v6', REPAIR_WITHIN_MS, mark);
     const filter = String((await tb.exec(node1.netns, 'ip6tables-save', ['-t', 'filter'])).stdout);

@@ -85,3 +85,16 @@ t.test('the queries: lists at RV=0 with a limit (and continue), watches with boo
     t.throws(() => checkCollectionPath(path), { code: 'K8S_BAD_PATH' }, `${path} is refused`);
   }
 });
+
+t.test('a line in many chunks is joined once, whatever its length', async (t) => {
+  const splitter = watchLineSplitter(4 * 1024 * 1024);
+  const line = 'x'.repeat(2 * 1024 * 1024);
+  let out: string[] = [];
+  for (let i = 0; i < line.length; i += 16 * 1024) out = out.concat(splitter.push(Buffer.from(line.slice(i, i + 16 * 1024))));
+  t.same(out, [], 'nothing before its newline');
+  t.ok(splitter.pending, 'an unfinished line is held');
+  const [whole, next] = splitter.push(Buffer.from('\n{"a":1}\n'));
+  t.equal(whole?.length, line.length, 'the whole line, once');
+  t.equal(next, '{"a":1}');
+  t.notOk(splitter.pending);
+});

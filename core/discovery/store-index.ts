@@ -155,19 +155,23 @@ export class StoreIndex {
   /** Derives again what the marked changes touch. */
   flush(): void {
     const dirty = this.#dirty;
-    for (const name of dirty.Namespace) for (const key of this.#podsByNamespace.get(name) ?? []) dirty.Pod.add(key);
-    for (const name of dirty.Node) {
-      for (const key of this.#podsByNode.get(name) ?? []) for (const service of this.#pods.get(key)?.selectedBy ?? []) this.#dirtyEndpoints.add(service);
-      for (const key of this.#slicesByNode.get(name) ?? []) this.#dirtyEndpoints.add((this.#slices.get(key) as SliceState).service);
+    // a record that makes a derivation throw must not leave the marks behind, or every later batch throws with it
+    try {
+      for (const name of dirty.Namespace) for (const key of this.#podsByNamespace.get(name) ?? []) dirty.Pod.add(key);
+      for (const name of dirty.Node) {
+        for (const key of this.#podsByNode.get(name) ?? []) for (const service of this.#pods.get(key)?.selectedBy ?? []) this.#dirtyEndpoints.add(service);
+        for (const key of this.#slicesByNode.get(name) ?? []) this.#dirtyEndpoints.add((this.#slices.get(key) as SliceState).service);
+      }
+      for (const key of dirty.Service) this.#reindexService(key);
+      for (const key of dirty.EndpointSlice) this.#reindexSlice(key);
+      for (const key of dirty.Pod) this.#reindexPod(key);
+      for (const ip of this.#dirtyIps) this.#resolveIp(ip);
+      for (const vip of this.#dirtyVips) this.#resolveVip(vip);
+      for (const key of this.#dirtyEndpoints) this.#deriveService(key);
+      for (const key of this.#dirtyRefs) this.#deriveRefs(key);
+    } finally {
+      for (const set of [...Object.values(dirty), this.#dirtyIps, this.#dirtyVips, this.#dirtyEndpoints, this.#dirtyRefs]) set.clear();
     }
-    for (const key of dirty.Service) this.#reindexService(key);
-    for (const key of dirty.EndpointSlice) this.#reindexSlice(key);
-    for (const key of dirty.Pod) this.#reindexPod(key);
-    for (const ip of this.#dirtyIps) this.#resolveIp(ip);
-    for (const vip of this.#dirtyVips) this.#resolveVip(vip);
-    for (const key of this.#dirtyEndpoints) this.#deriveService(key);
-    for (const key of this.#dirtyRefs) this.#deriveRefs(key);
-    for (const set of [...Object.values(dirty), this.#dirtyIps, this.#dirtyVips, this.#dirtyEndpoints, this.#dirtyRefs]) set.clear();
   }
 
   get workloadCount(): number {

@@ -11,7 +11,9 @@ export class LineSplitter {
   readonly #maxLength: number;
   readonly #code: string;
   readonly #what: string;
-  #partial = '';
+  /** The pieces of the unfinished line, kept apart: joining them at every chunk would be quadratic in its length. */
+  #partial: string[] = [];
+  #partialLength = 0;
 
   /** `code` and `what` name the refusal of an over-long line: `K8S_WATCH_LINE_TOO_LONG`, `a watch line`. */
   constructor(options: { maxLength: number; code: string; what: string }) {
@@ -22,15 +24,28 @@ export class LineSplitter {
 
   /** The complete lines the chunk ends, without their newlines; empty lines are dropped. */
   push(chunk: Buffer | string): string[] {
-    const text = this.#partial + (typeof chunk === 'string' ? chunk : this.#decoder.write(chunk));
-    const lines = text.split('\n');
-    this.#partial = lines.pop() ?? '';
-    if (this.#partial.length > this.#maxLength) throw new AmbitError(this.#code, `${this.#what} is longer than ${this.#maxLength} characters`);
-    return lines.filter((line) => line.trim() !== '');
+    const text = typeof chunk === 'string' ? chunk : this.#decoder.write(chunk);
+    const lines: string[] = [];
+    let start = 0;
+    for (let end = text.indexOf('\n'); end !== -1; end = text.indexOf('\n', start)) {
+      this.#partial.push(text.slice(start, end));
+      const line = this.#partial.join('');
+      this.#partial = [];
+      this.#partialLength = 0;
+      if (line.trim() !== '') lines.push(line);
+      start = end + 1;
+    }
+    const rest = text.slice(start);
+    if (rest !== '') {
+      this.#partial.push(rest);
+      this.#partialLength += rest.length;
+    }
+    if (this.#partialLength > this.#maxLength) throw new AmbitError(this.#code, `${this.#what} is longer than ${this.#maxLength} characters`);
+    return lines;
   }
 
   /** Whether bytes of an unfinished line are held: a stream that ends here was cut. */
   get pending(): boolean {
-    return this.#partial.trim() !== '';
+    return this.#partial.join('').trim() !== '';
   }
 }

@@ -146,19 +146,26 @@ function checkRecord(kind: DiscoveryKind, object: Record<string, unknown>, where
     for (const field of ['hostNetwork', 'ready', 'terminated'] as const) {
       if (typeof object[field] !== 'boolean') throw protocolError(`${where} (Pod).${field} is not a boolean`);
     }
-    if (!Array.isArray(object.containerPorts)) throw protocolError(`${where} (Pod).containerPorts is not an array`);
+    ports(object.containerPorts, `${where} (Pod).containerPorts`);
   }
   if (kind === 'Service') {
     addresses(object.vips, `${where} (Service).vips`);
-    if (!Array.isArray(object.ports)) throw protocolError(`${where} (Service).ports is not an array`);
+    ports(object.ports, `${where} (Service).ports`);
   }
   if (kind === 'Node') addresses(object.addresses, `${where} (Node).addresses`);
   if (kind === 'EndpointSlice') {
-    if (!Array.isArray(object.ports)) throw protocolError(`${where} (EndpointSlice).ports is not an array`);
+    ports(object.ports, `${where} (EndpointSlice).ports`);
     const endpoints = object.endpoints;
     if (!Array.isArray(endpoints)) throw protocolError(`${where} (EndpointSlice).endpoints is not an array`);
     addresses(endpoints.map((endpoint: unknown) => (isObject(endpoint) ? endpoint.ip : undefined)), `${where} (EndpointSlice).endpoints[].ip`);
   }
+}
+
+/** A list of ports: objects with a TCP/UDP port number and a protocol, as the store reads them. */
+function ports(value: unknown, where: string): void {
+  const valid = (port: unknown) =>
+    isObject(port) && Number.isInteger(port.port) && (port.port as number) >= 1 && (port.port as number) <= 65535 && typeof port.protocol === 'string';
+  if (!Array.isArray(value) || !value.every(valid)) throw protocolError(`${where} is not a list of ports (port 1-65535, protocol)`);
 }
 
 function name(value: unknown, where: string): string {
