@@ -176,11 +176,14 @@ export class Agent {
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
-    // The CA folder first: in kubernetes mode its trust bundle is what the controller's certificate is checked against.
-    const caFolder = await LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
+    // Local mode reads its folder first (a missing folder is the first thing to say); kubernetes mode opens the CA
+    // folder first, since its trust bundle is what the controller's certificate is checked against.
+    const openCaFolder = () => LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
     let source: ClusterSource;
-    try {
-      if (config.kubernetes !== undefined) {
+    let caFolder: LocalCaFolder;
+    if (config.kubernetes !== undefined) {
+      caFolder = await openCaFolder();
+      try {
         source = KubernetesSource.start({
           settings: config.kubernetes,
           nodeName: config.nodeName,
@@ -191,21 +194,27 @@ export class Agent {
           registry,
           log: log.child({ component: 'kubernetes-source' }),
         });
-      } else {
-        const local = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
-        await local.start();
-        source = local;
+      } catch (err) {
+        await caFolder.close();
+        throw err;
       }
-    } catch (err) {
-      await caFolder.close();
-      throw err;
+    } else {
+      const local = new LocalSource({ dir: config.configDir, store, log: log.child({ component: 'local-source' }), collections: [policies.collection()] });
+      await local.start();
+      source = local;
+      if (config.nodeIp === undefined && store.nodeIp(config.nodeName) === undefined) {
+        await source.close();
+        throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
+      }
+      try {
+        caFolder = await openCaFolder();
+      } catch (err) {
+        await source.close();
+        throw err;
+      }
     }
-    const nodeIp = config.nodeIp ?? store.nodeIp(config.nodeName);
-    if (!nodeIp) {
-      await source.close();
-      await caFolder.close();
-      throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
-    }
+    // kubernetes mode requires --node-ip (config.ts); local mode checked it above
+    const nodeIp = (config.nodeIp ?? store.nodeIp(config.nodeName)) as string;
     const { trustBundle } = caFolder;
     const certs = new CertStore({ issuer: caFolder, log });
     const contexts = new SecureContextCache(trustBundle);
