@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
@@ -14,6 +15,7 @@ import { RedirectRules, removeRedirectRules } from '../agent/rules/redirect-rule
 import { TRANSPARENT_ROUTE_TABLE, buildTransparentRouting, buildTransparentRoutingRemoval } from '../agent/rules/routing.js';
 import { resolveSourceBindings } from '../agent/rules/source-binding.js';
 import { expected, keywordValues, meaning, parseIpRuleLine, parseNftBatch, parseNftRule, parseRestoreBatch, parseRule, type IptablesRule, type NftCommand, type NftRule, type RestoreSection, type RuleMeaning } from './mesh/rules-parse.js';
+import { registerForExit, releaseFromExit } from '../testbed/exit-cleanup.js';
 import { needsRoot, skipReason } from './prerequisites.js';
 
 const NODE_IP = '10.99.0.1';
@@ -704,7 +706,13 @@ function inNetns(netns: string, argv: string[], options: { input?: string } = {}
 async function createNetns(t: Test, role: string): Promise<string> {
   const name = `ambit-rr-${role}-${randomBytes(3).toString('hex')}`;
   await execa('ip', ['netns', 'add', name]);
-  t.teardown(() => execa('ip', ['netns', 'del', name], { reject: false }));
+  // also when the run is interrupted (tap's timeout sends SIGTERM) before the teardown runs
+  const onExit = { teardownSync: () => void spawnSync('ip', ['netns', 'del', name]) };
+  registerForExit(onExit);
+  t.teardown(async () => {
+    await execa('ip', ['netns', 'del', name], { reject: false });
+    releaseFromExit(onExit);
+  });
   await inNetns(name, ['ip', 'link', 'set', 'lo', 'up']);
   return name;
 }
