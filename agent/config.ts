@@ -1,10 +1,10 @@
 import net from 'node:net';
-import { parseArgs } from 'node:util';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
 import { HBONE_KEEPALIVE_INTERVAL_MS, HBONE_KEEPALIVE_TIMEOUT_MS, HBONE_MAX_CONNECTIONS, HBONE_MAX_CONNECTIONS_PER_SOURCE, HBONE_RESPONSE_TIMEOUT_MS } from '../core/hbone/index.js';
 import { DEFAULT_ROOT_NAMESPACE } from '../core/policy/index.js';
-import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
-import { parseSpiffeId, spiffeId, validateTrustDomain } from '../core/identity/index.js';
+import { parseFlags, usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
+import { LOG_LEVELS, type LogLevel } from '../core/log/index.js';
+import { parseSpiffeId, spiffeId, trustDomainFlag } from '../core/identity/index.js';
 import { isDnsLabel } from '../core/names/index.js';
 
 /** The controller's Service, as the manifests name it. */
@@ -88,7 +88,7 @@ export interface AgentConfig {
   /** Where connections to local pods and passthrough destinations come from; an agent that cannot have `transparent` does not start. */
   readonly upstreamSource: UpstreamSource;
   readonly iptablesBackend: 'auto' | 'nft' | 'legacy';
-  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  readonly logLevel: LogLevel;
   /** The cluster name carried in HBONE baggage. */
   readonly clusterName: string;
   /** How often the rules are checked and repaired if something else changed them (0: only on store changes). */
@@ -190,7 +190,6 @@ refuses a ca.key that group or others can read or write (chmod 600 it).
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 `;
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 const BACKENDS = ['auto', 'nft', 'legacy'] as const;
 
 export interface AgentCommand {
@@ -206,49 +205,39 @@ const usageError = (message: string): AmbitError => commandUsageError('agent', m
  * errors, never ignored: a typo must not silently run the agent with a default.
  */
 export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCommand {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        node: { type: 'string' },
-        mode: { type: 'string' },
-        config: { type: 'string' },
-        controller: { type: 'string' },
-        'controller-identity': { type: 'string' },
-        'token-file': { type: 'string' },
-        kubeconfig: { type: 'string' },
-        'ca-dir': { type: 'string' },
-        'node-ip': { type: 'string' },
-        'trust-domain': { type: 'string' },
-        'listen-host': { type: 'string' },
-        'port-offset': { type: 'string' },
-        'iptables-backend': { type: 'string' },
-        'no-rules': { type: 'boolean' },
-        'upstream-source': { type: 'string' },
-        'log-level': { type: 'string' },
-        'cluster-name': { type: 'string' },
-        'rules-resync-interval': { type: 'string' },
-        'run-dir': { type: 'string' },
-        'state-dir': { type: 'string' },
-        'no-cni': { type: 'boolean' },
-        'remove-rules-on-exit': { type: 'boolean' },
-        'root-namespace': { type: 'string' },
-        'istio-api': { type: 'boolean' },
-        'hbone-keepalive-interval': { type: 'string' },
-        'hbone-keepalive-timeout': { type: 'string' },
-        'hbone-response-timeout': { type: 'string' },
-        'hbone-max-connections': { type: 'string' },
-        'hbone-max-connections-per-source': { type: 'string' },
-        cleanup: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw usageError(err instanceof Error ? err.message : String(err));
-  }
+  const values = parseFlags('agent', argv, {
+    node: { type: 'string' },
+    mode: { type: 'string' },
+    config: { type: 'string' },
+    controller: { type: 'string' },
+    'controller-identity': { type: 'string' },
+    'token-file': { type: 'string' },
+    kubeconfig: { type: 'string' },
+    'ca-dir': { type: 'string' },
+    'node-ip': { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'listen-host': { type: 'string' },
+    'port-offset': { type: 'string' },
+    'iptables-backend': { type: 'string' },
+    'no-rules': { type: 'boolean' },
+    'upstream-source': { type: 'string' },
+    'log-level': { type: 'string' },
+    'cluster-name': { type: 'string' },
+    'rules-resync-interval': { type: 'string' },
+    'run-dir': { type: 'string' },
+    'state-dir': { type: 'string' },
+    'no-cni': { type: 'boolean' },
+    'remove-rules-on-exit': { type: 'boolean' },
+    'root-namespace': { type: 'string' },
+    'istio-api': { type: 'boolean' },
+    'hbone-keepalive-interval': { type: 'string' },
+    'hbone-keepalive-timeout': { type: 'string' },
+    'hbone-response-timeout': { type: 'string' },
+    'hbone-max-connections': { type: 'string' },
+    'hbone-max-connections-per-source': { type: 'string' },
+    cleanup: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return { help: true, cleanup: false, config: undefined };
 
   const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as AgentConfig['logLevel'];
@@ -319,12 +308,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     maxConnections,
     maxConnectionsPerSource,
   });
-  const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
-  try {
-    validateTrustDomain(trustDomain);
-  } catch (err) {
-    throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
-  }
+  const trustDomain = trustDomainFlag('agent', values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN);
 
   let kubernetes: KubernetesSettings | undefined;
   if (mode === 'kubernetes') {

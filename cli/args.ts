@@ -1,7 +1,6 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { usageError } from '../core/errors/index.js';
+import { parseFlags, usageError } from '../core/errors/index.js';
 
-export { usageError };
+export { parseFlags, usageError };
 
 /**
  * The subcommand of `ambit <command> <sub> ...`: returns it with the rest of the arguments, or the exit code after
@@ -15,13 +14,4 @@ export function subcommand(command: string, argv: string[], known: readonly stri
   }
   if (!known.includes(sub)) throw usageError(command, `unknown ${command} command '${sub}'`);
   return { sub, rest };
-}
-
-/** Strict flag parsing: unknown flags and missing values are usage errors, never ignored. */
-export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(command: string, args: string[], options: T) {
-  try {
-    return parseArgs({ args, strict: true, allowPositionals: false, options }).values;
-  } catch (err) {
-    throw usageError(command, err instanceof Error ? err.message : String(err));
-  }
 }

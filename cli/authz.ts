@@ -6,6 +6,7 @@ import { isIP } from 'node:net';
 import pino from 'pino';
 import { LocalSource, WorkloadStore, type Workload } from '../core/discovery/index.js';
 import { AmbitError } from '../core/errors/index.js';
+import { trustDomainFlag } from '../core/identity/index.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
 import { createLogger, silentLogger } from '../core/log/index.js';
 import { DEFAULT_ROOT_NAMESPACE, PolicyStore, principalOf, type InboundDecision } from '../core/policy/index.js';
@@ -79,7 +80,7 @@ export async function runAuthzCommand(argv: string[]): Promise<number> {
   }
   const rootNamespace = values['root-namespace'] ?? DEFAULT_ROOT_NAMESPACE;
 
-  const store = new WorkloadStore({ trustDomain: values['trust-domain'] ?? 'cluster.local', rootNamespace });
+  const store = new WorkloadStore({ trustDomain: trustDomainFlag('authz', values['trust-domain']), rootNamespace });
   const policies = new PolicyStore({ rootNamespace, istioApi: values['istio-api'] ?? false, log: silentLogger() });
   // Rejections are warnings on stderr: an invalid policy stands as deny-all, and the operator must see why.
   const log = createLogger({ level: 'warn', name: 'ambit-authz', destination: pino.destination({ fd: 2, sync: true }) });

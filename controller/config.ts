@@ -1,7 +1,7 @@
 import net from 'node:net';
-import { parseArgs } from 'node:util';
-import { usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
-import { validateTrustDomain } from '../core/identity/index.js';
+import { parseFlags, usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
+import { LOG_LEVELS, type LogLevel } from '../core/log/index.js';
+import { trustDomainFlag } from '../core/identity/index.js';
 import { DEFAULT_STREAM_USERS } from './stream-server.js';
 
 /** The controller's ports: the discovery stream (and, with issue 14, the CA), metrics, readiness. */
@@ -18,7 +18,7 @@ export interface ControllerConfig {
   /** The Kubernetes users that may read the stream (the agents' service account). */
   readonly streamUsers: readonly string[];
   readonly istioApi: boolean;
-  readonly logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  readonly logLevel: LogLevel;
 }
 
 export const CONTROLLER_USAGE = `Usage: ambit controller [options]
@@ -44,34 +44,23 @@ Options (each also as an environment variable):
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
 `;
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 const usageError = (message: string): AmbitError => commandUsageError('controller', message);
 
 /** One validated, frozen configuration from flags and environment (flags win); unknown flags and bad values are errors. */
 export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { help: boolean; config: ControllerConfig | undefined } {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        kubeconfig: { type: 'string' },
-        'tls-dir': { type: 'string' },
-        'trust-domain': { type: 'string' },
-        'listen-host': { type: 'string' },
-        port: { type: 'string' },
-        'metrics-port': { type: 'string' },
-        'readiness-port': { type: 'string' },
-        'stream-users': { type: 'string' },
-        'istio-api': { type: 'boolean' },
-        'log-level': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    throw usageError(err instanceof Error ? err.message : String(err));
-  }
+  const values = parseFlags('controller', argv, {
+    kubeconfig: { type: 'string' },
+    'tls-dir': { type: 'string' },
+    'trust-domain': { type: 'string' },
+    'listen-host': { type: 'string' },
+    port: { type: 'string' },
+    'metrics-port': { type: 'string' },
+    'readiness-port': { type: 'string' },
+    'stream-users': { type: 'string' },
+    'istio-api': { type: 'boolean' },
+    'log-level': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
   if (values.help) return { help: true, config: undefined };
   const tlsDir = values['tls-dir'] ?? env.AMBIT_TLS_DIR;
   if (!tlsDir) throw usageError('--tls-dir (or AMBIT_TLS_DIR) is required: the folder of the serving certificate (tls.key, tls.crt)');
@@ -94,12 +83,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
   const usersText = values['stream-users'] ?? env.AMBIT_STREAM_USERS;
   const streamUsers = usersText === undefined ? [...DEFAULT_STREAM_USERS] : usersText.split(',').map((user) => user.trim()).filter((user) => user !== '');
   if (streamUsers.length === 0) throw usageError('--stream-users names no user: no agent could read the stream');
-  const trustDomain = values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN ?? 'cluster.local';
-  try {
-    validateTrustDomain(trustDomain);
-  } catch (err) {
-    throw usageError(`--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
-  }
+  const trustDomain = trustDomainFlag('controller', values['trust-domain'] ?? env.AMBIT_TRUST_DOMAIN);
   return {
     help: false,
     config: Object.freeze({

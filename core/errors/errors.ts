@@ -1,3 +1,5 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
 /**
  * One error type for the whole mesh: a stable `code` that scripts and tests match on, a message that names the
  * object and suggests the fix, and the original failure kept as `cause`.
@@ -21,6 +23,15 @@ export const CONFIGURATION_ERROR_CODES: ReadonlySet<string> = new Set(['USAGE', 
 /** A usage error (exit 2) that points at the command's help: `ambit <command> --help`. */
 export function usageError(command: string, message: string): AmbitError {
   return new AmbitError('USAGE', `${message} (see ambit ${command} --help)`);
+}
+
+/** Strict flag parsing for `ambit <command>`: unknown flags and missing values are usage errors, never ignored. */
+export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(command: string, args: string[], options: T) {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: false, options }).values;
+  } catch (err) {
+    throw usageError(command, err instanceof Error ? err.message : String(err));
+  }
 }
 
 /** True when `err` is an AmbitError with the given code. */

@@ -5,6 +5,7 @@ export {
   validateTrustDomain,
   sniForIdentity,
   subjectAltNames,
+  trustDomainFlag,
   trustDomainId,
   withoutSpiffeScheme,
   type SpiffeIdParts,

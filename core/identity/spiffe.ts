@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { AmbitError } from '../errors/index.js';
+import { AmbitError, usageError } from '../errors/index.js';
 import { isDnsLabel } from '../names/index.js';
 
 /** The trust domain of a mesh that was not given one, as in Istio. */
@@ -108,4 +108,15 @@ function checkSegment(segment: string, what: string, uri: string): void {
 
 function badId(uri: string, reason: string): AmbitError {
   return new AmbitError('BAD_SPIFFE_ID', `SPIFFE ID "${uri}" is malformed: ${reason}`);
+}
+
+/** The trust domain a command's `--trust-domain` names (default cluster.local), or a usage error that says why not. */
+export function trustDomainFlag(command: string, value: string | undefined): string {
+  const trustDomain = value ?? DEFAULT_TRUST_DOMAIN;
+  try {
+    validateTrustDomain(trustDomain);
+  } catch (err) {
+    throw usageError(command, `--trust-domain ${trustDomain} is not a valid trust domain: ${(err as Error).message}`);
+  }
+  return trustDomain;
 }

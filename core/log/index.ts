@@ -7,9 +7,11 @@ export {
   LOG_BUFFER_LIMIT_BYTES,
   LOG_EXIT_FLUSH_MS,
   LOG_FLUSH_INTERVAL_MS,
+  LOG_LEVELS,
   registerLogMetrics,
   silentLogger,
   StdoutDestination,
   type LogDrops,
   type Logger,
+  type LogLevel,
 } from './log.js';

@@ -7,6 +7,10 @@ export type { Logger };
  * The process's root logger: JSON lines on stdout (or the given destination). Private keys and tokens are
  * redacted wherever they appear, so a careless `log.info({ cert })` cannot leak them.
  */
+/** The levels a `--log-level` flag may name. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export function createLogger(options: { level?: LevelWithSilent; name?: string; destination?: DestinationStream } = {}): Logger {
   const destination = options.destination ?? new StdoutDestination();
   const log = pino(
