@@ -5,7 +5,7 @@ import type { PeerCertificate } from 'node:tls';
 import { AmbitError } from '../core/errors/index.js';
 import { InvalidObjectError, type ConvertedObject, type DiscoverySnapshot, type DiscoveryChange, type LocalCollection, type WorkloadStore } from '../core/discovery/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
-import { realTimer, type SetTimer } from '../core/timer/index.js';
+import { Backoff, realTimer, type SetTimer } from '../core/timer/index.js';
 import { spiffeIdFromSan, type TrustBundleSource } from '../core/hbone/index.js';
 import {
   DEFAULT_SILENCE_DEADLINE_MS,
@@ -19,8 +19,8 @@ import {
 
 /** The store source the stream writes as: the agent's CNI networks and its own watch are other sources. */
 export const CONTROLLER_SOURCE = 'controller';
-/** Reconnect backoff: from the first failure, doubling, with jitter, to the cap. */
-const BACKOFF = { initialMs: 500, maxMs: 30_000 } as const;
+/** Reconnect backoff: from half a second, doubling, with jitter, to 30 s; a stream healthy for a minute forgets. */
+const BACKOFF = { initialMs: 500, maxMs: 30_000, resetAfterMs: 60_000 } as const;
 /** How much of a refusal's body is read for the log line. */
 const MAX_REFUSAL_BYTES = 4096;
 
@@ -38,6 +38,7 @@ export interface ControllerStreamOptions {
   readonly setTimer?: SetTimer;
   readonly silenceDeadlineMs?: number;
   readonly random?: () => number;
+  readonly now?: () => number;
   readonly log?: Logger;
 }
 
@@ -62,13 +63,13 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
   readonly #options: ControllerStreamOptions;
   readonly #log: Logger;
   readonly #setTimer: SetTimer;
-  readonly #random: () => number;
+  readonly #backoff: Backoff;
+  readonly #now: () => number;
   #epoch: string | undefined;
   #version = 0;
   /** The policy objects as the stream holds them, by key; every change hands all of them to the policy store. */
   readonly #policies = new Map<string, unknown>();
   #session: http2.ClientHttp2Session | undefined;
-  #failures = 0;
   /** False after a line that could not be read or applied: the next connect asks for a snapshot, not that line again. */
   #resumable = true;
   #cancelRetry: (() => void) | undefined;
@@ -79,7 +80,8 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
     this.#options = options;
     this.#log = (options.log ?? silentLogger()).child({ component: 'controller-stream' });
     this.#setTimer = options.setTimer ?? realTimer;
-    this.#random = options.random ?? Math.random;
+    this.#backoff = new Backoff(BACKOFF, options.random ?? Math.random);
+    this.#now = options.now ?? Date.now;
   }
 
   /** Whether a full state has been applied. */
@@ -189,7 +191,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         this.#epoch = message.epoch;
         this.#version = message.version;
         this.#options.store.markSynced(CONTROLLER_SOURCE);
-        this.#failures = 0;
+        this.#backoff.healthy(this.#now());
         this.#resumable = true;
         this.#log.info({ epoch: message.epoch, version: message.version, workloads: state.discovery.pods.length, policies: this.#policies.size }, 'discovery snapshot applied');
         this.emit('synced', { epoch: message.epoch, version: message.version });
@@ -200,7 +202,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         if (message.epoch !== this.#epoch || message.version !== this.#version) {
           throw new AmbitError('STREAM_PROTOCOL_ERROR', `discovery stream: resume at ${message.epoch}/${message.version}, but the agent holds ${this.#epoch ?? 'nothing'}/${this.#version}`);
         }
-        this.#failures = 0;
+        this.#backoff.healthy(this.#now());
         this.#log.info({ epoch: message.epoch, version: message.version }, 'discovery stream resumed');
         this.emit('streaming', { resumed: true });
         return;
@@ -253,9 +255,7 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
 
   #retry(reason: string): void {
     if (this.#closed) return;
-    this.#failures += 1;
-    const ceiling = Math.min(BACKOFF.maxMs, BACKOFF.initialMs * 2 ** (this.#failures - 1));
-    const retryInMs = Math.round(ceiling / 2 + (this.#random() * ceiling) / 2);
+    const retryInMs = this.#backoff.failed(this.#now());
     this.#log.warn({ reason, retryInMs, heldVersion: this.#version, synced: this.synced }, 'discovery stream down; serving from the last state');
     this.emit('disconnected', { reason, retryInMs });
     this.#cancelRetry = this.#setTimer(() => this.#connect(), retryInMs);

@@ -3,7 +3,7 @@
  * The protocol itself is tested against the API server double in k8s-reflector.test.ts.
  */
 import t from 'tap';
-import { Backoff } from '../core/k8s/backoff.js';
+import { Backoff } from '../core/timer/index.js';
 import { checkCollectionPath, listQuery, watchQuery, watchTimeoutSeconds } from '../core/k8s/query.js';
 import { decodeListPage, decodeWatchLine, watchLineSplitter } from '../core/k8s/watch-stream.js';
 

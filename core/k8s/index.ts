@@ -3,7 +3,6 @@
  * kubeconfig loading it takes its credentials from.
  */
 export { ApiStatusError, KubeApi, loadKubeConfig } from './api.js';
-export { Backoff, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
 export { type EventType, type RelistReason, type RewatchReason } from './metrics.js';
 export { LIST_TIMEOUT_MS, Reflector, WATCH_STALL_GRACE_MS, type ReflectorConsumer, type ReflectorOptions } from './reflector.js';
 export { WATCH_TIMEOUT_MAX_SECONDS, WATCH_TIMEOUT_MIN_SECONDS, type Selectors } from './query.js';

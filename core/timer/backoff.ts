@@ -1,4 +1,4 @@
-/** How the reflector waits between failed attempts, and when it forgets them. */
+/** How a client that reconnects (the reflector, the discovery stream) waits between failed attempts, and when it forgets them. */
 export interface BackoffOptions {
   /** The first delay. */
   initialMs: number;
