@@ -73,6 +73,8 @@ t.test('the queries: lists at RV=0 with a limit (and continue), watches with boo
   const selectors = { labelSelector: 'app=a', fieldSelector: 'spec.nodeName=node1' };
   t.equal(listQuery(selectors, 500).toString(), 'resourceVersion=0&limit=500&labelSelector=app%3Da&fieldSelector=spec.nodeName%3Dnode1');
   t.equal(listQuery({}, 2, 'tok').toString(), 'resourceVersion=0&limit=2&continue=tok');
+  t.equal(listQuery({}, 500, undefined, '42').toString(), 'resourceVersion=42', 'at a position: not older than it, no limit (which would make it an exact read)');
+  t.equal(listQuery({}, 500, 'tok', '').toString(), 'limit=500&continue=tok', 'a quorum read, paged');
   t.equal(
     watchQuery({ labelSelector: 'app=a' }, '42', 300).toString(),
     'watch=true&resourceVersion=42&allowWatchBookmarks=true&timeoutSeconds=300&labelSelector=app%3Da',

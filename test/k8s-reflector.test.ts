@@ -322,6 +322,57 @@ for (const answer of ['event', 'status'] as const) {
   });
 }
 
+t.test('a relist asks for a state not older than the position held: a lagging cache never takes the consumer back in time', TEST_TIMEOUT, async (t) => {
+  const h = await setup(t);
+  h.pods.create(pod('a'));
+  await startAndWatch(h);
+  // Another API server replica's cache is behind: it still has only pod a when b is created, and the watch sees b.
+  h.server.lagWatchCache();
+  h.pods.create(pod('b'));
+  await h.consumer.until(() => h.consumer.state.has('b'));
+  const position = h.reflector.resourceVersion;
+  const rewatch = h.nextWatch();
+  h.server.expireWatches();
+  await rewatch;
+  const [first, atPosition, quorum] = h.lists();
+  t.equal(first?.query.get('resourceVersion'), '0', 'the first list is served by the cache');
+  t.equal(atPosition?.query.get('resourceVersion'), position, 'the relist asks for the position held');
+  t.notOk(atPosition?.query.has('limit'), 'without a limit, which would make it an exact read of a compactable version');
+  t.notOk(quorum?.query.has('resourceVersion'), 'refused (the cache is behind), it is retried as a quorum read');
+  t.equal(quorum?.query.get('limit'), '500', 'which is paged');
+  t.same(h.consumer.replaces.map((r) => r.names), [['a'], ['a', 'b']], 'b was never handed on as deleted');
+  t.same(h.clock.backoffs, [], 'the fallback waited for no backoff');
+  t.ok(h.lines.some((line) => line.includes('listing with a quorum read') && line.includes('"status":504')), 'the fallback is logged with the refusal');
+  // Once a list has succeeded, the next relist asks for the position again.
+  h.server.catchUpWatchCache();
+  h.pods.create(pod('c'));
+  await h.consumer.until(() => h.consumer.state.has('c'));
+  const again = h.nextWatch();
+  h.server.expireWatches();
+  await again;
+  t.equal(h.lists().at(-1)?.query.get('resourceVersion'), h.reflector.resourceVersion, 'back to the position held');
+  t.equal(h.lists().length, 4);
+});
+
+t.test('once a bookmark has been heard, a watch silent for 90 s is dead (the server sends one a minute)', TEST_TIMEOUT, async (t) => {
+  const h = await setup(t, { reflector: { stallTimeoutMs: undefined, random: () => 0 } });
+  h.pods.create(pod('a'));
+  await startAndWatch(h);
+  t.ok(h.clock.backoffs.includes(330_000), 'before any bookmark, the deadline is the timeout + 30 s');
+  h.server.sendBookmarks();
+  const second = h.nextWatch();
+  h.server.closeWatches();
+  await second;
+  t.equal(h.clock.backoffs.at(-1), 90_000, 'after one, 90 s');
+  h.server.stallWatches();
+  const third = h.nextWatch();
+  h.clock.fake.advance(89_999);
+  t.equal(h.watches().length, 2, 'not before 90 s');
+  h.clock.fake.advance(1);
+  await third;
+  t.equal(await h.metric('ambit_k8s_rewatches_total', { kind: 'Pod', reason: 'stalled' }), 1);
+});
+
 t.test('an ERROR 410 in a stream the server keeps open ends that stream at once and lists again', TEST_TIMEOUT, async (t) => {
   const h = await setup(t);
   h.pods.create(pod('a'));

@@ -19,13 +19,19 @@ function addSelectors(query: URLSearchParams, selectors: Selectors): void {
 }
 
 /**
- * A list page's query. `resourceVersion=0` lets the watch cache answer (no quorum read from etcd), as client-go's
- * reflector does for its lists; like client-go's pager it still sends `limit`: the watch cache ignores it for RV=0
- * and answers in one page, and a server without a watch cache pages. A continue page keeps the same options plus
- * the token, as the pager does.
+ * A list page's query at `resourceVersion` (client-go's reflector's choices):
+ * - `0`, the first list: any state the watch cache holds, no quorum read from etcd. Like client-go's pager it still
+ *   sends `limit`: the watch cache ignores it for RV=0 and answers in one page, and a server without one pages.
+ * - the last position X, for a relist: a state not older than X, so the consumer never goes back in time (a lagging
+ *   cache of another API server replica would answer RV=0 with a state older than what it has seen). Without a
+ *   `limit`, since with one the server reads exactly X from etcd, which fails once X is compacted.
+ * - unset (`''`), when X was refused (too large for that server's cache): a quorum read, paged.
+ * A continue page keeps the same options plus the token, as the pager does.
  */
-export function listQuery(selectors: Selectors, limit: number, continueToken?: string): URLSearchParams {
-  const query = new URLSearchParams({ resourceVersion: '0', limit: String(limit) });
+export function listQuery(selectors: Selectors, limit: number, continueToken?: string, resourceVersion = '0'): URLSearchParams {
+  const query = new URLSearchParams();
+  if (resourceVersion !== '') query.set('resourceVersion', resourceVersion);
+  if (resourceVersion === '0' || resourceVersion === '') query.set('limit', String(limit));
   if (continueToken !== undefined) query.set('continue', continueToken);
   addSelectors(query, selectors);
   return query;

@@ -31,7 +31,10 @@ export interface ReflectorOptions extends Selectors {
   log: Logger;
   registry: Registry;
   pageSize?: number;
-  /** A watch silent this long (no byte, no bookmark) is dead and opened again; default WATCH_STALL_GRACE_MS past its timeout. */
+  /**
+   * A watch silent this long (no byte, no bookmark) is dead and opened again; default BOOKMARK_STALL_MS once a
+   * bookmark has been heard, WATCH_STALL_GRACE_MS past the watch's timeout before.
+   */
   stallTimeoutMs?: number;
   /** A list response silent this long is abandoned and the list retried. */
   listTimeoutMs?: number;
@@ -47,10 +50,22 @@ export interface ReflectorOptions extends Selectors {
  * so silence beyond it (and a slow close) means a dead connection that TCP may not notice for many minutes.
  */
 export const WATCH_STALL_GRACE_MS = 30_000;
+/**
+ * Once this reflector has heard a bookmark, how long a watch may stay silent: the API server's watch cache sends a
+ * watch that allows bookmarks one about every minute (its bookmarkFrequency), with or without events, so silence past
+ * a minute and a half is a dead connection, noticed in 90 s rather than at the end of a 300–600 s timeout. A server
+ * that has sent none (no watch cache for the kind) keeps the timeout-based deadline, and its quiet watches are left be.
+ */
+export const BOOKMARK_STALL_MS = 90_000;
 /** How long a list response may send nothing: a list from the watch cache starts at once, one from etcd in seconds. */
 export const LIST_TIMEOUT_MS = 60_000;
 /** The largest list page held: a whole watch-cache list of a big cluster's pods, which RV=0 answers in one page. */
 export const MAX_LIST_BYTES = 512 * 1024 * 1024;
+/** A list at a resourceVersion newer than the server's watch cache: 504 with the cause ResourceVersionTooLarge. */
+function isTooLargeResourceVersion(err: ApiStatusError): boolean {
+  return err.status === 504 && (err.apiStatus.causes.includes('ResourceVersionTooLarge') || err.apiStatus.message.includes('Too large resource version'));
+}
+
 /** client-go's rule: a watch that ends within a second with nothing in it is a failure (backoff), not a normal close. */
 const SHORT_WATCH_MS = 1000;
 
@@ -83,9 +98,13 @@ export class Reflector {
   #running: Promise<void> | undefined;
   #cancelSleep: (() => void) | undefined;
   #resourceVersion: string | undefined;
+  /** The server refused a list at the position held: lists are quorum reads until one succeeds. */
+  #positionUnavailable = false;
   #synced = false;
   #syncWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   #lastHeardAt: number;
+  /** Whether a watch of this reflector has had a bookmark: from then on, one a minute is expected. */
+  #bookmarksHeard = false;
   /** Events since the last list, and why that list was made: a 410 right after a 410's relist backs off. */
   #eventsSinceList = 0;
   #lastListReason: RelistReason = 'initial';
@@ -276,14 +295,54 @@ export class Reflector {
     }
   }
 
-  /** Lists every page, then hands the whole state to the consumer. */
+  /**
+   * The resourceVersion a list asks for (client-go's relistResourceVersion): `0` for the first, then the position
+   * held (a state not older than what the consumer has seen), or unset when that position was refused.
+   */
+  #listResourceVersion(): string {
+    if (this.#positionUnavailable) return '';
+    return this.#resourceVersion ?? '0';
+  }
+
+  /**
+   * Lists every page, then hands the whole state to the consumer. A relist at the position held that the server
+   * refuses (504 ResourceVersionTooLarge: its cache is behind that position) is retried at once as a quorum read, and
+   * the following lists stay quorum reads until one succeeds, as client-go's reflector does. (A 410 cannot come: a
+   * list at a position without a limit is "not older than", which no compaction expires.)
+   */
   async #list(): Promise<void> {
-    const { items, resourceVersion } = await this.#attempt(this.#listTimeoutMs, `the list of ${this.#kind}`, async (signal, touch) => {
+    const at = this.#listResourceVersion();
+    let listed: { items: KubeObject[]; resourceVersion: string };
+    try {
+      listed = await this.#listPages(at);
+    } catch (err) {
+      if (at === '' || at === '0' || !(err instanceof ApiStatusError) || !isTooLargeResourceVersion(err)) throw err;
+      this.#positionUnavailable = true;
+      this.#log.info({ resourceVersion: at, status: err.status, error: err.message }, 'the server cannot list at the position held; listing with a quorum read');
+      listed = await this.#listPages('');
+    }
+    const { items, resourceVersion } = listed;
+    this.#call('replace', undefined, () => this.#consumer.replace(items, resourceVersion));
+    this.#resourceVersion = resourceVersion;
+    this.#positionUnavailable = false;
+    this.#eventsSinceList = 0;
+    this.#lastHeardAt = this.#now();
+    this.#backoff.healthy(this.#now());
+    this.#log.info({ items: items.length, resourceVersion }, 'listed');
+    if (!this.#synced) {
+      this.#synced = true;
+      for (const waiter of this.#syncWaiters.splice(0)) waiter.resolve();
+    }
+  }
+
+  /** Every page of one list at `resourceVersion`, under the list's deadline on silence. */
+  #listPages(resourceVersion: string): Promise<{ items: KubeObject[]; resourceVersion: string }> {
+    return this.#attempt(this.#listTimeoutMs, `the list of ${this.#kind}`, async (signal, touch) => {
       const all: KubeObject[] = [];
       let token: string | undefined;
       for (;;) {
         touch();
-        const { response, release } = await this.#api.get(this.#path, listQuery(this.#selectors, this.#pageSize, token), signal);
+        const { response, release } = await this.#api.get(this.#path, listQuery(this.#selectors, this.#pageSize, token, resourceVersion), signal);
         let page;
         try {
           if (response.statusCode !== 200) {
@@ -302,16 +361,6 @@ export class Reflector {
         token = page.continueToken;
       }
     });
-    this.#call('replace', undefined, () => this.#consumer.replace(items, resourceVersion));
-    this.#resourceVersion = resourceVersion;
-    this.#eventsSinceList = 0;
-    this.#lastHeardAt = this.#now();
-    this.#backoff.healthy(this.#now());
-    this.#log.info({ items: items.length, resourceVersion }, 'listed');
-    if (!this.#synced) {
-      this.#synced = true;
-      for (const waiter of this.#syncWaiters.splice(0)) waiter.resolve();
-    }
   }
 
   /** One watch from the position held, until it ends ('closed') or its history is gone ('expired'). */
@@ -319,7 +368,8 @@ export class Reflector {
     const resourceVersion = this.#resourceVersion;
     if (resourceVersion === undefined) throw new AmbitError('K8S_REFLECTOR_STATE', 'a watch needs the resourceVersion of a list');
     const timeoutSeconds = watchTimeoutSeconds(this.#random);
-    const idleMs = this.#stallTimeoutMs ?? timeoutSeconds * 1000 + WATCH_STALL_GRACE_MS;
+    const timeoutDeadlineMs = timeoutSeconds * 1000 + WATCH_STALL_GRACE_MS;
+    const idleMs = this.#stallTimeoutMs ?? (this.#bookmarksHeard ? Math.min(BOOKMARK_STALL_MS, timeoutDeadlineMs) : timeoutDeadlineMs);
     const query = watchQuery(this.#selectors, resourceVersion, timeoutSeconds);
     return this.#attempt(idleMs, `the watch of ${this.#kind}`, async (signal, touch) => {
       const { response, release } = await this.#api.get(this.#path, query, signal);
@@ -358,6 +408,7 @@ export class Reflector {
         throw new ApiStatusError(event.status.code, event.status, `watch ${this.#kind} (ERROR event)`);
       case 'BOOKMARK':
         this.#metrics.event('bookmark');
+        this.#bookmarksHeard = true;
         this.#eventsSinceList += 1;
         this.#resourceVersion = event.resourceVersion;
         return undefined;

@@ -16,9 +16,13 @@ export interface KubeObject {
   [field: string]: unknown;
 }
 
-/** What a Status object (an API error) says: its HTTP code, its machine reason (`Expired`, `Gone`), its message. */
+/**
+ * What a Status object (an API error) says: its HTTP code, its machine reason (`Expired`, `Gone`), its message, and
+ * the reasons of its `details.causes` (`ResourceVersionTooLarge`).
+ */
 export interface KubeStatus {
   code: number;
   reason: string;
   message: string;
+  causes: string[];
 }

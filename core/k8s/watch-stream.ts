@@ -49,7 +49,13 @@ export function statusOf(value: unknown): KubeStatus {
     code: typeof record.code === 'number' ? record.code : 0,
     reason: typeof record.reason === 'string' ? record.reason : '',
     message: typeof record.message === 'string' ? record.message : '',
+    causes: causesOf(record.details),
   };
+}
+
+function causesOf(details: unknown): string[] {
+  const causes = isRecord(details) && Array.isArray(details.causes) ? (details.causes as unknown[]) : [];
+  return causes.flatMap((cause) => (isRecord(cause) && typeof cause.reason === 'string' ? [cause.reason] : []));
 }
 
 /** Decodes one watch line; a line that is not a watch event is refused, since the position after it is unknown. */

@@ -98,6 +98,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #controller: EndpointSliceController;
   #expiredWatchAnswer: ExpiredWatchAnswer;
   readonly #watchCache: boolean;
+  /** A watch cache that lags behind the store (lagWatchCache): what its lists answer, per kind, and at which RV. */
+  #laggingCache: { rv: number; lists: Map<string, JsonObject[]> } | undefined;
   #refuseWatches = false;
   #url = '';
 
@@ -223,6 +225,22 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   /** A BOOKMARK now to every watch that allowed them. */
   sendBookmarks(): void {
     for (const watch of this.#watches) if (watch.bookmarks) watch.sendBookmark();
+  }
+
+  /**
+   * From now until `catchUpWatchCache`, the watch cache lags: it stays at the state of now, as the cache of another
+   * API server replica can be behind. Lists at `resourceVersion=0` ("any") answer from it; a list at a newer
+   * resourceVersion X ("not older than X") waits for it, as the real cache does for up to 3 s, and then fails with
+   * 504 and the cause ResourceVersionTooLarge; an unset resourceVersion reads the store ("etcd").
+   */
+  lagWatchCache(): void {
+    const lists = new Map<string, JsonObject[]>();
+    for (const type of this.#registry.all()) lists.set(keyOf(type), this.#store.list(type));
+    this.#laggingCache = { rv: this.#store.resourceVersion, lists };
+  }
+
+  catchUpWatchCache(): void {
+    this.#laggingCache = undefined;
   }
 
   /** Forgets the event history and the list snapshots: older resourceVersions and continue tokens expire. */
@@ -394,11 +412,27 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       offset = token.offset;
       snapshotId = token.id;
     } else {
-      if (query.get('resourceVersionMatch') === 'Exact' && rvParam !== String(this.#store.resourceVersion)) {
-        throw expired(`too old resource version: ${rvParam ?? ''} (the double serves Exact only at its current resourceVersion)`);
+      // The real server's semantics of a list's resourceVersion: unset is a quorum read; "0" is any state the watch
+      // cache has; X with a limit (and no match, or match=Exact) is exactly X, read from etcd; X without a limit is
+      // any state not older than X, from the watch cache.
+      const atVersion = rvParam !== null && rvParam !== '' && rvParam !== '0';
+      const exact = atVersion && (query.get('resourceVersionMatch') === 'Exact' || (query.get('resourceVersionMatch') === null && limit !== undefined && limit > 0));
+      if (exact && rvParam !== String(this.#store.resourceVersion)) {
+        throw expired(`too old resource version: ${rvParam} (the double serves Exact only at its current resourceVersion)`);
       }
-      rv = this.#store.resourceVersion;
-      items = this.#store.list(route.type, route.namespace).filter((o) => labels.matches(labelsOf(o)) && fields.matches(o));
+      const cache = this.#laggingCache;
+      const fromCache = cache !== undefined && !exact && (rvParam === '0' || atVersion);
+      if (fromCache && atVersion && Number(rvParam) > cache.rv) {
+        throw new StatusError(504, 'Timeout', `Too large resource version: ${rvParam}, current: ${cache.rv}`, {
+          causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }],
+          retryAfterSeconds: 1,
+        });
+      }
+      rv = fromCache ? cache.rv : this.#store.resourceVersion;
+      const listed = fromCache
+        ? (cache.lists.get(keyOf(route.type)) ?? []).filter((o) => route.namespace === undefined || (o.metadata as { namespace?: string } | undefined)?.namespace === route.namespace)
+        : this.#store.list(route.type, route.namespace);
+      items = listed.filter((o) => labels.matches(labelsOf(o)) && fields.matches(o));
     }
     // resourceVersion=0 is served from the watch cache, which ignores limit, as the real server's.
     const pageSize = (rvParam === '0' && this.#watchCache) || limit === undefined || limit === 0 ? items.length : limit;
