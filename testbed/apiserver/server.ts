@@ -273,6 +273,24 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     while (this.#watches.size > 0) await once(this, 'watchClosed');
   }
 
+  /**
+   * Goes down as an API server restart looks to its clients: every watch and connection ends and the port refuses,
+   * while the store (objects, resourceVersion, history) is kept for `resume()`.
+   */
+  async stop(): Promise<void> {
+    for (const watch of [...this.#watches]) watch.close();
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    this.#server.closeAllConnections();
+    await closed;
+  }
+
+  /** Listens again on the same address and port after `stop()`, with the same store, CA and tokens. */
+  async resume(): Promise<void> {
+    const { hostname, port } = new URL(this.#url);
+    this.#server.listen(Number(port), hostname);
+    await once(this.#server, 'listening');
+  }
+
   async close(): Promise<void> {
     this.#controller.stop();
     for (const watch of [...this.#watches]) watch.close();
