@@ -45,8 +45,15 @@ t.test('watch lines decode to events; a malformed one is refused with a code', a
   });
   t.same(decodeWatchLine('{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}'), {
     type: 'ERROR',
-    status: { code: 410, reason: 'Expired', message: 'too old' },
+    status: { code: 410, reason: 'Expired', message: 'too old', causes: [] },
   });
+  t.same(
+    decodeWatchLine(
+      '{"type":"ERROR","object":{"kind":"Status","code":504,"reason":"Timeout","message":"Too large resource version","details":{"causes":[{"reason":"ResourceVersionTooLarge"},{"message":"no reason"}]}}}',
+    ),
+    { type: 'ERROR', status: { code: 504, reason: 'Timeout', message: 'Too large resource version', causes: ['ResourceVersionTooLarge'] } },
+    'the reasons of details.causes are kept, a cause without one is dropped',
+  );
   for (const [line, code] of [
     ['not json', 'K8S_BAD_WATCH_EVENT'],
     ['[1]', 'K8S_BAD_WATCH_EVENT'],
