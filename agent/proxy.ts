@@ -19,7 +19,11 @@ function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Strea
 export function abortStream(stream: Duplex): void {
   if (stream.destroyed) return;
   if (stream instanceof net.Socket) {
-    stream.resetAndDestroy();
+    // Once its FIN is on its way, a socket cannot be reset: libuv refuses the reset of a socket that was shut down
+    // (EINVAL), and Node then emits an error and never closes the handle, which leaks the connection and keeps the
+    // process from exiting (it spins in its exit cleanup). Its peer has seen the end; closing it is all there is left.
+    if (stream.writableEnded) stream.destroy();
+    else stream.resetAndDestroy();
   } else if (isHttp2Stream(stream)) {
     stream.close(http2.constants.NGHTTP2_CANCEL);
   } else {

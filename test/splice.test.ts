@@ -3,7 +3,7 @@
  * destroy; and Agent.close(), which destroys the sockets it accepted, settling the connections it carries.
  */
 import net from 'node:net';
-import { PassThrough } from 'node:stream';
+import { Duplex, PassThrough } from 'node:stream';
 import t from 'tap';
 import { splice } from '../agent/proxy.js';
 import { pod, startLoopbackMesh } from './mesh/loopback.js';
@@ -128,6 +128,28 @@ t.test('a bare destroy() of one side (a close without an end) aborts the other, 
   t.equal(await settlesWithin(far, 3000, 'the far side is told'), 'ECONNRESET', 'the far side sees a reset: its stream did not end, it was cut');
   const error = await settlesWithin(done, 3000, 'the splice');
   t.match(error, { code: 'STREAM_CLOSED_EARLY' }, 'and reports why');
+});
+
+t.test('an abort that comes after the end was passed on still closes the socket, and the splice settles', async (t) => {
+  const [a1, a2] = await socketPair();
+  // the other side as an HTTP/2 stream behaves: END_STREAM, then RST_STREAM (a destination that revokes it)
+  const stream = new Duplex({
+    read() {},
+    write(_chunk, _encoding, callback) {
+      callback();
+    },
+  });
+  const done = splice(a2, stream);
+  const atA = collect(a1);
+  const closed = new Promise<void>((resolve) => a2.once('close', () => resolve()));
+  // the reset comes in the same read as the end: the socket's shutdown is still in flight when it is aborted
+  stream.once('end', () => stream.destroy(new Error('stream reset by peer')));
+  stream.push('last words');
+  stream.push(null);
+  t.equal((await atA).toString(), 'last words', 'the end reached the socket: its FIN went out');
+  await settlesWithin(closed, 3000, 'the ended socket closes');
+  t.pass('the socket whose FIN went out is closed, not left open (libuv refuses to reset a shut-down socket)');
+  t.match(await settlesWithin(done, 3000, 'the splice'), { message: 'stream reset by peer' }, 'the splice settles with the reset');
 });
 
 t.test('a side that closes after both its directions ended leaves the other to finish cleanly', async (t) => {
