@@ -105,6 +105,8 @@ export class Agent {
   /** A reconcile on the store's first full sync has finished: the capture set matches the cluster, removals included. */
   #fullyReconciled = false;
   #closed = false;
+  /** A revalidation waits for the end of this tick's changes (#revalidate). */
+  #revalidationQueued = false;
 
   private constructor(parts: {
     config: AgentConfig;
@@ -441,9 +443,16 @@ export class Agent {
    * logged and counted with its policy; and those whose pod is gone (another pod has its address).
    */
   #revalidate(): void {
-    // Also with no connection tracked: the revalidation counts, for those still connecting (ConnectionRegistry.track).
-    if (this.#closed) return;
-    this.#connections.revalidate();
+    // One revalidation per tick, after every change of that tick: a delta that relabels a workload and changes the
+    // policy that names it applies to the store and to the policies one after the other, and a connection judged in
+    // between (new labels, old policies) would be closed by a rule that no longer stands.
+    if (this.#closed || this.#revalidationQueued) return;
+    this.#revalidationQueued = true;
+    queueMicrotask(() => {
+      this.#revalidationQueued = false;
+      // Also with no connection tracked: the revalidation counts, for those still connecting (ConnectionRegistry.track).
+      if (!this.#closed) this.#connections.revalidate();
+    });
   }
 
   /** Each connection a revalidation closed, logged and counted with the policy that closed it. */

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import { Agent, loadAgentConfig } from '../../agent/index.js';
+import { writeFileAtomic } from '../../core/fs/index.js';
 import { CertificateAuthority, sniForIdentity } from '../../core/identity/index.js';
 import { createLogger } from '../../core/log/log.js';
 
@@ -42,7 +43,13 @@ export function pod(name: string): LoopbackPod {
   return found;
 }
 
-function clusterYaml(appPort: number): string {
+/** What a test changes in the cluster folder: a pod's labels (instead of `app: <name>`), and more objects. */
+export interface ClusterChanges {
+  labels?: Record<string, Record<string, string>>;
+  extra?: unknown[];
+}
+
+function clusterYaml(appPort: number, changes: ClusterChanges = {}): string {
   const docs: unknown[] = [
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'demo', labels: { 'ambit.dev/mode': 'enabled' } } },
     { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'plain' } },
@@ -55,7 +62,7 @@ function clusterYaml(appPort: number): string {
     ...PODS.map((p) => ({
       apiVersion: 'v1',
       kind: 'Pod',
-      metadata: { name: p.name, namespace: p.namespace, labels: { app: p.name } },
+      metadata: { name: p.name, namespace: p.namespace, labels: changes.labels?.[p.name] ?? { app: p.name } },
       spec: { nodeName: p.node, serviceAccountName: p.serviceAccount, containers: [{ name: 'app', ports: [{ name: 'app', containerPort: appPort }] }] },
       status: { phase: 'Running', podIP: p.ip },
     })),
@@ -65,6 +72,7 @@ function clusterYaml(appPort: number): string {
       metadata: { name: 'svc-c', namespace: 'demo' },
       spec: { clusterIP: SERVICE_VIP, selector: { app: 'c' }, ports: [{ port: SERVICE_PORT, targetPort: 'app', protocol: 'TCP' }] },
     },
+    ...(changes.extra ?? []),
   ];
   return docs.map((d) => `---\n${JSON.stringify(d)}\n`).join('');
 }
@@ -141,6 +149,8 @@ export interface LoopbackMesh {
   connect(from: string, to: { host: string; port: number }): Promise<net.Socket>;
   /** A connection to node2's plaintext inbound listener from `fromIp`, captured on its way to `to`. */
   connectPlaintext(fromIp: string, to: { host: string; port: number }): Promise<net.Socket>;
+  /** Rewrites cluster.yaml in one write (both agents reload it): the pods with `changes` applied. */
+  rewriteCluster(changes: ClusterChanges): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -244,6 +254,8 @@ export async function startLoopbackMesh(options: { agentArgs?: string[] } = {}):
       return connectFrom(p.ip, NODE_IPS[p.node], node1.config.ports.outbound, to);
     },
     connectPlaintext: (fromIp, to) => connectFrom(fromIp, NODE_IPS.node2, node2.config.ports.inboundPlaintext, to),
+    // atomically: a reload in the middle of a plain write would read half a file
+    rewriteCluster: (changes) => writeFileAtomic(path.join(dir, 'cluster.yaml'), clusterYaml(appPort, changes), { mode: 0o644 }),
     async close() {
       await Promise.all([node1.close(), node2.close()]);
       await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
