@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
 import path from 'node:path';
+import { Counter } from 'prom-client';
 import { KubeApi, loadKubeConfig, Reflector, type KubeObject } from '../core/k8s/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
@@ -44,7 +45,13 @@ export class Controller {
     const kubeConfig = loadKubeConfig(config.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: config.kubeconfig });
     const [keyPem, certChainPem] = await Promise.all([readFile(path.join(config.tlsDir, 'tls.key'), 'utf8'), readFile(path.join(config.tlsDir, 'tls.crt'), 'utf8')]);
     const changes = new ChangeLog();
-    const view = new ClusterView(changes, { trustDomain: config.trustDomain, log });
+    const rejected = new Counter({
+      name: 'ambit_controller_objects_rejected_total',
+      help: 'API objects the controller could not convert (malformed), by kind; each is logged with the field at fault',
+      labelNames: ['kind'],
+      registers: [registry],
+    });
+    const view = new ClusterView(changes, { trustDomain: config.trustDomain, log, onRejected: (kind) => rejected.inc({ kind }) });
     const listed = new Set<WatchedKind>();
     const kinds = watchedKinds({ istioApi: config.istioApi });
     const reflectors = kinds.map(

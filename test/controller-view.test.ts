@@ -53,16 +53,38 @@ t.test('a list becomes records; an update that changes nothing an agent uses goe
   );
 });
 
-t.test('a malformed object rejects itself alone, with a log line naming it', async (t) => {
-  const { changes, lines, view } = rig();
-  view.replace(kind('Pod'), [pod('a', '10.1.0.2'), pod('b', '10.1.0.3')]);
+t.test('a malformed object rejects itself alone, with a log line naming it; an update of one held keeps its last good record', async (t) => {
+  const changes = new ChangeLog();
+  const lines: Array<Record<string, unknown>> = [];
+  const log = createLogger({ level: 'warn', destination: { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) } });
+  const rejected: string[] = [];
+  const view = new ClusterView(changes, { trustDomain: 'cluster.local', log, onRejected: (kind) => rejected.push(kind) });
+  const pods = () => changes.snapshot().flatMap((c) => (c.kind === 'Pod' ? [`${(c.object as { name: string }).name} ${(c.object as { ips: readonly string[] }).ips.join()}`] : [])).sort();
+  view.replace(kind('Pod'), [pod('a', '10.1.0.2'), pod('b', '10.1.0.3'), pod('x', 'bad')]);
+  t.same(pods(), ['a 10.1.0.2', 'b 10.1.0.3'], 'a malformed object in a list: no record, the others stand');
+  t.match(lines.at(-1), { level: 40, kind: 'Pod', namespace: 'shop', name: 'x', msg: /Pod shop\/x: field status\.podIP.*object rejected$/ });
+
+  const version = changes.version;
   view.upsert(kind('Pod'), pod('a', '10.1.0.999'));
-  t.same(changes.snapshot().filter((c) => c.kind === 'Pod').map((c) => (c.object as { name: string }).name), ['b'], 'its record is gone, the other stays');
-  t.match(lines.at(-1), { level: 40, kind: 'Pod', namespace: 'shop', name: 'a', msg: /Pod shop\/a: field status\.podIP.*object rejected/ });
+  t.same(pods(), ['a 10.1.0.2', 'b 10.1.0.3'], 'a bad update of a held pod: its last good record stays');
+  t.equal(changes.version, version, 'and nothing is sent');
+  t.match(lines.at(-1), { name: 'a', msg: /object rejected, its last good record stays/ });
   view.replace(kind('Pod'), [pod('a', 'bad'), pod('b', '10.1.0.3'), pod('c', '10.1.0.4')]);
-  t.same(changes.snapshot().filter((c) => c.kind === 'Pod').map((c) => (c.object as { name: string }).name).sort(), ['b', 'c'], 'in a list too');
+  t.same(pods(), ['a 10.1.0.2', 'b 10.1.0.3', 'c 10.1.0.4'], 'in a relist too');
+
+  const other = pod('a', 'bad');
+  other.metadata.uid = 'uid-a-recreated';
+  view.upsert(kind('Pod'), other);
+  t.same(pods(), ['b 10.1.0.3', 'c 10.1.0.4'], 'another pod under the same name, malformed: the old record is removed, not kept');
+  t.match(lines.at(-1), { name: 'a', msg: /another object than the one held/ });
+  view.upsert(kind('Pod'), pod('a', '10.1.0.5'));
+  t.same(pods(), ['a 10.1.0.5', 'b 10.1.0.3', 'c 10.1.0.4'], 'a good update after a bad one is taken');
+  view.delete(kind('Pod'), pod('c', 'bad'));
+  t.same(pods(), ['a 10.1.0.5', 'b 10.1.0.3'], 'a malformed object in a delete event still deletes');
+
   view.upsert(kind('Pod'), { metadata: {} });
   t.match(lines.at(-1), { msg: 'object without a name ignored' });
+  t.same(rejected, ['Pod', 'Pod', 'Pod', 'Pod', 'Pod'], 'every rejection is counted');
 });
 
 t.test('policies travel as their objects, without status, managedFields or annotations', async (t) => {

@@ -38,51 +38,62 @@ export function watchedKinds(options: { istioApi?: boolean } = {}): WatchedKind[
 /**
  * Turns what the reflectors see into the stream's changes. An object becomes its compact record (core/discovery's
  * conversion); the change log then drops an update whose record did not change, so a status-only update goes no
- * further. A malformed object is rejected alone, with a log line naming it and the field, and the mesh forgets it (as
- * local mode does). A policy travels as its object without status, and each agent converts it, so that an invalid one
- * stands as deny-all there exactly as in local mode.
+ * further. A malformed object is rejected alone, with a log line naming it and the field, and counted: an update of
+ * an object the view holds (the same uid) keeps its last good record, so one bad update does not take a running
+ * workload out of the mesh; an object it never held, or another object under the same name (a new uid), has no
+ * record. A policy travels as its object without status, and each agent converts it, so that an invalid one stands
+ * as deny-all there exactly as in local mode.
  */
 export class ClusterView {
   readonly #changes: ChangeSink;
   readonly #trustDomain: string;
   readonly #log: Logger;
-  /** The record keys each kind holds, so a relist can delete what is gone. */
-  readonly #keys = new Map<WatchedKind, Map<string, StreamChange & { op: 'delete' }>>();
+  readonly #onRejected: (kind: string) => void;
+  /** The records each kind holds, by key, so a relist can delete what is gone and a bad update keep the last good. */
+  readonly #keys = new Map<WatchedKind, Map<string, Held>>();
 
-  constructor(changes: ChangeSink, options: { trustDomain: string; log?: Logger }) {
+  /** `onRejected`: told the kind of each object rejected (the controller counts them). */
+  constructor(changes: ChangeSink, options: { trustDomain: string; log?: Logger; onRejected?: (kind: string) => void }) {
     this.#changes = changes;
     this.#trustDomain = options.trustDomain;
     this.#log = (options.log ?? silentLogger()).child({ component: 'cluster-view' });
+    this.#onRejected = options.onRejected ?? (() => undefined);
   }
 
   /** A (re)list: `items` is all there is of `kind`; what the view held of it and is not listed is deleted. */
   replace(kind: WatchedKind, items: readonly unknown[]): void {
     const listed = new Set<string>();
     const changes: StreamChange[] = [];
+    const uids = new Map<string, string | undefined>();
     for (const item of items) {
       const change = this.#convert(kind, item);
-      if (change?.upsert === undefined) continue;
-      listed.add(change.key);
-      changes.push(change.upsert);
+      if (change === undefined) continue;
+      if (change.upsert !== undefined) {
+        listed.add(change.key);
+        changes.push(change.upsert);
+        uids.set(change.key, change.uid);
+      } else if (change.keep) {
+        listed.add(change.key);
+      }
     }
-    for (const [key, deletion] of this.#held(kind)) if (!listed.has(key)) changes.push(deletion);
-    this.#apply(kind, changes);
+    for (const [key, held] of this.#held(kind)) if (!listed.has(key)) changes.push(held.deletion);
+    this.#apply(kind, changes, uids);
   }
 
   /** An object was added or modified. */
   upsert(kind: WatchedKind, item: unknown): void {
     const change = this.#convert(kind, item);
-    if (change === undefined) return;
-    this.#apply(kind, [change.upsert ?? change.deletion]);
+    if (change === undefined || change.keep) return;
+    this.#apply(kind, [change.upsert ?? change.deletion], new Map([[change.key, change.uid]]));
   }
 
   /** An object was deleted. */
   delete(kind: WatchedKind, item: unknown): void {
-    const change = this.#convert(kind, item);
-    if (change !== undefined && this.#held(kind).has(change.key)) this.#apply(kind, [change.deletion]);
+    const key = deletionFor(kind, item);
+    if (key !== undefined && this.#held(kind).has(changeKey(key))) this.#apply(kind, [key], new Map());
   }
 
-  #held(kind: WatchedKind): Map<string, StreamChange & { op: 'delete' }> {
+  #held(kind: WatchedKind): Map<string, Held> {
     let held = this.#keys.get(kind);
     if (held === undefined) {
       held = new Map();
@@ -91,41 +102,65 @@ export class ClusterView {
     return held;
   }
 
-  #apply(kind: WatchedKind, changes: readonly StreamChange[]): void {
+  /** `uids`: the uid of each upsert's object, by key, held beside its record. */
+  #apply(kind: WatchedKind, changes: readonly StreamChange[], uids: ReadonlyMap<string, string | undefined>): void {
     const held = this.#held(kind);
     for (const change of changes) {
       if (change.op === 'delete') held.delete(changeKey(change));
-      else held.set(changeKey(change), deletionOf(change));
+      else held.set(changeKey(change), { deletion: deletionOf(change), uid: uids.get(changeKey(change)) });
     }
     this.#changes.apply(changes);
   }
 
   /**
-   * The record of `item`: an upsert, or (for an object the mesh cannot use, malformed or skipped) undefined `upsert`
-   * with the deletion of whatever the view held for it. Undefined when the object cannot even be named.
+   * The record of `item`: an upsert; or, for an object the mesh cannot use, no upsert and the deletion of whatever
+   * the view held for it (`keep` when that is the last good record of the same object, which stays). Undefined when
+   * the object cannot even be named.
    */
-  #convert(kind: WatchedKind, item: unknown): { key: string; upsert: StreamChange | undefined; deletion: StreamChange & { op: 'delete' } } | undefined {
+  #convert(
+    kind: WatchedKind,
+    item: unknown,
+  ): { key: string; uid: string | undefined; upsert: StreamChange | undefined; deletion: StreamChange & { op: 'delete' }; keep: boolean } | undefined {
     const deletion = deletionFor(kind, item);
     if (deletion === undefined) {
       this.#log.warn({ kind: kind.kind }, 'object without a name ignored');
+      this.#onRejected(kind.kind);
       return undefined;
     }
     const ref = changeKey(deletion);
     const object: Record<string, unknown> = { ...(item as Record<string, unknown>), apiVersion: kind.apiVersion, kind: kind.kind };
+    const uid = uidOf(object);
     if (deletion.kind === 'Policy') {
       const record: PolicyRecord = { key: deletion.key, object: { apiVersion: kind.apiVersion, kind: kind.kind, metadata: trimmedMetadata(object.metadata), spec: object.spec } };
-      return { key: ref, upsert: { op: 'upsert', kind: 'Policy', policy: record }, deletion };
+      return { key: ref, uid, upsert: { op: 'upsert', kind: 'Policy', policy: record }, deletion, keep: false };
     }
     try {
       const converted = convertObject(object, this.#trustDomain);
-      if (converted.kind === 'skip') return { key: ref, upsert: undefined, deletion };
-      return { key: ref, upsert: { op: 'upsert', ...converted }, deletion };
+      if (converted.kind === 'skip') return { key: ref, uid, upsert: undefined, deletion, keep: false };
+      return { key: ref, uid, upsert: { op: 'upsert', ...converted }, deletion, keep: false };
     } catch (err) {
       if (!(err instanceof InvalidObjectError)) throw err;
-      this.#log.warn({ kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field, reason: err.reason }, `${err.message}; object rejected`);
-      return { key: ref, upsert: undefined, deletion };
+      this.#onRejected(kind.kind);
+      const held = this.#held(kind).get(ref);
+      const keep = held !== undefined && uid !== undefined && held.uid === uid;
+      this.#log.warn(
+        { kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field, reason: err.reason },
+        `${err.message}; object rejected${keep ? ', its last good record stays' : held === undefined ? '' : ' (another object than the one held: its record is removed)'}`,
+      );
+      return { key: ref, uid, upsert: undefined, deletion, keep };
     }
   }
+}
+
+/** What the view holds of a record: its deletion, and the uid of the object it came from. */
+interface Held {
+  readonly deletion: StreamChange & { op: 'delete' };
+  readonly uid: string | undefined;
+}
+
+function uidOf(object: Record<string, unknown>): string | undefined {
+  const uid = (object.metadata as { uid?: unknown } | undefined)?.uid;
+  return typeof uid === 'string' && uid !== '' ? uid : undefined;
 }
 
 /** The delete of a watched object's record; undefined when the object has no name. */
