@@ -9,7 +9,7 @@ import { ClusterView, STREAM_TOKEN_AUDIENCE, watchedKinds, type WatchedKind } fr
 import { ChangeLog } from './change-log.js';
 import type { ControllerConfig } from './config.js';
 import { StreamServer } from './stream-server.js';
-import { tokenReviewer } from './token-review.js';
+import { cachedAuthenticator, tokenReviewer } from './token-review.js';
 
 export interface ControllerDependencies {
   readonly log?: Logger;
@@ -81,7 +81,7 @@ export class Controller {
       changes,
       keyPem,
       certChainPem,
-      authenticate: tokenReviewer(new KubeApi(kubeConfig), STREAM_TOKEN_AUDIENCE),
+      authenticate: cachedAuthenticator(tokenReviewer(new KubeApi(kubeConfig), STREAM_TOKEN_AUDIENCE)),
       synced,
       allowedUsers: config.streamUsers,
       host: config.listenHost,

@@ -4,6 +4,7 @@ import { AmbitError } from '../core/errors/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import {
   DEFAULT_PING_INTERVAL_MS,
+  DEFAULT_SILENCE_DEADLINE_MS,
   SNAPSHOT_CHUNK,
   STREAM_ALPN,
   STREAM_PATH,
@@ -29,6 +30,17 @@ export const DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
 const MAX_WAITING_DELTAS = 10_000;
 /** The longest a request may wait for its token check before the stream is refused. */
 const AUTHENTICATE_TIMEOUT_MS = 10_000;
+/**
+ * A stream ends after about this long (±10 %, so that agents that connected together do not come back together), and
+ * the agent resumes from its version: its token is checked again, and the agents spread over the replicas again
+ * after a rollout instead of staying on the one that came up first.
+ */
+export const DEFAULT_MAX_STREAM_AGE_MS = 30 * 60_000;
+/**
+ * An agent's connection carries one stream; a few more for a reconnect that overlaps the old stream's end. More are
+ * refused by HTTP/2 itself (each would be a snapshot's worth of work).
+ */
+const MAX_CONCURRENT_STREAMS = 4;
 
 export interface StreamServerOptions {
   readonly changes: ChangeLog;
@@ -44,15 +56,23 @@ export interface StreamServerOptions {
   readonly allowedUsers?: readonly string[];
   readonly host?: string;
   readonly port?: number;
+  /** How often a ping line goes down an idle stream, and an HTTP/2 PING to the agent's connection. */
   readonly pingIntervalMs?: number;
+  /** A connection whose HTTP/2 PING is not answered within this long is dead, and closed with its streams. */
+  readonly pingTimeoutMs?: number;
+  readonly maxStreamAgeMs?: number;
   readonly maxBufferedBytes?: number;
+  /** [0, 1), for the spread of the stream age; tests fix it. */
+  readonly random?: () => number;
   readonly log?: Logger;
 }
 
 /**
  * The controller's end of the discovery stream (core/stream/protocol.ts). TLS 1.3 with the controller's certificate;
  * a caller is served only after its token is checked and names one of `allowedUsers`; a refusal says which check
- * failed, is logged once and answered 401 (no token, or one that proves nothing) or 403 (a user that may not read).
+ * failed, is logged once and answered 401 (no token, or one that proves nothing), 403 (a user that may not read) or
+ * 503 (the token could not be checked: the agent tries again). A connection whose agent stops answering HTTP/2
+ * PINGs is closed, so a dead node does not hold its streams and buffers until TCP gives up (many minutes).
  */
 export class StreamServer {
   readonly #options: StreamServerOptions;
@@ -71,7 +91,9 @@ export class StreamServer {
       minVersion: 'TLSv1.3',
       ALPNProtocols: [STREAM_ALPN],
       allowHTTP1: false,
+      settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
     });
+    this.#server.on('session', (session) => this.#keepalive(session));
     this.#server.on('stream', (stream, headers) => {
       this.#serve(stream, headers).catch((err: unknown) => {
         this.#log.warn({ err }, 'discovery stream failed');
@@ -126,9 +148,16 @@ export class StreamServer {
       this.#refused(stream, 401, 'no_token', 'the request carries no bearer token (the agent\'s projected service-account token)', remote);
       return;
     }
-    const verdict = await withTimeout(this.#options.authenticate(token), AUTHENTICATE_TIMEOUT_MS).catch(
-      (err: unknown): TokenVerdict => ({ authenticated: false, reason: `the token could not be checked: ${err instanceof Error ? err.message : String(err)}` }),
-    );
+    let verdict: TokenVerdict;
+    try {
+      verdict = await withTimeout(this.#options.authenticate(token), AUTHENTICATE_TIMEOUT_MS);
+    } catch (err) {
+      // no verdict: neither an admission nor a judgement of the token
+      if (!stream.destroyed) {
+        this.#refused(stream, 503, 'token_review_unavailable', `the token could not be checked (${err instanceof Error ? err.message : String(err)}); the agent keeps its last state and retries`, remote);
+      }
+      return;
+    }
     if (stream.destroyed) return;
     if (!verdict.authenticated) {
       this.#refused(stream, 401, 'token_rejected', `the token was not accepted: ${verdict.reason}`, remote);
@@ -184,11 +213,18 @@ export class StreamServer {
     }
     const ping = setInterval(() => live && writeLive({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
     ping.unref();
+    const maxAge = (this.#options.maxStreamAgeMs ?? DEFAULT_MAX_STREAM_AGE_MS) * (0.9 + 0.2 * (this.#options.random ?? Math.random)());
+    const ageLimit = setTimeout(() => {
+      this.#log.debug({ user, remote }, 'stream at its age limit; the agent resumes');
+      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+    }, maxAge);
+    ageLimit.unref();
     this.#streams.add(stream);
     this.#log.info({ user, remote, resumed: deltas !== undefined, version: changes.version, records: changes.size }, 'agent streaming');
     stream.on('close', () => {
       changes.off('delta', onDelta);
       clearInterval(ping);
+      clearTimeout(ageLimit);
       this.#streams.delete(stream);
     });
     stream.on('error', () => undefined);
@@ -200,6 +236,35 @@ export class StreamServer {
       for (const delta of waiting.splice(0)) writeLive({ t: 'delta', version: delta.version, changes: delta.changes });
       live = true;
     })();
+  }
+
+  /** HTTP/2 PINGs on each agent's connection; one not answered within pingTimeoutMs closes it. */
+  #keepalive(session: http2.ServerHttp2Session): void {
+    const timeoutMs = this.#options.pingTimeoutMs ?? DEFAULT_SILENCE_DEADLINE_MS;
+    let outstanding: NodeJS.Timeout | undefined;
+    const interval = setInterval(() => {
+      if (outstanding !== undefined || session.destroyed) return;
+      outstanding = setTimeout(() => {
+        this.#log.warn({ remote: session.socket?.remoteAddress, timeoutMs }, 'agent does not answer HTTP/2 PINGs; its connection is closed');
+        session.destroy();
+      }, timeoutMs);
+      outstanding.unref();
+      const sent = session.ping((err) => {
+        if (err) return;
+        clearTimeout(outstanding);
+        outstanding = undefined;
+      });
+      if (!sent) {
+        clearTimeout(outstanding);
+        outstanding = undefined;
+      }
+    }, this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
+    interval.unref();
+    session.once('close', () => {
+      clearInterval(interval);
+      clearTimeout(outstanding);
+    });
+    session.on('error', () => undefined);
   }
 
   #refused(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string, remote: string | undefined): void {

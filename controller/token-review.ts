@@ -1,12 +1,26 @@
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import pLimit from 'p-limit';
+import { AmbitError } from '../core/errors/index.js';
 import type { KubeApi } from '../core/k8s/index.js';
 import type { Authenticate, TokenVerdict } from './stream-server.js';
 
 const TOKEN_REVIEW_PATH = '/apis/authentication.k8s.io/v1/tokenreviews';
 
+/** How long a token the API server vouched for is taken without asking again. */
+export const DEFAULT_ACCEPTED_TTL_MS = 10_000;
+/** How long a refused token stays refused without asking again (short: a token just minted may not be known yet). */
+export const DEFAULT_REFUSED_TTL_MS = 2_000;
+/** Verdicts held at most: a flood of distinct tokens evicts the oldest, it does not grow the controller. */
+export const DEFAULT_MAX_VERDICTS = 10_000;
+/** TokenReviews in flight at most; the rest wait their turn (5,000 agents reconnecting must not be 5,000 requests at once). */
+export const DEFAULT_MAX_CONCURRENT_REVIEWS = 32;
+
 /**
  * Checks a bearer token with a TokenReview for `audience`: a token the API server vouches for, bound to that
- * audience (a token for the API server itself, or for another service, proves nothing here). The API server
- * failing to answer is a refusal, never an admission.
+ * audience (a token for the API server itself, or for another service, proves nothing here). A review that cannot be
+ * had (the API server unreachable, an error answer) throws TOKEN_REVIEW_UNAVAILABLE: that is no verdict, so the
+ * caller is refused as "try again", never admitted and never told its token is bad.
  */
 export function tokenReviewer(api: Pick<KubeApi, 'post'>, audience: string): Authenticate {
   return async (token: string): Promise<TokenVerdict> => {
@@ -15,9 +29,12 @@ export function tokenReviewer(api: Pick<KubeApi, 'post'>, audience: string): Aut
       kind: 'TokenReview',
       spec: { token, audiences: [audience] },
     };
-    const answer = (await api.post(TOKEN_REVIEW_PATH, review)) as {
-      status?: { authenticated?: unknown; user?: { username?: unknown }; audiences?: unknown; error?: unknown };
-    };
+    let answer: { status?: { authenticated?: unknown; user?: { username?: unknown }; audiences?: unknown; error?: unknown } };
+    try {
+      answer = (await api.post(TOKEN_REVIEW_PATH, review)) as typeof answer;
+    } catch (err) {
+      throw new AmbitError('TOKEN_REVIEW_UNAVAILABLE', `the TokenReview failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+    }
     const status = answer.status ?? {};
     if (status.authenticated !== true) {
       return { authenticated: false, reason: typeof status.error === 'string' && status.error !== '' ? status.error : 'the API server did not authenticate it' };
@@ -28,5 +45,44 @@ export function tokenReviewer(api: Pick<KubeApi, 'post'>, audience: string): Aut
     const username = status.user?.username;
     if (typeof username !== 'string' || username === '') return { authenticated: false, reason: 'the review names no user' };
     return { authenticated: true, username };
+  };
+}
+
+export interface VerdictCacheOptions {
+  readonly acceptedTtlMs?: number;
+  readonly refusedTtlMs?: number;
+  readonly maxVerdicts?: number;
+  readonly maxConcurrent?: number;
+  /** The clock of the verdicts' lifetimes (milliseconds); tests move one by hand. */
+  readonly now?: () => number;
+}
+
+/**
+ * `authenticate` with its verdicts remembered for a few seconds, keyed by the token's SHA-256 (the token itself is
+ * never held), the same token checked once however many streams ask at the same moment, and at most
+ * `maxConcurrent` checks in flight. A check that fails (no verdict) is not remembered: the next caller asks again.
+ */
+export function cachedAuthenticator(authenticate: Authenticate, options: VerdictCacheOptions = {}): Authenticate {
+  const acceptedTtl = options.acceptedTtlMs ?? DEFAULT_ACCEPTED_TTL_MS;
+  const refusedTtl = options.refusedTtlMs ?? DEFAULT_REFUSED_TTL_MS;
+  const limit = pLimit(options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT_REVIEWS);
+  // the token travels to fetchMethod as its context; the key is its hash
+  const verdicts = new LRUCache<string, TokenVerdict, string>({
+    max: options.maxVerdicts ?? DEFAULT_MAX_VERDICTS,
+    ttl: acceptedTtl,
+    // a check evicted while in flight (more distinct tokens waiting than the cache holds) still answers its caller
+    ignoreFetchAbort: true,
+    ...(options.now === undefined ? {} : { perf: { now: options.now }, ttlResolution: 0 }),
+    fetchMethod: async (_key, _stale, { context, options: entry }) => {
+      const verdict = await limit(() => authenticate(context));
+      entry.ttl = verdict.authenticated ? acceptedTtl : refusedTtl;
+      return verdict;
+    },
+  });
+  return async (token: string): Promise<TokenVerdict> => {
+    const key = createHash('sha256').update(token).digest('hex');
+    const verdict = await verdicts.fetch(key, { context: token });
+    if (verdict === undefined) throw new AmbitError('TOKEN_REVIEW_UNAVAILABLE', 'the TokenReview gave no verdict');
+    return verdict;
   };
 }

@@ -41,6 +41,7 @@ async function rig(t: Test) {
   api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
   api.addToken('agent-token', agentUser(['ambit-controller']));
   api.addToken('agent-apiserver-token', agentUser());
+  api.addToken('agent-token-2', agentUser(['ambit-controller']));
   const dir = await mkdtemp(path.join(tmpdir(), 'ambit-controller-'));
   const kubeconfig = path.join(dir, 'kubeconfig');
   await api.writeKubeconfig(kubeconfig, 'controller-token');
@@ -50,6 +51,7 @@ async function rig(t: Test) {
   await writeFile(path.join(dir, 'tls.crt'), certPem);
   await writeFile(path.join(dir, 'token'), 'agent-token');
   await writeFile(path.join(dir, 'wrong-audience-token'), 'agent-apiserver-token');
+  await writeFile(path.join(dir, 'token-2'), 'agent-token-2');
 
   api.objects('v1', 'namespaces').create({ metadata: { name: 'shop', labels: { 'ambit.dev/mode': 'enabled' } } });
   api.objects('v1', 'pods').create(pod('a', '10.1.0.2'));
@@ -158,4 +160,23 @@ t.test('a token the API server issued for itself, not for the controller, is ref
   const reason = await refused;
   t.match(reason, /refused with 401: token_rejected: the token was not accepted: .*audience/, reason);
   t.notOk(a.client.synced, 'nothing streamed');
+});
+
+t.test('a token that cannot be checked (the API server is away) is refused with 503, not judged; it streams once the API is back', async (t) => {
+  const { api, agent, dir } = await rig(t);
+  const first = agent();
+  const synced = once(first.client, 'synced');
+  first.client.start();
+  await synced;
+  await api.stop();
+  const b = agent(path.join(dir, 'token-2'));
+  const refused = once(b.client, 'disconnected') as Promise<[{ reason: string }]>;
+  b.client.start();
+  const [{ reason }] = await refused;
+  t.match(reason, /refused with 503: token_review_unavailable: the token could not be checked/, reason);
+  t.notOk(b.client.synced, 'nothing streamed, and the token is not taken for a bad one');
+  const streamed = once(b.client, 'synced');
+  await api.resume();
+  await streamed;
+  t.ok(b.client.synced, 'the retry, with the API back, is checked and streamed');
 });

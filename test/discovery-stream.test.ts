@@ -5,6 +5,8 @@
  */
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http2 from 'node:http2';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
@@ -13,8 +15,11 @@ import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.
 import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChange } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
 import { PolicyStore } from '../core/policy/index.js';
-import { encodeMessage, parseMessage, type StreamChange } from '../core/stream/index.js';
+import { encodeMessage, parseMessage, STREAM_PATH, type StreamChange } from '../core/stream/index.js';
+import { createLogger } from '../core/log/index.js';
 import { FakeTime } from './mesh/fake-time.js';
+import { within } from './mesh/hold.js';
+import { LogCapture } from './mesh/loopback.js';
 
 const CONTROLLER_ID = 'spiffe://cluster.local/ns/ambit-system/sa/ambit-controller';
 const AGENT_USER = 'system:serviceaccount:ambit-system:ambit-agent';
@@ -60,7 +65,10 @@ async function pki(identity = CONTROLLER_ID) {
   return { ca, keyPem, certPem, bundle: new TrustBundle(ca.rootPem) };
 }
 
-async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number } = {}): Promise<Rig> {
+async function rig(
+  t: Test,
+  options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; pingTimeoutMs?: number; maxStreamAgeMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number } = {},
+): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
   const changes = new ChangeLog();
   changes.apply(options.initial ?? [namespace('shop'), pod('a', '10.1.0.2')]);
@@ -74,6 +82,8 @@ async function rig(t: Test, options: { token?: string; serverIdentity?: string; 
       ...(port === undefined ? {} : { port }),
       ...(options.pingIntervalMs === undefined ? {} : { pingIntervalMs: options.pingIntervalMs }),
       ...(options.maxBufferedBytes === undefined ? {} : { maxBufferedBytes: options.maxBufferedBytes }),
+      ...(options.pingTimeoutMs === undefined ? {} : { pingTimeoutMs: options.pingTimeoutMs }),
+      ...(options.maxStreamAgeMs === undefined ? {} : { maxStreamAgeMs: options.maxStreamAgeMs, random: () => 0.5 }),
     });
   let server = serve(changes);
   const port = await server.listen();
@@ -299,4 +309,65 @@ t.test('protocol checks: what the agent refuses to apply', async (t) => {
   t.throws(() => parseMessage('{"t":"records","changes":[{"op":"upsert","kind":"Secret","object":{}}]}'), { message: /unknown kind "Secret"/ });
   const service = { op: 'upsert', kind: 'Service', object: { name: 'web', namespace: 'shop', hostname: 'web.shop.svc.cluster.local', vips: ['10.96.0.1'], labels: {}, ports: [null] } };
   t.throws(() => parseMessage(JSON.stringify({ t: 'delta', version: 2, changes: [service] })), { message: /ports is not a list of ports/ }, 'a port the store could not read');
+});
+
+t.test('a stream ends at its age limit and the agent resumes from its version, with no snapshot', async (t) => {
+  const r = await rig(t, { maxStreamAgeMs: 300 });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const down = await r.next('disconnected');
+  t.ok(r.client.synced, `the agent keeps its state when the stream ends (${down.reason})`);
+  const resumed = r.next('streaming');
+  r.changes.apply([pod('b', '10.1.0.3')]);
+  r.time.advance(60_000);
+  t.same(await resumed, { resumed: true }, 'it resumes: what it holds is still good');
+  await new Promise<void>((resolve) => {
+    const check = () => r.store.workloadByIp('10.1.0.3') !== undefined && resolve();
+    r.client.on('applied', check);
+    check();
+  });
+  t.pass('and gets the change it missed');
+});
+
+t.test('an agent connection that stops answering HTTP/2 PINGs is closed with its stream', async (t) => {
+  const { keyPem, certPem, ca } = await pki();
+  const changes = new ChangeLog();
+  changes.apply([namespace('shop')]);
+  const logs = new LogCapture();
+  const log = createLogger({ level: 'warn', destination: logs });
+  const server = new StreamServer({ changes, keyPem, certChainPem: certPem, authenticate: async (token) => TOKENS[token]!, pingIntervalMs: 100, pingTimeoutMs: 300, log });
+  const port = await server.listen();
+  // the agent's node, as the controller sees it: a TCP hop the test can freeze (a node that died, a cut link)
+  const hops: net.Socket[] = [];
+  const relay = net.createServer((agentSide) => {
+    const controllerSide = net.connect({ host: '127.0.0.1', port });
+    hops.push(agentSide, controllerSide);
+    agentSide.pipe(controllerSide);
+    controllerSide.pipe(agentSide);
+    agentSide.on('error', () => undefined);
+    controllerSide.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve));
+  const relayPort = (relay.address() as net.AddressInfo).port;
+  const session = http2.connect(`https://127.0.0.1:${relayPort}`, { ca: ca.rootPem, checkServerIdentity: () => undefined });
+  t.teardown(async () => {
+    session.destroy();
+    for (const hop of hops) hop.destroy();
+    relay.close();
+    await server.close();
+  });
+  session.on('error', () => undefined);
+  const stream = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: 'Bearer agent-token' });
+  stream.on('error', () => undefined);
+  const [headers] = (await once(stream, 'response')) as [http2.IncomingHttpHeaders];
+  t.equal(headers[':status'], 200);
+  t.equal(server.streams, 1, 'streaming');
+  // frozen: nothing the controller sends arrives, so no PING is answered
+  const controllerSide = hops[1]!;
+  controllerSide.unpipe();
+  controllerSide.pause();
+  await logs.waitFor((r) => r.msg === 'agent does not answer HTTP/2 PINGs; its connection is closed');
+  await within(3000, 'the stream is dropped', () => server.streams === 0);
+  t.pass('the controller closed the connection and dropped its stream');
 });
