@@ -11,9 +11,17 @@ import type { ControllerConfig } from './config.js';
 import { StreamServer } from './stream-server.js';
 import { cachedAuthenticator, tokenReviewer } from './token-review.js';
 
+/**
+ * A replica whose list or watch of a kind has failed this long with no success is unready: the records it streams
+ * may be stale. Short failures (an API server restart, a 410) do not count; the reflector retries meanwhile.
+ */
+export const WATCH_FAILING_UNREADY_MS = 120_000;
+
 export interface ControllerDependencies {
   readonly log?: Logger;
   readonly registry?: Registry;
+  /** The clock of the reflectors' failure times (milliseconds); tests move one by hand. */
+  readonly now?: () => number;
 }
 
 /**
@@ -30,8 +38,20 @@ export class Controller {
   /** The port the discovery stream listens on (the configured one, or the one the system chose for 0). */
   readonly streamPort: number;
 
-  private constructor(reflectors: Reflector[], stream: StreamServer, statusServers: http.Server[], changes: ChangeLog, log: Logger, streamPort: number) {
+  /** What the readiness port answers: every kind listed, and none failing to watch for more than 2 minutes. */
+  readonly #readiness: () => Readiness;
+
+  private constructor(
+    reflectors: Reflector[],
+    stream: StreamServer,
+    statusServers: http.Server[],
+    changes: ChangeLog,
+    log: Logger,
+    streamPort: number,
+    readiness: () => Readiness,
+  ) {
     this.streamPort = streamPort;
+    this.#readiness = readiness;
     this.#reflectors = reflectors;
     this.#stream = stream;
     this.#statusServers = statusServers;
@@ -62,6 +82,7 @@ export class Controller {
           path: kind.path,
           log,
           registry,
+          ...(deps.now === undefined ? {} : { now: deps.now }),
           consumer: {
             replace: (items: KubeObject[]) => {
               view.replace(kind, items);
@@ -88,8 +109,14 @@ export class Controller {
       port: config.ports.stream,
       log,
     });
-    const readiness = (): Readiness =>
-      synced() ? { ready: true } : { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
+    const readiness = (): Readiness => {
+      if (!synced()) return { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
+      const failing = reflectors.flatMap((reflector, index) =>
+        reflector.failingForMs > WATCH_FAILING_UNREADY_MS ? [`${kinds[index]!.kind} for ${Math.round(reflector.failingForMs / 1000)} s`] : [],
+      );
+      // what it streams may be stale: out of the Service, so that agents that reconnect go to the other replica
+      return failing.length === 0 ? { ready: true } : { ready: false, reason: `cannot watch the API server: ${failing.join(', ')}` };
+    };
     const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness })];
     const streamPort = await stream.listen();
     try {
@@ -110,7 +137,11 @@ export class Controller {
     }
     for (const reflector of reflectors) reflector.start();
     log.info({ port: streamPort, kinds: kinds.length, api: new KubeApi(kubeConfig).server }, 'controller started');
-    return new Controller(reflectors, stream, statusServers, changes, log, streamPort);
+    return new Controller(reflectors, stream, statusServers, changes, log, streamPort, readiness);
+  }
+
+  get readiness(): Readiness {
+    return this.#readiness();
   }
 
   async close(): Promise<void> {

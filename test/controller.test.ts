@@ -9,7 +9,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { ControllerStream } from '../agent/controller-stream.js';
-import { Controller, loadControllerConfig } from '../controller/index.js';
+import { Controller, loadControllerConfig, type ControllerDependencies } from '../controller/index.js';
+import { createLogger } from '../core/log/index.js';
+import { within } from './mesh/hold.js';
+import { LogCapture } from './mesh/loopback.js';
 import { WorkloadStore } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
 import { PolicyStore } from '../core/policy/index.js';
@@ -35,7 +38,7 @@ function pod(name: string, ip: string, extra: { ready?: boolean; restarts?: numb
   };
 }
 
-async function rig(t: Test) {
+async function rig(t: Test, deps: ControllerDependencies = {}) {
   const api = await ApiServer.start();
   for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
   api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
@@ -58,7 +61,7 @@ async function rig(t: Test) {
   api.objects('v1', 'services').create({ metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, clusterIP: '10.96.0.10', ports: [{ port: 80, targetPort: 8080 }] } });
 
   const { config } = loadControllerConfig({}, ['--kubeconfig', kubeconfig, '--tls-dir', dir, '--listen-host', '127.0.0.1', '--log-level', 'silent']);
-  const controller = await Controller.start({ ...config!, ports: { stream: 0, metrics: 0, readiness: 0 } });
+  const controller = await Controller.start({ ...config!, ports: { stream: 0, metrics: 0, readiness: 0 } }, deps);
   const agent = (tokenFile = path.join(dir, 'token')) => {
     const store = new WorkloadStore({ nodeName: 'node1' });
     const policies = new PolicyStore();
@@ -179,4 +182,25 @@ t.test('a token that cannot be checked (the API server is away) is refused with 
   await api.resume();
   await streamed;
   t.ok(b.client.synced, 'the retry, with the API back, is checked and streamed');
+});
+
+t.test('a replica that cannot watch the API server for over 2 minutes is unready; ready again once it watches', async (t) => {
+  let now = 1_000_000;
+  const logs = new LogCapture();
+  const { api, controller, agent } = await rig(t, { now: () => now, log: createLogger({ level: 'warn', destination: logs }) });
+  const a = agent();
+  const synced = once(a.client, 'synced');
+  a.client.start();
+  await synced;
+  t.same(controller.readiness, { ready: true });
+  const failed = logs.waitFor((r) => r.msg === 'watch failed' && r.kind === 'Pod', 10_000);
+  api.closeWatches({ refuse: true });
+  await failed;
+  now += 60_000;
+  t.same(controller.readiness, { ready: true }, 'a minute of failing watches: still ready (an API server restart)');
+  now += 61_000;
+  t.match(controller.readiness, { ready: false, reason: /cannot watch the API server: .*Pod for 121 s/ }, 'past 2 minutes: unready, naming the kinds');
+  api.acceptWatches();
+  await within(10_000, 'ready again', () => controller.readiness.ready);
+  t.pass('the watches open again: ready');
 });

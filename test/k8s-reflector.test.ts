@@ -391,12 +391,15 @@ t.test('500s back off with growing delays, each failure logged once, then the re
   h.server.failResource('v1', 'pods', 500);
   h.reflector.start();
   const delays: number[] = [];
+  t.equal(h.reflector.failingForMs, 0, 'not failing before the first attempt');
   for (let n = 1; n <= 5; n++) {
     delays.push(await h.clock.backoff(n));
     if (n === 5) h.server.healResource('v1', 'pods');
     h.clock.fake.advance(delays[n - 1] as number);
   }
+  t.equal(h.reflector.failingForMs, delays.reduce((sum, d) => sum + d, 0), 'failing since the first failure, through the retries');
   await h.reflector.whenSynced();
+  t.equal(h.reflector.failingForMs, 0, 'a list that came whole ends it');
   t.ok(
     delays.every((d, i) => i === 0 || d >= (delays[i - 1] as number)),
     `each delay at least the one before: ${delays.join(', ')}`,

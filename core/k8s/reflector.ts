@@ -103,6 +103,8 @@ export class Reflector {
   #synced = false;
   #syncWaiters: { resolve: () => void; reject: (err: Error) => void }[] = [];
   #lastHeardAt: number;
+  /** When the list or watch began failing with no success since; undefined while healthy. */
+  #failingSince: number | undefined;
   /** Whether a watch of this reflector has had a bookmark: from then on, one a minute is expected. */
   #bookmarksHeard = false;
   /** Events since the last list, and why that list was made: a 410 right after a 410's relist backs off. */
@@ -151,6 +153,14 @@ export class Reflector {
   /** The position: the resourceVersion of the last list, event or bookmark. */
   get resourceVersion(): string | undefined {
     return this.#resourceVersion;
+  }
+
+  /**
+   * How long the list or watch has failed with no success in between (a list that came whole, a watch that opened);
+   * 0 while healthy. A 410 or a watch the server ended is no failure.
+   */
+  get failingForMs(): number {
+    return this.#failingSince === undefined ? 0 : this.#now() - this.#failingSince;
   }
 
   /** Resolves once synced; rejects if the reflector is stopped first. */
@@ -240,8 +250,14 @@ export class Reflector {
     return { list: 'expired', delayMs };
   }
 
+  #healthy(): void {
+    this.#backoff.healthy(this.#now());
+    this.#failingSince = undefined;
+  }
+
   /** One line a failure: what failed, its stable code and message, the retry; never the request (it holds the token). */
   #logFailure(message: string, err: unknown, retryInMs: number): void {
+    this.#failingSince ??= this.#now();
     const code = isAmbitError(err) ? err.code : typeof err === 'object' && err !== null && 'code' in err ? String(err.code) : undefined;
     const status = err instanceof ApiStatusError ? err.status : undefined;
     this.#log.warn({ reason: code, status, error: err instanceof Error ? err.message : String(err), resourceVersion: this.#resourceVersion, retryInMs }, message);
@@ -327,7 +343,7 @@ export class Reflector {
     this.#positionUnavailable = false;
     this.#eventsSinceList = 0;
     this.#lastHeardAt = this.#now();
-    this.#backoff.healthy(this.#now());
+    this.#healthy();
     this.#log.info({ items: items.length, resourceVersion }, 'listed');
     if (!this.#synced) {
       this.#synced = true;
@@ -376,7 +392,7 @@ export class Reflector {
       try {
         if (response.statusCode !== 200) throw await statusError(response, `watch ${this.#kind}`);
         touch();
-        this.#backoff.healthy(this.#now());
+        this.#healthy();
         const started = this.#now();
         const splitter = watchLineSplitter();
         let lines = 0;
