@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { changeKey, type StreamChange } from '../core/stream/index.js';
+import { changeKey, MAX_MESSAGE_BYTES, SNAPSHOT_CHUNK, type StreamChange } from '../core/stream/index.js';
 
 /** How many versions back an agent can resume from; one that is further behind gets a snapshot. */
 export const DEFAULT_HISTORY_VERSIONS = 10_000;
@@ -13,6 +13,7 @@ export interface Delta {
 
 interface Held {
   readonly change: StreamChange & { op: 'upsert' };
+  /** The change as JSON: what a repeat is compared with, and its size on the wire. */
   readonly fingerprint: string;
 }
 
@@ -32,12 +33,15 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
   readonly #records = new Map<string, Held>();
   readonly #history: Delta[] = [];
   readonly #historyVersions: number;
+  readonly #maxMessageBytes: number;
 
-  constructor(options: { historyVersions?: number } = {}) {
+  /** `maxMessageBytes`: the most JSON of changes one delta, or one chunk of a snapshot, carries. */
+  constructor(options: { historyVersions?: number; maxMessageBytes?: number } = {}) {
     super();
     // one listener per streaming agent: thousands are normal
     this.setMaxListeners(0);
     this.#historyVersions = options.historyVersions ?? DEFAULT_HISTORY_VERSIONS;
+    this.#maxMessageBytes = options.maxMessageBytes ?? MAX_MESSAGE_BYTES;
   }
 
   get version(): number {
@@ -50,34 +54,72 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
   }
 
   /**
-   * Applies changes in order; those that change a record make one new version and one `delta` event. Returns the
-   * delta, or undefined when nothing changed.
+   * Applies changes in order; those that change a record make new versions, one `delta` event each: one version,
+   * unless their JSON passes maxMessageBytes (a relist of a big cluster), when they are cut into consecutive
+   * versions of at most that much each, so that no line of the stream outgrows what an agent reads. Each version is
+   * a state the cluster could have been in: changes to single records, in the order they came. Returns the deltas
+   * (none when nothing changed).
    */
-  apply(changes: readonly StreamChange[]): Delta | undefined {
-    const effective: StreamChange[] = [];
+  apply(changes: readonly StreamChange[]): Delta[] {
+    const deltas: Delta[] = [];
+    let batch: StreamChange[] = [];
+    let bytes = 0;
+    const cut = () => {
+      if (batch.length === 0) return;
+      this.#version += 1;
+      const delta: Delta = { version: this.#version, changes: batch };
+      this.#history.push(delta);
+      deltas.push(delta);
+      batch = [];
+      bytes = 0;
+    };
     for (const change of changes) {
       const key = changeKey(change);
+      let size: number;
       if (change.op === 'delete') {
-        if (this.#records.delete(key)) effective.push(change);
-        continue;
+        if (!this.#records.delete(key)) continue;
+        size = JSON.stringify(change).length;
+      } else {
+        const fingerprint = JSON.stringify(change);
+        if (this.#records.get(key)?.fingerprint === fingerprint) continue;
+        this.#records.set(key, { change, fingerprint });
+        size = fingerprint.length;
       }
-      const fingerprint = JSON.stringify(change);
-      if (this.#records.get(key)?.fingerprint === fingerprint) continue;
-      this.#records.set(key, { change, fingerprint });
-      effective.push(change);
+      if (bytes + size > this.#maxMessageBytes) cut();
+      batch.push(change);
+      bytes += size + 1;
     }
-    if (effective.length === 0) return undefined;
-    this.#version += 1;
-    const delta: Delta = { version: this.#version, changes: effective };
-    this.#history.push(delta);
+    cut();
     if (this.#history.length > this.#historyVersions) this.#history.splice(0, this.#history.length - this.#historyVersions);
-    this.emit('delta', delta);
-    return delta;
+    for (const delta of deltas) this.emit('delta', delta);
+    return deltas;
   }
 
   /** Every record now, as the upserts of a snapshot. */
   snapshot(): Array<StreamChange & { op: 'upsert' }> {
     return [...this.#records.values()].map((held) => held.change);
+  }
+
+  /**
+   * Every record now, in the chunks of a snapshot's `records` lines: at most SNAPSHOT_CHUNK records and
+   * maxMessageBytes of JSON each (a chunk holds one record at least, however big).
+   */
+  snapshotChunks(): Array<Array<StreamChange & { op: 'upsert' }>> {
+    const chunks: Array<Array<StreamChange & { op: 'upsert' }>> = [];
+    let chunk: Array<StreamChange & { op: 'upsert' }> = [];
+    let bytes = 0;
+    for (const held of this.#records.values()) {
+      const size = held.fingerprint.length + 1;
+      if (chunk.length > 0 && (chunk.length === SNAPSHOT_CHUNK || bytes + size > this.#maxMessageBytes)) {
+        chunks.push(chunk);
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(held.change);
+      bytes += size;
+    }
+    if (chunk.length > 0) chunks.push(chunk);
+    return chunks;
   }
 
   /**

@@ -5,7 +5,6 @@ import { silentLogger, type Logger } from '../core/log/index.js';
 import {
   DEFAULT_PING_INTERVAL_MS,
   DEFAULT_SILENCE_DEADLINE_MS,
-  SNAPSHOT_CHUNK,
   STREAM_ALPN,
   STREAM_PATH,
   encodeMessage,
@@ -206,9 +205,8 @@ export class StreamServer {
       state.push({ t: 'resume', epoch: changes.epoch, version });
       for (const delta of deltas) state.push({ t: 'delta', version: delta.version, changes: delta.changes });
     } else {
-      const records = changes.snapshot();
       state.push({ t: 'snapshot', epoch: changes.epoch, version: changes.version });
-      for (let i = 0; i < records.length; i += SNAPSHOT_CHUNK) state.push({ t: 'records', changes: records.slice(i, i + SNAPSHOT_CHUNK) });
+      for (const chunk of changes.snapshotChunks()) state.push({ t: 'records', changes: chunk });
       state.push({ t: 'synced', epoch: changes.epoch, version: changes.version });
     }
     const ping = setInterval(() => live && writeLive({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);

@@ -67,10 +67,19 @@ async function pki(identity = CONTROLLER_ID) {
 
 async function rig(
   t: Test,
-  options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; pingTimeoutMs?: number; maxStreamAgeMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number } = {},
+  options: {
+    token?: string;
+    serverIdentity?: string;
+    pingIntervalMs?: number;
+    pingTimeoutMs?: number;
+    maxStreamAgeMs?: number;
+    initial?: StreamChange[];
+    maxBufferedBytes?: number;
+    maxMessageBytes?: number;
+  } = {},
 ): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
-  const changes = new ChangeLog();
+  const changes = new ChangeLog(options.maxMessageBytes === undefined ? {} : { maxMessageBytes: options.maxMessageBytes });
   changes.apply(options.initial ?? [namespace('shop'), pod('a', '10.1.0.2')]);
   const authenticate = async (token: string) => TOKENS[token] ?? { authenticated: false, reason: 'unknown token' };
   const serve = (log: ChangeLog, port?: number) =>
@@ -157,7 +166,7 @@ t.test('an agent gets the snapshot, then each change once; a change that alters 
   t.equal(toB(), 'ALLOW', 'and its delete lifts it');
 
   // a restart count and a condition's time are not in the record: the same record, no version, nothing sent
-  t.equal(r.changes.apply([pod('b', '10.1.0.3', { containerStatuses: [{ name: 'c', restartCount: 4 }], conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-12-02T10:00:00Z' }] })]), undefined);
+  t.same(r.changes.apply([pod('b', '10.1.0.3', { containerStatuses: [{ name: 'c', restartCount: 4 }], conditions: [{ type: 'Ready', status: 'True', lastTransitionTime: '2026-12-02T10:00:00Z' }] })]), []);
   const deleted = r.next('applied');
   r.changes.apply([{ op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
   t.same(await deleted, { version: 4, changes: 1 }, 'the next delta is the next version: the status-only update made none');
@@ -289,11 +298,11 @@ t.test('a snapshot far larger than the cap on unsent data still arrives whole, u
   const synced = r.next('synced');
   r.client.start();
   const { version } = await synced;
-  t.equal(version, 1, 'synced at the version of the snapshot');
+  t.equal(version, r.changes.version, 'synced at the version of the snapshot (its ~1.5 MB of records are two versions: deltas stay under 1 MiB)');
   t.equal(r.store.workloadByIp('10.2.11.250')?.name, 'p2999', 'the last record of ~1.5 MB of records, with a 64 KiB cap');
   const late = r.next('applied');
   r.changes.apply([pod('late', '10.3.0.1')]);
-  t.same(await late, { version: 2, changes: 1 }, 'and the stream goes on with the next delta');
+  t.same(await late, { version: version + 1, changes: 1 }, 'and the stream goes on with the next delta');
   t.equal(r.store.workloadByIp('10.3.0.1')?.name, 'late');
 });
 
@@ -370,4 +379,41 @@ t.test('an agent connection that stops answering HTTP/2 PINGs is closed with its
   await logs.waitFor((r) => r.msg === 'agent does not answer HTTP/2 PINGs; its connection is closed');
   await within(3000, 'the stream is dropped', () => server.streams === 0);
   t.pass('the controller closed the connection and dropped its stream');
+});
+
+t.test('no line outgrows what an agent reads: a big relist becomes consecutive deltas, a big snapshot more chunks', async (t) => {
+  // pods whose labels make each record about 2 KiB, 40 of them: 80 KiB, over a 16 KiB message bound
+  const many = Array.from({ length: 40 }, (_, i) => {
+    const change = pod(`p${i}`, `10.2.0.${i + 1}`) as StreamChange & { op: 'upsert'; object: { labels: Record<string, string> } };
+    return { ...change, object: { ...change.object, labels: { app: `p${i}`, note: 'x'.repeat(2000) } } } as StreamChange;
+  });
+  const r = await rig(t, { initial: [namespace('shop')], maxMessageBytes: 16 * 1024 });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const lines: string[] = [];
+  r.changes.on('delta', (delta) => lines.push(encodeMessage({ t: 'delta', version: delta.version, changes: delta.changes })));
+  const before = r.changes.version;
+  const deltas = r.changes.apply(many);
+  t.ok(deltas.length >= 5, `one relist, ${deltas.length} deltas`);
+  t.same(deltas.map((d) => d.version), deltas.map((_, i) => before + i + 1), 'consecutive versions');
+  t.ok(lines.every((line) => line.length <= 16 * 1024 + 100), `every delta line within the bound (largest ${Math.max(...lines.map((l) => l.length))})`);
+  t.equal(deltas.flatMap((d) => d.changes).length, 40, 'every change once');
+  await new Promise<void>((resolve) => {
+    const check = () => r.client.version === r.changes.version && resolve();
+    r.client.on('applied', check);
+    check();
+  });
+  t.equal(r.store.workloads().length, 40, 'the agent applied them all');
+
+  const chunks = r.changes.snapshotChunks();
+  t.ok(chunks.length >= 5, `the snapshot in ${chunks.length} chunks`);
+  t.ok(chunks.every((chunk) => JSON.stringify(chunk).length <= 16 * 1024 + 100), 'each within the bound');
+  t.equal(chunks.flat().length, r.changes.size, 'every record once');
+  // a second agent gets that snapshot whole
+  const second = await rig(t, { initial: r.changes.snapshot(), maxMessageBytes: 16 * 1024 });
+  const again = second.next('synced');
+  second.client.start();
+  await again;
+  t.equal(second.store.workloads().length, r.store.workloads().length, 'a snapshot in many chunks is applied whole');
 });

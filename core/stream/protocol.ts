@@ -8,7 +8,8 @@ import type { ConvertedObject, DiscoveryChange, DiscoveryKind } from '../discove
  * The agent sends its service-account token (`authorization: Bearer`) and, to resume, the epoch and version it
  * holds (`?epoch=&version=`). The controller answers either
  *   {"t":"snapshot","epoch":E,"version":V}  {"t":"records","changes":[upserts…]}…  {"t":"synced","epoch":E,"version":V}
- * (the whole state, in chunks; the agent applies it at `synced`, in one batch, so a reader never sees half of it), or
+ * (the whole state, in chunks of at most SNAPSHOT_CHUNK records and MAX_MESSAGE_BYTES; the agent applies it at
+ * `synced`, in one batch, so a reader never sees half of it), or
  *   {"t":"resume","epoch":E,"version":V}
  * when it still has every change after the agent's version in that epoch. Then, for as long as the stream lives,
  *   {"t":"delta","version":V,"changes":[…]}   each change to the records once, in version order, and
@@ -27,8 +28,13 @@ export const STREAM_TOKEN_AUDIENCE = 'ambit-controller';
 export const DEFAULT_PING_INTERVAL_MS = 10_000;
 /** An agent that hears nothing for this long (three pings) drops the stream and connects again. */
 export const DEFAULT_SILENCE_DEADLINE_MS = 30_000;
-/** Upserts per `records` line of a snapshot: lines stay small enough to parse without a long pause. */
+/** Upserts per `records` line of a snapshot at most: lines stay small enough to parse without a long pause. */
 export const SNAPSHOT_CHUNK = 500;
+/**
+ * The most JSON of changes the controller puts in one line (a delta, or a snapshot's chunk), far below what an agent
+ * reads (MAX_LINE_BYTES): a relist of a big cluster, or a few large policies, becomes several lines.
+ */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
 /** The longest line an agent accepts; a record is far smaller, so a longer one is a broken stream. */
 export const MAX_LINE_BYTES = 8 * 1024 * 1024;
 
