@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { AmbitError } from '../errors/index.js';
 import { silentLogger, type Logger } from '../log/index.js';
-import { realTimer, type SetTimer } from '../timer/index.js';
+import { Backoff, realTimer, type SetTimer } from '../timer/index.js';
 import type { CertificateAuthority } from './ca.js';
 import { generateKeyAndCsr } from './csr.js';
 import { subjectAltNames } from './spiffe.js';
@@ -66,7 +66,9 @@ interface IdentityEntry {
   inflight?: Promise<WorkloadCertificate>;
   /** Cancels the pending renewal or retry. */
   cancelTimer?: () => void;
+  /** Failed renewals since the last certificate, and the delay before the next try. */
   failures: number;
+  readonly backoff: Backoff;
 }
 
 /**
@@ -105,7 +107,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     }
     let entry = this.#entries.get(spiffeId);
     if (entry === undefined) {
-      entry = { failures: 0 };
+      entry = { failures: 0, backoff: this.#newBackoff() };
       this.#entries.set(spiffeId, entry);
     }
     const valid = this.#valid(entry);
@@ -216,9 +218,15 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     return { spiffeId, keyPem, certChainPem, notBefore: new Date(leaf.validFrom), notAfter, serial: leaf.serialNumber };
   }
 
+  #newBackoff(): Backoff {
+    return new Backoff({ ...this.#backoff, resetAfterMs: 0 });
+  }
+
   #install(spiffeId: string, entry: IdentityEntry, cert: WorkloadCertificate): void {
     entry.cert = cert;
     entry.failures = 0;
+    // forgotten at the next failure: a certificate in hand ends the failing spell
+    entry.backoff.healthy(this.#now());
     // Half of the life that remains on arrival rather than of notBefore..notAfter: notBefore is backdated for clock
     // skew, and the issuer's clock may differ from ours.
     const renewInMs = Math.min((cert.notAfter.getTime() - this.#now()) / 2, MAX_TIMER_DELAY_MS);
@@ -229,10 +237,8 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
 
   #scheduleRetry(spiffeId: string, entry: IdentityEntry, err: Error): void {
     entry.failures += 1;
-    const ceiling = Math.min(this.#backoff.maxMs, this.#backoff.initialMs * 2 ** (entry.failures - 1));
-    // Half fixed, half random: nodes that failed together spread out, and while the ceiling doubles each delay is at
-    // least the previous one.
-    const retryInMs = ceiling / 2 + (Math.random() * ceiling) / 2;
+    // equal jitter (core/timer): nodes that failed together spread out, and each delay is at least the previous one
+    const retryInMs = entry.backoff.failed(this.#now());
     this.#schedule(spiffeId, entry, retryInMs);
     this.#log.warn(
       { spiffeId, err, failures: entry.failures, retryInMs: Math.round(retryInMs), notAfter: entry.cert?.notAfter.toISOString() },
