@@ -566,7 +566,14 @@ function asObject(value: Json): JsonObject {
   return value;
 }
 
+/** The body types a JSON-only server reads; merge and JSON patches are JSON too. */
+const JSON_BODY = /^application\/(?:[\w.+-]*\+)?json$|^application\/(?:merge-patch|json-patch|strategic-merge-patch|apply-patch)\+(?:json|yaml)$/;
+
 async function readJson(req: IncomingMessage): Promise<Json> {
+  const contentType = (req.headers['content-type'] ?? 'application/json').split(';')[0]?.trim() ?? '';
+  // kubectl sends built-in kinds as protobuf first and falls back to JSON on a 415, as it does with a real server
+  // whose protobuf support is off
+  if (!JSON_BODY.test(contentType)) throw new StatusError(415, 'UnsupportedMediaType', `the body's content type ${contentType} is not supported; send JSON`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
