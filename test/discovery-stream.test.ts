@@ -8,13 +8,15 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { ControllerStream, type ControllerStreamEvents } from '../agent/controller-stream.js';
+import { ControllerStream, DELTA_APPLIED_LOG, type ControllerStreamEvents } from '../agent/controller-stream.js';
 import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
 import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChange } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
+import { createLogger, type Logger } from '../core/log/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { encodeMessage, parseMessage, type StreamChange } from '../core/stream/index.js';
 import { FakeTime } from './mesh/fake-time.js';
+import { LogCapture } from './mesh/loopback.js';
 
 const CONTROLLER_ID = 'spiffe://cluster.local/ns/ambit-system/sa/ambit-controller';
 const AGENT_USER = 'system:serviceaccount:ambit-system:ambit-agent';
@@ -60,7 +62,7 @@ async function pki(identity = CONTROLLER_ID) {
   return { ca, keyPem, certPem, bundle: new TrustBundle(ca.rootPem) };
 }
 
-async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number } = {}): Promise<Rig> {
+async function rig(t: Test, options: { token?: string; serverIdentity?: string; pingIntervalMs?: number; initial?: StreamChange[]; maxBufferedBytes?: number; log?: Logger } = {}): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
   const changes = new ChangeLog();
   changes.apply(options.initial ?? [namespace('shop'), pod('a', '10.1.0.2')]);
@@ -92,6 +94,7 @@ async function rig(t: Test, options: { token?: string; serverIdentity?: string; 
     policies: policies.collection(),
     setTimer: time.setTimer,
     random: () => 0.5,
+    ...(options.log === undefined ? {} : { log: options.log }),
   });
   t.teardown(async () => {
     client.close();
@@ -152,6 +155,20 @@ t.test('an agent gets the snapshot, then each change once; a change that alters 
   r.changes.apply([{ op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
   t.same(await deleted, { version: 4, changes: 1 }, 'the next delta is the next version: the status-only update made none');
   t.equal(r.store.workloadByIp('10.1.0.2'), undefined, 'a deleted pod is gone');
+});
+
+t.test('at debug level, each applied delta is one line with its version and the keys it changed', async (t) => {
+  const logs = new LogCapture();
+  const r = await rig(t, { log: createLogger({ level: 'debug', destination: logs }) });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const applied = r.next('applied');
+  r.changes.apply([pod('b', '10.1.0.3'), { op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
+  await applied;
+  const line = await logs.waitFor((record) => record.msg === DELTA_APPLIED_LOG);
+  t.match(line, { level: 20, version: 2, keys: ['Pod shop/b', 'Pod shop/a'] });
+  t.type(line.time, 'number', 'timed in ms, as every line');
 });
 
 t.test('a controller whose certificate the trust bundle does not vouch for is refused', async (t) => {
