@@ -4,6 +4,7 @@
  * Timers (reconnect backoff, the silence deadline) are FakeTime's, so a test says when a retry happens.
  */
 import { once } from 'node:events';
+import http2 from 'node:http2';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -14,7 +15,7 @@ import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChang
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
 import { createLogger, type Logger } from '../core/log/index.js';
 import { PolicyStore } from '../core/policy/index.js';
-import { encodeMessage, parseMessage, type StreamChange } from '../core/stream/index.js';
+import { encodeMessage, parseMessage, STREAM_PATH, type StreamChange } from '../core/stream/index.js';
 import { FakeTime } from './mesh/fake-time.js';
 import { LogCapture } from './mesh/loopback.js';
 
@@ -169,6 +170,34 @@ t.test('at debug level, each applied delta is one line with its version and the 
   const line = await logs.waitFor((record) => record.msg === DELTA_APPLIED_LOG);
   t.match(line, { level: 20, version: 2, keys: ['Pod shop/b', 'Pod shop/a'] });
   t.type(line.time, 'number', 'timed in ms, as every line');
+});
+
+/** The lines of a snapshot as a plain HTTP/2 client reads them, up to its `synced`. */
+async function snapshotLines(port: number): Promise<string[]> {
+  const session = http2.connect(`https://127.0.0.1:${port}`, { rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  try {
+    const request = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: 'Bearer agent-token' });
+    request.setEncoding('utf8');
+    let text = '';
+    for await (const chunk of request) {
+      text += chunk as string;
+      if (text.includes('{"t":"synced"')) break;
+    }
+    return text.split('\n').filter((l) => l !== '').slice(0, 3);
+  } finally {
+    session.destroy();
+  }
+}
+
+t.test('agents that connect at the same version get the same snapshot (encoded once); a change makes a new one', async (t) => {
+  const r = await rig(t);
+  const first = await snapshotLines(r.port);
+  t.same(await snapshotLines(r.port), first, 'the same lines at the same version');
+  r.changes.apply([pod('b', '10.1.0.3')]);
+  const after = (await snapshotLines(r.port)).map((l) => parseMessage(l));
+  t.match(after[0], { t: 'snapshot', version: 2 }, 'the version after the change');
+  t.ok(after[1]?.t === 'records' && after[1].changes.some((c) => c.op === 'upsert' && c.kind === 'Pod' && (c.object as { name: string }).name === 'b'), 'with the new pod');
+  t.match(after[2], { t: 'synced', version: 2 });
 });
 
 t.test('a controller whose certificate the trust bundle does not vouch for is refused', async (t) => {
