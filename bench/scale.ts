@@ -5,8 +5,9 @@
  * AGENT_ENV, --no-rules) stream from it. Once all have synced and 10 s have passed, 100 changes a second for the
  * duration: 80 % status-only (a condition's timestamp or a restart count), 10 % readiness flips, 5 % pod creations
  * and deletions, 5 % label changes. Each size in fresh processes. Writes bench/results/scale.json.
- *   npm run bench:scale [-- --sizes 1000,10000 --duration 60 --cpu-prof]
- * With --cpu-prof the controller writes a CPU profile to bench/results/profiles/ when it stops.
+ *   npm run bench:scale [-- --sizes 1000,10000 --duration 60 --simulated-agents 200 --cpu-prof]
+ * With --cpu-prof the controller and the agent write a CPU profile to bench/results/profiles/ when they stop, and a heap
+ * snapshot when their RSS is read; the agent's log goes there too.
  * How a change is timed into the real agent's store: the bench notes the time of each write to the double (the
  * watch streams are written within that call), and the agent, at debug level, logs each applied delta with the keys
  * it changed and its time (agent/controller-stream.ts, DELTA_APPLIED_LOG); the first line with the pod's key after
@@ -22,7 +23,7 @@ import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
 import { CertificateAuthority } from '../core/identity/index.js';
-import { ApiServer, boundServiceAccountUser, CLI_PATH, MESH_CUSTOM_RESOURCES, registerForExit, releaseFromExit, stopProcess, type JsonObject } from '../testbed/index.js';
+import { ApiServer, boundServiceAccountUser, CLI_PATH, MESH_CUSTOM_RESOURCES, metricValue, registerForExit, releaseFromExit, stopProcess, type JsonObject } from '../testbed/index.js';
 import { policyObjects } from './policy-load.js';
 import type { SimulatedAgentsMessage, SimulatedDelta } from './scale-agents.js';
 import { clusterShape, namespaceObject, namespaceOfService, nodeObject, podObject, serviceObject, type ClusterShape } from './scale-objects.js';
@@ -32,7 +33,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const RESULTS_DIR = path.resolve(HERE, '..', '..', 'bench', 'results');
 const AGENTS_PATH = path.join(HERE, 'scale-agents.js');
 const DEFAULT_SIZES = [1_000, 10_000, 50_000];
-const SIMULATED_AGENTS = 200;
+const DEFAULT_SIMULATED_AGENTS = 200;
 const POLICIES = 500;
 const CHANGES_PER_SECOND = 100;
 /** RSS is read this long after the sync, as the issue asks. */
@@ -42,6 +43,8 @@ const DRAIN_MS = 3_000;
 /** Longest wait for the controller's list and the agents' snapshots. */
 const SYNC_TIMEOUT_MS = 300_000;
 const MB = 1048576;
+/** With --cpu-prof, the controller and the agent also write a heap snapshot when the RSS is read (Chrome DevTools reads it). */
+const HEAP_SNAPSHOT_FLAGS = (dir: string) => ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${dir}`];
 const REAL_NODE = 0;
 const AGENT_USER = { namespace: 'ambit-system', serviceAccount: 'ambit-agent' } as const;
 
@@ -62,6 +65,11 @@ export interface ScaleResult {
   readonly pod_json_bytes: number;
   readonly controller_rss_mb: number;
   readonly agent_rss_mb: number;
+  /** V8 heap in use at the same moment: what of the RSS is live JavaScript data. */
+  readonly controller_heap_used_mb: number;
+  readonly agent_heap_used_mb: number;
+  /** What one simulated agent was sent before the churn: its snapshot, and pings. */
+  readonly stream_bytes_per_agent_before_churn: number;
   readonly sync_s: number;
   /** From the controller's start to its readiness (every kind listed). */
   readonly controller_list_s: number;
@@ -358,7 +366,14 @@ function sliceKeyOf(key: string): string {
   return m === null ? key : `Service ${m[1] ?? ''}/${m[2] ?? ''}`;
 }
 
-async function runSize(pods: number, durationMs: number, cpuProf: boolean): Promise<ScaleResult> {
+interface RunOptions {
+  readonly durationMs: number;
+  readonly simulatedAgents: number;
+  readonly cpuProf: boolean;
+}
+
+async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> {
+  const { durationMs, simulatedAgents, cpuProf } = options;
   const dir = await mkdtemp(path.join(tmpdir(), 'ambit-bench-scale-'));
   const api = await ApiServer.start();
   const processes: Tracked[] = [];
@@ -380,7 +395,7 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
     await api.writeKubeconfig(path.join(dir, 'controller.kubeconfig'), 'controller-token');
     await api.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), 'agent-api-token');
 
-    const shape = clusterShape(pods, SIMULATED_AGENTS + 1);
+    const shape = clusterShape(pods, simulatedAgents + 1);
     const filling = Date.now();
     const live = populate(api, shape);
     const podBytes = JSON.stringify(api.objects('v1', 'pods').get(live.values().next().value?.name ?? '', namespaceOfService(0)) ?? {}).length;
@@ -389,7 +404,7 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
     const port = 20000 + Math.floor(Math.random() * 20000);
     const ports = { stream: port, metrics: port + 1, readiness: port + 2 };
     const offset = 30000 + Math.floor(Math.random() * 200) * 10;
-    const agentPorts = { ready: 15021 + offset };
+    const agentPorts = { metrics: 15020 + offset, ready: 15021 + offset };
     const profileDir = path.join(RESULTS_DIR, 'profiles');
     if (cpuProf) await mkdir(profileDir, { recursive: true });
 
@@ -398,7 +413,7 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       spawn(
         process.execPath,
         [
-          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`] : []),
+          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`, ...HEAP_SNAPSHOT_FLAGS(profileDir)] : []),
           CLI_PATH, 'controller', '--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--tls-dir', dir, '--listen-host', '127.0.0.1',
           '--port', String(ports.stream), '--metrics-port', String(ports.metrics), '--readiness-port', String(ports.readiness), '--log-level', 'info',
         ],
@@ -414,7 +429,7 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
     });
     const listedAt = Date.now();
 
-    const sims = new SimulatedAgents(`https://127.0.0.1:${ports.stream}`, path.join(dir, 'simulated-token'), path.join(dir, 'root.pem'), SIMULATED_AGENTS);
+    const sims = new SimulatedAgents(`https://127.0.0.1:${ports.stream}`, path.join(dir, 'simulated-token'), path.join(dir, 'root.pem'), simulatedAgents);
     processes.push(sims.tracked);
     const applied: Array<{ at: number; keys: readonly string[] }> = [];
     let agentReadyAt = 0;
@@ -422,7 +437,9 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       spawn(
         process.execPath,
         [
-          ...AGENT_NODE_FLAGS, CLI_PATH, 'agent', '--node', 'node-0', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${ports.stream}`,
+          ...AGENT_NODE_FLAGS,
+          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `agent-${pods}.cpuprofile`, ...HEAP_SNAPSHOT_FLAGS(profileDir)] : []),
+          CLI_PATH, 'agent', '--node', 'node-0', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${ports.stream}`,
           '--token-file', path.join(dir, 'token'), '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--ca-dir', path.join(dir, 'ca'),
           '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1', '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
           '--run-dir', path.join(dir, 'run'), '--state-dir', path.join(dir, 'state'), '--log-level', 'debug',
@@ -431,7 +448,9 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       ),
     );
     processes.push(agent);
+    const kept: string[] = [];
     const agentLog = readLines(agent.child, (record) => {
+      if (cpuProf && record.msg !== 'discovery delta applied' && record.msg !== 'discovery store updated') kept.push(JSON.stringify(record));
       if (record.msg === 'discovery delta applied' && Array.isArray(record.keys)) applied.push({ at: Number(record.time), keys: record.keys as string[] });
       else if (record.msg === AGENT_STARTED_LOG.ready && agentReadyAt === 0) agentReadyAt = Number(record.time);
     });
@@ -439,22 +458,19 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       if (agent.child.exitCode !== null) throw failed('the agent exited', agentLog);
       return agentReadyAt > 0 && (await httpOk(`http://127.0.0.1:${agentPorts.ready}/healthz/ready`));
     });
-    await until(`${SIMULATED_AGENTS} simulated agents to take their snapshot`, SYNC_TIMEOUT_MS, () => sims.synced === SIMULATED_AGENTS, 100);
+    await until(`${simulatedAgents} simulated agents to take their snapshot`, SYNC_TIMEOUT_MS, () => sims.synced === simulatedAgents, 100);
     const syncS = (agentReadyAt - started) / 1000;
     say(`  controller listed in ${((listedAt - started) / 1000).toFixed(1)} s; real agent ready ${syncS.toFixed(1)} s after the controller's start; simulated agents ${((sims.lastSyncedAt - started) / 1000).toFixed(1)} s`);
 
     await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
     const controllerRss = rssBytes(controller.child.pid!);
     const agentRss = rssBytes(agent.child.pid!);
+    if (cpuProf) for (const tracked of [controller, agent]) tracked.child.kill('SIGUSR2');
     say(`  RSS ${SETTLE_MS / 1000} s after the sync: controller ${(controllerRss / MB).toFixed(0)} MB, agent ${(agentRss / MB).toFixed(0)} MB; churn for ${durationMs / 1000} s`);
 
-    const metrics = async () => {
-      const text = await (await fetch(`http://127.0.0.1:${ports.metrics}/metrics`)).text();
-      return text
-        .split('\n')
-        .filter((line) => line.startsWith('ambit_k8s_watch_events_total{'))
-        .reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
-    };
+    const metric = async (metricsPort: number, name: string) => metricValue(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text(), name);
+    const heapUsed = { controller: await metric(ports.metrics, 'nodejs_heap_size_used_bytes'), agent: await metric(agentPorts.metrics, 'nodejs_heap_size_used_bytes') };
+    const metrics = () => metric(ports.metrics, 'ambit_k8s_watch_events_total');
     const before = { events: await metrics(), cpu: cpuMs(controller.child.pid!), bytes: (await sims.report()).bytes };
     const churnStart = Date.now();
     const churn = new Churn(api, shape, live);
@@ -477,13 +493,16 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       }
     }
     const latencies: number[] = [];
+    const timed: string[] = [];
     let lost = 0;
     for (const write of churn.writes) {
       if (write.kind === 'status') continue;
       const at = arrivals.get(write.key)?.find((t) => t >= write.at);
       if (at === undefined) lost += 1;
       else latencies.push(at - write.at);
+      if (cpuProf) timed.push(JSON.stringify({ ...write, arrived: at }));
     }
+    if (cpuProf) await writeFile(path.join(profileDir, `changes-${pods}.jsonl`), `${timed.join('\n')}\n`);
     latencies.sort((a, b) => a - b);
     const result: ScaleResult = {
       pods,
@@ -492,6 +511,9 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       pod_json_bytes: podBytes,
       controller_rss_mb: round(controllerRss / MB, 1),
       agent_rss_mb: round(agentRss / MB, 1),
+      controller_heap_used_mb: round(heapUsed.controller / MB, 1),
+      agent_heap_used_mb: round(heapUsed.agent / MB, 1),
+      stream_bytes_per_agent_before_churn: Math.round(before.bytes.reduce((a, b) => a + b, 0) / before.bytes.length),
       sync_s: round(syncS),
       controller_list_s: round((listedAt - started) / 1000),
       simulated_sync_s: round((sims.lastSyncedAt - started) / 1000),
@@ -507,6 +529,7 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
       churn_s: round(churnS),
     };
     say(`  ${JSON.stringify(result)}`);
+    if (cpuProf) await writeFile(path.join(profileDir, `agent-${pods}.log`), `${kept.join('\n')}\n`);
     return result;
   } finally {
     for (const tracked of processes.reverse()) await tracked.stop();
@@ -516,23 +539,24 @@ async function runSize(pods: number, durationMs: number, cpuProf: boolean): Prom
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string' }, duration: { type: 'string' }, 'cpu-prof': { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { sizes: { type: 'string' }, duration: { type: 'string' }, 'simulated-agents': { type: 'string' }, 'cpu-prof': { type: 'boolean' } } });
   const sizes = values.sizes === undefined ? DEFAULT_SIZES : values.sizes.split(',').map(Number);
   const duration = Number(values.duration ?? 60);
-  if (sizes.some((s) => !Number.isInteger(s) || s < 10) || !(duration > 0)) {
-    say('usage: node dist/bench/scale.js [--sizes 1000,10000,50000] [--duration 60] [--cpu-prof]');
+  const simulatedAgents = Number(values['simulated-agents'] ?? DEFAULT_SIMULATED_AGENTS);
+  if (sizes.some((s) => !Number.isInteger(s) || s < 10) || !(duration > 0) || !Number.isInteger(simulatedAgents) || simulatedAgents < 1) {
+    say('usage: node dist/bench/scale.js [--sizes 1000,10000,50000] [--duration 60] [--simulated-agents 200] [--cpu-prof]');
     return 2;
   }
   const results: Record<string, ScaleResult> = {};
   const write = async () => {
     await mkdir(RESULTS_DIR, { recursive: true });
     const machine = { cpus: (await import('node:os')).cpus().length, node: process.version };
-    const settings = { simulated_agents: SIMULATED_AGENTS, policies: POLICIES, changes_per_second: CHANGES_PER_SECOND, duration_s: duration };
+    const settings = { simulated_agents: simulatedAgents, policies: POLICIES, changes_per_second: CHANGES_PER_SECOND, duration_s: duration };
     await writeFile(path.join(RESULTS_DIR, 'scale.json'), `${JSON.stringify({ date: new Date().toISOString(), machine, settings, sizes: results }, null, 2)}\n`);
   };
   for (const size of sizes) {
     say(`scale: ${size} pods`);
-    results[String(size)] = await runSize(size, duration * 1000, values['cpu-prof'] === true);
+    results[String(size)] = await runSize(size, { durationMs: duration * 1000, simulatedAgents, cpuProf: values['cpu-prof'] === true });
     await write();
   }
   return 0;
