@@ -5,9 +5,10 @@
  * AGENT_ENV, --no-rules) stream from it. Once all have synced and 10 s have passed, 100 changes a second for the
  * duration: 80 % status-only (a condition's timestamp or a restart count), 10 % readiness flips, 5 % pod creations
  * and deletions, 5 % label changes. Each size in fresh processes. Writes bench/results/scale.json.
- *   npm run bench:scale [-- --sizes 1000,10000 --duration 60 --simulated-agents 200 --cpu-prof]
- * With --cpu-prof the controller and the agent write a CPU profile to bench/results/profiles/ when they stop, and a heap
- * snapshot when their RSS is read; the agent's log goes there too.
+ *   npm run bench:scale [-- --sizes 1000,10000 --duration 60 --simulated-agents 200 --cpu-prof --heap-snapshot]
+ * With --cpu-prof the controller and the agent write a CPU profile to bench/results/profiles/ when they stop, and the
+ * agent's log and each change's timing go there too; with --heap-snapshot both write a heap snapshot there when their
+ * RSS is read (which stalls them for seconds, into the churn).
  * How a change is timed into the real agent's store: the bench notes the time of each write to the double (the
  * watch streams are written within that call), and the agent, at debug level, logs each applied delta with the keys
  * it changed and its time (agent/controller-stream.ts, DELTA_APPLIED_LOG); the first line with the pod's key after
@@ -40,10 +41,16 @@ const CHANGES_PER_SECOND = 100;
 const SETTLE_MS = 10_000;
 /** How long after the churn a change may still arrive before it counts as lost. */
 const DRAIN_MS = 3_000;
+/**
+ * How long after a change agents use its delta may come and still be put down to it: longer than the slowest arrival
+ * seen (the agent's full collections hold a delta up to about a second at 50k pods), short enough that two changes to
+ * the same pod within it are rare at 100 changes a second over the cluster.
+ */
+const EXPLAIN_WINDOW_MS = 10_000;
 /** Longest wait for the controller's list and the agents' snapshots. */
 const SYNC_TIMEOUT_MS = 300_000;
 const MB = 1048576;
-/** With --cpu-prof, the controller and the agent also write a heap snapshot when the RSS is read (Chrome DevTools reads it). */
+/** With --heap-snapshot, the controller and the agent write a heap snapshot when their RSS is read (Chrome DevTools reads it). */
 const HEAP_SNAPSHOT_FLAGS = (dir: string) => ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${dir}`];
 const REAL_NODE = 0;
 const AGENT_USER = { namespace: 'ambit-system', serviceAccount: 'ambit-agent' } as const;
@@ -77,6 +84,7 @@ export interface ScaleResult {
   readonly simulated_sync_s: number;
   readonly event_p50_ms: number;
   readonly event_p99_ms: number;
+  readonly event_max_ms: number;
   /** Changes agents use whose arrival in the real agent's store was not seen within DRAIN_MS of the churn's end. */
   readonly events_lost: number;
   readonly events_timed: number;
@@ -335,8 +343,8 @@ class SimulatedAgents {
 
 /**
  * The bytes the status-only changes cost one agent: the changes of the first simulated agent's deltas that no
- * change agents use explains (no such write to that pod, or to a pod of its Service for a slice, in the second
- * before), while status-only writes were all the churn made besides.
+ * change agents use explains (no such write to that pod, or to a pod of its Service for a slice, in the
+ * EXPLAIN_WINDOW_MS before), while status-only writes were all the churn made besides.
  */
 function statusOnlyBytes(deltas: readonly SimulatedDelta[], writes: readonly Write[], from: number, to: number): number {
   const used = writes.filter((w) => w.kind !== 'status');
@@ -353,7 +361,7 @@ function statusOnlyBytes(deltas: readonly SimulatedDelta[], writes: readonly Wri
     if (delta.at < from || delta.at > to) continue;
     for (const change of delta.changes) {
       const key = change.key.startsWith('EndpointSlice ') ? sliceKeyOf(change.key) : change.key;
-      const explained = (lastUse.get(key) ?? []).some((at) => at <= delta.at && delta.at - at <= 1000);
+      const explained = (lastUse.get(key) ?? []).some((at) => at <= delta.at && delta.at - at <= EXPLAIN_WINDOW_MS);
       if (!explained) bytes += change.bytes;
     }
   }
@@ -370,10 +378,12 @@ interface RunOptions {
   readonly durationMs: number;
   readonly simulatedAgents: number;
   readonly cpuProf: boolean;
+  /** The processes write a heap snapshot when their RSS is read; it stalls them for seconds, into the churn. */
+  readonly heapSnapshot: boolean;
 }
 
 async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> {
-  const { durationMs, simulatedAgents, cpuProf } = options;
+  const { durationMs, simulatedAgents, cpuProf, heapSnapshot } = options;
   const dir = await mkdtemp(path.join(tmpdir(), 'ambit-bench-scale-'));
   const api = await ApiServer.start();
   const processes: Tracked[] = [];
@@ -406,14 +416,15 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
     const offset = 30000 + Math.floor(Math.random() * 200) * 10;
     const agentPorts = { metrics: 15020 + offset, ready: 15021 + offset };
     const profileDir = path.join(RESULTS_DIR, 'profiles');
-    if (cpuProf) await mkdir(profileDir, { recursive: true });
+    if (cpuProf || heapSnapshot) await mkdir(profileDir, { recursive: true });
 
     const started = Date.now();
     const controller = new Tracked(
       spawn(
         process.execPath,
         [
-          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`, ...HEAP_SNAPSHOT_FLAGS(profileDir)] : []),
+          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`] : []),
+          ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
           CLI_PATH, 'controller', '--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--tls-dir', dir, '--listen-host', '127.0.0.1',
           '--port', String(ports.stream), '--metrics-port', String(ports.metrics), '--readiness-port', String(ports.readiness), '--log-level', 'info',
         ],
@@ -438,7 +449,8 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
         process.execPath,
         [
           ...AGENT_NODE_FLAGS,
-          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `agent-${pods}.cpuprofile`, ...HEAP_SNAPSHOT_FLAGS(profileDir)] : []),
+          ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `agent-${pods}.cpuprofile`] : []),
+          ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
           CLI_PATH, 'agent', '--node', 'node-0', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${ports.stream}`,
           '--token-file', path.join(dir, 'token'), '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--ca-dir', path.join(dir, 'ca'),
           '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1', '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
@@ -465,7 +477,7 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
     await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
     const controllerRss = rssBytes(controller.child.pid!);
     const agentRss = rssBytes(agent.child.pid!);
-    if (cpuProf) for (const tracked of [controller, agent]) tracked.child.kill('SIGUSR2');
+    if (heapSnapshot) for (const tracked of [controller, agent]) tracked.child.kill('SIGUSR2');
     say(`  RSS ${SETTLE_MS / 1000} s after the sync: controller ${(controllerRss / MB).toFixed(0)} MB, agent ${(agentRss / MB).toFixed(0)} MB; churn for ${durationMs / 1000} s`);
 
     const metric = async (metricsPort: number, name: string) => metricValue(await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text(), name);
@@ -519,6 +531,7 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
       simulated_sync_s: round((sims.lastSyncedAt - started) / 1000),
       event_p50_ms: percentile(latencies, 50),
       event_p99_ms: percentile(latencies, 99),
+      event_max_ms: latencies.at(-1) ?? NaN,
       events_lost: lost,
       events_timed: latencies.length,
       cpu_ms_per_event: round((after.cpu - before.cpu) / events, 3),
@@ -539,12 +552,12 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
 }
 
 async function main(): Promise<number> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string' }, duration: { type: 'string' }, 'simulated-agents': { type: 'string' }, 'cpu-prof': { type: 'boolean' } } });
+  const { values } = parseArgs({ options: { sizes: { type: 'string' }, duration: { type: 'string' }, 'simulated-agents': { type: 'string' }, 'cpu-prof': { type: 'boolean' }, 'heap-snapshot': { type: 'boolean' } } });
   const sizes = values.sizes === undefined ? DEFAULT_SIZES : values.sizes.split(',').map(Number);
   const duration = Number(values.duration ?? 60);
   const simulatedAgents = Number(values['simulated-agents'] ?? DEFAULT_SIMULATED_AGENTS);
   if (sizes.some((s) => !Number.isInteger(s) || s < 10) || !(duration > 0) || !Number.isInteger(simulatedAgents) || simulatedAgents < 1) {
-    say('usage: node dist/bench/scale.js [--sizes 1000,10000,50000] [--duration 60] [--simulated-agents 200] [--cpu-prof]');
+    say('usage: node dist/bench/scale.js [--sizes 1000,10000,50000] [--duration 60] [--simulated-agents 200] [--cpu-prof] [--heap-snapshot]');
     return 2;
   }
   const results: Record<string, ScaleResult> = {};
@@ -556,7 +569,7 @@ async function main(): Promise<number> {
   };
   for (const size of sizes) {
     say(`scale: ${size} pods`);
-    results[String(size)] = await runSize(size, { durationMs: duration * 1000, simulatedAgents, cpuProf: values['cpu-prof'] === true });
+    results[String(size)] = await runSize(size, { durationMs: duration * 1000, simulatedAgents, cpuProf: values['cpu-prof'] === true, heapSnapshot: values['heap-snapshot'] === true });
     await write();
   }
   return 0;
