@@ -16,7 +16,7 @@
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -385,6 +385,9 @@ interface RunOptions {
 async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> {
   const { durationMs, simulatedAgents, cpuProf, heapSnapshot } = options;
   const dir = await mkdtemp(path.join(tmpdir(), 'ambit-bench-scale-'));
+  // on Ctrl-C the finally below does not run: the processes (Tracked) and the folder go at exit
+  const removeDir = { teardownSync: () => rmSync(dir, { recursive: true, force: true }) };
+  registerForExit(removeDir);
   const api = await ApiServer.start();
   const processes: Tracked[] = [];
   try {
@@ -548,6 +551,7 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
     for (const tracked of processes.reverse()) await tracked.stop();
     await api.close();
     await rm(dir, { recursive: true, force: true });
+    releaseFromExit(removeDir);
   }
 }
 
