@@ -11,6 +11,7 @@ import {
   DEFAULT_SILENCE_DEADLINE_MS,
   STREAM_ALPN,
   STREAM_PATH,
+  changeKey,
   parseMessage,
   streamLineSplitter,
   type StreamChange,
@@ -19,6 +20,8 @@ import {
 
 /** The store source the stream writes as: the agent's CNI networks and its own watch are other sources. */
 export const CONTROLLER_SOURCE = 'controller';
+/** The debug line of each applied delta, with its version and the keys it changed (core/stream's changeKey). */
+export const DELTA_APPLIED_LOG = 'discovery delta applied';
 /** Reconnect backoff: from half a second, doubling, with jitter, to 30 s; a stream healthy for a minute forgets. */
 const BACKOFF = { initialMs: 500, maxMs: 30_000, resetAfterMs: 60_000 } as const;
 /** How much of a refusal's body is read for the log line. */
@@ -212,6 +215,8 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         }
         this.#applyDelta(message.changes);
         this.#version = message.version;
+        // per delta, so debug only: what the scale bench reads to time a change from the API server to this store
+        if (this.#log.isLevelEnabled('debug')) this.#log.debug({ version: message.version, keys: message.changes.map(changeKey) }, DELTA_APPLIED_LOG);
         this.emit('applied', { version: message.version, changes: message.changes.length });
         return;
       case 'ping':

@@ -14,9 +14,14 @@ export interface PolicyLoadTarget {
 }
 
 export function policyManifests(count: number, target: PolicyLoadTarget): string {
-  const docs: string[] = [];
-  const policy = (namespace: string, name: string, spec: object) =>
-    JSON.stringify({ apiVersion: 'security.ambit.dev/v1', kind: 'AuthorizationPolicy', metadata: { namespace, name }, spec });
+  // JSON is YAML: one document per line.
+  return policyObjects(count, target).map((d) => `---\n${JSON.stringify(d)}\n`).join('');
+}
+
+/** The same policies as objects, for the API server double (the scale bench). */
+export function policyObjects(count: number, target: PolicyLoadTarget): object[] {
+  const docs: object[] = [];
+  const policy = (namespace: string, name: string, spec: object) => ({ apiVersion: 'security.ambit.dev/v1', kind: 'AuthorizationPolicy', metadata: { namespace, name }, spec });
   docs.push(
     policy(target.namespace, 'bench-allow-client', {
       selector: { matchLabels: { app: target.app } },
@@ -45,6 +50,5 @@ export function policyManifests(count: number, target: PolicyLoadTarget): string
       );
     }
   }
-  // JSON is YAML: one document per line.
-  return docs.map((d) => `---\n${d}\n`).join('');
+  return docs;
 }

@@ -21,6 +21,7 @@ import { benchPolicyEvaluation, type PolicyBenchResult } from './policy.js';
 import { benchTelemetry, type TelemetryBenchResult } from './telemetry.js';
 import { policyManifests } from './policy-load.js';
 import { benchStoreChanges, type StoreBenchResult } from './store.js';
+import { runBench } from './main.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const LOADGEN = path.join(HERE, 'loadgen.js');
@@ -501,12 +502,4 @@ ${telemetryLine(telemetry)}`;
   return 0;
 }
 
-main().then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    say(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-    process.exitCode = 1;
-  },
-);
+runBench(main);

@@ -79,9 +79,15 @@ export class StreamServer {
   readonly #log: Logger;
   readonly #streams = new Set<http2.ServerHttp2Stream>();
   readonly #allowed: ReadonlySet<string>;
+  #snapshot: { readonly version: number; readonly lines: readonly Buffer[] } | undefined;
+  readonly #deltaLines = new WeakMap<Delta, Buffer>();
+  readonly #forgetSnapshot = () => {
+    this.#snapshot = undefined;
+  };
 
   constructor(options: StreamServerOptions) {
     this.#options = options;
+    options.changes.on('delta', this.#forgetSnapshot);
     this.#log = (options.log ?? silentLogger()).child({ component: 'stream-server' });
     this.#allowed = new Set(options.allowedUsers ?? DEFAULT_STREAM_USERS);
     this.#server = http2.createSecureServer({
@@ -126,6 +132,7 @@ export class StreamServer {
 
   /** Ends every stream and stops listening. */
   async close(): Promise<void> {
+    this.#options.changes.off('delta', this.#forgetSnapshot);
     for (const stream of this.#streams) stream.close(http2.constants.NGHTTP2_NO_ERROR);
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }
@@ -181,16 +188,16 @@ export class StreamServer {
     stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
     let live = false;
     const waiting: Delta[] = [];
-    const writeLive = (message: StreamMessage): void => {
+    const writeLive = (line: Buffer): void => {
       if (stream.destroyed) return;
-      stream.write(encodeMessage(message));
+      stream.write(line);
       if (stream.writableLength > maxBuffered) {
         this.#log.warn({ user, remote, buffered: stream.writableLength }, 'agent reads too slowly; its stream is dropped, and it will resume');
         stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       }
     };
     const onDelta = (delta: Delta) => {
-      if (live) writeLive({ t: 'delta', version: delta.version, changes: delta.changes });
+      if (live) writeLive(this.#deltaLine(delta));
       else if (waiting.push(delta) > MAX_WAITING_DELTAS) {
         this.#log.warn({ user, remote, waiting: waiting.length }, 'agent takes its state too slowly; its stream is dropped, and it will resume');
         stream.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
@@ -200,16 +207,8 @@ export class StreamServer {
     const epoch = query.get('epoch');
     const version = Number(query.get('version') ?? NaN);
     const deltas = epoch === null ? undefined : changes.since(epoch, version);
-    const state: StreamMessage[] = [];
-    if (deltas !== undefined) {
-      state.push({ t: 'resume', epoch: changes.epoch, version });
-      for (const delta of deltas) state.push({ t: 'delta', version: delta.version, changes: delta.changes });
-    } else {
-      state.push({ t: 'snapshot', epoch: changes.epoch, version: changes.version });
-      for (const chunk of changes.snapshotChunks()) state.push({ t: 'records', changes: chunk });
-      state.push({ t: 'synced', epoch: changes.epoch, version: changes.version });
-    }
-    const ping = setInterval(() => live && writeLive({ t: 'ping', version: changes.version }), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
+    const state = deltas === undefined ? this.#snapshotLines() : [line({ t: 'resume', epoch: changes.epoch, version }), ...deltas.map((delta) => this.#deltaLine(delta))];
+    const ping = setInterval(() => live && writeLive(line({ t: 'ping', version: changes.version })), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
     ping.unref();
     const maxAge = (this.#options.maxStreamAgeMs ?? DEFAULT_MAX_STREAM_AGE_MS) * (0.9 + 0.2 * (this.#options.random ?? Math.random)());
     const ageLimit = setTimeout(() => {
@@ -227,11 +226,11 @@ export class StreamServer {
     });
     stream.on('error', () => undefined);
     void (async () => {
-      for (const message of state) {
+      for (const chunk of state) {
         if (stream.destroyed) return;
-        if (!stream.write(encodeMessage(message))) await drained(stream);
+        if (!stream.write(chunk)) await drained(stream);
       }
-      for (const delta of waiting.splice(0)) writeLive({ t: 'delta', version: delta.version, changes: delta.changes });
+      for (const delta of waiting.splice(0)) writeLive(this.#deltaLine(delta));
       live = true;
     })();
   }
@@ -265,10 +264,37 @@ export class StreamServer {
     session.on('error', () => undefined);
   }
 
+  /**
+   * The snapshot of the current version as lines, encoded once for every agent that asks for it at that version:
+   * when all the agents reconnect at once (a controller restart), encoding it for each was most of the controller's
+   * work (bench/scale.ts). The first delta makes it stale.
+   */
+  #snapshotLines(): readonly Buffer[] {
+    const changes = this.#options.changes;
+    const cached = this.#snapshot;
+    if (cached !== undefined && cached.version === changes.version) return cached.lines;
+    const lines = [line({ t: 'snapshot', epoch: changes.epoch, version: changes.version })];
+    for (const chunk of changes.snapshotChunks()) lines.push(line({ t: 'records', changes: chunk }));
+    lines.push(line({ t: 'synced', epoch: changes.epoch, version: changes.version }));
+    this.#snapshot = { version: changes.version, lines };
+    return lines;
+  }
+
+  /** A delta's line, encoded once for all the agents that stream it. */
+  #deltaLine(delta: Delta): Buffer {
+    let encoded = this.#deltaLines.get(delta);
+    if (encoded === undefined) this.#deltaLines.set(delta, (encoded = line({ t: 'delta', version: delta.version, changes: delta.changes })));
+    return encoded;
+  }
+
   #refused(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string, remote: string | undefined): void {
     this.#log.warn({ remote, reason, detail: message }, 'discovery stream refused');
     refuse(stream, status, reason, message);
   }
+}
+
+function line(message: StreamMessage): Buffer {
+  return Buffer.from(encodeMessage(message));
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string): void {

@@ -10,6 +10,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import t from 'tap';
+import { checkSequences } from './mesh/sequences.js';
 import {
   convertObject,
   ENROLL_LABEL,
@@ -344,19 +345,5 @@ function snapshotOf(objects: readonly ConvertedObject[]): DiscoverySnapshot {
 }
 
 t.test('a store kept change by change reads as one built from scratch', async (t) => {
-  const details = fc.check(
-    fc.property(fc.array(step, { minLength: 1, maxLength: 30 }), (steps) => failureOf(steps) === undefined),
-    { seed: SEED, numRuns: CASES },
-  );
-  if (details.failed) {
-    const steps = details.counterexample?.[0] ?? [];
-    t.fail(
-      [
-        `AMBIT_PROPERTY_SEED=${details.seed}; shrunk ${details.numShrinks} times to ${steps.length} steps:`,
-        ...steps.map((s) => JSON.stringify(s)),
-        failureOf(steps) ?? String(details.errorInstance),
-      ].join('\n'),
-    );
-  }
-  t.equal(details.numRuns, CASES, `${details.numRuns} sequences of up to 30 batches`);
+  checkSequences(t, { step, maxLength: 30, seed: SEED, cases: CASES, failureOf, what: 'batches' });
 });

@@ -10,13 +10,13 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { ControllerStream, type ControllerStreamEvents } from '../agent/controller-stream.js';
+import { ControllerStream, DELTA_APPLIED_LOG, type ControllerStreamEvents } from '../agent/controller-stream.js';
 import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
 import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChange } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
+import { createLogger, type Logger } from '../core/log/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { encodeMessage, parseMessage, STREAM_PATH, type StreamChange } from '../core/stream/index.js';
-import { createLogger } from '../core/log/index.js';
 import { FakeTime } from './mesh/fake-time.js';
 import { within } from './mesh/hold.js';
 import { LogCapture } from './mesh/loopback.js';
@@ -76,6 +76,7 @@ async function rig(
     initial?: StreamChange[];
     maxBufferedBytes?: number;
     maxMessageBytes?: number;
+    log?: Logger;
   } = {},
 ): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
@@ -111,6 +112,7 @@ async function rig(
     policies: policies.collection(),
     setTimer: time.setTimer,
     random: () => 0.5,
+    ...(options.log === undefined ? {} : { log: options.log }),
   });
   t.teardown(async () => {
     client.close();
@@ -171,6 +173,48 @@ t.test('an agent gets the snapshot, then each change once; a change that alters 
   r.changes.apply([{ op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
   t.same(await deleted, { version: 4, changes: 1 }, 'the next delta is the next version: the status-only update made none');
   t.equal(r.store.workloadByIp('10.1.0.2'), undefined, 'a deleted pod is gone');
+});
+
+t.test('at debug level, each applied delta is one line with its version and the keys it changed', async (t) => {
+  const logs = new LogCapture();
+  const r = await rig(t, { log: createLogger({ level: 'debug', destination: logs }) });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const applied = r.next('applied');
+  r.changes.apply([pod('b', '10.1.0.3'), { op: 'delete', kind: 'Pod', namespace: 'shop', name: 'a' }]);
+  await applied;
+  const line = await logs.waitFor((record) => record.msg === DELTA_APPLIED_LOG);
+  t.match(line, { level: 20, version: 2, keys: ['Pod shop/b', 'Pod shop/a'] });
+  t.type(line.time, 'number', 'timed in ms, as every line');
+});
+
+/** The lines of a snapshot as a plain HTTP/2 client reads them, up to its `synced`. */
+async function snapshotLines(port: number): Promise<string[]> {
+  const session = http2.connect(`https://127.0.0.1:${port}`, { rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  try {
+    const request = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: 'Bearer agent-token' });
+    request.setEncoding('utf8');
+    let text = '';
+    for await (const chunk of request) {
+      text += chunk as string;
+      if (text.includes('{"t":"synced"')) break;
+    }
+    return text.split('\n').filter((l) => l !== '').slice(0, 3);
+  } finally {
+    session.destroy();
+  }
+}
+
+t.test('agents that connect at the same version get the same snapshot (encoded once); a change makes a new one', async (t) => {
+  const r = await rig(t);
+  const first = await snapshotLines(r.port);
+  t.same(await snapshotLines(r.port), first, 'the same lines at the same version');
+  r.changes.apply([pod('b', '10.1.0.3')]);
+  const after = (await snapshotLines(r.port)).map((l) => parseMessage(l));
+  t.match(after[0], { t: 'snapshot', version: 2 }, 'the version after the change');
+  t.ok(after[1]?.t === 'records' && after[1].changes.some((c) => c.op === 'upsert' && c.kind === 'Pod' && (c.object as { name: string }).name === 'b'), 'with the new pod');
+  t.match(after[2], { t: 'synced', version: 2 });
 });
 
 t.test('a controller whose certificate the trust bundle does not vouch for is refused', async (t) => {

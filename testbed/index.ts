@@ -23,3 +23,5 @@ export {
   type ResourceType,
   type TokenUser,
 } from './apiserver/index.js';
+export { registerForExit, releaseFromExit, type SyncTeardown } from './exit-cleanup.js';
+export { stopProcess } from './processes.js';

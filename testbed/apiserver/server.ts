@@ -16,7 +16,7 @@ import { DEFAULT_HISTORY_SIZE, keyOf, ObjectStore } from './store.js';
 import { generateServingTls, type ServingTls } from './tls.js';
 import { TokenRegistry } from './tokens.js';
 import { child, isJsonObject, str, type Json, type JsonObject, type ResourceType, type TokenUser } from './types.js';
-import { WatchStream } from './watch.js';
+import { EventLines, WatchStream } from './watch.js';
 
 /** The real server's default: a watch with bookmarks allowed gets one about every minute. */
 export const DEFAULT_BOOKMARK_INTERVAL_MS = 60_000;
@@ -115,7 +115,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.#tls = generateServingTls();
     this.#server = createServer({ key: this.#tls.keyPem, cert: this.#tls.certPem }, (req, res) => this.#handle(req, res));
     this.#store.subscribe((event) => {
-      for (const watch of this.#watches) watch.deliver(event);
+      if (this.#watches.size === 0) return;
+      const lines = new EventLines(event);
+      for (const watch of this.#watches) watch.deliver(lines);
     });
     this.#controller = new EndpointSliceController(this.#store, this.#registry);
     const namespaces = this.#type('', 'v1', 'namespaces');
@@ -503,7 +505,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       return;
     }
     if (replay === undefined) stream.sendInitial(this.#store.list(route.type, route.namespace));
-    else for (const event of replay) stream.deliver(event);
+    else for (const event of replay) stream.deliver(new EventLines(event));
     if (stream.closed) return;
     this.#watches.add(stream);
     this.emit('watch', route.type.resource);

@@ -28,6 +28,33 @@ export interface WatchStreamOptions {
 }
 
 /**
+ * The lines of one store event, by the type a watcher sees it as (ADDED, MODIFIED or DELETED, by its selector):
+ * each is serialised once, however many watchers take it, so that the fan-out of a change costs a write per watcher.
+ */
+export class EventLines {
+  readonly #event: StoreEvent;
+  readonly #lines = new Map<WatchEventType, Buffer>();
+
+  constructor(event: StoreEvent) {
+    this.#event = event;
+  }
+
+  get event(): StoreEvent {
+    return this.#event;
+  }
+
+  line(type: WatchEventType): Buffer {
+    let line = this.#lines.get(type);
+    if (line === undefined) this.#lines.set(type, (line = encodeLine(type, this.#event.object)));
+    return line;
+  }
+}
+
+function encodeLine(type: WatchEventType, object: JsonObject): Buffer {
+  return Buffer.from(`${JSON.stringify({ type, object })}\n`);
+}
+
+/**
  * One open watch: compact JSON lines on a chunked response, filtered by the watcher's selectors. An object that
  * stops matching is sent as DELETED and one that starts matching as ADDED, as the real server's watch cache does,
  * so a client's cache holds exactly what its selector selects.
@@ -55,18 +82,19 @@ export class WatchStream {
     return this.#closed;
   }
 
-  /** Sends what `event` means to this watcher, if anything. */
-  deliver(event: StoreEvent): void {
+  /** Sends what an event means to this watcher, if anything; `lines` is shared by every watcher of the event. */
+  deliver(lines: EventLines): void {
+    const { event } = lines;
     const { filter } = this.#options;
     if (event.key !== keyOf(filter.type)) return;
     const now = this.#matches(event.object);
     if (event.type === 'MODIFIED') {
       const before = event.previous !== undefined && this.#matches(event.previous);
-      if (now && before) this.#send('MODIFIED', event.object);
-      else if (now) this.#send('ADDED', event.object);
-      else if (before) this.#send('DELETED', event.object);
+      if (now && before) this.#write(lines.line('MODIFIED'));
+      else if (now) this.#write(lines.line('ADDED'));
+      else if (before) this.#write(lines.line('DELETED'));
     } else if (now) {
-      this.#send(event.type, event.object);
+      this.#write(lines.line(event.type));
     }
   }
 
@@ -113,7 +141,12 @@ export class WatchStream {
 
   #send(type: WatchEventType, object: JsonObject): void {
     if (this.#closed || this.#stalled) return;
-    this.#res.write(`${JSON.stringify({ type, object })}\n`);
+    this.#write(encodeLine(type, object));
+  }
+
+  #write(line: Buffer): void {
+    if (this.#closed || this.#stalled) return;
+    this.#res.write(line);
   }
 
   #scheduleBookmark(): void {
