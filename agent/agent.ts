@@ -186,7 +186,7 @@ export class Agent {
     if (config.kubernetes !== undefined) {
       caFolder = await openCaFolder();
       try {
-        source = KubernetesSource.start({
+        source = await KubernetesSource.start({
           settings: config.kubernetes,
           nodeName: config.nodeName,
           trustDomain: config.trustDomain,

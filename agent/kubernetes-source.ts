@@ -37,8 +37,10 @@ export class KubernetesSource {
     this.#reflectors = reflectors;
   }
 
-  static start(options: KubernetesSourceOptions): KubernetesSource {
+  static async start(options: KubernetesSourceOptions): Promise<KubernetesSource> {
     const { settings, store, log } = options;
+    // first: a kubeconfig that cannot be read fails the start before anything is made
+    const kubeConfig = await loadKubeConfig(settings.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: settings.kubeconfig });
     const stream = new ControllerStream({
       url: settings.controllerUrl,
       controllerIdentity: settings.controllerIdentity,
@@ -48,7 +50,6 @@ export class KubernetesSource {
       policies: options.policies,
       log,
     });
-    const kubeConfig = loadKubeConfig(settings.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: settings.kubeconfig });
     const sink = {
       apply: (changes: readonly StreamChange[]) => {
         const discovery = changes.filter((change): change is DiscoveryChange => change.kind !== 'Policy');

@@ -405,8 +405,18 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
     await writeFile(path.join(dir, 'root.pem'), ca.rootPem);
     await writeFile(path.join(dir, 'token'), 'agent-stream-token');
     await writeFile(path.join(dir, 'simulated-token'), 'simulated-stream-token');
-    await api.writeKubeconfig(path.join(dir, 'controller.kubeconfig'), 'controller-token');
-    await api.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), 'agent-api-token');
+    // both run as in a pod (the service account's token and CA mounted, the API server's address in the
+    // environment), which is what their memory is measured for: a kubeconfig would load client-node (64 MB)
+    const serviceAccount = async (name: string, token: string) => {
+      const sa = path.join(dir, name);
+      await mkdir(sa, { recursive: true });
+      await writeFile(path.join(sa, 'token'), token, { mode: 0o600 });
+      await writeFile(path.join(sa, 'ca.crt'), api.caPem);
+      const url = new URL(api.url);
+      return { AMBIT_SERVICE_ACCOUNT_DIR: sa, KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
+    };
+    const controllerEnv = await serviceAccount('controller-sa', 'controller-token');
+    const agentEnv = await serviceAccount('agent-sa', 'agent-api-token');
 
     const shape = clusterShape(pods, simulatedAgents + 1);
     const filling = Date.now();
@@ -428,10 +438,10 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
         [
           ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`] : []),
           ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
-          CLI_PATH, 'controller', '--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--tls-dir', dir, '--listen-host', '127.0.0.1',
+          CLI_PATH, 'controller', '--tls-dir', dir, '--listen-host', '127.0.0.1',
           '--port', String(ports.stream), '--metrics-port', String(ports.metrics), '--readiness-port', String(ports.readiness), '--log-level', 'info',
         ],
-        { detached: true, stdio: ['ignore', 'pipe', 'pipe'] },
+        { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...controllerEnv } },
       ),
     );
     processes.push(controller);
@@ -455,11 +465,11 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
           ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `agent-${pods}.cpuprofile`] : []),
           ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
           CLI_PATH, 'agent', '--node', 'node-0', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${ports.stream}`,
-          '--token-file', path.join(dir, 'token'), '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--ca-dir', path.join(dir, 'ca'),
+          '--token-file', path.join(dir, 'token'), '--ca-dir', path.join(dir, 'ca'),
           '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1', '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
           '--run-dir', path.join(dir, 'run'), '--state-dir', path.join(dir, 'state'), '--log-level', 'debug',
         ],
-        { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...AGENT_ENV } },
+        { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...AGENT_ENV, ...agentEnv } },
       ),
     );
     processes.push(agent);

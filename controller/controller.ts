@@ -62,7 +62,7 @@ export class Controller {
   static async start(config: ControllerConfig, deps: ControllerDependencies = {}): Promise<Controller> {
     const log = (deps.log ?? silentLogger()).child({ component: 'controller' });
     const registry = deps.registry ?? createRegistry();
-    const kubeConfig = loadKubeConfig(config.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: config.kubeconfig });
+    const kubeConfig = await loadKubeConfig(config.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: config.kubeconfig });
     const [keyPem, certChainPem] = await Promise.all([readFile(path.join(config.tlsDir, 'tls.key'), 'utf8'), readFile(path.join(config.tlsDir, 'tls.crt'), 'utf8')]);
     const changes = new ChangeLog();
     const rejected = new Counter({

@@ -25,7 +25,7 @@ t.test('a TokenReview: the audience must be ours; an API server that cannot answ
   api.addToken('stream-token', boundServiceAccountUser({ ...user, audiences: ['ambit-controller'] }));
   api.addToken('api-token', boundServiceAccountUser(user));
   await api.writeKubeconfig(path.join(dir, 'kubeconfig'), 'controller-token');
-  const review = tokenReviewer(new KubeApi(loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') })), 'ambit-controller');
+  const review = tokenReviewer(new KubeApi(await loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') })), 'ambit-controller');
   t.same(await review('stream-token'), { authenticated: true, username: AGENT });
   t.match(await review('api-token'), { authenticated: false, reason: /audience/ }, 'a token for the API server proves nothing here');
   t.match(await review('forged'), { authenticated: false });

@@ -139,7 +139,7 @@ async function setup(
   const consumer = new Recorder();
   const registry = new Registry();
   const reflector = new Reflector({
-    kubeConfig: loadKubeConfig({ kubeconfig }),
+    kubeConfig: await loadKubeConfig({ kubeconfig }),
     kind: 'Pod',
     path: '/api/v1/pods',
     consumer,

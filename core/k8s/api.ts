@@ -1,6 +1,8 @@
 import http from 'node:http';
 import https from 'node:https';
-import { KubeConfig } from '@kubernetes/client-node';
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import path from 'node:path';
 import { AmbitError } from '../errors/index.js';
 import type { KubeStatus } from './types.js';
 import { statusOf } from './watch-stream.js';
@@ -12,31 +14,88 @@ const MAX_POST_ANSWER_BYTES = 1024 * 1024;
 /** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
+/** Where a pod's service-account token, CA and namespace are mounted (AMBIT_SERVICE_ACCOUNT_DIR elsewhere: the bench). */
+export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+
+/** Where and how requests go: the server, and the TLS options and headers of each request. */
+export interface KubeCredentials {
+  readonly server: URL;
+  /**
+   * The options of one request (CA, client certificate, bearer token, proxy agent), asked again for each: a
+   * projected token is rotated by the kubelet, and a kubeconfig's exec or token-file provider re-reads its own.
+   */
+  requestOptions(): Promise<https.RequestOptions>;
+}
+
 /**
- * Loads credentials: a kubeconfig file, or the pod's service account (`inCluster`). client-node's loadFromCluster
- * builds `https://undefined:undefined` outside a pod; here that is a refusal that says what is missing.
+ * Loads credentials: a kubeconfig file (read by client-node, which knows every way a kubeconfig authenticates:
+ * tokens, client certificates, exec plugins), or the pod's service account (`inCluster`): the two environment
+ * variables the kubelet sets and the mounted token and CA, as client-go's InClusterConfig reads them. The pod's
+ * case does not load client-node, whose import alone costs a process 64 MB of RSS (it pulls in its whole generated
+ * client): on every node of a cluster, more than the agent's data needs (bench/scale.ts).
  */
-export function loadKubeConfig(source: { kubeconfig: string } | { inCluster: true }): KubeConfig {
-  const config = new KubeConfig();
+export async function loadKubeConfig(
+  source: { kubeconfig: string } | { inCluster: true; serviceAccountDir?: string; env?: NodeJS.ProcessEnv },
+): Promise<KubeCredentials> {
   if ('inCluster' in source) {
-    if (!process.env.KUBERNETES_SERVICE_HOST || !process.env.KUBERNETES_SERVICE_PORT) {
-      throw new AmbitError(
-        'K8S_NOT_IN_CLUSTER',
-        'KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: not running in a pod (pass a kubeconfig instead)',
-      );
-    }
-    config.loadFromCluster();
-  } else {
+    const env = source.env ?? process.env;
+    return inClusterCredentials(source.serviceAccountDir ?? (env.AMBIT_SERVICE_ACCOUNT_DIR || SERVICE_ACCOUNT_DIR), env);
+  }
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const config = new KubeConfig();
+  try {
+    config.loadFromFile(source.kubeconfig);
+  } catch (err) {
+    throw new AmbitError('K8S_KUBECONFIG', `cannot load kubeconfig ${source.kubeconfig}: ${(err as Error).message}`, { cause: err });
+  }
+  const cluster = config.getCurrentCluster();
+  if (cluster === null) throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current context with a cluster (set current-context)');
+  let server: URL;
+  try {
+    server = new URL(cluster.server);
+  } catch (err) {
+    throw new AmbitError('K8S_KUBECONFIG', `cluster ${cluster.name} has no valid server URL`, { cause: err });
+  }
+  return {
+    server,
+    requestOptions: async () => {
+      const options: https.RequestOptions = {};
+      await config.applyToHTTPSOptions(options);
+      return options;
+    },
+  };
+}
+
+async function inClusterCredentials(dir: string, env: NodeJS.ProcessEnv): Promise<KubeCredentials> {
+  const host = env.KUBERNETES_SERVICE_HOST;
+  const port = env.KUBERNETES_SERVICE_PORT;
+  if (!host || !port) {
+    throw new AmbitError('K8S_NOT_IN_CLUSTER', 'KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: not running in a pod (pass a kubeconfig instead)');
+  }
+  const server = new URL(`https://${isIP(host) === 6 ? `[${host}]` : host}:${port}`);
+  const tokenFile = path.join(dir, 'token');
+  const readToken = async (): Promise<string> => {
+    let token: string;
     try {
-      config.loadFromFile(source.kubeconfig);
+      token = (await readFile(tokenFile, 'utf8')).trim();
     } catch (err) {
-      throw new AmbitError('K8S_KUBECONFIG', `cannot load kubeconfig ${source.kubeconfig}: ${(err as Error).message}`, { cause: err });
+      throw new AmbitError('K8S_NOT_IN_CLUSTER', `cannot read the service-account token ${tokenFile}: ${(err as Error).message}`, { cause: err });
     }
+    if (token === '') throw new AmbitError('K8S_NOT_IN_CLUSTER', `the service-account token ${tokenFile} is empty`);
+    return token;
+  };
+  let ca: string;
+  try {
+    ca = await readFile(path.join(dir, 'ca.crt'), 'utf8');
+  } catch (err) {
+    throw new AmbitError('K8S_NOT_IN_CLUSTER', `cannot read the cluster CA ${path.join(dir, 'ca.crt')}: ${(err as Error).message}`, { cause: err });
   }
-  if (config.getCurrentCluster() === null) {
-    throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current context with a cluster (set current-context)');
-  }
-  return config;
+  await readToken();
+  return {
+    server,
+    // the kubelet rotates the projected token in place: read it for each request, as client-go does every minute
+    requestOptions: async () => ({ ca, headers: { authorization: `Bearer ${await readToken()}` } }),
+  };
 }
 
 /** An API answer other than 200, with the Status the server sent (its code and reason decide retry or relist). */
@@ -65,18 +124,12 @@ export interface ApiResponse {
  * reflector leaves no socket behind.
  */
 export class KubeApi {
-  readonly #config: KubeConfig;
+  readonly #credentials: KubeCredentials;
   readonly #server: URL;
 
-  constructor(config: KubeConfig) {
-    const cluster = config.getCurrentCluster();
-    if (cluster === null) throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current cluster');
-    this.#config = config;
-    try {
-      this.#server = new URL(cluster.server);
-    } catch (err) {
-      throw new AmbitError('K8S_KUBECONFIG', `cluster ${cluster.name} has no valid server URL`, { cause: err });
-    }
+  constructor(credentials: KubeCredentials) {
+    this.#credentials = credentials;
+    this.#server = credentials.server;
   }
 
   /** The server's address, for logs. */
@@ -104,8 +157,7 @@ export class KubeApi {
   }
 
   async #send(method: 'GET' | 'POST', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
-    const options: https.RequestOptions = {};
-    await this.#config.applyToHTTPSOptions(options);
+    const options = await this.#credentials.requestOptions();
     const url = new URL(this.#server.href.replace(/\/$/, '') + path);
     url.search = query.toString();
     const agent = options.agent;

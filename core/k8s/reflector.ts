@@ -1,9 +1,8 @@
-import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
 import { AmbitError, isAmbitError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { Backoff, DEFAULT_BACKOFF, realTimer, type BackoffOptions, type SetTimer } from '../timer/index.js';
-import { ApiStatusError, KubeApi, readBody, statusError } from './api.js';
+import { ApiStatusError, KubeApi, readBody, statusError, type KubeCredentials } from './api.js';
 import { ReflectorMetrics, type RelistReason, type RewatchReason } from './metrics.js';
 import { checkCollectionPath, DEFAULT_PAGE_SIZE, listQuery, watchQuery, watchTimeoutSeconds, type Selectors } from './query.js';
 import type { KubeObject } from './types.js';
@@ -22,7 +21,7 @@ export interface ReflectorConsumer {
 }
 
 export interface ReflectorOptions extends Selectors {
-  kubeConfig: KubeConfig;
+  kubeConfig: KubeCredentials;
   /** The kind, for metrics (label `kind`) and logs; one reflector a kind a registry. */
   kind: string;
   /** The collection, e.g. `/api/v1/pods` or `/api/v1/namespaces/demo/services`. */
