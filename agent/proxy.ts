@@ -19,16 +19,21 @@ function isHttp2Stream(stream: Duplex): stream is Duplex & Pick<http2.Http2Strea
 export function abortStream(stream: Duplex): void {
   if (stream.destroyed) return;
   if (stream instanceof net.Socket) {
-    // Once its FIN is on its way, a socket cannot be reset: libuv refuses the reset of a socket that was shut down
-    // (EINVAL), and Node then emits an error and never closes the handle, which leaks the connection and keeps the
-    // process from exiting (it spins in its exit cleanup). Its peer has seen the end; closing it is all there is left.
-    if (stream.writableEnded) stream.destroy();
+    // While its shutdown is in flight (end() called, everything written, the FIN being sent), libuv refuses to reset
+    // a socket (EINVAL), and Node then emits an error and never closes the handle: the connection leaks and the
+    // process spins in its exit cleanup. Then the peer has all the data and is getting its end: closing is all there
+    // is left. Before (data still queued: a reset loses it, as an abort must) and after (FIN sent) a reset works.
+    if (shutdownInFlight(stream)) stream.destroy();
     else stream.resetAndDestroy();
   } else if (isHttp2Stream(stream)) {
     stream.close(http2.constants.NGHTTP2_CANCEL);
   } else {
     stream.destroy();
   }
+}
+
+function shutdownInFlight(socket: net.Socket): boolean {
+  return socket.writableEnded && socket.writableLength === 0 && !socket.writableFinished;
 }
 
 function abortedAbnormally(stream: Duplex): boolean {
