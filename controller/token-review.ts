@@ -15,6 +15,11 @@ export const DEFAULT_REFUSED_TTL_MS = 2_000;
 export const DEFAULT_MAX_VERDICTS = 10_000;
 /** TokenReviews in flight at most; the rest wait their turn (5,000 agents reconnecting must not be 5,000 requests at once). */
 export const DEFAULT_MAX_CONCURRENT_REVIEWS = 32;
+/**
+ * Checks waiting for their turn at most; past it a caller is refused at once (503, it retries): the stream port is
+ * open to every node, and a flood of made-up tokens must not grow the controller or keep the API server busy.
+ */
+export const DEFAULT_MAX_WAITING_REVIEWS = 1_000;
 
 /**
  * Checks a bearer token with a TokenReview for `audience`: a token the API server vouches for, bound to that
@@ -53,6 +58,7 @@ export interface VerdictCacheOptions {
   readonly refusedTtlMs?: number;
   readonly maxVerdicts?: number;
   readonly maxConcurrent?: number;
+  readonly maxWaiting?: number;
   /** The clock of the verdicts' lifetimes (milliseconds); tests move one by hand. */
   readonly now?: () => number;
 }
@@ -66,6 +72,7 @@ export function cachedAuthenticator(authenticate: Authenticate, options: Verdict
   const acceptedTtl = options.acceptedTtlMs ?? DEFAULT_ACCEPTED_TTL_MS;
   const refusedTtl = options.refusedTtlMs ?? DEFAULT_REFUSED_TTL_MS;
   const limit = pLimit(options.maxConcurrent ?? DEFAULT_MAX_CONCURRENT_REVIEWS);
+  const maxWaiting = options.maxWaiting ?? DEFAULT_MAX_WAITING_REVIEWS;
   // the token travels to fetchMethod as its context; the key is its hash
   const verdicts = new LRUCache<string, TokenVerdict, string>({
     max: options.maxVerdicts ?? DEFAULT_MAX_VERDICTS,
@@ -74,6 +81,7 @@ export function cachedAuthenticator(authenticate: Authenticate, options: Verdict
     ignoreFetchAbort: true,
     ...(options.now === undefined ? {} : { perf: { now: options.now }, ttlResolution: 0 }),
     fetchMethod: async (_key, _stale, { context, options: entry }) => {
+      if (limit.pendingCount >= maxWaiting) throw new AmbitError('TOKEN_REVIEW_UNAVAILABLE', `${limit.pendingCount} token checks are waiting already`);
       const verdict = await limit(() => authenticate(context));
       entry.ttl = verdict.authenticated ? acceptedTtl : refusedTtl;
       return verdict;

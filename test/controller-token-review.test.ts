@@ -104,7 +104,7 @@ t.test('the same token asked by many streams at once is checked once; verdicts l
 t.test('a check that fails is not remembered; at most 32 run at once; the cache is bounded', async (t) => {
   let fail = true;
   const reviews = heldReviews(() => (fail ? new Error('connect ECONNREFUSED') : accepted));
-  const check = cachedAuthenticator(reviews.authenticate, { maxVerdicts: 50 });
+  const check = cachedAuthenticator(reviews.authenticate, { maxVerdicts: 50, maxWaiting: 100 });
   const failing = t.rejects(check('good'), /ECONNREFUSED/, 'no verdict is passed on as an error');
   await reviews.releaseAll();
   await failing;
@@ -116,6 +116,11 @@ t.test('a check that fails is not remembered; at most 32 run at once; the cache 
   const many = Array.from({ length: 100 }, (_, i) => check(`token-${i}`));
   await new Promise((resolve) => setImmediate(resolve));
   t.equal(reviews.maxInFlight, 32, 'a hundred distinct tokens: 32 checks in flight, the rest wait');
+  await t.rejects(
+    Promise.all(Array.from({ length: 40 }, (_, i) => check(`flood-${i}`))),
+    { code: 'TOKEN_REVIEW_UNAVAILABLE', message: /waiting already/ },
+    'past 100 waiting (68 wait now), a new check is refused at once',
+  );
   await reviews.releaseAll();
   t.equal((await Promise.all(many)).length, 100, 'every one answered');
   const before = reviews.calls.length;
