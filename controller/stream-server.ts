@@ -160,7 +160,9 @@ export class StreamServer {
     } catch (err) {
       // no verdict: neither an admission nor a judgement of the token
       if (!stream.destroyed) {
-        this.#refused(stream, 503, 'token_review_unavailable', `the token could not be checked (${err instanceof Error ? err.message : String(err)}); the agent keeps its last state and retries`, remote);
+        // the cause (the API server's address, its error) goes to the log, not to a caller not yet authenticated
+        this.#log.warn({ remote, err: err instanceof Error ? err.message : String(err) }, 'token check failed');
+        this.#refused(stream, 503, 'token_review_unavailable', 'the token could not be checked now; the agent keeps its last state and retries', remote);
       }
       return;
     }
@@ -173,7 +175,7 @@ export class StreamServer {
       this.#refused(stream, 403, 'user_not_allowed', `${verdict.username} may not read the discovery stream (allowed: ${[...this.#allowed].join(', ')})`, remote);
       return;
     }
-    this.#stream(stream, url.searchParams, verdict.username, remote);
+    this.#stream(stream, url.searchParams, verdict.username, remote, token);
   }
 
   /**
@@ -182,14 +184,14 @@ export class StreamServer {
    * written under backpressure (a snapshot of a big cluster is far more than any buffer), and the cap on unsent data
    * applies from then on, to the live deltas only.
    */
-  #stream(stream: http2.ServerHttp2Stream, query: URLSearchParams, user: string, remote: string | undefined): void {
+  #stream(stream: http2.ServerHttp2Stream, query: URLSearchParams, user: string, remote: string | undefined, token: string): void {
     const changes = this.#options.changes;
     const maxBuffered = this.#options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
     stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson' });
     let live = false;
     const waiting: Delta[] = [];
     const writeLive = (line: Buffer): void => {
-      if (stream.destroyed) return;
+      if (stream.destroyed || stream.writableEnded) return;
       stream.write(line);
       if (stream.writableLength > maxBuffered) {
         this.#log.warn({ user, remote, buffered: stream.writableLength }, 'agent reads too slowly; its stream is dropped, and it will resume');
@@ -210,10 +212,15 @@ export class StreamServer {
     const state = deltas === undefined ? this.#snapshotLines() : [line({ t: 'resume', epoch: changes.epoch, version }), ...deltas.map((delta) => this.#deltaLine(delta))];
     const ping = setInterval(() => live && writeLive(line({ t: 'ping', version: changes.version })), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
     ping.unref();
-    const maxAge = (this.#options.maxStreamAgeMs ?? DEFAULT_MAX_STREAM_AGE_MS) * (0.9 + 0.2 * (this.#options.random ?? Math.random)());
+    // and never past the token's own expiry: a stream is as good as the token it was opened with (a deleted pod's
+    // bound token is refused at the next check), so the agent comes back with the token the kubelet rotated in
+    const spread = (this.#options.maxStreamAgeMs ?? DEFAULT_MAX_STREAM_AGE_MS) * (0.9 + 0.2 * (this.#options.random ?? Math.random)());
+    const expiry = tokenExpiry(token);
+    const maxAge = expiry === undefined ? spread : Math.max(0, Math.min(spread, expiry - Date.now()));
     const ageLimit = setTimeout(() => {
       this.#log.debug({ user, remote }, 'stream at its age limit; the agent resumes');
-      stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      // an end after the last whole line (END_STREAM), not a reset: what is queued still arrives
+      stream.end();
     }, maxAge);
     ageLimit.unref();
     this.#streams.add(stream);
@@ -227,7 +234,7 @@ export class StreamServer {
     stream.on('error', () => undefined);
     void (async () => {
       for (const chunk of state) {
-        if (stream.destroyed) return;
+        if (stream.destroyed || stream.writableEnded) return;
         if (!stream.write(chunk)) await drained(stream);
       }
       for (const delta of waiting.splice(0)) writeLive(this.#deltaLine(delta));
@@ -295,6 +302,21 @@ export class StreamServer {
 
 function line(message: StreamMessage): Buffer {
   return Buffer.from(encodeMessage(message));
+}
+
+/**
+ * The `exp` of a JWT (milliseconds), read only after the API server vouched for the token; undefined for a token
+ * that is not a JWT or has no expiry (a legacy service-account token).
+ */
+export function tokenExpiry(token: string): number | undefined {
+  const payload = token.split('.')[1];
+  if (payload === undefined) return undefined;
+  try {
+    const exp = (JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as { exp?: unknown }).exp;
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function refuse(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string): void {

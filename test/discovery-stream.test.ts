@@ -12,6 +12,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { ControllerStream, DELTA_APPLIED_LOG, type ControllerStreamEvents } from '../agent/controller-stream.js';
 import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
+import { tokenExpiry } from '../controller/stream-server.js';
 import { convertObject, WorkloadStore, type ConvertedObject, type DiscoveryChange } from '../core/discovery/index.js';
 import { CertificateAuthority, TrustBundle } from '../core/identity/index.js';
 import { createLogger, type Logger } from '../core/log/index.js';
@@ -460,4 +461,22 @@ t.test('no line outgrows what an agent reads: a big relist becomes consecutive d
   second.client.start();
   await again;
   t.equal(second.store.workloads().length, r.store.workloads().length, 'a snapshot in many chunks is applied whole');
+});
+
+t.test("a stream ends when the token it was opened with expires, and the agent comes back (with the kubelet's new token)", async (t) => {
+  // a JWT-shaped token (the review, faked here, vouches for it) that expires in two seconds
+  const SHORT_LIVED = ['e30', Buffer.from(JSON.stringify({ exp: Math.floor(Date.now() / 1000) + 2 })).toString('base64url'), 'sig'].join('.');
+  TOKENS[SHORT_LIVED] = { authenticated: true, username: AGENT_USER };
+  t.equal(tokenExpiry(SHORT_LIVED), JSON.parse(Buffer.from(SHORT_LIVED.split('.')[1]!, 'base64url').toString()).exp * 1000);
+  t.equal(tokenExpiry('not-a-jwt'), undefined, 'a token that is no JWT has no expiry of its own');
+  const r = await rig(t, { token: SHORT_LIVED });
+  const synced = r.next('synced');
+  r.client.start();
+  await synced;
+  const down = await r.next('disconnected');
+  t.ok(r.client.synced, `the stream ended at the token's expiry (${down.reason}); the agent keeps its state`);
+  const resumed = r.next('streaming');
+  await writeFile(r.tokenFile, 'agent-token\n');
+  r.time.advance(60_000);
+  t.same(await resumed, { resumed: true }, 'and resumes with the token it reads now');
 });
