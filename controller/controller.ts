@@ -11,12 +11,6 @@ import type { ControllerConfig } from './config.js';
 import { StreamServer } from './stream-server.js';
 import { cachedAuthenticator, tokenReviewer } from './token-review.js';
 
-/**
- * A replica whose list or watch of a kind has failed this long with no success is unready: the records it streams
- * may be stale. Short failures (an API server restart, a 410) do not count; the reflector retries meanwhile.
- */
-export const WATCH_FAILING_UNREADY_MS = 120_000;
-
 export interface ControllerDependencies {
   readonly log?: Logger;
   readonly registry?: Registry;
@@ -62,7 +56,9 @@ export class Controller {
   static async start(config: ControllerConfig, deps: ControllerDependencies = {}): Promise<Controller> {
     const log = (deps.log ?? silentLogger()).child({ component: 'controller' });
     const registry = deps.registry ?? createRegistry();
-    const kubeConfig = await loadKubeConfig(config.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: config.kubeconfig });
+    const kubeConfig = await loadKubeConfig(
+      config.kubeconfig === undefined ? { inCluster: true, ...(config.serviceAccountDir === undefined ? {} : { serviceAccountDir: config.serviceAccountDir }) } : { kubeconfig: config.kubeconfig },
+    );
     const [keyPem, certChainPem] = await Promise.all([readFile(path.join(config.tlsDir, 'tls.key'), 'utf8'), readFile(path.join(config.tlsDir, 'tls.crt'), 'utf8')]);
     const changes = new ChangeLog();
     const rejected = new Counter({
@@ -109,14 +105,11 @@ export class Controller {
       port: config.ports.stream,
       log,
     });
-    const readiness = (): Readiness => {
-      if (!synced()) return { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
-      const failing = reflectors.flatMap((reflector, index) =>
-        reflector.failingForMs > WATCH_FAILING_UNREADY_MS ? [`${kinds[index]!.kind} for ${Math.round(reflector.failingForMs / 1000)} s`] : [],
-      );
-      // what it streams may be stale: out of the Service, so that agents that reconnect go to the other replica
-      return failing.length === 0 ? { ready: true } : { ready: false, reason: `cannot watch the API server: ${failing.join(', ')}` };
-    };
+    // Ready once every kind is listed, and from then on: a failing watch (an RBAC change, an overloaded API server)
+    // hits both replicas alike, and taking both out of the Service would leave a restarted agent with no state at
+    // all. How long each kind has failed is a metric instead (ambit_k8s_watch_failing_seconds).
+    const readiness = (): Readiness =>
+      synced() ? { ready: true } : { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
     const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness })];
     const streamPort = await stream.listen();
     try {

@@ -15,6 +15,8 @@ class SharedMetrics {
   readonly rewatches: Counter<'kind' | 'reason'>;
   /** The time of the last thing heard, by kind, read when the registry is scraped. */
   readonly lastHeard = new Map<string, () => number>();
+  /** How long each kind's list or watch has failed (0 while healthy), read when the registry is scraped. */
+  readonly failing = new Map<string, () => number>();
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -47,6 +49,17 @@ class SharedMetrics {
         for (const [kind, age] of lastHeard) this.set({ kind }, age());
       },
     });
+    const failing = this.failing;
+    new Gauge({
+      name: 'ambit_k8s_watch_failing_seconds',
+      help: 'Seconds the list or watch of a kind has failed with no success since (0 while it works)',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [kind, seconds] of failing) this.set({ kind }, seconds());
+      },
+    });
   }
 }
 
@@ -57,7 +70,7 @@ export class ReflectorMetrics {
   readonly #shared: SharedMetrics;
   readonly #kind: string;
 
-  constructor(registry: Registry, kind: string, ageSeconds: () => number) {
+  constructor(registry: Registry, kind: string, ageSeconds: () => number, failingSeconds: () => number) {
     let metrics = shared.get(registry);
     if (metrics === undefined) {
       metrics = new SharedMetrics(registry);
@@ -67,6 +80,7 @@ export class ReflectorMetrics {
       throw new AmbitError('K8S_REFLECTOR_DUPLICATE', `a reflector of kind ${kind} is already registered in this registry`);
     }
     metrics.lastHeard.set(kind, ageSeconds);
+    metrics.failing.set(kind, failingSeconds);
     this.#shared = metrics;
     this.#kind = kind;
   }
@@ -83,8 +97,9 @@ export class ReflectorMetrics {
     this.#shared.rewatches.inc({ kind: this.#kind, reason });
   }
 
-  /** Takes this kind out of the age gauge (a stopped reflector has no age); its counters stay. */
+  /** Takes this kind out of the gauges (a stopped reflector has no age); its counters stay. */
   close(): void {
     this.#shared.lastHeard.delete(this.#kind);
+    this.#shared.failing.delete(this.#kind);
   }
 }

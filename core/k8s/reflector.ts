@@ -134,7 +134,12 @@ export class Reflector {
     this.#backoff = new Backoff(options.backoff ?? DEFAULT_BACKOFF, this.#random);
     this.#lastHeardAt = this.#now();
     this.#log = options.log.child({ component: 'reflector', kind: options.kind, path: options.path, ...this.#selectors });
-    this.#metrics = new ReflectorMetrics(options.registry, options.kind, () => (this.#now() - this.#lastHeardAt) / 1000);
+    this.#metrics = new ReflectorMetrics(
+      options.registry,
+      options.kind,
+      () => (this.#now() - this.#lastHeardAt) / 1000,
+      () => this.failingForMs / 1000,
+    );
   }
 
   /** Starts listing and watching; a second call does nothing. */
