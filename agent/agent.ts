@@ -443,15 +443,22 @@ export class Agent {
    * logged and counted with its policy; and those whose pod is gone (another pod has its address).
    */
   #revalidate(): void {
-    // One revalidation per tick, after every change of that tick: a delta that relabels a workload and changes the
-    // policy that names it applies to the store and to the policies one after the other, and a connection judged in
-    // between (new labels, old policies) would be closed by a rule that no longer stands.
+    // One revalidation per tick, after every change of that tick: a local reload that relabels a workload and
+    // changes the policy that names it updates the policies and then the store, and a connection judged in between
+    // (new policy, old labels) would be closed by a rule that no longer stands. In Kubernetes mode the two are
+    // separate objects and separate deltas, judged together only when they arrive in one read; between two reads
+    // the cluster itself was in that state.
     if (this.#closed || this.#revalidationQueued) return;
     this.#revalidationQueued = true;
     queueMicrotask(() => {
       this.#revalidationQueued = false;
-      // Also with no connection tracked: the revalidation counts, for those still connecting (ConnectionRegistry.track).
-      if (!this.#closed) this.#connections.revalidate();
+      if (this.#closed) return;
+      try {
+        // Also with no connection tracked: the revalidation counts, for those still connecting (ConnectionRegistry.track).
+        this.#connections.revalidate();
+      } catch (err) {
+        this.#log.error({ err }, 'revalidating open connections failed');
+      }
     });
   }
 

@@ -65,6 +65,8 @@ export interface KubernetesSettings {
   readonly tokenFile: string;
   /** For the agent's own watch; undefined: the pod's service account (in-cluster). */
   readonly kubeconfig: string | undefined;
+  /** In-cluster: where the service account is mounted (AMBIT_SERVICE_ACCOUNT_DIR; default the kubelet's folder). */
+  readonly serviceAccountDir: string | undefined;
 }
 
 export interface AgentConfig {
@@ -330,7 +332,10 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     if (identityDomain !== trustDomain) throw usageError(`--controller-identity ${controllerIdentity} is not of the trust domain ${trustDomain}`);
     const tokenFile = values['token-file'] ?? env.AMBIT_TOKEN_FILE ?? DEFAULT_TOKEN_FILE;
     if (!tokenFile.startsWith('/')) throw usageError(`--token-file ${tokenFile} is not an absolute path`);
-    kubernetes = Object.freeze({ controllerUrl: url.origin, controllerIdentity, tokenFile, kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG });
+    kubernetes = Object.freeze({ controllerUrl: url.origin, controllerIdentity, tokenFile,
+      kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG,
+      serviceAccountDir: env.AMBIT_SERVICE_ACCOUNT_DIR || undefined,
+    });
   }
 
   return {

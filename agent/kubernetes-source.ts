@@ -40,7 +40,11 @@ export class KubernetesSource {
   static async start(options: KubernetesSourceOptions): Promise<KubernetesSource> {
     const { settings, store, log } = options;
     // first: a kubeconfig that cannot be read fails the start before anything is made
-    const kubeConfig = await loadKubeConfig(settings.kubeconfig === undefined ? { inCluster: true } : { kubeconfig: settings.kubeconfig });
+    const kubeConfig = await loadKubeConfig(
+      settings.kubeconfig === undefined
+        ? { inCluster: true, ...(settings.serviceAccountDir === undefined ? {} : { serviceAccountDir: settings.serviceAccountDir }) }
+        : { kubeconfig: settings.kubeconfig },
+    );
     const stream = new ControllerStream({
       url: settings.controllerUrl,
       controllerIdentity: settings.controllerIdentity,

@@ -78,12 +78,12 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
       let size: number;
       if (change.op === 'delete') {
         if (!this.#records.delete(key)) continue;
-        size = JSON.stringify(change).length;
+        size = Buffer.byteLength(JSON.stringify(change));
       } else {
         const fingerprint = JSON.stringify(change);
         if (this.#records.get(key)?.fingerprint === fingerprint) continue;
         this.#records.set(key, { change, fingerprint });
-        size = fingerprint.length;
+        size = Buffer.byteLength(fingerprint);
       }
       if (bytes + size > this.#maxMessageBytes) cut();
       batch.push(change);
@@ -109,7 +109,7 @@ export class ChangeLog extends EventEmitter<ChangeLogEvents> {
     let chunk: Array<StreamChange & { op: 'upsert' }> = [];
     let bytes = 0;
     for (const held of this.#records.values()) {
-      const size = held.fingerprint.length + 1;
+      const size = Buffer.byteLength(held.fingerprint) + 1;
       if (chunk.length > 0 && (chunk.length === SNAPSHOT_CHUNK || bytes + size > this.#maxMessageBytes)) {
         chunks.push(chunk);
         chunk = [];

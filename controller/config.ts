@@ -10,6 +10,8 @@ export const DEFAULT_CONTROLLER_PORTS = Object.freeze({ stream: 15012, metrics: 
 export interface ControllerConfig {
   /** A kubeconfig file; undefined: the pod's service account (in-cluster). */
   readonly kubeconfig: string | undefined;
+  /** In-cluster: where the service account is mounted (AMBIT_SERVICE_ACCOUNT_DIR; default the kubelet's folder). */
+  readonly serviceAccountDir: string | undefined;
   readonly trustDomain: string;
   readonly listenHost: string;
   readonly ports: Readonly<{ stream: number; metrics: number; readiness: number }>;
@@ -88,6 +90,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
     help: false,
     config: Object.freeze({
       kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG,
+      serviceAccountDir: env.AMBIT_SERVICE_ACCOUNT_DIR || undefined,
       trustDomain,
       listenHost,
       ports,

@@ -14,7 +14,7 @@ const MAX_POST_ANSWER_BYTES = 1024 * 1024;
 /** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
-/** Where a pod's service-account token, CA and namespace are mounted (AMBIT_SERVICE_ACCOUNT_DIR elsewhere: the bench). */
+/** Where a pod's service-account token, CA and namespace are mounted (the agent's and controller's AMBIT_SERVICE_ACCOUNT_DIR move it: the bench). */
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
 /** Where and how requests go: the server, and the TLS options and headers of each request. */
@@ -37,10 +37,7 @@ export interface KubeCredentials {
 export async function loadKubeConfig(
   source: { kubeconfig: string } | { inCluster: true; serviceAccountDir?: string; env?: NodeJS.ProcessEnv },
 ): Promise<KubeCredentials> {
-  if ('inCluster' in source) {
-    const env = source.env ?? process.env;
-    return inClusterCredentials(source.serviceAccountDir ?? (env.AMBIT_SERVICE_ACCOUNT_DIR || SERVICE_ACCOUNT_DIR), env);
-  }
+  if ('inCluster' in source) return inClusterCredentials(source.serviceAccountDir ?? SERVICE_ACCOUNT_DIR, source.env ?? process.env);
   const { KubeConfig } = await import('@kubernetes/client-node');
   const config = new KubeConfig();
   try {
@@ -84,6 +81,7 @@ async function inClusterCredentials(dir: string, env: NodeJS.ProcessEnv): Promis
     if (token === '') throw new AmbitError('K8S_NOT_IN_CLUSTER', `the service-account token ${tokenFile} is empty`);
     return token;
   };
+  // read once, as client-go does: the cluster CA changes with a control-plane rotation, which restarts the pods
   let ca: string;
   try {
     ca = await readFile(path.join(dir, 'ca.crt'), 'utf8');
