@@ -1,7 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { deleteNamespaces, killPids, listNamespaces, namespacePids, TESTBED_NETNS_PATTERN } from './netns.js';
+import { deleteHostLink, deleteNamespaces, killPids, listNamespaces, namespacePids, TESTBED_NETNS_PATTERN } from './netns.js';
 
 /**
  * Owner records live in /run, beside the namespaces themselves (both vanish at reboot), and not in the temp dir,
@@ -77,6 +77,7 @@ export async function removeStaleTestbeds(): Promise<string[]> {
     if (owner !== undefined && isAlive(owner)) continue;
     killPids(await namespacePids(names));
     await deleteNamespaces(names);
+    await deleteHostLink(`ambit-${id}-`).catch(() => undefined);
     const remaining = listNamespaces();
     removed.push(...names.filter((name) => !remaining.includes(name)));
     if (owner !== undefined && basename(owner.tmpDir).startsWith(`ambit-${id}-`)) {
