@@ -31,7 +31,7 @@ import {
   namespacePidsSync,
   namespacesWithPrefix,
 } from './netns.js';
-import { claimOwnership, OWNER_DIR, releaseOwnership } from './owner.js';
+import { claimHostLink, claimOwnership, OWNER_DIR, releaseHostLink, releaseOwnership } from './owner.js';
 import { signalGroup, stopProcess } from './processes.js';
 
 export interface TestbedOptions {
@@ -51,7 +51,8 @@ export interface TestbedOptions {
   /**
    * A link from the host's own network namespace to the wire: a veth whose host end has HOST_LINK_IP, so processes in
    * the node namespaces reach a server the test runs in its own process (the API server double, the controller), as
-   * cluster nodes reach their control plane. Default false: the host's network is then never touched.
+   * cluster nodes reach their control plane. One testbed at a time has it (the address is the same for all): another
+   * waits until it is given up. Default false: the host's network is then never touched.
    */
   hostLink?: boolean;
 }
@@ -111,6 +112,8 @@ export const HOST_LINK_IP = '10.250.0.254';
 const NODE_SUBNET = '10.250.0.0/24';
 /** The host link's wire end, in the wire namespace. */
 const HOST_LINK_WIRE_PORT = 'h0';
+/** How long a testbed waits for another to give the host link up (tests run in parallel; one holds it at a time). */
+const HOST_LINK_WAIT_MS = 5 * 60_000;
 const NODE_UPLINK = 'eth0';
 /** How many random ids to try before concluding something is wrong with /run or the temp dir. */
 const ID_ATTEMPTS = 5;
@@ -321,6 +324,11 @@ export class Testbed implements SyncTeardown {
 
   /** The veth from the host's namespace to the wire bridge; refused when the host already routes the node subnet. */
   async #addHostLink(wire: string, hostIp: string): Promise<void> {
+    try {
+      await claimHostLink(this.#id, HOST_LINK_WAIT_MS);
+    } catch (err) {
+      throw new AmbitError('TESTBED_SETUP_FAILED', `cannot take the host link for ${this.prefix}: ${String(err)}`, { cause: err });
+    }
     const { stdout } = await execa('ip', ['-4', 'route', 'show', 'match', hostIp]);
     const clash = stdout.split('\n').filter((line) => line.trim() !== '' && !line.startsWith('default'));
     if (clash.length > 0) {
@@ -556,7 +564,10 @@ export class Testbed implements SyncTeardown {
       if (left.length > 0) throw new Error(`still present: ${left.join(', ')}: ${failure}`);
     });
     // Deleting the wire namespace takes the veth pair along; this is for a wire namespace that could not be deleted.
-    if (this.hostIp !== undefined) await this.#attempt('delete the host link', () => deleteHostLink(this.prefix));
+    if (this.hostIp !== undefined) {
+      await this.#attempt('delete the host link', () => deleteHostLink(this.prefix));
+      releaseHostLink(this.#id);
+    }
     await this.#attempt('remove the temp dir', () => rm(this.tmpDir, { recursive: true, force: true }));
     await this.#attempt('release ownership', async () => releaseOwnership(this.#id));
     releaseFromExit(this);
@@ -581,7 +592,10 @@ export class Testbed implements SyncTeardown {
     const namespaces = namespacesWithPrefix(this.prefix);
     killPids(namespacePidsSync(namespaces));
     deleteNamespacesSync(namespaces);
-    if (this.hostIp !== undefined) deleteHostLinkSync(this.prefix);
+    if (this.hostIp !== undefined) {
+      deleteHostLinkSync(this.prefix);
+      releaseHostLink(this.#id);
+    }
     rmSync(this.tmpDir, { recursive: true, force: true });
     releaseOwnership(this.#id);
   }
