@@ -1,9 +1,13 @@
+import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import t from 'tap';
 import {
+  HOST_LINK_IP,
   parsePcap,
   removeStaleTestbeds,
   startCapture,
@@ -236,4 +240,28 @@ t.test('removeStaleTestbeds removes the testbed of a killed creator and spares l
   t.notOk(existsSync(tmpDir), "the dead creator's temp dir is gone");
   t.ok(await untilStopped(sleeperPid), 'the process left in the pod was killed');
   t.same((await namespacesListed(live.prefix)).sort(), [`${live.prefix}n1`, `${live.prefix}wire`], 'a live testbed is spared');
+});
+
+t.test('a host link: the nodes reach a server in the host namespace, and destroy removes the link', testbedOptions, async (t) => {
+  const tb = await Testbed.create({ nodes: 1, podsPerNode: 0, hostLink: true });
+  t.teardown(() => tb.destroy());
+  const link = `${tb.prefix}h`;
+  t.equal(tb.hostIp, HOST_LINK_IP);
+  const server = createServer((_req, res) => res.end('host')).listen(0, HOST_LINK_IP);
+  t.teardown(() => server.close());
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  const { stdout } = await tb.exec(tb.node('node1').netns, 'curl', ['-sS', '--max-time', '5', `http://${HOST_LINK_IP}:${port}/`]);
+  t.equal(stdout, 'host', 'a node reaches the host on the wire');
+  t.equal((await execa('ip', ['link', 'show', link], { reject: false })).exitCode, 0, 'the link is in the host namespace');
+  server.close();
+  await tb.destroy();
+  t.not((await execa('ip', ['link', 'show', link], { reject: false })).exitCode, 0, 'and gone after destroy()');
+});
+
+t.test('a testbed without a host link cannot spawn on the host', testbedOptions, async (t) => {
+  const tb = await Testbed.create({ nodes: 1, podsPerNode: 0 });
+  t.teardown(() => tb.destroy());
+  t.equal(tb.hostIp, undefined);
+  t.throws(() => tb.spawnOnHost('true'), { code: 'TESTBED_INVALID_OPTIONS' });
 });

@@ -10,6 +10,7 @@ import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
 import { CertificateAuthority } from '../core/identity/index.js';
+import type { JsonObject } from './apiserver/index.js';
 import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
 
 const DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -62,7 +63,7 @@ interface AgentProcess {
 const READY_TIMEOUT_MS = 30_000;
 
 /** Waits until `lines` (a process's stdout so far) has a line matching `test`, or the process exits, or time runs out. */
-function waitForLine(child: ChildProcess, lines: string[], test: (line: string) => boolean, what: string, timeoutMs: number, stderr: () => string): Promise<string> {
+export function waitForLine(child: ChildProcess, lines: string[], test: (line: string) => boolean, what: string, timeoutMs: number, stderr: () => string): Promise<string> {
   return new Promise((resolve, reject) => {
     const found = lines.find(test);
     if (found) return resolve(found);
@@ -84,7 +85,7 @@ function waitForLine(child: ChildProcess, lines: string[], test: (line: string) 
 }
 
 /** Collects a child's stdout as lines (and re-emits each as a 'line' event on the child). */
-function collectLines(child: ChildProcess): { lines: string[]; stderr: () => string } {
+export function collectLines(child: ChildProcess): { lines: string[]; stderr: () => string } {
   const lines: string[] = [];
   let partial = '';
   let errText = '';
@@ -104,6 +105,85 @@ function collectLines(child: ChildProcess): { lines: string[]; stderr: () => str
     errText = (errText + chunk).slice(-8000);
   });
   return { lines, stderr: () => errText };
+}
+
+/** The Node object of a testbed node, with the addresses the agents and the controller read. */
+export function nodeObject(node: TestbedNode): JsonObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: { name: node.name },
+    status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] },
+  };
+}
+
+/** A pod object scheduled to `node`, running the test application; without `ip`, Pending as before the runtime ran it. */
+export function podObject(name: string, node: TestbedNode, spec: PodSpec, ip?: string, ip6?: string): JsonObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: spec.namespace, uid: `uid-${name}`, labels: { app: spec.app ?? name, ...spec.labels } },
+    spec: {
+      nodeName: node.name,
+      serviceAccountName: spec.serviceAccount ?? 'default',
+      containers: [{ name: 'app', ports: [{ name: 'http', containerPort: HTTP_PORT }, { name: 'echo', containerPort: ECHO_PORT }] }],
+    },
+    // A pod the runtime has not networked yet is Pending without IPs, as the API shows it.
+    status:
+      ip === undefined
+        ? { phase: 'Pending' }
+        : { phase: 'Running', podIP: ip, podIPs: [{ ip }, ...(ip6 === undefined ? [] : [{ ip: ip6 }])], conditions: [{ type: 'Ready', status: 'True' }] },
+  };
+}
+
+/** A process's JSON log lines (its stdout collected by `collectLines`), parsed; other lines are skipped. */
+export function parseLogLines(lines: readonly string[]): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  for (const line of lines) {
+    if (!line.startsWith('{')) continue;
+    try {
+      out.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // A line cut by a crash is not a log record.
+    }
+  }
+  return out;
+}
+
+/** Polls `logs()` until a record after the first `after` passes `test`; rejects naming `what` after `timeoutMs`. */
+export async function waitForLogRecord(logs: () => Array<Record<string, unknown>>, test: (record: Record<string, unknown>) => boolean, what: string, timeoutMs: number, after = 0): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = logs().slice(after).find(test);
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`no matching log record on ${what} within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Starts the test application in a pod, or in a node's own namespace (`{ name, netns: node.netns }`: a hostNetwork
+ * workload); resolves once it listens, with a function that stops it (else the testbed does, when destroyed).
+ */
+export async function startWorkload(tb: Testbed, pod: Pick<TestbedPod, 'name' | 'netns'>): Promise<() => Promise<void>> {
+  const child = tb.spawn(pod.netns, process.execPath, [WORKLOAD_SERVER_PATH, '--name', pod.name, '--http', String(HTTP_PORT), '--echo', String(ECHO_PORT)], {
+    buffer: false,
+  }) as unknown as ChildProcess;
+  const { lines, stderr } = collectLines(child);
+  await waitForLine(child, lines, (l) => l === 'listening', `workload in ${pod.name}`, 10_000, stderr);
+  // A function, not the process: execa's process is a promise, which an async function would wait for.
+  return async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, 'exit');
+    child.kill('SIGTERM');
+    await exited;
+  };
+}
+
+/** curl from a pod; resolves with stdout, or rejects with curl's error. */
+export async function curlFrom(tb: Testbed, from: TestbedPod, url: string, extra: string[] = []): Promise<string> {
+  const result = await tb.exec(from.netns, 'curl', ['-sS', '--max-time', '5', ...extra, url]);
+  return String(result.stdout);
 }
 
 export class MeshCluster {
@@ -145,48 +225,14 @@ export class MeshCluster {
     for (const [name, labels] of Object.entries(this.options.namespaces)) {
       docs.push(JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels } }));
     }
-    for (const node of this.tb.nodes) {
-      docs.push(
-        JSON.stringify({
-          apiVersion: 'v1',
-          kind: 'Node',
-          metadata: { name: node.name },
-          status: { addresses: [{ type: 'InternalIP', address: node.ip }, { type: 'Hostname', address: node.name }] },
-        }),
-      );
-    }
+    for (const node of this.tb.nodes) docs.push(JSON.stringify(nodeObject(node)));
     const pods = [
       ...this.tb.pods
         .filter((pod) => !this.#declared.has(pod.name))
         .map((pod) => ({ name: pod.name, node: pod.node, spec: this.spec(pod), ip: pod.ip as string | undefined, ip6: pod.ip6 })),
       ...[...this.#declared].map(([name, declared]) => ({ name, ...declared })),
     ];
-    for (const pod of pods) {
-      const { spec } = pod;
-      const ip6 = 'ip6' in pod ? pod.ip6 : undefined;
-      docs.push(
-        JSON.stringify({
-          apiVersion: 'v1',
-          kind: 'Pod',
-          metadata: { name: pod.name, namespace: spec.namespace, uid: `uid-${pod.name}`, labels: { app: spec.app ?? pod.name, ...spec.labels } },
-          spec: {
-            nodeName: pod.node.name,
-            serviceAccountName: spec.serviceAccount ?? 'default',
-            containers: [{ name: 'app', ports: [{ name: 'http', containerPort: HTTP_PORT }, { name: 'echo', containerPort: ECHO_PORT }] }],
-          },
-          // A pod the runtime has not networked yet is Pending without IPs, as the API shows it.
-          status:
-            pod.ip === undefined
-              ? { phase: 'Pending' }
-              : {
-                  phase: 'Running',
-                  podIP: pod.ip,
-                  podIPs: [{ ip: pod.ip }, ...(ip6 === undefined ? [] : [{ ip: ip6 }])],
-                  conditions: [{ type: 'Ready', status: 'True' }],
-                },
-        }),
-      );
-    }
+    for (const pod of pods) docs.push(JSON.stringify(podObject(pod.name, pod.node, pod.spec, pod.ip, (pod as { ip6?: string }).ip6)));
     for (const svc of this.options.services ?? []) {
       docs.push(
         JSON.stringify({
@@ -254,23 +300,9 @@ export class MeshCluster {
     return path.join(this.tb.tmpDir, 'state', node.name);
   }
 
-  /**
-   * Starts the test application in a pod, or in a node's own namespace (`{ name, netns: node.netns }`: a hostNetwork
-   * workload); resolves once it listens, with a function that stops it (else the testbed does, when destroyed).
-   */
-  async startWorkload(pod: Pick<TestbedPod, 'name' | 'netns'>): Promise<() => Promise<void>> {
-    const child = this.tb.spawn(pod.netns, process.execPath, [WORKLOAD_SERVER_PATH, '--name', pod.name, '--http', String(HTTP_PORT), '--echo', String(ECHO_PORT)], {
-      buffer: false,
-    }) as unknown as ChildProcess;
-    const { lines, stderr } = collectLines(child);
-    await waitForLine(child, lines, (l) => l === 'listening', `workload in ${pod.name}`, 10_000, stderr);
-    // A function, not the process: execa's process is a promise, which an async function would wait for.
-    return async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      await exited;
-    };
+  /** See `startWorkload`. */
+  startWorkload(pod: Pick<TestbedPod, 'name' | 'netns'>): Promise<() => Promise<void>> {
+    return startWorkload(this.tb, pod);
   }
 
   async startAgent(node: TestbedNode, extraArgs: string[] = []): Promise<void> {
@@ -329,30 +361,13 @@ export class MeshCluster {
 
   /** The agent's JSON log lines so far, parsed. */
   logs(node: TestbedNode): Array<Record<string, unknown>> {
-    const agent = this.#agents.get(node.name);
-    if (!agent) return [];
-    const out: Array<Record<string, unknown>> = [];
-    for (const line of agent.lines) {
-      if (!line.startsWith('{')) continue;
-      try {
-        out.push(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        // A line cut by a crash is not a log record.
-      }
-    }
-    return out;
+    return parseLogLines(this.#agents.get(node.name)?.lines ?? []);
   }
 
   /** Waits until the agent's log has a record matching `test`. */
   /** The first record of the node's agent that passes `test`, among those after the first `after` (see `logs`). */
-  async waitForLog(node: TestbedNode, test: (record: Record<string, unknown>) => boolean, timeoutMs = 5000, after = 0): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.logs(node).slice(after).find(test);
-      if (found) return found;
-      if (Date.now() > deadline) throw new Error(`no matching log record on ${node.name} within ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+  waitForLog(node: TestbedNode, test: (record: Record<string, unknown>) => boolean, timeoutMs = 5000, after = 0): Promise<Record<string, unknown>> {
+    return waitForLogRecord(() => this.logs(node), test, node.name, timeoutMs, after);
   }
 
   /** The agent's Prometheus text, fetched from inside the node's namespace. */
@@ -362,9 +377,8 @@ export class MeshCluster {
   }
 
   /** curl from a pod; resolves with stdout, or rejects with curl's error. */
-  async curl(from: TestbedPod, url: string, extra: string[] = []): Promise<string> {
-    const result = await this.tb.exec(from.netns, 'curl', ['-sS', '--max-time', '5', ...extra, url]);
-    return String(result.stdout);
+  curl(from: TestbedPod, url: string, extra: string[] = []): Promise<string> {
+    return curlFrom(this.tb, from, url, extra);
   }
 }
 

@@ -1,8 +1,8 @@
-export { onPath, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedOptions, type TestbedPod, type TestbedPodOptions } from './testbed.js';
+export { HOST_LINK_IP, onPath, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedOptions, type TestbedPod, type TestbedPodOptions } from './testbed.js';
 export { readCniConfDir, type CniConflist, type CniErrorObject, type TestbedCni } from './cni.js';
 export { removeStaleTestbeds } from './owner.js';
 export { parsePcap, startCapture, type Capture, type CapturedPacket } from './capture.js';
-export { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';
+export { CLI_PATH, curlFrom, ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, startWorkload, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';
 export {
   API_SERVER_AUDIENCE,
   ApiServer,
@@ -25,3 +25,17 @@ export {
 } from './apiserver/index.js';
 export { registerForExit, releaseFromExit, type SyncTeardown } from './exit-cleanup.js';
 export { stopProcess } from './processes.js';
+export {
+  agentContainer,
+  containerProcess,
+  controllerContainer,
+  IMAGE_APP_DIR,
+  KubeCluster,
+  type ContainerContext,
+  type ContainerProcess,
+  type ContainerSpec,
+  type EnvVar,
+  type KubeClusterOptions,
+  type KubeProcess,
+  type VolumeMount,
+} from './kube-cluster.js';

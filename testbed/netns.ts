@@ -11,6 +11,21 @@ export const NETNS_DIR = '/var/run/netns';
  */
 export const TESTBED_NETNS_PATTERN = /^ambit-([0-9a-f]{6})-(?:wire|n\d+(?:p\d+)?)$/;
 
+/** The host end of a testbed's host link (`ambit-<6 hex>-h`, 14 characters: within a link name's 15). */
+export function hostLinkName(prefix: string): string {
+  return `${prefix}h`;
+}
+
+/** Deletes a testbed's host link; one already gone (with its wire namespace) is not an error. */
+export async function deleteHostLink(prefix: string): Promise<void> {
+  const result = await execa('ip', ['link', 'del', hostLinkName(prefix)], { reject: false });
+  if (result.exitCode !== 0 && !/Cannot find device/.test(result.stderr)) throw new Error(result.stderr.trim());
+}
+
+export function deleteHostLinkSync(prefix: string): void {
+  execaSync('ip', ['link', 'del', hostLinkName(prefix)], { reject: false });
+}
+
 export function listNamespaces(): string[] {
   try {
     return readdirSync(NETNS_DIR);

@@ -1,7 +1,8 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { deleteNamespaces, killPids, listNamespaces, namespacePids, TESTBED_NETNS_PATTERN } from './netns.js';
+import { errnoCode } from '../core/errors/index.js';
+import { deleteHostLink, deleteNamespaces, killPids, listNamespaces, namespacePids, TESTBED_NETNS_PATTERN } from './netns.js';
 
 /**
  * Owner records live in /run, beside the namespaces themselves (both vanish at reboot), and not in the temp dir,
@@ -32,6 +33,48 @@ export function claimOwnership(id: string, tmpDir: string): void {
 
 export function releaseOwnership(id: string): void {
   rmSync(ownerFile(id), { force: true });
+}
+
+/** Who holds the host link (a testbed id): the one address on the host's side, so one testbed at a time has it. */
+const HOST_LINK_HOLDER = join(OWNER_DIR, 'host-link');
+const HOST_LINK_POLL_MS = 250;
+
+/**
+ * Waits until no live testbed holds the host link, then takes it for `id`; a holder whose creator is gone is stale and
+ * loses it. Rejects after `timeoutMs`, naming the holder.
+ */
+export async function claimHostLink(id: string, timeoutMs: number): Promise<void> {
+  mkdirSync(OWNER_DIR, { recursive: true });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      writeFileSync(HOST_LINK_HOLDER, id, { flag: 'wx' });
+      return;
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST') throw err;
+    }
+    const holder = readHolder();
+    const owner = holder === undefined ? undefined : await readOwner(holder);
+    if (holder !== undefined && (owner === undefined || !isAlive(owner))) {
+      releaseHostLink(holder);
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`testbed ${holder ?? '?'} holds the host link (${HOST_LINK_HOLDER}) still after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, HOST_LINK_POLL_MS));
+  }
+}
+
+function readHolder(): string | undefined {
+  try {
+    return readFileSync(HOST_LINK_HOLDER, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Gives the host link up, if `id` holds it. */
+export function releaseHostLink(id: string): void {
+  if (readHolder() === id) rmSync(HOST_LINK_HOLDER, { force: true });
 }
 
 /** Field 22 of /proc/<pid>/stat: clock ticks from boot to the process's start. Undefined when there is no such PID. */
@@ -77,6 +120,7 @@ export async function removeStaleTestbeds(): Promise<string[]> {
     if (owner !== undefined && isAlive(owner)) continue;
     killPids(await namespacePids(names));
     await deleteNamespaces(names);
+    await deleteHostLink(`ambit-${id}-`).catch(() => undefined);
     const remaining = listNamespaces();
     removed.push(...names.filter((name) => !remaining.includes(name)));
     if (owner !== undefined && basename(owner.tmpDir).startsWith(`ambit-${id}-`)) {

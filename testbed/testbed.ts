@@ -20,15 +20,18 @@ import {
 } from './cni.js';
 import { registerForExit, releaseFromExit, type SyncTeardown } from './exit-cleanup.js';
 import {
+  deleteHostLink,
+  deleteHostLinkSync,
   deleteNamespaces,
   deleteNamespacesSync,
+  hostLinkName,
   ipBatch,
   killPids,
   namespacePids,
   namespacePidsSync,
   namespacesWithPrefix,
 } from './netns.js';
-import { claimOwnership, OWNER_DIR, releaseOwnership } from './owner.js';
+import { claimHostLink, claimOwnership, OWNER_DIR, releaseHostLink, releaseOwnership } from './owner.js';
 import { signalGroup, stopProcess } from './processes.js';
 
 export interface TestbedOptions {
@@ -45,6 +48,13 @@ export interface TestbedOptions {
    * an IPv6 address from the same CNI ADD, as in a dual-stack cluster. Default false.
    */
   ipv6?: boolean;
+  /**
+   * A link from the host's own network namespace to the wire: a veth whose host end has HOST_LINK_IP, so processes in
+   * the node namespaces reach a server the test runs in its own process (the API server double, the controller), as
+   * cluster nodes reach their control plane. One testbed at a time has it (the address is the same for all): another
+   * waits until it is given up. Default false: the host's network is then never touched.
+   */
+  hostLink?: boolean;
 }
 
 export interface TestbedNode {
@@ -97,6 +107,13 @@ const MAX_NODES = 254;
 /** host-local hands out .2 to .254 of a /24 (.1 is the gateway). */
 const MAX_PODS_PER_NODE = 253;
 const WIRE_BRIDGE = 'wire0';
+/** The host's address on the wire with `hostLink`: the top of the node subnet, which nodes (1 to 253) then leave free. */
+export const HOST_LINK_IP = '10.250.0.254';
+const NODE_SUBNET = '10.250.0.0/24';
+/** The host link's wire end, in the wire namespace. */
+const HOST_LINK_WIRE_PORT = 'h0';
+/** How long a testbed waits for another to give the host link up (tests run in parallel; one holds it at a time). */
+const HOST_LINK_WAIT_MS = 5 * 60_000;
 const NODE_UPLINK = 'eth0';
 /** How many random ids to try before concluding something is wrong with /run or the temp dir. */
 const ID_ATTEMPTS = 5;
@@ -160,8 +177,10 @@ export function onPath(file: string): boolean {
 
 function validateOptions(options: TestbedOptions): TestbedCni[] {
   const { nodes, podsPerNode } = options;
-  if (!Number.isInteger(nodes) || nodes < 1 || nodes > MAX_NODES) {
-    throw new AmbitError('TESTBED_INVALID_OPTIONS', `testbed nodes must be an integer from 1 to ${MAX_NODES}; got ${nodes}`);
+  const maxNodes = options.hostLink === true ? MAX_NODES - 1 : MAX_NODES;
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > maxNodes) {
+    const why = options.hostLink === true ? ` (the host link takes ${HOST_LINK_IP})` : '';
+    throw new AmbitError('TESTBED_INVALID_OPTIONS', `testbed nodes must be an integer from 1 to ${maxNodes}${why}; got ${nodes}`);
   }
   if (!Number.isInteger(podsPerNode) || podsPerNode < 0 || podsPerNode > MAX_PODS_PER_NODE) {
     throw new AmbitError(
@@ -197,6 +216,8 @@ export class Testbed implements SyncTeardown {
   readonly prefix: string;
   /** IPAM leases and anything a test wants to keep beside the testbed; removed by destroy(). */
   readonly tmpDir: string;
+  /** With `hostLink`: HOST_LINK_IP, the host's address that every node reaches on the wire. */
+  readonly hostIp: string | undefined;
 
   readonly #id: string;
   readonly #log: (msg: string) => void;
@@ -219,6 +240,7 @@ export class Testbed implements SyncTeardown {
     this.#warn = options.log ?? ((msg) => process.stderr.write(`testbed: ${msg}\n`));
     this.#cniConfigOverrides = options.cniConfigOverrides ?? {};
     this.#ipv6 = options.ipv6 ?? false;
+    this.hostIp = options.hostLink === true ? HOST_LINK_IP : undefined;
   }
 
   /** Builds the whole testbed; if any step fails, tears down what was made and rethrows. */
@@ -286,6 +308,7 @@ export class Testbed implements SyncTeardown {
     await ipBatch([wire, ...this.nodes.map((node) => node.netns)].map((netns) => `netns add ${netns}`));
     const wireCommands = ['link set lo up', `link add ${WIRE_BRIDGE} type bridge`, `link set ${WIRE_BRIDGE} up`];
     await ipBatch([...wireCommands, ...this.nodes.flatMap(wireLinkCommands)], wire);
+    if (this.hostIp !== undefined) await this.#addHostLink(wire, this.hostIp);
     // allSettled, not all: destroy() must not start while a sibling node is still adding namespaces.
     const results = await Promise.allSettled(
       this.nodes.map(async (node) => {
@@ -297,6 +320,23 @@ export class Testbed implements SyncTeardown {
     if (failure !== undefined) throw failure.reason;
     this.pods.sort((a, b) => a.node.index - b.node.index);
     this.#log(`testbed ${this.prefix} ready in ${Math.round(performance.now() - started)} ms`);
+  }
+
+  /** The veth from the host's namespace to the wire bridge; refused when the host already routes the node subnet. */
+  async #addHostLink(wire: string, hostIp: string): Promise<void> {
+    try {
+      await claimHostLink(this.#id, HOST_LINK_WAIT_MS);
+    } catch (err) {
+      throw new AmbitError('TESTBED_SETUP_FAILED', `cannot take the host link for ${this.prefix}: ${String(err)}`, { cause: err });
+    }
+    const { stdout } = await execa('ip', ['-4', 'route', 'show', 'match', hostIp]);
+    const clash = stdout.split('\n').filter((line) => line.trim() !== '' && !line.startsWith('default'));
+    if (clash.length > 0) {
+      throw new AmbitError('TESTBED_SETUP_FAILED', `the host already routes ${hostIp} (${clash.join('; ')}): a testbed host link to ${NODE_SUBNET} would clash`);
+    }
+    const link = hostLinkName(this.prefix);
+    await ipBatch([`link add ${link} type veth peer name ${HOST_LINK_WIRE_PORT} netns ${wire}`, `addr add ${hostIp}/24 dev ${link}`, `link set ${link} up`]);
+    await ipBatch([`link set ${HOST_LINK_WIRE_PORT} master ${WIRE_BRIDGE}`, `link set ${HOST_LINK_WIRE_PORT} up`], wire);
   }
 
   /**
@@ -382,9 +422,22 @@ export class Testbed implements SyncTeardown {
     options?: OptionsType,
   ): ResultPromise<OptionsType> {
     this.#assertOpen('spawn a process');
-    const child = inNamespace(netns, file, args, { reject: false, ...options, detached: true } as OptionsType);
+    return this.#track(inNamespace(netns, file, args, { reject: false, ...options, detached: true } as OptionsType), netns);
+  }
+
+  /**
+   * Starts a long-running program in the host's own network namespace, tracked as spawn() tracks one: a server that
+   * the nodes reach over the host link (see `hostLink`), as the controller of a cluster runs off its nodes.
+   */
+  spawnOnHost<OptionsType extends Options = DefaultOptions>(file: string, args: readonly string[] = [], options?: OptionsType): ResultPromise<OptionsType> {
+    this.#assertOpen('spawn a process');
+    if (this.hostIp === undefined) throw new AmbitError('TESTBED_INVALID_OPTIONS', `testbed ${this.prefix} has no host link: create it with hostLink: true`);
+    return this.#track(execa(file, args, { reject: false, ...options, detached: true }) as unknown as ResultPromise<OptionsType>, 'host');
+  }
+
+  #track<Child>(child: Child, where: string): Child {
     const tracked = child as unknown as ChildProcess;
-    this.#processes.set(tracked, netns);
+    this.#processes.set(tracked, where);
     tracked.once('exit', () => this.#processes.delete(tracked));
     return child;
   }
@@ -510,6 +563,11 @@ export class Testbed implements SyncTeardown {
       const left = namespacesWithPrefix(this.prefix);
       if (left.length > 0) throw new Error(`still present: ${left.join(', ')}: ${failure}`);
     });
+    // Deleting the wire namespace takes the veth pair along; this is for a wire namespace that could not be deleted.
+    if (this.hostIp !== undefined) {
+      await this.#attempt('delete the host link', () => deleteHostLink(this.prefix));
+      releaseHostLink(this.#id);
+    }
     await this.#attempt('remove the temp dir', () => rm(this.tmpDir, { recursive: true, force: true }));
     await this.#attempt('release ownership', async () => releaseOwnership(this.#id));
     releaseFromExit(this);
@@ -534,6 +592,10 @@ export class Testbed implements SyncTeardown {
     const namespaces = namespacesWithPrefix(this.prefix);
     killPids(namespacePidsSync(namespaces));
     deleteNamespacesSync(namespaces);
+    if (this.hostIp !== undefined) {
+      deleteHostLinkSync(this.prefix);
+      releaseHostLink(this.#id);
+    }
     rmSync(this.tmpDir, { recursive: true, force: true });
     releaseOwnership(this.#id);
   }

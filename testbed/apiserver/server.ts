@@ -21,6 +21,7 @@ import { EventLines, WatchStream } from './watch.js';
 /** The real server's default: a watch with bookmarks allowed gets one about every minute. */
 export const DEFAULT_BOOKMARK_INTERVAL_MS = 60_000;
 /** The real server's request body limit. */
+const LOOPBACK = '127.0.0.1';
 const MAX_BODY_BYTES = 3 * 1024 * 1024;
 const TOKEN_REVIEW_PATH = '/apis/authentication.k8s.io/v1/tokenreviews';
 
@@ -45,6 +46,11 @@ export interface ApiServerOptions {
   watchCache?: boolean;
   /** One debug line per request. */
   log?: Logger;
+  /**
+   * The address to listen on (default 127.0.0.1): a testbed's host link address, so that processes in the node
+   * namespaces reach the double. The serving certificate names it beside 127.0.0.1 and localhost.
+   */
+  host?: string;
 }
 
 export interface ApiServerEvents {
@@ -89,6 +95,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #store: ObjectStore;
   readonly #tokens = new TokenRegistry();
   readonly #tls: ServingTls;
+  readonly #host: string;
   readonly #server: Server;
   readonly #watches = new Set<WatchStream>();
   readonly #failing = new Map<string, number>();
@@ -112,7 +119,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.#expiredWatchAnswer = options.expiredWatchAnswer ?? 'event';
     this.#watchCache = options.watchCache ?? true;
     this.#log = options.log?.child({ component: 'apiserver-double' });
-    this.#tls = generateServingTls();
+    this.#host = options.host ?? LOOPBACK;
+    this.#tls = generateServingTls(this.#host === LOOPBACK ? [] : [this.#host]);
     this.#server = createServer({ key: this.#tls.keyPem, cert: this.#tls.certPem }, (req, res) => this.#handle(req, res));
     this.#store.subscribe((event) => {
       if (this.#watches.size === 0) return;
@@ -124,16 +132,16 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     for (const name of ['default', 'kube-system']) this.#store.create(namespaces, '', { metadata: { name } });
   }
 
-  /** Starts a double on 127.0.0.1, an ephemeral port, with namespaces `default` and `kube-system`. */
+  /** Starts a double on 127.0.0.1 (or `host`), an ephemeral port, with namespaces `default` and `kube-system`. */
   static async start(options: ApiServerOptions = {}): Promise<ApiServer> {
     const server = new ApiServer(options);
-    server.#server.listen(0, '127.0.0.1');
+    server.#server.listen(0, server.#host);
     await once(server.#server, 'listening');
-    server.#url = `https://127.0.0.1:${(server.#server.address() as AddressInfo).port}`;
+    server.#url = `https://${server.#host}:${(server.#server.address() as AddressInfo).port}`;
     return server;
   }
 
-  /** `https://127.0.0.1:PORT` */
+  /** `https://127.0.0.1:PORT`, or the `host` it was given */
   get url(): string {
     return this.#url;
   }
@@ -334,7 +342,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       sendJson(res, 200, SERVER_VERSION);
       return;
     }
-    const document = method === 'GET' ? discoveryDocument(this.#registry, path, `127.0.0.1:${new URL(this.#url).port}`) : undefined;
+    const document = method === 'GET' ? discoveryDocument(this.#registry, path, new URL(this.#url).host) : undefined;
     if (document !== undefined) {
       sendJson(res, 200, document);
       return;

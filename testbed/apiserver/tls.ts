@@ -10,10 +10,11 @@ export interface ServingTls {
 const DAY_MS = 24 * 60 * 60 * 1000;
 
 /**
- * A CA made for this one server and its serving certificate for 127.0.0.1 and localhost: the kubeconfig carries the
- * CA, so kubectl and client-node verify the server as they would a real cluster's, with nothing insecure to turn on.
+ * A CA made for this one server and its serving certificate for 127.0.0.1, localhost and `extraIps` (the address a
+ * double listens on when it is not loopback): the kubeconfig carries the CA, so kubectl and client-node verify the
+ * server as they would a real cluster's, with nothing insecure to turn on.
  */
-export function generateServingTls(): ServingTls {
+export function generateServingTls(extraIps: readonly string[] = []): ServingTls {
   const caKeys = forge.pki.rsa.generateKeyPair({ bits: 2048 });
   const ca = certificate(caKeys.publicKey, [{ name: 'commonName', value: 'ambit-apiserver-double-ca' }], 30);
   ca.setIssuer(ca.subject.attributes);
@@ -30,7 +31,7 @@ export function generateServingTls(): ServingTls {
     { name: 'basicConstraints', cA: false },
     { name: 'keyUsage', digitalSignature: true, keyEncipherment: true, critical: true },
     { name: 'extKeyUsage', serverAuth: true },
-    { name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }, { type: 2, value: 'localhost' }] },
+    { name: 'subjectAltName', altNames: [{ type: 7, ip: '127.0.0.1' }, { type: 2, value: 'localhost' }, ...extraIps.map((ip) => ({ type: 7, ip }))] },
   ]);
   cert.sign(caKeys.privateKey, forge.md.sha256.create());
   return { caPem: forge.pki.certificateToPem(ca), certPem: forge.pki.certificateToPem(cert), keyPem: forge.pki.privateKeyToPem(keys.privateKey) };
