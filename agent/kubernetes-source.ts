@@ -1,9 +1,9 @@
 import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
 import type { TrustBundleSource } from '../core/hbone/index.js';
-import { loadKubeConfig, Reflector, type KubeObject } from '../core/k8s/index.js';
+import { loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
 import type { Registry } from '../core/metrics/index.js';
-import { ClusterView, watchedKinds, type StreamChange } from '../core/stream/index.js';
+import { ClusterView, watchedKinds, type Prepared, type StreamChange } from '../core/stream/index.js';
 import type { KubernetesSettings } from './config.js';
 import { ControllerStream } from './controller-stream.js';
 
@@ -30,9 +30,9 @@ export interface KubernetesSourceOptions {
  */
 export class KubernetesSource {
   readonly #stream: ControllerStream;
-  readonly #reflectors: Reflector[];
+  readonly #reflectors: Reflector<Prepared>[];
 
-  private constructor(stream: ControllerStream, reflectors: Reflector[]) {
+  private constructor(stream: ControllerStream, reflectors: Reflector<Prepared>[]) {
     this.#stream = stream;
     this.#reflectors = reflectors;
   }
@@ -71,11 +71,12 @@ export class KubernetesSource {
           ...(kind.record === 'Pod' ? { fieldSelector: `spec.nodeName=${options.nodeName}` } : {}),
           log,
           registry: options.registry,
+          transform: (object) => view.prepare(kind, object),
           consumer: {
-            replace: (items: KubeObject[]) => view.replace(kind, items),
-            added: (object: KubeObject) => view.upsert(kind, object),
-            modified: (object: KubeObject) => view.upsert(kind, object),
-            deleted: (object: KubeObject) => view.delete(kind, object),
+            replace: (items) => view.replace(kind, items),
+            added: (object) => view.upsert(kind, object),
+            modified: (object) => view.upsert(kind, object),
+            deleted: (object) => view.delete(kind, object),
           },
         }),
     );

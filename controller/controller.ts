@@ -2,10 +2,10 @@ import { readFile } from 'node:fs/promises';
 import type http from 'node:http';
 import path from 'node:path';
 import { Counter } from 'prom-client';
-import { KubeApi, loadKubeConfig, Reflector, type KubeObject } from '../core/k8s/index.js';
+import { KubeApi, loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
-import { ClusterView, STREAM_TOKEN_AUDIENCE, watchedKinds, type WatchedKind } from '../core/stream/index.js';
+import { ClusterView, STREAM_TOKEN_AUDIENCE, watchedKinds, type Prepared, type WatchedKind } from '../core/stream/index.js';
 import { ChangeLog } from './change-log.js';
 import type { ControllerConfig } from './config.js';
 import { StreamServer } from './stream-server.js';
@@ -24,7 +24,7 @@ export interface ControllerDependencies {
  * RBAC missing) keeps it unready, and its reflector says why in the log and retries.
  */
 export class Controller {
-  readonly #reflectors: Reflector[];
+  readonly #reflectors: Reflector<Prepared>[];
   readonly #stream: StreamServer;
   readonly #statusServers: http.Server[];
   readonly #log: Logger;
@@ -36,7 +36,7 @@ export class Controller {
   readonly #readiness: () => Readiness;
 
   private constructor(
-    reflectors: Reflector[],
+    reflectors: Reflector<Prepared>[],
     stream: StreamServer,
     statusServers: http.Server[],
     changes: ChangeLog,
@@ -79,17 +79,19 @@ export class Controller {
           log,
           registry,
           ...(deps.now === undefined ? {} : { now: deps.now }),
+          // each object becomes its record as it is read: a list of 10k pods is never held as Pod objects
+          transform: (object) => view.prepare(kind, object),
           consumer: {
-            replace: (items: KubeObject[]) => {
+            replace: (items) => {
               view.replace(kind, items);
               if (!listed.has(kind)) {
                 listed.add(kind);
                 if (listed.size === kinds.length) log.info({ records: changes.size, version: changes.version }, 'cluster listed; streaming to agents');
               }
             },
-            added: (object: KubeObject) => view.upsert(kind, object),
-            modified: (object: KubeObject) => view.upsert(kind, object),
-            deleted: (object: KubeObject) => view.delete(kind, object),
+            added: (object) => view.upsert(kind, object),
+            modified: (object) => view.upsert(kind, object),
+            deleted: (object) => view.delete(kind, object),
           },
         }),
     );

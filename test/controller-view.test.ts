@@ -22,7 +22,16 @@ function rig() {
   changes.on('delta', (delta) => deltas.push(delta));
   const lines: Array<Record<string, unknown>> = [];
   const log = createLogger({ level: 'warn', destination: { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) } });
-  return { changes, deltas, lines, view: new ClusterView(changes, { trustDomain: 'cluster.local', log }) };
+  return { changes, deltas, lines, view: asReflector(new ClusterView(changes, { trustDomain: 'cluster.local', log })) };
+}
+
+/** The view as a reflector drives it: each object through `prepare` (the reflector's transform), then the call. */
+function asReflector(view: ClusterView) {
+  return {
+    replace: (k: WatchedKind, items: unknown[]) => view.replace(k, items.map((item) => view.prepare(k, item))),
+    upsert: (k: WatchedKind, item: unknown) => view.upsert(k, view.prepare(k, item)),
+    delete: (k: WatchedKind, item: unknown) => view.delete(k, view.prepare(k, item)),
+  };
 }
 
 t.test('a list becomes records; an update that changes nothing an agent uses goes no further', async (t) => {
@@ -58,7 +67,7 @@ t.test('a malformed object rejects itself alone, with a log line naming it; an u
   const lines: Array<Record<string, unknown>> = [];
   const log = createLogger({ level: 'warn', destination: { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) } });
   const rejected: string[] = [];
-  const view = new ClusterView(changes, { trustDomain: 'cluster.local', log, onRejected: (kind) => rejected.push(kind) });
+  const view = asReflector(new ClusterView(changes, { trustDomain: 'cluster.local', log, onRejected: (kind) => rejected.push(kind) }));
   const pods = () => changes.snapshot().flatMap((c) => (c.kind === 'Pod' ? [`${(c.object as { name: string }).name} ${(c.object as { ips: readonly string[] }).ips.join()}`] : [])).sort();
   view.replace(kind('Pod'), [pod('a', '10.1.0.2'), pod('b', '10.1.0.3'), pod('x', 'bad')]);
   t.same(pods(), ['a 10.1.0.2', 'b 10.1.0.3'], 'a malformed object in a list: no record, the others stand');

@@ -5,7 +5,8 @@
 import t from 'tap';
 import { Backoff } from '../core/timer/index.js';
 import { checkCollectionPath, listQuery, watchQuery, watchTimeoutSeconds } from '../core/k8s/query.js';
-import { decodeListPage, decodeWatchLine, watchLineSplitter } from '../core/k8s/watch-stream.js';
+import { decodeListPage, decodeWatchLine, ListPageDecoder, watchLineSplitter } from '../core/k8s/watch-stream.js';
+import { MAX_LIST_ENVELOPE_BYTES } from '../core/k8s/list-stream.js';
 
 const pod = (name: string, resourceVersion: string) => ({ metadata: { name, namespace: 'demo', resourceVersion } });
 
@@ -73,6 +74,48 @@ t.test('a list page decodes to items, resourceVersion and continue token; a bad 
   t.equal(decodeListPage('{"metadata":{"resourceVersion":"9","continue":""},"items":[]}').continueToken, undefined, 'an empty token ends the list');
   for (const body of ['', '{"items":[]}', '{"metadata":{},"items":[]}', '{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{}}]}']) {
     t.throws(() => decodeListPage(body), { code: /^K8S_BAD_(LIST|OBJECT)$/ }, `${JSON.stringify(body)} is refused`);
+  }
+});
+
+t.test('a list is cut into its items as its bytes come, wherever the chunks end', async (t) => {
+  const items = [
+    pod('a', '3'),
+    { metadata: { name: 'b', resourceVersion: '4', annotations: { tricky: 'a "quoted" {brace} [bracket], \\ backslash \\"', items: '[{"x":1}]', 'ünï': 'çødé 😀' } }, spec: { list: [[1, 2], { deep: [{}] }], empty: '' } },
+    { metadata: { name: 'c', resourceVersion: '5' } },
+  ];
+  // metadata after the items, as JSON allows; and whitespace between the parts
+  const body = Buffer.from(`{"kind":"PodList","apiVersion":"v1","items": [ ${items.map((item) => JSON.stringify(item)).join(' ,\n ')} ] ,"metadata":{"resourceVersion":"9","continue":"more"}}\n`);
+  for (const size of [1, 2, 3, 7, 64, body.length]) {
+    const decoder = new ListPageDecoder((object) => object);
+    for (let at = 0; at < body.length; at += size) decoder.push(body.subarray(at, at + size));
+    t.same(decoder.end(), { items, resourceVersion: '9', continueToken: 'more' }, `in chunks of ${size} bytes`);
+  }
+  const seen: string[] = [];
+  const decoder = new ListPageDecoder((object) => {
+    seen.push(object.metadata.name);
+    return object.metadata.name;
+  });
+  decoder.push(body.subarray(0, body.indexOf('"c"')));
+  t.same(seen, ['a', 'b'], 'each item is handed on as soon as it is whole, before the rest of the list comes');
+  const bad: Array<[string, RegExp]> = [
+    ['{"metadata":{"resourceVersion":"1"},"items":[1,2]}', /not an object/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"}}', /ended before/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[]} {}', /goes on after/],
+    ['[{"metadata":{}}]', /not a JSON object/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"},}]}', /item 0 is not JSON/],
+    [`{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"},"x":"${'y'.repeat(100)}"}]}`, /longer than 64 bytes/],
+    [`{"metadata":{"resourceVersion":"1","x":"${'y'.repeat(MAX_LIST_ENVELOPE_BYTES)}"},"items":[]}`, /outside its items/],
+  ];
+  for (const [text, message] of bad) {
+    t.throws(
+      () => {
+        const decoder = new ListPageDecoder((object) => object, 64);
+        decoder.push(Buffer.from(text));
+        decoder.end();
+      },
+      { code: 'K8S_BAD_LIST', message },
+      `${text.slice(0, 80)} is refused`,
+    );
   }
 });
 

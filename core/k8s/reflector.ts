@@ -2,31 +2,36 @@ import type { Registry } from 'prom-client';
 import { AmbitError, isAmbitError } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { Backoff, DEFAULT_BACKOFF, realTimer, type BackoffOptions, type SetTimer } from '../timer/index.js';
-import { ApiStatusError, KubeApi, readBody, statusError, type KubeCredentials } from './api.js';
+import { ApiStatusError, KubeApi, statusError, type KubeCredentials } from './api.js';
 import { ReflectorMetrics, type RelistReason, type RewatchReason } from './metrics.js';
 import { checkCollectionPath, DEFAULT_PAGE_SIZE, listQuery, watchQuery, watchTimeoutSeconds, type Selectors } from './query.js';
 import type { KubeObject } from './types.js';
-import { decodeListPage, decodeWatchLine, watchLineSplitter, type WatchEvent } from './watch-stream.js';
+import { decodeWatchLine, ListPageDecoder, watchLineSplitter, type WatchEvent } from './watch-stream.js';
 
 /**
  * What a reflector feeds. After every list, one `replace` with the whole state (what is not in it was deleted while
  * the reflector was not watching); then one call per watch event. The consumer decides what to keep; a callback
  * that throws makes the reflector list again (after a backoff), so the consumer is handed a whole state once more.
  */
-export interface ReflectorConsumer {
-  replace(items: KubeObject[], resourceVersion: string): void;
-  added(object: KubeObject): void;
-  modified(object: KubeObject): void;
-  deleted(object: KubeObject): void;
+export interface ReflectorConsumer<T = KubeObject> {
+  replace(items: T[], resourceVersion: string): void;
+  added(object: T): void;
+  modified(object: T): void;
+  deleted(object: T): void;
 }
 
-export interface ReflectorOptions extends Selectors {
+export interface ReflectorOptions<T = KubeObject> extends Selectors {
   kubeConfig: KubeCredentials;
   /** The kind, for metrics (label `kind`) and logs; one reflector a kind a registry. */
   kind: string;
   /** The collection, e.g. `/api/v1/pods` or `/api/v1/namespaces/demo/services`. */
   path: string;
-  consumer: ReflectorConsumer;
+  consumer: ReflectorConsumer<T>;
+  /**
+   * What the consumer gets of each object, applied as each one is read (client-go's TransformFunc): a list's raw
+   * objects are then never all held at once, only what this keeps of them. Without it, the objects themselves.
+   */
+  transform?: (object: KubeObject) => T;
   log: Logger;
   registry: Registry;
   pageSize?: number;
@@ -58,8 +63,6 @@ export const WATCH_STALL_GRACE_MS = 30_000;
 export const BOOKMARK_STALL_MS = 90_000;
 /** How long a list response may send nothing: a list from the watch cache starts at once, one from etcd in seconds. */
 export const LIST_TIMEOUT_MS = 60_000;
-/** The largest list page held: a whole watch-cache list of a big cluster's pods, which RV=0 answers in one page. */
-export const MAX_LIST_BYTES = 512 * 1024 * 1024;
 /** A list at a resourceVersion newer than the server's watch cache: 504 with the cause ResourceVersionTooLarge. */
 function isTooLargeResourceVersion(err: ApiStatusError): boolean {
   return err.status === 504 && (err.apiStatus.causes.includes('ResourceVersionTooLarge') || err.apiStatus.message.includes('Too large resource version'));
@@ -78,12 +81,13 @@ type Next = { list: RelistReason; delayMs: number } | { watch: RewatchReason | '
  * stops for good on any error but a 410, never times out a dead watch, asks for no bookmarks, waits for the server
  * to close a stream after an in-stream 410, and lists without pages or selectors (see the issue 13 note).
  */
-export class Reflector {
+export class Reflector<T = KubeObject> {
   readonly #api: KubeApi;
   readonly #kind: string;
   readonly #path: string;
   readonly #selectors: Selectors;
-  readonly #consumer: ReflectorConsumer;
+  readonly #consumer: ReflectorConsumer<T>;
+  readonly #transform: (object: KubeObject) => T;
   readonly #log: Logger;
   readonly #metrics: ReflectorMetrics;
   readonly #pageSize: number;
@@ -110,7 +114,7 @@ export class Reflector {
   #eventsSinceList = 0;
   #lastListReason: RelistReason = 'initial';
 
-  constructor(options: ReflectorOptions) {
+  constructor(options: ReflectorOptions<T>) {
     if (!/^[A-Za-z][A-Za-z0-9.]*$/.test(options.kind)) {
       throw new AmbitError('K8S_BAD_REFLECTOR', `reflector kind ${JSON.stringify(options.kind)} is not a kind name (like Pod)`);
     }
@@ -125,6 +129,7 @@ export class Reflector {
     this.#kind = options.kind;
     this.#selectors = { labelSelector: options.labelSelector, fieldSelector: options.fieldSelector };
     this.#consumer = options.consumer;
+    this.#transform = options.transform ?? ((object) => object as T);
     this.#pageSize = pageSize;
     this.#stallTimeoutMs = options.stallTimeoutMs;
     this.#listTimeoutMs = options.listTimeoutMs ?? LIST_TIMEOUT_MS;
@@ -332,7 +337,7 @@ export class Reflector {
    */
   async #list(): Promise<void> {
     const at = this.#listResourceVersion();
-    let listed: { items: KubeObject[]; resourceVersion: string };
+    let listed: { items: T[]; resourceVersion: string };
     try {
       listed = await this.#listPages(at);
     } catch (err) {
@@ -356,9 +361,9 @@ export class Reflector {
   }
 
   /** Every page of one list at `resourceVersion`, under the list's deadline on silence. */
-  #listPages(resourceVersion: string): Promise<{ items: KubeObject[]; resourceVersion: string }> {
+  #listPages(resourceVersion: string): Promise<{ items: T[]; resourceVersion: string }> {
     return this.#attempt(this.#listTimeoutMs, `the list of ${this.#kind}`, async (signal, touch) => {
-      const all: KubeObject[] = [];
+      const all: T[] = [];
       let token: string | undefined;
       for (;;) {
         touch();
@@ -372,7 +377,13 @@ export class Reflector {
             }
             throw err;
           }
-          page = decodeListPage(await readBody(response, MAX_LIST_BYTES, touch));
+          // item by item as the bytes come, each transformed at once (a list from the watch cache is one page)
+          const decoder = new ListPageDecoder((object) => this.#call('list', object, () => this.#transform(object)));
+          for await (const chunk of response as AsyncIterable<Buffer>) {
+            touch();
+            decoder.push(chunk);
+          }
+          page = decoder.end();
         } finally {
           release();
         }
@@ -433,13 +444,13 @@ export class Reflector {
         this.#resourceVersion = event.resourceVersion;
         return undefined;
       case 'ADDED':
-        this.#call(event.type, event.object, () => this.#consumer.added(event.object));
+        this.#call(event.type, event.object, () => this.#consumer.added(this.#transform(event.object)));
         break;
       case 'MODIFIED':
-        this.#call(event.type, event.object, () => this.#consumer.modified(event.object));
+        this.#call(event.type, event.object, () => this.#consumer.modified(this.#transform(event.object)));
         break;
       case 'DELETED':
-        this.#call(event.type, event.object, () => this.#consumer.deleted(event.object));
+        this.#call(event.type, event.object, () => this.#consumer.deleted(this.#transform(event.object)));
         break;
     }
     this.#metrics.event(event.type === 'ADDED' ? 'added' : event.type === 'MODIFIED' ? 'modified' : 'deleted');
@@ -448,9 +459,9 @@ export class Reflector {
     return undefined;
   }
 
-  #call(what: string, object: KubeObject | undefined, callback: () => void): void {
+  #call<R>(what: string, object: KubeObject | undefined, callback: () => R): R {
     try {
-      callback();
+      return callback();
     } catch (err) {
       const name = object === undefined ? '' : ` ${object.metadata.namespace ?? ''}/${object.metadata.name}`;
       throw new AmbitError('K8S_CONSUMER_FAILED', `the ${this.#kind} consumer failed on ${what}${name}: ${(err as Error).message}`, { cause: err });

@@ -1,6 +1,7 @@
 import { AmbitError } from '../errors/index.js';
 import type { KubeObject, KubeStatus } from './types.js';
 import { LineSplitter } from '../lines/index.js';
+import { ListItemSplitter } from './list-stream.js';
 
 /**
  * The longest watch line the reflector holds: one object of the largest kind it watches, with room. A server (or a
@@ -88,32 +89,57 @@ export function decodeWatchLine(line: string): WatchEvent {
 }
 
 /** The parts of a list response the reflector uses: its items, its resourceVersion, its continue token. */
-export interface ListPage {
-  items: KubeObject[];
+export interface ListPage<T = KubeObject> {
+  items: T[];
   resourceVersion: string;
   continueToken: string | undefined;
 }
 
-/** Decodes one page of a list; a malformed item refuses the page (the consumer must not see half a state). */
+/**
+ * Decodes one page of a list as its bytes arrive: each item is parsed, checked and handed to `transform` on its own
+ * (what the reader keeps of it), so the page's objects are never all held at once. A malformed item refuses the page
+ * (the consumer must not see half a state).
+ */
+export class ListPageDecoder<T = KubeObject> {
+  readonly #splitter: ListItemSplitter;
+  readonly #transform: (object: KubeObject) => T;
+  readonly #items: T[] = [];
+
+  constructor(transform: (object: KubeObject) => T, maxItemBytes = MAX_WATCH_LINE_BYTES) {
+    this.#transform = transform;
+    this.#splitter = new ListItemSplitter({ maxItemBytes });
+  }
+
+  push(chunk: Buffer): void {
+    for (const text of this.#splitter.push(chunk)) {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(text);
+      } catch (err) {
+        throw new AmbitError('K8S_BAD_LIST', `list item ${this.#items.length} is not JSON`, { cause: err });
+      }
+      this.#items.push(this.#transform(checkObject(parsed, `list item ${this.#items.length}`)));
+    }
+  }
+
+  end(): ListPage<T> {
+    const envelope = this.#splitter.end();
+    const metadata = envelope.metadata;
+    if (!Array.isArray(envelope.items) || !isRecord(metadata)) throw new AmbitError('K8S_BAD_LIST', 'the list response has no items or no metadata');
+    if (envelope.items.length > 0) throw new AmbitError('K8S_BAD_LIST', 'a list item is not an object');
+    const { resourceVersion } = metadata;
+    const token = metadata.continue;
+    if (typeof resourceVersion !== 'string' || resourceVersion === '') {
+      throw new AmbitError('K8S_BAD_LIST', 'the list response has no metadata.resourceVersion');
+    }
+    if (token !== undefined && typeof token !== 'string') throw new AmbitError('K8S_BAD_LIST', 'metadata.continue is not a string');
+    return { items: this.#items, resourceVersion, continueToken: token === '' ? undefined : token };
+  }
+}
+
+/** Decodes one whole page of a list (ListPageDecoder, in one piece). */
 export function decodeListPage(body: string): ListPage {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body);
-  } catch (err) {
-    throw new AmbitError('K8S_BAD_LIST', 'the list response is not JSON', { cause: err });
-  }
-  if (!isRecord(parsed) || !Array.isArray(parsed.items) || !isRecord(parsed.metadata)) {
-    throw new AmbitError('K8S_BAD_LIST', 'the list response has no items or no metadata');
-  }
-  const { resourceVersion } = parsed.metadata;
-  const token = parsed.metadata.continue;
-  if (typeof resourceVersion !== 'string' || resourceVersion === '') {
-    throw new AmbitError('K8S_BAD_LIST', 'the list response has no metadata.resourceVersion');
-  }
-  if (token !== undefined && typeof token !== 'string') throw new AmbitError('K8S_BAD_LIST', 'metadata.continue is not a string');
-  return {
-    items: parsed.items.map((item, i) => checkObject(item, `list item ${i}`)),
-    resourceVersion,
-    continueToken: token === '' ? undefined : token,
-  };
+  const decoder = new ListPageDecoder((object) => object);
+  decoder.push(Buffer.from(body));
+  return decoder.end();
 }

@@ -15,4 +15,4 @@ export {
   type StreamChange,
   type StreamMessage,
 } from './protocol.js';
-export { ClusterView, watchedKinds, type ChangeSink, type WatchedKind } from './view.js';
+export { ClusterView, watchedKinds, type ChangeSink, type Prepared, type WatchedKind } from './view.js';

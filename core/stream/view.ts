@@ -60,13 +60,35 @@ export class ClusterView {
     this.#onRejected = options.onRejected ?? (() => undefined);
   }
 
-  /** A (re)list: `items` is all there is of `kind`; what the view held of it and is not listed is deleted. */
-  replace(kind: WatchedKind, items: readonly unknown[]): void {
+  /**
+   * What the view makes of one object of `kind`, on its own: its record, or why it has none. Pure, so that a
+   * reflector applies it to each object as it is read (its transform), and the object itself is not kept.
+   */
+  prepare(kind: WatchedKind, item: unknown): Prepared {
+    const deletion = deletionFor(kind, item);
+    if (deletion === undefined) return { deletion: undefined, uid: undefined, upsert: undefined, error: undefined };
+    const object: Record<string, unknown> = { ...(item as Record<string, unknown>), apiVersion: kind.apiVersion, kind: kind.kind };
+    const uid = uidOf(object);
+    if (deletion.kind === 'Policy') {
+      const record: PolicyRecord = { key: deletion.key, object: { apiVersion: kind.apiVersion, kind: kind.kind, metadata: trimmedMetadata(object.metadata), spec: object.spec } };
+      return { deletion, uid, upsert: { op: 'upsert', kind: 'Policy', policy: record }, error: undefined };
+    }
+    try {
+      const converted = convertObject(object, this.#trustDomain);
+      return { deletion, uid, upsert: converted.kind === 'skip' ? undefined : { op: 'upsert', ...converted }, error: undefined };
+    } catch (err) {
+      if (!(err instanceof InvalidObjectError)) throw err;
+      return { deletion, uid, upsert: undefined, error: err };
+    }
+  }
+
+  /** A (re)list: `items` (prepared) is all there is of `kind`; what the view held of it and is not listed is deleted. */
+  replace(kind: WatchedKind, items: readonly Prepared[]): void {
     const listed = new Set<string>();
     const changes: StreamChange[] = [];
     const uids = new Map<string, string | undefined>();
     for (const item of items) {
-      const change = this.#convert(kind, item);
+      const change = this.#resolve(kind, item);
       if (change === undefined) continue;
       if (change.upsert !== undefined) {
         listed.add(change.key);
@@ -80,16 +102,16 @@ export class ClusterView {
     this.#apply(kind, changes, uids);
   }
 
-  /** An object was added or modified. */
-  upsert(kind: WatchedKind, item: unknown): void {
-    const change = this.#convert(kind, item);
+  /** An object (prepared) was added or modified. */
+  upsert(kind: WatchedKind, item: Prepared): void {
+    const change = this.#resolve(kind, item);
     if (change === undefined || change.keep) return;
     this.#apply(kind, [change.upsert ?? change.deletion], new Map([[change.key, change.uid]]));
   }
 
-  /** An object was deleted. */
-  delete(kind: WatchedKind, item: unknown): void {
-    const key = deletionFor(kind, item);
+  /** An object (prepared) was deleted. */
+  delete(kind: WatchedKind, item: Prepared): void {
+    const key = item.deletion;
     if (key !== undefined && this.#held(kind).has(changeKey(key))) this.#apply(kind, [key], new Map());
   }
 
@@ -113,43 +135,43 @@ export class ClusterView {
   }
 
   /**
-   * The record of `item`: an upsert; or, for an object the mesh cannot use, no upsert and the deletion of whatever
-   * the view held for it (`keep` when that is the last good record of the same object, which stays). Undefined when
-   * the object cannot even be named.
+   * The change a prepared object makes: an upsert; or, for an object the mesh cannot use, no upsert and the deletion
+   * of whatever the view held for it (`keep` when that is the last good record of the same object, which stays).
+   * Undefined when the object cannot even be named. A rejection is logged and counted here, once per object seen.
    */
-  #convert(
+  #resolve(
     kind: WatchedKind,
-    item: unknown,
+    item: Prepared,
   ): { key: string; uid: string | undefined; upsert: StreamChange | undefined; deletion: StreamChange & { op: 'delete' }; keep: boolean } | undefined {
-    const deletion = deletionFor(kind, item);
+    const { deletion, uid, upsert, error } = item;
     if (deletion === undefined) {
       this.#log.warn({ kind: kind.kind }, 'object without a name ignored');
       this.#onRejected(kind.kind);
       return undefined;
     }
-    const ref = changeKey(deletion);
-    const object: Record<string, unknown> = { ...(item as Record<string, unknown>), apiVersion: kind.apiVersion, kind: kind.kind };
-    const uid = uidOf(object);
-    if (deletion.kind === 'Policy') {
-      const record: PolicyRecord = { key: deletion.key, object: { apiVersion: kind.apiVersion, kind: kind.kind, metadata: trimmedMetadata(object.metadata), spec: object.spec } };
-      return { key: ref, uid, upsert: { op: 'upsert', kind: 'Policy', policy: record }, deletion, keep: false };
-    }
-    try {
-      const converted = convertObject(object, this.#trustDomain);
-      if (converted.kind === 'skip') return { key: ref, uid, upsert: undefined, deletion, keep: false };
-      return { key: ref, uid, upsert: { op: 'upsert', ...converted }, deletion, keep: false };
-    } catch (err) {
-      if (!(err instanceof InvalidObjectError)) throw err;
-      this.#onRejected(kind.kind);
-      const held = this.#held(kind).get(ref);
-      const keep = held !== undefined && uid !== undefined && held.uid === uid;
-      this.#log.warn(
-        { kind: err.kind, namespace: err.namespace, name: err.objectName, field: err.field, reason: err.reason },
-        `${err.message}; object rejected${keep ? ', its last good record stays' : held === undefined ? '' : ' (another object than the one held: its record is removed)'}`,
-      );
-      return { key: ref, uid, upsert: undefined, deletion, keep };
-    }
+    const key = changeKey(deletion);
+    if (error === undefined) return { key, uid, upsert, deletion, keep: false };
+    this.#onRejected(kind.kind);
+    const held = this.#held(kind).get(key);
+    const keep = held !== undefined && uid !== undefined && held.uid === uid;
+    this.#log.warn(
+      { kind: error.kind, namespace: error.namespace, name: error.objectName, field: error.field, reason: error.reason },
+      `${error.message}; object rejected${keep ? ', its last good record stays' : held === undefined ? '' : ' (another object than the one held: its record is removed)'}`,
+    );
+    return { key, uid, upsert: undefined, deletion, keep };
   }
+}
+
+/**
+ * One object as the view prepared it: the deletion of its record (undefined when it has no name), its uid, and its
+ * record (an upsert) or the reason it has none (`error`; neither for an object the mesh skips, such as a pod
+ * without an IP yet).
+ */
+export interface Prepared {
+  readonly deletion: (StreamChange & { op: 'delete' }) | undefined;
+  readonly uid: string | undefined;
+  readonly upsert: StreamChange | undefined;
+  readonly error: InvalidObjectError | undefined;
 }
 
 /** What the view holds of a record: its deletion, and the uid of the object it came from. */
