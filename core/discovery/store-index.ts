@@ -20,8 +20,6 @@ import {
 export interface StoreEntry {
   readonly object: ConvertedObject['object'];
   readonly source: string;
-  /** Equal fingerprints mean an upsert changes nothing: resyncs and touched files do not wake the data path. */
-  readonly fingerprint: string;
   /**
    * The object's place in the order its kind is listed in (the order of its map: first insertion since its last
    * delete). Derived lists that keep that order (workloads, endpoints of a selector, the first of two claimants of
@@ -100,29 +98,29 @@ export class StoreIndex {
 
   readonly #pods = new Map<string, PodState>();
   /** Pod keys of the live pods that claim an IP (not host-network). */
-  readonly #claims = new Map<string, Set<string>>();
+  readonly #claims = new KeySets();
   readonly #byIp = new Map<string, Workload>();
-  readonly #podsByNamespace = new Map<string, Set<string>>();
-  readonly #podsByLabel = new Map<string, Set<string>>();
-  readonly #podsByNode = new Map<string, Set<string>>();
+  readonly #podsByNamespace = new KeySets();
+  readonly #podsByLabel = new KeySets();
+  readonly #podsByNode = new KeySets();
 
   readonly #services = new Map<string, ServiceState>();
   /** Each Service with a selector, filed under one of its pairs: a pod it selects carries that pair. */
-  readonly #servicesByLabel = new Map<string, Set<string>>();
-  readonly #vipClaims = new Map<string, Set<string>>();
+  readonly #servicesByLabel = new KeySets();
+  readonly #vipClaims = new KeySets();
   readonly #serviceByVip = new Map<string, Service>();
   /** By `namespace/name`, then by TCP service port; a service the mesh knows no endpoints of has no entry. */
   readonly #endpoints = new Map<string, ReadonlyMap<number, readonly ServiceEndpoint[]>>();
   /** By Service: the workloads (pod keys) that are its members (`servicesOf`). */
   readonly #members = new Map<string, Set<string>>();
   /** The same, by workload: the Services (keys) it is a member of, and the frozen list `servicesOf` returns. */
-  readonly #memberOf = new Map<string, Set<string>>();
+  readonly #memberOf = new KeySets();
   readonly #refs = new Map<string, readonly ServiceRef[]>();
 
   readonly #slices = new Map<string, SliceState>();
-  readonly #slicesByService = new Map<string, Set<string>>();
-  readonly #slicesByIp = new Map<string, Set<string>>();
-  readonly #slicesByNode = new Map<string, Set<string>>();
+  readonly #slicesByService = new KeySets();
+  readonly #slicesByIp = new KeySets();
+  readonly #slicesByNode = new KeySets();
 
   #workloadList: readonly Workload[] | undefined;
   #local: LocalView | undefined;
@@ -157,10 +155,10 @@ export class StoreIndex {
     const dirty = this.#dirty;
     // a record that makes a derivation throw must not leave the marks behind, or every later batch throws with it
     try {
-      for (const name of dirty.Namespace) for (const key of this.#podsByNamespace.get(name) ?? []) dirty.Pod.add(key);
+      for (const name of dirty.Namespace) for (const key of this.#podsByNamespace.values(name)) dirty.Pod.add(key);
       for (const name of dirty.Node) {
-        for (const key of this.#podsByNode.get(name) ?? []) for (const service of this.#pods.get(key)?.selectedBy ?? []) this.#dirtyEndpoints.add(service);
-        for (const key of this.#slicesByNode.get(name) ?? []) this.#dirtyEndpoints.add((this.#slices.get(key) as SliceState).service);
+        for (const key of this.#podsByNode.values(name)) for (const service of this.#pods.get(key)?.selectedBy ?? []) this.#dirtyEndpoints.add(service);
+        for (const key of this.#slicesByNode.values(name)) this.#dirtyEndpoints.add((this.#slices.get(key) as SliceState).service);
       }
       for (const key of dirty.Service) this.#reindexService(key);
       for (const key of dirty.EndpointSlice) this.#reindexSlice(key);
@@ -222,12 +220,11 @@ export class StoreIndex {
   #localView(): LocalView {
     if (this.#local !== undefined) return this.#local;
     const { nodeName } = this.#options;
-    const keys = nodeName === undefined ? undefined : this.#podsByNode.get(nodeName);
-    if (keys === undefined) {
+    if (nodeName === undefined || this.#podsByNode.size(nodeName) === 0) {
       this.#local = { workloads: NO_WORKLOADS, 4: NO_IPS, 6: NO_IPS };
       return this.#local;
     }
-    const workloads = this.#inPodOrder(keys).map((state) => state.workload);
+    const workloads = this.#inPodOrder(this.#podsByNode.values(nodeName)).map((state) => state.workload);
     const ips = { 4: [] as string[], 6: [] as string[] };
     for (const workload of workloads) {
       if (workload.enrolled) for (const ip of workload.ips) ips[isIP(ip) === 6 ? 6 : 4].push(ip);
@@ -269,13 +266,13 @@ export class StoreIndex {
     const { workload } = state;
     if (!workload.hostNetwork) {
       for (const ip of workload.ips) {
-        removeFrom(this.#claims, ip, key);
+        this.#claims.delete(ip, key);
         this.#dirtyIps.add(ip);
       }
     }
-    removeFrom(this.#podsByNamespace, workload.namespace, key);
-    for (const label in workload.labels) removeFrom(this.#podsByLabel, labelKey(workload.namespace, label, workload.labels[label] as string), key);
-    if (workload.node !== undefined) removeFrom(this.#podsByNode, workload.node, key);
+    this.#podsByNamespace.delete(workload.namespace, key);
+    for (const label in workload.labels) this.#podsByLabel.delete(labelKey(workload.namespace, label, workload.labels[label] as string), key);
+    if (workload.node !== undefined) this.#podsByNode.delete(workload.node, key);
     if (workload.node !== undefined && workload.node === this.#options.nodeName) this.#local = undefined;
     for (const service of state.selectedBy) {
       this.#services.get(service)?.selected.delete(key);
@@ -289,20 +286,19 @@ export class StoreIndex {
     this.#pods.set(key, state);
     if (!workload.hostNetwork) {
       for (const ip of workload.ips) {
-        const claimants = this.#claims.get(ip);
         // Two live pods cannot share an IP for long (one is a stale record): #resolveIp prefers the ready one.
-        if (claimants !== undefined && !claimants.has(key)) {
-          this.#options.log.warn({ ip, pods: [...claimants, key] }, 'two pods claim one IP');
+        if (this.#claims.size(ip) > 0 && !this.#claims.has(ip, key)) {
+          this.#options.log.warn({ ip, pods: [...this.#claims.values(ip), key] }, 'two pods claim one IP');
         }
-        addTo(this.#claims, ip, key);
+        this.#claims.add(ip, key);
         this.#dirtyIps.add(ip);
       }
     }
-    addTo(this.#podsByNamespace, workload.namespace, key);
+    this.#podsByNamespace.add(workload.namespace, key);
     for (const label in workload.labels) {
       const pair = labelKey(workload.namespace, label, workload.labels[label] as string);
-      addTo(this.#podsByLabel, pair, key);
-      for (const service of this.#servicesByLabel.get(pair) ?? []) {
+      this.#podsByLabel.add(pair, key);
+      for (const service of this.#servicesByLabel.values(pair)) {
         const serviceState = this.#services.get(service) as ServiceState;
         if (!selectorMatches(serviceState.service.selector ?? {}, workload.labels)) continue;
         serviceState.selected.add(key);
@@ -310,21 +306,21 @@ export class StoreIndex {
         this.#dirtyEndpoints.add(service);
       }
     }
-    if (workload.node !== undefined) addTo(this.#podsByNode, workload.node, key);
+    if (workload.node !== undefined) this.#podsByNode.add(workload.node, key);
     if (workload.node !== undefined && workload.node === this.#options.nodeName) this.#local = undefined;
   }
 
   /** The holder of an IP: the first ready claimant in pod order, else the first. */
   #resolveIp(ip: string): void {
     let winner: PodState | undefined;
-    for (const key of this.#claims.get(ip) ?? []) {
+    for (const key of this.#claims.values(ip)) {
       const state = this.#pods.get(key) as PodState;
       if (winner === undefined || (winner.workload.ready === state.workload.ready ? state.entry.seq < winner.entry.seq : state.workload.ready)) winner = state;
     }
     if (winner?.workload === this.#byIp.get(ip)) return;
     if (winner === undefined) this.#byIp.delete(ip);
     else this.#byIp.set(ip, winner.workload);
-    for (const slice of this.#slicesByIp.get(ip) ?? []) this.#dirtyEndpoints.add((this.#slices.get(slice) as SliceState).service);
+    for (const slice of this.#slicesByIp.values(ip)) this.#dirtyEndpoints.add((this.#slices.get(slice) as SliceState).service);
   }
 
   #reindexService(key: string): void {
@@ -332,10 +328,10 @@ export class StoreIndex {
     const state = this.#services.get(key);
     if (state !== undefined) {
       for (const vip of state.service.vips) {
-        removeFrom(this.#vipClaims, vip, key);
+        this.#vipClaims.delete(vip, key);
         this.#dirtyVips.add(vip);
       }
-      if (state.pair !== undefined) removeFrom(this.#servicesByLabel, state.pair, key);
+      if (state.pair !== undefined) this.#servicesByLabel.delete(state.pair, key);
       for (const pod of state.selected) this.#pods.get(pod)?.selectedBy.delete(key);
       // Its place among the services may have moved (deleted and created again), and servicesOf lists them in order.
       for (const pod of this.#members.get(key) ?? []) this.#dirtyRefs.add(pod);
@@ -345,9 +341,8 @@ export class StoreIndex {
     if (entry === undefined) return;
     const service = entry.object as Service;
     for (const vip of service.vips) {
-      const claimants = this.#vipClaims.get(vip);
-      if (claimants !== undefined) this.#options.log.warn({ vip, services: [...claimants, key] }, 'two services claim one cluster IP');
-      addTo(this.#vipClaims, vip, key);
+      if (this.#vipClaims.size(vip) > 0) this.#options.log.warn({ vip, services: [...this.#vipClaims.values(vip), key] }, 'two services claim one cluster IP');
+      this.#vipClaims.add(vip, key);
       this.#dirtyVips.add(vip);
     }
     const selector = service.selector;
@@ -360,10 +355,10 @@ export class StoreIndex {
       selected: new Set(),
     };
     this.#services.set(key, next);
-    if (next.pair !== undefined) addTo(this.#servicesByLabel, next.pair, key);
+    if (next.pair !== undefined) this.#servicesByLabel.add(next.pair, key);
     // A pod it selects carries every pair of the selector: the pair fewest pods carry bounds the search.
     const narrowest = smallest(pairs, this.#podsByLabel);
-    for (const pod of narrowest === undefined ? [] : (this.#podsByLabel.get(narrowest) ?? [])) {
+    for (const pod of narrowest === undefined ? [] : (this.#podsByLabel.values(narrowest))) {
       const podState = this.#pods.get(pod) as PodState;
       if (selector === undefined || !selectorMatches(selector, podState.workload.labels)) continue;
       next.selected.add(pod);
@@ -374,7 +369,7 @@ export class StoreIndex {
   /** The holder of a cluster IP: the first claimant in service order. */
   #resolveVip(vip: string): void {
     let winner: string | undefined;
-    for (const key of this.#vipClaims.get(vip) ?? []) if (winner === undefined || this.#seq('Service', key) < this.#seq('Service', winner)) winner = key;
+    for (const key of this.#vipClaims.values(vip)) if (winner === undefined || this.#seq('Service', key) < this.#seq('Service', winner)) winner = key;
     if (winner === undefined) this.#serviceByVip.delete(vip);
     else this.#serviceByVip.set(vip, (this.#services.get(winner) as ServiceState).service);
   }
@@ -383,11 +378,11 @@ export class StoreIndex {
     const entry = this.#entries.EndpointSlice.get(key);
     const state = this.#slices.get(key);
     if (state !== undefined) {
-      removeFrom(this.#slicesByService, state.service, key);
+      this.#slicesByService.delete(state.service, key);
       this.#dirtyEndpoints.add(state.service);
       for (const endpoint of (state.entry.object as EndpointSlice).endpoints) {
-        removeFrom(this.#slicesByIp, endpoint.ip, key);
-        if (endpoint.node !== undefined) removeFrom(this.#slicesByNode, endpoint.node, key);
+        this.#slicesByIp.delete(endpoint.ip, key);
+        if (endpoint.node !== undefined) this.#slicesByNode.delete(endpoint.node, key);
       }
       this.#slices.delete(key);
     }
@@ -395,11 +390,11 @@ export class StoreIndex {
     if (entry === undefined || slice === undefined || slice.serviceName === undefined) return;
     const service = `${slice.namespace}/${slice.serviceName}`;
     this.#slices.set(key, { entry, service });
-    addTo(this.#slicesByService, service, key);
+    this.#slicesByService.add(service, key);
     this.#dirtyEndpoints.add(service);
     for (const endpoint of slice.endpoints) {
-      addTo(this.#slicesByIp, endpoint.ip, key);
-      if (endpoint.node !== undefined) addTo(this.#slicesByNode, endpoint.node, key);
+      this.#slicesByIp.add(endpoint.ip, key);
+      if (endpoint.node !== undefined) this.#slicesByNode.add(endpoint.node, key);
     }
   }
 
@@ -411,7 +406,7 @@ export class StoreIndex {
       this.#endpoints.delete(key);
     } else {
       const { service } = state;
-      const slices = [...(this.#slicesByService.get(key) ?? [])]
+      const slices = [...(this.#slicesByService.values(key))]
         .sort((a, b) => this.#seq('EndpointSlice', a) - this.#seq('EndpointSlice', b))
         .map((slice) => (this.#slices.get(slice) as SliceState).entry.object as EndpointSlice);
       const selected = this.#inPodOrder(state.selected).map((pod) => pod.workload);
@@ -432,12 +427,12 @@ export class StoreIndex {
     const previous = this.#members.get(key);
     for (const pod of previous ?? []) {
       if (members.has(pod)) continue;
-      removeFrom(this.#memberOf, pod, key);
+      this.#memberOf.delete(pod, key);
       this.#dirtyRefs.add(pod);
     }
     for (const pod of members) {
       if (previous?.has(pod)) continue;
-      addTo(this.#memberOf, pod, key);
+      this.#memberOf.add(pod, key);
       this.#dirtyRefs.add(pod);
     }
     if (members.size > 0) this.#members.set(key, members);
@@ -446,12 +441,11 @@ export class StoreIndex {
 
   /** A workload's `servicesOf`: its Services in service order. */
   #deriveRefs(pod: string): void {
-    const services = this.#memberOf.get(pod);
-    if (services === undefined) {
+    if (this.#memberOf.size(pod) === 0) {
       this.#refs.delete(pod);
       return;
     }
-    const ordered = [...services].sort((a, b) => this.#seq('Service', a) - this.#seq('Service', b));
+    const ordered = [...this.#memberOf.values(pod)].sort((a, b) => this.#seq('Service', a) - this.#seq('Service', b));
     this.#refs.set(pod, Object.freeze(ordered.map((service) => (this.#services.get(service) as ServiceState).ref)));
   }
 
@@ -520,25 +514,57 @@ function labelKey(namespace: string, label: string, value: string): string {
 }
 
 /** Of `keys`, the one with the fewest members in `index` (absent: none); undefined for no keys. */
-function smallest(keys: readonly string[], index: ReadonlyMap<string, ReadonlySet<string>>): string | undefined {
+function smallest(keys: readonly string[], index: KeySets): string | undefined {
   let best: string | undefined;
   let size = Infinity;
   for (const key of keys) {
-    const count = index.get(key)?.size ?? 0;
+    const count = index.size(key);
     if (count < size) [best, size] = [key, count];
   }
   return best;
 }
 
-function addTo(map: Map<string, Set<string>>, key: string, value: string): void {
-  const set = map.get(key);
-  if (set === undefined) map.set(key, new Set([value]));
-  else set.add(value);
-}
+const NONE: readonly string[] = Object.freeze([]);
 
-function removeFrom(map: Map<string, Set<string>>, key: string, value: string): void {
-  const set = map.get(key);
-  if (set === undefined) return;
-  set.delete(value);
-  if (set.size === 0) map.delete(key);
+/**
+ * Sets of strings by key, for the store's indexes. A key with one member holds the string itself: most of them have
+ * one (a pod's IP, the Services of one pod, a slice's endpoint IP, a label pair of one deployment), and a Set of one
+ * costs about 200 bytes of heap, most of the store's at 10k pods (bench/scale.ts). A key with none is removed.
+ */
+class KeySets {
+  readonly #map = new Map<string, string | Set<string>>();
+
+  add(key: string, value: string): void {
+    const held = this.#map.get(key);
+    if (held === undefined) this.#map.set(key, value);
+    else if (typeof held !== 'string') held.add(value);
+    else if (held !== value) this.#map.set(key, new Set([held, value]));
+  }
+
+  delete(key: string, value: string): void {
+    const held = this.#map.get(key);
+    if (held === undefined) return;
+    if (typeof held === 'string') {
+      if (held === value) this.#map.delete(key);
+      return;
+    }
+    held.delete(value);
+    if (held.size === 1) this.#map.set(key, held.values().next().value as string);
+  }
+
+  /** The members of `key`, in the order they were added (none: an empty list). */
+  values(key: string): Iterable<string> {
+    const held = this.#map.get(key);
+    return held === undefined ? NONE : typeof held === 'string' ? [held] : held;
+  }
+
+  size(key: string): number {
+    const held = this.#map.get(key);
+    return held === undefined ? 0 : typeof held === 'string' ? 1 : held.size;
+  }
+
+  has(key: string, value: string): boolean {
+    const held = this.#map.get(key);
+    return held === undefined ? false : typeof held === 'string' ? held === value : held.has(value);
+  }
 }
