@@ -90,6 +90,21 @@ t.test('a list is cut into its items as its bytes come, wherever the chunks end'
     for (let at = 0; at < body.length; at += size) decoder.push(body.subarray(at, at + size));
     t.same(decoder.end(), { items, resourceVersion: '9', continueToken: 'more' }, `in chunks of ${size} bytes`);
   }
+  // an `items` deeper than the top level is part of the envelope or of an item, not the list's items
+  const nested = Buffer.from('{"metadata":{"resourceVersion":"3","items":[{"metadata":{"name":"x","resourceVersion":"1"}}]},"items":[{"metadata":{"name":"a","resourceVersion":"1"},"items":[{"b":1}]}]}');
+  const nestedDecoder = new ListPageDecoder((object) => object);
+  nestedDecoder.push(nested);
+  t.same(nestedDecoder.end().items, JSON.parse(nested.toString()).items, 'only the top-level items are the list');
+  const growing = new ListPageDecoder((object) => object, { maxItemBytes: 64 });
+  const long = Buffer.from(`{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"},"x":"${'y'.repeat(200)}"}]}`);
+  t.throws(() => {
+    for (let at = 0; at < long.length; at += 10) growing.push(long.subarray(at, at + 10));
+  }, { code: 'K8S_BAD_LIST', message: /longer than 64 bytes/ }, 'an item that outgrows its limit over many chunks is refused');
+  const endless = new ListPageDecoder((object) => object, { maxListBytes: 1000 });
+  t.throws(() => {
+    endless.push(Buffer.from('{"metadata":{"resourceVersion":"1"},"items":['));
+    for (let k = 0; k < 100; k++) endless.push(Buffer.from('{"metadata":{"name":"a","resourceVersion":"1"}},'));
+  }, { code: 'K8S_RESPONSE_TOO_LARGE' }, 'a list that never ends is refused at its byte limit');
   const seen: string[] = [];
   const decoder = new ListPageDecoder((object) => {
     seen.push(object.metadata.name);
@@ -105,11 +120,17 @@ t.test('a list is cut into its items as its bytes come, wherever the chunks end'
     ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"},}]}', /item 0 is not JSON/],
     [`{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"},"x":"${'y'.repeat(100)}"}]}`, /longer than 64 bytes/],
     [`{"metadata":{"resourceVersion":"1","x":"${'y'.repeat(MAX_LIST_ENVELOPE_BYTES)}"},"items":[]}`, /outside its items/],
+    // JSON.parse keeps the last of two keys: refused, never read differently
+    ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"}}],"items":[]}', /two items arrays/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"}}{"metadata":{"name":"b","resourceVersion":"1"}}]}', /without a comma/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[,{"metadata":{"name":"a","resourceVersion":"1"}}]}', /comma where a list item should be/],
+    ['{"metadata":{"resourceVersion":"1"},"items":[{"metadata":{"name":"a","resourceVersion":"1"}},]}', /comma after the last/],
+    ['{"metadata":{"resourceVersion":"1"},"items":["a"]}', /not an object/],
   ];
   for (const [text, message] of bad) {
     t.throws(
       () => {
-        const decoder = new ListPageDecoder((object) => object, 64);
+        const decoder = new ListPageDecoder((object) => object, { maxItemBytes: 64 });
         decoder.push(Buffer.from(text));
         decoder.end();
       },

@@ -552,7 +552,10 @@ class KeySets {
     if (held.size === 1) this.#map.set(key, held.values().next().value as string);
   }
 
-  /** The members of `key`, in the order they were added (none: an empty list). */
+  /**
+   * The members of `key`, in the order they were added (none: an empty list). For two or more it is the live Set:
+   * a caller that changes this KeySets while it iterates copies it first.
+   */
   values(key: string): Iterable<string> {
     const held = this.#map.get(key);
     return held === undefined ? NONE : typeof held === 'string' ? [held] : held;

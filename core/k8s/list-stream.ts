@@ -6,6 +6,7 @@ const OPEN_BRACE = 0x7b;
 const CLOSE_BRACE = 0x7d;
 const OPEN_BRACKET = 0x5b;
 const CLOSE_BRACKET = 0x5d;
+const COMMA = 0x2c;
 const ITEMS_KEY = Buffer.from('items');
 
 /** The most of a list response outside its items (kind, apiVersion, metadata) that the splitter holds. */
@@ -26,8 +27,10 @@ export class ListItemSplitter {
   #depth = 0;
   #inString = false;
   #escaped = false;
-  /** Inside the top-level `items` array (depth 2 there). */
+  /** Inside the top-level `items` array (depth 2 there), and what may come next in it. */
   #inItems = false;
+  #itemsSeen = false;
+  #expect: 'item-or-end' | 'item' | 'comma-or-end' = 'item-or-end';
   /** Where the current top-level string began in its chunk, and its bytes so far (only at depth 1: keys). */
   #stringStart = -1;
   #stringParts: Buffer[] = [];
@@ -52,6 +55,8 @@ export class ListItemSplitter {
     let envelopeFrom = inItem ? -1 : 0;
     this.#itemStart = inItem ? 0 : -1;
     const n = chunk.length;
+    // where the next backslash is, searched once a chunk and again only past it (-1: none left in the chunk)
+    let backslash = chunk.indexOf(BACKSLASH);
     let i = 0;
     while (i < n) {
       if (this.#inString) {
@@ -62,7 +67,7 @@ export class ListItemSplitter {
         }
         // jump to the next quote or backslash: most of an object's bytes are inside strings
         const quote = chunk.indexOf(QUOTE, i);
-        const backslash = chunk.indexOf(BACKSLASH, i);
+        if (backslash !== -1 && backslash < i) backslash = chunk.indexOf(BACKSLASH, i);
         const stop = quote === -1 ? backslash : backslash === -1 ? quote : Math.min(quote, backslash);
         if (stop === -1) {
           i = n;
@@ -86,20 +91,32 @@ export class ListItemSplitter {
       const byte = chunk[i] as number;
       if (this.#done) {
         if (byte !== 0x20 && byte !== 0x0a && byte !== 0x0d && byte !== 0x09) throw bad('the list response goes on after its end');
+      } else if (this.#inItems && this.#depth === 2) {
+        this.#betweenItems(byte, chunk, i, envelopeFrom);
+        if (byte === OPEN_BRACE) {
+          // an item begins: the envelope so far ends before it
+          envelopeFrom = -1;
+          this.#itemStart = i;
+          this.#depth += 1;
+        } else if (byte === CLOSE_BRACKET) {
+          this.#inItems = false;
+          this.#depth -= 1;
+        } else if (byte === COMMA) {
+          // the comma between items stays out of the envelope, which reads `"items":[]`
+          envelopeFrom = i + 1;
+        }
       } else if (byte === QUOTE) {
         this.#inString = true;
         if (this.#depth === 1) this.#stringStart = i + 1;
       } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
-        if (this.#inItems && this.#depth === 2) {
-          if (byte !== OPEN_BRACE) throw bad('a list item is not an object');
-          // an item begins: the envelope so far ends before it
-          this.#keepEnvelope(chunk.subarray(envelopeFrom, i));
-          envelopeFrom = -1;
-          this.#itemStart = i;
-        } else if (this.#depth === 0 && byte !== OPEN_BRACE) {
+        if (this.#depth === 0 && byte !== OPEN_BRACE) {
           throw bad('the list response is not a JSON object');
         } else if (this.#depth === 1 && byte === OPEN_BRACKET && this.#lastKey?.equals(ITEMS_KEY)) {
+          // JSON.parse would keep the last of two: refused rather than read differently
+          if (this.#itemsSeen) throw bad('the list response has two items arrays');
+          this.#itemsSeen = true;
           this.#inItems = true;
+          this.#expect = 'item-or-end';
         }
         this.#depth += 1;
       } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
@@ -109,16 +126,11 @@ export class ListItemSplitter {
           // an item ends
           items.push(this.#takeItem(chunk.subarray(this.#itemStart, i + 1)));
           this.#itemStart = -1;
+          this.#expect = 'comma-or-end';
           envelopeFrom = i + 1;
-        } else if (this.#inItems && this.#depth === 1) {
-          this.#inItems = false;
         } else if (this.#depth === 0) {
           this.#done = true;
         }
-      } else if (this.#inItems && this.#depth === 2 && byte === 0x2c) {
-        // the comma between items stays out of the envelope, which reads `"items":[]`
-        this.#keepEnvelope(chunk.subarray(envelopeFrom, i));
-        envelopeFrom = i + 1;
       }
       i += 1;
     }
@@ -146,6 +158,26 @@ export class ListItemSplitter {
     }
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw bad('the list response is not a JSON object');
     return parsed as Record<string, unknown>;
+  }
+
+  /**
+   * One byte between the items (depth 2 of the items array): an item's start, a comma or the end, each only where
+   * JSON has it, or whitespace.
+   */
+  #betweenItems(byte: number, chunk: Buffer, i: number, envelopeFrom: number): void {
+    if (byte === 0x20 || byte === 0x0a || byte === 0x0d || byte === 0x09) return;
+    if (byte === OPEN_BRACE) {
+      if (this.#expect === 'comma-or-end') throw bad('two list items without a comma between them');
+      // before the first item: the envelope up to the `[`; between items there is only whitespace, left out
+      if (this.#expect === 'item-or-end') this.#keepEnvelope(chunk.subarray(envelopeFrom, i));
+    } else if (byte === COMMA) {
+      if (this.#expect !== 'comma-or-end') throw bad('a comma where a list item should be');
+      this.#expect = 'item';
+    } else if (byte === CLOSE_BRACKET) {
+      if (this.#expect === 'item') throw bad('a comma after the last list item');
+    } else {
+      throw bad('a list item is not an object');
+    }
   }
 
   #keepEnvelope(piece: Buffer): void {

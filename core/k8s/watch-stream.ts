@@ -88,6 +88,13 @@ export function decodeWatchLine(line: string): WatchEvent {
   }
 }
 
+/**
+ * The longest list response read: far past a whole watch-cache list of the largest cluster Kubernetes supports
+ * (150k pods of ~6 KB: 900 MB, in one page at RV=0), which is read item by item and never held whole; a server that
+ * never ends its list must not grow the heap until the process dies.
+ */
+export const MAX_LIST_BYTES = 4 * 1024 * 1024 * 1024;
+
 /** The parts of a list response the reflector uses: its items, its resourceVersion, its continue token. */
 export interface ListPage<T = KubeObject> {
   items: T[];
@@ -104,13 +111,18 @@ export class ListPageDecoder<T = KubeObject> {
   readonly #splitter: ListItemSplitter;
   readonly #transform: (object: KubeObject) => T;
   readonly #items: T[] = [];
+  readonly #maxListBytes: number;
+  #bytes = 0;
 
-  constructor(transform: (object: KubeObject) => T, maxItemBytes = MAX_WATCH_LINE_BYTES) {
+  constructor(transform: (object: KubeObject) => T, options: { maxItemBytes?: number; maxListBytes?: number } = {}) {
     this.#transform = transform;
-    this.#splitter = new ListItemSplitter({ maxItemBytes });
+    this.#splitter = new ListItemSplitter({ maxItemBytes: options.maxItemBytes ?? MAX_WATCH_LINE_BYTES });
+    this.#maxListBytes = options.maxListBytes ?? MAX_LIST_BYTES;
   }
 
   push(chunk: Buffer): void {
+    this.#bytes += chunk.length;
+    if (this.#bytes > this.#maxListBytes) throw new AmbitError('K8S_RESPONSE_TOO_LARGE', `the list response is longer than ${this.#maxListBytes} bytes`);
     for (const text of this.#splitter.push(chunk)) {
       let parsed: unknown;
       try {
