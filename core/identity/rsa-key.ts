@@ -1,9 +1,17 @@
 import { constants, generateKeyPair, privateEncrypt, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import type forge from 'node-forge';
+import pLimit from 'p-limit';
 import { AmbitError } from '../errors/index.js';
 
 const generateKeyPairAsync = promisify(generateKeyPair);
+/**
+ * Keys generated at once, at most: each holds one of libuv's four threads for 50-400 ms, and the rest of the process
+ * needs them too (zlib inflating the discovery stream, file reads). An agent that starts with 50 workloads queued 50
+ * keys, and its snapshot's inflate waited behind them for seconds (bench/scale.ts).
+ */
+const KEYGEN_CONCURRENCY = 2;
+const keygenSlots = pLimit(KEYGEN_CONCURRENCY);
 
 // forge cannot sign with EC keys, so every key in the mesh is RSA of this size.
 const RSA_MODULUS_BITS = 2048;
@@ -20,7 +28,7 @@ export interface RsaKey {
 
 /** A fresh RSA key from OpenSSL, generated on libuv's thread pool (typically 50-400 ms, occasionally more). */
 export async function generateRsaKey(): Promise<RsaKey> {
-  const { privateKey, publicKey } = await generateKeyPairAsync('rsa', { modulusLength: RSA_MODULUS_BITS });
+  const { privateKey, publicKey } = await keygenSlots(() => generateKeyPairAsync('rsa', { modulusLength: RSA_MODULUS_BITS }));
   return {
     privateKey,
     keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
