@@ -1,5 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
 import http2 from 'node:http2';
 import type { PeerCertificate } from 'node:tls';
 import { AmbitError } from '../core/errors/index.js';
@@ -40,6 +42,8 @@ export interface ControllerStreamOptions {
   readonly policies: LocalCollection;
   readonly setTimer?: SetTimer;
   readonly silenceDeadlineMs?: number;
+  /** Whether to ask for the gzip encoding (default true); false reads the plain stream, as an older controller sends. */
+  readonly compression?: boolean;
   readonly random?: () => number;
   readonly now?: () => number;
   readonly log?: Logger;
@@ -134,9 +138,20 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
       session.on('close', () => resolve('the connection closed'));
     });
     const query = this.#epoch === undefined || !this.#resumable ? '' : `?epoch=${encodeURIComponent(this.#epoch)}&version=${this.#version}`;
-    const request = session.request({ ':method': 'GET', ':path': `${STREAM_PATH}${query}`, authorization: `Bearer ${token}` });
-    request.setEncoding('utf8');
-    const outcome = new Promise<string>((resolve) => {
+    // gzip: the controller compresses the snapshot once for all agents (each write a whole member)
+    const request = session.request({
+      ':method': 'GET',
+      ':path': `${STREAM_PATH}${query}`,
+      authorization: `Bearer ${token}`,
+      ...(this.#options.compression === false ? {} : { 'accept-encoding': 'gzip' }),
+    });
+    const outcome = new Promise<string>((resolveOutcome) => {
+      // once the outcome is known nothing more of this stream is read: not a line the inflater still had
+      let settled = false;
+      const resolve = (reason: string) => {
+        settled = true;
+        resolveOutcome(reason);
+      };
       const deadline = this.#options.silenceDeadlineMs ?? DEFAULT_SILENCE_DEADLINE_MS;
       const armSilence = () => {
         silence?.();
@@ -147,25 +162,52 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         const status = Number(headers[':status']);
         if (status !== 200) {
           let body = '';
+          request.setEncoding('utf8');
           request.on('data', (chunk: string) => {
             if (body.length < MAX_REFUSAL_BYTES) body += chunk;
           });
           request.on('end', () => resolve(`refused with ${status}: ${refusalReason(body)}`));
           return;
         }
+        const encoding = headers['content-encoding'];
+        if (encoding !== undefined && encoding !== 'gzip' && encoding !== 'identity') {
+          resolve(`the controller answered in an encoding the agent does not read: ${String(encoding)}`);
+          return;
+        }
         const lines = streamLineSplitter();
         const state = new Snapshot();
-        request.on('data', (chunk: string) => {
+        const take = (chunk: Buffer) => {
+          if (settled) return;
+          // the silence deadline follows what decodes, not compressed bytes that may decode to nothing
           armSilence();
           try {
-            for (const line of lines.push(chunk)) this.#handle(parseMessage(line), state);
+            for (const line of lines.push(chunk)) {
+              this.#handle(parseMessage(line), state, Buffer.byteLength(line));
+              if (settled) return;
+            }
           } catch (err) {
             // a line it cannot read or apply would come again on a resume: the next connect asks for a snapshot
             this.#resumable = false;
             resolve(err instanceof Error ? err.message : String(err));
           }
+        };
+        if (encoding !== 'gzip') {
+          request.on('data', take);
+          request.on('end', () => resolve('the controller ended the stream'));
+          return;
+        }
+        // piped, so that the request is paused while the inflater is behind (flow control holds the controller),
+        // and the end is the inflater's: what it still holds when the request ends is read first
+        const gunzip = createGunzip();
+        gunzip.on('data', take);
+        pipeline(request, gunzip, (err) => {
+          if (err === undefined || err === null) {
+            resolve('the controller ended the stream');
+            return;
+          }
+          if (!settled) this.#resumable = false;
+          resolve(`the stream is not valid gzip: ${err.message}`);
         });
-        request.on('end', () => resolve('the controller ended the stream'));
       });
       request.on('error', (err) => resolve(err.message));
       void ended.then(resolve);
@@ -177,13 +219,14 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
     this.#retry(reason);
   }
 
-  #handle(message: StreamMessage, snapshot: Snapshot): void {
+  /** `bytes`: the line's length, which a snapshot counts against MAX_SNAPSHOT_BYTES. */
+  #handle(message: StreamMessage, snapshot: Snapshot, bytes: number): void {
     switch (message.t) {
       case 'snapshot':
         snapshot.begin(message.epoch, message.version);
         return;
       case 'records':
-        snapshot.add(message.changes);
+        snapshot.add(message.changes, bytes);
         return;
       case 'synced': {
         const state = snapshot.finish(message.epoch, message.version);
@@ -268,10 +311,17 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
 }
 
 /** A snapshot being received: held apart until `synced`, so the store takes it in one batch. */
+/**
+ * The most JSON one snapshot may hold before it is applied: a cluster of 150k pods sends about 130 MB. Compressed, a
+ * few MB on the wire could otherwise hold the agent's heap without bound.
+ */
+const MAX_SNAPSHOT_BYTES = 1024 * 1024 * 1024;
+
 class Snapshot {
   #epoch: string | undefined;
   #version = 0;
   #changes: StreamChange[] = [];
+  #bytes = 0;
 
   get open(): boolean {
     return this.#epoch !== undefined;
@@ -281,10 +331,15 @@ class Snapshot {
     this.#epoch = epoch;
     this.#version = version;
     this.#changes = [];
+    this.#bytes = 0;
   }
 
-  add(changes: readonly StreamChange[]): void {
+  add(changes: readonly StreamChange[], bytes: number): void {
     if (this.#epoch === undefined) throw new AmbitError('STREAM_PROTOCOL_ERROR', 'discovery stream: records outside a snapshot');
+    this.#bytes += bytes;
+    if (this.#bytes > MAX_SNAPSHOT_BYTES) {
+      throw new AmbitError('STREAM_PROTOCOL_ERROR', `discovery stream: a snapshot of more than ${MAX_SNAPSHOT_BYTES} bytes (of JSON) is not held`);
+    }
     for (const change of changes) {
       if (change.op !== 'upsert') throw new AmbitError('STREAM_PROTOCOL_ERROR', 'discovery stream: a delete in a snapshot');
       this.#changes.push(change);

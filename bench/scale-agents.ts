@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import http2 from 'node:http2';
+import { createGunzip } from 'node:zlib';
 import { changeKey, parseMessage, STREAM_ALPN, STREAM_PATH, streamLineSplitter } from '../core/stream/index.js';
 
 export interface SimulatedDelta {
@@ -35,18 +36,30 @@ function main(): void {
   for (let i = 0; i < count; i++) {
     const session = http2.connect(url, { ca, minVersion: 'TLSv1.3', ALPNProtocols: [STREAM_ALPN], checkServerIdentity: () => undefined });
     session.on('error', (err) => failures.push(`agent ${i}: ${err.message}`));
-    const request = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: `Bearer ${token}` });
+    // as the agent asks: the snapshot comes compressed once for all, each write a whole gzip member
+    const request = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: `Bearer ${token}`, 'accept-encoding': 'gzip' });
     request.on('error', (err) => failures.push(`agent ${i}: ${err.message}`));
+    let gunzip: ReturnType<typeof createGunzip> | undefined;
     request.on('response', (headers) => {
       if (headers[':status'] !== 200) failures.push(`agent ${i}: refused with ${String(headers[':status'])}`);
+      if (headers['content-encoding'] === 'gzip') {
+        gunzip = createGunzip();
+        gunzip.on('data', decoded);
+        gunzip.on('error', (err) => failures.push(`agent ${i}: ${err.message}`));
+      }
     });
     request.on('close', () => failures.push(`agent ${i}: the stream closed`));
     // the mark may straddle two chunks: the tail of the last one is searched too
     let tail = Buffer.alloc(0);
     let isSynced = false;
     const lines = i === 0 ? streamLineSplitter() : undefined;
+    // the bytes sent count as they come (compressed); the lines are read from what they decode to
     request.on('data', (chunk: Buffer) => {
       bytes[i] = (bytes[i] ?? 0) + chunk.length;
+      if (gunzip === undefined) decoded(chunk);
+      else gunzip.write(chunk);
+    });
+    const decoded = (chunk: Buffer) => {
       if (!isSynced) {
         if (chunk.includes(SYNCED_MARK) || Buffer.concat([tail, chunk.subarray(0, SYNCED_MARK.length)]).includes(SYNCED_MARK)) {
           isSynced = true;
@@ -66,7 +79,7 @@ function main(): void {
         const envelope = (lineBytes - encoded.reduce((a, b) => a + b, 0)) / Math.max(1, encoded.length);
         deltas.push({ at, changes: message.changes.map((change, k) => ({ key: changeKey(change), bytes: (encoded[k] ?? 0) + envelope })) });
       }
-    });
+    };
   }
   process.on('message', (message: { t?: string }) => {
     if (message.t === 'report') send({ t: 'report', bytes, deltas, failures });

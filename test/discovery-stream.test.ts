@@ -9,6 +9,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { createGunzip, gzipSync } from 'node:zlib';
 import t, { type Test } from 'tap';
 import { ControllerStream, DELTA_APPLIED_LOG, type ControllerStreamEvents } from '../agent/controller-stream.js';
 import { ChangeLog, StreamServer, type TokenVerdict } from '../controller/index.js';
@@ -78,6 +79,7 @@ async function rig(
     maxBufferedBytes?: number;
     maxMessageBytes?: number;
     log?: Logger;
+    compression?: boolean;
   } = {},
 ): Promise<Rig> {
   const { keyPem, certPem, bundle } = await pki(options.serverIdentity);
@@ -114,6 +116,7 @@ async function rig(
     setTimer: time.setTimer,
     random: () => 0.5,
     ...(options.log === undefined ? {} : { log: options.log }),
+    ...(options.compression === undefined ? {} : { compression: options.compression }),
   });
   t.teardown(async () => {
     client.close();
@@ -216,6 +219,107 @@ t.test('agents that connect at the same version get the same snapshot (encoded o
   t.match(after[0], { t: 'snapshot', version: 2 }, 'the version after the change');
   t.ok(after[1]?.t === 'records' && after[1].changes.some((c) => c.op === 'upsert' && c.kind === 'Pod' && (c.object as { name: string }).name === 'b'), 'with the new pod');
   t.match(after[2], { t: 'synced', version: 2 });
+});
+
+t.test('with accept-encoding gzip, the stream is whole gzip members: the snapshot in one, each delta in its own, read as they come', async (t) => {
+  const r = await rig(t);
+  const plain = await snapshotLines(r.port);
+  const session = http2.connect(`https://127.0.0.1:${r.port}`, { rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  t.teardown(() => session.destroy());
+  const request = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: 'Bearer agent-token', 'accept-encoding': 'deflate, gzip;q=0.9' });
+  const [headers] = (await once(request, 'response')) as [http2.IncomingHttpHeaders];
+  t.equal(headers['content-encoding'], 'gzip');
+  const gunzip = createGunzip();
+  let wire = 0;
+  request.on('data', (chunk: Buffer) => {
+    wire += chunk.length;
+    gunzip.write(chunk);
+  });
+  let text = '';
+  const upTo = (mark: string) =>
+    new Promise<void>((resolve) => {
+      const check = () => {
+        if (!text.includes(mark)) return;
+        gunzip.off('data', onData);
+        resolve();
+      };
+      const onData = (chunk: Buffer) => {
+        text += chunk.toString('utf8');
+        check();
+      };
+      gunzip.on('data', onData);
+      check();
+    });
+  await upTo('{"t":"synced"');
+  t.same(text.split('\n').filter((l) => l !== ''), plain, 'the same lines as the plain stream');
+  t.ok(wire < Buffer.byteLength(text), `compressed: ${wire} bytes on the wire for ${Buffer.byteLength(text)}`);
+  r.changes.apply([pod('c', '10.1.0.9')]);
+  // the delta is decodable at once, while the stream stays open: its member is whole
+  await upTo('"t":"delta"');
+  const delta = parseMessage(text.split('\n').filter((l) => l.includes('"t":"delta"'))[0] ?? '');
+  t.ok(delta.t === 'delta' && delta.changes.some((c) => c.op === 'upsert' && c.kind === 'Pod' && (c.object as { name: string }).name === 'c'), 'the delta, decoded');
+  const refused = session.request({ ':method': 'GET', ':path': STREAM_PATH, authorization: 'Bearer agent-token', 'accept-encoding': 'gzip;q=0' });
+  const [refusedHeaders] = (await once(refused, 'response')) as [http2.IncomingHttpHeaders];
+  t.equal(refusedHeaders['content-encoding'], undefined, 'gzip;q=0 gets the plain stream');
+  refused.close();
+});
+
+/** A controller that answers the stream with `members` (gzip, each given write one member) and then ends it. */
+async function gzipController(t: Test, writes: string[][]) {
+  const { keyPem, certPem, bundle } = await pki();
+  const server = http2.createSecureServer({ key: keyPem, cert: certPem, minVersion: 'TLSv1.3', ALPNProtocols: ['h2'] });
+  server.on('stream', (stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/x-ndjson', 'content-encoding': 'gzip' });
+    // all members in one write: the inflater has them all at once, as it may from any one read of the socket
+    stream.end(Buffer.concat(writes.map((lines) => gzipSync(lines.join('\n') + '\n'))));
+  });
+  server.on('error', () => undefined);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-gz-'));
+  const tokenFile = path.join(dir, 'token');
+  await writeFile(tokenFile, 'agent-token');
+  const store = new WorkloadStore();
+  const policies = new PolicyStore();
+  const client = new ControllerStream({
+    url: `https://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    controllerIdentity: CONTROLLER_ID,
+    trustBundle: bundle,
+    tokenFile,
+    store,
+    policies: policies.collection(),
+    random: () => 0.5,
+  });
+  t.teardown(async () => {
+    client.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await rm(dir, { recursive: true, force: true });
+  });
+  return { client, store };
+}
+
+t.test('gzip: what the inflater still holds when the stream ends is read; nothing after a bad line is', async (t) => {
+  const snapshot = (name: string, ip: string) => [
+    encodeMessage({ t: 'snapshot', epoch: 'e1', version: 1 }).trim(),
+    encodeMessage({ t: 'records', changes: [namespace('shop'), pod(name, ip)] as never }).trim(),
+    encodeMessage({ t: 'synced', epoch: 'e1', version: 1 }).trim(),
+  ];
+  const whole = await gzipController(t, [snapshot('a', '10.1.0.2')]);
+  const synced = once(whole.client, 'synced');
+  whole.client.start();
+  await synced;
+  t.equal(whole.store.workloadByIp('10.1.0.2')?.name, 'a', 'a snapshot in the last member before the end is applied');
+
+  // a bad line, then (more than one inflated chunk later) the rest of a snapshot: none of it may be applied
+  const [begin = '', records = '', end = ''] = snapshot('b', '10.1.0.3');
+  const bad = await gzipController(t, [[begin, 'not json', ' '.repeat(64 * 1024) + 'x'], [records, end]]);
+  let appliedAfterError = false;
+  bad.client.on('synced', () => (appliedAfterError = true));
+  const disconnected = once(bad.client, 'disconnected');
+  bad.client.start();
+  const [{ reason }] = (await disconnected) as [{ reason: string }];
+  t.match(reason, /not JSON/, 'the stream ends at the bad line');
+  t.notOk(appliedAfterError, 'no snapshot applied after it');
+  t.equal(bad.store.workloadByIp('10.1.0.3'), undefined, 'and no record of it');
 });
 
 t.test('a controller whose certificate the trust bundle does not vouch for is refused', async (t) => {
@@ -337,14 +441,15 @@ t.test('a silent stream is dropped at the deadline and the agent connects again'
   t.same(await again, { resumed: true }, 'connected again, and resumed: the controller still holds its epoch');
 });
 
-t.test('a snapshot far larger than the cap on unsent data still arrives whole, under backpressure, with the deltas made meanwhile', async (t) => {
+// plain (an agent that asks for no encoding), and gzip, whose ~1.5 MB compress to about 64 KB: a 4 KiB cap then
+for (const [compression, cap] of [[false, 64 * 1024], [true, 4 * 1024]] as const) t.test(`${compression ? 'gzip' : 'plain'}: a snapshot far larger than the cap on unsent data still arrives whole, under backpressure, with the deltas made meanwhile`, async (t) => {
   const pods = Array.from({ length: 3000 }, (_, i) => pod(`p${i}`, `10.2.${Math.floor(i / 250)}.${(i % 250) + 1}`));
-  const r = await rig(t, { initial: [namespace('shop'), ...pods], maxBufferedBytes: 64 * 1024 });
+  const r = await rig(t, { initial: [namespace('shop'), ...pods], maxBufferedBytes: cap, compression });
   const synced = r.next('synced');
   r.client.start();
   const { version } = await synced;
   t.equal(version, r.changes.version, 'synced at the version of the snapshot (its ~1.5 MB of records are two versions: deltas stay under 1 MiB)');
-  t.equal(r.store.workloadByIp('10.2.11.250')?.name, 'p2999', 'the last record of ~1.5 MB of records, with a 64 KiB cap');
+  t.equal(r.store.workloadByIp('10.2.11.250')?.name, 'p2999', `the last record of ~1.5 MB of records, with a ${cap / 1024} KiB cap`);
   const late = r.next('applied');
   r.changes.apply([pod('late', '10.3.0.1')]);
   t.same(await late, { version: version + 1, changes: 1 }, 'and the stream goes on with the next delta');

@@ -14,6 +14,9 @@ import type { ConvertedObject, DiscoveryChange, DiscoveryKind } from '../discove
  * when it still has every change after the agent's version in that epoch. Then, for as long as the stream lives,
  *   {"t":"delta","version":V,"changes":[…]}   each change to the records once, in version order, and
  *   {"t":"ping","version":V}                  every few seconds, so that a dead stream is noticed by the silence.
+ * With `accept-encoding: gzip` the body is `content-encoding: gzip`, every write one whole gzip member (the body their
+ * concatenation, which any gzip reader takes): the snapshot compressed once for all the agents that take it at that
+ * version, each delta once for all, each member decodable the moment it arrives.
  * Records are the compact ones of core/discovery (a pod's workload record, not the Pod object); policies travel as
  * their Kubernetes objects without status, and each agent converts them as in local mode (so an invalid one stands
  * as deny-all there too). An epoch is one controller process's numbering: versions of two replicas do not compare,
