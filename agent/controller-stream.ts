@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream';
+import { getHeapStatistics } from 'node:v8';
 import { createGunzip } from 'node:zlib';
 import http2 from 'node:http2';
 import type { PeerCertificate } from 'node:tls';
@@ -176,14 +177,15 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
         }
         const lines = streamLineSplitter();
         const state = new Snapshot();
+        // closed by its owner (a listener of its own events may close it): nothing more reaches the store
         const take = (chunk: Buffer) => {
-          if (settled) return;
+          if (settled || this.#closed) return;
           // the silence deadline follows what decodes, not compressed bytes that may decode to nothing
           armSilence();
           try {
             for (const line of lines.push(chunk)) {
               this.#handle(parseMessage(line), state, Buffer.byteLength(line));
-              if (settled) return;
+              if (settled || this.#closed) return;
             }
           } catch (err) {
             // a line it cannot read or apply would come again on a resume: the next connect asks for a snapshot
@@ -312,10 +314,11 @@ export class ControllerStream extends EventEmitter<ControllerStreamEvents> {
 
 /** A snapshot being received: held apart until `synced`, so the store takes it in one batch. */
 /**
- * The most JSON one snapshot may hold before it is applied: a cluster of 150k pods sends about 130 MB. Compressed, a
- * few MB on the wire could otherwise hold the agent's heap without bound.
+ * The most JSON one snapshot may hold before it is applied: an eighth of the heap's limit (parsed, records take a few
+ * times their JSON), at least 256 MiB; a cluster of 150k pods sends about 130 MB. Compressed, a few MB on the wire
+ * could otherwise fill the agent's heap until it dies.
  */
-const MAX_SNAPSHOT_BYTES = 1024 * 1024 * 1024;
+const MAX_SNAPSHOT_BYTES = Math.max(256 * 1024 * 1024, Math.floor(getHeapStatistics().heap_size_limit / 8));
 
 class Snapshot {
   #epoch: string | undefined;
