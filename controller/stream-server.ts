@@ -214,13 +214,9 @@ export class StreamServer {
     const epoch = query.get('epoch');
     const version = Number(query.get('version') ?? NaN);
     const deltas = epoch === null ? undefined : changes.since(epoch, version);
+    const snapshot = (): readonly Buffer[] => (gzip ? [this.#snapshotMember()] : this.#snapshotLines());
     // a resume's deltas are the members (or lines) every agent shares: nothing is compressed per stream but its first line
-    const state =
-      deltas === undefined
-        ? gzip
-          ? [this.#snapshotMember()]
-          : this.#snapshotLines()
-        : [own(line({ t: 'resume', epoch: changes.epoch, version })), ...deltas.map(deltaChunk)];
+    const state = deltas === undefined ? snapshot() : [own(line({ t: 'resume', epoch: changes.epoch, version })), ...deltas.map(deltaChunk)];
     const ping = setInterval(() => live && writeLive(own(line({ t: 'ping', version: changes.version }))), this.#options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS);
     ping.unref();
     // and never past the token's own expiry: a stream is as good as the token it was opened with (a deleted pod's

@@ -185,11 +185,10 @@ export class KubeApi {
 }
 
 /** Reads a whole response body, refusing one longer than `limit` bytes. */
-export async function readBody(response: http.IncomingMessage, limit: number, onChunk?: () => void): Promise<string> {
+export async function readBody(response: http.IncomingMessage, limit: number): Promise<string> {
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of response as AsyncIterable<Buffer>) {
-    onChunk?.();
     length += chunk.length;
     if (length > limit) throw new AmbitError('K8S_RESPONSE_TOO_LARGE', `the response is longer than ${limit} bytes`);
     chunks.push(chunk);
