@@ -5,6 +5,7 @@ import forge from 'node-forge';
 import { writeFileAtomic } from '../fs/index.js';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
+import { pemCertificates } from './pem.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
 import { parseSpiffeId, subjectAltNames, trustDomainId, validateTrustDomain, withoutSpiffeScheme } from './spiffe.js';
 
@@ -48,14 +49,80 @@ export class CertificateAuthority {
   readonly #root: forge.pki.Certificate;
   readonly #signer: forge.pki.rsa.PrivateKey;
   readonly #rootKeyIdentifier: string;
+  /** What follows a leaf in its chain: the signing certificate unless it is a root, and its parents short of a root. */
+  readonly #chainPem: string;
 
-  private constructor(trustDomain: string, rootPem: string, keyPem: string, key: KeyObject) {
+  private constructor(trustDomain: string, rootPem: string, keyPem: string, key: KeyObject, chainPem = '') {
     this.#trustDomain = trustDomain;
     this.#rootPem = rootPem;
     this.#keyPem = keyPem;
     this.#root = forge.pki.certificateFromPem(rootPem);
     this.#signer = forgeSigner(key);
     this.#rootKeyIdentifier = rootKeyIdentifier(this.#root);
+    this.#chainPem = chainPem;
+  }
+
+  /**
+   * A CA from PEM text, as a Secret holds it (cert-manager's layout: `tls.crt`, `tls.key`, `ca.crt`): `certPem` is the
+   * signing certificate, optionally followed by its chain; `keyPem` its key; `rootsPem` the trust anchors it must chain
+   * to (one or, in a rotation, two). Refused with CA_INVALID and a message naming `source` and the fault: no CA
+   * certificate, a key that is not RSA or not the certificate's, a chain that does not lead to one of the roots, an
+   * expired signing certificate.
+   */
+  static fromPem(options: { certPem: string; keyPem: string; rootsPem: string; trustDomain: string; source: string; now?: number }): CertificateAuthority {
+    const { source } = options;
+    validateTrustDomain(options.trustDomain);
+    const chain = pemCertificates(options.certPem).map((block, index) => {
+      try {
+        return new X509Certificate(block);
+      } catch (err) {
+        throw new AmbitError('CA_INVALID', `${source}: certificate ${index + 1} of the signing chain does not parse`, { cause: err });
+      }
+    });
+    const issuer = chain[0];
+    if (issuer === undefined) throw new AmbitError('CA_INVALID', `${source}: the signing certificate holds no PEM certificate`);
+    const roots = pemCertificates(options.rootsPem).map((block, index) => {
+      try {
+        return new X509Certificate(block);
+      } catch (err) {
+        throw new AmbitError('CA_INVALID', `${source}: root ${index + 1} does not parse`, { cause: err });
+      }
+    });
+    if (roots.length === 0) throw new AmbitError('CA_INVALID', `${source}: the roots hold no PEM certificate`);
+    for (const cert of [...chain, ...roots]) {
+      if (!cert.ca) throw new AmbitError('CA_INVALID', `${source}: ${cert.subject || 'a certificate'} is not a CA certificate (basicConstraints CA is not true)`);
+    }
+    let key: KeyObject;
+    try {
+      key = createPrivateKey(options.keyPem);
+    } catch (err) {
+      throw new AmbitError('CA_INVALID', `${source}: the key is not a PEM private key`, { cause: err });
+    }
+    if (key.asymmetricKeyType !== 'rsa') {
+      throw new AmbitError('CA_INVALID', `${source}: the key is an ${key.asymmetricKeyType ?? 'unknown'} key; Ambit signs with node-forge, which needs an RSA CA key`);
+    }
+    if (!issuer.checkPrivateKey(key)) throw new AmbitError('CA_INVALID', `${source}: the key is not the signing certificate's (${issuer.subject}); the pair is mismatched`);
+    const now = options.now ?? Date.now();
+    if (new Date(issuer.validTo).getTime() <= now) throw new AmbitError('CA_INVALID', `${source}: the signing certificate expired at ${new Date(issuer.validTo).toISOString()}`);
+    // each certificate of the chain is signed by the next, and the last by one of the roots (or is one)
+    for (let i = 0; i + 1 < chain.length; i++) {
+      const [child, parent] = [chain[i]!, chain[i + 1]!];
+      if (!child.checkIssued(parent) || !child.verify(parent.publicKey)) {
+        throw new AmbitError('CA_INVALID', `${source}: certificate ${i + 1} of the signing chain (${child.subject}) is not signed by certificate ${i + 2} (${parent.subject})`);
+      }
+    }
+    const top = chain[chain.length - 1]!;
+    const anchored = roots.some((root) => root.fingerprint256 === top.fingerprint256 || (top.checkIssued(root) && top.verify(root.publicKey)));
+    if (!anchored) {
+      throw new AmbitError('CA_INVALID', `${source}: the signing chain (${top.subject}) leads to none of the roots; add its root to the roots, or the mesh refuses every leaf it signs`);
+    }
+    const rootFingerprints = new Set(roots.map((root) => root.fingerprint256));
+    const selfSigned = (cert: X509Certificate) => cert.checkIssued(cert) && cert.verify(cert.publicKey);
+    const chainPem = chain
+      .filter((cert) => !rootFingerprints.has(cert.fingerprint256) && !selfSigned(cert))
+      .map((cert) => cert.toString())
+      .join('');
+    return new CertificateAuthority(options.trustDomain, toUnixPem(issuer.toString()), toUnixPem(options.keyPem), key, toUnixPem(chainPem));
   }
 
   /** A new self-signed root with a fresh RSA key. */
@@ -136,9 +203,22 @@ export class CertificateAuthority {
     await writeFileAtomic(path.join(dir, CA_CERT_FILE), this.#rootPem, { mode: 0o644 });
   }
 
-  /** The root certificate in PEM: the trust bundle peers verify against. */
+  /**
+   * The signing certificate in PEM. For a self-signed root (create(), local mode's folder) that is the root, the trust
+   * bundle peers verify against; for an intermediate, the roots are elsewhere (fromPem's `rootsPem`).
+   */
   get rootPem(): string {
     return this.#rootPem;
+  }
+
+  /** The signing key in PKCS#8 PEM: only for the controller to store a root it created in its Secret. */
+  get keyPem(): string {
+    return this.#keyPem;
+  }
+
+  /** What sign() appends after each leaf: the intermediates up to, not including, a root ('' for a root signer). */
+  get chainPem(): string {
+    return this.#chainPem;
   }
 
   get trustDomain(): string {
@@ -152,7 +232,7 @@ export class CertificateAuthority {
 
   /**
    * Verifies `csrPem` and issues a leaf for `options.spiffeId`: its only identity is that URI SAN, valid for
-   * server and client authentication. Returns the leaf in PEM, without the root.
+   * server and client authentication. Returns the leaf in PEM, then the intermediates (chainPem), never a root.
    */
   async sign(csrPem: string, options: SignOptions): Promise<string> {
     const { trustDomain } = parseSpiffeId(options.spiffeId);
@@ -182,7 +262,7 @@ export class CertificateAuthority {
       { name: 'authorityKeyIdentifier', keyIdentifier: this.#rootKeyIdentifier },
     ]);
     leaf.sign(this.#signer, forge.md.sha256.create());
-    return toUnixPem(forge.pki.certificateToPem(leaf));
+    return toUnixPem(forge.pki.certificateToPem(leaf)) + this.#chainPem;
   }
 
   /** A key and a leaf for `spiffeId` in one step, for tests and tools; workloads make their own keys. */
@@ -213,12 +293,38 @@ export class CertificateAuthority {
   }
 }
 
-function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSigningRequest {
+/** The smallest RSA key the CA certifies. */
+const MIN_RSA_BITS = 2048;
+
+/**
+ * The identity a CSR asks for: its one subjectAltName, a SPIFFE workload ID. BAD_CSR, with the fault in words, for a
+ * CSR that does not parse, is not signed by its own key, has a key under 2048 bits, or asks for no SAN, for more than
+ * one, or for anything but a URI (a DNS name, an IP address, an email): the CA certifies the identity alone.
+ */
+export function csrIdentity(csrPem: string): string {
+  const csr = verifiedCsr(csrPem, 'the CSR');
+  const names = requestedNames(csr);
+  if (names.length === 0) throw new AmbitError('BAD_CSR', 'the CSR asks for no subjectAltName; it must ask for exactly one, the URI spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>');
+  if (names.length > 1) {
+    throw new AmbitError('BAD_CSR', `the CSR asks for ${names.length} subjectAltNames (${names.map(describeName).join(', ')}); a leaf has exactly one, the workload's SPIFFE ID`);
+  }
+  const [name] = names as [ForgeAltName];
+  if (name.type !== URI_NAME_TYPE) throw new AmbitError('BAD_CSR', `the CSR asks for ${describeName(name)}; the CA certifies only a SPIFFE ID (a URI SAN)`);
+  parseSpiffeId(name.value);
+  return name.value;
+}
+
+function describeName(name: ForgeAltName): string {
+  const type = { 1: 'email', 2: 'DNS', 6: 'URI', 7: 'IP' }[name.type] ?? `name type ${name.type}`;
+  return `${type}:${name.type === 7 ? (name.ip ?? '?') : name.value}`;
+}
+
+function verifiedCsr(csrPem: string, what: string): forge.pki.CertificateSigningRequest {
   let csr: forge.pki.CertificateSigningRequest;
   try {
     csr = forge.pki.certificationRequestFromPem(csrPem);
   } catch (err) {
-    throw new AmbitError('BAD_CSR', `CSR for ${spiffeId} cannot be parsed (PEM PKCS#10 with an RSA key expected)`, { cause: err });
+    throw new AmbitError('BAD_CSR', `${what} cannot be parsed (PEM PKCS#10 with an RSA key expected)`, { cause: err });
   }
   // forge throws instead of returning false when the signature does not even decrypt under the CSR's key.
   let signatureValid = false;
@@ -229,8 +335,15 @@ function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSignin
     verifyError = err;
   }
   if (!signatureValid) {
-    throw new AmbitError('BAD_CSR', `CSR for ${spiffeId} has a bad signature: it was altered or not signed by its own key`, { cause: verifyError });
+    throw new AmbitError('BAD_CSR', `${what} has a bad signature: it was altered or not signed by its own key`, { cause: verifyError });
   }
+  const bits = (csr.publicKey as forge.pki.rsa.PublicKey | null)?.n?.bitLength() ?? 0;
+  if (bits < MIN_RSA_BITS) throw new AmbitError('BAD_CSR', `${what} has a ${bits}-bit RSA key; the CA certifies keys of ${MIN_RSA_BITS} bits or more`);
+  return csr;
+}
+
+function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSigningRequest {
+  const csr = verifiedCsr(csrPem, `CSR for ${spiffeId}`);
   const requested = requestedUris(csr);
   if (requested.some((uri) => uri !== spiffeId)) {
     throw new AmbitError('BAD_CSR', `CSR asks for ${requested.join(', ')} but the caller may only have ${spiffeId}; the requester is misconfigured`);
@@ -238,15 +351,25 @@ function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSignin
   return csr;
 }
 
-function requestedUris(csr: forge.pki.CertificateSigningRequest): string[] {
+function requestedNames(csr: forge.pki.CertificateSigningRequest): ForgeAltName[] {
   const request = csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: ForgeExtension[] } | null;
-  const san = request?.extensions?.find((extension) => extension.name === 'subjectAltName');
-  return (san?.altNames ?? []).filter((name) => name.type === URI_NAME_TYPE).map((name) => name.value);
+  // every subjectAltName extension counts: a second one must not smuggle in names the first does not show
+  return (request?.extensions ?? []).filter((extension) => extension.name === 'subjectAltName').flatMap((san) => san.altNames ?? []);
+}
+
+function requestedUris(csr: forge.pki.CertificateSigningRequest): string[] {
+  return requestedNames(csr).filter((name) => name.type === URI_NAME_TYPE).map((name) => name.value);
+}
+
+interface ForgeAltName {
+  type: number;
+  value: string;
+  ip?: string;
 }
 
 interface ForgeExtension {
   name?: string;
-  altNames?: Array<{ type: number; value: string }>;
+  altNames?: ForgeAltName[];
 }
 
 function rootKeyIdentifier(root: forge.pki.Certificate): string {

@@ -1,8 +1,8 @@
 import { EventEmitter } from 'node:events';
 import { X509Certificate } from 'node:crypto';
 import { AmbitError } from '../errors/index.js';
+import { pemCertificates } from './pem.js';
 
-const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
 
 export type TrustBundleEvents = {
   /** The roots changed: contexts built from the old ones must not be used for new handshakes. */
@@ -62,7 +62,7 @@ export class TrustBundle extends EventEmitter<TrustBundleEvents> {
 
 /** The CA certificates in a PEM bundle; text between the blocks (comments) is ignored, as OpenSSL does. */
 export function parseTrustBundle(pem: string, source: string): X509Certificate[] {
-  const blocks = pem.match(PEM_CERTIFICATE) ?? [];
+  const blocks = pemCertificates(pem);
   if (blocks.length === 0) {
     throw new AmbitError('TRUST_BUNDLE_INVALID', `${source} holds no PEM certificate; it must hold the mesh's root certificates, one after the other`);
   }

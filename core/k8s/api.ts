@@ -9,7 +9,7 @@ import { statusOf } from './watch-stream.js';
 
 /** How long a POST (a TokenReview) may take before it is abandoned: a caller waits on it. */
 const POST_TIMEOUT_MS = 10_000;
-/** The largest answer to a POST read: a TokenReview or a created object. */
+/** The largest answer read to a single-object request: a TokenReview, a created or read object. */
 const MAX_POST_ANSWER_BYTES = 1024 * 1024;
 /** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
@@ -145,16 +145,30 @@ export class KubeApi {
    * 200 or 201 is an ApiStatusError with the server's Status. Aborted after `timeoutMs`.
    */
   async post(path: string, body: unknown, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
-    const { response, release } = await this.#send('POST', path, new URLSearchParams(), AbortSignal.timeout(timeoutMs), JSON.stringify(body));
+    return this.#json('POST', path, JSON.stringify(body), timeoutMs);
+  }
+
+  /** `GET path` of one object, parsed; a 404 (or any answer but 200) is an ApiStatusError with the server's Status. */
+  async read(path: string, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
+    return this.#json('GET', path, undefined, timeoutMs);
+  }
+
+  /** `PUT path` with a JSON body (an update; a stale resourceVersion is a 409 ApiStatusError). */
+  async put(path: string, body: unknown, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
+    return this.#json('PUT', path, JSON.stringify(body), timeoutMs);
+  }
+
+  async #json(method: 'GET' | 'POST' | 'PUT', path: string, body: string | undefined, timeoutMs: number): Promise<unknown> {
+    const { response, release } = await this.#send(method, path, new URLSearchParams(), AbortSignal.timeout(timeoutMs), body);
     try {
-      if (response.statusCode !== 200 && response.statusCode !== 201) throw await statusError(response, `POST ${path}`);
+      if (response.statusCode !== 200 && response.statusCode !== 201) throw await statusError(response, `${method} ${path}`);
       return JSON.parse(await readBody(response, MAX_POST_ANSWER_BYTES)) as unknown;
     } finally {
       release();
     }
   }
 
-  async #send(method: 'GET' | 'POST', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
+  async #send(method: 'GET' | 'POST' | 'PUT', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
     const options = await this.#credentials.requestOptions();
     const url = new URL(this.#server.href.replace(/\/$/, '') + path);
     url.search = query.toString();

@@ -26,3 +26,13 @@ export interface KubeStatus {
   message: string;
   causes: string[];
 }
+
+/**
+ * The claims of a bound service-account token that a TokenReview reports in `status.user.extra`: the pod it is
+ * bound to, and (Kubernetes 1.30 and later) that pod's node.
+ */
+export const BOUND_TOKEN_EXTRA = Object.freeze({
+  podName: 'authentication.kubernetes.io/pod-name',
+  podUid: 'authentication.kubernetes.io/pod-uid',
+  nodeName: 'authentication.kubernetes.io/node-name',
+});

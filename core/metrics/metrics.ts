@@ -14,10 +14,11 @@ export function createRegistry(options: { defaultMetrics?: boolean } = {}): Regi
 export type Readiness = { readonly ready: true } | { readonly ready: false; readonly reason: string };
 
 /**
- * Serves `/metrics` (Prometheus text format) and `/healthz/ready` on one or two plain HTTP listeners. Readiness is
+ * Serves `/metrics` (Prometheus text format), `/healthz/ready` and `/status` (JSON: what the component says of itself,
+ * nothing secret) on one or two plain HTTP listeners. Readiness is
  * a callback so the component decides: an agent is ready only once its listeners are bound and its rules applied.
  */
-export function createStatusServer(options: { registry?: Registry; readiness?: () => Readiness }): http.Server {
+export function createStatusServer(options: { registry?: Registry; readiness?: () => Readiness; status?: () => unknown }): http.Server {
   return http.createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (path === '/metrics' && options.registry) {
@@ -38,6 +39,11 @@ export function createStatusServer(options: { registry?: Registry; readiness?: (
       const readiness = options.readiness();
       res.writeHead(readiness.ready ? 200 : 503, { 'content-type': 'text/plain' });
       res.end(readiness.ready ? 'ready\n' : `not ready: ${readiness.reason}\n`);
+      return;
+    }
+    if (path === '/status' && options.status) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(`${JSON.stringify(options.status())}\n`);
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' });
