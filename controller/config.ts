@@ -1,10 +1,12 @@
 import net from 'node:net';
+import { hostname } from 'node:os';
 import { parseFlags, usageError as commandUsageError, type AmbitError } from '../core/errors/index.js';
 import { LOG_LEVELS, type LogLevel } from '../core/log/index.js';
 import { trustDomainFlag } from '../core/identity/index.js';
+import { isDnsLabel } from '../core/names/index.js';
 import { DEFAULT_STREAM_USERS } from './stream-server.js';
 
-/** The controller's ports: the discovery stream (and, with issue 14, the CA), metrics, readiness. */
+/** The controller's ports: the discovery stream and the CA, metrics, readiness (and /status). */
 export const DEFAULT_CONTROLLER_PORTS = Object.freeze({ stream: 15012, metrics: 15020, readiness: 15021 });
 
 export interface ControllerConfig {
@@ -15,9 +17,18 @@ export interface ControllerConfig {
   readonly trustDomain: string;
   readonly listenHost: string;
   readonly ports: Readonly<{ stream: number; metrics: number; readiness: number }>;
-  /** The folder of the serving certificate: `tls.key` and `tls.crt` (a mounted kubernetes.io/tls Secret). */
-  readonly tlsDir: string;
-  /** The Kubernetes users that may read the stream (the agents' service account). */
+  /** The controller's namespace: its CA Secret, trust-bundle ConfigMap and Lease live there, and its identity names it. */
+  readonly namespace: string;
+  /** This replica's name (its pod's): the holder of the Lease. */
+  readonly podName: string;
+  /** Lifetime of the workload certificates it signs, and of its own serving certificate. */
+  readonly certTtlMs: number;
+  /** How often the CA Secret is read again, whatever its watch says. */
+  readonly caRereadIntervalMs: number;
+  /**
+   * The Kubernetes users of the agents: they may read the stream, and the CA signs for them the identities of the
+   * pods on their node (any other caller gets only its own identity).
+   */
   readonly streamUsers: readonly string[];
   readonly istioApi: boolean;
   readonly logLevel: LogLevel;
@@ -26,18 +37,24 @@ export interface ControllerConfig {
 export const CONTROLLER_USAGE = `Usage: ambit controller [options]
 
 Runs the controller: the only component that watches the cluster. It streams compact workload, service and policy
-records to the agents on its port (HTTP/2 over TLS; see README, "Discovery stream").
+records to the agents on its port (HTTP/2 over TLS; see README, "Discovery stream"), and is the mesh CA on the
+same port (README, "Mesh CA"): it signs a CSR after a TokenReview of the caller's token (audience ambit-ca) and
+node authorization. Its signing key comes from the Secret <namespace>/ambit-ca (created once, self-signed, when
+absent); it publishes the roots as the ConfigMap <namespace>/ambit-trust-bundle, and serves with a certificate of
+its own identity, spiffe://<trust-domain>/ns/<namespace>/sa/ambit-controller, that it signs and renews.
 
 Options (each also as an environment variable):
   --kubeconfig FILE      the API server and credentials        AMBIT_KUBECONFIG (default: in-cluster service account)
-  --tls-dir DIR          serving certificate: tls.key, tls.crt AMBIT_TLS_DIR (required)
-                         (its SAN: spiffe://<trust-domain>/ns/ambit-system/sa/ambit-controller)
+  --namespace NS         its namespace (downward API)          AMBIT_NAMESPACE (default ambit-system)
+  --pod-name NAME        this replica's pod (downward API)     AMBIT_POD_NAME (default: the host name)
+  --cert-ttl S           lifetime of signed certificates, s    AMBIT_CERT_TTL (default 86400: 24 h; 10 to 31536000)
+  --ca-reread-interval S read the CA Secret again every S s    AMBIT_CA_REREAD_INTERVAL (default 60)
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address                          AMBIT_LISTEN_HOST (default 0.0.0.0)
   --port N               discovery stream port                 AMBIT_PORT (default ${DEFAULT_CONTROLLER_PORTS.stream})
   --metrics-port N       Prometheus metrics                    AMBIT_METRICS_PORT (default ${DEFAULT_CONTROLLER_PORTS.metrics})
   --readiness-port N     /healthz/ready                        AMBIT_READINESS_PORT (default ${DEFAULT_CONTROLLER_PORTS.readiness})
-  --stream-users LIST    users that may read the stream, comma-separated
+  --stream-users LIST    the agents' users, comma-separated: they read the stream and get their node's identities
                                                                AMBIT_STREAM_USERS (default ${DEFAULT_STREAM_USERS.join(',')})
   --istio-api            watch security.istio.io policies too  AMBIT_ISTIO_API=1
   --log-level LEVEL      trace|debug|info|warn|error|silent    AMBIT_LOG_LEVEL (default info)
@@ -52,7 +69,10 @@ const usageError = (message: string): AmbitError => commandUsageError('controlle
 export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { help: boolean; config: ControllerConfig | undefined } {
   const values = parseFlags('controller', argv, {
     kubeconfig: { type: 'string' },
-    'tls-dir': { type: 'string' },
+    namespace: { type: 'string' },
+    'pod-name': { type: 'string' },
+    'cert-ttl': { type: 'string' },
+    'ca-reread-interval': { type: 'string' },
     'trust-domain': { type: 'string' },
     'listen-host': { type: 'string' },
     port: { type: 'string' },
@@ -64,8 +84,18 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) return { help: true, config: undefined };
-  const tlsDir = values['tls-dir'] ?? env.AMBIT_TLS_DIR;
-  if (!tlsDir) throw usageError('--tls-dir (or AMBIT_TLS_DIR) is required: the folder of the serving certificate (tls.key, tls.crt)');
+  const namespace = values.namespace ?? env.AMBIT_NAMESPACE ?? 'ambit-system';
+  if (!isDnsLabel(namespace)) throw usageError(`--namespace ${namespace} is not a namespace name (a DNS label)`);
+  const podName = values['pod-name'] ?? env.AMBIT_POD_NAME ?? hostname();
+  if (podName === '') throw usageError('--pod-name is empty');
+  const seconds = (flag: string, text: string | undefined, min: number, max: number, fallback: number): number => {
+    if (text === undefined) return fallback;
+    const value = Number(text);
+    if (!Number.isInteger(value) || value < min || value > max) throw usageError(`--${flag} ${text} is not a whole number of seconds from ${min} to ${max}`);
+    return value;
+  };
+  const certTtlMs = seconds('cert-ttl', values['cert-ttl'] ?? env.AMBIT_CERT_TTL, 10, 31_536_000, 86_400) * 1000;
+  const caRereadIntervalMs = seconds('ca-reread-interval', values['ca-reread-interval'] ?? env.AMBIT_CA_REREAD_INTERVAL, 1, 3600, 60) * 1000;
   const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as ControllerConfig['logLevel'];
   if (!LOG_LEVELS.includes(logLevel)) throw usageError(`--log-level ${logLevel} is not one of ${LOG_LEVELS.join(', ')}`);
   const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';
@@ -94,7 +124,10 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
       trustDomain,
       listenHost,
       ports,
-      tlsDir,
+      namespace,
+      podName,
+      certTtlMs,
+      caRereadIntervalMs,
       streamUsers: Object.freeze(streamUsers),
       istioApi: values['istio-api'] ?? env.AMBIT_ISTIO_API === '1',
       logLevel,

@@ -1,13 +1,16 @@
-import { readFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
 import type http from 'node:http';
-import path from 'node:path';
-import { Counter } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
+import { CA_PATH, CA_SECRET_NAME, CA_TOKEN_AUDIENCE, CertStore, parseTrustBundle, spiffeId, type CertIssuer } from '../core/identity/index.js';
 import { KubeApi, loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
-import { ClusterView, STREAM_TOKEN_AUDIENCE, watchedKinds, type Prepared, type WatchedKind } from '../core/stream/index.js';
+import { ClusterView, STREAM_TOKEN_AUDIENCE, watchedKinds, type WatchedKind } from '../core/stream/index.js';
+import { CaService } from './ca-service.js';
 import { ChangeLog } from './change-log.js';
 import type { ControllerConfig } from './config.js';
+import { MeshCa } from './mesh-ca.js';
+import { PodPlacements } from './placements.js';
 import { StreamServer } from './stream-server.js';
 import { cachedAuthenticator, tokenReviewer } from './token-review.js';
 
@@ -24,8 +27,10 @@ export interface ControllerDependencies {
  * RBAC missing) keeps it unready, and its reflector says why in the log and retries.
  */
 export class Controller {
-  readonly #reflectors: Reflector<Prepared>[];
+  readonly #reflectors: Reflector<unknown>[];
   readonly #stream: StreamServer;
+  readonly #ca: MeshCa;
+  readonly #certs: CertStore;
   readonly #statusServers: http.Server[];
   readonly #log: Logger;
   readonly changes: ChangeLog;
@@ -36,7 +41,9 @@ export class Controller {
   readonly #readiness: () => Readiness;
 
   private constructor(
-    reflectors: Reflector<Prepared>[],
+    reflectors: Reflector<unknown>[],
+    ca: MeshCa,
+    certs: CertStore,
     stream: StreamServer,
     statusServers: http.Server[],
     changes: ChangeLog,
@@ -47,6 +54,8 @@ export class Controller {
     this.streamPort = streamPort;
     this.#readiness = readiness;
     this.#reflectors = reflectors;
+    this.#ca = ca;
+    this.#certs = certs;
     this.#stream = stream;
     this.#statusServers = statusServers;
     this.changes = changes;
@@ -59,7 +68,26 @@ export class Controller {
     const kubeConfig = await loadKubeConfig(
       config.kubeconfig === undefined ? { inCluster: true, ...(config.serviceAccountDir === undefined ? {} : { serviceAccountDir: config.serviceAccountDir }) } : { kubeconfig: config.kubeconfig },
     );
-    const [keyPem, certChainPem] = await Promise.all([readFile(path.join(config.tlsDir, 'tls.key'), 'utf8'), readFile(path.join(config.tlsDir, 'tls.crt'), 'utf8')]);
+    const api = new KubeApi(kubeConfig);
+    // the signer first: the controller serves with a certificate of its own identity, which the mesh CA signs
+    const ca = await MeshCa.start({ api, namespace: config.namespace, trustDomain: config.trustDomain, holder: config.podName, rereadIntervalMs: config.caRereadIntervalMs, registry, log });
+    const signer: CertIssuer = {
+      sign: async (csrPem, identity) => {
+        const current = ca.signer;
+        if (current === undefined) throw new Error('the controller holds no signing key');
+        return { certChainPem: await current.sign(csrPem, { spiffeId: identity, ttlMs: config.certTtlMs }) };
+      },
+    };
+    const certs = new CertStore({ issuer: signer, log });
+    const ownIdentity = spiffeId(config.trustDomain, config.namespace, 'ambit-controller');
+    let serving;
+    try {
+      serving = await certs.get(ownIdentity);
+    } catch (err) {
+      certs.close();
+      await ca.close();
+      throw err;
+    }
     const changes = new ChangeLog();
     const rejected = new Counter({
       name: 'ambit_controller_objects_rejected_total',
@@ -67,7 +95,15 @@ export class Controller {
       labelNames: ['kind'],
       registers: [registry],
     });
-    const view = new ClusterView(changes, { trustDomain: config.trustDomain, log, onRejected: (kind) => rejected.inc({ kind }) });
+    const placements = new PodPlacements();
+    // the CA's (node, service account) index follows the same changes as the log the agents are streamed
+    const sink = {
+      apply: (batch: Parameters<ChangeLog['apply']>[0]) => {
+        placements.apply(batch);
+        return changes.apply(batch);
+      },
+    };
+    const view = new ClusterView(sink, { trustDomain: config.trustDomain, log, onRejected: (kind) => rejected.inc({ kind }) });
     const listed = new Set<WatchedKind>();
     const kinds = watchedKinds({ istioApi: config.istioApi });
     const reflectors = kinds.map(
@@ -96,13 +132,25 @@ export class Controller {
         }),
     );
     const synced = () => listed.size === kinds.length;
+    const caService = new CaService({
+      authenticate: cachedAuthenticator(tokenReviewer(api, CA_TOKEN_AUDIENCE)),
+      synced,
+      signer: () => ca.signer,
+      ttlMs: config.certTtlMs,
+      trustDomain: config.trustDomain,
+      agentUsers: new Set(config.streamUsers),
+      placements,
+      registry,
+      log,
+    });
     const stream = new StreamServer({
       changes,
-      keyPem,
-      certChainPem,
-      authenticate: cachedAuthenticator(tokenReviewer(new KubeApi(kubeConfig), STREAM_TOKEN_AUDIENCE)),
+      keyPem: serving.keyPem,
+      certChainPem: serving.certChainPem,
+      authenticate: cachedAuthenticator(tokenReviewer(api, STREAM_TOKEN_AUDIENCE)),
       synced,
       allowedUsers: config.streamUsers,
+      routes: new Map([[CA_PATH, caService.handle]]),
       host: config.listenHost,
       port: config.ports.stream,
       log,
@@ -112,8 +160,34 @@ export class Controller {
     // all. How long each kind has failed is a metric instead (ambit_k8s_watch_failing_seconds).
     const readiness = (): Readiness =>
       synced() ? { ready: true } : { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
-    const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness })];
-    const streamPort = await stream.listen();
+    // renewed at half life like any leaf; a new signer re-issues it at once
+    certs.on('rotated', (_identity, cert) => stream.setCredentials(cert.keyPem, cert.certChainPem));
+    ca.on('signer', () => void certs.renewAll());
+    registerCertMetrics(registry, ca, certs);
+    // the Secret's watch makes a change take effect at once; MeshCa reads it periodically anyway
+    const secretWatch = new Reflector<null>({
+      kubeConfig,
+      kind: 'Secret',
+      path: `/api/v1/namespaces/${config.namespace}/secrets`,
+      fieldSelector: `metadata.name=${CA_SECRET_NAME}`,
+      log,
+      registry,
+      transform: () => null,
+      consumer: { replace: () => void ca.refresh(), added: () => void ca.refresh(), modified: () => void ca.refresh(), deleted: () => void ca.refresh() },
+    });
+    const status = () => ({ ready: readiness().ready, ca: ca.status, streams: stream.streams, version: changes.version });
+    const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness, status })];
+    const closeCa = async () => {
+      certs.close();
+      await ca.close();
+    };
+    let streamPort: number;
+    try {
+      streamPort = await stream.listen();
+    } catch (err) {
+      await closeCa();
+      throw err;
+    }
     try {
       await Promise.all(
         statusServers.map(
@@ -127,22 +201,59 @@ export class Controller {
     } catch (err) {
       // nothing half-started stays behind: the stream and whichever status server did bind
       await stream.close();
+      await closeCa();
       for (const server of statusServers) if (server.listening) server.close();
       throw err;
     }
     for (const reflector of reflectors) reflector.start();
-    log.info({ port: streamPort, kinds: kinds.length, api: new KubeApi(kubeConfig).server }, 'controller started');
-    return new Controller(reflectors, stream, statusServers, changes, log, streamPort, readiness);
+    secretWatch.start();
+    log.info({ port: streamPort, kinds: kinds.length, api: api.server, identity: ownIdentity, signer: ca.status.signer }, 'controller started');
+    return new Controller([...reflectors, secretWatch] as Reflector<unknown>[], ca, certs, stream, statusServers, changes, log, streamPort, readiness);
   }
 
   get readiness(): Readiness {
     return this.#readiness();
   }
 
+  /** The mesh CA's state: whether the Secret's last read was accepted, and the signer and roots in use. */
+  get ca(): MeshCa['status'] {
+    return this.#ca.status;
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.#reflectors.map((reflector) => reflector.stop()));
     await this.#stream.close();
+    this.#certs.close();
+    await this.#ca.close();
     await Promise.all(this.#statusServers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
     this.#log.info('controller stopped');
   }
+}
+
+/**
+ * `ambit_cert_expiration_timestamp_seconds`, as every Ambit process exports it: the roots it publishes (kind root),
+ * the signer (kind issuer), and its own serving certificate (kind workload).
+ */
+function registerCertMetrics(registry: Registry, ca: MeshCa, certs: CertStore): void {
+  new Gauge({
+    name: 'ambit_cert_expiration_timestamp_seconds',
+    help: 'When each certificate this process holds or publishes expires (Unix seconds)',
+    labelNames: ['identity', 'kind'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const roots = ca.rootsPem === '' ? [] : parseTrustBundle(ca.rootsPem, 'roots');
+      for (const root of roots) this.set({ identity: certificateName(root), kind: 'root' }, Date.parse(root.validTo) / 1000);
+      const signer = ca.signer;
+      if (signer !== undefined) this.set({ identity: certificateName(new X509Certificate(signer.rootPem)), kind: 'issuer' }, signer.notAfter.getTime() / 1000);
+      for (const { spiffeId: identity, notAfter } of certs.expirations()) this.set({ identity, kind: 'workload' }, notAfter.getTime() / 1000);
+    },
+  });
+}
+
+/** A CA certificate's name in metrics: its trust domain's SPIFFE ID when it names one, else its subject and fingerprint. */
+function certificateName(cert: X509Certificate): string {
+  const uri = (cert.subjectAltName ?? '').split(', ').find((name) => name.startsWith('URI:spiffe://'));
+  const fingerprint = cert.fingerprint256.replaceAll(':', '').slice(0, 16).toLowerCase();
+  return `${uri === undefined ? cert.subject.replaceAll('\n', ',') : uri.slice('URI:'.length)} ${fingerprint}`;
 }

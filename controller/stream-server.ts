@@ -13,8 +13,16 @@ import {
 } from '../core/stream/index.js';
 import type { ChangeLog, Delta } from './change-log.js';
 
-/** What a token proved: the caller's Kubernetes user, or why it proved nothing. */
-export type TokenVerdict = { readonly authenticated: true; readonly username: string } | { readonly authenticated: false; readonly reason: string };
+/**
+ * What a token proved: the caller's Kubernetes user and the claims the API server reported of it (`extra`: a bound
+ * token's pod and node), or why it proved nothing.
+ */
+export type TokenVerdict =
+  | { readonly authenticated: true; readonly username: string; readonly extra?: Readonly<Record<string, readonly string[]>> }
+  | { readonly authenticated: false; readonly reason: string };
+
+/** Serves one request on the controller's port other than the stream's (the CA's). */
+export type RouteHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => Promise<void>;
 
 /** Checks a bearer token (in Kubernetes: a TokenReview with the stream's audience). */
 export type Authenticate = (token: string) => Promise<TokenVerdict>;
@@ -41,6 +49,8 @@ export const DEFAULT_MAX_STREAM_AGE_MS = 30 * 60_000;
  * refused by HTTP/2 itself (each would be a snapshot's worth of work).
  */
 const MAX_CONCURRENT_STREAMS = 4;
+/** How long close() lets a connection finish what it has in flight (a CA answer) after its GOAWAY. */
+const SESSION_CLOSE_GRACE_MS = 1_000;
 
 export interface StreamServerOptions {
   readonly changes: ChangeLog;
@@ -54,6 +64,8 @@ export interface StreamServerOptions {
    */
   readonly synced?: () => boolean;
   readonly allowedUsers?: readonly string[];
+  /** Other endpoints on the same port, by path (the CA's `CA_PATH`). */
+  readonly routes?: ReadonlyMap<string, RouteHandler>;
   readonly host?: string;
   readonly port?: number;
   /** How often a ping line goes down an idle stream, and an HTTP/2 PING to the agent's connection. */
@@ -79,6 +91,7 @@ export class StreamServer {
   readonly #server: http2.Http2SecureServer;
   readonly #log: Logger;
   readonly #streams = new Set<http2.ServerHttp2Stream>();
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
   readonly #allowed: ReadonlySet<string>;
   #snapshot: { readonly version: number; readonly lines: readonly Buffer[]; gzip?: Buffer } | undefined;
   readonly #deltaLines = new WeakMap<Delta, Buffer>();
@@ -100,7 +113,11 @@ export class StreamServer {
       allowHTTP1: false,
       settings: { maxConcurrentStreams: MAX_CONCURRENT_STREAMS },
     });
-    this.#server.on('session', (session) => this.#keepalive(session));
+    this.#server.on('session', (session) => {
+      this.#sessions.add(session);
+      session.once('close', () => this.#sessions.delete(session));
+      this.#keepalive(session);
+    });
     this.#server.on('stream', (stream, headers) => {
       this.#serve(stream, headers).catch((err: unknown) => {
         this.#log.warn({ err }, 'discovery stream failed');
@@ -132,15 +149,29 @@ export class StreamServer {
     return this.#streams.size;
   }
 
-  /** Ends every stream and stops listening. */
+  /**
+   * Ends every stream, sends every connection a GOAWAY (an agent's idle CA session too, which would otherwise hold the
+   * listener open), and stops listening; a connection still open a second later is destroyed.
+   */
   async close(): Promise<void> {
     this.#options.changes.off('delta', this.#forgetSnapshot);
     for (const stream of this.#streams) stream.close(http2.constants.NGHTTP2_NO_ERROR);
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const session of this.#sessions) session.close();
+    const force = setTimeout(() => {
+      for (const session of this.#sessions) session.destroy();
+    }, SESSION_CLOSE_GRACE_MS);
+    await closed;
+    clearTimeout(force);
   }
 
   async #serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): Promise<void> {
     const url = new URL(headers[':path'] ?? '/', 'https://controller');
+    const route = this.#options.routes?.get(url.pathname);
+    if (route !== undefined) {
+      await route(stream, headers);
+      return;
+    }
     if (headers[':method'] !== 'GET' || url.pathname !== STREAM_PATH) {
       refuse(stream, 404, 'not_found', `no such endpoint: ${headers[':method'] ?? ''} ${url.pathname}`);
       return;
@@ -150,8 +181,7 @@ export class StreamServer {
       this.#refused(stream, 503, 'not_synced', 'the controller has not read the whole cluster yet; the agent keeps its last state and retries', remote);
       return;
     }
-    const auth = headers.authorization;
-    const token = typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice('Bearer '.length).trim() : '';
+    const token = bearerToken(headers);
     if (token === '') {
       this.#refused(stream, 401, 'no_token', 'the request carries no bearer token (the agent\'s projected service-account token)', remote);
       return;
@@ -326,6 +356,12 @@ export class StreamServer {
   }
 }
 
+/** The request's bearer token, or '' when it carries none. */
+export function bearerToken(headers: http2.IncomingHttpHeaders): string {
+  const auth = headers.authorization;
+  return typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice('Bearer '.length).trim() : '';
+}
+
 /** Whether an accept-encoding header takes gzip (and does not refuse it with q=0). */
 function acceptsGzip(header: string | undefined): boolean {
   if (header === undefined) return false;
@@ -359,13 +395,14 @@ export function tokenExpiry(token: string): number | undefined {
   }
 }
 
-function refuse(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string): void {
+/** Answers `status` with the JSON refusal every endpoint of the port gives: a stable `reason` and a `message` in words. */
+export function refuse(stream: http2.ServerHttp2Stream, status: number, reason: string, message: string): void {
   if (stream.destroyed) return;
   stream.respond({ ':status': status, 'content-type': 'application/json' });
   stream.end(`${JSON.stringify({ reason, message })}\n`);
 }
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => reject(new AmbitError('STREAM_AUTH_TIMEOUT', `no answer within ${ms} ms`)), ms);
     timer.unref();

@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import pLimit from 'p-limit';
 import { AmbitError } from '../core/errors/index.js';
 import type { KubeApi } from '../core/k8s/index.js';
-import type { Authenticate, TokenVerdict } from './stream-server.js';
+import { tokenExpiry, type Authenticate, type TokenVerdict } from './stream-server.js';
 
 const TOKEN_REVIEW_PATH = '/apis/authentication.k8s.io/v1/tokenreviews';
 
@@ -34,7 +34,7 @@ export function tokenReviewer(api: Pick<KubeApi, 'post'>, audience: string): Aut
       kind: 'TokenReview',
       spec: { token, audiences: [audience] },
     };
-    let answer: { status?: { authenticated?: unknown; user?: { username?: unknown }; audiences?: unknown; error?: unknown } };
+    let answer: { status?: { authenticated?: unknown; user?: { username?: unknown; extra?: unknown }; audiences?: unknown; error?: unknown } };
     try {
       answer = (await api.post(TOKEN_REVIEW_PATH, review)) as typeof answer;
     } catch (err) {
@@ -49,8 +49,18 @@ export function tokenReviewer(api: Pick<KubeApi, 'post'>, audience: string): Aut
     }
     const username = status.user?.username;
     if (typeof username !== 'string' || username === '') return { authenticated: false, reason: 'the review names no user' };
-    return { authenticated: true, username };
+    return { authenticated: true, username, extra: extraOf(status.user?.extra) };
   };
+}
+
+/** The user's `extra` as the review gave it, keeping only string values (a claim of another shape is not a claim). */
+function extraOf(value: unknown): Record<string, readonly string[]> {
+  const extra: Record<string, readonly string[]> = {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return extra;
+  for (const [key, values] of Object.entries(value as Record<string, unknown>)) {
+    if (Array.isArray(values)) extra[key] = Object.freeze(values.filter((item): item is string => typeof item === 'string'));
+  }
+  return extra;
 }
 
 export interface VerdictCacheOptions {
@@ -83,7 +93,10 @@ export function cachedAuthenticator(authenticate: Authenticate, options: Verdict
     fetchMethod: async (_key, _stale, { context, options: entry }) => {
       if (limit.pendingCount >= maxWaiting) throw new AmbitError('TOKEN_REVIEW_UNAVAILABLE', `${limit.pendingCount} token checks are waiting already`);
       const verdict = await limit(() => authenticate(context));
-      entry.ttl = verdict.authenticated ? acceptedTtl : refusedTtl;
+      // an accepted token is not taken past its own expiry (a JWT's exp), however long the cache would hold it
+      const expiry = verdict.authenticated ? tokenExpiry(context) : undefined;
+      const untilExpiry = expiry === undefined ? acceptedTtl : Math.max(1, expiry - Date.now());
+      entry.ttl = verdict.authenticated ? Math.min(acceptedTtl, untilExpiry) : refusedTtl;
       return verdict;
     },
   });

@@ -15,7 +15,7 @@ import { badRequest, expired, notFound, statusObject, StatusError } from './stat
 import { DEFAULT_HISTORY_SIZE, keyOf, ObjectStore } from './store.js';
 import { generateServingTls, type ServingTls } from './tls.js';
 import { TokenRegistry } from './tokens.js';
-import { child, isJsonObject, str, type Json, type JsonObject, type ResourceType, type TokenUser } from './types.js';
+import { child, isJsonObject, str, type Json, type JsonObject, type ResourceType, type StoreEvent, type TokenUser } from './types.js';
 import { EventLines, WatchStream } from './watch.js';
 
 /** The real server's default: a watch with bookmarks allowed gets one about every minute. */
@@ -63,6 +63,8 @@ export interface ApiServerEvents {
    * token) and may change the double's state in between, as a compaction between two pages of a list.
    */
   request: [method: string, path: string, query: URLSearchParams];
+  /** A change in the store, as its watchers get it: what a test plays kubelet with (a mounted ConfigMap). */
+  change: [event: StoreEvent];
 }
 
 /** What a test does to a kind directly, without a client: set up objects, change a pod's status, delete. */
@@ -108,6 +110,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   /** A watch cache that lags behind the store (lagWatchCache): what its lists answer, per kind, and at which RV. */
   #laggingCache: { rv: number; lists: Map<string, JsonObject[]> } | undefined;
   #refuseWatches = false;
+  #failTokenReviews: number | undefined;
+  readonly #heldUsers = new Set<string>();
+  readonly #watchUsers = new WeakMap<WatchStream, string>();
   #url = '';
 
   private constructor(options: ApiServerOptions) {
@@ -123,6 +128,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.#tls = generateServingTls(this.#host === LOOPBACK ? [] : [this.#host]);
     this.#server = createServer({ key: this.#tls.keyPem, cert: this.#tls.certPem }, (req, res) => this.#handle(req, res));
     this.#store.subscribe((event) => {
+      this.emit('change', event);
       if (this.#watches.size === 0) return;
       const lines = new EventLines(event);
       for (const watch of this.#watches) watch.deliver(lines);
@@ -214,6 +220,19 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.#refuseWatches = false;
   }
 
+  /**
+   * Ends the open watches of one user and refuses (503) its lists and watches until `releaseWatchesOf`: that client's view
+   * falls behind while every other client's keeps up, as when one component cannot reach the API server.
+   */
+  holdWatchesOf(username: string): void {
+    this.#heldUsers.add(username);
+    for (const watch of [...this.#watches]) if (this.#watchUsers.get(watch) === username) watch.close();
+  }
+
+  releaseWatchesOf(username: string): void {
+    this.#heldUsers.delete(username);
+  }
+
   /** Open watches stop sending anything and keep their connections: a hung watch. Returns how many. */
   stallWatches(): number {
     for (const watch of this.#watches) watch.stall();
@@ -266,6 +285,15 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   failResource(apiVersion: string, resource: string, code = 500): void {
     const [group, version] = apiVersion.includes('/') ? (apiVersion.split('/') as [string, string]) : ['', apiVersion];
     this.#failing.set(keyOf(this.#type(group, version, resource)), code);
+  }
+
+  /** Every TokenReview gets `code` (default 500) until `healTokenReviews`: the authenticator itself failing. */
+  failTokenReviews(code = 500): void {
+    this.#failTokenReviews = code;
+  }
+
+  healTokenReviews(): void {
+    this.#failTokenReviews = undefined;
   }
 
   healResource(apiVersion: string, resource: string): void {
@@ -328,13 +356,15 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const url = new URL(req.url ?? '/', 'https://double');
     const method = req.method ?? 'GET';
     this.#log?.debug({ method, path: url.pathname, query: url.search }, 'request');
-    if (this.#tokens.authenticate(req.headers.authorization) === undefined) {
+    const user = this.#tokens.authenticate(req.headers.authorization);
+    if (user === undefined) {
       sendJson(res, 401, statusObject(401, 'Unauthorized', 'Unauthorized'));
       return;
     }
     const path = url.pathname.replace(/\/+$/, '') || '/';
     this.emit('request', method, path, url.searchParams);
     if (method === 'POST' && path === TOKEN_REVIEW_PATH) {
+      if (this.#failTokenReviews !== undefined) throw new StatusError(this.#failTokenReviews, 'InternalError', 'TokenReviews are failing (injected by the test)');
       sendJson(res, 201, this.#tokens.review(asObject(await readJson(req))));
       return;
     }
@@ -353,8 +383,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const query = url.searchParams;
     if (route.name === undefined) {
       if (method === 'GET') {
+        if (this.#heldUsers.has(user.username)) throw new StatusError(503, 'ServiceUnavailable', `lists and watches of ${user.username} are refused (injected by the test)`);
         const watch = query.get('watch');
-        if (watch === '1' || watch === 'true') this.#watch(route, query, res);
+        if (watch === '1' || watch === 'true') this.#watch(route, query, res, user.username);
         else sendJson(res, 200, this.#list(route, query));
       } else if (method === 'POST') {
         sendJson(res, 201, this.#create(route, asObject(await readJson(req))));
@@ -479,7 +510,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     };
   }
 
-  #watch(route: Route, query: URLSearchParams, res: ServerResponse): void {
+  #watch(route: Route, query: URLSearchParams, res: ServerResponse, username: string): void {
     if (this.#refuseWatches) throw new StatusError(503, 'ServiceUnavailable', 'watches are refused (injected by the test)');
     const { labels, fields } = this.#selectors(route, query);
     const rvParam = query.get('resourceVersion');
@@ -516,6 +547,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     else for (const event of replay) stream.deliver(new EventLines(event));
     if (stream.closed) return;
     this.#watches.add(stream);
+    this.#watchUsers.set(stream, username);
     this.emit('watch', route.type.resource);
   }
 

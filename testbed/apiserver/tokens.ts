@@ -1,3 +1,4 @@
+import { BOUND_TOKEN_EXTRA } from '../../core/k8s/index.js';
 import { badRequest } from './status.js';
 import { child, str, type JsonObject, type TokenUser } from './types.js';
 
@@ -5,9 +6,9 @@ import { child, str, type JsonObject, type TokenUser } from './types.js';
 export const API_SERVER_AUDIENCE = 'https://kubernetes.default.svc.cluster.local';
 
 /** The bound-token claims a TokenReview reports in `status.user.extra`, as the real token authenticator. */
-export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
-export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
-export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
+export const POD_NAME_EXTRA = BOUND_TOKEN_EXTRA.podName;
+export const POD_UID_EXTRA = BOUND_TOKEN_EXTRA.podUid;
+export const NODE_NAME_EXTRA = BOUND_TOKEN_EXTRA.nodeName;
 
 /** The bearer tokens the double accepts, registered by the test; anything else is 401. */
 export class TokenRegistry {
@@ -25,7 +26,8 @@ export class TokenRegistry {
   /** Who the request's `Authorization: Bearer` header names, undefined when it names nobody. */
   authenticate(header: string | undefined): TokenUser | undefined {
     const m = /^Bearer\s+(\S+)$/i.exec(header ?? '');
-    return m?.[1] === undefined ? undefined : this.#tokens.get(m[1]);
+    const user = m?.[1] === undefined ? undefined : this.#tokens.get(m[1]);
+    return user === undefined || expired(user) ? undefined : user;
   }
 
   /**
@@ -46,6 +48,7 @@ export class TokenRegistry {
       status,
     });
     if (user === undefined) return reply({ authenticated: false, user: {}, error: '[invalid bearer token, token lookup failed]' });
+    if (expired(user)) return reply({ authenticated: false, user: {}, error: '[invalid bearer token, service account token has expired]' });
     const own = user.audiences ?? [API_SERVER_AUDIENCE];
     const audiences = wanted.length === 0 ? own : own.filter((a) => wanted.includes(a));
     if (audiences.length === 0) {
@@ -59,6 +62,10 @@ export class TokenRegistry {
       audiences: [...audiences],
     });
   }
+}
+
+function expired(user: TokenUser): boolean {
+  return user.expiresAt !== undefined && Date.now() >= user.expiresAt;
 }
 
 /** A service account token bound to a pod: the username, groups and extra a real one authenticates as. */

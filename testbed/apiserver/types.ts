@@ -41,6 +41,8 @@ export interface TokenUser {
   readonly extra?: Readonly<Record<string, readonly string[]>>;
   /** The audiences a bound token was issued for; default: the API server's own. */
   readonly audiences?: readonly string[];
+  /** When the token expires (milliseconds since the epoch); from then on it authenticates nothing. */
+  readonly expiresAt?: number;
 }
 
 export function isJsonObject(value: Json | undefined): value is JsonObject {
