@@ -1,8 +1,8 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import type http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
-import { Gauge } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { KubernetesSource } from './kubernetes-source.js';
@@ -12,9 +12,9 @@ interface ClusterSource {
   close(): Promise<void>;
   lastErrors(): readonly unknown[];
 }
-import { AmbitError } from '../core/errors/index.js';
-import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
-import { CertStore, LocalCaFolder, sniForIdentity, trustDomainId } from '../core/identity/index.js';
+import { AmbitError, isAmbitError } from '../core/errors/index.js';
+import { HboneClient, HboneServer, SecureContextCache, spiffeIdFromSan } from '../core/hbone/index.js';
+import { CertStore, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
 import { PolicyStore } from '../core/policy/index.js';
@@ -28,6 +28,7 @@ import { runCommand } from './exec.js';
 import { EarlyDataBudget } from './early-data.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
+import { openKubernetesIdentity, openLocalIdentity, type MeshIdentity } from './mesh-identity.js';
 import { startMemoryRelease } from './memory.js';
 import { handleOutbound } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
@@ -74,7 +75,7 @@ export class Agent {
   readonly nodeIp: string;
   readonly #log: Logger;
   readonly #source: ClusterSource;
-  readonly #caFolder: LocalCaFolder;
+  readonly #identity: MeshIdentity;
   readonly #certs: CertStore;
   readonly #hboneClient: HboneClient;
   readonly #hboneServer: HboneServer;
@@ -114,7 +115,7 @@ export class Agent {
     registry: Registry;
     store: WorkloadStore;
     source: ClusterSource;
-    caFolder: LocalCaFolder;
+    identity: MeshIdentity;
     nodeIp: string;
     certs: CertStore;
     hboneClient: HboneClient;
@@ -130,7 +131,7 @@ export class Agent {
     this.registry = parts.registry;
     this.store = parts.store;
     this.#source = parts.source;
-    this.#caFolder = parts.caFolder;
+    this.#identity = parts.identity;
     this.nodeIp = parts.nodeIp;
     this.#certs = parts.certs;
     this.#hboneClient = parts.hboneClient;
@@ -164,8 +165,10 @@ export class Agent {
   }
 
   /**
-   * Loads the cluster state and the CA, binds every listener, installs the rules; then the agent serves, and is
-   * ready once the store has had its first full sync (`readiness`).
+   * Loads the cluster state and the mesh's trust (local mode's CA folder, or the trust bundle the controller publishes),
+   * binds every listener, installs the rules; then the agent serves, and is ready once the store has had its first
+   * full sync (`readiness`). In kubernetes mode it does not wait for its workloads' certificates: the controller signs
+   * them, and may be away.
    */
   static async start(config: AgentConfig, deps: AgentDependencies = {}): Promise<Agent> {
     checkUpstreamSource(config);
@@ -178,13 +181,12 @@ export class Agent {
     const telemetry = new AgentTelemetry(registry, accessLogger(log));
     const store = new WorkloadStore({ trustDomain: config.trustDomain, nodeName: config.nodeName, rootNamespace: config.rootNamespace, log: log.child({ component: 'store' }) });
     const policies = new PolicyStore({ rootNamespace: config.rootNamespace, istioApi: config.istioApi, log: log.child({ component: 'policy' }) });
-    // Local mode reads its folder first (a missing folder is the first thing to say); kubernetes mode opens the CA
-    // folder first, since its trust bundle is what the controller's certificate is checked against.
-    const openCaFolder = () => LocalCaFolder.open({ dir: config.caDir, trustDomain: config.trustDomain, log: log.child({ component: 'ca-folder' }) });
+    // Local mode reads its folder first (a missing folder is the first thing to say); kubernetes mode opens the trust
+    // bundle first, since it is what the controller's certificate is checked against.
     let source: ClusterSource;
-    let caFolder: LocalCaFolder;
+    let identity: MeshIdentity;
     if (config.kubernetes !== undefined) {
-      caFolder = await openCaFolder();
+      identity = await openKubernetesIdentity(config.kubernetes, log);
       try {
         source = await KubernetesSource.start({
           settings: config.kubernetes,
@@ -192,12 +194,12 @@ export class Agent {
           trustDomain: config.trustDomain,
           store,
           policies: policies.collection(),
-          trustBundle: caFolder.trustBundle,
+          trustBundle: identity.trustBundle,
           registry,
           log: log.child({ component: 'kubernetes-source' }),
         });
       } catch (err) {
-        await caFolder.close();
+        await identity.close();
         throw err;
       }
     } else {
@@ -209,7 +211,7 @@ export class Agent {
         throw new AmbitError('NODE_IP_UNKNOWN', `node ${config.nodeName} has no address: add a Node object with status.addresses to ${config.configDir}, or pass --node-ip`);
       }
       try {
-        caFolder = await openCaFolder();
+        identity = await openLocalIdentity(config, log);
       } catch (err) {
         await source.close();
         throw err;
@@ -217,8 +219,8 @@ export class Agent {
     }
     // kubernetes mode requires --node-ip (config.ts); local mode checked it above
     const nodeIp = (config.nodeIp ?? store.nodeIp(config.nodeName)) as string;
-    const { trustBundle } = caFolder;
-    const certs = new CertStore({ issuer: caFolder, log });
+    const { trustBundle } = identity;
+    const certs = new CertStore({ issuer: identity.issuer, log });
     const contexts = new SecureContextCache(trustBundle);
     const hboneClient = new HboneClient({
       contextFor: async (identity) => contexts.get(await certs.get(identity)),
@@ -257,15 +259,14 @@ export class Agent {
           log,
         })
       : undefined;
-    agent = new Agent({ config, log, registry, store, source, caFolder, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
+    agent = new Agent({ config, log, registry, store, source, identity, nodeIp, certs, hboneClient, hboneServer, rules, policies, telemetry });
     // New streams go on sessions whose handshake used the current roots and leaves; open streams carry on, for the
     // grace only when their server chains to no root left.
     trustBundle.on('change', () => hboneClient.retireSessions(trustBundle.roots()));
-    caFolder.on('signer', (ca) => {
-      const root = new X509Certificate(ca.rootPem).fingerprint256;
+    identity.onSignerChange((signer) => {
       void certs.renewAll().then(() => {
         hboneClient.retireSessions();
-        log.info({ root, identities: certs.identities().length }, 'workload certificates re-issued by the new signer');
+        log.info({ ...signer, identities: certs.identities().length }, 'workload certificates re-issued by the new signer');
       });
     });
     const inputs: ProxyInputs = {
@@ -287,7 +288,7 @@ export class Agent {
           return { host: address, port };
         }),
     };
-    agent.#registerCertMetrics(caFolder);
+    agent.#registerCertMetrics();
     try {
       await agent.#bind(inputs);
       if (rules) await rules.install();
@@ -355,13 +356,14 @@ export class Agent {
     clearInterval(this.#pruneTimer);
     await this.#cniServer?.close();
     await this.#source.close();
-    await this.#caFolder.close();
     await this.#reconciling.catch(() => undefined);
     const closing = this.#servers.map(closeServer);
     for (const socket of this.#sockets) socket.destroy();
     closing.push(this.#hboneServer.close());
     this.#hboneClient.close();
     this.#certs.close();
+    // after the store, which then keeps no outcome of a request the closing issuer ends
+    closing.push(this.#identity.close());
     await Promise.all(closing);
     const removeRules = options.removeRules ?? this.config.removeRulesOnExit;
     if (this.#rules && removeRules && !this.#uninstalled) await this.#rules.remove();
@@ -515,11 +517,13 @@ export class Agent {
     }
     const closed = left.length > 0 ? this.#connections.closeFor(left) : 0;
     if (closed > 0) this.#log.info({ pods: left, connections: closed }, 'closed the connections of pods that left the mesh');
+    // Asked for now, ahead of the pods' first connections; a failure is logged and retried with backoff by the store.
     const issuing = Promise.all([...identities].map((identity) => this.#certs.get(identity)));
-    // At start-up the agent is ready only with every certificate; later, issuing a key must not hold up the next
-    // relabel or CNI ADD queued behind this reconcile.
-    if (!this.#started) await issuing;
-    else issuing.catch((err: unknown) => this.#log.warn({ err }, 'issuing a workload certificate failed; the next connection retries'));
+    // Local mode's agent starts only with every certificate: its CA is in the process, and a failure is a broken
+    // folder. In kubernetes mode the controller signs, and the agent starts and serves while it is away. Later,
+    // issuing must not hold up the next relabel or CNI ADD queued behind this reconcile.
+    if (!this.#started && this.config.kubernetes === undefined) await issuing;
+    else issuing.catch(() => undefined);
     if (synced && !this.#fullyReconciled) {
       this.#fullyReconciled = true;
       // start() says it itself when the sync came before it finished.
@@ -552,19 +556,50 @@ export class Agent {
     return this.store.podNetworks().flatMap((network) => (network.hostInterfaces === undefined ? [] : network.ips.map((ip) => ({ ip, hostInterfaces: network.hostInterfaces! }))));
   }
 
-  #registerCertMetrics(caFolder: LocalCaFolder): void {
+  /**
+   * The expiry of every certificate the agent depends on (`ambit check` and alerts read it): its workloads' leaves, each
+   * root of the trust bundle, and the signer of the leaves; and the outcome of each certificate request.
+   */
+  #registerCertMetrics(): void {
     const certs = this.#certs;
+    const identity = this.#identity;
     new Gauge({
       name: 'ambit_cert_expiration_timestamp_seconds',
-      help: 'When each certificate this agent holds expires (Unix seconds)',
-      labelNames: ['identity', 'kind'],
+      help: 'When each certificate this agent holds or trusts expires (Unix seconds): kind workload, root or issuer',
+      // a workload's identity names its one certificate; two roots of a rotation may share a trust domain
+      labelNames: ['identity', 'kind', 'fingerprint'],
       registers: [this.registry],
       collect() {
         this.reset();
-        const { ca } = caFolder;
-        this.set({ identity: trustDomainId(ca.trustDomain), kind: 'root' }, ca.notAfter.getTime() / 1000);
+        const set = (cert: X509Certificate, kind: 'root' | 'issuer') =>
+          this.set({ identity: certificateName(cert), kind, fingerprint: cert.fingerprint256 }, new Date(cert.validTo).getTime() / 1000);
+        for (const root of identity.trustBundle.roots()) set(root, 'root');
+        const signer = identity.signer();
+        if (signer !== undefined) set(signer, 'issuer');
         for (const { spiffeId, notAfter } of certs.expirations()) this.set({ identity: spiffeId, kind: 'workload' }, notAfter.getTime() / 1000);
       },
     });
+    const requests = new Counter({
+      name: 'ambit_cert_requests_total',
+      help: 'Workload certificate requests by outcome: ok, refused (by the CA), unavailable (no answer), error (anything else)',
+      labelNames: ['outcome'],
+      registers: [this.registry],
+    });
+    for (const outcome of ['ok', 'refused', 'unavailable', 'error']) requests.inc({ outcome }, 0);
+    certs.on('rotated', () => requests.inc({ outcome: 'ok' }));
+    const failed = (_spiffeId: string, err: Error) => requests.inc({ outcome: requestOutcome(err) });
+    certs.on('issue-failed', failed);
+    certs.on('renewal-failed', failed);
   }
+}
+
+/** How a root or an issuer is named in the metric: its trust domain's SPIFFE ID (`spiffe://<td>`) if it has one, else its subject. */
+function certificateName(cert: X509Certificate): string {
+  return spiffeIdFromSan(cert.subjectAltName) ?? cert.subject.split('\n').join(', ');
+}
+
+function requestOutcome(err: Error): 'refused' | 'unavailable' | 'error' {
+  if (isAmbitError(err, 'CA_REFUSED')) return 'refused';
+  if (isAmbitError(err, 'CA_UNAVAILABLE')) return 'unavailable';
+  return 'error';
 }

@@ -11,6 +11,10 @@ import { isDnsLabel } from '../core/names/index.js';
 export const DEFAULT_CONTROLLER_URL = 'https://ambit-controller.ambit-system.svc:15012';
 /** Where the DaemonSet mounts the projected token for the controller. */
 export const DEFAULT_TOKEN_FILE = '/var/run/secrets/ambit/controller/token';
+/** Where the DaemonSet mounts the trust bundle ConfigMap the controller publishes (core/identity's TrustBundleFolder). */
+export const DEFAULT_TRUST_BUNDLE_DIR = '/var/run/secrets/ambit/trust-bundle';
+/** Where the DaemonSet mounts the projected token for the controller's CA (audience ambit-ca). */
+export const DEFAULT_CA_TOKEN_FILE = '/var/run/secrets/ambit/ca-token/token';
 
 /** The agent's ports (DESIGN.md, "Ports"); each can be moved for tests that run several agents in one namespace. */
 export const DEFAULT_PORTS = Object.freeze({
@@ -63,6 +67,10 @@ export interface KubernetesSettings {
   readonly controllerIdentity: string;
   /** The projected service-account token for the controller (audience ambit-controller). */
   readonly tokenFile: string;
+  /** The mounted trust bundle ConfigMap: the roots peers and the controller chain to, and the issuer's chain. */
+  readonly trustBundleDir: string;
+  /** The projected service-account token for the controller's CA (audience ambit-ca), sent with every CSR. */
+  readonly caTokenFile: string;
   /** For the agent's own watch; undefined: the pod's service account (in-cluster). */
   readonly kubeconfig: string | undefined;
   /** In-cluster: where the service account is mounted (AMBIT_SERVICE_ACCOUNT_DIR; default the kubelet's folder). */
@@ -77,7 +85,10 @@ export interface AgentConfig {
   readonly configDir: string;
   /** Kubernetes mode's settings; undefined in local mode. */
   readonly kubernetes: KubernetesSettings | undefined;
-  /** Local mode: the folder holding the mesh CA (`ca.crt`, `ca.key`) that signs this node's workload certificates. */
+  /**
+   * Local mode: the folder holding the mesh CA (`ca.crt`, `ca.key`) that signs this node's workload certificates;
+   * '' in kubernetes mode, where the controller signs and the agent holds no CA key.
+   */
   readonly caDir: string;
   readonly trustDomain: string;
   /** The address captured traffic is DNATed to and HBONE listens on; default: the Node object's first address. */
@@ -151,8 +162,12 @@ Options (each also as an environment variable):
                          for the controller (audience ambit-controller)
   --kubeconfig FILE      kubernetes mode: for the agent's own  AMBIT_KUBECONFIG (default: in-cluster service account)
                          watch of Namespaces and this node's Pods
-  --ca-dir DIR           local-mode mesh CA folder: ca.crt,    AMBIT_CA_DIR (required)
-                         ca.key, optional trust-bundle.pem (watched)
+  --trust-bundle-dir DIR kubernetes mode: the mounted trust    AMBIT_TRUST_BUNDLE_DIR (default ${DEFAULT_TRUST_BUNDLE_DIR})
+                         bundle ConfigMap ambit-trust-bundle: trust-bundle.pem, optional issuer-chain.pem (watched)
+  --ca-token-file FILE   kubernetes mode: the projected token  AMBIT_CA_TOKEN_FILE (default ${DEFAULT_CA_TOKEN_FILE})
+                         sent with each CSR to the controller's CA (audience ambit-ca)
+  --ca-dir DIR           local mode: the mesh CA folder:       AMBIT_CA_DIR (required in local mode)
+                         ca.crt, ca.key, optional trust-bundle.pem (watched)
   --node-ip IP           node address for DNAT and HBONE       AMBIT_NODE_IP (default: from the Node object)
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address of the listeners         AMBIT_LISTEN_HOST (default 0.0.0.0)
@@ -185,8 +200,9 @@ Options (each also as an environment variable):
   --cleanup              remove Ambit's rules and ipsets (after a crash, or to uninstall) and exit
   -h, --help             show this help
 
-Local mode puts the mesh CA's private key (--ca-dir/ca.key) on every node: whoever can read it on any node can
-mint any identity of the mesh. That stays so until the controller signs for the agents instead. The agent
+In kubernetes mode no node holds a CA key: the agent sends a CSR for each of its pods' identities to the
+controller, which signs it once the token and the node check out. Local mode puts the mesh CA's private key
+(--ca-dir/ca.key) on every node: whoever can read it on any node can mint any identity of the mesh; the agent
 refuses a ca.key that group or others can read or write (chmod 600 it).
 
 Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad usage or configuration.
@@ -215,6 +231,8 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     'controller-identity': { type: 'string' },
     'token-file': { type: 'string' },
     kubeconfig: { type: 'string' },
+    'trust-bundle-dir': { type: 'string' },
+    'ca-token-file': { type: 'string' },
     'ca-dir': { type: 'string' },
     'node-ip': { type: 'string' },
     'trust-domain': { type: 'string' },
@@ -262,12 +280,18 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
   if (!AGENT_MODES.includes(mode)) throw usageError(`--mode ${mode} is not one of ${AGENT_MODES.join(', ')}`);
   const configDir = values.config ?? env.AMBIT_CONFIG_DIR ?? '';
   const caDir = values['ca-dir'] ?? env.AMBIT_CA_DIR;
+  const trustBundleDir = values['trust-bundle-dir'] ?? env.AMBIT_TRUST_BUNDLE_DIR;
+  const caTokenFile = values['ca-token-file'] ?? env.AMBIT_CA_TOKEN_FILE;
   if (!nodeName) throw usageError('--node (or AMBIT_NODE_NAME) is required');
   if (mode === 'local' && !configDir) throw usageError('--config (or AMBIT_CONFIG_DIR) is required in local mode');
   if (mode === 'kubernetes' && configDir) throw usageError('--config is for local mode; in kubernetes mode the cluster comes from the controller');
   // the Node object arrives with the controller's first snapshot, and the rules must be in place before it does
   if (mode === 'kubernetes' && nodeIp === undefined) throw usageError('--node-ip (or AMBIT_NODE_IP, the downward API\'s status.hostIP) is required in kubernetes mode');
-  if (!caDir) throw usageError('--ca-dir (or AMBIT_CA_DIR) is required');
+  // A removed option fails with its migration, never silently: a DaemonSet that still mounts the key is told to stop.
+  if (mode === 'kubernetes' && caDir) throw usageError('in kubernetes mode agents hold no CA key; the controller signs (remove --ca-dir, or AMBIT_CA_DIR)');
+  if (mode === 'local' && !caDir) throw usageError('--ca-dir (or AMBIT_CA_DIR) is required in local mode');
+  if (mode === 'local' && trustBundleDir !== undefined) throw usageError('--trust-bundle-dir is for kubernetes mode; in local mode the trust bundle is in --ca-dir');
+  if (mode === 'local' && caTokenFile !== undefined) throw usageError('--ca-token-file is for kubernetes mode; in local mode the agent signs with --ca-dir');
   const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';
   if (net.isIP(listenHost) === 0) throw usageError(`--listen-host ${listenHost} is not an IP address`);
   const offsetText = values['port-offset'] ?? env.AMBIT_PORT_OFFSET ?? '0';
@@ -332,7 +356,11 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
     if (identityDomain !== trustDomain) throw usageError(`--controller-identity ${controllerIdentity} is not of the trust domain ${trustDomain}`);
     const tokenFile = values['token-file'] ?? env.AMBIT_TOKEN_FILE ?? DEFAULT_TOKEN_FILE;
     if (!tokenFile.startsWith('/')) throw usageError(`--token-file ${tokenFile} is not an absolute path`);
-    kubernetes = Object.freeze({ controllerUrl: url.origin, controllerIdentity, tokenFile,
+    const bundleDir = trustBundleDir ?? DEFAULT_TRUST_BUNDLE_DIR;
+    if (!bundleDir.startsWith('/')) throw usageError(`--trust-bundle-dir ${bundleDir} is not an absolute path`);
+    const caToken = caTokenFile ?? DEFAULT_CA_TOKEN_FILE;
+    if (!caToken.startsWith('/')) throw usageError(`--ca-token-file ${caToken} is not an absolute path`);
+    kubernetes = Object.freeze({ controllerUrl: url.origin, controllerIdentity, tokenFile, trustBundleDir: bundleDir, caTokenFile: caToken,
       kubeconfig: values.kubeconfig ?? env.AMBIT_KUBECONFIG,
       serviceAccountDir: env.AMBIT_SERVICE_ACCOUNT_DIR || undefined,
     });
@@ -346,7 +374,7 @@ export function loadAgentConfig(env: NodeJS.ProcessEnv, argv: string[]): AgentCo
       mode,
       configDir,
       kubernetes,
-      caDir,
+      caDir: caDir ?? '',
       trustDomain,
       nodeIp,
       listenHost,

@@ -55,6 +55,8 @@ export type CertStoreEvents = {
   rotated: [spiffeId: string, cert: WorkloadCertificate];
   /** A renewal failed; the previous certificate stays in use until it expires, and the next try is in `retryInMs`. */
   'renewal-failed': [spiffeId: string, err: Error, retryInMs: number];
+  /** An identity without a certificate did not get one; the next try is in `retryInMs`, or at the next get(). */
+  'issue-failed': [spiffeId: string, err: Error, retryInMs: number];
 };
 
 // setTimeout fires at once when given more than 2^31-1 ms (about 24.8 days); a long-lived certificate is then
@@ -66,7 +68,12 @@ interface IdentityEntry {
   inflight?: Promise<WorkloadCertificate>;
   /** Cancels the pending renewal or retry. */
   cancelTimer?: () => void;
-  /** Failed renewals since the last certificate, and the delay before the next try. */
+  /**
+   * The key and CSR of the last request that brought no certificate, asked with again: a key takes a good part of a
+   * second to make, and while the issuer is away every identity of the node retries.
+   */
+  unanswered?: { keyPem: string; csrPem: string };
+  /** Failed requests since the last certificate (or since the first request), and the delay before the next try. */
   failures: number;
   readonly backoff: Backoff;
 }
@@ -74,7 +81,9 @@ interface IdentityEntry {
 /**
  * The certificates of the identities this process acts for. Each is issued on first use from a key made here,
  * renewed at half its remaining life, and on failure retried with exponential backoff while the old certificate
- * keeps serving until it expires.
+ * keeps serving until it expires. A first issuance that fails is retried with the same backoff, so that an identity
+ * asked for ahead of its first connection (the agent asks when the pod is scheduled) has its certificate by then even
+ * if the issuer was away; a get() meanwhile asks at once.
  */
 export class CertStore extends EventEmitter<CertStoreEvents> {
   readonly #issuer: CertIssuer;
@@ -168,7 +177,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
   }
 
   #issue(spiffeId: string, entry: IdentityEntry): Promise<WorkloadCertificate> {
-    const inflight = this.#requestCertificate(spiffeId).then(
+    const inflight = this.#requestCertificate(spiffeId, entry).then(
       (cert) => {
         entry.inflight = undefined;
         if (this.#entries.get(spiffeId) === entry) this.#install(spiffeId, entry, cert);
@@ -177,10 +186,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
       (err: unknown) => {
         entry.inflight = undefined;
         const error = err instanceof Error ? err : new Error(String(err));
-        if (this.#entries.get(spiffeId) === entry) {
-          if (entry.cert === undefined) this.#entries.delete(spiffeId);
-          else this.#scheduleRetry(spiffeId, entry, error);
-        }
+        if (this.#entries.get(spiffeId) === entry) this.#scheduleRetry(spiffeId, entry, error);
         throw error;
       },
     );
@@ -188,8 +194,9 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     return inflight;
   }
 
-  async #requestCertificate(spiffeId: string): Promise<WorkloadCertificate> {
-    const { keyPem, csrPem } = await generateKeyAndCsr(spiffeId);
+  async #requestCertificate(spiffeId: string, entry: IdentityEntry): Promise<WorkloadCertificate> {
+    entry.unanswered ??= await generateKeyAndCsr(spiffeId);
+    const { keyPem, csrPem } = entry.unanswered;
     const { certChainPem } = await this.#issuer.sign(csrPem, spiffeId);
     return this.#checkIssued(spiffeId, keyPem, certChainPem);
   }
@@ -224,6 +231,7 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
 
   #install(spiffeId: string, entry: IdentityEntry, cert: WorkloadCertificate): void {
     entry.cert = cert;
+    entry.unanswered = undefined;
     entry.failures = 0;
     // forgotten at the next failure: a certificate in hand ends the failing spell
     entry.backoff.healthy(this.#now());
@@ -240,10 +248,13 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     // equal jitter (core/timer): nodes that failed together spread out, and each delay is at least the previous one
     const retryInMs = entry.backoff.failed(this.#now());
     this.#schedule(spiffeId, entry, retryInMs);
-    this.#log.warn(
-      { spiffeId, err, failures: entry.failures, retryInMs: Math.round(retryInMs), notAfter: entry.cert?.notAfter.toISOString() },
-      'certificate renewal failed; the current certificate stays in use until it expires',
-    );
+    const facts = { spiffeId, err, failures: entry.failures, retryInMs: Math.round(retryInMs) };
+    if (entry.cert === undefined) {
+      this.#log.warn(facts, 'issuing a certificate failed; the identity has none, and its connections fail, until a retry succeeds');
+      this.emit('issue-failed', spiffeId, err, retryInMs);
+      return;
+    }
+    this.#log.warn({ ...facts, notAfter: entry.cert.notAfter.toISOString() }, 'certificate renewal failed; the current certificate stays in use until it expires');
     this.emit('renewal-failed', spiffeId, err, retryInMs);
   }
 

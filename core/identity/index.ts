@@ -12,6 +12,7 @@ export {
 } from './spiffe.js';
 export {
   CertificateAuthority,
+  csrIdentity,
   CA_CERT_FILE,
   CA_KEY_FILE,
   CLOCK_SKEW_ALLOWANCE_MS,
@@ -34,3 +35,18 @@ export {
 export type { SetTimer } from '../timer/index.js';
 export { LocalCaFolder, TRUST_BUNDLE_FILE, type LocalCaFolderEvents, type LocalCaFolderOptions } from './local-ca.js';
 export { parseTrustBundle, TrustBundle, type TrustBundleEvents } from './trust-bundle.js';
+export {
+  CA_MAX_REQUEST_BYTES,
+  CA_MAX_RESPONSE_BYTES,
+  CA_PATH,
+  CA_SECRET_KEYS,
+  CA_SECRET_NAME,
+  CA_TOKEN_AUDIENCE,
+  TRUST_BUNDLE_CONFIGMAP_NAME,
+  TRUST_BUNDLE_KEYS,
+  type CaRefusal,
+  type CaSignRequest,
+  type CaSignResponse,
+} from './ca-protocol.js';
+export { CaRefusedError, DEFAULT_CA_TIMEOUT_MS, RemoteCaIssuer, type CaTrustSource, type RemoteCaIssuerOptions } from './ca-client.js';
+export { TrustBundleFolder, type TrustBundleFolderEvents, type TrustBundleFolderOptions } from './bundle-folder.js';

@@ -3,10 +3,10 @@ import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AmbitError, errnoCode } from '../errors/index.js';
-import { watchFolder, type FolderWatch } from '../fs/index.js';
 import type { Logger } from '../log/index.js';
 import { CA_CERT_FILE, CertificateAuthority } from './ca.js';
 import type { CertIssuer } from './cert-store.js';
+import { FolderReload } from './folder-reload.js';
 import { parseTrustBundle, TrustBundle } from './trust-bundle.js';
 
 /** In `--ca-dir`, beside the signer: every root peers may chain to. Optional; without it the bundle is `ca.crt`. */
@@ -41,9 +41,7 @@ export class LocalCaFolder extends EventEmitter<LocalCaFolderEvents> implements 
   readonly trustBundle: TrustBundle;
   readonly #options: LocalCaFolderOptions;
   #ca: CertificateAuthority;
-  #watch: FolderWatch | undefined;
-  #reloading: Promise<void> | undefined;
-  #reloadAgain = false;
+  #reload: FolderReload | undefined;
 
   private constructor(options: LocalCaFolderOptions, state: FolderState) {
     super();
@@ -59,9 +57,10 @@ export class LocalCaFolder extends EventEmitter<LocalCaFolderEvents> implements 
     if (!folder.trustBundle.includes(state.ca.rootPem)) {
       throw new AmbitError('CA_NOT_TRUSTED', `${path.join(options.dir, CA_CERT_FILE)} is not in ${state.bundleSource}; add the signer's root to the bundle, or peers refuse this node's certificates`);
     }
-    folder.#watch = watchFolder(options.dir, () => void folder.#reload(), options.log);
+    // A listener of 'change' or 'signer' that throws must not stop the watch, nor go unreported.
+    folder.#reload = new FolderReload({ dir: options.dir, load: () => folder.#loadOnce(), log: options.log, failure: 'applying the CA folder failed' });
     // A write that landed between the first read and the watch would otherwise wait for the next one.
-    await folder.#reload();
+    await folder.#reload.reload();
     return folder;
   }
 
@@ -77,27 +76,7 @@ export class LocalCaFolder extends EventEmitter<LocalCaFolderEvents> implements 
 
   /** Stops watching; resolves once a reload in flight has finished. */
   async close(): Promise<void> {
-    this.#watch?.close();
-    this.#watch = undefined;
-    await this.#reloading;
-  }
-
-  /** One reload at a time; a change seen during a reload earns exactly one more. */
-  #reload(): Promise<void> {
-    if (this.#reloading !== undefined) {
-      this.#reloadAgain = true;
-      return this.#reloading;
-    }
-    this.#reloading = (async () => {
-      do {
-        this.#reloadAgain = false;
-        // A listener of 'change' or 'signer' that throws must not stop the watch, nor go unreported.
-        await this.#loadOnce().catch((err: unknown) => this.#options.log.error({ err }, 'applying the CA folder failed'));
-      } while (this.#reloadAgain && this.#watch !== undefined);
-    })().finally(() => {
-      this.#reloading = undefined;
-    });
-    return this.#reloading;
+    await this.#reload?.close();
   }
 
   async #loadOnce(): Promise<void> {
