@@ -23,8 +23,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
-import { CertificateAuthority } from '../core/identity/index.js';
-import { ApiServer, boundServiceAccountUser, CLI_PATH, MESH_CUSTOM_RESOURCES, metricValue, registerForExit, releaseFromExit, stopProcess, type JsonObject } from '../testbed/index.js';
+import { CA_TOKEN_AUDIENCE, CertificateAuthority, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
+import { ApiServer, boundServiceAccountUser, CLI_PATH, MESH_CUSTOM_RESOURCES, meshCaSecret, metricValue, registerForExit, releaseFromExit, stopProcess, type JsonObject } from '../testbed/index.js';
 import { policyObjects } from './policy-load.js';
 import type { SimulatedAgentsMessage, SimulatedDelta } from './scale-agents.js';
 import { clusterShape, namespaceObject, namespaceOfService, nodeObject, podObject, serviceObject, type ClusterShape } from './scale-objects.js';
@@ -392,19 +392,12 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
   const processes: Tracked[] = [];
   try {
     for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
-    const agentUser = boundServiceAccountUser({ ...AGENT_USER, podName: 'ambit-agent-0', podUid: 'agent-0', nodeName: 'node-0' });
     api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
-    api.addToken('agent-api-token', agentUser);
-    api.addToken('agent-stream-token', { ...agentUser, audiences: ['ambit-controller'] });
-    api.addToken('simulated-stream-token', { ...boundServiceAccountUser({ ...AGENT_USER, podName: 'ambit-agent-sim', podUid: 'agent-sim', nodeName: 'node-1' }), audiences: ['ambit-controller'] });
     const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-    await ca.save(path.join(dir, 'ca'));
-    const { keyPem, certPem } = await ca.issueKeyAndCert('spiffe://cluster.local/ns/ambit-system/sa/ambit-controller');
-    await writeFile(path.join(dir, 'tls.key'), keyPem, { mode: 0o600 });
-    await writeFile(path.join(dir, 'tls.crt'), certPem);
     await writeFile(path.join(dir, 'root.pem'), ca.rootPem);
-    await writeFile(path.join(dir, 'token'), 'agent-stream-token');
-    await writeFile(path.join(dir, 'simulated-token'), 'simulated-stream-token');
+    // the trust bundle as the agent mounts it, and the CA Secret the controller signs with
+    await mkdir(path.join(dir, 'trust-bundle'), { recursive: true });
+    await writeFile(path.join(dir, 'trust-bundle', TRUST_BUNDLE_KEYS.roots), ca.rootPem);
     // both run as in a pod (the service account's token and CA mounted, the API server's address in the
     // environment), which is what their memory is measured for: a kubeconfig would load client-node (64 MB)
     const serviceAccount = async (name: string, token: string) => {
@@ -415,12 +408,27 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
       const url = new URL(api.url);
       return { AMBIT_SERVICE_ACCOUNT_DIR: sa, KUBERNETES_SERVICE_HOST: url.hostname, KUBERNETES_SERVICE_PORT: url.port };
     };
-    const controllerEnv = await serviceAccount('controller-sa', 'controller-token');
-    const agentEnv = await serviceAccount('agent-sa', 'agent-api-token');
 
     const shape = clusterShape(pods, simulatedAgents + 1);
     const filling = Date.now();
     const live = populate(api, shape);
+    api.objects('v1', 'secrets').create(meshCaSecret(ca));
+    // the agent's own pod, which its bound tokens name: the CA signs its node's identities only for a pod it knows
+    const agentPod = api.objects('v1', 'pods').create({
+      metadata: { name: 'ambit-agent-0', namespace: 'ambit-system' },
+      spec: { nodeName: 'node-0', serviceAccountName: 'ambit-agent', hostNetwork: true, containers: [{ name: 'agent' }] },
+      status: { phase: 'Running' },
+    });
+    const agentUser = boundServiceAccountUser({ ...AGENT_USER, podName: 'ambit-agent-0', podUid: String((agentPod.metadata as { uid: string }).uid), nodeName: 'node-0' });
+    api.addToken('agent-api-token', agentUser);
+    api.addToken('agent-stream-token', { ...agentUser, audiences: ['ambit-controller'] });
+    api.addToken('agent-ca-token', { ...agentUser, audiences: [CA_TOKEN_AUDIENCE] });
+    api.addToken('simulated-stream-token', { ...boundServiceAccountUser({ ...AGENT_USER, podName: 'ambit-agent-sim', podUid: 'agent-sim', nodeName: 'node-1' }), audiences: ['ambit-controller'] });
+    await writeFile(path.join(dir, 'ca-token'), 'agent-ca-token');
+    await writeFile(path.join(dir, 'token'), 'agent-stream-token');
+    await writeFile(path.join(dir, 'simulated-token'), 'simulated-stream-token');
+    const controllerEnv = await serviceAccount('controller-sa', 'controller-token');
+    const agentEnv = await serviceAccount('agent-sa', 'agent-api-token');
     const podBytes = JSON.stringify(api.objects('v1', 'pods').get(live.values().next().value?.name ?? '', namespaceOfService(0)) ?? {}).length;
     say(`  ${pods} pods (${podBytes} bytes of JSON each), ${shape.services} Services, ${shape.nodes} nodes, ${POLICIES} policies in the double (${Date.now() - filling} ms)`);
 
@@ -438,7 +446,7 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
         [
           ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `controller-${pods}.cpuprofile`] : []),
           ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
-          CLI_PATH, 'controller', '--tls-dir', dir, '--listen-host', '127.0.0.1',
+          CLI_PATH, 'controller', '--pod-name', 'controller-0', '--listen-host', '127.0.0.1',
           '--port', String(ports.stream), '--metrics-port', String(ports.metrics), '--readiness-port', String(ports.readiness), '--log-level', 'info',
         ],
         { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...controllerEnv } },
@@ -465,7 +473,7 @@ async function runSize(pods: number, options: RunOptions): Promise<ScaleResult> 
           ...(cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `agent-${pods}.cpuprofile`] : []),
           ...(heapSnapshot ? HEAP_SNAPSHOT_FLAGS(profileDir) : []),
           CLI_PATH, 'agent', '--node', 'node-0', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${ports.stream}`,
-          '--token-file', path.join(dir, 'token'), '--ca-dir', path.join(dir, 'ca'),
+          '--token-file', path.join(dir, 'token'), '--ca-token-file', path.join(dir, 'ca-token'), '--trust-bundle-dir', path.join(dir, 'trust-bundle'),
           '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1', '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
           '--run-dir', path.join(dir, 'run'), '--state-dir', path.join(dir, 'state'), '--log-level', 'debug',
         ],

@@ -50,7 +50,9 @@ t.test('where connections to pods come from: transparent unless asked otherwise'
 
 t.test('bad input is a usage error that names the flag', async (t) => {
   const cases: Array<[string[], RegExp]> = [
-    [['--node', 'n1', '--config', '/c'], /--ca-dir/],
+    [['--node', 'n1', '--config', '/c'], /--ca-dir \(or AMBIT_CA_DIR\) is required in local mode/],
+    [[...required, '--trust-bundle-dir', '/tb'], /--trust-bundle-dir is for kubernetes mode/],
+    [[...required, '--ca-token-file', '/t'], /--ca-token-file is for kubernetes mode/],
     [['--config', '/c', '--ca-dir', '/ca'], /--node/],
     [[...required, '--bogus'], /bogus/],
     [[...required, '--node-ip', 'not-an-ip'], /--node-ip not-an-ip/],
@@ -74,21 +76,31 @@ t.test('bad input is a usage error that names the flag', async (t) => {
 });
 
 t.test('kubernetes mode: the controller, its identity and the token; no config folder, and the node IP given', async (t) => {
-  const k8s = ['--node', 'node1', '--mode', 'kubernetes', '--ca-dir', '/ca', '--node-ip', '10.0.0.5'];
+  const k8s = ['--node', 'node1', '--mode', 'kubernetes', '--node-ip', '10.0.0.5'];
   const config = loadAgentConfig({}, k8s).config!;
   t.match(config, {
     mode: 'kubernetes',
+    caDir: '',
     kubernetes: {
       controllerUrl: 'https://ambit-controller.ambit-system.svc:15012',
       controllerIdentity: 'spiffe://cluster.local/ns/ambit-system/sa/ambit-controller',
       tokenFile: '/var/run/secrets/ambit/controller/token',
+      trustBundleDir: '/var/run/secrets/ambit/trust-bundle',
+      caTokenFile: '/var/run/secrets/ambit/ca-token/token',
       kubeconfig: undefined,
     },
   });
+  t.ok(Object.isFrozen(config.kubernetes), 'the kubernetes settings are frozen');
+  t.match(loadAgentConfig({}, [...k8s, '--trust-bundle-dir', '/tb', '--ca-token-file', '/ct/token']).config!.kubernetes, { trustBundleDir: '/tb', caTokenFile: '/ct/token' }, 'from flags');
+  t.match(loadAgentConfig({ AMBIT_TRUST_BUNDLE_DIR: '/etb', AMBIT_CA_TOKEN_FILE: '/ect' }, k8s).config!.kubernetes, { trustBundleDir: '/etb', caTokenFile: '/ect' }, 'from the environment');
+  t.match(loadAgentConfig({ AMBIT_TRUST_BUNDLE_DIR: '/etb' }, [...k8s, '--trust-bundle-dir', '/ftb']).config!.kubernetes, { trustBundleDir: '/ftb' }, 'the flag wins');
   t.equal(loadAgentConfig({}, [...k8s, '--trust-domain', 'example.org', '--root-namespace', 'mesh']).config!.kubernetes?.controllerIdentity, 'spiffe://example.org/ns/mesh/sa/ambit-controller', 'the identity follows the trust domain and root namespace');
   t.equal(loadAgentConfig({}, required).config!.kubernetes, undefined, 'local mode has no kubernetes settings');
   const cases: Array<[string[], RegExp]> = [
-    [['--node', 'node1', '--mode', 'kubernetes', '--ca-dir', '/ca'], /--node-ip .* is required in kubernetes mode/],
+    [['--node', 'node1', '--mode', 'kubernetes'], /--node-ip .* is required in kubernetes mode/],
+    [[...k8s, '--ca-dir', '/ca'], /in kubernetes mode agents hold no CA key; the controller signs \(remove --ca-dir/],
+    [[...k8s, '--trust-bundle-dir', 'bundle'], /--trust-bundle-dir bundle is not an absolute path/],
+    [[...k8s, '--ca-token-file', 'token'], /--ca-token-file token is not an absolute path/],
     [[...k8s, '--config', '/cluster'], /--config is for local mode/],
     [[...k8s, '--controller', 'http://ctl:15012'], /must be https:\/\/host:port/],
     [[...k8s, '--controller', 'https://ctl:15012/path'], /must be https:\/\/host:port/],
@@ -99,6 +111,7 @@ t.test('kubernetes mode: the controller, its identity and the token; no config f
     [[...k8s, '--mode', 'cloud'], /--mode cloud is not one of local, kubernetes/],
   ];
   for (const [argv, message] of cases) t.throws(() => loadAgentConfig({}, argv), { code: 'USAGE', message }, argv.join(' '));
+  t.throws(() => loadAgentConfig({ AMBIT_CA_DIR: '/ca' }, k8s), { code: 'USAGE', message: /agents hold no CA key.*AMBIT_CA_DIR/ }, 'a CA folder from the environment too');
 });
 
 t.test('--help and --cleanup need no other flags', async (t) => {

@@ -3,7 +3,7 @@
  * cluster, and its own watch of Namespaces and this node's Pods goes to the double directly. It serves before the
  * controller answers, and is ready on the first snapshot.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
@@ -11,7 +11,7 @@ import { Agent, AGENT_STARTED_LOG, loadAgentConfig } from '../agent/index.js';
 import { Controller, loadControllerConfig } from '../controller/index.js';
 import { CertificateAuthority } from '../core/identity/index.js';
 import { createLogger } from '../core/log/index.js';
-import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES } from '../testbed/index.js';
+import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES, meshCaSecret } from '../testbed/index.js';
 import { LogCapture } from './mesh/loopback.js';
 
 const pod = (name: string, ip: string, node = 'node1') => ({
@@ -25,17 +25,26 @@ const pod = (name: string, ip: string, node = 'node1') => ({
 t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch sees this node\'s pods without it', async (t) => {
   const api = await ApiServer.start();
   for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
-  const agentUser = boundServiceAccountUser({ namespace: 'ambit-system', serviceAccount: 'ambit-agent', podName: 'ambit-agent-1', podUid: 'u1', nodeName: 'node1' });
+  api.objects('v1', 'namespaces').create({ metadata: { name: 'ambit-system' } });
+  const agentPod = api.objects('v1', 'pods').create({
+    metadata: { name: 'ambit-agent-1', namespace: 'ambit-system' },
+    spec: { nodeName: 'node1', serviceAccountName: 'ambit-agent', hostNetwork: true, containers: [{ name: 'agent' }] },
+    status: { phase: 'Running' },
+  });
+  const podUid = String((agentPod.metadata as { uid: string }).uid);
+  const agentUser = boundServiceAccountUser({ namespace: 'ambit-system', serviceAccount: 'ambit-agent', podName: 'ambit-agent-1', podUid, nodeName: 'node1' });
   api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
   api.addToken('agent-api-token', agentUser);
   api.addToken('agent-stream-token', { ...agentUser, audiences: ['ambit-controller'] });
+  api.addToken('agent-ca-token', { ...agentUser, audiences: ['ambit-ca'] });
   const dir = await mkdtemp(path.join(tmpdir(), 'ambit-agent-k8s-'));
+  // the mesh's root as an operator brings it, and the trust bundle as the agent mounts it (no CA key on the node)
   const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-  await ca.save(path.join(dir, 'ca'));
-  const { keyPem, certPem } = await ca.issueKeyAndCert('spiffe://cluster.local/ns/ambit-system/sa/ambit-controller');
-  await writeFile(path.join(dir, 'tls.key'), keyPem, { mode: 0o600 });
-  await writeFile(path.join(dir, 'tls.crt'), certPem);
+  api.objects('v1', 'secrets').create(meshCaSecret(ca));
+  await mkdir(path.join(dir, 'trust-bundle'));
+  await writeFile(path.join(dir, 'trust-bundle', 'trust-bundle.pem'), ca.rootPem);
   await writeFile(path.join(dir, 'token'), 'agent-stream-token');
+  await writeFile(path.join(dir, 'ca-token'), 'agent-ca-token');
   await api.writeKubeconfig(path.join(dir, 'controller.kubeconfig'), 'controller-token');
   await api.writeKubeconfig(path.join(dir, 'agent.kubeconfig'), 'agent-api-token');
   api.objects('v1', 'namespaces').create({ metadata: { name: 'shop', labels: { 'ambit.dev/mode': 'enabled' } } });
@@ -43,14 +52,15 @@ t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch 
   api.objects('v1', 'pods').create(pod('a', '10.1.0.2'));
   api.objects('v1', 'pods').create(pod('elsewhere', '10.1.9.9', 'node2'));
 
-  const { config: controllerConfig } = loadControllerConfig({}, ['--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--tls-dir', dir, '--listen-host', '127.0.0.1', '--log-level', 'silent']);
+  const { config: controllerConfig } = loadControllerConfig({}, ['--kubeconfig', path.join(dir, 'controller.kubeconfig'), '--listen-host', '127.0.0.1', '--log-level', 'silent']);
   // the agent starts first, with the controller's port reserved: it must serve, unready, while the controller is away
   const controllerPort = 20000 + Math.floor(Math.random() * 20000);
   const offset = 30000 + Math.floor(Math.random() * 200) * 10;
   const logs = new LogCapture();
   const { config } = loadAgentConfig({}, [
     '--node', 'node1', '--mode', 'kubernetes', '--controller', `https://127.0.0.1:${controllerPort}`, '--token-file', path.join(dir, 'token'),
-    '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--ca-dir', path.join(dir, 'ca'), '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1',
+    '--kubeconfig', path.join(dir, 'agent.kubeconfig'), '--trust-bundle-dir', path.join(dir, 'trust-bundle'), '--ca-token-file', path.join(dir, 'ca-token'),
+    '--node-ip', '127.0.0.1', '--listen-host', '127.0.0.1',
     '--port-offset', String(offset), '--no-rules', '--upstream-source', 'node',
   ]);
   const agent = await Agent.start(config!, { log: createLogger({ level: 'debug', destination: logs }) });
@@ -79,4 +89,7 @@ t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch 
   await logs.waitFor((r) => r.msg === AGENT_STARTED_LOG.ready, 30_000);
   t.equal(agent.ready, true, 'ready once the controller\'s snapshot is applied');
   t.equal(agent.store.workloadByIp('10.1.9.9')?.node, 'node2', 'and now it knows the other node\'s pod, from the controller');
+  const issued = await logs.waitFor((r) => r.msg === 'certificate rotated' && r.spiffeId === 'spiffe://cluster.local/ns/shop/sa/a', 30_000);
+  t.ok(issued, "its pod's certificate comes from the controller's CA, which it retried while the controller was away");
+  t.notOk(logs.find((r) => r.msg === 'certificate rotated' && r.spiffeId === 'spiffe://cluster.local/ns/shop/sa/elsewhere'), 'and it asks for no identity of another node');
 });

@@ -33,7 +33,7 @@ t.test('it writes the credentials, serves kubectl with them, and stops on SIGTER
   const { url } = await serving;
   t.match(url, /^https:\/\/127\.0\.0\.1:\d+$/);
   const cluster = path.join(dir, 'cluster');
-  for (const file of ['kubeconfig', 'controller/kubeconfig', 'controller/tls.key', 'agent/kubeconfig', 'agent/token', 'ca/ca.key']) {
+  for (const file of ['kubeconfig', 'controller/kubeconfig', 'agent/kubeconfig', 'agent/token', 'agent/ca-token']) {
     t.equal((await stat(path.join(cluster, file))).mode & 0o077, 0, `${file}: readable by its owner only`);
   }
   const kubectl = (kubeconfig: string, ...args: string[]) => run('kubectl', ['--kubeconfig', kubeconfig, '--cache-dir', path.join(dir, `cache-${Math.random()}`), ...args]);

@@ -6,7 +6,7 @@ import t from 'tap';
 import { cachedAuthenticator, tokenReviewer } from '../controller/token-review.js';
 import type { TokenVerdict } from '../controller/stream-server.js';
 import { KubeApi, loadKubeConfig } from '../core/k8s/index.js';
-import { ApiServer, boundServiceAccountUser } from '../testbed/index.js';
+import { ApiServer, boundServiceAccountUser, NODE_NAME_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA } from '../testbed/index.js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -26,7 +26,11 @@ t.test('a TokenReview: the audience must be ours; an API server that cannot answ
   api.addToken('api-token', boundServiceAccountUser(user));
   await api.writeKubeconfig(path.join(dir, 'kubeconfig'), 'controller-token');
   const review = tokenReviewer(new KubeApi(await loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') })), 'ambit-controller');
-  t.same(await review('stream-token'), { authenticated: true, username: AGENT });
+  t.same(
+    await review('stream-token'),
+    { authenticated: true, username: AGENT, extra: { [POD_NAME_EXTRA]: ['p'], [POD_UID_EXTRA]: ['u'], [NODE_NAME_EXTRA]: ['node1'] } },
+    "the user, with the bound token's claims: the CA's node authorization reads the node from them",
+  );
   t.match(await review('api-token'), { authenticated: false, reason: /audience/ }, 'a token for the API server proves nothing here');
   t.match(await review('forged'), { authenticated: false });
   await api.stop();

@@ -12,7 +12,7 @@ import { ControllerStream } from '../agent/controller-stream.js';
 import { Controller, loadControllerConfig, type ControllerDependencies } from '../controller/index.js';
 import { createLogger } from '../core/log/index.js';
 import { createRegistry } from '../core/metrics/index.js';
-import { metricValue } from '../testbed/index.js';
+import { meshCaSecret, metricValue } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { LogCapture } from './mesh/loopback.js';
 import { WorkloadStore } from '../core/discovery/index.js';
@@ -51,9 +51,8 @@ async function rig(t: Test, deps: ControllerDependencies = {}) {
   const kubeconfig = path.join(dir, 'kubeconfig');
   await api.writeKubeconfig(kubeconfig, 'controller-token');
   const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-  const { keyPem, certPem } = await ca.issueKeyAndCert(CONTROLLER_ID);
-  await writeFile(path.join(dir, 'tls.key'), keyPem, { mode: 0o600 });
-  await writeFile(path.join(dir, 'tls.crt'), certPem);
+  api.objects('v1', 'namespaces').create({ metadata: { name: 'ambit-system' } });
+  api.objects('v1', 'secrets').create(meshCaSecret(ca));
   await writeFile(path.join(dir, 'token'), 'agent-token');
   await writeFile(path.join(dir, 'wrong-audience-token'), 'agent-apiserver-token');
   await writeFile(path.join(dir, 'token-2'), 'agent-token-2');
@@ -62,7 +61,7 @@ async function rig(t: Test, deps: ControllerDependencies = {}) {
   api.objects('v1', 'pods').create(pod('a', '10.1.0.2'));
   api.objects('v1', 'services').create({ metadata: { name: 'web', namespace: 'shop' }, spec: { selector: { app: 'web' }, clusterIP: '10.96.0.10', ports: [{ port: 80, targetPort: 8080 }] } });
 
-  const { config } = loadControllerConfig({}, ['--kubeconfig', kubeconfig, '--tls-dir', dir, '--listen-host', '127.0.0.1', '--log-level', 'silent']);
+  const { config } = loadControllerConfig({}, ['--kubeconfig', kubeconfig, '--listen-host', '127.0.0.1', '--log-level', 'silent']);
   const controller = await Controller.start({ ...config!, ports: { stream: 0, metrics: 0, readiness: 0 } }, deps);
   const agent = (tokenFile = path.join(dir, 'token')) => {
     const store = new WorkloadStore({ nodeName: 'node1' });

@@ -3,6 +3,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { isAmbitError } from '../core/errors/errors.js';
 import { CertificateAuthority, CertStore, localIssuer, type CertIssuer, type WorkloadCertificate } from '../core/identity/index.js';
+import { createLogger } from '../core/log/index.js';
 import { FakeTime } from './mesh/fake-time.js';
 
 const ID = 'spiffe://cluster.local/ns/team-a/sa/api';
@@ -84,20 +85,101 @@ t.test('concurrent get() calls share one issuance', async (t) => {
   t.same(store.expirations(), [{ spiffeId: ID, notAfter: a.notAfter }], 'nor its certificate');
 });
 
-t.test('a failed first issuance rejects and keeps nothing', async (t) => {
-  const issuer = counting({
-    async sign() {
-      throw new Error('controller unreachable');
+/** An issuer that fails while `failing` is set, then signs with the store's clock; it keeps each CSR it was sent. */
+function flakyIssuer(now: () => number): CertIssuer & { failing: boolean; csrs: string[] } {
+  const issuer = {
+    failing: true,
+    csrs: [] as string[],
+    async sign(csrPem: string, spiffeId: string) {
+      issuer.csrs.push(csrPem);
+      if (issuer.failing) throw new Error(`controller unreachable (call ${issuer.csrs.length})`);
+      return clockIssuer(now, 3600_000).sign(csrPem, spiffeId);
     },
-  });
+  };
+  return issuer;
+}
+
+t.test('a failed first issuance keeps the identity and is retried with backoff, without a caller', async (t) => {
   const time = new FakeTime();
+  const issuer = flakyIssuer(time.now);
+  const lines: Array<Record<string, unknown>> = [];
+  const log = createLogger({ level: 'warn', destination: { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) } });
+  const store = new CertStore({ issuer, log, backoff: { initialMs: 40, maxMs: 160 }, now: time.now, setTimer: time.setTimer });
+  t.teardown(() => store.close());
+  const failures: Array<[string, Error, number]> = [];
+  store.on('issue-failed', (spiffeId, err, retryInMs) => failures.push([spiffeId, err, retryInMs]));
+  store.on('renewal-failed', () => t.fail('no renewal: there is no certificate to renew'));
+
+  await t.rejects(store.get(ID), /controller unreachable \(call 1\)/, 'the caller hears of the failure');
+  t.same(store.identities(), [ID], 'the identity is kept');
+  t.same(store.expirations(), [], 'without a certificate');
+  t.equal(failures.length, 1, 'issue-failed is emitted');
+  const [spiffeId, err, firstRetry] = failures[0]!;
+  t.equal(spiffeId, ID);
+  t.match(err.message, /call 1/);
+  t.equal(time.pending, 1, 'a retry is set');
+  t.equal(time.delays.at(-1), firstRetry, 'for the delay it announced');
+  t.ok(firstRetry >= 20 && firstRetry <= 40, `the first delay is within [initialMs / 2, initialMs]: ${firstRetry}`);
+  t.match(lines, [{ level: 40, spiffeId: ID, retryInMs: firstRetry, msg: /issuing a certificate failed/ }], 'logged at warn with the identity');
+
+  time.advance(firstRetry - 1);
+  t.equal(issuer.csrs.length, 1, 'not before its delay');
+  time.advance(1);
+  t.equal(issuer.csrs.length, 2, 'the retry asks without a caller');
+  t.equal(await once(store, 'issue-failed').then(() => failures.length), 2, 'and fails again');
+  const secondRetry = failures[1]![2];
+  t.ok(secondRetry >= firstRetry, `the delay does not shrink: ${firstRetry}, ${secondRetry}`);
+  t.equal(time.pending, 1, 'one retry is set at a time');
+  t.equal(issuer.csrs[1], issuer.csrs[0], 'the retry asks with the same key and CSR: none is made per attempt');
+
+  issuer.failing = false;
+  const rotated = once(store, 'rotated');
+  time.advance(secondRetry);
+  const [, cert] = (await rotated) as [string, WorkloadCertificate];
+  assertIssuedFor(t, cert, ID, time.now());
+  t.equal(await store.get(ID), cert, 'get() hands out what the retry brought');
+  t.equal(issuer.csrs.length, 3);
+  t.same(time.delays.at(-1), (cert.notAfter.getTime() - time.now()) / 2, 'then a renewal is set, at half life');
+  t.equal(time.pending, 1);
+  time.advance(time.delays.at(-1)!);
+  await once(store, 'rotated');
+  t.not(issuer.csrs[3], issuer.csrs[2], 'a renewal after a certificate is from a new key');
+});
+
+t.test('get() on an identity whose first issuance failed asks at once, callers sharing one request', async (t) => {
+  const time = new FakeTime();
+  const issuer = flakyIssuer(time.now);
+  const store = new CertStore({ issuer, backoff: { initialMs: 10_000, maxMs: 20_000 }, now: time.now, setTimer: time.setTimer });
+  t.teardown(() => store.close());
+  await t.rejects(store.get(ID), /call 1/);
+  t.equal(time.pending, 1, 'a retry is set, far off');
+
+  issuer.failing = false;
+  const [a, b] = await Promise.all([store.get(ID), store.get(ID)]);
+  t.equal(issuer.csrs.length, 2, 'asked at once, not at the retry, and once for both callers');
+  t.equal(a, b);
+  assertIssuedFor(t, a, ID, time.now());
+  t.equal(time.pending, 1, 'the retry gave way to the renewal');
+  t.equal(time.delays.at(-1), (a.notAfter.getTime() - time.now()) / 2);
+});
+
+t.test('forget() and close() cancel the retry of a failed first issuance', async (t) => {
+  const time = new FakeTime();
+  const issuer = flakyIssuer(time.now);
   const store = new CertStore({ issuer, backoff: { initialMs: 10, maxMs: 20 }, now: time.now, setTimer: time.setTimer });
   t.teardown(() => store.close());
-  await t.rejects(store.get(ID), /controller unreachable/);
+  await t.rejects(store.get(ID));
+  t.equal(time.pending, 1);
+  store.forget(ID);
+  t.equal(time.pending, 0, 'forget() cancels it');
   t.same(store.identities(), []);
-  t.equal(time.pending, 0, 'no background retry without a certificate to renew: the next get() asks again');
-  await t.rejects(store.get(ID), /controller unreachable/);
-  t.equal(issuer.calls, 2);
+
+  await t.rejects(store.get(OTHER_ID));
+  t.equal(time.pending, 1);
+  store.close();
+  t.equal(time.pending, 0, 'close() cancels it');
+  time.advance(1000);
+  t.equal(issuer.csrs.length, 2, 'nothing is asked after either');
 });
 
 t.test('a certificate that does not match the request is refused', async (t) => {

@@ -10,12 +10,14 @@ t.test("the agent's container: downward-API fields filled in, each mount's paths
   t.equal(proc.file, process.execPath, 'node is this Node.js');
   t.ok(proc.args.includes(CLI_PATH), "the image's CLI is this checkout's build");
   t.same(proc.args.slice(proc.args.indexOf('agent')), ['agent', '--mode', 'kubernetes', '--controller', 'https://10.250.0.254:15012', '--log-level', 'info']);
+  t.notOk('AMBIT_CA_DIR' in proc.env, 'no CA folder: agents hold no CA key');
   t.match(proc.env, {
     AMBIT_NODE_NAME: 'node1',
     AMBIT_NODE_IP: '10.250.0.1',
     AMBIT_TOKEN_FILE: '/tmp/tb/agent/token/token',
     AMBIT_KUBECONFIG: '/tmp/tb/agent/kubeconfig/kubeconfig',
-    AMBIT_CA_DIR: '/tmp/tb/agent/ca',
+    AMBIT_CA_TOKEN_FILE: '/tmp/tb/agent/ca-token/token',
+    AMBIT_TRUST_BUNDLE_DIR: '/tmp/tb/agent/trust-bundle',
     AMBIT_RUN_DIR: '/tmp/tb/agent/run',
     AMBIT_STATE_DIR: '/tmp/tb/agent/state',
     ...AGENT_ENV,
@@ -24,10 +26,11 @@ t.test("the agent's container: downward-API fields filled in, each mount's paths
 
 t.test('a field or a mount the context lacks is an error, not a silent default', async (t) => {
   const container = controllerContainer();
-  t.throws(() => containerProcess(container, { fields: {}, mounts: { kubeconfig: '/k', tls: '/t' } }), /AMBIT_LISTEN_HOST: no value for the downward API's status\.podIP/);
-  t.throws(() => containerProcess(container, { fields: { 'status.podIP': '10.0.0.1' }, mounts: { kubeconfig: '/k' } }), /volume mount tls/);
-  const proc = containerProcess(container, { fields: { 'status.podIP': '10.0.0.1' }, mounts: { kubeconfig: '/k', tls: '/t' } });
-  t.match(proc.env, { AMBIT_LISTEN_HOST: '10.0.0.1', AMBIT_TLS_DIR: '/t', AMBIT_KUBECONFIG: '/k/kubeconfig' });
+  const fields = { 'status.podIP': '10.0.0.1', 'metadata.namespace': 'ambit-system', 'metadata.name': 'ambit-controller-0' };
+  t.throws(() => containerProcess(container, { fields: {}, mounts: { kubeconfig: '/k' } }), /AMBIT_LISTEN_HOST: no value for the downward API's status\.podIP/);
+  t.throws(() => containerProcess(container, { fields, mounts: {} }), /volume mount kubeconfig/);
+  const proc = containerProcess(container, { fields, mounts: { kubeconfig: '/k' } });
+  t.match(proc.env, { AMBIT_LISTEN_HOST: '10.0.0.1', AMBIT_NAMESPACE: 'ambit-system', AMBIT_POD_NAME: 'ambit-controller-0', AMBIT_KUBECONFIG: '/k/kubeconfig' });
 });
 
 t.test('a path is mapped only under a whole mount path, and a command other than node keeps its own', async (t) => {

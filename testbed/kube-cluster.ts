@@ -10,8 +10,9 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
-import { CertificateAuthority } from '../core/identity/index.js';
+import { CA_TOKEN_AUDIENCE, TRUST_BUNDLE_CONFIGMAP_NAME } from '../core/identity/index.js';
 import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES } from './apiserver/index.js';
+import { ConfigMapVolume } from './configmap-volume.js';
 import { CLI_PATH, collectLines, nodeObject, parseLogLines, podObject, startWorkload, waitForLine, waitForLogRecord, type PodSpec } from './cluster.js';
 import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
 
@@ -51,12 +52,13 @@ const IMAGE_CLI = `${IMAGE_APP_DIR}/${path.relative(CHECKOUT_DIR, CLI_PATH)}`;
 
 const AGENT_MOUNTS = Object.freeze({
   token: '/var/run/secrets/ambit/controller',
+  'ca-token': '/var/run/secrets/ambit/ca-token',
+  'trust-bundle': '/var/run/secrets/ambit/trust-bundle',
   kubeconfig: '/etc/ambit/kube',
-  ca: '/var/run/secrets/ambit/ca',
   run: '/var/run/ambit',
   state: '/var/lib/ambit',
 });
-const CONTROLLER_MOUNTS = Object.freeze({ kubeconfig: '/etc/ambit/kube', tls: '/var/run/secrets/ambit/tls' });
+const CONTROLLER_MOUNTS = Object.freeze({ kubeconfig: '/etc/ambit/kube' });
 const TOKEN_FILE = 'token';
 const KUBECONFIG_FILE = 'kubeconfig';
 const CONTROLLER_NAMESPACE = 'ambit-system';
@@ -76,8 +78,9 @@ export function agentContainer(options: { controllerUrl: string; logLevel?: stri
       field('AMBIT_NODE_NAME', 'spec.nodeName'),
       field('AMBIT_NODE_IP', 'status.hostIP'),
       { name: 'AMBIT_TOKEN_FILE', value: `${AGENT_MOUNTS.token}/${TOKEN_FILE}` },
+      { name: 'AMBIT_CA_TOKEN_FILE', value: `${AGENT_MOUNTS['ca-token']}/${TOKEN_FILE}` },
+      { name: 'AMBIT_TRUST_BUNDLE_DIR', value: AGENT_MOUNTS['trust-bundle'] },
       { name: 'AMBIT_KUBECONFIG', value: `${AGENT_MOUNTS.kubeconfig}/${KUBECONFIG_FILE}` },
-      { name: 'AMBIT_CA_DIR', value: AGENT_MOUNTS.ca },
       { name: 'AMBIT_RUN_DIR', value: AGENT_MOUNTS.run },
       { name: 'AMBIT_STATE_DIR', value: AGENT_MOUNTS.state },
       ...Object.entries(AGENT_ENV).map(([name, value]) => ({ name, value })),
@@ -86,15 +89,20 @@ export function agentContainer(options: { controllerUrl: string; logLevel?: stri
   };
 }
 
-/** The controller's container, as its Deployment has it: it serves the agents on its pod IP. */
-export function controllerContainer(options: { logLevel?: string } = {}): ContainerSpec {
+/**
+ * The controller's container, as its Deployment has it: it serves the agents on its pod IP, and its namespace and
+ * pod name (the Lease's holder) come from the downward API. `certTtlSeconds`: shorter leaves, for a test that waits
+ * past a renewal.
+ */
+export function controllerContainer(options: { logLevel?: string; certTtlSeconds?: number } = {}): ContainerSpec {
   return {
     command: ['node', IMAGE_CLI, 'controller'],
-    args: ['--log-level', options.logLevel ?? 'info'],
+    args: ['--log-level', options.logLevel ?? 'info', ...(options.certTtlSeconds === undefined ? [] : ['--cert-ttl', String(options.certTtlSeconds)])],
     env: [
       field('AMBIT_LISTEN_HOST', 'status.podIP'),
+      field('AMBIT_NAMESPACE', 'metadata.namespace'),
+      field('AMBIT_POD_NAME', 'metadata.name'),
       { name: 'AMBIT_KUBECONFIG', value: `${CONTROLLER_MOUNTS.kubeconfig}/${KUBECONFIG_FILE}` },
-      { name: 'AMBIT_TLS_DIR', value: CONTROLLER_MOUNTS.tls },
     ],
     volumeMounts: mounts(CONTROLLER_MOUNTS),
   };
@@ -136,6 +144,8 @@ export interface KubeClusterOptions {
   /** Namespaces and their labels at the start; `ambit.dev/mode: enabled` enrolls one. */
   namespaces: Record<string, Record<string, string>>;
   logLevel?: string;
+  /** The lifetime of the certificates the controller signs (default its own, 24 h). */
+  certTtlSeconds?: number;
 }
 
 interface RunningProcess {
@@ -155,6 +165,7 @@ export class KubeCluster {
   readonly #hostIp: string;
   #controller: RunningProcess | undefined;
   readonly #agents = new Map<string, RunningProcess>();
+  readonly #volumes: ConfigMapVolume[] = [];
   /** The controller's stream URL, fixed at its first start so a restarted controller is where the agents look. */
   readonly #controllerUrl: string;
 
@@ -182,10 +193,11 @@ export class KubeCluster {
       for (const [name, labels] of Object.entries(options.namespaces)) api.objects('v1', 'namespaces').create({ metadata: { name, labels } });
       api.objects('v1', 'namespaces').create({ metadata: { name: CONTROLLER_NAMESPACE } });
       for (const node of tb.nodes) api.objects('v1', 'nodes').create(nodeObject(node));
-      const ca = await CertificateAuthority.create({ trustDomain: 'cluster.local' });
-      await cluster.#prepareController(ca);
-      await Promise.all(tb.nodes.map((node) => cluster.#prepareAgent(node, ca)));
+      await cluster.#prepareController();
+      await Promise.all(tb.nodes.map((node) => cluster.#prepareAgent(node)));
+      // the controller creates the mesh's root (no Secret yet) and publishes the bundle the agents mount
       await cluster.startController();
+      await Promise.all(cluster.#volumes.map((volume) => volume.settled()));
       await Promise.all(tb.nodes.map((node) => cluster.startAgent(node)));
     } catch (err) {
       await cluster.close();
@@ -209,25 +221,32 @@ export class KubeCluster {
     return this.mountDir(agentName(node), 'state');
   }
 
-  async #prepareController(ca: CertificateAuthority): Promise<void> {
+  async #prepareController(): Promise<void> {
     const kube = await this.#mount('controller', 'kubeconfig');
-    const tls = await this.#mount('controller', 'tls');
     this.api.addToken('controller-token', { username: `system:serviceaccount:${CONTROLLER_NAMESPACE}:ambit-controller` });
     await this.api.writeKubeconfig(path.join(kube, KUBECONFIG_FILE), 'controller-token');
-    const { keyPem, certPem } = await ca.issueKeyAndCert(`spiffe://cluster.local/ns/${CONTROLLER_NAMESPACE}/sa/ambit-controller`);
-    await writeFile(path.join(tls, 'tls.key'), keyPem, { mode: 0o600 });
-    await writeFile(path.join(tls, 'tls.crt'), certPem);
   }
 
-  /** The agent's tokens are bound to its pod on `node`: one for the API server, one for the controller's stream. */
-  async #prepareAgent(node: TestbedNode, ca: CertificateAuthority): Promise<void> {
+  /**
+   * The agent's pod on `node` (the DaemonSet's, hostNetwork) and its tokens, bound to that pod: one for the API
+   * server, one for the controller's stream, one for its CA; the trust bundle ConfigMap mounted as kubelet does.
+   */
+  async #prepareAgent(node: TestbedNode): Promise<void> {
     const name = agentName(node);
-    const user = boundServiceAccountUser({ namespace: CONTROLLER_NAMESPACE, serviceAccount: 'ambit-agent', podName: `ambit-${name}`, podUid: `uid-${name}`, nodeName: node.name });
+    const agentPod = this.api.objects('v1', 'pods').create({
+      metadata: { name: `ambit-${name}`, namespace: CONTROLLER_NAMESPACE, labels: { app: 'ambit-agent' } },
+      spec: { nodeName: node.name, serviceAccountName: 'ambit-agent', hostNetwork: true, containers: [{ name: 'agent' }] },
+      status: { phase: 'Running', hostIP: node.ip },
+    });
+    const podUid = String((agentPod.metadata as { uid: string }).uid);
+    const user = boundServiceAccountUser({ namespace: CONTROLLER_NAMESPACE, serviceAccount: 'ambit-agent', podName: `ambit-${name}`, podUid, nodeName: node.name });
     this.api.addToken(`${name}-api-token`, user);
     this.api.addToken(`${name}-stream-token`, { ...user, audiences: [CONTROLLER_AUDIENCE] });
+    this.api.addToken(`${name}-ca-token`, { ...user, audiences: [CA_TOKEN_AUDIENCE] });
     await this.api.writeKubeconfig(path.join(await this.#mount(name, 'kubeconfig'), KUBECONFIG_FILE), `${name}-api-token`);
     await writeFile(path.join(await this.#mount(name, 'token'), TOKEN_FILE), `${name}-stream-token`);
-    await ca.save(await this.#mount(name, 'ca'));
+    await writeFile(path.join(await this.#mount(name, 'ca-token'), TOKEN_FILE), `${name}-ca-token`);
+    this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace: CONTROLLER_NAMESPACE, name: TRUST_BUNDLE_CONFIGMAP_NAME, dir: this.mountDir(name, 'trust-bundle') }));
     await this.#mount(name, 'run');
     await this.#mount(name, 'state');
   }
@@ -240,9 +259,9 @@ export class KubeCluster {
 
   /** The controller's process as its container says, in the host's namespace, whose host-link address is its pod IP. */
   controllerProcess(): ContainerProcess {
-    const container = controllerContainer({ logLevel: this.#options.logLevel });
+    const container = controllerContainer({ logLevel: this.#options.logLevel, ...(this.#options.certTtlSeconds === undefined ? {} : { certTtlSeconds: this.#options.certTtlSeconds }) });
     return containerProcess(container, {
-      fields: { 'status.podIP': this.#hostIp },
+      fields: { 'status.podIP': this.#hostIp, 'metadata.namespace': CONTROLLER_NAMESPACE, 'metadata.name': 'ambit-controller-0' },
       mounts: Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, this.mountDir('controller', mount.name)])),
     });
   }
@@ -305,6 +324,7 @@ export class KubeCluster {
 
   /** Stops the double (the testbed stops the processes when it is destroyed). */
   async close(): Promise<void> {
+    for (const volume of this.#volumes) volume.close();
     await this.api.close();
   }
 }

@@ -1,0 +1,171 @@
+/**
+ * The mesh CA in the controller, end to end on network namespaces (root; issue 14): the controller (a process in the
+ * host's namespace) creates the mesh's root in the double's Secret and publishes the trust bundle, which each agent
+ * mounts as kubelet mounts a ConfigMap; the agents hold no CA key and get their pods' certificates from the
+ * controller. The controller going away past a renewal stops nothing, an identity the controller does not see on the
+ * node is refused with its reason in the agent's log, and a root rotation through the Secret refuses no connection.
+ */
+import { X509Certificate } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import t from 'tap';
+import { buildCniSea } from '../cni/index.js';
+import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, sniForIdentity, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
+import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, Testbed, type TestbedPod } from '../testbed/index.js';
+import { within } from './mesh/hold.js';
+import { tlsProbe } from './mesh/tls-probe.js';
+import { needsTestbed } from './prerequisites.js';
+
+const unavailable = needsTestbed();
+const NAMESPACE = 'shop';
+const TD = 'cluster.local';
+const id = (sa: string) => `spiffe://${TD}/ns/${NAMESPACE}/sa/${sa}`;
+/** Leaves of 20 s, renewed at 10 s: a test can wait past a renewal. */
+const CERT_TTL_SECONDS = 20;
+const CONTROLLER_USER = 'system:serviceaccount:ambit-system:ambit-controller';
+
+async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true, recursive: true });
+  return entries.filter((entry) => entry.isFile()).map((entry) => join(entry.parentPath, entry.name));
+}
+
+t.test('the mesh CA on the testbed: controller-signed certificates, outages, refusals, rotation', { skip: unavailable }, async (t) => {
+  const plugin = (await buildCniSea()).outFile;
+  const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], hostLink: true });
+  t.teardown(() => tb.destroy());
+  const [node1, node2] = [tb.node('node1'), tb.node('node2')];
+  const cluster = await KubeCluster.start(tb, { namespaces: { [NAMESPACE]: { 'ambit.dev/mode': 'enabled' } }, certTtlSeconds: CERT_TTL_SECONDS });
+  t.teardown(() => cluster.close());
+  for (const node of [node1, node2]) {
+    await tb.exec(node.netns, process.execPath, [
+      CLI_PATH,
+      'cni', 'install', '--cni-conf-dir', node.cniConfDir, '--cni-bin-dir', node.cniBinDir, '--plugin', plugin,
+      '--agent-socket', join(cluster.runDir(node), 'cni.sock'), '--enrollment-file', join(cluster.stateDir(node), 'enrollment.json'),
+    ]);
+  }
+  const client = await cluster.startPod('client', node1, { namespace: NAMESPACE, serviceAccount: 'client' });
+  const server = await cluster.startPod('server', node2, { namespace: NAMESPACE, serviceAccount: 'server' });
+  const secrets = cluster.api.objects('v1', 'secrets');
+  const bundle = () => (cluster.api.objects('v1', 'configmaps').get(TRUST_BUNDLE_CONFIGMAP_NAME, 'ambit-system')?.data ?? {}) as Record<string, string>;
+  const request = async (from: TestbedPod, to: TestbedPod): Promise<string | undefined> => {
+    try {
+      return (JSON.parse(await curlFrom(tb, from, `http://${to.ip}:${HTTP_PORT}/`, ['--max-time', '3'])) as { pod: string }).pod;
+    } catch {
+      return undefined;
+    }
+  };
+  /** The certificate node2's agent presents for `identity` on 15008. */
+  const presented = async (identity: string): Promise<X509Certificate | undefined> => {
+    // the probe looks at what is presented; the test verifies it against the root it expects
+    const probe = await tlsProbe({ host: node2.ip, port: 15008, servername: sniForIdentity(identity), rejectUnauthorized: false });
+    if (probe.peerCertificate === undefined) t.comment(`probe of ${identity}: ${probe.error ?? 'no certificate'}`);
+    return probe.peerCertificate;
+  };
+  const signedFor = (identity: string, after = 0) =>
+    cluster.logs('controller').slice(after).some((r) => r.msg === 'certificate signed' && r.identity === identity && String(r.user).endsWith(':ambit-agent'));
+
+  await t.test('the agents hold no CA key; their pods\' certificates are signed by the controller', async (t) => {
+    await within(10_000, 'client reaches server through the mesh', async () => (await request(client, server)) === 'server');
+    for (const node of [node1, node2]) {
+      const spec = cluster.agentProcess(node);
+      t.notOk([...spec.args, ...Object.keys(spec.env)].some((arg) => /ca-dir|AMBIT_CA_DIR/.test(arg)), `the agent on ${node.name} is given no CA folder`);
+      for (const mount of ['token', 'ca-token', 'trust-bundle', 'kubeconfig', 'run', 'state']) {
+        for (const file of await filesUnder(cluster.mountDir(`agent-${node.name}`, mount)).catch(() => [])) {
+          t.notMatch(await readFile(file, 'utf8'), /PRIVATE KEY/, `no private key in ${mount}/${file.split('/').pop() ?? ''}`);
+        }
+      }
+    }
+    const secret = secrets.get(CA_SECRET_NAME, 'ambit-system');
+    t.ok(secret, 'the controller created the mesh root in its Secret');
+    const root = new X509Certificate(bundle()[TRUST_BUNDLE_KEYS.roots] ?? '');
+    const leaf = await presented(id('server'));
+    t.ok(leaf?.verify(root.publicKey), "node2's agent presents a certificate for shop/server signed by the published root");
+    t.equal(leaf?.subjectAltName, `URI:${id('server')}`);
+    t.ok(signedFor(id('server')) && signedFor(id('client')), 'the controller logged signing both identities for the agents');
+  });
+
+  await t.test('an identity the controller does not see on the node is refused, with the reason in the agent\'s log; signed once it does', async (t) => {
+    // the controller's view of the cluster falls behind; the agent's own watch of its node's pods does not
+    const after = cluster.logs(node1).length;
+    cluster.api.holdWatchesOf(CONTROLLER_USER);
+    await cluster.startPod('ghost', node1, { namespace: NAMESPACE, serviceAccount: 'ghost' });
+    const refused = await cluster.waitForLog(node1, (r) => r.spiffeId === id('ghost') && JSON.stringify(r.err ?? '').includes('identity_not_on_node'), 15_000, after);
+    t.match(JSON.stringify(refused.err), /no pod with service account shop\/ghost is scheduled on node node1/, 'the agent logs which check failed');
+    t.ok(cluster.logs('controller').some((r) => r.msg === 'certificate request refused' && r.reason === 'identity_not_on_node' && r.identity === id('ghost')), 'and so does the controller');
+    cluster.api.releaseWatchesOf(CONTROLLER_USER);
+    await cluster.waitForLog(node1, (r) => r.msg === 'certificate rotated' && r.spiffeId === id('ghost'), 30_000, after);
+    t.pass('the agent retried with backoff and got it once the controller saw the pod');
+  });
+
+  await t.test('with the controller stopped past a renewal, traffic goes on; renewals retry and succeed when it is back', async (t) => {
+    const before = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
+    const exitCode = await cluster.stopController();
+    t.equal(exitCode, 0, 'the controller stopped cleanly');
+    if (exitCode !== 0) t.comment(JSON.stringify(cluster.logs('controller').slice(-5)));
+    const failed = await cluster.waitForLog(node2, (r) => r.spiffeId === id('server') && String(r.msg).includes('renewal failed'), CERT_TTL_SECONDS * 1000, before.node2);
+    t.ok(failed, 'a renewal of shop/server failed while the controller is away');
+    const heldCert = await presented(id('server'));
+    t.ok(heldCert !== undefined && Date.parse(heldCert.validTo) > Date.now(), 'the agent still presents its valid certificate');
+    t.equal(await request(client, server), 'server', 'and traffic goes on with it');
+    const restarted = cluster.logs(node2).length;
+    await cluster.startController();
+    const renewed = await cluster.waitForLog(node2, (r) => r.msg === 'certificate rotated' && r.spiffeId === id('server'), 30_000, restarted);
+    t.ok(renewed, 'the renewal succeeds once the controller is back');
+    t.equal(await request(client, server), 'server');
+  });
+
+  await t.test('a root rotation through the Secret, [old] -> [old, new] -> [new], refuses no connection', async (t) => {
+    const secret = secrets.get(CA_SECRET_NAME, 'ambit-system')!;
+    const data = secret.data as Record<string, string>;
+    const decode = (key: string) => Buffer.from(data[key] ?? '', 'base64').toString('utf8');
+    const oldRoot = decode(CA_SECRET_KEYS.roots);
+    const next = await CertificateAuthority.create({ trustDomain: TD });
+    const write = (values: Record<string, string>) => {
+      const current = secrets.get(CA_SECRET_NAME, 'ambit-system')!;
+      const merged = { ...(current.data as Record<string, string>) };
+      for (const [key, value] of Object.entries(values)) merged[key] = Buffer.from(value).toString('base64');
+      secrets.update({ ...current, data: merged });
+    };
+    const rootsSeen = (node: typeof node1, count: number, after: number) =>
+      cluster.waitForLog(node, (r) => r.msg === 'trust bundle changed' && Array.isArray(r.roots) && r.roots.length === count, 15_000, after);
+
+    // traffic all along: every request must be answered
+    let running = true;
+    let sent = 0;
+    const failures: number[] = [];
+    const traffic = (async () => {
+      while (running) {
+        sent++;
+        if ((await request(client, server)) !== 'server') failures.push(sent);
+      }
+    })();
+    try {
+      let mark = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
+      write({ [CA_SECRET_KEYS.roots]: oldRoot + next.rootPem });
+      await Promise.all([rootsSeen(node1, 2, mark.node1), rootsSeen(node2, 2, mark.node2)]);
+      t.pass('1. both agents trust [old, new]');
+
+      mark = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
+      write({ [CA_SECRET_KEYS.issuerCert]: next.rootPem, [CA_SECRET_KEYS.issuerKey]: next.keyPem });
+      const reissued = (node: typeof node1, identity: string, after: number) =>
+        cluster.waitForLog(node, (r) => r.msg === 'certificate rotated' && r.spiffeId === identity, 15_000, after);
+      await Promise.all([reissued(node1, id('client'), mark.node1), reissued(node2, id('server'), mark.node2)]);
+      await within(10_000, 'node2 presents a leaf of the new root', async () => (await presented(id('server')))?.verify(new X509Certificate(next.rootPem).publicKey) === true);
+      t.pass('2. the signer is the new root, and the agents re-issued their leaves from it');
+
+      mark = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
+      write({ [CA_SECRET_KEYS.roots]: next.rootPem });
+      await Promise.all([rootsSeen(node1, 1, mark.node1), rootsSeen(node2, 1, mark.node2)]);
+      t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(next.rootPem).toString(), '3. the published bundle is [new] alone');
+      // a few more requests on the new root alone
+      const settled = sent + 5;
+      await within(20_000, 'five more requests', async () => sent >= settled);
+    } finally {
+      running = false;
+      await traffic;
+    }
+    t.ok(sent > 10, `${sent} requests during the rotation`);
+    t.same(failures, [], 'not one refused');
+    t.equal(await request(client, server), 'server', 'and the mesh works on the new root');
+  });
+});
