@@ -20,7 +20,8 @@ function ambit(args: string[], wrapper: string[] = []): Promise<{ code: number; 
 t.test('help and version exit 0', async (t) => {
   t.match(await ambit(['--help']), { code: 0, stdout: /Usage: ambit <command>/ });
   t.match(await ambit(['agent', '--help']), { code: 0, stdout: /--cleanup/ });
-  t.match(await ambit(['agent', '--help']), { stdout: /the mesh CA's private key .* on every node/ }, 'the help says where the CA key sits in local mode');
+  t.match(await ambit(['agent', '--help']), { stdout: /the mesh CA's private key\s+\(--ca-dir\/ca\.key\) on every node/ }, 'the help says where the CA key sits in local mode');
+  t.match(await ambit(['agent', '--help']), { stdout: /In kubernetes mode no node holds a CA key/ }, 'and that it sits on no node in kubernetes mode');
   t.match(await ambit(['demo', '--help']), { code: 0, stdout: /Needs root/ });
   t.match(await ambit(['version']), { code: 0, stdout: /^ambit \d+\.\d+\.\d+/ });
   t.match(await ambit(['cni', '--help']), { code: 0, stdout: /ambit cni install/ });

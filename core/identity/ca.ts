@@ -90,7 +90,7 @@ export class CertificateAuthority {
     });
     if (roots.length === 0) throw new AmbitError('CA_INVALID', `${source}: the roots hold no PEM certificate`);
     for (const cert of [...chain, ...roots]) {
-      if (!cert.ca) throw new AmbitError('CA_INVALID', `${source}: ${cert.subject || 'a certificate'} is not a CA certificate (basicConstraints CA is not true)`);
+      if (!cert.ca) throw new AmbitError('CA_INVALID', `${source}: ${subjectOf(cert)} is not a CA certificate (basicConstraints CA is not true)`);
     }
     let key: KeyObject;
     try {
@@ -101,20 +101,20 @@ export class CertificateAuthority {
     if (key.asymmetricKeyType !== 'rsa') {
       throw new AmbitError('CA_INVALID', `${source}: the key is an ${key.asymmetricKeyType ?? 'unknown'} key; Ambit signs with node-forge, which needs an RSA CA key`);
     }
-    if (!issuer.checkPrivateKey(key)) throw new AmbitError('CA_INVALID', `${source}: the key is not the signing certificate's (${issuer.subject}); the pair is mismatched`);
+    if (!issuer.checkPrivateKey(key)) throw new AmbitError('CA_INVALID', `${source}: the key is not the signing certificate's (${subjectOf(issuer)}); the pair is mismatched`);
     const now = options.now ?? Date.now();
     if (new Date(issuer.validTo).getTime() <= now) throw new AmbitError('CA_INVALID', `${source}: the signing certificate expired at ${new Date(issuer.validTo).toISOString()}`);
     // each certificate of the chain is signed by the next, and the last by one of the roots (or is one)
     for (let i = 0; i + 1 < chain.length; i++) {
       const [child, parent] = [chain[i]!, chain[i + 1]!];
       if (!child.checkIssued(parent) || !child.verify(parent.publicKey)) {
-        throw new AmbitError('CA_INVALID', `${source}: certificate ${i + 1} of the signing chain (${child.subject}) is not signed by certificate ${i + 2} (${parent.subject})`);
+        throw new AmbitError('CA_INVALID', `${source}: certificate ${i + 1} of the signing chain (${subjectOf(child)}) is not signed by certificate ${i + 2} (${subjectOf(parent)})`);
       }
     }
     const top = chain[chain.length - 1]!;
     const anchored = roots.some((root) => root.fingerprint256 === top.fingerprint256 || (top.checkIssued(root) && top.verify(root.publicKey)));
     if (!anchored) {
-      throw new AmbitError('CA_INVALID', `${source}: the signing chain (${top.subject}) leads to none of the roots; add its root to the roots, or the mesh refuses every leaf it signs`);
+      throw new AmbitError('CA_INVALID', `${source}: the signing chain (${subjectOf(top)}) leads to none of the roots; add its root to the roots, or the mesh refuses every leaf it signs`);
     }
     const rootFingerprints = new Set(roots.map((root) => root.fingerprint256));
     const selfSigned = (cert: X509Certificate) => cert.checkIssued(cert) && cert.verify(cert.publicKey);
@@ -291,6 +291,11 @@ export class CertificateAuthority {
     }
     return { notBefore, notAfter };
   }
+}
+
+/** A certificate's subject on one line, for messages (Node writes one attribute a line). */
+function subjectOf(cert: X509Certificate): string {
+  return cert.subject.replaceAll('\n', ', ') || 'a certificate without a subject';
 }
 
 /** The smallest RSA key the CA certifies. */

@@ -1,0 +1,137 @@
+/**
+ * The controller's signing material (controller/mesh-ca.ts) against the API server double: the root created once by
+ * the Lease holder of two replicas, a brought intermediate and its chain, a bad Secret that changes nothing and says
+ * so, a deleted Secret written back, and the trust bundle ConfigMap that follows.
+ */
+import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import forge from 'node-forge';
+import t, { type Test } from 'tap';
+import { MeshCa } from '../controller/mesh-ca.js';
+import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, generateKeyAndCsr, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
+import { KubeApi, loadKubeConfig } from '../core/k8s/index.js';
+import { createLogger } from '../core/log/index.js';
+import { createRegistry } from '../core/metrics/index.js';
+import { ApiServer, meshCaSecret, metricValue } from '../testbed/index.js';
+import { LogCapture } from './mesh/loopback.js';
+
+const TD = 'cluster.local';
+
+async function rig(t: Test) {
+  const api = await ApiServer.start();
+  api.addToken('controller-token', { username: 'system:serviceaccount:ambit-system:ambit-controller' });
+  api.objects('v1', 'namespaces').create({ metadata: { name: 'ambit-system' } });
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-mesh-ca-'));
+  await api.writeKubeconfig(path.join(dir, 'kubeconfig'), 'controller-token');
+  const kube = new KubeApi(await loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') }));
+  const started: MeshCa[] = [];
+  const logs = new LogCapture();
+  const start = async (holder: string, registry = createRegistry({ defaultMetrics: false })) => {
+    const ca = await MeshCa.start({ api: kube, namespace: 'ambit-system', trustDomain: TD, holder, rereadIntervalMs: 3_600_000, registry, log: createLogger({ level: 'info', destination: logs }) });
+    started.push(ca);
+    return ca;
+  };
+  t.teardown(async () => {
+    for (const ca of started) await ca.close();
+    await api.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  const bundle = () => (api.objects('v1', 'configmaps').get(TRUST_BUNDLE_CONFIGMAP_NAME, 'ambit-system')?.data ?? {}) as Record<string, string>;
+  return { api, start, bundle, logs };
+}
+
+/** An intermediate CA signed by `root`, as cert-manager issues one: its certificate and its key. */
+function intermediateOf(root: CertificateAuthority): { certPem: string; keyPem: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }).toString());
+  cert.serialNumber = `01${randomBytes(8).toString('hex')}`;
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
+  cert.setSubject([{ shortName: 'CN', value: 'Ambit Intermediate' }]);
+  cert.setIssuer(forge.pki.certificateFromPem(root.rootPem).subject.attributes);
+  cert.setExtensions([
+    { name: 'basicConstraints', cA: true, critical: true },
+    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
+    { name: 'subjectKeyIdentifier' },
+  ]);
+  cert.sign(forge.pki.privateKeyFromPem(root.keyPem), forge.md.sha256.create());
+  return { certPem: forge.pki.certificateToPem(cert).replace(/\r\n/g, '\n'), keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
+}
+
+const secretData = (values: Record<string, string>) => Object.fromEntries(Object.entries(values).map(([key, value]) => [key, Buffer.from(value).toString('base64')]));
+
+t.test('with no Secret, two replicas starting together make one root: only the Lease holder creates it', async (t) => {
+  const { api, start, bundle } = await rig(t);
+  let creates = 0;
+  api.on('request', (method, requestPath) => {
+    if (method === 'POST' && requestPath === '/api/v1/namespaces/ambit-system/secrets') creates++;
+  });
+  const [a, b] = await Promise.all([start('controller-a'), start('controller-b')]);
+  t.equal(creates, 1, 'one Secret created');
+  t.ok(a.signer !== undefined && a.signer.rootPem === b.signer?.rootPem, 'both replicas sign with the same root');
+  const lease = api.objects('coordination.k8s.io/v1', 'leases').get('ambit-ca-bootstrap', 'ambit-system');
+  t.match((lease?.spec as { holderIdentity?: string } | undefined)?.holderIdentity, /^controller-[ab]$/, 'held by one of them');
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(a.signer?.rootPem ?? '').toString(), 'the ConfigMap holds the root');
+  t.same(a.status, { valid: true, message: 'the CA Secret is valid and in use', signer: new X509Certificate(a.signer?.rootPem ?? '').fingerprint256, roots: [new X509Certificate(a.signer?.rootPem ?? '').fingerprint256] });
+});
+
+t.test('a brought intermediate signs leaves that carry it and chain to the root; the issuer chain is published', async (t) => {
+  const { api, start, bundle } = await rig(t);
+  const root = await CertificateAuthority.create({ trustDomain: TD });
+  const intermediate = intermediateOf(root);
+  api.objects('v1', 'secrets').create({
+    metadata: { name: CA_SECRET_NAME, namespace: 'ambit-system' },
+    type: 'kubernetes.io/tls',
+    data: secretData({ [CA_SECRET_KEYS.issuerCert]: intermediate.certPem + root.rootPem, [CA_SECRET_KEYS.issuerKey]: intermediate.keyPem, [CA_SECRET_KEYS.roots]: root.rootPem }),
+  });
+  const ca = await start('controller-a');
+  const { csrPem } = await generateKeyAndCsr(`spiffe://${TD}/ns/shop/sa/web`);
+  const chain = (await ca.signer!.sign(csrPem, { spiffeId: `spiffe://${TD}/ns/shop/sa/web` })).match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  t.equal(chain.length, 2, 'leaf and intermediate, never the root');
+  const [leaf, middle] = chain.map((pem) => new X509Certificate(pem));
+  t.ok(leaf!.verify(middle!.publicKey) && middle!.verify(new X509Certificate(root.rootPem).publicKey), 'the leaf chains through the intermediate to the root');
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.issuerChain], new X509Certificate(intermediate.certPem).toString(), 'the ConfigMap names the intermediate as the issuer');
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(root.rootPem).toString(), 'and the root as the trust');
+});
+
+t.test('a Secret whose key is not its certificate\'s changes nothing, and says so; fixed, it is taken', async (t) => {
+  const { api, start, logs } = await rig(t);
+  const good = await CertificateAuthority.create({ trustDomain: TD });
+  const other = await CertificateAuthority.create({ trustDomain: TD });
+  api.objects('v1', 'secrets').create(meshCaSecret(good));
+  const registry = createRegistry({ defaultMetrics: false });
+  const ca = await start('controller-a', registry);
+  t.equal(metricValue(await registry.metrics(), 'ambit_ca_secret_valid'), 1);
+  const secrets = api.objects('v1', 'secrets');
+  const current = secrets.get(CA_SECRET_NAME, 'ambit-system')!;
+  secrets.update({ ...current, data: { ...(current.data as Record<string, string>), ...secretData({ [CA_SECRET_KEYS.issuerKey]: other.keyPem }) } });
+  const window = logs.window();
+  await ca.refresh();
+  t.equal(ca.signer?.rootPem, good.rootPem, 'the last good signer stays in use');
+  t.equal(ca.status.valid, false);
+  t.match(ca.status.message, /not the signing certificate's .*mismatched.*the last good signer .* stays in use/, `the status says why: ${ca.status.message}`);
+  t.equal(metricValue(await registry.metrics(), 'ambit_ca_secret_valid'), 0, 'and the metric');
+  t.ok(window.find((r) => r.level === 50 && String(r.msg).startsWith('the CA Secret is refused')), 'and the log, at error');
+  const { csrPem } = await generateKeyAndCsr(`spiffe://${TD}/ns/shop/sa/web`);
+  const leaf = new X509Certificate(await ca.signer!.sign(csrPem, { spiffeId: `spiffe://${TD}/ns/shop/sa/web` }));
+  t.ok(leaf.verify(new X509Certificate(good.rootPem).publicKey), 'leaves are still signed, by the good key');
+  secrets.update({ ...secrets.get(CA_SECRET_NAME, 'ambit-system')!, data: meshCaSecret(other).data ?? {} });
+  await ca.refresh();
+  t.equal(ca.signer?.rootPem, other.rootPem, 'a valid Secret is taken');
+  t.equal(ca.status.valid, true);
+});
+
+t.test('a Secret deleted while in use is written back with the signer in use', async (t) => {
+  const { api, start } = await rig(t);
+  const good = await CertificateAuthority.create({ trustDomain: TD });
+  api.objects('v1', 'secrets').create(meshCaSecret(good));
+  const ca = await start('controller-a');
+  api.objects('v1', 'secrets').delete(CA_SECRET_NAME, 'ambit-system');
+  await ca.refresh();
+  const back = api.objects('v1', 'secrets').get(CA_SECRET_NAME, 'ambit-system');
+  t.equal(Buffer.from((back?.data as Record<string, string>)[CA_SECRET_KEYS.issuerCert] ?? '', 'base64').toString(), good.rootPem, 'the same root, not a new one');
+  t.equal(ca.signer?.rootPem, good.rootPem);
+});
