@@ -18,13 +18,19 @@ export type CaRefusalReason =
   | 'caller_pod_mismatch'
   | 'identity_not_on_node'
   | 'not_a_service_account'
-  | 'not_own_identity';
+  | 'not_own_identity'
+  | 'reserved_identity';
 
 export interface CaAuthorizationContext {
   readonly trustDomain: string;
   /** The agents' users (`system:serviceaccount:ambit-system:ambit-agent`): they may ask for their node's pods' identities. */
   readonly agentUsers: ReadonlySet<string>;
   readonly placements: PodPlacements;
+  /**
+   * Identities the endpoint never signs, whoever asks: the controller's own, which agents take for the controller (a
+   * node that got it could pose as the controller to every agent). The controller signs its own in process.
+   */
+  readonly reserved: ReadonlySet<string>;
 }
 
 const SERVICE_ACCOUNT_USER = /^system:serviceaccount:([^:]+):([^:]+)$/;
@@ -41,6 +47,7 @@ export function authorizeIdentity(caller: CaCaller, identity: string, context: C
   if (trustDomain !== context.trustDomain) {
     return refused('foreign_trust_domain', `${identity} is not of this mesh's trust domain ${context.trustDomain}`);
   }
+  if (context.reserved.has(identity)) return refused('reserved_identity', `${identity} is the controller's own identity; the CA endpoint never signs it`);
   const account = SERVICE_ACCOUNT_USER.exec(caller.username);
   if (!context.agentUsers.has(caller.username)) {
     if (account === null) return refused('not_a_service_account', `${caller.username} is not a service account; only service accounts get mesh identities`);

@@ -139,6 +139,7 @@ export class Controller {
       ttlMs: config.certTtlMs,
       trustDomain: config.trustDomain,
       agentUsers: new Set(config.streamUsers),
+      reserved: new Set([ownIdentity]),
       placements,
       registry,
       log,

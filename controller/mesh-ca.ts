@@ -171,17 +171,17 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       this.#log.error({ reason: message, signer: this.#status.signer }, `the CA Secret is refused: ${message}; ${keeping}`);
       return;
     }
-    const changed = this.#signer === undefined || this.#material?.certPem !== material.certPem || this.#material.keyPem !== material.keyPem || this.#material.rootsPem !== material.rootsPem;
-    const newSigner = this.#signer === undefined || this.#signer.rootPem !== ca.rootPem || this.#material?.keyPem !== material.keyPem;
-    if (changed) {
-      this.#material = material;
-      if (newSigner) this.#signer = ca;
-    }
+    const newSigner = this.#signer === undefined || this.#signer.rootPem !== ca.rootPem || this.#signer.keyPem !== ca.keyPem;
+    const signer = newSigner ? ca : this.#signer!;
+    // the bundle first: peers must trust the new root before they see leaves it signed, and nothing is taken in here
+    // until the bundle is out (a publish that fails is tried again at the next read, with nothing half-applied)
+    await this.#publish(signer, material);
+    const changed = this.#material?.rootsPem !== material.rootsPem || newSigner;
+    this.#material = material;
+    this.#signer = signer;
     this.#setStatus(true, 'the CA Secret is valid and in use');
-    // the bundle first: peers must trust the new root before they see leaves it signed
-    await this.#publish();
     if (changed) this.#log.info({ signer: this.#status.signer, roots: this.#status.roots, newSigner }, 'CA Secret loaded');
-    if (changed && newSigner) this.emit('signer', ca);
+    if (newSigner) this.emit('signer', signer);
   }
 
   async #readSecret(): Promise<Record<string, unknown> | undefined> {
@@ -225,13 +225,12 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     this.#again = true;
   }
 
-  /** Writes the ConfigMap when it differs from the roots and issuer chain in use. */
-  async #publish(): Promise<void> {
-    const signer = this.#signer;
-    const material = this.#material;
-    if (signer === undefined || material === undefined) return;
+  /** Writes the ConfigMap when it differs from these roots and this signer's chain. */
+  async #publish(signer: CertificateAuthority, material: SecretMaterial): Promise<void> {
+    const rootCerts = parseTrustBundle(material.rootsPem, 'roots');
+    const roots = rootCerts.map((root) => root.fingerprint256);
     const data = {
-      [TRUST_BUNDLE_KEYS.roots]: parseTrustBundle(material.rootsPem, 'roots').map((root) => root.toString()).join(''),
+      [TRUST_BUNDLE_KEYS.roots]: rootCerts.map((root) => root.toString()).join(''),
       [TRUST_BUNDLE_KEYS.issuerChain]: signer.chainPem === '' ? signer.rootPem : signer.chainPem,
     };
     const { namespace } = this.#options;
@@ -244,14 +243,14 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     }
     if (current === undefined) {
       await this.#options.api.post(collection, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: TRUST_BUNDLE_CONFIGMAP_NAME, namespace }, data });
-      this.#log.info({ roots: this.#status.roots }, 'trust bundle published');
+      this.#log.info({ roots }, 'trust bundle published');
       return;
     }
     const same = Object.entries(data).every(([key, value]) => current.data?.[key] === value) && Object.keys(current.data ?? {}).length === Object.keys(data).length;
     if (same) return;
     // at the resourceVersion read: a replica that publishes at the same moment makes this one 409, and the next read retries
     await this.#options.api.put(`${collection}/${TRUST_BUNDLE_CONFIGMAP_NAME}`, { ...current, data });
-    this.#log.info({ roots: this.#status.roots }, 'trust bundle published');
+    this.#log.info({ roots }, 'trust bundle published');
   }
 
   #setStatus(valid: boolean, message: string): void {

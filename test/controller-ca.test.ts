@@ -33,16 +33,18 @@ function pod(namespace: string, name: string, serviceAccount: string, node: stri
 }
 
 /** A CSR with exactly these subjectAltNames, signed by `keyPem` (forge, so that a test can ask for anything). */
-function csrWith(altNames: Array<{ type: number; value: string }>, keyPem = KEY_PEM): string {
+function csrWith(altNames: Array<{ type: number; value: string }>, keyPem = KEY_PEM, more: { subject?: forge.pki.CertificateField[]; extensions?: object[] } = {}): string {
   const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
   const csr = forge.pki.createCertificationRequest();
   csr.publicKey = forge.pki.rsa.setPublicKey(key.n, key.e);
-  csr.setSubject([]);
-  if (altNames.length > 0) csr.setAttributes([{ name: 'extensionRequest', extensions: [{ name: 'subjectAltName', altNames }] }]);
+  csr.setSubject(more.subject ?? []);
+  const extensions = [...(altNames.length > 0 ? [{ name: 'subjectAltName', altNames }] : []), ...(more.extensions ?? [])];
+  if (extensions.length > 0) csr.setAttributes([{ name: 'extensionRequest', extensions }]);
   csr.sign(key, forge.md.sha256.create());
   return forge.pki.certificationRequestToPem(csr);
 }
 const KEY_PEM = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
+const SMALL_EXPONENT_KEY_PEM = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 3 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
 const SMALL_KEY_PEM = generateKeyPairSync('rsa', { modulusLength: 1024 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
 
 t.test('the CA endpoint: node authorization, token checks and bad input', async (t) => {
@@ -58,6 +60,8 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
   // web-1 is scheduled and has no IP yet: its node's agent may hold its certificate before it starts
   const web = pods.create({ ...pod('shop', 'web-1', 'web', 'node1'), status: { phase: 'Pending' } });
   pods.create(pod('shop', 'api-1', 'api', 'node2'));
+  // a controller replica on node1: its identity is the controller's, which the endpoint never signs
+  pods.create(pod('ambit-system', 'ambit-controller-0', 'ambit-controller', 'node1'));
   pods.create(pod('shop', 'batch-1', 'batch', 'node1', 'Succeeded'));
   const waypoint = pods.create(pod('shop', 'waypoint-1', 'waypoint', 'node2'));
 
@@ -131,6 +135,22 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
     t.ok(lifetimeH > 23.9 && lifetimeH <= 24, `valid 24 h by default (${lifetimeH.toFixed(2)} h left)`);
   });
 
+  await t.test('what a CSR asks for beyond its identity is not copied: no CA bit, no subject, no second SAN extension', async (t) => {
+    const greedy = csrWith([{ type: URI, value: id('shop', 'web') }], KEY_PEM, {
+      subject: [{ shortName: 'CN', value: 'evil' }],
+      extensions: [{ name: 'basicConstraints', cA: true, critical: true }, { name: 'keyUsage', keyCertSign: true, cRLSign: true }],
+    });
+    const { status, answer } = await ask('agent1', JSON.stringify({ csr: greedy }));
+    t.equal(status, 200, 'signed, for its identity');
+    const leaf = new X509Certificate(answer.certChainPem ?? '');
+    t.notOk(leaf.ca, 'not a CA though the CSR asked');
+    t.notMatch(leaf.subject ?? '', /evil/, 'the subject is the CA\'s (empty), not the CSR\'s');
+    t.equal(leaf.subjectAltName, `URI:${id('shop', 'web')}`);
+    const twoExtensions = csrWith([{ type: URI, value: id('shop', 'web') }], KEY_PEM, { extensions: [{ name: 'subjectAltName', altNames: [{ type: DNS, value: 'evil.example' }] }] });
+    const smuggled = await ask('agent1', JSON.stringify({ csr: twoExtensions }));
+    t.equal(smuggled.answer.reason, 'bad_csr', 'a second subjectAltName extension counts: refused');
+  });
+
   await t.test('a waypoint (any other caller) gets its own identity', async (t) => {
     const { status } = await ask('waypoint', csrFor(id('shop', 'waypoint')));
     t.equal(status, 200);
@@ -157,6 +177,8 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
     { name: 'a foreign SAN alone (a DNS name)', token: 'agent1', body: JSON.stringify({ csr: csrWith([{ type: DNS, value: 'web.shop.svc' }]) }), status: 400, reason: 'bad_csr', says: /DNS:web.shop.svc/ },
     { name: 'no SAN', token: 'agent1', body: JSON.stringify({ csr: csrWith([]) }), status: 400, reason: 'bad_csr', says: /no subjectAltName/ },
     { name: 'a URI that is no SPIFFE workload ID', token: 'agent1', body: csrFor('spiffe://cluster.local/ns/shop'), status: 400, reason: 'bad_csr', says: /malformed/ },
+    { name: "the controller's own identity, though a pod of it runs on the caller's node", token: 'agent1', body: csrFor(id('ambit-system', 'ambit-controller')), status: 403, reason: 'reserved_identity', says: /never signs it/ },
+    { name: 'an RSA exponent other than 65537 (forge would verify a huge one for a minute)', token: 'agent1', body: JSON.stringify({ csr: csrWith([{ type: URI, value: id('shop', 'web') }], SMALL_EXPONENT_KEY_PEM) }), status: 400, reason: 'bad_csr', says: /exponent other than 65537/ },
     { name: 'a key under 2048 bits', token: 'agent1', body: JSON.stringify({ csr: csrWith([{ type: URI, value: id('shop', 'web') }], SMALL_KEY_PEM) }), status: 400, reason: 'bad_csr', says: /1024-bit/ },
     { name: 'a malformed CSR', token: 'agent1', body: JSON.stringify({ csr: '-----BEGIN CERTIFICATE REQUEST-----\nnot base64\n-----END CERTIFICATE REQUEST-----\n' }), status: 400, reason: 'bad_csr', says: /cannot be parsed/ },
     { name: 'a body that is not JSON', token: 'agent1', body: 'csr=please', status: 400, reason: 'bad_request', says: /JSON/ },
@@ -188,9 +210,11 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
 
   await t.test('every outcome is counted by reason', async (t) => {
     const text = await registry.metrics();
-    t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: 'signed' }), 3, 'three signed');
+    t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: 'signed' }), 4, 'four signed');
     for (const reason of new Set(cases.map((c) => c.reason))) {
-      t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: reason }), cases.filter((c) => c.reason === reason).length, `${reason} counted`);
+      // one bad_csr more: the smuggled second SAN extension, asked before the table
+      const extra = reason === 'bad_csr' ? 1 : 0;
+      t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: reason }), cases.filter((c) => c.reason === reason).length + extra, `${reason} counted`);
     }
     t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: 'token_review_unavailable' }), 1);
   });

@@ -150,6 +150,9 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
       const reissued = (node: typeof node1, identity: string, after: number) =>
         cluster.waitForLog(node, (r) => r.msg === 'certificate rotated' && r.spiffeId === identity, 15_000, after);
       await Promise.all([reissued(node1, id('client'), mark.node1), reissued(node2, id('server'), mark.node2)]);
+      // at once on the issuer's change, not at the next half-life renewal
+      const renewedAll = (node: typeof node1, after: number) => cluster.waitForLog(node, (r) => r.msg === 'workload certificates re-issued by the new signer', 15_000, after);
+      await Promise.all([renewedAll(node1, mark.node1), renewedAll(node2, mark.node2)]);
       await within(10_000, 'node2 presents a leaf of the new root', async () => (await presented(id('server')))?.verify(new X509Certificate(next.rootPem).publicKey) === true);
       t.pass('2. the signer is the new root, and the agents re-issued their leaves from it');
 

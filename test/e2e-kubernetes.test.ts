@@ -217,12 +217,11 @@ spec:
     t.ok(await inIpset(tb, node1, late.ip), "captured as soon as the runtime's ADD returns (the agent's own watch)");
     const first = await onTheWire(() => request(late, `http://${server.ip}:${HTTP_PORT}/`));
     t.notOk(carries(first.packets, first.result.marker), 'its first request never crosses in plaintext');
-    t.ok(first.result.error, 'and it is refused: node2 cannot tell whose address it is until the controller says');
-    // It reached node2 over HBONE with its own identity, so node1's agent captured it; node2 refuses it, failing
-    // closed, since only the controller tells it which pod owns the address.
-    const refused = await cluster.waitForLog(node2, (r) => r.msg === 'connection refused' && (r.src as { identity?: string }).identity === `spiffe://cluster.local/ns/${NAMESPACE}/sa/late`);
-    t.match(refused, { path: 'hbone', reason: 'source_unverified' }, 'its first connection came over HBONE, as the new pod');
-
+    t.ok(first.result.error, 'and it is refused: no identity of the new pod is signed while the controller (its CA) is away');
+    // Fail closed at the source: node1 captured it, and holds no certificate for shop/late, which only the
+    // controller signs; the refusal says so.
+    const refused = await cluster.waitForLog(node1, (r) => r.msg === 'connection refused' && r.path === 'hbone' && (r.src as { identity?: string }).identity === `spiffe://cluster.local/ns/${NAMESPACE}/sa/late`);
+    t.match(refused, { direction: 'outbound', detail: /certificate|controller|CA_/i }, `refused at the source for want of its certificate: ${String(refused.detail)}`);
     await cluster.startController();
     await within(CATCH_UP_MS, 'node2 knows the new pod from the controller', async () => {
       const after = cluster.logs(node2).length;

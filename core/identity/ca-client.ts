@@ -201,8 +201,12 @@ export class RemoteCaIssuer implements CertIssuer {
         if (!stream.closed) stream.close(http2.constants.NGHTTP2_CANCEL);
         reject(outcome.err);
       };
+      const session = stream.session;
       const timer = setTimeout(() => {
         settle({ err: new AmbitError('CA_UNAVAILABLE', `the controller at ${url} did not answer the CSR for ${spiffeId} within ${this.#timeoutMs / 1000} s`) });
+        // a connection that answers nothing is dead (a controller node gone): the next request must not reuse it
+        if (session !== undefined && this.#session === session) this.#session = undefined;
+        session?.destroy();
       }, this.#timeoutMs);
       stream.on('response', (headers) => {
         status = Number(headers[':status']);

@@ -298,8 +298,10 @@ function subjectOf(cert: X509Certificate): string {
   return cert.subject.replaceAll('\n', ', ') || 'a certificate without a subject';
 }
 
-/** The smallest RSA key the CA certifies. */
+/** The RSA keys the CA certifies: 2048 to 4096 bits, exponent 65537 (what every TLS stack makes). */
 const MIN_RSA_BITS = 2048;
+const MAX_RSA_BITS = 4096;
+const RSA_EXPONENT = '65537';
 
 /**
  * The identity a CSR asks for: its one subjectAltName, a SPIFFE workload ID. BAD_CSR, with the fault in words, for a
@@ -331,6 +333,14 @@ function verifiedCsr(csrPem: string, what: string): forge.pki.CertificateSigning
   } catch (err) {
     throw new AmbitError('BAD_CSR', `${what} cannot be parsed (PEM PKCS#10 with an RSA key expected)`, { cause: err });
   }
+  // Before the signature: forge verifies in JavaScript, at a cost that grows with the modulus and the exponent, and a
+  // CSR with a huge key would hold the controller's event loop for a minute.
+  const key = csr.publicKey as forge.pki.rsa.PublicKey | null;
+  const bits = key?.n?.bitLength() ?? 0;
+  if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS) {
+    throw new AmbitError('BAD_CSR', `${what} has a ${bits}-bit RSA key; the CA certifies keys of ${MIN_RSA_BITS} to ${MAX_RSA_BITS} bits`);
+  }
+  if (key?.e?.toString(10) !== RSA_EXPONENT) throw new AmbitError('BAD_CSR', `${what} has an RSA public exponent other than ${RSA_EXPONENT}`);
   // forge throws instead of returning false when the signature does not even decrypt under the CSR's key.
   let signatureValid = false;
   let verifyError: unknown;
@@ -342,8 +352,6 @@ function verifiedCsr(csrPem: string, what: string): forge.pki.CertificateSigning
   if (!signatureValid) {
     throw new AmbitError('BAD_CSR', `${what} has a bad signature: it was altered or not signed by its own key`, { cause: verifyError });
   }
-  const bits = (csr.publicKey as forge.pki.rsa.PublicKey | null)?.n?.bitLength() ?? 0;
-  if (bits < MIN_RSA_BITS) throw new AmbitError('BAD_CSR', `${what} has a ${bits}-bit RSA key; the CA certifies keys of ${MIN_RSA_BITS} bits or more`);
   return csr;
 }
 
