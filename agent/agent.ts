@@ -1,8 +1,7 @@
-import type { X509Certificate } from 'node:crypto';
 import type http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
-import { Counter, Gauge } from 'prom-client';
+import { Counter } from 'prom-client';
 import { CNI_SOCKET_NAME } from '../core/cni/index.js';
 import { LocalSource, WorkloadStore } from '../core/discovery/index.js';
 import { KubernetesSource } from './kubernetes-source.js';
@@ -13,8 +12,8 @@ interface ClusterSource {
   lastErrors(): readonly unknown[];
 }
 import { AmbitError, isAmbitError } from '../core/errors/index.js';
-import { HboneClient, HboneServer, SecureContextCache, spiffeIdFromSan } from '../core/hbone/index.js';
-import { CertStore, sniForIdentity } from '../core/identity/index.js';
+import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/index.js';
+import { CertStore, registerCertExpiryGauge, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
 import { PolicyStore } from '../core/policy/index.js';
@@ -563,22 +562,7 @@ export class Agent {
   #registerCertMetrics(): void {
     const certs = this.#certs;
     const identity = this.#identity;
-    new Gauge({
-      name: 'ambit_cert_expiration_timestamp_seconds',
-      help: 'When each certificate this agent holds or trusts expires (Unix seconds): kind workload, root or issuer',
-      // a workload's identity names its one certificate; two roots of a rotation may share a trust domain
-      labelNames: ['identity', 'kind', 'fingerprint'],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        const set = (cert: X509Certificate, kind: 'root' | 'issuer') =>
-          this.set({ identity: certificateName(cert), kind, fingerprint: cert.fingerprint256 }, new Date(cert.validTo).getTime() / 1000);
-        for (const root of identity.trustBundle.roots()) set(root, 'root');
-        const signer = identity.signer();
-        if (signer !== undefined) set(signer, 'issuer');
-        for (const { spiffeId, notAfter } of certs.expirations()) this.set({ identity: spiffeId, kind: 'workload' }, notAfter.getTime() / 1000);
-      },
-    });
+    registerCertExpiryGauge(this.registry, () => ({ roots: identity.trustBundle.roots(), issuer: identity.signer(), workloads: certs.expirations() }));
     const requests = new Counter({
       name: 'ambit_cert_requests_total',
       help: 'Workload certificate requests by outcome: ok, refused (by the CA), unavailable (no answer), error (anything else)',
@@ -593,10 +577,6 @@ export class Agent {
   }
 }
 
-/** How a root or an issuer is named in the metric: its trust domain's SPIFFE ID (`spiffe://<td>`) if it has one, else its subject. */
-function certificateName(cert: X509Certificate): string {
-  return spiffeIdFromSan(cert.subjectAltName) ?? cert.subject.split('\n').join(', ');
-}
 
 function requestOutcome(err: Error): 'refused' | 'unavailable' | 'error' {
   if (isAmbitError(err, 'CA_REFUSED')) return 'refused';

@@ -9,7 +9,8 @@ import { AmbitError } from '../core/errors/index.js';
 import { InvalidObjectError, type ConvertedObject, type DiscoverySnapshot, type DiscoveryChange, type LocalCollection, type WorkloadStore } from '../core/discovery/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import { Backoff, realTimer, type SetTimer } from '../core/timer/index.js';
-import { spiffeIdFromSan, type TrustBundleSource } from '../core/hbone/index.js';
+import type { TrustBundleSource } from '../core/hbone/index.js';
+import { spiffeIdFromSan } from '../core/identity/index.js';
 import {
   DEFAULT_SILENCE_DEADLINE_MS,
   STREAM_ALPN,

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { buildBaggage, forwardedFor, formatAuthority, newTraceparent, parseAuthority, parseForwardedFor, spiffeIdFromSan } from '../core/hbone/index.js';
+import { buildBaggage, forwardedFor, formatAuthority, newTraceparent, parseAuthority, parseForwardedFor } from '../core/hbone/index.js';
+import { spiffeIdFromSan } from '../core/identity/index.js';
 
 t.test('authority parsing accepts ip:port only', async (t) => {
   t.same(parseAuthority('10.0.0.1:80'), { host: '10.0.0.1', port: 80 });

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { convertObject, InvalidObjectError } from './convert.js';
+import { SerialRuns } from '../serial/index.js';
 import { parseManifests } from './manifest-file.js';
 import type { WorkloadStore } from './store.js';
 import type { ConvertedObject, DiscoverySnapshot, EndpointSlice, NamespaceInfo, NodeInfo, PodInfo, Service } from './types.js';
@@ -77,8 +78,10 @@ export class LocalSource extends EventEmitter {
   #debounceTimer: NodeJS.Timeout | undefined;
   #rewatchTimer: NodeJS.Timeout | undefined;
   #firstPendingEventAt: number | undefined;
-  #reloading: Promise<void> | undefined;
-  #reloadAgain = false;
+  readonly #reloads = new SerialRuns(
+    () => this.#loadOnce(),
+    (err) => this.#log.error({ err }, 'config folder reload failed; keeping the previous state'),
+  );
   /** Files of the load in progress whose objects are not known (unreadable or unparsable, with no good version). */
   #unknownFiles: string[] = [];
   /** Set while the folder cannot be watched, so the retry loop logs once, not every second. */
@@ -127,7 +130,7 @@ export class LocalSource extends EventEmitter {
     clearTimeout(this.#rewatchTimer);
     this.#watcher?.close();
     this.#watcher = undefined;
-    await this.#reloading;
+    await this.#reloads.stop();
   }
 
   #startWatching(): void {
@@ -173,23 +176,7 @@ export class LocalSource extends EventEmitter {
 
   /** One reload at a time; a change seen during a reload earns exactly one more. */
   #reload(): Promise<void> {
-    if (this.#reloading !== undefined) {
-      this.#reloadAgain = true;
-      return this.#reloading;
-    }
-    this.#reloading = (async () => {
-      do {
-        this.#reloadAgain = false;
-        try {
-          await this.#loadOnce();
-        } catch (err) {
-          this.#log.error({ err }, 'config folder reload failed; keeping the previous state');
-        }
-      } while (this.#reloadAgain && !this.#closed);
-    })().finally(() => {
-      this.#reloading = undefined;
-    });
-    return this.#reloading;
+    return this.#reloads.trigger();
   }
 
   async #loadOnce(): Promise<void> {

@@ -5,7 +5,8 @@ import { AmbitError, errnoCode } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { silentLogger } from '../log/index.js';
 import { realTimer, type SetTimer } from '../timer/index.js';
-import { chainLeadsTo, HBONE_ALPN, presentedChain, spiffeIdFromSan } from './tls.js';
+import { chainLeadsTo, spiffeIdFromSan } from '../identity/index.js';
+import { HBONE_ALPN, presentedChain } from './tls.js';
 import { POLICY_HEADER, REASON_HEADER, type HboneHeaders } from './protocol.js';
 
 /** DESIGN.md, "HBONE on the wire": the pool's limits and the flow-control windows. */

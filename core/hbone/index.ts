@@ -41,7 +41,7 @@ export {
   type BaggageFields,
   type HboneHeaders,
 } from './protocol.js';
-export { hboneContextOptions, peerSpiffeId, SecureContextCache, spiffeIdFromSan, type TrustBundleSource, type WorkloadCredentials } from './tls.js';
+export { hboneContextOptions, peerSpiffeId, SecureContextCache, type TrustBundleSource, type WorkloadCredentials } from './tls.js';
 
 /** The HBONE port of agents and waypoints. */
 export const HBONE_PORT = 15008;

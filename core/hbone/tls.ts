@@ -1,7 +1,7 @@
 import { constants, X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import type { DetailedPeerCertificate, PeerCertificate, TLSSocket } from 'node:tls';
-import { subjectAltNames, withoutSpiffeScheme } from '../identity/index.js';
+import { chainLeadsTo, spiffeIdFromSan } from '../identity/index.js';
 
 /** HBONE is TLS 1.3 only, with the AES-GCM suites (as Istio's HBONE), so the two meshes can interoperate. */
 export const HBONE_CIPHERSUITES = 'TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256';
@@ -67,14 +67,6 @@ export class SecureContextCache {
   }
 }
 
-/** The SPIFFE ID in a certificate's URI SAN (Node's `subjectaltname` text form), or undefined. */
-export function spiffeIdFromSan(subjectAltName: string | undefined): string | undefined {
-  for (const entry of subjectAltNames(subjectAltName)) {
-    const uri = entry.startsWith('URI:') ? entry.slice('URI:'.length) : undefined;
-    if (uri !== undefined && withoutSpiffeScheme(uri) !== undefined) return uri;
-  }
-  return undefined;
-}
 
 /** The SPIFFE ID the peer of a verified TLS socket proved, or undefined. */
 export function peerSpiffeId(socket: TLSSocket): string | undefined {
@@ -93,13 +85,6 @@ export function peerChainsTo(socket: TLSSocket, roots: readonly X509Certificate[
   return chainLeadsTo(chain, roots);
 }
 
-/**
- * Whether a chain the handshake verified (leaf first) leads to one of `roots`: one of its certificates is a root,
- * or was issued and signed by one.
- */
-export function chainLeadsTo(chain: readonly X509Certificate[], roots: readonly X509Certificate[]): boolean {
-  return chain.some((cert) => roots.some((root) => root.fingerprint256 === cert.fingerprint256 || (cert.checkIssued(root) && cert.verify(root.publicKey))));
-}
 
 /**
  * The chain a server presented, as X509Certificates, from the detailed certificate that checkServerIdentity gets:

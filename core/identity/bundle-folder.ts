@@ -6,6 +6,7 @@ import { AmbitError, errnoCode } from '../errors/index.js';
 import type { Logger } from '../log/index.js';
 import { TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from './ca-protocol.js';
 import { FolderReload } from './folder-reload.js';
+import { chainLeadsTo } from './chain.js';
 import { pemCertificates } from './pem.js';
 import { parseTrustBundle, TrustBundle } from './trust-bundle.js';
 
@@ -113,11 +114,6 @@ export class TrustBundleFolder extends EventEmitter<TrustBundleFolderEvents> {
   #issuerFile(): string {
     return path.join(this.#options.dir, TRUST_BUNDLE_KEYS.issuerChain);
   }
-}
-
-/** Whether one certificate of `chain` is a root, or was issued and signed by one. */
-function chainLeadsTo(chain: readonly X509Certificate[], roots: readonly X509Certificate[]): boolean {
-  return chain.some((cert) => roots.some((root) => root.fingerprint256 === cert.fingerprint256 || (cert.checkIssued(root) && cert.verify(root.publicKey))));
 }
 
 /**

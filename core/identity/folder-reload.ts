@@ -1,5 +1,6 @@
 import { watchFolder, type FolderWatch } from '../fs/index.js';
 import type { Logger } from '../log/index.js';
+import { SerialRuns } from '../serial/index.js';
 
 export interface FolderReloadOptions {
   dir: string;
@@ -17,37 +18,23 @@ export interface FolderReloadOptions {
  * the watch.
  */
 export class FolderReload {
-  readonly #options: FolderReloadOptions;
+  readonly #runs: SerialRuns;
   #watch: FolderWatch | undefined;
-  #reloading: Promise<void> | undefined;
-  #reloadAgain = false;
 
   constructor(options: FolderReloadOptions) {
-    this.#options = options;
+    this.#runs = new SerialRuns(options.load, (err) => options.log.error({ err }, options.failure));
     this.#watch = watchFolder(options.dir, () => void this.reload(), options.log);
   }
 
   /** Reads the folder now, or once more after the read in flight; resolves when the reads are done. */
   reload(): Promise<void> {
-    if (this.#reloading !== undefined) {
-      this.#reloadAgain = true;
-      return this.#reloading;
-    }
-    this.#reloading = (async () => {
-      do {
-        this.#reloadAgain = false;
-        await this.#options.load().catch((err: unknown) => this.#options.log.error({ err }, this.#options.failure));
-      } while (this.#reloadAgain && this.#watch !== undefined);
-    })().finally(() => {
-      this.#reloading = undefined;
-    });
-    return this.#reloading;
+    return this.#runs.trigger();
   }
 
   /** Stops watching; resolves once a reload in flight has finished. */
   async close(): Promise<void> {
     this.#watch?.close();
     this.#watch = undefined;
-    await this.#reloading;
+    await this.#runs.stop();
   }
 }

@@ -120,3 +120,12 @@ export function trustDomainFlag(command: string, value: string | undefined): str
   }
   return trustDomain;
 }
+
+/** The SPIFFE ID in a certificate's URI SAN (Node's `subjectaltname` text form), or undefined. */
+export function spiffeIdFromSan(subjectAltName: string | undefined): string | undefined {
+  for (const entry of subjectAltNames(subjectAltName)) {
+    const uri = entry.startsWith('URI:') ? entry.slice('URI:'.length) : undefined;
+    if (uri !== undefined && withoutSpiffeScheme(uri) !== undefined) return uri;
+  }
+  return undefined;
+}

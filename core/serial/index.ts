@@ -1,0 +1,1 @@
+export { SerialRuns } from './serial-runs.js';
