@@ -65,10 +65,11 @@ export function authorizeIdentity(caller: CaCaller, identity: string, context: C
   }
   const callerPod = context.placements.pod(account[1] ?? '', podName);
   if (callerPod === undefined) return refused('caller_pod_unknown', `the token's pod ${account[1] ?? ''}/${podName} is not known to the controller`);
-  if (callerPod.uid !== podUid || callerPod.node !== node || callerPod.terminated) {
+  // the API server binds a token to a pod of its own service account; checked again here, as the rest is
+  if (callerPod.uid !== podUid || callerPod.node !== node || callerPod.terminated || callerPod.account !== `${account[1] ?? ''}/${account[2] ?? ''}`) {
     return refused(
       'caller_pod_mismatch',
-      `the token's pod ${account[1] ?? ''}/${podName} (uid ${podUid}, node ${node}) is not the one the controller knows (uid ${callerPod.uid}, node ${callerPod.node ?? 'none'}${callerPod.terminated ? ', ended' : ''})`,
+      `the token's pod ${account[1] ?? ''}/${podName} (uid ${podUid}, node ${node}, service account ${account[2] ?? ''}) is not the one the controller knows (uid ${callerPod.uid}, node ${callerPod.node ?? 'none'}, service account ${callerPod.account.split('/')[1] ?? ''}${callerPod.terminated ? ', ended' : ''})`,
     );
   }
   if (context.placements.runsOn(node, namespace, serviceAccount)) return { allowed: true };

@@ -1,7 +1,7 @@
 import type http2 from 'node:http2';
 import { Counter, type Registry } from 'prom-client';
 import { AmbitError } from '../core/errors/index.js';
-import { CA_MAX_REQUEST_BYTES, csrIdentity, type CaSignResponse, type CertificateAuthority } from '../core/identity/index.js';
+import { CA_MAX_REQUEST_BYTES, checkCsr, type CaSignResponse, type CertificateAuthority, type CheckedCsr } from '../core/identity/index.js';
 import type { Logger } from '../core/log/index.js';
 import { authorizeIdentity, type CaAuthorizationContext } from './ca-authorize.js';
 import { bearerToken, refuse, withTimeout, type Authenticate, type TokenVerdict } from './stream-server.js';
@@ -79,12 +79,13 @@ export class CaService {
     } catch (err) {
       return this.#refuse(context, 400, 'bad_request', `the body must be JSON {"csr": "<PEM PKCS#10>"}: ${err instanceof Error ? err.message : String(err)}`);
     }
-    let identity: string;
+    let checked: CheckedCsr;
     try {
-      identity = csrIdentity(csr);
+      checked = checkCsr(csr);
     } catch (err) {
       return this.#refuse(context, 400, 'bad_csr', err instanceof Error ? err.message : String(err));
     }
+    const { identity } = checked;
     context.identity = identity;
     const decision = authorizeIdentity(verdict, identity, this.#options);
     if (!decision.allowed) return this.#refuse(context, 403, decision.reason, decision.message);
@@ -93,7 +94,7 @@ export class CaService {
     if (signer === undefined) return this.#refuse(context, 503, 'no_signer', 'the controller holds no valid signing key now; retry');
     let certChainPem: string;
     try {
-      certChainPem = await signer.sign(csr, { spiffeId: identity, ttlMs: this.#options.ttlMs });
+      certChainPem = await signer.sign(checked, { spiffeId: identity, ttlMs: this.#options.ttlMs });
     } catch (err) {
       return this.#refuse(context, 400, 'bad_csr', err instanceof Error ? err.message : String(err));
     }

@@ -25,6 +25,8 @@ export interface ControllerConfig {
   readonly certTtlMs: number;
   /** How often the CA Secret is read again, whatever its watch says. */
   readonly caRereadIntervalMs: number;
+  /** How long a root is in the published bundle before a key that chains to it signs, and stays after one stopped. */
+  readonly caPropagationMs: number;
   /**
    * The Kubernetes users of the agents: they may read the stream, and the CA signs for them the identities of the
    * pods on their node (any other caller gets only its own identity).
@@ -49,6 +51,8 @@ Options (each also as an environment variable):
   --pod-name NAME        this replica's pod (downward API)     AMBIT_POD_NAME (default: the host name)
   --cert-ttl S           lifetime of signed certificates, s    AMBIT_CERT_TTL (default 86400: 24 h; 10 to 31536000)
   --ca-reread-interval S read the CA Secret again every S s    AMBIT_CA_REREAD_INTERVAL (default 60)
+  --ca-propagation S     a new signing key waits until its     AMBIT_CA_PROPAGATION (default 120; 0 to 3600)
+                         root has been published S s (every node's mounted bundle has it); an old root stays S s
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address                          AMBIT_LISTEN_HOST (default 0.0.0.0)
   --port N               discovery stream port                 AMBIT_PORT (default ${DEFAULT_CONTROLLER_PORTS.stream})
@@ -73,6 +77,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
     'pod-name': { type: 'string' },
     'cert-ttl': { type: 'string' },
     'ca-reread-interval': { type: 'string' },
+    'ca-propagation': { type: 'string' },
     'trust-domain': { type: 'string' },
     'listen-host': { type: 'string' },
     port: { type: 'string' },
@@ -95,6 +100,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
     return value;
   };
   const certTtlMs = seconds('cert-ttl', values['cert-ttl'] ?? env.AMBIT_CERT_TTL, 10, 31_536_000, 86_400) * 1000;
+  const caPropagationMs = seconds('ca-propagation', values['ca-propagation'] ?? env.AMBIT_CA_PROPAGATION, 0, 3600, 120) * 1000;
   const caRereadIntervalMs = seconds('ca-reread-interval', values['ca-reread-interval'] ?? env.AMBIT_CA_REREAD_INTERVAL, 1, 3600, 60) * 1000;
   const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as ControllerConfig['logLevel'];
   if (!LOG_LEVELS.includes(logLevel)) throw usageError(`--log-level ${logLevel} is not one of ${LOG_LEVELS.join(', ')}`);
@@ -128,6 +134,7 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
       podName,
       certTtlMs,
       caRereadIntervalMs,
+      caPropagationMs,
       streamUsers: Object.freeze(streamUsers),
       istioApi: values['istio-api'] ?? env.AMBIT_ISTIO_API === '1',
       logLevel,

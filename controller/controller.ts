@@ -1,7 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import type http from 'node:http';
-import { Counter, Gauge } from 'prom-client';
-import { CA_PATH, CA_SECRET_NAME, CA_TOKEN_AUDIENCE, CertStore, parseTrustBundle, spiffeId, type CertIssuer } from '../core/identity/index.js';
+import { Counter } from 'prom-client';
+import { CA_PATH, CA_SECRET_NAME, CA_TOKEN_AUDIENCE, CertStore, parseTrustBundle, registerCertExpiryGauge, spiffeId, type CertIssuer } from '../core/identity/index.js';
+import { AmbitError } from '../core/errors/index.js';
 import { KubeApi, loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
@@ -19,6 +20,8 @@ export interface ControllerDependencies {
   readonly registry?: Registry;
   /** The clock of the reflectors' failure times (milliseconds); tests move one by hand. */
   readonly now?: () => number;
+  /** Aborts a start that waits for a signing key (SIGTERM before the CA Secret could be loaded). */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -69,25 +72,44 @@ export class Controller {
       config.kubeconfig === undefined ? { inCluster: true, ...(config.serviceAccountDir === undefined ? {} : { serviceAccountDir: config.serviceAccountDir }) } : { kubeconfig: config.kubeconfig },
     );
     const api = new KubeApi(kubeConfig);
-    // the signer first: the controller serves with a certificate of its own identity, which the mesh CA signs
-    const ca = await MeshCa.start({ api, namespace: config.namespace, trustDomain: config.trustDomain, holder: config.podName, rereadIntervalMs: config.caRereadIntervalMs, registry, log });
-    const signer: CertIssuer = {
-      sign: async (csrPem, identity) => {
-        const current = ca.signer;
-        if (current === undefined) throw new Error('the controller holds no signing key');
-        return { certChainPem: await current.sign(csrPem, { spiffeId: identity, ttlMs: config.certTtlMs }) };
-      },
+    const ca = new MeshCa({
+      api,
+      namespace: config.namespace,
+      trustDomain: config.trustDomain,
+      holder: config.podName,
+      rereadIntervalMs: config.caRereadIntervalMs,
+      propagationMs: config.caPropagationMs,
+      registry,
+      log,
+    });
+    const certs = new CertStore({ issuer: inProcessIssuer(ca, config.certTtlMs), log });
+    registerCertExpiryGauge(registry, () => ({
+      roots: ca.rootsPem === '' ? [] : parseTrustBundle(ca.rootsPem, 'the published roots'),
+      issuer: ca.signer === undefined ? undefined : new X509Certificate(ca.signer.rootPem),
+      workloads: certs.expirations(),
+    }));
+    // The status port first: while there is no signing key (a Secret that does not load, the other replica creating
+    // the root), /status and ambit_ca_secret_valid say why. Ready only once the stream serves.
+    let parts: { readiness: () => Readiness; details: () => Record<string, unknown> } = {
+      readiness: () => ({ ready: false, reason: `no signing key yet: ${ca.status.message}` }),
+      details: () => ({}),
     };
-    const certs = new CertStore({ issuer: signer, log });
-    const ownIdentity = spiffeId(config.trustDomain, config.namespace, 'ambit-controller');
-    let serving;
-    try {
-      serving = await certs.get(ownIdentity);
-    } catch (err) {
+    const readiness = (): Readiness => parts.readiness();
+    const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness, status: () => ({ ready: readiness().ready, ca: ca.status, ...parts.details() }) })];
+    const stopBefore = async (err: unknown): Promise<never> => {
       certs.close();
       await ca.close();
+      await Promise.all(statusServers.filter((server) => server.listening).map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
       throw err;
-    }
+    };
+    await listenAll(statusServers, [config.ports.metrics, config.ports.readiness], config.listenHost).catch(stopBefore);
+    // the signer, then the controller's own certificate (signed by it, in process): the stream serves with it
+    const ownIdentity = spiffeId(config.trustDomain, config.namespace, 'ambit-controller');
+    const serving = await ca
+      .start(deps.signal)
+      .then(() => certs.get(ownIdentity))
+      .catch(stopBefore);
+
     const changes = new ChangeLog();
     const rejected = new Counter({
       name: 'ambit_controller_objects_rejected_total',
@@ -106,7 +128,7 @@ export class Controller {
     const view = new ClusterView(sink, { trustDomain: config.trustDomain, log, onRejected: (kind) => rejected.inc({ kind }) });
     const listed = new Set<WatchedKind>();
     const kinds = watchedKinds({ istioApi: config.istioApi });
-    const reflectors = kinds.map(
+    const reflectors: Reflector<unknown>[] = kinds.map(
       (kind) =>
         new Reflector({
           kubeConfig,
@@ -130,6 +152,20 @@ export class Controller {
             deleted: (object) => view.delete(kind, object),
           },
         }),
+    ) as Reflector<unknown>[];
+    // the Secret's watch makes a change take effect at once; MeshCa reads it periodically anyway
+    const refresh = () => void ca.refresh();
+    reflectors.push(
+      new Reflector<null>({
+        kubeConfig,
+        kind: 'Secret',
+        path: `/api/v1/namespaces/${config.namespace}/secrets`,
+        fieldSelector: `metadata.name=${CA_SECRET_NAME}`,
+        log,
+        registry,
+        transform: () => null,
+        consumer: { replace: refresh, added: refresh, modified: refresh, deleted: refresh },
+      }) as Reflector<unknown>,
     );
     const synced = () => listed.size === kinds.length;
     const caService = new CaService({
@@ -156,60 +192,20 @@ export class Controller {
       port: config.ports.stream,
       log,
     });
-    // Ready once every kind is listed, and from then on: a failing watch (an RBAC change, an overloaded API server)
-    // hits both replicas alike, and taking both out of the Service would leave a restarted agent with no state at
-    // all. How long each kind has failed is a metric instead (ambit_k8s_watch_failing_seconds).
-    const readiness = (): Readiness =>
-      synced() ? { ready: true } : { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` };
     // renewed at half life like any leaf; a new signer re-issues it at once
     certs.on('rotated', (_identity, cert) => stream.setCredentials(cert.keyPem, cert.certChainPem));
     ca.on('signer', () => void certs.renewAll());
-    registerCertMetrics(registry, ca, certs);
-    // the Secret's watch makes a change take effect at once; MeshCa reads it periodically anyway
-    const secretWatch = new Reflector<null>({
-      kubeConfig,
-      kind: 'Secret',
-      path: `/api/v1/namespaces/${config.namespace}/secrets`,
-      fieldSelector: `metadata.name=${CA_SECRET_NAME}`,
-      log,
-      registry,
-      transform: () => null,
-      consumer: { replace: () => void ca.refresh(), added: () => void ca.refresh(), modified: () => void ca.refresh(), deleted: () => void ca.refresh() },
-    });
-    const status = () => ({ ready: readiness().ready, ca: ca.status, streams: stream.streams, version: changes.version });
-    const statusServers = [createStatusServer({ registry }), createStatusServer({ readiness, status })];
-    const closeCa = async () => {
-      certs.close();
-      await ca.close();
+    const streamPort = await stream.listen().catch(stopBefore);
+    // Ready once every kind is listed, and from then on: a failing watch (an RBAC change, an overloaded API server)
+    // hits both replicas alike, and taking both out of the Service would leave a restarted agent with no state at
+    // all. How long each kind has failed is a metric instead (ambit_k8s_watch_failing_seconds).
+    parts = {
+      readiness: () => (synced() ? { ready: true } : { ready: false, reason: `not yet listed: ${kinds.filter((kind) => !listed.has(kind)).map((kind) => kind.kind).join(', ')}` }),
+      details: () => ({ streams: stream.streams, version: changes.version }),
     };
-    let streamPort: number;
-    try {
-      streamPort = await stream.listen();
-    } catch (err) {
-      await closeCa();
-      throw err;
-    }
-    try {
-      await Promise.all(
-        statusServers.map(
-          (server, index) =>
-            new Promise<void>((resolve, reject) => {
-              server.once('error', reject);
-              server.listen(index === 0 ? config.ports.metrics : config.ports.readiness, config.listenHost, () => resolve());
-            }),
-        ),
-      );
-    } catch (err) {
-      // nothing half-started stays behind: the stream and whichever status server did bind
-      await stream.close();
-      await closeCa();
-      for (const server of statusServers) if (server.listening) server.close();
-      throw err;
-    }
     for (const reflector of reflectors) reflector.start();
-    secretWatch.start();
     log.info({ port: streamPort, kinds: kinds.length, api: api.server, identity: ownIdentity, signer: ca.status.signer }, 'controller started');
-    return new Controller([...reflectors, secretWatch] as Reflector<unknown>[], ca, certs, stream, statusServers, changes, log, streamPort, readiness);
+    return new Controller(reflectors, ca, certs, stream, statusServers, changes, log, streamPort, readiness);
   }
 
   get readiness(): Readiness {
@@ -231,30 +227,26 @@ export class Controller {
   }
 }
 
-/**
- * `ambit_cert_expiration_timestamp_seconds`, as every Ambit process exports it: the roots it publishes (kind root),
- * the signer (kind issuer), and its own serving certificate (kind workload).
- */
-function registerCertMetrics(registry: Registry, ca: MeshCa, certs: CertStore): void {
-  new Gauge({
-    name: 'ambit_cert_expiration_timestamp_seconds',
-    help: 'When each certificate this process holds or publishes expires (Unix seconds)',
-    labelNames: ['identity', 'kind'],
-    registers: [registry],
-    collect() {
-      this.reset();
-      const roots = ca.rootsPem === '' ? [] : parseTrustBundle(ca.rootsPem, 'roots');
-      for (const root of roots) this.set({ identity: certificateName(root), kind: 'root' }, Date.parse(root.validTo) / 1000);
+/** The controller's own certificates, signed in process by the signer in use (never through its endpoint). */
+function inProcessIssuer(ca: MeshCa, ttlMs: number): CertIssuer {
+  return {
+    sign: async (csrPem, identity) => {
       const signer = ca.signer;
-      if (signer !== undefined) this.set({ identity: certificateName(new X509Certificate(signer.rootPem)), kind: 'issuer' }, signer.notAfter.getTime() / 1000);
-      for (const { spiffeId: identity, notAfter } of certs.expirations()) this.set({ identity, kind: 'workload' }, notAfter.getTime() / 1000);
+      if (signer === undefined) throw new AmbitError('CA_NO_SIGNER', 'the controller holds no signing key');
+      return { certChainPem: await signer.sign(csrPem, { spiffeId: identity, ttlMs }) };
     },
-  });
+  };
 }
 
-/** A CA certificate's name in metrics: its trust domain's SPIFFE ID when it names one, else its subject and fingerprint. */
-function certificateName(cert: X509Certificate): string {
-  const uri = (cert.subjectAltName ?? '').split(', ').find((name) => name.startsWith('URI:spiffe://'));
-  const fingerprint = cert.fingerprint256.replaceAll(':', '').slice(0, 16).toLowerCase();
-  return `${uri === undefined ? cert.subject.replaceAll('\n', ',') : uri.slice('URI:'.length)} ${fingerprint}`;
+/** Listens on each server's port; rejects at the first that cannot bind (the others may be listening). */
+function listenAll(servers: readonly http.Server[], ports: readonly number[], host: string): Promise<void> {
+  return Promise.all(
+    servers.map(
+      (server, index) =>
+        new Promise<void>((resolve, reject) => {
+          server.once('error', reject);
+          server.listen(ports[index], host, () => resolve());
+        }),
+    ),
+  ).then(() => undefined);
 }

@@ -21,7 +21,17 @@ export async function runControllerCommand(argv: string[]): Promise<number> {
   const log = createLogger({ level: command.config.logLevel, name: 'ambit-controller', destination: output });
   // listening before the start: a SIGTERM while it starts (a rollout, a test) still shuts down cleanly, after it
   const stopped = untilStopSignal(log);
-  const controller = await Controller.start(command.config, { log });
+  // a SIGTERM while it waits for its signing key (a Secret that does not load) ends the wait
+  const aborted = new AbortController();
+  void stopped.then(() => aborted.abort());
+  let controller: Controller;
+  try {
+    controller = await Controller.start(command.config, { log, signal: aborted.signal });
+  } catch (err) {
+    if (!aborted.signal.aborted) throw err;
+    output.finish();
+    return 0;
+  }
   await stopped;
   await controller.close();
   output.finish();

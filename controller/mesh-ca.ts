@@ -12,6 +12,7 @@ import {
 } from '../core/identity/index.js';
 import { ApiStatusError, type KubeApi } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
+import { SerialRuns } from '../core/serial/index.js';
 import { acquireLease } from './lease.js';
 
 /** How often the Secret is read again whatever the watch says (a watch can miss an event, or be broken for long). */
@@ -29,13 +30,24 @@ export interface MeshCaOptions {
   /** This replica's name (its pod's), as the Lease's holder. */
   readonly holder: string;
   readonly rereadIntervalMs?: number;
+  /**
+   * How long a root must have been in the published bundle before the controller signs with a key that chains to it,
+   * and how long a root it stopped signing with stays there: the time a ConfigMap change takes to reach every
+   * node's mounted copy (kubelet's sync period and cache, about a minute).
+   */
+  readonly propagationMs?: number;
   readonly registry: Registry;
   readonly log: Logger;
 }
 
+/** kubelet refreshes a mounted ConfigMap within its sync period (1 min) plus its cache's TTL: two minutes covers both. */
+export const DEFAULT_CA_PROPAGATION_MS = 120_000;
+
 export type MeshCaEvents = {
   /** Another signing key (a rotation, a fixed Secret): leaves signed before are re-issued by it. */
   signer: [ca: CertificateAuthority];
+  /** The trust bundle ConfigMap holds these roots now (SHA-256 fingerprints). */
+  published: [roots: readonly string[]];
 };
 
 /** What the controller says of its CA: in `/status` and `ambit_ca_secret_valid`. */
@@ -46,6 +58,8 @@ export interface MeshCaStatus {
   /** SHA-256 fingerprints of the signer in use and of the published roots. */
   readonly signer: string | undefined;
   readonly roots: readonly string[];
+  /** A signer read from the Secret and not yet in use: its fingerprint and when it will be (ISO time). */
+  readonly pending?: { readonly signer: string; readonly at: string };
 }
 
 interface SecretMaterial {
@@ -62,24 +76,39 @@ interface SecretMaterial {
  * does not load (a key that is not its certificate's, a chain that leads to none of the roots, an expired signer)
  * changes nothing: the last good signer stays in use, and the status, the log and `ambit_ca_secret_valid` say so.
  * Deleted while in use, it is written back from the last good material (by the Lease holder), so nothing is lost.
+ *
  * The roots and the issuer chain (public) are published as the ConfigMap `<namespace>/ambit-trust-bundle`, which the
- * agents mount.
+ * agents mount. No connection is refused across a change of key, however the Secret was changed (in three steps or
+ * in one write, as a cert-manager renewal does it): the published roots are the Secret's, plus the root of the signer
+ * in use, plus a root the controller stopped signing with, for `propagationMs`; and a new key is taken only once its
+ * root has been published that long, until when `/status` names it as pending.
  */
 export class MeshCa extends EventEmitter<MeshCaEvents> {
   readonly #options: MeshCaOptions;
   readonly #log: Logger;
+  readonly #propagationMs: number;
   #signer: CertificateAuthority | undefined;
   #material: SecretMaterial | undefined;
   #status: MeshCaStatus = { valid: false, message: 'the CA Secret has not been read yet', signer: undefined, roots: [] };
+  /** The roots (PEM) published now, and since when each has been (by fingerprint), as far as this replica knows. */
+  #publishedPem = '';
+  #publishedRoots: readonly string[] = [];
+  readonly #publishedSince = new Map<string, number>();
+  /** The root of a signer no longer in use, published until `until`. */
+  #retiring: { readonly pem: string; readonly until: number } | undefined;
   #timer: NodeJS.Timeout | undefined;
-  #refreshing: Promise<void> | undefined;
-  #again = false;
+  #deadline: NodeJS.Timeout | undefined;
+  readonly #reads = new SerialRuns(
+    () => this.#refreshOnce(),
+    (err) => this.#log.error({ err }, 'reading the CA Secret failed; keeping the signer in use'),
+  );
   #closed = false;
 
-  private constructor(options: MeshCaOptions) {
+  constructor(options: MeshCaOptions) {
     super();
     this.#options = options;
     this.#log = options.log.child({ component: 'mesh-ca' });
+    this.#propagationMs = options.propagationMs ?? DEFAULT_CA_PROPAGATION_MS;
     const valid = (): number => (this.#status.valid ? 1 : 0);
     new Gauge({
       name: 'ambit_ca_secret_valid',
@@ -91,15 +120,17 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     });
   }
 
-  /** Reads (or creates) the signer; resolves once there is one, retrying every second and saying why until then. */
-  static async start(options: MeshCaOptions): Promise<MeshCa> {
-    const ca = new MeshCa(options);
-    while (ca.#signer === undefined && !ca.#closed) {
-      await ca.refresh();
-      if (ca.#signer === undefined) await new Promise((resolve) => setTimeout(resolve, NO_SIGNER_RETRY_MS));
+  /**
+   * Reads (or creates) the signer; resolves once there is one, retrying every second and saying why (log, status)
+   * until then; rejects with CONTROLLER_STOPPED when `signal` aborts first. Then reads again periodically.
+   */
+  async start(signal?: AbortSignal): Promise<void> {
+    while (this.#signer === undefined) {
+      if (signal?.aborted === true || this.#closed) throw new AmbitError('CONTROLLER_STOPPED', 'stopped before the CA Secret could be loaded');
+      await this.refresh();
+      if (this.#signer === undefined) await delay(NO_SIGNER_RETRY_MS, signal);
     }
-    ca.#schedule();
-    return ca;
+    this.#schedule();
   }
 
   /** The signer in use. */
@@ -111,32 +142,21 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     return this.#status;
   }
 
-  /** The roots in use (what agents trust), as published. */
+  /** The roots published now (what agents trust). */
   get rootsPem(): string {
-    return this.#material?.rootsPem ?? '';
+    return this.#publishedPem;
   }
 
   /** Reads the Secret now (the watch saw a change); one read at a time, and a change seen during one earns one more. */
   refresh(): Promise<void> {
-    if (this.#refreshing !== undefined) {
-      this.#again = true;
-      return this.#refreshing;
-    }
-    this.#refreshing = (async () => {
-      do {
-        this.#again = false;
-        await this.#refreshOnce().catch((err: unknown) => this.#log.error({ err }, 'reading the CA Secret failed; keeping the signer in use'));
-      } while (this.#again && !this.#closed);
-    })().finally(() => {
-      this.#refreshing = undefined;
-    });
-    return this.#refreshing;
+    return this.#reads.trigger();
   }
 
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#timer);
-    await this.#refreshing;
+    clearTimeout(this.#deadline);
+    await this.#reads.stop();
   }
 
   #schedule(): void {
@@ -145,6 +165,14 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       void this.refresh().finally(() => this.#schedule());
     }, this.#options.rereadIntervalMs ?? DEFAULT_CA_REREAD_INTERVAL_MS);
     this.#timer.unref();
+  }
+
+  /** A read at `at`, when a pending signer or a retiring root is due; the earliest one wins. */
+  #readAt(at: number): void {
+    if (this.#closed) return;
+    clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(() => void this.refresh(), Math.max(0, at - Date.now()));
+    this.#deadline.unref();
   }
 
   get #secretPath(): string {
@@ -163,7 +191,6 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     try {
       material = secretMaterial(secret, source);
       ca = CertificateAuthority.fromPem({ ...material, trustDomain: this.#options.trustDomain, source });
-      parseTrustBundle(material.rootsPem, `${source} ${CA_SECRET_KEYS.roots}`);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       const keeping = this.#signer === undefined ? 'there is no signer, so no certificate is signed until it is fixed' : `the last good signer ${fingerprint(this.#signer.rootPem)} stays in use`;
@@ -171,19 +198,34 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       this.#log.error({ reason: message, signer: this.#status.signer }, `the CA Secret is refused: ${message}; ${keeping}`);
       return;
     }
-    const newSigner = this.#signer === undefined || this.#signer.rootPem !== ca.rootPem || this.#signer.keyPem !== ca.keyPem;
-    const signer = newSigner ? ca : this.#signer!;
-    // the bundle first: peers must trust the new root before they see leaves it signed, and nothing is taken in here
-    // until the bundle is out (a publish that fails is tried again at the next read, with nothing half-applied)
-    await this.#publish(signer, material);
-    const changed = this.#material?.rootsPem !== material.rootsPem || newSigner;
+    const now = Date.now();
+    const current = this.#signer;
+    const newSigner = current === undefined || current.rootPem !== ca.rootPem || current.keyPem !== ca.keyPem;
+    // the first signer is taken at once (nothing was signed yet); a later one once its root has reached every node
+    const since = this.#publishedSince.get(fingerprint(ca.anchorPem));
+    const take = current === undefined || !newSigner || this.#propagationMs === 0 || (since !== undefined && now - since >= this.#propagationMs);
+    const signer = take ? ca : current;
+    if (take && newSigner && current !== undefined && current.anchorPem !== ca.anchorPem) {
+      this.#retiring = { pem: current.anchorPem, until: now + this.#propagationMs };
+    }
+    if (this.#retiring !== undefined && this.#retiring.until <= now) this.#retiring = undefined;
+    // the bundle first: peers must trust a root before they see leaves it signed; nothing is taken in here until the
+    // bundle is out (a publish that fails is tried again at the next read, with nothing half-applied)
+    await this.#publish(signer, [material.rootsPem, signer.anchorPem, ca.anchorPem, this.#retiring?.pem ?? '']);
+    const changed = this.#material?.rootsPem !== material.rootsPem || (take && newSigner);
     this.#material = material;
     this.#signer = signer;
-    this.#setStatus(true, 'the CA Secret is valid and in use');
-    if (changed) this.#log.info({ signer: this.#status.signer, roots: this.#status.roots, newSigner }, 'CA Secret loaded');
-    if (newSigner) this.emit('signer', signer);
+    if (take) {
+      this.#setStatus(true, 'the CA Secret is valid and in use');
+    } else {
+      const at = (this.#publishedSince.get(fingerprint(ca.anchorPem)) ?? now) + this.#propagationMs;
+      this.#setStatus(true, `the CA Secret is valid; its new signer waits until its root has been in the trust bundle for ${this.#propagationMs / 1000} s, so that every node trusts it first; the signer in use stays`, { signer: fingerprint(ca.rootPem), at: new Date(at).toISOString() });
+      this.#readAt(at);
+    }
+    if (this.#retiring !== undefined) this.#readAt(Math.min(this.#retiring.until, this.#status.pending === undefined ? Infinity : Date.parse(this.#status.pending.at)));
+    if (changed) this.#log.info({ signer: this.#status.signer, roots: this.#status.roots, newSigner: take && newSigner, pending: this.#status.pending }, 'CA Secret loaded');
+    if (take && newSigner) this.emit('signer', signer);
   }
-
   async #readSecret(): Promise<Record<string, unknown> | undefined> {
     try {
       return (await this.#options.api.read(`${this.#secretPath}/${CA_SECRET_NAME}`)) as Record<string, unknown>;
@@ -222,12 +264,13 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       // the other replica was faster after all: read what it wrote
       if (!(err instanceof ApiStatusError && err.status === 409)) throw err;
     }
-    this.#again = true;
+    // read what was just written (or what the other replica wrote first)
+    void this.refresh();
   }
 
-  /** Writes the ConfigMap when it differs from these roots and this signer's chain. */
-  async #publish(signer: CertificateAuthority, material: SecretMaterial): Promise<void> {
-    const rootCerts = parseTrustBundle(material.rootsPem, 'roots');
+  /** Writes the ConfigMap when it differs from these roots (each once, in order) and this signer's chain. */
+  async #publish(signer: CertificateAuthority, rootsPems: readonly string[]): Promise<void> {
+    const rootCerts = [...new Map(rootsPems.filter((pem) => pem !== '').flatMap((pem) => parseTrustBundle(pem, 'roots')).map((root) => [root.fingerprint256, root])).values()];
     const roots = rootCerts.map((root) => root.fingerprint256);
     const data = {
       [TRUST_BUNDLE_KEYS.roots]: rootCerts.map((root) => root.toString()).join(''),
@@ -241,21 +284,32 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     } catch (err) {
       if (!(err instanceof ApiStatusError && err.status === 404)) throw err;
     }
+    const same = current !== undefined && Object.entries(data).every(([key, value]) => current.data?.[key] === value) && Object.keys(current.data ?? {}).length === Object.keys(data).length;
     if (current === undefined) {
       await this.#options.api.post(collection, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: TRUST_BUNDLE_CONFIGMAP_NAME, namespace }, data });
-      this.#log.info({ roots }, 'trust bundle published');
-      return;
+    } else if (!same) {
+      // at the resourceVersion read: a replica that publishes at the same moment makes this one 409, and the next read retries
+      await this.#options.api.put(`${collection}/${TRUST_BUNDLE_CONFIGMAP_NAME}`, { ...current, data });
     }
-    const same = Object.entries(data).every(([key, value]) => current.data?.[key] === value) && Object.keys(current.data ?? {}).length === Object.keys(data).length;
-    if (same) return;
-    // at the resourceVersion read: a replica that publishes at the same moment makes this one 409, and the next read retries
-    await this.#options.api.put(`${collection}/${TRUST_BUNDLE_CONFIGMAP_NAME}`, { ...current, data });
-    this.#log.info({ roots }, 'trust bundle published');
+    const now = Date.now();
+    for (const root of roots) if (!this.#publishedSince.has(root)) this.#publishedSince.set(root, now);
+    for (const root of [...this.#publishedSince.keys()]) if (!roots.includes(root)) this.#publishedSince.delete(root);
+    this.#publishedPem = data[TRUST_BUNDLE_KEYS.roots] ?? '';
+    this.#publishedRoots = roots;
+    if (!same) {
+      this.#log.info({ roots }, 'trust bundle published');
+      this.emit('published', roots);
+    }
   }
 
-  #setStatus(valid: boolean, message: string): void {
-    const roots = this.#material === undefined ? [] : parseTrustBundle(this.#material.rootsPem, 'roots').map((root) => root.fingerprint256);
-    this.#status = { valid, message, signer: this.#signer === undefined ? undefined : fingerprint(this.#signer.rootPem), roots };
+  #setStatus(valid: boolean, message: string, pending?: MeshCaStatus['pending']): void {
+    this.#status = {
+      valid,
+      message,
+      signer: this.#signer === undefined ? undefined : fingerprint(this.#signer.rootPem),
+      roots: this.#publishedRoots,
+      ...(pending === undefined ? {} : { pending }),
+    };
   }
 }
 
@@ -267,6 +321,20 @@ function secretMaterial(secret: Record<string, unknown>, source: string): Secret
     return Buffer.from(value, 'base64').toString('utf8');
   };
   return { certPem: field(CA_SECRET_KEYS.issuerCert), keyPem: field(CA_SECRET_KEYS.issuerKey), rootsPem: field(CA_SECRET_KEYS.roots) };
+}
+
+/** Resolves after `ms`, or at once when `signal` aborts; never keeps the process alive. */
+function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    timer.unref();
+    signal?.addEventListener('abort', done, { once: true });
+    function done(): void {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    }
+  });
 }
 
 function fingerprint(pem: string): string {

@@ -2,7 +2,7 @@ import type { PodInfo } from '../core/discovery/index.js';
 import type { ChangeSink, StreamChange } from '../core/stream/index.js';
 
 /** Where a pod runs, and as whom: what the CA's node authorization reads. */
-interface Placement {
+export interface Placement {
   readonly uid: string;
   readonly node: string | undefined;
   /** `namespace/serviceAccount` */
@@ -51,7 +51,7 @@ export class PodPlacements implements ChangeSink {
   }
 
   /** The pod `namespace/name` as the controller last saw it. */
-  pod(namespace: string, name: string): { readonly uid: string; readonly node: string | undefined; readonly terminated: boolean } | undefined {
+  pod(namespace: string, name: string): Placement | undefined {
     return this.#pods.get(`${namespace}/${name}`);
   }
 

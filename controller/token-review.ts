@@ -95,7 +95,7 @@ export function cachedAuthenticator(authenticate: Authenticate, options: Verdict
       const verdict = await limit(() => authenticate(context));
       // an accepted token is not taken past its own expiry (a JWT's exp), however long the cache would hold it
       const expiry = verdict.authenticated ? tokenExpiry(context) : undefined;
-      const untilExpiry = expiry === undefined ? acceptedTtl : Math.max(1, expiry - Date.now());
+      const untilExpiry = expiry === undefined ? acceptedTtl : Math.max(1, expiry - (options.now ?? Date.now)());
       entry.ttl = verdict.authenticated ? Math.min(acceptedTtl, untilExpiry) : refusedTtl;
       return verdict;
     },

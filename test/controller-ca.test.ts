@@ -61,7 +61,7 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
   const web = pods.create({ ...pod('shop', 'web-1', 'web', 'node1'), status: { phase: 'Pending' } });
   pods.create(pod('shop', 'api-1', 'api', 'node2'));
   // a controller replica on node1: its identity is the controller's, which the endpoint never signs
-  pods.create(pod('ambit-system', 'ambit-controller-0', 'ambit-controller', 'node1'));
+  const controllerPod = pods.create(pod('ambit-system', 'ambit-controller-0', 'ambit-controller', 'node1'));
   pods.create(pod('shop', 'batch-1', 'batch', 'node1', 'Succeeded'));
   const waypoint = pods.create(pod('shop', 'waypoint-1', 'waypoint', 'node2'));
 
@@ -77,6 +77,7 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
   api.addToken('agent-legacy', { username: 'system:serviceaccount:ambit-system:ambit-agent', audiences: ['ambit-ca'] });
   api.addToken('agent-stale-uid', bound(AGENT, 'ambit-agent-node1', 'uid-of-a-deleted-pod', 'node1'));
   api.addToken('agent-claims-node2', bound(AGENT, 'ambit-agent-node1', agent1Uid, 'node2'));
+  api.addToken('agent-claims-controller-pod', bound(AGENT, 'ambit-controller-0', uidOf(controllerPod), 'node1'));
   api.addToken('web', bound({ ns: 'shop', name: 'web' }, 'web-1', uidOf(web), 'node1'));
   api.addToken('waypoint', bound({ ns: 'shop', name: 'waypoint' }, 'waypoint-1', uidOf(waypoint), 'node2'));
   api.addToken('admin', { username: 'kubernetes-admin', groups: ['system:masters'], audiences: ['ambit-ca'] });
@@ -171,6 +172,7 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
     { name: 'a token without the node claim (a legacy token)', token: 'agent-legacy', body: csrFor(id('shop', 'web')), status: 403, reason: 'no_node_claim', says: /node-name/ },
     { name: 'a token bound to a pod that is gone (another uid)', token: 'agent-stale-uid', body: csrFor(id('shop', 'web')), status: 403, reason: 'caller_pod_mismatch', says: /uid-of-a-deleted-pod/ },
     { name: 'a token whose node claim is not its pod\'s node', token: 'agent-claims-node2', body: csrFor(id('shop', 'api')), status: 403, reason: 'caller_pod_mismatch', says: /node node2/ },
+    { name: "a token whose pod is of another service account than the token's", token: 'agent-claims-controller-pod', body: csrFor(id('shop', 'web')), status: 403, reason: 'caller_pod_mismatch', says: /service account ambit-agent\) is not the one the controller knows .*service account ambit-controller\)/ },
     { name: 'a foreign trust domain', token: 'agent1', body: csrFor(`spiffe://evil.example/ns/shop/sa/web`), status: 403, reason: 'foreign_trust_domain', says: /trust domain cluster.local/ },
     { name: 'an extra SAN beside the identity', token: 'agent1', body: JSON.stringify({ csr: csrWith([{ type: URI, value: id('shop', 'web') }, { type: DNS, value: 'web.shop.svc' }]) }), status: 400, reason: 'bad_csr', says: /2 subjectAltNames/ },
     { name: 'two identities', token: 'agent1', body: JSON.stringify({ csr: csrWith([{ type: URI, value: id('shop', 'web') }, { type: URI, value: id('shop', 'api') }]) }), status: 400, reason: 'bad_csr', says: /2 subjectAltNames/ },
@@ -217,6 +219,10 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
       t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: reason }), cases.filter((c) => c.reason === reason).length + extra, `${reason} counted`);
     }
     t.equal(metricValue(text, 'ambit_ca_requests_total', { outcome: 'token_review_unavailable' }), 1);
+    const expiry = (labels: Record<string, string>) => metricValue(text, 'ambit_cert_expiration_timestamp_seconds', labels);
+    t.equal(expiry({ kind: 'root', fingerprint: root.fingerprint256 }), Date.parse(root.validTo) / 1000, 'the published root\'s expiry is exported');
+    t.equal(expiry({ kind: 'issuer', fingerprint: root.fingerprint256 }), Date.parse(root.validTo) / 1000, 'and the issuer\'s (the same self-signed root)');
+    t.ok(expiry({ kind: 'workload', identity: CONTROLLER_ID }) * 1000 > Date.now(), "and the controller's own serving certificate's");
   });
 
   await t.test('a pod scheduled after the first refusal is signed: the index follows the watch', async (t) => {

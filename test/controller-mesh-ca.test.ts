@@ -4,6 +4,7 @@
  * so, a deleted Secret written back, and the trust bundle ConfigMap that follows.
  */
 import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -28,9 +29,10 @@ async function rig(t: Test) {
   const kube = new KubeApi(await loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') }));
   const started: MeshCa[] = [];
   const logs = new LogCapture();
-  const start = async (holder: string, registry = createRegistry({ defaultMetrics: false })) => {
-    const ca = await MeshCa.start({ api: kube, namespace: 'ambit-system', trustDomain: TD, holder, rereadIntervalMs: 3_600_000, registry, log: createLogger({ level: 'info', destination: logs }) });
+  const start = async (holder: string, registry = createRegistry({ defaultMetrics: false }), propagationMs = 0) => {
+    const ca = new MeshCa({ api: kube, namespace: 'ambit-system', trustDomain: TD, holder, rereadIntervalMs: 3_600_000, propagationMs, registry, log: createLogger({ level: 'info', destination: logs }) });
     started.push(ca);
+    await ca.start();
     return ca;
   };
   t.teardown(async () => {
@@ -134,4 +136,32 @@ t.test('a Secret deleted while in use is written back with the signer in use', a
   const back = api.objects('v1', 'secrets').get(CA_SECRET_NAME, 'ambit-system');
   t.equal(Buffer.from((back?.data as Record<string, string>)[CA_SECRET_KEYS.issuerCert] ?? '', 'base64').toString(), good.rootPem, 'the same root, not a new one');
   t.equal(ca.signer?.rootPem, good.rootPem);
+});
+
+t.test('a root and key replaced in one write: the new root is published first, signs after the delay, the old root leaves after another', async (t) => {
+  const { api, start, bundle } = await rig(t);
+  const old = await CertificateAuthority.create({ trustDomain: TD });
+  const next = await CertificateAuthority.create({ trustDomain: TD });
+  api.objects('v1', 'secrets').create(meshCaSecret(old));
+  const PROPAGATION_MS = 1500;
+  const ca = await start('controller-a', undefined, PROPAGATION_MS);
+  const fp = (pem: string) => new X509Certificate(pem).fingerprint256;
+  const secrets = api.objects('v1', 'secrets');
+  secrets.update({ ...secrets.get(CA_SECRET_NAME, 'ambit-system')!, data: meshCaSecret(next).data ?? {} });
+  const changed = Date.now();
+  const signerChanged = once(ca, 'signer');
+  await ca.refresh();
+  t.equal(ca.signer?.rootPem, old.rootPem, 'the old key still signs');
+  t.same(ca.status.roots, [fp(next.rootPem), fp(old.rootPem)], 'and both roots are published, the new one first');
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.issuerChain], new X509Certificate(old.rootPem).toString(), 'the issuer chain is the old key\'s');
+  t.equal(ca.status.pending?.signer, fp(next.rootPem), '/status names the pending signer');
+  await signerChanged;
+  t.ok(Date.now() - changed >= PROPAGATION_MS, `the new key signs once its root has been out ${PROPAGATION_MS} ms (${Date.now() - changed} ms)`);
+  t.equal(ca.signer?.rootPem, next.rootPem);
+  t.same(ca.status.roots, [fp(next.rootPem), fp(old.rootPem)], 'the old root stays published a while, for the leaves it signed');
+  const taken = Date.now();
+  const [roots] = (await once(ca, 'published')) as [string[]];
+  t.same(roots, [fp(next.rootPem)], 'then it leaves the bundle');
+  t.ok(Date.now() - taken >= PROPAGATION_MS - 50, `one delay later (${Date.now() - taken} ms)`);
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(next.rootPem).toString());
 });

@@ -135,3 +135,22 @@ t.test('a check that fails is not remembered; at most 32 run at once; the cache 
   t.equal(await check('token-99'), accepted);
   t.equal(reviews.calls.length, before + 1, 'a recent one is still held');
 });
+
+t.test('an accepted token is not taken past its own expiry (a JWT exp), however long the cache would hold it', async (t) => {
+  let now = Date.now();
+  const jwt = (exp: number) => `e30.${Buffer.from(JSON.stringify({ exp: Math.floor(exp / 1000) })).toString('base64url')}.sig`;
+  const shortLived = jwt(now + 5_000);
+  const reviews = heldReviews(() => accepted);
+  const check = cachedAuthenticator(reviews.authenticate, { now: () => now, acceptedTtlMs: 60_000 });
+  const first = check(shortLived);
+  await reviews.releaseAll();
+  t.same(await first, accepted);
+  now += 4_000;
+  t.same(await check(shortLived), accepted);
+  t.equal(reviews.calls.length, 1, 'held while the token is valid');
+  now += 2_000;
+  const past = check(shortLived);
+  await reviews.releaseAll();
+  await past;
+  t.equal(reviews.calls.length, 2, 'past its exp it is reviewed again, though the cache holds verdicts 60 s');
+});

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
 import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, sniForIdentity, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
-import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, Testbed, type TestbedPod } from '../testbed/index.js';
+import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, meshCaSecret, Testbed, type TestbedPod } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { tlsProbe } from './mesh/tls-probe.js';
 import { needsTestbed } from './prerequisites.js';
@@ -22,6 +22,8 @@ const TD = 'cluster.local';
 const id = (sa: string) => `spiffe://${TD}/ns/${NAMESPACE}/sa/${sa}`;
 /** Leaves of 20 s, renewed at 10 s: a test can wait past a renewal. */
 const CERT_TTL_SECONDS = 20;
+/** A new root is published this long before it signs (kubelet's minute is instant here: the volume follows at once). */
+const CA_PROPAGATION_SECONDS = 3;
 const CONTROLLER_USER = 'system:serviceaccount:ambit-system:ambit-controller';
 
 async function filesUnder(dir: string): Promise<string[]> {
@@ -34,7 +36,11 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], hostLink: true });
   t.teardown(() => tb.destroy());
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
-  const cluster = await KubeCluster.start(tb, { namespaces: { [NAMESPACE]: { 'ambit.dev/mode': 'enabled' } }, certTtlSeconds: CERT_TTL_SECONDS });
+  const cluster = await KubeCluster.start(tb, {
+    namespaces: { [NAMESPACE]: { 'ambit.dev/mode': 'enabled' } },
+    certTtlSeconds: CERT_TTL_SECONDS,
+    caPropagationSeconds: CA_PROPAGATION_SECONDS,
+  });
   t.teardown(() => cluster.close());
   for (const node of [node1, node2]) {
     await tb.exec(node.netns, process.execPath, [
@@ -60,6 +66,30 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
     const probe = await tlsProbe({ host: node2.ip, port: 15008, servername: sniForIdentity(identity), rejectUnauthorized: false });
     if (probe.peerCertificate === undefined) t.comment(`probe of ${identity}: ${probe.error ?? 'no certificate'}`);
     return probe.peerCertificate;
+  };
+  /** client -> server requests, one after the other, until stop(); which of them failed. */
+  const trafficAllAlong = () => {
+    let running = true;
+    let sent = 0;
+    const failures: number[] = [];
+    const loop = (async () => {
+      while (running) {
+        sent++;
+        if ((await request(client, server)) !== 'server') failures.push(sent);
+      }
+    })();
+    return {
+      failures,
+      sent: () => sent,
+      more: async (count: number) => {
+        const target = sent + count;
+        await within(20_000, `${count} more requests`, async () => sent >= target);
+      },
+      stop: async () => {
+        running = false;
+        await loop;
+      },
+    };
   };
   const signedFor = (identity: string, after = 0) =>
     cluster.logs('controller').slice(after).some((r) => r.msg === 'certificate signed' && r.identity === identity && String(r.user).endsWith(':ambit-agent'));
@@ -129,16 +159,7 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
     const rootsSeen = (node: typeof node1, count: number, after: number) =>
       cluster.waitForLog(node, (r) => r.msg === 'trust bundle changed' && Array.isArray(r.roots) && r.roots.length === count, 15_000, after);
 
-    // traffic all along: every request must be answered
-    let running = true;
-    let sent = 0;
-    const failures: number[] = [];
-    const traffic = (async () => {
-      while (running) {
-        sent++;
-        if ((await request(client, server)) !== 'server') failures.push(sent);
-      }
-    })();
+    const traffic = trafficAllAlong();
     try {
       let mark = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
       write({ [CA_SECRET_KEYS.roots]: oldRoot + next.rootPem });
@@ -160,15 +181,38 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
       write({ [CA_SECRET_KEYS.roots]: next.rootPem });
       await Promise.all([rootsSeen(node1, 1, mark.node1), rootsSeen(node2, 1, mark.node2)]);
       t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(next.rootPem).toString(), '3. the published bundle is [new] alone');
-      // a few more requests on the new root alone
-      const settled = sent + 5;
-      await within(20_000, 'five more requests', async () => sent >= settled);
+      await traffic.more(5);
     } finally {
-      running = false;
-      await traffic;
+      await traffic.stop();
     }
-    t.ok(sent > 10, `${sent} requests during the rotation`);
-    t.same(failures, [], 'not one refused');
+    t.ok(traffic.sent() > 10, `${traffic.sent()} requests during the rotation`);
+    t.same(traffic.failures, [], 'not one refused');
     t.equal(await request(client, server), 'server', 'and the mesh works on the new root');
+  });
+
+  await t.test('a root and key replaced in one write (a cert-manager renewal) refuses no connection either', async (t) => {
+    const next = await CertificateAuthority.create({ trustDomain: TD });
+    const nextRoot = new X509Certificate(next.rootPem);
+    const traffic = trafficAllAlong();
+    try {
+      const mark = { node1: cluster.logs(node1).length, node2: cluster.logs(node2).length };
+      const current = secrets.get(CA_SECRET_NAME, 'ambit-system')!;
+      secrets.update({ ...current, data: meshCaSecret(next).data ?? {} });
+      // the controller publishes [new, old], signs with the old key until the new root has been out for its delay,
+      // then with the new one, and drops the old root one delay later
+      await within(10_000, 'the bundle holds both roots', async () => bundle()[TRUST_BUNDLE_KEYS.roots]?.match(/BEGIN CERTIFICATE/g)?.length === 2);
+      t.pass('both roots published at once');
+      t.not(bundle()[TRUST_BUNDLE_KEYS.issuerChain], nextRoot.toString(), 'the issuer is still the old key then');
+      const renewedAll = (node: typeof node1, after: number) => cluster.waitForLog(node, (r) => r.msg === 'workload certificates re-issued by the new signer', 20_000, after);
+      await Promise.all([renewedAll(node1, mark.node1), renewedAll(node2, mark.node2)]);
+      await within(20_000, 'the bundle is [new] alone', async () => bundle()[TRUST_BUNDLE_KEYS.roots] === nextRoot.toString());
+      await Promise.all([node1, node2].map((node) => cluster.waitForLog(node, (r) => r.msg === 'trust bundle changed' && Array.isArray(r.roots) && r.roots.length === 1, 15_000, mark[node.name as 'node1' | 'node2'])));
+      await traffic.more(5);
+    } finally {
+      await traffic.stop();
+    }
+    t.ok(traffic.sent() > 10, `${traffic.sent()} requests during the change`);
+    t.same(traffic.failures, [], 'not one refused');
+    t.ok((await presented(id('server')))?.verify(nextRoot.publicKey), 'node2 presents a leaf of the new root');
   });
 });

@@ -94,10 +94,15 @@ export function agentContainer(options: { controllerUrl: string; logLevel?: stri
  * pod name (the Lease's holder) come from the downward API. `certTtlSeconds`: shorter leaves, for a test that waits
  * past a renewal.
  */
-export function controllerContainer(options: { logLevel?: string; certTtlSeconds?: number } = {}): ContainerSpec {
+export function controllerContainer(options: { logLevel?: string; certTtlSeconds?: number; caPropagationSeconds?: number } = {}): ContainerSpec {
   return {
     command: ['node', IMAGE_CLI, 'controller'],
-    args: ['--log-level', options.logLevel ?? 'info', ...(options.certTtlSeconds === undefined ? [] : ['--cert-ttl', String(options.certTtlSeconds)])],
+    args: [
+      '--log-level',
+      options.logLevel ?? 'info',
+      ...(options.certTtlSeconds === undefined ? [] : ['--cert-ttl', String(options.certTtlSeconds)]),
+      ...(options.caPropagationSeconds === undefined ? [] : ['--ca-propagation', String(options.caPropagationSeconds)]),
+    ],
     env: [
       field('AMBIT_LISTEN_HOST', 'status.podIP'),
       field('AMBIT_NAMESPACE', 'metadata.namespace'),
@@ -146,6 +151,8 @@ export interface KubeClusterOptions {
   logLevel?: string;
   /** The lifetime of the certificates the controller signs (default its own, 24 h). */
   certTtlSeconds?: number;
+  /** How long a new root is published before the controller signs with it (default its own, 120 s). */
+  caPropagationSeconds?: number;
 }
 
 interface RunningProcess {
@@ -259,7 +266,8 @@ export class KubeCluster {
 
   /** The controller's process as its container says, in the host's namespace, whose host-link address is its pod IP. */
   controllerProcess(): ContainerProcess {
-    const container = controllerContainer({ logLevel: this.#options.logLevel, ...(this.#options.certTtlSeconds === undefined ? {} : { certTtlSeconds: this.#options.certTtlSeconds }) });
+    const { logLevel, certTtlSeconds, caPropagationSeconds } = this.#options;
+    const container = controllerContainer({ logLevel, certTtlSeconds, caPropagationSeconds });
     return containerProcess(container, {
       fields: { 'status.podIP': this.#hostIp, 'metadata.namespace': CONTROLLER_NAMESPACE, 'metadata.name': 'ambit-controller-0' },
       mounts: Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, this.mountDir('controller', mount.name)])),

@@ -5,7 +5,7 @@ import { AmbitError } from '../errors/index.js';
 import { silentLogger, type Logger } from '../log/index.js';
 import { CA_MAX_RESPONSE_BYTES, CA_PATH, type CaRefusal, type CaSignRequest, type CaSignResponse } from './ca-protocol.js';
 import type { CertIssuer } from './cert-store.js';
-import { subjectAltNames } from './spiffe.js';
+import { spiffeIdFromSan } from './spiffe.js';
 
 /** A request unanswered this long fails as CA_UNAVAILABLE; the cert store retries it with backoff. */
 export const DEFAULT_CA_TIMEOUT_MS = 10_000;
@@ -135,7 +135,7 @@ export class RemoteCaIssuer implements CertIssuer {
       ALPNProtocols: [CA_ALPN],
       // the controller is known by its SPIFFE ID, not by the Service's DNS name
       checkServerIdentity: (_host: string, cert: PeerCertificate) =>
-        subjectAltNames(cert.subjectaltname).includes(`URI:${controllerIdentity}`)
+        spiffeIdFromSan(cert.subjectaltname) === controllerIdentity
           ? undefined
           : new AmbitError('CA_WRONG_PEER', `the server at ${url} is not the controller: its certificate carries ${cert.subjectaltname || 'no subject alternative name'}, not the URI ${controllerIdentity}; check --controller and --controller-identity`),
     });

@@ -5,6 +5,7 @@ import forge from 'node-forge';
 import { writeFileAtomic } from '../fs/index.js';
 import { AmbitError, errnoCode } from '../errors/index.js';
 import { generateKeyAndCsr, toUnixPem, URI_NAME_TYPE } from './csr.js';
+import { issuedBy } from './chain.js';
 import { pemCertificates } from './pem.js';
 import { forgeSigner, generateRsaKey } from './rsa-key.js';
 import { parseSpiffeId, subjectAltNames, trustDomainId, validateTrustDomain, withoutSpiffeScheme } from './spiffe.js';
@@ -52,7 +53,10 @@ export class CertificateAuthority {
   /** What follows a leaf in its chain: the signing certificate unless it is a root, and its parents short of a root. */
   readonly #chainPem: string;
 
-  private constructor(trustDomain: string, rootPem: string, keyPem: string, key: KeyObject, chainPem = '') {
+  /** The root the signing chain leads to, as its PEM: the signing certificate itself for a root signer. */
+  readonly #anchorPem: string;
+
+  private constructor(trustDomain: string, rootPem: string, keyPem: string, key: KeyObject, chainPem = '', anchorPem = rootPem) {
     this.#trustDomain = trustDomain;
     this.#rootPem = rootPem;
     this.#keyPem = keyPem;
@@ -60,6 +64,7 @@ export class CertificateAuthority {
     this.#signer = forgeSigner(key);
     this.#rootKeyIdentifier = rootKeyIdentifier(this.#root);
     this.#chainPem = chainPem;
+    this.#anchorPem = anchorPem;
   }
 
   /**
@@ -107,13 +112,13 @@ export class CertificateAuthority {
     // each certificate of the chain is signed by the next, and the last by one of the roots (or is one)
     for (let i = 0; i + 1 < chain.length; i++) {
       const [child, parent] = [chain[i]!, chain[i + 1]!];
-      if (!child.checkIssued(parent) || !child.verify(parent.publicKey)) {
+      if (!issuedBy(child, parent)) {
         throw new AmbitError('CA_INVALID', `${source}: certificate ${i + 1} of the signing chain (${subjectOf(child)}) is not signed by certificate ${i + 2} (${subjectOf(parent)})`);
       }
     }
     const top = chain[chain.length - 1]!;
-    const anchored = roots.some((root) => root.fingerprint256 === top.fingerprint256 || (top.checkIssued(root) && top.verify(root.publicKey)));
-    if (!anchored) {
+    const anchor = roots.find((root) => issuedBy(top, root));
+    if (anchor === undefined) {
       throw new AmbitError('CA_INVALID', `${source}: the signing chain (${subjectOf(top)}) leads to none of the roots; add its root to the roots, or the mesh refuses every leaf it signs`);
     }
     const rootFingerprints = new Set(roots.map((root) => root.fingerprint256));
@@ -122,7 +127,7 @@ export class CertificateAuthority {
       .filter((cert) => !rootFingerprints.has(cert.fingerprint256) && !selfSigned(cert))
       .map((cert) => cert.toString())
       .join('');
-    return new CertificateAuthority(options.trustDomain, toUnixPem(issuer.toString()), toUnixPem(options.keyPem), key, toUnixPem(chainPem));
+    return new CertificateAuthority(options.trustDomain, toUnixPem(issuer.toString()), toUnixPem(options.keyPem), key, toUnixPem(chainPem), anchor.toString());
   }
 
   /** A new self-signed root with a fresh RSA key. */
@@ -216,6 +221,11 @@ export class CertificateAuthority {
     return this.#keyPem;
   }
 
+  /** The root (PEM) its leaves chain to: the one peers must trust before they see them. */
+  get anchorPem(): string {
+    return this.#anchorPem;
+  }
+
   /** What sign() appends after each leaf: the intermediates up to, not including, a root ('' for a root signer). */
   get chainPem(): string {
     return this.#chainPem;
@@ -231,10 +241,11 @@ export class CertificateAuthority {
   }
 
   /**
-   * Verifies `csrPem` and issues a leaf for `options.spiffeId`: its only identity is that URI SAN, valid for
-   * server and client authentication. Returns the leaf in PEM, then the intermediates (chainPem), never a root.
+   * Issues a leaf for `options.spiffeId` from a CSR (PEM, checked here, or a CheckedCsr) that asks for exactly that
+   * identity: its only identity is that URI SAN, valid for server and client authentication. Returns the leaf in PEM,
+   * then the intermediates (chainPem), never a root.
    */
-  async sign(csrPem: string, options: SignOptions): Promise<string> {
+  async sign(csrPem: string | CheckedCsr, options: SignOptions): Promise<string> {
     const { trustDomain } = parseSpiffeId(options.spiffeId);
     if (trustDomain !== this.#trustDomain) {
       throw new AmbitError(
@@ -242,7 +253,11 @@ export class CertificateAuthority {
         `cannot sign ${options.spiffeId}: its trust domain "${trustDomain}" is not this CA's "${this.#trustDomain}"; check the mesh's trustDomain setting`,
       );
     }
-    const csr = parseCsr(csrPem, options.spiffeId);
+    const checked = typeof csrPem === 'string' ? checkCsr(csrPem) : csrPem;
+    if (checked.identity !== options.spiffeId) {
+      throw new AmbitError('BAD_CSR', `the CSR asks for ${checked.identity} but the caller may only have ${options.spiffeId}; the requester is misconfigured`);
+    }
+    const csr = checkedCsrs.get(checked)!;
     const { notBefore, notAfter } = this.#validity(options);
 
     const leaf = forge.pki.createCertificate();
@@ -303,12 +318,19 @@ const MIN_RSA_BITS = 2048;
 const MAX_RSA_BITS = 4096;
 const RSA_EXPONENT = '65537';
 
+/** A CSR that checkCsr passed, and the identity it asks for: what sign() takes without checking it again. */
+export interface CheckedCsr {
+  readonly identity: string;
+}
+const checkedCsrs = new WeakMap<CheckedCsr, forge.pki.CertificateSigningRequest>();
+
 /**
- * The identity a CSR asks for: its one subjectAltName, a SPIFFE workload ID. BAD_CSR, with the fault in words, for a
- * CSR that does not parse, is not signed by its own key, has a key under 2048 bits, or asks for no SAN, for more than
- * one, or for anything but a URI (a DNS name, an IP address, an email): the CA certifies the identity alone.
+ * A CSR checked, and the identity it asks for: its one subjectAltName, a SPIFFE workload ID. BAD_CSR, with the fault
+ * in words, for a CSR that does not parse, has an RSA key of other than 2048-4096 bits or exponent 65537, is not
+ * signed by its own key, or asks for no SAN, for more than one, or for anything but a URI (a DNS name, an IP address,
+ * an email): the CA certifies the identity alone. What else it asks for (a subject, extensions) is ignored.
  */
-export function csrIdentity(csrPem: string): string {
+export function checkCsr(csrPem: string): CheckedCsr {
   const csr = verifiedCsr(csrPem, 'the CSR');
   const names = requestedNames(csr);
   if (names.length === 0) throw new AmbitError('BAD_CSR', 'the CSR asks for no subjectAltName; it must ask for exactly one, the URI spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>');
@@ -318,7 +340,9 @@ export function csrIdentity(csrPem: string): string {
   const [name] = names as [ForgeAltName];
   if (name.type !== URI_NAME_TYPE) throw new AmbitError('BAD_CSR', `the CSR asks for ${describeName(name)}; the CA certifies only a SPIFFE ID (a URI SAN)`);
   parseSpiffeId(name.value);
-  return name.value;
+  const checked: CheckedCsr = Object.freeze({ identity: name.value });
+  checkedCsrs.set(checked, csr);
+  return checked;
 }
 
 function describeName(name: ForgeAltName): string {
@@ -355,23 +379,10 @@ function verifiedCsr(csrPem: string, what: string): forge.pki.CertificateSigning
   return csr;
 }
 
-function parseCsr(csrPem: string, spiffeId: string): forge.pki.CertificateSigningRequest {
-  const csr = verifiedCsr(csrPem, `CSR for ${spiffeId}`);
-  const requested = requestedUris(csr);
-  if (requested.some((uri) => uri !== spiffeId)) {
-    throw new AmbitError('BAD_CSR', `CSR asks for ${requested.join(', ')} but the caller may only have ${spiffeId}; the requester is misconfigured`);
-  }
-  return csr;
-}
-
 function requestedNames(csr: forge.pki.CertificateSigningRequest): ForgeAltName[] {
   const request = csr.getAttribute({ name: 'extensionRequest' }) as { extensions?: ForgeExtension[] } | null;
   // every subjectAltName extension counts: a second one must not smuggle in names the first does not show
   return (request?.extensions ?? []).filter((extension) => extension.name === 'subjectAltName').flatMap((san) => san.altNames ?? []);
-}
-
-function requestedUris(csr: forge.pki.CertificateSigningRequest): string[] {
-  return requestedNames(csr).filter((name) => name.type === URI_NAME_TYPE).map((name) => name.value);
 }
 
 interface ForgeAltName {

@@ -5,7 +5,6 @@ import { silentLogger, type Logger } from '../log/index.js';
 import { Backoff, realTimer, type SetTimer } from '../timer/index.js';
 import type { CertificateAuthority } from './ca.js';
 import { generateKeyAndCsr } from './csr.js';
-import { subjectAltNames } from './spiffe.js';
 
 /** Whoever turns a CSR into a certificate: a CA in this process (LocalCaFolder in local mode, localIssuer in tests). */
 export interface CertIssuer {
@@ -212,8 +211,9 @@ export class CertStore extends EventEmitter<CertStoreEvents> {
     if (!leaf.checkPrivateKey(createPrivateKey(keyPem))) {
       throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned a certificate for ${spiffeId} that does not match the CSR's key`);
     }
-    if (!subjectAltNames(leaf.subjectAltName).includes(`URI:${spiffeId}`)) {
-      throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned a certificate without the URI SAN ${spiffeId} (it has: ${leaf.subjectAltName ?? 'none'})`);
+    // exactly the identity, as the CA signs it: a leaf with more names would be more than was asked for
+    if (leaf.subjectAltName !== `URI:${spiffeId}`) {
+      throw new AmbitError('BAD_ISSUED_CERT', `the issuer returned a certificate whose SAN is not exactly the URI ${spiffeId} (it has: ${leaf.subjectAltName ?? 'none'})`);
     }
     const notAfter = new Date(leaf.validTo);
     if (notAfter.getTime() <= this.#now()) {

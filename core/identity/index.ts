@@ -4,6 +4,7 @@ export {
   parseSpiffeId,
   validateTrustDomain,
   sniForIdentity,
+  spiffeIdFromSan,
   subjectAltNames,
   trustDomainFlag,
   trustDomainId,
@@ -12,13 +13,14 @@ export {
 } from './spiffe.js';
 export {
   CertificateAuthority,
-  csrIdentity,
+  checkCsr,
   CA_CERT_FILE,
   CA_KEY_FILE,
   CLOCK_SKEW_ALLOWANCE_MS,
   DEFAULT_CA_VALIDITY_DAYS,
   DEFAULT_CERT_TTL_MS,
   type CertificateAuthorityOptions,
+  type CheckedCsr,
   type SignOptions,
 } from './ca.js';
 export { generateKeyAndCsr } from './csr.js';
@@ -50,3 +52,5 @@ export {
 } from './ca-protocol.js';
 export { CaRefusedError, DEFAULT_CA_TIMEOUT_MS, RemoteCaIssuer, type CaTrustSource, type RemoteCaIssuerOptions } from './ca-client.js';
 export { TrustBundleFolder, type TrustBundleFolderEvents, type TrustBundleFolderOptions } from './bundle-folder.js';
+export { chainLeadsTo, issuedBy } from './chain.js';
+export { registerCertExpiryGauge, type CertificatesInUse } from './expiry-metric.js';
