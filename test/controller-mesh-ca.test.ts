@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import forge from 'node-forge';
 import t, { type Test } from 'tap';
+import { Controller, loadControllerConfig } from '../controller/index.js';
 import { MeshCa } from '../controller/mesh-ca.js';
 import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, generateKeyAndCsr, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
 import { KubeApi, loadKubeConfig } from '../core/k8s/index.js';
@@ -164,4 +165,37 @@ t.test('a root and key replaced in one write: the new root is published first, s
   t.same(roots, [fp(next.rootPem)], 'then it leaves the bundle');
   t.ok(Date.now() - taken >= PROPAGATION_MS - 50, `one delay later (${Date.now() - taken} ms)`);
   t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(next.rootPem).toString());
+});
+
+t.test('a controller whose Secret never loads says why on its status port, unready, and stops on its signal', async (t) => {
+  const { api } = await rig(t);
+  const good = await CertificateAuthority.create({ trustDomain: TD });
+  const other = await CertificateAuthority.create({ trustDomain: TD });
+  const mismatched = meshCaSecret(good);
+  mismatched.data = { ...(mismatched.data as Record<string, string>), ...secretData({ [CA_SECRET_KEYS.issuerKey]: other.keyPem }) };
+  api.objects('v1', 'secrets').create(mismatched);
+  const dir = await mkdtemp(path.join(tmpdir(), 'ambit-mesh-ca-controller-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await api.writeKubeconfig(path.join(dir, 'kubeconfig'), 'controller-token');
+  const { config } = loadControllerConfig({}, ['--kubeconfig', path.join(dir, 'kubeconfig'), '--listen-host', '127.0.0.1', '--pod-name', 'c0']);
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const logs = new LogCapture();
+  const stop = new AbortController();
+  const starting = Controller.start({ ...config!, ports: { stream: port, metrics: port + 1, readiness: port + 2 } }, { log: createLogger({ level: 'info', destination: logs }), signal: stop.signal });
+  const outcome = starting.then(
+    () => 'started',
+    (err: { code?: string }) => err.code,
+  );
+  await logs.waitFor((r) => String(r.msg).startsWith('the CA Secret is refused'), 10_000);
+  const status = (await (await fetch(`http://127.0.0.1:${port + 2}/status`)).json()) as { ready: boolean; ca: { valid: boolean; message: string } };
+  t.equal(status.ready, false);
+  t.equal(status.ca.valid, false);
+  t.match(status.ca.message, /mismatched.*no signer, so no certificate is signed until it is fixed/, '/status says why, while it waits');
+  const ready = await fetch(`http://127.0.0.1:${port + 2}/healthz/ready`);
+  t.equal(ready.status, 503);
+  t.match(await ready.text(), /no signing key yet/);
+  t.equal(metricValue(await (await fetch(`http://127.0.0.1:${port + 1}/metrics`)).text(), 'ambit_ca_secret_valid'), 0, 'and the metric');
+  stop.abort();
+  t.equal(await outcome, 'CONTROLLER_STOPPED', 'its signal ends the wait');
+  await t.rejects(fetch(`http://127.0.0.1:${port + 2}/status`), 'and the status port is closed');
 });
