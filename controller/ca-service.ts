@@ -96,7 +96,9 @@ export class CaService {
     try {
       certChainPem = await signer.sign(checked, { spiffeId: identity, ttlMs: this.#options.ttlMs });
     } catch (err) {
-      return this.#refuse(context, 400, 'bad_csr', err instanceof Error ? err.message : String(err));
+      // the CSR was checked above: what fails here is the signer (expired meanwhile), not the caller's request
+      this.#options.log.error({ err, identity }, 'signing failed');
+      return this.#refuse(context, 503, 'sign_failed', 'the controller could not sign now; retry');
     }
     this.#requests.inc({ outcome: 'signed' });
     this.#options.log.info({ remote, user: verdict.username, identity }, 'certificate signed');

@@ -79,6 +79,7 @@ export class Controller {
       holder: config.podName,
       rereadIntervalMs: config.caRereadIntervalMs,
       propagationMs: config.caPropagationMs,
+      ttlMs: config.certTtlMs,
       registry,
       log,
     });

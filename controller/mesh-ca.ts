@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { X509Certificate } from 'node:crypto';
 import { Gauge, type Registry } from 'prom-client';
 import { AmbitError } from '../core/errors/index.js';
@@ -13,6 +14,7 @@ import {
 import { ApiStatusError, type KubeApi } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
 import { SerialRuns } from '../core/serial/index.js';
+import { parseBundle, planBundle, ROOTS_ANNOTATION, type BundlePlan, type ConfigMapObject, type PublishedBundle } from './bundle-plan.js';
 import { acquireLease } from './lease.js';
 
 /** How often the Secret is read again whatever the watch says (a watch can miss an event, or be broken for long). */
@@ -36,6 +38,8 @@ export interface MeshCaOptions {
    * node's mounted copy (kubelet's sync period and cache, about a minute).
    */
   readonly propagationMs?: number;
+  /** The lifetime of the leaves it signs: a root it stopped signing with stays published until they have expired. */
+  readonly ttlMs: number;
   readonly registry: Registry;
   readonly log: Logger;
 }
@@ -90,12 +94,9 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
   #signer: CertificateAuthority | undefined;
   #material: SecretMaterial | undefined;
   #status: MeshCaStatus = { valid: false, message: 'the CA Secret has not been read yet', signer: undefined, roots: [] };
-  /** The roots (PEM) published now, and since when each has been (by fingerprint), as far as this replica knows. */
+  /** The roots published now (PEM, and their fingerprints). */
   #publishedPem = '';
   #publishedRoots: readonly string[] = [];
-  readonly #publishedSince = new Map<string, number>();
-  /** The root of a signer no longer in use, published until `until`. */
-  #retiring: { readonly pem: string; readonly until: number } | undefined;
   #timer: NodeJS.Timeout | undefined;
   #deadline: NodeJS.Timeout | undefined;
   readonly #reads = new SerialRuns(
@@ -128,14 +129,16 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     while (this.#signer === undefined) {
       if (signal?.aborted === true || this.#closed) throw new AmbitError('CONTROLLER_STOPPED', 'stopped before the CA Secret could be loaded');
       await this.refresh();
-      if (this.#signer === undefined) await delay(NO_SIGNER_RETRY_MS, signal);
+      // an abort ends the wait (and the loop, above); the timer never keeps the process alive
+      if (this.#signer === undefined) await sleep(NO_SIGNER_RETRY_MS, undefined, { signal, ref: false }).catch(() => undefined);
     }
     this.#schedule();
   }
 
-  /** The signer in use. */
+  /** The signer in use; none once it has expired (a Secret left unrenewed): a 503, never a leaf that cannot be valid. */
   get signer(): CertificateAuthority | undefined {
-    return this.#signer;
+    const signer = this.#signer;
+    return signer !== undefined && signer.notAfter.getTime() > Date.now() ? signer : undefined;
   }
 
   get status(): MeshCaStatus {
@@ -180,9 +183,9 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
   }
 
   async #refreshOnce(): Promise<void> {
-    const secret = await this.#readSecret();
+    const [secret, bundle] = await Promise.all([this.#readSecret(), this.#readBundle()]);
     if (secret === undefined) {
-      await this.#noSecret();
+      await this.#noSecret(bundle);
       return;
     }
     const source = `Secret ${this.#options.namespace}/${CA_SECRET_NAME}`;
@@ -193,39 +196,56 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       ca = CertificateAuthority.fromPem({ ...material, trustDomain: this.#options.trustDomain, source });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      const keeping = this.#signer === undefined ? 'there is no signer, so no certificate is signed until it is fixed' : `the last good signer ${fingerprint(this.#signer.rootPem)} stays in use`;
+      const last = this.#signer;
+      const keeping =
+        last === undefined
+          ? 'there is no signer, so no certificate is signed until it is fixed'
+          : this.signer === undefined
+            ? `the last good signer ${fingerprint(last.rootPem)} expired at ${last.notAfter.toISOString()}, so no certificate is signed until it is fixed`
+            : `the last good signer ${fingerprint(last.rootPem)} stays in use`;
       this.#setStatus(false, `${message}; ${keeping}`);
       this.#log.error({ reason: message, signer: this.#status.signer }, `the CA Secret is refused: ${message}; ${keeping}`);
       return;
     }
     const now = Date.now();
-    const current = this.#signer;
-    const newSigner = current === undefined || current.rootPem !== ca.rootPem || current.keyPem !== ca.keyPem;
-    // the first signer is taken at once (nothing was signed yet); a later one once its root has reached every node
-    const since = this.#publishedSince.get(fingerprint(ca.anchorPem));
-    const take = current === undefined || !newSigner || this.#propagationMs === 0 || (since !== undefined && now - since >= this.#propagationMs);
-    const signer = take ? ca : current;
-    if (take && newSigner && current !== undefined && current.anchorPem !== ca.anchorPem) {
-      this.#retiring = { pem: current.anchorPem, until: now + this.#propagationMs };
-    }
-    if (this.#retiring !== undefined && this.#retiring.until <= now) this.#retiring = undefined;
+    const plan = planBundle({ ca, secretRoots: parseTrustBundle(material.rootsPem, source), bundle, inUse: this.#signer, now, propagationMs: this.#propagationMs, ttlMs: this.#options.ttlMs });
     // the bundle first: peers must trust a root before they see leaves it signed; nothing is taken in here until the
-    // bundle is out (a publish that fails is tried again at the next read, with nothing half-applied)
-    await this.#publish(signer, [material.rootsPem, signer.anchorPem, ca.anchorPem, this.#retiring?.pem ?? '']);
-    const changed = this.#material?.rootsPem !== material.rootsPem || (take && newSigner);
+    // bundle is out (a publish that fails, or loses to the other replica's, is tried again, nothing half-applied)
+    if (!(await this.#publish(bundle, plan))) return;
+    const previous = this.#signer;
+    const changed = this.#material?.rootsPem !== material.rootsPem || plan.signer !== previous;
     this.#material = material;
-    this.#signer = signer;
-    if (take) {
+    this.#signer = plan.signer;
+    if (plan.pendingAt === undefined) {
       this.#setStatus(true, 'the CA Secret is valid and in use');
     } else {
-      const at = (this.#publishedSince.get(fingerprint(ca.anchorPem)) ?? now) + this.#propagationMs;
-      this.#setStatus(true, `the CA Secret is valid; its new signer waits until its root has been in the trust bundle for ${this.#propagationMs / 1000} s, so that every node trusts it first; the signer in use stays`, { signer: fingerprint(ca.rootPem), at: new Date(at).toISOString() });
-      this.#readAt(at);
+      const keeping = plan.signer === undefined ? 'until then nothing is signed (agents keep their certificates)' : 'the signer in use stays until then';
+      this.#setStatus(
+        true,
+        `the CA Secret is valid; its new signer waits until its root has been in the trust bundle for ${this.#propagationMs / 1000} s, so that every node trusts it first; ${keeping}`,
+        { signer: fingerprint(ca.rootPem), at: new Date(plan.pendingAt).toISOString() },
+      );
     }
-    if (this.#retiring !== undefined) this.#readAt(Math.min(this.#retiring.until, this.#status.pending === undefined ? Infinity : Date.parse(this.#status.pending.at)));
-    if (changed) this.#log.info({ signer: this.#status.signer, roots: this.#status.roots, newSigner: take && newSigner, pending: this.#status.pending }, 'CA Secret loaded');
-    if (take && newSigner) this.emit('signer', signer);
+    const next = Math.min(plan.pendingAt ?? Infinity, ...plan.roots.map((root) => root.until ?? Infinity));
+    if (Number.isFinite(next)) this.#readAt(next);
+    if (changed) this.#log.info({ signer: this.#status.signer, roots: this.#status.roots, pending: this.#status.pending }, 'CA Secret loaded');
+    if (plan.signer !== undefined && plan.signer !== previous && (previous === undefined || previous.rootPem !== plan.signer.rootPem || previous.keyPem !== plan.signer.keyPem)) {
+      this.emit('signer', plan.signer);
+    }
   }
+
+  /** The published ConfigMap as this replica (or the other) left it: its roots, since when, until when, and its issuer. */
+  async #readBundle(): Promise<PublishedBundle | undefined> {
+    let object: ConfigMapObject;
+    try {
+      object = (await this.#options.api.read(`${this.#configMapPath}/${TRUST_BUNDLE_CONFIGMAP_NAME}`)) as ConfigMapObject;
+    } catch (err) {
+      if (err instanceof ApiStatusError && err.status === 404) return undefined;
+      throw err;
+    }
+    return parseBundle(object, Date.now(), (message) => this.#log.warn(message));
+  }
+
   async #readSecret(): Promise<Record<string, unknown> | undefined> {
     try {
       return (await this.#options.api.read(`${this.#secretPath}/${CA_SECRET_NAME}`)) as Record<string, unknown>;
@@ -235,9 +255,19 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     }
   }
 
-  /** No Secret: the Lease holder creates one (a new root, or the last good material written back); the other waits. */
-  async #noSecret(): Promise<void> {
+  /**
+   * No Secret: the Lease holder creates one (a new root, or the last good material written back); the other waits. A
+   * replica that has no material of its own and finds roots published does not replace the mesh's root: every agent
+   * would refuse every peer until re-issued. It says so, and waits for the Secret to be restored.
+   */
+  async #noSecret(bundle: PublishedBundle | undefined): Promise<void> {
     const { namespace, holder } = this.#options;
+    if (this.#material === undefined && bundle !== undefined && bundle.roots.length > 0) {
+      const message = `the Secret ${namespace}/${CA_SECRET_NAME} is gone, but the trust bundle ${namespace}/${TRUST_BUNDLE_CONFIGMAP_NAME} holds the mesh's roots: restore the Secret (the controller does not replace the mesh's root on its own); to start a new mesh root, delete the ConfigMap too`;
+      this.#setStatus(false, message);
+      this.#log.error({ roots: bundle.roots.map((root) => root.cert.fingerprint256) }, message);
+      return;
+    }
     const leader = await acquireLease(this.#options.api, { namespace, name: CA_LEASE_NAME, holder, durationSeconds: LEASE_DURATION_SECONDS });
     if (!leader) {
       this.#log.info({ lease: `${namespace}/${CA_LEASE_NAME}` }, 'no CA Secret yet; the other replica holds the lease and creates it');
@@ -268,38 +298,44 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     void this.refresh();
   }
 
-  /** Writes the ConfigMap when it differs from these roots (each once, in order) and this signer's chain. */
-  async #publish(signer: CertificateAuthority, rootsPems: readonly string[]): Promise<void> {
-    const rootCerts = [...new Map(rootsPems.filter((pem) => pem !== '').flatMap((pem) => parseTrustBundle(pem, 'roots')).map((root) => [root.fingerprint256, root])).values()];
-    const roots = rootCerts.map((root) => root.fingerprint256);
-    const data = {
-      [TRUST_BUNDLE_KEYS.roots]: rootCerts.map((root) => root.toString()).join(''),
-      [TRUST_BUNDLE_KEYS.issuerChain]: signer.chainPem === '' ? signer.rootPem : signer.chainPem,
-    };
+  get #configMapPath(): string {
+    return `/api/v1/namespaces/${this.#options.namespace}/configmaps`;
+  }
+
+  /**
+   * Writes the plan's bundle when it differs from what is published, at the resourceVersion read (the other replica
+   * writing at the same moment makes this one 409: false, and a read again). True when the plan is what is published.
+   */
+  async #publish(bundle: PublishedBundle | undefined, plan: BundlePlan): Promise<boolean> {
     const { namespace } = this.#options;
-    const collection = `/api/v1/namespaces/${namespace}/configmaps`;
-    let current: { metadata?: Record<string, unknown>; data?: Record<string, string> } | undefined;
+    const data = { [TRUST_BUNDLE_KEYS.roots]: plan.roots.map((root) => root.cert.toString()).join(''), [TRUST_BUNDLE_KEYS.issuerChain]: plan.issuerChainPem };
+    const annotation = JSON.stringify(Object.fromEntries(plan.roots.map((root) => [root.cert.fingerprint256, { since: root.since, ...(root.until === undefined ? {} : { until: root.until }) }])));
+    const object = bundle?.object;
+    const same =
+      object !== undefined &&
+      object.metadata?.annotations?.[ROOTS_ANNOTATION] === annotation &&
+      Object.keys(object.data ?? {}).length === Object.keys(data).length &&
+      Object.entries(data).every(([key, value]) => object.data?.[key] === value);
     try {
-      current = (await this.#options.api.read(`${collection}/${TRUST_BUNDLE_CONFIGMAP_NAME}`)) as typeof current;
+      if (object === undefined) {
+        await this.#options.api.post(this.#configMapPath, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: TRUST_BUNDLE_CONFIGMAP_NAME, namespace, annotations: { [ROOTS_ANNOTATION]: annotation } }, data });
+      } else if (!same) {
+        const metadata = { ...object.metadata, annotations: { ...object.metadata?.annotations, [ROOTS_ANNOTATION]: annotation } };
+        await this.#options.api.put(`${this.#configMapPath}/${TRUST_BUNDLE_CONFIGMAP_NAME}`, { ...object, metadata, data });
+      }
     } catch (err) {
-      if (!(err instanceof ApiStatusError && err.status === 404)) throw err;
+      if (!(err instanceof ApiStatusError && err.status === 409)) throw err;
+      this.#log.info('the trust bundle changed meanwhile (the other replica); reading again');
+      void this.refresh();
+      return false;
     }
-    const same = current !== undefined && Object.entries(data).every(([key, value]) => current.data?.[key] === value) && Object.keys(current.data ?? {}).length === Object.keys(data).length;
-    if (current === undefined) {
-      await this.#options.api.post(collection, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: TRUST_BUNDLE_CONFIGMAP_NAME, namespace }, data });
-    } else if (!same) {
-      // at the resourceVersion read: a replica that publishes at the same moment makes this one 409, and the next read retries
-      await this.#options.api.put(`${collection}/${TRUST_BUNDLE_CONFIGMAP_NAME}`, { ...current, data });
-    }
-    const now = Date.now();
-    for (const root of roots) if (!this.#publishedSince.has(root)) this.#publishedSince.set(root, now);
-    for (const root of [...this.#publishedSince.keys()]) if (!roots.includes(root)) this.#publishedSince.delete(root);
     this.#publishedPem = data[TRUST_BUNDLE_KEYS.roots] ?? '';
-    this.#publishedRoots = roots;
+    this.#publishedRoots = plan.roots.map((root) => root.cert.fingerprint256);
     if (!same) {
-      this.#log.info({ roots }, 'trust bundle published');
-      this.emit('published', roots);
+      this.#log.info({ roots: this.#publishedRoots, retiring: plan.roots.filter((root) => root.until !== undefined).map((root) => root.cert.fingerprint256) }, 'trust bundle published');
+      this.emit('published', this.#publishedRoots);
     }
+    return true;
   }
 
   #setStatus(valid: boolean, message: string, pending?: MeshCaStatus['pending']): void {
@@ -321,20 +357,6 @@ function secretMaterial(secret: Record<string, unknown>, source: string): Secret
     return Buffer.from(value, 'base64').toString('utf8');
   };
   return { certPem: field(CA_SECRET_KEYS.issuerCert), keyPem: field(CA_SECRET_KEYS.issuerKey), rootsPem: field(CA_SECRET_KEYS.roots) };
-}
-
-/** Resolves after `ms`, or at once when `signal` aborts; never keeps the process alive. */
-function delay(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    timer.unref();
-    signal?.addEventListener('abort', done, { once: true });
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-  });
 }
 
 function fingerprint(pem: string): string {

@@ -2,6 +2,7 @@ import http2 from 'node:http2';
 import { constants as zlib, gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
 import { AmbitError } from '../core/errors/index.js';
+import { CA_MAX_CONCURRENT_REQUESTS } from '../core/identity/index.js';
 import { silentLogger, type Logger } from '../core/log/index.js';
 import {
   DEFAULT_PING_INTERVAL_MS,
@@ -48,7 +49,7 @@ export const DEFAULT_MAX_STREAM_AGE_MS = 30 * 60_000;
  * An agent's connection carries one stream; a few more for a reconnect that overlaps the old stream's end. More are
  * refused by HTTP/2 itself (each would be a snapshot's worth of work).
  */
-const MAX_CONCURRENT_STREAMS = 4;
+const MAX_CONCURRENT_STREAMS = CA_MAX_CONCURRENT_REQUESTS;
 /** How long close() lets a connection finish what it has in flight (a CA answer) after its GOAWAY. */
 const SESSION_CLOSE_GRACE_MS = 1_000;
 

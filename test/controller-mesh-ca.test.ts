@@ -12,7 +12,7 @@ import forge from 'node-forge';
 import t, { type Test } from 'tap';
 import { Controller, loadControllerConfig } from '../controller/index.js';
 import { MeshCa } from '../controller/mesh-ca.js';
-import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, generateKeyAndCsr, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
+import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, generateKeyAndCsr, parseTrustBundle, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
 import { KubeApi, loadKubeConfig } from '../core/k8s/index.js';
 import { createLogger } from '../core/log/index.js';
 import { createRegistry } from '../core/metrics/index.js';
@@ -30,8 +30,8 @@ async function rig(t: Test) {
   const kube = new KubeApi(await loadKubeConfig({ kubeconfig: path.join(dir, 'kubeconfig') }));
   const started: MeshCa[] = [];
   const logs = new LogCapture();
-  const start = async (holder: string, registry = createRegistry({ defaultMetrics: false }), propagationMs = 0) => {
-    const ca = new MeshCa({ api: kube, namespace: 'ambit-system', trustDomain: TD, holder, rereadIntervalMs: 3_600_000, propagationMs, registry, log: createLogger({ level: 'info', destination: logs }) });
+  const start = async (holder: string, registry = createRegistry({ defaultMetrics: false }), propagationMs = 0, ttlMs = 86_400_000) => {
+    const ca = new MeshCa({ api: kube, namespace: 'ambit-system', trustDomain: TD, holder, rereadIntervalMs: 3_600_000, propagationMs, ttlMs, registry, log: createLogger({ level: 'info', destination: logs }) });
     started.push(ca);
     await ca.start();
     return ca;
@@ -139,13 +139,14 @@ t.test('a Secret deleted while in use is written back with the signer in use', a
   t.equal(ca.signer?.rootPem, good.rootPem);
 });
 
-t.test('a root and key replaced in one write: the new root is published first, signs after the delay, the old root leaves after another', async (t) => {
+t.test('a root and key replaced in one write: the new root is published first, signs after the delay, the old root leaves when its leaves have expired', async (t) => {
   const { api, start, bundle } = await rig(t);
   const old = await CertificateAuthority.create({ trustDomain: TD });
   const next = await CertificateAuthority.create({ trustDomain: TD });
   api.objects('v1', 'secrets').create(meshCaSecret(old));
   const PROPAGATION_MS = 1500;
-  const ca = await start('controller-a', undefined, PROPAGATION_MS);
+  const TTL_MS = 2000;
+  const ca = await start('controller-a', undefined, PROPAGATION_MS, TTL_MS);
   const fp = (pem: string) => new X509Certificate(pem).fingerprint256;
   const secrets = api.objects('v1', 'secrets');
   secrets.update({ ...secrets.get(CA_SECRET_NAME, 'ambit-system')!, data: meshCaSecret(next).data ?? {} });
@@ -163,7 +164,7 @@ t.test('a root and key replaced in one write: the new root is published first, s
   const taken = Date.now();
   const [roots] = (await once(ca, 'published')) as [string[]];
   t.same(roots, [fp(next.rootPem)], 'then it leaves the bundle');
-  t.ok(Date.now() - taken >= PROPAGATION_MS - 50, `one delay later (${Date.now() - taken} ms)`);
+  t.ok(Date.now() - taken >= TTL_MS - 50, `once the leaves the old key signed have expired (${Date.now() - taken} ms after the swap)`);
   t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], new X509Certificate(next.rootPem).toString());
 });
 
@@ -198,4 +199,45 @@ t.test('a controller whose Secret never loads says why on its status port, unrea
   stop.abort();
   t.equal(await outcome, 'CONTROLLER_STOPPED', 'its signal ends the wait');
   await t.rejects(fetch(`http://127.0.0.1:${port + 2}/status`), 'and the status port is closed');
+});
+
+t.test('the rotation survives the controller: a fresh replica continues a pending change from the published bundle', async (t) => {
+  const { api, start, bundle } = await rig(t);
+  const old = await CertificateAuthority.create({ trustDomain: TD });
+  const next = await CertificateAuthority.create({ trustDomain: TD });
+  api.objects('v1', 'secrets').create(meshCaSecret(old));
+  const PROPAGATION_MS = 1500;
+  const a = await start('controller-a', undefined, PROPAGATION_MS);
+  const secrets = api.objects('v1', 'secrets');
+  secrets.update({ ...secrets.get(CA_SECRET_NAME, 'ambit-system')!, data: meshCaSecret(next).data ?? {} });
+  const changed = Date.now();
+  await a.refresh();
+  t.equal(a.signer?.rootPem, old.rootPem, 'replica a: the old key still signs');
+  await a.close();
+  // a fresh replica (a restart, a rollout): it reads the change's start from the bundle, not from its own memory
+  const registry = createRegistry({ defaultMetrics: false });
+  const b = start('controller-b', registry, PROPAGATION_MS);
+  const bStarted = await b;
+  t.ok(Date.now() - changed >= PROPAGATION_MS, `replica b signed only once the new root had been out ${PROPAGATION_MS} ms (${Date.now() - changed} ms)`);
+  t.equal(bStarted.signer?.rootPem, next.rootPem, 'with the new key');
+  const publishedRoots = parseTrustBundle(bundle()[TRUST_BUNDLE_KEYS.roots] ?? '', 'the bundle').map((root) => root.fingerprint256);
+  t.same(publishedRoots, [new X509Certificate(next.rootPem).fingerprint256, new X509Certificate(old.rootPem).fingerprint256], 'and the old root is still published for the leaves it signed');
+});
+
+t.test('a Secret gone while the bundle holds roots is not replaced by a new root on a fresh replica', async (t) => {
+  const { api, start, bundle, logs } = await rig(t);
+  const old = await CertificateAuthority.create({ trustDomain: TD });
+  api.objects('v1', 'secrets').create(meshCaSecret(old));
+  const a = await start('controller-a');
+  await a.close();
+  api.objects('v1', 'secrets').delete(CA_SECRET_NAME, 'ambit-system');
+  const published = bundle()[TRUST_BUNDLE_KEYS.roots];
+  const b = start('controller-b');
+  const refusal = await logs.waitFor((r) => String(r.msg).includes('is gone, but the trust bundle'), 10_000);
+  t.match(refusal.msg, /restore the Secret/, 'it says what to do');
+  t.notOk(api.objects('v1', 'secrets').get(CA_SECRET_NAME, 'ambit-system'), 'no new root was written');
+  t.equal(bundle()[TRUST_BUNDLE_KEYS.roots], published, 'and the trust bundle is untouched');
+  api.objects('v1', 'secrets').create(meshCaSecret(old));
+  const restored = await b;
+  t.equal(restored.signer?.rootPem, old.rootPem, 'the restored Secret is taken');
 });

@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ApiServer, JsonObject } from './apiserver/index.js';
 
 /**
  * A ConfigMap mounted as a volume, kept up to date as kubelet's atomic writer does it: the files of each version in a
  * new hidden folder, the `..data` symlink swapped to it in one rename, each key a symlink through `..data`. A reader
  * sees the old version or the new one, never half of each. It follows the double's changes to the ConfigMap (kubelet
- * takes up to a minute; here a change is written as soon as it is stored).
+ * takes up to a minute; here a change is written `lagMs` after it is stored, at once by default).
  */
 export class ConfigMapVolume {
   readonly dir: string;
@@ -16,8 +17,10 @@ export class ConfigMapVolume {
   readonly #name: string;
   #writing: Promise<void> = Promise.resolve();
   readonly #onChange: (event: { object: JsonObject }) => void;
+  readonly #lagMs: number;
 
-  private constructor(api: ApiServer, namespace: string, name: string, dir: string) {
+  private constructor(api: ApiServer, namespace: string, name: string, dir: string, lagMs: number) {
+    this.#lagMs = lagMs;
     this.#api = api;
     this.#namespace = namespace;
     this.#name = name;
@@ -28,9 +31,12 @@ export class ConfigMapVolume {
     };
   }
 
-  /** Writes the ConfigMap's current data into `dir` (none yet: an empty folder), then follows its changes. */
-  static async mount(api: ApiServer, options: { namespace: string; name: string; dir: string }): Promise<ConfigMapVolume> {
-    const volume = new ConfigMapVolume(api, options.namespace, options.name, options.dir);
+  /**
+   * Writes the ConfigMap's current data into `dir` (none yet: an empty folder), then follows its changes, each
+   * `lagMs` after it is stored (kubelet's sync period: nodes see a change at different moments).
+   */
+  static async mount(api: ApiServer, options: { namespace: string; name: string; dir: string; lagMs?: number }): Promise<ConfigMapVolume> {
+    const volume = new ConfigMapVolume(api, options.namespace, options.name, options.dir, options.lagMs ?? 0);
     await mkdir(options.dir, { recursive: true });
     api.on('change', volume.#onChange);
     volume.#write();
@@ -48,7 +54,11 @@ export class ConfigMapVolume {
   }
 
   #write(): void {
-    this.#writing = this.#writing.then(() => this.#writeNow());
+    const lag = this.#lagMs;
+    this.#writing = this.#writing.then(async () => {
+      if (lag > 0) await sleep(lag);
+      await this.#writeNow();
+    });
   }
 
   async #writeNow(): Promise<void> {

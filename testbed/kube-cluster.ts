@@ -153,6 +153,8 @@ export interface KubeClusterOptions {
   certTtlSeconds?: number;
   /** How long a new root is published before the controller signs with it (default its own, 120 s). */
   caPropagationSeconds?: number;
+  /** By node name: how long after a change that node's mounted trust bundle follows (kubelet's lag; default none). */
+  trustBundleLagMs?: Record<string, number>;
 }
 
 interface RunningProcess {
@@ -253,7 +255,7 @@ export class KubeCluster {
     await this.api.writeKubeconfig(path.join(await this.#mount(name, 'kubeconfig'), KUBECONFIG_FILE), `${name}-api-token`);
     await writeFile(path.join(await this.#mount(name, 'token'), TOKEN_FILE), `${name}-stream-token`);
     await writeFile(path.join(await this.#mount(name, 'ca-token'), TOKEN_FILE), `${name}-ca-token`);
-    this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace: CONTROLLER_NAMESPACE, name: TRUST_BUNDLE_CONFIGMAP_NAME, dir: this.mountDir(name, 'trust-bundle') }));
+    this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace: CONTROLLER_NAMESPACE, name: TRUST_BUNDLE_CONFIGMAP_NAME, dir: this.mountDir(name, 'trust-bundle'), lagMs: this.#options.trustBundleLagMs?.[node.name] ?? 0 }));
     await this.#mount(name, 'run');
     await this.#mount(name, 'state');
   }

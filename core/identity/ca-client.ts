@@ -1,9 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import http2 from 'node:http2';
 import type { PeerCertificate } from 'node:tls';
+import pLimit from 'p-limit';
 import { AmbitError } from '../errors/index.js';
 import { silentLogger, type Logger } from '../log/index.js';
-import { CA_MAX_RESPONSE_BYTES, CA_PATH, type CaRefusal, type CaSignRequest, type CaSignResponse } from './ca-protocol.js';
+import { CA_MAX_CONCURRENT_REQUESTS, CA_MAX_RESPONSE_BYTES, CA_PATH, type CaRefusal, type CaSignRequest, type CaSignResponse } from './ca-protocol.js';
 import type { CertIssuer } from './cert-store.js';
 import { spiffeIdFromSan } from './spiffe.js';
 
@@ -70,6 +71,7 @@ export class RemoteCaIssuer implements CertIssuer {
   readonly #options: RemoteCaIssuerOptions;
   readonly #log: Logger;
   readonly #timeoutMs: number;
+  readonly #slots = pLimit(CA_MAX_CONCURRENT_REQUESTS);
   #session: http2.ClientHttp2Session | undefined;
   #closed = false;
   /** Sessions verified against the old roots must not carry the next request. */
@@ -87,7 +89,8 @@ export class RemoteCaIssuer implements CertIssuer {
     if (this.#closed) throw new AmbitError('CA_CLIENT_CLOSED', `cannot ask the controller to sign ${spiffeId}: the CA client is closed`);
     const token = await this.#token();
     const request: CaSignRequest = { csr: csrPem };
-    const answer = await this.#post(JSON.stringify(request), token, spiffeId);
+    // no more in flight than the controller takes on one connection: the timeout then times the answer, not a queue
+    const answer = await this.#slots(() => this.#post(JSON.stringify(request), token, spiffeId));
     if (answer.status !== 200) {
       const refusal = parseRefusal(answer.body);
       throw new CaRefusedError(spiffeId, answer.status, refusal.reason, refusal.message);

@@ -18,6 +18,11 @@ export const CA_PATH = '/ambit.ca.v1/sign';
 export const CA_TOKEN_AUDIENCE = 'ambit-ca';
 /** The largest request body the CA reads: a 4096-bit RSA CSR in PEM is under 2 KiB. */
 export const CA_MAX_REQUEST_BYTES = 64 * 1024;
+/**
+ * Requests on one connection at once, at most: the controller's port takes this many streams a connection (its
+ * HTTP/2 maxConcurrentStreams); a client sends no more, so none waits in a queue its timeout would count.
+ */
+export const CA_MAX_CONCURRENT_REQUESTS = 4;
 /** The largest answer a client reads: a leaf and a few intermediates. */
 export const CA_MAX_RESPONSE_BYTES = 256 * 1024;
 

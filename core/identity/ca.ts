@@ -257,7 +257,8 @@ export class CertificateAuthority {
     if (checked.identity !== options.spiffeId) {
       throw new AmbitError('BAD_CSR', `the CSR asks for ${checked.identity} but the caller may only have ${options.spiffeId}; the requester is misconfigured`);
     }
-    const csr = checkedCsrs.get(checked)!;
+    const csr = checkedCsrs.get(checked);
+    if (csr === undefined) throw new AmbitError('BAD_CSR', `the CSR for ${options.spiffeId} was not checked by checkCsr`);
     const { notBefore, notAfter } = this.#validity(options);
 
     const leaf = forge.pki.createCertificate();
@@ -318,9 +319,12 @@ const MIN_RSA_BITS = 2048;
 const MAX_RSA_BITS = 4096;
 const RSA_EXPONENT = '65537';
 
+declare const CHECKED: unique symbol;
 /** A CSR that checkCsr passed, and the identity it asks for: what sign() takes without checking it again. */
 export interface CheckedCsr {
   readonly identity: string;
+  /** Only checkCsr makes one (a type brand; nothing at run time). */
+  readonly [CHECKED]: true;
 }
 const checkedCsrs = new WeakMap<CheckedCsr, forge.pki.CertificateSigningRequest>();
 
@@ -340,7 +344,7 @@ export function checkCsr(csrPem: string): CheckedCsr {
   const [name] = names as [ForgeAltName];
   if (name.type !== URI_NAME_TYPE) throw new AmbitError('BAD_CSR', `the CSR asks for ${describeName(name)}; the CA certifies only a SPIFFE ID (a URI SAN)`);
   parseSpiffeId(name.value);
-  const checked: CheckedCsr = Object.freeze({ identity: name.value });
+  const checked = Object.freeze({ identity: name.value }) as CheckedCsr;
   checkedCsrs.set(checked, csr);
   return checked;
 }

@@ -38,6 +38,7 @@ export type { SetTimer } from '../timer/index.js';
 export { LocalCaFolder, TRUST_BUNDLE_FILE, type LocalCaFolderEvents, type LocalCaFolderOptions } from './local-ca.js';
 export { parseTrustBundle, TrustBundle, type TrustBundleEvents } from './trust-bundle.js';
 export {
+  CA_MAX_CONCURRENT_REQUESTS,
   CA_MAX_REQUEST_BYTES,
   CA_MAX_RESPONSE_BYTES,
   CA_PATH,
@@ -54,3 +55,4 @@ export { CaRefusedError, DEFAULT_CA_TIMEOUT_MS, RemoteCaIssuer, type CaTrustSour
 export { TrustBundleFolder, type TrustBundleFolderEvents, type TrustBundleFolderOptions } from './bundle-folder.js';
 export { chainLeadsTo, issuedBy } from './chain.js';
 export { registerCertExpiryGauge, type CertificatesInUse } from './expiry-metric.js';
+export { pemCertificates } from './pem.js';

@@ -1,14 +1,16 @@
-import { BOUND_TOKEN_EXTRA } from '../../core/k8s/index.js';
 import { badRequest } from './status.js';
 import { child, str, type JsonObject, type TokenUser } from './types.js';
 
 /** The audience of a token issued for the API server itself, when a test registers one without audiences. */
 export const API_SERVER_AUDIENCE = 'https://kubernetes.default.svc.cluster.local';
 
-/** The bound-token claims a TokenReview reports in `status.user.extra`, as the real token authenticator. */
-export const POD_NAME_EXTRA = BOUND_TOKEN_EXTRA.podName;
-export const POD_UID_EXTRA = BOUND_TOKEN_EXTRA.podUid;
-export const NODE_NAME_EXTRA = BOUND_TOKEN_EXTRA.nodeName;
+/**
+ * The bound-token claims a TokenReview reports in `status.user.extra`, as the real token authenticator names them
+ * (spelled out here, not taken from the product's constants: a typo there must fail against the double).
+ */
+export const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
+export const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
+export const NODE_NAME_EXTRA = 'authentication.kubernetes.io/node-name';
 
 /** The bearer tokens the double accepts, registered by the test; anything else is 401. */
 export class TokenRegistry {

@@ -1,0 +1,133 @@
+import { X509Certificate } from 'node:crypto';
+import { chainLeadsTo, parseTrustBundle, pemCertificates, TRUST_BUNDLE_KEYS, type CertificateAuthority } from '../core/identity/index.js';
+
+/**
+ * On the trust-bundle ConfigMap, since when each published root has been there and until when a retiring one stays
+ * (JSON: fingerprint → {since, until?}, milliseconds). The rotation's state lives here, not in a replica's memory, so
+ * that a restart or the other replica continues it instead of starting over.
+ */
+export const ROOTS_ANNOTATION = 'ambit.dev/roots';
+
+export interface ConfigMapObject {
+  metadata?: { annotations?: Record<string, string>; [field: string]: unknown };
+  data?: Record<string, string>;
+  [field: string]: unknown;
+}
+
+export interface PublishedRoot {
+  readonly cert: X509Certificate;
+  /** When it was first published (milliseconds). */
+  readonly since: number;
+  /** Set on a root no key signs with any more: published until the leaves signed under it have expired. */
+  readonly until?: number;
+}
+
+/** The trust bundle ConfigMap as read. */
+export interface PublishedBundle {
+  readonly object: ConfigMapObject;
+  readonly roots: readonly PublishedRoot[];
+  /** The published issuer chain (signing certificate first), '' when it names none. */
+  readonly issuerChainPem: string;
+}
+
+export interface BundlePlan {
+  /** The key that signs from now on: undefined while a new one waits and none was in use (after a restart). */
+  readonly signer: CertificateAuthority | undefined;
+  readonly roots: readonly PublishedRoot[];
+  readonly issuerChainPem: string;
+  /** When the Secret's key will sign, if it waits for its root to reach the nodes. */
+  readonly pendingAt: number | undefined;
+}
+
+/** What the signer's leaves carry after the leaf, or the signer itself for a root: the published issuer chain. */
+export function issuerChainOf(ca: CertificateAuthority): string {
+  return ca.chainPem === '' ? ca.rootPem : ca.chainPem;
+}
+
+/** Reads a ConfigMap the controller (this replica, another, an earlier version) wrote; what does not parse is dropped. */
+export function parseBundle(object: ConfigMapObject, now: number, warn: (message: string) => void): PublishedBundle {
+  let certs: X509Certificate[] = [];
+  try {
+    certs = parseTrustBundle(object.data?.[TRUST_BUNDLE_KEYS.roots] ?? '', 'the published trust bundle');
+  } catch (err) {
+    warn(`the published trust bundle does not parse (${err instanceof Error ? err.message : String(err)}); it is written anew`);
+  }
+  let times: Record<string, { since?: unknown; until?: unknown }> = {};
+  try {
+    times = JSON.parse(object.metadata?.annotations?.[ROOTS_ANNOTATION] ?? '{}') as typeof times;
+  } catch {
+    warn(`the annotation ${ROOTS_ANNOTATION} of the trust bundle does not parse; its roots count as published now`);
+  }
+  const roots = certs.map((cert): PublishedRoot => {
+    const entry = times[cert.fingerprint256];
+    // a root published without a time (by hand, by an older controller) counts from now: the safe side of the wait
+    const since = typeof entry?.since === 'number' ? entry.since : now;
+    return typeof entry?.until === 'number' ? { cert, since, until: entry.until } : { cert, since };
+  });
+  return { object, roots, issuerChainPem: object.data?.[TRUST_BUNDLE_KEYS.issuerChain] ?? '' };
+}
+
+/**
+ * The bundle to publish and the key to sign with, so that no leaf is ever signed under a root some node may not
+ * trust yet, nor a root dropped while leaves still chain to it, however the Secret changed (one write or three), and
+ * across restarts and replicas (the state is the published bundle's):
+ * - the Secret's key signs at once when nothing was published yet (a new mesh), when it is the published issuer
+ *   already (a restart), or once its root has been published `propagationMs`; until then the key in use (if this
+ *   process has one) keeps signing, and the published issuer chain stays;
+ * - the published roots are the Secret's, the root of the issuer being published, and every root within its `until`:
+ *   when the issuer changes, the root of the one before it gets `until` = now + `ttlMs` (its leaves' lifetime), which
+ *   holds even if that root is still in the Secret now and leaves it later.
+ */
+export function planBundle(input: {
+  ca: CertificateAuthority;
+  secretRoots: readonly X509Certificate[];
+  bundle: PublishedBundle | undefined;
+  inUse: CertificateAuthority | undefined;
+  now: number;
+  propagationMs: number;
+  ttlMs: number;
+}): BundlePlan {
+  const { ca, bundle, now } = input;
+  const published = new Map((bundle?.roots ?? []).map((root) => [root.cert.fingerprint256, root]));
+  const publishedIssuer = firstCert(bundle?.issuerChainPem ?? '');
+  const anchorSince = published.get(new X509Certificate(ca.anchorPem).fingerprint256)?.since;
+  const take =
+    bundle === undefined ||
+    input.propagationMs === 0 ||
+    publishedIssuer?.fingerprint256 === new X509Certificate(ca.rootPem).fingerprint256 ||
+    (anchorSince !== undefined && now - anchorSince >= input.propagationMs);
+  const signer = take ? ca : input.inUse;
+  const issuerChainPem = signer !== undefined ? issuerChainOf(signer) : (bundle?.issuerChainPem ?? issuerChainOf(ca));
+
+  // each root: needed now (the Secret's, the issuer's), and/or until when it must stay (the leaves of a former issuer)
+  const marks = new Map<string, { cert: X509Certificate; needed: boolean; until: number }>();
+  const mark = (cert: X509Certificate, how: { needed?: boolean; until?: number }) => {
+    const held = marks.get(cert.fingerprint256) ?? { cert, needed: false, until: 0 };
+    marks.set(cert.fingerprint256, { cert, needed: held.needed || how.needed === true, until: Math.max(held.until, how.until ?? 0) });
+  };
+  for (const root of input.secretRoots) mark(root, { needed: true });
+  const issuerChain = pemCertificates(issuerChainPem).map((pem) => new X509Certificate(pem));
+  const candidates = [...input.secretRoots, ...[...published.values()].map((root) => root.cert)];
+  const anchorOf = (chain: readonly X509Certificate[]) => candidates.find((root) => chainLeadsTo(chain, [root]));
+  const issuerAnchor = anchorOf(issuerChain);
+  if (issuerAnchor !== undefined) mark(issuerAnchor, { needed: true });
+  if (publishedIssuer !== undefined && publishedIssuer.fingerprint256 !== issuerChain[0]?.fingerprint256) {
+    // the issuer changes now: the leaves the old one signed live up to ttlMs more, and its root with them
+    const previous = anchorOf(pemCertificates(bundle?.issuerChainPem ?? '').map((pem) => new X509Certificate(pem)));
+    if (previous !== undefined) mark(previous, { until: now + input.ttlMs });
+  }
+  for (const root of published.values()) if (root.until !== undefined && root.until > now) mark(root.cert, { until: root.until });
+  const roots = [...marks.values()]
+    .filter((m) => m.needed || m.until > now)
+    .map((m): PublishedRoot => {
+      const since = published.get(m.cert.fingerprint256)?.since ?? now;
+      return m.until > now ? { cert: m.cert, since, until: m.until } : { cert: m.cert, since };
+    });
+  const pendingAt = take ? undefined : (anchorSince ?? now) + input.propagationMs;
+  return { signer, roots, issuerChainPem, pendingAt };
+}
+
+function firstCert(pem: string): X509Certificate | undefined {
+  const [first] = pemCertificates(pem);
+  return first === undefined ? undefined : new X509Certificate(first);
+}
