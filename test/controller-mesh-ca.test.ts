@@ -115,7 +115,7 @@ t.test('a Secret whose key is not its certificate\'s changes nothing, and says s
   await ca.refresh();
   t.equal(ca.signer?.rootPem, good.rootPem, 'the last good signer stays in use');
   t.equal(ca.status.valid, false);
-  t.match(ca.status.message, /not the signing certificate's .*mismatched.*the last good signer .* stays in use/, `the status says why: ${ca.status.message}`);
+  t.match(ca.status.message, /not the private key of the signing certificate .*mismatched.*the last good signer .* stays in use/, `the status says why: ${ca.status.message}`);
   t.equal(metricValue(await registry.metrics(), 'ambit_ca_secret_valid'), 0, 'and the metric');
   t.ok(window.find((r) => r.level === 50 && String(r.msg).startsWith('the CA Secret is refused')), 'and the log, at error');
   const { csrPem } = await generateKeyAndCsr(`spiffe://${TD}/ns/shop/sa/web`);

@@ -106,7 +106,7 @@ export class CertificateAuthority {
     if (key.asymmetricKeyType !== 'rsa') {
       throw new AmbitError('CA_INVALID', `${source}: the key is an ${key.asymmetricKeyType ?? 'unknown'} key; Ambit signs with node-forge, which needs an RSA CA key`);
     }
-    if (!issuer.checkPrivateKey(key)) throw new AmbitError('CA_INVALID', `${source}: the key is not the signing certificate's (${subjectOf(issuer)}); the pair is mismatched`);
+    if (!issuer.checkPrivateKey(key)) throw new AmbitError('CA_INVALID', `${source}: the key is not the private key of the signing certificate (${subjectOf(issuer)}); the pair is mismatched`);
     const now = options.now ?? Date.now();
     if (new Date(issuer.validTo).getTime() <= now) throw new AmbitError('CA_INVALID', `${source}: the signing certificate expired at ${new Date(issuer.validTo).toISOString()}`);
     // each certificate of the chain is signed by the next, and the last by one of the roots (or is one)
@@ -178,27 +178,14 @@ export class CertificateAuthority {
     } catch (err) {
       throw new AmbitError('CA_INVALID', `${certPath} is not a PEM certificate; replace it with the CA's root certificate`, { cause: err });
     }
-    if (!root.ca) {
-      throw new AmbitError('CA_INVALID', `${certPath} is not a CA certificate (basicConstraints CA is not true); use a root or intermediate CA`);
-    }
-    let key: KeyObject;
-    try {
-      key = createPrivateKey(keyPem);
-    } catch (err) {
-      throw new AmbitError('CA_INVALID', `${keyPath} is not a PEM private key; replace it with the key of ${certPath}`, { cause: err });
-    }
-    if (key.asymmetricKeyType !== 'rsa') {
-      throw new AmbitError('CA_INVALID', `${keyPath} is an ${key.asymmetricKeyType ?? 'unknown'} key; Ambit signs with node-forge, which needs an RSA CA key`);
-    }
-    if (!root.checkPrivateKey(key)) {
-      throw new AmbitError('CA_INVALID', `${keyPath} is not the private key of ${certPath}; the pair is mismatched`);
-    }
+    // before its SAN is read as a trust domain: a leaf put there by mistake names a workload, not a trust domain
+    if (!root.ca) throw new AmbitError('CA_INVALID', `${certPath} is not a CA certificate (basicConstraints CA is not true); use a root or intermediate CA`);
     const trustDomain = options.trustDomain ?? trustDomainFromRoot(root);
     if (trustDomain === undefined) {
       throw new AmbitError('CA_INVALID', `${certPath} names no trust domain (no spiffe://<trust-domain> URI SAN); pass the trust domain explicitly`);
     }
-    validateTrustDomain(trustDomain);
-    return new CertificateAuthority(trustDomain, toUnixPem(rootPem), keyPem, key);
+    // the folder's root is its own signer and its own trust: the same checks as a Secret's material
+    return CertificateAuthority.fromPem({ certPem: rootPem, keyPem, rootsPem: rootPem, trustDomain, source: `${certPath} and ${keyPath}` });
   }
 
   /** Writes `ca.crt` (0644) and `ca.key` (0600) into `dir`, each replaced atomically. */
