@@ -60,6 +60,8 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
   // web-1 is scheduled and has no IP yet: its node's agent may hold its certificate before it starts
   const web = pods.create({ ...pod('shop', 'web-1', 'web', 'node1'), status: { phase: 'Pending' } });
   pods.create(pod('shop', 'api-1', 'api', 'node2'));
+  // named and labelled like api, but of service account web: it gives node1 no right to shop/api
+  pods.create({ ...pod('shop', 'api-2', 'web', 'node1'), metadata: { name: 'api-2', namespace: 'shop', labels: { app: 'api' } } });
   // a controller replica on node1: its identity is the controller's, which the endpoint never signs
   const controllerPod = pods.create(pod('ambit-system', 'ambit-controller-0', 'ambit-controller', 'node1'));
   pods.create(pod('shop', 'batch-1', 'batch', 'node1', 'Succeeded'));
@@ -167,7 +169,8 @@ t.test('the CA endpoint: node authorization, token checks and bad input', async 
     { name: 'a user that is no service account', token: 'admin', body: csrFor(id('shop', 'web')), status: 403, reason: 'not_a_service_account', says: /kubernetes-admin is not a service account/ },
     { name: 'no pod of that service account on the caller\'s node', token: 'agent1', body: csrFor(id('shop', 'nobody')), status: 403, reason: 'identity_not_on_node', says: /shop\/nobody is scheduled on node node1 \(it runs on no node\)/ },
     { name: 'a pod of that service account only on another node', token: 'agent1', body: csrFor(id('shop', 'api')), status: 403, reason: 'identity_not_on_node', says: /shop\/api is scheduled on node node1 \(it runs on node2\)/ },
-    { name: 'a service-account mismatch (the account\'s name in another namespace)', token: 'agent1', body: csrFor(id('other', 'web')), status: 403, reason: 'identity_not_on_node', says: /other\/web/ },
+    { name: "a service-account mismatch: a pod named for api is on the node, but it runs as web", token: 'agent1', body: csrFor(id('shop', 'api')), status: 403, reason: 'identity_not_on_node', says: /shop\/api is scheduled on node node1 \(it runs on node2\)/ },
+    { name: 'the account\'s name in another namespace', token: 'agent1', body: csrFor(id('other', 'web')), status: 403, reason: 'identity_not_on_node', says: /other\/web/ },
     { name: 'a pod that has ended', token: 'agent1', body: csrFor(id('shop', 'batch')), status: 403, reason: 'identity_not_on_node', says: /shop\/batch/ },
     { name: 'a token without the node claim (a legacy token)', token: 'agent-legacy', body: csrFor(id('shop', 'web')), status: 403, reason: 'no_node_claim', says: /node-name/ },
     { name: 'a token bound to a pod that is gone (another uid)', token: 'agent-stale-uid', body: csrFor(id('shop', 'web')), status: 403, reason: 'caller_pod_mismatch', says: /uid-of-a-deleted-pod/ },
