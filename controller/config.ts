@@ -4,6 +4,7 @@ import { parseFlags, usageError as commandUsageError, type AmbitError } from '..
 import { LOG_LEVELS, type LogLevel } from '../core/log/index.js';
 import { trustDomainFlag } from '../core/identity/index.js';
 import { isDnsLabel } from '../core/names/index.js';
+import { DEFAULT_CA_PROPAGATION_MS, DEFAULT_CA_REREAD_INTERVAL_MS } from './mesh-ca.js';
 import { DEFAULT_STREAM_USERS } from './stream-server.js';
 
 /** The controller's ports: the discovery stream and the CA, metrics, readiness (and /status). */
@@ -50,8 +51,8 @@ Options (each also as an environment variable):
   --namespace NS         its namespace (downward API)          AMBIT_NAMESPACE (default ambit-system)
   --pod-name NAME        this replica's pod (downward API)     AMBIT_POD_NAME (default: the host name)
   --cert-ttl S           lifetime of signed certificates, s    AMBIT_CERT_TTL (default 86400: 24 h; 10 to 31536000)
-  --ca-reread-interval S read the CA Secret again every S s    AMBIT_CA_REREAD_INTERVAL (default 60)
-  --ca-propagation S     a new signing key waits until its     AMBIT_CA_PROPAGATION (default 120; 0 to 3600)
+  --ca-reread-interval S read the CA Secret again every S s    AMBIT_CA_REREAD_INTERVAL (default ${DEFAULT_CA_REREAD_INTERVAL_MS / 1000})
+  --ca-propagation S     a new signing key waits until its     AMBIT_CA_PROPAGATION (default ${DEFAULT_CA_PROPAGATION_MS / 1000}; 0 to 3600)
                          root has been published S s (every node's mounted bundle has it); an old root stays S s
   --trust-domain NAME    SPIFFE trust domain                   AMBIT_TRUST_DOMAIN (default cluster.local)
   --listen-host IP       bind address                          AMBIT_LISTEN_HOST (default 0.0.0.0)
@@ -100,8 +101,8 @@ export function loadControllerConfig(env: NodeJS.ProcessEnv, argv: string[]): { 
     return value;
   };
   const certTtlMs = seconds('cert-ttl', values['cert-ttl'] ?? env.AMBIT_CERT_TTL, 10, 31_536_000, 86_400) * 1000;
-  const caPropagationMs = seconds('ca-propagation', values['ca-propagation'] ?? env.AMBIT_CA_PROPAGATION, 0, 3600, 120) * 1000;
-  const caRereadIntervalMs = seconds('ca-reread-interval', values['ca-reread-interval'] ?? env.AMBIT_CA_REREAD_INTERVAL, 1, 3600, 60) * 1000;
+  const caPropagationMs = seconds('ca-propagation', values['ca-propagation'] ?? env.AMBIT_CA_PROPAGATION, 0, 3600, DEFAULT_CA_PROPAGATION_MS / 1000) * 1000;
+  const caRereadIntervalMs = seconds('ca-reread-interval', values['ca-reread-interval'] ?? env.AMBIT_CA_REREAD_INTERVAL, 1, 3600, DEFAULT_CA_REREAD_INTERVAL_MS / 1000) * 1000;
   const logLevel = (values['log-level'] ?? env.AMBIT_LOG_LEVEL ?? 'info') as ControllerConfig['logLevel'];
   if (!LOG_LEVELS.includes(logLevel)) throw usageError(`--log-level ${logLevel} is not one of ${LOG_LEVELS.join(', ')}`);
   const listenHost = values['listen-host'] ?? env.AMBIT_LISTEN_HOST ?? '0.0.0.0';

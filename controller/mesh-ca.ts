@@ -174,7 +174,8 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
   #readAt(at: number): void {
     if (this.#closed) return;
     clearTimeout(this.#deadline);
-    this.#deadline = setTimeout(() => void this.refresh(), Math.max(0, at - Date.now()));
+    // never further than the next periodic read: setTimeout fires at once past 2^31-1 ms (a TTL over 24.8 days)
+    this.#deadline = setTimeout(() => void this.refresh(), Math.min(Math.max(0, at - Date.now()), this.#options.rereadIntervalMs ?? DEFAULT_CA_REREAD_INTERVAL_MS));
     this.#deadline.unref();
   }
 
@@ -243,7 +244,7 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
       if (err instanceof ApiStatusError && err.status === 404) return undefined;
       throw err;
     }
-    return parseBundle(object, Date.now(), (message) => this.#log.warn(message));
+    return parseBundle(object, Date.now(), this.#options.ttlMs, (message) => this.#log.warn(message));
   }
 
   async #readSecret(): Promise<Record<string, unknown> | undefined> {
@@ -262,7 +263,7 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
    */
   async #noSecret(bundle: PublishedBundle | undefined): Promise<void> {
     const { namespace, holder } = this.#options;
-    if (this.#material === undefined && bundle !== undefined && bundle.roots.length > 0) {
+    if (this.#material === undefined && bundle !== undefined && (bundle.roots.length > 0 || bundle.unreadable)) {
       const message = `the Secret ${namespace}/${CA_SECRET_NAME} is gone, but the trust bundle ${namespace}/${TRUST_BUNDLE_CONFIGMAP_NAME} holds the mesh's roots: restore the Secret (the controller does not replace the mesh's root on its own); to start a new mesh root, delete the ConfigMap too`;
       this.#setStatus(false, message);
       this.#log.error({ roots: bundle.roots.map((root) => root.cert.fingerprint256) }, message);

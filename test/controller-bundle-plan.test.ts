@@ -6,11 +6,14 @@ import { X509Certificate } from 'node:crypto';
 import t from 'tap';
 import { planBundle, ROOTS_ANNOTATION, type BundlePlan, type PublishedBundle } from '../controller/bundle-plan.js';
 import { CertificateAuthority, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
+import { parseBundle } from '../controller/bundle-plan.js';
 
 const TD = 'cluster.local';
 const P = 120_000;
 const TTL = 86_400_000;
 const T0 = Date.UTC(2026, 11, 4);
+/** How long a former issuer's root stays after the change: its leaves' lifetime, and the other replica's delay. */
+const RETIRE = TTL + P;
 
 const cert = (ca: CertificateAuthority) => new X509Certificate(ca.rootPem);
 const fp = (ca: CertificateAuthority) => cert(ca).fingerprint256;
@@ -24,6 +27,7 @@ function asPublished(plan: BundlePlan): PublishedBundle {
     },
     roots: plan.roots,
     issuerChainPem: plan.issuerChainPem,
+    unreadable: false,
   };
 }
 
@@ -66,12 +70,12 @@ t.test('the rotation rule, step by step', async (t) => {
   const swap = T0 + 10_000 + P;
   t.same(
     summary(taken),
-    { signer: fp(next), roots: [{ root: fp(next), since: T0 + 10_000, until: undefined }, { root: fp(old), since: T0, until: swap + TTL }], issuer: fp(next), pendingAt: undefined },
+    { signer: fp(next), roots: [{ root: fp(next), since: T0 + 10_000, until: undefined }, { root: fp(old), since: T0, until: swap + RETIRE }], issuer: fp(next), pendingAt: undefined },
     'then the new key signs, and the old root stays until the leaves the old key signed have expired',
   );
-  const retiring = plan(next, [next], asPublished(taken), undefined, swap + TTL - 1);
+  const retiring = plan(next, [next], asPublished(taken), undefined, swap + RETIRE - 1);
   t.same(summary(retiring).roots, summary(taken).roots, 'a restart meanwhile keeps the retiring root (its until is published)');
-  const retired = plan(next, [next], asPublished(taken), next, swap + TTL);
+  const retired = plan(next, [next], asPublished(taken), next, swap + RETIRE);
   t.same(summary(retired).roots, [{ root: fp(next), since: T0 + 10_000, until: undefined }], 'and at its until it leaves');
 
   const immediate = plan(next, [next], asPublished(fresh), old, T0 + 10_000, 0);
@@ -89,5 +93,66 @@ t.test('the rotation rule, step by step', async (t) => {
   const keyTaken = plan(next, [old, next], asPublished(keyEarly), old, T0 + 10_000 + P);
   t.equal(summary(keyTaken).signer, fp(next), 'and signs once the root has been out P');
   const dropped = plan(next, [next], asPublished(keyTaken), next, T0 + 10_000 + P + 1_000);
-  t.same(summary(dropped).roots.map((r) => [r.root, r.until]), [[fp(next), undefined], [fp(old), T0 + 10_000 + P + TTL]], 'ca.crt [new]: the old root still stays for the leaves it signed');
+  t.same(summary(dropped).roots.map((r) => [r.root, r.until]), [[fp(next), undefined], [fp(old), T0 + 10_000 + P + RETIRE]], 'ca.crt [new]: the old root still stays for the leaves it signed');
 });
+
+t.test('the edges: a deleted ConfigMap, a replica that fell behind, an intermediate, an annotation lost', async (t) => {
+  const old = await CertificateAuthority.create({ trustDomain: TD });
+  const next = await CertificateAuthority.create({ trustDomain: TD });
+  const third = await CertificateAuthority.create({ trustDomain: TD });
+  const plan = (ca: CertificateAuthority, secretRoots: CertificateAuthority[], bundle: PublishedBundle | undefined, inUse: CertificateAuthority | undefined, now: number) =>
+    planBundle({ ca, secretRoots: secretRoots.map(cert), bundle, inUse, now, propagationMs: P, ttlMs: TTL });
+  const fresh = plan(old, [old], undefined, undefined, T0);
+
+  const noConfigMap = plan(next, [next], undefined, old, T0 + 10_000);
+  t.same(
+    summary(noConfigMap),
+    { signer: fp(old), roots: [{ root: fp(next), since: T0 + 10_000, until: undefined }, { root: fp(old), since: T0 + 10_000, until: undefined }], issuer: fp(old), pendingAt: T0 + 10_000 + P },
+    'the ConfigMap deleted mid-change: the key in use keeps signing and its root is published again; the new one waits',
+  );
+
+  const aTook = plan(next, [next], asPublished(plan(next, [next], asPublished(fresh), old, T0 + 1)), old, T0 + 1 + P);
+  t.equal(summary(aTook).issuer, fp(next), 'replica a took the new key');
+  const bBehind = plan(third, [third], asPublished(aTook), old, T0 + 2 + P);
+  t.same(
+    { signer: summary(bBehind).signer, issuer: summary(bBehind).issuer },
+    { signer: undefined, issuer: fp(next) },
+    'replica b, still on the old key, does not publish it back as the issuer: it signs nothing until the third key may',
+  );
+  t.ok(bBehind.roots.some((r) => r.cert.fingerprint256 === fp(next) && r.until === undefined), 'and the published issuer\'s root stays');
+
+  // an intermediate under the published root, and renewed under it: the root is long out, so each signs at once
+  const root = old;
+  const secretFor = (intermediate: { certPem: string; keyPem: string }) =>
+    CertificateAuthority.fromPem({ certPem: intermediate.certPem + root.rootPem, keyPem: intermediate.keyPem, rootsPem: root.rootPem, trustDomain: TD, source: 'test' });
+  const first = secretFor(await intermediateOf(root));
+  const second = secretFor(await intermediateOf(root));
+  const withFirst = plan(first, [root], asPublished(fresh), old, T0 + P + 1_000);
+  t.equal(summary(withFirst).signer, new X509Certificate(first.rootPem).fingerprint256, 'an intermediate under the published root signs at once');
+  t.same(summary(withFirst).roots.map((r) => r.root), [fp(root)], 'its root is the only one published');
+  const renewed = plan(second, [root], asPublished(withFirst), first, T0 + P + 2_000);
+  t.equal(summary(renewed).signer, new X509Certificate(second.rootPem).fingerprint256, 'and so does its renewal under the same root');
+  t.equal(new X509Certificate(renewed.issuerChainPem).fingerprint256, new X509Certificate(second.rootPem).fingerprint256, 'the published issuer is the intermediate');
+
+  const lost = parseBundle({ ...asPublished(fresh).object, metadata: { annotations: { 'ambit.dev/roots': 'null' } } }, T0 + 5_000, TTL, () => undefined);
+  t.same(lost.roots.map((r) => [r.cert.fingerprint256, r.since, r.until]), [[fp(old), T0 + 5_000, T0 + 5_000 + TTL]], 'an annotation lost: its roots count as published now, and stay a certificate lifetime');
+  const garbage = parseBundle({ data: { ...asPublished(fresh).object.data, 'issuer-chain.pem': '-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n' } }, T0, TTL, () => undefined);
+  t.equal(garbage.issuerChainPem, '', 'an issuer chain that does not parse counts as none');
+});
+
+/** An intermediate CA signed by `root`, as cert-manager issues one. */
+async function intermediateOf(root: CertificateAuthority): Promise<{ certPem: string; keyPem: string }> {
+  const { generateKeyPairSync, randomBytes } = await import('node:crypto');
+  const forge = (await import('node-forge')).default;
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const cert = forge.pki.createCertificate();
+  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }).toString());
+  cert.serialNumber = `01${randomBytes(8).toString('hex')}`;
+  cert.validity.notBefore = new Date(Date.now() - 60_000);
+  cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
+  cert.setSubject([{ shortName: 'CN', value: `Ambit Intermediate ${randomBytes(2).toString('hex')}` }]);
+  cert.setIssuer(forge.pki.certificateFromPem(root.rootPem).subject.attributes);
+  cert.setExtensions([{ name: 'basicConstraints', cA: true, critical: true }, { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true }]);
+  cert.sign(forge.pki.privateKeyFromPem(root.keyPem), forge.md.sha256.create());
+  return { certPem: forge.pki.certificateToPem(cert).replace(/\r\n/g, '\n'), keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
+}
