@@ -3,6 +3,7 @@
  * roots are published and until when, from the bundle as published (the state a restart or the other replica reads).
  */
 import { X509Certificate } from 'node:crypto';
+import { intermediateCa } from '../testbed/index.js';
 import t from 'tap';
 import { planBundle, ROOTS_ANNOTATION, type BundlePlan, type PublishedBundle } from '../controller/bundle-plan.js';
 import { CertificateAuthority, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
@@ -125,8 +126,8 @@ t.test('the edges: a deleted ConfigMap, a replica that fell behind, an intermedi
   const root = old;
   const secretFor = (intermediate: { certPem: string; keyPem: string }) =>
     CertificateAuthority.fromPem({ certPem: intermediate.certPem + root.rootPem, keyPem: intermediate.keyPem, rootsPem: root.rootPem, trustDomain: TD, source: 'test' });
-  const first = secretFor(await intermediateOf(root));
-  const second = secretFor(await intermediateOf(root));
+  const first = secretFor(intermediateCa(root));
+  const second = secretFor(intermediateCa(root));
   const withFirst = plan(first, [root], asPublished(fresh), old, T0 + P + 1_000);
   t.equal(summary(withFirst).signer, new X509Certificate(first.rootPem).fingerprint256, 'an intermediate under the published root signs at once');
   t.same(summary(withFirst).roots.map((r) => r.root), [fp(root)], 'its root is the only one published');
@@ -140,19 +141,3 @@ t.test('the edges: a deleted ConfigMap, a replica that fell behind, an intermedi
   t.equal(garbage.issuerChainPem, '', 'an issuer chain that does not parse counts as none');
 });
 
-/** An intermediate CA signed by `root`, as cert-manager issues one. */
-async function intermediateOf(root: CertificateAuthority): Promise<{ certPem: string; keyPem: string }> {
-  const { generateKeyPairSync, randomBytes } = await import('node:crypto');
-  const forge = (await import('node-forge')).default;
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }).toString());
-  cert.serialNumber = `01${randomBytes(8).toString('hex')}`;
-  cert.validity.notBefore = new Date(Date.now() - 60_000);
-  cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
-  cert.setSubject([{ shortName: 'CN', value: `Ambit Intermediate ${randomBytes(2).toString('hex')}` }]);
-  cert.setIssuer(forge.pki.certificateFromPem(root.rootPem).subject.attributes);
-  cert.setExtensions([{ name: 'basicConstraints', cA: true, critical: true }, { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true }]);
-  cert.sign(forge.pki.privateKeyFromPem(root.keyPem), forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert).replace(/\r\n/g, '\n'), keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
-}

@@ -3,12 +3,11 @@
  * the Lease holder of two replicas, a brought intermediate and its chain, a bad Secret that changes nothing and says
  * so, a deleted Secret written back, and the trust bundle ConfigMap that follows.
  */
-import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import forge from 'node-forge';
 import t, { type Test } from 'tap';
 import { Controller, loadControllerConfig } from '../controller/index.js';
 import { MeshCa } from '../controller/mesh-ca.js';
@@ -16,7 +15,7 @@ import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, generateKeyAndCsr
 import { KubeApi, loadKubeConfig } from '../core/k8s/index.js';
 import { createLogger } from '../core/log/index.js';
 import { createRegistry } from '../core/metrics/index.js';
-import { ApiServer, meshCaSecret, metricValue } from '../testbed/index.js';
+import { ApiServer, intermediateCa, meshCaSecret, metricValue } from '../testbed/index.js';
 import { LogCapture } from './mesh/loopback.js';
 
 const TD = 'cluster.local';
@@ -45,24 +44,6 @@ async function rig(t: Test) {
   return { api, start, bundle, logs };
 }
 
-/** An intermediate CA signed by `root`, as cert-manager issues one: its certificate and its key. */
-function intermediateOf(root: CertificateAuthority): { certPem: string; keyPem: string } {
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(publicKey.export({ type: 'spki', format: 'pem' }).toString());
-  cert.serialNumber = `01${randomBytes(8).toString('hex')}`;
-  cert.validity.notBefore = new Date(Date.now() - 60_000);
-  cert.validity.notAfter = new Date(Date.now() + 30 * 86_400_000);
-  cert.setSubject([{ shortName: 'CN', value: 'Ambit Intermediate' }]);
-  cert.setIssuer(forge.pki.certificateFromPem(root.rootPem).subject.attributes);
-  cert.setExtensions([
-    { name: 'basicConstraints', cA: true, critical: true },
-    { name: 'keyUsage', keyCertSign: true, cRLSign: true, critical: true },
-    { name: 'subjectKeyIdentifier' },
-  ]);
-  cert.sign(forge.pki.privateKeyFromPem(root.keyPem), forge.md.sha256.create());
-  return { certPem: forge.pki.certificateToPem(cert).replace(/\r\n/g, '\n'), keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() };
-}
 
 const secretData = (values: Record<string, string>) => Object.fromEntries(Object.entries(values).map(([key, value]) => [key, Buffer.from(value).toString('base64')]));
 
@@ -84,7 +65,7 @@ t.test('with no Secret, two replicas starting together make one root: only the L
 t.test('a brought intermediate signs leaves that carry it and chain to the root; the issuer chain is published', async (t) => {
   const { api, start, bundle } = await rig(t);
   const root = await CertificateAuthority.create({ trustDomain: TD });
-  const intermediate = intermediateOf(root);
+  const intermediate = intermediateCa(root);
   api.objects('v1', 'secrets').create({
     metadata: { name: CA_SECRET_NAME, namespace: 'ambit-system' },
     type: 'kubernetes.io/tls',

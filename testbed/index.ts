@@ -39,4 +39,4 @@ export {
   type KubeProcess,
   type VolumeMount,
 } from './kube-cluster.js';
-export { meshCaSecret } from './mesh-ca.js';
+export { intermediateCa, meshCaSecret } from './mesh-ca.js';
