@@ -50,8 +50,6 @@ export const DEFAULT_CA_PROPAGATION_MS = 120_000;
 export type MeshCaEvents = {
   /** Another signing key (a rotation, a fixed Secret): leaves signed before are re-issued by it. */
   signer: [ca: CertificateAuthority];
-  /** The trust bundle ConfigMap holds these roots now (SHA-256 fingerprints). */
-  published: [roots: readonly string[]];
 };
 
 /** What the controller says of its CA: in `/status` and `ambit_ca_secret_valid`. */
@@ -334,7 +332,6 @@ export class MeshCa extends EventEmitter<MeshCaEvents> {
     this.#publishedRoots = plan.roots.map((root) => root.cert.fingerprint256);
     if (!same) {
       this.#log.info({ roots: this.#publishedRoots, retiring: plan.roots.filter((root) => root.until !== undefined).map((root) => root.cert.fingerprint256) }, 'trust bundle published');
-      this.emit('published', this.#publishedRoots);
     }
     return true;
   }
