@@ -1,0 +1,82 @@
+/**
+ * The install (issue 15, step 1, in part): `kubectl kustomize manifests/` renders, every rendered object validates
+ * against the Kubernetes OpenAPI schemas (kubernetes-models, not hand-written checks), and the agent's container
+ * starts the agent as agent/config.ts says it must be started (AGENT_NODE_FLAGS, AGENT_ENV).
+ */
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import yaml from 'js-yaml';
+import t from 'tap';
+import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/index.js';
+import { needsTools } from './prerequisites.js';
+
+const MANIFESTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'manifests');
+const run = promisify(execFile);
+const unavailable = needsTools(['kubectl'], 'renders the manifests with kubectl kustomize');
+
+interface KubeObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  spec?: Record<string, unknown>;
+}
+
+async function render(): Promise<KubeObject[]> {
+  const { stdout } = await run('kubectl', ['kustomize', MANIFESTS], { maxBuffer: 16 * 1024 * 1024 });
+  return yaml.loadAll(stdout) as KubeObject[];
+}
+
+t.test('kubectl kustomize manifests/ renders, and every object is valid Kubernetes', { skip: unavailable }, async (t) => {
+  const objects = await render();
+  const kinds = objects.map((o) => `${o.kind}/${o.metadata.name}`);
+  for (const expected of [
+    'Namespace/ambit-system',
+    'CustomResourceDefinition/authorizationpolicies.security.ambit.dev',
+    'CustomResourceDefinition/peerauthentications.security.ambit.dev',
+    'ServiceAccount/ambit-agent',
+    'ServiceAccount/ambit-controller',
+    'DaemonSet/ambit-agent',
+    'Deployment/ambit-controller',
+    'PodDisruptionBudget/ambit-controller',
+    'Service/ambit-controller',
+    'NetworkPolicy/ambit-controller',
+  ]) {
+    t.ok(kinds.includes(expected), `renders ${expected}`);
+  }
+  for (const object of objects) {
+    const [group, version] = object.apiVersion.includes('/') ? object.apiVersion.split('/') : ['', object.apiVersion];
+    const module = (await import(`kubernetes-models/${group === '' ? '' : `${group}/`}${version}/${object.kind}`)) as Record<string, new (data: unknown) => { validate(): void }>;
+    const Model = module[object.kind];
+    if (Model === undefined) throw new Error(`kubernetes-models has no ${object.apiVersion} ${object.kind}`);
+    t.doesNotThrow(() => new Model(object).validate(), `${object.kind}/${object.metadata.name} validates against the Kubernetes schema`);
+    if (object.kind !== 'Namespace' && object.kind !== 'CustomResourceDefinition' && !object.kind.startsWith('Cluster')) {
+      t.equal(object.metadata.namespace, 'ambit-system', `${object.kind}/${object.metadata.name} is in ambit-system`);
+    }
+  }
+  const policy = objects.find((o) => o.kind === 'NetworkPolicy');
+  t.match(policy?.spec, { ingress: [{ from: [{ ipBlock: { cidr: '10.0.0.0/8' } }], ports: [{ port: 15012 }] }] }, "the controller's port, from the nodes' CIDR (install-params.yaml), and nothing else");
+});
+
+t.test('a schema check can fail: a broken object is refused by the same validation', { skip: unavailable }, async (t) => {
+  const objects = await render();
+  const daemonSet = structuredClone(objects.find((o) => o.kind === 'DaemonSet')) as unknown as { spec: { template: { spec: { containers: Array<{ ports: Array<{ containerPort: unknown }> }> } } } };
+  daemonSet.spec.template.spec.containers[0]!.ports[0]!.containerPort = 'hbone';
+  const { DaemonSet } = await import('kubernetes-models/apps/v1/DaemonSet');
+  t.throws(() => new DaemonSet(daemonSet as never).validate(), /containerPort must be integer/);
+});
+
+t.test("the agent's container starts the agent as agent/config.ts says, with no privilege beyond two capabilities", { skip: unavailable }, async (t) => {
+  const objects = await render();
+  type Container = { name: string; command: string[]; env: Array<{ name: string; value?: string }>; securityContext: Record<string, unknown> };
+  const daemonSet = objects.find((o) => o.kind === 'DaemonSet') as unknown as { spec: { template: { spec: Record<string, unknown> & { containers: Container[]; initContainers: Container[] } } } };
+  const pod = daemonSet.spec.template.spec;
+  const agent = pod.containers.find((c) => c.name === 'agent')!;
+  t.same(agent.command, ['node', ...AGENT_NODE_FLAGS, '/app/dist/cli/main.js', 'agent'], 'the node flags of AGENT_NODE_FLAGS');
+  for (const [name, value] of Object.entries(AGENT_ENV)) t.equal(agent.env.find((e) => e.name === name)?.value, value, `${name} as AGENT_ENV has it`);
+  t.match(pod, { hostNetwork: true, priorityClassName: 'system-node-critical', serviceAccountName: 'ambit-agent' });
+  t.same(agent.securityContext.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] }, 'NET_ADMIN and NET_RAW, nothing more');
+  t.equal(agent.securityContext.privileged, false, 'not privileged');
+  t.ok(pod.initContainers.some((c) => c.name === 'install-cni' && c.command.includes('cni')), 'an init container chains the CNI plugin first');
+});
