@@ -1,7 +1,8 @@
 # The one image every program of Ambit runs from (agent, controller, CNI installer, CLI), on Node 24 LTS; the code
 # runs on Node 20 too (package.json engines). Built in CI elsewhere: `docker build -t ambit .` (not on these
 # machines). The manifests run /app/dist/cli/main.js; the CNI plugin's single executable is /app/dist/ambit-cni.
-FROM node:24-bookworm-slim AS build
+# Node 24 pinned to a release (and, where the build can resolve it, to its digest)
+FROM node:24.9.0-bookworm-slim AS build
 # node-gyp builds the socket-option addon (native/ambit_sockopt.c)
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
@@ -18,7 +19,7 @@ COPY testbed ./testbed
 COPY test ./test
 RUN npm ci && npm run build:cni && npm prune --omit=dev
 
-FROM node:24-bookworm-slim
+FROM node:24.9.0-bookworm-slim
 # what the agent runs on its node: iptables and ipset (both backends), nft for the bridge table, ip for routes,
 # conntrack to flush entries of pods that left
 RUN apt-get update && apt-get install -y --no-install-recommends iptables ipset nftables iproute2 conntrack \

@@ -9,7 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import yaml from 'js-yaml';
 import t from 'tap';
-import { AGENT_ENV, AGENT_NODE_FLAGS } from '../agent/index.js';
+import { AGENT_ENV, AGENT_NODE_FLAGS, loadAgentConfig } from '../agent/index.js';
+import { loadControllerConfig } from '../controller/index.js';
+import { containerProcess, type ContainerSpec } from '../testbed/index.js';
 import { needsTools } from './prerequisites.js';
 
 const MANIFESTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'manifests');
@@ -79,4 +81,34 @@ t.test("the agent's container starts the agent as agent/config.ts says, with no 
   t.same(agent.securityContext.capabilities, { drop: ['ALL'], add: ['NET_ADMIN', 'NET_RAW'] }, 'NET_ADMIN and NET_RAW, nothing more');
   t.equal(agent.securityContext.privileged, false, 'not privileged');
   t.ok(pod.initContainers.some((c) => c.name === 'install-cni' && c.command.includes('cni')), 'an init container chains the CNI plugin first');
+});
+
+t.test('the rendered containers start: their args and env (downward API filled in) are configurations the programs take', { skip: unavailable }, async (t) => {
+  const objects = await render();
+  type Rendered = Partial<ContainerSpec> & { name: string; command: string[] };
+  type Spec = { template: { spec: { containers: Rendered[]; initContainers?: Rendered[] } } };
+  const podOf = (kind: string) => (objects.find((o) => o.kind === kind)?.spec as unknown as Spec).template.spec;
+  const fields = { 'spec.nodeName': 'node1', 'status.hostIP': '10.0.0.1', 'status.podIP': '10.244.0.5', 'metadata.namespace': 'ambit-system', 'metadata.name': 'ambit-controller-x' };
+  const start = (container: Rendered) => {
+    // each mount at its own path: what the container sees
+    const mounts = Object.fromEntries((container.volumeMounts ?? []).map((m) => [m.name, m.mountPath]));
+    const proc = containerProcess({ command: container.command, args: container.args ?? [], env: container.env ?? [], volumeMounts: container.volumeMounts ?? [] }, { fields, mounts });
+    const cli = proc.args.findIndex((arg) => arg.endsWith('/dist/cli/main.js'));
+    return { env: proc.env, argv: proc.args.slice(cli + 2), command: proc.args[cli + 1] };
+  };
+  const agent = start(podOf('DaemonSet').containers.find((c) => c.name === 'agent')!);
+  t.equal(agent.command, 'agent');
+  const { config } = loadAgentConfig(agent.env, agent.argv);
+  const mountPaths = podOf('DaemonSet').containers.find((c) => c.name === 'agent')!.volumeMounts!.map((m) => m.mountPath);
+  t.match(config, { mode: 'kubernetes', nodeName: 'node1', nodeIp: '10.0.0.1', runDir: '/var/run/ambit', stateDir: '/var/lib/ambit' }, 'the agent takes it, in kubernetes mode');
+  for (const file of [config?.kubernetes?.tokenFile, config?.kubernetes?.caTokenFile, config?.kubernetes?.trustBundleDir]) {
+    t.ok(mountPaths.some((mount) => file === mount || file?.startsWith(`${mount}/`)), `${file} is under a mount`);
+  }
+  const install = start(podOf('DaemonSet').initContainers!.find((c) => c.name === 'install-cni')!);
+  t.same(install.argv.slice(0, 3), ['install', '--watch', '--plugin'], 'the CNI sidecar installs and watches');
+  t.ok(install.argv[3]?.endsWith('/dist/ambit-cni'), "the image's built plugin (/app/dist/ambit-cni): nothing is built at install");
+  const controller = start(podOf('Deployment').containers[0]!);
+  t.equal(controller.command, 'controller');
+  const { config: controllerConfig } = loadControllerConfig(controller.env, controller.argv);
+  t.match(controllerConfig, { listenHost: '10.244.0.5', namespace: 'ambit-system', podName: 'ambit-controller-x' }, 'the controller takes it');
 });
