@@ -6,12 +6,11 @@
  * node is refused with its reason in the agent's log, and a root rotation through the Secret refuses no connection.
  */
 import { X509Certificate } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
-import { buildCniSea } from '../cni/index.js';
 import { CA_SECRET_KEYS, CA_SECRET_NAME, CertificateAuthority, chainLeadsTo, parseTrustBundle, sniForIdentity, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
-import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, meshCaSecret, Testbed, type TestbedPod } from '../testbed/index.js';
+import { curlFrom, HTTP_PORT, KubeCluster, meshCaSecret, Testbed, type TestbedPod } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { tlsProbe } from './mesh/tls-probe.js';
 import { needsTestbed } from './prerequisites.js';
@@ -28,12 +27,12 @@ const BUNDLE_LAG_MS = 2_000;
 const CONTROLLER_USER = 'system:serviceaccount:ambit-system:ambit-controller';
 
 async function filesUnder(dir: string): Promise<string[]> {
+  if ((await stat(dir)).isFile()) return [dir];
   const entries = await readdir(dir, { withFileTypes: true, recursive: true });
   return entries.filter((entry) => entry.isFile()).map((entry) => join(entry.parentPath, entry.name));
 }
 
 t.test('the mesh CA on the testbed: controller-signed certificates, outages, refusals, rotation', { skip: unavailable }, async (t) => {
-  const plugin = (await buildCniSea()).outFile;
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], hostLink: true });
   t.teardown(() => tb.destroy());
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
@@ -45,13 +44,7 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
     trustBundleLagMs: { node1: BUNDLE_LAG_MS },
   });
   t.teardown(() => cluster.close());
-  for (const node of [node1, node2]) {
-    await tb.exec(node.netns, process.execPath, [
-      CLI_PATH,
-      'cni', 'install', '--cni-conf-dir', node.cniConfDir, '--cni-bin-dir', node.cniBinDir, '--plugin', plugin,
-      '--agent-socket', join(cluster.runDir(node), 'cni.sock'), '--enrollment-file', join(cluster.stateDir(node), 'enrollment.json'),
-    ]);
-  }
+  // the DaemonSet's CNI installer (a native sidecar) chained the plugin on each node before its agent started
   const client = await cluster.startPod('client', node1, { namespace: NAMESPACE, serviceAccount: 'client' });
   const server = await cluster.startPod('server', node2, { namespace: NAMESPACE, serviceAccount: 'server' });
   const secrets = cluster.api.objects('v1', 'secrets');
@@ -117,8 +110,8 @@ t.test('the mesh CA on the testbed: controller-signed certificates, outages, ref
     for (const node of [node1, node2]) {
       const spec = cluster.agentProcess(node);
       t.notOk([...spec.args, ...Object.keys(spec.env)].some((arg) => /ca-dir|AMBIT_CA_DIR/.test(arg)), `the agent on ${node.name} is given no CA folder`);
-      for (const mount of ['token', 'ca-token', 'trust-bundle', 'kubeconfig', 'run', 'state']) {
-        for (const file of await filesUnder(cluster.mountDir(`agent-${node.name}`, mount)).catch(() => [])) {
+      for (const [mount, folder] of Object.entries(cluster.agentMounts(node))) {
+        for (const file of await filesUnder(folder)) {
           t.notMatch(await readFile(file, 'utf8'), /PRIVATE KEY/, `no private key in ${mount}/${file.split('/').pop() ?? ''}`);
         }
       }

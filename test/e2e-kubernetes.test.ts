@@ -9,9 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import t from 'tap';
-import { buildCniSea } from '../cni/index.js';
 import { DELTA_APPLIED_LOG } from '../agent/controller-stream.js';
-import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
+import { curlFrom, HTTP_PORT, KubeCluster, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { needsTestbed, needsTools } from './prerequisites.js';
 
@@ -30,7 +29,6 @@ async function inIpset(tb: Testbed, node: TestbedNode, ip: string): Promise<bool
 }
 
 t.test('kubernetes mode on the testbed: controller and two agents on the API server double', { skip: unavailable }, async (t) => {
-  const plugin = (await buildCniSea()).outFile;
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], hostLink: true });
   t.teardown(() => tb.destroy());
   const [node1, node2] = [tb.node('node1'), tb.node('node2')];
@@ -42,12 +40,7 @@ t.test('kubernetes mode on the testbed: controller and two agents on the API ser
   const kubectl = (args: string[], input?: string) =>
     execa('kubectl', ['--kubeconfig', cluster.kubeconfig, '--cache-dir', kubectlCache, ...args], input === undefined ? {} : { input });
 
-  for (const node of [node1, node2]) {
-    await tb.exec(node.netns, process.execPath, [
-      CLI_PATH, 'cni', 'install', '--cni-conf-dir', node.cniConfDir, '--cni-bin-dir', node.cniBinDir, '--plugin', plugin,
-      '--agent-socket', join(cluster.runDir(node), 'cni.sock'), '--enrollment-file', join(cluster.stateDir(node), 'enrollment.json'),
-    ]);
-  }
+  // the DaemonSet's CNI installer (a native sidecar) chained the plugin on each node before its agent started
   const client = await cluster.startPod('client', node1, { namespace: NAMESPACE, serviceAccount: 'client' });
   const server = await cluster.startPod('server', node2, { namespace: NAMESPACE, serviceAccount: 'server' });
   const webA = await cluster.startPod('web-a', node2, { namespace: NAMESPACE, serviceAccount: 'web', app: 'web' });

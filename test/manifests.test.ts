@@ -3,19 +3,14 @@
  * against the Kubernetes OpenAPI schemas (kubernetes-models, not hand-written checks), and the agent's container
  * starts the agent as agent/config.ts says it must be started (AGENT_NODE_FLAGS, AGENT_ENV).
  */
-import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
-import yaml from 'js-yaml';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS, loadAgentConfig } from '../agent/index.js';
 import { loadControllerConfig } from '../controller/index.js';
-import { containerProcess, type ContainerSpec } from '../testbed/index.js';
+import { CNI_SOCKET_NAME, ENROLLMENT_FILE_NAME } from '../core/cni/index.js';
+import { containerOf, containerProcess, renderedPodTemplate, renderManifests, type ContainerSpec } from '../testbed/index.js';
 import { needsTools } from './prerequisites.js';
 
-const MANIFESTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'manifests');
-const run = promisify(execFile);
 const unavailable = needsTools(['kubectl'], 'renders the manifests with kubectl kustomize');
 
 interface KubeObject {
@@ -26,8 +21,7 @@ interface KubeObject {
 }
 
 async function render(): Promise<KubeObject[]> {
-  const { stdout } = await run('kubectl', ['kustomize', MANIFESTS], { maxBuffer: 16 * 1024 * 1024 });
-  return yaml.loadAll(stdout) as KubeObject[];
+  return structuredClone(await renderManifests()) as unknown as KubeObject[];
 }
 
 t.test('kubectl kustomize manifests/ renders, and every object is valid Kubernetes', { skip: unavailable }, async (t) => {
@@ -111,4 +105,20 @@ t.test('the rendered containers start: their args and env (downward API filled i
   t.equal(controller.command, 'controller');
   const { config: controllerConfig } = loadControllerConfig(controller.env, controller.argv);
   t.match(controllerConfig, { listenHost: '10.244.0.5', namespace: 'ambit-system', podName: 'ambit-controller-x' }, 'the controller takes it');
+});
+
+t.test("the CNI installer tells the plugin where the agent's socket and enrollment file are on the node", { skip: unavailable }, async (t) => {
+  const template = await renderedPodTemplate('DaemonSet', 'ambit-agent');
+  const agent = containerOf(template, 'agent');
+  const installer = containerOf(template, 'install-cni');
+  /** The node path of the folder the agent's env variable names: the hostPath of the volume mounted there. */
+  const onNode = (variable: string) => {
+    const value = agent.env.find((e) => e.name === variable && 'value' in e) as { value: string } | undefined;
+    const mount = agent.volumeMounts.find((m) => m.mountPath === value?.value);
+    return template.spec.volumes?.find((v) => v.name === mount?.name)?.hostPath?.path;
+  };
+  const flag = (name: string) => installer.args[installer.args.indexOf(name) + 1];
+  t.ok(onNode('AMBIT_RUN_DIR'), "the agent's run folder is a hostPath");
+  t.equal(flag('--agent-socket'), path.join(onNode('AMBIT_RUN_DIR') ?? '?', CNI_SOCKET_NAME), "the plugin's socket is the agent's, on the node");
+  t.equal(flag('--enrollment-file'), path.join(onNode('AMBIT_STATE_DIR') ?? '?', ENROLLMENT_FILE_NAME), "the plugin's enrollment file is the agent's, on the node");
 });

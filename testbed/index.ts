@@ -26,9 +26,7 @@ export {
 export { registerForExit, releaseFromExit, type SyncTeardown } from './exit-cleanup.js';
 export { stopProcess } from './processes.js';
 export {
-  agentContainer,
   containerProcess,
-  controllerContainer,
   IMAGE_APP_DIR,
   KubeCluster,
   type ContainerContext,
@@ -40,3 +38,4 @@ export {
   type VolumeMount,
 } from './kube-cluster.js';
 export { intermediateCa, meshCaSecret } from './mesh-ca.js';
+export { CHECKOUT_DIR, containerOf, MANIFESTS_DIR, renderedPodTemplate, renderManifests, type RenderedContainer, type RenderedObject, type RenderedPodTemplate } from './manifests.js';

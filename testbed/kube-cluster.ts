@@ -1,19 +1,20 @@
 /**
  * A Kubernetes-mode mesh on a network-namespace testbed: the API server double in the test's process, listening on
  * the testbed's host link; the controller as a process in the host's namespace (a control plane off the nodes); an
- * agent per node in the node's namespace (a hostNetwork DaemonSet pod). Each program starts as its container says:
- * command, args and env, with the downward API's fields filled in and every volume mount a folder of its own.
- * `containerProcess` is that mapping, written once; `agentContainer` and `controllerContainer` say what the
- * rendered manifests say, so that a rendered DaemonSet or Deployment can take their place.
+ * agent per node in the node's namespace (a hostNetwork DaemonSet pod). Each program starts as its container in the
+ * rendered manifests (`kubectl kustomize manifests/`) says: command, args and env, with the downward API's fields
+ * filled in and every volume mount a folder of its own. `containerProcess` is that mapping, written once.
  */
 import type { ChildProcess } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AGENT_ENV, AGENT_NODE_FLAGS, AGENT_STARTED_LOG } from '../agent/index.js';
-import { CA_TOKEN_AUDIENCE, TRUST_BUNDLE_CONFIGMAP_NAME } from '../core/identity/index.js';
+import { AGENT_STARTED_LOG } from '../agent/index.js';
+import { buildCniSea } from '../cni/index.js';
+import { SERVICE_ACCOUNT_DIR } from '../core/k8s/index.js';
 import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES } from './apiserver/index.js';
 import { ConfigMapVolume } from './configmap-volume.js';
-import { CLI_PATH, collectLines, nodeObject, parseLogLines, podObject, startWorkload, waitForLine, waitForLogRecord, type PodSpec } from './cluster.js';
+import { collectLines, nodeObject, parseLogLines, podObject, startWorkload, waitForLine, waitForLogRecord, type PodSpec } from './cluster.js';
+import { CHECKOUT_DIR, containerOf, renderedPodTemplate, renderManifests, type RenderedPodTemplate } from './manifests.js';
 import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
 
 export type EnvVar = { name: string; value: string } | { name: string; valueFrom: { fieldRef: { fieldPath: string } } };
@@ -43,95 +44,52 @@ export interface ContainerContext {
   fields: Record<string, string>;
   /** Each volume mount's folder on this machine, by the mount's name. */
   mounts: Record<string, string>;
+  /** The folder of each hostPath volume, by its path on the node. */
+  hostPaths?: Record<string, string>;
+  /** The kubelet's service-account mount: its folder, and the API server's address. */
+  serviceAccount?: { dir: string; host: string; port: string };
 }
 
 /** Where the image keeps the application: the build of this checkout stands in for it. */
 export const IMAGE_APP_DIR = '/app';
-const CHECKOUT_DIR = path.resolve(path.dirname(CLI_PATH), '..', '..');
-const IMAGE_CLI = `${IMAGE_APP_DIR}/${path.relative(CHECKOUT_DIR, CLI_PATH)}`;
 
-const AGENT_MOUNTS = Object.freeze({
-  token: '/var/run/secrets/ambit/controller',
-  'ca-token': '/var/run/secrets/ambit/ca-token',
-  'trust-bundle': '/var/run/secrets/ambit/trust-bundle',
-  kubeconfig: '/etc/ambit/kube',
-  run: '/var/run/ambit',
-  state: '/var/lib/ambit',
-});
-const CONTROLLER_MOUNTS = Object.freeze({ kubeconfig: '/etc/ambit/kube' });
 const TOKEN_FILE = 'token';
-const KUBECONFIG_FILE = 'kubeconfig';
-const CONTROLLER_NAMESPACE = 'ambit-system';
-/** The audience of the agents' projected token for the controller's stream. */
-const CONTROLLER_AUDIENCE = 'ambit-controller';
+/** The folder the kubelet mounts the pod's service account into (token, ca.crt, namespace); its volume's name. */
+const SERVICE_ACCOUNT_VOLUME = 'kube-api-access';
 const READY_TIMEOUT_MS = 30_000;
-
-const mounts = (paths: Readonly<Record<string, string>>): VolumeMount[] => Object.entries(paths).map(([name, mountPath]) => ({ name, mountPath }));
-const field = (name: string, fieldPath: string): EnvVar => ({ name, valueFrom: { fieldRef: { fieldPath } } });
-
-/** The agent's container, as the DaemonSet has it: kubernetes mode, its node from the downward API. */
-export function agentContainer(options: { controllerUrl: string; logLevel?: string }): ContainerSpec {
-  return {
-    command: ['node', ...AGENT_NODE_FLAGS, IMAGE_CLI, 'agent'],
-    args: ['--mode', 'kubernetes', '--controller', options.controllerUrl, '--log-level', options.logLevel ?? 'info'],
-    env: [
-      field('AMBIT_NODE_NAME', 'spec.nodeName'),
-      field('AMBIT_NODE_IP', 'status.hostIP'),
-      { name: 'AMBIT_TOKEN_FILE', value: `${AGENT_MOUNTS.token}/${TOKEN_FILE}` },
-      { name: 'AMBIT_CA_TOKEN_FILE', value: `${AGENT_MOUNTS['ca-token']}/${TOKEN_FILE}` },
-      { name: 'AMBIT_TRUST_BUNDLE_DIR', value: AGENT_MOUNTS['trust-bundle'] },
-      { name: 'AMBIT_KUBECONFIG', value: `${AGENT_MOUNTS.kubeconfig}/${KUBECONFIG_FILE}` },
-      { name: 'AMBIT_RUN_DIR', value: AGENT_MOUNTS.run },
-      { name: 'AMBIT_STATE_DIR', value: AGENT_MOUNTS.state },
-      ...Object.entries(AGENT_ENV).map(([name, value]) => ({ name, value })),
-    ],
-    volumeMounts: mounts(AGENT_MOUNTS),
-  };
-}
-
-/**
- * The controller's container, as its Deployment has it: it serves the agents on its pod IP, and its namespace and
- * pod name (the Lease's holder) come from the downward API. `certTtlSeconds`: shorter leaves, for a test that waits
- * past a renewal.
- */
-export function controllerContainer(options: { logLevel?: string; certTtlSeconds?: number; caPropagationSeconds?: number } = {}): ContainerSpec {
-  return {
-    command: ['node', IMAGE_CLI, 'controller'],
-    args: [
-      '--log-level',
-      options.logLevel ?? 'info',
-      ...(options.certTtlSeconds === undefined ? [] : ['--cert-ttl', String(options.certTtlSeconds)]),
-      ...(options.caPropagationSeconds === undefined ? [] : ['--ca-propagation', String(options.caPropagationSeconds)]),
-    ],
-    env: [
-      field('AMBIT_LISTEN_HOST', 'status.podIP'),
-      field('AMBIT_NAMESPACE', 'metadata.namespace'),
-      field('AMBIT_POD_NAME', 'metadata.name'),
-      { name: 'AMBIT_KUBECONFIG', value: `${CONTROLLER_MOUNTS.kubeconfig}/${KUBECONFIG_FILE}` },
-    ],
-    volumeMounts: mounts(CONTROLLER_MOUNTS),
-  };
-}
 
 /**
  * The process a container is on the testbed: `node` is this Node.js, the image's application folder is this checkout,
- * a path under a mount is the same path under the mount's folder, a downward-API variable gets its field's value.
+ * a path under a mount is the same path under the mount's folder, a path under a hostPath volume's path (a path on the
+ * node, which the CNI installer writes into the conflist for the plugin) is the same path under that volume's folder,
+ * and a downward-API variable gets its field's value. With `serviceAccount`, the kubelet's part too: the API server's
+ * address in KUBERNETES_SERVICE_HOST/PORT and the service account's folder (its token, ca.crt, namespace) mounted
+ * where a pod has it, which a program finds through AMBIT_SERVICE_ACCOUNT_DIR, since its default path is not
+ * written in the container.
  */
 export function containerProcess(container: ContainerSpec, context: ContainerContext): ContainerProcess {
-  const folders = container.volumeMounts.map((mount) => {
-    const folder = context.mounts[mount.name];
+  const volumeMounts = context.serviceAccount === undefined ? container.volumeMounts : [...container.volumeMounts, { name: SERVICE_ACCOUNT_VOLUME, mountPath: SERVICE_ACCOUNT_DIR }];
+  const mounts: Record<string, string> = { ...context.mounts, ...(context.serviceAccount === undefined ? {} : { [SERVICE_ACCOUNT_VOLUME]: context.serviceAccount.dir }) };
+  const folders = volumeMounts.map((mount) => {
+    const folder = mounts[mount.name];
     if (folder === undefined) throw new Error(`volume mount ${mount.name} (${mount.mountPath}) has no folder`);
     return { mountPath: mount.mountPath, folder };
   });
+  const hostFolders = Object.entries(context.hostPaths ?? {}).map(([mountPath, folder]) => ({ mountPath, folder }));
   const local = (value: string): string => {
     const under = (root: string) => value === root || value.startsWith(`${root}/`);
-    const mount = folders.find((candidate) => under(candidate.mountPath));
+    const mount = folders.find((candidate) => under(candidate.mountPath)) ?? hostFolders.find((candidate) => under(candidate.mountPath));
     if (mount !== undefined) return mount.folder + value.slice(mount.mountPath.length);
     return under(IMAGE_APP_DIR) ? CHECKOUT_DIR + value.slice(IMAGE_APP_DIR.length) : value;
   };
   const [command, ...commandArgs] = container.command;
   if (command === undefined) throw new Error('the container has no command');
   const env: Record<string, string> = {};
+  if (context.serviceAccount !== undefined) {
+    env['KUBERNETES_SERVICE_HOST'] = context.serviceAccount.host;
+    env['KUBERNETES_SERVICE_PORT'] = context.serviceAccount.port;
+    env['AMBIT_SERVICE_ACCOUNT_DIR'] = local(SERVICE_ACCOUNT_DIR);
+  }
   for (const variable of container.env) {
     if ('value' in variable) {
       env[variable.name] = local(variable.value);
@@ -148,6 +106,7 @@ export function containerProcess(container: ContainerSpec, context: ContainerCon
 export interface KubeClusterOptions {
   /** Namespaces and their labels at the start; `ambit.dev/mode: enabled` enrolls one. */
   namespaces: Record<string, Record<string, string>>;
+  /** An overlay's `--log-level` for the agents and the controller (default the manifests'). */
   logLevel?: string;
   /** The lifetime of the certificates the controller signs (default its own, 24 h). */
   certTtlSeconds?: number;
@@ -165,6 +124,21 @@ interface RunningProcess {
 /** Who logged: the controller, or the agent of a node. */
 export type KubeProcess = 'controller' | TestbedNode;
 
+const AGENT_WORKLOAD = { kind: 'DaemonSet', name: 'ambit-agent', container: 'agent', cniInstaller: 'install-cni' } as const;
+const CONTROLLER_WORKLOAD = { kind: 'Deployment', name: 'ambit-controller', container: 'controller' } as const;
+/** The controller's pod, whose IP is the testbed's host-link address. */
+const CONTROLLER_POD = 'ambit-controller-0';
+/** What the installer logs once the plugin is chained (cni/installer.ts). */
+const CNI_INSTALLED_LOG = 'ambit-cni installed';
+
+/**
+ * The mesh as the rendered manifests (testbed/manifests.ts) run it: the DaemonSet's pod on every node (its CNI
+ * installer, a native sidecar, then its agent) and the Deployment's controller, each container started by
+ * `containerProcess` with its pod's volumes made as the kubelet makes them: a projected service-account token per
+ * audience, the ConfigMap kept in sync (ConfigMapVolume), a hostPath a folder of the node's own filesystem (the CNI
+ * folders are the testbed node's), and the service account mounted. A Service's DNS name resolves on the nodes, through
+ * `ip netns exec`'s /etc/netns/NAME/hosts, to the controller's pod IP (no kube-proxy: a headless Service).
+ */
 export class KubeCluster {
   readonly tb: Testbed;
   readonly api: ApiServer;
@@ -172,41 +146,46 @@ export class KubeCluster {
   readonly kubeconfig: string;
   readonly #options: KubeClusterOptions;
   readonly #hostIp: string;
+  readonly #agent: RenderedPodTemplate;
+  readonly #controllerTemplate: RenderedPodTemplate;
   #controller: RunningProcess | undefined;
   readonly #agents = new Map<string, RunningProcess>();
   readonly #volumes: ConfigMapVolume[] = [];
-  /** The controller's stream URL, fixed at its first start so a restarted controller is where the agents look. */
-  readonly #controllerUrl: string;
 
-  private constructor(tb: Testbed, api: ApiServer, hostIp: string, options: KubeClusterOptions) {
+  private constructor(tb: Testbed, api: ApiServer, hostIp: string, options: KubeClusterOptions, agent: RenderedPodTemplate, controller: RenderedPodTemplate) {
     this.tb = tb;
     this.api = api;
     this.#hostIp = hostIp;
     this.#options = options;
+    this.#agent = agent;
+    this.#controllerTemplate = controller;
     this.kubeconfig = path.join(tb.tmpDir, 'admin.kubeconfig');
-    this.#controllerUrl = `https://${hostIp}:15012`;
   }
 
   /**
-   * Starts the double on the testbed's host link with the Nodes and Namespaces, the controller, and an agent on every
-   * node; resolves once every agent has its first full sync. The testbed must have been created with `hostLink`.
+   * Starts the double on the testbed's host link with the Nodes and Namespaces, the controller, and on every node the
+   * CNI installer and the agent; resolves once every agent has its first full sync. The testbed must have been created
+   * with `hostLink`.
    */
   static async start(tb: Testbed, options: KubeClusterOptions): Promise<KubeCluster> {
     if (tb.hostIp === undefined) throw new Error(`testbed ${tb.prefix} has no host link: create it with hostLink: true`);
+    const [agent, controller] = await Promise.all([renderedPodTemplate(AGENT_WORKLOAD.kind, AGENT_WORKLOAD.name), renderedPodTemplate(CONTROLLER_WORKLOAD.kind, CONTROLLER_WORKLOAD.name), buildCniSea()]);
     const api = await ApiServer.start({ host: tb.hostIp });
-    const cluster = new KubeCluster(tb, api, tb.hostIp, options);
+    const cluster = new KubeCluster(tb, api, tb.hostIp, options, agent, controller);
     try {
       for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
       api.addToken('admin-token', { username: 'kubernetes-admin', groups: ['system:masters'] });
       await api.writeKubeconfig(cluster.kubeconfig, 'admin-token');
       for (const [name, labels] of Object.entries(options.namespaces)) api.objects('v1', 'namespaces').create({ metadata: { name, labels } });
-      api.objects('v1', 'namespaces').create({ metadata: { name: CONTROLLER_NAMESPACE } });
+      api.objects('v1', 'namespaces').create({ metadata: { name: controller.namespace } });
       for (const node of tb.nodes) api.objects('v1', 'nodes').create(nodeObject(node));
+      await cluster.#serviceDns();
       await cluster.#prepareController();
       await Promise.all(tb.nodes.map((node) => cluster.#prepareAgent(node)));
       // the controller creates the mesh's root (no Secret yet) and publishes the bundle the agents mount
       await cluster.startController();
       await Promise.all(cluster.#volumes.map((volume) => volume.settled()));
+      for (const node of tb.nodes) await cluster.startCniInstaller(node);
       await Promise.all(tb.nodes.map((node) => cluster.startAgent(node)));
     } catch (err) {
       await cluster.close();
@@ -215,49 +194,117 @@ export class KubeCluster {
     return cluster;
   }
 
-  /** The folder of one volume mount of one process (`controller`, `agent-node1`). */
+  /** The folder of one non-hostPath volume of one process's pod (`controller`, `agent-node1`). */
   mountDir(processName: string, mount: string): string {
     return path.join(this.tb.tmpDir, 'mounts', processName, mount);
   }
 
-  /** The agent's CNI socket folder on `node` (its run mount). */
-  runDir(node: TestbedNode): string {
-    return this.mountDir(agentName(node), 'run');
+  /** A path on `node`'s own filesystem (`/var/lib/ambit`): a folder of its own, which survives what the node survives. */
+  nodePath(node: TestbedNode, hostPath: string): string {
+    if (hostPath === '/etc/cni/net.d' || hostPath.startsWith('/etc/cni/net.d/')) return node.cniConfDir + hostPath.slice('/etc/cni/net.d'.length);
+    if (hostPath === '/opt/cni/bin' || hostPath.startsWith('/opt/cni/bin/')) return node.cniBinDir + hostPath.slice('/opt/cni/bin'.length);
+    return path.join(this.tb.tmpDir, 'node-fs', node.name, hostPath);
   }
 
-  /** The agent's persistent state folder on `node` (its state mount: the enrollment file). */
+  /** The agent's CNI socket folder on `node` (its AMBIT_RUN_DIR). */
+  runDir(node: TestbedNode): string {
+    return this.#agentEnv(node, 'AMBIT_RUN_DIR');
+  }
+
+  /** The agent's persistent state folder on `node` (its AMBIT_STATE_DIR: the enrollment file). */
   stateDir(node: TestbedNode): string {
-    return this.mountDir(agentName(node), 'state');
+    return this.#agentEnv(node, 'AMBIT_STATE_DIR');
+  }
+
+  /** Every folder (or file) the agent's container on `node` has mounted, by mount name (the service account's included). */
+  agentMounts(node: TestbedNode): Record<string, string> {
+    const container = containerOf(this.#agent, AGENT_WORKLOAD.container);
+    return { ...Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, this.#podMounts(node)[mount.name] ?? ''])), [SERVICE_ACCOUNT_VOLUME]: this.mountDir(agentName(node), SERVICE_ACCOUNT_VOLUME) };
+  }
+
+  #agentEnv(node: TestbedNode, name: string): string {
+    const value = this.agentProcess(node).env[name];
+    if (value === undefined) throw new Error(`the agent's container sets no ${name}`);
+    return value;
+  }
+
+  /** Each volume's folder in the agent's pod on `node`, by volume name. */
+  #podMounts(node: TestbedNode): Record<string, string> {
+    return Object.fromEntries((this.#agent.spec.volumes ?? []).map((volume) => [volume.name, volume.hostPath === undefined ? this.mountDir(agentName(node), volume.name) : this.nodePath(node, volume.hostPath.path)]));
+  }
+
+  /** The hostPath volumes of the agent's pod on `node`: their path on the node, and the folder that is. */
+  #hostPaths(node: TestbedNode): Record<string, string> {
+    return Object.fromEntries((this.#agent.spec.volumes ?? []).flatMap((volume) => (volume.hostPath === undefined ? [] : [[volume.hostPath.path, this.nodePath(node, volume.hostPath.path)]])));
+  }
+
+  /** The cluster's DNS for the rendered Services, on every node: each resolves to the controller's pod IP. */
+  async #serviceDns(): Promise<void> {
+    const services = (await renderManifests()).filter((object) => object.kind === 'Service');
+    const names = services.flatMap((service) => {
+      const base = `${service.metadata.name}.${service.metadata.namespace ?? 'default'}.svc`;
+      return [base, `${base}.cluster.local`];
+    });
+    for (const node of this.tb.nodes) await this.tb.setHosts(node, { [this.#hostIp]: names });
+  }
+
+  /** The service-account folder the kubelet mounts: the token, the API server's CA, the namespace. */
+  async #serviceAccount(processName: string, namespace: string, token: string): Promise<{ dir: string; host: string; port: string }> {
+    const dir = await this.#mount(processName, SERVICE_ACCOUNT_VOLUME);
+    await writeFile(path.join(dir, TOKEN_FILE), token, { mode: 0o600 });
+    await writeFile(path.join(dir, 'ca.crt'), this.api.caPem);
+    await writeFile(path.join(dir, 'namespace'), namespace);
+    const url = new URL(this.api.url);
+    return { dir, host: url.hostname, port: url.port };
   }
 
   async #prepareController(): Promise<void> {
-    const kube = await this.#mount('controller', 'kubeconfig');
-    this.api.addToken('controller-token', { username: `system:serviceaccount:${CONTROLLER_NAMESPACE}:ambit-controller` });
-    await this.api.writeKubeconfig(path.join(kube, KUBECONFIG_FILE), 'controller-token');
+    const { namespace, spec } = this.#controllerTemplate;
+    this.api.addToken('controller-token', { username: `system:serviceaccount:${namespace}:${spec.serviceAccountName}` });
+    await this.#serviceAccount('controller', namespace, 'controller-token');
   }
 
   /**
-   * The agent's pod on `node` (the DaemonSet's, hostNetwork) and its tokens, bound to that pod: one for the API
-   * server, one for the controller's stream, one for its CA; the trust bundle ConfigMap mounted as kubelet does.
+   * The agent's pod on `node` (the DaemonSet's, hostNetwork) and its volumes as the kubelet makes them: its service
+   * account's token for the API server, a token bound to the pod for each projected audience, each ConfigMap mounted
+   * as kubelet does, each hostPath a folder of the node's.
    */
   async #prepareAgent(node: TestbedNode): Promise<void> {
     const name = agentName(node);
+    const { namespace, labels, spec } = this.#agent;
+    const podName = `${AGENT_WORKLOAD.name}-${node.name}`;
     const agentPod = this.api.objects('v1', 'pods').create({
-      metadata: { name: `ambit-${name}`, namespace: CONTROLLER_NAMESPACE, labels: { app: 'ambit-agent' } },
-      spec: { nodeName: node.name, serviceAccountName: 'ambit-agent', hostNetwork: true, containers: [{ name: 'agent' }] },
+      metadata: { name: podName, namespace, labels },
+      spec: { nodeName: node.name, serviceAccountName: spec.serviceAccountName, hostNetwork: true, containers: spec.containers.map((container) => ({ name: container.name })) },
       status: { phase: 'Running', hostIP: node.ip },
     });
     const podUid = String((agentPod.metadata as { uid: string }).uid);
-    const user = boundServiceAccountUser({ namespace: CONTROLLER_NAMESPACE, serviceAccount: 'ambit-agent', podName: `ambit-${name}`, podUid, nodeName: node.name });
+    const user = boundServiceAccountUser({ namespace, serviceAccount: spec.serviceAccountName, podName, podUid, nodeName: node.name });
     this.api.addToken(`${name}-api-token`, user);
-    this.api.addToken(`${name}-stream-token`, { ...user, audiences: [CONTROLLER_AUDIENCE] });
-    this.api.addToken(`${name}-ca-token`, { ...user, audiences: [CA_TOKEN_AUDIENCE] });
-    await this.api.writeKubeconfig(path.join(await this.#mount(name, 'kubeconfig'), KUBECONFIG_FILE), `${name}-api-token`);
-    await writeFile(path.join(await this.#mount(name, 'token'), TOKEN_FILE), `${name}-stream-token`);
-    await writeFile(path.join(await this.#mount(name, 'ca-token'), TOKEN_FILE), `${name}-ca-token`);
-    this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace: CONTROLLER_NAMESPACE, name: TRUST_BUNDLE_CONFIGMAP_NAME, dir: this.mountDir(name, 'trust-bundle'), lagMs: this.#options.trustBundleLagMs?.[node.name] ?? 0 }));
-    await this.#mount(name, 'run');
-    await this.#mount(name, 'state');
+    await this.#serviceAccount(name, namespace, `${name}-api-token`);
+    const folders = this.#podMounts(node);
+    for (const volume of spec.volumes ?? []) {
+      const folder = folders[volume.name]!;
+      if (volume.hostPath !== undefined) {
+        // FileOrCreate (the xtables lock) is a file; the programs take the lock at its real path, which is the node's
+        await mkdir(volume.hostPath.type === 'FileOrCreate' ? path.dirname(folder) : folder, { recursive: true });
+        if (volume.hostPath.type === 'FileOrCreate') await writeFile(folder, '', { flag: 'a' });
+      } else if (volume.configMap !== undefined) {
+        await mkdir(folder, { recursive: true });
+        this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace, name: volume.configMap.name, dir: folder, lagMs: this.#options.trustBundleLagMs?.[node.name] ?? 0 }));
+      } else if (volume.projected !== undefined) {
+        await mkdir(folder, { recursive: true });
+        for (const source of volume.projected.sources) {
+          if (source.serviceAccountToken === undefined) throw new Error(`${this.#agent.owner} volume ${volume.name}: the testbed projects only service-account tokens`);
+          const token = `${name}-${volume.name}-${source.serviceAccountToken.path}`;
+          const { audience } = source.serviceAccountToken;
+          this.api.addToken(token, audience === undefined ? user : { ...user, audiences: [audience] });
+          await writeFile(path.join(folder, source.serviceAccountToken.path), token, { mode: 0o600 });
+        }
+      } else {
+        throw new Error(`${this.#agent.owner} volume ${volume.name}: a kind the testbed does not make`);
+      }
+    }
   }
 
   async #mount(processName: string, mount: string): Promise<string> {
@@ -266,23 +313,53 @@ export class KubeCluster {
     return dir;
   }
 
-  /** The controller's process as its container says, in the host's namespace, whose host-link address is its pod IP. */
+  /**
+   * The controller's process as its container says (an overlay's flags after the manifests'), in the host's
+   * namespace, whose host-link address is its pod IP.
+   */
   controllerProcess(): ContainerProcess {
     const { logLevel, certTtlSeconds, caPropagationSeconds } = this.#options;
-    const container = controllerContainer({ logLevel, certTtlSeconds, caPropagationSeconds });
-    return containerProcess(container, {
-      fields: { 'status.podIP': this.#hostIp, 'metadata.namespace': CONTROLLER_NAMESPACE, 'metadata.name': 'ambit-controller-0' },
-      mounts: Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, this.mountDir('controller', mount.name)])),
-    });
+    const container = containerOf(this.#controllerTemplate, CONTROLLER_WORKLOAD.container);
+    const overlay = [
+      ...(logLevel === undefined ? [] : ['--log-level', logLevel]),
+      ...(certTtlSeconds === undefined ? [] : ['--cert-ttl', String(certTtlSeconds)]),
+      ...(caPropagationSeconds === undefined ? [] : ['--ca-propagation', String(caPropagationSeconds)]),
+    ];
+    const url = new URL(this.api.url);
+    return containerProcess(
+      { ...container, args: [...container.args, ...overlay] },
+      {
+        fields: { 'status.podIP': this.#hostIp, 'metadata.namespace': this.#controllerTemplate.namespace, 'metadata.name': CONTROLLER_POD },
+        mounts: {},
+        serviceAccount: { dir: this.mountDir('controller', SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
+      },
+    );
   }
 
-  /** The agent's process on `node` as the DaemonSet's container says; hostNetwork: its pod's host IP is the node's. */
+  /** A container of the agent's pod on `node` as the DaemonSet says; hostNetwork: its pod's host IP is the node's. */
+  #agentPodProcess(node: TestbedNode, containerName: string, overlay: string[] = []): ContainerProcess {
+    const container = containerOf(this.#agent, containerName);
+    const url = new URL(this.api.url);
+    return containerProcess(
+      { ...container, args: [...container.args, ...overlay] },
+      {
+        fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip },
+        mounts: this.#podMounts(node),
+        hostPaths: this.#hostPaths(node),
+        serviceAccount: { dir: this.mountDir(agentName(node), SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
+      },
+    );
+  }
+
+  /** The agent's process on `node` as the DaemonSet's container says (an overlay's `--log-level` after it). */
   agentProcess(node: TestbedNode): ContainerProcess {
-    const container = agentContainer({ controllerUrl: this.#controllerUrl, logLevel: this.#options.logLevel });
-    return containerProcess(container, {
-      fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip },
-      mounts: Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, this.mountDir(agentName(node), mount.name)])),
-    });
+    const { logLevel } = this.#options;
+    return this.#agentPodProcess(node, AGENT_WORKLOAD.container, logLevel === undefined ? [] : ['--log-level', logLevel]);
+  }
+
+  /** The CNI installer's process on `node`, the DaemonSet's native sidecar. */
+  cniInstallerProcess(node: TestbedNode): ContainerProcess {
+    return this.#agentPodProcess(node, AGENT_WORKLOAD.cniInstaller);
   }
 
   /** Starts the controller and resolves once it has listed the cluster. */
@@ -299,6 +376,17 @@ export class KubeCluster {
     const running = this.#controller;
     if (running === undefined) return null;
     return stopChild(running.child);
+  }
+
+  /**
+   * Starts the CNI installer on `node` as the DaemonSet's sidecar runs (it keeps the plugin chained until stopped);
+   * resolves once the plugin is chained.
+   */
+  async startCniInstaller(node: TestbedNode): Promise<void> {
+    const spec = this.cniInstallerProcess(node);
+    const child = this.tb.spawn(node.netns, spec.file, spec.args, { buffer: false, env: spec.env }) as unknown as ChildProcess;
+    const { lines, stderr } = collectLines(child);
+    await waitForLine(child, lines, (l) => l.includes(`"msg":${JSON.stringify(CNI_INSTALLED_LOG)}`), `CNI installer on ${node.name}`, READY_TIMEOUT_MS, stderr);
   }
 
   /** Starts the agent on `node`; resolves once it is ready (its first full sync from the controller). */

@@ -1,9 +1,17 @@
-import { readdirSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
 import { execa, execaSync } from 'execa';
 import { AmbitError, errnoCode } from '../core/errors/index.js';
 
 /** Where `ip netns add` mounts named namespaces: listing it is what `ip netns list` does, without an exec. */
 export const NETNS_DIR = '/var/run/netns';
+
+/**
+ * Where `ip netns exec NAME` finds files to bind-mount over /etc for the programs it runs (`hosts`: the testbed's
+ * cluster DNS). Deleting a namespace deletes its folder.
+ */
+export const NETNS_ETC_DIR = '/etc/netns';
 
 /**
  * Every testbed namespace is `ambit-<6 hex>-wire`, `...-n<i>` or `...-n<i>p<j>`; stale-namespace removal only ever
@@ -60,6 +68,7 @@ export async function ipBatch(lines: string[], netns?: string): Promise<void> {
 export async function deleteNamespaces(names: string[]): Promise<string> {
   if (names.length === 0) return '';
   const result = await execa('ip', ['-force', '-batch', '-'], { input: deleteLines(names), reject: false });
+  await Promise.all(names.map((name) => rm(path.join(NETNS_ETC_DIR, name), { recursive: true, force: true })));
   return result.exitCode === 0 ? '' : result.stderr;
 }
 
@@ -67,6 +76,7 @@ export async function deleteNamespaces(names: string[]): Promise<string> {
 export function deleteNamespacesSync(names: string[]): void {
   if (names.length === 0) return;
   execaSync('ip', ['-force', '-batch', '-'], { input: deleteLines(names), reject: false });
+  for (const name of names) rmSync(path.join(NETNS_ETC_DIR, name), { recursive: true, force: true });
 }
 
 function deleteLines(names: string[]): string {

@@ -30,6 +30,7 @@ import {
   namespacePids,
   namespacePidsSync,
   namespacesWithPrefix,
+  NETNS_ETC_DIR,
 } from './netns.js';
 import { claimHostLink, claimOwnership, OWNER_DIR, releaseHostLink, releaseOwnership } from './owner.js';
 import { signalGroup, stopProcess } from './processes.js';
@@ -440,6 +441,18 @@ export class Testbed implements SyncTeardown {
     this.#processes.set(tracked, where);
     tracked.once('exit', () => this.#processes.delete(tracked));
     return child;
+  }
+
+  /**
+   * Names that resolve inside `node`'s namespace for the programs the testbed runs there (`ip netns exec` mounts
+   * /etc/netns/NAME/hosts over /etc/hosts): the cluster's DNS for a Service name. Replaces what was set before.
+   */
+  async setHosts(node: TestbedNode, entries: Record<string, string[]>): Promise<void> {
+    this.#assertOpen('set a node\'s hosts');
+    const dir = join(NETNS_ETC_DIR, node.netns);
+    await mkdir(dir, { recursive: true });
+    const lines = ['127.0.0.1 localhost', '::1 localhost', ...Object.entries(entries).map(([ip, names]) => `${ip} ${names.join(' ')}`)];
+    await writeFile(join(dir, 'hosts'), `${lines.join('\n')}\n`);
   }
 
   /**
