@@ -17,6 +17,7 @@ import { CertStore, registerCertExpiryGauge, sniForIdentity } from '../core/iden
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
 import { PolicyStore } from '../core/policy/index.js';
+import { ambitVersion } from '../core/version/index.js';
 import { originalDestination as addonOriginalDestination } from '../core/sockopt/index.js';
 import { CniHandler } from './cni-handler.js';
 import { refusalMessage } from './authorize.js';
@@ -24,6 +25,7 @@ import { CniServer } from './cni-server.js';
 import { ConnectionRegistry } from './connections.js';
 import { AGENT_STARTED_LOG, type AgentConfig } from './config.js';
 import { runCommand } from './exec.js';
+import { AGENT_STATUS_SCHEMA, type AgentStatus } from './status.js';
 import { EarlyDataBudget } from './early-data.js';
 import { handleHboneConnect, handlePlaintextInbound } from './inbound.js';
 import type { ProxyInputs } from './inputs.js';
@@ -31,7 +33,7 @@ import { openKubernetesIdentity, openLocalIdentity, type MeshIdentity } from './
 import { startMemoryRelease } from './memory.js';
 import { handleOutbound } from './outbound.js';
 import { checkUpstreamSource, UpstreamConnector } from './proxy.js';
-import { addressFamily, RedirectRules, type PodInterfaces } from './rules/index.js';
+import { addressFamily, RedirectRules, type IptablesBackend, type PodInterfaces } from './rules/index.js';
 import { AgentTelemetry } from './telemetry.js';
 import type { Address, Revalidation } from './types.js';
 
@@ -96,6 +98,10 @@ export class Agent {
   #cniServer: CniServer | undefined;
   /** Set by `ambit cni uninstall`: the rules are gone and must not come back. */
   #uninstalled = false;
+  /** The last install or repair of the rules, for /status. */
+  #rulesCheck: { at: Date; error?: string } | undefined;
+  /** The backend the node's rules were last found in, for /status. */
+  #nodeBackend: IptablesBackend | undefined;
   #reconciling: Promise<void> = Promise.resolve();
   #stopMemoryRelease: (() => void) | undefined;
   #pruneTimer: NodeJS.Timeout | undefined;
@@ -290,7 +296,11 @@ export class Agent {
     agent.#registerCertMetrics();
     try {
       await agent.#bind(inputs);
-      if (rules) await rules.install();
+      if (rules) {
+        await rules.install();
+        agent.#rulesCheck = { at: new Date() };
+        agent.#nodeBackend = rules.backend;
+      }
       // Pods the CNI reported before a restart, whose status may not carry their IPs yet, stay captured.
       const restored = await agent.#cniHandler?.restore();
       if (restored) log.info({ pods: restored }, 'restored CNI-reported pod networks');
@@ -343,6 +353,36 @@ export class Agent {
     return this.readiness.ready;
   }
 
+  /** What `GET /status` on the metrics port answers (agent/status.ts): names, identities and times, nothing secret. */
+  status(): AgentStatus {
+    const readiness = this.readiness;
+    const notAfter = new Map(this.#certs.expirations().map((entry) => [entry.spiffeId, entry.notAfter.toISOString()]));
+    const check = this.#rulesCheck;
+    return {
+      schema: AGENT_STATUS_SCHEMA,
+      component: 'agent',
+      version: ambitVersion(),
+      node: this.config.nodeName,
+      mode: this.config.mode,
+      ready: readiness.ready,
+      ...(readiness.ready ? {} : { reason: readiness.reason }),
+      rules: {
+        enabled: this.#rules !== undefined,
+        backend: this.#rules?.backend ?? null,
+        nodeBackend: this.#nodeBackend ?? null,
+        checkedAt: check?.at.toISOString() ?? null,
+        ok: this.#rules === undefined || this.#uninstalled || (check !== undefined && check.error === undefined),
+        ...(check?.error === undefined ? {} : { error: check.error }),
+        uninstalled: this.#uninstalled,
+      },
+      workloads: this.store
+        .localWorkloads()
+        .filter((workload) => workload.enrolled)
+        .map((workload) => ({ namespace: workload.namespace, name: workload.name, identity: workload.identity, ips: workload.ips, certificateNotAfter: notAfter.get(workload.identity) ?? null })),
+      roots: this.#identity.trustBundle.roots().map((root) => ({ fingerprint: root.fingerprint256, notAfter: new Date(root.validTo).toISOString() })),
+    };
+  }
+
   /**
    * Stops accepting and closes open connections. The redirect rules stay unless `removeRules` (default: the
    * config's removeRulesOnExit): while the agent is away, captured connections are refused, never sent in plaintext.
@@ -389,10 +429,15 @@ export class Agent {
       this.#reconciling = this.#reconciling
         .then(async () => {
           if (this.#closed || this.#uninstalled) return;
+          this.#nodeBackend = await rules.detectNodeBackend().catch(() => this.#nodeBackend);
           await rules.install();
           await this.#syncCaptureSet(rules, { force: true });
+          this.#rulesCheck = { at: new Date() };
         })
-        .catch((err: unknown) => this.#log.error({ err }, 'repairing the redirect rules failed; will retry'));
+        .catch((err: unknown) => {
+          this.#rulesCheck = { at: new Date(), error: err instanceof Error ? err.message : String(err) };
+          this.#log.error({ err }, 'repairing the redirect rules failed; will retry');
+        });
     }, this.config.rulesResyncSeconds * 1000);
     this.#resyncTimer.unref();
   }
@@ -411,7 +456,7 @@ export class Agent {
       track(socket);
       handlePlaintextInbound(inputs, socket);
     });
-    const metrics = createStatusServer({ registry: this.registry, readiness: () => this.readiness });
+    const metrics = createStatusServer({ registry: this.registry, readiness: () => this.readiness, status: () => this.status() });
     const readiness = createStatusServer({ readiness: () => this.readiness });
     for (const [server, port, what] of [
       [outbound, config.ports.outbound, 'outbound capture'],

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { AmbitError, CONFIGURATION_ERROR_CODES } from '../core/errors/index.js';
+import { ambitVersion } from '../core/version/index.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT_OK = 0;
@@ -13,6 +14,7 @@ Commands:
   controller run the controller: watches the cluster, streams records to the agents; ambit controller --help
   cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
   authz     check what the policies decide for a connection, without sending one; ambit authz --help
+  status    per node: the agent's version, readiness, rules, enrolled pods, identities, cert expiry
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -31,7 +33,7 @@ async function main(argv: string[]): Promise<number> {
       return command === undefined ? EXIT_USAGE : EXIT_OK;
     case 'version':
     case '--version':
-      process.stdout.write(`ambit ${await packageVersion()}\n`);
+      process.stdout.write(`ambit ${ambitVersion()}\n`);
       return EXIT_OK;
     case 'agent': {
       const { runAgentCommand } = await import('../agent/index.js');
@@ -49,6 +51,10 @@ async function main(argv: string[]): Promise<number> {
       const { runAuthzCommand } = await import('./authz.js');
       return runAuthzCommand(rest);
     }
+    case 'status': {
+      const { runStatusCommand } = await import('./status.js');
+      return runStatusCommand(rest);
+    }
     case 'demo': {
       const { runDemo } = await import('./demo.js');
       return runDemo(rest);
@@ -57,12 +63,6 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ambit: unknown command '${command}'\n\n${USAGE}`);
       return EXIT_USAGE;
   }
-}
-
-async function packageVersion(): Promise<string> {
-  const { readFile } = await import('node:fs/promises');
-  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
 }
 
 main(process.argv.slice(2)).then(

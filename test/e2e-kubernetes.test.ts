@@ -4,13 +4,14 @@
  * node's namespace, each started as its container says (testbed/kube-cluster.ts); pods enrolled through the chained
  * CNI plugin. kubectl labels and creates through the double; the wire between the nodes says plaintext or mTLS.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import t from 'tap';
 import { DELTA_APPLIED_LOG } from '../agent/controller-stream.js';
-import { curlFrom, HTTP_PORT, KubeCluster, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
+import type { AgentStatus } from '../agent/status.js';
+import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { needsTestbed, needsTools } from './prerequisites.js';
 
@@ -174,6 +175,41 @@ spec:
     t.equal((await request(client, `http://${VIP}/`)).body?.pod, 'web-b', 'a workload it does not select is still reached');
     await kubectl(['delete', 'authorizationpolicies.security.ambit.dev', 'deny-client', '-n', NAMESPACE]);
     await within(5000, 'allowed again once deleted', async () => (await request(client, `http://${server.ip}:${HTTP_PORT}/`)).body !== undefined);
+  });
+
+  t.test("ambit status reads every agent's /status through the API server's pods proxy", async (t) => {
+    const status = async (args: string[] = []) => execa(process.execPath, [CLI_PATH, 'status', '--kubeconfig', cluster.kubeconfig, ...args], { reject: false });
+    const json = await status(['--output', 'json']);
+    t.equal(json.exitCode, 0, `every agent answered: ${json.stderr}`);
+    const report = JSON.parse(json.stdout) as { ok: boolean; nodes: Array<{ node: string; ok: boolean; status?: AgentStatus }> };
+    t.same(report.nodes.map((n) => [n.node, n.ok]), [['node1', true], ['node2', true]], 'one entry per node, in node order');
+    const version = JSON.parse(await readFile(join(CLI_PATH, '..', '..', '..', 'package.json'), 'utf8')) as { version: string };
+    for (const entry of report.nodes) {
+      t.match(entry.status, { component: 'agent', node: entry.node, version: version.version, mode: 'kubernetes', ready: true, rules: { enabled: true, ok: true, uninstalled: false } });
+      t.equal(entry.status?.rules.nodeBackend, entry.status?.rules.backend, `${entry.node}: the agent writes the backend the node uses`);
+      t.notMatch(JSON.stringify(entry.status), /PRIVATE KEY|BEGIN CERTIFICATE|token/i, `${entry.node}: names, identities and times, nothing secret`);
+    }
+    const onNode2 = report.nodes[1]?.status?.workloads ?? [];
+    t.same(onNode2.map((w) => w.name).sort(), ['server', 'web-b'], "node2's enrolled pods (web-a was deleted above), and not node1's");
+    const served = onNode2.find((w) => w.name === 'server');
+    t.equal(served?.identity, `spiffe://cluster.local/ns/${NAMESPACE}/sa/server`);
+    t.ok(served?.certificateNotAfter !== null && Date.parse(served?.certificateNotAfter ?? '') > Date.now(), 'its certificate, valid now');
+    t.same(served?.ips, [server.ip]);
+    const text = await status();
+    t.match(text.stdout, new RegExp(`node2 .*ready.*\\n(?:.*\\n)*    ${NAMESPACE}/server  spiffe://cluster.local/ns/${NAMESPACE}/sa/server  certificate expires`), 'the human form: a line per node, its pods under it');
+
+    // an agent pod that does not answer: here one whose IP is the controller's host, whose metrics port has no /status
+    const ghost = cluster.api.objects('v1', 'pods').create({
+      metadata: { name: 'ambit-agent-ghost', namespace: 'ambit-system', labels: { 'app.kubernetes.io/name': 'ambit-agent' } },
+      spec: { nodeName: 'node3', hostNetwork: true, containers: [{ name: 'agent' }] },
+      status: { phase: 'Running', hostIP: tb.hostIp ?? '', podIP: tb.hostIp ?? '' },
+    });
+    t.teardown(() => cluster.api.objects('v1', 'pods').delete(String((ghost.metadata as { name: string }).name), 'ambit-system'));
+    const failing = await status(['--output', 'json']);
+    t.equal(failing.exitCode, 1, 'an agent that does not answer fails the command');
+    const node3 = (JSON.parse(failing.stdout) as { nodes: Array<{ node: string; ok: boolean; error?: string }> }).nodes.find((n) => n.node === 'node3');
+    t.match(node3, { ok: false, error: /404/ }, 'and says what it got');
+    t.equal((await status(['--node', 'node1', '--output', 'json'])).exitCode, 0, '--node: that node only');
   });
 
   t.test('with the API server down traffic flows; once it is back the controller and the agents catch up', async (t) => {

@@ -1,6 +1,6 @@
 // The orchestrator: installs, repairs, syncs and removes every piece of the capture, one operation at a time.
 import { AmbitError } from '../../core/errors/index.js';
-import type { Logger } from '../../core/log/index.js';
+import { silentLogger, type Logger } from '../../core/log/index.js';
 import { isOnPath, type CommandOptions } from '../exec.js';
 import { detectBackend, type IptablesBackend, type IptablesBackendChoice, missingIptables, presentBackends, restoreCommand, saveCommand } from './backend.js';
 import { AMBIT_BRIDGE_MAC, type BridgeSetMembers, buildBridgeFdbRemoval, buildBridgeFdbSync, buildBridgeSetSync, buildBridgeTable, buildBridgeTableRemoval, readBridgeRuleset, readFdb } from './bridge.js';
@@ -353,6 +353,11 @@ export class RedirectRules {
       .split('\n')
       .filter((line) => line.startsWith(prefix))
       .map((line) => line.slice(prefix.length).trim().split(' ')[0]!);
+  }
+
+  /** The backend the node's rules are in now (the rule counts of each, as at start), without logging or caching it. */
+  detectNodeBackend(): Promise<IptablesBackend> {
+    return detectBackend(silentLogger(), this.#commandOptions.netns);
   }
 
   /** Removes everything install() made (see removeRedirectRules); absent pieces are fine. */

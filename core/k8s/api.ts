@@ -148,9 +148,12 @@ export class KubeApi {
     return this.#json('POST', path, JSON.stringify(body), timeoutMs);
   }
 
-  /** `GET path` of one object, parsed; a 404 (or any answer but 200) is an ApiStatusError with the server's Status. */
-  async read(path: string, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
-    return this.#json('GET', path, undefined, timeoutMs);
+  /**
+   * `GET path?query` of one object (or a small list: `maxBytes`, default 1 MiB), parsed; a 404 (or any answer but
+   * 200) is an ApiStatusError with the server's Status.
+   */
+  async read(path: string, timeoutMs = POST_TIMEOUT_MS, options: { query?: URLSearchParams; maxBytes?: number } = {}): Promise<unknown> {
+    return this.#json('GET', path, undefined, timeoutMs, options.query, options.maxBytes);
   }
 
   /** `PUT path` with a JSON body (an update; a stale resourceVersion is a 409 ApiStatusError). */
@@ -158,11 +161,11 @@ export class KubeApi {
     return this.#json('PUT', path, JSON.stringify(body), timeoutMs);
   }
 
-  async #json(method: 'GET' | 'POST' | 'PUT', path: string, body: string | undefined, timeoutMs: number): Promise<unknown> {
-    const { response, release } = await this.#send(method, path, new URLSearchParams(), AbortSignal.timeout(timeoutMs), body);
+  async #json(method: 'GET' | 'POST' | 'PUT', path: string, body: string | undefined, timeoutMs: number, query = new URLSearchParams(), maxBytes = MAX_POST_ANSWER_BYTES): Promise<unknown> {
+    const { response, release } = await this.#send(method, path, query, AbortSignal.timeout(timeoutMs), body);
     try {
       if (response.statusCode !== 200 && response.statusCode !== 201) throw await statusError(response, `${method} ${path}`);
-      return JSON.parse(await readBody(response, MAX_POST_ANSWER_BYTES)) as unknown;
+      return JSON.parse(await readBody(response, maxBytes)) as unknown;
     } finally {
       release();
     }

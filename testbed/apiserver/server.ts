@@ -11,6 +11,7 @@ import { EndpointSliceController } from './endpointslices.js';
 import { JSON_PATCH, jsonPatch, MERGE_PATCH, mergePatch, STRATEGIC_MERGE_PATCH } from './patch.js';
 import { DEFAULT_RESOURCES, ResourceRegistry } from './resources.js';
 import { FieldSelector, LabelSelector, labelsOf } from './selectors.js';
+import { podProxyRequest, proxyToPod, type PodProxyRequest } from './proxy.js';
 import { badRequest, expired, notFound, statusObject, StatusError } from './status.js';
 import { DEFAULT_HISTORY_SIZE, keyOf, ObjectStore } from './store.js';
 import { generateServingTls, type ServingTls } from './tls.js';
@@ -372,6 +373,11 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       sendJson(res, 200, SERVER_VERSION);
       return;
     }
+    const proxied = podProxyRequest(url.pathname, url.search);
+    if (proxied !== undefined) {
+      await this.#proxyToPod(proxied, req, res);
+      return;
+    }
     const document = method === 'GET' ? discoveryDocument(this.#registry, path, new URL(this.#url).host) : undefined;
     if (document !== undefined) {
       sendJson(res, 200, document);
@@ -429,6 +435,18 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   }
 
   /** `/api/v1[/namespaces/NS]/RESOURCE[/NAME]` or `/apis/GROUP/VERSION/...`; subresources are not served. */
+  /** The pods proxy: to the pod's IP (its host's, for a hostNetwork pod), which must be known. */
+  #proxyToPod(request: PodProxyRequest, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const type = this.#type('', 'v1', 'pods');
+    const pod = this.#store.get(type, request.namespace, request.pod);
+    if (pod === undefined) throw notFound('pods', request.pod, '');
+    const status = (pod['status'] ?? {}) as { podIP?: string; hostIP?: string };
+    const hostNetwork = ((pod['spec'] ?? {}) as { hostNetwork?: boolean }).hostNetwork === true;
+    const ip = status.podIP ?? (hostNetwork ? status.hostIP : undefined);
+    if (ip === undefined) throw new StatusError(503, 'ServiceUnavailable', `pod ${request.namespace}/${request.pod} has no IP yet`);
+    return proxyToPod(ip, request, req, res);
+  }
+
   #route(path: string): Route {
     const m = /^\/(?:api\/(v1)|apis\/([^/]+)\/([^/]+))\/(.+)$/.exec(path);
     if (m === null) throw new StatusError(404, 'NotFound', `the server could not find the requested resource (${path})`);
