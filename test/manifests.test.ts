@@ -3,19 +3,12 @@
  * against the Kubernetes OpenAPI schemas (kubernetes-models, not hand-written checks), and the agent's container
  * starts the agent as agent/config.ts says it must be started (AGENT_NODE_FLAGS, AGENT_ENV).
  */
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
-import yaml from 'js-yaml';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS, loadAgentConfig } from '../agent/index.js';
 import { loadControllerConfig } from '../controller/index.js';
-import { containerProcess, type ContainerSpec } from '../testbed/index.js';
+import { containerProcess, renderManifests, type ContainerSpec } from '../testbed/index.js';
 import { needsTools } from './prerequisites.js';
 
-const MANIFESTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'manifests');
-const run = promisify(execFile);
 const unavailable = needsTools(['kubectl'], 'renders the manifests with kubectl kustomize');
 
 interface KubeObject {
@@ -26,8 +19,7 @@ interface KubeObject {
 }
 
 async function render(): Promise<KubeObject[]> {
-  const { stdout } = await run('kubectl', ['kustomize', MANIFESTS], { maxBuffer: 16 * 1024 * 1024 });
-  return yaml.loadAll(stdout) as KubeObject[];
+  return (await renderManifests()) as KubeObject[];
 }
 
 t.test('kubectl kustomize manifests/ renders, and every object is valid Kubernetes', { skip: unavailable }, async (t) => {

@@ -40,3 +40,4 @@ export {
   type VolumeMount,
 } from './kube-cluster.js';
 export { intermediateCa, meshCaSecret } from './mesh-ca.js';
+export { MANIFESTS_DIR, renderManifests } from './manifests.js';
