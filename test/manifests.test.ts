@@ -3,10 +3,12 @@
  * against the Kubernetes OpenAPI schemas (kubernetes-models, not hand-written checks), and the agent's container
  * starts the agent as agent/config.ts says it must be started (AGENT_NODE_FLAGS, AGENT_ENV).
  */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS, loadAgentConfig } from '../agent/index.js';
 import { loadControllerConfig } from '../controller/index.js';
-import { containerProcess, renderManifests, type ContainerSpec } from '../testbed/index.js';
+import { containerProcess, MANIFESTS_DIR, renderManifests, type ContainerSpec } from '../testbed/index.js';
 import { needsTools } from './prerequisites.js';
 
 const unavailable = needsTools(['kubectl'], 'renders the manifests with kubectl kustomize');
@@ -103,4 +105,12 @@ t.test('the rendered containers start: their args and env (downward API filled i
   t.equal(controller.command, 'controller');
   const { config: controllerConfig } = loadControllerConfig(controller.env, controller.argv);
   t.match(controllerConfig, { listenHost: '10.244.0.5', namespace: 'ambit-system', podName: 'ambit-controller-x' }, 'the controller takes it');
+});
+
+t.test("the image's Node is the Node 24 that CI tests on (package.json config.node24, `npm run test:node24`)", async (t) => {
+  const repo = path.dirname(MANIFESTS_DIR);
+  const pinned = (JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf8')) as { config: { node24: string } }).config.node24;
+  const stages = [...(await readFile(path.join(repo, 'Dockerfile'), 'utf8')).matchAll(/^FROM node:(\S+?)-\S*/gm)].map((m) => m[1]);
+  t.ok(stages.length > 0, 'the Dockerfile builds from node:<version>');
+  for (const version of stages) t.equal(version, pinned, `FROM node:${version}`);
 });
