@@ -3,12 +3,13 @@
  * against the Kubernetes OpenAPI schemas (kubernetes-models, not hand-written checks), and the agent's container
  * starts the agent as agent/config.ts says it must be started (AGENT_NODE_FLAGS, AGENT_ENV).
  */
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import t from 'tap';
 import { AGENT_ENV, AGENT_NODE_FLAGS, loadAgentConfig } from '../agent/index.js';
 import { loadControllerConfig } from '../controller/index.js';
 import { CNI_SOCKET_NAME, ENROLLMENT_FILE_NAME } from '../core/cni/index.js';
-import { containerOf, containerProcess, renderedPodTemplate, renderManifests, type ContainerSpec } from '../testbed/index.js';
+import { containerOf, containerProcess, MANIFESTS_DIR, renderedPodTemplate, renderManifests, type ContainerSpec } from '../testbed/index.js';
 import { needsTools } from './prerequisites.js';
 
 const unavailable = needsTools(['kubectl'], 'renders the manifests with kubectl kustomize');
@@ -121,4 +122,12 @@ t.test("the CNI installer tells the plugin where the agent's socket and enrollme
   t.ok(onNode('AMBIT_RUN_DIR'), "the agent's run folder is a hostPath");
   t.equal(flag('--agent-socket'), path.join(onNode('AMBIT_RUN_DIR') ?? '?', CNI_SOCKET_NAME), "the plugin's socket is the agent's, on the node");
   t.equal(flag('--enrollment-file'), path.join(onNode('AMBIT_STATE_DIR') ?? '?', ENROLLMENT_FILE_NAME), "the plugin's enrollment file is the agent's, on the node");
+});
+
+t.test("the image's Node is the Node 24 that CI tests on (package.json config.node24, `npm run test:node24`)", async (t) => {
+  const repo = path.dirname(MANIFESTS_DIR);
+  const pinned = (JSON.parse(await readFile(path.join(repo, 'package.json'), 'utf8')) as { config: { node24: string } }).config.node24;
+  const stages = [...(await readFile(path.join(repo, 'Dockerfile'), 'utf8')).matchAll(/^FROM node:(\S+?)-\S*/gm)].map((m) => m[1]);
+  t.ok(stages.length > 0, 'the Dockerfile builds from node:<version>');
+  for (const version of stages) t.equal(version, pinned, `FROM node:${version}`);
 });
