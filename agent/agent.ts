@@ -16,6 +16,7 @@ import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/inde
 import { CertStore, registerCertExpiryGauge, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
+import { UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { ambitVersion } from '../core/version/index.js';
 import { originalDestination as addonOriginalDestination } from '../core/sockopt/index.js';
@@ -164,6 +165,7 @@ export class Agent {
               return result && !this.#uninstalled;
             },
             uninstall: () => this.#uninstall(),
+            uninstallRequested: () => this.#uninstallRequested(),
             ready: () => this.ready,
             log: parts.log.child({ component: 'cni' }),
           });
@@ -196,6 +198,7 @@ export class Agent {
         source = await KubernetesSource.start({
           settings: config.kubernetes,
           nodeName: config.nodeName,
+          rootNamespace: config.rootNamespace,
           trustDomain: config.trustDomain,
           store,
           policies: policies.collection(),
@@ -294,6 +297,7 @@ export class Agent {
         }),
     };
     agent.#registerCertMetrics();
+    agent.#watchUninstall();
     try {
       await agent.#bind(inputs);
       if (rules) {
@@ -375,6 +379,7 @@ export class Agent {
         ...(check?.error === undefined ? {} : { error: check.error }),
         uninstalled: this.#uninstalled,
       },
+      uninstall: { requested: this.#uninstallRequested(), done: this.#uninstalled },
       workloads: this.store
         .localWorkloads()
         .filter((workload) => workload.enrolled)
@@ -520,6 +525,22 @@ export class Agent {
       const policy = { policy: decision.policy, rule: decision.rule };
       this.#telemetry.revoked(record, decision.reason, policy, `open connection closed: ${refusalMessage(decision)}`);
     }
+  }
+
+  /** `ambit uninstall` has asked (its ConfigMap exists): no new pod is captured, the installer unchains the plugin. */
+  #uninstallRequested(): boolean {
+    return this.#source instanceof KubernetesSource && this.#source.uninstallRequested;
+  }
+
+  #watchUninstall(): void {
+    const source = this.#source;
+    if (!(source instanceof KubernetesSource)) return;
+    const say = (requested: boolean) =>
+      requested
+        ? this.#log.warn({ configMap: `${this.config.rootNamespace}/${UNINSTALL_CONFIGMAP_NAME}` }, 'uninstall requested: no new pod is captured; the CNI installer unchains the plugin, then every rule, ipset and file goes')
+        : this.#log.info('uninstall withdrawn (its ConfigMap is gone)');
+    if (source.uninstallRequested) say(true);
+    source.on('uninstall', say);
   }
 
   /** `ambit cni uninstall`: every rule and ipset goes, and stays gone (the DaemonSet is being removed next). */

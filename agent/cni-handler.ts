@@ -109,6 +109,8 @@ export interface CniHandlerOptions {
   ruleInPlace: (ip: string) => Promise<boolean>;
   /** Removes every rule and ipset (`ambit cni uninstall`). */
   uninstall: () => Promise<void>;
+  /** `ambit uninstall` asked: no new pod is captured, and status tells the installer to unchain the plugin. */
+  uninstallRequested?: () => boolean;
   ready: () => boolean;
   log: Logger;
   podWaitMs?: number;
@@ -167,6 +169,7 @@ export class CniHandler {
   async handle(request: CniRequest): Promise<CniResponse> {
     switch (request.op) {
       case 'status':
+        if (this.#options.uninstallRequested?.()) return this.#ok({ reason: 'the mesh is being uninstalled', uninstall: true });
         return this.#ok({ reason: this.#options.ready() ? 'agent ready' : 'agent starting' });
       case 'uninstall':
         await this.#options.uninstall();
@@ -209,6 +212,11 @@ export class CniHandler {
   async #add(pod: CniPod): Promise<CniResponse> {
     const { store, log } = this.#options;
     const ips = canonicalIps(pod);
+    if (this.#options.uninstallRequested?.()) {
+      const reason = 'the mesh is being uninstalled (ambit uninstall): the pod starts outside it';
+      log.info({ pod: `${pod.namespace}/${pod.name}`, reason }, 'CNI ADD: pod is not in the mesh');
+      return this.#ok({ enrolled: false, reason });
+    }
     let decision = this.#decide(pod);
     if (isPending(decision)) decision = await this.#waitForStore(pod);
     if (isPending(decision)) throw new CniProtocolError('not-ready', `${decision.reason}; try again`);
@@ -305,7 +313,7 @@ export class CniHandler {
     return result;
   }
 
-  #ok(fields: { enrolled?: boolean; reason?: string }): CniResponse {
+  #ok(fields: { enrolled?: boolean; reason?: string; uninstall?: boolean }): CniResponse {
     return { version: CNI_PROTOCOL_VERSION, ok: true, ...fields };
   }
 }

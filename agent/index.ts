@@ -10,7 +10,7 @@ export { buildOutboundRequest, type OutboundRequest } from './outbound.js';
 export type { OutboundContext } from './types.js';
 export { buildInboundRequest, type InboundRequest } from './inbound.js';
 export { AgentTelemetry, type ConnectionRecord } from './telemetry.js';
-export { RedirectRules, removeRedirectRules } from './rules/index.js';
+export { describeRemovalPlan, planRulesRemoval, RedirectRules, removeRedirectRules, type RulesRemovalPlan } from './rules/index.js';
 
 /**
  * `ambit agent`: runs until SIGTERM or SIGINT, then shuts down cleanly (rules kept unless --remove-rules-on-exit,

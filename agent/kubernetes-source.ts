@@ -1,4 +1,6 @@
+import { EventEmitter } from 'node:events';
 import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
+import { UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
 import type { TrustBundleSource } from '../core/hbone/index.js';
 import { loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
@@ -13,6 +15,8 @@ export const NODE_WATCH_SOURCE = 'node-watch';
 export interface KubernetesSourceOptions {
   readonly settings: KubernetesSettings;
   readonly nodeName: string;
+  /** The mesh's own namespace, where `ambit uninstall` leaves its ConfigMap. */
+  readonly rootNamespace: string;
   readonly trustDomain: string;
   readonly store: WorkloadStore;
   readonly policies: LocalCollection;
@@ -28,13 +32,26 @@ export interface KubernetesSourceOptions {
  * synced (and the agent ready) on the controller's first snapshot; the agent's own records make no difference to
  * that. Both convert objects with the same code (core/stream's ClusterView), so they agree on every record.
  */
-export class KubernetesSource {
+export class KubernetesSource extends EventEmitter<{ uninstall: [requested: boolean] }> {
   readonly #stream: ControllerStream;
-  readonly #reflectors: Reflector<Prepared>[];
+  readonly #reflectors: Array<Reflector<Prepared> | Reflector<string>>;
+  #uninstallRequested = false;
 
-  private constructor(stream: ControllerStream, reflectors: Reflector<Prepared>[]) {
+  private constructor(stream: ControllerStream) {
+    super();
     this.#stream = stream;
-    this.#reflectors = reflectors;
+    this.#reflectors = [];
+  }
+
+  /** Whether `ambit uninstall`'s ConfigMap exists (as last read); 'uninstall' says when this changes. */
+  get uninstallRequested(): boolean {
+    return this.#uninstallRequested;
+  }
+
+  #setUninstallRequested(requested: boolean): void {
+    if (requested === this.#uninstallRequested) return;
+    this.#uninstallRequested = requested;
+    this.emit('uninstall', requested);
   }
 
   static async start(options: KubernetesSourceOptions): Promise<KubernetesSource> {
@@ -80,9 +97,27 @@ export class KubernetesSource {
           },
         }),
     );
-    for (const reflector of reflectors) reflector.start();
+    const source = new KubernetesSource(stream);
+    // `ambit uninstall`'s ConfigMap, and only it (RBAC: get/list/watch of that name in the mesh's namespace)
+    const uninstall = new Reflector<string>({
+      kubeConfig,
+      kind: 'ConfigMap',
+      path: `/api/v1/namespaces/${encodeURIComponent(options.rootNamespace)}/configmaps`,
+      fieldSelector: `metadata.name=${UNINSTALL_CONFIGMAP_NAME}`,
+      log,
+      registry: options.registry,
+      transform: (object) => object.metadata.name,
+      consumer: {
+        replace: (names) => source.#setUninstallRequested(names.includes(UNINSTALL_CONFIGMAP_NAME)),
+        added: (name) => source.#setUninstallRequested(source.#uninstallRequested || name === UNINSTALL_CONFIGMAP_NAME),
+        modified: () => undefined,
+        deleted: (name) => source.#setUninstallRequested(source.#uninstallRequested && name !== UNINSTALL_CONFIGMAP_NAME),
+      },
+    });
+    source.#reflectors.push(...reflectors, uninstall);
+    for (const reflector of source.#reflectors) reflector.start();
     stream.start();
-    return new KubernetesSource(stream, reflectors);
+    return source;
   }
 
   /** Nothing to report here: refusals and stream problems are logged as they happen. */

@@ -20,6 +20,8 @@ export interface AgentStatus {
   /** Why not ready. */
   readonly reason?: string;
   readonly rules: RulesStatus;
+  /** `ambit uninstall`: requested (its ConfigMap exists), done (plugin unchained, every rule, ipset and file removed). */
+  readonly uninstall: { readonly requested: boolean; readonly done: boolean };
   readonly workloads: readonly WorkloadStatus[];
   /** The trust bundle's roots: subject and expiry. */
   readonly roots: ReadonlyArray<{ readonly fingerprint: string; readonly notAfter: string }>;

@@ -15,6 +15,7 @@ import {
   DEFAULT_CNI_SEA_FILE,
   installCni,
   uninstallCni,
+  uninstallRequested,
   watchCni,
   type InstallerOptions,
 } from '../cni/index.js';
@@ -119,8 +120,13 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     log,
     ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }),
   };
-  const result = await installCni(options);
-  process.stdout.write(`ambit-cni chained in ${result.file} (${result.change})\n`);
+  // a sidecar restarted while the mesh is being uninstalled must not chain the plugin again: the watch finishes it
+  if (values.watch && (await uninstallRequested(agentSocket))) {
+    log.warn({ agentSocket }, 'the agent says the mesh is being uninstalled: not chaining the plugin');
+  } else {
+    const result = await installCni(options);
+    process.stdout.write(`ambit-cni chained in ${result.file} (${result.change})\n`);
+  }
   if (!values.watch) return 0;
   const stop = new AbortController();
   const onSignal = () => stop.abort();

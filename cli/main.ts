@@ -15,6 +15,7 @@ Commands:
   cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
   authz     check what the policies decide for a connection, without sending one; ambit authz --help
   status    per node: the agent's version, readiness, rules, enrolled pods, identities, cert expiry
+  uninstall give every node plain networking back, then delete Ambit's objects; --check on a node: nothing left
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -54,6 +55,10 @@ async function main(argv: string[]): Promise<number> {
     case 'status': {
       const { runStatusCommand } = await import('./status.js');
       return runStatusCommand(rest);
+    }
+    case 'uninstall': {
+      const { runUninstallCommand } = await import('./uninstall.js');
+      return runUninstallCommand(rest);
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js');

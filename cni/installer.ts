@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../core/fs/index.js';
 import { AmbitError, errnoCode } from '../core/errors/index.js';
 import type { Logger } from '../core/log/index.js';
+import { CNI_PROTOCOL_VERSION } from '../core/cni/index.js';
+import { askAgent } from './agent-client.js';
 
 /** The plugin's `type` in the conflist, and its file name in the bin folder. */
 export const AMBIT_PLUGIN_TYPE = 'ambit-cni';
@@ -16,6 +18,10 @@ export const DEFAULT_CNI_CONF_DIR = '/etc/cni/net.d';
 export const DEFAULT_CNI_BIN_DIR = '/opt/cni/bin';
 /** How often `--watch` re-checks even without a file event (events can be missed on some filesystems). */
 export const WATCH_RECHECK_MS = 5_000;
+/** How long the installer waits for the agent's status (is the mesh being uninstalled?) on each re-check. */
+const STATUS_TIMEOUT_MS = 2_000;
+/** How long the agent has to remove its rules when asked. */
+const UNINSTALL_TIMEOUT_MS = 30_000;
 
 export interface PluginEntryOptions {
   agentSocket: string;
@@ -141,26 +147,35 @@ export async function ensureConfigured(options: InstallerOptions): Promise<Insta
 }
 
 /** Unchains the plugin from every configuration in the folder and removes the executable. */
-export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | 'binDir' | 'log'>): Promise<ConfigChange> {
-  let change: ConfigChange = 'absent';
+/**
+ * The configurations in `confDir` that chain ambit-cni, each with its text without it. A file that is not a CNI
+ * configuration is skipped (and logged, given `log`).
+ */
+export async function configsWithPlugin(confDir: string, log?: Logger): Promise<Array<{ file: string; without: string }>> {
   let names: string[] = [];
   try {
-    names = (await readdir(options.confDir)).filter((n) => /\.(conflist|conf|json)$/.test(n));
+    names = (await readdir(confDir)).filter((n) => /\.(conflist|conf|json)$/.test(n));
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') throw err;
   }
+  const found: Array<{ file: string; without: string }> = [];
   for (const name of names) {
-    const file = join(options.confDir, name);
+    const file = join(confDir, name);
     const text = await readFile(file, 'utf8');
-    let updated: string | undefined;
     try {
-      updated = withoutPlugin(text, file);
+      const without = withoutPlugin(text, file);
+      if (without !== undefined) found.push({ file, without });
     } catch (err) {
-      options.log.warn({ file, err: (err as Error).message }, 'left alone: not a CNI configuration');
-      continue;
+      log?.warn({ file, err: (err as Error).message }, 'left alone: not a CNI configuration');
     }
-    if (updated === undefined) continue;
-    await writeAtomically(file, updated, file);
+  }
+  return found;
+}
+
+export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | 'binDir' | 'log'>): Promise<ConfigChange> {
+  let change: ConfigChange = 'absent';
+  for (const { file, without } of await configsWithPlugin(options.confDir, options.log)) {
+    await writeAtomically(file, without, file);
     change = 'removed';
     options.log.info({ file }, 'ambit-cni removed from the CNI configuration');
   }
@@ -169,18 +184,58 @@ export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | '
 }
 
 /**
+ * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its ConfigMap exists). An agent that does
+ * not answer, or an older one that does not say, is a no: the plugin stays chained, and the node fails closed.
+ */
+export async function uninstallRequested(agentSocket: string): Promise<boolean> {
+  try {
+    const response = await askAgent(agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'status' }, STATUS_TIMEOUT_MS);
+    return response.ok && response.uninstall === true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The node's part of `ambit uninstall`, in the order that never leaves an enrolled pod half-meshed: the plugin out of
+ * every configuration and its executable gone (new pods start plain), then the agent removes every rule, ipset and
+ * file. Resolves true once the agent has said so; false (logged) when it did not, for the next re-check to retry.
+ */
+export async function completeUninstall(options: Pick<InstallerOptions, 'confDir' | 'binDir' | 'agentSocket' | 'log'>): Promise<boolean> {
+  await uninstallCni(options);
+  try {
+    const response = await askAgent(options.agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'uninstall' }, UNINSTALL_TIMEOUT_MS);
+    if (response.ok) {
+      options.log.info('uninstall: the plugin is unchained and the agent removed every rule, ipset and file');
+      return true;
+    }
+    options.log.error({ error: response.error }, 'uninstall: the agent refused to remove its rules; will retry');
+  } catch (err) {
+    options.log.error({ err }, 'uninstall: the agent did not answer; will retry');
+  }
+  return false;
+}
+
+/**
  * Keeps the plugin chained: the primary network plugin may rewrite its configuration at any time (upgrades,
- * restarts), dropping the entry. Re-checks on every change in the folder and every WATCH_RECHECK_MS. Stops when
- * `signal` aborts; resolves then.
+ * restarts), dropping the entry. Re-checks on every change in the folder and every WATCH_RECHECK_MS. Each re-check
+ * first asks the agent whether the mesh is being uninstalled; once it is, the installer unchains the plugin and has
+ * the agent remove its rules (completeUninstall), and from then on adds nothing back. Stops when `signal` aborts;
+ * resolves then.
  */
 export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void): Promise<void> {
   return new Promise((resolve) => {
     let timer: NodeJS.Timeout | undefined;
     let running: Promise<void> = Promise.resolve();
+    let uninstalled = false;
     const check = () => {
       running = running
         .then(async () => {
-          if (signal.aborted) return;
+          if (signal.aborted || uninstalled) return;
+          if (await uninstallRequested(options.agentSocket)) {
+            uninstalled = await completeUninstall(options);
+            return;
+          }
           const result = await ensureConfigured(options);
           if (result.change !== 'unchanged') {
             options.log.warn({ file: result.file, change: result.change }, 'the CNI configuration lost ambit-cni; chained it again');

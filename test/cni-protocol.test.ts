@@ -8,6 +8,7 @@ t.test('a protocol error is an AmbitError whose code is the one the agent answer
     ['another version', () => parseCniRequest(JSON.stringify({ version: CNI_PROTOCOL_VERSION + 1, op: 'status' })), 'unsupported-version'],
     ['an unknown op', () => parseCniRequest(JSON.stringify({ version: CNI_PROTOCOL_VERSION, op: 'reboot' })), 'bad-request'],
     ['a response without ok', () => parseCniResponse(JSON.stringify({ version: CNI_PROTOCOL_VERSION })), 'bad-request'],
+    ['an uninstall that is not a boolean', () => parseCniResponse(JSON.stringify({ version: CNI_PROTOCOL_VERSION, ok: true, uninstall: 'yes' })), 'bad-request'],
     ['an enrollment file without namespaces', () => parseEnrollmentSnapshot('{}'), 'bad-request'],
   ];
   for (const [what, parse, code] of cases) {
@@ -31,4 +32,10 @@ t.test('a protocol error is an AmbitError whose code is the one the agent answer
     return undefined;
   })();
   t.same(unsupported?.supportedVersions, [CNI_PROTOCOL_VERSION], 'a version refusal names the versions the agent speaks');
+});
+
+t.test("a status answer says whether the mesh is being uninstalled; an older agent's, without the field, reads as no", async (t) => {
+  t.equal(parseCniResponse(JSON.stringify({ version: CNI_PROTOCOL_VERSION, ok: true, reason: 'the mesh is being uninstalled', uninstall: true })).ok, true);
+  const older = parseCniResponse(JSON.stringify({ version: CNI_PROTOCOL_VERSION, ok: true, reason: 'agent ready' }));
+  t.equal(older.ok && older.uninstall, undefined);
 });

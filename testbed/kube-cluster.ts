@@ -128,8 +128,8 @@ const AGENT_WORKLOAD = { kind: 'DaemonSet', name: 'ambit-agent', container: 'age
 const CONTROLLER_WORKLOAD = { kind: 'Deployment', name: 'ambit-controller', container: 'controller' } as const;
 /** The controller's pod, whose IP is the testbed's host-link address. */
 const CONTROLLER_POD = 'ambit-controller-0';
-/** What the installer logs once the plugin is chained (cni/installer.ts). */
-const CNI_INSTALLED_LOG = 'ambit-cni installed';
+/** What the installer sidecar logs once it has chained the plugin (or, while the mesh is uninstalling, not) and watches (cli/cni.ts). */
+const CNI_WATCHING_LOG = 'watching the CNI configuration';
 
 /**
  * The mesh as the rendered manifests (testbed/manifests.ts) run it: the DaemonSet's pod on every node (its CNI
@@ -150,6 +150,7 @@ export class KubeCluster {
   readonly #controllerTemplate: RenderedPodTemplate;
   #controller: RunningProcess | undefined;
   readonly #agents = new Map<string, RunningProcess>();
+  readonly #installers = new Map<string, ChildProcess>();
   readonly #volumes: ConfigMapVolume[] = [];
 
   private constructor(tb: Testbed, api: ApiServer, hostIp: string, options: KubeClusterOptions, agent: RenderedPodTemplate, controller: RenderedPodTemplate) {
@@ -380,13 +381,30 @@ export class KubeCluster {
 
   /**
    * Starts the CNI installer on `node` as the DaemonSet's sidecar runs (it keeps the plugin chained until stopped);
-   * resolves once the plugin is chained.
+   * resolves once it watches: the plugin chained, or, while the mesh is being uninstalled, left out.
    */
   async startCniInstaller(node: TestbedNode): Promise<void> {
     const spec = this.cniInstallerProcess(node);
     const child = this.tb.spawn(node.netns, spec.file, spec.args, { buffer: false, env: spec.env }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
-    await waitForLine(child, lines, (l) => l.includes(`"msg":${JSON.stringify(CNI_INSTALLED_LOG)}`), `CNI installer on ${node.name}`, READY_TIMEOUT_MS, stderr);
+    this.#installers.set(node.name, child);
+    await waitForLine(child, lines, (l) => l.includes(`"msg":${JSON.stringify(CNI_WATCHING_LOG)}`), `CNI installer on ${node.name}`, READY_TIMEOUT_MS, stderr);
+  }
+
+  /**
+   * What the kubelet does when the DaemonSet's pod on `node` is deleted: SIGTERM to its containers, the agent first
+   * (a native sidecar stops after the main containers). Resolves with their exit codes once both have exited.
+   */
+  async stopAgentPod(node: TestbedNode): Promise<{ agent: number | null; installer: number | null }> {
+    const agent = this.#agents.get(node.name);
+    const agentCode = agent === undefined ? null : await stopChild(agent.child);
+    return { agent: agentCode, installer: await this.stopCniInstaller(node) };
+  }
+
+  /** Stops the CNI installer sidecar on `node` (SIGTERM); resolves with its exit code (null if none ran). */
+  async stopCniInstaller(node: TestbedNode): Promise<number | null> {
+    const installer = this.#installers.get(node.name);
+    return installer === undefined ? null : stopChild(installer);
   }
 
   /** Starts the agent on `node`; resolves once it is ready (its first full sync from the controller). */

@@ -38,80 +38,89 @@ export function removeRedirectRules(options: RemoveRedirectRulesOptions = {}): P
   return removeRules(componentLogger(options.log), options.backend ?? 'auto', options.netns);
 }
 
-async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: string | undefined): Promise<void> {
-  const commandOptions: CommandOptions = { netns };
+/**
+ * What of Ambit is in the node's namespace, as the batches that would remove it: per iptables backend of each family,
+ * the fwmark rule and route table, the bridge fdb entries and nft table, and the ipsets. Empty everywhere when
+ * nothing is left (`ambit uninstall --check`). A backend that cannot be read is `unreadable`, never "nothing there".
+ */
+export interface RulesRemovalPlan {
+  readonly chains: ReadonlyArray<{ readonly family: 'iptables' | 'ip6tables'; readonly backend: IptablesBackend; readonly batch: string }>;
+  readonly unreadable: ReadonlyArray<{ readonly family: 'iptables' | 'ip6tables'; readonly backend: IptablesBackend; readonly error: string }>;
+  readonly routing: readonly string[];
+  readonly fdb: readonly string[];
+  readonly nftTable: string;
+  readonly ipsets: readonly string[];
+}
+
+/** Reads the node's namespace and says what removing Ambit from it would do; changes nothing. */
+export async function planRulesRemoval(options: { backend?: IptablesBackendChoice; netns?: string } = {}): Promise<RulesRemovalPlan> {
+  const commandOptions: CommandOptions = { netns: options.netns };
+  const choice = options.backend ?? 'auto';
   const backends = choice === 'auto' ? await presentBackends(IPV4) : [choice];
-  const removedFrom = await removeChains(
-    log,
-    IPV4,
-    backends,
-    commandOptions,
-    (dump) => buildLocalDnatRemoval(dump) + buildSourceCheckRemoval(dump) + buildMangleRemoval(dump) + buildNatRemoval(dump),
-  );
+  const chains: Array<RulesRemovalPlan['chains'][number]> = [];
+  const unreadable: Array<RulesRemovalPlan['unreadable'][number]> = [];
+  const read = async (family: AddressFamily, familyBackends: readonly IptablesBackend[], removal: (dump: string) => string, required: boolean) => {
+    // the whole dump rather than `-t nat`: asking legacy iptables for a table creates it, and an empty legacy nat
+    // table on an nft node makes every iptables-nft command warn about it
+    const dumps = await Promise.allSettled(familyBackends.map((backend) => applyCommand([saveCommand(family, backend)], commandOptions, NET_ADMIN_HINT)));
+    if (required && dumps.length > 0 && dumps.every((dump) => dump.status === 'rejected')) throw (dumps[0] as PromiseRejectedResult).reason ?? missingIptables(family);
+    for (const [index, backend] of familyBackends.entries()) {
+      const dump = dumps[index];
+      if (dump?.status !== 'fulfilled') {
+        unreadable.push({ family: family.iptablesCommand, backend, error: String((dump as PromiseRejectedResult | undefined)?.reason) });
+        continue;
+      }
+      const batch = removal(dump.value.stdout);
+      if (batch !== '') chains.push({ family: family.iptablesCommand, backend, batch });
+    }
+  };
+  if (backends.length === 0) throw missingIptables(IPV4);
+  await read(IPV4, backends, (dump) => buildLocalDnatRemoval(dump) + buildSourceCheckRemoval(dump) + buildMangleRemoval(dump) + buildNatRemoval(dump), true);
   // A backend without ip6tables cannot have Ambit's IPv6 chain (install() refuses to run without it).
   const ipv6Backends = (await presentBackends(IPV6).catch(() => [])).filter((backend) => backends.includes(backend));
-  const removedFrom6 = ipv6Backends.length === 0 ? [] : await removeChains(log, IPV6, ipv6Backends, commandOptions, buildIpv6RejectRemoval);
-
+  await read(IPV6, ipv6Backends, buildIpv6RejectRemoval, false);
   const routing = buildTransparentRoutingRemoval(await readTransparentRouting(commandOptions));
-  if (routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(routing) }, NET_ADMIN_HINT);
-  const bridgeChanges = await removeBridgeRedirect(commandOptions);
-
-  // last: the rules used the sets, and a set in use cannot be destroyed
+  const fdb = buildBridgeFdbRemoval(await readFdb(commandOptions));
+  const nftTable = (await isOnPath('nft')) ? buildBridgeTableRemoval(await readBridgeRuleset(commandOptions)) : '';
   const existingSets = await listSets(commandOptions);
-  const doomedSets = ALL_SETS.flatMap((spec) => [spec.name, temporarySetName(spec)]).filter((set) => existingSets.has(set));
-  if (doomedSets.length > 0) {
-    const batch = doomedSets.map((set) => `destroy ${set}`).join('\n') + '\n';
+  const ipsets = ALL_SETS.flatMap((spec) => [spec.name, temporarySetName(spec)]).filter((set) => existingSets.has(set));
+  return { chains, unreadable, routing, fdb, nftTable, ipsets };
+}
+
+/** The pieces a plan would remove, one line each, for a person: empty when nothing of Ambit is left. */
+export function describeRemovalPlan(plan: RulesRemovalPlan): string[] {
+  return [
+    ...plan.chains.map((chain) => `${chain.family} rules (${chain.backend}): ${chain.batch.split('\n').filter((line) => line.startsWith('-') || line.startsWith(':')).length} lines`),
+    ...plan.routing.map((line) => `routing: ${line}`),
+    ...plan.fdb.map((line) => `bridge fdb: ${line}`),
+    ...(plan.nftTable === '' ? [] : ['the nft bridge table']),
+    ...plan.ipsets.map((set) => `ipset ${set}`),
+  ];
+}
+
+async function removeRules(log: Logger, choice: IptablesBackendChoice, netns: string | undefined): Promise<void> {
+  const commandOptions: CommandOptions = { netns };
+  const plan = await planRulesRemoval({ backend: choice, netns });
+  for (const { family, backend, error } of plan.unreadable) log.warn({ backend, family, err: error }, 'cannot read this iptables backend; leaving it alone');
+  for (const { family, backend, batch } of plan.chains) {
+    await applyCommand([restoreCommand(family === 'iptables' ? IPV4 : IPV6, backend), '-w', '--noflush'], { ...commandOptions, input: batch }, NET_ADMIN_HINT);
+  }
+  if (plan.routing.length > 0) await applyCommand(['ip', '-batch', '-'], { ...commandOptions, input: batchText(plan.routing) }, NET_ADMIN_HINT);
+  if (plan.fdb.length > 0) await applyCommand(['bridge', '-batch', '-'], { ...commandOptions, input: batchText(plan.fdb) }, NET_ADMIN_HINT);
+  if (plan.nftTable !== '') await applyCommand(['nft', '-f', '-'], { ...commandOptions, input: plan.nftTable }, NFT_HINT);
+  // last: the rules used the sets, and a set in use cannot be destroyed
+  if (plan.ipsets.length > 0) {
+    const batch = plan.ipsets.map((set) => `destroy ${set}`).join('\n') + '\n';
     await applyCommand(['ipset', 'restore'], { ...commandOptions, input: batch }, IPSET_DESTROY_HINT);
   }
-  if (removedFrom.length > 0 || removedFrom6.length > 0 || doomedSets.length > 0 || routing.length > 0 || bridgeChanges > 0) {
-    log.info(
-      { backends: removedFrom, chains: removedFrom.length, ipv6Backends: removedFrom6, ipsets: doomedSets.length, routing: routing.length, bridge: bridgeChanges },
-      'redirect rules removed',
-    );
+  const removed = describeRemovalPlan(plan);
+  if (removed.length > 0) {
+    const backends = plan.chains.filter((chain) => chain.family === 'iptables').map((chain) => chain.backend);
+    const ipv6Backends = plan.chains.filter((chain) => chain.family === 'ip6tables').map((chain) => chain.backend);
+    log.info({ backends, chains: backends.length, ipv6Backends, ipsets: plan.ipsets.length, routing: plan.routing.length, bridge: plan.fdb.length + (plan.nftTable === '' ? 0 : 1) }, 'redirect rules removed');
   } else {
     log.debug('no redirect rules to remove');
   }
-}
-
-/** Removes Ambit's chains of one family from those of `backends` that have them (`removal` builds the batch from a dump). */
-async function removeChains(
-  log: Logger,
-  family: AddressFamily,
-  backends: readonly IptablesBackend[],
-  commandOptions: CommandOptions,
-  removal: (dump: string) => string,
-): Promise<IptablesBackend[]> {
-  // the whole dump rather than `-t nat`: asking legacy iptables for a table creates it, and an empty legacy nat
-  // table on an nft node makes every iptables-nft command warn about it
-  const dumps = await Promise.allSettled(
-    backends.map((backend) => applyCommand([saveCommand(family, backend)], commandOptions, NET_ADMIN_HINT)),
-  );
-  if (dumps.every((dump) => dump.status === 'rejected')) {
-    throw dumps[0]?.reason ?? missingIptables(family);
-  }
-  const removedFrom: IptablesBackend[] = [];
-  for (const [index, backend] of backends.entries()) {
-    const dump = dumps[index];
-    if (dump?.status !== 'fulfilled') {
-      log.warn({ backend, command: family.iptablesCommand, err: dump?.reason }, 'cannot read this iptables backend; leaving it alone');
-      continue;
-    }
-    const batch = removal(dump.value.stdout);
-    if (batch === '') continue;
-    await applyCommand([restoreCommand(family, backend), '-w', '--noflush'], { ...commandOptions, input: batch }, NET_ADMIN_HINT);
-    removedFrom.push(backend);
-  }
-  return removedFrom;
-}
-
-/** Removes the fdb entries and the nft table; returns how many pieces went. Without nft, there is no table to remove. */
-async function removeBridgeRedirect(options: CommandOptions): Promise<number> {
-  const fdbRemoval = buildBridgeFdbRemoval(await readFdb(options));
-  if (fdbRemoval.length > 0) await applyCommand(['bridge', '-batch', '-'], { ...options, input: batchText(fdbRemoval) }, NET_ADMIN_HINT);
-  if (!(await isOnPath('nft'))) return fdbRemoval.length;
-  const tableRemoval = buildBridgeTableRemoval(await readBridgeRuleset(options));
-  if (tableRemoval !== '') await applyCommand(['nft', '-f', '-'], { ...options, input: tableRemoval }, NFT_HINT);
-  return fdbRemoval.length + (tableRemoval === '' ? 0 : 1);
 }
 
 /**

@@ -83,6 +83,11 @@ export type CniResponse =
       readonly enrolled?: boolean;
       /** Why, in words an operator reads in the runtime's event: "namespace demo has ambit.dev/mode=enabled". */
       readonly reason?: string;
+      /**
+       * status: the mesh is being uninstalled (core/enrollment's UNINSTALL_CONFIGMAP_NAME): the installer unchains the
+       * plugin, then sends `uninstall`. Absent from older agents, which an installer then treats as false.
+       */
+      readonly uninstall?: boolean;
     }
   | {
       readonly version: number;
@@ -149,6 +154,7 @@ export function parseCniResponse(line: string): CniResponse {
   if (value.ok === true) {
     if (value.enrolled !== undefined && typeof value.enrolled !== 'boolean') throw new CniProtocolError('bad-request', 'response "enrolled" is not a boolean');
     if (value.reason !== undefined && typeof value.reason !== 'string') throw new CniProtocolError('bad-request', 'response "reason" is not a string');
+    if (value.uninstall !== undefined && typeof value.uninstall !== 'boolean') throw new CniProtocolError('bad-request', 'response "uninstall" is not a boolean');
     return value as unknown as CniResponse;
   }
   if (value.ok === false) {

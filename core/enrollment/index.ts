@@ -14,3 +14,4 @@ export {
   type NamespaceEnrollment,
   type PodExclusion,
 } from './enrollment.js';
+export { UNINSTALL_CONFIGMAP_NAME } from './uninstall.js';

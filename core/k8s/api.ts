@@ -161,17 +161,22 @@ export class KubeApi {
     return this.#json('PUT', path, JSON.stringify(body), timeoutMs);
   }
 
-  async #json(method: 'GET' | 'POST' | 'PUT', path: string, body: string | undefined, timeoutMs: number, query = new URLSearchParams(), maxBytes = MAX_POST_ANSWER_BYTES): Promise<unknown> {
+  /** `DELETE path` (background propagation: the object's dependents go after it); a 404 is an ApiStatusError. */
+  async delete(path: string, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
+    return this.#json('DELETE', path, JSON.stringify({ kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' }), timeoutMs);
+  }
+
+  async #json(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body: string | undefined, timeoutMs: number, query = new URLSearchParams(), maxBytes = MAX_POST_ANSWER_BYTES): Promise<unknown> {
     const { response, release } = await this.#send(method, path, query, AbortSignal.timeout(timeoutMs), body);
     try {
-      if (response.statusCode !== 200 && response.statusCode !== 201) throw await statusError(response, `${method} ${path}`);
+      if (response.statusCode !== 200 && response.statusCode !== 201 && response.statusCode !== 202) throw await statusError(response, `${method} ${path}`);
       return JSON.parse(await readBody(response, maxBytes)) as unknown;
     } finally {
       release();
     }
   }
 
-  async #send(method: 'GET' | 'POST' | 'PUT', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
+  async #send(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
     const options = await this.#credentials.requestOptions();
     const url = new URL(this.#server.href.replace(/\/$/, '') + path);
     url.search = query.toString();

@@ -1,0 +1,256 @@
+/**
+ * `ambit uninstall`: gives every node plain networking back before anything is deleted. A bare `kubectl delete -k`
+ * looks to an agent like a restart (SIGTERM keeps its rules, the plugin stays chained: enrolled pods fail closed), so
+ * the command first marks the mesh as uninstalling (the ConfigMap core/enrollment's UNINSTALL_CONFIGMAP_NAME, which
+ * every agent watches). Each agent then stops capturing new pods and tells its CNI installer, which unchains the
+ * plugin and has the agent remove every rule, ipset and file; each agent's /status says when. Only when every node
+ * is done does the command delete the mesh's objects. `ambit uninstall --check`, as root on a node, says whether
+ * anything of Ambit is left there.
+ */
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describeRemovalPlan, planRulesRemoval } from '../agent/index.js';
+import { AMBIT_PLUGIN_TYPE, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR } from '../cni/index.js';
+import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
+import { ENROLL_LABEL, UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
+import { AmbitError, errnoCode } from '../core/errors/index.js';
+import { ApiStatusError, KubeApi, loadKubeConfig } from '../core/k8s/index.js';
+import { parseFlags, usageError as cliUsageError } from './args.js';
+import { printChecks, type CheckResult } from './checks.js';
+import { agentStatuses, kubeconfigPath, type NodeStatus } from './status.js';
+
+export const UNINSTALL_USAGE = `Usage: ambit uninstall [options]
+       ambit uninstall --check [node options]
+
+Gives every node plain networking back, then deletes Ambit's objects. It marks the mesh as uninstalling (the
+ConfigMap ambit-system/${UNINSTALL_CONFIGMAP_NAME}, which the agents watch): every agent stops capturing new pods, its
+CNI installer takes the plugin out of the node's CNI configuration, and the agent removes every rule, ipset and
+file. When every agent says it is done, the namespace ambit-system and the cluster roles go; the CRDs (and so every
+policy) only with --purge. If a node does not finish in time nothing is deleted: run it again, or delete the
+ConfigMap to cancel.
+
+Options:
+  --kubeconfig PATH      the kubeconfig (default $KUBECONFIG, else ~/.kube/config)
+  --namespace NS         the mesh's namespace (default ambit-system)
+  --timeout SECONDS      how long to wait for the nodes (default 300)
+  --purge                also delete the CRDs, and with them every AuthorizationPolicy and PeerAuthentication
+  --output text|json     json: {"ok", "nodes": [...], "deleted": [...]} (default text)
+  -h, --help             show this help
+
+--check, as root on a node: confirms nothing of Ambit is left there (no rule, ipset, CNI entry or file).
+  --cni-conf-dir DIR     (default ${DEFAULT_CNI_CONF_DIR})
+  --cni-bin-dir DIR      (default ${DEFAULT_CNI_BIN_DIR})
+  --run-dir DIR          the agent's run folder (default ${DEFAULT_AGENT_RUN_DIR})
+  --state-dir DIR        the agent's state folder (default ${DEFAULT_AGENT_STATE_DIR})
+  --output text|json     json: {"ok", "checks": [{"id", "ok", "message", "hint"}]}
+
+Exit codes: 0 done (or nothing left), 1 a node did not finish or something is left, 2 bad usage.
+`;
+
+const DEFAULT_TIMEOUT_SECONDS = 300;
+const POLL_MS = 1000;
+/** The label kustomization.yaml puts on every object of the install. */
+const PART_OF_SELECTOR = 'app.kubernetes.io/part-of=ambit';
+
+const usageError = (message: string) => cliUsageError('uninstall', message);
+
+export async function runUninstallCommand(argv: string[]): Promise<number> {
+  const values = parseFlags('uninstall', argv, {
+    kubeconfig: { type: 'string' },
+    namespace: { type: 'string' },
+    timeout: { type: 'string' },
+    purge: { type: 'boolean' },
+    check: { type: 'boolean' },
+    'cni-conf-dir': { type: 'string' },
+    'cni-bin-dir': { type: 'string' },
+    'run-dir': { type: 'string' },
+    'state-dir': { type: 'string' },
+    output: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help) {
+    process.stdout.write(UNINSTALL_USAGE);
+    return 0;
+  }
+  const output = values.output ?? 'text';
+  if (output !== 'text' && output !== 'json') throw usageError(`--output ${output}: use text or json`);
+  if (values.check) {
+    for (const flag of ['kubeconfig', 'namespace', 'timeout', 'purge'] as const) {
+      if (values[flag] !== undefined) throw usageError(`--${flag} does not apply to --check, which looks at this node only`);
+    }
+    const checks = await nodeLeftovers({
+      confDir: values['cni-conf-dir'] ?? DEFAULT_CNI_CONF_DIR,
+      binDir: values['cni-bin-dir'] ?? DEFAULT_CNI_BIN_DIR,
+      runDir: values['run-dir'] ?? DEFAULT_AGENT_RUN_DIR,
+      stateDir: values['state-dir'] ?? DEFAULT_AGENT_STATE_DIR,
+    });
+    return printChecks(checks, output);
+  }
+  for (const flag of ['cni-conf-dir', 'cni-bin-dir', 'run-dir', 'state-dir'] as const) {
+    if (values[flag] !== undefined) throw usageError(`--${flag} applies to --check only`);
+  }
+  const timeoutSeconds = Number(values.timeout ?? DEFAULT_TIMEOUT_SECONDS);
+  if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > 3600) throw usageError(`--timeout ${values.timeout}: a whole number of seconds from 1 to 3600`);
+  const api = new KubeApi(await loadKubeConfig({ kubeconfig: kubeconfigPath(values.kubeconfig) }));
+  const say = output === 'text' ? (line: string) => process.stdout.write(`${line}\n`) : () => undefined;
+  const result = await uninstall(api, { namespace: values.namespace ?? 'ambit-system', timeoutMs: timeoutSeconds * 1000, purge: values.purge ?? false, say });
+  if (output === 'json') process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  return result.ok ? 0 : 1;
+}
+
+export interface UninstallResult {
+  ok: boolean;
+  /** Each agent's last answer. */
+  nodes: Array<{ node: string; done: boolean; error?: string }>;
+  /** What was deleted, `kind/name`. */
+  deleted: string[];
+  /** Namespaces that still carry the enrollment label (plain now; `ambit unenroll` removes it). */
+  stillLabelled: string[];
+  message: string;
+}
+
+async function uninstall(api: KubeApi, options: { namespace: string; timeoutMs: number; purge: boolean; say: (line: string) => void }): Promise<UninstallResult> {
+  const { namespace, say } = options;
+  const ns = encodeURIComponent(namespace);
+  const exists = await api.read(`/api/v1/namespaces/${ns}`).then(
+    () => true,
+    (err: unknown) => {
+      if (err instanceof ApiStatusError && err.status === 404) return false;
+      throw apiError(err, `read the namespace ${namespace}`);
+    },
+  );
+  const deleted: string[] = [];
+  let nodes: NodeStatus[] = [];
+  if (exists) {
+    await api
+      .post(`/api/v1/namespaces/${ns}/configmaps`, {
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        metadata: { name: UNINSTALL_CONFIGMAP_NAME, namespace, labels: { 'app.kubernetes.io/part-of': 'ambit' } },
+        data: { requested: new Date().toISOString() },
+      })
+      .catch((err: unknown) => {
+        if (err instanceof ApiStatusError && err.status === 409) return; // asked before: go on
+        throw apiError(err, `create the ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME}`);
+      });
+    say(`marked the mesh as uninstalling (ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME}); waiting for every node`);
+    const deadline = Date.now() + options.timeoutMs;
+    const reported = new Set<string>();
+    for (;;) {
+      nodes = await agentStatuses(api, namespace);
+      for (const node of nodes) {
+        if (node.status?.uninstall?.done && !reported.has(node.node)) {
+          reported.add(node.node);
+          say(`  ${node.node}: plugin unchained, rules, ipsets and files removed`);
+        }
+      }
+      if (nodes.every((node) => node.status?.uninstall?.done === true)) break;
+      if (Date.now() >= deadline) {
+        const pending = nodes.filter((node) => node.status?.uninstall?.done !== true);
+        const message =
+          `${pending.length} node(s) did not finish in time: ${pending.map((node) => `${node.node} (${node.error ?? (node.status?.uninstall?.requested ? 'waiting for its CNI installer' : 'has not seen the request yet')})`).join(', ')}. ` +
+          `Nothing was deleted; the mesh stays marked as uninstalling (no new pod is captured). Run ambit uninstall again, or delete the ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME} to cancel.`;
+        say(message);
+        return { ok: false, nodes: summary(nodes), deleted, stillLabelled: [], message };
+      }
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    await api.delete(`/api/v1/namespaces/${ns}`).catch(ignoreGone(`delete the namespace ${namespace}`));
+    deleted.push(`Namespace/${namespace}`);
+  } else {
+    say(`no namespace ${namespace}: no agent to wait for`);
+  }
+  const clusterKinds = [
+    { kind: 'ClusterRoleBinding', path: '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings' },
+    { kind: 'ClusterRole', path: '/apis/rbac.authorization.k8s.io/v1/clusterroles' },
+    ...(options.purge ? [{ kind: 'CustomResourceDefinition', path: '/apis/apiextensions.k8s.io/v1/customresourcedefinitions' }] : []),
+  ];
+  for (const { kind, path } of clusterKinds) {
+    const list = (await api.read(path, undefined, { query: new URLSearchParams({ labelSelector: PART_OF_SELECTOR }), maxBytes: 16 * 1024 * 1024 }).catch((err: unknown) => {
+      if (err instanceof ApiStatusError && err.status === 404) return { items: [] };
+      throw apiError(err, `list ${kind}s labelled ${PART_OF_SELECTOR}`);
+    })) as { items?: Array<{ metadata: { name: string } }> };
+    for (const item of list.items ?? []) {
+      await api.delete(`${path}/${encodeURIComponent(item.metadata.name)}`).catch(ignoreGone(`delete ${kind} ${item.metadata.name}`));
+      deleted.push(`${kind}/${item.metadata.name}`);
+    }
+  }
+  for (const name of deleted) say(`deleted ${name}`);
+  if (!options.purge) say('kept the CRDs and every policy (ambit uninstall --purge deletes them)');
+  const stillLabelled = await labelledNamespaces(api);
+  if (stillLabelled.length > 0) say(`namespaces still labelled ${ENROLL_LABEL}=enabled (plain networking now; ambit unenroll removes the label): ${stillLabelled.join(', ')}`);
+  return { ok: true, nodes: summary(nodes), deleted, stillLabelled, message: 'uninstalled' };
+}
+
+function summary(nodes: readonly NodeStatus[]): UninstallResult['nodes'] {
+  return nodes.map((node) => ({ node: node.node, done: node.status?.uninstall?.done === true, ...(node.error === undefined ? {} : { error: node.error }) }));
+}
+
+async function labelledNamespaces(api: KubeApi): Promise<string[]> {
+  const list = (await api.read('/api/v1/namespaces', undefined, { query: new URLSearchParams({ labelSelector: `${ENROLL_LABEL}=enabled` }), maxBytes: 16 * 1024 * 1024 }).catch(() => ({ items: [] }))) as {
+    items?: Array<{ metadata: { name: string } }>;
+  };
+  return (list.items ?? []).map((item) => item.metadata.name).sort();
+}
+
+function ignoreGone(what: string): (err: unknown) => void {
+  return (err) => {
+    if (err instanceof ApiStatusError && err.status === 404) return;
+    throw apiError(err, what);
+  };
+}
+
+/** An API failure, saying what the command was doing; a 403 names the permission it needed. */
+function apiError(err: unknown, what: string): AmbitError {
+  if (err instanceof ApiStatusError && err.status === 403) return new AmbitError('K8S_FORBIDDEN', `not allowed to ${what}: ${err.apiStatus.message}`, { cause: err });
+  return new AmbitError('K8S_API', `cannot ${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+/** `--check`: what of Ambit is still on this node. */
+export async function nodeLeftovers(dirs: { confDir: string; binDir: string; runDir: string; stateDir: string }): Promise<CheckResult[]> {
+  const checks: CheckResult[] = [];
+  try {
+    const plan = await planRulesRemoval();
+    const left = describeRemovalPlan(plan);
+    const unreadable = plan.unreadable.map((entry) => `${entry.family} (${entry.backend}) cannot be read: ${entry.error}`);
+    checks.push(
+      left.length === 0 && unreadable.length === 0
+        ? { id: 'node-rules', ok: true, message: 'no Ambit iptables rule, route, bridge entry, nft table or ipset' }
+        : { id: 'node-rules', ok: false, message: [...left, ...unreadable].join('; '), hint: 'run `ambit cni uninstall` on this node (as root): it removes every rule and ipset, with or without an agent' },
+    );
+  } catch (err) {
+    checks.push({ id: 'node-rules', ok: false, message: `cannot read the node's rules: ${(err as Error).message}`, hint: 'run as root in the node\'s network namespace, with iptables and ipset installed' });
+  }
+  const configs = await configsWithPlugin(dirs.confDir);
+  checks.push(
+    configs.length === 0
+      ? { id: 'node-cni-config', ok: true, message: `no CNI configuration in ${dirs.confDir} chains ${AMBIT_PLUGIN_TYPE}` }
+      : { id: 'node-cni-config', ok: false, message: `${configs.map((c) => c.file).join(', ')} still chain ${AMBIT_PLUGIN_TYPE}`, hint: `run \`ambit cni uninstall --cni-conf-dir ${dirs.confDir} --cni-bin-dir ${dirs.binDir}\`` },
+  );
+  const binary = join(dirs.binDir, AMBIT_PLUGIN_TYPE);
+  const binaryLeft = (await filesIn(dirs.binDir)).includes(binary);
+  checks.push(
+    binaryLeft
+      ? { id: 'node-cni-binary', ok: false, message: `${binary} is still there`, hint: `run \`ambit cni uninstall\`, or remove ${binary}` }
+      : { id: 'node-cni-binary', ok: true, message: `no ${binary}` },
+  );
+  for (const [id, dir] of [['node-run-files', dirs.runDir], ['node-state-files', dirs.stateDir]] as const) {
+    const files = await filesIn(dir);
+    checks.push(
+      files.length === 0
+        ? { id, ok: true, message: `no file of Ambit's under ${dir}` }
+        : { id, ok: false, message: `left under ${dir}: ${files.join(', ')}`, hint: `once no agent runs on this node, remove ${dir}` },
+    );
+  }
+  return checks;
+}
+
+async function filesIn(dir: string): Promise<string[]> {
+  try {
+    const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+    return entries.filter((entry) => !entry.isDirectory()).map((entry) => join(entry.parentPath, entry.name)).sort();
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return [];
+    throw err;
+  }
+}
