@@ -362,6 +362,7 @@ export class Agent {
     const readiness = this.readiness;
     const notAfter = new Map(this.#certs.expirations().map((entry) => [entry.spiffeId, entry.notAfter.toISOString()]));
     const check = this.#rulesCheck;
+    const installer = this.#cniHandler?.installerReport();
     return {
       schema: AGENT_STATUS_SCHEMA,
       component: 'agent',
@@ -379,6 +380,7 @@ export class Agent {
         ...(check?.error === undefined ? {} : { error: check.error }),
         uninstalled: this.#uninstalled,
       },
+      cni: { chainedIn: installer?.chainedIn ?? null, reportedAt: installer?.at.toISOString() ?? null },
       uninstall: { requested: this.#uninstallRequested(), done: this.#uninstalled },
       workloads: this.store
         .localWorkloads()

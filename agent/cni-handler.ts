@@ -126,6 +126,7 @@ export class CniHandler {
   /** What the enrollment file last written says; undefined until this process wrote one, so that it writes at start. */
   #lastSnapshot: string | undefined;
   #writes: Promise<void> = Promise.resolve();
+  #installerReport: { chainedIn: string | null; at: Date } | undefined;
 
   constructor(options: CniHandlerOptions) {
     this.#options = options;
@@ -166,9 +167,15 @@ export class CniHandler {
     return gone.length;
   }
 
+  /** What the installer sidecar last reported of the node's CNI configuration, and when; undefined before it did. */
+  installerReport(): { chainedIn: string | null; at: Date } | undefined {
+    return this.#installerReport;
+  }
+
   async handle(request: CniRequest): Promise<CniResponse> {
     switch (request.op) {
       case 'status':
+        if (request.installer !== undefined) this.#installerReport = { chainedIn: request.installer.chainedIn, at: new Date() };
         if (this.#options.uninstallRequested?.()) return this.#ok({ reason: 'the mesh is being uninstalled', uninstall: true });
         return this.#ok({ reason: this.#options.ready() ? 'agent ready' : 'agent starting' });
       case 'uninstall':

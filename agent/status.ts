@@ -20,6 +20,12 @@ export interface AgentStatus {
   /** Why not ready. */
   readonly reason?: string;
   readonly rules: RulesStatus;
+  /**
+   * The node's CNI configuration, as the installer sidecar last reported it over the CNI socket (every few seconds):
+   * the file that chains ambit-cni (null: none), and when. Null fields: no installer has reported since the agent
+   * started.
+   */
+  readonly cni: { readonly chainedIn: string | null; readonly reportedAt: string | null };
   /** `ambit uninstall`: requested (its ConfigMap exists), done (plugin unchained, every rule, ipset and file removed). */
   readonly uninstall: { readonly requested: boolean; readonly done: boolean };
   readonly workloads: readonly WorkloadStatus[];

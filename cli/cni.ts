@@ -121,10 +121,12 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }),
   };
   // a sidecar restarted while the mesh is being uninstalled must not chain the plugin again: the watch finishes it
+  let chainedIn: string | null = null;
   if (values.watch && (await uninstallRequested(agentSocket))) {
     log.warn({ agentSocket }, 'the agent says the mesh is being uninstalled: not chaining the plugin');
   } else {
     const result = await installCni(options);
+    chainedIn = result.file;
     process.stdout.write(`ambit-cni chained in ${result.file} (${result.change})\n`);
   }
   if (!values.watch) return 0;
@@ -133,7 +135,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
   log.info({ confDir }, 'watching the CNI configuration');
-  await watchCni(options, stop.signal);
+  await watchCni(options, stop.signal, undefined, chainedIn);
   process.off('SIGTERM', onSignal);
   process.off('SIGINT', onSignal);
   return 0;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../core/fs/index.js';
 import { AmbitError, errnoCode } from '../core/errors/index.js';
 import type { Logger } from '../core/log/index.js';
-import { CNI_PROTOCOL_VERSION } from '../core/cni/index.js';
+import { CNI_PROTOCOL_VERSION, type InstallerReport } from '../core/cni/index.js';
 import { askAgent } from './agent-client.js';
 
 /** The plugin's `type` in the conflist, and its file name in the bin folder. */
@@ -184,12 +184,13 @@ export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | '
 }
 
 /**
- * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its ConfigMap exists). An agent that does
- * not answer, or an older one that does not say, is a no: the plugin stays chained, and the node fails closed.
+ * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its ConfigMap exists), telling it where the
+ * plugin is chained (`report`, for `ambit check`). An agent that does not answer, or an older one that does not say,
+ * is a no: the plugin stays chained, and the node fails closed.
  */
-export async function uninstallRequested(agentSocket: string): Promise<boolean> {
+export async function uninstallRequested(agentSocket: string, report?: InstallerReport): Promise<boolean> {
   try {
-    const response = await askAgent(agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'status' }, STATUS_TIMEOUT_MS);
+    const response = await askAgent(agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'status', ...(report === undefined ? {} : { installer: report }) }, STATUS_TIMEOUT_MS);
     return response.ok && response.uninstall === true;
   } catch {
     return false;
@@ -223,7 +224,7 @@ export async function completeUninstall(options: Pick<InstallerOptions, 'confDir
  * the agent remove its rules (completeUninstall), and from then on adds nothing back. Stops when `signal` aborts;
  * resolves then.
  */
-export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void): Promise<void> {
+export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void, chainedIn: string | null = null): Promise<void> {
   return new Promise((resolve) => {
     let timer: NodeJS.Timeout | undefined;
     let running: Promise<void> = Promise.resolve();
@@ -232,11 +233,14 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
       running = running
         .then(async () => {
           if (signal.aborted || uninstalled) return;
-          if (await uninstallRequested(options.agentSocket)) {
+          // tells the agent where the plugin was chained at the last look (the first: the install's)
+          if (await uninstallRequested(options.agentSocket, { chainedIn })) {
+            chainedIn = null;
             uninstalled = await completeUninstall(options);
             return;
           }
           const result = await ensureConfigured(options);
+          chainedIn = result.file;
           if (result.change !== 'unchanged') {
             options.log.warn({ file: result.file, change: result.change }, 'the CNI configuration lost ambit-cni; chained it again');
             onChange?.(result);

@@ -187,6 +187,9 @@ spec:
     for (const entry of report.nodes) {
       t.match(entry.status, { component: 'agent', node: entry.node, version: version.version, mode: 'kubernetes', ready: true, rules: { enabled: true, ok: true, uninstalled: false } });
       t.equal(entry.status?.rules.nodeBackend, entry.status?.rules.backend, `${entry.node}: the agent writes the backend the node uses`);
+      const node = tb.node(entry.node);
+      t.ok(entry.status?.cni.chainedIn?.startsWith(`${node.cniConfDir}/`), `${entry.node}: the installer reported the conflist that chains the plugin (${entry.status?.cni.chainedIn})`);
+      t.ok(Date.now() - Date.parse(entry.status?.cni.reportedAt ?? '') < 30_000, `${entry.node}: recently`);
       t.notMatch(JSON.stringify(entry.status), /PRIVATE KEY|BEGIN CERTIFICATE|token/i, `${entry.node}: names, identities and times, nothing secret`);
     }
     const onNode2 = report.nodes[1]?.status?.workloads ?? [];

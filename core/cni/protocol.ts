@@ -56,10 +56,19 @@ export interface CniPod {
 
 export type CniRequest =
   | { readonly version: number; readonly op: 'add' | 'check' | 'del'; readonly pod: CniPod }
-  /** Is the agent up and has it reconciled once? */
-  | { readonly version: number; readonly op: 'status' }
+  /**
+   * Is the agent up and has it reconciled once? The installer sidecar asks on every re-check, and reports where the
+   * plugin is chained (`ambit check` reads it in the agent's /status); absent from other callers and older installers.
+   */
+  | { readonly version: number; readonly op: 'status'; readonly installer?: InstallerReport }
   /** `ambit cni uninstall`: remove every rule and ipset Ambit installed on this node. */
   | { readonly version: number; readonly op: 'uninstall' };
+
+/** What the CNI installer says of the node's CNI configuration. */
+export interface InstallerReport {
+  /** The configuration file that chains ambit-cni; null when none does (the mesh is being uninstalled). */
+  readonly chainedIn: string | null;
+}
 
 export type CniErrorCode =
   /** The request is not valid JSON or not a request of this protocol. */
@@ -143,7 +152,16 @@ export function parseCniRequest(line: string): CniRequest {
   }
   const op = value.op;
   if (typeof op !== 'string' || !OPS.has(op)) throw new CniProtocolError('bad-request', `"op" must be one of ${[...OPS].join(', ')}`);
-  if (op === 'status' || op === 'uninstall') return { version, op };
+  if (op === 'uninstall') return { version, op };
+  if (op === 'status') {
+    const installer = value.installer;
+    if (installer === undefined) return { version, op };
+    const chainedIn = typeof installer === 'object' && installer !== null ? (installer as { chainedIn?: unknown }).chainedIn : undefined;
+    if (chainedIn !== null && (typeof chainedIn !== 'string' || chainedIn === '' || chainedIn.length > 4096)) {
+      throw new CniProtocolError('bad-request', 'status "installer" must be {"chainedIn": a file path or null}');
+    }
+    return { version, op, installer: { chainedIn } };
+  }
   return { version, op: op as 'add' | 'check' | 'del', pod: parsePod(value.pod, op !== 'del') };
 }
 
