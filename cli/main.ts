@@ -13,6 +13,9 @@ Commands:
   controller run the controller: watches the cluster, streams records to the agents; ambit controller --help
   cni       install or uninstall the chained CNI plugin on this node; ambit cni --help
   authz     check what the policies decide for a connection, without sending one; ambit authz --help
+  enroll    label a namespace into the mesh (unenroll: take it out); ambit enroll --help
+  unenroll  remove a namespace's enrollment label; ambit unenroll --help
+  check     check that Ambit is installed and working (--pre: that it can be installed); ambit check --help
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -48,6 +51,15 @@ async function main(argv: string[]): Promise<number> {
     case 'authz': {
       const { runAuthzCommand } = await import('./authz.js');
       return runAuthzCommand(rest);
+    }
+    case 'enroll':
+    case 'unenroll': {
+      const { runEnrollCommand } = await import('./enroll.js');
+      return runEnrollCommand(command, rest);
+    }
+    case 'check': {
+      const { runCheckCommand } = await import('./check.js');
+      return runCheckCommand(rest);
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js');
