@@ -1,3 +1,4 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { parseFlags, usageError } from '../core/errors/index.js';
 
 export { parseFlags, usageError };
@@ -14,4 +15,13 @@ export function subcommand(command: string, argv: string[], known: readonly stri
   }
   if (!known.includes(sub)) throw usageError(command, `unknown ${command} command '${sub}'`);
   return { sub, rest };
+}
+
+/** Strict parsing of flags and positional arguments (`ambit enroll NAMESPACE --dry-run`); unknown flags are usage errors. */
+export function parseCommandLine<T extends NonNullable<ParseArgsConfig['options']>>(command: string, args: string[], options: T) {
+  try {
+    return parseArgs({ args, strict: true, allowPositionals: true, options });
+  } catch (err) {
+    throw usageError(command, err instanceof Error ? err.message : String(err));
+  }
 }

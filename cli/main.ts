@@ -16,6 +16,9 @@ Commands:
   authz     check what the policies decide for a connection, without sending one; ambit authz --help
   status    per node: the agent's version, readiness, rules, enrolled pods, identities, cert expiry
   uninstall give every node plain networking back, then delete Ambit's objects; --check on a node: nothing left
+  enroll    label a namespace into the mesh (unenroll: take it out); ambit enroll --help
+  unenroll  remove a namespace's enrollment label; ambit unenroll --help
+  check     check that Ambit is installed and working (--pre: that it can be installed); ambit check --help
   demo      build a two-node network-namespace testbed and show the mesh at work (root, Linux)
   version   print the version
 
@@ -59,6 +62,15 @@ async function main(argv: string[]): Promise<number> {
     case 'uninstall': {
       const { runUninstallCommand } = await import('./uninstall.js');
       return runUninstallCommand(rest);
+    }
+    case 'enroll':
+    case 'unenroll': {
+      const { runEnrollCommand } = await import('./enroll.js');
+      return runEnrollCommand(command, rest);
+    }
+    case 'check': {
+      const { runCheckCommand } = await import('./check.js');
+      return runCheckCommand(rest);
     }
     case 'demo': {
       const { runDemo } = await import('./demo.js');

@@ -3,12 +3,10 @@
  * certificate expiry. It reaches each agent as kubectl would, through the API server: the pods proxy subresource to
  * the read-only `GET /status` on the agent's metrics port (agent/status.ts), never by opening a port to the network.
  */
-import { homedir } from 'node:os';
-import path from 'node:path';
 import type { AgentStatus } from '../agent/status.js';
 import { AmbitError } from '../core/errors/index.js';
-import { ApiStatusError, KubeApi, loadKubeConfig } from '../core/k8s/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
+import { connectCluster, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, type ClusterClient } from './kube.js';
 
 export const STATUS_USAGE = `Usage: ambit status [options]
 
@@ -18,7 +16,7 @@ serves with their SPIFFE identities and certificate expiry. Read through the API
 times, nothing secret.
 
 Options:
-  --kubeconfig PATH      the kubeconfig (default $KUBECONFIG, else ~/.kube/config)
+${KUBE_FLAGS_USAGE}
   --namespace NS         the mesh's namespace (default ambit-system)
   --node NAME            this node only
   --output text|json     json: {"ok", "nodes": [{"node", "pod", "ok", "error"?, "status"?}]} (default text)
@@ -30,8 +28,8 @@ Exit codes: 0 every agent answered, 1 one did not (or the API could not be reach
 /** The agent DaemonSet's pods (manifests/agent.yaml's selector) and the container port /status is on. */
 const AGENT_SELECTOR = 'app.kubernetes.io/name=ambit-agent';
 const AGENT_METRICS_PORT = 15020;
-const REQUEST_TIMEOUT_MS = 10_000;
 const MAX_STATUS_BYTES = 4 * 1024 * 1024;
+const PODS = kind('', 'v1', 'pods');
 
 export interface NodeStatus {
   node: string;
@@ -45,7 +43,7 @@ const usageError = (message: string) => cliUsageError('status', message);
 
 export async function runStatusCommand(argv: string[]): Promise<number> {
   const values = parseFlags('status', argv, {
-    kubeconfig: { type: 'string' },
+    ...KUBE_FLAGS,
     namespace: { type: 'string' },
     node: { type: 'string' },
     output: { type: 'string' },
@@ -57,35 +55,26 @@ export async function runStatusCommand(argv: string[]): Promise<number> {
   }
   const output = values.output ?? 'text';
   if (output !== 'text' && output !== 'json') throw usageError(`--output ${output}: use text or json`);
-  const api = new KubeApi(await loadKubeConfig({ kubeconfig: kubeconfigPath(values.kubeconfig) }));
-  const nodes = await agentStatuses(api, values.namespace ?? 'ambit-system', values.node);
+  const cluster = await connectCluster('status', values);
+  const nodes = await agentStatuses(cluster, values.namespace ?? 'ambit-system', values.node);
   const ok = nodes.length > 0 && nodes.every((node) => node.ok);
   if (output === 'json') process.stdout.write(`${JSON.stringify({ ok, nodes }, null, 2)}\n`);
   else process.stdout.write(formatStatus(nodes, Date.now()));
   return ok ? 0 : 1;
 }
 
-/** The kubeconfig to read: the flag, else $KUBECONFIG's first file, else ~/.kube/config. */
-export function kubeconfigPath(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  if (flag !== undefined) return flag;
-  const fromEnv = env.KUBECONFIG?.split(path.delimiter).find((entry) => entry !== '');
-  return fromEnv ?? path.join(homedir(), '.kube', 'config');
-}
-
 /** Each agent pod's /status through the pods proxy, in node order; an agent that does not answer says why. */
-export async function agentStatuses(api: KubeApi, namespace: string, onlyNode?: string): Promise<NodeStatus[]> {
-  const pods = await getJson(api, `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods`, new URLSearchParams({ labelSelector: AGENT_SELECTOR }), `list the agent pods (list on pods in ${namespace})`);
-  const items = ((pods as { items?: unknown[] }).items ?? []) as Array<{ metadata: { name: string }; spec?: { nodeName?: string } }>;
-  const agents = items
-    .map((pod) => ({ pod: pod.metadata.name, node: pod.spec?.nodeName ?? '' }))
+export async function agentStatuses(cluster: ClusterClient, namespace: string, onlyNode?: string): Promise<NodeStatus[]> {
+  const pods = await cluster.list(PODS.all(namespace), AGENT_SELECTOR);
+  const agents = pods
+    .map((pod) => ({ pod: pod.metadata?.name ?? '', node: (pod.spec as { nodeName?: string } | undefined)?.nodeName ?? '' }))
     .filter((agent) => onlyNode === undefined || agent.node === onlyNode)
     .sort((a, b) => a.node.localeCompare(b.node) || a.pod.localeCompare(b.pod));
   if (onlyNode !== undefined && agents.length === 0) throw new AmbitError('STATUS_NO_AGENT', `no agent pod (${AGENT_SELECTOR}) in ${namespace} is on node ${onlyNode}`);
   return Promise.all(
     agents.map(async ({ pod, node }): Promise<NodeStatus> => {
-      const proxy = `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(`${pod}:${AGENT_METRICS_PORT}`)}/proxy/status`;
       try {
-        const status = (await getJson(api, proxy, new URLSearchParams(), `read the agent's status (get on pods/proxy in ${namespace})`)) as AgentStatus;
+        const status = (await cluster.proxyGet({ namespace, name: pod }, AGENT_METRICS_PORT, '/status', MAX_STATUS_BYTES)) as AgentStatus | undefined;
         if (status?.component !== 'agent') return { node, pod, ok: false, error: `pod ${pod} answered /status with something that is not an agent's status` };
         return { node, pod, ok: true, status };
       } catch (err) {
@@ -93,18 +82,6 @@ export async function agentStatuses(api: KubeApi, namespace: string, onlyNode?: 
       }
     }),
   );
-}
-
-async function getJson(api: KubeApi, apiPath: string, query: URLSearchParams, what: string): Promise<unknown> {
-  try {
-    return await api.read(apiPath, REQUEST_TIMEOUT_MS, { query, maxBytes: MAX_STATUS_BYTES });
-  } catch (err) {
-    if (err instanceof ApiStatusError) {
-      if (err.status === 403) throw new AmbitError('K8S_FORBIDDEN', `not allowed to ${what}: ${err.apiStatus.message}`, { cause: err });
-      throw new AmbitError('K8S_API_STATUS', `cannot ${what}: ${err.message}`, { cause: err });
-    }
-    throw new AmbitError('K8S_UNREACHABLE', `cannot reach the API server at ${api.server} to ${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-  }
 }
 
 /** The human form: a line per node, a line per pod under it. */

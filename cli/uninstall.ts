@@ -13,11 +13,14 @@ import { describeRemovalPlan, planRulesRemoval } from '../agent/index.js';
 import { AMBIT_PLUGIN_TYPE, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR } from '../cni/index.js';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
 import { ENROLL_LABEL, UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
-import { AmbitError, errnoCode } from '../core/errors/index.js';
-import { ApiStatusError, KubeApi, loadKubeConfig } from '../core/k8s/index.js';
+import { errnoCode } from '../core/errors/index.js';
+import { ApiStatusError } from '../core/k8s/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
-import { printChecks, type CheckResult } from './checks.js';
-import { agentStatuses, kubeconfigPath, type NodeStatus } from './status.js';
+import { connectCluster, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, NAMESPACES, type ClusterClient } from './kube.js';
+import { printChecks } from './check.js';
+import { PART_OF_LABEL } from './install-objects.js';
+import type { CheckResult } from './checks.js';
+import { agentStatuses, type NodeStatus } from './status.js';
 
 export const UNINSTALL_USAGE = `Usage: ambit uninstall [options]
        ambit uninstall --check [node options]
@@ -30,7 +33,7 @@ policy) only with --purge. If a node does not finish in time nothing is deleted:
 ConfigMap to cancel.
 
 Options:
-  --kubeconfig PATH      the kubeconfig (default $KUBECONFIG, else ~/.kube/config)
+${KUBE_FLAGS_USAGE}
   --namespace NS         the mesh's namespace (default ambit-system)
   --timeout SECONDS      how long to wait for the nodes (default 300)
   --purge                also delete the CRDs, and with them every AuthorizationPolicy and PeerAuthentication
@@ -50,13 +53,13 @@ Exit codes: 0 done (or nothing left), 1 a node did not finish or something is le
 const DEFAULT_TIMEOUT_SECONDS = 300;
 const POLL_MS = 1000;
 /** The label kustomization.yaml puts on every object of the install. */
-const PART_OF_SELECTOR = 'app.kubernetes.io/part-of=ambit';
+const PART_OF_SELECTOR = `${PART_OF_LABEL.key}=${PART_OF_LABEL.value}`;
 
 const usageError = (message: string) => cliUsageError('uninstall', message);
 
 export async function runUninstallCommand(argv: string[]): Promise<number> {
   const values = parseFlags('uninstall', argv, {
-    kubeconfig: { type: 'string' },
+    ...KUBE_FLAGS,
     namespace: { type: 'string' },
     timeout: { type: 'string' },
     purge: { type: 'boolean' },
@@ -75,7 +78,7 @@ export async function runUninstallCommand(argv: string[]): Promise<number> {
   const output = values.output ?? 'text';
   if (output !== 'text' && output !== 'json') throw usageError(`--output ${output}: use text or json`);
   if (values.check) {
-    for (const flag of ['kubeconfig', 'namespace', 'timeout', 'purge'] as const) {
+    for (const flag of ['kubeconfig', 'context', 'namespace', 'timeout', 'purge'] as const) {
       if (values[flag] !== undefined) throw usageError(`--${flag} does not apply to --check, which looks at this node only`);
     }
     const checks = await nodeLeftovers({
@@ -91,9 +94,9 @@ export async function runUninstallCommand(argv: string[]): Promise<number> {
   }
   const timeoutSeconds = Number(values.timeout ?? DEFAULT_TIMEOUT_SECONDS);
   if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > 3600) throw usageError(`--timeout ${values.timeout}: a whole number of seconds from 1 to 3600`);
-  const api = new KubeApi(await loadKubeConfig({ kubeconfig: kubeconfigPath(values.kubeconfig) }));
+  const cluster = await connectCluster('uninstall', values);
   const say = output === 'text' ? (line: string) => process.stdout.write(`${line}\n`) : () => undefined;
-  const result = await uninstall(api, { namespace: values.namespace ?? 'ambit-system', timeoutMs: timeoutSeconds * 1000, purge: values.purge ?? false, say });
+  const result = await uninstall(cluster, { namespace: values.namespace ?? 'ambit-system', timeoutMs: timeoutSeconds * 1000, purge: values.purge ?? false, say });
   if (output === 'json') process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   return result.ok ? 0 : 1;
 }
@@ -109,35 +112,35 @@ export interface UninstallResult {
   message: string;
 }
 
-async function uninstall(api: KubeApi, options: { namespace: string; timeoutMs: number; purge: boolean; say: (line: string) => void }): Promise<UninstallResult> {
+const CONFIGMAPS = kind('', 'v1', 'configmaps');
+/** The install's cluster-scoped kinds, deleted by the label kustomization.yaml puts on them; the CRDs with --purge only. */
+const CLUSTER_KINDS = [
+  { kind: 'ClusterRoleBinding', ref: kind('rbac.authorization.k8s.io', 'v1', 'clusterrolebindings') },
+  { kind: 'ClusterRole', ref: kind('rbac.authorization.k8s.io', 'v1', 'clusterroles') },
+];
+const CRDS = { kind: 'CustomResourceDefinition', ref: kind('apiextensions.k8s.io', 'v1', 'customresourcedefinitions') };
+
+async function uninstall(cluster: ClusterClient, options: { namespace: string; timeoutMs: number; purge: boolean; say: (line: string) => void }): Promise<UninstallResult> {
   const { namespace, say } = options;
-  const ns = encodeURIComponent(namespace);
-  const exists = await api.read(`/api/v1/namespaces/${ns}`).then(
-    () => true,
-    (err: unknown) => {
-      if (err instanceof ApiStatusError && err.status === 404) return false;
-      throw apiError(err, `read the namespace ${namespace}`);
-    },
-  );
   const deleted: string[] = [];
   let nodes: NodeStatus[] = [];
-  if (exists) {
-    await api
-      .post(`/api/v1/namespaces/${ns}/configmaps`, {
+  if ((await cluster.get(NAMESPACES.named(namespace))) !== undefined) {
+    await cluster
+      .create(CONFIGMAPS.all(namespace), {
         apiVersion: 'v1',
         kind: 'ConfigMap',
-        metadata: { name: UNINSTALL_CONFIGMAP_NAME, namespace, labels: { 'app.kubernetes.io/part-of': 'ambit' } },
+        metadata: { name: UNINSTALL_CONFIGMAP_NAME, namespace, labels: { [PART_OF_LABEL.key]: PART_OF_LABEL.value } },
         data: { requested: new Date().toISOString() },
       })
       .catch((err: unknown) => {
         if (err instanceof ApiStatusError && err.status === 409) return; // asked before: go on
-        throw apiError(err, `create the ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME}`);
+        throw err;
       });
     say(`marked the mesh as uninstalling (ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME}); waiting for every node`);
     const deadline = Date.now() + options.timeoutMs;
     const reported = new Set<string>();
     for (;;) {
-      nodes = await agentStatuses(api, namespace);
+      nodes = await agentStatuses(cluster, namespace);
       for (const node of nodes) {
         if (node.status?.uninstall?.done && !reported.has(node.node)) {
           reported.add(node.node);
@@ -155,55 +158,29 @@ async function uninstall(api: KubeApi, options: { namespace: string; timeoutMs: 
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
-    await api.delete(`/api/v1/namespaces/${ns}`).catch(ignoreGone(`delete the namespace ${namespace}`));
-    deleted.push(`Namespace/${namespace}`);
+    if (await cluster.delete(NAMESPACES.named(namespace))) deleted.push(`Namespace/${namespace}`);
   } else {
     say(`no namespace ${namespace}: no agent to wait for`);
   }
-  const clusterKinds = [
-    { kind: 'ClusterRoleBinding', path: '/apis/rbac.authorization.k8s.io/v1/clusterrolebindings' },
-    { kind: 'ClusterRole', path: '/apis/rbac.authorization.k8s.io/v1/clusterroles' },
-    ...(options.purge ? [{ kind: 'CustomResourceDefinition', path: '/apis/apiextensions.k8s.io/v1/customresourcedefinitions' }] : []),
-  ];
-  for (const { kind, path } of clusterKinds) {
-    const list = (await api.read(path, undefined, { query: new URLSearchParams({ labelSelector: PART_OF_SELECTOR }), maxBytes: 16 * 1024 * 1024 }).catch((err: unknown) => {
-      if (err instanceof ApiStatusError && err.status === 404) return { items: [] };
-      throw apiError(err, `list ${kind}s labelled ${PART_OF_SELECTOR}`);
-    })) as { items?: Array<{ metadata: { name: string } }> };
-    for (const item of list.items ?? []) {
-      await api.delete(`${path}/${encodeURIComponent(item.metadata.name)}`).catch(ignoreGone(`delete ${kind} ${item.metadata.name}`));
-      deleted.push(`${kind}/${item.metadata.name}`);
+  for (const { kind: kindName, ref } of [...CLUSTER_KINDS, ...(options.purge ? [CRDS] : [])]) {
+    const items = await cluster.list(ref.all(), PART_OF_SELECTOR).catch((err: unknown) => {
+      if (err instanceof ApiStatusError && err.status === 404) return []; // a kind the server does not serve
+      throw err;
+    });
+    for (const item of items) {
+      const name = item.metadata?.name ?? '';
+      if (await cluster.delete(ref.named(name))) deleted.push(`${kindName}/${name}`);
     }
   }
   for (const name of deleted) say(`deleted ${name}`);
   if (!options.purge) say('kept the CRDs and every policy (ambit uninstall --purge deletes them)');
-  const stillLabelled = await labelledNamespaces(api);
+  const stillLabelled = (await cluster.list(NAMESPACES.all(), `${ENROLL_LABEL}=enabled`)).map((item) => item.metadata?.name ?? '').sort();
   if (stillLabelled.length > 0) say(`namespaces still labelled ${ENROLL_LABEL}=enabled (plain networking now; ambit unenroll removes the label): ${stillLabelled.join(', ')}`);
   return { ok: true, nodes: summary(nodes), deleted, stillLabelled, message: 'uninstalled' };
 }
 
 function summary(nodes: readonly NodeStatus[]): UninstallResult['nodes'] {
   return nodes.map((node) => ({ node: node.node, done: node.status?.uninstall?.done === true, ...(node.error === undefined ? {} : { error: node.error }) }));
-}
-
-async function labelledNamespaces(api: KubeApi): Promise<string[]> {
-  const list = (await api.read('/api/v1/namespaces', undefined, { query: new URLSearchParams({ labelSelector: `${ENROLL_LABEL}=enabled` }), maxBytes: 16 * 1024 * 1024 }).catch(() => ({ items: [] }))) as {
-    items?: Array<{ metadata: { name: string } }>;
-  };
-  return (list.items ?? []).map((item) => item.metadata.name).sort();
-}
-
-function ignoreGone(what: string): (err: unknown) => void {
-  return (err) => {
-    if (err instanceof ApiStatusError && err.status === 404) return;
-    throw apiError(err, what);
-  };
-}
-
-/** An API failure, saying what the command was doing; a 403 names the permission it needed. */
-function apiError(err: unknown, what: string): AmbitError {
-  if (err instanceof ApiStatusError && err.status === 403) return new AmbitError('K8S_FORBIDDEN', `not allowed to ${what}: ${err.apiStatus.message}`, { cause: err });
-  return new AmbitError('K8S_API', `cannot ${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }
 
 /** `--check`: what of Ambit is still on this node. */

@@ -15,6 +15,7 @@ export {
   SERVICE_NAME_LABEL,
   sliceName,
   StatusError,
+  type AccessDenial,
   type ApiServerOptions,
   type ExpiredWatchAnswer,
   type Json,

@@ -14,6 +14,11 @@ const MAX_POST_ANSWER_BYTES = 1024 * 1024;
 /** The largest error body read: enough for a Status object, never a whole page someone put behind a proxy. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
+/** The patch KubeApi sends: a JSON merge patch (RFC 7386), which every kind takes, custom resources too. */
+const MERGE_PATCH = 'application/merge-patch+json';
+
+type Method = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
 /** Where a pod's service-account token, CA and namespace are mounted (the agent's and controller's AMBIT_SERVICE_ACCOUNT_DIR move it: the bench). */
 export const SERVICE_ACCOUNT_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 
@@ -35,7 +40,7 @@ export interface KubeCredentials {
  * client): on every node of a cluster, more than the agent's data needs (bench/scale.ts).
  */
 export async function loadKubeConfig(
-  source: { kubeconfig: string } | { inCluster: true; serviceAccountDir?: string; env?: NodeJS.ProcessEnv },
+  source: { kubeconfig: string; context?: string } | { inCluster: true; serviceAccountDir?: string; env?: NodeJS.ProcessEnv },
 ): Promise<KubeCredentials> {
   if ('inCluster' in source) return inClusterCredentials(source.serviceAccountDir ?? SERVICE_ACCOUNT_DIR, source.env ?? process.env);
   const { KubeConfig } = await import('@kubernetes/client-node');
@@ -44,6 +49,13 @@ export async function loadKubeConfig(
     config.loadFromFile(source.kubeconfig);
   } catch (err) {
     throw new AmbitError('K8S_KUBECONFIG', `cannot load kubeconfig ${source.kubeconfig}: ${(err as Error).message}`, { cause: err });
+  }
+  if (source.context !== undefined) {
+    if (config.getContextObject(source.context) === null) {
+      const known = config.getContexts().map((c) => c.name);
+      throw new AmbitError('K8S_KUBECONFIG', `kubeconfig ${source.kubeconfig} has no context ${source.context} (it has: ${known.length === 0 ? 'none' : known.join(', ')})`);
+    }
+    config.setCurrentContext(source.context);
   }
   const cluster = config.getCurrentCluster();
   if (cluster === null) throw new AmbitError('K8S_KUBECONFIG', 'the kubeconfig has no current context with a cluster (set current-context)');
@@ -156,6 +168,11 @@ export class KubeApi {
     return this.#json('GET', path, undefined, timeoutMs, options.query, options.maxBytes);
   }
 
+  /** `PATCH path` with a JSON merge patch (RFC 7386: `null` removes a key), the object's new state returned. */
+  async mergePatch(path: string, patch: unknown, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
+    return this.#json('PATCH', path, JSON.stringify(patch), timeoutMs);
+  }
+
   /** `PUT path` with a JSON body (an update; a stale resourceVersion is a 409 ApiStatusError). */
   async put(path: string, body: unknown, timeoutMs = POST_TIMEOUT_MS): Promise<unknown> {
     return this.#json('PUT', path, JSON.stringify(body), timeoutMs);
@@ -166,7 +183,7 @@ export class KubeApi {
     return this.#json('DELETE', path, JSON.stringify({ kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' }), timeoutMs);
   }
 
-  async #json(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body: string | undefined, timeoutMs: number, query = new URLSearchParams(), maxBytes = MAX_POST_ANSWER_BYTES): Promise<unknown> {
+  async #json(method: Method, path: string, body: string | undefined, timeoutMs: number, query = new URLSearchParams(), maxBytes = MAX_POST_ANSWER_BYTES): Promise<unknown> {
     const { response, release } = await this.#send(method, path, query, AbortSignal.timeout(timeoutMs), body);
     try {
       if (response.statusCode !== 200 && response.statusCode !== 201 && response.statusCode !== 202) throw await statusError(response, `${method} ${path}`);
@@ -176,7 +193,7 @@ export class KubeApi {
     }
   }
 
-  async #send(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
+  async #send(method: Method, path: string, query: URLSearchParams, signal: AbortSignal, body: string | undefined): Promise<ApiResponse> {
     const options = await this.#credentials.requestOptions();
     const url = new URL(this.#server.href.replace(/\/$/, '') + path);
     url.search = query.toString();
@@ -185,7 +202,8 @@ export class KubeApi {
       if (agent instanceof http.Agent) agent.destroy();
     };
     const send = url.protocol === 'http:' ? http.request : https.request;
-    const headers = { ...options.headers, accept: 'application/json', ...(body === undefined ? {} : { 'content-type': 'application/json' }) };
+    const contentType = method === 'PATCH' ? MERGE_PATCH : 'application/json';
+    const headers = { ...options.headers, accept: 'application/json', ...(body === undefined ? {} : { 'content-type': contentType }) };
     return new Promise<ApiResponse>((resolve, reject) => {
       const request = send(url, { ...options, method, headers, signal });
       request.once('response', (response) =>

@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import yaml from 'js-yaml';
 import type { Logger } from '../../core/log/index.js';
 import { realTimer, type SetTimer } from '../../core/timer/index.js';
+import { AccessControl, SELF_SUBJECT_ACCESS_REVIEW_PATH, type AccessDenial } from './access.js';
 import { discoveryDocument, SERVER_VERSION } from './discovery.js';
 import { EndpointSliceController } from './endpointslices.js';
 import { JSON_PATCH, jsonPatch, MERGE_PATCH, mergePatch, STRATEGIC_MERGE_PATCH } from './patch.js';
@@ -91,12 +92,14 @@ interface Route {
  * A Kubernetes API server double that real clients drive: HTTPS with its own CA, bearer tokens, discovery for
  * kubectl, list with pagination, watch with bookmarks and 410 Expired, selectors, create/update/patch/delete for
  * any registered kind, TokenReview and a minimal EndpointSlice controller, plus the failures a reflector must
- * survive (closed, stalled and expired watches, compaction, 500s). No etcd, no RBAC, no admission, no defaulting.
+ * survive (closed, stalled and expired watches, compaction, 500s). No etcd, no RBAC (a test denies a permission with
+ * denyAccess, and SelfSubjectAccessReviews agree), no admission, no defaulting.
  */
 export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #registry = new ResourceRegistry();
   readonly #store: ObjectStore;
   readonly #tokens = new TokenRegistry();
+  readonly #access = new AccessControl();
   readonly #tls: ServingTls;
   readonly #host: string;
   readonly #server: Server;
@@ -168,6 +171,14 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
 
   addToken(token: string, user: TokenUser): void {
     this.#tokens.add(token, user);
+  }
+
+  /**
+   * Takes a permission from `username`: its requests for it get the real server's 403 Forbidden, and its
+   * SelfSubjectAccessReviews of it `allowed: false`. Everything not denied is allowed.
+   */
+  denyAccess(username: string, denial: AccessDenial): void {
+    this.#access.deny(username, denial);
   }
 
   /** A kind beyond the defaults, as a CRD: `{ group: 'security.ambit.dev', version: 'v1', resource: 'authorizationpolicies', ... }`. */
@@ -369,6 +380,10 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       sendJson(res, 201, this.#tokens.review(asObject(await readJson(req))));
       return;
     }
+    if (method === 'POST' && path === SELF_SUBJECT_ACCESS_REVIEW_PATH) {
+      sendJson(res, 201, this.#access.review(user, asObject(await readJson(req))));
+      return;
+    }
     if (method === 'GET' && path === '/version') {
       sendJson(res, 200, SERVER_VERSION);
       return;
@@ -387,6 +402,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     const failure = this.#failing.get(keyOf(route.type));
     if (failure !== undefined) throw new StatusError(failure, 'InternalError', `${route.type.resource} is failing (injected by the test)`);
     const query = url.searchParams;
+    this.#access.authorize(user, method, route.type, route, query.get('watch') === '1' || query.get('watch') === 'true');
     if (route.name === undefined) {
       if (method === 'GET') {
         if (this.#heldUsers.has(user.username)) throw new StatusError(503, 'ServiceUnavailable', `lists and watches of ${user.username} are refused (injected by the test)`);
