@@ -12,6 +12,8 @@ export const CHECK_USAGE = `Usage: ambit check [--pre] [options]
 
 Checks that Ambit is installed and working: one line per check, and under each failure a hint that says what to
 do. It only reads; it never reads the CA Secret (what the mesh trusts is in the published trust-bundle ConfigMap).
+The nodes-* and workload-certificates checks ask each agent (its read-only /status, through the API server's pods
+proxy: get on pods/proxy in ambit-system), as ambit status does.
 
   checks:       ${ids(CLUSTER_CHECKS)}
   with --pre:   ${ids(PRE_INSTALL_CHECKS)}

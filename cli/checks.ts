@@ -1,11 +1,12 @@
 /**
  * The checks of `ambit check`: each reads what it needs through the context (which reads each object once) and says
  * whether it holds, and, when it does not, what to do. They only read, and never the CA Secret: what the mesh trusts
- * is in the published trust-bundle ConfigMap. The checks that need an agent's own view of its node (its CNI plugin
- * chained, its rules, its iptables backend, its workload certificates) join CLUSTER_CHECKS once the agents serve a
- * status endpoint (issue 15, `ambit status`); they take their nodes from `context.agentPods()`.
+ * is in the published trust-bundle ConfigMap. The checks of each node (its CNI plugin chained, its rules, its
+ * iptables backend, its workload certificates) read the agent's own /status through the pods proxy, as
+ * `ambit status` does (judged by judgeNodes, pure, on those answers).
  */
 import { X509Certificate } from 'node:crypto';
+import type { AgentStatus } from '../agent/status.js';
 import { isAmbitError } from '../core/errors/index.js';
 import { DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, enrollmentLabel, ISTIO_DATAPLANE_LABEL } from '../core/enrollment/index.js';
 import { issuedBy, parseTrustBundle, pemCertificates, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
@@ -23,6 +24,7 @@ import {
   PART_OF_LABEL,
 } from './install-objects.js';
 import { canIHint, describeAccess, kind, KubeForbiddenError, NAMESPACES, type ApiObject, type ClusterClient } from './kube.js';
+import { agentStatuses, type NodeStatus } from './status.js';
 
 /** One line of the report: `hint` is there when the check failed, and says what to do. */
 export interface CheckResult {
@@ -87,6 +89,11 @@ export class CheckContext {
         .join(',');
       return this.cluster.list(PODS.all(ROOT), selector);
     });
+  }
+
+  /** Each agent's /status (`ambit status`), through the API server's pods proxy. */
+  agentStatuses(): Promise<NodeStatus[]> {
+    return this.#once('agent-statuses', () => agentStatuses(this.cluster, ROOT));
   }
 
   #once<T>(key: string, read: () => Promise<T>): Promise<T> {
@@ -354,8 +361,88 @@ const enrolledNamespaces: Check = {
   },
 };
 
+/** How old the CNI installer's last report may be: it reports every few seconds (cni/installer.ts WATCH_RECHECK_MS). */
+export const INSTALLER_REPORT_MAX_AGE_MS = 30_000;
+
+/** One aspect of every node, judged on the agents' /status answers: which nodes fail it, and why. */
+interface NodeAspect {
+  readonly id: string;
+  /** Why this node fails, or undefined when it passes. */
+  readonly fails: (status: AgentStatus, now: number) => string | undefined;
+  readonly passed: string;
+  readonly hint: (failing: readonly NodeStatus[]) => string;
+}
+
+const logsOf = (node: NodeStatus | undefined, container: string) => `kubectl -n ${ROOT} logs ${node?.pod ?? `daemonset/${AGENT_DAEMONSET}`} -c ${container}`;
+
+export const NODE_ASPECTS: readonly NodeAspect[] = [
+  {
+    id: 'nodes-cni',
+    fails: (status, now) => {
+      if (status.cni.reportedAt === null) return 'its CNI installer has not reported since the agent started';
+      if (now - Date.parse(status.cni.reportedAt) > INSTALLER_REPORT_MAX_AGE_MS) return `its CNI installer last reported at ${status.cni.reportedAt}`;
+      if (status.cni.chainedIn === null) return status.uninstall.requested ? 'the plugin is unchained: the mesh is being uninstalled' : 'no CNI configuration chains ambit-cni';
+      return undefined;
+    },
+    passed: 'the CNI plugin is chained on every node (as its installer reported in the last 30 s)',
+    hint: (failing) => `the install-cni sidecar keeps the plugin chained: see why it does not (${logsOf(failing[0], 'install-cni')})`,
+  },
+  {
+    id: 'nodes-rules',
+    fails: (status) => {
+      if (!status.rules.enabled) return 'the agent runs with --no-rules: it captures nothing';
+      if (status.rules.uninstalled) return 'its rules were removed (ambit uninstall / ambit cni uninstall)';
+      return status.rules.ok ? undefined : `the last install or repair of its rules failed: ${status.rules.error ?? 'not installed'}`;
+    },
+    passed: "every agent's redirect rules are in place (last install or repair succeeded)",
+    hint: (failing) => `see the agent's log (${logsOf(failing[0], 'agent')}); it repairs its rules on an interval`,
+  },
+  {
+    id: 'nodes-iptables-backend',
+    fails: (status) =>
+      status.rules.backend !== null && status.rules.nodeBackend !== null && status.rules.backend !== status.rules.nodeBackend
+        ? `the agent writes iptables-${status.rules.backend}, the node's rules are in iptables-${status.rules.nodeBackend}`
+        : undefined,
+    passed: "every agent writes its rules through the node's iptables backend",
+    hint: (failing) => `restart the agent so it detects the node's backend again (kubectl -n ${ROOT} delete pod ${failing[0]?.pod ?? ''}), or pin it with AMBIT_IPTABLES_BACKEND`,
+  },
+  {
+    id: 'workload-certificates',
+    fails: (status, now) => {
+      const expired = status.workloads.filter((w) => w.certificateNotAfter !== null && Date.parse(w.certificateNotAfter) <= now);
+      return expired.length === 0 ? undefined : `expired certificates of ${expired.map((w) => `${w.namespace}/${w.name} (${w.certificateNotAfter ?? ''})`).join(', ')}`;
+    },
+    passed: 'no workload certificate is expired',
+    hint: (failing) => `the agent renews from the controller's CA: see why it cannot (${logsOf(failing[0], 'agent')}; kubectl -n ${ROOT} logs deployment/${CONTROLLER_DEPLOYMENT})`,
+  },
+];
+
+/** Judges one aspect on every agent's answer; an agent that did not answer fails it, saying so. */
+export function judgeNodes(aspect: NodeAspect, nodes: readonly NodeStatus[], now: number): Outcome {
+  if (nodes.length === 0) return { ok: false, message: 'no agent pod to ask', hint: `see why no agent runs: kubectl -n ${ROOT} describe daemonset ${AGENT_DAEMONSET}` };
+  const failing = nodes.flatMap((node) => {
+    const why = node.status === undefined ? `its agent's status could not be read: ${node.error ?? 'no answer'}` : aspect.fails(node.status, now);
+    return why === undefined ? [] : [{ node, why }];
+  });
+  if (failing.length === 0) return { ok: true, message: `${aspect.passed} (${nodes.length} node(s))` };
+  const unreadable = failing.filter((f) => f.node.status === undefined);
+  const hint =
+    unreadable.length === failing.length
+      ? `the status is read through the pods proxy (get on pods/proxy in ${ROOT}) from the agent's metrics port 15020: check that the agent runs (${logsOf(unreadable[0]?.node, 'agent')})`
+      : aspect.hint(failing.filter((f) => f.node.status !== undefined).map((f) => f.node));
+  return { ok: false, message: `${failing.length} of ${nodes.length} node(s): ${failing.map((f) => `${f.node.node}: ${f.why}`).join('; ')}`, hint };
+}
+
+const nodeChecks: readonly Check[] = NODE_ASPECTS.map((aspect) => ({
+  id: aspect.id,
+  async run(context) {
+    if ((await context.agentDaemonSet()) === undefined) return context.missing(`daemonset ${ROOT}/${AGENT_DAEMONSET}`);
+    return judgeNodes(aspect, await context.agentStatuses(), context.now);
+  },
+}));
+
 /** `ambit check`: an installed mesh. */
-export const CLUSTER_CHECKS: readonly Check[] = [apiReachable, apiVersion, crds, rootNamespace, controllerReady, agentsReady, trustBundle, enrolledNamespaces];
+export const CLUSTER_CHECKS: readonly Check[] = [apiReachable, apiVersion, crds, rootNamespace, controllerReady, agentsReady, ...nodeChecks, trustBundle, enrolledNamespaces];
 
 const crdConflicts: Check = {
   id: 'crd-conflicts',

@@ -7,7 +7,9 @@
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { judgeServerVersion, judgeTrustBundle } from '../cli/checks.js';
+import type { AgentStatus } from '../agent/status.js';
+import { judgeNodes, judgeServerVersion, judgeTrustBundle, NODE_ASPECTS } from '../cli/checks.js';
+import type { NodeStatus } from '../cli/status.js';
 import { AGENT_DAEMONSET, CONTROLLER_DEPLOYMENT, crdName, INSTALL_KINDS, MESH_CRDS, PART_OF_LABEL } from '../cli/install-objects.js';
 import { DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, ISTIO_DATAPLANE_LABEL } from '../core/enrollment/index.js';
 import { CertificateAuthority, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
@@ -18,7 +20,9 @@ import { needsTools } from './prerequisites.js';
 
 const skip = needsTools(['kubectl'], 'renders the manifests the install is made from');
 
-const CHECK_IDS = ['api-reachable', 'api-version', 'crds', 'root-namespace', 'controller-ready', 'agents-ready', 'trust-bundle', 'enrolled-namespaces'];
+/** The checks that ask each agent (its /status through the pods proxy): no agent runs in this file's tests (e2e-kubernetes runs them against real ones). */
+const NODE_IDS = ['nodes-cni', 'nodes-rules', 'nodes-iptables-backend', 'workload-certificates'];
+const CHECK_IDS = ['api-reachable', 'api-version', 'crds', 'root-namespace', 'controller-ready', 'agents-ready', ...NODE_IDS, 'trust-bundle', 'enrolled-namespaces'];
 const PRE_IDS = ['api-reachable', 'api-version', 'crd-conflicts', 'install-permissions'];
 const INSTALL = 'kubectl apply -k manifests/';
 
@@ -67,14 +71,15 @@ t.test('what the CLI knows of the install is what the manifests render', { skip 
   }
 });
 
-t.test('a healthy install: every check passes, in JSON and in text, and the CA Secret is never read', { skip }, async (t) => {
+t.test('a healthy install: every check of the API objects passes, in JSON and in text, and the CA Secret is never read', { skip }, async (t) => {
   const double = await startDouble(t);
   await installAmbit(double.server, { nodes: ['node1', 'node2'], ca: await CertificateAuthority.create({ trustDomain: 'cluster.local' }) });
   double.server.objects('v1', 'namespaces').create({ metadata: { name: 'team-a', labels: { [ENROLL_LABEL]: 'enabled' } } });
   const paths = recordPaths(double);
   const { report } = await check(t, double, []);
   t.same(report.checks.map((c) => c.id), CHECK_IDS);
-  t.same(report.checks.filter((c) => !c.ok), [], 'no check failed');
+  t.same(report.checks.filter((c) => !c.ok).map((c) => c.id), NODE_IDS, "only the checks that ask the agents failed: the double's agent pods have no agent behind them");
+  for (const id of NODE_IDS) t.match(byId(report)[id], { message: /2 of 2 node\(s\): node1: its agent's status could not be read: .*node2: /, hint: /pods proxy \(get on pods\/proxy in ambit-system\)/ });
   const checks = byId(report);
   t.match(checks['api-version']?.message, /Kubernetes v1\.32\.0 \(1\.30 or later\)/);
   t.match(checks.crds?.message, /authorizationpolicies\.security\.ambit\.dev and peerauthentications\.security\.ambit\.dev are served \(API discovery/);
@@ -86,10 +91,10 @@ t.test('a healthy install: every check passes, in JSON and in text, and the CA S
   t.notOk(paths.some((p) => p.includes('customresourcedefinitions')), 'the CRDs are checked by discovery, which needs no permission on CRD objects');
 
   const text = await ambit(['check', '--kubeconfig', double.kubeconfig], { home: double.dir });
-  t.equal(text.code, 0);
-  t.match(text.stdout, /^✔ api-reachable {8}the API server https:\/\/127\.0\.0\.1:\d+ answers/m, 'one line a check, ids aligned');
-  t.equal(text.stdout.split('\n').filter((l) => l.startsWith('✔ ')).length, CHECK_IDS.length, 'each check a ✔ line');
-  t.match(text.stdout, /\nall 8 checks passed\n$/);
+  t.equal(text.code, 1);
+  t.match(text.stdout, /^✔ api-reachable {11}the API server https:\/\/127\.0\.0\.1:\d+ answers/m, 'one line a check, ids aligned');
+  t.equal(text.stdout.split('\n').filter((l) => l.startsWith('✔ ')).length, CHECK_IDS.length - NODE_IDS.length, 'each passed check a ✔ line');
+  t.match(text.stdout, /\n4 of 12 checks failed\n$/);
 });
 
 t.test('a cluster without Ambit: each of its checks fails with the hint to install, and nothing crashes', { skip }, async (t) => {
@@ -99,15 +104,15 @@ t.test('a cluster without Ambit: each of its checks fails with the hint to insta
   t.equal(stderr, '', 'nothing on stderr');
   const checks = byId(report);
   t.match(checks, { 'api-reachable': { ok: true }, 'api-version': { ok: true }, 'enrolled-namespaces': { ok: true, message: 'no namespace is enrolled' } });
-  for (const id of ['crds', 'root-namespace', 'controller-ready', 'agents-ready', 'trust-bundle']) {
+  for (const id of ['crds', 'root-namespace', 'controller-ready', 'agents-ready', ...NODE_IDS, 'trust-bundle']) {
     t.match(checks[id], { ok: false, hint: `install Ambit: ${INSTALL}` }, `${id} fails with the hint to install`);
   }
   t.match(checks['controller-ready']?.message, 'namespace ambit-system does not exist: Ambit is not installed');
 
   const text = await ambit(['check', '--kubeconfig', double.kubeconfig], { home: double.dir });
   t.equal(text.code, 1);
-  t.match(text.stdout, /^✘ crds {17}not served by the API server: authorizationpolicies\.security\.ambit\.dev, peerauthentications\.security\.ambit\.dev\n {4}hint: install Ambit: kubectl apply -k manifests\/\n/m, 'a failure, and its hint indented under it');
-  t.match(text.stdout, /\n5 of 8 checks failed\n$/);
+  t.match(text.stdout, /^✘ crds {20}not served by the API server: authorizationpolicies\.security\.ambit\.dev, peerauthentications\.security\.ambit\.dev\n {4}hint: install Ambit: kubectl apply -k manifests\/\n/m, 'a failure, and its hint indented under it');
+  t.match(text.stdout, /\n9 of 12 checks failed\n$/);
 });
 
 t.test('a degraded install: the controller short of replicas, agents not ready on named nodes, an issuer near expiry', { skip }, async (t) => {
@@ -264,7 +269,7 @@ t.test('bad usage and an unreadable kubeconfig exit 2, and check nothing', async
   t.match(await ambit(['check', '-o', 'yaml'], { home }), { code: 2, stderr: /--output yaml is not text or json/ });
   t.match(await ambit(['check', 'now'], { home }), { code: 2, stderr: /Unexpected argument 'now'/ });
   const help = await ambit(['check', '--help'], { home });
-  t.match(help, { code: 0, stdout: /checks: {7}api-reachable, api-version, crds, root-namespace, controller-ready, agents-ready, trust-bundle, enrolled-namespaces/ });
+  t.match(help, { code: 0, stdout: /checks: {7}api-reachable, api-version, crds, root-namespace, controller-ready, agents-ready, nodes-cni, nodes-rules, nodes-iptables-backend, workload-certificates, trust-bundle, enrolled-namespaces/ });
   t.match(help.stdout, /with --pre: {3}api-reachable, api-version, crd-conflicts, install-permissions/);
   t.match(await ambit(['--help'], { home }), { code: 0, stdout: /enroll .*\n.*unenroll .*\n.*check / });
 });
@@ -275,4 +280,41 @@ t.test('the version rule: 1.30 or later, as providers spell it', async (t) => {
   t.match(judgeServerVersion({ major: '', minor: '', gitVersion: 'v1.33.1+k3s1' }), { ok: true }, 'from gitVersion when major and minor are empty');
   t.match(judgeServerVersion({ major: '1', minor: '29', gitVersion: 'v1.29.9' }), { ok: false, message: 'Kubernetes v1.29.9 is older than 1.30', hint: /upgrade the cluster to Kubernetes 1\.30 or later/ });
   t.match(judgeServerVersion({ kind: 'Status' }), { ok: false, message: /names no version/ });
+});
+
+t.test("each node's checks, judged on the agents' /status answers", async (t) => {
+  const now = Date.parse('2026-12-04T12:00:00Z');
+  const healthy: AgentStatus = {
+    schema: 1,
+    component: 'agent',
+    version: '0.1.0',
+    node: 'node1',
+    mode: 'kubernetes',
+    ready: true,
+    rules: { enabled: true, backend: 'nft', nodeBackend: 'nft', checkedAt: '2026-12-04T11:59:50Z', ok: true, uninstalled: false },
+    cni: { chainedIn: '/etc/cni/net.d/10-calico.conflist', reportedAt: '2026-12-04T11:59:58Z' },
+    uninstall: { requested: false, done: false },
+    workloads: [{ namespace: 'shop', name: 'web', identity: 'spiffe://cluster.local/ns/shop/sa/web', ips: ['10.0.0.5'], certificateNotAfter: '2026-12-05T11:00:00Z' }],
+    roots: [],
+  };
+  const at = (node: string, status: AgentStatus): NodeStatus => ({ node, pod: `ambit-agent-${node}`, ok: true, status: { ...status, node } });
+  const aspect = (id: string) => NODE_ASPECTS.find((a) => a.id === id)!;
+  for (const { id } of NODE_ASPECTS) t.match(judgeNodes(aspect(id), [at('node1', healthy), at('node2', healthy)], now), { ok: true, message: /\(2 node\(s\)\)/ }, `${id} passes on healthy agents`);
+  const broken: Array<[string, Partial<AgentStatus>, RegExp]> = [
+    ['nodes-cni', { cni: { chainedIn: null, reportedAt: '2026-12-04T11:59:58Z' } }, /node2: no CNI configuration chains ambit-cni/],
+    ['nodes-cni', { cni: { chainedIn: '/etc/cni/net.d/x', reportedAt: '2026-12-04T11:58:00Z' } }, /node2: its CNI installer last reported at 2026-12-04T11:58:00Z/],
+    ['nodes-cni', { cni: { chainedIn: null, reportedAt: null } }, /node2: its CNI installer has not reported/],
+    ['nodes-rules', { rules: { ...healthy.rules, ok: false, error: 'iptables-restore: exit 4' } }, /node2: the last install or repair of its rules failed: iptables-restore: exit 4/],
+    ['nodes-rules', { rules: { ...healthy.rules, enabled: false } }, /--no-rules/],
+    ['nodes-iptables-backend', { rules: { ...healthy.rules, nodeBackend: 'legacy' } }, /node2: the agent writes iptables-nft, the node's rules are in iptables-legacy/],
+    ['workload-certificates', { workloads: [{ ...healthy.workloads[0]!, certificateNotAfter: '2026-12-04T11:00:00Z' }] }, /node2: expired certificates of shop\/web/],
+  ];
+  for (const [id, change, message] of broken) {
+    const outcome = judgeNodes(aspect(id), [at('node1', healthy), at('node2', { ...healthy, ...change })], now);
+    t.match(outcome, { ok: false, message: /^1 of 2 node\(s\)/, hint: /ambit-agent-node2|install-cni/ }, `${id} fails on node2 alone`);
+    t.match(outcome.message, message);
+  }
+  const unreachable: NodeStatus = { node: 'node3', pod: 'ambit-agent-node3', ok: false, error: 'HTTP 503 ServiceUnavailable' };
+  t.match(judgeNodes(aspect('nodes-rules'), [at('node1', healthy), unreachable], now), { ok: false, message: /node3: its agent's status could not be read: HTTP 503/, hint: /pods proxy/ });
+  t.match(judgeNodes(aspect('nodes-rules'), [], now), { ok: false, message: 'no agent pod to ask' });
 });
