@@ -5,15 +5,9 @@
  * operator commands read, from the real manifests, so a renamed object fails their tests.
  */
 import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
-import yaml from 'js-yaml';
 import { TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS, type CertificateAuthority } from '../../core/identity/index.js';
-import { CLI_PATH, meshCaSecret, type ApiServer, type JsonObject, type ResourceType } from '../../testbed/index.js';
+import { CLI_PATH, meshCaSecret, renderManifests as renderTestbedManifests, type ApiServer, type JsonObject, type ResourceType } from '../../testbed/index.js';
 
-export const MANIFESTS = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'manifests');
-const run = promisify(execFile);
 
 /**
  * The kinds of the install that the double does not serve from the start, as a real server names them (spelled out
@@ -39,12 +33,9 @@ export interface ManifestObject {
   spec?: JsonObject;
 }
 
-let rendered: Promise<ManifestObject[]> | undefined;
-
-/** `kubectl kustomize manifests/`, once per test process. */
-export function renderManifests(): Promise<ManifestObject[]> {
-  rendered ??= run('kubectl', ['kustomize', MANIFESTS], { maxBuffer: 16 * 1024 * 1024 }).then(({ stdout }) => yaml.loadAll(stdout) as ManifestObject[]);
-  return rendered;
+/** `kubectl kustomize manifests/` (testbed/manifests.ts), once per test process. */
+export async function renderManifests(): Promise<ManifestObject[]> {
+  return structuredClone(await renderTestbedManifests()) as unknown as ManifestObject[];
 }
 
 /** Serves the install's kinds (Deployments, CRDs, RBAC, ...), as a real server does before anything is installed. */
