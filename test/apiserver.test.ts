@@ -287,7 +287,7 @@ t.test('discovery: /version, /api, /api/v1 with short names, /apis and a custom 
   t.match(pods, { kind: 'Pod', namespaced: true, singularName: 'pod', shortNames: ['po'], verbs: ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch'] });
   t.match((core.resources as JsonObject[]).find((r) => r.name === 'namespaces'), { namespaced: false, shortNames: ['ns'] });
   const groups = ((await client.get('/apis')).body.groups as JsonObject[]).map((g) => g.name);
-  t.same(groups.sort(), ['coordination.k8s.io', 'discovery.k8s.io', 'security.ambit.dev']);
+  t.same(groups.sort(), ['apiextensions.k8s.io', 'apps', 'coordination.k8s.io', 'discovery.k8s.io', 'networking.k8s.io', 'policy', 'rbac.authorization.k8s.io', 'security.ambit.dev']);
   t.match((await client.get('/apis/security.ambit.dev/v1')).body, { groupVersion: 'security.ambit.dev/v1', resources: [{ name: 'authorizationpolicies', kind: 'AuthorizationPolicy' }] });
   t.equal((await client.get('/openapi/v2')).status, 404);
   t.equal((await client.get('/api/v1/namespaces/default/nodes')).status, 404, 'a cluster-scoped kind under a namespace');

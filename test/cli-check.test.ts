@@ -16,6 +16,7 @@ import { CertificateAuthority, TRUST_BUNDLE_KEYS } from '../core/identity/index.
 import { ApiServer, intermediateCa } from '../testbed/index.js';
 import { ambit, installAmbit, renderManifests, serveCrd, serveInstallKinds, type CliResult } from './mesh/ambit-install.js';
 import { startDouble, type Double } from './mesh/apiserver-client.js';
+import { within } from './mesh/hold.js';
 import { needsTools } from './prerequisites.js';
 
 const skip = needsTools(['kubectl'], 'renders the manifests the install is made from');
@@ -168,7 +169,9 @@ t.test('deleted with a bare kubectl delete -k, enrolled namespaces left: the che
   namespaces.create({ metadata: { name: 'team-a', labels: { [ENROLL_LABEL]: 'enabled' } } });
   namespaces.create({ metadata: { name: 'team-b', labels: { [ISTIO_DATAPLANE_LABEL]: 'ambient' } } });
   namespaces.create({ metadata: { name: 'plain' } });
+  // what the delete does: the namespace is Terminating, then gone with everything in it
   namespaces.delete(DEFAULT_ROOT_NAMESPACE);
+  await within(10_000, 'the namespace is gone', () => namespaces.get(DEFAULT_ROOT_NAMESPACE) === undefined);
   const { report } = await check(t, double, []);
   const leftover = byId(report)['enrolled-namespaces'];
   t.match(leftover, { ok: false, message: /namespace ambit-system is gone, but 2 namespace\(s\) are still enrolled: team-a \(ambit\.dev\/mode=enabled\), team-b \(istio\.io\/dataplane-mode=ambient\)/ });

@@ -59,6 +59,7 @@ export function discoveryDocument(registry: ResourceRegistry, path: string, serv
       kind: type.kind,
       verbs: VERBS,
       ...(type.shortNames === undefined ? {} : { shortNames: [...type.shortNames] }),
+      ...(type.categories === undefined ? {} : { categories: [...type.categories] }),
     }));
   return { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: apiVersionOf({ group, version, resource: '', kind: '', namespaced: false }), resources };
 }

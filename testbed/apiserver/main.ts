@@ -7,7 +7,7 @@
  *   agent/kubeconfig       the agent's bound token (node1); agent/token its projected token for the controller's
  *                          stream, agent/ca-token the one for its CA; agent/trust-bundle/ the ConfigMap
  *                          ambit-system/ambit-trust-bundle, mounted as kubelet would (filled once the controller runs)
- * It runs until SIGINT or SIGTERM, then removes nothing: DIR is the caller's. No RBAC, no admission (see server.ts).
+ * It runs until SIGINT or SIGTERM, then removes nothing: DIR is the caller's. RBAC is off (see server.ts for what is served).
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';

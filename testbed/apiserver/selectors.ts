@@ -67,6 +67,14 @@ export class LabelSelector {
   }
 }
 
+function fieldRequirements(text: string | undefined): FieldRequirement[] {
+  return splitTerms(text ?? '').map((term) => {
+    const m = /^([^\s!=]+)\s*(==|=|!=)\s*([^\s!=]*)$/.exec(term);
+    if (m === null) throw badRequest(`invalid field selector term "${term}": want field=value, field==value or field!=value`);
+    return { field: m[1] ?? '', negate: m[2] === '!=', value: m[3] ?? '' };
+  });
+}
+
 /** Commas split terms except inside `( )` of a set term. */
 function splitTerms(text: string): string[] {
   const terms: string[] = [];
@@ -118,16 +126,23 @@ export class FieldSelector {
 
   static parse(text: string | undefined, kind: string): FieldSelector {
     const allowed = ['metadata.name', 'metadata.namespace', ...(FIELDS_BY_KIND[kind] ?? [])];
-    const requirements = splitTerms(text ?? '').map((term) => {
-      const m = /^([^\s!=]+)\s*(==|=|!=)\s*([^\s!=]*)$/.exec(term);
-      if (m === null) throw badRequest(`invalid field selector term "${term}": want field=value, field==value or field!=value`);
-      const field = m[1] ?? '';
-      if (!allowed.includes(field)) {
-        throw badRequest(`field label not supported: ${field} (a ${kind} field selector takes ${allowed.join(', ')})`);
-      }
-      return { field, negate: m[2] === '!=', value: m[3] ?? '' };
-    });
+    const requirements = fieldRequirements(text);
+    for (const { field } of requirements) {
+      if (!allowed.includes(field)) throw badRequest(`field label not supported: ${field} (a ${kind} field selector takes ${allowed.join(', ')})`);
+    }
     return new FieldSelector(requirements);
+  }
+
+  /**
+   * The one name a selector requires (`metadata.name=NAME` among its terms), undefined for none or a malformed
+   * selector: what the real server authorizes a list or watch by, so that `resourceNames` can allow it.
+   */
+  static requiredName(text: string | undefined): string | undefined {
+    try {
+      return fieldRequirements(text).find((r) => r.field === 'metadata.name' && !r.negate)?.value;
+    } catch {
+      return undefined;
+    }
   }
 
   matches(object: JsonObject): boolean {

@@ -3,18 +3,25 @@ import { writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Ajv } from 'ajv';
 import yaml from 'js-yaml';
 import type { Logger } from '../../core/log/index.js';
 import { realTimer, type SetTimer } from '../../core/timer/index.js';
 import { AccessControl, SELF_SUBJECT_ACCESS_REVIEW_PATH, type AccessDenial } from './access.js';
+import { CustomResourceDefinitions } from './crds.js';
 import { discoveryDocument, SERVER_VERSION } from './discovery.js';
 import { EndpointSliceController } from './endpointslices.js';
+import { admit, fieldValidationOf } from './field-validation.js';
+import { DEFAULT_NAMESPACE_CLEANUP_MS, NamespaceController } from './namespaces.js';
+import { openApiDocument } from './openapi.js';
 import { JSON_PATCH, jsonPatch, MERGE_PATCH, mergePatch, STRATEGIC_MERGE_PATCH } from './patch.js';
-import { DEFAULT_RESOURCES, ResourceRegistry } from './resources.js';
+import { bootstrapPolicy, RbacAuthorizer, requestAttributes } from './rbac.js';
+import { DEFAULT_RESOURCES, RBAC_GROUP, ResourceRegistry } from './resources.js';
 import { FieldSelector, LabelSelector, labelsOf } from './selectors.js';
 import { podProxyRequest, proxyToPod, type PodProxyRequest } from './proxy.js';
 import { badRequest, expired, notFound, statusObject, StatusError } from './status.js';
 import { DEFAULT_HISTORY_SIZE, keyOf, ObjectStore } from './store.js';
+import { strategicMergePatch } from './strategic-merge.js';
 import { generateServingTls, type ServingTls } from './tls.js';
 import { TokenRegistry } from './tokens.js';
 import { child, isJsonObject, str, type Json, type JsonObject, type ResourceType, type StoreEvent, type TokenUser } from './types.js';
@@ -53,6 +60,13 @@ export interface ApiServerOptions {
    * namespaces reach the double. The serving certificate names it beside 127.0.0.1 and localhost.
    */
   host?: string;
+  /**
+   * Authorize every request with RBAC against the stored roles and bindings (rbac.ts), the default roles of a real
+   * cluster written in at start; default false: every authenticated user may do anything.
+   */
+  rbac?: boolean;
+  /** How long a deleted namespace stays Terminating before its objects and itself go (default 2 s, on `timer`). */
+  namespaceCleanupMs?: number;
 }
 
 export interface ApiServerEvents {
@@ -69,7 +83,10 @@ export interface ApiServerEvents {
   change: [event: StoreEvent];
 }
 
-/** What a test does to a kind directly, without a client: set up objects, change a pod's status, delete. */
+/**
+ * What a test does to a kind directly, without a client: set up objects, change a pod's status, delete. No RBAC and
+ * no field or schema validation: the test writes what it means to. Deleting a namespace is as through the API.
+ */
 export interface ObjectHandle {
   create(body: JsonObject, namespace?: string): JsonObject;
   get(name: string, namespace?: string): JsonObject | undefined;
@@ -89,11 +106,14 @@ interface Route {
 }
 
 /**
- * A Kubernetes API server double that real clients drive: HTTPS with its own CA, bearer tokens, discovery for
- * kubectl, list with pagination, watch with bookmarks and 410 Expired, selectors, create/update/patch/delete for
- * any registered kind, TokenReview and a minimal EndpointSlice controller, plus the failures a reflector must
- * survive (closed, stalled and expired watches, compaction, 500s). No etcd, no RBAC (a test denies a permission with
- * denyAccess, and SelfSubjectAccessReviews agree), no admission, no defaulting.
+ * A Kubernetes API server double that real clients drive: HTTPS with its own CA, bearer tokens, discovery and the
+ * OpenAPI v3 documents kubectl reads, list with pagination, watch with bookmarks and 410 Expired, selectors,
+ * create/update/patch (JSON, merge and strategic merge)/delete for any registered kind, field validation,
+ * CustomResourceDefinitions that define kinds and validate their objects, RBAC (an option), TokenReview, namespace
+ * deletion, a minimal EndpointSlice controller, plus the failures a reflector must survive (closed, stalled and
+ * expired watches, compaction, 500s). No etcd, no admission webhooks, no defaulting, no garbage collector, no
+ * subresources, no server-side apply, no dryRun. A test may also deny one permission with denyAccess (a 403 before
+ * RBAC is asked); SelfSubjectAccessReviews answer from those denials only, not from RBAC.
  */
 export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #registry = new ResourceRegistry();
@@ -109,6 +129,9 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #bookmarkIntervalMs: number;
   readonly #log: Logger | undefined;
   readonly #controller: EndpointSliceController;
+  readonly #crds: CustomResourceDefinitions;
+  readonly #namespaces: NamespaceController;
+  readonly #rbac: RbacAuthorizer | undefined;
   #expiredWatchAnswer: ExpiredWatchAnswer;
   readonly #watchCache: boolean;
   /** A watch cache that lags behind the store (lagWatchCache): what its lists answer, per kind, and at which RV. */
@@ -119,7 +142,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #watchUsers = new WeakMap<WatchStream, string>();
   #url = '';
 
-  private constructor(options: ApiServerOptions) {
+  private constructor(options: ApiServerOptions, ajv: Ajv) {
     super();
     for (const type of DEFAULT_RESOURCES) this.#registry.register(type);
     this.#store = new ObjectStore(options.historySize ?? DEFAULT_HISTORY_SIZE);
@@ -138,13 +161,30 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       for (const watch of this.#watches) watch.deliver(lines);
     });
     this.#controller = new EndpointSliceController(this.#store, this.#registry);
+    this.#crds = new CustomResourceDefinitions(this.#store, this.#registry, ajv, (type) => {
+      // after the store has delivered the DELETED events it queued while the CRD's removal was being delivered
+      queueMicrotask(() => {
+        for (const watch of [...this.#watches]) if (keyOf(watch.resourceType) === keyOf(type)) watch.close();
+      });
+    });
+    this.#namespaces = new NamespaceController(this.#store, this.#registry, this.#timer, options.namespaceCleanupMs ?? DEFAULT_NAMESPACE_CLEANUP_MS);
     const namespaces = this.#type('', 'v1', 'namespaces');
     for (const name of ['default', 'kube-system']) this.#store.create(namespaces, '', { metadata: { name } });
+    if (options.rbac === true) {
+      this.#rbac = new RbacAuthorizer(this.#store, this.#registry);
+      const { clusterRoles, clusterRoleBindings } = bootstrapPolicy();
+      for (const role of clusterRoles) this.#store.create(this.#type(RBAC_GROUP, 'v1', 'clusterroles'), '', role);
+      for (const binding of clusterRoleBindings) this.#store.create(this.#type(RBAC_GROUP, 'v1', 'clusterrolebindings'), '', binding);
+    }
   }
 
   /** Starts a double on 127.0.0.1 (or `host`), an ephemeral port, with namespaces `default` and `kube-system`. */
   static async start(options: ApiServerOptions = {}): Promise<ApiServer> {
-    const server = new ApiServer(options);
+    // imported here, not at the top: ajv is a devDependency, and `ambit demo` loads the testbed's modules where only
+    // the dependencies are installed (the image)
+    const { Ajv } = await import('ajv');
+    // strict off: a CRD schema holds OpenAPI's and Kubernetes' own keywords (nullable, x-kubernetes-*), formats unchecked
+    const server = new ApiServer(options, new Ajv({ strict: false, allErrors: true, validateFormats: false }));
     server.#server.listen(0, server.#host);
     await once(server.#server, 'listening');
     server.#url = `https://${server.#host}:${(server.#server.address() as AddressInfo).port}`;
@@ -343,6 +383,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
 
   async close(): Promise<void> {
     this.#controller.stop();
+    this.#crds.stop();
+    this.#namespaces.stop();
     for (const watch of [...this.#watches]) watch.close();
     const closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
     this.#server.closeAllConnections();
@@ -375,6 +417,8 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     }
     const path = url.pathname.replace(/\/+$/, '') || '/';
     this.emit('request', method, path, url.searchParams);
+    this.#rbac?.authorize(user, requestAttributes(method, path, url.searchParams));
+    if (url.searchParams.has('dryRun')) throw badRequest('dryRun is not served by the double: it would write what it was asked to try');
     if (method === 'POST' && path === TOKEN_REVIEW_PATH) {
       if (this.#failTokenReviews !== undefined) throw new StatusError(this.#failTokenReviews, 'InternalError', 'TokenReviews are failing (injected by the test)');
       sendJson(res, 201, this.#tokens.review(asObject(await readJson(req))));
@@ -398,6 +442,12 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       sendJson(res, 200, document);
       return;
     }
+    const openApi = method === 'GET' ? openApiDocument(this.#registry, path, url.searchParams) : undefined;
+    if (openApi !== undefined) {
+      res.setHeader('Cache-Control', openApi.immutable ? 'public, immutable' : 'no-cache, private');
+      sendJson(res, 200, openApi.body);
+      return;
+    }
     const route = this.#route(path);
     const failure = this.#failing.get(keyOf(route.type));
     if (failure !== undefined) throw new StatusError(failure, 'InternalError', `${route.type.resource} is failing (injected by the test)`);
@@ -410,7 +460,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         if (watch === '1' || watch === 'true') this.#watch(route, query, res, user.username);
         else sendJson(res, 200, this.#list(route, query));
       } else if (method === 'POST') {
-        sendJson(res, 201, this.#create(route, asObject(await readJson(req))));
+        sendJson(res, 201, this.#create(route, asObject(await readJson(req)), query, res));
       } else {
         throw new StatusError(405, 'MethodNotAllowed', `${method} is not served on a collection by the double`);
       }
@@ -427,7 +477,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       case 'PUT': {
         const body = asObject(await readJson(req));
         checkBody(route, body);
-        sendJson(res, 200, this.#store.update(route.type, namespace, route.name, body));
+        sendJson(res, 200, this.#store.update(route.type, namespace, route.name, this.#admit(route.type, body, query, res)));
         return;
       }
       case 'PATCH': {
@@ -436,13 +486,19 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
         if (current === undefined) throw notFound(route.type.resource, route.name, route.type.group);
         const contentType = (req.headers['content-type'] ?? '').split(';')[0]?.trim();
         let patched: JsonObject;
-        if (contentType === MERGE_PATCH || contentType === STRATEGIC_MERGE_PATCH) patched = asObject(mergePatch(current, patch));
+        if (contentType === MERGE_PATCH) patched = asObject(mergePatch(current, patch));
+        else if (contentType === STRATEGIC_MERGE_PATCH && route.type.builtIn === true) patched = strategicMergePatch(current, patch, route.type.kind);
         else if (contentType === JSON_PATCH) patched = jsonPatch(current, patch);
-        else throw new StatusError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: ${JSON_PATCH}, ${MERGE_PATCH}, ${STRATEGIC_MERGE_PATCH}`);
-        sendJson(res, 200, this.#store.update(route.type, namespace, route.name, patched));
+        else {
+          // as the real server: a custom resource has no Go type to take a strategic merge patch's merge keys from
+          const accepted = [JSON_PATCH, MERGE_PATCH, ...(route.type.builtIn === true ? [STRATEGIC_MERGE_PATCH] : [])];
+          throw new StatusError(415, 'UnsupportedMediaType', `the body of the request was in an unknown format - accepted media types include: ${accepted.join(', ')}`);
+        }
+        sendJson(res, 200, this.#store.update(route.type, namespace, route.name, this.#admit(route.type, patched, query, res)));
         return;
       }
       case 'DELETE':
+        await readDeleteOptions(req);
         sendJson(res, 200, this.#delete(route.type, namespace, route.name));
         return;
       default:
@@ -585,25 +641,28 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     this.emit('watch', route.type.resource);
   }
 
-  #create(route: Route, body: JsonObject): JsonObject {
+  #create(route: Route, body: JsonObject, query: URLSearchParams, res: ServerResponse): JsonObject {
     checkBody(route, body);
     const bodyNamespace = str(child(body, 'metadata').namespace);
     if (route.type.namespaced && route.namespace === undefined) throw badRequest(`a ${route.type.kind} is created in a namespace: POST to .../namespaces/NS/${route.type.resource}`);
     if (bodyNamespace !== undefined && route.namespace !== undefined && bodyNamespace !== route.namespace) {
       throw badRequest('the namespace of the provided object does not match the namespace sent on the request');
     }
-    return this.#store.create(route.type, route.namespace ?? '', body);
+    return this.#store.create(route.type, route.namespace ?? '', this.#admit(route.type, body, query, res));
   }
 
-  /** Deletes an object; a namespace takes its objects with it (at once: the double has no namespace controller). */
+  /** Field validation (field-validation.ts) and a CRD's own checks, before a body is stored; warnings go in `Warning` headers. */
+  #admit(type: ResourceType, body: JsonObject, query: URLSearchParams, res: ServerResponse): JsonObject {
+    const { object, warnings } = admit(type, body, fieldValidationOf(query), this.#crds.schemaOf(type));
+    this.#crds.check(type, object);
+    if (warnings.length > 0) res.setHeader('Warning', warnings.map((warning) => `299 - ${JSON.stringify(warning)}`));
+    return object;
+  }
+
+  /** Deletes an object; a namespace goes Terminating, and later takes its objects with it (namespaces.ts). */
   #delete(type: ResourceType, namespace: string, name: string): JsonObject {
-    const deleted = this.#store.delete(type, namespace, name);
-    if (type.resource === 'namespaces' && type.group === '') {
-      for (const other of this.#registry.all().filter((t) => t.namespaced)) {
-        for (const object of this.#store.list(other, name)) this.#store.delete(other, name, str(child(object, 'metadata').name) ?? '');
-      }
-    }
-    return deleted;
+    if (type.resource === 'namespaces' && type.group === '') return this.#namespaces.terminate(name);
+    return this.#store.delete(type, namespace, name);
   }
 }
 
@@ -662,6 +721,19 @@ async function readJson(req: IncomingMessage): Promise<Json> {
     return JSON.parse(Buffer.concat(chunks).toString('utf8')) as Json;
   } catch (err) {
     throw badRequest(`the body is not JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/**
+ * A DELETE's body, when it has one: DeleteOptions, as kubectl sends (`propagationPolicy`). Read and checked, and
+ * otherwise changes nothing: the double has no garbage collector to orphan or collect dependents, and no grace period.
+ */
+async function readDeleteOptions(req: IncomingMessage): Promise<void> {
+  if (req.headers['content-length'] === '0' || (req.headers['content-length'] === undefined && req.headers['transfer-encoding'] === undefined)) return;
+  const options = asObject(await readJson(req));
+  const policy = options.propagationPolicy;
+  if (policy !== undefined && policy !== null && policy !== 'Orphan' && policy !== 'Background' && policy !== 'Foreground') {
+    throw badRequest(`propagationPolicy must be Orphan, Background or Foreground, not ${JSON.stringify(policy)}`);
   }
 }
 

@@ -75,10 +75,11 @@ export class ObjectStore {
     let name = str(meta.name);
     const generateName = str(meta.generateName);
     if ((name === undefined || name === '') && generateName !== undefined) name = `${generateName}${randomSuffix()}`;
-    if (name === undefined || !NAME.test(name)) {
-      throw new StatusError(422, 'Invalid', `${type.kind} "${name ?? ''}" is invalid: metadata.name: a lowercase RFC 1123 subdomain is required`);
+    if (name === undefined || !validName(type, name)) {
+      const rule = type.pathSegmentName === true ? 'may not be "." or "..", nor contain "/" or "%"' : 'a lowercase RFC 1123 subdomain is required';
+      throw new StatusError(422, 'Invalid', `${type.kind} "${name ?? ''}" is invalid: metadata.name: ${rule}`);
     }
-    if (type.namespaced) this.#requireNamespace(namespace);
+    if (type.namespaced) this.#requireNamespace(type, namespace, name);
     if (this.get(type, namespace, name) !== undefined) {
       throw new StatusError(409, 'AlreadyExists', `${resourceName(type)} "${name}" already exists`, { name, group: type.group, kind: type.resource });
     }
@@ -171,9 +172,20 @@ export class ObjectStore {
     this.#snapshots.clear();
   }
 
-  #requireNamespace(namespace: string): void {
+  /** A namespaced object is created in a namespace that exists and is not Terminating (the NamespaceLifecycle admission). */
+  #requireNamespace(type: ResourceType, namespace: string, name: string): void {
     if (namespace === '') throw new StatusError(400, 'BadRequest', 'a namespaced object needs a namespace');
-    if (this.#objects.get(NAMESPACES_KEY)?.get(`/${namespace}`) === undefined) throw notFound('namespaces', namespace);
+    const found = this.#objects.get(NAMESPACES_KEY)?.get(`/${namespace}`);
+    if (found === undefined) throw notFound('namespaces', namespace);
+    if (child(found, 'metadata').deletionTimestamp !== undefined) {
+      const message = `unable to create new content in namespace ${namespace} because it is being terminated`;
+      throw new StatusError(403, 'Forbidden', `${resourceName(type)} "${name}" is forbidden: ${message}`, {
+        name,
+        group: type.group,
+        kind: type.resource,
+        causes: [{ reason: 'NamespaceTerminating', message, field: 'metadata.namespace' }],
+      });
+    }
   }
 
   #next(): number {
@@ -221,6 +233,11 @@ function stamped(type: ResourceType, namespace: string, name: string, body: Json
     kind: type.kind,
     metadata: { ...meta, name, ...(type.namespaced ? { namespace } : {}), ...system },
   };
+}
+
+function validName(type: ResourceType, name: string): boolean {
+  if (type.pathSegmentName === true) return name !== '' && name !== '.' && name !== '..' && !/[/%]/.test(name);
+  return NAME.test(name);
 }
 
 /** RFC 3339 to the second, as the API server writes timestamps. */

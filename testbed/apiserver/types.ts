@@ -14,11 +14,22 @@ export interface ResourceType {
   readonly kind: string;
   readonly namespaced: boolean;
   readonly shortNames?: readonly string[];
+  /** Discovery's categories: `kubectl get all` lists the kinds in `all`. */
+  readonly categories?: readonly string[];
+  /** Discovery's singularName; default the kind in lower case. */
+  readonly singular?: string;
   /**
    * Built-in kinds are listed without kind and apiVersion on their items, as the real server does (its typed
    * encoders leave them out); custom resources keep them.
    */
   readonly builtIn?: boolean;
+  /**
+   * A built-in kind's top-level fields besides apiVersion, kind and metadata: what field validation knows of it
+   * (field-validation.ts). Undefined: any field is kept.
+   */
+  readonly fields?: readonly string[];
+  /** Names are any path segment (RBAC's `system:discovery`), not only lowercase DNS subdomains. */
+  readonly pathSegmentName?: boolean;
 }
 
 export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';

@@ -78,6 +78,10 @@ export class WatchStream {
     return this.#options.bookmarks;
   }
 
+  get resourceType(): ResourceType {
+    return this.#options.filter.type;
+  }
+
   get closed(): boolean {
     return this.#closed;
   }
