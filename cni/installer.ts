@@ -5,7 +5,7 @@
  */
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { writeFileAtomic } from '../core/fs/index.js';
 import { AmbitError, errnoCode } from '../core/errors/index.js';
 import type { Logger } from '../core/log/index.js';
@@ -260,6 +260,16 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
     } catch (err) {
       options.log.warn({ err }, 'cannot watch the CNI configuration folder; re-checking on the interval only');
     }
+    // an agent (re)started: its socket appears, and it hears at once where the plugin is chained (ambit check reads it)
+    let socketWatcher: FSWatcher | undefined;
+    try {
+      socketWatcher = watch(dirname(options.agentSocket), (_event, name) => {
+        if (name === basename(options.agentSocket)) schedule();
+      });
+      socketWatcher.on('error', () => socketWatcher?.close());
+    } catch {
+      // no run folder yet: the interval finds the agent
+    }
     const interval = setInterval(check, WATCH_RECHECK_MS);
     check();
     signal.addEventListener(
@@ -268,6 +278,7 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
         clearTimeout(timer);
         clearInterval(interval);
         watcher?.close();
+        socketWatcher?.close();
         void running.then(() => resolve());
       },
       { once: true },

@@ -11,10 +11,10 @@ import path from 'node:path';
 import { AGENT_STARTED_LOG } from '../agent/index.js';
 import { buildCniSea } from '../cni/index.js';
 import { SERVICE_ACCOUNT_DIR } from '../core/k8s/index.js';
-import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES } from './apiserver/index.js';
+import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES, type JsonObject, type StoreEvent } from './apiserver/index.js';
 import { ConfigMapVolume } from './configmap-volume.js';
 import { collectLines, nodeObject, parseLogLines, podObject, startWorkload, waitForLine, waitForLogRecord, type PodSpec } from './cluster.js';
-import { CHECKOUT_DIR, containerOf, renderedPodTemplate, renderManifests, type RenderedPodTemplate } from './manifests.js';
+import { CHECKOUT_DIR, containerOf, podTemplateOf, renderedPodTemplate, renderManifests, type RenderedObject, type RenderedPodTemplate } from './manifests.js';
 import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
 
 export type EnvVar = { name: string; value: string } | { name: string; valueFrom: { fieldRef: { fieldPath: string } } };
@@ -114,6 +114,14 @@ export interface KubeClusterOptions {
   caPropagationSeconds?: number;
   /** By node name: how long after a change that node's mounted trust bundle follows (kubelet's lag; default none). */
   trustBundleLagMs?: Record<string, number>;
+  /**
+   * How Ambit gets onto the cluster. 'testbed' (default): the testbed starts it from the rendered manifests. 'kubectl':
+   * as a user installs it, `kubectl apply -k manifests/` against a double that enforces RBAC, nothing of Ambit there
+   * before; the testbed then does what a cluster's controllers and kubelets do with what was applied: it runs the
+   * applied Deployment's replicas and the DaemonSet's pod on every node, writes their status, and stops a pod's
+   * processes when its object is deleted.
+   */
+  install?: 'testbed' | 'kubectl';
 }
 
 interface RunningProcess {
@@ -126,8 +134,8 @@ export type KubeProcess = 'controller' | TestbedNode;
 
 const AGENT_WORKLOAD = { kind: 'DaemonSet', name: 'ambit-agent', container: 'agent', cniInstaller: 'install-cni' } as const;
 const CONTROLLER_WORKLOAD = { kind: 'Deployment', name: 'ambit-controller', container: 'controller' } as const;
-/** The controller's pod, whose IP is the testbed's host-link address. */
-const CONTROLLER_POD = 'ambit-controller-0';
+/** The controller's pods (`ambit-controller-0`, ...), whose IPs are the testbed's host-link addresses. */
+const CONTROLLER_POD_PREFIX = 'ambit-controller-';
 /** What the installer sidecar logs once it has chained the plugin (or, while the mesh is uninstalling, not) and watches (cli/cni.ts). */
 const CNI_WATCHING_LOG = 'watching the CNI configuration';
 
@@ -145,18 +153,21 @@ export class KubeCluster {
   /** A cluster admin's kubeconfig, for kubectl. */
   readonly kubeconfig: string;
   readonly #options: KubeClusterOptions;
-  readonly #hostIp: string;
-  readonly #agent: RenderedPodTemplate;
-  readonly #controllerTemplate: RenderedPodTemplate;
+  #agent: RenderedPodTemplate;
+  #controllerTemplate: RenderedPodTemplate;
   #controller: RunningProcess | undefined;
+  /** install 'kubectl': the replicas of the applied Deployment (the first is #controller), and what is running. */
+  readonly #replicas: RunningProcess[] = [];
+  #installing: Promise<void> = Promise.resolve();
+  #installFailure: unknown;
+  #daemonSetApplied = false;
   readonly #agents = new Map<string, RunningProcess>();
   readonly #installers = new Map<string, ChildProcess>();
   readonly #volumes: ConfigMapVolume[] = [];
 
-  private constructor(tb: Testbed, api: ApiServer, hostIp: string, options: KubeClusterOptions, agent: RenderedPodTemplate, controller: RenderedPodTemplate) {
+  private constructor(tb: Testbed, api: ApiServer, options: KubeClusterOptions, agent: RenderedPodTemplate, controller: RenderedPodTemplate) {
     this.tb = tb;
     this.api = api;
-    this.#hostIp = hostIp;
     this.#options = options;
     this.#agent = agent;
     this.#controllerTemplate = controller;
@@ -171,16 +182,21 @@ export class KubeCluster {
   static async start(tb: Testbed, options: KubeClusterOptions): Promise<KubeCluster> {
     if (tb.hostIp === undefined) throw new Error(`testbed ${tb.prefix} has no host link: create it with hostLink: true`);
     const [agent, controller] = await Promise.all([renderedPodTemplate(AGENT_WORKLOAD.kind, AGENT_WORKLOAD.name), renderedPodTemplate(CONTROLLER_WORKLOAD.kind, CONTROLLER_WORKLOAD.name), buildCniSea()]);
-    const api = await ApiServer.start({ host: tb.hostIp });
-    const cluster = new KubeCluster(tb, api, tb.hostIp, options, agent, controller);
+    const byKubectl = options.install === 'kubectl';
+    const api = await ApiServer.start({ host: tb.hostIp, rbac: byKubectl });
+    const cluster = new KubeCluster(tb, api, options, agent, controller);
     try {
-      for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
       api.addToken('admin-token', { username: 'kubernetes-admin', groups: ['system:masters'] });
       await api.writeKubeconfig(cluster.kubeconfig, 'admin-token');
       for (const [name, labels] of Object.entries(options.namespaces)) api.objects('v1', 'namespaces').create({ metadata: { name, labels } });
-      api.objects('v1', 'namespaces').create({ metadata: { name: controller.namespace } });
       for (const node of tb.nodes) api.objects('v1', 'nodes').create(nodeObject(node));
       await cluster.#serviceDns();
+      if (byKubectl) {
+        api.on('change', (event) => cluster.#onInstallChange(event));
+        return cluster;
+      }
+      for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
+      api.objects('v1', 'namespaces').create({ metadata: { name: controller.namespace } });
       await cluster.#prepareController();
       await Promise.all(tb.nodes.map((node) => cluster.#prepareAgent(node)));
       // the controller creates the mesh's root (no Secret yet) and publishes the bundle the agents mount
@@ -246,7 +262,8 @@ export class KubeCluster {
       const base = `${service.metadata.name}.${service.metadata.namespace ?? 'default'}.svc`;
       return [base, `${base}.cluster.local`];
     });
-    for (const node of this.tb.nodes) await this.tb.setHosts(node, { [this.#hostIp]: names });
+    // every replica's address (getaddrinfo gives the first, as kube-proxy would pick one)
+    for (const node of this.tb.nodes) await this.tb.setHosts(node, Object.fromEntries(this.tb.hostIps.map((ip) => [ip, names])));
   }
 
   /** The service-account folder the kubelet mounts: the token, the API server's CA, the namespace. */
@@ -259,10 +276,10 @@ export class KubeCluster {
     return { dir, host: url.hostname, port: url.port };
   }
 
-  async #prepareController(): Promise<void> {
+  async #prepareController(replica = 0): Promise<void> {
     const { namespace, spec } = this.#controllerTemplate;
-    this.api.addToken('controller-token', { username: `system:serviceaccount:${namespace}:${spec.serviceAccountName}` });
-    await this.#serviceAccount('controller', namespace, 'controller-token');
+    this.api.addToken(`${controllerName(replica)}-token`, { username: `system:serviceaccount:${namespace}:${spec.serviceAccountName}` });
+    await this.#serviceAccount(controllerName(replica), namespace, `${controllerName(replica)}-token`);
   }
 
   /**
@@ -318,8 +335,10 @@ export class KubeCluster {
    * The controller's process as its container says (an overlay's flags after the manifests'), in the host's
    * namespace, whose host-link address is its pod IP.
    */
-  controllerProcess(): ContainerProcess {
+  controllerProcess(replica = 0): ContainerProcess {
     const { logLevel, certTtlSeconds, caPropagationSeconds } = this.#options;
+    const podIp = this.tb.hostIps[replica];
+    if (podIp === undefined) throw new Error(`the testbed has ${this.tb.hostIps.length} host addresses: no room for controller replica ${replica}`);
     const container = containerOf(this.#controllerTemplate, CONTROLLER_WORKLOAD.container);
     const overlay = [
       ...(logLevel === undefined ? [] : ['--log-level', logLevel]),
@@ -330,9 +349,9 @@ export class KubeCluster {
     return containerProcess(
       { ...container, args: [...container.args, ...overlay] },
       {
-        fields: { 'status.podIP': this.#hostIp, 'metadata.namespace': this.#controllerTemplate.namespace, 'metadata.name': CONTROLLER_POD },
+        fields: { 'status.podIP': podIp, 'metadata.namespace': this.#controllerTemplate.namespace, 'metadata.name': `${CONTROLLER_POD_PREFIX}${replica}` },
         mounts: {},
-        serviceAccount: { dir: this.mountDir('controller', SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
+        serviceAccount: { dir: this.mountDir(controllerName(replica), SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
       },
     );
   }
@@ -363,13 +382,90 @@ export class KubeCluster {
     return this.#agentPodProcess(node, AGENT_WORKLOAD.cniInstaller);
   }
 
-  /** Starts the controller and resolves once it has listed the cluster. */
-  async startController(): Promise<void> {
-    const spec = this.controllerProcess();
+  /** Starts the controller (replica 0, unless given) and resolves once it has listed the cluster. */
+  async startController(replica = 0): Promise<void> {
+    const spec = this.controllerProcess(replica);
     const child = this.tb.spawnOnHost(spec.file, spec.args, { buffer: false, env: spec.env }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
-    this.#controller = { child, lines };
-    await waitForLine(child, lines, (l) => l.includes('"msg":"cluster listed; streaming to agents"'), 'controller', READY_TIMEOUT_MS, stderr);
+    if (replica === 0) this.#controller = { child, lines };
+    this.#replicas[replica] = { child, lines };
+    await waitForLine(child, lines, (l) => l.includes('"msg":"cluster listed; streaming to agents"'), controllerName(replica), READY_TIMEOUT_MS, stderr);
+  }
+
+  /**
+   * install 'kubectl': what the cluster's controllers and kubelets do with what `kubectl apply` created, one change at a
+   * time. A failure is kept for `installed()` to report.
+   */
+  #onInstallChange(event: StoreEvent): void {
+    const { object, type } = event;
+    const metadata = (object['metadata'] ?? {}) as { name?: string; namespace?: string; labels?: Record<string, string> };
+    const kind = object['kind'];
+    if (metadata.namespace !== this.#controllerTemplate.namespace) return;
+    const step = async () => {
+      if (type === 'ADDED' && kind === CONTROLLER_WORKLOAD.kind && metadata.name === CONTROLLER_WORKLOAD.name) await this.#runDeployment(object);
+      else if (type === 'ADDED' && kind === AGENT_WORKLOAD.kind && metadata.name === AGENT_WORKLOAD.name) await this.#runDaemonSet(object);
+      else if (type === 'DELETED' && kind === 'Pod') await this.#podDeleted(metadata.name ?? '');
+    };
+    this.#installing = this.#installing.then(step).catch((err: unknown) => {
+      this.#installFailure ??= err;
+    });
+  }
+
+  /** install 'kubectl': resolves once what has been applied so far runs (rejects with what failed). */
+  async installed(): Promise<void> {
+    await this.#installing;
+    if (this.#installFailure !== undefined) throw this.#installFailure;
+  }
+
+  /** The Deployment's replicas, each a pod on a host-link address; then its status, as its controller writes it. */
+  async #runDeployment(deployment: JsonObject): Promise<void> {
+    this.#controllerTemplate = podTemplateOf(deployment as unknown as RenderedObject);
+    const replicas = Number((deployment['spec'] as { replicas?: number }).replicas ?? 1);
+    const { namespace, labels, spec } = this.#controllerTemplate;
+    for (let replica = 0; replica < replicas; replica++) {
+      const podIp = this.tb.hostIps[replica];
+      this.api.objects('v1', 'pods').create({
+        metadata: { name: `${CONTROLLER_POD_PREFIX}${replica}`, namespace, labels },
+        spec: { serviceAccountName: spec.serviceAccountName, containers: spec.containers.map((container) => ({ name: container.name })) },
+        status: { phase: 'Running', podIP: podIp ?? '', conditions: [{ type: 'Ready', status: 'True' }] },
+      });
+      await this.#prepareController(replica);
+      await this.startController(replica);
+    }
+    const generation = (deployment['metadata'] as { generation?: number }).generation ?? 1;
+    this.api.objects('apps/v1', 'deployments').patch(CONTROLLER_WORKLOAD.name, { status: { observedGeneration: generation, replicas, updatedReplicas: replicas, readyReplicas: replicas, availableReplicas: replicas } }, namespace);
+    // the DaemonSet's pods mount the bundle the controller publishes: they wait for it, as a kubelet waits for a ConfigMap
+    if (this.#daemonSetApplied) await this.#startAgents();
+  }
+
+  async #runDaemonSet(daemonSet: JsonObject): Promise<void> {
+    this.#agent = podTemplateOf(daemonSet as unknown as RenderedObject);
+    this.#daemonSetApplied = true;
+    if (this.#controller !== undefined) await this.#startAgents();
+  }
+
+  /** The DaemonSet's pod on every node (its installer, then its agent); then its status. */
+  async #startAgents(): Promise<void> {
+    const { namespace } = this.#agent;
+    await Promise.all(this.tb.nodes.map((node) => this.#prepareAgent(node)));
+    await Promise.all(this.#volumes.map((volume) => volume.settled()));
+    for (const node of this.tb.nodes) await this.startCniInstaller(node);
+    await Promise.all(this.tb.nodes.map((node) => this.startAgent(node)));
+    const count = this.tb.nodes.length;
+    const status = { observedGeneration: 1, desiredNumberScheduled: count, currentNumberScheduled: count, updatedNumberScheduled: count, numberReady: count, numberAvailable: count, numberMisscheduled: 0 };
+    this.api.objects('apps/v1', 'daemonsets').patch(AGENT_WORKLOAD.name, { status }, namespace);
+  }
+
+  /** A deleted pod's processes stop, as its kubelet stops them. */
+  async #podDeleted(name: string): Promise<void> {
+    const node = this.tb.nodes.find((candidate) => `${AGENT_WORKLOAD.name}-${candidate.name}` === name);
+    if (node !== undefined) {
+      await this.stopAgentPod(node);
+      return;
+    }
+    const replica = name.startsWith(CONTROLLER_POD_PREFIX) ? Number(name.slice(CONTROLLER_POD_PREFIX.length)) : Number.NaN;
+    const running = this.#replicas[replica];
+    if (running !== undefined) await stopChild(running.child);
   }
 
   /** Stops the controller (SIGTERM) and resolves with its exit code once it has exited. */
@@ -443,6 +539,10 @@ export class KubeCluster {
     for (const volume of this.#volumes) volume.close();
     await this.api.close();
   }
+}
+
+function controllerName(replica: number): string {
+  return replica === 0 ? 'controller' : `controller-${replica}`;
 }
 
 function agentName(node: TestbedNode): string {

@@ -66,6 +66,11 @@ export function renderManifests(): Promise<RenderedObject[]> {
 export async function renderedPodTemplate(kind: 'DaemonSet' | 'Deployment', name: string): Promise<RenderedPodTemplate> {
   const object = (await renderManifests()).find((candidate) => candidate.kind === kind && candidate.metadata.name === name);
   if (object === undefined) throw new AmbitError('TESTBED_MANIFESTS', `the rendered manifests (${MANIFESTS_DIR}) have no ${kind} ${name}`);
+  return podTemplateOf(object);
+}
+
+/** The pod template of a DaemonSet or Deployment object (rendered, or as the API server holds it once applied). */
+export function podTemplateOf(object: RenderedObject): RenderedPodTemplate {
   const template = (object['spec'] as { template: { metadata?: { labels?: Record<string, string> }; spec: RenderedPodSpec } }).template;
   const normalise = (container: RenderedContainer): RenderedContainer => ({
     name: container.name,
@@ -75,7 +80,7 @@ export async function renderedPodTemplate(kind: 'DaemonSet' | 'Deployment', name
     volumeMounts: container.volumeMounts ?? [],
   });
   return {
-    owner: `${kind}/${name}`,
+    owner: `${object.kind}/${object.metadata.name}`,
     namespace: object.metadata.namespace ?? 'default',
     labels: template.metadata?.labels ?? {},
     spec: {

@@ -110,6 +110,11 @@ const MAX_PODS_PER_NODE = 253;
 const WIRE_BRIDGE = 'wire0';
 /** The host's address on the wire with `hostLink`: the top of the node subnet, which nodes (1 to 253) then leave free. */
 export const HOST_LINK_IP = '10.250.0.254';
+/**
+ * The host link's second address: a second off-node process that must listen on the same ports (the controller's
+ * second replica).
+ */
+export const HOST_LINK_IP2 = '10.250.0.253';
 const NODE_SUBNET = '10.250.0.0/24';
 /** The host link's wire end, in the wire namespace. */
 const HOST_LINK_WIRE_PORT = 'h0';
@@ -178,9 +183,9 @@ export function onPath(file: string): boolean {
 
 function validateOptions(options: TestbedOptions): TestbedCni[] {
   const { nodes, podsPerNode } = options;
-  const maxNodes = options.hostLink === true ? MAX_NODES - 1 : MAX_NODES;
+  const maxNodes = options.hostLink === true ? MAX_NODES - 2 : MAX_NODES;
   if (!Number.isInteger(nodes) || nodes < 1 || nodes > maxNodes) {
-    const why = options.hostLink === true ? ` (the host link takes ${HOST_LINK_IP})` : '';
+    const why = options.hostLink === true ? ` (the host link takes ${HOST_LINK_IP2} and ${HOST_LINK_IP})` : '';
     throw new AmbitError('TESTBED_INVALID_OPTIONS', `testbed nodes must be an integer from 1 to ${maxNodes}${why}; got ${nodes}`);
   }
   if (!Number.isInteger(podsPerNode) || podsPerNode < 0 || podsPerNode > MAX_PODS_PER_NODE) {
@@ -219,6 +224,8 @@ export class Testbed implements SyncTeardown {
   readonly tmpDir: string;
   /** With `hostLink`: HOST_LINK_IP, the host's address that every node reaches on the wire. */
   readonly hostIp: string | undefined;
+  /** With `hostLink`: the host link's addresses, HOST_LINK_IP first. */
+  readonly hostIps: readonly string[];
 
   readonly #id: string;
   readonly #log: (msg: string) => void;
@@ -242,6 +249,7 @@ export class Testbed implements SyncTeardown {
     this.#cniConfigOverrides = options.cniConfigOverrides ?? {};
     this.#ipv6 = options.ipv6 ?? false;
     this.hostIp = options.hostLink === true ? HOST_LINK_IP : undefined;
+    this.hostIps = options.hostLink === true ? [HOST_LINK_IP, HOST_LINK_IP2] : [];
   }
 
   /** Builds the whole testbed; if any step fails, tears down what was made and rethrows. */
@@ -336,7 +344,7 @@ export class Testbed implements SyncTeardown {
       throw new AmbitError('TESTBED_SETUP_FAILED', `the host already routes ${hostIp} (${clash.join('; ')}): a testbed host link to ${NODE_SUBNET} would clash`);
     }
     const link = hostLinkName(this.prefix);
-    await ipBatch([`link add ${link} type veth peer name ${HOST_LINK_WIRE_PORT} netns ${wire}`, `addr add ${hostIp}/24 dev ${link}`, `link set ${link} up`]);
+    await ipBatch([`link add ${link} type veth peer name ${HOST_LINK_WIRE_PORT} netns ${wire}`, `addr add ${hostIp}/24 dev ${link}`, `addr add ${HOST_LINK_IP2}/24 dev ${link}`, `link set ${link} up`]);
     await ipBatch([`link set ${HOST_LINK_WIRE_PORT} master ${WIRE_BRIDGE}`, `link set ${HOST_LINK_WIRE_PORT} up`], wire);
   }
 

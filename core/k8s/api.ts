@@ -203,7 +203,8 @@ export class KubeApi {
     };
     const send = url.protocol === 'http:' ? http.request : https.request;
     const contentType = method === 'PATCH' ? MERGE_PATCH : 'application/json';
-    const headers = { ...options.headers, accept: 'application/json', ...(body === undefined ? {} : { 'content-type': contentType }) };
+    // a length always: Node sends a DELETE's body neither chunked nor sized otherwise, and the server reads it as the next request
+    const headers = { ...options.headers, accept: 'application/json', ...(body === undefined ? {} : { 'content-type': contentType, 'content-length': Buffer.byteLength(body) }) };
     return new Promise<ApiResponse>((resolve, reject) => {
       const request = send(url, { ...options, method, headers, signal });
       request.once('response', (response) =>

@@ -5,4 +5,4 @@ export { MESH_CUSTOM_RESOURCES } from './resources.js';
 export { SERVICE_NAME_LABEL, sliceName } from './endpointslices.js';
 export { API_SERVER_AUDIENCE, boundServiceAccountUser, NODE_NAME_EXTRA, POD_NAME_EXTRA, POD_UID_EXTRA } from './tokens.js';
 export { StatusError } from './status.js';
-export type { Json, JsonObject, ResourceType, TokenUser } from './types.js';
+export type { Json, JsonObject, ResourceType, StoreEvent, TokenUser } from './types.js';
