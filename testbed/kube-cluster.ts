@@ -344,7 +344,7 @@ export class KubeCluster {
     return containerProcess(
       { ...container, args: [...container.args, ...overlay] },
       {
-        fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip },
+        fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip, 'metadata.namespace': this.#agent.namespace },
         mounts: this.#podMounts(node),
         hostPaths: this.#hostPaths(node),
         serviceAccount: { dir: this.mountDir(agentName(node), SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
