@@ -441,6 +441,16 @@ async function enrollPod(command: 'ADD' | 'CHECK', config: PluginConfig, pod: Cn
 export function agentRefusal(podName: string, error: { readonly code: string; readonly message: string; readonly supportedVersions?: readonly number[] }): CniPluginError {
   const details = `agent error code ${error.code}${error.supportedVersions ? `; the agent speaks protocol versions ${error.supportedVersions.join(', ')}, this plugin ${CNI_PROTOCOL_VERSION}` : ''}`;
   switch (error.code) {
+    case 'unsupported-version': {
+      const agent = error.supportedVersions?.length ? `version ${error.supportedVersions.join(', ')}` : `another version (${error.message})`;
+      return new CniPluginError(
+        'CNI_AGENT_REFUSED',
+        `pod ${podName} cannot be enrolled: the Ambit agent on this node speaks CNI socket protocol ${agent} and this ambit-cni plugin version ${CNI_PROTOCOL_VERSION}, ` +
+          "so they come from different Ambit releases; the DaemonSet's install-cni container copies the plugin from the agent's own image, " +
+          'so finish the upgrade, or restart the ambit-agent pod on this node, and the two match again',
+        { details },
+      );
+    }
     case 'not-ready':
       return new CniPluginError('CNI_TRY_AGAIN_LATER', `the Ambit agent is not ready for pod ${podName}: ${error.message}; the runtime will retry`, { details });
     case 'rules-missing':

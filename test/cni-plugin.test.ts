@@ -555,6 +555,19 @@ t.test('ADD the agent refuses fails with its message', async (t) => {
   expectCniError(t, await node(n.env(), n.config()), 100, /the Ambit agent refused pod demo\/web-1: ipset restore failed: exit 1/);
 });
 
+t.test('ADD against an agent of another socket protocol version fails naming both versions and what to do', async (t) => {
+  const n = await makeNode(t);
+  const message = `protocol version ${CNI_PROTOCOL_VERSION} is not supported; this agent speaks ${CNI_PROTOCOL_VERSION + 1}`;
+  await n.agent({ version: CNI_PROTOCOL_VERSION + 1, ok: false, error: { code: 'unsupported-version', message, supportedVersions: [CNI_PROTOCOL_VERSION + 1] } });
+  const error = expectCniError(
+    t,
+    await node(n.env(), n.config()),
+    100,
+    new RegExp(`^pod demo/web-1 cannot be enrolled: the Ambit agent on this node speaks CNI socket protocol version ${CNI_PROTOCOL_VERSION + 1} and this ambit-cni plugin version ${CNI_PROTOCOL_VERSION}, .*restart the ambit-agent pod on this node`),
+  );
+  t.match(error.details, `the agent speaks protocol versions ${CNI_PROTOCOL_VERSION + 1}, this plugin ${CNI_PROTOCOL_VERSION}`);
+});
+
 t.test('ADD the agent is not ready for fails with "try again later"', async (t) => {
   const n = await makeNode(t);
   await n.agent({ version: CNI_PROTOCOL_VERSION, ok: false, error: { code: 'not-ready', message: 'the agent has not reconciled yet' } });
