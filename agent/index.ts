@@ -38,3 +38,4 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
   logOutput.finish();
   return 0;
 }
+export type { AgentStatus, RulesStatus, WorkloadStatus } from './status.js';

@@ -6,7 +6,7 @@
  * `ambit status` does (judged by judgeNodes, pure, on those answers).
  */
 import { X509Certificate } from 'node:crypto';
-import type { AgentStatus } from '../agent/status.js';
+import type { AgentStatus } from '../agent/index.js';
 import { isAmbitError } from '../core/errors/index.js';
 import { DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, enrollmentLabel, ISTIO_DATAPLANE_LABEL } from '../core/enrollment/index.js';
 import { issuedBy, parseTrustBundle, pemCertificates, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';

@@ -3,7 +3,7 @@
  * with --watch), or takes it out and has the agent remove every rule, so the node returns to plain networking.
  */
 import { access, constants } from 'node:fs/promises';
-import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE } from '../core/cni/index.js';
+import { DEFAULT_CNI_SOCKET, DEFAULT_ENROLLMENT_FILE, isNamespaceName } from '../core/cni/index.js';
 import { AmbitError } from '../core/errors/index.js';
 import { parseFlags, subcommand, usageError as cliUsageError } from './args.js';
 import { createLogger } from '../core/log/index.js';
@@ -36,6 +36,9 @@ Options:
   --enrollment-file PATH the agent's enrollment file (its         (default ${DEFAULT_ENROLLMENT_FILE})
                          --state-dir), read when it is down
   --agent-timeout-ms N   how long ADD waits for the agent         (plugin default 5000)
+  --namespace NS         install, in the DaemonSet: its namespace (downward API; AMBIT_NAMESPACE). Until an agent
+                         has written the enrollment file on this node, only pods of NS and kube-system start; the
+                         others wait for the agent (CNI error 11). Without it they start uncaptured, with a warning
   --plugin PATH          the executable to install                (default: the single-executable build,
                                                                    built on first use)
   --watch                install: keep the plugin chained until SIGTERM/SIGINT
@@ -44,7 +47,7 @@ Options:
   -h, --help             show this help
 
 The mesh's own namespace, whose pods are never enrolled, is the agent's --root-namespace: the agent writes it into
-the enrollment file, where the plugin reads it.
+the enrollment file, where the plugin reads it. --namespace counts only before that file exists.
 
 Exit codes: 0 done, 1 failure (nothing half-applied: each file is replaced atomically), 2 bad usage.
 `;
@@ -61,6 +64,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     'agent-socket': { type: 'string' },
     'enrollment-file': { type: 'string' },
     'agent-timeout-ms': { type: 'string' },
+    namespace: { type: 'string' },
     // Removed; still parsed, so that it fails with where the value comes from now rather than as an unknown option.
     'root-namespace': { type: 'string' },
     plugin: { type: 'string' },
@@ -94,6 +98,9 @@ export async function runCniCommand(argv: string[]): Promise<number> {
         "which the agent writes with its own --root-namespace (set it there only, and drop it here)",
     );
   }
+  const meshNamespace = values.namespace ?? process.env.AMBIT_NAMESPACE;
+  if (meshNamespace !== undefined && !isNamespaceName(meshNamespace)) throw usageError(`--namespace ${meshNamespace} is not a namespace name (a DNS label)`);
+  if (values.namespace !== undefined && sub === 'uninstall') throw usageError('--namespace applies to install only');
   const backend = values['iptables-backend'] ?? 'auto';
   if (!['auto', 'nft', 'legacy'].includes(backend)) throw usageError(`--iptables-backend ${backend} is not one of auto, nft, legacy`);
   const logLevel = values['log-level'] ?? 'info';
@@ -119,6 +126,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
     pluginBinary,
     log,
     ...(agentTimeoutMs === undefined ? {} : { agentTimeoutMs }),
+    ...(meshNamespace === undefined ? {} : { meshNamespace }),
   };
   // a sidecar restarted while the mesh is being uninstalled must not chain the plugin again: the watch finishes it
   let chainedIn: string | null = null;

@@ -3,7 +3,7 @@
  * certificate expiry. It reaches each agent as kubectl would, through the API server: the pods proxy subresource to
  * the read-only `GET /status` on the agent's metrics port (agent/status.ts), never by opening a port to the network.
  */
-import type { AgentStatus } from '../agent/status.js';
+import type { AgentStatus } from '../agent/index.js';
 import { AmbitError } from '../core/errors/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
 import { connectCluster, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, type ClusterClient } from './kube.js';

@@ -28,6 +28,11 @@ export interface PluginEntryOptions {
   /** The agent's persistent enrollment file; the plugin's default when absent. */
   enrollmentFile?: string;
   agentTimeoutMs?: number;
+  /**
+   * The namespace the installer runs in (the DaemonSet's, the mesh's own), when it runs in the DaemonSet: until an
+   * agent has written the enrollment file on the node, the plugin starts only pods of it and kube-system (plugin.ts).
+   */
+  meshNamespace?: string;
 }
 
 export interface InstallerOptions extends PluginEntryOptions {
@@ -49,6 +54,8 @@ export interface InstallResult {
 /**
  * The plugin's entry in the conflist. The root namespace is not in it: the plugin reads the agent's from the
  * enrollment file, so the two cannot disagree (an entry an older installer wrote with one is rewritten without it).
+ * `meshNamespace` counts only until that file exists: it says that the DaemonSet installed the plugin, so an agent
+ * is on its way, and which pods may start before it.
  */
 export function pluginEntry(options: PluginEntryOptions): Record<string, unknown> {
   return {
@@ -56,6 +63,7 @@ export function pluginEntry(options: PluginEntryOptions): Record<string, unknown
     agentSocket: options.agentSocket,
     ...(options.enrollmentFile === undefined ? {} : { enrollmentFile: options.enrollmentFile }),
     ...(options.agentTimeoutMs === undefined ? {} : { agentTimeoutMs: options.agentTimeoutMs }),
+    ...(options.meshNamespace === undefined ? {} : { meshNamespace: options.meshNamespace }),
   };
 }
 

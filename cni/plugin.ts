@@ -20,7 +20,8 @@
  * | 6   | stdin is not a JSON object, or is larger than STDIN_LIMIT |
  * | 7   | invalid config: cniVersion/name/type missing, bad agentSocket/agentTimeoutMs, prevResult missing or malformed |
  * | 11  | try again later: the agent is not ready for an enrolled pod (or has not read the cluster state yet), or cannot be |
- * |     | reached and the enrollment file says the namespace is enrolled or cannot be read or parsed                       |
+ * |     | reached and the enrollment file says the namespace is enrolled or cannot be read or parsed, or does not exist yet |
+ * |     | on a node the DaemonSet installed (`meshNamespace`) and the pod is not of kube-system or the mesh's namespace     |
  * | 100 | the agent refused the pod (bad request, protocol version skew, internal error); its message is in `msg` |
  * | 101 | CHECK: the pod is enrolled but its redirect rules are missing |
  * | 102 | the pod's namespace is enrolled but prevResult lists no pod IP to capture |
@@ -35,6 +36,7 @@ import {
   DEFAULT_CNI_SOCKET,
   DEFAULT_ENROLLMENT_FILE,
   isInterfaceName,
+  isNamespaceName,
   parseEnrollmentSnapshot,
   type CniPod,
   type CniRequest,
@@ -59,6 +61,11 @@ export const AGENT_TIMEOUT_MIN_MS = 100;
 export const AGENT_TIMEOUT_MAX_MS = 60_000;
 /** DEL never fails, so there is no point waiting long: the agent reconciles a missed DEL from the pod watch. */
 export const DEL_TIMEOUT_MS = 1000;
+/**
+ * The cluster's own namespace (DNS, the network plugin's controllers): on a node where no agent has written the
+ * enrollment file yet, its pods start, with the mesh's, so that the agent can reach the controller and read the cluster.
+ */
+export const KUBE_SYSTEM_NAMESPACE = 'kube-system';
 /** sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL. */
 export const UNIX_SOCKET_PATH_LIMIT = 107;
 
@@ -115,6 +122,14 @@ export interface PluginConfig {
    * in the conflist by an older installer is ignored.
    */
   readonly enrollmentFile: string;
+  /**
+   * The namespace of the DaemonSet whose installer chained the plugin (the downward API's, so the mesh's own), or
+   * undefined for an entry written by hand or by an installer that predates it. It counts only while the enrollment
+   * file does not exist: on a node where the DaemonSet has installed the plugin and no agent has read the cluster yet,
+   * only pods of this namespace and kube-system start; every other one waits for the agent. Once the agent has
+   * written the file, the file's root namespace alone is the mesh's own.
+   */
+  readonly meshNamespace: string | undefined;
   /** The primary plugin's result, as the runtime passed it (0.4.0+ on DEL too; required for ADD and CHECK). */
   readonly prevResult: Readonly<Record<string, unknown>> | undefined;
 }
@@ -277,9 +292,13 @@ export function parseNetworkConfig(stdin: StdinContent): PluginConfig {
   if (typeof enrollmentFile !== 'string' || !path.isAbsolute(enrollmentFile) || enrollmentFile.includes('\0')) {
     throw invalidConfig(`"enrollmentFile" must be an absolute path, got ${JSON.stringify(enrollmentFile)?.slice(0, 80)}`);
   }
+  const meshNamespace = value.meshNamespace;
+  if (meshNamespace !== undefined && (typeof meshNamespace !== 'string' || !isNamespaceName(meshNamespace))) {
+    throw invalidConfig(`"meshNamespace" must be a namespace name, got ${JSON.stringify(meshNamespace)?.slice(0, 80)}`);
+  }
   const prevResult = value.prevResult;
   if (prevResult !== undefined && !isObject(prevResult)) throw invalidConfig('"prevResult" is not an object');
-  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, prevResult };
+  return { cniVersion, name, type, agentSocket, agentTimeoutMs, enrollmentFile, meshNamespace, prevResult };
 }
 
 function invalidConfig(problem: string): CniPluginError {
@@ -422,6 +441,16 @@ async function enrollPod(command: 'ADD' | 'CHECK', config: PluginConfig, pod: Cn
 export function agentRefusal(podName: string, error: { readonly code: string; readonly message: string; readonly supportedVersions?: readonly number[] }): CniPluginError {
   const details = `agent error code ${error.code}${error.supportedVersions ? `; the agent speaks protocol versions ${error.supportedVersions.join(', ')}, this plugin ${CNI_PROTOCOL_VERSION}` : ''}`;
   switch (error.code) {
+    case 'unsupported-version': {
+      const agent = error.supportedVersions?.length ? `version ${error.supportedVersions.join(', ')}` : `another version (${error.message})`;
+      return new CniPluginError(
+        'CNI_AGENT_REFUSED',
+        `pod ${podName} cannot be enrolled: the Ambit agent on this node speaks CNI socket protocol ${agent} and this ambit-cni plugin version ${CNI_PROTOCOL_VERSION}, ` +
+          "so they come from different Ambit releases; the DaemonSet's install-cni container copies the plugin from the agent's own image, " +
+          'so finish the upgrade, or restart the ambit-agent pod on this node, and the two match again',
+        { details },
+      );
+    }
     case 'not-ready':
       return new CniPluginError('CNI_TRY_AGAIN_LATER', `the Ambit agent is not ready for pod ${podName}: ${error.message}; the runtime will retry`, { details });
     case 'rules-missing':
@@ -446,22 +475,45 @@ export interface EnrollmentVerdict {
 /** The root namespace comes from the file as well: one that cannot be used lets no pod through, the mesh's own included. */
 const UNUSABLE_FILE_HOLDS_ALL = ", which names the mesh's own namespace too, so no pod starts on it";
 
+/** What else than the file's text the verdict depends on. */
+export interface EnrollmentFileContext {
+  /** Reading the file failed (other than ENOENT). */
+  readonly readError?: unknown;
+  /** The conflist entry's `meshNamespace` (PluginConfig): the DaemonSet's installer chained the plugin. */
+  readonly meshNamespace?: string | undefined;
+}
+
 /**
  * What the enrollment file alone, the agent's last word kept on persistent storage, says about a pod of `namespace`.
- * No file means no agent has written one on this node (a new node, or `ambit cni uninstall` removed it), so no pod
- * here has been captured yet: "not enrolled", with a warning. A file that exists but cannot be read or parsed is
- * "unknown" for every namespace, the mesh's own too (the file is what names it): an agent did write it, and it may be
- * what a power loss left of one that listed this namespace. The agent's root namespace is never enrolled. A file
- * without `rootNamespace` (an agent that predates it) says only which namespaces are enrolled: those fail, as they
- * would have, and every other one passes (such an agent left its root namespace out of the list too).
+ * No file means no agent has read the cluster on this node yet (a new node, or `ambit cni uninstall` removed it). When
+ * the DaemonSet's installer chained the plugin (`meshNamespace`), an agent is on its way, and until it has read the
+ * cluster nobody on the node knows which namespaces are enrolled: every pod is "unknown" and waits, but those of the
+ * mesh's own namespace and kube-system, which the agent needs to read the cluster (its controller, the cluster's DNS).
+ * An entry without it (written by hand, or by an older installer) lets the pod start, with a warning.
+ * A file that exists but cannot be read or parsed is "unknown" for every namespace, the mesh's own too (the file is
+ * what names it): an agent did write it, and it may be what a power loss left of one that listed this namespace. The
+ * agent's root namespace is never enrolled. A file without `rootNamespace` (an agent that predates it) says only
+ * which namespaces are enrolled: those fail, as they would have, and every other one passes (such an agent left its
+ * root namespace out of the list too).
  */
-export function enrollmentFileVerdict(namespace: string, file: string, text: string | undefined, readError?: unknown): EnrollmentVerdict {
+export function enrollmentFileVerdict(namespace: string, file: string, text: string | undefined, context: EnrollmentFileContext = {}): EnrollmentVerdict {
+  const { readError, meshNamespace } = context;
   if (readError !== undefined) {
     return { enrolled: 'unknown', details: `${file} cannot be read (${readError instanceof Error ? readError.message : String(readError)})${UNUSABLE_FILE_HOLDS_ALL}` };
   }
   if (text === undefined) {
-    const why = `${file} does not exist (no Ambit agent has written it on this node yet)`;
-    return { enrolled: false, details: why, warning: why };
+    if (meshNamespace === undefined) {
+      const why = `${file} does not exist (no Ambit agent has written it on this node yet)`;
+      return { enrolled: false, details: why, warning: why };
+    }
+    const notYet = `${file} does not exist: no Ambit agent has read the cluster on this node yet, so which namespaces are enrolled is not known here`;
+    if (namespace === meshNamespace || namespace === KUBE_SYSTEM_NAMESPACE) {
+      return { enrolled: false, details: `${notYet}; namespace ${namespace} starts all the same (the mesh's own namespace, ${meshNamespace}, and ${KUBE_SYSTEM_NAMESPACE} never wait)` };
+    }
+    return {
+      enrolled: 'unknown',
+      details: `${notYet}: until this node's Ambit agent (the DaemonSet's in ${meshNamespace}) is up, only pods of ${meshNamespace} and ${KUBE_SYSTEM_NAMESPACE} start`,
+    };
   }
   let snapshot;
   try {
@@ -486,9 +538,9 @@ async function lookUpEnrollment(config: PluginConfig, pod: CniPod, io: PluginIo,
   const file = config.enrollmentFile;
   let verdict: EnrollmentVerdict;
   try {
-    verdict = enrollmentFileVerdict(pod.namespace, file, await io.readEnrollmentFile(file));
+    verdict = enrollmentFileVerdict(pod.namespace, file, await io.readEnrollmentFile(file), { meshNamespace: config.meshNamespace });
   } catch (err) {
-    verdict = enrollmentFileVerdict(pod.namespace, file, undefined, err);
+    verdict = enrollmentFileVerdict(pod.namespace, file, undefined, { readError: err });
   }
   if (verdict.warning !== undefined) {
     const agent = agentProblem === undefined ? '' : `the Ambit agent at ${config.agentSocket} did not answer (${agentProblem}) and `;

@@ -7,7 +7,7 @@
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import type { AgentStatus } from '../agent/status.js';
+import type { AgentStatus } from '../agent/index.js';
 import { judgeNodes, judgeServerVersion, judgeTrustBundle, NODE_ASPECTS } from '../cli/checks.js';
 import type { NodeStatus } from '../cli/status.js';
 import { AGENT_DAEMONSET, CONTROLLER_DEPLOYMENT, crdName, INSTALL_KINDS, MESH_CRDS, PART_OF_LABEL } from '../cli/install-objects.js';

@@ -40,6 +40,8 @@ t.test('usage errors exit 2 and say what is wrong', async (t) => {
   t.match(await ambit(['cni', 'install', '--agent-timeout-ms', '5']), { code: 2, stderr: /--agent-timeout-ms 5/ });
   t.match(await ambit(['cni', 'uninstall', '--watch']), { code: 2, stderr: /--watch applies to install only/ });
   t.match(await ambit(['cni', 'install', '--bogus']), { code: 2, stderr: /bogus/ });
+  t.match(await ambit(['cni', 'install', '--namespace', 'Ambit_System']), { code: 2, stderr: /--namespace Ambit_System is not a namespace name/ });
+  t.match(await ambit(['cni', 'uninstall', '--namespace', 'ambit-system']), { code: 2, stderr: /--namespace applies to install only/ });
   t.match(
     await ambit(['cni', 'install', '--root-namespace', 'mesh-system']),
     { code: 2, stderr: /--root-namespace is no longer an option of ambit cni: the plugin reads the mesh's own namespace from the agent's enrollment file, which the agent writes with its own --root-namespace/ },

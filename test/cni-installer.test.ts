@@ -37,6 +37,8 @@ t.test("the plugin entry has no root namespace (the plugin reads the agent's fro
   t.same(ENTRY, { type: 'ambit-cni', agentSocket: '/var/run/ambit/cni.sock' });
   const older = withPlugin(conflist([bridge, { ...ENTRY, rootNamespace: 'mesh-system' }]), 'f', ENTRY);
   t.same(JSON.parse(older!.text).plugins, [bridge, ENTRY], 'the entry an older installer wrote loses its rootNamespace');
+  const inDaemonSet = pluginEntry({ agentSocket: '/var/run/ambit/cni.sock', meshNamespace: 'ambit-system' });
+  t.same(inDaemonSet, { ...ENTRY, meshNamespace: 'ambit-system' }, "in the DaemonSet, the entry names its namespace: the plugin's guide until the agent has written the enrollment file");
 });
 
 t.test('withPlugin: appended last, moved last, updated, or left alone', async (t) => {

@@ -160,6 +160,7 @@ t.test('network config: defaults, and the exact code for each kind of mistake', 
     ['agentTimeoutMs not an integer', { ...base, agentTimeoutMs: 1000.5 }, 7, /"agentTimeoutMs"/],
     ['agentTimeoutMs a string', { ...base, agentTimeoutMs: '5000' }, 7, /"agentTimeoutMs"/],
     ['prevResult a list', { ...base, prevResult: [] }, 7, /"prevResult" is not an object/],
+    ['meshNamespace not a namespace name', { ...base, meshNamespace: 'Ambit_System' }, 7, /"meshNamespace" must be a namespace name, got "Ambit_System"/],
   ];
   for (const [name, value, cniCode, message] of cases) {
     t.throws(() => parseNetworkConfig(stdinOf(value)), { cniCode, message }, name);
@@ -180,9 +181,16 @@ t.test('enrollment file verdicts', async (t) => {
   t.match(enrollmentFileVerdict('other', file, snapshot), { enrolled: false, warning: undefined });
   t.match(enrollmentFileVerdict('ambit-system', file, snapshot), { enrolled: false, details: /namespace ambit-system is the mesh's own \(the agent's --root-namespace in enrollment file/ });
   t.match(enrollmentFileVerdict('demo', file, undefined), { enrolled: false, warning: /does not exist \(no Ambit agent has written it on this node yet\)/ }, 'no file: no agent has written one here');
+  // The DaemonSet's installer names its namespace in the entry: an agent is on its way, and only what it needs starts.
+  const installed = { meshNamespace: 'ambit-system' };
+  t.match(enrollmentFileVerdict('demo', file, undefined, installed), { enrolled: 'unknown', details: /does not exist: no Ambit agent has read the cluster on this node yet.*only pods of ambit-system and kube-system start/, warning: undefined }, 'no file on a node the DaemonSet installed: nobody here knows yet');
+  t.match(enrollmentFileVerdict('ambit-system', file, undefined, installed), { enrolled: false, warning: undefined }, "the mesh's own namespace starts: the controller must, for the agent to read the cluster");
+  t.match(enrollmentFileVerdict('kube-system', file, undefined, installed), { enrolled: false, warning: undefined }, "kube-system starts: the cluster's DNS must, for the agent to reach the controller");
+  t.match(enrollmentFileVerdict('other', file, snapshot, installed), { enrolled: false, details: /written 2025-01-01/ }, 'once the agent has written the file, the file alone decides');
+  t.match(enrollmentFileVerdict('kube-system', file, JSON.stringify({ version: 1, written: 'now', rootNamespace: 'mesh-system', enrolledNamespaces: ['kube-system'] }), installed), { enrolled: true }, "and the file's root namespace, not the entry's");
   t.match(enrollmentFileVerdict('demo', file, '{"enrolledNamespaces": "demo"}'), { enrolled: 'unknown', details: /is not an enrollment file/, warning: undefined });
   t.match(enrollmentFileVerdict('demo', file, ''), { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file is not valid JSON/ }, 'an empty file is not "no file"');
-  t.match(enrollmentFileVerdict('demo', file, undefined, new Error('EACCES')), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
+  t.match(enrollmentFileVerdict('demo', file, undefined, { readError: new Error('EACCES') }), { enrolled: 'unknown', details: /cannot be read \(EACCES\)/, warning: undefined });
   t.match(
     enrollmentFileVerdict('ambit-system', file, '{"rootNamespace":"Not_A_Namespace","enrolledNamespaces":[]}'),
     { enrolled: 'unknown', details: /is not an enrollment file \(enrollment file "rootNamespace" is not a namespace name: "Not_A_Namespace"\), which names the mesh's own namespace too/ },
@@ -547,6 +555,19 @@ t.test('ADD the agent refuses fails with its message', async (t) => {
   expectCniError(t, await node(n.env(), n.config()), 100, /the Ambit agent refused pod demo\/web-1: ipset restore failed: exit 1/);
 });
 
+t.test('ADD against an agent of another socket protocol version fails naming both versions and what to do', async (t) => {
+  const n = await makeNode(t);
+  const message = `protocol version ${CNI_PROTOCOL_VERSION} is not supported; this agent speaks ${CNI_PROTOCOL_VERSION + 1}`;
+  await n.agent({ version: CNI_PROTOCOL_VERSION + 1, ok: false, error: { code: 'unsupported-version', message, supportedVersions: [CNI_PROTOCOL_VERSION + 1] } });
+  const error = expectCniError(
+    t,
+    await node(n.env(), n.config()),
+    100,
+    new RegExp(`^pod demo/web-1 cannot be enrolled: the Ambit agent on this node speaks CNI socket protocol version ${CNI_PROTOCOL_VERSION + 1} and this ambit-cni plugin version ${CNI_PROTOCOL_VERSION}, .*restart the ambit-agent pod on this node`),
+  );
+  t.match(error.details, `the agent speaks protocol versions ${CNI_PROTOCOL_VERSION + 1}, this plugin ${CNI_PROTOCOL_VERSION}`);
+});
+
 t.test('ADD the agent is not ready for fails with "try again later"', async (t) => {
   const n = await makeNode(t);
   await n.agent({ version: CNI_PROTOCOL_VERSION, ok: false, error: { code: 'not-ready', message: 'the agent has not reconciled yet' } });
@@ -597,6 +618,25 @@ t.test('ADD with the agent down and no enrollment file passes through with a war
   const run = await node(n.env(), n.config());
   expectPassthrough(t, run, BRIDGE_RESULT);
   t.match(run.stderr, /^ambit-cni: the Ambit agent at .* did not answer \(ENOENT.*\) and .*enrollment\.json does not exist .*pod demo\/web-1 starts without mesh capture/);
+});
+
+t.test("ADD with the agent down and no enrollment file on a node the DaemonSet installed: only kube-system's and the mesh's pods start", async (t) => {
+  const n = await makeNode(t);
+  const config = n.config({ meshNamespace: 'ambit-system' });
+  const pod = (namespace: string) => n.env({ CNI_ARGS: `K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=web-1` });
+  for (const namespace of ['demo', 'plain']) {
+    const run = await node(pod(namespace), config);
+    expectCniError(t, run, 11, new RegExp(`^cannot tell whether pod ${namespace}/web-1 is in the mesh: the Ambit agent at .* did not answer \\(ENOENT.*\\) and .*enrollment\\.json does not exist: no Ambit agent has read the cluster on this node yet.*only pods of ambit-system and kube-system start; the runtime will retry$`));
+    t.equal(run.stderr, '', `${namespace}: no warning, the CNI error says it`);
+  }
+  for (const namespace of ['kube-system', 'ambit-system']) {
+    const run = await node(pod(namespace), config);
+    expectPassthrough(t, run, BRIDGE_RESULT);
+    t.equal(run.stderr, '', `${namespace} starts`);
+  }
+  await n.enroll(['demo']);
+  expectPassthrough(t, await node(pod('plain'), config), BRIDGE_RESULT);
+  t.pass('once the agent has written the file, a namespace it does not enroll starts again');
 });
 
 /**

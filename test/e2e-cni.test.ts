@@ -8,7 +8,7 @@ import { readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import t from 'tap';
 import { buildCniSea } from '../cni/index.js';
-import { CLI_PATH, ECHO_PORT, HTTP_PORT, MeshCluster, parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
+import { CLI_PATH, ECHO_PORT, HTTP_PORT, inEnrolledSet, MeshCluster, parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { holdConnection, within } from './mesh/hold.js';
 import { needsTestbed } from './prerequisites.js';
 
@@ -36,11 +36,6 @@ function once() {
 }
 setInterval(once, 50);
 `;
-
-async function inIpset(tb: Testbed, node: TestbedNode, ip: string): Promise<boolean> {
-  const result = await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false });
-  return result.exitCode === 0;
-}
 
 t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async (t) => {
   const plugin = (await buildCniSea()).outFile;
@@ -83,7 +78,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
   t.test('an enrolled pod has its rules before ADD returns, on the ptp node and on the bridge node', async (t) => {
     await cluster.declarePod('web', node2, { namespace: 'mesh', serviceAccount: 'web' });
     web = await tb.addPod(node2, 'web', { k8s: { namespace: 'mesh' } });
-    t.ok(await inIpset(tb, node2, web.ip), 'the IP is in the enrolled set as soon as ADD returns');
+    t.ok(await inEnrolledSet(tb, node2, web.ip), 'the IP is in the enrolled set as soon as ADD returns');
     t.same((web.cniResult as { ips: unknown[] }).ips.length, 1, 'the result passed through the chain carries the IP');
     await cluster.setPodIp('web', web.ip);
     await cluster.startWorkload(web);
@@ -91,7 +86,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.match(record, { pod: 'mesh/web', ips: [web.ip] });
 
     client = await startPod('client', node1, 'mesh');
-    t.ok(await inIpset(tb, node1, client.ip), 'bridge node too');
+    t.ok(await inEnrolledSet(tb, node1, client.ip), 'bridge node too');
     const body = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
     t.equal(body.pod, 'web', 'the two enrolled pods talk through the mesh');
     await cluster.waitForLog(node1, (r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip: string }).ip === web.ip);
@@ -100,18 +95,18 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
   t.test('a pod outside the mesh is untouched', async (t) => {
     const before = String((await tb.exec(node2.netns, 'iptables-save', [])).stdout);
     const db = await startPod('db', node2, 'plain');
-    t.notOk(await inIpset(tb, node2, db.ip), 'not in the enrolled set');
+    t.notOk(await inEnrolledSet(tb, node2, db.ip), 'not in the enrolled set');
     const after = String((await tb.exec(node2.netns, 'iptables-save', [])).stdout);
     t.notMatch(after.replace(before, ''), db.ip, 'no rule names it');
     const opted = await startPod('opted-out', node2, 'mesh', { 'ambit.dev/mode': 'disabled' });
-    t.notOk(await inIpset(tb, node2, opted.ip), 'a pod that opts out of an enrolled namespace is not captured');
+    t.notOk(await inEnrolledSet(tb, node2, opted.ip), 'a pod that opts out of an enrolled namespace is not captured');
   });
 
   t.test('agent down: an enrolled ADD fails with a CNI error, one outside the mesh succeeds', async (t) => {
     const gone = await startPod('gone', node2, 'mesh');
-    t.ok(await inIpset(tb, node2, gone.ip));
+    t.ok(await inEnrolledSet(tb, node2, gone.ip));
     t.equal(await cluster.stopAgent(node2), 0, 'clean shutdown');
-    t.ok(await inIpset(tb, node2, web.ip), 'the rules stay while the agent is away');
+    t.ok(await inEnrolledSet(tb, node2, web.ip), 'the rules stay while the agent is away');
     // As after a reboot: /var/run is empty (no socket, no pod record); only the persistent enrollment file is left.
     await rm(cluster.runDir(node2), { recursive: true, force: true });
     await cluster.declarePod('web2', node2, { namespace: 'mesh' });
@@ -131,13 +126,13 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await cluster.setPodLabels('opted-out', {});
 
     await cluster.startAgent(node2);
-    t.notOk(await inIpset(tb, node2, gone.ip), 'ready means reconciled: the deleted pod is out of the set');
-    t.ok(await inIpset(tb, node2, optedOut.ip), 'and the pod that opted in meanwhile is in it');
-    t.ok(await inIpset(tb, node2, web.ip), 'the pods that did not change stay captured');
+    t.notOk(await inEnrolledSet(tb, node2, gone.ip), 'ready means reconciled: the deleted pod is out of the set');
+    t.ok(await inEnrolledSet(tb, node2, optedOut.ip), 'and the pod that opted in meanwhile is in it');
+    t.ok(await inEnrolledSet(tb, node2, web.ip), 'the pods that did not change stay captured');
     await cluster.setPodLabels('opted-out', { 'ambit.dev/mode': 'disabled' });
-    await within(1000, 'opted out again', async () => !(await inIpset(tb, node2, optedOut.ip)));
+    await within(1000, 'opted out again', async () => !(await inEnrolledSet(tb, node2, optedOut.ip)));
     const web2 = await tb.addPod(node2, 'web2', { k8s: { namespace: 'mesh' } });
-    t.ok(await inIpset(tb, node2, web2.ip), "the runtime's retry succeeds once the agent is back");
+    t.ok(await inEnrolledSet(tb, node2, web2.ip), "the runtime's retry succeeds once the agent is back");
   });
 
   t.test('before its first full sync the agent holds back pods of unknown namespaces, keeps capturing what it captured, and is not ready; the root namespace never waits', async (t) => {
@@ -167,7 +162,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await within(2000, 'the agent has read team', async () => (JSON.parse(await readFile(enrollmentFile, 'utf8')) as { enrolledNamespaces: string[] }).enrolledNamespaces.includes('team'));
     const t0 = await tb.addPod(node2, 't0', { k8s: { namespace: 'team' } });
     const t2 = await tb.addPod(node2, 't2', { k8s: { namespace: 'team' } });
-    t.ok((await inIpset(tb, node2, t0.ip)) && (await inIpset(tb, node2, t2.ip)), 'both are captured');
+    t.ok((await inEnrolledSet(tb, node2, t0.ip)) && (await inEnrolledSet(tb, node2, t2.ip)), 'both are captured');
 
     t.equal(await cluster.stopAgent(node2), 0);
     const before = await readFile(enrollmentFile, 'utf8');
@@ -175,8 +170,8 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await writeTeam(teamDocs([teamNamespace, podDoc('t1'), podDoc('t0'), podDoc('t2')]).slice(0, -3));
     await cluster.startAgent(node2);
     t.match(cluster.logs(node2).find((r) => r.msg === 'config folder loaded'), { synced: false, unknownFiles: ['team.yaml'] }, 'the agent is up, its first load incomplete');
-    t.ok(await inIpset(tb, node2, t0.ip), 'a pod the agent captured stays captured while its file has never parsed');
-    t.ok(await inIpset(tb, node2, t2.ip), 'so does the other');
+    t.ok(await inEnrolledSet(tb, node2, t0.ip), 'a pod the agent captured stays captured while its file has never parsed');
+    t.ok(await inEnrolledSet(tb, node2, t2.ip), 'so does the other');
     t.match(await readiness(), /^not ready: [^\n]*first full sync[^\n]*\n 503$/, 'readiness (15021) says it is not synced yet: 503');
 
     const failure = (await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
@@ -186,7 +181,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.equal(other.cniError?.code, 11, 'so is any other unknown namespace: the agent cannot tell yet');
     const ctl = await tb.addPod(node2, 'ctl', { k8s: { namespace: 'ambit-system' } });
     t.ok(ctl.ip, "the mesh's own namespace starts at once");
-    t.notOk(await inIpset(tb, node2, ctl.ip), 'and is not captured');
+    t.notOk(await inEnrolledSet(tb, node2, ctl.ip), 'and is not captured');
     t.equal(await readFile(enrollmentFile, 'utf8'), before, 'a partial view does not replace the enrollment file');
 
     // The file parses: t0 has opted out meanwhile, t2 is still enrolled (known only by its CNI record), and the root
@@ -194,18 +189,18 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     const rootNamespace = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'ambit-system', labels: MESH } };
     await writeTeam(teamDocs([teamNamespace, podDoc('t1'), podDoc('t0', { 'ambit.dev/mode': 'disabled' }), podDoc('t2'), rootNamespace, podDoc('ctl', {}, 'ambit-system', ctl.ip)]));
     await cluster.waitForLog(node2, (r) => r.msg === 'config folder loaded' && r.synced === true);
-    await within(1000, 'the opted-out pod leaves the set once the file parses', async () => !(await inIpset(tb, node2, t0.ip)));
-    t.ok(await inIpset(tb, node2, t2.ip), 'the enrolled one stays: its CNI record outlived the restart');
-    t.notOk(await inIpset(tb, node2, ctl.ip), 'the root namespace is not captured, labelled or not');
+    await within(1000, 'the opted-out pod leaves the set once the file parses', async () => !(await inEnrolledSet(tb, node2, t0.ip)));
+    t.ok(await inEnrolledSet(tb, node2, t2.ip), 'the enrolled one stays: its CNI record outlived the restart');
+    t.notOk(await inEnrolledSet(tb, node2, ctl.ip), 'the root namespace is not captured, labelled or not');
     await within(1000, 'ready after the first full sync', async () => (await readiness()) === 'ready\n 200');
     const t1 = await tb.addPod(node2, 't1', { k8s: { namespace: 'team' } });
-    t.ok(await inIpset(tb, node2, t1.ip), "after the sync the runtime's retry enrolls the pod");
+    t.ok(await inEnrolledSet(tb, node2, t1.ip), "after the sync the runtime's retry enrolls the pod");
     const n1 = await tb.addPod(node2, 'n1', { k8s: { namespace: 'nowhere' } });
-    t.notOk(await inIpset(tb, node2, n1.ip), 'and a namespace absent from the folder is not enrolled: the pod starts');
+    t.notOk(await inEnrolledSet(tb, node2, n1.ip), 'and a namespace absent from the folder is not enrolled: the pod starts');
     await within(1000, 'the enrollment file lists team', async () => (JSON.parse(await readFile(enrollmentFile, 'utf8')) as { enrolledNamespaces: string[] }).enrolledNamespaces.includes('team'));
     for (const pod of [t0, t1, t2, n1, ctl]) await tb.removePod(pod);
     await rm(teamFile);
-    await within(1000, 'team is gone', async () => !(await inIpset(tb, node2, t1.ip)) && !(await inIpset(tb, node2, t2.ip)));
+    await within(1000, 'team is gone', async () => !(await inEnrolledSet(tb, node2, t1.ip)) && !(await inEnrolledSet(tb, node2, t2.ip)));
   });
 
   t.test('agent killed with SIGKILL while a client keeps sending: no plaintext on the wire, traffic resumes', async (t) => {
@@ -225,7 +220,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.equal(await cluster.stopAgent(node1, 'SIGKILL'), null, 'the agent is killed');
     const killedAt = Date.now();
     await within(5000, 'attempts while the agent is down', async () => results.filter((r) => r.t > killedAt + 100).length > 5);
-    t.ok(await inIpset(tb, node1, client.ip), 'its rules outlive it');
+    t.ok(await inEnrolledSet(tb, node1, client.ip), 'its rules outlive it');
     // Attempts end up to a moment after the agent is ready and before its log line reaches the test: the window
     // of "down" closes when the restart begins.
     const restartingAt = Date.now();
@@ -246,7 +241,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
   t.test('relabelling moves running pods in and out of the mesh within 1 s', async (t) => {
     const held = await holdConnection(tb, client, web.ip, ECHO_PORT);
     await cluster.setNamespaceLabels('mesh', {});
-    const out = await within(1000, 'unlabelled namespace leaves the mesh', async () => !(await inIpset(tb, node2, web.ip)) && !(await inIpset(tb, node1, client.ip)));
+    const out = await within(1000, 'unlabelled namespace leaves the mesh', async () => !(await inEnrolledSet(tb, node2, web.ip)) && !(await inEnrolledSet(tb, node1, client.ip)));
     t.ok(out <= 1000, `out of the mesh in ${out} ms`);
     await within(3000, 'the open connection is closed', () => held.lines.includes('closed'));
     t.same(held.lines, ['open', 'end', 'closed'], 'its open connection was closed cleanly (FIN, not a reset)');
@@ -254,13 +249,13 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     const plainBody = JSON.parse(await cluster.curl(client, `http://${web.ip}:${HTTP_PORT}/`));
     t.equal(plainBody.pod, 'web', 'the pods keep running and talk in plain TCP');
     await cluster.setNamespaceLabels('mesh', { ...MESH });
-    const back = await within(1000, 'relabelled namespace rejoins', async () => (await inIpset(tb, node2, web.ip)) && (await inIpset(tb, node1, client.ip)));
+    const back = await within(1000, 'relabelled namespace rejoins', async () => (await inEnrolledSet(tb, node2, web.ip)) && (await inEnrolledSet(tb, node1, client.ip)));
     t.ok(back <= 1000, `back in the mesh in ${back} ms`);
     await cluster.setPodLabels('web', { 'ambit.dev/mode': 'disabled' });
-    const podOut = await within(1000, 'a pod label opts one pod out', async () => !(await inIpset(tb, node2, web.ip)));
+    const podOut = await within(1000, 'a pod label opts one pod out', async () => !(await inEnrolledSet(tb, node2, web.ip)));
     t.ok(podOut <= 1000, `pod opted out in ${podOut} ms`);
     await cluster.setPodLabels('web', {});
-    await within(1000, 'the pod rejoins', () => inIpset(tb, node2, web.ip));
+    await within(1000, 'the pod rejoins', () => inEnrolledSet(tb, node2, web.ip));
   });
 
   t.test("with the agent down, the plugin takes the mesh's own namespace from the agent's enrollment file", async (t) => {
@@ -285,7 +280,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.equal(await cluster.stopAgent(node2), 0, 'the agent is down');
     const own = await tb.addPod(node2, 'root-ctl', { k8s: { namespace: 'mesh-root' } });
     t.ok(own.ip, "a pod of the agent's root namespace starts while it is down");
-    t.notOk(await inIpset(tb, node2, own.ip), 'uncaptured');
+    t.notOk(await inEnrolledSet(tb, node2, own.ip), 'uncaptured');
     await tb.removePod(own);
     const failure = (await tb.addPod(node2, 'sys-1', { k8s: { namespace: 'ambit-system' } }).catch((err: unknown) => err)) as { cniError?: { code: number; msg: string } };
     t.equal(failure.cniError?.code, 11, 'a pod of ambit-system, enrolled under this agent, waits for it: CNI error 11');
@@ -296,7 +291,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await cluster.setNamespaceLabels('late', {});
     const late = await startPod('late-1', node1, 'late');
     const db = tb.pod('db');
-    t.notOk(await inIpset(tb, node1, late.ip), 'outside the mesh at first');
+    t.notOk(await inEnrolledSet(tb, node1, late.ip), 'outside the mesh at first');
     const outbound = await holdConnection(tb, late, db.ip, ECHO_PORT);
     const inbound = await holdConnection(tb, db, late.ip, ECHO_PORT);
     t.teardown(async () => {
@@ -314,7 +309,7 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     await within(2000, 'the relabelled namespace joins', async () =>
       cluster.logs(node1).some((r) => r.msg === 'enrolled pod set updated' && r.set === 'ambit-pods-v4' && Number(r.added) > 0 && Number(r.time) >= since),
     );
-    t.ok(await inIpset(tb, node1, late.ip), 'captured');
+    t.ok(await inEnrolledSet(tb, node1, late.ip), 'captured');
     t.equal(await outbound.poke(), 'error ECONNRESET', 'after: the connection it opened is reset at its next packet, not carried in the clear');
     t.equal(await inbound.poke(), 'error ECONNRESET', 'and so is the one opened to it');
     const ended = cluster.logs(node1).find((r) => r.msg === 'tracked connections of pods that joined the mesh ended' && Number(r.time) >= since);
@@ -348,6 +343,6 @@ t.test('enrollment through the chained CNI plugin', { skip: unavailable }, async
     t.equal(body.client, client.ip, 'directly, from the client pod itself');
     const late = await tb.addPod(node2, 'late', { k8s: { namespace: 'mesh' } });
     t.ok(late.ip, 'new pods start without the plugin');
-    t.notOk(await inIpset(tb, node2, late.ip).catch(() => false), 'and are not captured');
+    t.notOk(await inEnrolledSet(tb, node2, late.ip).catch(() => false), 'and are not captured');
   });
 });

@@ -10,8 +10,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import t from 'tap';
 import { DELTA_APPLIED_LOG } from '../agent/controller-stream.js';
-import type { AgentStatus } from '../agent/status.js';
-import { CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, parsePcap, startCapture, Testbed, type TestbedNode, type TestbedPod } from '../testbed/index.js';
+import type { AgentStatus } from '../agent/index.js';
+import { captureDuring, CLI_PATH, curlFrom, HTTP_PORT, inEnrolledSet, KubeCluster, Testbed, type CapturedPacket, type TestbedNode, type TestbedPod } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { needsTestbed, needsTools } from './prerequisites.js';
 
@@ -23,11 +23,6 @@ const VIP = '10.96.0.10';
 const PROPAGATION_MS = 1000;
 /** How long a change may take where the issue sets no bound (reconnects after an outage back off). */
 const CATCH_UP_MS = 15_000;
-
-async function inIpset(tb: Testbed, node: TestbedNode, ip: string): Promise<boolean> {
-  const result = await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false });
-  return result.exitCode === 0;
-}
 
 t.test('kubernetes mode on the testbed: controller and two agents on the API server double', { skip: unavailable }, async (t) => {
   const tb = await Testbed.create({ nodes: 2, podsPerNode: 0, cni: ['bridge', 'ptp'], hostLink: true });
@@ -63,16 +58,8 @@ t.test('kubernetes mode on the testbed: controller and two agents on the API ser
     }
   };
   /** Runs `action` with tcpdump on node1's uplink; resolves with its result and the TCP payloads that crossed. */
-  const onTheWire = async <T>(action: () => Promise<T>): Promise<{ result: T; packets: ReturnType<typeof parsePcap> }> => {
-    const capture = await startCapture(node1.netns, node1.uplink, 'tcp');
-    try {
-      const result = await action();
-      return { result, packets: parsePcap(await capture.stop()) };
-    } finally {
-      await capture.stop();
-    }
-  };
-  const carries = (packets: ReturnType<typeof parsePcap>, marker: string) => packets.some((p) => p.payload.includes(marker));
+  const onTheWire = <T>(action: () => Promise<T>) => captureDuring(node1.netns, node1.uplink, 'tcp', action);
+  const carries = (packets: CapturedPacket[], marker: string) => packets.some((p) => p.payload.includes(marker));
   const hboneTo = (ip: string, after: number) => cluster.logs(node1).slice(after).some((r) => r.msg === 'access' && r.path === 'hbone' && (r.dst as { ip?: string }).ip === ip);
 
   t.test('a namespace labelled with kubectl is meshed within a second, and plaintext again when unlabelled', async (t) => {
@@ -111,7 +98,7 @@ t.test('kubernetes mode on the testbed: controller and two agents on the API ser
 
     await kubectl(['label', 'namespace', NAMESPACE, 'ambit.dev/mode-']);
     const unlabelled = Date.now();
-    await within(5000, 'the pods leave the enrolled sets', async () => !(await inIpset(tb, node1, client.ip)) && !(await inIpset(tb, node2, server.ip)));
+    await within(5000, 'the pods leave the enrolled sets', async () => !(await inEnrolledSet(tb, node1, client.ip)) && !(await inEnrolledSet(tb, node2, server.ip)));
     const back = Date.now() - unlabelled;
     t.comment(`unlabel -> rules gone: ${back} ms`);
     t.ok(back <= PROPAGATION_MS, `out of the mesh within ${PROPAGATION_MS} ms of kubectl label (took ${back} ms)`);
@@ -141,7 +128,7 @@ t.test('kubernetes mode on the testbed: controller and two agents on the API ser
     let streak = 0;
     await within(5000, 'web-a is out of the enrolled set and the service', async () => {
       const sent = Date.now();
-      if (streak === 0 && (await inIpset(tb, node2, webA.ip))) return false;
+      if (streak === 0 && (await inEnrolledSet(tb, node2, webA.ip))) return false;
       if ((await request(client, `http://${VIP}/`)).body?.pod !== 'web-b') {
         streak = 0;
         return false;
@@ -227,7 +214,7 @@ spec:
     } finally {
       await cluster.api.resume();
     }
-    await within(CATCH_UP_MS, "node2's agent catches up: server and web-b leave its enrolled set", async () => !(await inIpset(tb, node2, server.ip)) && !(await inIpset(tb, node2, webB.ip)));
+    await within(CATCH_UP_MS, "node2's agent catches up: server and web-b leave its enrolled set", async () => !(await inEnrolledSet(tb, node2, server.ip)) && !(await inEnrolledSet(tb, node2, webB.ip)));
     t.pass("the agent's own watch caught up");
     const after = cluster.logs(node1).length;
     await within(CATCH_UP_MS, "node1 learns from the controller that server is out of the mesh", async () => {
@@ -236,7 +223,7 @@ spec:
     }, 100);
     t.pass('the controller caught up and streamed it');
     cluster.api.objects('v1', 'pods').patch('server', { metadata: { labels: { app: 'server', 'ambit.dev/mode': null } } }, NAMESPACE);
-    await within(CATCH_UP_MS, 'server is back in the mesh', async () => inIpset(tb, node2, server.ip));
+    await within(CATCH_UP_MS, 'server is back in the mesh', async () => inEnrolledSet(tb, node2, server.ip));
   });
 
   t.test('with the controller down traffic flows, a new pod is captured from its first packet, and meshed once it is back', async (t) => {
@@ -246,7 +233,7 @@ spec:
     t.notOk(carries(during.packets, during.result.marker), 'still over mTLS');
 
     const late = await cluster.startPod('late', node1, { namespace: NAMESPACE, serviceAccount: 'late' });
-    t.ok(await inIpset(tb, node1, late.ip), "captured as soon as the runtime's ADD returns (the agent's own watch)");
+    t.ok(await inEnrolledSet(tb, node1, late.ip), "captured as soon as the runtime's ADD returns (the agent's own watch)");
     const first = await onTheWire(() => request(late, `http://${server.ip}:${HTTP_PORT}/`));
     t.notOk(carries(first.packets, first.result.marker), 'its first request never crosses in plaintext');
     t.ok(first.result.error, 'and it is refused: no identity of the new pod is signed while the controller (its CA) is away');

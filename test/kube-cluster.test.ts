@@ -39,11 +39,12 @@ t.test("the CNI installer's paths on the node are the hostPath volumes' folders"
   const template = await renderedPodTemplate('DaemonSet', 'ambit-agent');
   const container = containerOf(template, 'install-cni');
   const mounts = Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, `/tmp/tb/node1/${mount.name}`]));
-  const proc = containerProcess(container, { fields: {}, mounts, hostPaths: { '/var/run/ambit': '/tmp/tb/node1/run', '/var/lib/ambit': '/tmp/tb/node1/state' } });
+  const proc = containerProcess(container, { fields: { 'metadata.namespace': 'ambit-system' }, mounts, hostPaths: { '/var/run/ambit': '/tmp/tb/node1/run', '/var/lib/ambit': '/tmp/tb/node1/state' } });
   const flag = (name: string) => proc.args[proc.args.indexOf(name) + 1];
   t.equal(flag('--agent-socket'), '/tmp/tb/node1/run/cni.sock');
   t.equal(flag('--enrollment-file'), '/tmp/tb/node1/state/enrollment.json');
   t.equal(flag('--cni-conf-dir'), '/tmp/tb/node1/cni-conf', 'a mount path before a host path');
+  t.equal(proc.env.AMBIT_NAMESPACE, 'ambit-system', "the DaemonSet's namespace, from the downward API");
 });
 
 t.test('a field or a mount the context lacks is an error, not a silent default', { skip: unavailable }, async (t) => {

@@ -102,6 +102,7 @@ t.test('the rendered containers start: their args and env (downward API filled i
   const install = start(podOf('DaemonSet').initContainers!.find((c) => c.name === 'install-cni')!);
   t.same(install.argv.slice(0, 3), ['install', '--watch', '--plugin'], 'the CNI sidecar installs and watches');
   t.ok(install.argv[3]?.endsWith('/dist/ambit-cni'), "the image's built plugin (/app/dist/ambit-cni): nothing is built at install");
+  t.equal(install.env.AMBIT_NAMESPACE, 'ambit-system', "it names the DaemonSet's namespace (the downward API's), which the plugin lets start on a node no agent has read the cluster on yet");
   const controller = start(podOf('Deployment').containers[0]!);
   t.equal(controller.command, 'controller');
   const { config: controllerConfig } = loadControllerConfig(controller.env, controller.argv);

@@ -47,6 +47,20 @@ export async function startCapture(netns: string, iface: string, filter: string)
   };
 }
 
+/**
+ * Runs `action` with tcpdump on `iface` inside `netns` and resolves with its result and the packets that crossed
+ * meanwhile; tcpdump is stopped whatever happens.
+ */
+export async function captureDuring<T>(netns: string, iface: string, filter: string, action: () => Promise<T>): Promise<{ result: T; packets: CapturedPacket[] }> {
+  const capture = await startCapture(netns, iface, filter);
+  try {
+    const result = await action();
+    return { result, packets: parsePcap(await capture.stop()) };
+  } finally {
+    await capture.stop();
+  }
+}
+
 function untilListening(tcpdump: ReturnType<typeof execa>, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     let stderr = '';

@@ -180,6 +180,12 @@ export async function startWorkload(tb: Testbed, pod: Pick<TestbedPod, 'name' | 
   };
 }
 
+/** Whether `ip` is in `node`'s set of enrolled IPv4 pods (`ambit-pods-v4`): the kernel's word, not the agent's. */
+export async function inEnrolledSet(tb: Testbed, node: TestbedNode, ip: string): Promise<boolean> {
+  const result = await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false });
+  return result.exitCode === 0;
+}
+
 /** curl from a pod; resolves with stdout, or rejects with curl's error. */
 export async function curlFrom(tb: Testbed, from: TestbedPod, url: string, extra: string[] = []): Promise<string> {
   const result = await tb.exec(from.netns, 'curl', ['-sS', '--max-time', '5', ...extra, url]);

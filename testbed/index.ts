@@ -1,8 +1,8 @@
 export { HOST_LINK_IP, onPath, Testbed, testbedUnavailableReason, type TestbedNode, type TestbedOptions, type TestbedPod, type TestbedPodOptions } from './testbed.js';
 export { readCniConfDir, type CniConflist, type CniErrorObject, type TestbedCni } from './cni.js';
 export { removeStaleTestbeds } from './owner.js';
-export { parsePcap, startCapture, type Capture, type CapturedPacket } from './capture.js';
-export { CLI_PATH, curlFrom, ECHO_PORT, HTTP_PORT, MeshCluster, metricValue, startWorkload, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';
+export { captureDuring, parsePcap, startCapture, type Capture, type CapturedPacket } from './capture.js';
+export { CLI_PATH, curlFrom, ECHO_PORT, HTTP_PORT, inEnrolledSet, MeshCluster, metricValue, startWorkload, WORKLOAD_SERVER_PATH, type MeshClusterOptions, type PodSpec, type ServiceSpec } from './cluster.js';
 export {
   API_SERVER_AUDIENCE,
   ApiServer,

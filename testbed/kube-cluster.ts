@@ -6,31 +6,20 @@
  * filled in and every volume mount a folder of its own. `containerProcess` is that mapping, written once.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { once } from 'node:events';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AGENT_STARTED_LOG } from '../agent/index.js';
+import { AGENT_STARTED_LOG, removeRedirectRules } from '../agent/index.js';
 import { buildCniSea } from '../cni/index.js';
 import { SERVICE_ACCOUNT_DIR } from '../core/k8s/index.js';
 import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES, type JsonObject, type StoreEvent } from './apiserver/index.js';
 import { ConfigMapVolume } from './configmap-volume.js';
 import { collectLines, nodeObject, parseLogLines, podObject, startWorkload, waitForLine, waitForLogRecord, type PodSpec } from './cluster.js';
-import { CHECKOUT_DIR, containerOf, podTemplateOf, renderedPodTemplate, renderManifests, type RenderedObject, type RenderedPodTemplate } from './manifests.js';
+import { CHECKOUT_DIR, containerOf, podTemplateOf, type ContainerSpec, renderedPodTemplate, renderManifests, type RenderedObject, type RenderedPodTemplate } from './manifests.js';
+import { signalGroup } from './processes.js';
+
+export type { ContainerSpec, EnvVar, VolumeMount } from './manifests.js';
 import type { Testbed, TestbedNode, TestbedPod } from './testbed.js';
-
-export type EnvVar = { name: string; value: string } | { name: string; valueFrom: { fieldRef: { fieldPath: string } } };
-
-export interface VolumeMount {
-  name: string;
-  mountPath: string;
-}
-
-/** The part of a pod's container that says how its process starts. */
-export interface ContainerSpec {
-  command: string[];
-  args: string[];
-  env: EnvVar[];
-  volumeMounts: VolumeMount[];
-}
 
 /** What the testbed runs for a container. */
 export interface ContainerProcess {
@@ -122,6 +111,11 @@ export interface KubeClusterOptions {
    * processes when its object is deleted.
    */
   install?: 'testbed' | 'kubectl';
+  /**
+   * Whether start() starts the DaemonSet's pod (its CNI installer, then its agent) on every node; default true. With
+   * false the test starts them itself (startCniInstaller, startAgent), in the order it tests.
+   */
+  startDaemonSet?: boolean;
 }
 
 interface RunningProcess {
@@ -176,8 +170,8 @@ export class KubeCluster {
 
   /**
    * Starts the double on the testbed's host link with the Nodes and Namespaces, the controller, and on every node the
-   * CNI installer and the agent; resolves once every agent has its first full sync. The testbed must have been created
-   * with `hostLink`.
+   * CNI installer and the agent (unless `startDaemonSet` is false); resolves once every agent has its first full sync.
+   * The testbed must have been created with `hostLink`.
    */
   static async start(tb: Testbed, options: KubeClusterOptions): Promise<KubeCluster> {
     if (tb.hostIp === undefined) throw new Error(`testbed ${tb.prefix} has no host link: create it with hostLink: true`);
@@ -202,8 +196,10 @@ export class KubeCluster {
       // the controller creates the mesh's root (no Secret yet) and publishes the bundle the agents mount
       await cluster.startController();
       await Promise.all(cluster.#volumes.map((volume) => volume.settled()));
-      for (const node of tb.nodes) await cluster.startCniInstaller(node);
-      await Promise.all(tb.nodes.map((node) => cluster.startAgent(node)));
+      if (options.startDaemonSet ?? true) {
+        for (const node of tb.nodes) await cluster.startCniInstaller(node);
+        await Promise.all(tb.nodes.map((node) => cluster.startAgent(node)));
+      }
     } catch (err) {
       await cluster.close();
       throw err;
@@ -301,13 +297,11 @@ export class KubeCluster {
     this.api.addToken(`${name}-api-token`, user);
     await this.#serviceAccount(name, namespace, `${name}-api-token`);
     const folders = this.#podMounts(node);
+    await this.#makeHostPaths(node);
     for (const volume of spec.volumes ?? []) {
       const folder = folders[volume.name]!;
-      if (volume.hostPath !== undefined) {
-        // FileOrCreate (the xtables lock) is a file; the programs take the lock at its real path, which is the node's
-        await mkdir(volume.hostPath.type === 'FileOrCreate' ? path.dirname(folder) : folder, { recursive: true });
-        if (volume.hostPath.type === 'FileOrCreate') await writeFile(folder, '', { flag: 'a' });
-      } else if (volume.configMap !== undefined) {
+      if (volume.hostPath !== undefined) continue;
+      if (volume.configMap !== undefined) {
         await mkdir(folder, { recursive: true });
         this.#volumes.push(await ConfigMapVolume.mount(this.api, { namespace, name: volume.configMap.name, dir: folder, lagMs: this.#options.trustBundleLagMs?.[node.name] ?? 0 }));
       } else if (volume.projected !== undefined) {
@@ -322,6 +316,21 @@ export class KubeCluster {
       } else {
         throw new Error(`${this.#agent.owner} volume ${volume.name}: a kind the testbed does not make`);
       }
+    }
+  }
+
+  /**
+   * The agent pod's hostPath volumes on `node`, as the kubelet makes them each time the pod starts (DirectoryOrCreate,
+   * FileOrCreate): after a reboot, /var/run and /run are empty until it does.
+   */
+  async #makeHostPaths(node: TestbedNode): Promise<void> {
+    const folders = this.#podMounts(node);
+    for (const volume of this.#agent.spec.volumes ?? []) {
+      if (volume.hostPath === undefined) continue;
+      const folder = folders[volume.name]!;
+      // FileOrCreate (the xtables lock) is a file; the programs take the lock at its real path, which is the node's
+      await mkdir(volume.hostPath.type === 'FileOrCreate' ? path.dirname(folder) : folder, { recursive: true });
+      if (volume.hostPath.type === 'FileOrCreate') await writeFile(folder, '', { flag: 'a' });
     }
   }
 
@@ -363,7 +372,7 @@ export class KubeCluster {
     return containerProcess(
       { ...container, args: [...container.args, ...overlay] },
       {
-        fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip },
+        fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip, 'metadata.namespace': this.#agent.namespace },
         mounts: this.#podMounts(node),
         hostPaths: this.#hostPaths(node),
         serviceAccount: { dir: this.mountDir(agentName(node), SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
@@ -469,10 +478,8 @@ export class KubeCluster {
   }
 
   /** Stops the controller (SIGTERM) and resolves with its exit code once it has exited. */
-  async stopController(): Promise<number | null> {
-    const running = this.#controller;
-    if (running === undefined) return null;
-    return stopChild(running.child);
+  stopController(): Promise<number | null> {
+    return stopChild(this.#controller?.child);
   }
 
   /**
@@ -480,6 +487,7 @@ export class KubeCluster {
    * resolves once it watches: the plugin chained, or, while the mesh is being uninstalled, left out.
    */
   async startCniInstaller(node: TestbedNode): Promise<void> {
+    await this.#makeHostPaths(node);
     const spec = this.cniInstallerProcess(node);
     const child = this.tb.spawn(node.netns, spec.file, spec.args, { buffer: false, env: spec.env }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
@@ -492,24 +500,48 @@ export class KubeCluster {
    * (a native sidecar stops after the main containers). Resolves with their exit codes once both have exited.
    */
   async stopAgentPod(node: TestbedNode): Promise<{ agent: number | null; installer: number | null }> {
-    const agent = this.#agents.get(node.name);
-    const agentCode = agent === undefined ? null : await stopChild(agent.child);
+    const agentCode = await this.stopAgent(node);
     return { agent: agentCode, installer: await this.stopCniInstaller(node) };
-  }
-
-  /** Stops the CNI installer sidecar on `node` (SIGTERM); resolves with its exit code (null if none ran). */
-  async stopCniInstaller(node: TestbedNode): Promise<number | null> {
-    const installer = this.#installers.get(node.name);
-    return installer === undefined ? null : stopChild(installer);
   }
 
   /** Starts the agent on `node`; resolves once it is ready (its first full sync from the controller). */
   async startAgent(node: TestbedNode): Promise<void> {
+    await this.#makeHostPaths(node);
     const spec = this.agentProcess(node);
     const child = this.tb.spawn(node.netns, spec.file, spec.args, { buffer: false, env: spec.env }) as unknown as ChildProcess;
     const { lines, stderr } = collectLines(child);
     this.#agents.set(node.name, { child, lines });
     await waitForLine(child, lines, (l) => l.includes(`"msg":${JSON.stringify(AGENT_STARTED_LOG.ready)}`), `agent on ${node.name}`, READY_TIMEOUT_MS, stderr);
+  }
+
+  /**
+   * Stops the agent on `node` with `signal` (SIGKILL: a crash, a power cut) and resolves once it has exited, with its
+   * exit code (null when a signal ended it, or when it was not running).
+   */
+  stopAgent(node: TestbedNode, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    return stopChild(this.#agents.get(node.name)?.child, signal);
+  }
+
+  /** Stops the CNI installer sidecar on `node` with `signal`, as stopAgent does; the plugin stays chained. */
+  stopCniInstaller(node: TestbedNode, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    return stopChild(this.#installers.get(node.name), signal);
+  }
+
+  /**
+   * What a power cut and a reboot do to `node`: the DaemonSet's containers die (SIGKILL), the pods' network namespaces
+   * are gone, the run folder (/var/run/ambit, on tmpfs) is emptied, and the kernel has none of Ambit's rules and
+   * ipsets (removed with the product's own removeRedirectRules). What is on disk survives: the state folder
+   * (/var/lib/ambit, the enrollment file), the CNI configuration with ambit-cni chained, the plugin; and so do the pod
+   * objects, whose sandboxes the kubelet creates again (networkPod), before or after the agent is back. Resolves with
+   * the pods it removed from the testbed.
+   */
+  async rebootNode(node: TestbedNode): Promise<TestbedPod[]> {
+    await Promise.all([this.stopAgent(node, 'SIGKILL'), this.stopCniInstaller(node, 'SIGKILL')]);
+    const pods = this.tb.pods.filter((pod) => pod.node === node);
+    for (const pod of pods) await this.tb.removePod(pod);
+    await rm(this.runDir(node), { recursive: true, force: true });
+    await removeRedirectRules({ netns: node.netns });
+    return pods;
   }
 
   /** The JSON log records of the controller, or of a node's agent, since it last started. */
@@ -527,11 +559,26 @@ export class KubeCluster {
    * node's conflist with containerd's CNI_ARGS, the status gets its IP, the application starts.
    */
   async startPod(name: string, node: TestbedNode, spec: PodSpec): Promise<TestbedPod> {
-    this.api.objects('v1', 'pods').create(podObject(name, node, spec));
-    const pod = await this.tb.addPod(node, name, { k8s: { namespace: spec.namespace } });
-    this.api.objects('v1', 'pods').patch(name, { status: podObject(name, node, spec, pod.ip)['status'] ?? {} }, spec.namespace);
+    const pod = await this.networkPod(name, node, spec);
+    this.reportPodIp(pod, spec);
     await startWorkload(this.tb, pod);
     return pod;
+  }
+
+  /**
+   * The first steps of startPod: the pod object exists (scheduled, Pending; one left by an earlier attempt is kept, as
+   * the kubelet retries the same pod), and the runtime networks it through the node's conflist. Rejects as that ADD
+   * does (TESTBED_CNI_FAILED with the plugin's `cniError`), after the runtime's DEL; call again to retry.
+   */
+  async networkPod(name: string, node: TestbedNode, spec: PodSpec): Promise<TestbedPod> {
+    const pods = this.api.objects('v1', 'pods');
+    if (pods.get(name, spec.namespace) === undefined) pods.create(podObject(name, node, spec));
+    return this.tb.addPod(node, name, { k8s: { namespace: spec.namespace } });
+  }
+
+  /** The kubelet reports a networked pod's IP in its status (Running). */
+  reportPodIp(pod: TestbedPod, spec: PodSpec): void {
+    this.api.objects('v1', 'pods').patch(pod.name, { status: podObject(pod.name, pod.node, spec, pod.ip)['status'] ?? {} }, spec.namespace);
   }
 
   /** Stops the double (the testbed stops the processes when it is destroyed). */
@@ -549,9 +596,11 @@ function agentName(node: TestbedNode): string {
   return `agent-${node.name}`;
 }
 
-async function stopChild(child: ChildProcess): Promise<number | null> {
+/** Signals a process the testbed started (its group: what it forked goes too) and resolves with its exit code. */
+async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+  if (child === undefined || child.pid === undefined) return null;
   if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  child.kill('SIGTERM');
-  return exited;
+  const exited = once(child, 'exit') as Promise<[number | null]>;
+  signalGroup(child.pid, signal);
+  return (await exited)[0];
 }

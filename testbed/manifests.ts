@@ -8,11 +8,25 @@ import { execa } from 'execa';
 import yaml from 'js-yaml';
 import { AmbitError } from '../core/errors/index.js';
 import { CLI_PATH } from './cluster.js';
-import type { ContainerSpec } from './kube-cluster.js';
 
 /** The checkout whose build the testbed runs: the image's /app. */
 export const CHECKOUT_DIR = path.resolve(path.dirname(CLI_PATH), '..', '..');
 export const MANIFESTS_DIR = path.join(CHECKOUT_DIR, 'manifests');
+
+export type EnvVar = { name: string; value: string } | { name: string; valueFrom: { fieldRef: { fieldPath: string } } };
+
+export interface VolumeMount {
+  name: string;
+  mountPath: string;
+}
+
+/** The part of a pod's container that says how its process starts. */
+export interface ContainerSpec {
+  command: string[];
+  args: string[];
+  env: EnvVar[];
+  volumeMounts: VolumeMount[];
+}
 
 export interface RenderedObject {
   apiVersion: string;
