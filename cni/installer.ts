@@ -8,7 +8,7 @@ import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { writeFileAtomic } from '../core/fs/index.js';
 import { AmbitError, errnoCode } from '../core/errors/index.js';
-import type { Logger } from '../core/log/index.js';
+import { silentLogger, type Logger } from '../core/log/index.js';
 import { CNI_PROTOCOL_VERSION, type InstallerReport } from '../core/cni/index.js';
 import { askAgent } from './agent-client.js';
 
@@ -228,8 +228,8 @@ export async function completeUninstall(options: Pick<InstallerOptions, 'confDir
 /**
  * Keeps the plugin chained: the primary network plugin may rewrite its configuration at any time (upgrades,
  * restarts), dropping the entry. Re-checks on every change in the folder and every WATCH_RECHECK_MS. Each re-check
- * first asks the agent whether the mesh is being uninstalled; once it is, the installer unchains the plugin and has
- * the agent remove its rules (completeUninstall), and from then on adds nothing back. Stops when `signal` aborts;
+ * first asks the agent whether the mesh is being uninstalled; while it is, the installer keeps the plugin unchained
+ * and has the agent remove its rules (completeUninstall), and adds nothing back. Stops when `signal` aborts;
  * resolves then.
  */
 export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void, chainedIn: string | null = null): Promise<void> {
@@ -240,13 +240,17 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
     const check = () => {
       running = running
         .then(async () => {
-          if (signal.aborted || uninstalled) return;
+          if (signal.aborted) return;
           // tells the agent where the plugin was chained at the last look (the first: the install's)
           if (await uninstallRequested(options.agentSocket, { chainedIn })) {
             chainedIn = null;
-            uninstalled = await completeUninstall(options);
+            // again on every re-check while the mesh is being uninstalled: an agent restarted since installed its
+            // rules again, and must remove them before its pod is deleted (SIGTERM keeps them)
+            if (!uninstalled) uninstalled = await completeUninstall(options);
+            else await completeUninstall({ ...options, log: silentLogger() });
             return;
           }
+          uninstalled = false;
           const result = await ensureConfigured(options);
           chainedIn = result.file;
           if (result.change !== 'unchanged') {
