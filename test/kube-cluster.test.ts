@@ -35,16 +35,18 @@ t.test("the agent's container: downward-API fields filled in, each mount's paths
   });
 });
 
-t.test("the CNI installer's paths on the node are the hostPath volumes' folders", { skip: unavailable }, async (t) => {
+t.test("the CNI installer's paths are under its own mounts: the agent's run and state folders", { skip: unavailable }, async (t) => {
   const template = await renderedPodTemplate('DaemonSet', 'ambit-agent');
   const container = containerOf(template, 'install-cni');
   const mounts = Object.fromEntries(container.volumeMounts.map((mount) => [mount.name, `/tmp/tb/node1/${mount.name}`]));
-  const proc = containerProcess(container, { fields: { 'metadata.namespace': 'ambit-system' }, mounts, hostPaths: { '/var/run/ambit': '/tmp/tb/node1/run', '/var/lib/ambit': '/tmp/tb/node1/state' } });
+  const fields = { 'metadata.namespace': 'ambit-system' };
+  const proc = containerProcess(container, { fields, mounts });
   const flag = (name: string) => proc.args[proc.args.indexOf(name) + 1];
   t.equal(flag('--agent-socket'), '/tmp/tb/node1/run/cni.sock');
   t.equal(flag('--enrollment-file'), '/tmp/tb/node1/state/enrollment.json');
-  t.equal(flag('--cni-conf-dir'), '/tmp/tb/node1/cni-conf', 'a mount path before a host path');
-  t.equal(proc.env.AMBIT_NAMESPACE, 'ambit-system', "the DaemonSet's namespace, from the downward API");
+  t.equal(flag('--cni-conf-dir'), '/tmp/tb/node1/cni-conf');
+  const unmounted = containerProcess({ ...container, volumeMounts: container.volumeMounts.filter((m) => m.name !== 'run') }, { fields, mounts });
+  t.equal(unmounted.args[unmounted.args.indexOf('--agent-socket') + 1], '/var/run/ambit/cni.sock', 'a path the container does not mount is not rewritten: the program would not find it');
 });
 
 t.test('a field or a mount the context lacks is an error, not a silent default', { skip: unavailable }, async (t) => {

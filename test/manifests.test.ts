@@ -109,20 +109,24 @@ t.test('the rendered containers start: their args and env (downward API filled i
   t.match(controllerConfig, { listenHost: '10.244.0.5', namespace: 'ambit-system', podName: 'ambit-controller-x' }, 'the controller takes it');
 });
 
-t.test("the CNI installer tells the plugin where the agent's socket and enrollment file are on the node", { skip: unavailable }, async (t) => {
+t.test("the CNI installer opens the agent's socket and enrollment file through its own mounts, at their paths on the node", { skip: unavailable }, async (t) => {
   const template = await renderedPodTemplate('DaemonSet', 'ambit-agent');
   const agent = containerOf(template, 'agent');
   const installer = containerOf(template, 'install-cni');
-  /** The node path of the folder the agent's env variable names: the hostPath of the volume mounted there. */
-  const onNode = (variable: string) => {
+  const hostPathOf = (mountName: string | undefined) => template.spec.volumes?.find((v) => v.name === mountName)?.hostPath?.path;
+  /** The agent's folder named by its env variable, as a path on the node (the hostPath of the volume mounted there). */
+  const agentFolderOnNode = (variable: string) => {
     const value = agent.env.find((e) => e.name === variable && 'value' in e) as { value: string } | undefined;
-    const mount = agent.volumeMounts.find((m) => m.mountPath === value?.value);
-    return template.spec.volumes?.find((v) => v.name === mount?.name)?.hostPath?.path;
+    return hostPathOf(agent.volumeMounts.find((m) => m.mountPath === value?.value)?.name);
   };
-  const flag = (name: string) => installer.args[installer.args.indexOf(name) + 1];
-  t.ok(onNode('AMBIT_RUN_DIR'), "the agent's run folder is a hostPath");
-  t.equal(flag('--agent-socket'), path.join(onNode('AMBIT_RUN_DIR') ?? '?', CNI_SOCKET_NAME), "the plugin's socket is the agent's, on the node");
-  t.equal(flag('--enrollment-file'), path.join(onNode('AMBIT_STATE_DIR') ?? '?', ENROLLMENT_FILE_NAME), "the plugin's enrollment file is the agent's, on the node");
+  const flag = (name: string) => installer.args[installer.args.indexOf(name) + 1] ?? '';
+  for (const [name, variable, file] of [['--agent-socket', 'AMBIT_RUN_DIR', CNI_SOCKET_NAME], ['--enrollment-file', 'AMBIT_STATE_DIR', ENROLLMENT_FILE_NAME]] as const) {
+    const value = flag(name);
+    t.equal(value, path.join(agentFolderOnNode(variable) ?? '?', file), `${name}: the agent's, on the node (what the plugin on the host opens)`);
+    const mount = installer.volumeMounts.find((m) => value.startsWith(`${m.mountPath}/`));
+    t.ok(mount, `${name} ${value} is under one of the installer's own mounts (it opens it itself)`);
+    t.equal(mount?.mountPath, hostPathOf(mount?.name), `${name}: mounted at its path on the node, so the path it writes into the conflist holds on the host`);
+  }
 });
 
 t.test("the image's Node is the Node 24 that CI tests on (package.json config.node24, `npm run test:node24`)", async (t) => {

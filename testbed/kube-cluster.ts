@@ -33,8 +33,6 @@ export interface ContainerContext {
   fields: Record<string, string>;
   /** Each volume mount's folder on this machine, by the mount's name. */
   mounts: Record<string, string>;
-  /** The folder of each hostPath volume, by its path on the node. */
-  hostPaths?: Record<string, string>;
   /** The kubelet's service-account mount: its folder, and the API server's address. */
   serviceAccount?: { dir: string; host: string; port: string };
 }
@@ -49,9 +47,9 @@ const READY_TIMEOUT_MS = 30_000;
 
 /**
  * The process a container is on the testbed: `node` is this Node.js, the image's application folder is this checkout,
- * a path under a mount is the same path under the mount's folder, a path under a hostPath volume's path (a path on the
- * node, which the CNI installer writes into the conflist for the plugin) is the same path under that volume's folder,
- * and a downward-API variable gets its field's value. With `serviceAccount`, the kubelet's part too: the API server's
+ * a path under one of the container's own mounts is the same path under the mount's folder (nothing else is
+ * rewritten: a path the container does not mount is a path it cannot open), and a downward-API variable gets its
+ * field's value. With `serviceAccount`, the kubelet's part too: the API server's
  * address in KUBERNETES_SERVICE_HOST/PORT and the service account's folder (its token, ca.crt, namespace) mounted
  * where a pod has it, which a program finds through AMBIT_SERVICE_ACCOUNT_DIR, since its default path is not
  * written in the container.
@@ -64,10 +62,9 @@ export function containerProcess(container: ContainerSpec, context: ContainerCon
     if (folder === undefined) throw new Error(`volume mount ${mount.name} (${mount.mountPath}) has no folder`);
     return { mountPath: mount.mountPath, folder };
   });
-  const hostFolders = Object.entries(context.hostPaths ?? {}).map(([mountPath, folder]) => ({ mountPath, folder }));
   const local = (value: string): string => {
     const under = (root: string) => value === root || value.startsWith(`${root}/`);
-    const mount = folders.find((candidate) => under(candidate.mountPath)) ?? hostFolders.find((candidate) => under(candidate.mountPath));
+    const mount = folders.find((candidate) => under(candidate.mountPath));
     if (mount !== undefined) return mount.folder + value.slice(mount.mountPath.length);
     return under(IMAGE_APP_DIR) ? CHECKOUT_DIR + value.slice(IMAGE_APP_DIR.length) : value;
   };
@@ -246,10 +243,7 @@ export class KubeCluster {
     return Object.fromEntries((this.#agent.spec.volumes ?? []).map((volume) => [volume.name, volume.hostPath === undefined ? this.mountDir(agentName(node), volume.name) : this.nodePath(node, volume.hostPath.path)]));
   }
 
-  /** The hostPath volumes of the agent's pod on `node`: their path on the node, and the folder that is. */
-  #hostPaths(node: TestbedNode): Record<string, string> {
-    return Object.fromEntries((this.#agent.spec.volumes ?? []).flatMap((volume) => (volume.hostPath === undefined ? [] : [[volume.hostPath.path, this.nodePath(node, volume.hostPath.path)]])));
-  }
+
 
   /** The cluster's DNS for the rendered Services, on every node: each resolves to the controller's pod IP. */
   async #serviceDns(): Promise<void> {
@@ -374,7 +368,6 @@ export class KubeCluster {
       {
         fields: { 'spec.nodeName': node.name, 'status.hostIP': node.ip, 'status.podIP': node.ip, 'metadata.namespace': this.#agent.namespace },
         mounts: this.#podMounts(node),
-        hostPaths: this.#hostPaths(node),
         serviceAccount: { dir: this.mountDir(agentName(node), SERVICE_ACCOUNT_VOLUME), host: url.hostname, port: url.port },
       },
     );
