@@ -16,7 +16,7 @@ import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/inde
 import { CertStore, registerCertExpiryGauge, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
-import { UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { ambitVersion } from '../core/version/index.js';
 import { originalDestination as addonOriginalDestination } from '../core/sockopt/index.js';
@@ -97,8 +97,10 @@ export class Agent {
   /** Addresses of pods CNI ADD has just enrolled, until the next capture-set sync: no connections of theirs to end. */
   #createdAtAdd = new Set<string>();
   #cniServer: CniServer | undefined;
-  /** Set by `ambit cni uninstall`: the rules are gone and must not come back. */
+  /** Set by `ambit cni uninstall`: the rules are going and must not come back (until `ambit uninstall` is cancelled). */
   #uninstalled = false;
+  /** The uninstall finished: rules, ipsets and files removed (what /status reports as done). */
+  #uninstallDone = false;
   /** The last install or repair of the rules, for /status. */
   #rulesCheck: { at: Date; error?: string } | undefined;
   /** The backend the node's rules were last found in, for /status. */
@@ -166,6 +168,10 @@ export class Agent {
             },
             uninstall: () => this.#uninstall(),
             uninstallRequested: () => this.#uninstallRequested(),
+            uninstalled: () => this.#uninstalled,
+            uninstallFinished: () => {
+              this.#uninstallDone = true;
+            },
             ready: () => this.ready,
             log: parts.log.child({ component: 'cni' }),
           });
@@ -381,7 +387,7 @@ export class Agent {
         uninstalled: this.#uninstalled,
       },
       cni: { chainedIn: installer?.chainedIn ?? null, reportedAt: installer?.at.toISOString() ?? null },
-      uninstall: { requested: this.#uninstallRequested(), done: this.#uninstalled },
+      uninstall: { requested: this.#uninstallRequested(), done: this.#uninstallDone },
       workloads: this.store
         .localWorkloads()
         .filter((workload) => workload.enrolled)
@@ -529,7 +535,7 @@ export class Agent {
     }
   }
 
-  /** `ambit uninstall` has asked (its ConfigMap exists): no new pod is captured, the installer unchains the plugin. */
+  /** `ambit uninstall` has asked (its annotation is on the agent DaemonSet): the installer unchains the plugin, then the rules go. */
   #uninstallRequested(): boolean {
     return this.#source instanceof KubernetesSource && this.#source.uninstallRequested;
   }
@@ -537,12 +543,29 @@ export class Agent {
   #watchUninstall(): void {
     const source = this.#source;
     if (!(source instanceof KubernetesSource)) return;
-    const say = (requested: boolean) =>
-      requested
-        ? this.#log.warn({ configMap: `${this.config.rootNamespace}/${UNINSTALL_CONFIGMAP_NAME}` }, 'uninstall requested: no new pod is captured; the CNI installer unchains the plugin, then every rule, ipset and file goes')
-        : this.#log.info('uninstall withdrawn (its ConfigMap is gone)');
-    if (source.uninstallRequested) say(true);
-    source.on('uninstall', say);
+    const changed = (requested: boolean) => {
+      if (requested) {
+        this.#log.warn({ daemonSet: `${this.config.rootNamespace}/${AGENT_DAEMONSET_NAME}`, annotation: UNINSTALL_ANNOTATION }, 'uninstall requested: the CNI installer unchains the plugin, then every rule, ipset and file goes');
+        return;
+      }
+      this.#log.warn('uninstall cancelled (the annotation is gone): the rules come back, the installer chains the plugin again');
+      this.#reconciling = this.#reconciling.then(() => this.#cancelUninstall()).catch((err: unknown) => this.#log.error({ err }, 'putting the rules back after a cancelled uninstall failed; the resync retries'));
+    };
+    if (source.uninstallRequested) changed(true);
+    source.on('uninstall', changed);
+  }
+
+  /** A cancelled uninstall: a node that was done captures again (rules, the enrolled set, the enrollment file). */
+  async #cancelUninstall(): Promise<void> {
+    if (!this.#uninstalled || this.#closed) return;
+    this.#uninstalled = false;
+    this.#uninstallDone = false;
+    if (this.#rules) {
+      await this.#rules.install();
+      this.#rulesCheck = { at: new Date() };
+      this.#startRulesResync();
+    }
+    this.#scheduleReconcile();
   }
 
   /** `ambit cni uninstall`: every rule and ipset goes, and stays gone (the DaemonSet is being removed next). */

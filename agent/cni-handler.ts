@@ -109,8 +109,12 @@ export interface CniHandlerOptions {
   ruleInPlace: (ip: string) => Promise<boolean>;
   /** Removes every rule and ipset (`ambit cni uninstall`). */
   uninstall: () => Promise<void>;
-  /** `ambit uninstall` asked: no new pod is captured, and status tells the installer to unchain the plugin. */
+  /** `ambit uninstall` asked: status tells the installer to unchain the plugin, then send `uninstall`. */
   uninstallRequested?: () => boolean;
+  /** The rules, ipsets and files are gone (`uninstall` done): a pod ADD reaches now is not captured. */
+  uninstalled?: () => boolean;
+  /** Called once `uninstall` has removed the rules and the files. */
+  uninstallFinished?: () => void;
   ready: () => boolean;
   log: Logger;
   podWaitMs?: number;
@@ -183,6 +187,7 @@ export class CniHandler {
         await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
         await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
         this.#lastSnapshot = undefined;
+        this.#options.uninstallFinished?.();
         this.#options.log.info('uninstall requested over the CNI socket: every rule and ipset removed');
         return this.#ok({ reason: 'rules removed' });
       case 'add':
@@ -219,8 +224,9 @@ export class CniHandler {
   async #add(pod: CniPod): Promise<CniResponse> {
     const { store, log } = this.#options;
     const ips = canonicalIps(pod);
-    if (this.#options.uninstallRequested?.()) {
-      const reason = 'the mesh is being uninstalled (ambit uninstall): the pod starts outside it';
+    // until the node is done the mesh captures as before: its plugin goes first, its rules after
+    if (this.#options.uninstalled?.()) {
+      const reason = 'Ambit was uninstalled from this node (ambit uninstall): the pod starts outside the mesh';
       log.info({ pod: `${pod.namespace}/${pod.name}`, reason }, 'CNI ADD: pod is not in the mesh');
       return this.#ok({ enrolled: false, reason });
     }

@@ -38,4 +38,4 @@ export async function runAgentCommand(argv: string[]): Promise<number> {
   logOutput.finish();
   return 0;
 }
-export type { AgentStatus, RulesStatus, WorkloadStatus } from './status.js';
+export { AGENT_STATUS_SCHEMA, parseAgentStatus, type AgentStatus, type RulesStatus, type WorkloadStatus } from './status.js';

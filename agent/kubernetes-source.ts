@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
-import { UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import type { TrustBundleSource } from '../core/hbone/index.js';
 import { loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
@@ -15,7 +15,7 @@ export const NODE_WATCH_SOURCE = 'node-watch';
 export interface KubernetesSourceOptions {
   readonly settings: KubernetesSettings;
   readonly nodeName: string;
-  /** The mesh's own namespace, where `ambit uninstall` leaves its ConfigMap. */
+  /** The mesh's own namespace, where the agent DaemonSet (which `ambit uninstall` annotates) is. */
   readonly rootNamespace: string;
   readonly trustDomain: string;
   readonly store: WorkloadStore;
@@ -34,7 +34,7 @@ export interface KubernetesSourceOptions {
  */
 export class KubernetesSource extends EventEmitter<{ uninstall: [requested: boolean] }> {
   readonly #stream: ControllerStream;
-  readonly #reflectors: Array<Reflector<Prepared> | Reflector<string>>;
+  readonly #reflectors: Array<Reflector<Prepared> | Reflector<boolean>>;
   #uninstallRequested = false;
 
   private constructor(stream: ControllerStream) {
@@ -43,7 +43,7 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
     this.#reflectors = [];
   }
 
-  /** Whether `ambit uninstall`'s ConfigMap exists (as last read); 'uninstall' says when this changes. */
+  /** Whether `ambit uninstall`'s annotation is on the agent DaemonSet (as last read); 'uninstall' says when this changes. */
   get uninstallRequested(): boolean {
     return this.#uninstallRequested;
   }
@@ -98,20 +98,23 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
         }),
     );
     const source = new KubernetesSource(stream);
-    // `ambit uninstall`'s ConfigMap, and only it (RBAC: get/list/watch of that name in the mesh's namespace)
-    const uninstall = new Reflector<string>({
+    // `ambit uninstall`'s annotation on the agent DaemonSet, and only that object (RBAC: list/watch of that name)
+    const uninstall = new Reflector<boolean>({
       kubeConfig,
-      kind: 'ConfigMap',
-      path: `/api/v1/namespaces/${encodeURIComponent(options.rootNamespace)}/configmaps`,
-      fieldSelector: `metadata.name=${UNINSTALL_CONFIGMAP_NAME}`,
+      kind: 'DaemonSet',
+      path: `/apis/apps/v1/namespaces/${encodeURIComponent(options.rootNamespace)}/daemonsets`,
+      fieldSelector: `metadata.name=${AGENT_DAEMONSET_NAME}`,
       log,
       registry: options.registry,
-      transform: (object) => object.metadata.name,
+      transform: (object) => (object.metadata as { annotations?: Record<string, string> }).annotations?.[UNINSTALL_ANNOTATION] !== undefined,
       consumer: {
-        replace: (names) => source.#setUninstallRequested(names.includes(UNINSTALL_CONFIGMAP_NAME)),
-        added: (name) => source.#setUninstallRequested(source.#uninstallRequested || name === UNINSTALL_CONFIGMAP_NAME),
-        modified: () => undefined,
-        deleted: (name) => source.#setUninstallRequested(source.#uninstallRequested && name !== UNINSTALL_CONFIGMAP_NAME),
+        // a DaemonSet gone (being deleted, or not listed) changes nothing: its pods, this agent's among them, are going
+        replace: (marked) => {
+          if (marked.length > 0) source.#setUninstallRequested(marked.some(Boolean));
+        },
+        added: (marked) => source.#setUninstallRequested(marked),
+        modified: (marked) => source.#setUninstallRequested(marked),
+        deleted: () => undefined,
       },
     });
     source.#reflectors.push(...reflectors, uninstall);

@@ -6,7 +6,7 @@
  * `ambit status` does (judged by judgeNodes, pure, on those answers).
  */
 import { X509Certificate } from 'node:crypto';
-import type { AgentStatus } from '../agent/index.js';
+import { DEFAULT_PORTS, type AgentStatus } from '../agent/index.js';
 import { isAmbitError } from '../core/errors/index.js';
 import { DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, enrollmentLabel, ISTIO_DATAPLANE_LABEL } from '../core/enrollment/index.js';
 import { issuedBy, parseTrustBundle, pemCertificates, TRUST_BUNDLE_CONFIGMAP_NAME, TRUST_BUNDLE_KEYS } from '../core/identity/index.js';
@@ -24,7 +24,7 @@ import {
   PART_OF_LABEL,
 } from './install-objects.js';
 import { canIHint, describeAccess, kind, KubeForbiddenError, NAMESPACES, type ApiObject, type ClusterClient } from './kube.js';
-import { agentStatuses, type NodeStatus } from './status.js';
+import { agentPodSelector, agentStatuses, type NodeStatus } from './status.js';
 
 /** One line of the report: `hint` is there when the check failed, and says what to do. */
 export interface CheckResult {
@@ -82,12 +82,8 @@ export class CheckContext {
   agentPods(): Promise<ApiObject[]> {
     return this.#once('agent-pods', async () => {
       const daemonSet = await this.agentDaemonSet();
-      const matchLabels = (daemonSet?.spec as { selector?: { matchLabels?: Record<string, string> } } | undefined)?.selector?.matchLabels ?? {};
-      if (daemonSet === undefined || Object.keys(matchLabels).length === 0) return [];
-      const selector = Object.entries(matchLabels)
-        .map(([key, value]) => `${key}=${value}`)
-        .join(',');
-      return this.cluster.list(PODS.all(ROOT), selector);
+      const selector = daemonSet === undefined ? undefined : agentPodSelector(daemonSet);
+      return selector === undefined ? [] : this.cluster.list(PODS.all(ROOT), selector);
     });
   }
 
@@ -428,7 +424,7 @@ export function judgeNodes(aspect: NodeAspect, nodes: readonly NodeStatus[], now
   const unreadable = failing.filter((f) => f.node.status === undefined);
   const hint =
     unreadable.length === failing.length
-      ? `the status is read through the pods proxy (get on pods/proxy in ${ROOT}) from the agent's metrics port 15020: check that the agent runs (${logsOf(unreadable[0]?.node, 'agent')})`
+      ? `the status is read through the pods proxy (get on pods/proxy in ${ROOT}) from the agent's metrics port ${DEFAULT_PORTS.metrics}: check that the agent runs (${logsOf(unreadable[0]?.node, 'agent')})`
       : aspect.hint(failing.filter((f) => f.node.status !== undefined).map((f) => f.node));
   return { ok: false, message: `${failing.length} of ${nodes.length} node(s): ${failing.map((f) => `${f.node.node}: ${f.why}`).join('; ')}`, hint };
 }

@@ -3,7 +3,7 @@
  * the kinds it applies (for the permission check), the CRDs, and the names of the controller and the agent.
  * test/cli-check.test.ts renders the manifests and compares them with this file, so the two cannot drift apart.
  */
-import { DEFAULT_ROOT_NAMESPACE } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE } from '../core/enrollment/index.js';
 import type { ResourceRef, Verb } from './kube.js';
 
 /** The install command every hint points to. */
@@ -13,7 +13,8 @@ export const INSTALL_COMMAND = 'kubectl apply -k manifests/';
 export const PART_OF_LABEL = Object.freeze({ key: 'app.kubernetes.io/part-of', value: 'ambit' });
 
 export const CONTROLLER_DEPLOYMENT = 'ambit-controller';
-export const AGENT_DAEMONSET = 'ambit-agent';
+/** The agent DaemonSet's name: the agents watch it for `ambit uninstall`'s annotation (core/enrollment). */
+export const AGENT_DAEMONSET = AGENT_DAEMONSET_NAME;
 
 /** A kind the install applies. */
 export interface InstallKind {

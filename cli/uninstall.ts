@@ -1,8 +1,8 @@
 /**
  * `ambit uninstall`: gives every node plain networking back before anything is deleted. A bare `kubectl delete -k`
  * looks to an agent like a restart (SIGTERM keeps its rules, the plugin stays chained: enrolled pods fail closed), so
- * the command first marks the mesh as uninstalling (the ConfigMap core/enrollment's UNINSTALL_CONFIGMAP_NAME, which
- * every agent watches). Each agent then stops capturing new pods and tells its CNI installer, which unchains the
+ * the command first marks the mesh as uninstalling (core/enrollment's UNINSTALL_ANNOTATION on the agent DaemonSet,
+ * which every agent watches). Each agent then stops capturing new pods and tells its CNI installer, which unchains the
  * plugin and has the agent remove every rule, ipset and file; each agent's /status says when. Only when every node
  * is done does the command delete the mesh's objects. `ambit uninstall --check`, as root on a node, says whether
  * anything of Ambit is left there.
@@ -12,11 +12,11 @@ import { join } from 'node:path';
 import { describeRemovalPlan, planRulesRemoval } from '../agent/index.js';
 import { AMBIT_PLUGIN_TYPE, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR } from '../cni/index.js';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
-import { ENROLL_LABEL, UNINSTALL_CONFIGMAP_NAME } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { errnoCode } from '../core/errors/index.js';
 import { ApiStatusError } from '../core/k8s/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
-import { connectCluster, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, NAMESPACES, type ClusterClient } from './kube.js';
+import { connectCluster, describeAccess, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, NAMESPACES, type ClusterClient, type ResourceRef, type Verb } from './kube.js';
 import { printChecks } from './check.js';
 import { PART_OF_LABEL } from './install-objects.js';
 import type { CheckResult } from './checks.js';
@@ -25,19 +25,19 @@ import { agentStatuses, type NodeStatus } from './status.js';
 export const UNINSTALL_USAGE = `Usage: ambit uninstall [options]
        ambit uninstall --check [node options]
 
-Gives every node plain networking back, then deletes Ambit's objects. It marks the mesh as uninstalling (the
-ConfigMap ambit-system/${UNINSTALL_CONFIGMAP_NAME}, which the agents watch): every agent stops capturing new pods, its
-CNI installer takes the plugin out of the node's CNI configuration, and the agent removes every rule, ipset and
-file. When every agent says it is done, the namespace ambit-system and the cluster roles go; the CRDs (and so every
-policy) only with --purge. If a node does not finish in time nothing is deleted: run it again, or delete the
-ConfigMap to cancel.
+Gives every node plain networking back, then deletes Ambit's objects. It checks first that you may do all of it,
+then marks the mesh as uninstalling (the annotation ${UNINSTALL_ANNOTATION} on the DaemonSet ambit-system/${AGENT_DAEMONSET_NAME},
+which the agents watch): on every node the CNI installer takes the plugin out of the node's CNI configuration, then
+the agent removes every rule, ipset and file. When every node the DaemonSet runs on says it is done, the namespace
+ambit-system and the cluster roles go; the CRDs (and so every policy) only with --purge. If a node does not finish in
+time nothing is deleted: run it again, or remove the annotation to cancel (the nodes put their rules back).
 
 Options:
 ${KUBE_FLAGS_USAGE}
   --namespace NS         the mesh's namespace (default ambit-system)
   --timeout SECONDS      how long to wait for the nodes (default 300)
   --purge                also delete the CRDs, and with them every AuthorizationPolicy and PeerAuthentication
-  --output text|json     json: {"ok", "nodes": [...], "deleted": [...]} (default text)
+  -o, --output text|json json: {"ok", "nodes": [...], "deleted": [...]} (default text)
   -h, --help             show this help
 
 --check, as root on a node: confirms nothing of Ambit is left there (no rule, ipset, CNI entry or file).
@@ -45,7 +45,7 @@ ${KUBE_FLAGS_USAGE}
   --cni-bin-dir DIR      (default ${DEFAULT_CNI_BIN_DIR})
   --run-dir DIR          the agent's run folder (default ${DEFAULT_AGENT_RUN_DIR})
   --state-dir DIR        the agent's state folder (default ${DEFAULT_AGENT_STATE_DIR})
-  --output text|json     json: {"ok", "checks": [{"id", "ok", "message", "hint"}]}
+  -o, --output text|json json: {"ok", "checks": [{"id", "ok", "message", "hint"}]}
 
 Exit codes: 0 done (or nothing left), 1 a node did not finish or something is left, 2 bad usage.
 `;
@@ -68,7 +68,7 @@ export async function runUninstallCommand(argv: string[]): Promise<number> {
     'cni-bin-dir': { type: 'string' },
     'run-dir': { type: 'string' },
     'state-dir': { type: 'string' },
-    output: { type: 'string' },
+    output: { type: 'string', short: 'o' },
     help: { type: 'boolean', short: 'h' },
   });
   if (values.help) {
@@ -96,7 +96,7 @@ export async function runUninstallCommand(argv: string[]): Promise<number> {
   if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > 3600) throw usageError(`--timeout ${values.timeout}: a whole number of seconds from 1 to 3600`);
   const cluster = await connectCluster('uninstall', values);
   const say = output === 'text' ? (line: string) => process.stdout.write(`${line}\n`) : () => undefined;
-  const result = await uninstall(cluster, { namespace: values.namespace ?? 'ambit-system', timeoutMs: timeoutSeconds * 1000, purge: values.purge ?? false, say });
+  const result = await uninstall(cluster, { namespace: values.namespace ?? DEFAULT_ROOT_NAMESPACE, timeoutMs: timeoutSeconds * 1000, purge: values.purge ?? false, say });
   if (output === 'json') process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   return result.ok ? 0 : 1;
 }
@@ -112,7 +112,8 @@ export interface UninstallResult {
   message: string;
 }
 
-const CONFIGMAPS = kind('', 'v1', 'configmaps');
+const DAEMONSETS = kind('apps', 'v1', 'daemonsets');
+const PODS = kind('', 'v1', 'pods');
 /** The install's cluster-scoped kinds, deleted by the label kustomization.yaml puts on them; the CRDs with --purge only. */
 const CLUSTER_KINDS = [
   { kind: 'ClusterRoleBinding', ref: kind('rbac.authorization.k8s.io', 'v1', 'clusterrolebindings') },
@@ -120,39 +121,73 @@ const CLUSTER_KINDS = [
 ];
 const CRDS = { kind: 'CustomResourceDefinition', ref: kind('apiextensions.k8s.io', 'v1', 'customresourcedefinitions') };
 
+/** A refusal before anything changed: nothing was marked, nothing deleted. */
+function refused(message: string): UninstallResult {
+  return { ok: false, nodes: [], deleted: [], stillLabelled: [], message };
+}
+
 async function uninstall(cluster: ClusterClient, options: { namespace: string; timeoutMs: number; purge: boolean; say: (line: string) => void }): Promise<UninstallResult> {
   const { namespace, say } = options;
   const deleted: string[] = [];
   let nodes: NodeStatus[] = [];
-  if ((await cluster.get(NAMESPACES.named(namespace))) !== undefined) {
-    await cluster
-      .create(CONFIGMAPS.all(namespace), {
-        apiVersion: 'v1',
-        kind: 'ConfigMap',
-        metadata: { name: UNINSTALL_CONFIGMAP_NAME, namespace, labels: { [PART_OF_LABEL.key]: PART_OF_LABEL.value } },
-        data: { requested: new Date().toISOString() },
-      })
-      .catch((err: unknown) => {
-        if (err instanceof ApiStatusError && err.status === 409) return; // asked before: go on
-        throw err;
-      });
-    say(`marked the mesh as uninstalling (ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME}); waiting for every node`);
+  const clusterKinds = [...CLUSTER_KINDS, ...(options.purge ? [CRDS] : [])];
+  const present = (await cluster.get(NAMESPACES.named(namespace))) !== undefined;
+  const daemonSet = present ? await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace)) : undefined;
+  const cancel = `kubectl -n ${namespace} annotate daemonset ${AGENT_DAEMONSET_NAME} ${UNINSTALL_ANNOTATION}-`;
+  if (present && daemonSet === undefined) {
+    const message =
+      `the DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME} is gone, so no agent can take Ambit's rules and CNI entry off the nodes (a bare kubectl delete?). ` +
+      `Nothing was changed. Re-apply the install (kubectl apply -k manifests/), wait for the agents (kubectl -n ${namespace} rollout status daemonset/${AGENT_DAEMONSET_NAME}), then run ambit uninstall again.`;
+    say(message);
+    return refused(message);
+  }
+  // every permission the whole uninstall needs, before the first change: never a mesh marked and objects left
+  const needed: Array<{ verb: Verb; ref: ResourceRef }> = [
+    ...(present
+      ? [
+          { verb: 'patch' as const, ref: DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace) },
+          { verb: 'list' as const, ref: PODS.all(namespace) },
+          { verb: 'delete' as const, ref: NAMESPACES.named(namespace) },
+        ]
+      : []),
+    ...clusterKinds.flatMap(({ ref }) => [
+      { verb: 'list' as const, ref: ref.all() },
+      { verb: 'delete' as const, ref: ref.all() },
+    ]),
+  ];
+  const denied = (await Promise.all(needed.map(async (ask) => ((await cluster.canI(ask.verb, ask.ref)) ? [] : [ask])))).flat();
+  if (denied.length > 0) {
+    const message = `not allowed to uninstall: missing ${denied.map((ask) => describeAccess(ask.verb, ask.ref)).join('; ')}. Nothing was changed; uninstall as a cluster admin.`;
+    say(message);
+    return refused(message);
+  }
+  if (daemonSet !== undefined) {
+    await cluster.mergePatch(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace), { metadata: { annotations: { [UNINSTALL_ANNOTATION]: new Date().toISOString() } } });
+    say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION} on daemonset ${namespace}/${AGENT_DAEMONSET_NAME}); waiting for every node`);
     const deadline = Date.now() + options.timeoutMs;
     const reported = new Set<string>();
     for (;;) {
       nodes = await agentStatuses(cluster, namespace);
       for (const node of nodes) {
-        if (node.status?.uninstall?.done && !reported.has(node.node)) {
+        if (node.status?.uninstall.done === true && !reported.has(node.node)) {
           reported.add(node.node);
           say(`  ${node.node}: plugin unchained, rules, ipsets and files removed`);
         }
       }
-      if (nodes.every((node) => node.status?.uninstall?.done === true)) break;
+      // every node the DaemonSet runs on: one whose agent pod is missing is not done
+      const scheduled = (((await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace)))?.status ?? {}) as { desiredNumberScheduled?: number }).desiredNumberScheduled ?? nodes.length;
+      const done = nodes.filter((node) => node.status?.uninstall.done === true).length;
+      if (done === nodes.length && nodes.length >= scheduled) break;
       if (Date.now() >= deadline) {
-        const pending = nodes.filter((node) => node.status?.uninstall?.done !== true);
+        const pending = nodes.filter((node) => node.status?.uninstall.done !== true);
+        const missing = Math.max(0, scheduled - nodes.length);
+        const waits = [
+          ...pending.map((node) => `${node.node} (${node.error ?? (node.status?.uninstall.requested ? 'waiting for its CNI installer' : 'has not seen the request yet')})`),
+          ...(missing === 0 ? [] : [`${missing} node(s) with no agent pod`]),
+        ];
         const message =
-          `${pending.length} node(s) did not finish in time: ${pending.map((node) => `${node.node} (${node.error ?? (node.status?.uninstall?.requested ? 'waiting for its CNI installer' : 'has not seen the request yet')})`).join(', ')}. ` +
-          `Nothing was deleted; the mesh stays marked as uninstalling (no new pod is captured). Run ambit uninstall again, or delete the ConfigMap ${namespace}/${UNINSTALL_CONFIGMAP_NAME} to cancel.`;
+          `${pending.length + missing} node(s) did not finish in time: ${waits.join(', ')}. ` +
+          `Nothing was deleted; the mesh stays marked as uninstalling. Run ambit uninstall again, or cancel (${cancel}): the nodes that finished put their rules back.`;
         say(message);
         return { ok: false, nodes: summary(nodes), deleted, stillLabelled: [], message };
       }
@@ -162,7 +197,7 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   } else {
     say(`no namespace ${namespace}: no agent to wait for`);
   }
-  for (const { kind: kindName, ref } of [...CLUSTER_KINDS, ...(options.purge ? [CRDS] : [])]) {
+  for (const { kind: kindName, ref } of clusterKinds) {
     const items = await cluster.list(ref.all(), PART_OF_SELECTOR).catch((err: unknown) => {
       if (err instanceof ApiStatusError && err.status === 404) return []; // a kind the server does not serve
       throw err;
@@ -198,22 +233,30 @@ export async function nodeLeftovers(dirs: { confDir: string; binDir: string; run
   } catch (err) {
     checks.push({ id: 'node-rules', ok: false, message: `cannot read the node's rules: ${(err as Error).message}`, hint: 'run as root in the node\'s network namespace, with iptables and ipset installed' });
   }
-  const configs = await configsWithPlugin(dirs.confDir);
-  checks.push(
+  /** One check of what a folder holds; a folder that cannot be read fails it, saying why (never a stack trace). */
+  const probe = async <T>(id: string, dir: string, read: () => Promise<T>, judge: (found: T) => CheckResult): Promise<void> => {
+    let found: T;
+    try {
+      found = await read();
+    } catch (err) {
+      checks.push({ id, ok: false, message: `cannot read ${dir}: ${(err as Error).message}`, hint: 'run it as root on the node, with the folders the node has' });
+      return;
+    }
+    checks.push(judge(found));
+  };
+  await probe('node-cni-config', dirs.confDir, () => configsWithPlugin(dirs.confDir), (configs) =>
     configs.length === 0
       ? { id: 'node-cni-config', ok: true, message: `no CNI configuration in ${dirs.confDir} chains ${AMBIT_PLUGIN_TYPE}` }
       : { id: 'node-cni-config', ok: false, message: `${configs.map((c) => c.file).join(', ')} still chain ${AMBIT_PLUGIN_TYPE}`, hint: `run \`ambit cni uninstall --cni-conf-dir ${dirs.confDir} --cni-bin-dir ${dirs.binDir}\`` },
   );
   const binary = join(dirs.binDir, AMBIT_PLUGIN_TYPE);
-  const binaryLeft = (await filesIn(dirs.binDir)).includes(binary);
-  checks.push(
-    binaryLeft
+  await probe('node-cni-binary', dirs.binDir, () => filesIn(dirs.binDir), (files) =>
+    files.includes(binary)
       ? { id: 'node-cni-binary', ok: false, message: `${binary} is still there`, hint: `run \`ambit cni uninstall\`, or remove ${binary}` }
       : { id: 'node-cni-binary', ok: true, message: `no ${binary}` },
   );
   for (const [id, dir] of [['node-run-files', dirs.runDir], ['node-state-files', dirs.stateDir]] as const) {
-    const files = await filesIn(dir);
-    checks.push(
+    await probe(id, dir, () => filesIn(dir), (files) =>
       files.length === 0
         ? { id, ok: true, message: `no file of Ambit's under ${dir}` }
         : { id, ok: false, message: `left under ${dir}: ${files.join(', ')}`, hint: `once no agent runs on this node, remove ${dir}` },

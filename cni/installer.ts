@@ -192,7 +192,7 @@ export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | '
 }
 
 /**
- * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its ConfigMap exists), telling it where the
+ * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its annotation is on the agent DaemonSet), telling it where the
  * plugin is chained (`report`, for `ambit check`). An agent that does not answer, or an older one that does not say,
  * is a no: the plugin stays chained, and the node fails closed.
  */
@@ -258,7 +258,11 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
             onChange?.(result);
           }
         })
-        .catch((err: unknown) => options.log.error({ err }, 'cannot re-check the CNI configuration; will retry'));
+        .catch((err: unknown) => {
+          // what the agent hears next: not chained (a stale file name would pass ambit check while nothing is chained)
+          chainedIn = null;
+          options.log.error({ err }, 'cannot re-check the CNI configuration; will retry');
+        });
     };
     const schedule = () => {
       clearTimeout(timer);

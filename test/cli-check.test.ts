@@ -7,7 +7,7 @@
 import { X509Certificate } from 'node:crypto';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import type { AgentStatus } from '../agent/index.js';
+import { parseAgentStatus, type AgentStatus } from '../agent/index.js';
 import { judgeNodes, judgeServerVersion, judgeTrustBundle, NODE_ASPECTS } from '../cli/checks.js';
 import type { NodeStatus } from '../cli/status.js';
 import { AGENT_DAEMONSET, CONTROLLER_DEPLOYMENT, crdName, INSTALL_KINDS, MESH_CRDS, PART_OF_LABEL } from '../cli/install-objects.js';
@@ -320,4 +320,16 @@ t.test("each node's checks, judged on the agents' /status answers", async (t) =>
   const unreachable: NodeStatus = { node: 'node3', pod: 'ambit-agent-node3', ok: false, error: 'HTTP 503 ServiceUnavailable' };
   t.match(judgeNodes(aspect('nodes-rules'), [at('node1', healthy), unreachable], now), { ok: false, message: /node3: its agent's status could not be read: HTTP 503/, hint: /pods proxy/ });
   t.match(judgeNodes(aspect('nodes-rules'), [], now), { ok: false, message: 'no agent pod to ask' });
+
+  // what the CLI makes of an agent's answer before any check sees it: strict, so garbage never passes
+  t.same(parseAgentStatus(JSON.parse(JSON.stringify(healthy))), healthy, 'a well-formed answer reads as it is');
+  const garbage: Array<[string, unknown, RegExp]> = [
+    ['another schema', { ...healthy, schema: 2 }, /schema 2, this CLI reads 1: use the CLI of the agents' release/],
+    ['not an agent', { component: 'controller' }, /component "controller": it is not an agent's status/],
+    ['a date that does not parse', { ...healthy, cni: { chainedIn: '/x', reportedAt: 'yesterday' } }, /cni\.reportedAt "yesterday", not an ISO 8601 UTC time/],
+    ['a flag that is not a boolean', { ...healthy, rules: { ...healthy.rules, ok: 1 } }, /rules\.ok that is not true or false/],
+    ['workloads that are not a list', { ...healthy, workloads: {} }, /workloads that is not a list/],
+    ['an impossible day', { ...healthy, workloads: [{ ...healthy.workloads[0], certificateNotAfter: '2020-13-45T00:00:00Z' }] }, /workloads\[0\]\.certificateNotAfter/],
+  ];
+  for (const [what, answer, message] of garbage) t.throws(() => parseAgentStatus(answer), message, `${what}: refused, naming the field`);
 });

@@ -188,6 +188,12 @@ export class KubeCluster {
       }
       for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
       api.objects('v1', 'namespaces').create({ metadata: { name: controller.namespace } });
+      // the workloads' objects, as applied (what ambit status and uninstall read: the DaemonSet's selector and status)
+      for (const object of await renderManifests()) {
+        if (object.kind === AGENT_WORKLOAD.kind || object.kind === CONTROLLER_WORKLOAD.kind) {
+          api.objects(object.apiVersion, object.kind === 'DaemonSet' ? 'daemonsets' : 'deployments').create(structuredClone(object) as unknown as JsonObject);
+        }
+      }
       await cluster.#prepareController();
       await Promise.all(tb.nodes.map((node) => cluster.#prepareAgent(node)));
       // the controller creates the mesh's root (no Secret yet) and publishes the bundle the agents mount

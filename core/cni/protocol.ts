@@ -93,7 +93,7 @@ export type CniResponse =
       /** Why, in words an operator reads in the runtime's event: "namespace demo has ambit.dev/mode=enabled". */
       readonly reason?: string;
       /**
-       * status: the mesh is being uninstalled (core/enrollment's UNINSTALL_CONFIGMAP_NAME): the installer unchains the
+       * status: the mesh is being uninstalled (core/enrollment's UNINSTALL_ANNOTATION): the installer unchains the
        * plugin, then sends `uninstall`. Absent from older agents, which an installer then treats as false.
        */
       readonly uninstall?: boolean;

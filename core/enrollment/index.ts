@@ -14,4 +14,4 @@ export {
   type NamespaceEnrollment,
   type PodExclusion,
 } from './enrollment.js';
-export { UNINSTALL_CONFIGMAP_NAME } from './uninstall.js';
+export { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from './uninstall.js';

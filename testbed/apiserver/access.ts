@@ -56,7 +56,11 @@ export class AccessControl {
   }
 
   /** The answer to a SelfSubjectAccessReview of `user`'s `spec.resourceAttributes`. */
-  review(user: TokenUser, body: JsonObject): JsonObject {
+  /**
+   * A SelfSubjectAccessReview: allowed unless a test denied it, and, with RBAC on, only if RBAC allows it too
+   * (`rbacAllows`), so a review and the real request agree.
+   */
+  review(user: TokenUser, body: JsonObject, rbacAllows?: (attributes: { verb: string; group: string; resource: string; subresource: string; namespace: string; name: string }) => boolean): JsonObject {
     const spec = child(body, 'spec');
     const resource = child(spec, 'resourceAttributes');
     const nonResource = child(spec, 'nonResourceAttributes');
@@ -65,9 +69,10 @@ export class AccessControl {
     }
     const verb = str(resource.verb) ?? str(nonResource.verb);
     if (verb === undefined || verb === '') throw badRequest('SelfSubjectAccessReview spec needs a verb');
+    const attributes = { verb, group: str(resource.group) ?? '', resource: str(resource.resource) ?? '', subresource: str(resource.subresource) ?? '', namespace: str(resource.namespace) ?? '', name: str(resource.name) ?? '' };
     const allowed =
       Object.keys(resource).length === 0 ||
-      this.allowed(user.username, { verb, group: str(resource.group) ?? '', resource: str(resource.resource) ?? '', namespace: str(resource.namespace) ?? '', name: str(resource.name) ?? '' });
+      (this.allowed(user.username, attributes) && (rbacAllows === undefined || rbacAllows(attributes)));
     return {
       kind: 'SelfSubjectAccessReview',
       apiVersion: 'authorization.k8s.io/v1',

@@ -113,7 +113,7 @@ interface Route {
  * deletion, a minimal EndpointSlice controller, plus the failures a reflector must survive (closed, stalled and
  * expired watches, compaction, 500s). No etcd, no admission webhooks, no defaulting, no garbage collector, no
  * subresources, no server-side apply, no dryRun. A test may also deny one permission with denyAccess (a 403 before
- * RBAC is asked); SelfSubjectAccessReviews answer from those denials only, not from RBAC.
+ * RBAC is asked); SelfSubjectAccessReviews answer from those denials and, with RBAC on, from RBAC.
  */
 export class ApiServer extends EventEmitter<ApiServerEvents> {
   readonly #registry = new ResourceRegistry();
@@ -425,7 +425,19 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
       return;
     }
     if (method === 'POST' && path === SELF_SUBJECT_ACCESS_REVIEW_PATH) {
-      sendJson(res, 201, this.#access.review(user, asObject(await readJson(req))));
+      const rbac = this.#rbac;
+      const rbacAllows =
+        rbac === undefined
+          ? undefined
+          : (a: { verb: string; group: string; resource: string; subresource: string; namespace: string; name: string }) => {
+              try {
+                rbac.authorize(user, { verb: a.verb, path: '', resourceRequest: true, apiGroup: a.group, resource: a.resource, subresource: a.subresource, namespace: a.namespace, name: a.name });
+                return true;
+              } catch {
+                return false;
+              }
+            };
+      sendJson(res, 201, this.#access.review(user, asObject(await readJson(req)), rbacAllows));
       return;
     }
     if (method === 'GET' && path === '/version') {
