@@ -16,7 +16,7 @@ import { HboneClient, HboneServer, SecureContextCache } from '../core/hbone/inde
 import { CertStore, registerCertExpiryGauge, sniForIdentity } from '../core/identity/index.js';
 import { accessLogger, createLogger, registerLogMetrics, StdoutDestination, type LogDrops, type Logger } from '../core/log/index.js';
 import { createRegistry, createStatusServer, type Readiness, type Registry } from '../core/metrics/index.js';
-import { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { PolicyStore } from '../core/policy/index.js';
 import { ambitVersion } from '../core/version/index.js';
 import { originalDestination as addonOriginalDestination } from '../core/sockopt/index.js';
@@ -97,10 +97,12 @@ export class Agent {
   /** Addresses of pods CNI ADD has just enrolled, until the next capture-set sync: no connections of theirs to end. */
   #createdAtAdd = new Set<string>();
   #cniServer: CniServer | undefined;
-  /** Set by `ambit cni uninstall`: the rules are going and must not come back (until `ambit uninstall` is cancelled). */
+  /** Set by an uninstall over the CNI socket: the rules are going and must not come back (until a cancel). */
   #uninstalled = false;
-  /** The uninstall finished: rules, ipsets and files removed (what /status reports as done). */
-  #uninstallDone = false;
+  /** `ambit uninstall`'s marker that uninstall was for; undefined for `ambit cni uninstall`, which is for good. */
+  #uninstalledFor: string | undefined;
+  /** The uninstall finished (rules, ipsets and files removed) while this marker was set (undefined: none was). */
+  #uninstallDone: { readonly for: string | undefined } | undefined;
   /** The last install or repair of the rules, for /status. */
   #rulesCheck: { at: Date; error?: string } | undefined;
   /** The backend the node's rules were last found in, for /status. */
@@ -166,12 +168,9 @@ export class Agent {
               );
               return result && !this.#uninstalled;
             },
-            uninstall: () => this.#uninstall(),
-            uninstallRequested: () => this.#uninstallRequested(),
+            uninstall: (options) => this.#uninstall(options),
+            uninstallRequested: () => this.#uninstallMarker() !== undefined,
             uninstalled: () => this.#uninstalled,
-            uninstallFinished: () => {
-              this.#uninstallDone = true;
-            },
             ready: () => this.ready,
             log: parts.log.child({ component: 'cni' }),
           });
@@ -387,7 +386,12 @@ export class Agent {
         uninstalled: this.#uninstalled,
       },
       cni: { chainedIn: installer?.chainedIn ?? null, reportedAt: installer?.at.toISOString() ?? null },
-      uninstall: { requested: this.#uninstallRequested(), done: this.#uninstallDone },
+      uninstall: {
+        requested: this.#uninstallMarker() !== undefined,
+        marker: this.#uninstallMarker() ?? null,
+        // done for the marker set now: a run of ambit uninstall never counts a node done by an earlier one
+        done: this.#uninstallDone !== undefined && this.#uninstallDone.for === this.#uninstallMarker(),
+      },
       workloads: this.store
         .localWorkloads()
         .filter((workload) => workload.enrolled)
@@ -437,22 +441,27 @@ export class Agent {
    */
   #startRulesResync(): void {
     const rules = this.#rules;
+    clearInterval(this.#resyncTimer);
     if (!rules || this.config.rulesResyncSeconds === 0) return;
     this.#resyncTimer = setInterval(() => {
-      this.#reconciling = this.#reconciling
-        .then(async () => {
-          if (this.#closed || this.#uninstalled) return;
-          this.#nodeBackend = await rules.detectNodeBackend().catch(() => this.#nodeBackend);
-          await rules.install();
-          await this.#syncCaptureSet(rules, { force: true });
-          this.#rulesCheck = { at: new Date() };
-        })
-        .catch((err: unknown) => {
-          this.#rulesCheck = { at: new Date(), error: err instanceof Error ? err.message : String(err) };
-          this.#log.error({ err }, 'repairing the redirect rules failed; will retry');
-        });
+      this.#reconciling = this.#reconciling.then(async () => {
+        if (!this.#closed && !this.#uninstalled) await this.#repairRules(rules);
+      });
     }, this.config.rulesResyncSeconds * 1000);
     this.#resyncTimer.unref();
+  }
+
+  /** Installs or repairs the rules and the capture set, in the queue; /status shows the outcome (an error, logged). */
+  async #repairRules(rules: RedirectRules): Promise<void> {
+    try {
+      this.#nodeBackend = await rules.detectNodeBackend().catch(() => this.#nodeBackend);
+      await rules.install();
+      await this.#syncCaptureSet(rules, { force: true });
+      this.#rulesCheck = { at: new Date() };
+    } catch (err) {
+      this.#rulesCheck = { at: new Date(), error: err instanceof Error ? err.message : String(err) };
+      this.#log.error({ err }, 'installing or repairing the redirect rules failed; the resync retries');
+    }
   }
 
   async #bind(inputs: ProxyInputs): Promise<void> {
@@ -535,45 +544,63 @@ export class Agent {
     }
   }
 
-  /** `ambit uninstall` has asked (its annotation is on the agent DaemonSet): the installer unchains the plugin, then the rules go. */
-  #uninstallRequested(): boolean {
-    return this.#source instanceof KubernetesSource && this.#source.uninstallRequested;
+  /** `ambit uninstall`'s marker on the mesh's Namespace, undefined when none (or not in Kubernetes mode). */
+  #uninstallMarker(): string | undefined {
+    return this.#source instanceof KubernetesSource ? this.#source.uninstallMarker : undefined;
   }
 
   #watchUninstall(): void {
     const source = this.#source;
     if (!(source instanceof KubernetesSource)) return;
-    const changed = (requested: boolean) => {
-      if (requested) {
-        this.#log.warn({ daemonSet: `${this.config.rootNamespace}/${AGENT_DAEMONSET_NAME}`, annotation: UNINSTALL_ANNOTATION }, 'uninstall requested: the CNI installer unchains the plugin, then every rule, ipset and file goes');
+    const changed = (marker: string | undefined) => {
+      if (marker !== undefined) {
+        this.#log.warn({ namespace: this.config.rootNamespace, annotation: UNINSTALL_ANNOTATION, marker }, 'uninstall requested: the CNI installer unchains the plugin, then every rule, ipset and file goes');
         return;
       }
       this.#log.warn('uninstall cancelled (the annotation is gone): the rules come back, the installer chains the plugin again');
-      this.#reconciling = this.#reconciling.then(() => this.#cancelUninstall()).catch((err: unknown) => this.#log.error({ err }, 'putting the rules back after a cancelled uninstall failed; the resync retries'));
+      // in the queue: after an uninstall that took it first, never beside one
+      this.#reconciling = this.#reconciling.then(() => this.#cancelUninstall());
     };
-    if (source.uninstallRequested) changed(true);
+    if (source.uninstallMarker !== undefined) changed(source.uninstallMarker);
     source.on('uninstall', changed);
   }
 
-  /** A cancelled uninstall: a node that was done captures again (rules, the enrolled set, the enrollment file). */
+  /** A cancelled `ambit uninstall`: a node that was done captures again (rules, the enrolled set, the enrollment file). */
   async #cancelUninstall(): Promise<void> {
-    if (!this.#uninstalled || this.#closed) return;
+    // `ambit cni uninstall` is for good; and the marker may be back by the time this runs
+    if (!this.#uninstalled || this.#uninstalledFor === undefined || this.#uninstallMarker() !== undefined || this.#closed) return;
     this.#uninstalled = false;
-    this.#uninstallDone = false;
+    this.#uninstalledFor = undefined;
+    this.#uninstallDone = undefined;
     if (this.#rules) {
-      await this.#rules.install();
-      this.#rulesCheck = { at: new Date() };
+      await this.#repairRules(this.#rules);
       this.#startRulesResync();
     }
     this.#scheduleReconcile();
   }
 
-  /** `ambit cni uninstall`: every rule and ipset goes, and stays gone (the DaemonSet is being removed next). */
-  async #uninstall(): Promise<void> {
-    this.#uninstalled = true;
-    clearInterval(this.#resyncTimer);
-    await this.#reconciling.catch(() => undefined);
-    if (this.#rules) await this.#rules.remove();
+  /**
+   * An uninstall over the CNI socket: every rule and ipset goes, then the files, and they stay gone. In the queue
+   * of rule changes, so that it and a cancel run one after the other; `ifMarked` (the installer finishing
+   * `ambit uninstall`) refuses once the marker is gone, as a cancel that came first says.
+   */
+  #uninstall(options: { ifMarked: boolean; removeFiles: () => Promise<void> }): Promise<string | undefined> {
+    const run = this.#reconciling.then(async (): Promise<string | undefined> => {
+      const marker = this.#uninstallMarker();
+      if (options.ifMarked && marker === undefined) return 'the mesh is no longer marked as uninstalling (the uninstall was cancelled): the rules stay';
+      this.#uninstalled = true;
+      this.#uninstalledFor = options.ifMarked ? marker : undefined;
+      clearInterval(this.#resyncTimer);
+      if (this.#rules) await this.#rules.remove();
+      await options.removeFiles();
+      this.#uninstallDone = { for: marker };
+      return undefined;
+    });
+    this.#reconciling = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
   /**

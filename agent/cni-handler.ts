@@ -107,14 +107,15 @@ export interface CniHandlerOptions {
   podCreated: (ips: readonly string[]) => void;
   /** Whether the kernel's enrolled-pod set of `ip`'s family holds it (CHECK asks the kernel, not the agent's memory). */
   ruleInPlace: (ip: string) => Promise<boolean>;
-  /** Removes every rule and ipset (`ambit cni uninstall`). */
-  uninstall: () => Promise<void>;
+  /**
+   * Removes every rule and ipset, then the files (`removeFiles`), in the agent's one queue of rule changes; with
+   * `ifMarked`, only while the mesh is still marked as uninstalling. Resolves with why it refused, or undefined.
+   */
+  uninstall: (options: { ifMarked: boolean; removeFiles: () => Promise<void> }) => Promise<string | undefined>;
   /** `ambit uninstall` asked: status tells the installer to unchain the plugin, then send `uninstall`. */
   uninstallRequested?: () => boolean;
   /** The rules, ipsets and files are gone (`uninstall` done): a pod ADD reaches now is not captured. */
   uninstalled?: () => boolean;
-  /** Called once `uninstall` has removed the rules and the files. */
-  uninstallFinished?: () => void;
   ready: () => boolean;
   log: Logger;
   podWaitMs?: number;
@@ -182,14 +183,22 @@ export class CniHandler {
         if (request.installer !== undefined) this.#installerReport = { chainedIn: request.installer.chainedIn, at: new Date() };
         if (this.#options.uninstallRequested?.()) return this.#ok({ reason: 'the mesh is being uninstalled', uninstall: true });
         return this.#ok({ reason: this.#options.ready() ? 'agent ready' : 'agent starting' });
-      case 'uninstall':
-        await this.#options.uninstall();
-        await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
-        await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
-        this.#lastSnapshot = undefined;
-        this.#options.uninstallFinished?.();
-        this.#options.log.info('uninstall requested over the CNI socket: every rule and ipset removed');
+      case 'uninstall': {
+        const refused = await this.#options.uninstall({
+          ifMarked: request.ifMarked === true,
+          removeFiles: async () => {
+            await rm(join(this.#options.stateDir, ENROLLMENT_FILE_NAME), { force: true });
+            await rm(join(this.#options.runDir, POD_NETWORKS_FILE_NAME), { force: true });
+            this.#lastSnapshot = undefined;
+          },
+        });
+        if (refused !== undefined) {
+          this.#options.log.warn({ reason: refused }, 'uninstall over the CNI socket refused');
+          return { version: CNI_PROTOCOL_VERSION, ok: false, error: { code: 'cancelled', message: refused } };
+        }
+        this.#options.log.info('uninstall requested over the CNI socket: every rule, ipset and file removed');
         return this.#ok({ reason: 'rules removed' });
+      }
       case 'add':
         return this.#add(request.pod);
       case 'del':

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
-import { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
 import type { TrustBundleSource } from '../core/hbone/index.js';
 import { loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
@@ -15,7 +15,7 @@ export const NODE_WATCH_SOURCE = 'node-watch';
 export interface KubernetesSourceOptions {
   readonly settings: KubernetesSettings;
   readonly nodeName: string;
-  /** The mesh's own namespace, where the agent DaemonSet (which `ambit uninstall` annotates) is. */
+  /** The mesh's own namespace, which `ambit uninstall` annotates (core/enrollment's UNINSTALL_ANNOTATION). */
   readonly rootNamespace: string;
   readonly trustDomain: string;
   readonly store: WorkloadStore;
@@ -32,10 +32,11 @@ export interface KubernetesSourceOptions {
  * synced (and the agent ready) on the controller's first snapshot; the agent's own records make no difference to
  * that. Both convert objects with the same code (core/stream's ClusterView), so they agree on every record.
  */
-export class KubernetesSource extends EventEmitter<{ uninstall: [requested: boolean] }> {
+export class KubernetesSource extends EventEmitter<{ uninstall: [marker: string | undefined] }> {
   readonly #stream: ControllerStream;
-  readonly #reflectors: Array<Reflector<Prepared> | Reflector<boolean>>;
-  #uninstallRequested = false;
+  readonly #reflectors: Array<Reflector<Prepared>>;
+  #uninstallMarker: string | undefined;
+  #invalidMarker: string | undefined;
 
   private constructor(stream: ControllerStream) {
     super();
@@ -43,15 +44,21 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
     this.#reflectors = [];
   }
 
-  /** Whether `ambit uninstall`'s annotation is on the agent DaemonSet (as last read); 'uninstall' says when this changes. */
-  get uninstallRequested(): boolean {
-    return this.#uninstallRequested;
+  /** `ambit uninstall`'s marker on the mesh's Namespace (as last read), undefined when none; 'uninstall' says when it changes. */
+  get uninstallMarker(): string | undefined {
+    return this.#uninstallMarker;
   }
 
-  #setUninstallRequested(requested: boolean): void {
-    if (requested === this.#uninstallRequested) return;
-    this.#uninstallRequested = requested;
-    this.emit('uninstall', requested);
+  /** The mesh's Namespace as listed or watched: its annotation sets or clears the marker (its deletion does neither). */
+  #noteRootNamespace(object: { metadata: { annotations?: Record<string, string> } }, log: Logger): void {
+    const { marker, invalid } = uninstallMarkerOf(object.metadata.annotations);
+    if (invalid !== undefined && invalid !== this.#invalidMarker) {
+      log.error({ annotation: UNINSTALL_ANNOTATION, value: invalid }, 'the uninstall annotation is not a time (ambit uninstall writes one): ignored, nothing is uninstalled');
+    }
+    this.#invalidMarker = invalid;
+    if (marker === this.#uninstallMarker) return;
+    this.#uninstallMarker = marker;
+    this.emit('uninstall', marker);
   }
 
   static async start(options: KubernetesSourceOptions): Promise<KubernetesSource> {
@@ -78,6 +85,7 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
       },
     };
     const view = new ClusterView(sink, { trustDomain: options.trustDomain, log });
+    const source = new KubernetesSource(stream);
     const kinds = watchedKinds().filter((kind) => kind.record === 'Namespace' || kind.record === 'Pod');
     const reflectors = kinds.map(
       (kind) =>
@@ -88,7 +96,11 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
           ...(kind.record === 'Pod' ? { fieldSelector: `spec.nodeName=${options.nodeName}` } : {}),
           log,
           registry: options.registry,
-          transform: (object) => view.prepare(kind, object),
+          transform: (object) => {
+            // `ambit uninstall`'s marker rides on the mesh's own Namespace, which this watch already reads
+            if (kind.record === 'Namespace' && object.metadata.name === options.rootNamespace) source.#noteRootNamespace(object as never, log);
+            return view.prepare(kind, object);
+          },
           consumer: {
             replace: (items) => view.replace(kind, items),
             added: (object) => view.upsert(kind, object),
@@ -97,27 +109,7 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [requested: bool
           },
         }),
     );
-    const source = new KubernetesSource(stream);
-    // `ambit uninstall`'s annotation on the agent DaemonSet, and only that object (RBAC: list/watch of that name)
-    const uninstall = new Reflector<boolean>({
-      kubeConfig,
-      kind: 'DaemonSet',
-      path: `/apis/apps/v1/namespaces/${encodeURIComponent(options.rootNamespace)}/daemonsets`,
-      fieldSelector: `metadata.name=${AGENT_DAEMONSET_NAME}`,
-      log,
-      registry: options.registry,
-      transform: (object) => (object.metadata as { annotations?: Record<string, string> }).annotations?.[UNINSTALL_ANNOTATION] !== undefined,
-      consumer: {
-        // a DaemonSet gone (being deleted, or not listed) changes nothing: its pods, this agent's among them, are going
-        replace: (marked) => {
-          if (marked.length > 0) source.#setUninstallRequested(marked.some(Boolean));
-        },
-        added: (marked) => source.#setUninstallRequested(marked),
-        modified: (marked) => source.#setUninstallRequested(marked),
-        deleted: () => undefined,
-      },
-    });
-    source.#reflectors.push(...reflectors, uninstall);
+    source.#reflectors.push(...reflectors);
     for (const reflector of source.#reflectors) reflector.start();
     stream.start();
     return source;

@@ -4,6 +4,7 @@
  * the node's enrolled pods with their identities and certificate expiry. Names, identities and times only: never a
  * key, a token or a certificate.
  */
+import { isIsoUtcInstant } from '../core/enrollment/index.js';
 import { AmbitError } from '../core/errors/index.js';
 import type { IptablesBackend } from './rules/index.js';
 
@@ -27,8 +28,11 @@ export interface AgentStatus {
    * started.
    */
   readonly cni: { readonly chainedIn: string | null; readonly reportedAt: string | null };
-  /** `ambit uninstall`: requested (its annotation is on the agent DaemonSet), done (plugin unchained, every rule, ipset and file removed). */
-  readonly uninstall: { readonly requested: boolean; readonly done: boolean };
+  /**
+   * `ambit uninstall`: requested (its annotation is on the mesh's Namespace), the marker (the time it asked), done
+   * (plugin unchained, every rule, ipset and file removed, for that marker).
+   */
+  readonly uninstall: { readonly requested: boolean; readonly marker: string | null; readonly done: boolean };
   readonly workloads: readonly WorkloadStatus[];
   /** The trust bundle's roots: SHA-256 fingerprint and expiry. */
   readonly roots: ReadonlyArray<{ readonly fingerprint: string; readonly notAfter: string }>;
@@ -72,7 +76,7 @@ export function parseAgentStatus(value: unknown): AgentStatus {
   const boolean = (v: unknown, field: string): boolean => (typeof v === 'boolean' ? v : fail(field, 'that is not true or false'));
   const instant = (v: unknown, field: string): string => {
     const text = string(v, field);
-    return /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(text) && !Number.isNaN(Date.parse(text)) ? text : fail(field, `${JSON.stringify(text)}, not an ISO 8601 UTC time`);
+    return isIsoUtcInstant(text) ? text : fail(field, `${JSON.stringify(text)}, not an ISO 8601 UTC time`);
   };
   const nullable = <T>(v: unknown, read: (v: unknown) => T): T | null => (v === null ? null : read(v));
   const backend = (v: unknown, field: string): IptablesBackend | null => (v === null || v === 'nft' || v === 'legacy' ? v : fail(field, `${JSON.stringify(v)}, not nft, legacy or null`));
@@ -105,7 +109,11 @@ export function parseAgentStatus(value: unknown): AgentStatus {
       uninstalled: boolean(rules['uninstalled'], 'rules.uninstalled'),
     },
     cni: { chainedIn: nullable(cni['chainedIn'], (v) => string(v, 'cni.chainedIn')), reportedAt: nullable(cni['reportedAt'], (v) => instant(v, 'cni.reportedAt')) },
-    uninstall: { requested: boolean(uninstall['requested'], 'uninstall.requested'), done: boolean(uninstall['done'], 'uninstall.done') },
+    uninstall: {
+      requested: boolean(uninstall['requested'], 'uninstall.requested'),
+      marker: nullable(uninstall['marker'], (v) => instant(v, 'uninstall.marker')),
+      done: boolean(uninstall['done'], 'uninstall.done'),
+    },
     workloads: workloads.map((item, i) => {
       const w = object(item, `workloads[${i}]`);
       const ips = Array.isArray(w['ips']) ? w['ips'].map((ip, j) => string(ip, `workloads[${i}].ips[${j}]`)) : fail(`workloads[${i}].ips`, 'that is not a list');

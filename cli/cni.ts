@@ -15,7 +15,7 @@ import {
   DEFAULT_CNI_SEA_FILE,
   installCni,
   uninstallCni,
-  uninstallRequested,
+  askUninstall,
   watchCni,
   type InstallerOptions,
 } from '../cni/index.js';
@@ -130,7 +130,7 @@ export async function runCniCommand(argv: string[]): Promise<number> {
   };
   // a sidecar restarted while the mesh is being uninstalled must not chain the plugin again: the watch finishes it
   let chainedIn: string | null = null;
-  if (values.watch && (await uninstallRequested(agentSocket))) {
+  if (values.watch && (await askUninstall(agentSocket)) === 'requested') {
     log.warn({ agentSocket }, 'the agent says the mesh is being uninstalled: not chaining the plugin');
   } else {
     const result = await installCni(options);

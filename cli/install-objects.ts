@@ -13,7 +13,7 @@ export const INSTALL_COMMAND = 'kubectl apply -k manifests/';
 export const PART_OF_LABEL = Object.freeze({ key: 'app.kubernetes.io/part-of', value: 'ambit' });
 
 export const CONTROLLER_DEPLOYMENT = 'ambit-controller';
-/** The agent DaemonSet's name: the agents watch it for `ambit uninstall`'s annotation (core/enrollment). */
+/** The agent DaemonSet's name (core/enrollment): `ambit status` reads its pods, `ambit uninstall` its scheduled count. */
 export const AGENT_DAEMONSET = AGENT_DAEMONSET_NAME;
 
 /** A kind the install applies. */

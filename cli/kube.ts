@@ -66,10 +66,12 @@ export function describeAccess(verb: Verb, ref: ResourceRef): string {
 
 /** The `kubectl auth can-i` line that asks the same question. */
 export function canIHint(verb: Verb, ref: ResourceRef): string {
-  const resource = ref.group === '' ? ref.resource : `${ref.resource}.${ref.group}`;
+  // kubectl reads `pods/proxy` as a pod named proxy: a subresource is its own flag
+  const [plural, subresource] = ref.resource.split('/');
+  const resource = ref.group === '' ? plural : `${plural}.${ref.group}`;
   const named = ref.name === undefined ? resource : `${resource}/${ref.name}`;
   const scope = ref.namespace === undefined ? '' : ` -n ${ref.namespace}`;
-  return `kubectl auth can-i ${verb} ${named}${scope}`;
+  return `kubectl auth can-i ${verb} ${named}${subresource === undefined ? '' : ` --subresource=${subresource}`}${scope}`;
 }
 
 export function resourcePath(ref: ResourceRef): string {
@@ -184,7 +186,9 @@ export class ClusterClient {
         resourceAttributes: {
           verb,
           group: ref.group,
-          resource: ref.resource,
+          // a subresource (`pods/proxy`) is its own attribute, as the authorizer sees the request
+          resource: ref.resource.split('/')[0],
+          ...(ref.resource.includes('/') ? { subresource: ref.resource.split('/')[1] } : {}),
           ...(ref.namespace === undefined ? {} : { namespace: ref.namespace }),
           ...(ref.name === undefined ? {} : { name: ref.name }),
         },

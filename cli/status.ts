@@ -36,6 +36,8 @@ export interface NodeStatus {
   node: string;
   pod: string;
   ok: boolean;
+  /** The pod is being deleted (a rollout replaces it): it does not stand for its node. */
+  terminating?: boolean;
   error?: string;
   status?: AgentStatus;
 }
@@ -78,21 +80,32 @@ export function agentPodSelector(daemonSet: ApiObject): string | undefined {
 export async function agentStatuses(cluster: ClusterClient, namespace: string, onlyNode?: string): Promise<NodeStatus[]> {
   const daemonSet = await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace));
   if (daemonSet === undefined) throw new AmbitError('STATUS_NO_DAEMONSET', `there is no DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME}: is Ambit installed (kubectl apply -k manifests/)?`);
+  return agentStatusesOf(cluster, daemonSet, namespace, onlyNode);
+}
+
+/** agentStatuses, for a DaemonSet already read. */
+export async function agentStatusesOf(cluster: ClusterClient, daemonSet: ApiObject, namespace: string, onlyNode?: string): Promise<NodeStatus[]> {
   const selector = agentPodSelector(daemonSet);
   if (selector === undefined) throw new AmbitError('STATUS_NO_DAEMONSET', `the DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME} has no selector matchLabels`);
   const pods = await cluster.list(PODS.all(namespace), selector);
   const agents = pods
-    .map((pod) => ({ pod: pod.metadata?.name ?? '', node: (pod.spec as { nodeName?: string } | undefined)?.nodeName ?? '' }))
-    .filter((agent) => onlyNode === undefined || agent.node === onlyNode)
+    .map((pod) => ({
+      pod: pod.metadata?.name ?? '',
+      node: (pod.spec as { nodeName?: string } | undefined)?.nodeName ?? '',
+      terminating: (pod.metadata as { deletionTimestamp?: string } | undefined)?.deletionTimestamp !== undefined,
+    }))
+    // a pod not yet on a node has no agent to ask
+    .filter((agent) => agent.node !== '' && (onlyNode === undefined || agent.node === onlyNode))
     .sort((a, b) => a.node.localeCompare(b.node) || a.pod.localeCompare(b.pod));
   if (onlyNode !== undefined && agents.length === 0) throw new AmbitError('STATUS_NO_AGENT', `no agent pod (${selector}) in ${namespace} is on node ${onlyNode}`);
   return Promise.all(
-    agents.map(async ({ pod, node }): Promise<NodeStatus> => {
+    agents.map(async ({ pod, node, terminating }): Promise<NodeStatus> => {
+      const going = terminating ? { terminating: true } : {};
       try {
         const status = parseAgentStatus(await cluster.proxyGet({ namespace, name: pod }, AGENT_METRICS_PORT, '/status', MAX_STATUS_BYTES));
-        return { node, pod, ok: true, status };
+        return { node, pod, ok: true, ...going, status };
       } catch (err) {
-        return { node, pod, ok: false, error: err instanceof Error ? err.message : String(err) };
+        return { node, pod, ok: false, ...going, error: err instanceof Error ? err.message : String(err) };
       }
     }),
   );

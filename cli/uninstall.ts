@@ -1,9 +1,9 @@
 /**
  * `ambit uninstall`: gives every node plain networking back before anything is deleted. A bare `kubectl delete -k`
  * looks to an agent like a restart (SIGTERM keeps its rules, the plugin stays chained: enrolled pods fail closed), so
- * the command first marks the mesh as uninstalling (core/enrollment's UNINSTALL_ANNOTATION on the agent DaemonSet,
- * which every agent watches). Each agent then stops capturing new pods and tells its CNI installer, which unchains the
- * plugin and has the agent remove every rule, ipset and file; each agent's /status says when. Only when every node
+ * the command first marks the mesh as uninstalling (core/enrollment's UNINSTALL_ANNOTATION on the mesh's Namespace,
+ * which every agent watches). Each agent then tells its CNI installer, which unchains the plugin and has the agent
+ * remove every rule, ipset and file; each agent's /status says when, for which marker. Only when every node
  * is done does the command delete the mesh's objects. `ambit uninstall --check`, as root on a node, says whether
  * anything of Ambit is left there.
  */
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { describeRemovalPlan, planRulesRemoval } from '../agent/index.js';
 import { AMBIT_PLUGIN_TYPE, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR } from '../cni/index.js';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
-import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
 import { errnoCode } from '../core/errors/index.js';
 import { ApiStatusError } from '../core/k8s/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
@@ -20,14 +20,14 @@ import { connectCluster, describeAccess, kind, KUBE_FLAGS, KUBE_FLAGS_USAGE, NAM
 import { printChecks } from './check.js';
 import { PART_OF_LABEL } from './install-objects.js';
 import type { CheckResult } from './checks.js';
-import { agentStatuses, type NodeStatus } from './status.js';
+import { agentStatusesOf, type NodeStatus } from './status.js';
 
 export const UNINSTALL_USAGE = `Usage: ambit uninstall [options]
        ambit uninstall --check [node options]
 
 Gives every node plain networking back, then deletes Ambit's objects. It checks first that you may do all of it,
-then marks the mesh as uninstalling (the annotation ${UNINSTALL_ANNOTATION} on the DaemonSet ambit-system/${AGENT_DAEMONSET_NAME},
-which the agents watch): on every node the CNI installer takes the plugin out of the node's CNI configuration, then
+then marks the mesh as uninstalling (the annotation ${UNINSTALL_ANNOTATION} on the namespace ambit-system, which the
+agents watch): on every node the CNI installer takes the plugin out of the node's CNI configuration, then
 the agent removes every rule, ipset and file. When every node the DaemonSet runs on says it is done, the namespace
 ambit-system and the cluster roles go; the CRDs (and so every policy) only with --purge. If a node does not finish in
 time nothing is deleted: run it again, or remove the annotation to cancel (the nodes put their rules back).
@@ -131,13 +131,15 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   const deleted: string[] = [];
   let nodes: NodeStatus[] = [];
   const clusterKinds = [...CLUSTER_KINDS, ...(options.purge ? [CRDS] : [])];
-  const present = (await cluster.get(NAMESPACES.named(namespace))) !== undefined;
+  const meshNamespace = await cluster.get(NAMESPACES.named(namespace));
+  const present = meshNamespace !== undefined;
   const daemonSet = present ? await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace)) : undefined;
-  const cancel = `kubectl -n ${namespace} annotate daemonset ${AGENT_DAEMONSET_NAME} ${UNINSTALL_ANNOTATION}-`;
+  const cancel = `kubectl annotate namespace ${namespace} ${UNINSTALL_ANNOTATION}-`;
+  const gone = (when: string) =>
+    `the DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME} is gone${when}, so no agent can take Ambit's rules and CNI entry off the nodes (a bare kubectl delete?). ` +
+    `Re-apply the install (kubectl apply -k manifests/), wait for the agents (kubectl -n ${namespace} rollout status daemonset/${AGENT_DAEMONSET_NAME}), then run ambit uninstall again.`;
   if (present && daemonSet === undefined) {
-    const message =
-      `the DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME} is gone, so no agent can take Ambit's rules and CNI entry off the nodes (a bare kubectl delete?). ` +
-      `Nothing was changed. Re-apply the install (kubectl apply -k manifests/), wait for the agents (kubectl -n ${namespace} rollout status daemonset/${AGENT_DAEMONSET_NAME}), then run ambit uninstall again.`;
+    const message = `${gone('')} Nothing was changed.`;
     say(message);
     return refused(message);
   }
@@ -145,8 +147,11 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   const needed: Array<{ verb: Verb; ref: ResourceRef }> = [
     ...(present
       ? [
-          { verb: 'patch' as const, ref: DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace) },
+          { verb: 'patch' as const, ref: NAMESPACES.named(namespace) },
+          { verb: 'get' as const, ref: DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace) },
           { verb: 'list' as const, ref: PODS.all(namespace) },
+          // each agent's /status, through the API server
+          { verb: 'get' as const, ref: kind('', 'v1', 'pods/proxy').all(namespace) },
           { verb: 'delete' as const, ref: NAMESPACES.named(namespace) },
         ]
       : []),
@@ -154,6 +159,8 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
       { verb: 'list' as const, ref: ref.all() },
       { verb: 'delete' as const, ref: ref.all() },
     ]),
+    // the namespaces that keep the label, said at the end
+    { verb: 'list', ref: NAMESPACES.all() },
   ];
   const denied = (await Promise.all(needed.map(async (ask) => ((await cluster.canI(ask.verb, ask.ref)) ? [] : [ask])))).flat();
   if (denied.length > 0) {
@@ -161,37 +168,58 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
     say(message);
     return refused(message);
   }
-  if (daemonSet !== undefined) {
-    await cluster.mergePatch(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace), { metadata: { annotations: { [UNINSTALL_ANNOTATION]: new Date().toISOString() } } });
-    say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION} on daemonset ${namespace}/${AGENT_DAEMONSET_NAME}); waiting for every node`);
+  if (meshNamespace !== undefined) {
+    // a run after a timed-out one keeps its marker: the nodes that finished stay done
+    const marker = uninstallMarkerOf(meshNamespace.metadata?.annotations).marker ?? new Date().toISOString();
+    await cluster.mergePatch(NAMESPACES.named(namespace), { metadata: { annotations: { [UNINSTALL_ANNOTATION]: marker } } });
+    say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION}=${marker} on the namespace ${namespace}); waiting for every node`);
     const deadline = Date.now() + options.timeoutMs;
     const reported = new Set<string>();
+    const doneFor = (node: NodeStatus) => node.status?.uninstall.done === true && node.status.uninstall.marker === marker;
     for (;;) {
-      nodes = await agentStatuses(cluster, namespace);
+      const current = await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace));
+      if (current === undefined) {
+        const message = `${gone(' (deleted while the nodes were finishing)')} Nothing was deleted.`;
+        say(message);
+        return { ok: false, nodes: summary(nodes, marker), deleted, stillLabelled: [], message };
+      }
+      nodes = (await agentStatusesOf(cluster, current, namespace)).filter((node) => node.terminating !== true);
       for (const node of nodes) {
-        if (node.status?.uninstall.done === true && !reported.has(node.node)) {
+        if (doneFor(node) && !reported.has(node.node)) {
           reported.add(node.node);
           say(`  ${node.node}: plugin unchained, rules, ipsets and files removed`);
         }
       }
-      // every node the DaemonSet runs on: one whose agent pod is missing is not done
-      const scheduled = (((await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace)))?.status ?? {}) as { desiredNumberScheduled?: number }).desiredNumberScheduled ?? nodes.length;
-      const done = nodes.filter((node) => node.status?.uninstall.done === true).length;
-      if (done === nodes.length && nodes.length >= scheduled) break;
+      // every node the DaemonSet runs on, as its controller last counted them (for its current spec): a node with
+      // no agent pod is not done, and two pods of one node do not stand for another
+      const { generation } = (current.metadata ?? {}) as { generation?: number };
+      const { desiredNumberScheduled, observedGeneration } = (current.status ?? {}) as { desiredNumberScheduled?: number; observedGeneration?: number };
+      const counted = typeof desiredNumberScheduled === 'number' && (observedGeneration === undefined || generation === undefined || observedGeneration >= generation);
+      const scheduled = counted ? desiredNumberScheduled : undefined;
+      const doneNodes = new Set(nodes.filter(doneFor).map((node) => node.node));
+      if (scheduled !== undefined && nodes.every(doneFor) && doneNodes.size >= scheduled) break;
       if (Date.now() >= deadline) {
-        const pending = nodes.filter((node) => node.status?.uninstall.done !== true);
-        const missing = Math.max(0, scheduled - nodes.length);
+        const pending = nodes.filter((node) => !doneFor(node));
+        const missing = scheduled === undefined ? 0 : Math.max(0, scheduled - new Set(nodes.map((node) => node.node)).size);
         const waits = [
           ...pending.map((node) => `${node.node} (${node.error ?? (node.status?.uninstall.requested ? 'waiting for its CNI installer' : 'has not seen the request yet')})`),
           ...(missing === 0 ? [] : [`${missing} node(s) with no agent pod`]),
+          ...(scheduled === undefined ? [`the DaemonSet's controller has not counted its nodes (status.desiredNumberScheduled for generation ${generation ?? '?'})`] : []),
         ];
         const message =
           `${pending.length + missing} node(s) did not finish in time: ${waits.join(', ')}. ` +
           `Nothing was deleted; the mesh stays marked as uninstalling. Run ambit uninstall again, or cancel (${cancel}): the nodes that finished put their rules back.`;
         say(message);
-        return { ok: false, nodes: summary(nodes), deleted, stillLabelled: [], message };
+        return { ok: false, nodes: summary(nodes, marker), deleted, stillLabelled: [], message };
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+    // a cancel since the last look: the nodes are putting their rules back; deleting now would strand them
+    const last = uninstallMarkerOf((await cluster.get(NAMESPACES.named(namespace)))?.metadata?.annotations).marker;
+    if (last !== marker) {
+      const message = `the uninstall was cancelled (the annotation ${UNINSTALL_ANNOTATION} on the namespace ${namespace} is ${last === undefined ? 'gone' : `now ${last}`}): nothing was deleted.`;
+      say(message);
+      return { ok: false, nodes: summary(nodes, marker), deleted, stillLabelled: [], message };
     }
     if (await cluster.delete(NAMESPACES.named(namespace))) deleted.push(`Namespace/${namespace}`);
   } else {
@@ -211,11 +239,11 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   if (!options.purge) say('kept the CRDs and every policy (ambit uninstall --purge deletes them)');
   const stillLabelled = (await cluster.list(NAMESPACES.all(), `${ENROLL_LABEL}=enabled`)).map((item) => item.metadata?.name ?? '').sort();
   if (stillLabelled.length > 0) say(`namespaces still labelled ${ENROLL_LABEL}=enabled (plain networking now; ambit unenroll removes the label): ${stillLabelled.join(', ')}`);
-  return { ok: true, nodes: summary(nodes), deleted, stillLabelled, message: 'uninstalled' };
+  return { ok: true, nodes: nodes.map((node) => ({ node: node.node, done: true })), deleted, stillLabelled, message: 'uninstalled' };
 }
 
-function summary(nodes: readonly NodeStatus[]): UninstallResult['nodes'] {
-  return nodes.map((node) => ({ node: node.node, done: node.status?.uninstall?.done === true, ...(node.error === undefined ? {} : { error: node.error }) }));
+function summary(nodes: readonly NodeStatus[], marker: string): UninstallResult['nodes'] {
+  return nodes.map((node) => ({ node: node.node, done: node.status?.uninstall.done === true && node.status.uninstall.marker === marker, ...(node.error === undefined ? {} : { error: node.error }) }));
 }
 
 /** `--check`: what of Ambit is still on this node. */

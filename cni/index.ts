@@ -36,4 +36,4 @@ export {
 } from './plugin.js';
 export { askAgent } from './agent-client.js';
 export { DEFAULT_CNI_SEA_FILE, SEA_FUSE, buildCniSea, type BuildCniSeaOptions, type BuildCniSeaResult } from './sea-build.js';
-export { AMBIT_PLUGIN_TYPE, completeUninstall, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR, installCni, uninstallCni, uninstallRequested, watchCni, type InstallerOptions } from './installer.js';
+export { AMBIT_PLUGIN_TYPE, completeUninstall, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR, installCni, uninstallCni, askUninstall, watchCni, type InstallerOptions } from './installer.js';

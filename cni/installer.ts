@@ -192,16 +192,17 @@ export async function uninstallCni(options: Pick<InstallerOptions, 'confDir' | '
 }
 
 /**
- * Whether the agent says the mesh is being uninstalled (`ambit uninstall`: its annotation is on the agent DaemonSet), telling it where the
- * plugin is chained (`report`, for `ambit check`). An agent that does not answer, or an older one that does not say,
- * is a no: the plugin stays chained, and the node fails closed.
+ * What the agent says of `ambit uninstall` (its annotation on the mesh's Namespace), telling it where the plugin is
+ * chained (`report`, for `ambit check`): 'requested', 'not-requested', or 'no-answer' (no agent, or one that fails
+ * status). An older agent that does not say is 'not-requested'.
  */
-export async function uninstallRequested(agentSocket: string, report?: InstallerReport): Promise<boolean> {
+export async function askUninstall(agentSocket: string, report?: InstallerReport): Promise<'requested' | 'not-requested' | 'no-answer'> {
   try {
     const response = await askAgent(agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'status', ...(report === undefined ? {} : { installer: report }) }, STATUS_TIMEOUT_MS);
-    return response.ok && response.uninstall === true;
+    if (!response.ok) return 'no-answer';
+    return response.uninstall === true ? 'requested' : 'not-requested';
   } catch {
-    return false;
+    return 'no-answer';
   }
 }
 
@@ -213,12 +214,14 @@ export async function uninstallRequested(agentSocket: string, report?: Installer
 export async function completeUninstall(options: Pick<InstallerOptions, 'confDir' | 'binDir' | 'agentSocket' | 'log'>): Promise<boolean> {
   await uninstallCni(options);
   try {
-    const response = await askAgent(options.agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'uninstall' }, UNINSTALL_TIMEOUT_MS);
+    const response = await askAgent(options.agentSocket, { version: CNI_PROTOCOL_VERSION, op: 'uninstall', ifMarked: true }, UNINSTALL_TIMEOUT_MS);
     if (response.ok) {
       options.log.info('uninstall: the plugin is unchained and the agent removed every rule, ipset and file');
       return true;
     }
-    options.log.error({ error: response.error }, 'uninstall: the agent refused to remove its rules; will retry');
+    // cancelled meanwhile: the next re-check hears it and chains the plugin again
+    if (response.error.code === 'cancelled') options.log.warn({ reason: response.error.message }, 'uninstall: cancelled before the agent removed its rules');
+    else options.log.error({ error: response.error }, 'uninstall: the agent refused to remove its rules; will retry');
   } catch (err) {
     options.log.error({ err }, 'uninstall: the agent did not answer; will retry');
   }
@@ -229,7 +232,8 @@ export async function completeUninstall(options: Pick<InstallerOptions, 'confDir
  * Keeps the plugin chained: the primary network plugin may rewrite its configuration at any time (upgrades,
  * restarts), dropping the entry. Re-checks on every change in the folder and every WATCH_RECHECK_MS. Each re-check
  * first asks the agent whether the mesh is being uninstalled; while it is, the installer keeps the plugin unchained
- * and has the agent remove its rules (completeUninstall), and adds nothing back. Stops when `signal` aborts;
+ * and has the agent remove its rules (completeUninstall), and adds nothing back. Once the node is done, an agent that
+ * does not answer leaves it so; an agent that answers (the uninstall cancelled) has the executable and entry back. Stops when `signal` aborts;
  * resolves then.
  */
 export function watchCni(options: InstallerOptions, signal: AbortSignal, onChange?: (result: InstallResult) => void, chainedIn: string | null = null): Promise<void> {
@@ -242,7 +246,8 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
         .then(async () => {
           if (signal.aborted) return;
           // tells the agent where the plugin was chained at the last look (the first: the install's)
-          if (await uninstallRequested(options.agentSocket, { chainedIn })) {
+          const answer = await askUninstall(options.agentSocket, { chainedIn });
+          if (answer === 'requested') {
             chainedIn = null;
             // again on every re-check while the mesh is being uninstalled: an agent restarted since installed its
             // rules again, and must remove them before its pod is deleted (SIGTERM keeps them)
@@ -250,7 +255,14 @@ export function watchCni(options: InstallerOptions, signal: AbortSignal, onChang
             else await completeUninstall({ ...options, log: silentLogger() });
             return;
           }
+          // the node is done and its agent stopped answering: its pod is being deleted with the mesh (a kubelet stops
+          // a native sidecar last). Chaining again would name a removed plugin and fail every pod of the node; only an
+          // agent that answers "not requested" (a cancel) brings the plugin back.
+          if (answer === 'no-answer' && uninstalled) return;
           uninstalled = false;
+          // the executable first (an uninstall removed it, or a sidecar restarted mid-uninstall never installed it)
+          const binary = await stat(join(options.binDir, AMBIT_PLUGIN_TYPE)).catch(() => undefined);
+          if (binary === undefined) await installBinary(options.pluginBinary, options.binDir);
           const result = await ensureConfigured(options);
           chainedIn = result.file;
           if (result.change !== 'unchanged') {

@@ -10,6 +10,7 @@ import t from 'tap';
 import { Agent, AGENT_STARTED_LOG, loadAgentConfig } from '../agent/index.js';
 import { Controller, loadControllerConfig } from '../controller/index.js';
 import { CertificateAuthority } from '../core/identity/index.js';
+import { UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { createLogger } from '../core/log/index.js';
 import { ApiServer, boundServiceAccountUser, MESH_CUSTOM_RESOURCES, meshCaSecret } from '../testbed/index.js';
 import { LogCapture } from './mesh/loopback.js';
@@ -92,4 +93,19 @@ t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch 
   const issued = await logs.waitFor((r) => r.msg === 'certificate rotated' && r.spiffeId === 'spiffe://cluster.local/ns/shop/sa/a', 30_000);
   t.ok(issued, "its pod's certificate comes from the controller's CA, which it retried while the controller was away");
   t.notOk(logs.find((r) => r.msg === 'certificate rotated' && r.spiffeId === 'spiffe://cluster.local/ns/shop/sa/elsewhere'), 'and it asks for no identity of another node');
+
+  // `ambit uninstall`'s marker, read from the mesh's Namespace by the agent's own watch of Namespaces
+  const annotate = (value: string | null) => api.objects('v1', 'namespaces').patch('ambit-system', { metadata: { annotations: { [UNINSTALL_ANNOTATION]: value } } });
+  annotate('yes');
+  await logs.waitFor((r) => r.msg === 'the uninstall annotation is not a time (ambit uninstall writes one): ignored, nothing is uninstalled' && r.value === 'yes');
+  t.same(agent.status().uninstall, { requested: false, marker: null, done: false }, 'a value that is not a time asks nothing');
+  annotate('2026-02-30T10:00:00.000Z');
+  await logs.waitFor((r) => r.value === '2026-02-30T10:00:00.000Z');
+  t.equal(agent.status().uninstall.requested, false, 'nor does a day that does not exist');
+  annotate('2026-12-04T10:00:00.000Z');
+  await logs.waitFor((r) => r.msg?.toString().startsWith('uninstall requested') === true && r.marker === '2026-12-04T10:00:00.000Z');
+  t.same(agent.status().uninstall, { requested: true, marker: '2026-12-04T10:00:00.000Z', done: false }, 'a time marks the mesh as uninstalling');
+  annotate(null);
+  await logs.waitFor((r) => r.msg?.toString().startsWith('uninstall cancelled') === true);
+  t.same(agent.status().uninstall, { requested: false, marker: null, done: false }, 'and its removal cancels');
 });

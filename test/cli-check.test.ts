@@ -296,7 +296,7 @@ t.test("each node's checks, judged on the agents' /status answers", async (t) =>
     ready: true,
     rules: { enabled: true, backend: 'nft', nodeBackend: 'nft', checkedAt: '2026-12-04T11:59:50Z', ok: true, uninstalled: false },
     cni: { chainedIn: '/etc/cni/net.d/10-calico.conflist', reportedAt: '2026-12-04T11:59:58Z' },
-    uninstall: { requested: false, done: false },
+    uninstall: { requested: false, marker: null, done: false },
     workloads: [{ namespace: 'shop', name: 'web', identity: 'spiffe://cluster.local/ns/shop/sa/web', ips: ['10.0.0.5'], certificateNotAfter: '2026-12-05T11:00:00Z' }],
     roots: [],
   };
@@ -330,6 +330,8 @@ t.test("each node's checks, judged on the agents' /status answers", async (t) =>
     ['a flag that is not a boolean', { ...healthy, rules: { ...healthy.rules, ok: 1 } }, /rules\.ok that is not true or false/],
     ['workloads that are not a list', { ...healthy, workloads: {} }, /workloads that is not a list/],
     ['an impossible day', { ...healthy, workloads: [{ ...healthy.workloads[0], certificateNotAfter: '2020-13-45T00:00:00Z' }] }, /workloads\[0\]\.certificateNotAfter/],
+    ['a day that rolls over (February 30th)', { ...healthy, workloads: [{ ...healthy.workloads[0], certificateNotAfter: '2026-02-30T00:00:00Z' }] }, /workloads\[0\]\.certificateNotAfter/],
+    ['a marker that is not a time', { ...healthy, uninstall: { requested: true, marker: 'yes', done: false } }, /uninstall\.marker/],
   ];
   for (const [what, answer, message] of garbage) t.throws(() => parseAgentStatus(answer), message, `${what}: refused, naming the field`);
 });

@@ -4,9 +4,13 @@
  */
 import t from 'tap';
 import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import type { ApiServer } from '../testbed/apiserver/index.js';
 import { ambit, installAmbit } from './mesh/ambit-install.js';
 import { startDouble } from './mesh/apiserver-client.js';
 import { needsTools } from './prerequisites.js';
+
+/** `ambit uninstall`'s marker on the mesh's Namespace, as the double holds it. */
+const marker = (server: ApiServer): string | undefined => (server.objects('v1', 'namespaces').get(DEFAULT_ROOT_NAMESPACE)?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations?.[UNINSTALL_ANNOTATION];
 
 const skip = needsTools(['kubectl'], 'renders the manifests the install is made from');
 
@@ -17,7 +21,7 @@ t.test('the agent DaemonSet gone (a bare delete): refused, nothing changed, and 
   const result = await ambit(['uninstall', '--kubeconfig', double.kubeconfig, '-o', 'json'], { home: double.dir });
   t.equal(result.code, 1);
   const report = JSON.parse(result.stdout) as { ok: boolean; deleted: string[]; message: string };
-  t.match(report, { ok: false, deleted: [], message: /DaemonSet ambit-system\/ambit-agent is gone.*Nothing was changed\. Re-apply the install \(kubectl apply -k manifests\/\)/ });
+  t.match(report, { ok: false, deleted: [], message: /DaemonSet ambit-system\/ambit-agent is gone.*Re-apply the install \(kubectl apply -k manifests\/\).*Nothing was changed\./ });
   t.ok(double.server.objects('v1', 'namespaces').get(DEFAULT_ROOT_NAMESPACE), 'ambit-system is still there');
 });
 
@@ -29,8 +33,20 @@ t.test('a permission the uninstall needs is missing: refused before the mesh is 
   t.equal(result.code, 1);
   const report = JSON.parse(result.stdout) as { ok: boolean; deleted: string[]; message: string };
   t.match(report, { ok: false, deleted: [], message: /missing delete on namespaces \(core group ""\) for the namespace "ambit-system".*Nothing was changed/ });
-  const daemonSet = double.server.objects('apps/v1', 'daemonsets').get(AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE);
-  t.equal((daemonSet?.metadata as { annotations?: Record<string, string> }).annotations?.[UNINSTALL_ANNOTATION], undefined, 'the mesh was not marked');
+  t.equal(marker(double.server), undefined, 'the mesh was not marked');
+});
+
+t.test("without get on pods/proxy no agent's status could be read: refused before the mesh is marked", { skip }, async (t) => {
+  const double = await startDouble(t);
+  await installAmbit(double.server, { nodes: ['node1'] });
+  double.server.denyAccess('admin', { verb: 'get', resource: 'pods', subresource: 'proxy', namespace: DEFAULT_ROOT_NAMESPACE });
+  const result = await ambit(['uninstall', '--kubeconfig', double.kubeconfig, '-o', 'json'], { home: double.dir });
+  t.equal(result.code, 1);
+  t.match(JSON.parse(result.stdout), { ok: false, deleted: [], message: /missing get on pods\/proxy \(core group ""\) in the namespace "ambit-system".*Nothing was changed/ });
+  t.equal(marker(double.server), undefined, 'the mesh was not marked');
+  // and what the review said is what the request meets: the proxy itself is refused
+  const status = await ambit(['status', '--kubeconfig', double.kubeconfig, '-o', 'json'], { home: double.dir });
+  t.match(JSON.parse(status.stdout), { ok: false, nodes: [{ node: 'node1', ok: false, error: /missing permission: get on pods\/proxy.*kubectl auth can-i get pods\/ambit-agent-node1 --subresource=proxy -n ambit-system/ }] });
 });
 
 t.test('bad usage exits 2 and changes nothing', async (t) => {

@@ -184,7 +184,7 @@ t.test('before the first full sync: an unknown namespace waits for it, the snaps
     reconcileNow: () => handler.writeEnrollmentSnapshot(),
     podCreated: () => {},
     ruleInPlace: async () => true,
-    uninstall: async () => {},
+    uninstall: async () => undefined,
     ready: () => true,
     log: silentLogger(),
     podWaitMs: 200,
@@ -208,7 +208,7 @@ t.test('the enrollment file names the root namespace and never lists it', async 
   const dir = await tempDir(t);
   const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), ns('ambit-system', { [ENROLL_LABEL]: 'enabled' }), ns('mesh-system', { [ENROLL_LABEL]: 'enabled' })]);
   const handlerFor = (rootNamespace: string) =>
-    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+    new CniHandler({ store, nodeName: 'node1', rootNamespace, runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => undefined, ready: () => true, log: silentLogger() });
   const read = async () => JSON.parse(await readFile(join(dir, 'enrollment.json'), 'utf8')) as { rootNamespace?: string; enrolledNamespaces: string[] };
   await handlerFor('ambit-system').writeEnrollmentSnapshot();
   t.match(await read(), { rootNamespace: 'ambit-system', enrolledNamespaces: ['mesh', 'mesh-system'] });
@@ -221,7 +221,7 @@ t.test("an agent writes the enrollment file at its first sync, enrolled namespac
   const file = join(dir, 'enrollment.json');
   await writeFile(file, JSON.stringify({ version: 1, written: 'then', enrolledNamespaces: [] }));
   const store = storeWith([ns('plain')]);
-  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler = new CniHandler({ store, nodeName: 'node1', rootNamespace: 'mesh-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => undefined, ready: () => true, log: silentLogger() });
   await handler.writeEnrollmentSnapshot();
   t.match(JSON.parse(await readFile(file, 'utf8')), { rootNamespace: 'mesh-system', enrolledNamespaces: [] });
 });
@@ -244,8 +244,11 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
       await handler.writeEnrollmentSnapshot();
     },
     ruleInPlace: async (ip) => applied.at(-1)?.includes(ip) ?? false,
-    uninstall: async () => {
+    uninstall: async ({ ifMarked, removeFiles }) => {
       uninstalled++;
+      if (ifMarked) return 'cancelled in this test';
+      await removeFiles();
+      return undefined;
     },
     ready: () => true,
     log: silentLogger(),
@@ -289,19 +292,19 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
 
   // A restart: a new store (the pod still Pending, so only the record knows its IP) and a new handler.
   const store2 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh')]);
-  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler2 = new CniHandler({ store: store2, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => undefined, ready: () => true, log: silentLogger() });
   t.equal(await handler2.restore(), 1);
   t.same(store2.localEnrolledIps(4), ['10.244.1.5'], 'after a restart the pod is captured again from the record');
   t.same(store2.podNetwork('mesh', 'web')?.hostInterfaces, ['cni0', 'veth1'], 'and bound to its interface again');
   const store3 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })]);
-  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler3 = new CniHandler({ store: store3, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => undefined, ready: () => true, log: silentLogger() });
   t.equal(await handler3.restore(), 0, 'a pod deleted while the agent was down is dropped');
   t.same(store3.podNetworks(), [], 'from the store too');
 
   // A restart before the first full sync: the pod's file may just not have parsed yet, so its record stays.
   await handler.handle({ version: 1, op: 'add', pod: pod('web', 'mesh', ['10.244.1.5']) });
   const store4 = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' })], 'node1', { synced: false });
-  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => {}, ready: () => true, log: silentLogger() });
+  const handler4 = new CniHandler({ store: store4, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true, uninstall: async () => undefined, ready: () => true, log: silentLogger() });
   t.equal(await handler4.restore(), 1, 'before the first full sync a record of a pod the store lacks is kept');
   t.equal((JSON.parse(await readFile(join(dir, 'cni-pods.json'), 'utf8')) as { pods: unknown[] }).pods.length, 1, 'and stays on disk');
   store4.applyBatch([{ op: 'upsert', kind: 'Pod', object: store2.pod('mesh', 'web')! }]);
@@ -317,7 +320,9 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   t.same(store.localEnrolledIps(4), [], 'DEL releases it');
   t.same(await handler.handle({ version: 1, op: 'del', pod: pod('never', 'mesh', []) }), { version: 1, ok: true, reason: 'pod network not known (nothing to do)' }, 'DEL of an unknown pod succeeds');
 
+  t.same(await handler.handle({ version: 1, op: 'uninstall', ifMarked: true }), { version: 1, ok: false, error: { code: 'cancelled', message: 'cancelled in this test' } }, 'a refusal (an uninstall cancelled first) is an error naming why');
+  t.ok(await stat(join(dir, 'enrollment.json')), 'and the files stay');
   t.same(await handler.handle({ version: 1, op: 'uninstall' }), { version: 1, ok: true, reason: 'rules removed' });
-  t.equal(uninstalled, 1);
+  t.equal(uninstalled, 2);
   await t.rejects(stat(join(dir, 'enrollment.json')), { code: 'ENOENT' }, 'uninstall leaves no state behind');
 });

@@ -14,6 +14,8 @@ import {
   withPlugin,
   type InstallerOptions,
 } from '../cni/installer.js';
+import { CniServer } from '../agent/cni-server.js';
+import type { CniResponse } from '../core/cni/index.js';
 import { silentLogger } from '../core/log/log.js';
 
 const ENTRY = pluginEntry({ agentSocket: '/var/run/ambit/cni.sock' });
@@ -142,4 +144,66 @@ t.test('--watch re-adds the plugin when the primary network plugin rewrites its 
   t.equal(readds.at(-1), 'added');
   stop.abort();
   await watching;
+});
+
+/**
+ * Polls `test` (each 20 ms, up to 5 s); `nudge` every 200 ms (a change in the folder makes the watch look once it
+ * settles for 50 ms: nudging faster would keep it from ever looking).
+ */
+async function until(what: string, test: () => Promise<boolean>, nudge?: () => Promise<void>): Promise<void> {
+  const deadline = Date.now() + 5000;
+  for (let round = 0; ; round++) {
+    if (round % 10 === 0) await nudge?.();
+    if (await test()) return;
+    if (Date.now() > deadline) throw new Error(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+t.test('--watch during ambit uninstall: out once the node is done, it stays out when the agent goes, and a cancel brings back the executable and the entry', async (t) => {
+  const opts = await setUp(t);
+  const file = join(opts.confDir, '10-flannel.conflist');
+  await writeFile(file, conflist([bridge]));
+  await installCni(opts);
+  const binary = join(opts.binDir, 'ambit-cni');
+  const chained = async () => JSON.parse(await readFile(file, 'utf8')).plugins.length === 2;
+  const hasBinary = () => stat(binary).then(() => true, () => false);
+  // the agent's side of the socket, as the agent's own server parses it; what it answers is the test's
+  let agent: 'marked' | 'stopping' | 'cancelled' = 'marked';
+  const asked = { status: 0, uninstall: 0, ifMarked: 0 };
+  const server = await CniServer.listen({
+    path: join(opts.root, 'cni.sock'),
+    log: silentLogger(),
+    handle: async (request): Promise<CniResponse> => {
+      if (request.op === 'uninstall') {
+        asked.uninstall++;
+        if (request.ifMarked === true) asked.ifMarked++;
+        return { version: 1, ok: true, reason: 'rules removed' };
+      }
+      asked.status++;
+      if (agent === 'stopping') return { version: 1, ok: false, error: { code: 'internal', message: 'the agent is stopping' } };
+      return agent === 'marked' ? { version: 1, ok: true, uninstall: true } : { version: 1, ok: true };
+    },
+  });
+  t.teardown(() => server.close());
+  const stop = new AbortController();
+  const watching = watchCni({ ...opts, agentSocket: join(opts.root, 'cni.sock') }, stop.signal);
+  t.teardown(async () => {
+    stop.abort();
+    await watching;
+  });
+  const nudge = () => writeFile(join(opts.confDir, 'nudge.txt'), String(Math.random()));
+
+  await until('the node is done', async () => asked.uninstall > 0 && !(await chained()) && !(await hasBinary()));
+  t.equal(asked.ifMarked, asked.uninstall, 'every uninstall asks only while the mesh is marked (a cancel that got there first wins)');
+
+  agent = 'stopping';
+  const before = asked.status;
+  await until('two looks at an agent that no longer answers', async () => asked.status >= before + 2, nudge);
+  t.notOk(await chained(), 'the plugin stays out: chaining it now would name a removed executable and fail every pod of the node');
+  t.notOk(await hasBinary(), 'and the executable stays gone');
+
+  agent = 'cancelled';
+  await until('the cancel is heard', async () => (await chained()) && (await hasBinary()), nudge);
+  t.same(await readFile(binary), await readFile(opts.pluginBinary), 'the executable is back before the entry that names it');
 });

@@ -1,7 +1,7 @@
 /**
  * `ambit uninstall` on the network-namespace testbed (root; issue 15): Ambit installed by `kubectl apply -k manifests/`
  * on a double that enforces RBAC, the testbed running what was applied (KubeCluster, install 'kubectl'), an enrolled
- * namespace with traffic over mTLS. The command marks the mesh as uninstalling (an annotation on the agent DaemonSet),
+ * namespace with traffic over mTLS. The command marks the mesh as uninstalling (an annotation on the mesh's Namespace),
  * every node's CNI installer unchains the plugin and its agent removes every rule, ipset and file, and only then are
  * the objects deleted. A node that does not finish deletes nothing; a cancel puts the finished nodes back in the mesh.
  * `ambit uninstall --check`, run in each node's namespace on the node's folders, finds Ambit there before and nothing
@@ -12,7 +12,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import t from 'tap';
-import { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { askAgent } from '../cni/agent-client.js';
+import { CNI_PROTOCOL_VERSION, CNI_SOCKET_NAME } from '../core/cni/index.js';
+import { UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { CHECKOUT_DIR, CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { needsTestbed, needsTools } from './prerequisites.js';
@@ -47,7 +49,7 @@ t.test('ambit uninstall gives every node plain networking back before it deletes
   };
   const chained = async (node: TestbedNode) => (await readCniConfDir(node.cniConfDir)).plugins.some((plugin) => plugin['type'] === 'ambit-cni');
   const inIpset = async (node: TestbedNode, ip: string) => (await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false })).exitCode === 0;
-  const marked = () => ((cluster.api.objects('apps/v1', 'daemonsets').get(AGENT_DAEMONSET_NAME, 'ambit-system')?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations ?? {})[UNINSTALL_ANNOTATION];
+  const marked = () => ((cluster.api.objects('v1', 'namespaces').get('ambit-system')?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations ?? {})[UNINSTALL_ANNOTATION];
   /** `ambit uninstall --check` as it runs on `node`: in its namespace, on its folders. */
   const leftovers = async (node: TestbedNode): Promise<{ exitCode: number | undefined; report: Checks }> => {
     const result = await tb.exec(node.netns, process.execPath, [
@@ -82,10 +84,18 @@ t.test('ambit uninstall gives every node plain networking back before it deletes
     t.notOk(await chained(node1), 'node1 is unchained');
     t.notOk(await inIpset(node1, client.ip), "node1's rules are gone");
 
-    await kubectl(['-n', 'ambit-system', 'annotate', 'daemonset', AGENT_DAEMONSET_NAME, `${UNINSTALL_ANNOTATION}-`]);
+    await kubectl(['annotate', 'namespace', 'ambit-system', `${UNINSTALL_ANNOTATION}-`]);
     await within(15_000, "node1's installer chains the plugin again", () => chained(node1));
     await within(15_000, "node1's agent captures its pods again", () => inIpset(node1, client.ip));
     t.equal(JSON.parse(await curlFrom(tb, client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server', 'meshed traffic flows again');
+    // a pod started now goes through the plugin, whose executable the uninstall had removed: it is back, and captures
+    const fresh = await cluster.startPod('fresh', node1, { namespace: NAMESPACE, serviceAccount: 'fresh' });
+    t.ok(await inIpset(node1, fresh.ip), 'a new pod on node1 starts in the mesh');
+    t.equal(JSON.parse(await curlFrom(tb, fresh, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server', 'and its traffic flows');
+    // an installer that read "uninstall" just before the cancel, and asks now: the agent refuses, the rules stay
+    const late = await askAgent(path.join(cluster.runDir(node1), CNI_SOCKET_NAME), { version: CNI_PROTOCOL_VERSION, op: 'uninstall', ifMarked: true }, 10_000);
+    t.match(late, { ok: false, error: { code: 'cancelled', message: /no longer marked as uninstalling/ } }, 'an uninstall asked after the cancel is refused');
+    t.ok(await inIpset(node1, client.ip), "and node1's rules stay");
     // node2's sidecar comes back (kubelet restarts a native sidecar)
     await cluster.startCniInstaller(node2);
   });

@@ -460,7 +460,8 @@ export class KubeCluster {
     for (const node of this.tb.nodes) await this.startCniInstaller(node);
     await Promise.all(this.tb.nodes.map((node) => this.startAgent(node)));
     const count = this.tb.nodes.length;
-    const status = { observedGeneration: 1, desiredNumberScheduled: count, currentNumberScheduled: count, updatedNumberScheduled: count, numberReady: count, numberAvailable: count, numberMisscheduled: 0 };
+    const generation = (this.api.objects('apps/v1', 'daemonsets').get(AGENT_WORKLOAD.name, namespace)?.metadata as { generation?: number } | undefined)?.generation ?? 1;
+    const status = { observedGeneration: generation, desiredNumberScheduled: count, currentNumberScheduled: count, updatedNumberScheduled: count, numberReady: count, numberAvailable: count, numberMisscheduled: 0 };
     this.api.objects('apps/v1', 'daemonsets').patch(AGENT_WORKLOAD.name, { status }, namespace);
   }
 

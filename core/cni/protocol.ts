@@ -61,8 +61,12 @@ export type CniRequest =
    * plugin is chained (`ambit check` reads it in the agent's /status); absent from other callers and older installers.
    */
   | { readonly version: number; readonly op: 'status'; readonly installer?: InstallerReport }
-  /** `ambit cni uninstall`: remove every rule and ipset Ambit installed on this node. */
-  | { readonly version: number; readonly op: 'uninstall' };
+  /**
+   * Remove every rule, ipset and file Ambit installed on this node: `ambit cni uninstall` (for good), or the installer
+   * finishing `ambit uninstall` (`ifMarked`: only while the mesh is still marked as uninstalling; a cancel that got
+   * there first wins, and the agent refuses with `cancelled`).
+   */
+  | { readonly version: number; readonly op: 'uninstall'; readonly ifMarked?: boolean };
 
 /** What the CNI installer says of the node's CNI configuration. */
 export interface InstallerReport {
@@ -82,6 +86,8 @@ export type CniErrorCode =
   | 'not-ready'
   /** CHECK: the pod is enrolled but its rules are not in place. */
   | 'rules-missing'
+  /** uninstall with ifMarked: the mesh is no longer marked as uninstalling (the uninstall was cancelled). */
+  | 'cancelled'
   | 'internal';
 
 export type CniResponse =
@@ -152,7 +158,11 @@ export function parseCniRequest(line: string): CniRequest {
   }
   const op = value.op;
   if (typeof op !== 'string' || !OPS.has(op)) throw new CniProtocolError('bad-request', `"op" must be one of ${[...OPS].join(', ')}`);
-  if (op === 'uninstall') return { version, op };
+  if (op === 'uninstall') {
+    const ifMarked = value.ifMarked;
+    if (ifMarked !== undefined && typeof ifMarked !== 'boolean') throw new CniProtocolError('bad-request', 'request "ifMarked" is not a boolean');
+    return ifMarked === true ? { version, op, ifMarked } : { version, op };
+  }
   if (op === 'status') {
     const installer = value.installer;
     if (installer === undefined) return { version, op };

@@ -14,4 +14,4 @@ export {
   type NamespaceEnrollment,
   type PodExclusion,
 } from './enrollment.js';
-export { AGENT_DAEMONSET_NAME, UNINSTALL_ANNOTATION } from './uninstall.js';
+export { AGENT_DAEMONSET_NAME, isIsoUtcInstant, UNINSTALL_ANNOTATION, uninstallMarkerOf } from './uninstall.js';

@@ -9,6 +9,8 @@ export interface AccessDenial {
   readonly resource: string;
   /** '' (the default) for the core group. */
   readonly group?: string;
+  /** 'proxy' for pods/proxy; absent: the resource itself (a denial of pods leaves pods/proxy alone, as in RBAC). */
+  readonly subresource?: string;
   /** Absent: in every namespace and at the cluster scope. */
   readonly namespace?: string;
 }
@@ -18,6 +20,8 @@ export interface AccessAttributes {
   readonly verb: string;
   readonly group: string;
   readonly resource: string;
+  /** '' for the resource itself. */
+  readonly subresource?: string;
   readonly namespace: string;
   readonly name: string;
 }
@@ -38,8 +42,19 @@ export class AccessControl {
 
   allowed(username: string, attributes: AccessAttributes): boolean {
     return !(this.#denials.get(username) ?? []).some(
-      (d) => d.verb === attributes.verb && d.resource === attributes.resource && (d.group ?? '') === attributes.group && (d.namespace === undefined || d.namespace === attributes.namespace),
+      (d) =>
+        d.verb === attributes.verb &&
+        d.resource === attributes.resource &&
+        (d.subresource ?? '') === (attributes.subresource ?? '') &&
+        (d.group ?? '') === attributes.group &&
+        (d.namespace === undefined || d.namespace === attributes.namespace),
     );
+  }
+
+  /** The pods proxy (get on pods/proxy): the real server's 403 when a test denied it. */
+  authorizeProxy(user: TokenUser, namespace: string, pod: string): void {
+    if (this.allowed(user.username, { verb: 'get', group: '', resource: 'pods', subresource: 'proxy', namespace, name: pod })) return;
+    throw new StatusError(403, 'Forbidden', `pods "${pod}" is forbidden: User "${user.username}" cannot get resource "pods/proxy" in API group "" in the namespace "${namespace}"`, { name: pod, kind: 'pods' });
   }
 
   /** Throws the real server's 403 when `user` may not do what the request asks. */

@@ -446,6 +446,7 @@ export class ApiServer extends EventEmitter<ApiServerEvents> {
     }
     const proxied = podProxyRequest(url.pathname, url.search);
     if (proxied !== undefined) {
+      this.#access.authorizeProxy(user, proxied.namespace, proxied.pod);
       await this.#proxyToPod(proxied, req, res);
       return;
     }
