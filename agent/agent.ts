@@ -169,8 +169,12 @@ export class Agent {
               return result && !this.#uninstalled;
             },
             uninstall: (options) => this.#uninstall(options),
-            uninstallRequested: () => this.#uninstallMarker() !== undefined,
-            uninstalled: () => this.#uninstalled,
+            uninstallRequested: () => {
+              if (this.#source instanceof KubernetesSource && !this.#source.uninstallMarkerRead) return undefined;
+              // a cancel still queued: the plugin stays out until the rules are back
+              return this.#uninstallMarker() !== undefined || this.#cancelPending();
+            },
+            uninstallState: () => (this.#cancelPending() ? 'cancelling' : this.#uninstalled ? 'done' : 'none'),
             ready: () => this.ready,
             log: parts.log.child({ component: 'cni' }),
           });
@@ -381,7 +385,7 @@ export class Agent {
         backend: this.#rules?.backend ?? null,
         nodeBackend: this.#nodeBackend ?? null,
         checkedAt: check?.at.toISOString() ?? null,
-        ok: this.#rules === undefined || this.#uninstalled || (check !== undefined && check.error === undefined),
+        ok: this.#rules === undefined || (check !== undefined && check.error === undefined),
         ...(check?.error === undefined ? {} : { error: check.error }),
         uninstalled: this.#uninstalled,
       },
@@ -549,6 +553,11 @@ export class Agent {
     return this.#source instanceof KubernetesSource ? this.#source.uninstallMarker : undefined;
   }
 
+  /** `ambit uninstall` done here, its marker since removed, and the cancel not run yet. */
+  #cancelPending(): boolean {
+    return this.#uninstalled && this.#uninstalledFor !== undefined && this.#uninstallMarker() === undefined;
+  }
+
   #watchUninstall(): void {
     const source = this.#source;
     if (!(source instanceof KubernetesSource)) return;
@@ -574,7 +583,7 @@ export class Agent {
     this.#uninstallDone = undefined;
     if (this.#rules) {
       await this.#repairRules(this.#rules);
-      this.#startRulesResync();
+      if (!this.#closed) this.#startRulesResync();
     }
     this.#scheduleReconcile();
   }
@@ -588,11 +597,21 @@ export class Agent {
     const run = this.#reconciling.then(async (): Promise<string | undefined> => {
       const marker = this.#uninstallMarker();
       if (options.ifMarked && marker === undefined) return 'the mesh is no longer marked as uninstalling (the uninstall was cancelled): the rules stay';
+      // the installer asks again on every re-check while the mesh is marked: once done, nothing more to remove
+      if (options.ifMarked && this.#uninstallDone !== undefined && this.#uninstallDone.for === marker) return undefined;
       this.#uninstalled = true;
       this.#uninstalledFor = options.ifMarked ? marker : undefined;
+      this.#uninstallDone = undefined;
       clearInterval(this.#resyncTimer);
-      if (this.#rules) await this.#rules.remove();
-      await options.removeFiles();
+      try {
+        if (this.#rules) await this.#rules.remove();
+        await options.removeFiles();
+      } catch (err) {
+        // half removed: /status says so, and the installer asks again
+        this.#rulesCheck = { at: new Date(), error: `removing the rules failed: ${err instanceof Error ? err.message : String(err)}` };
+        throw err;
+      }
+      this.#rulesCheck = { at: new Date() };
       this.#uninstallDone = { for: marker };
       return undefined;
     });

@@ -112,10 +112,16 @@ export interface CniHandlerOptions {
    * `ifMarked`, only while the mesh is still marked as uninstalling. Resolves with why it refused, or undefined.
    */
   uninstall: (options: { ifMarked: boolean; removeFiles: () => Promise<void> }) => Promise<string | undefined>;
-  /** `ambit uninstall` asked: status tells the installer to unchain the plugin, then send `uninstall`. */
-  uninstallRequested?: () => boolean;
-  /** The rules, ipsets and files are gone (`uninstall` done): a pod ADD reaches now is not captured. */
-  uninstalled?: () => boolean;
+  /**
+   * `ambit uninstall` asked: status tells the installer to unchain the plugin, then send `uninstall`. Undefined while
+   * not known (the marker not read yet): status then answers not-ready, which the installer takes as no answer.
+   */
+  uninstallRequested?: () => boolean | undefined;
+  /**
+   * `done`: the rules, ipsets and files are gone, and a pod ADD reaches now is not captured; `cancelling`: a cancel
+   * is putting them back, and ADD waits for it (the runtime retries).
+   */
+  uninstallState?: () => 'none' | 'done' | 'cancelling';
   ready: () => boolean;
   log: Logger;
   podWaitMs?: number;
@@ -181,7 +187,12 @@ export class CniHandler {
     switch (request.op) {
       case 'status':
         if (request.installer !== undefined) this.#installerReport = { chainedIn: request.installer.chainedIn, at: new Date() };
-        if (this.#options.uninstallRequested?.()) return this.#ok({ reason: 'the mesh is being uninstalled', uninstall: true });
+        switch (this.#options.uninstallRequested === undefined ? false : this.#options.uninstallRequested()) {
+          case undefined:
+            throw new CniProtocolError('not-ready', 'the agent has not read yet whether the mesh is being uninstalled');
+          case true:
+            return this.#ok({ reason: 'the mesh is being uninstalled', uninstall: true });
+        }
         return this.#ok({ reason: this.#options.ready() ? 'agent ready' : 'agent starting' });
       case 'uninstall': {
         const refused = await this.#options.uninstall({
@@ -234,7 +245,9 @@ export class CniHandler {
     const { store, log } = this.#options;
     const ips = canonicalIps(pod);
     // until the node is done the mesh captures as before: its plugin goes first, its rules after
-    if (this.#options.uninstalled?.()) {
+    const uninstall = this.#options.uninstallState?.() ?? 'none';
+    if (uninstall === 'cancelling') throw new CniProtocolError('not-ready', 'the uninstall was cancelled and the rules are coming back; try again');
+    if (uninstall === 'done') {
       const reason = 'Ambit was uninstalled from this node (ambit uninstall): the pod starts outside the mesh';
       log.info({ pod: `${pod.namespace}/${pod.name}`, reason }, 'CNI ADD: pod is not in the mesh');
       return this.#ok({ enrolled: false, reason });

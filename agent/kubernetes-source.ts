@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { DiscoveryChange, LocalCollection, WorkloadStore } from '../core/discovery/index.js';
-import { UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
+import { AGENT_SERVICE_ACCOUNT_NAME, UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
 import type { TrustBundleSource } from '../core/hbone/index.js';
 import { loadKubeConfig, Reflector } from '../core/k8s/index.js';
 import type { Logger } from '../core/log/index.js';
@@ -15,7 +15,7 @@ export const NODE_WATCH_SOURCE = 'node-watch';
 export interface KubernetesSourceOptions {
   readonly settings: KubernetesSettings;
   readonly nodeName: string;
-  /** The mesh's own namespace, which `ambit uninstall` annotates (core/enrollment's UNINSTALL_ANNOTATION). */
+  /** The mesh's own namespace, where the agents' ServiceAccount (which `ambit uninstall` annotates) is. */
   readonly rootNamespace: string;
   readonly trustDomain: string;
   readonly store: WorkloadStore;
@@ -34,9 +34,10 @@ export interface KubernetesSourceOptions {
  */
 export class KubernetesSource extends EventEmitter<{ uninstall: [marker: string | undefined] }> {
   readonly #stream: ControllerStream;
-  readonly #reflectors: Array<Reflector<Prepared>>;
+  readonly #reflectors: Array<Reflector<Prepared> | Reflector<{ marker?: string; invalid?: string }>>;
   #uninstallMarker: string | undefined;
   #invalidMarker: string | undefined;
+  #markerRead = false;
 
   private constructor(stream: ControllerStream) {
     super();
@@ -44,14 +45,18 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [marker: string 
     this.#reflectors = [];
   }
 
-  /** `ambit uninstall`'s marker on the mesh's Namespace (as last read), undefined when none; 'uninstall' says when it changes. */
+  /** `ambit uninstall`'s marker on the agents' ServiceAccount (as last read), undefined when none; 'uninstall' says when it changes. */
   get uninstallMarker(): string | undefined {
     return this.#uninstallMarker;
   }
 
-  /** The mesh's Namespace as listed or watched: its annotation sets or clears the marker (its deletion does neither). */
-  #noteRootNamespace(object: { metadata: { annotations?: Record<string, string> } }, log: Logger): void {
-    const { marker, invalid } = uninstallMarkerOf(object.metadata.annotations);
+  /** Whether the ServiceAccount has been listed once: until then, uninstallMarker is not known (undefined says nothing). */
+  get uninstallMarkerRead(): boolean {
+    return this.#markerRead;
+  }
+
+  /** The agents' ServiceAccount as listed or watched: its annotation sets or clears the marker. */
+  #noteMarker({ marker, invalid }: { marker?: string; invalid?: string }, log: Logger): void {
     if (invalid !== undefined && invalid !== this.#invalidMarker) {
       log.error({ annotation: UNINSTALL_ANNOTATION, value: invalid }, 'the uninstall annotation is not a time (ambit uninstall writes one): ignored, nothing is uninstalled');
     }
@@ -96,11 +101,7 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [marker: string 
           ...(kind.record === 'Pod' ? { fieldSelector: `spec.nodeName=${options.nodeName}` } : {}),
           log,
           registry: options.registry,
-          transform: (object) => {
-            // `ambit uninstall`'s marker rides on the mesh's own Namespace, which this watch already reads
-            if (kind.record === 'Namespace' && object.metadata.name === options.rootNamespace) source.#noteRootNamespace(object as never, log);
-            return view.prepare(kind, object);
-          },
+          transform: (object) => view.prepare(kind, object),
           consumer: {
             replace: (items) => view.replace(kind, items),
             added: (object) => view.upsert(kind, object),
@@ -109,7 +110,28 @@ export class KubernetesSource extends EventEmitter<{ uninstall: [marker: string 
           },
         }),
     );
-    source.#reflectors.push(...reflectors);
+    // `ambit uninstall`'s annotation on the agents' ServiceAccount, and only that object (RBAC: list/watch of that name)
+    const uninstall = new Reflector<{ marker?: string; invalid?: string }>({
+      kubeConfig,
+      kind: 'ServiceAccount',
+      path: `/api/v1/namespaces/${encodeURIComponent(options.rootNamespace)}/serviceaccounts`,
+      fieldSelector: `metadata.name=${AGENT_SERVICE_ACCOUNT_NAME}`,
+      log,
+      registry: options.registry,
+      transform: (object) => uninstallMarkerOf(object.metadata.annotations),
+      consumer: {
+        // the object gone (its namespace being deleted, or not listed) changes nothing: the agents are going too
+        replace: (items) => {
+          const [item] = items;
+          if (item !== undefined) source.#noteMarker(item, log);
+          source.#markerRead = true;
+        },
+        added: (item) => source.#noteMarker(item, log),
+        modified: (item) => source.#noteMarker(item, log),
+        deleted: () => undefined,
+      },
+    });
+    source.#reflectors.push(...reflectors, uninstall);
     for (const reflector of source.#reflectors) reflector.start();
     stream.start();
     return source;

@@ -111,7 +111,8 @@ export function parseAgentStatus(value: unknown): AgentStatus {
     cni: { chainedIn: nullable(cni['chainedIn'], (v) => string(v, 'cni.chainedIn')), reportedAt: nullable(cni['reportedAt'], (v) => instant(v, 'cni.reportedAt')) },
     uninstall: {
       requested: boolean(uninstall['requested'], 'uninstall.requested'),
-      marker: nullable(uninstall['marker'], (v) => instant(v, 'uninstall.marker')),
+      // absent from agents that predate it: none to match
+      marker: uninstall['marker'] === undefined ? null : nullable(uninstall['marker'], (v) => instant(v, 'uninstall.marker')),
       done: boolean(uninstall['done'], 'uninstall.done'),
     },
     workloads: workloads.map((item, i) => {

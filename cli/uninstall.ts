@@ -1,7 +1,7 @@
 /**
  * `ambit uninstall`: gives every node plain networking back before anything is deleted. A bare `kubectl delete -k`
  * looks to an agent like a restart (SIGTERM keeps its rules, the plugin stays chained: enrolled pods fail closed), so
- * the command first marks the mesh as uninstalling (core/enrollment's UNINSTALL_ANNOTATION on the mesh's Namespace,
+ * the command first marks the mesh as uninstalling (core/enrollment's UNINSTALL_ANNOTATION on the agents' ServiceAccount,
  * which every agent watches). Each agent then tells its CNI installer, which unchains the plugin and has the agent
  * remove every rule, ipset and file; each agent's /status says when, for which marker. Only when every node
  * is done does the command delete the mesh's objects. `ambit uninstall --check`, as root on a node, says whether
@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { describeRemovalPlan, planRulesRemoval } from '../agent/index.js';
 import { AMBIT_PLUGIN_TYPE, configsWithPlugin, DEFAULT_CNI_BIN_DIR, DEFAULT_CNI_CONF_DIR } from '../cni/index.js';
 import { DEFAULT_AGENT_RUN_DIR, DEFAULT_AGENT_STATE_DIR } from '../core/cni/index.js';
-import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, AGENT_SERVICE_ACCOUNT_NAME, DEFAULT_ROOT_NAMESPACE, ENROLL_LABEL, UNINSTALL_ANNOTATION, uninstallMarkerOf } from '../core/enrollment/index.js';
 import { errnoCode } from '../core/errors/index.js';
 import { ApiStatusError } from '../core/k8s/index.js';
 import { parseFlags, usageError as cliUsageError } from './args.js';
@@ -26,8 +26,8 @@ export const UNINSTALL_USAGE = `Usage: ambit uninstall [options]
        ambit uninstall --check [node options]
 
 Gives every node plain networking back, then deletes Ambit's objects. It checks first that you may do all of it,
-then marks the mesh as uninstalling (the annotation ${UNINSTALL_ANNOTATION} on the namespace ambit-system, which the
-agents watch): on every node the CNI installer takes the plugin out of the node's CNI configuration, then
+then marks the mesh as uninstalling (the annotation ${UNINSTALL_ANNOTATION} on the ServiceAccount ambit-system/${AGENT_SERVICE_ACCOUNT_NAME},
+which the agents watch): on every node the CNI installer takes the plugin out of the node's CNI configuration, then
 the agent removes every rule, ipset and file. When every node the DaemonSet runs on says it is done, the namespace
 ambit-system and the cluster roles go; the CRDs (and so every policy) only with --purge. If a node does not finish in
 time nothing is deleted: run it again, or remove the annotation to cancel (the nodes put their rules back).
@@ -113,6 +113,7 @@ export interface UninstallResult {
 }
 
 const DAEMONSETS = kind('apps', 'v1', 'daemonsets');
+const SERVICE_ACCOUNTS = kind('', 'v1', 'serviceaccounts');
 const PODS = kind('', 'v1', 'pods');
 /** The install's cluster-scoped kinds, deleted by the label kustomization.yaml puts on them; the CRDs with --purge only. */
 const CLUSTER_KINDS = [
@@ -134,12 +135,13 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   const meshNamespace = await cluster.get(NAMESPACES.named(namespace));
   const present = meshNamespace !== undefined;
   const daemonSet = present ? await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace)) : undefined;
-  const cancel = `kubectl annotate namespace ${namespace} ${UNINSTALL_ANNOTATION}-`;
+  const account = present ? await cluster.get(SERVICE_ACCOUNTS.named(AGENT_SERVICE_ACCOUNT_NAME, namespace)) : undefined;
+  const cancel = `kubectl -n ${namespace} annotate serviceaccount ${AGENT_SERVICE_ACCOUNT_NAME} ${UNINSTALL_ANNOTATION}-`;
   const gone = (when: string) =>
     `the DaemonSet ${namespace}/${AGENT_DAEMONSET_NAME} is gone${when}, so no agent can take Ambit's rules and CNI entry off the nodes (a bare kubectl delete?). ` +
     `Re-apply the install (kubectl apply -k manifests/), wait for the agents (kubectl -n ${namespace} rollout status daemonset/${AGENT_DAEMONSET_NAME}), then run ambit uninstall again.`;
-  if (present && daemonSet === undefined) {
-    const message = `${gone('')} Nothing was changed.`;
+  if (present && (daemonSet === undefined || account === undefined)) {
+    const message = daemonSet === undefined ? `${gone('')} Nothing was changed.` : `the ServiceAccount ${namespace}/${AGENT_SERVICE_ACCOUNT_NAME}, which the agents run as and watch for the uninstall, is gone. Nothing was changed. Re-apply the install (kubectl apply -k manifests/), then run ambit uninstall again.`;
     say(message);
     return refused(message);
   }
@@ -147,7 +149,8 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   const needed: Array<{ verb: Verb; ref: ResourceRef }> = [
     ...(present
       ? [
-          { verb: 'patch' as const, ref: NAMESPACES.named(namespace) },
+          { verb: 'patch' as const, ref: SERVICE_ACCOUNTS.named(AGENT_SERVICE_ACCOUNT_NAME, namespace) },
+          { verb: 'get' as const, ref: SERVICE_ACCOUNTS.named(AGENT_SERVICE_ACCOUNT_NAME, namespace) },
           { verb: 'get' as const, ref: DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace) },
           { verb: 'list' as const, ref: PODS.all(namespace) },
           // each agent's /status, through the API server
@@ -168,11 +171,11 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
     say(message);
     return refused(message);
   }
-  if (meshNamespace !== undefined) {
+  if (account !== undefined) {
     // a run after a timed-out one keeps its marker: the nodes that finished stay done
-    const marker = uninstallMarkerOf(meshNamespace.metadata?.annotations).marker ?? new Date().toISOString();
-    await cluster.mergePatch(NAMESPACES.named(namespace), { metadata: { annotations: { [UNINSTALL_ANNOTATION]: marker } } });
-    say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION}=${marker} on the namespace ${namespace}); waiting for every node`);
+    const marker = uninstallMarkerOf(account.metadata?.annotations).marker ?? new Date().toISOString();
+    await cluster.mergePatch(SERVICE_ACCOUNTS.named(AGENT_SERVICE_ACCOUNT_NAME, namespace), { metadata: { annotations: { [UNINSTALL_ANNOTATION]: marker } } });
+    say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION}=${marker} on the serviceaccount ${namespace}/${AGENT_SERVICE_ACCOUNT_NAME}); waiting for every node`);
     const deadline = Date.now() + options.timeoutMs;
     const reported = new Set<string>();
     const doneFor = (node: NodeStatus) => node.status?.uninstall.done === true && node.status.uninstall.marker === marker;
@@ -208,16 +211,16 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
         ];
         const message =
           `${pending.length + missing} node(s) did not finish in time: ${waits.join(', ')}. ` +
-          `Nothing was deleted; the mesh stays marked as uninstalling. Run ambit uninstall again, or cancel (${cancel}): the nodes that finished put their rules back.`;
+          `Nothing was deleted; the mesh stays marked as uninstalling (re-applying the install keeps the mark: cancel first to keep the mesh). Run ambit uninstall again, or cancel (${cancel}): the nodes that finished put their rules back.`;
         say(message);
         return { ok: false, nodes: summary(nodes, marker), deleted, stillLabelled: [], message };
       }
       await new Promise((resolve) => setTimeout(resolve, POLL_MS));
     }
     // a cancel since the last look: the nodes are putting their rules back; deleting now would strand them
-    const last = uninstallMarkerOf((await cluster.get(NAMESPACES.named(namespace)))?.metadata?.annotations).marker;
+    const last = uninstallMarkerOf((await cluster.get(SERVICE_ACCOUNTS.named(AGENT_SERVICE_ACCOUNT_NAME, namespace)))?.metadata?.annotations).marker;
     if (last !== marker) {
-      const message = `the uninstall was cancelled (the annotation ${UNINSTALL_ANNOTATION} on the namespace ${namespace} is ${last === undefined ? 'gone' : `now ${last}`}): nothing was deleted.`;
+      const message = `the uninstall was cancelled (the annotation ${UNINSTALL_ANNOTATION} on the serviceaccount ${namespace}/${AGENT_SERVICE_ACCOUNT_NAME} is ${last === undefined ? 'gone' : `now ${last}`}): nothing was deleted.`;
       say(message);
       return { ok: false, nodes: summary(nodes, marker), deleted, stillLabelled: [], message };
     }

@@ -27,6 +27,7 @@ t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch 
   const api = await ApiServer.start();
   for (const type of MESH_CUSTOM_RESOURCES) api.registerResource(type);
   api.objects('v1', 'namespaces').create({ metadata: { name: 'ambit-system' } });
+  api.objects('v1', 'serviceaccounts').create({ metadata: { name: 'ambit-agent', namespace: 'ambit-system' } });
   const agentPod = api.objects('v1', 'pods').create({
     metadata: { name: 'ambit-agent-1', namespace: 'ambit-system' },
     spec: { nodeName: 'node1', serviceAccountName: 'ambit-agent', hostNetwork: true, containers: [{ name: 'agent' }] },
@@ -94,8 +95,8 @@ t.test('kubernetes mode: ready on the controller\'s snapshot, and its own watch 
   t.ok(issued, "its pod's certificate comes from the controller's CA, which it retried while the controller was away");
   t.notOk(logs.find((r) => r.msg === 'certificate rotated' && r.spiffeId === 'spiffe://cluster.local/ns/shop/sa/elsewhere'), 'and it asks for no identity of another node');
 
-  // `ambit uninstall`'s marker, read from the mesh's Namespace by the agent's own watch of Namespaces
-  const annotate = (value: string | null) => api.objects('v1', 'namespaces').patch('ambit-system', { metadata: { annotations: { [UNINSTALL_ANNOTATION]: value } } });
+  // `ambit uninstall`'s marker, read from the agents' ServiceAccount by the agent's watch of that one object
+  const annotate = (value: string | null) => api.objects('v1', 'serviceaccounts').patch('ambit-agent', { metadata: { annotations: { [UNINSTALL_ANNOTATION]: value } } }, 'ambit-system');
   annotate('yes');
   await logs.waitFor((r) => r.msg === 'the uninstall annotation is not a time (ambit uninstall writes one): ignored, nothing is uninstalled' && r.value === 'yes');
   t.same(agent.status().uninstall, { requested: false, marker: null, done: false }, 'a value that is not a time asks nothing');

@@ -3,14 +3,14 @@
  * each refuses before it changes anything. The flow itself runs on the testbed (e2e-uninstall, e2e-readme-install).
  */
 import t from 'tap';
-import { AGENT_DAEMONSET_NAME, DEFAULT_ROOT_NAMESPACE, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { AGENT_DAEMONSET_NAME, AGENT_SERVICE_ACCOUNT_NAME, DEFAULT_ROOT_NAMESPACE, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import type { ApiServer } from '../testbed/apiserver/index.js';
 import { ambit, installAmbit } from './mesh/ambit-install.js';
 import { startDouble } from './mesh/apiserver-client.js';
 import { needsTools } from './prerequisites.js';
 
-/** `ambit uninstall`'s marker on the mesh's Namespace, as the double holds it. */
-const marker = (server: ApiServer): string | undefined => (server.objects('v1', 'namespaces').get(DEFAULT_ROOT_NAMESPACE)?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations?.[UNINSTALL_ANNOTATION];
+/** `ambit uninstall`'s marker on the agents' ServiceAccount, as the double holds it. */
+const marker = (server: ApiServer): string | undefined => (server.objects('v1', 'serviceaccounts').get(AGENT_SERVICE_ACCOUNT_NAME, DEFAULT_ROOT_NAMESPACE)?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations?.[UNINSTALL_ANNOTATION];
 
 const skip = needsTools(['kubectl'], 'renders the manifests the install is made from');
 

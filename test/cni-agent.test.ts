@@ -326,3 +326,26 @@ t.test('ADD records the network and answers after the reconcile; DEL and CHECK; 
   t.equal(uninstalled, 2);
   await t.rejects(stat(join(dir, 'enrollment.json')), { code: 'ENOENT' }, 'uninstall leaves no state behind');
 });
+
+t.test('uninstall states: status waits for the marker to be read, a cancel still queued keeps the plugin out and ADD waiting, a done node starts pods plain', async (t) => {
+  const dir = await tempDir(t);
+  const store = storeWith([ns('mesh', { [ENROLL_LABEL]: 'enabled' }), podObject('web', 'mesh', { ip: '10.244.1.5' })]);
+  let requested: boolean | undefined;
+  let state: 'none' | 'done' | 'cancelling' = 'none';
+  const handler = new CniHandler({
+    store, nodeName: 'node1', rootNamespace: 'ambit-system', runDir: dir, stateDir: dir, reconcileNow: async () => {}, podCreated: () => {}, ruleInPlace: async () => true,
+    uninstall: async () => undefined, uninstallRequested: () => requested, uninstallState: () => state, ready: () => true, log: silentLogger(),
+  });
+  const web = { version: 1, op: 'add' as const, pod: { namespace: 'mesh', name: 'web', containerId: 'c1', ips: ['10.244.1.5'] } };
+  await t.rejects(handler.handle({ version: 1, op: 'status' }), { code: 'not-ready', message: /not read yet whether the mesh is being uninstalled/ }, 'the marker not read yet: no answer the installer could take for a cancel');
+  requested = true;
+  t.match(await handler.handle({ version: 1, op: 'status' }), { ok: true, uninstall: true });
+  state = 'cancelling';
+  await t.rejects(handler.handle(web), { code: 'not-ready', message: /cancelled and the rules are coming back/ }, 'a pod that starts while a cancel puts the rules back waits for them');
+  state = 'done';
+  t.match(await handler.handle(web), { ok: true, enrolled: false, reason: /uninstalled from this node/ }, 'once done, a pod starts outside the mesh');
+  requested = false;
+  state = 'none';
+  t.match(await handler.handle({ version: 1, op: 'status' }), { ok: true, reason: 'agent ready' });
+  t.notOk('uninstall' in (await handler.handle({ version: 1, op: 'status' })));
+});

@@ -204,6 +204,17 @@ t.test('--watch during ambit uninstall: out once the node is done, it stays out 
   t.notOk(await hasBinary(), 'and the executable stays gone');
 
   agent = 'cancelled';
-  await until('the cancel is heard', async () => (await chained()) && (await hasBinary()), nudge);
+  let entryWithoutExecutable = false;
+  await until(
+    'the cancel is heard',
+    async () => {
+      // the entry first and the executable second would fail every pod that starts in between
+      const [entry, executable] = [await chained(), await hasBinary()];
+      if (entry && !executable) entryWithoutExecutable = true;
+      return entry && executable;
+    },
+    nudge,
+  );
+  t.notOk(entryWithoutExecutable, 'never an entry without its executable');
   t.same(await readFile(binary), await readFile(opts.pluginBinary), 'the executable is back before the entry that names it');
 });

@@ -1,7 +1,7 @@
 /**
  * `ambit uninstall` on the network-namespace testbed (root; issue 15): Ambit installed by `kubectl apply -k manifests/`
  * on a double that enforces RBAC, the testbed running what was applied (KubeCluster, install 'kubectl'), an enrolled
- * namespace with traffic over mTLS. The command marks the mesh as uninstalling (an annotation on the mesh's Namespace),
+ * namespace with traffic over mTLS. The command marks the mesh as uninstalling (an annotation on the agents' ServiceAccount),
  * every node's CNI installer unchains the plugin and its agent removes every rule, ipset and file, and only then are
  * the objects deleted. A node that does not finish deletes nothing; a cancel puts the finished nodes back in the mesh.
  * `ambit uninstall --check`, run in each node's namespace on the node's folders, finds Ambit there before and nothing
@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import t from 'tap';
 import { askAgent } from '../cni/agent-client.js';
 import { CNI_PROTOCOL_VERSION, CNI_SOCKET_NAME } from '../core/cni/index.js';
-import { UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
+import { AGENT_SERVICE_ACCOUNT_NAME, UNINSTALL_ANNOTATION } from '../core/enrollment/index.js';
 import { CHECKOUT_DIR, CLI_PATH, curlFrom, HTTP_PORT, KubeCluster, parsePcap, readCniConfDir, startCapture, Testbed, type TestbedNode } from '../testbed/index.js';
 import { within } from './mesh/hold.js';
 import { needsTestbed, needsTools } from './prerequisites.js';
@@ -49,7 +49,7 @@ t.test('ambit uninstall gives every node plain networking back before it deletes
   };
   const chained = async (node: TestbedNode) => (await readCniConfDir(node.cniConfDir)).plugins.some((plugin) => plugin['type'] === 'ambit-cni');
   const inIpset = async (node: TestbedNode, ip: string) => (await tb.exec(node.netns, 'ipset', ['test', 'ambit-pods-v4', ip], { reject: false })).exitCode === 0;
-  const marked = () => ((cluster.api.objects('v1', 'namespaces').get('ambit-system')?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations ?? {})[UNINSTALL_ANNOTATION];
+  const marked = () => ((cluster.api.objects('v1', 'serviceaccounts').get(AGENT_SERVICE_ACCOUNT_NAME, 'ambit-system')?.metadata as { annotations?: Record<string, string> } | undefined)?.annotations ?? {})[UNINSTALL_ANNOTATION];
   /** `ambit uninstall --check` as it runs on `node`: in its namespace, on its folders. */
   const leftovers = async (node: TestbedNode): Promise<{ exitCode: number | undefined; report: Checks }> => {
     const result = await tb.exec(node.netns, process.execPath, [
@@ -84,7 +84,7 @@ t.test('ambit uninstall gives every node plain networking back before it deletes
     t.notOk(await chained(node1), 'node1 is unchained');
     t.notOk(await inIpset(node1, client.ip), "node1's rules are gone");
 
-    await kubectl(['annotate', 'namespace', 'ambit-system', `${UNINSTALL_ANNOTATION}-`]);
+    await kubectl(['-n', 'ambit-system', 'annotate', 'serviceaccount', AGENT_SERVICE_ACCOUNT_NAME, `${UNINSTALL_ANNOTATION}-`]);
     await within(15_000, "node1's installer chains the plugin again", () => chained(node1));
     await within(15_000, "node1's agent captures its pods again", () => inIpset(node1, client.ip));
     t.equal(JSON.parse(await curlFrom(tb, client, `http://${server.ip}:${HTTP_PORT}/`)).pod, 'server', 'meshed traffic flows again');

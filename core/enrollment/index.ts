@@ -14,4 +14,4 @@ export {
   type NamespaceEnrollment,
   type PodExclusion,
 } from './enrollment.js';
-export { AGENT_DAEMONSET_NAME, isIsoUtcInstant, UNINSTALL_ANNOTATION, uninstallMarkerOf } from './uninstall.js';
+export { AGENT_DAEMONSET_NAME, AGENT_SERVICE_ACCOUNT_NAME, isIsoUtcInstant, UNINSTALL_ANNOTATION, uninstallMarkerOf } from './uninstall.js';

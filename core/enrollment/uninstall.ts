@@ -1,16 +1,20 @@
 /**
- * `ambit uninstall` sets this annotation on the mesh's own Namespace (`ambit-system`), to the time it asked, as an
- * ISO 8601 UTC instant; every agent already watches Namespaces, so the signal costs no watch of its own. It rides on
- * an object that only cluster-scoped principals may change (a namespace's own admins cannot patch their Namespace),
- * not on a ConfigMap, which principals of that namespace (the controller, GitOps tools) may create. While it is set,
- * the agent tells its CNI installer (over the CNI socket's status) to unchain the plugin and then ask it to remove
- * every rule, ipset and file: the node is back to plain networking before the objects go. Removing it cancels: the
- * agents put their rules back, the installers chain the plugin again. The Namespace's deletion is not a cancel (its
- * pods are about to go).
+ * `ambit uninstall` sets this annotation, to the time it asked (an ISO 8601 UTC instant), on the agents' own
+ * ServiceAccount (AGENT_SERVICE_ACCOUNT_NAME in the mesh's namespace); every agent watches that one object. Whoever may
+ * patch it may already change the agents (it is the agent DaemonSet's namespace: the same grant covers both, and
+ * neither the controller nor a tenant has it), unlike a ConfigMap there, which the controller may create, or the
+ * Namespace, which whoever may enroll a namespace may often patch. A ServiceAccount has no status: the watch carries
+ * next to nothing, where the DaemonSet's would send every status update to every agent. While it is set, the agent
+ * tells its CNI installer (over the CNI socket's status) to unchain the plugin and then ask it to remove every rule,
+ * ipset and file: the node is back to plain networking before the objects go. Removing it cancels: the agents put
+ * their rules back, the installers chain the plugin again. The object's deletion is not a cancel (the namespace, and
+ * the agents with it, are going).
  */
 export const UNINSTALL_ANNOTATION = 'ambit.dev/uninstall';
 /** The agent DaemonSet's name (manifests/agent.yaml). */
 export const AGENT_DAEMONSET_NAME = 'ambit-agent';
+/** The agents' ServiceAccount (manifests/rbac.yaml), which carries UNINSTALL_ANNOTATION. */
+export const AGENT_SERVICE_ACCOUNT_NAME = 'ambit-agent';
 
 /** An ISO 8601 UTC instant (what toISOString writes) that names a real time: 2020-02-30 does not. */
 export function isIsoUtcInstant(value: string): boolean {
@@ -21,7 +25,7 @@ export function isIsoUtcInstant(value: string): boolean {
 }
 
 /**
- * The uninstall marker on a Namespace's annotations: `marker` when it holds a valid one, `invalid` (the value) when
+ * The uninstall marker in an object's annotations: `marker` when it holds a valid one, `invalid` (the value) when
  * it is set to something else, which asks nothing (an uninstall empties every node's rules: never on a typo).
  */
 export function uninstallMarkerOf(annotations: unknown): { marker?: string; invalid?: string } {
