@@ -6,30 +6,16 @@
 // Left out: the network-namespace end-to-end tests, the files that call needsTestbed() (test/prerequisites.ts), which
 // CI runs on Node 20 and which take most of its time. Any other new test file is picked up as it is.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot, TAP_RUN, testFiles } from './test-files.mjs';
 
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const version = JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')).config.node24;
 const packageName = `node-${process.platform}-${process.arch}`;
 const prefix = process.env.AMBIT_NODE24_PREFIX || path.join(os.tmpdir(), `ambit-node-${version}`);
 const binDir = path.join(prefix, 'node_modules', packageName, 'bin');
 const node = path.join(binDir, 'node');
-
-const TESTBED_CALL = /\bneedsTestbed\(\)/;
-
-/** dist/test/**\/*.test.js, less the files that need the network-namespace testbed. */
-function selectTests() {
-  const testDir = path.join(repoRoot, 'dist', 'test');
-  if (!existsSync(testDir)) fail(`${testDir} is missing: run \`npm run build\` first`);
-  return readdirSync(testDir, { recursive: true })
-    .filter((file) => file.endsWith('.test.js'))
-    .sort()
-    .map((file) => path.join('dist', 'test', file))
-    .filter((file) => !TESTBED_CALL.test(readFileSync(path.join(repoRoot, file), 'utf8')));
-}
 
 function installedVersion() {
   if (!existsSync(node)) return undefined;
@@ -42,7 +28,7 @@ function fail(message) {
 }
 
 if (typeof version !== 'string' || !/^24\.\d+\.\d+$/.test(version)) fail(`package.json config.node24 must be a 24.x.y version, got ${JSON.stringify(version)}`);
-const tests = selectTests();
+const tests = testFiles().inProcess;
 if (installedVersion() !== `v${version}`) {
   const npm = spawnSync('npm', ['install', '--no-save', '--no-package-lock', '--no-audit', '--no-fund', '--prefix', prefix, `${packageName}@${version}`], { stdio: 'inherit' });
   if (npm.status !== 0) fail(`could not install ${packageName}@${version} from the npm registry into ${prefix}`);
@@ -53,6 +39,7 @@ if (installedVersion() !== `v${version}`) {
 const env = { ...process.env, PATH: `${binDir}${path.delimiter}${process.env.PATH ?? ''}` };
 console.log(`test:node24: node --version: ${execFileSync('node', ['--version'], { encoding: 'utf8', env }).trim()} (${node}); ${tests.length} test files`);
 const started = process.hrtime.bigint();
-const tap = spawnSync(node, [path.join(repoRoot, 'node_modules', 'tap', 'dist', 'esm', 'run.mjs'), ...tests], { cwd: repoRoot, env, stdio: 'inherit' });
+// two files at a time, as `npm test` runs them (scripts/run-tests.mjs)
+const tap = spawnSync(node, [TAP_RUN, '--jobs', '2', ...tests], { cwd: repoRoot, env, stdio: 'inherit' });
 console.log(`test:node24: ${(Number(process.hrtime.bigint() - started) / 1e9).toFixed(0)} s on Node ${version}`);
 process.exit(tap.status ?? 1);
