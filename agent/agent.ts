@@ -64,6 +64,9 @@ function closeServer(server: net.Server | http.Server): Promise<void> {
   return new Promise((resolve) => server.close(() => resolve()));
 }
 
+/** A cancelled uninstall whose rules could not be put back tries again after this long. */
+const CANCEL_RETRY_MS = 5_000;
+
 /**
  * The node agent: capture listeners (15001 outbound, 15006 plaintext inbound), the HBONE server (15008), metrics
  * (15020) and readiness (15021), the redirect rules, and the certificates of the node's enrolled workloads. It
@@ -456,15 +459,17 @@ export class Agent {
   }
 
   /** Installs or repairs the rules and the capture set, in the queue; /status shows the outcome (an error, logged). */
-  async #repairRules(rules: RedirectRules): Promise<void> {
+  async #repairRules(rules: RedirectRules): Promise<boolean> {
     try {
       this.#nodeBackend = await rules.detectNodeBackend().catch(() => this.#nodeBackend);
       await rules.install();
       await this.#syncCaptureSet(rules, { force: true });
       this.#rulesCheck = { at: new Date() };
+      return true;
     } catch (err) {
       this.#rulesCheck = { at: new Date(), error: err instanceof Error ? err.message : String(err) };
-      this.#log.error({ err }, 'installing or repairing the redirect rules failed; the resync retries');
+      this.#log.error({ err }, 'installing or repairing the redirect rules failed; will retry');
+      return false;
     }
   }
 
@@ -578,13 +583,18 @@ export class Agent {
   async #cancelUninstall(): Promise<void> {
     // `ambit cni uninstall` is for good; and the marker may be back by the time this runs
     if (!this.#uninstalled || this.#uninstalledFor === undefined || this.#uninstallMarker() !== undefined || this.#closed) return;
+    // the rules first, still "uninstalled" meanwhile: the installer keeps the plugin out and ADD waits until they are
+    // in place; a repair that fails keeps it so, and is tried again
+    if (this.#rules && !(await this.#repairRules(this.#rules))) {
+      setTimeout(() => {
+        this.#reconciling = this.#reconciling.then(() => this.#cancelUninstall());
+      }, CANCEL_RETRY_MS).unref();
+      return;
+    }
     this.#uninstalled = false;
     this.#uninstalledFor = undefined;
     this.#uninstallDone = undefined;
-    if (this.#rules) {
-      await this.#repairRules(this.#rules);
-      if (!this.#closed) this.#startRulesResync();
-    }
+    if (this.#rules && !this.#closed) this.#startRulesResync();
     this.#scheduleReconcile();
   }
 

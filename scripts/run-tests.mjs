@@ -11,10 +11,26 @@ import os from 'node:os';
 import path from 'node:path';
 import { repoRoot, TAP_RUN, testFiles } from './test-files.mjs';
 
+/** The runs going now: a signal to this runner (npm passes it to its child only) goes on to them. */
+const children = new Set();
+/** Done on the way out: the Node 24 log's folder. */
+const cleanups = [];
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.once(signal, () => {
+    for (const child of children) child.kill(signal);
+    // tap ends its test processes and their teardowns run; then this runner goes, as the signal would have it
+    void Promise.all([...children].map((child) => new Promise((resolve) => child.once('close', resolve))))
+      .then(() => Promise.all(cleanups.map((cleanup) => cleanup())))
+      .finally(() => process.exit(signal === 'SIGTERM' ? 143 : 130));
+  });
+}
+
 /** Runs `node args` in the repository; resolves with its exit code (a signal counts as 1). */
 function run(args, options = {}) {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: repoRoot, stdio: options.stdio ?? 'inherit', env: process.env });
+    children.add(child);
+    child.once('close', () => children.delete(child));
     if (options.output) {
       child.stdout.pipe(options.output, { end: false });
       child.stderr.pipe(options.output, { end: false });
@@ -37,15 +53,19 @@ console.log(`run-tests: unit and in-process tests done (${seconds()}), exit ${in
 let node24 = Promise.resolve({ code: 0 });
 if (process.env.AMBIT_TEST_NODE24 === '1') {
   const logDir = await mkdtemp(path.join(os.tmpdir(), 'ambit-node24-log-'));
+  cleanups.push(() => rm(logDir, { recursive: true, force: true }));
   const logFile = path.join(logDir, 'node24.log');
   const output = createWriteStream(logFile);
   console.log(`run-tests: the in-process tests on Node 24 run alongside the end-to-end tests; their output follows`);
-  node24 = run([path.join(repoRoot, 'scripts', 'test-node24.mjs')], { stdio: ['ignore', 'pipe', 'pipe'], output }).then(async (code) => {
-    await new Promise((resolve) => output.end(resolve));
-    const text = readFileSync(logFile, 'utf8');
-    await rm(logDir, { recursive: true, force: true });
-    return { code, text };
-  });
+  node24 = run([path.join(repoRoot, 'scripts', 'test-node24.mjs')], { stdio: ['ignore', 'pipe', 'pipe'], output })
+    .then(async (code) => {
+      await new Promise((resolve) => output.end(resolve));
+      const text = readFileSync(logFile, 'utf8');
+      await rm(logDir, { recursive: true, force: true });
+      return { code, text };
+    })
+    // the log lost is a failed run, said as such, never an unhandled rejection mid-run
+    .catch((err) => ({ code: 1, text: `run-tests: the Node 24 run's output could not be read: ${err instanceof Error ? err.message : String(err)}\n` }));
 }
 console.log(`run-tests: ${testbed.length} network-namespace end-to-end test files, one at a time`);
 const testbedCode = await run([TAP_RUN, '--jobs', '1', ...testbed]);
