@@ -553,7 +553,7 @@ export class Agent {
     }
   }
 
-  /** `ambit uninstall`'s marker on the mesh's Namespace, undefined when none (or not in Kubernetes mode). */
+  /** `ambit uninstall`'s marker on the agents' ServiceAccount, undefined when none (or not in Kubernetes mode). */
   #uninstallMarker(): string | undefined {
     return this.#source instanceof KubernetesSource ? this.#source.uninstallMarker : undefined;
   }

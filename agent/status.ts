@@ -29,7 +29,7 @@ export interface AgentStatus {
    */
   readonly cni: { readonly chainedIn: string | null; readonly reportedAt: string | null };
   /**
-   * `ambit uninstall`: requested (its annotation is on the mesh's Namespace), the marker (the time it asked), done
+   * `ambit uninstall`: requested (its annotation is on the agents' ServiceAccount), the marker (the time it asked), done
    * (plugin unchained, every rule, ipset and file removed, for that marker).
    */
   readonly uninstall: { readonly requested: boolean; readonly marker: string | null; readonly done: boolean };

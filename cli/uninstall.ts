@@ -178,7 +178,7 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
     say(`marked the mesh as uninstalling (annotation ${UNINSTALL_ANNOTATION}=${marker} on the serviceaccount ${namespace}/${AGENT_SERVICE_ACCOUNT_NAME}); waiting for every node`);
     const deadline = Date.now() + options.timeoutMs;
     const reported = new Set<string>();
-    const doneFor = (node: NodeStatus) => node.status?.uninstall.done === true && node.status.uninstall.marker === marker;
+    const doneFor = (node: NodeStatus) => doneForMarker(node, marker);
     for (;;) {
       const current = await cluster.get(DAEMONSETS.named(AGENT_DAEMONSET_NAME, namespace));
       if (current === undefined) {
@@ -245,8 +245,13 @@ async function uninstall(cluster: ClusterClient, options: { namespace: string; t
   return { ok: true, nodes: nodes.map((node) => ({ node: node.node, done: true })), deleted, stillLabelled, message: 'uninstalled' };
 }
 
+/** The node's agent is done for this run's marker (not for an earlier run's). */
+function doneForMarker(node: NodeStatus, marker: string): boolean {
+  return node.status?.uninstall.done === true && node.status.uninstall.marker === marker;
+}
+
 function summary(nodes: readonly NodeStatus[], marker: string): UninstallResult['nodes'] {
-  return nodes.map((node) => ({ node: node.node, done: node.status?.uninstall.done === true && node.status.uninstall.marker === marker, ...(node.error === undefined ? {} : { error: node.error }) }));
+  return nodes.map((node) => ({ node: node.node, done: doneForMarker(node, marker), ...(node.error === undefined ? {} : { error: node.error }) }));
 }
 
 /** `--check`: what of Ambit is still on this node. */
